@@ -1,0 +1,127 @@
+"""Errors raised by the core, each carrying its HTTP status and a stable code.
+
+Hierarchy::
+
+    NSFWError                      base class; status 500, code "internal_error"
+    ├── InputError                 the caller sent something we cannot use (4xx)
+    │   ├── InvalidURL             400 invalid_url: missing, malformed, bad scheme, credentials, too long
+    │   ├── ForbiddenAddress       403 forbidden_address: resolves to loopback/private/reserved space
+    │   ├── TooManyRedirects       400 too_many_redirects: redirect chain over the limit or a loop
+    │   ├── TooLarge               413 too_large: body over the byte cap
+    │   ├── ImageTooLarge          413 image_too_large: more pixels than the pixel limit (bombs)
+    │   ├── NotAnImage             415 not_an_image: the bytes are not a supported image format
+    │   ├── UndecodableImage       422 undecodable_image: an image format, but truncated or corrupt
+    │   ├── Unauthorized           401 unauthorized: API key missing or wrong
+    │   └── BadRequest             400 bad_request: any other malformed request
+    ├── UpstreamError              502 upstream_error: the image host answered with an error status
+    │   └── UpstreamUnreachable    502 upstream_unreachable: DNS failure, refused connection, TLS error
+    ├── UpstreamTimeout            504 upstream_timeout: connect/read timeout or total deadline passed
+    ├── Overloaded                 503 overloaded: the inference queue is full (retry later)
+    ├── NotReady                   503 not_ready: the model is not loaded or failed its warm-up
+    └── ModelError                 500 model_error: model files missing, corrupt or inconsistent
+
+Library exceptions (Pillow, sockets, TensorFlow) are converted to these at the
+boundary (``raise UndecodableImage(...) from exc``); nothing else escapes the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NSFWError(Exception):
+    """Base class of every error the core raises."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able body used by the API, the CLI and the UI."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update({k: v for k, v in self.details.items() if v is not None})
+        return body
+
+
+class InputError(NSFWError):
+    status = 400
+    code = "bad_request"
+
+
+class BadRequest(InputError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidURL(InputError):
+    status = 400
+    code = "invalid_url"
+
+
+class ForbiddenAddress(InputError):
+    status = 403
+    code = "forbidden_address"
+
+
+class TooManyRedirects(InputError):
+    status = 400
+    code = "too_many_redirects"
+
+
+class TooLarge(InputError):
+    status = 413
+    code = "too_large"
+
+
+class ImageTooLarge(InputError):
+    status = 413
+    code = "image_too_large"
+
+
+class NotAnImage(InputError):
+    status = 415
+    code = "not_an_image"
+
+
+class UndecodableImage(InputError):
+    status = 422
+    code = "undecodable_image"
+
+
+class Unauthorized(InputError):
+    status = 401
+    code = "unauthorized"
+
+
+class UpstreamError(NSFWError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(NSFWError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class Overloaded(NSFWError):
+    status = 503
+    code = "overloaded"
+
+
+class NotReady(NSFWError):
+    status = 503
+    code = "not_ready"
+
+
+class ModelError(NSFWError):
+    status = 500
+    code = "model_error"
