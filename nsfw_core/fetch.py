@@ -1,0 +1,566 @@
+"""SSRF-safe HTTP(S) image fetcher (standard library only).
+
+Threat model: the URL comes from an untrusted caller and the service runs
+inside a network that holds things the caller must not reach (cloud metadata
+at 169.254.169.254, admin ports on localhost, private subnets).  So:
+
+* only ``http``/``https`` URLs without credentials are accepted, and every
+  numeric host spelling a C resolver understands (``127.1``, ``2130706433``,
+  ``0x7f000001``, ``0177.0.0.1``, ``[::ffff:127.0.0.1]``...) is parsed as the
+  address it stands for;
+* every address a host resolves to must be globally routable, and the socket
+  is opened to the very address that was checked (the name is used only for
+  ``Host``, SNI and certificate checks), which defeats DNS rebinding;
+* redirects are followed by hand and each hop is checked like the first;
+* one deadline covers the whole fetch (DNS, every hop, the body) and is
+  enforced on every ``recv``, so a server trickling bytes cannot hold a worker;
+* the body is capped at ``settings.max_bytes`` while streaming.
+
+Hosts in ``settings.allow_private_hosts`` (``host``, ``host:port``,
+``[v6]:port`` or ``*``) skip the address check; they are for development and
+tests.  Responses with a ``Content-Encoding`` other than ``identity`` are
+refused as :class:`NotAnImage` without reading the body (we ask for identity
+and never decompress, so compression bombs cannot hurt).
+
+Only the errors of :mod:`nsfw_core.errors` leave :func:`fetch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.client
+import io
+import ipaddress
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Sequence
+
+from .errors import (
+    ForbiddenAddress,
+    InvalidURL,
+    NotAnImage,
+    NSFWError,
+    TooLarge,
+    TooManyRedirects,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+DEFAULT_USER_AGENT = "nsfw-service/1.0"
+REQUEST_HEADERS = {
+    "User-Agent": DEFAULT_USER_AGENT,
+    "Accept": "image/*",
+    "Accept-Encoding": "identity",
+    "Connection": "close",
+}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_SIZE = 64 * 1024
+MAX_HOSTNAME_LENGTH = 253
+# Well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 address.
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[str]]
+
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
+_AUTHORITY = re.compile(r"(?:\[(?P<v6>[^\[\]]*)\]|(?P<name>[^\[\]:]+))(?::(?P<port>[0-9]{0,5}))?")
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+# Characters left as they are in the request target; anything else (non-ASCII,
+# quotes, braces...) is percent-encoded.
+_SAFE_TARGET_CHARS = "!$%&'()*+,/:;=?@[]~"
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    url: str  # the URL asked for
+    final_url: str  # after redirects
+    content: bytes
+    status: int
+    content_type: str | None  # as the server said (informational only; callers sniff bytes)
+    redirects: tuple[str, ...]  # every URL redirected to, in order (the last is final_url)
+    elapsed: float  # seconds
+
+
+def fetch(url: str, settings: Any, *, resolver: Resolver | None = None) -> FetchResult:
+    """Fetch ``url`` under the rules of the module docstring.
+
+    ``resolver(host, port)`` returns the IP address strings of ``host``
+    (default: :func:`system_resolver`); IP literals are never passed to it.
+    """
+    started = time.monotonic()
+    deadline = _Deadline(settings.fetch_timeout)
+    try:
+        final_url, redirects, reply = _follow(url, settings, resolver or system_resolver, deadline)
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # UnicodeError is a ValueError
+        raise _as_upstream_error(exc) from exc
+    return FetchResult(
+        url=url,
+        final_url=final_url,
+        content=reply.content,
+        status=reply.status,
+        content_type=reply.content_type,
+        redirects=redirects,
+        elapsed=time.monotonic() - started,
+    )
+
+
+def validate_url(url: str, settings: Any) -> urllib.parse.SplitResult:
+    """Syntax checks only (no DNS): scheme, credentials, length, host and port; raises InvalidURL."""
+    return _parse(url, settings).parts
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` from the system resolver (``socket.getaddrinfo``)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UpstreamUnreachable(f"the host {host} could not be resolved") from exc
+    return [str(info[4][0]) for info in infos]
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    parts: urllib.parse.SplitResult
+    host: str  # lower-case ASCII name, or the canonical form of an IP literal
+    literal: IPAddress | None  # set when the host is an IP address in any spelling
+    port: int
+
+    @property
+    def request_path(self) -> str:
+        path = self.parts.path or "/"
+        if self.parts.query:
+            path += "?" + self.parts.query
+        return urllib.parse.quote(path, safe=_SAFE_TARGET_CHARS)
+
+
+def _parse(url: str, settings: Any) -> _Target:
+    if not isinstance(url, str) or not url:
+        raise InvalidURL("no URL given")
+    if len(url) > settings.max_url_length:
+        raise InvalidURL(f"the URL is longer than {settings.max_url_length} characters")
+    if _BAD_URL_CHARS.search(url):
+        raise InvalidURL("the URL contains whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise InvalidURL("the URL is malformed") from exc
+    if parts.scheme not in DEFAULT_PORTS:
+        raise InvalidURL("only http and https URLs can be fetched")
+    if not parts.netloc:
+        raise InvalidURL("the URL has no host")
+    if "@" in parts.netloc:
+        raise InvalidURL("URLs with credentials (user:password@) are not accepted")
+    host, literal, port = _parse_authority(parts.netloc)
+    return _Target(parts, host, literal, port or DEFAULT_PORTS[parts.scheme])
+
+
+def _parse_authority(authority: str) -> tuple[str, IPAddress | None, int | None]:
+    """``host[:port]`` or ``[v6][:port]`` -> (normalised host, address if a literal, port or None)."""
+    match = _AUTHORITY.fullmatch(authority)
+    if match is None:
+        raise InvalidURL("the URL's host or port is malformed")
+    literal: IPAddress | None
+    if match["v6"] is not None:
+        literal = _ipv6_literal(match["v6"])
+        host = str(literal)
+    else:
+        host, literal = _normalise_name(match["name"])
+    return host, literal, _port(match["port"])
+
+
+def _port(text: str | None) -> int | None:
+    if not text:
+        return None
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise InvalidURL("the URL's port is out of range")
+    return port
+
+
+def _ipv6_literal(text: str) -> ipaddress.IPv6Address:
+    if "%" in text:  # zone ids mean nothing to a remote caller
+        raise InvalidURL("IPv6 zone identifiers are not accepted")
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError as exc:
+        raise InvalidURL("the URL's IPv6 address is malformed") from exc
+
+
+def _normalise_name(raw: str) -> tuple[str, ipaddress.IPv4Address | None]:
+    """Lower-case, IDNA-encode and strip one trailing dot; parse numeric IPv4 spellings."""
+    host = raw
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise InvalidURL("the URL's host is not a valid international domain name") from exc
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    labels = host.split(".")
+    if len(host) > MAX_HOSTNAME_LENGTH or not all(_LABEL.fullmatch(label) for label in labels):
+        raise InvalidURL("the URL's host name is malformed")
+    if not _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return host, None
+    address = _inet_aton(labels)
+    return str(address), address
+
+
+def _inet_aton(labels: list[str]) -> ipaddress.IPv4Address:
+    """Parse ``a``, ``a.b``, ``a.b.c`` or ``a.b.c.d`` (decimal, 0x-hex or 0-octal parts) like inet_aton(3).
+
+    A host whose last label is numeric is an IPv4 address or nothing (as in the
+    WHATWG URL standard), so a failure here is an invalid URL.
+    """
+    try:
+        numbers = [_inet_number(label) for label in labels]
+    except ValueError as exc:
+        raise InvalidURL("the URL's numeric host is not a valid IPv4 address") from exc
+    *head, last = numbers
+    if len(numbers) > 4 or any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        raise InvalidURL("the URL's numeric host is not a valid IPv4 address")
+    value = last
+    for index, number in enumerate(head):
+        value |= number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _inet_number(label: str) -> int:
+    if label.startswith("0x"):
+        return int(label[2:], 16)
+    if len(label) > 1 and label.startswith("0"):
+        return int(label[1:], 8)
+    return int(label, 10)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@dataclasses.dataclass(frozen=True)
+class _AllowList:
+    """Parsed ``settings.allow_private_hosts``; entries that do not parse are ignored (fail closed)."""
+
+    everything: bool
+    entries: frozenset[tuple[str, int | None]]
+
+    @classmethod
+    def parse(cls, raw: Sequence[str]) -> _AllowList:
+        entries = {entry for entry in map(_allow_entry, raw) if entry is not None}
+        return cls("*" in raw, frozenset(entries))
+
+    def allows(self, host: str, port: int) -> bool:
+        return self.everything or (host, port) in self.entries or (host, None) in self.entries
+
+
+def _allow_entry(raw: str) -> tuple[str, int | None] | None:
+    entry = raw.strip()
+    try:
+        if entry.count(":") > 1 and not entry.startswith("["):  # a bare IPv6 address
+            return str(_ipv6_literal(entry)), None
+        host, _, port = _parse_authority(entry)
+    except (InvalidURL, ValueError):
+        return None
+    return host, port
+
+
+def _checked_addresses(
+    target: _Target, resolver: Resolver, allow: _AllowList, deadline: _Deadline
+) -> list[IPAddress]:
+    """The addresses to connect to; ForbiddenAddress if any is not public (unless allow-listed)."""
+    allowed = allow.allows(target.host, target.port)
+    if target.literal is not None:
+        addresses: list[IPAddress] = [target.literal]
+    elif _is_localhost_name(target.host) and not allowed:
+        raise ForbiddenAddress(f"refusing to fetch from {target.host}: it is a loopback name (RFC 6761)")
+    else:
+        addresses = _resolve(resolver, target.host, target.port, deadline)
+    if not allowed:
+        verb = "is" if target.literal is not None else "resolves to"
+        for address in addresses:
+            reason = _forbidden_reason(address)
+            if reason is not None:
+                raise ForbiddenAddress(f"refusing to fetch from {target.host}: it {verb} {reason}")
+    return addresses
+
+
+def _is_localhost_name(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")  # RFC 6761
+
+
+def _forbidden_reason(address: IPAddress) -> str | None:
+    """What ``address`` is ("a loopback address"...) when it must not be connected to; None when public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or _nat64_embedded(address)
+        if embedded is not None:  # the connection really goes to this IPv4 address
+            return _forbidden_reason(embedded)
+        for tunnelled in (address.sixtofour, *(address.teredo or ())):
+            if tunnelled is not None and _forbidden_reason(tunnelled) is not None:
+                return "an IPv6 tunnel (6to4/Teredo) to a non-public address"
+        if address.is_site_local:
+            return "a site-local address"
+    # ipaddress.is_global has gaps (multicast, ::/8, fec0::/10 count as global), hence the explicit checks.
+    checks = (
+        ("a loopback address", address.is_loopback),
+        ("an unspecified address", address.is_unspecified),
+        ("a link-local address", address.is_link_local),
+        ("a multicast address", address.is_multicast),
+        ("a private address", address.is_private),
+        ("a reserved address", address.is_reserved),
+        ("a non-public address", not address.is_global),
+    )
+    return next((reason for reason, hit in checks if hit), None)
+
+
+def _nat64_embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _resolve(resolver: Resolver, host: str, port: int, deadline: _Deadline) -> list[IPAddress]:
+    try:
+        answer = _call_before_deadline(functools.partial(resolver, host, port), deadline)
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"resolving the host {host} took too long") from exc
+    except (OSError, ValueError) as exc:
+        raise UpstreamUnreachable(f"the host {host} could not be resolved") from exc
+    addresses: list[IPAddress] = []
+    for text in answer:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError as exc:
+            raise UpstreamUnreachable(f"the host {host} resolved to an invalid address") from exc
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise UpstreamUnreachable(f"the host {host} could not be resolved")
+    return addresses
+
+
+def _call_before_deadline(call: Callable[[], Sequence[str]], deadline: _Deadline) -> Sequence[str]:
+    """Run ``call`` (a resolver: getaddrinfo has no timeout) in a helper thread, waiting at most until the deadline."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed over to the calling thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="nsfw-fetch-resolve", daemon=True)
+    worker.start()
+    worker.join(deadline.remaining())
+    if worker.is_alive():
+        raise TimeoutError("name resolution timed out")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left; raises UpstreamTimeout once the deadline has passed."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise UpstreamTimeout(f"fetching the URL took longer than {self._seconds:g} s")
+        return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reader giving each ``recv`` only the time left before the deadline.
+
+    ``readline``/``read(n)`` loop over many ``recv`` calls, so a plain socket
+    timeout would let a server sending one byte per second go on forever.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(self._deadline.remaining())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP connection to addresses checked beforehand; the host name only goes into ``Host``."""
+
+    def __init__(
+        self, host: str, port: int, addresses: list[IPAddress], connect_timeout: float, deadline: _Deadline
+    ) -> None:
+        super().__init__(host, port)
+        self._addresses = addresses
+        self._connect_timeout = connect_timeout
+        self._deadline = deadline
+        self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
+
+    def connect(self) -> None:
+        sock = self._open()
+        try:
+            sock = self._secure(sock)
+            sock.settimeout(self._deadline.remaining())
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def _open(self) -> socket.socket:
+        """A TCP connection to the first checked address that accepts one."""
+        errors: list[OSError] = []
+        for address in self._addresses:
+            timeout = min(self._connect_timeout, self._deadline.remaining())
+            try:
+                return socket.create_connection((str(address), self.port), timeout)
+            except OSError as exc:
+                errors.append(exc)
+        raise errors[-1]
+
+    def _secure(self, sock: socket.socket) -> socket.socket:
+        return sock
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """TLS over the pinned socket; SNI and certificate verification use the host name."""
+
+    default_port = 443
+
+    def _secure(self, sock: socket.socket) -> socket.socket:
+        return _tls_context().wrap_socket(sock, server_hostname=self.host)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The system's default verifying context, built once (loading the CA store takes ~70 ms); thread-safe."""
+    return ssl.create_default_context()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reply:
+    status: int
+    content_type: str | None
+    location: str | None  # set on redirects
+    content: bytes
+
+
+def _follow(url: str, settings: Any, resolver: Resolver, deadline: _Deadline) -> tuple[str, tuple[str, ...], _Reply]:
+    allow = _AllowList.parse(settings.allow_private_hosts)
+    redirects: list[str] = []
+    current = url
+    while True:
+        target = _parse(current, settings)
+        addresses = _checked_addresses(target, resolver, allow, deadline)
+        reply = _exchange(target, addresses, settings, deadline)
+        if reply.location is None:
+            return current, tuple(redirects), reply
+        current = _redirect_url(current, reply.location, [url, *redirects], settings.max_redirects)
+        redirects.append(current)
+
+
+def _redirect_url(base: str, location: str, visited: list[str], max_redirects: int) -> str:
+    try:
+        url = urllib.parse.urljoin(base, location)
+    except ValueError as exc:
+        raise InvalidURL("the image host redirected to a malformed URL") from exc
+    if url in visited:
+        raise TooManyRedirects("the image host redirects in a loop")
+    if len(visited) > max_redirects:  # visited holds the first URL and every redirect so far
+        raise TooManyRedirects(f"the image host redirects more than {max_redirects} times")
+    return url
+
+
+def _exchange(target: _Target, addresses: list[IPAddress], settings: Any, deadline: _Deadline) -> _Reply:
+    """One GET to ``target`` over a fresh pinned connection."""
+    connection_class = _PinnedHTTPSConnection if target.parts.scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(target.host, target.port, addresses, settings.connect_timeout, deadline)
+    try:
+        connection.request("GET", target.request_path, headers=REQUEST_HEADERS)
+        response = connection.getresponse()
+        try:
+            return _read_reply(response, settings.max_bytes)
+        finally:
+            response.close()
+    finally:
+        connection.close()
+
+
+def _read_reply(response: http.client.HTTPResponse, max_bytes: int) -> _Reply:
+    status = response.status
+    content_type = response.getheader("Content-Type")
+    if status in REDIRECT_STATUSES:
+        location = response.getheader("Location")
+        if not location:
+            raise UpstreamError(f"the image host answered {status} without a Location header", upstream_status=status)
+        return _Reply(status, content_type, location.strip(), b"")
+    if not 200 <= status < 300:
+        raise UpstreamError(f"the image host answered with status {status}", upstream_status=status)
+    encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise NotAnImage(f"the image host sent a {encoding}-encoded body; only unencoded images are accepted")
+    return _Reply(status, content_type, None, _read_body(response, max_bytes))
+
+
+def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
+    declared = response.length  # Content-Length as http.client honours it; None when chunked or absent
+    if declared is not None and declared > max_bytes:
+        raise TooLarge(f"the image is larger than {max_bytes} bytes (Content-Length {declared})")
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := response.read(min(CHUNK_SIZE, max_bytes + 1 - total)):
+        total += len(chunk)
+        if total > max_bytes:
+            raise TooLarge(f"the image is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    if declared is not None and total < declared:
+        raise UpstreamError(f"the image host sent {total} of the {declared} bytes it announced")
+    return b"".join(chunks)
+
+
+def _as_upstream_error(exc: Exception) -> NSFWError:
+    """The typed error for a socket, TLS or HTTP-parsing failure."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("the image host did not answer in time")
+    if isinstance(exc, http.client.IncompleteRead):
+        return UpstreamError("the image host closed the connection before sending the whole body")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return UpstreamError("the image host closed the connection without answering")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UpstreamUnreachable(f"the image host's TLS certificate is not valid: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamUnreachable("the TLS handshake with the image host failed")
+    if isinstance(exc, OSError):
+        return UpstreamUnreachable("the connection to the image host failed")
+    return UpstreamError("the image host sent a malformed response")
