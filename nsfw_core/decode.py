@@ -1,0 +1,320 @@
+"""Turn untrusted image bytes into an RGB ``uint8`` array, or a typed error.
+
+The only entry points are :func:`sniff`, :func:`image_info` and :func:`decode`.
+
+* The format comes from the magic bytes (never from a Content-Type) and must be
+  one of :data:`FORMATS`; anything else is :class:`NotAnImage` (415).
+* Only the Pillow plugin of the sniffed format is used.  The declared size is
+  checked against ``max_pixels`` *before* any pixel memory is allocated
+  (:class:`ImageTooLarge`, 413, with ``width``/``height`` details).
+* Truncated or corrupt data of a supported format is :class:`UndecodableImage`
+  (422); every exception Pillow, zlib or numpy may raise is converted at this
+  boundary (``raise ... from exc``), so callers only ever see ``NSFWError``.
+* The output is the first frame, turned by its EXIF orientation, with any
+  transparency composited on white, 16-bit and float greyscale scaled to 8 bits.
+
+Why not ``Image.open(..., formats=[...])``: it runs Pillow's process-global
+decompression-bomb check (``Image.MAX_IMAGE_PIXELS``) before we see the size,
+which warns (a ``DecompressionBombWarning`` in the logs) or raises without the
+dimensions, and cannot be tuned per call without racing other threads.  So
+:func:`_open` calls the same registered plugin factory that ``Image.open`` would
+call for the sniffed format, and our own limit runs first.  WebP and GIF are
+checked even earlier, from their bytes, because Pillow allocates the WebP
+canvas and grows a GIF to its first frame while opening.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import struct
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from PIL import ExifTags, Image, ImageFile, ImageOps
+
+from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+FORMATS: dict[str, str] = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+}
+
+_PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+# Only used to say what an unsupported body looks like in the 415 message.
+_OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF document"),
+    (b"\x1f\x8b", "gzip stream"),
+    (b"PK\x03\x04", "ZIP archive"),
+    (b"\x00\x00\x01\x00", "ICO icon"),
+    (b"II+\x00", "BigTIFF image"),
+    (b"MM\x00+", "BigTIFF image"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 image"),
+    (b"RIFF", "RIFF file (not WebP)"),
+)
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+_WHITE = (255, 255, 255, 255)
+
+
+def sniff(data: bytes) -> str | None:
+    """The key of :data:`FORMATS` that the magic bytes of ``data`` announce, else ``None``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
+    """Format and displayed size (EXIF orientation applied) read from the header only.
+
+    Raises the same errors as :func:`decode` for the header: 415, 413, 422.
+    """
+    fmt = _require_format(data)
+    with _typed_errors(fmt):
+        img = _open_checked(data, fmt, max_pixels)
+        width, height = img.size
+        if _header_orientation(img) in _ROTATING_ORIENTATIONS:
+            width, height = height, width
+    return {"format": fmt, "width": width, "height": height}
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> np.ndarray:
+    """Decode ``data`` to a C-contiguous RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+    ``draft_size``: for JPEG only, let libjpeg decode at 1/2, 1/4 or 1/8 scale
+    as long as both sides stay >= ``draft_size``; ignored for other formats.
+    """
+    if draft_size is not None and draft_size < 1:
+        raise ValueError(f"draft_size must be >= 1, got {draft_size}")
+    fmt = _require_format(data)
+    with _typed_errors(fmt):
+        img = _open_checked(data, fmt, max_pixels)
+        if draft_size is not None and fmt == "jpeg":
+            # Pillow picks the largest scale s in (8, 4, 2, 1) with s <= min(W, H) // draft_size,
+            # so ceil(W / s) and ceil(H / s) both stay >= draft_size, whatever the aspect ratio.
+            img.draft("RGB", (draft_size, draft_size))
+        _load(img)
+        _apply_orientation(img)
+        return _to_rgb_array(img)
+
+
+def _require_format(data: bytes) -> str:
+    fmt = sniff(data)
+    if fmt is None:
+        detected = _describe(data)
+        raise NotAnImage(
+            f"not a supported image ({detected}); supported: {', '.join(FORMATS)}",
+            detected=detected,
+        )
+    return fmt
+
+
+def _describe(data: bytes) -> str:
+    """A short guess at what a non-image body is, for the 415 message."""
+    if not data:
+        return "empty body"
+    for magic, what in _OTHER_SIGNATURES:
+        if data.startswith(magic):
+            return what
+    if data[4:8] == b"ftyp":
+        return "ISO media file (HEIC/AVIF/MP4)"
+    head = data[:1024].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if head.startswith(b"<!doctype html") or b"<html" in head:
+        return "HTML page"
+    if b"<svg" in head:
+        return "SVG image"
+    if head.startswith(b"<?xml"):
+        return "XML document"
+    return "text" if _looks_like_text(head) else "unknown binary data"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\n\r\f" for char in text)
+
+
+@contextlib.contextmanager
+def _typed_errors(fmt: str) -> Iterator[None]:
+    """Convert whatever the libraries raise into the core's typed errors."""
+    try:
+        yield
+    except NSFWError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        # Pillow's checks inside plugins fire before ours only when max_pixels is above its
+        # MAX_IMAGE_PIXELS (or a warnings filter turns its warning into an error).
+        raise ImageTooLarge(f"the {fmt} image is too large to decode", format=fmt) from exc
+    except Exception as exc:
+        raise UndecodableImage(f"the {fmt} image is truncated or corrupt", format=fmt) from exc
+
+
+def _open_checked(data: bytes, fmt: str, max_pixels: int) -> ImageFile.ImageFile:
+    """Open lazily (header only) and enforce the size limits; no pixel is decoded."""
+    early = _EARLY_SIZE_READERS.get(fmt)
+    size = early(data) if early is not None else None
+    if size is not None:
+        _check_size(*size, fmt=fmt, max_pixels=max_pixels)
+    img = _open(data, fmt)
+    _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)
+    return img
+
+
+def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
+    """What ``Image.open(BytesIO(data), formats=[...])`` does, minus its global bomb check."""
+    name = _PILLOW_NAMES[fmt]
+    if name not in Image.OPEN:
+        Image.init()
+    factory, _accept = Image.OPEN[name]
+    return factory(io.BytesIO(data), "")
+
+
+def _check_size(width: int, height: int, *, fmt: str, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise UndecodableImage(f"the {fmt} image has no pixels ({width}x{height})", format=fmt)
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+            width=width,
+            height=height,
+            max_pixels=max_pixels,
+        )
+
+
+def _webp_canvas_size(data: bytes) -> tuple[int, int] | None:
+    """Canvas size from the first chunk of a WebP file (simple lossy, lossless, or extended)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
+
+
+def _gif_first_frame_size(data: bytes) -> tuple[int, int] | None:
+    """Size Pillow gives a GIF after reading its first frame: the screen, grown to fit that frame.
+
+    Walks the blocks exactly as Pillow's GIF plugin does, quirks included, so that the
+    sizes agree on malformed files too (a property test checks it).
+    """
+    if len(data) < 13:
+        return None
+    width, height, flags = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"), data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while pos < len(data):
+        marker = data[pos]
+        if marker == 0x3B:  # trailer: no frame
+            return None
+        if marker == 0x2C:  # image descriptor: x, y, w, h
+            if pos + 9 > len(data):
+                return None
+            x0, y0, frame_width, frame_height = struct.unpack_from("<4H", data, pos + 1)
+            return max(width, x0 + frame_width), max(height, y0 + frame_height)
+        if marker == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_gif_extension(data, pos)
+        else:
+            pos += 1  # Pillow skips stray bytes
+    return None
+
+
+def _skip_gif_extension(data: bytes, pos: int) -> int:
+    """Position after the extension at ``pos``, consumed the way Pillow's GIF plugin consumes it."""
+    label = data[pos + 1 : pos + 2]
+    pos, block = _gif_sub_block(data, pos + 2)
+    if label == b"\xfe":  # comment: sub-blocks up to the first empty one
+        while block:
+            pos, block = _gif_sub_block(data, pos)
+        return pos
+    if label == b"\xff" and block.startswith(b"NETSCAPE2.0"):
+        pos, _loop = _gif_sub_block(data, pos)
+    while True:  # Pillow reads at least one more sub-block, even after an empty first one
+        pos, block = _gif_sub_block(data, pos)
+        if not block:
+            return pos
+
+
+def _gif_sub_block(data: bytes, pos: int) -> tuple[int, bytes]:
+    size = data[pos] if pos < len(data) else 0
+    return pos + 1 + size, data[pos + 1 : pos + 1 + size]
+
+
+_EARLY_SIZE_READERS: dict[str, Callable[[bytes], tuple[int, int] | None]] = {
+    # Pillow allocates the WebP canvas, and grows a GIF to its first frame (running its
+    # own bomb check), while opening; these sizes are read from the bytes beforehand.
+    "webp": _webp_canvas_size,
+    "gif": _gif_first_frame_size,
+}
+
+
+def _load(img: ImageFile.ImageFile) -> None:
+    # Partial images must fail with 422, whatever another module set this process-wide flag to.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    img.load()
+
+
+def _apply_orientation(img: Image.Image) -> None:
+    """Turn the loaded image upright; a broken EXIF block leaves it as stored."""
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(img, in_place=True)
+
+
+def _header_orientation(img: ImageFile.ImageFile) -> int:
+    """EXIF orientation without decoding pixels (1 when absent or unreadable)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow would decode the whole image to look for an eXIf chunk after the pixels
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode in _WIDE_GREY_MODES or img.mode == "F":
+        grey = _grey_to_uint8(np.asarray(img), img.mode)
+        return np.ascontiguousarray(np.repeat(grey[:, :, np.newaxis], 3, axis=2))
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        img = _on_white(img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.array(img, dtype=np.uint8))
+
+
+def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit greyscale keeps its top byte; float greyscale is clipped to 0..255."""
+    if mode == "F":
+        return np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0, 255)).astype(np.uint8)
+    return (np.clip(values, 0, 0xFFFF) >> 8).astype(np.uint8)
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")

@@ -1,0 +1,105 @@
+"""Property tests of nsfw_core.decode on mutated real images (a short run of bench/fuzz_decode.py).
+
+decode() must return a C-contiguous uint8 (H, W, 3) array or raise an NSFWError with
+status 413, 415 or 422 (not caused by Pillow's own bomb check) -- never anything else.
+The seed corpus, the mutations and the check live in bench/fuzz_decode.py, which runs
+the same property for as long as you like.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nsfw_core import decode as decode_module
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_fuzzer():
+    spec = importlib.util.spec_from_file_location("fuzz_decode", ROOT / "bench" / "fuzz_decode.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = _load_fuzzer()
+CORPUS = fuzz.seed_corpus()
+NAMES = list(CORPUS)
+FUZZ_SETTINGS = settings(
+    max_examples=400,
+    deadline=None,
+    database=None,  # nothing written into the work tree
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+position = st.one_of(st.integers(0, 255), st.integers(0, 1 << 31))  # headers get half the attention
+mutation = st.one_of(
+    st.tuples(st.just("flip"), position, st.integers(1, 255)),
+    st.tuples(st.just("overwrite"), position, st.sampled_from(fuzz.INTERESTING)),
+    st.tuples(st.just("truncate"), position),
+    st.tuples(st.just("insert"), position, st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("delete"), position, st.integers(1, 64)),
+    st.tuples(st.just("splice"), position, st.sampled_from(NAMES), st.integers(0, 1 << 31), st.integers(1, 256)),
+)
+mutations = st.lists(mutation, min_size=1, max_size=4)
+
+
+def test_seed_corpus_decodes() -> None:
+    assert len(CORPUS) >= 30
+    for name, data in CORPUS.items():
+        assert fuzz.outcome(data) == ("ok", None), name
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "error::PIL.Image.DecompressionBombWarning")
+@FUZZ_SETTINGS
+@given(name=st.sampled_from(NAMES), edits=mutations, draft_size=st.sampled_from(fuzz.DRAFT_SIZES))
+def test_mutated_images_decode_or_raise_typed_errors(name: str, edits: list, draft_size: int | None) -> None:
+    data = fuzz.mutated(name, edits, CORPUS)
+    result, detail = fuzz.outcome(data, draft_size)
+    if isinstance(detail, BaseException):
+        raise detail
+    assert result != "unexpected", detail
+
+
+@pytest.mark.parametrize("fmt", ["gif", "webp"])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_early_size_reader_agrees_with_pillow(fmt: str, data: st.DataObject) -> None:
+    """GIF and WebP sizes are checked from the bytes before Pillow opens them; they must match."""
+    name = data.draw(st.sampled_from([n for n in NAMES if n.startswith(f"{fmt}-")]))
+    raw = fuzz.mutated(name, data.draw(mutations), CORPUS)
+    try:
+        size = decode_module._open(raw, fmt).size
+    except Exception:  # noqa: BLE001 - Pillow refused the file; nothing to compare
+        return
+    assert decode_module._EARLY_SIZE_READERS[fmt](raw) == size
+
+
+def test_replay_prints_the_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fuzz.main(["--seed", "7", "--iteration", "3"]) == 0
+    assert "seed 7 iteration 3" in capsys.readouterr().out
+
+
+def test_short_run_reports_every_outcome(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fuzz.main(["--iterations", "200", "--seed", "11"]) == 0
+    out = capsys.readouterr().out
+    for name in fuzz.OUTCOMES:
+        assert f"  {name}" in out
+    assert re.search(r"^  unexpected +0$", out, re.MULTILINE)
+
+
+def test_mutations_are_deterministic() -> None:
+    first = [fuzz.mutated(*fuzz.case(3, i, CORPUS)[:2], CORPUS) for i in range(20)]
+    again = [fuzz.mutated(*fuzz.case(3, i, CORPUS)[:2], CORPUS) for i in range(20)]
+    assert first == again
+    assert len(set(first)) > 15
