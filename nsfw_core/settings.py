@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NSFW_WORKERS", "workers", "8", "Threads that fetch and decode images concurrently.", _int(1, 256)),
     Setting("NSFW_MAX_BATCH_ITEMS", "max_batch_items", "64", "Most URLs accepted in one batch request.", _int(1, 10000)),
     Setting("NSFW_TF_THREADS", "tf_threads", "0", "TensorFlow intra-op threads (0: TensorFlow's default, one per core).", _int(0, 256)),
-    Setting("NSFW_JPEG_DRAFT", "jpeg_draft", "true", "Decode large JPEGs at a reduced scale (still at least 2x the model input); faster, within the fidelity bound.", _bool),
+    Setting("NSFW_JPEG_DRAFT", "jpeg_draft", "true", "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, within the fidelity bound.", _bool),
 )
 
 

@@ -1,0 +1,96 @@
+"""Command line: ``python -m nsfw_core PATH|URL|DIR ... [--model NAME] [--format json|table]``.
+
+json prints one JSON object per line (JSON Lines), one line per input:
+``{"source": ..., "scores": {...}, "verdict": ...}`` or ``{"source": ..., "error": {"code", "message"}}``.
+Folders are walked for image files.  Exit status: 0 when every input was
+classified, 1 when any failed, 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence, TextIO
+
+from .errors import NSFWError
+from .model import get_model
+from .pipeline import Result, classify_sources, iter_sources
+from .settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
+from .verdict import ThresholdStore
+
+PROGRESS_MIN_ITEMS = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nsfw_core",
+        description="Classify images (files, folders or URLs) into drawings, hentai, neutral, porn, sexy.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="PATH|URL|DIR")
+    parser.add_argument("--model", choices=MODEL_NAMES, help="model to use (default: NSFW_MODEL, MobileNetV2Mid)")
+    parser.add_argument("--format", choices=("json", "table"), default="json")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    return parser
+
+
+def _progress(total: int, stream: TextIO) -> Any:
+    if total < PROGRESS_MIN_ITEMS or not stream.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", file=stream)
+
+
+def _table(results: Sequence[Result], verdicts: Sequence[str | None]) -> str:
+    width = max([len("source")] + [len(r.source) for r in results])
+    head = f"{'source':<{width}}  " + "  ".join(f"{c:>8}" for c in CLASS_NAMES) + "  verdict"
+    lines = [head, "-" * len(head)]
+    for r, verdict in zip(results, verdicts):
+        if r.scores is not None:
+            cells = "  ".join(f"{r.scores[c]:>8.4f}" for c in CLASS_NAMES)
+            lines.append(f"{r.source:<{width}}  {cells}  {verdict}")
+        else:
+            assert r.error is not None
+            lines.append(f"{r.source:<{width}}  error {r.error.code}: {r.error.message}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=stderr)
+        return 2
+    try:
+        settings = load_settings()
+        model = get_model(args.model or settings.model, settings.model_dir, tf_threads=settings.tf_threads)
+    except (SettingsError, NSFWError) as exc:
+        print(f"error: {exc}", file=stderr)
+        return 2
+    thresholds = ThresholdStore.from_settings(settings).current().thresholds
+    sources = iter_sources(args.inputs)
+    if not sources:
+        print("error: no image files found", file=stderr)
+        return 1
+    bar = _progress(len(sources), stderr)
+    try:
+        results = classify_sources(model, sources, settings, batch_size=args.batch_size,
+                                   progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    verdicts = [thresholds.decide(r.scores) if r.scores is not None else None for r in results]
+    if args.format == "json":
+        for r, verdict in zip(results, verdicts):
+            row = r.to_dict()
+            if verdict is not None:
+                row["verdict"] = verdict
+            print(json.dumps(row), file=stdout)
+    else:
+        print(_table(results, verdicts), file=stdout)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} inputs failed", file=stderr)
+    return 1 if failed else 0

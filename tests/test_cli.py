@@ -1,0 +1,78 @@
+"""The command line: python -m nsfw_core PATH|URL|DIR ..."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nsfw_core.cli import main
+
+from .conftest import REFERENCE, REFERENCE_IMAGES, ROOT
+
+NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_json_for_a_folder_matches_nsfwjs(default_model, reference_outputs):
+    code, out, err = run(["--format", "json", str(REFERENCE)])
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["source"] for r in rows] == [str(p) for p in REFERENCE_IMAGES]
+    for row in rows:
+        name = row["source"].rsplit("/", 1)[-1]
+        expected = {NSFWJS_CLASSES[k]: v for k, v in reference_outputs["MobileNetV2Mid"][name].items()}
+        assert set(row["scores"]) == set(expected)
+        for cls, p in expected.items():
+            assert row["scores"][cls] == pytest.approx(p, abs=0.01)
+        assert row["verdict"] in ("adult", "unknown", "safe")
+
+
+def test_bad_inputs_are_reported_per_input_and_exit_1(tmp_path, default_model):
+    html = tmp_path / "page.jpg"
+    html.write_bytes(b"<!doctype html><html><body>hi</body></html>")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(REFERENCE_IMAGES[0].read_bytes()[:2000])
+    good = str(REFERENCE_IMAGES[0])
+    code, out, err = run([str(html), good, str(truncated), str(tmp_path / "missing.jpg")])
+    assert code == 1
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r.get("error", {}).get("code") for r in rows] == ["not_an_image", None, "undecodable_image", "invalid_url"]
+    assert "scores" in rows[1]
+    assert "3 of 4 inputs failed" in err
+
+
+def test_table_format(default_model):
+    code, out, _ = run(["--format", "table", str(REFERENCE_IMAGES[1])])
+    assert code == 0
+    header, rule, row = out.splitlines()
+    assert header.split()[:6] == ["source", "drawings", "hentai", "neutral", "porn", "sexy"]
+    assert set(rule) == {"-"}
+    assert row.startswith(str(REFERENCE_IMAGES[1]))
+
+
+def test_refused_url_is_an_error_row(default_model):
+    code, out, _ = run(["http://127.0.0.1:9/x.jpg"])
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "forbidden_address"
+
+
+def test_entry_point_exit_codes_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    proc = subprocess.run([sys.executable, "-m", "nsfw_core", "--format", "json", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"]["code"] == "not_an_image"
+    assert "Traceback" not in proc.stderr
+    usage = subprocess.run([sys.executable, "-m", "nsfw_core", "--model", "Nope", "x"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr

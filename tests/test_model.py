@@ -1,0 +1,128 @@
+"""The converted models against nsfwjs 4.4.0's own outputs, and the model runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from nsfw_core.errors import ModelError
+from nsfw_core.model import get_model, load_model, resize_bilinear
+from nsfw_core.pipeline import prepare
+from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES, load_settings
+
+from .conftest import REFERENCE_IMAGES, ROOT
+
+NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
+TOLERANCE = 0.01
+
+
+@pytest.fixture(scope="module", params=MODEL_NAMES)
+def model(request):
+    return get_model(request.param, ROOT / "model")
+
+
+@pytest.mark.parametrize("draft", [True, False], ids=["jpeg-draft", "full-decode"])
+def test_fidelity_against_nsfwjs(model, reference_outputs, draft):
+    settings = load_settings(environ={}, jpeg_draft=draft)
+    batch = np.stack([prepare(model, p.read_bytes(), settings) for p in REFERENCE_IMAGES])
+    probs = model.predict(batch)  # all four images in one forward pass
+    for path, row in zip(REFERENCE_IMAGES, probs):
+        expected = {NSFWJS_CLASSES[k]: v for k, v in reference_outputs[model.name][path.name].items()}
+        got = dict(zip(CLASS_NAMES, row.tolist()))
+        for cls in CLASS_NAMES:
+            assert abs(got[cls] - expected[cls]) <= TOLERANCE, (model.name, path.name, cls, got[cls], expected[cls])
+        assert max(got, key=got.get) == max(expected, key=expected.get), (model.name, path.name)
+
+
+def test_batch_equals_single(default_model):
+    settings = load_settings(environ={})
+    inputs = [prepare(default_model, p.read_bytes(), settings) for p in REFERENCE_IMAGES]
+    together = default_model.predict(np.stack(inputs))
+    for x, row in zip(inputs, together):
+        np.testing.assert_allclose(default_model.predict(x[None])[0], row, atol=1e-5)
+
+
+def test_probabilities_sum_to_one(default_model):
+    probs = default_model.predict(np.random.default_rng(0).random((3, 224, 224, 3), dtype=np.float32))
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predict_rejects_wrong_shape(default_model):
+    with pytest.raises(ValueError, match=r"\(N, 224, 224, 3\)"):
+        default_model.predict(np.zeros((1, 100, 100, 3), np.float32))
+    assert default_model.predict(np.zeros((0, 224, 224, 3), np.float32)).shape == (0, 5)
+
+
+def test_get_model_is_cached(default_model):
+    assert get_model("MobileNetV2Mid", ROOT / "model") is default_model
+    assert default_model.info() == {"name": "MobileNetV2Mid", "version": default_model.version, "input_size": 224}
+    assert default_model.version.startswith("nsfwjs@4.4.0+")
+
+
+def test_resize_bilinear_align_corners_matches_hand_computation():
+    img = np.array([[0, 10, 20], [30, 40, 50], [60, 70, 80]], dtype=np.uint8)[:, :, None]
+    out = resize_bilinear(img, 5)[:, :, 0]
+    # align_corners: output i samples input i * (3 - 1) / (5 - 1) = i / 2; corners are kept exactly
+    assert out[0, 0] == 0 and out[0, 4] == 20 and out[4, 0] == 60 and out[4, 4] == 80
+    assert out[0, 1] == pytest.approx(5.0)
+    assert out[1, 1] == pytest.approx(20.0)  # midway between 0, 10, 30, 40
+    assert out[2, 2] == pytest.approx(40.0)
+    assert out.dtype == np.float32
+
+
+def test_resize_bilinear_matches_tensorflow_legacy_op():
+    import tensorflow as tf
+
+    img = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    ours = resize_bilinear(img, 224)
+    theirs = tf.compat.v1.image.resize_bilinear(img[None].astype(np.float32), [224, 224], align_corners=True)[0]
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-3)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelError, match="unknown model"):
+        load_model("ResNet", ROOT / "model")
+
+
+def _copy_models(tmp_path):
+    dest = tmp_path / "model"
+    shutil.copytree(ROOT / "model", dest)
+    return dest
+
+
+def test_missing_weights_file_is_a_clear_model_error(tmp_path):
+    model_dir = _copy_models(tmp_path)
+    (model_dir / "MobileNetV2" / "weights.bin").unlink()
+    with pytest.raises(ModelError, match="missing or unreadable"):
+        load_model("MobileNetV2", model_dir)
+
+
+def test_corrupt_weights_file_is_detected_by_sha256(tmp_path):
+    model_dir = _copy_models(tmp_path)
+    path = model_dir / "MobileNetV2" / "weights.bin"
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        load_model("MobileNetV2", model_dir)
+
+
+def test_missing_manifest(tmp_path):
+    model_dir = _copy_models(tmp_path)
+    (model_dir / "manifest.json").unlink()
+    with pytest.raises(ModelError, match="manifest not found"):
+        load_model("MobileNetV2", model_dir)
+
+
+def test_manifest_lists_every_file_and_licence():
+    manifest = json.loads((ROOT / "model" / "manifest.json").read_text())
+    files = {p.relative_to(ROOT / "model").as_posix() for p in (ROOT / "model").rglob("*") if p.is_file()}
+    assert files - {"manifest.json"} == set(manifest["files"])
+    assert manifest["source"]["package"] == "nsfwjs" and manifest["source"]["version"] == "4.4.0"
+    assert "MIT" in (ROOT / "model" / "LICENSE").read_text()
+    total = sum(p.stat().st_size for p in (ROOT / "model").rglob("*") if p.is_file())
+    assert total < 40 * 1024 * 1024

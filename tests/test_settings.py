@@ -1,0 +1,39 @@
+"""Settings parsing and the README's settings table."""
+
+from __future__ import annotations
+
+import pytest
+
+from nsfw_core.settings import ROOT, SETTINGS, SettingsError, load_settings, markdown_table
+
+
+def test_defaults():
+    s = load_settings(environ={})
+    assert s.port == 8080 and s.model == "MobileNetV2Mid"
+    assert s.max_bytes == 10 * 1024 * 1024 and s.max_pixels == 50_000_000
+    assert s.fetch_timeout == 10.0 and s.max_redirects == 5
+    assert s.allow_private_hosts == () and s.api_keys == ()
+    assert s.adult_classes == ("porn", "sexy") and s.safe_classes == ("neutral", "drawings")
+    assert s.model_dir == str(ROOT / "model") and s.data_dir == str(ROOT / "var")
+
+
+def test_environment_values_are_parsed():
+    s = load_settings(environ={"PORT": "9000", "NSFW_ALLOW_PRIVATE_HOSTS": " 127.0.0.1:8000, localhost ,",
+                               "NSFW_API_KEYS": "a,b", "NSFW_JPEG_DRAFT": "false", "NSFW_DATA_DIR": "/tmp/x"})
+    assert s.port == 9000
+    assert s.allow_private_hosts == ("127.0.0.1:8000", "localhost")
+    assert s.api_keys == ("a", "b") and s.jpeg_draft is False and s.data_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize("name,value", [("PORT", "abc"), ("PORT", "70000"), ("NSFW_MODEL", "ResNet"),
+                                        ("NSFW_ADULT_THRESHOLD", "1.5"), ("NSFW_ADULT_CLASSES", "porn,nude"),
+                                        ("NSFW_FETCH_TIMEOUT", "nan"), ("NSFW_JPEG_DRAFT", "maybe")])
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(environ={name: value})
+
+
+def test_readme_settings_table_is_generated_from_the_code():
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
