@@ -1,0 +1,440 @@
+"""The HTTP API: Starlette routes and lifespan, served beside the Streamlit UI.
+
+Endpoints (see :func:`openapi_document` for the schemas):
+
+* ``POST /predict?url=<image URL>``: the five class probabilities,
+  ``{"drawings", "hentai", "neutral", "porn", "sexy"}``.  Instead of ``url``
+  the body may carry the image (raw bytes, or ``multipart/form-data`` with a
+  ``file`` or ``image`` field).  ``detail=1`` gives the rich answer (verdict,
+  scores, thresholds, model, timings, sha256).
+* ``POST /predict/batch``: ``{"items": [{"id", "url"}, ...], "detail": bool}``
+  or a plain list of URLs -> ``{"results": [...]}`` in order, errors per item.
+* ``GET /health``: 200 once the model is loaded and warmed up, else 503.
+* ``GET /openapi.json``: this API as OpenAPI 3.1.
+
+Every error, whatever the path, is JSON ``{"code", "message", ...details}``
+with the status of the core's error class; :func:`error_response` is the one
+place where errors become responses.  Each API path answers every HTTP method
+itself (:class:`ApiRoute`), so a wrong method gets JSON 405 instead of falling
+through to Streamlit's HTML catch-all; unknown paths under ``/predict/`` and
+``/v1/`` get JSON 404.
+
+Startup: the lifespan starts loading the model in the background and returns
+at once, so the server answers ``/health`` with 503 ``not_ready`` while it
+loads (a few seconds) and for good, with the reason, if loading fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .errors import BadRequest, InputError, InvalidURL, NSFWError, Overloaded, TooLarge, Unauthorized
+from .service import Service, get_service, install
+from .settings import CLASS_NAMES, load_settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+MULTIPART_SLACK = 64 * 1024  # room for the multipart headers and boundaries around the file
+BATCH_ITEM_BYTES = 512  # JSON room per batch item besides its URL
+UPLOAD_FIELDS = ("file", "image")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+# ---------------------------------------------------------------- errors -> HTTP
+
+
+class NotFound(InputError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(InputError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class TooManyItems(InputError):
+    status = 413
+    code = "too_many_items"
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The JSON shape of every error: ``{"code", "message", ...details}``."""
+    return {"code": code, "message": message, **details}
+
+
+def as_error(exc: Exception) -> NSFWError:
+    """The core error for ``exc``; anything unexpected is logged and becomes a 500 ``internal_error``."""
+    if isinstance(exc, NSFWError):
+        return exc
+    log.error("unexpected error in the API", exc_info=exc)
+    return NSFWError("internal server error (see the server log)")
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The single place where errors become HTTP responses."""
+    err = as_error(exc)
+    headers: dict[str, str] = {}
+    if isinstance(err, Overloaded):
+        headers["Retry-After"] = "1"
+    elif isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(err, MethodNotAllowed):
+        headers["Allow"] = ", ".join(err.details["allow"])
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+
+
+class ApiRoute(Route):
+    """A path that answers every HTTP method itself, errors included, always in JSON.
+
+    ``handlers`` maps methods to handlers (HEAD follows GET); other methods get
+    405.  With no handlers the path is a JSON 404 (for catch-all prefixes).
+    """
+
+    def __init__(self, path: str, handlers: Mapping[str, Handler] | None = None) -> None:
+        self.handlers = dict(handlers or {})
+        if "GET" in self.handlers:
+            self.handlers.setdefault("HEAD", self.handlers["GET"])
+        super().__init__(path, self.dispatch, name=path)
+        self.methods = None  # match every method; dispatch() answers the unsupported ones
+
+    async def dispatch(self, request: Request) -> Response:
+        try:
+            handler = self.handlers.get(request.method)
+            if handler is None:
+                raise self._no_handler(request)
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - every error is answered in JSON
+            return error_response(exc)
+
+    def _no_handler(self, request: Request) -> NSFWError:
+        if not self.handlers:
+            return NotFound(f"no API endpoint at {request.url.path}")
+        allow = sorted(self.handlers)
+        return MethodNotAllowed(f"{request.method} is not allowed on {self.path}; use {', '.join(allow)}",
+                                allow=allow)
+
+
+# ---------------------------------------------------------------- request helpers
+
+
+def authorize(request: Request, api_keys: tuple[str, ...]) -> None:
+    """With API keys configured, require ``Authorization: Bearer <key>`` (constant-time compare)."""
+    if not api_keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+    matched = False
+    for key in api_keys:  # no early exit: the time does not depend on which key matches
+        matched |= hmac.compare_digest(token.encode(), key.encode())
+    if not matched:
+        raise Unauthorized("the API key is not valid")
+
+
+def flag(request: Request, name: str) -> bool:
+    """A boolean query parameter (1/0, true/false, yes/no, on/off)."""
+    value = request.query_params.get(name, "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise BadRequest(f"query parameter {name} must be true or false, got {value!r}")
+
+
+def has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
+async def read_body(request: Request, max_bytes: int, *, slack: int = 0) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``max_bytes + slack``."""
+    limit = max_bytes + slack
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("the Content-Length header is not a number")
+        if int(declared) > limit:
+            raise TooLarge(f"the request body is {declared} bytes; the limit is {max_bytes}", limit=max_bytes)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge(f"the request body is over the limit of {max_bytes} bytes", limit=max_bytes)
+    except ClientDisconnect as exc:
+        raise BadRequest("the client disconnected while sending the body") from exc
+    return bytes(body)
+
+
+async def uploaded_image(request: Request, max_bytes: int) -> bytes:
+    """The image sent in the body: raw bytes, or the ``file``/``image`` field of a multipart form."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        data = await read_body(request, max_bytes)
+        if not data:
+            raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
+        return data
+    body = await read_body(request, max_bytes, slack=MULTIPART_SLACK)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, chunks(), max_files=4, max_fields=16).parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+    try:
+        upload = next((form[f] for f in UPLOAD_FIELDS if isinstance(form.get(f), UploadFile)), None)
+        if upload is None:
+            raise BadRequest("the multipart body needs a file field named 'file' or 'image'")
+        data = await upload.read()
+    finally:
+        await form.close()
+    if len(data) > max_bytes:
+        raise TooLarge(f"the uploaded file is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
+    return data
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+async def predict(request: Request) -> Response:
+    """POST /predict: one image by ``?url=`` or in the body."""
+    service = get_service()
+    authorize(request, service.settings.api_keys)
+    service.require_ready()
+    detail = flag(request, "detail")
+    url = request.query_params.get("url")
+    if url is None:
+        result = await service.classify_bytes(await uploaded_image(request, service.settings.max_bytes))
+    elif has_body(request):
+        raise BadRequest("send either ?url= or an image in the body, not both")
+    elif not url:
+        raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
+    else:
+        result = await service.classify_url(url)
+    return JSONResponse(result if detail else result["scores"])
+
+
+async def predict_batch(request: Request) -> Response:
+    """POST /predict/batch: many URLs, one result (or error) each, in order."""
+    service = get_service()
+    settings = service.settings
+    authorize(request, settings.api_keys)
+    service.require_ready()
+    limit = settings.max_batch_items * (settings.max_url_length + BATCH_ITEM_BYTES)
+    items, detail = parse_batch(await read_body(request, limit), settings.max_batch_items, flag(request, "detail"))
+    results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
+    return JSONResponse({"results": results})
+
+
+def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[Any], bool]:
+    """``{"items": [...], "detail": bool}`` or ``[...]`` -> (items, detail)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if isinstance(doc, dict):
+        if "items" not in doc:
+            raise BadRequest('the body needs an "items" list')
+        detail = doc.get("detail", detail)
+        if not isinstance(detail, bool):
+            raise BadRequest('"detail" must be true or false')
+        doc = doc["items"]
+    if not isinstance(doc, list):
+        raise BadRequest('expected {"items": [{"id": ..., "url": ...}, ...]} or a list of URLs')
+    if len(doc) > max_items:
+        raise TooManyItems(f"{len(doc)} items; at most {max_items} per request", limit=max_items)
+    return doc, detail
+
+
+async def batch_item(service: Service, item: Any, detail: bool) -> dict[str, Any]:
+    """One batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or ``{"id", "url", "error"}``."""
+    ident, url = (item.get("id"), item.get("url")) if isinstance(item, dict) else (None, item)
+    out: dict[str, Any] = {"id": ident, "url": url}
+    try:
+        if not isinstance(url, str) or not url:
+            raise InvalidURL('each item needs a "url" string')
+        result = await service.classify_url(url)
+    except Exception as exc:  # noqa: BLE001 - one bad item must not fail the others
+        out["error"] = as_error(exc).to_dict()
+        return out
+    out.update(result if detail else {"scores": result["scores"], "verdict": result["verdict"]})
+    return out
+
+
+async def health(request: Request) -> Response:
+    """GET /health: 200 when the model is loaded and warm, 503 with the reason otherwise."""
+    service = get_service()
+    if not service.ready:
+        body = error_body("not_ready", service.reason, status="unavailable", reason=service.reason)
+        return JSONResponse(body, status_code=503)
+    active = service.thresholds.current()
+    model = service.model
+    return JSONResponse({
+        "status": "ok",
+        "model": model.name,
+        "version": model.version,
+        "thresholds": {**active.thresholds.to_dict(), "source": active.source},
+        "warnings": [active.warning] if active.warning else [],
+        "batcher": {**service.batcher.stats.to_dict(), "waiting": service.batcher.waiting},
+    })
+
+
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json."""
+    return JSONResponse(openapi_document())
+
+
+routes: list[BaseRoute] = [
+    ApiRoute("/predict", {"POST": predict}),
+    ApiRoute("/predict/batch", {"POST": predict_batch}),
+    ApiRoute("/predict/{rest:path}"),
+    ApiRoute("/v1/{rest:path}"),
+    ApiRoute("/health", {"GET": health}),
+    ApiRoute("/openapi.json", {"GET": openapi}),
+]
+
+
+# ---------------------------------------------------------------- lifespan and app
+
+
+def make_lifespan(settings: Any = None) -> Callable[[Any], Any]:
+    """A lifespan that installs a fresh :class:`Service` (settings from the environment by default).
+
+    On shutdown it stops the service and puts back the one it replaced, so
+    apps nested in tests each serve with their own settings.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        service = Service(settings if settings is not None else load_settings())
+        previous = install(service)
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            install(previous)
+
+    return lifespan
+
+
+lifespan = make_lifespan()
+
+
+def create_app(settings: Any = None) -> Starlette:
+    """The API alone as a Starlette app (tests; ``app.py`` mounts the same routes in ``st.App``)."""
+    return Starlette(routes=routes, lifespan=make_lifespan(settings))
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ref("Error"), "Error, see code") for s in statuses}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of :data:`routes` (a test checks that paths and methods match)."""
+    number = {"type": "number"}
+    scores = {"type": "object", "properties": {c: number for c in CLASS_NAMES},
+              "required": list(CLASS_NAMES), "additionalProperties": False}
+    thresholds = {"type": "object", "properties": {
+        "adult": number, "safe": number,
+        "adult_classes": {"type": "array", "items": {"type": "string"}},
+        "safe_classes": {"type": "array", "items": {"type": "string"}}}}
+    verdict = {"type": "string", "enum": ["adult", "unknown", "safe"]}
+    detail = {"type": "object", "required": ["scores", "verdict"], "properties": {
+        "scores": _ref("Scores"), "verdict": verdict, "adult_score": number, "safe_score": number,
+        "thresholds": thresholds,
+        "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+        "timings": {"type": "object", "properties": {
+            k: number for k in ("fetch_ms", "decode_ms", "inference_ms", "total_ms")}},
+        "sha256": {"type": "string"}}}
+    error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
+             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
+    item_id = {"type": ["string", "integer", "null"]}
+    batch_request = {"oneOf": [
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "object", "required": ["items"], "properties": {
+            "items": {"type": "array", "items": {"oneOf": [
+                {"type": "string"},
+                {"type": "object", "required": ["url"],
+                 "properties": {"id": item_id, "url": {"type": "string"}}}]}},
+            "detail": {"type": "boolean", "default": False}}}]}
+    batch_result = {"type": "object", "required": ["id", "url"], "properties": {
+        "id": item_id, "url": {"type": "string"}, "scores": _ref("Scores"), "verdict": verdict,
+        "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
+    health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
+                 "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
+                                "version": {"type": "string"}, "thresholds": thresholds,
+                                "warnings": {"type": "array", "items": {"type": "string"}},
+                                "batcher": {"type": "object"}}}
+    binary = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    multipart = {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
+    auth = [{}, {"bearer": []}]  # optional: required only when NSFW_API_KEYS is set
+    query = [
+        {"name": "url", "in": "query", "schema": {"type": "string"},
+         "description": "http(s) URL of the image; omit it to send the image in the body"},
+        {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
+         "description": "true: the rich answer (Detail) instead of the five scores"},
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NSFW image moderation API", "version": "1.0.0"},
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Classify one image (by URL or uploaded)",
+                "operationId": "predict", "security": auth, "parameters": query,
+                "requestBody": {"required": False, "content": {
+                    "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
+                "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
+                                           "The five probabilities (or Detail with detail=true)"),
+                              **_errors(400, 401, 403, 405, 413, 415, 422, 500, 502, 503, 504)}}},
+            "/predict/batch": {"post": {
+                "summary": "Classify many image URLs; errors are reported per item",
+                "operationId": "predictBatch", "security": auth,
+                "parameters": [query[1]],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
+                "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
+                    "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
+                              **_errors(400, 401, 405, 413, 500, 503)}}},
+            "/health": {"get": {
+                "summary": "Readiness: 200 once the model is loaded and warmed up",
+                "operationId": "health",
+                "responses": {"200": _json(health_ok, "Ready"),
+                              "503": _json(_ref("Error"), "Not ready (status, code not_ready, reason)")}}},
+            "/openapi.json": {"get": {
+                "summary": "This document", "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")}}},
+        },
+        "components": {
+            "schemas": {"Scores": scores, "Detail": detail, "Error": error, "BatchResult": batch_result},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

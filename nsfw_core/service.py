@@ -1,0 +1,174 @@
+"""The per-process state shared by the HTTP API and the Streamlit pages.
+
+One :class:`Service` per process holds the settings, the model (through the
+cached :func:`~nsfw_core.model.get_model`), the thresholds store, the
+micro-batcher and the worker threads that fetch, decode and preprocess.
+:func:`get_service` returns it; the pages use ``get_service().model`` and
+``get_service().thresholds`` so they share the API's copy.
+
+Lifecycle (driven by the API's lifespan): :meth:`Service.start` loads the model
+in a background thread and then starts the batcher; until then ``ready`` is
+False and ``reason`` says why (still loading, or the load error).  Outside the
+API (``streamlit run``) the ``model`` property loads the model on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .batcher import MicroBatcher
+from .errors import NotReady, NSFWError
+from .fetch import fetch
+from .model import Model, get_model, scores_dict
+from .pipeline import prepare
+from .settings import load_settings
+from .verdict import ThresholdStore
+
+log = logging.getLogger(__name__)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+class Service:
+    """Settings, model, thresholds, batcher and worker threads of one process."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.thresholds = ThresholdStore.from_settings(settings)
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="nsfw-worker")
+        self.batcher: MicroBatcher | None = None
+        self.reason = "the model is loading"
+        self._model: Model | None = None
+        self._loader: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def model(self) -> Model:
+        """The loaded model; loads it now (blocking) if nothing has yet. Raises ModelError."""
+        if self._model is None:
+            self._model = get_model(self.settings.model, self.settings.model_dir, tf_threads=self.settings.tf_threads)
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and warmed up and the batcher runs."""
+        return self.batcher is not None and self.batcher.running
+
+    async def start(self) -> None:
+        """Begin loading the model in the background; returns at once."""
+        self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            model = await asyncio.to_thread(lambda: self.model)
+        except NSFWError as exc:
+            self.reason = f"model failed to load: {exc.message}"
+            log.error("%s; /health answers 503 and /predict 503 not_ready", self.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - TensorFlow may raise anything; keep serving /health
+            self.reason = f"model failed to load: {exc!r}"
+            log.exception("model failed to load; /health answers 503")
+            return
+        s = self.settings
+        self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=s.batch_wait_ms / 1000.0,
+                                    queue_size=s.queue_size)
+        self.batcher.start()
+        self.reason = ""
+        log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        """Finish queued inferences, then release the threads (graceful shutdown)."""
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.reason = "the service is shutting down"
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ classification
+
+    async def classify_url(self, url: str) -> dict[str, Any]:
+        """Fetch ``url`` safely, then classify it; see :meth:`classify_bytes` for the result."""
+        batcher = self.require_ready()
+        started = time.perf_counter()
+        fetch_s, x, sha, decode_s = await self._in_worker(self._fetch_and_prepare, url)
+        return await self._finish(batcher, x, sha, fetch_s, decode_s, started)
+
+    async def classify_bytes(self, data: bytes) -> dict[str, Any]:
+        """Classify image bytes: scores, verdict, thresholds, model, timings (ms) and sha256."""
+        batcher = self.require_ready()
+        started = time.perf_counter()
+        x, sha, decode_s = await self._in_worker(self._prepare, data)
+        return await self._finish(batcher, x, sha, 0.0, decode_s, started)
+
+    def require_ready(self) -> MicroBatcher:
+        if self.batcher is None or not self.batcher.running:
+            raise NotReady(f"the service is not ready: {self.reason}")
+        return self.batcher
+
+    async def _in_worker(self, fn: Any, arg: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
+
+    def _prepare(self, data: bytes) -> tuple[np.ndarray, str, float]:
+        """Worker thread: decode with the limits and preprocess; hash the bytes."""
+        t0 = time.perf_counter()
+        x = prepare(self.model, data, self.settings)
+        return x, hashlib.sha256(data).hexdigest(), time.perf_counter() - t0
+
+    def _fetch_and_prepare(self, url: str) -> tuple[float, np.ndarray, str, float]:
+        """Worker thread: fetch (SSRF-safe, capped) then prepare."""
+        t0 = time.perf_counter()
+        content = fetch(url, self.settings).content
+        return (time.perf_counter() - t0, *self._prepare(content))
+
+    async def _finish(self, batcher: MicroBatcher, x: np.ndarray, sha: str,
+                      fetch_s: float, decode_s: float, started: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        row = await batcher.predict(x)
+        inference_s = time.perf_counter() - t0
+        scores = scores_dict(row)
+        thresholds = self.thresholds.current().thresholds
+        return {
+            "scores": scores,
+            "verdict": thresholds.decide(scores),
+            "adult_score": thresholds.adult_score(scores),
+            "safe_score": thresholds.safe_score(scores),
+            "thresholds": thresholds.to_dict(),
+            "model": {"name": self.model.name, "version": self.model.version},
+            "timings": {"fetch_ms": _ms(fetch_s), "decode_ms": _ms(decode_s),
+                        "inference_ms": _ms(inference_s), "total_ms": _ms(time.perf_counter() - started)},
+            "sha256": sha,
+        }
+
+
+_instance: Service | None = None
+_instance_lock = threading.Lock()
+
+
+def get_service(settings: Any = None) -> Service:
+    """The process-wide Service, created on first use (from ``settings`` or the environment)."""
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = Service(settings if settings is not None else load_settings())
+        return _instance
+
+
+def install(service: Service | None) -> Service | None:
+    """Make ``service`` the process-wide one (the API's lifespan); returns the one it replaces."""
+    global _instance
+    with _instance_lock:
+        previous, _instance = _instance, service
+        return previous

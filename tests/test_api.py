@@ -1,0 +1,392 @@
+"""The HTTP API with the real model, through Starlette's TestClient (the lifespan runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():  # "install httpx2": the httpx-based client still works
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+from nsfw_core import api
+from nsfw_core.pipeline import decode_for
+from nsfw_core.service import get_service
+from nsfw_core.settings import CLASS_NAMES, load_settings
+from nsfw_core.verdict import VERDICTS
+from tests.conftest import REFERENCE, REFERENCE_IMAGES
+from tests.helpers.servers import LocalServer, hang, html, image, serve, status
+
+pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
+
+HOUSE = (REFERENCE / "house.jpg").read_bytes()
+SMILE = (REFERENCE / "smile.jpg").read_bytes()
+READY_TIMEOUT = 60.0
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Any:
+    """Defaults (not the caller's environment), with the data folder in ``tmp``."""
+    return load_settings(environ={}, data_dir=str(tmp), **overrides)
+
+
+@contextlib.contextmanager
+def running(settings: Any, *, wait: bool = True) -> Iterator[TestClient]:
+    """A TestClient on ``api.create_app(settings)``, lifespan started, model ready if ``wait``."""
+    with TestClient(api.create_app(settings)) as client:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while wait and client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health").json()
+            time.sleep(0.02)
+        yield client
+
+
+def error_of(response: Any, status_code: int, code: str) -> dict[str, Any]:
+    """Assert the status, the JSON error shape and the code; return the body."""
+    assert response.status_code == status_code, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["code"] == code, body
+    return body
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[LocalServer]:
+    """An image server on 127.0.0.1 with the reference images and some broken responses."""
+    with serve() as server:
+        for path in REFERENCE_IMAGES:
+            server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
+        server.route("/page.html", html())
+        server.route("/truncated.jpg", image(HOUSE[: len(HOUSE) // 2], "image/jpeg"))
+        server.route("/missing.jpg", status(404))
+        server.route("/hang.jpg", hang())
+        yield server
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory, images: LocalServer) -> Any:
+    """Loopback allowed for the image server only."""
+    return make_settings(tmp_path_factory.mktemp("data"), allow_private_hosts=(images.netloc,), fetch_timeout=1.0)
+
+
+@pytest.fixture(scope="module")
+def client(default_model: Any, settings: Any) -> Iterator[TestClient]:
+    with running(settings) as c:
+        yield c
+
+
+# ------------------------------------------------------------------ predict: the original contract
+
+
+@pytest.mark.parametrize("path", REFERENCE_IMAGES, ids=lambda p: p.name)
+def test_predict_url_gives_exactly_the_five_scores_of_the_model(client, images, default_model, settings, path):
+    response = client.post("/predict", params={"url": images.url(f"/{path.name}")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert list(body) == list(CLASS_NAMES)
+    assert all(isinstance(v, float) for v in body.values())
+    assert sum(body.values()) == pytest.approx(1.0, abs=1e-4)
+    expected = default_model.classify([decode_for(default_model, path.read_bytes(), settings)])[0]
+    assert body == pytest.approx(expected, abs=1e-5)
+
+
+def test_upload_raw_and_multipart_give_the_url_answer(client, images):
+    by_url = client.post("/predict", params={"url": images.url("/house.jpg")}).json()
+    for content_type in ("image/jpeg", "application/octet-stream"):
+        raw = client.post("/predict", content=HOUSE, headers={"content-type": content_type})
+        assert raw.status_code == 200 and raw.json() == pytest.approx(by_url, abs=1e-6)
+    for field in ("file", "image"):
+        form = client.post("/predict", files={field: ("house.jpg", HOUSE, "image/jpeg")})
+        assert form.status_code == 200 and form.json() == pytest.approx(by_url, abs=1e-6)
+
+
+def test_detail_gives_verdict_thresholds_model_timings_and_hash(client, images, default_model):
+    response = client.post("/predict", params={"url": images.url("/house.jpg"), "detail": "1"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings", "sha256"}
+    scores = body["scores"]
+    assert list(scores) == list(CLASS_NAMES)
+    assert body["verdict"] in VERDICTS
+    assert body["adult_score"] == pytest.approx(scores["porn"] + scores["sexy"])
+    assert body["safe_score"] == pytest.approx(scores["neutral"] + scores["drawings"])
+    assert body["thresholds"] == {"adult": 0.7, "safe": 0.9, "adult_classes": ["porn", "sexy"],
+                                  "safe_classes": ["neutral", "drawings"]}
+    assert body["model"] == {"name": default_model.name, "version": default_model.version}
+    assert set(body["timings"]) == {"fetch_ms", "decode_ms", "inference_ms", "total_ms"}
+    assert body["timings"]["fetch_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["inference_ms"]
+    assert body["sha256"] == hashlib.sha256(HOUSE).hexdigest()
+    upload = client.post("/predict?detail=true", content=HOUSE, headers={"content-type": "image/jpeg"}).json()
+    assert upload["timings"]["fetch_ms"] == 0.0 and upload["sha256"] == body["sha256"]
+
+
+# ------------------------------------------------------------------ batch
+
+
+def test_batch_keeps_order_and_ids_and_reports_bad_items_alone(client, images):
+    items = [
+        {"id": "a", "url": images.url("/house.jpg")},
+        {"id": "b", "url": images.url("/missing.jpg")},
+        {"id": 3, "url": images.url("/smile.jpg")},
+        {"id": "d"},
+        {"id": "e", "url": "ftp://example.com/x.jpg"},
+    ]
+    response = client.post("/predict/batch", json={"items": items})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == ["a", "b", 3, "d", "e"]
+    assert [r.get("url") for r in results] == [i.get("url") for i in items]
+    assert set(results[0]) == {"id", "url", "scores", "verdict"}
+    assert list(results[0]["scores"]) == list(CLASS_NAMES) and results[0]["verdict"] in VERDICTS
+    assert results[1]["error"] == {"code": "upstream_error", "message": results[1]["error"]["message"],
+                                   "upstream_status": 404}
+    assert set(results[2]) == {"id", "url", "scores", "verdict"}
+    assert results[3]["error"]["code"] == "invalid_url"
+    assert results[4]["error"]["code"] == "invalid_url"
+    single = client.post("/predict", params={"url": images.url("/house.jpg")}).json()
+    assert results[0]["scores"] == pytest.approx(single, abs=1e-5)
+
+
+def test_batch_accepts_a_plain_list_and_detail(client, images):
+    urls = [images.url("/smile.jpg"), images.url("/glasses.jpg")]
+    plain = client.post("/predict/batch", json=urls).json()["results"]
+    assert [(r["id"], r["url"]) for r in plain] == [(None, u) for u in urls]
+    detailed = client.post("/predict/batch", json={"items": urls, "detail": True}).json()["results"]
+    assert set(detailed[0]) == {"id", "url", "scores", "verdict", "adult_score", "safe_score", "thresholds",
+                                "model", "timings", "sha256"}
+    assert client.post("/predict/batch", json=[]).json() == {"results": []}
+
+
+@pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b'{"urls": []}', b'"x"', b'{"items": 5}',
+                                  b'{"items": [], "detail": "yes"}'])
+def test_batch_malformed_body_is_400(client, body):
+    error_of(client.post("/predict/batch", content=body, headers={"content-type": "application/json"}),
+             400, "bad_request")
+
+
+def test_batch_over_the_item_limit_is_413(default_model, tmp_path):
+    with running(make_settings(tmp_path, max_batch_items=2)) as c:
+        body = error_of(c.post("/predict/batch", json=["http://example.com/a.jpg"] * 3), 413, "too_many_items")
+        assert body["limit"] == 2
+
+
+# ------------------------------------------------------------------ every error status
+
+
+def test_missing_url_and_no_body_is_400(client):
+    body = error_of(client.post("/predict"), 400, "invalid_url")
+    assert body["message"].startswith("missing url")
+    error_of(client.post("/predict?url="), 400, "invalid_url")
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.com/a.jpg", "http://", "http://user:pw@example.com/",
+                                 "http://example.com:99999/a.jpg", "http://" + "a" * 3000 + ".com/"])
+def test_malformed_url_is_400(client, url):
+    error_of(client.post("/predict", params={"url": url}), 400, "invalid_url")
+
+
+def test_url_and_body_together_or_a_bad_flag_is_400(client, images):
+    error_of(client.post("/predict", params={"url": images.url("/house.jpg")}, content=HOUSE), 400, "bad_request")
+    error_of(client.post("/predict", params={"detail": "maybe"}, content=HOUSE), 400, "bad_request")
+    error_of(client.post("/predict", files={"other": ("a.jpg", HOUSE, "image/jpeg")}), 400, "bad_request")
+    error_of(client.post("/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+             400, "bad_request")
+
+
+def test_api_keys_guard_prediction_but_not_health_or_openapi(default_model, tmp_path):
+    with running(make_settings(tmp_path, api_keys=("k-one", "k-two"))) as c:
+        missing = c.post("/predict", content=HOUSE)
+        error_of(missing, 401, "unauthorized")
+        assert missing.headers["www-authenticate"] == "Bearer"
+        error_of(c.post("/predict", content=HOUSE, headers={"authorization": "Bearer wrong"}), 401, "unauthorized")
+        error_of(c.post("/predict", content=HOUSE, headers={"authorization": "Basic k-one"}), 401, "unauthorized")
+        error_of(c.post("/predict/batch", json=[]), 401, "unauthorized")
+        for key in ("k-one", "k-two"):
+            assert c.post("/predict", content=HOUSE, headers={"authorization": f"Bearer {key}"}).status_code == 200
+        assert c.post("/predict/batch", json=[], headers={"authorization": "bearer k-two"}).status_code == 200
+        assert c.get("/health").status_code == 200
+        assert c.get("/openapi.json").status_code == 200
+
+
+def test_loopback_url_with_default_settings_is_403_without_contacting_it(default_model, tmp_path, images):
+    before = images.connections
+    with running(make_settings(tmp_path)) as c:
+        body = error_of(c.post("/predict", params={"url": images.url("/house.jpg")}), 403, "forbidden_address")
+        assert "loopback" in body["message"]
+        batch = c.post("/predict/batch", json=[images.url("/house.jpg")]).json()["results"]
+        assert batch[0]["error"]["code"] == "forbidden_address"
+    assert images.connections == before
+
+
+def test_over_max_bytes_is_413_for_uploads_and_fetches(default_model, tmp_path, images):
+    limit = len(SMILE) - 1
+    with running(make_settings(tmp_path, max_bytes=limit, allow_private_hosts=(images.netloc,))) as c:
+        body = error_of(c.post("/predict", content=SMILE, headers={"content-type": "image/jpeg"}), 413, "too_large")
+        assert body["limit"] == limit
+        error_of(c.post("/predict", content=iter([SMILE[:20000], SMILE[20000:]])), 413, "too_large")  # chunked
+        error_of(c.post("/predict", files={"file": ("s.jpg", SMILE, "image/jpeg")}), 413, "too_large")
+        error_of(c.post("/predict", params={"url": images.url("/smile.jpg")}), 413, "too_large")
+        assert c.post("/predict", content=SMILE[:limit]).status_code == 422  # at the limit: read, then decoded
+
+
+def test_html_is_415(client, images):
+    error_of(client.post("/predict", params={"url": images.url("/page.html")}), 415, "not_an_image")
+    error_of(client.post("/predict", content=b"<html></html>", headers={"content-type": "text/html"}),
+             415, "not_an_image")
+
+
+def test_truncated_jpeg_is_422(client, images):
+    error_of(client.post("/predict", params={"url": images.url("/truncated.jpg")}), 422, "undecodable_image")
+    error_of(client.post("/predict", content=HOUSE[:5000]), 422, "undecodable_image")
+
+
+def test_upstream_404_is_502_with_its_status(client, images):
+    body = error_of(client.post("/predict", params={"url": images.url("/missing.jpg")}), 502, "upstream_error")
+    assert body["upstream_status"] == 404
+
+
+def test_upstream_timeout_is_504(client, images):
+    started = time.monotonic()
+    error_of(client.post("/predict", params={"url": images.url("/hang.jpg")}), 504, "upstream_timeout")
+    assert time.monotonic() - started < 5
+
+
+def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
+    with running(make_settings(tmp_path, queue_size=1, max_batch=1)) as c:
+        batcher = get_service().batcher
+        real = batcher.model
+
+        class Slow:  # only this app's batcher sees it: every forward pass takes 0.5 s
+            input_size = real.input_size
+
+            def predict(self, batch: Any) -> Any:
+                time.sleep(0.5)
+                return real.predict(batch)
+
+        batcher.model = Slow()
+        with ThreadPoolExecutor(3) as pool:
+            running_one = pool.submit(c.post, "/predict", content=SMILE)
+            time.sleep(0.2)  # in its forward pass
+            queued_one = pool.submit(c.post, "/predict", content=SMILE)
+            time.sleep(0.2)  # waiting in the queue (size 1)
+            rejected = c.post("/predict", content=SMILE)
+            assert running_one.result().status_code == 200 and queued_one.result().status_code == 200
+        body = error_of(rejected, 503, "overloaded")
+        assert rejected.headers["retry-after"] == "1" and body["queue_size"] == 1
+        assert c.get("/health").json()["batcher"]["rejected"] == 1
+
+
+def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
+    async def broken(data: bytes) -> dict:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(get_service(), "classify_bytes", broken)
+    with caplog.at_level(logging.ERROR, logger="nsfw_core.api"):
+        body = error_of(client.post("/predict", content=HOUSE), 500, "internal_error")
+    assert "surprise" not in body["message"]
+    assert any(r.exc_info and "surprise" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# ------------------------------------------------------------------ routing: 405 and 404 in JSON
+
+
+def test_wrong_method_is_json_405_with_allow(client):
+    response = client.get("/predict")
+    body = error_of(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST" and body["allow"] == ["POST"]
+    assert error_of(client.post("/health"), 405, "method_not_allowed")["allow"] == ["GET", "HEAD"]
+    error_of(client.get("/predict/batch"), 405, "method_not_allowed")
+    error_of(client.delete("/openapi.json"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/predict/", "/predict/nope", "/predict/batch/x", "/v1/classify", "/v1/"])
+def test_unknown_api_paths_are_json_404(client, path):
+    error_of(client.get(path), 404, "not_found")
+    error_of(client.post(path), 404, "not_found")
+
+
+def bad_requests(route: api.ApiRoute) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, request kwargs) that must fail with a 4xx for ``route``."""
+    if not route.handlers:
+        return [("GET", route.path.replace("{rest:path}", "unknown"), {})]
+    cases = [("PUT", route.path, {})]  # no API route takes PUT
+    if "POST" in route.handlers:
+        cases.append(("POST", route.path, {"content": b"{not json", "params": {"detail": "maybe"}}))
+        cases.append(("POST", route.path, {}))
+    return cases
+
+
+def test_every_api_route_answers_bad_requests_with_the_error_shape(client):
+    api_routes = [r for r in api.routes if isinstance(r, api.ApiRoute)]
+    assert len(api_routes) == len(api.routes)
+    checked = 0
+    for route in api_routes:
+        for method, path, kwargs in bad_requests(route):
+            response = client.request(method, path, **kwargs)
+            assert 400 <= response.status_code < 500, (method, path, response.status_code)
+            assert response.headers["content-type"] == "application/json", (method, path)
+            body = response.json()
+            assert isinstance(body["code"], str) and isinstance(body["message"], str), (method, path, body)
+            checked += 1
+    assert checked >= 10
+
+
+# ------------------------------------------------------------------ health and OpenAPI
+
+
+def test_health_when_ready(client, default_model):
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"status", "model", "version", "thresholds", "warnings", "batcher"}
+    assert body["status"] == "ok"
+    assert body["model"] == "MobileNetV2Mid" and body["version"] == default_model.version
+    assert body["thresholds"]["adult"] == 0.7 and body["thresholds"]["source"] == "defaults"
+    assert body["warnings"] == []
+    assert {"batches", "items", "mean_batch_size", "waiting"} <= set(body["batcher"])
+    assert client.head("/health").status_code == 200
+
+
+def test_health_reports_a_corrupt_thresholds_file_as_a_warning(default_model, tmp_path):
+    (tmp_path / "thresholds.json").write_text("{not json")
+    with running(make_settings(tmp_path)) as c:
+        body = c.get("/health").json()
+    assert body["status"] == "ok" and body["thresholds"]["source"] == "defaults"
+    assert len(body["warnings"]) == 1 and "thresholds.json" in body["warnings"][0]
+
+
+def test_a_broken_model_gives_503_not_ready_with_the_reason(tmp_path):
+    with running(make_settings(tmp_path, model_dir=str(tmp_path)), wait=False) as c:
+        deadline = time.monotonic() + 10
+        while "failed" not in c.get("/health").json()["reason"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        health = c.get("/health")
+        body = error_of(health, 503, "not_ready")
+        assert body["status"] == "unavailable"
+        assert body["reason"].startswith("model failed to load: model manifest not found")
+        error_of(c.post("/predict", content=HOUSE), 503, "not_ready")
+        error_of(c.post("/predict/batch", json=[]), 503, "not_ready")
+
+
+def test_openapi_describes_exactly_the_routes(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
+    documented = {path: {m.upper() for m in ops} for path, ops in doc["paths"].items()}
+    routed = {r.path: set(r.handlers) - {"HEAD"} for r in api.routes if isinstance(r, api.ApiRoute) and r.handlers}
+    assert documented == routed
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            assert "200" in op["responses"] and op["operationId"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["Scores"]["required"] == list(CLASS_NAMES)
+    assert schemas["Error"]["required"] == ["code", "message"]
