@@ -1,0 +1,296 @@
+"""The classify page in a real headless Chromium, against the real server (``python app.py``).
+
+Debian's ``chromium`` and ``chromium-driver`` are used (``scripts/install-browser.sh``
+installs them); Selenium drives ``/usr/bin/chromedriver`` given explicitly, with
+``SE_OFFLINE=true`` so that selenium-manager never downloads anything.  The
+server runs on a free port of 127.0.0.1 with its own data folder, where a saved
+thresholds file makes smile.jpg "needs review" (so its preview is blurred).
+
+``SAVE_SCREENSHOTS=1`` also writes ``docs/classify.png`` (a full results view).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.helpers.servers import image, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL = ROOT / "scripts" / "install-browser.sh"
+SCREENSHOT = ROOT / "docs" / "classify.png"
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--window-size=1400,1000",
+)
+SERVER_START_S = 60  # Streamlit + TensorFlow import and the model load take ~10 s
+RESULT_S = 60
+SAFE_THRESHOLD = 0.97  # smile.jpg's safe score is ~0.962 with MobileNetV2Mid: needs review
+SCORES = re.compile(r"drawings ([0-9.]+) · hentai ([0-9.]+) · neutral ([0-9.]+) · porn ([0-9.]+) · sexy ([0-9.]+)")
+CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
+TOLERANCE = 5e-5 + 1e-4  # shown with 4 decimals; the model may differ in the last float bits
+
+pytestmark = pytest.mark.timeout(600)  # a cap: the first test may install chromium
+
+
+def _browser_available() -> bool:
+    return CHROMIUM.exists() and CHROMEDRIVER.exists()
+
+
+def _ensure_browser() -> None:
+    if _browser_available():
+        return
+    try:
+        subprocess.run(["bash", str(INSTALL)], check=True, timeout=600, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"chromium is not installed and {INSTALL.name} could not install it: {exc}")
+    if not _browser_available():
+        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing after {INSTALL.name}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator:
+    with serve() as server:
+        for path in REFERENCE.glob("*.jpg"):
+            server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, dict[str, float]]:
+    from nsfw_core import pipeline
+    from nsfw_core.model import get_model
+    from nsfw_core.settings import load_settings
+
+    model = get_model("MobileNetV2Mid", ROOT / "model")
+    return {name: model.classify([pipeline.decode_for(model, (REFERENCE / name).read_bytes(), load_settings())])[0]
+            for name in ("glasses.jpg", "house.jpg", "smile.jpg")}
+
+
+@pytest.fixture(scope="module")
+def server(images, tmp_path_factory) -> Iterator[str]:
+    """``python app.py`` on a free port; yields its base URL."""
+    from nsfw_core.settings import load_settings
+    from nsfw_core.verdict import Thresholds, ThresholdStore
+
+    data_dir = tmp_path_factory.mktemp("data")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
+    env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(data_dir),
+               NSFW_ALLOW_PRIVATE_HOSTS=images.netloc, PYTHONUNBUFFERED="1")
+    settings = load_settings(env)
+    ThresholdStore.from_settings(settings).save(Thresholds(adult=settings.adult_threshold, safe=SAFE_THRESHOLD),
+                                                model="MobileNetV2Mid")
+
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while _get(base + "/_stcore/health") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start (exit {proc.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator:
+    _ensure_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    offline = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch drivers or browsers
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    browser.implicitly_wait(0)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        if offline is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = offline
+
+
+# ---------------------------------------------------------------- page helpers
+
+
+def _wait(driver, condition, timeout: float = RESULT_S, message: str = ""):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(condition, message)
+
+
+def _css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _open(driver, base: str) -> None:
+    """A fresh session of the page (new session state)."""
+    driver.set_window_size(1400, 1000)
+    driver.get(base + "/")
+    _wait(driver, lambda d: _css(d, ".st-key-urls textarea") and _css(d, ".st-key-classify button"),
+          SERVER_START_S, "the classify form did not appear")
+
+
+def _classify(driver, expected_results: int) -> None:
+    _css(driver, ".st-key-classify button")[0].click()
+    # The summary's download buttons come after every result; the expander is the page's last element.
+    _wait(driver, lambda d: len(_results(d)) == expected_results and _css(d, ".st-key-download_json")
+          and _css(d, '[data-testid="stExpander"]') and not _css(d, '[data-testid="stProgress"]'),
+          message="no results")
+
+
+def _results(driver) -> list:
+    """The heading of each result ("1. glasses.jpg")."""
+    return [el for el in _css(driver, '[data-testid="stMarkdownContainer"]') if re.match(r"\d+\. \S", el.text)]
+
+
+def _shown_scores(driver) -> list[dict[str, float]]:
+    out = []
+    for el in _css(driver, '[data-testid="stCaptionContainer"]'):
+        found = SCORES.search(el.text)
+        if found:
+            out.append({c: float(v) for c, v in zip(CLASSES, found.groups())})
+    return out
+
+
+def _verdicts(driver) -> list[str]:
+    return [el.text for el in _css(driver, '[data-testid="stMarkdownContainer"]') if "adult score" in el.text]
+
+
+def _assert_scores(shown: dict[str, float], expected: dict[str, float]) -> None:
+    for name in CLASSES:
+        assert shown[name] == pytest.approx(expected[name], abs=TOLERANCE), (name, shown, expected)
+
+
+def _save_screenshot(driver) -> None:
+    """The whole page: Streamlit scrolls inside its main container, so grow the window to fit it."""
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+        "return Math.max(m.scrollHeight, document.body.scrollHeight);")
+    driver.set_window_size(1400, min(int(height) + 160, 6000))
+    time.sleep(1.0)  # let the charts re-layout to the new size
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOT))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_upload_is_classified_in_the_browser(driver, server, expected):
+    _open(driver, server)
+    upload = _css(driver, '.st-key-uploads input[type="file"]')[0]
+    upload.send_keys(str(REFERENCE / "glasses.jpg"))
+    _wait(driver, lambda d: "glasses.jpg" in _css(d, ".st-key-uploads")[0].text, 30, "the upload did not show")
+    _classify(driver, 1)
+
+    shown = _shown_scores(driver)
+    assert len(shown) == 1
+    _assert_scores(shown[0], expected["glasses.jpg"])
+    assert f"neutral {expected['glasses.jpg']['neutral']:.4f}" in driver.page_source
+    verdicts = _verdicts(driver)
+    assert len(verdicts) == 1 and verdicts[0].startswith("definitely safe"), verdicts
+    # Safe: shown as it is, no reveal toggle; the curl box names the upload.
+    assert not _css(driver, '[class*="st-key-reveal_"]')
+    assert _css(driver, 'img[alt^="preview of glasses.jpg"]')
+    assert "--data-binary @glasses.jpg" in driver.page_source
+
+
+def test_urls_are_classified_in_the_browser(driver, server, images, expected):
+    _open(driver, server)
+    urls = [images.url("/house.jpg"), images.url("/smile.jpg"), images.url("/missing.jpg")]
+    box = _css(driver, ".st-key-urls textarea")[0]
+    box.click()
+    box.send_keys("\n".join(urls))
+    _classify(driver, 3)
+
+    shown = _shown_scores(driver)
+    assert len(shown) == 2
+    _assert_scores(shown[0], expected["house.jpg"])
+    _assert_scores(shown[1], expected["smile.jpg"])
+    verdicts = _verdicts(driver)
+    assert verdicts[0].startswith("definitely safe") and verdicts[1].startswith("needs review"), verdicts
+    errors = [el.text for el in _css(driver, '[data-testid="stAlertContentError"]')]
+    assert len(errors) == 1 and errors[0].startswith("upstream_error: "), errors
+    assert "calibrated for MobileNetV2Mid" in driver.page_source
+    # The curl box's first command, sent as it is written, answers the same scores.
+    curl = _css(driver, '[data-testid="stExpander"] code')[0].get_attribute("textContent")
+    target = re.search(r"^curl -XPOST '([^']+)'$", curl.splitlines()[0]).group(1)
+    assert target.startswith(server + "/predict?url=")
+    with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=30) as reply:
+        _assert_scores(json.loads(reply.read()), expected["house.jpg"])
+    # smile.jpg needs review: blurred until revealed.
+    blurred = f'img[alt="blurred preview of {urls[1]}"]'
+    _wait(driver, lambda d: _css(d, blurred), 10, "the review image is not blurred")
+    _wait(driver, lambda d: len(_css(d, '[data-testid="stVegaLiteChart"] canvas, '
+                                       '[data-testid="stVegaLiteChart"] svg')) >= 2, 20, "charts not drawn")
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        _css(driver, '[data-testid="stExpander"] summary')[0].click()
+        _wait(driver, lambda d: "curl -XPOST" in d.find_element("css selector", '[data-testid="stExpander"]').text,
+              10, "the curl box did not open")
+        _save_screenshot(driver)
+    _css(driver, ".st-key-reveal_1 label")[0].click()
+    _wait(driver, lambda d: _css(d, f'img[alt="preview of {urls[1]}"]') and not _css(d, blurred), 20,
+          "the reveal toggle did not show the image")
+    assert len(_shown_scores(driver)) == 2  # still the same results

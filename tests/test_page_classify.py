@@ -1,0 +1,306 @@
+"""The classify page, run headless with Streamlit's AppTest (no browser).
+
+The page is run directly (``pages/classify.py``); URLs point at a local image
+server (``tests.helpers.servers``) that the settings allow through
+``NSFW_ALLOW_PRIVATE_HOSTS``.  Scores are checked against the process-wide
+model on the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nsfw_core import pipeline  # noqa: E402
+from nsfw_core.errors import InvalidURL, TooLarge  # noqa: E402
+from nsfw_core.model import get_model  # noqa: E402
+from nsfw_core.settings import CLASS_NAMES, load_settings  # noqa: E402
+from nsfw_core.verdict import Thresholds, ThresholdStore  # noqa: E402
+from pages import common  # noqa: E402
+
+PAGE = ROOT / "pages" / "classify.py"
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"
+TIMEOUT = 120
+ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_API_KEYS", "NSFW_MODEL", "NSFW_MAX_BYTES", "NSFW_ADULT_THRESHOLD",
+            "NSFW_SAFE_THRESHOLD", "NSFW_ADULT_CLASSES", "NSFW_SAFE_CLASSES", "NSFW_MAX_BATCH_ITEMS")
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture
+def page_env(monkeypatch, tmp_path):
+    """Default settings with a private data folder; the page's cached settings are dropped before and after."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path / "data"))
+    st.cache_resource.clear()
+    yield monkeypatch
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def images(local_server, page_env):  # noqa: F811 - the fixture imported above
+    """The local server with the reference JPEGs, allowed by the settings; returns it."""
+    for path in sorted(REFERENCE.glob("*.jpg")):
+        local_server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
+    page_env.setenv("NSFW_ALLOW_PRIVATE_HOSTS", local_server.netloc)
+    return local_server
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """The media storage of the latest AppTest run, to read back images and downloads."""
+    storages: list[MemoryMediaFileStorage] = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, endpoint: str) -> None:
+            super().__init__(endpoint)
+            storages.append(self)
+
+    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", Recording)
+
+    def read(url: str) -> bytes:
+        return storages[-1].get_file(url.rsplit("/", 1)[-1]).content
+
+    return read
+
+
+def expected_scores(name: str) -> dict[str, float]:
+    model = get_model("MobileNetV2Mid", ROOT / "model")
+    data = (REFERENCE / name).read_bytes()
+    return model.classify([pipeline.decode_for(model, data, load_settings())])[0]
+
+
+def new_page() -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def classify(at: AppTest, urls: str = "", uploads=()) -> AppTest:
+    at.text_area(key="urls").set_value(urls)
+    for upload in uploads:
+        at.file_uploader(key="uploads").upload(*upload)
+    at.button(key="classify").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def verdict_lines(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if "adult score" in m.value]
+
+
+def caption_scores(at: AppTest) -> list[dict[str, float]]:
+    out = []
+    for caption in at.caption:
+        found = dict(re.findall(r"(drawings|hentai|neutral|porn|sexy) ([0-9.]+)", caption.value))
+        if len(found) == 5:
+            out.append({k: float(v) for k, v in found.items()})
+    return out
+
+
+def assert_scores(shown: dict[str, float], expected: dict[str, float], tol: float) -> None:
+    assert set(shown) == set(CLASS_NAMES)
+    for name in CLASS_NAMES:
+        assert shown[name] == pytest.approx(expected[name], abs=tol), name
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_urls_are_classified_like_the_model(images):
+    at = new_page()
+    assert at.selectbox(key="model_name").value == "MobileNetV2Mid"
+    assert "Active thresholds (defaults from the settings)" in at.markdown[0].value
+    at = classify(at, f"{images.url('/house.jpg')}\n\n{images.url('/missing.jpg')}\n{images.url('/glasses.jpg')}\n")
+
+    house, glasses = expected_scores("house.jpg"), expected_scores("glasses.jpg")
+    # Errors inline, the others still shown.
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("upstream_error: "), errors
+    lines = verdict_lines(at)
+    assert len(lines) == 2 and all("**definitely safe**" in line for line in lines), lines
+    # The chart's text alternative, 4 decimals.
+    shown = caption_scores(at)
+    assert len(shown) == 2
+    assert_scores(shown[0], house, 5e-5 + 1e-4)
+    assert_scores(shown[1], glasses, 5e-5 + 1e-4)
+    # The chart: horizontal bars (class on y) with the scores as text labels.
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    spec = json.loads(charts[0].proto.spec)
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["bar", "text"]
+    assert spec["layer"][0]["encoding"]["y"]["field"] == "class"
+    assert spec["layer"][1]["encoding"]["text"] == {"field": "score", "format": ".4f", "type": "quantitative"}
+    data = convert_arrow_bytes_to_pandas_df(charts[0].proto.datasets[0].data.data)
+    assert_scores(dict(zip(data["class"], data["score"])), house, 1e-4)
+    # The summary table: one row per input, full precision.
+    table = at.dataframe[0].value
+    assert list(table["source"]) == [images.url("/house.jpg"), images.url("/missing.jpg"), images.url("/glasses.jpg")]
+    assert list(table["verdict"].fillna("")) == ["definitely safe", "", "definitely safe"]
+    assert_scores({c: table[c][0] for c in CLASS_NAMES}, house, 1e-4)
+    assert_scores({c: table[c][2] for c in CLASS_NAMES}, glasses, 1e-4)
+    assert table["adult score"][0] == pytest.approx(house["porn"] + house["sexy"], abs=1e-4)
+    assert table["safe score"][2] == pytest.approx(glasses["neutral"] + glasses["drawings"], abs=1e-4)
+    assert table["error"][1].startswith("upstream_error: ") and table["ms"][0] > 0
+    # curl for the current inputs, against this server (no URL known in AppTest: localhost:PORT).
+    code = at.code[0].value
+    assert f"curl -XPOST 'http://localhost:8080/predict?url={quote(images.url('/house.jpg'), safe='')}'" in code
+    assert code.count("curl ") == 3
+
+
+def test_loopback_url_is_forbidden_by_default(local_server, page_env):  # noqa: F811
+    local_server.route("/house.jpg", image((REFERENCE / "house.jpg").read_bytes(), "image/jpeg"))
+    at = classify(new_page(), local_server.url("/house.jpg") + "\n/etc/passwd\n")
+    errors = [e.value for e in at.error]
+    assert errors[0].startswith("forbidden_address: "), errors
+    assert errors[1].startswith("invalid_url: "), errors  # a path is never read as a local file
+    assert local_server.requests == []
+    assert len(at.dataframe[0].value) == 2 and not verdict_lines(at)
+
+
+def test_uploads_and_downloads(page_env, media):
+    glasses = (REFERENCE / "glasses.jpg").read_bytes()
+    at = classify(new_page(), uploads=[("glasses.jpg", glasses, "image/jpeg"),
+                                       ("notes.jpg", b"these are not pixels", "image/jpeg")])
+    expected = expected_scores("glasses.jpg")
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("not_an_image: "), errors
+    assert "**definitely safe**" in verdict_lines(at)[0]
+    assert_scores(caption_scores(at)[0], expected, 5e-5 + 1e-4)
+    # A safe image is shown as it is: no reveal toggle, not blurred.
+    assert [t.key for t in at.toggle] == ["camera_on"]
+    shown = Image.open(io.BytesIO(media(at.image[0].value[0]))).convert("RGB")
+    preview = at.session_state["classify_results"]["rows"][0]["preview"]
+    assert shown.size == preview.size and max(shown.size) <= 384
+    # Downloads: CSV and JSON of the same results.
+    buttons = {b.key: b for b in at.get("download_button")}
+    assert set(buttons) == {"download_csv", "download_json"}
+    records = json.loads(media(buttons["download_json"].proto.url))
+    assert [r["source"] for r in records] == ["glasses.jpg", "notes.jpg"]
+    assert records[0]["verdict"] == "safe" and records[1]["error"]["code"] == "not_an_image"
+    assert_scores(records[0]["scores"], expected, 1e-4)
+    csv = media(buttons["download_csv"].proto.url).decode().splitlines()
+    assert csv[0] == "source,verdict,drawings,hentai,neutral,porn,sexy,adult score,safe score,ms,error"
+    assert len(csv) == 3 and csv[1].startswith("glasses.jpg,definitely safe,")
+    # curl for uploads.
+    code = at.code[0].value
+    assert "curl -XPOST --data-binary @glasses.jpg -H 'Content-Type: image/jpeg' 'http://localhost:8080/predict'" in code
+
+
+def test_camera_snapshot_behind_a_toggle(page_env):
+    at = new_page()
+    assert not at.camera_input  # the browser is not asked for the camera by default
+    at.toggle(key="camera_on").set_value(True).run()
+    at.camera_input(key="camera").set_value(("image.jpg", (REFERENCE / "glasses.jpg").read_bytes(), "image/jpeg"))
+    at = classify(at)
+    assert_scores(caption_scores(at)[0], expected_scores("glasses.jpg"), 5e-5 + 1e-4)
+    assert list(at.dataframe[0].value["source"]) == ["image.jpg"]
+    assert "--data-binary @image.jpg -H 'Content-Type: image/jpeg'" in at.code[0].value
+
+
+def test_upload_over_the_byte_cap_is_refused(page_env):
+    page_env.setenv("NSFW_MAX_BYTES", "1000")
+    at = classify(new_page(), uploads=[("glasses.jpg", (REFERENCE / "glasses.jpg").read_bytes(), "image/jpeg")])
+    assert [e.value.split(":")[0] for e in at.error] == ["too_large"]
+
+
+def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
+    # A strict safe threshold, saved like the calibration page does: house.jpg needs review.
+    settings = load_settings()
+    ThresholdStore.from_settings(settings).save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
+    calls = []
+    real = pipeline.classify_sources
+    monkeypatch.setattr(pipeline, "classify_sources", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    at = new_page()
+    assert "(calibrated for MobileNetV2Mid" in at.markdown[0].value and "≥ 1.00" in at.markdown[0].value
+    at = classify(at, images.url("/house.jpg"))
+    assert "**needs review**" in verdict_lines(at)[0]
+    row = at.session_state["classify_results"]["rows"][0]
+
+    def shown() -> str:
+        pixels = np.asarray(Image.open(io.BytesIO(media(at.image[0].value[0]))).convert("RGB"), dtype=np.float32)
+        near = {name: np.abs(pixels - np.asarray(row[name], dtype=np.float32)).mean() for name in ("preview", "blurred")}
+        return min(near, key=near.get)
+
+    assert at.image[0].proto.imgs[0].alt.startswith("blurred preview")
+    assert shown() == "blurred"
+    at.toggle(key="reveal_0").set_value(True).run()
+    assert not at.exception
+    assert at.image[0].proto.imgs[0].alt.startswith("preview of")
+    assert shown() == "preview"
+    assert len(calls) == 1  # revealing did not classify again
+    # A new classification hides it again.
+    at.button(key="classify").click().run()
+    assert len(calls) == 2 and at.toggle(key="reveal_0").value is False and shown() == "blurred"
+
+
+def test_corrupt_thresholds_file_warns(page_env, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "thresholds.json").write_text("{not json")
+    at = new_page()
+    assert any("unreadable" in w.value for w in at.warning)
+    assert "defaults from the settings" in at.markdown[0].value
+
+
+def test_empty_submit_asks_for_input(page_env):
+    at = classify(new_page(), "  \n# a comment\n")
+    assert at.warning and "at least one image" in at.warning[0].value
+    assert not at.dataframe
+
+
+def test_curl_box_uses_the_browser_url_and_api_key(page_env):
+    page_env.setenv("NSFW_API_KEYS", "secret-key")
+    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+    at.context["url"] = "https://nsfw.example.org/classify"
+    at.run()
+    code = at.code[0].value  # before any input: an example
+    assert "'https://nsfw.example.org/predict?url=https%3A%2F%2Fexample.com%2Fimage.jpg'" in code
+    assert 'Authorization: Bearer $NSFW_API_KEY' in code and "secret-key" not in code
+
+
+# ---------------------------------------------------------------- helpers in pages/common.py
+
+
+def test_loader_helpers():
+    settings = load_settings({"NSFW_MAX_BYTES": "10"})
+    assert common.upload_bytes(b"0123456789", settings) == b"0123456789"
+    with pytest.raises(TooLarge):
+        common.upload_bytes(b"0123456789!", settings)
+    for not_a_url in ("/etc/passwd", "model/manifest.json", "C:/x.jpg"):
+        with pytest.raises(InvalidURL):
+            common.url_bytes(not_a_url, settings)
+    kept: dict[str, bytes] = {}
+    load = common.input_loader({"0": b"abc"}, keep=kept)
+    assert load("0", settings) == b"abc" and kept == {"0": b"abc"}
+
+
+def test_api_base_url_and_curl():
+    assert common.api_base_url("http://h.example:8501/classify", None) == "http://h.example:8501"
+    assert common.api_base_url(None, "h.example:9000") == "http://h.example:9000"
+    assert common.api_base_url(None, None, 8123) == "http://localhost:8123"
+    text = common.curl_commands("http://h", ["http://a.example/x y.jpg?a=1&b='2'"], [("my pic.png", "image/png")])
+    assert text.splitlines() == [
+        "curl -XPOST 'http://h/predict?url=http%3A%2F%2Fa.example%2Fx%20y.jpg%3Fa%3D1%26b%3D%272%27'",
+        "curl -XPOST --data-binary '@my pic.png' -H 'Content-Type: image/png' 'http://h/predict'",
+    ]
