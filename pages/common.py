@@ -168,3 +168,14 @@ def data_uri(image: Image.Image, size: int = 128, quality: int = 80) -> str:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------
+# Review queue (the review page; other pages may queue items through it too).
+
+@st.cache_resource(show_spinner=False)
+def review_queue() -> Any:
+    """The process-wide :class:`nsfw_core.review.ReviewQueue` from the settings (created and migrated once)."""
+    from nsfw_core.review import ReviewQueue
+
+    return ReviewQueue.from_settings(settings())

@@ -1,0 +1,222 @@
+"""The calibration page, driven with Streamlit's AppTest (real model, data dir in a tmp folder)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from nsfw_core import calibration as cal
+from nsfw_core import labelsets, pipeline
+from nsfw_core.scorecache import CACHE_FILE, ScoreCache
+from nsfw_core.settings import load_settings
+from nsfw_core.verdict import THRESHOLDS_FILE, ThresholdStore
+
+ROOT = Path(__file__).resolve().parent.parent
+# Relative paths given to from_file are resolved against this test file's folder, hence the absolute path.
+PAGE = str(ROOT / "pages" / "calibrate.py")
+STEP = 0.0001
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path))
+    st.cache_resource.clear()  # common.settings() / threshold_store() / score_cache() read the new dir
+    st.cache_data.clear()
+    yield tmp_path
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    buttons = [b for b in at.button if b.label == label]
+    assert buttons, f"no button {label!r} among {[b.label for b in at.button]}"
+    buttons[0].click()
+    return run(at)
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def saved(data_dir: Path) -> dict:
+    return json.loads((data_dir / THRESHOLDS_FILE).read_text())
+
+
+def test_demo_set_move_suggest_save(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    assert at.radio(key="cal_source").value == "demo"
+    # Starts at the active thresholds (the defaults: no file yet).
+    assert at.slider(key="cal_t_adult").value == pytest.approx(0.7)
+    assert at.slider(key="cal_t_safe").value == pytest.approx(0.9)
+    assert "18 images scored" in texts(at.markdown)
+    assert "no adult samples" in texts(at.warning)
+    assert "ROC curve and AUC cannot be computed" in texts(at.info)
+    assert (data_dir / CACHE_FILE).exists()
+
+    at.slider(key="cal_t_adult").set_value(0.55)
+    at.slider(key="cal_t_safe").set_value(0.65)
+    run(at)
+    assert "At T_adult = 0.5500, T_safe = 0.6500" in texts(at.subheader)
+
+    click(at, "Suggest thresholds")  # no adult samples: says why, leaves the sliders alone
+    assert "no adult samples" in texts(at.error) and "cannot be measured" in texts(at.error)
+    assert at.slider(key="cal_t_adult").value == pytest.approx(0.55)
+
+    click(at, "Save thresholds")
+    assert "Saved T_adult = 0.55, T_safe = 0.65" in texts(at.success)
+    doc = saved(data_dir)
+    assert doc["thresholds"]["adult"] == pytest.approx(0.55) and doc["thresholds"]["safe"] == pytest.approx(0.65)
+    assert doc["model"] == "MobileNetV2Mid"
+    tuned = doc["tuned_on"]
+    assert (tuned["images"], tuned["adult"], tuned["safe"]) == (18, 0, 18)
+    assert tuned["source"].startswith("demo set") and tuned["metrics"]["adult_precision"] is None
+    # What the API reads:
+    active = ThresholdStore.from_settings(load_settings()).current()
+    assert active.source == "file" and active.warning is None
+    assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.55), pytest.approx(0.65))
+
+    # A fresh session starts from the saved thresholds.
+    st.cache_resource.clear()
+    again = run(AppTest.from_file(PAGE, default_timeout=180))
+    assert again.slider(key="cal_t_adult").value == pytest.approx(0.55)
+
+
+def test_moving_a_slider_never_rescores(data_dir, monkeypatch):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-scored")
+
+    monkeypatch.setattr(ScoreCache, "score_items", boom)
+    at.slider(key="cal_t_safe").set_value(0.5)
+    run(at)
+    at.multiselect(key="cal_adult_classes").set_value(["porn", "sexy", "hentai"])
+    run(at)
+    assert "At T_adult = 0.7000, T_safe = 0.5000" in texts(at.subheader)
+
+
+def _zip_of_demo_images() -> tuple[bytes, list[str], list[str]]:
+    """Benign demo images under adult/ and safe/: the labels are fake, only to exercise the adult side."""
+    adult = sorted((ROOT / "data" / "demo" / "photos").glob("*.jpg"))[:3]
+    safe = sorted((ROOT / "data" / "demo" / "drawings").glob("*.jpg"))[:4]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for folder, files in (("adult", adult), ("safe", safe)):
+            for f in files:
+                zf.write(f, f"set/{folder}/{f.name}")
+    return buf.getvalue(), [str(f) for f in adult], [str(f) for f in safe]
+
+
+def test_zip_upload_suggest_and_save(data_dir):
+    data, adult, safe = _zip_of_demo_images()
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("zip")
+    run(at)
+    assert "Upload a ZIP" in texts(at.info)
+    at.file_uploader(key="cal_zip").set_value(("set.zip", data, "application/zip"))
+    run(at)
+    assert "7 images scored: **3 adult**, **4 safe**" in texts(at.markdown)
+    assert "no adult samples" not in texts(at.warning)
+    assert "ROC curve and AUC cannot be computed" not in texts(at.info)
+
+    # The expected suggestion, computed here from the model directly.
+    settings = load_settings()
+    from nsfw_core.model import get_model
+
+    model = get_model(settings.model, settings.model_dir)
+    results = pipeline.classify_sources(model, adult + safe, settings)
+    df = cal.score_frame([r.scores for r in results], ["adult"] * 3 + ["safe"] * 4)
+    a, s, y = df["adult_score"].to_numpy(), df["safe_score"].to_numpy(), df["truth"].to_numpy()
+    expected = cal.suggest_thresholds(a, s, y, 0.99, 0.99)
+    assert expected.ok
+
+    click(at, "Suggest thresholds")
+    t_a, t_s = at.slider(key="cal_t_adult").value, at.slider(key="cal_t_safe").value
+    assert abs(t_a - expected.t_adult) < STEP and abs(t_s - expected.t_safe) < STEP
+    m = cal.decision_metrics(a, s, y, t_a, t_s)
+    assert m.review_n == expected.review_n  # the sliders make the suggested decisions
+    assert f"Suggestion ({expected.status})" in texts(at.success) + texts(at.warning)
+
+    click(at, "Save thresholds")
+    doc = saved(data_dir)
+    assert doc["thresholds"]["adult"] == pytest.approx(t_a) and doc["thresholds"]["safe"] == pytest.approx(t_s)
+    assert (doc["tuned_on"]["images"], doc["tuned_on"]["adult"], doc["tuned_on"]["safe"]) == (7, 3, 4)
+    assert doc["tuned_on"]["source"] == "zip set.zip" and doc["tuned_on"]["suggestion"]["status"] == expected.status
+    active = ThresholdStore.from_settings(load_settings()).current().thresholds
+    assert (active.adult, active.safe) == (pytest.approx(t_a), pytest.approx(t_s))
+
+
+def test_synthetic_scores_suggest_moves_the_sliders(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("synthetic")
+    run(at)
+    assert "220 images scored: **120 adult**, **100 safe**" in texts(at.markdown)
+    assert "ROC curve and AUC cannot be computed" not in texts(at.info)
+    at.number_input(key="cal_target_adult").set_value(95.0)
+    run(at)
+    click(at, "Suggest thresholds")
+    pairs = labelsets.synthetic_set()
+    df = cal.score_frame([sc for _, sc in pairs], [it.binary for it, _ in pairs])
+    a, s, y = df["adult_score"].to_numpy(), df["safe_score"].to_numpy(), df["truth"].to_numpy()
+    expected = cal.suggest_thresholds(a, s, y, 0.95, 0.99)
+    t_a, t_s = at.slider(key="cal_t_adult").value, at.slider(key="cal_t_safe").value
+    assert abs(t_a - expected.t_adult) < STEP and abs(t_s - expected.t_safe) < STEP
+    assert cal.decision_metrics(a, s, y, t_a, t_s).review_n == expected.review_n
+    assert "Suggestion (ok)" in texts(at.success)
+    assert "Save thresholds" not in [b.label for b in at.button]  # never saved from fake scores
+
+
+def test_corrupt_thresholds_file_is_shown(data_dir):
+    (data_dir / THRESHOLDS_FILE).write_text("{ not json")
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    assert "unusable" in texts(at.warning) and THRESHOLDS_FILE in texts(at.warning)
+    assert at.slider(key="cal_t_adult").value == pytest.approx(0.7)  # the defaults
+
+
+def test_uploaded_manifest_with_a_bad_label(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("manifest")
+    run(at)
+    at.file_uploader(key="cal_manifest").set_value(
+        ("m.csv", b"path,label\ndata/demo/photos/skimage_coffee.jpg,neutral\nx.jpg,kitten\n", "text/csv"))
+    run(at)
+    assert "line 3: unknown label 'kitten'" in texts(at.error)
+
+
+def test_uploaded_manifest_and_folder_sources(data_dir, tmp_path_factory):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("manifest")
+    run(at)
+    at.file_uploader(key="cal_manifest").set_value(
+        ("m.json", json.dumps([{"path": "data/demo/photos/skimage_coffee.jpg", "label": "neutral"},
+                               {"path": "data/demo/missing.jpg", "label": "porn"}]).encode(), "application/json"))
+    run(at)
+    assert "1 of 2 images could not be scored" in texts(at.warning)
+    assert "1 images scored: **0 adult**, **1 safe**" in texts(at.markdown)
+
+    folder = tmp_path_factory.mktemp("set")
+    for label, src in (("neutral", "photos/skimage_chelsea.jpg"), ("drawings", "drawings/pillow_flower.jpg")):
+        (folder / label).mkdir()
+        (folder / label / Path(src).name).write_bytes((ROOT / "data" / "demo" / src).read_bytes())
+    at.radio(key="cal_source").set_value("folder")
+    run(at)
+    at.text_input(key="cal_folder").set_value(str(folder))
+    run(at)
+    assert "2 images scored" in texts(at.markdown)
+    at.slider(key="cal_t_safe").set_value(0.999)  # sends at least one of them to review
+    run(at)
+    # The misclassified/borderline table carries blurred thumbnails as data URIs.
+    frames = [d.value for d in at.dataframe if "preview" in getattr(d.value, "columns", [])]
+    assert frames and all(str(v).startswith("data:image/jpeg;base64,") for v in frames[0]["preview"])
