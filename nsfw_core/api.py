@@ -374,7 +374,10 @@ def openapi_document() -> dict[str, Any]:
         "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
         "timings": {"type": "object", "properties": {
             k: number for k in ("fetch_ms", "decode_ms", "inference_ms", "total_ms")}},
-        "sha256": {"type": "string"}}}
+        "sha256": {"type": "string"},
+        "review_id": {"type": ["integer", "null"],
+                      "description": "present when the verdict is queued for human review (NSFW_REVIEW_VERDICTS)"},
+        "review_error": {"type": "string"}}}
     error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
              "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
     item_id = {"type": ["string", "integer", "null"]}

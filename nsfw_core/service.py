@@ -29,10 +29,13 @@ from .errors import NotReady, NSFWError
 from .fetch import fetch
 from .model import Model, get_model, scores_dict
 from .pipeline import prepare
+from .review import ReviewQueue, should_queue
 from .settings import load_settings
 from .verdict import ThresholdStore
 
 log = logging.getLogger(__name__)
+
+UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
 
 
 def _ms(seconds: float) -> float:
@@ -50,6 +53,8 @@ class Service:
         self.reason = "the model is loading"
         self._model: Model | None = None
         self._loader: asyncio.Task | None = None
+        self._review: ReviewQueue | None = None
+        self._review_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -96,6 +101,8 @@ class Service:
             await self.batcher.stop()
         self.reason = "the service is shutting down"
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._review is not None:
+            self._review.close()
 
     # ------------------------------------------------------------ classification
 
@@ -104,14 +111,47 @@ class Service:
         batcher = self.require_ready()
         started = time.perf_counter()
         fetch_s, x, sha, decode_s = await self._in_worker(self._fetch_and_prepare, url)
-        return await self._finish(batcher, x, sha, fetch_s, decode_s, started)
+        result = await self._finish(batcher, x, sha, fetch_s, decode_s, started)
+        return await self._maybe_queue(result, url, None)
 
     async def classify_bytes(self, data: bytes) -> dict[str, Any]:
         """Classify image bytes: scores, verdict, thresholds, model, timings (ms) and sha256."""
         batcher = self.require_ready()
         started = time.perf_counter()
         x, sha, decode_s = await self._in_worker(self._prepare, data)
-        return await self._finish(batcher, x, sha, 0.0, decode_s, started)
+        result = await self._finish(batcher, x, sha, 0.0, decode_s, started)
+        return await self._maybe_queue(result, UPLOAD_SOURCE, data)
+
+    @property
+    def review_queue(self) -> ReviewQueue:
+        """The review queue (SQLite under data_dir, or NSFW_DATABASE_URL), opened on first use."""
+        with self._review_lock:
+            if self._review is None:
+                self._review = ReviewQueue.from_settings(self.settings)
+            return self._review
+
+    async def _maybe_queue(self, result: dict[str, Any], source: str, data: bytes | None) -> dict[str, Any]:
+        """Queue the image for human review when its verdict says so; adds ``review_id``.
+
+        A queue failure (database down) does not fail the prediction: the
+        result carries ``review_error`` instead and the failure is logged.
+        """
+        if not should_queue(result["verdict"], self.settings):
+            return result
+
+        def enqueue() -> int:
+            queue = self.review_queue
+            queue.purge_if_due()
+            return queue.enqueue(result["sha256"], source, result["scores"], result["model"]["name"],
+                                 result["verdict"], image_bytes=data)
+
+        try:
+            result["review_id"] = await asyncio.get_running_loop().run_in_executor(self.executor, enqueue)
+        except Exception as exc:  # noqa: BLE001 - any database error; the verdict still stands
+            log.error("could not queue %s for review: %r", result["sha256"], exc)
+            result["review_id"] = None
+            result["review_error"] = "the review queue is unavailable; see the server log"
+        return result
 
     def require_ready(self) -> MicroBatcher:
         if self.batcher is None or not self.batcher.running:

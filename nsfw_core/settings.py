@@ -55,6 +55,13 @@ def _classes(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _verdicts(raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    if any(v not in ("adult", "unknown", "safe") for v in items):
+        raise ValueError("must be a comma-separated subset of adult, unknown, safe")
+    return items
+
+
 def _model(raw: str) -> str:
     if raw not in MODEL_NAMES:
         raise ValueError(f"must be one of {', '.join(MODEL_NAMES)}")
@@ -103,6 +110,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NSFW_WORKERS", "workers", "8", "Threads that fetch and decode images concurrently.", _int(1, 256)),
     Setting("NSFW_MAX_BATCH_ITEMS", "max_batch_items", "64", "Most URLs accepted in one batch request.", _int(1, 10000)),
     Setting("NSFW_TF_THREADS", "tf_threads", "0", "TensorFlow intra-op threads (0: TensorFlow's default, one per core).", _int(0, 256)),
+    Setting("NSFW_DATABASE_URL", "database_url", "", "Review-queue database: a postgresql:// URL (psycopg 3), sqlite:///path, or empty for SQLite <data_dir>/review.sqlite.", str),
+    Setting("NSFW_REVIEW_VERDICTS", "review_verdicts", "unknown", "Comma-separated verdicts the API sends to human review: unknown, or unknown,adult to review adult ones too; empty turns the queue off.", _verdicts),
+    Setting("NSFW_REVIEW_STORE_UPLOADS", "review_store_uploads", "false", "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with their items.", _bool),
+    Setting("NSFW_REVIEW_RETENTION_DAYS", "review_retention_days", "30", "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.", _int(0)),
+    Setting("NSFW_REVIEW_LEASE_SECONDS", "review_lease_seconds", "300", "How long a reviewer holds a claimed item before another reviewer may get it.", _int(1)),
     Setting("NSFW_JPEG_DRAFT", "jpeg_draft", "true", "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, within the fidelity bound.", _bool),
 )
 

@@ -33,6 +33,7 @@ from pages import common  # noqa: E402
 
 SOURCES = {
     "demo": "Demo set (benign only)",
+    "reviewed": "Reviewed items (review queue)",
     "synthetic": "Synthetic scores (no images)",
     "manifest": "Upload a CSV/JSON manifest",
     "folder": "Folder on the server",
@@ -66,6 +67,15 @@ def _load_set(kind: str, settings: Any) -> tuple[list[labelsets.LabelledItem], s
     if kind == "synthetic":
         pairs = labelsets.synthetic_set()
         return [it for it, _ in pairs], "synthetic scores (data/synthetic/scores.csv)", {it.source: sc for it, sc in pairs}
+    if kind == "reviewed":
+        reviewed = common.review_queue().reviewed_items()
+        if not reviewed:
+            st.info("No reviewed items yet: decisions made on the Review queue page appear here, "
+                    "with the scores the API gave them (no re-scoring).")
+            return None
+        models = sorted({it.model for it in reviewed})
+        description = f"reviewed items ({len(reviewed)}, scored by {', '.join(models)})"
+        return [it.labelled() for it in reviewed], description, {it.source: it.scores for it in reviewed}
     if kind == "manifest":
         up = st.file_uploader("Manifest (CSV or JSON: path or URL, label)", type=["csv", "json"], key="cal_manifest")
         base = st.text_input("Relative paths in it are resolved against this folder on the server",
@@ -100,7 +110,7 @@ def _score(kind: str, items: list[labelsets.LabelledItem], pre: dict | None, mod
            settings: Any) -> dict:
     """Scores for the set, computed once per (set, model) and kept in the session."""
     store = S.setdefault("cal_scores", {})
-    key = (_set_key(kind, items), model_name if pre is None else "synthetic")
+    key = (_set_key(kind, items), model_name if pre is None else kind)
     if key in store:
         return store[key]
     if pre is not None:
@@ -337,7 +347,7 @@ def page() -> None:
         return
     items, description, pre = loaded
     if st.button("Re-score", help="Score the set again (changed files; the disk cache still skips known images)"):
-        S.get("cal_scores", {}).pop((_set_key(kind, items), model_name if pre is None else "synthetic"), None)
+        S.get("cal_scores", {}).pop((_set_key(kind, items), model_name if pre is None else kind), None)
     try:
         entry = _score(kind, items, pre, model_name, settings)
     except NSFWError as exc:
@@ -345,7 +355,7 @@ def page() -> None:
         return
     if common.score_cache().warning:
         st.warning(common.score_cache().warning)
-    if pre is not None:
+    if kind == "synthetic":
         st.info("Synthetic scores: made-up numbers with labels and no images, to try the adult side of the page "
                 "(ROC, PR, suggestions). Thresholds tuned on them must not be saved, so saving is off.")
 
@@ -428,7 +438,7 @@ def page() -> None:
                      f"{_pct(sug.safe_precision)}, review {_pct(sug.review_share)} — marked ◆ on the charts.")
         box(f"Suggestion ({sug.status}): {sug.message}{extra}")
 
-    if pre is None and st.button("Save thresholds", type="primary",
+    if kind != "synthetic" and st.button("Save thresholds", type="primary",
                                  help="Write these thresholds to the file the API and the classify page use."):
         thresholds = Thresholds(adult=t_adult, safe=t_safe, adult_classes=tuple(adult_classes),
                                 safe_classes=tuple(safe_classes))

@@ -220,3 +220,41 @@ def test_uploaded_manifest_and_folder_sources(data_dir, tmp_path_factory):
     # The misclassified/borderline table carries blurred thumbnails as data URIs.
     frames = [d.value for d in at.dataframe if "preview" in getattr(d.value, "columns", [])]
     assert frames and all(str(v).startswith("data:image/jpeg;base64,") for v in frames[0]["preview"])
+
+
+def test_tune_on_reviewed_items_without_rescoring(data_dir, monkeypatch):
+    from nsfw_core.review import ReviewQueue
+
+    # Decided review items carry the scores the API gave them: two adult, three safe.
+    rows = [("adult", 0.9, 0.05), ("porn", 0.8, 0.1), ("safe", 0.1, 0.85), ("neutral", 0.3, 0.6), ("drawings", 0.02, 0.97)]
+    with ReviewQueue.from_settings(load_settings()) as queue:
+        for i, (label, adult, safe) in enumerate(rows):
+            scores = {"porn": adult, "sexy": 0.0, "neutral": safe, "drawings": 0.0, "hentai": 1.0 - adult - safe}
+            item_id = queue.enqueue(f"{i:064x}", f"https://img.example/{i}.jpg", scores, "MobileNetV2Mid", "unknown")
+            queue.claim("alice")
+            queue.decide(item_id, "alice", label)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-scored")
+
+    at = run(AppTest.from_file(PAGE, default_timeout=180))  # opens on the demo set, which is scored
+    monkeypatch.setattr(ScoreCache, "score_items", boom)
+    at.radio(key="cal_source").set_value("reviewed")
+    run(at)
+    assert "5 images scored: **2 adult**, **3 safe**" in texts(at.markdown)
+    at.slider(key="cal_t_adult").set_value(0.8)
+    at.slider(key="cal_t_safe").set_value(0.6)
+    run(at)
+    click(at, "Save thresholds")
+    doc = saved(data_dir)
+    assert doc["thresholds"]["adult"] == pytest.approx(0.8) and doc["thresholds"]["safe"] == pytest.approx(0.6)
+    assert doc["tuned_on"]["source"].startswith("reviewed items (5")
+    active = ThresholdStore.from_settings(load_settings()).current()
+    assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.8), pytest.approx(0.6))
+
+
+def test_reviewed_source_with_nothing_reviewed(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("reviewed")
+    run(at)
+    assert "No reviewed items yet" in texts(at.info)

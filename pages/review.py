@@ -1,0 +1,277 @@
+"""Review page: a person labels the images the model could not decide, one at a time.
+
+The queue is ``nsfw_core.review.ReviewQueue`` (``pages.common.review_queue``).
+Each browser session reviews under a reviewer id: a random one kept in
+``st.session_state`` unless a name is typed.  The page claims the oldest
+pending item for that id (a lease of ``NSFW_REVIEW_LEASE_SECONDS``: another
+reviewer gets it if it is left that long), shows it blurred until revealed,
+with its scores, and records the button pressed: ``adult`` / ``safe`` or one
+of the five classes, ``skip`` (the item goes to the end of the queue and this
+session does not see it again until "review skipped items again"), or
+``undo`` (the latest decision of this reviewer comes back to them).
+
+The image comes from the stored bytes when the queue kept them
+(``NSFW_REVIEW_STORE_UPLOADS``), otherwise from its URL through the SSRF-safe
+fetcher (once per item and session; "Fetch again" after an error); an upload whose bytes were not kept is reviewed from its scores.
+
+Widget keys: ``reviewer_name`` (text input); ``reveal_<item id>`` (toggle);
+``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
+and ``refetch`` (buttons); ``download_reviewed_csv`` and ``download_reviewed_zip``.
+Keyboard shortcuts: A adult, S safe, 1-5 the classes in order (drawings,
+hentai, neutral, porn, sexy), K skip, U undo.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run directly (AppTest, `streamlit run pages/review.py`)
+    sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from nsfw_core import decode as _decode  # noqa: E402
+from nsfw_core.errors import NSFWError  # noqa: E402
+from nsfw_core.review import BINARY_LABELS, Item, ReviewQueue, iso  # noqa: E402
+from nsfw_core.settings import CLASS_NAMES  # noqa: E402
+from pages import common  # noqa: E402
+
+REVIEWER_KEY = "review_reviewer"  # the random id of this session
+CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
+SKIPPED_KEY = "review_skipped"  # ids this session skipped
+MESSAGE_KEY = "review_message"  # (kind, text) shown once after a button
+FETCHED_KEY = "review_fetched"  # {item id: bytes or error text}: URL images fetched for this session
+SHORTCUTS = {"adult": "A", "safe": "S", "drawings": "1", "hentai": "2", "neutral": "3", "porn": "4", "sexy": "5",
+             "skip": "K", "undo": "U"}
+LABEL_HELP = {"adult": "Adult (binary label)", "safe": "Safe (binary label)",
+              "drawings": "Safe drawing or anime", "hentai": "Adult drawing or anime",
+              "neutral": "Safe photo", "porn": "Explicit photo", "sexy": "Suggestive photo"}
+PREVIEW_SIZE = 512
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$&")
+
+
+def _md(text: str) -> str:
+    """User-supplied text (a reviewer name, a URL, an error message) shown literally in markdown."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in str(text))
+
+
+def _error_text(exc: NSFWError) -> str:
+    return _md(f"{exc.code}: {exc.message}")
+
+
+def _reviewer() -> str:
+    """The typed name, else this session's random id."""
+    if REVIEWER_KEY not in st.session_state:
+        st.session_state[REVIEWER_KEY] = f"reviewer-{uuid.uuid4().hex[:8]}"
+    name = (st.session_state.get("reviewer_name") or "").strip()
+    return name[:200] if name else st.session_state[REVIEWER_KEY]
+
+
+def _say(kind: str, text: str) -> None:
+    st.session_state[MESSAGE_KEY] = (kind, text)
+
+
+# ---------------------------------------------------------------- the current item
+
+
+def _current(queue: ReviewQueue, reviewer: str) -> Item | None:
+    """The item this session holds (still claimed by it), else the next one claimed now."""
+    held = st.session_state.get(CURRENT_KEY)
+    if held is not None:
+        item_id, claimed_as = held
+        if claimed_as != reviewer:  # the name changed: give the item back under the old id
+            try:
+                queue.release(item_id, claimed_as)
+            except NSFWError:
+                pass
+        else:
+            item = queue.get(item_id)
+            if item is not None and item.status == "claimed" and item.claimed_by == reviewer:
+                return item
+            if item is not None and item.status != "decided":
+                _say("warning", f"Item {item_id} was given to another reviewer after your lease ran out.")
+        st.session_state[CURRENT_KEY] = None
+    item = queue.claim(reviewer, exclude=st.session_state.get(SKIPPED_KEY, set()))
+    st.session_state[CURRENT_KEY] = (item.id, reviewer) if item is not None else None
+    return item
+
+
+# ---------------------------------------------------------------- button callbacks
+
+
+def _on_decide(queue: ReviewQueue, item_id: int, reviewer: str, label: str) -> None:
+    try:
+        queue.decide(item_id, reviewer, label)
+        _say("success", f"Item {item_id}: **{label}**.")
+    except NSFWError as exc:
+        _say("warning", _error_text(exc))
+    st.session_state[CURRENT_KEY] = None
+
+
+def _on_skip(queue: ReviewQueue, item_id: int, reviewer: str) -> None:
+    try:
+        queue.skip(item_id, reviewer)
+        _say("info", f"Item {item_id} skipped: it goes to the end of the queue.")
+    except NSFWError as exc:
+        _say("warning", _error_text(exc))
+    st.session_state.setdefault(SKIPPED_KEY, set()).add(item_id)
+    st.session_state[CURRENT_KEY] = None
+
+
+def _on_undo(queue: ReviewQueue, reviewer: str) -> None:
+    held = st.session_state.get(CURRENT_KEY)
+    try:
+        item = queue.undo(reviewer, reclaim=True)
+    except NSFWError as exc:
+        _say("warning", _error_text(exc))
+        return
+    if item is None:
+        _say("info", "Nothing to undo.")
+        return
+    if held is not None:  # the item on screen goes back to its place in the queue
+        try:
+            queue.release(held[0], held[1])
+        except NSFWError:
+            pass
+    st.session_state.get(SKIPPED_KEY, set()).discard(item.id)
+    st.session_state[CURRENT_KEY] = (item.id, reviewer)
+    _say("info", f"Decision on item {item.id} undone: label it again.")
+
+
+def _on_refetch() -> None:
+    st.session_state.pop(FETCHED_KEY, None)
+
+
+def _on_reset_skipped() -> None:
+    st.session_state[SKIPPED_KEY] = set()
+
+
+# ---------------------------------------------------------------- display
+
+
+def _image_bytes(item: Item, settings: Any) -> tuple[bytes | None, str | None]:
+    """The item's bytes (stored, or fetched once per session from its URL) or an error text."""
+    if item.image:
+        return item.image, None
+    if not item.is_url:
+        return None, None
+    fetched = st.session_state.setdefault(FETCHED_KEY, {})
+    if item.id not in fetched:
+        try:
+            fetched.clear()  # keep only the current item's bytes
+            fetched[item.id] = common.url_bytes(item.source, settings)
+        except NSFWError as exc:
+            fetched[item.id] = _error_text(exc)
+    value = fetched[item.id]
+    return (value, None) if isinstance(value, bytes) else (None, value)
+
+
+def _show_image(item: Item, settings: Any) -> None:
+    data, error = _image_bytes(item, settings)
+    if error:
+        st.error(error)
+        st.button("Fetch again", key="refetch", on_click=_on_refetch)
+        return
+    if data is None:
+        st.info("The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
+                "decide from the scores, or skip.")
+        return
+    try:
+        pixels = _decode.decode(data, max_pixels=settings.max_pixels, draft_size=PREVIEW_SIZE)
+    except NSFWError as exc:
+        st.error(_error_text(exc))
+        return
+    revealed = st.toggle("Reveal image", key=f"reveal_{item.id}",
+                         help="The image is blurred until you reveal it.")
+    if revealed:
+        from PIL import Image
+
+        img = Image.fromarray(pixels)
+        img.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+        st.image(img, caption=f"item {item.id}")
+    else:
+        st.image(common.blurred(pixels), caption=f"item {item.id} (blurred)")
+
+
+def _scores_table(item: Item) -> pd.DataFrame:
+    return pd.DataFrame({"class": list(CLASS_NAMES), "score": [round(float(item.scores[c]), 4) for c in CLASS_NAMES]})
+
+
+def _buttons(queue: ReviewQueue, item: Item | None, reviewer: str) -> None:
+    disabled = item is None
+    item_id = item.id if item is not None else 0
+    cols = st.columns(len(BINARY_LABELS) + len(CLASS_NAMES) + 1)
+    for col, label in zip(cols, (*BINARY_LABELS, *CLASS_NAMES)):
+        col.button(label, key=f"label_{label}", disabled=disabled, help=LABEL_HELP[label],
+                   type="primary" if label in BINARY_LABELS else "secondary", shortcut=SHORTCUTS[label],
+                   on_click=_on_decide, args=(queue, item_id, reviewer, label), width="stretch")
+    cols[-1].button("skip", key="skip", disabled=disabled, help="Not now: back to the end of the queue",
+                    shortcut=SHORTCUTS["skip"], on_click=_on_skip, args=(queue, item_id, reviewer), width="stretch")
+    st.button("Undo last decision", key="undo", icon=":material/undo:", shortcut=SHORTCUTS["undo"],
+              on_click=_on_undo, args=(queue, reviewer))
+
+
+def _downloads(queue: ReviewQueue, decided: int) -> None:
+    col1, col2 = st.columns(2)
+    col1.download_button("Download reviewed items (CSV)", data=queue.export_csv, file_name="reviewed.csv",
+                         mime="text/csv", key="download_reviewed_csv", disabled=decided == 0, on_click="ignore",
+                         help="Manifest of the decided items: path,label,sha256,model, the five scores, decided_at")
+    col2.download_button("Download reviewed items with images (ZIP)", data=lambda: queue.export_zip()[0],
+                         file_name="reviewed.zip", mime="application/zip", key="download_reviewed_zip",
+                         disabled=decided == 0, on_click="ignore",
+                         help="manifest.csv + stored images: upload it on the calibration page")
+
+
+def page() -> None:
+    st.title("Review queue")
+    settings = common.settings()
+    try:
+        queue = common.review_queue()
+    except NSFWError as exc:
+        st.error(_error_text(exc))
+        return
+    st.text_input("Your name (optional)", key="reviewer_name", max_chars=200,
+                  help="Decisions are recorded under this name; without one, under a random id for this session.")
+    reviewer = _reviewer()
+    try:
+        queue.purge_if_due()
+        item = _current(queue, reviewer)
+        counts = queue.counts()
+    except NSFWError as exc:
+        st.error(_error_text(exc))
+        return
+
+    left = counts["pending"] + counts["claimed"]
+    st.markdown(f"**{left}** left to review ({counts['pending']} waiting, {counts['claimed']} being reviewed)"
+                f" · {counts['decided']} decided · you are {_md(reviewer)}")
+    message = st.session_state.pop(MESSAGE_KEY, None)
+    if message is not None:
+        getattr(st, message[0])(message[1])
+
+    if item is None:
+        skipped = st.session_state.get(SKIPPED_KEY, set())
+        if counts["pending"] and skipped:
+            st.info(f"Only items you skipped are left ({len(skipped)}).")
+            st.button("Review skipped items again", key="reset_skipped", on_click=_on_reset_skipped)
+        else:
+            st.success("Nothing left to review.")
+    else:
+        left_col, right_col = st.columns([3, 2])
+        with left_col:
+            _show_image(item, settings)
+        with right_col:
+            st.markdown(f"**Source:** {_md(item.source)}")
+            st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
+                       + (f" · skipped {item.skips}×" if item.skips else ""))
+            st.dataframe(_scores_table(item), hide_index=True)
+    _buttons(queue, item, reviewer)
+    st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
+    _downloads(queue, counts["decided"])
+
+
+page()

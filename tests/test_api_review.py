@@ -1,0 +1,87 @@
+"""The API queues uncertain images for human review (issue: review queue)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from nsfw_core.review import ReviewQueue
+from nsfw_core.settings import CLASS_NAMES
+from tests.conftest import REFERENCE
+from tests.helpers.servers import image, serve
+from tests.test_api import make_settings, running
+
+pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
+
+SMILE = (REFERENCE / "smile.jpg").read_bytes()  # safe score 0.962: "unknown" with a safe threshold of 0.97
+HOUSE = (REFERENCE / "house.jpg").read_bytes()  # safe score 0.993: "safe"
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+def queue_items(settings):
+    with ReviewQueue.from_settings(settings) as queue:
+        return queue.items()
+
+
+def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path):
+    settings = make_settings(tmp_path, safe_threshold=0.97)
+    with running(settings) as client:
+        first = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
+        assert first["verdict"] == "unknown"
+        assert isinstance(first["review_id"], int)
+        again = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
+        assert again["review_id"] == first["review_id"]  # same image, still pending: not queued twice
+        plain = client.post("/predict", content=SMILE, headers=JPEG).json()
+        assert sorted(plain) == sorted(CLASS_NAMES)  # the original body is unchanged
+        safe = client.post("/predict?detail=1", content=HOUSE, headers=JPEG).json()
+        assert safe["verdict"] == "safe" and "review_id" not in safe
+    items = queue_items(settings)
+    assert len(items) == 1
+    item = items[0]
+    assert item.id == first["review_id"]
+    assert item.sha256 == hashlib.sha256(SMILE).hexdigest()
+    assert item.source == "upload" and item.verdict == "unknown" and item.model == "MobileNetV2Mid"
+    assert item.scores == pytest.approx(first["scores"])
+    assert item.status == "pending"
+
+
+def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_path):
+    settings_kw = {"safe_threshold": 0.97, "review_store_uploads": True}
+    with serve() as server:
+        server.route("/smile.jpg", image(SMILE, "image/jpeg"))
+        settings = make_settings(tmp_path, allow_private_hosts=(server.netloc,), **settings_kw)
+        with running(settings) as client:
+            by_url = client.post("/predict", params={"url": server.url("/smile.jpg"), "detail": "1"}).json()
+            assert by_url["verdict"] == "unknown"
+            uploaded = client.post("/predict?detail=1", content=SMILE + b"\0", headers=JPEG).json()
+            assert uploaded["verdict"] == "unknown" and uploaded["review_id"] != by_url["review_id"]
+    with ReviewQueue.from_settings(settings) as queue:
+        item = queue.get(by_url["review_id"])
+        assert item.source == server.url("/smile.jpg")
+        assert item.image is None  # a URL can be fetched again: only uploads keep their bytes
+        upload = queue.get(uploaded["review_id"])
+        assert upload.source == "upload" and upload.image == SMILE + b"\0"
+
+
+def test_queue_off_and_adult_verdicts(tmp_path):
+    off = make_settings(tmp_path / "off", safe_threshold=0.97, review_verdicts=())
+    with running(off) as client:
+        body = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
+        assert body["verdict"] == "unknown" and "review_id" not in body
+    assert queue_items(off) == []
+    # an adult threshold of 0 makes every image "adult"; queued only when configured
+    adult = make_settings(tmp_path / "adult", adult_threshold=0.0, review_verdicts=("unknown", "adult"))
+    with running(adult) as client:
+        body = client.post("/predict?detail=1", content=HOUSE, headers=JPEG).json()
+        assert body["verdict"] == "adult" and isinstance(body["review_id"], int)
+
+
+def test_a_broken_queue_does_not_fail_the_prediction(tmp_path):
+    settings = make_settings(tmp_path, safe_threshold=0.97, database_url="postgresql://nobody@127.0.0.1:9/none")
+    with running(settings) as client:
+        response = client.post("/predict?detail=1", content=SMILE, headers=JPEG)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["verdict"] == "unknown"
+        assert body["review_id"] is None and "unavailable" in body["review_error"]

@@ -1,0 +1,234 @@
+"""The review page, run headless with Streamlit's AppTest (no browser).
+
+``NSFW_DATA_DIR`` points at a temporary folder whose review queue (SQLite) is
+filled beforehand through ``ReviewQueue`` with the reference JPEGs as stored
+bytes; the page's clicks are then checked in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nsfw_core.review import ReviewQueue  # noqa: E402
+
+PAGE = ROOT / "pages" / "review.py"
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"
+IMAGES = sorted(REFERENCE.glob("*.jpg"))
+SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
+ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_DATABASE_URL", "NSFW_REVIEW_STORE_UPLOADS", "NSFW_REVIEW_LEASE_SECONDS",
+            "NSFW_REVIEW_RETENTION_DAYS", "NSFW_REVIEW_VERDICTS")
+
+
+@pytest.fixture
+def data_dir(monkeypatch, tmp_path):
+    """A private data folder for the page; cached settings and queue dropped before and after."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path / "data"
+    monkeypatch.setenv("NSFW_DATA_DIR", str(folder))
+    st.cache_resource.clear()
+    yield folder
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def queue(data_dir):
+    q = ReviewQueue(data_dir=data_dir, store_uploads=True)
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def filled(queue):
+    """The reference JPEGs queued as uploads with their bytes; returns their ids in queue order."""
+    ids = []
+    for path in IMAGES:
+        data = path.read_bytes()
+        ids.append(queue.enqueue(hashlib.sha256(data).hexdigest(), f"upload:{path.name}", SCORES,
+                                 "MobileNetV2Mid", "unknown", image_bytes=data))
+    return ids
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """The media storage of the latest AppTest run, to read back images."""
+    storages: list[MemoryMediaFileStorage] = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, endpoint: str) -> None:
+            super().__init__(endpoint)
+            storages.append(self)
+
+    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", Recording)
+
+    def read(url: str) -> bytes:
+        return storages[-1].get_file(url.rsplit("/", 1)[-1]).content
+
+    return read
+
+
+def new_page() -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def left(at: AppTest) -> int:
+    line = next(m.value for m in at.markdown if "left to review" in m.value)
+    return int(line.split("**")[1])
+
+
+def shown_id(at: AppTest) -> int | None:
+    held = at.session_state["review_current"] if "review_current" in at.session_state else None
+    return held[0] if held else None
+
+
+def plain(markdown: str) -> str:
+    """Markdown text with the page's backslash escapes removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def reviewer(at: AppTest) -> str:
+    return at.session_state["review_reviewer"]
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_shows_the_count_and_the_oldest_item_blurred(filled, queue, media):
+    at = new_page()
+    assert left(at) == len(filled)
+    first = filled[0]
+    assert shown_id(at) == first
+    item = queue.get(first)
+    assert item.status == "claimed" and item.claimed_by == reviewer(at)
+    # Blurred until revealed.
+    assert at.toggle(key=f"reveal_{first}").value is False
+    assert at.image[0].value[0] and "(blurred)" in at.image[0].captions[0]
+    blurred = Image.open(io.BytesIO(media(at.image[0].value[0])))
+    assert max(blurred.size) <= 384
+    # The scores table.
+    table = at.dataframe[0].value
+    assert list(table["class"]) == ["drawings", "hentai", "neutral", "porn", "sexy"]
+    assert list(table["score"]) == [0.1, 0.05, 0.45, 0.25, 0.15]
+    # The buttons, with shortcuts.
+    keys = {b.key for b in at.button}
+    assert {"label_adult", "label_safe", "label_drawings", "label_hentai", "label_neutral", "label_porn",
+            "label_sexy", "skip", "undo"} <= keys
+    assert at.button(key="label_safe").proto.shortcut == "s"
+    assert {b.key for b in at.get("download_button")} == {"download_reviewed_csv", "download_reviewed_zip"}
+    # Revealed.
+    at.toggle(key=f"reveal_{first}").set_value(True).run()
+    assert not at.exception
+    assert "(blurred)" not in at.image[0].captions[0]
+    shown = Image.open(io.BytesIO(media(at.image[0].value[0])))
+    assert max(shown.size) <= 512
+
+
+def test_safe_decides_the_item_and_the_count_drops(filled, queue):
+    at = new_page()
+    first = shown_id(at)
+    at = click(at, "label_safe")
+    item = queue.get(first)
+    assert (item.status, item.decision, item.decided_by) == ("decided", "safe", reviewer(at))
+    assert left(at) == len(filled) - 1
+    assert shown_id(at) == filled[1]
+    assert queue.counts() == {"pending": len(filled) - 2, "claimed": 1, "decided": 1, "total": len(filled)}
+    at = click(at, "label_hentai")
+    assert queue.get(filled[1]).decision == "hentai" and left(at) == len(filled) - 2
+    assert "Item" in at.success[0].value and "hentai" in at.success[0].value
+
+
+def test_undo_restores_the_decision(filled, queue):
+    at = click(new_page(), "label_porn")
+    assert queue.get(filled[0]).decision == "porn" and shown_id(at) == filled[1]
+    at = click(at, "undo")
+    item = queue.get(filled[0])
+    assert item.status == "claimed" and item.decision is None and item.claimed_by == reviewer(at)
+    assert shown_id(at) == filled[0]  # back on screen
+    assert queue.get(filled[1]).status == "pending"  # the one that was on screen went back
+    assert left(at) == len(filled)
+    at = click(at, "undo")
+    assert "Nothing to undo" in at.info[0].value
+    at = click(at, "label_neutral")
+    assert queue.get(filled[0]).decision == "neutral"
+
+
+def test_skip_moves_on(filled, queue):
+    at = new_page()
+    at = click(at, "skip")
+    assert shown_id(at) == filled[1]
+    item = queue.get(filled[0])
+    assert item.status == "pending" and item.skips == 1
+    assert left(at) == len(filled)
+    # Skipping everything: the page says so and offers the skipped items again.
+    for _ in filled[1:]:
+        at = click(at, "skip")
+    assert shown_id(at) is None
+    assert any("Only items you skipped" in i.value for i in at.info)
+    at = click(at, "reset_skipped")
+    assert shown_id(at) == filled[0]
+
+
+def test_named_reviewer(filled, queue):
+    at = new_page()
+    at.text_input(key="reviewer_name").input("alice").run()
+    assert not at.exception
+    assert queue.get(filled[0]).claimed_by == "alice"
+    at = click(at, "label_adult")
+    assert queue.get(filled[0]).decided_by == "alice"
+    assert "alice" in next(m.value for m in at.markdown if "left to review" in m.value)
+
+
+def test_empty_queue(queue):
+    at = new_page()
+    assert left(at) == 0
+    assert "Nothing left to review" in at.success[0].value
+    assert at.button(key="label_safe").disabled and at.button(key="skip").disabled
+    assert at.get("download_button")[0].proto.disabled
+
+
+def test_url_items_are_fetched_through_the_safe_fetcher(queue, data_dir, local_server, monkeypatch):  # noqa: F811
+    house = (REFERENCE / "house.jpg").read_bytes()
+    local_server.route("/house.jpg", image(house, "image/jpeg"))
+    good = queue.enqueue("a" * 64, local_server.url("/house.jpg"), SCORES, "MobileNetV2Mid", "unknown")
+    missing = queue.enqueue("b" * 64, local_server.url("/missing.jpg"), SCORES, "MobileNetV2Mid", "unknown")
+    lost = queue.enqueue("c" * 64, "upload:lost.jpg", SCORES, "MobileNetV2Mid", "unknown")
+    # Loopback is forbidden unless allowed.
+    at = new_page()
+    assert shown_id(at) == good and plain(at.error[0].value).startswith("forbidden_address: ")
+    assert local_server.requests == []
+    monkeypatch.setenv("NSFW_ALLOW_PRIVATE_HOSTS", local_server.netloc)
+    st.cache_resource.clear()  # new settings
+    at = click(at, "refetch")
+    assert shown_id(at) == good
+    assert not at.error and "(blurred)" in at.image[0].captions[0]
+    at.toggle(key=f"reveal_{good}").set_value(True).run()
+    assert len(local_server.requests) == 1  # fetched once for the session, not on every rerun
+    at = click(at, "label_safe")
+    assert shown_id(at) == missing and plain(at.error[0].value).startswith("upstream_error: ")
+    at = click(at, "label_safe")
+    assert shown_id(at) == lost and "not stored" in at.info[0].value
+    assert queue.counts()["decided"] == 2

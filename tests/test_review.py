@@ -1,0 +1,708 @@
+"""The review queue (``nsfw_core.review``), the same cases on SQLite and on PostgreSQL.
+
+SQLite runs on a temporary file.  PostgreSQL runs on a real server on
+127.0.0.1: ``NSFW_TEST_DATABASE_URL`` when set (CI service, or
+``scripts/start-postgres.sh start``), otherwise this module starts one with
+``scripts/start-postgres.sh`` (installing Debian's ``postgresql`` when missing)
+and stops it at the end.  When that fails the PostgreSQL cases *error*; set
+``NSFW_TEST_SKIP_POSTGRES=1`` to skip them instead.  Each case gets its own
+PostgreSQL schema (``search_path``), so the cases do not see each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import uuid
+import zipfile
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from nsfw_core.settings import load_settings
+
+from nsfw_core import labelsets
+from nsfw_core.review import (
+    CSV_COLUMNS,
+    DB_FILE,
+    MIGRATIONS,
+    VERSION_TABLE,
+    InvalidLabel,
+    ItemNotFound,
+    ReviewConfigError,
+    ReviewConflict,
+    ReviewQueue,
+    backend_for,
+    image_suffix,
+    redact_url,
+    should_queue,
+)
+from nsfw_core.errors import BadRequest
+from nsfw_core.settings import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
+REFERENCE = ROOT / "tests" / "fixtures" / "reference"
+SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.5, "porn": 0.2, "sexy": 0.2}
+MODEL = "MobileNetV2Mid"
+
+
+def sha(n: int | str) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+class Clock:
+    """An injectable clock, seconds since the epoch."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# ---------------------------------------------------------------- PostgreSQL server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL database for the tests (started here unless given)."""
+    given = os.environ.get("NSFW_TEST_DATABASE_URL", "").strip()
+    if given:
+        yield given
+        return
+    if os.environ.get("NSFW_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("NSFW_TEST_SKIP_POSTGRES=1: PostgreSQL cases skipped")
+    folder = tempfile.mkdtemp(prefix="nsfw-pg-test.")  # under /tmp: the postgres user must reach it
+    try:
+        proc = subprocess.run([str(START_POSTGRES), "start", folder], capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"could not run {START_POSTGRES}: {exc} (set NSFW_TEST_SKIP_POSTGRES=1 to skip the "
+                    "PostgreSQL cases)", pytrace=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        subprocess.run([str(START_POSTGRES), "stop", folder], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"PostgreSQL could not be started (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n"
+                    "Set NSFW_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL cases.", pytrace=False)
+    try:
+        yield proc.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(START_POSTGRES), "stop", folder], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-c search_path={schema}')}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh schema per test: the URL sets it as the search path; dropped afterwards."""
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield _with_search_path(postgres_server, schema)
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# ---------------------------------------------------------------- queues on both backends
+
+
+class Backend:
+    """Opens queues on one database (same URL / folder each time)."""
+
+    def __init__(self, name: str, url: str | None, data_dir: Path, clock: Clock) -> None:
+        self.name, self.url, self.data_dir, self.clock = name, url, data_dir, clock
+        self.opened: list[ReviewQueue] = []
+
+    def open(self, **kwargs) -> ReviewQueue:
+        kwargs.setdefault("clock", self.clock)
+        q = ReviewQueue(self.url, data_dir=self.data_dir, **kwargs)
+        self.opened.append(q)
+        return q
+
+    def close_all(self) -> None:
+        for q in self.opened:
+            q.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    b = Backend(request.param, url, tmp_path / "data", Clock())
+    yield b
+    b.close_all()
+
+
+@pytest.fixture
+def q(backend) -> ReviewQueue:
+    return backend.open()
+
+
+def add(q: ReviewQueue, n: int | str, source: str | None = None, image: bytes | None = None, **kw) -> int:
+    return q.enqueue(sha(n), source or f"https://example.com/{n}.jpg", kw.pop("scores", SCORES), MODEL,
+                     kw.pop("verdict", "unknown"), image_bytes=image)
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def test_enqueue_dedupes_while_open_and_requeues_after_decision(q, backend):
+    a = add(q, 1)
+    assert add(q, 1, source="upload:other.jpg") == a  # same image, still pending
+    assert q.counts() == {"pending": 1, "claimed": 0, "decided": 0, "total": 1}
+    assert q.claim("r1").id == a
+    assert add(q, 1) == a  # claimed is still open
+    q.decide(a, "r1", "safe")
+    b = add(q, 1)
+    assert b != a  # decided: a new review item
+    assert q.counts() == {"pending": 1, "claimed": 0, "decided": 1, "total": 2}
+    item = q.get(a)
+    assert item.sha256 == sha(1) and item.source == "https://example.com/1.jpg" and item.model == MODEL
+    assert item.scores == SCORES and item.verdict == "unknown" and item.status == "decided"
+
+
+def test_enqueue_validates(q):
+    with pytest.raises(BadRequest):
+        q.enqueue("not-a-digest", "https://example.com/x.jpg", SCORES, MODEL, "unknown")
+    with pytest.raises(BadRequest):
+        q.enqueue(sha(1), "https://example.com/x.jpg", {"porn": 1.0}, MODEL, "unknown")
+    assert q.enqueue(sha(1).upper(), "x", SCORES, MODEL, "unknown") == q.enqueue(sha(1), "x", SCORES, MODEL, "unknown")
+
+
+def test_concurrent_enqueue_of_one_image_queues_it_once(backend):
+    queues = [backend.open() for _ in range(6)]
+    barrier = threading.Barrier(len(queues))
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(q: ReviewQueue) -> None:
+        try:
+            barrier.wait()
+            for n in range(10):
+                ids.append(add(q, f"same-{n}"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queues]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(ids) == 60 and len(set(ids)) == 10
+    assert queues[0].counts()["pending"] == 10
+
+
+# ---------------------------------------------------------------- claim
+
+
+def test_claim_order_and_lease_expiry(backend):
+    clock = backend.clock
+    q = backend.open(lease_seconds=60)
+    ids = []
+    for n in range(3):
+        ids.append(add(q, n))
+        clock.advance(1)
+    a = q.claim("r1")
+    assert (a.id, a.status, a.claimed_by, a.lease_until) == (ids[0], "claimed", "r1", clock.now + 60)
+    assert q.claim("r2").id == ids[1]
+    assert q.counts() == {"pending": 1, "claimed": 2, "decided": 0, "total": 3}
+    clock.advance(61)  # both leases ran out: pending again, oldest first
+    assert q.counts() == {"pending": 3, "claimed": 0, "decided": 0, "total": 3}
+    again = q.claim("r3", lease_seconds=5)
+    assert again.id == ids[0] and again.claimed_by == "r3" and again.lease_until == clock.now + 5
+    with pytest.raises(ReviewConflict):  # r1's lease ran out and r3 holds it now
+        q.decide(ids[0], "r1", "safe")
+    assert q.claim("r1").id == ids[1]
+    assert q.claim("r1").id == ids[2]
+    assert q.claim("r1") is None
+    # r2's item went to r1 after its lease: r2 can no longer decide it.
+    with pytest.raises(ReviewConflict):
+        q.decide(ids[1], "r2", "adult")
+    # A lease that ran out with nobody else taking the item: the holder may still decide.
+    clock.advance(10)
+    assert q.decide(ids[0], "r3", "safe").decision == "safe"
+
+
+def test_claim_with_a_real_short_lease(backend):
+    q = backend.open(clock=time.time, lease_seconds=1)
+    a = add(q, 1)
+    assert q.claim("r1").id == a
+    assert q.claim("r2") is None
+    time.sleep(1.2)
+    assert q.claim("r2").id == a
+
+
+def test_claim_exclude_and_validation(q):
+    a, b = add(q, 1), add(q, 2)
+    assert q.claim("r1", exclude=[a]).id == b
+    assert q.claim("r2", exclude=[a, b]) is None
+    with pytest.raises(BadRequest):
+        q.claim("  ")
+    with pytest.raises(BadRequest):
+        q.claim("r1", lease_seconds=0)
+
+
+def test_two_reviewers_at_once_never_get_the_same_item(backend):
+    setup = backend.open()
+    n = 60
+    all_ids = {add(setup, i) for i in range(n)}
+    queues = [backend.open(clock=time.time) for _ in range(4)]
+    barrier = threading.Barrier(len(queues))
+    claimed: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def review(name: str, q: ReviewQueue) -> None:
+        mine: list[int] = []
+        claimed[name] = mine
+        try:
+            barrier.wait()
+            while (item := q.claim(name)) is not None:
+                mine.append(item.id)
+                q.decide(item.id, name, "safe" if item.id % 2 else "adult")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=review, args=(f"reviewer-{i}", q)) for i, q in enumerate(queues)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    got = [i for ids in claimed.values() for i in ids]
+    assert sorted(got) == sorted(all_ids)  # every item exactly once
+    assert setup.counts() == {"pending": 0, "claimed": 0, "decided": n, "total": n}
+    by = {it.id: it.decided_by for it in setup.reviewed_items()}
+    for name, ids in claimed.items():
+        assert all(by[i] == name for i in ids)
+
+
+_WORKER = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from nsfw_core.review import ReviewQueue
+url, data_dir, name, gate = sys.argv[2] or None, sys.argv[3], sys.argv[4], sys.argv[5]
+scores = {"drawings": 0.2, "hentai": 0.2, "neutral": 0.2, "porn": 0.2, "sexy": 0.2}
+def wait(path):
+    while not os.path.exists(path):
+        time.sleep(0.005)
+q = ReviewQueue(url, data_dir=data_dir)
+wait(gate + ".enqueue")
+ids = [q.enqueue(format(n, "064x"), "https://example.com/%d.jpg" % n, scores, "m", "unknown") for n in range(30)]
+print(json.dumps(ids), flush=True)
+wait(gate + ".claim")
+claimed = []
+while (item := q.claim(name)) is not None:
+    claimed.append(item.id)
+    q.decide(item.id, name, "safe")
+print(json.dumps(claimed), flush=True)
+"""
+
+
+def test_separate_processes_enqueue_and_claim_without_races(backend, tmp_path):
+    gate = str(tmp_path / "gate")
+    backend.open().close()  # schema ready (concurrent first opens are tested above)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(ROOT), backend.url or "", str(backend.data_dir),
+                               f"proc-{i}", gate], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    try:
+        Path(gate + ".enqueue").touch()
+        enqueued = [json.loads(p.stdout.readline() or "null") for p in procs]
+        assert all(e is not None for e in enqueued), [p.stderr.read() for p in procs]
+        assert enqueued[0] == enqueued[1] == enqueued[2] and len(set(enqueued[0])) == 30  # each image once
+        Path(gate + ".claim").touch()
+        claimed = [json.loads(p.stdout.readline() or "null") for p in procs]
+        assert all(c is not None for c in claimed), [p.stderr.read() for p in procs]
+    finally:
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
+    got = [i for c in claimed for i in c]
+    assert sorted(got) == sorted(enqueued[0])  # every item claimed exactly once across processes
+
+
+# ---------------------------------------------------------------- decide, skip, release, undo
+
+
+def test_decide(q, backend):
+    a, b, c = add(q, 1), add(q, 2), add(q, 3)
+    item = q.claim("r1")
+    with pytest.raises(InvalidLabel):
+        q.decide(item.id, "r1", "maybe")
+    with pytest.raises(ReviewConflict):
+        q.decide(item.id, "r2", "safe")  # claimed by r1
+    backend.clock.advance(2)
+    done = q.decide(item.id, "r1", " Drawing ")
+    assert (done.status, done.decision, done.decided_by, done.decided_at) == ("decided", "drawings", "r1",
+                                                                               backend.clock.now)
+    assert done.claimed_by is None and done.lease_until is None
+    with pytest.raises(ReviewConflict, match="already decided"):
+        q.decide(a, "r1", "adult")
+    with pytest.raises(ItemNotFound):
+        q.decide(999_999, "r1", "adult")
+    assert q.decide(b, "r2", "porn").decision == "porn"  # pending, unclaimed: may be decided directly
+    for label in ("adult", "safe", *CLASS_NAMES):
+        assert q.decide(add(q, f"label-{label}"), "r3", label).decision == label
+    assert q.get(c).status == "pending"
+
+
+def test_skip_moves_the_item_to_the_end(q, backend):
+    a, b, c = add(q, 1), add(q, 2), add(q, 3)
+    assert q.claim("r1").id == a
+    backend.clock.advance(1)
+    skipped = q.skip(a, "r1")
+    assert (skipped.status, skipped.claimed_by, skipped.skips) == ("pending", None, 1)
+    assert [q.claim("r1").id for _ in range(3)] == [b, c, a]
+    with pytest.raises(ReviewConflict):
+        q.skip(b, "r2")  # not r2's
+    q.decide(b, "r1", "safe")
+    with pytest.raises(ReviewConflict):
+        q.skip(b, "r1")  # decided
+
+
+def test_release_keeps_the_place(q, backend):
+    a, b = add(q, 1), add(q, 2)
+    assert q.claim("r1").id == a
+    backend.clock.advance(1)
+    released = q.release(a, "r1")
+    assert released.status == "pending" and released.skips == 0
+    assert q.claim("r2").id == a
+
+
+def test_undo(q, backend):
+    a, b, c = add(q, 1), add(q, 2), add(q, 3)
+    assert q.undo("r1") is None
+    q.decide(q.claim("r1").id, "r1", "safe")
+    backend.clock.advance(1)
+    q.decide(q.claim("r1").id, "r1", "adult")
+    backend.clock.advance(1)
+    q.decide(q.claim("r2").id, "r2", "neutral")  # another reviewer's decision is not undone by r1
+    reverted = q.undo("r1")
+    assert reverted.id == b and reverted.status == "pending"
+    assert reverted.decision is None and reverted.decided_by is None and reverted.decided_at is None
+    assert q.counts() == {"pending": 1, "claimed": 0, "decided": 2, "total": 3}
+    back = q.undo("r1", reclaim=True, lease_seconds=30)
+    assert (back.id, back.status, back.claimed_by, back.lease_until) == (a, "claimed", "r1", backend.clock.now + 30)
+    assert q.undo("r1") is None
+    assert q.get(c).decision == "neutral"
+    # r1 decides a again; b (pending again) is next.
+    q.decide(a, "r1", "sexy")
+    assert q.claim("r1").id == b
+
+
+def test_undo_when_the_image_was_queued_again(q, backend):
+    a = add(q, 1)
+    q.decide(a, "r1", "safe")
+    again = add(q, 1)
+    assert again != a
+    back = q.undo("r1")
+    assert back.id == a and q.get(again) is None  # the newer open copy made way for the reverted item
+    assert add(q, 1) == a
+    # If someone is reviewing the newer copy right now, undo refuses.
+    q.decide(a, "r1", "safe")
+    newer = add(q, 1)
+    assert q.claim("r2").id == newer
+    with pytest.raises(ReviewConflict):
+        q.undo("r1")
+    assert q.get(a).status == "decided" and q.get(newer).status == "claimed"
+
+
+# ---------------------------------------------------------------- counts, reads, exports
+
+
+def test_counts(q):
+    assert q.counts() == {"pending": 0, "claimed": 0, "decided": 0, "total": 0}
+    ids = [add(q, n) for n in range(5)]
+    q.claim("r1")
+    q.decide(q.claim("r2").id, "r2", "safe")
+    assert q.counts() == {"pending": 3, "claimed": 1, "decided": 1, "total": 5}
+    assert [it.id for it in q.items("pending")] == ids[2:]
+
+
+def test_reviewed_items_carry_scores_and_binary_labels(q, backend):
+    scores = {"drawings": 0.1, "hentai": 0.2, "neutral": 0.3, "porn": 0.25, "sexy": 0.15}
+    a = add(q, 1, scores=scores)
+    b = add(q, 2, source="upload:b.png")
+    c = add(q, 3)
+    q.decide(a, "r1", "hentai")
+    backend.clock.advance(1)
+    q.decide(b, "r1", "safe")
+    backend.clock.advance(1)
+    q.decide(c, "r2", "drawings")
+    items = q.reviewed_items()
+    assert [(it.id, it.label, it.binary) for it in items] == [(a, "hentai", "adult"), (b, "safe", "safe"),
+                                                               (c, "drawings", "safe")]
+    first = items[0]
+    assert first.scores == scores and first.model == MODEL and first.sha256 == sha(1)
+    assert first.source == "https://example.com/1.jpg" and first.decided_by == "r1"
+    assert first.labelled() == labelsets.LabelledItem("https://example.com/1.jpg", "hentai", "adult")
+    custom = q.reviewed_items(binary_map=labelsets.make_binary_map(["porn", "sexy"]))
+    assert custom[0].binary == "safe"  # hentai counted safe under this mapping
+
+
+def test_export_csv(q, backend):
+    scores = {"drawings": 0.125, "hentai": 0.0625, "neutral": 0.5, "porn": 0.1875, "sexy": 0.125}
+    a = add(q, 1, scores=scores)
+    b = add(q, 2, source="upload:b.png")
+    add(q, 3)  # pending: not exported
+    q.decide(a, "r1", "porn")
+    backend.clock.advance(5)
+    q.decide(b, "r1", "safe")
+    text = q.export_csv()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(csv.reader(io.StringIO(text)).__next__()) == CSV_COLUMNS
+    assert CSV_COLUMNS == ("path", "label", "sha256", "model", "drawings", "hentai", "neutral", "porn", "sexy",
+                           "decided_at")
+    assert [r["path"] for r in rows] == ["https://example.com/1.jpg", "upload:b.png"]
+    assert rows[0]["label"] == "porn" and rows[0]["sha256"] == sha(1) and rows[0]["model"] == MODEL
+    assert {c: float(rows[0][c]) for c in CLASS_NAMES} == scores
+    assert rows[0]["decided_at"] == "2023-11-14T22:13:20+00:00"
+    assert rows[1]["decided_at"] == "2023-11-14T22:13:25+00:00"
+    # The calibration page's manifest loader reads it (URL rows as they are).
+    items = labelsets.parse_manifest(text, "csv")
+    assert items[0] == labelsets.LabelledItem("https://example.com/1.jpg", "porn", "adult")
+    assert items[1].label == "safe" and items[1].binary == "safe"
+
+
+def test_export_zip_is_a_loadable_labelled_set(backend, tmp_path):
+    q = backend.open(store_uploads=True)
+    jpeg = (REFERENCE / "house.jpg").read_bytes()
+    a = add(q, 1, source="upload:house.jpg", image=jpeg)
+    b = add(q, 2, source="https://example.com/2.jpg")
+    c = add(q, 3, source="upload:lost.jpg")  # no bytes: cannot be loaded later
+    for item_id, label in ((a, "neutral"), (b, "sexy"), (c, "safe")):
+        q.decide(item_id, "r1", label)
+    data, summary = q.export_zip()
+    assert summary == {"items": 2, "images": 1, "left_out": 1}
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["images/" + sha(1) + ".jpg", "manifest.csv"]
+        assert zf.read("images/" + sha(1) + ".jpg") == jpeg
+    items = labelsets.load_zip(data, tmp_path / "cache")
+    assert [(Path(it.source).name if not it.source.startswith("http") else it.source, it.label) for it in items] == \
+        [(sha(1) + ".jpg", "neutral"), ("https://example.com/2.jpg", "sexy")]
+    assert Path(items[0].source).read_bytes() == jpeg
+
+
+# ---------------------------------------------------------------- retention, restart, migrations
+
+
+def test_purge_deletes_old_items_and_their_images(backend):
+    clock = backend.clock
+    q = backend.open(store_uploads=True, retention_days=30, lease_seconds=3600)
+    old = add(q, 1, image=b"\xff\xd8\xff old")
+    old_claimed = add(q, 2)
+    clock.advance(10 * 86400)
+    young = add(q, 3, image=b"\xff\xd8\xff young")
+    q.decide(old, "r1", "safe")
+    clock.advance(25 * 86400)  # old: 35 days, young: 25 days
+    assert q.claim("r1", exclude=[young]).id == old_claimed  # a live claim is kept until it ends
+    assert q.purge(0) == 0  # 0: keep everything
+    assert q.purge() == 1
+    assert q.get(old) is None and q.get(old_claimed) is not None and q.get(young).image == b"\xff\xd8\xff young"
+    clock.advance(3601)
+    assert q.purge(30) == 1 and q.get(old_claimed) is None
+    assert q.purge_if_due() == 0  # ran just now
+    assert q.counts()["total"] == 1
+    if backend.name == "sqlite":  # secure_delete: the purged image is not left in the file
+        q.close()
+        raw = b"".join(p.read_bytes() for p in backend.data_dir.glob(DB_FILE + "*"))
+        assert b"\xff\xd8\xff old" not in raw and b"\xff\xd8\xff young" in raw
+
+
+def test_restart_without_loss(backend):
+    q = backend.open(store_uploads=True)
+    a = add(q, 1, image=b"\x89PNG\r\n\x1a\nbytes")
+    b = add(q, 2)
+    add(q, 3)
+    claimed = q.claim("r1")
+    q.decide(b, "r2", "sexy")
+    before = [q.get(i) for i in (a, b)]
+    counts = q.counts()
+    q.close()
+    again = backend.open()
+    assert [again.get(i) for i in (a, b)] == before
+    assert again.counts() == counts
+    assert again.get(claimed.id).claimed_by == "r1"
+    assert again.get(a).image == b"\x89PNG\r\n\x1a\nbytes"
+
+
+def _versions(backend: Backend) -> list[int]:
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.data_dir / DB_FILE) as conn:
+            return [r[0] for r in conn.execute(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
+    import psycopg
+
+    with psycopg.connect(backend.url) as conn:
+        return [r[0] for r in conn.execute(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
+
+
+def test_migrations_are_idempotent_and_ordered(backend):
+    from nsfw_core.review import migrate
+
+    first = backend.open(migrations=MIGRATIONS[:1])  # an older app created the database
+    assert _versions(backend) == [1]
+    first.enqueue(sha(1), "https://example.com/1.jpg", SCORES, MODEL, "unknown")
+    first.close()
+    q = backend.open()  # this one adds the rest, keeping the data
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+    assert q.counts()["pending"] == 1
+    backend.open()  # opening again changes nothing
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+    with q._connection() as conn:
+        assert migrate(q.backend, conn) == []
+    assert add(q, 1) == q.items()[0].id
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.data_dir / DB_FILE) as conn:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"review_items_decided", "review_items_created"} <= names
+
+
+def test_concurrent_first_open_migrates_once(backend):
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_one() -> None:
+        try:
+            barrier.wait()
+            backend.open()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+
+
+def test_a_newer_schema_is_refused(backend):
+    from nsfw_core.review import Migration
+
+    backend.open(migrations=(*MIGRATIONS, Migration(99, "from the future", ()))).close()
+    with pytest.raises(ReviewConfigError, match="newer"):
+        backend.open()
+
+
+def test_a_process_dying_mid_write_loses_nothing_committed(backend):
+    q = backend.open()
+    add(q, "kept")
+    q.close()
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from nsfw_core.review import ReviewQueue, TABLE
+q = ReviewQueue({backend.url!r}, data_dir={str(backend.data_dir)!r})
+with q._tx() as tx:
+    tx.run(f"DELETE FROM {{TABLE}}")
+    tx.run(f"UPDATE {{TABLE}} SET status = 'decided'")
+    os._exit(3)  # dies inside the transaction
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    again = backend.open()
+    assert again.counts() == {"pending": 1, "claimed": 0, "decided": 0, "total": 1}
+    assert again.items()[0].sha256 == sha("kept")
+    add(again, "after")  # and the database is writable (no lock left behind)
+    assert again.counts()["pending"] == 2
+
+
+# ---------------------------------------------------------------- stored uploads
+
+
+def test_store_uploads_on_and_off(backend):
+    jpeg = (REFERENCE / "smile.jpg").read_bytes()
+    off = backend.open()
+    a = add(off, 1, source="upload:smile.jpg", image=jpeg)
+    item = off.get(a)
+    assert item.image is None and not item.has_image
+    on = backend.open(store_uploads=True)
+    b = add(on, 2, source="upload:smile.jpg", image=jpeg)
+    item = on.get(b)
+    assert item.image == jpeg and item.has_image
+    claimed = on.claim("r1", exclude=[a])
+    assert claimed.id == b and claimed.image == jpeg
+    assert [it.has_image for it in on.items()] == [False, True]
+    assert all(it.image is None for it in on.items())  # lists do not carry the bytes
+    assert on.image(b) == jpeg and on.image(a) is None
+
+
+# ---------------------------------------------------------------- settings and helpers (no database needed)
+
+
+def test_should_queue():
+    default = load_settings(environ={})
+    assert should_queue("unknown", default) and not should_queue("adult", default)
+    both = load_settings(environ={"NSFW_REVIEW_VERDICTS": "unknown, adult"})
+    assert should_queue("adult", both) and not should_queue("safe", both)
+    assert not should_queue("unknown", load_settings(environ={"NSFW_REVIEW_VERDICTS": ""}))
+
+
+def test_from_settings(tmp_path):
+    settings = load_settings(environ={"NSFW_DATA_DIR": str(tmp_path)})
+    q = ReviewQueue.from_settings(settings)
+    assert q.backend_name == "sqlite" and (tmp_path / DB_FILE).exists()
+    assert (q.store_uploads, q.lease_seconds, q.retention_days) == (False, 300, 30)
+    q.close()
+    settings = types.SimpleNamespace(data_dir=str(tmp_path), database_url="sqlite:other.db", review_store_uploads=True,
+                                     review_lease_seconds=5, review_retention_days=0)
+    q = ReviewQueue.from_settings(settings)
+    assert (tmp_path / "other.db").exists() and (q.store_uploads, q.lease_seconds, q.retention_days) == (True, 5, 0)
+    q.close()
+    with sqlite3.connect(tmp_path / DB_FILE) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_backend_urls(tmp_path):
+    assert backend_for("", tmp_path).path == tmp_path / DB_FILE
+    assert backend_for("sqlite:////abs/q.db", tmp_path).path == Path("/abs/q.db")
+    assert backend_for("sqlite:///abs/q.db", tmp_path).path == Path("/abs/q.db")
+    assert backend_for("sqlite:rel/q.db", tmp_path).path == tmp_path / "rel" / "q.db"
+    assert backend_for("postgresql://u:secret@db:5432/x").name == "postgresql"
+    assert backend_for("postgres://u@db/x").sql("a = ? AND b = ?") == "a = %s AND b = %s"
+    with pytest.raises(ReviewConfigError) as err:
+        backend_for("mysql://u:secret@db/x")
+    assert "secret" not in str(err.value)
+    assert redact_url("postgresql://u:secret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact_url("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_unreachable_postgres_is_a_clear_error():
+    from nsfw_core.review import ReviewUnavailable
+
+    with pytest.raises(ReviewUnavailable) as err:
+        ReviewQueue("postgresql://u:hunter2@127.0.0.1:1/x?connect_timeout=2")
+    assert err.value.status == 503 and "hunter2" not in str(err.value)
+
+
+def test_image_suffix():
+    assert image_suffix((REFERENCE / "house.jpg").read_bytes()) == ".jpg"
+    assert image_suffix(b"\x89PNG\r\n\x1a\n....") == ".png"
+    assert image_suffix(b"GIF89a...") == ".gif"
+    assert image_suffix(b"RIFF\0\0\0\0WEBPVP8 ") == ".webp"
