@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup-venv.sh requirements.txt
+# glibc gives each thread its own malloc arena; two keep RSS flat under load (RELIABILITY.md)
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 exec .venv/bin/python app.py

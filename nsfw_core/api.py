@@ -247,7 +247,9 @@ def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[Any], bo
     """``{"items": [...], "detail": bool}`` or ``[...]`` -> (items, detail)."""
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+        # ids and urls are echoed back: refuse what the JSON answer could not carry (NaN, 1e400, lone surrogates)
+        json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError; deep nesting recurses
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if isinstance(doc, dict):
         if "items" not in doc:

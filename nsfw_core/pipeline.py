@@ -9,11 +9,13 @@ the forward pass in the micro-batcher); the CLI and the pages use
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,10 +78,54 @@ def load_bytes(source: str, settings: Any) -> bytes:
     return read_file(source, settings)
 
 
+class PixelBudget:
+    """A weighted semaphore on pixels being decoded at once, so memory stays bounded.
+
+    A 50-megapixel image needs several hundred MB while it is decoded; eight
+    worker threads decoding such images together would need gigabytes.  Each
+    decode holds its header's pixel count (capped at the budget, so one image
+    always fits) until it is done; small images share the budget freely.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.capacity = pixels
+        self.free = pixels
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = max(1, min(pixels, self.capacity))
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= need)
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
+_budgets: dict[int, PixelBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def pixel_budget(pixels: int) -> PixelBudget:
+    """The process-wide budget of this size (shared by the API's workers and the pages)."""
+    with _budgets_lock:
+        return _budgets.setdefault(pixels, PixelBudget(pixels))
+
+
 def decode_for(model: Model, data: bytes, settings: Any) -> np.ndarray:
-    """Decode with the configured limits (and JPEG draft at DRAFT_FACTOR x the model's input)."""
+    """Decode with the configured limits (and JPEG draft at DRAFT_FACTOR x the model's input).
+
+    The header is read first (cheap, and it applies the pixel limit); the
+    decode then waits for its share of ``NSFW_DECODE_PIXEL_BUDGET``.
+    """
+    info = _decode.image_info(data, max_pixels=settings.max_pixels)
     draft = model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None
-    return _decode.decode(data, max_pixels=settings.max_pixels, draft_size=draft)
+    with pixel_budget(settings.decode_pixel_budget).hold(int(info["width"]) * int(info["height"])):
+        return _decode.decode(data, max_pixels=settings.max_pixels, draft_size=draft)
 
 
 def prepare(model: Model, data: bytes, settings: Any) -> np.ndarray:

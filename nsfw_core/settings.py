@@ -107,6 +107,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NSFW_MAX_BATCH", "max_batch", "32", "Largest micro-batch of images in one forward pass.", _int(1, 512)),
     Setting("NSFW_BATCH_WAIT_MS", "batch_wait_ms", "4", "How long the batcher waits for more images before a forward pass, in milliseconds.", _float(0.0, 1000.0)),
     Setting("NSFW_QUEUE_SIZE", "queue_size", "512", "Images waiting for inference before new requests get 503 with Retry-After.", _int(1)),
+    Setting("NSFW_DECODE_PIXEL_BUDGET", "decode_pixel_budget", "50000000", "Most pixels decoded at once across all threads (bounds memory; one image larger than this still decodes, alone).", _int(1)),
     Setting("NSFW_WORKERS", "workers", "8", "Threads that fetch and decode images concurrently.", _int(1, 256)),
     Setting("NSFW_MAX_BATCH_ITEMS", "max_batch_items", "64", "Most URLs accepted in one batch request.", _int(1, 10000)),
     Setting("NSFW_TF_THREADS", "tf_threads", "0", "TensorFlow intra-op threads (0: TensorFlow's default, one per core).", _int(0, 256)),

@@ -22,3 +22,23 @@ def default_model():
     from nsfw_core.model import get_model
 
     return get_model("MobileNetV2Mid", ROOT / "model")
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """The media storage of the latest AppTest run, to read back images and downloads."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    storages: list[MemoryMediaFileStorage] = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, endpoint: str) -> None:
+            super().__init__(endpoint)
+            storages.append(self)
+
+    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", Recording)
+
+    def read(url: str) -> bytes:
+        return storages[-1].get_file(url.rsplit("/", 1)[-1]).content
+
+    return read

@@ -20,7 +20,6 @@ import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
@@ -65,23 +64,6 @@ def images(local_server, page_env):  # noqa: F811 - the fixture imported above
     page_env.setenv("NSFW_ALLOW_PRIVATE_HOSTS", local_server.netloc)
     return local_server
 
-
-@pytest.fixture
-def media(monkeypatch):
-    """The media storage of the latest AppTest run, to read back images and downloads."""
-    storages: list[MemoryMediaFileStorage] = []
-
-    class Recording(MemoryMediaFileStorage):
-        def __init__(self, endpoint: str) -> None:
-            super().__init__(endpoint)
-            storages.append(self)
-
-    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", Recording)
-
-    def read(url: str) -> bytes:
-        return storages[-1].get_file(url.rsplit("/", 1)[-1]).content
-
-    return read
 
 
 def expected_scores(name: str) -> dict[str, float]:

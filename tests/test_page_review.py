@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from PIL import Image
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
@@ -64,23 +63,6 @@ def filled(queue):
                                  "MobileNetV2Mid", "unknown", image_bytes=data))
     return ids
 
-
-@pytest.fixture
-def media(monkeypatch):
-    """The media storage of the latest AppTest run, to read back images."""
-    storages: list[MemoryMediaFileStorage] = []
-
-    class Recording(MemoryMediaFileStorage):
-        def __init__(self, endpoint: str) -> None:
-            super().__init__(endpoint)
-            storages.append(self)
-
-    monkeypatch.setattr("streamlit.testing.v1.app_test.MemoryMediaFileStorage", Recording)
-
-    def read(url: str) -> bytes:
-        return storages[-1].get_file(url.rsplit("/", 1)[-1]).content
-
-    return read
 
 
 def new_page() -> AppTest:

@@ -1,0 +1,78 @@
+"""The shared pipeline: source expansion, batched classification, the decode pixel budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from nsfw_core import pipeline
+from nsfw_core.pipeline import PixelBudget, classify_sources, iter_sources
+from nsfw_core.settings import load_settings
+
+from .conftest import REFERENCE, REFERENCE_IMAGES
+
+
+def _peak_concurrency(budget: PixelBudget, sizes: list[int]) -> int:
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def work(pixels: int) -> None:
+        nonlocal active, peak
+        with budget.hold(pixels):
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.05)
+            with lock:
+                active -= 1
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert budget.free == budget.capacity
+    return peak
+
+
+def test_pixel_budget_serialises_large_images_and_shares_small_ones():
+    assert _peak_concurrency(PixelBudget(100), [60, 60, 60]) == 1
+    assert _peak_concurrency(PixelBudget(100), [30, 30, 30]) == 3
+    assert _peak_concurrency(PixelBudget(100), [500, 10]) == 1  # over the budget: runs alone, never deadlocks
+
+
+def test_decode_for_holds_the_image_pixels(default_model, monkeypatch):
+    held = []
+    budget = pipeline.pixel_budget(load_settings(environ={}).decode_pixel_budget)
+    real_hold = budget.hold
+
+    def spy(pixels):
+        held.append(pixels)
+        return real_hold(pixels)
+
+    monkeypatch.setattr(budget, "hold", spy)
+    rgb = pipeline.decode_for(default_model, (REFERENCE / "smile.jpg").read_bytes(), load_settings(environ={}))
+    assert held == [rgb.shape[0] * rgb.shape[1]]
+
+
+def test_iter_sources_walks_folders_and_keeps_urls(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.PNG").write_bytes(b"x")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    got = iter_sources([str(tmp_path), "https://example.com/x.jpg"])
+    assert got == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.PNG"), "https://example.com/x.jpg"]
+
+
+def test_classify_sources_batches_and_keeps_order(default_model, monkeypatch):
+    calls = []
+    real = default_model.predict
+    monkeypatch.setattr(default_model, "predict", lambda batch: calls.append(len(batch)) or real(batch))
+    sources = [str(p) for p in REFERENCE_IMAGES] + ["missing.jpg"]
+    results = classify_sources(default_model, sources, load_settings(environ={}), batch_size=3)
+    assert [r.source for r in results] == sources
+    assert calls == [3, 1]  # the missing file takes no slot in a forward pass
+    assert all(r.ok for r in results[:4]) and results[4].error.code == "invalid_url"
+    assert results[0].sha256 and len(results[0].sha256) == 64
+    assert sum(results[0].scores.values()) == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,641 @@
+"""Reliability of the real server (``python app.py`` in subprocesses) against hostile input and faults.
+
+Four server processes are started at once (they load TensorFlow in parallel)
+on free ports of 127.0.0.1, each with its own data folder:
+
+* ``main``: ``NSFW_ALLOW_PRIVATE_HOSTS`` = the hostile upstream server only,
+  ``NSFW_FETCH_TIMEOUT=2``, ``NSFW_MAX_BYTES`` = 1 MiB.  Hostile upstreams,
+  hostile URLs (every no-DNS case of tests/test_fetch_hostile.py) and hostile
+  uploads go through it; after each case ``/health`` must still be 200 and the
+  server log must hold no new ERROR/traceback.
+* ``broken``: ``NSFW_MODEL_DIR`` is an empty folder: 503 ``not_ready``, no crash.
+* ``overload``: ``NSFW_QUEUE_SIZE=2``, ``NSFW_MAX_BATCH=1`` and a corrupt
+  thresholds file: bursts give only 200 and 503 ``overloaded`` + Retry-After;
+  ``/health`` warns about the file and predictions use the default thresholds.
+* ``graceful``: SIGTERM while requests are in flight: they all complete with
+  200, then the process exits.
+
+``victim`` is a local server that no setting allows; no test may reach it.
+Whole module: about 30 s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REFERENCE, ROOT
+from tests.helpers.servers import (
+    LocalServer,
+    RouteHandler,
+    chunked,
+    endless,
+    gzip_bomb,
+    hang,
+    html,
+    image,
+    long_body,
+    raw,
+    redirect,
+    redirect_without_location,
+    send,
+    serve,
+    short_body,
+    slow,
+    status,
+    tiny_png,
+    until_eof,
+)
+from tests.test_fetch_hostile import CASES, DNS, EXPECTED, Case
+
+STARTUP_TIMEOUT = 120.0
+FETCH_TIMEOUT = 2.0
+MAX_BYTES = 1024 * 1024
+CLASSES = ["drawings", "hentai", "neutral", "porn", "sexy"]
+SMILE = (REFERENCE / "smile.jpg").read_bytes()  # 36 KB JPEG
+GLASSES = (REFERENCE / "glasses.jpg").read_bytes()  # 107 KB JPEG
+PNG_64 = tiny_png(64, 48)
+HTML = b"<!doctype html><title>not an image</title><p>hello</p>"
+INSTANT = 1.0  # seconds within which a refused input must be answered
+
+
+# ------------------------------------------------------------------ hostile images
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A 274-byte PNG whose header announces width x height pixels (2.5 G at the default)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 4)) + _png_chunk(b"IEND", b""))
+
+
+def _saved(img: Image.Image, fmt: str, **params: Any) -> bytearray:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return bytearray(buf.getvalue())
+
+
+def gif_bomb() -> bytes:
+    data = _saved(Image.new("L", (8, 8)), "GIF")
+    data[6:10] = struct.pack("<HH", 65535, 65535)  # logical screen
+    return bytes(data)
+
+
+def jpeg_bomb() -> bytes:
+    data = _saved(Image.new("RGB", (16, 16)), "JPEG")
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 65000, 65000)  # height, width
+    return bytes(data)
+
+
+def bmp_bomb() -> bytes:
+    data = _saved(Image.new("RGB", (4, 4)), "BMP")
+    struct.pack_into("<ii", data, 18, 50_000, 50_000)
+    return bytes(data)
+
+
+def webp_bomb() -> bytes:
+    """Extended WebP (VP8X) with a 16384 x 16384 canvas around a tiny lossless frame."""
+    frame = bytes(_saved(Image.new("RGB", (4, 4)), "WEBP", lossless=True)[12:])
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0" + (16383).to_bytes(3, "little") * 2
+    body = b"WEBP" + vp8x + frame
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+TRUNCATED_JPEG = SMILE[: len(SMILE) // 3]
+RANDOM_BYTES = random.Random(7).randbytes(50_000)
+if RANDOM_BYTES.startswith((b"\xff\xd8", b"\x89P", b"GIF", b"BM", b"II", b"MM", b"RIFF")):  # pragma: no cover
+    RANDOM_BYTES = b"\0" + RANDOM_BYTES
+
+
+# ------------------------------------------------------------------ a server process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
+        self.status, self.headers, self.body, self.seconds = status, headers, body, seconds
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def error(self, status_code: int, code: str) -> dict[str, Any]:
+        """Assert a JSON error with this status and code; return the body."""
+        assert self.status == status_code, (self.status, self.body[:300])
+        assert self.headers.get("content-type") == "application/json", self.headers
+        body = self.json()
+        assert body["code"] == code, body
+        assert isinstance(body["message"], str) and body["message"], body
+        return body
+
+    def __repr__(self) -> str:
+        return f"Reply({self.status}, {self.body[:200]!r}, {self.seconds:.2f} s)"
+
+
+class AppProcess:
+    """``python app.py`` on 127.0.0.1:<free port> with the defaults plus ``env``."""
+
+    def __init__(self, name: str, folder: Path, **env: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.data_dir = folder / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = folder / "server.log"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
+        environ.update(PORT=str(self.port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(self.data_dir),
+                       NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT), NSFW_MAX_BYTES=str(MAX_BYTES), **env)
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        self._log_offset = 0
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                timeout: float = 30.0, encode_chunked: bool = False) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        started = time.monotonic()
+        try:
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=encode_chunked)
+            response = conn.getresponse()
+            data = response.read()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
+                         time.monotonic() - started)
+        finally:
+            conn.close()
+
+    def predict_url(self, url: str, **params: str) -> Reply:
+        query = urllib.parse.urlencode({"url": url, **params}, quote_via=urllib.parse.quote, safe="")
+        return self.request("POST", f"/predict?{query}")
+
+    def upload(self, data: bytes, content_type: str = "application/octet-stream", query: str = "") -> Reply:
+        return self.request("POST", f"/predict{query}", body=data, headers={"Content-Type": content_type})
+
+    def health(self) -> Reply:
+        return self.request("GET", "/health", timeout=10)
+
+    def wait(self, ready: bool = True) -> None:
+        """Until /health is 200 (``ready``), or 503 with the model load failure (not ``ready``)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"{self.name} exited:\n{self.log.read_text()}"
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                reply = self.health()
+                if ready and reply.status == 200:
+                    return
+                if not ready and reply.status == 503 and "failed" in reply.json().get("reason", ""):
+                    return
+            time.sleep(0.1)
+        state = "ready" if ready else "failed"
+        pytest.fail(f"{self.name}: not {state} in {STARTUP_TIMEOUT} s:\n{self.log.read_text()}")
+
+    def new_log(self) -> str:
+        text = self.log.read_text(errors="replace")
+        new, self._log_offset = text[self._log_offset:], len(text)
+        return new
+
+    def assert_quiet_log(self) -> None:
+        """No error was logged since the last call (an unexpected exception would be)."""
+        new = self.new_log()
+        assert "Traceback" not in new and " ERROR " not in new, new[-3000:]
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM; the exit status (uvicorn re-raises the signal: -15 after a clean shutdown)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise
+
+
+# ------------------------------------------------------------------ upstream servers
+
+
+def delayed(body: bytes, delay: float, content_type: str = "image/jpeg") -> Any:
+    """Wait ``delay`` seconds before answering with ``body`` (a slow but honest image host)."""
+
+    def respond(handler: RouteHandler) -> None:
+        if not handler.stopping(delay):
+            send(body, content_type)(handler)
+
+    return respond
+
+
+def huge_content_length() -> Any:
+    def respond(handler: RouteHandler) -> None:
+        handler.start(200, [("Content-Type", "image/png"), ("Content-Length", str(10**12))])
+        handler.wfile.write(b"\0" * 1024)
+
+    return respond
+
+
+def bad_chunk() -> Any:
+    def respond(handler: RouteHandler) -> None:
+        handler.start(200, [("Content-Type", "image/png"), ("Transfer-Encoding", "chunked")])
+        handler.wfile.write(b"zz\r\nnot hex\r\n0\r\n\r\n")
+
+    return respond
+
+
+# (route, responder, expected status, expected code or None, max seconds or None)
+UPSTREAM_CASES: list[tuple[str, Any, int, str | None, float | None]] = [
+    ("/slowloris.png", slow(PNG_64[:100], delay=1.0), 504, "upstream_timeout", FETCH_TIMEOUT + 1.0),
+    ("/slow-headers.png", raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n", hold=30), 504, "upstream_timeout",
+     FETCH_TIMEOUT + 1.0),
+    ("/hang.png", hang(), 504, "upstream_timeout", FETCH_TIMEOUT + 1.0),
+    ("/endless.png", endless(), 413, "too_large", FETCH_TIMEOUT + 1.0),
+    ("/endless-eof.png", until_eof(b"\0" * (2 * MAX_BYTES)), 413, "too_large", FETCH_TIMEOUT + 1.0),
+    ("/huge-length.png", huge_content_length(), 413, "too_large", INSTANT),
+    ("/long-body.png", long_body(len(PNG_64), PNG_64 + b"garbage" * 1000), 200, None, None),
+    ("/long-body-cut.jpg", long_body(len(SMILE) // 2, SMILE), 422, "undecodable_image", None),
+    ("/short-body.png", short_body(len(PNG_64) + 1000, PNG_64), 502, "upstream_error", None),
+    ("/gzip-bomb.png", gzip_bomb(), 415, "not_an_image", INSTANT),
+    ("/404.png", status(404), 502, "upstream_error", INSTANT),
+    ("/500.png", status(500), 502, "upstream_error", INSTANT),
+    ("/429.png", status(429), 502, "upstream_error", INSTANT),
+    ("/204.png", send(b"", None, 204), 415, "not_an_image", INSTANT),
+    ("/page.html", html(), 415, "not_an_image", INSTANT),
+    ("/png-as-html", image(PNG_64, "text/html; charset=utf-8"), 200, None, None),
+    ("/html-as.jpg", send(HTML, "image/jpeg"), 415, "not_an_image", INSTANT),
+    ("/bomb.png", image(png_bomb()), 413, "image_too_large", INSTANT),
+    ("/truncated.jpg", image(TRUNCATED_JPEG, "image/jpeg"), 422, "undecodable_image", None),
+    ("/not-http", raw(b"SSH-2.0-OpenSSH_9.6\r\n"), 502, "upstream_error", INSTANT),
+    ("/no-answer", raw(b""), 502, "upstream_error", INSTANT),
+    ("/huge-header", raw(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"), 502, "upstream_error",
+     INSTANT),
+    ("/many-headers", raw(b"HTTP/1.1 200 OK\r\n" + b"X-H: 1\r\n" * 200 + b"\r\n"), 502, "upstream_error", INSTANT),
+    ("/bad-chunk", bad_chunk(), 502, "upstream_error", INSTANT),
+    ("/redirect-no-location", redirect_without_location(), 502, "upstream_error", INSTANT),
+    ("/chunked.jpg", chunked(SMILE, chunk_size=777, content_type="image/jpeg"), 200, None, None),
+    ("/eof.jpg", until_eof(SMILE, "image/jpeg"), 200, None, None),
+    ("/redirected.jpg", redirect("/r/1"), 200, None, None),
+]
+UPSTREAM_STATUS = {"/404.png": 404, "/500.png": 500, "/429.png": 429}
+
+URL_CASES = [case for case in CASES if not any(name in case.url for name in DNS)]  # the rest need real DNS
+DEFAULT_MAX_REDIRECTS = 5
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[LocalServer]:
+    """The one upstream the servers may fetch from (allow-listed), with every hostile route."""
+    with serve() as server:
+        for path, responder, *_ in UPSTREAM_CASES:
+            server.route(path, responder)
+        server.route("/r/1", redirect("/r/2"))
+        server.route("/r/2", redirect("/smile.jpg"))
+        server.route("/smile.jpg", image(SMILE, "image/jpeg"))
+        server.route("/delayed.jpg", delayed(SMILE, 1.5))
+        server.route("/final.png", image())
+        server.redirect_chain(DEFAULT_MAX_REDIRECTS + 1, "/final.png", prefix="/chain")
+        server.redirect_loop(3)
+        server.route("/self", redirect("/self"))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def victim() -> Iterator[LocalServer]:
+    """An internal service nobody allowed: it must never see a connection."""
+    with serve() as server:
+        server.route("/", image(b"secret"))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, hostile: LocalServer) -> Iterator[dict[str, AppProcess]]:
+    """All four server processes, started together; stopped (SIGTERM) at the end."""
+    allow = {"NSFW_ALLOW_PRIVATE_HOSTS": hostile.netloc}
+    empty_models = tmp_path_factory.mktemp("no-models")
+    overload_dir = tmp_path_factory.mktemp("overload")
+    (overload_dir / "data").mkdir()
+    # a half-written thresholds file: what atomic_write prevents, but a hand edit or a full disk can leave
+    (overload_dir / "data" / "thresholds.json").write_text('{"thresholds": {"adult": 0.1, "safe": 0.2, "adu')
+    procs = {
+        "main": AppProcess("main", tmp_path_factory.mktemp("main"), **allow),
+        "broken": AppProcess("broken", tmp_path_factory.mktemp("broken"), NSFW_MODEL_DIR=str(empty_models), **allow),
+        "overload": AppProcess("overload", overload_dir, NSFW_QUEUE_SIZE="2", NSFW_MAX_BATCH="1", **allow),
+        "graceful": AppProcess("graceful", tmp_path_factory.mktemp("graceful"), **allow),
+    }
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.process.poll() is None:
+                proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def server(fleet: dict[str, AppProcess]) -> AppProcess:
+    fleet["main"].wait()
+    fleet["main"].new_log()
+    return fleet["main"]
+
+
+@pytest.fixture
+def quiet(server: AppProcess) -> Iterator[AppProcess]:
+    """The main server; after the test it must be healthy with nothing new in its error log."""
+    server.new_log()
+    yield server
+    assert server.health().status == 200
+    server.assert_quiet_log()
+
+
+# ------------------------------------------------------------------ hostile upstreams
+
+
+@pytest.mark.parametrize("path, expected, code, max_seconds", [c[0:1] + c[2:] for c in UPSTREAM_CASES],
+                         ids=[c[0].strip("/") for c in UPSTREAM_CASES])
+def test_hostile_upstream(quiet: AppProcess, hostile: LocalServer, victim: LocalServer,
+                          path: str, expected: int, code: str | None, max_seconds: float | None) -> None:
+    reply = quiet.predict_url(hostile.url(path))
+    assert reply.status == expected, reply
+    if code is None:
+        assert list(reply.json()) == CLASSES, reply
+    else:
+        body = reply.error(expected, code)
+        if path in UPSTREAM_STATUS:
+            assert body["upstream_status"] == UPSTREAM_STATUS[path], body
+        if code == "image_too_large":
+            assert (body["width"], body["height"]) == (50_000, 50_000)
+    if max_seconds is not None:
+        assert reply.seconds < max_seconds, reply
+    if code == "upstream_timeout":
+        assert reply.seconds >= FETCH_TIMEOUT - 0.1, reply  # the deadline cut it, not something else
+    assert victim.connections == 0
+
+
+def test_hostile_upstreams_in_one_batch_fail_alone(quiet: AppProcess, hostile: LocalServer) -> None:
+    """The same upstreams as items of one batch: 200, and each item carries the single request's answer."""
+    cases = [c for c in UPSTREAM_CASES if c[4] is None or c[4] <= INSTANT or c[2] == 200]
+    items = [{"id": path, "url": hostile.url(path)} for path, *_ in cases]
+    reply = quiet.request("POST", "/predict/batch", body=json.dumps({"items": items}),
+                          headers={"Content-Type": "application/json"})
+    assert reply.status == 200, reply
+    results = reply.json()["results"]
+    assert [r["id"] for r in results] == [c[0] for c in cases]
+    for (path, _, expected, code, _), result in zip(cases, results):
+        if code is None:
+            assert list(result["scores"]) == CLASSES, result
+        else:
+            assert result["error"]["code"] == code, (path, result)
+
+
+# ------------------------------------------------------------------ hostile URLs (SSRF)
+
+
+def test_enough_hostile_url_cases() -> None:
+    assert len(URL_CASES) >= 30
+    assert {c.via for c in URL_CASES} == {"direct", "redirect", "entry"}
+
+
+def hostile_url(case: Case, hostile: LocalServer, victim: LocalServer) -> str:
+    url = case.url.format(victim=victim.port, entry=hostile.port)
+    if case.via == "redirect":
+        url = hostile.route(f"/go/{case.name}", redirect(url))
+    return url
+
+
+@pytest.mark.parametrize("case", URL_CASES, ids=[c.name for c in URL_CASES])
+def test_hostile_url_is_a_4xx_json_and_the_victim_sees_nothing(quiet: AppProcess, hostile: LocalServer,
+                                                                victim: LocalServer, case: Case) -> None:
+    before = len(hostile.requests)
+    reply = quiet.predict_url(hostile_url(case, hostile, victim))
+    status_code, code = EXPECTED[case.error]
+    reply.error(status_code, code)
+    assert reply.seconds < INSTANT, reply
+    assert (victim.connections, victim.requests) == (0, [])
+    if case.via == "direct":
+        assert len(hostile.requests) == before, "a refused URL must not be fetched from anywhere"
+    else:
+        assert len(hostile.requests) > before
+
+
+def test_hostile_urls_in_one_batch(quiet: AppProcess, hostile: LocalServer, victim: LocalServer) -> None:
+    items = [{"id": c.name, "url": hostile_url(c, hostile, victim)} for c in URL_CASES if c.url]
+    codes = {}
+    for start in range(0, len(items), 50):  # NSFW_MAX_BATCH_ITEMS is 64
+        reply = quiet.request("POST", "/predict/batch", body=json.dumps(items[start:start + 50]),
+                              headers={"Content-Type": "application/json"})
+        assert reply.status == 200, reply
+        codes.update({r["id"]: r["error"]["code"] for r in reply.json()["results"]})
+    assert codes == {c.name: EXPECTED[c.error][1] for c in URL_CASES if c.url}
+    assert (victim.connections, victim.requests) == (0, [])
+
+
+# ------------------------------------------------------------------ hostile uploads
+
+BOMBS = {"png": png_bomb, "gif": gif_bomb, "jpeg": jpeg_bomb, "bmp": bmp_bomb, "webp": webp_bomb}
+
+
+@pytest.mark.parametrize("fmt", list(BOMBS))
+def test_decompression_bomb_upload_is_413_at_once(quiet: AppProcess, fmt: str) -> None:
+    data = BOMBS[fmt]()
+    assert len(data) < 1000
+    reply = quiet.upload(data, f"image/{fmt}")
+    body = reply.error(413, "image_too_large")
+    assert body["width"] * body["height"] > 50_000_000
+    assert reply.seconds < INSTANT, reply
+
+
+UPLOAD_CASES = [
+    ("truncated-jpeg", TRUNCATED_JPEG, "image/jpeg", 422, "undecodable_image"),
+    ("random-bytes", RANDOM_BYTES, "application/octet-stream", 415, "not_an_image"),
+    ("html", HTML, "image/jpeg", 415, "not_an_image"),
+    ("empty", b"", "image/jpeg", 400, "invalid_url"),
+    ("one-byte", b"\xff", "image/jpeg", 415, "not_an_image"),
+    ("jpeg-magic-only", b"\xff\xd8\xff", "image/jpeg", 422, "undecodable_image"),
+    ("png-header-only", PNG_64[:33], "image/png", 422, "undecodable_image"),
+    ("over-the-byte-cap", b"\xff\xd8\xff" + b"\0" * MAX_BYTES, "image/jpeg", 413, "too_large"),
+    ("multipart-no-boundary", b"--x\r\n", "multipart/form-data", 400, "bad_request"),
+    ("multipart-garbage", b"garbage" * 100, "multipart/form-data; boundary=abc", 400, "bad_request"),
+]
+
+
+@pytest.mark.parametrize("data, content_type, expected, code", [c[1:] for c in UPLOAD_CASES],
+                         ids=[c[0] for c in UPLOAD_CASES])
+def test_hostile_upload_is_a_4xx_json(quiet: AppProcess, data: bytes, content_type: str, expected: int,
+                                      code: str) -> None:
+    reply = quiet.upload(data, content_type)
+    reply.error(expected, code)
+    assert reply.seconds < 5, reply
+
+
+def test_hostile_multipart_and_chunked_uploads(quiet: AppProcess) -> None:
+    boundary = "b0undary"
+
+    def form(field: str, data: bytes) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+    multipart = f"multipart/form-data; boundary={boundary}"
+    quiet.upload(form("file", b""), multipart).error(415, "not_an_image")
+    quiet.upload(form("file", png_bomb()), multipart).error(413, "image_too_large")
+    quiet.upload(form("other", PNG_64), multipart).error(400, "bad_request")
+    assert quiet.upload(form("image", PNG_64), multipart).status == 200
+    # chunked, no Content-Length: the cap is enforced while streaming
+    pieces = iter([b"\xff\xd8\xff"] + [b"\0" * 65536] * 20)
+    quiet.request("POST", "/predict", body=pieces, encode_chunked=True).error(413, "too_large")
+    assert quiet.request("POST", "/predict", body=iter([SMILE[:10000], SMILE[10000:]]),
+                         encode_chunked=True).status == 200
+
+
+# Inputs echoed back in the batch answer that JSON cannot carry.
+BATCH_BODIES = [
+    ("deep-nesting", b"[" * 50_000),
+    ("nan-id", b'[{"id": NaN, "url": "ftp://x"}]'),
+    ("infinite-id", b'[{"id": 1e400, "url": "ftp://x"}]'),
+    ("lone-surrogate-url", b'["\\ud800"]'),
+]
+
+
+@pytest.mark.parametrize("body", [b for _, b in BATCH_BODIES], ids=[n for n, _ in BATCH_BODIES])
+def test_unencodable_batch_body_is_400(server: AppProcess, body: bytes) -> None:
+    reply = server.request("POST", "/predict/batch", body=body, headers={"Content-Type": "application/json"})
+    assert server.health().status == 200  # the process survives either way
+    reply.error(400, "bad_request")
+
+
+def test_bad_methods_and_paths_are_json_4xx(quiet: AppProcess) -> None:
+    for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        quiet.request(method, "/predict").error(405, "method_not_allowed")
+    quiet.request("POST", "/health").error(405, "method_not_allowed")
+    for path in ("/predict/x", "/predict/batch/x", "/v1/predict", "/v1/"):
+        quiet.request("POST", path).error(404, "not_found")
+    quiet.request("POST", "/predict?detail=maybe", body=PNG_64).error(400, "bad_request")
+    quiet.request("POST", "/predict?url=http%3A%2F%2Fa.b%2Fx.png", body=PNG_64).error(400, "bad_request")
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_missing_model_is_503_not_ready_and_no_crash(fleet: dict[str, AppProcess]) -> None:
+    broken = fleet["broken"]
+    broken.wait(ready=False)
+    health = broken.health().error(503, "not_ready")
+    assert health["status"] == "unavailable" and "model" in health["reason"], health
+    broken.upload(SMILE, "image/jpeg").error(503, "not_ready")
+    broken.predict_url("http://example.com/a.jpg").error(503, "not_ready")
+    broken.request("POST", "/predict/batch", body=b"[]").error(503, "not_ready")
+    assert broken.request("GET", "/openapi.json").status == 200
+    assert broken.process.poll() is None
+    assert broken.terminate() == -signal.SIGTERM
+    assert "Exception in ASGI application" not in broken.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def overload(fleet: dict[str, AppProcess]) -> AppProcess:
+    fleet["overload"].wait()
+    return fleet["overload"]
+
+
+def test_corrupt_thresholds_file_is_a_warning_and_defaults_apply(overload: AppProcess) -> None:
+    health = overload.health()
+    assert health.status == 200, health
+    body = health.json()
+    assert body["thresholds"]["source"] == "defaults"
+    assert (body["thresholds"]["adult"], body["thresholds"]["safe"]) == (0.7, 0.9)
+    assert len(body["warnings"]) == 1 and "thresholds.json" in body["warnings"][0], body
+    detail = overload.upload(SMILE, "image/jpeg", "?detail=1")
+    assert detail.status == 200, detail
+    assert (detail.json()["thresholds"]["adult"], detail.json()["thresholds"]["safe"]) == (0.7, 0.9)
+    # a good file is picked up without a restart; a corrupt one again falls back, with the warning
+    path = overload.data_dir / "thresholds.json"
+    good = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+                           "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
+    steps = ((json.dumps(good), "file", 0.6, 0), ('{"thresholds": 7}', "defaults", 0.7, 1))
+    for text, source, adult, warnings in steps:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        body = overload.health().json()
+        assert (body["thresholds"]["source"], body["thresholds"]["adult"], len(body["warnings"])) == \
+            (source, adult, warnings), body
+        assert overload.upload(SMILE, "image/jpeg", "?detail=1").json()["thresholds"]["adult"] == adult
+
+
+def test_overload_gives_only_200_or_503_with_retry_after(overload: AppProcess) -> None:
+    rejected_before = overload.health().json()["batcher"]["rejected"]
+    uploads = [tiny_png(8 + i, 8) for i in range(48)]
+    start = threading.Barrier(len(uploads))
+
+    def one(data: bytes) -> Reply:
+        start.wait()
+        return overload.upload(data, "image/png")
+
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        replies = list(pool.map(one, uploads))
+    statuses = sorted(r.status for r in replies)
+    assert set(statuses) <= {200, 503}, statuses
+    for reply in replies:
+        if reply.status == 503:
+            reply.error(503, "overloaded")
+            assert reply.headers["retry-after"] == "1"
+        else:
+            assert list(reply.json()) == CLASSES
+    n503 = statuses.count(503)
+    print(f"overload burst of {len(uploads)}: {statuses.count(200)} x 200, {n503} x 503")
+    assert statuses.count(200) >= 2 and n503 >= 1, statuses  # queue 2, batch 1: a burst of 48 must spill
+    health = overload.health()
+    assert health.status == 200 and health.json()["batcher"]["rejected"] - rejected_before == n503
+    assert health.json()["batcher"]["waiting"] == 0
+    assert "Traceback" not in overload.log.read_text()
+
+
+def test_sigterm_lets_in_flight_requests_finish(fleet: dict[str, AppProcess], hostile: LocalServer) -> None:
+    graceful = fleet["graceful"]
+    graceful.wait()
+    url = hostile.url("/delayed.jpg")  # answers after 1.5 s
+    seen = len([p for p in hostile.paths() if p == "/delayed.jpg"])
+    n = 4
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(graceful.predict_url, url) for _ in range(n)]
+        deadline = time.monotonic() + 10
+        while len([p for p in hostile.paths() if p == "/delayed.jpg"]) < seen + n:  # all n are being fetched
+            assert time.monotonic() < deadline, "the requests did not reach the upstream"
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        graceful.process.send_signal(signal.SIGTERM)
+        while True:  # the listening socket closes at once: new connections are refused
+            try:
+                graceful.health()
+            except OSError:
+                break
+            assert time.monotonic() - signalled < 5, "still accepting connections 5 s after SIGTERM"
+            time.sleep(0.05)
+        replies = [f.result(timeout=30) for f in futures]
+    assert [r.status for r in replies] == [200] * n, replies
+    assert all(list(r.json()) == CLASSES for r in replies)
+    assert graceful.process.wait(timeout=30) == -signal.SIGTERM
+    assert time.monotonic() - signalled < 10
+    log = graceful.log.read_text()
+    assert "Application shutdown complete" in log and "Finished server process" in log, log[-2000:]
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
