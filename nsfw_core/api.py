@@ -220,14 +220,15 @@ async def predict(request: Request) -> Response:
     service.require_ready()
     detail = flag(request, "detail")
     url = request.query_params.get("url")
-    if url is None:
-        result = await service.classify_bytes(await uploaded_image(request, service.settings.max_bytes))
-    elif has_body(request):
-        raise BadRequest("send either ?url= or an image in the body, not both")
-    elif not url:
-        raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
-    else:
-        result = await service.classify_url(url)
+    with service.admit(1):  # before the body is read: a flood is refused, not buffered
+        if url is None:
+            result = await service.classify_bytes(await uploaded_image(request, service.settings.max_bytes))
+        elif has_body(request):
+            raise BadRequest("send either ?url= or an image in the body, not both")
+        elif not url:
+            raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
+        else:
+            result = await service.classify_url(url)
     return JSONResponse(result if detail else result["scores"])
 
 
@@ -239,7 +240,8 @@ async def predict_batch(request: Request) -> Response:
     service.require_ready()
     limit = settings.max_batch_items * (settings.max_url_length + BATCH_ITEM_BYTES)
     items, detail = parse_batch(await read_body(request, limit), settings.max_batch_items, flag(request, "detail"))
-    results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
+    with service.admit(len(items)):
+        results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
     return JSONResponse({"results": results})
 
 
@@ -295,6 +297,8 @@ async def health(request: Request) -> Response:
         "thresholds": {**active.thresholds.to_dict(), "source": active.source},
         "warnings": [active.warning] if active.warning else [],
         "batcher": {**service.batcher.stats.to_dict(), "waiting": service.batcher.waiting},
+        "in_flight": {"images": service.in_flight, "limit": service.settings.max_in_flight,
+                      "rejected": service.rejected},
     })
 
 

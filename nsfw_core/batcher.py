@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -67,13 +67,17 @@ class BatchStats:
 class MicroBatcher:
     """Collects single inputs into batches for one model; see the module docstring."""
 
-    def __init__(self, model: BatchModel, *, max_batch: int, max_wait_s: float, queue_size: int) -> None:
+    def __init__(self, model: BatchModel, *, max_batch: int, max_wait_s: float, queue_size: int,
+                 expecting: Callable[[], int] = lambda: 1) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
+        # How many inputs may still arrive soon (being fetched or decoded). When
+        # none may, waiting max_wait_s for company would only add latency.
+        self.expecting = expecting
         self.stats = BatchStats()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting = 0  # inputs queued and not yet taken into a batch
@@ -129,6 +133,8 @@ class MicroBatcher:
             batch = [first]
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
+                if self._queue.empty() and self.expecting() == 0:
+                    break
                 item = await self._next(deadline - loop.time())
                 if item is None:
                     break

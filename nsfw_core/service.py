@@ -15,17 +15,18 @@ API (``streamlit run``) the ``model`` property loads the model on first use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .batcher import MicroBatcher
-from .errors import NotReady, NSFWError
+from .errors import NotReady, NSFWError, Overloaded
 from .fetch import fetch
 from .model import Model, get_model, scores_dict
 from .pipeline import prepare
@@ -55,6 +56,9 @@ class Service:
         self._loader: asyncio.Task | None = None
         self._review: ReviewQueue | None = None
         self._review_lock = threading.Lock()
+        self.in_flight = 0  # images admitted by the API and not answered yet
+        self.preparing = 0  # images being fetched or decoded (they will reach the batcher soon)
+        self.rejected = 0  # requests refused by admit()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -88,7 +92,7 @@ class Service:
             return
         s = self.settings
         self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=s.batch_wait_ms / 1000.0,
-                                    queue_size=s.queue_size)
+                                    queue_size=s.queue_size, expecting=lambda: self.preparing)
         self.batcher.start()
         self.reason = ""
         log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
@@ -110,7 +114,7 @@ class Service:
         """Fetch ``url`` safely, then classify it; see :meth:`classify_bytes` for the result."""
         batcher = self.require_ready()
         started = time.perf_counter()
-        fetch_s, x, sha, decode_s = await self._in_worker(self._fetch_and_prepare, url)
+        fetch_s, x, sha, decode_s = await self._preparing(self._fetch_and_prepare, url)
         result = await self._finish(batcher, x, sha, fetch_s, decode_s, started)
         return await self._maybe_queue(result, url, None)
 
@@ -118,7 +122,7 @@ class Service:
         """Classify image bytes: scores, verdict, thresholds, model, timings (ms) and sha256."""
         batcher = self.require_ready()
         started = time.perf_counter()
-        x, sha, decode_s = await self._in_worker(self._prepare, data)
+        x, sha, decode_s = await self._preparing(self._prepare, data)
         result = await self._finish(batcher, x, sha, 0.0, decode_s, started)
         return await self._maybe_queue(result, UPLOAD_SOURCE, data)
 
@@ -153,6 +157,25 @@ class Service:
             result["review_error"] = "the review queue is unavailable; see the server log"
         return result
 
+    @contextlib.contextmanager
+    def admit(self, images: int) -> Iterator[None]:
+        """Count ``images`` as in flight (fetch, decode, inference) or refuse with Overloaded.
+
+        Called on the event loop only, so a plain counter is enough.  The
+        micro-batcher's queue bounds inference; this bounds everything before
+        it (slow upstreams, uploads held in memory).
+        """
+        limit = self.settings.max_in_flight
+        images = min(images, limit)  # a batch larger than the limit still runs, alone
+        if self.in_flight + images > limit:
+            self.rejected += 1
+            raise Overloaded(f"too many images in flight ({self.in_flight} of {limit}); retry later")
+        self.in_flight += images
+        try:
+            yield
+        finally:
+            self.in_flight -= images
+
     def require_ready(self) -> MicroBatcher:
         if self.batcher is None or not self.batcher.running:
             raise NotReady(f"the service is not ready: {self.reason}")
@@ -160,6 +183,14 @@ class Service:
 
     async def _in_worker(self, fn: Any, arg: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
+
+    async def _preparing(self, fn: Any, arg: Any) -> Any:
+        """Run a fetch/decode step in a worker, counted in ``preparing`` for the batcher."""
+        self.preparing += 1
+        try:
+            return await self._in_worker(fn, arg)
+        finally:
+            self.preparing -= 1
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, str, float]:
         """Worker thread: decode with the limits and preprocess; hash the bytes."""

@@ -285,6 +285,27 @@ def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
         assert c.get("/health").json()["batcher"]["rejected"] == 1
 
 
+def test_too_many_images_in_flight_is_503_before_the_body_is_read(tmp_path):
+    with serve() as slow:
+        slow.route("/hang.jpg", hang())
+        settings = make_settings(tmp_path, max_in_flight=2, allow_private_hosts=(slow.netloc,), fetch_timeout=1.5)
+        with running(settings) as c, ThreadPoolExecutor(2) as pool:
+            stuck = [pool.submit(c.post, "/predict", params={"url": slow.url("/hang.jpg")}) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while get_service().in_flight < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            rejected = c.post("/predict", content=SMILE)
+            batch = c.post("/predict/batch", json=[slow.url("/hang.jpg")])
+            assert [f.result().status_code for f in stuck] == [504, 504]
+            body = error_of(rejected, 503, "overloaded")
+            assert rejected.headers["retry-after"] == "1" and "in flight" in body["message"]
+            error_of(batch, 503, "overloaded")
+            health = c.get("/health").json()["in_flight"]
+            assert health == {"images": 0, "limit": 2, "rejected": 2}
+            assert c.post("/predict", content=SMILE).status_code == 200  # room again
+
+
 def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
     async def broken(data: bytes) -> dict:
         raise RuntimeError("surprise")
@@ -347,7 +368,7 @@ def test_health_when_ready(client, default_model):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "model", "version", "thresholds", "warnings", "batcher"}
+    assert set(body) == {"status", "model", "version", "thresholds", "warnings", "batcher", "in_flight"}
     assert body["status"] == "ok"
     assert body["model"] == "MobileNetV2Mid" and body["version"] == default_model.version
     assert body["thresholds"]["adult"] == 0.7 and body["thresholds"]["source"] == "defaults"

@@ -197,3 +197,21 @@ def test_a_failing_forward_pass_fails_its_callers_only():
         await batcher.stop()
 
     run(main())
+
+
+def test_a_lone_input_does_not_wait_when_nothing_else_is_coming():
+    async def main() -> tuple[float, float]:
+        timings = []
+        for expecting in (0, 1):
+            batcher = MicroBatcher(FakeModel(), max_batch=8, max_wait_s=0.5, queue_size=8,
+                                   expecting=lambda n=expecting: n)
+            batcher.start()
+            started = time.perf_counter()
+            assert (await batcher.predict(x(2.0))).tolist() == row(2.0)
+            timings.append(time.perf_counter() - started)
+            await batcher.stop()
+        return timings[0], timings[1]
+
+    alone, waited = run(main())
+    assert alone < 0.2  # dispatched at once
+    assert waited >= 0.45  # another image was on its way: waited max_wait_s for it
