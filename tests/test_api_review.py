@@ -19,13 +19,19 @@ HOUSE = (REFERENCE / "house.jpg").read_bytes()  # safe score 0.993: "safe"
 JPEG = {"Content-Type": "image/jpeg"}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """Every API queueing case runs on SQLite (empty URL: the data folder) and on PostgreSQL."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
+
+
 def queue_items(settings):
     with ReviewQueue.from_settings(settings) as queue:
         return queue.items()
 
 
-def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path):
-    settings = make_settings(tmp_path, safe_threshold=0.97)
+def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path, database_url):
+    settings = make_settings(tmp_path, safe_threshold=0.97, database_url=database_url)
     with running(settings) as client:
         first = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
         assert first["verdict"] == "unknown"
@@ -46,8 +52,8 @@ def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path):
     assert item.status == "pending"
 
 
-def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_path):
-    settings_kw = {"safe_threshold": 0.97, "review_store_uploads": True}
+def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_path, database_url):
+    settings_kw = {"safe_threshold": 0.97, "review_store_uploads": True, "database_url": database_url}
     with serve() as server:
         server.route("/smile.jpg", image(SMILE, "image/jpeg"))
         settings = make_settings(tmp_path, allow_private_hosts=(server.netloc,), **settings_kw)
@@ -64,14 +70,15 @@ def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_pat
         assert upload.source == "upload" and upload.image == SMILE + b"\0"
 
 
-def test_queue_off_and_adult_verdicts(tmp_path):
-    off = make_settings(tmp_path / "off", safe_threshold=0.97, review_verdicts=())
+def test_queue_off_and_adult_verdicts(tmp_path, database_url):
+    off = make_settings(tmp_path / "off", safe_threshold=0.97, review_verdicts=(), database_url=database_url)
     with running(off) as client:
         body = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
         assert body["verdict"] == "unknown" and "review_id" not in body
     assert queue_items(off) == []
     # an adult threshold of 0 makes every image "adult"; queued only when configured
-    adult = make_settings(tmp_path / "adult", adult_threshold=0.0, review_verdicts=("unknown", "adult"))
+    adult = make_settings(tmp_path / "adult", adult_threshold=0.0, review_verdicts=("unknown", "adult"),
+                          database_url=database_url)
     with running(adult) as client:
         body = client.post("/predict?detail=1", content=HOUSE, headers=JPEG).json()
         assert body["verdict"] == "adult" and isinstance(body["review_id"], int)

@@ -15,19 +15,14 @@ import csv
 import hashlib
 import io
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
-import uuid
 import zipfile
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -53,7 +48,6 @@ from nsfw_core.errors import BadRequest
 from nsfw_core.settings import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
-START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.5, "porn": 0.2, "sexy": 0.2}
 MODEL = "MobileNetV2Mid"
@@ -77,52 +71,6 @@ class Clock:
 
 
 # ---------------------------------------------------------------- PostgreSQL server
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    """The URL of a PostgreSQL database for the tests (started here unless given)."""
-    given = os.environ.get("NSFW_TEST_DATABASE_URL", "").strip()
-    if given:
-        yield given
-        return
-    if os.environ.get("NSFW_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("NSFW_TEST_SKIP_POSTGRES=1: PostgreSQL cases skipped")
-    folder = tempfile.mkdtemp(prefix="nsfw-pg-test.")  # under /tmp: the postgres user must reach it
-    try:
-        proc = subprocess.run([str(START_POSTGRES), "start", folder], capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"could not run {START_POSTGRES}: {exc} (set NSFW_TEST_SKIP_POSTGRES=1 to skip the "
-                    "PostgreSQL cases)", pytrace=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        subprocess.run([str(START_POSTGRES), "stop", folder], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"PostgreSQL could not be started (exit {proc.returncode}):\n{proc.stderr[-3000:]}\n"
-                    "Set NSFW_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL cases.", pytrace=False)
-    try:
-        yield proc.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(START_POSTGRES), "stop", folder], capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _with_search_path(url: str, schema: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-c search_path={schema}')}"
-
-
-@pytest.fixture
-def postgres_url(postgres_server):
-    """A fresh schema per test: the URL sets it as the search path; dropped afterwards."""
-    import psycopg
-
-    schema = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield _with_search_path(postgres_server, schema)
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # ---------------------------------------------------------------- queues on both backends
