@@ -14,12 +14,19 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from nsfw_core import api
 from nsfw_core.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
+
+# Streamlit treats a folder named pages/ beside the main script as old-style
+# multipage pages until some script calls st.navigation: a fresh server's first
+# visitor of /calibrate would get pages/calibrate.py alone, with pages/common.py
+# in the sidebar. streamlit_app.py always navigates, so say so up front.
+PagesManager.uses_pages_directory = False
 
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=api.lifespan)
 

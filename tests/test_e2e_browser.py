@@ -36,6 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 INSTALL = ROOT / "scripts" / "install-browser.sh"
 SCREENSHOT = ROOT / "docs" / "classify.png"
+CALIBRATE_SCREENSHOT = ROOT / "docs" / "calibrate.png"
 CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -224,18 +225,32 @@ def _assert_scores(shown: dict[str, float], expected: dict[str, float]) -> None:
         assert shown[name] == pytest.approx(expected[name], abs=TOLERANCE), (name, shown, expected)
 
 
-def _save_screenshot(driver) -> None:
+def _save_screenshot(driver, path: Path = SCREENSHOT) -> None:
     """The whole page: Streamlit scrolls inside its main container, so grow the window to fit it."""
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
         "return Math.max(m.scrollHeight, document.body.scrollHeight);")
     driver.set_window_size(1400, min(int(height) + 160, 6000))
     time.sleep(1.0)  # let the charts re-layout to the new size
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOT))
+    path.parent.mkdir(exist_ok=True)
+    driver.save_screenshot(str(path))
 
 
 # ---------------------------------------------------------------- tests
+
+
+def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, server):
+    """Runs first in this module, so /calibrate is the server's very first session.
+
+    Streamlit treats a folder named pages/ as old-style multipage pages until a
+    script calls st.navigation; app.py turns that off, or this session would
+    run pages/calibrate.py alone with pages/common.py listed as a page.
+    """
+    driver.get(server + "/calibrate")
+    _wait(driver, lambda d: any(h.text == "Calibrate thresholds" for h in _css(d, "h1")), SERVER_START_S,
+          "the calibrate page did not appear")
+    nav = _wait(driver, lambda d: [a.text for a in _css(d, '[data-testid="stSidebarNav"] a')], 20, "no navigation")
+    assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue"], nav
 
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
@@ -294,3 +309,21 @@ def test_urls_are_classified_in_the_browser(driver, server, images, expected):
     _wait(driver, lambda d: _css(d, f'img[alt="preview of {urls[1]}"]') and not _css(d, blurred), 20,
           "the reveal toggle did not show the image")
     assert len(_shown_scores(driver)) == 2  # still the same results
+
+
+def test_calibrate_suggests_thresholds_in_the_browser(driver, server):
+    driver.set_window_size(1400, 1000)
+    driver.get(server + "/calibrate")
+    _wait(driver, lambda d: any("Synthetic scores" in el.text for el in _css(d, '[data-testid="stRadio"] label')),
+          SERVER_START_S, "the set choice did not appear")
+    [synthetic] = [el for el in _css(driver, '[data-testid="stRadio"] label') if "Synthetic scores" in el.text]
+    synthetic.click()
+    _wait(driver, lambda d: "220 images scored" in d.page_source, 60, "the synthetic set did not load")
+    [suggest] = [b for b in _css(driver, "button") if b.text == "Suggest thresholds"]
+    suggest.click()
+    _wait(driver, lambda d: "Suggestion (ok)" in d.page_source, 30, "no suggestion")
+    _wait(driver, lambda d: len(_css(d, '[data-testid="stVegaLiteChart"] canvas, '
+                                       '[data-testid="stVegaLiteChart"] svg')) >= 4, 30, "charts not drawn")
+    assert "AUC" in driver.page_source
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        _save_screenshot(driver, CALIBRATE_SCREENSHOT)
