@@ -157,6 +157,12 @@ def verdict_table(df: pd.DataFrame, thresholds: Thresholds | tuple[float, float]
 # ---------------------------------------------------------------- metrics at one operating point
 
 
+def _json_able(obj: Any) -> dict[str, Any]:
+    """A dataclass as a dict with NaN fields as None (JSON has no NaN)."""
+    out = dataclasses.asdict(obj)
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
+
+
 @dataclasses.dataclass
 class DecisionMetrics:
     """What the rule does on a labelled set at (``t_adult``, ``t_safe``)."""
@@ -182,11 +188,7 @@ class DecisionMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (NaN -> None), as saved with the thresholds."""
-        out = dataclasses.asdict(self)
-        for k, v in out.items():
-            if isinstance(v, float) and math.isnan(v):
-                out[k] = None
-        return out
+        return _json_able(self)
 
 
 def decision_metrics(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float) -> DecisionMetrics:
@@ -439,11 +441,7 @@ class Suggestion:
         return self.status in ("ok", "partial")
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for k, v in out.items():
-            if isinstance(v, float) and math.isnan(v):
-                out[k] = None
-        return out
+        return _json_able(self)
 
 
 _TOL = 1e-12  # precision comparisons: 99/100 must meet 0.99

@@ -266,6 +266,14 @@ def _build_layers(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Ca
     def pad_mode(cfg: dict) -> str:
         return cfg["padding"].upper()
 
+    def bias_and_activation(out: Any, name: str, cfg: dict) -> Any:
+        """A convolution's bias (folded batch norm's, else its own) and activation."""
+        if name in fconst:
+            out = tf.nn.bias_add(out, fconst[name]["bias"])
+        elif cfg["use_bias"]:
+            out = tf.nn.bias_add(out, const[f"{name}/bias"])
+        return _apply_activation(tf, out, cfg["activation"])
+
     def forward(x: Any) -> Any:
         values: dict[str, Any] = {}
         for layer in layers:
@@ -280,20 +288,12 @@ def _build_layers(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Ca
                 kernel = fconst[name]["kernel"] if name in fconst else const[f"{name}/kernel"]
                 out = tf.nn.conv2d(ins[0], kernel, strides=cfg["strides"], padding=pad_mode(cfg),
                                    dilations=cfg["dilation_rate"])
-                if name in fconst:
-                    out = tf.nn.bias_add(out, fconst[name]["bias"])
-                elif cfg["use_bias"]:
-                    out = tf.nn.bias_add(out, const[f"{name}/bias"])
-                out = _apply_activation(tf, out, cfg["activation"])
+                out = bias_and_activation(out, name, cfg)
             elif kind == "DepthwiseConv2D":
                 kernel = fconst[name]["kernel"] if name in fconst else const[f"{name}/depthwise_kernel"]
                 out = tf.nn.depthwise_conv2d(ins[0], kernel, strides=[1, *cfg["strides"], 1],
                                              padding=pad_mode(cfg), dilations=cfg["dilation_rate"])
-                if name in fconst:
-                    out = tf.nn.bias_add(out, fconst[name]["bias"])
-                elif cfg["use_bias"]:
-                    out = tf.nn.bias_add(out, const[f"{name}/bias"])
-                out = _apply_activation(tf, out, cfg["activation"])
+                out = bias_and_activation(out, name, cfg)
             elif kind == "BatchNormalization":
                 if name in bn_folded:
                     out = ins[0]
