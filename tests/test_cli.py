@@ -76,3 +76,21 @@ def test_entry_point_exit_codes_and_no_traceback(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "nsfw_core", "--model", "Nope", "x"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_and_for_many_files(default_model, tmp_path):
+    from nsfw_core.cli import PROGRESS_MIN_ITEMS, _progress
+
+    assert _progress(PROGRESS_MIN_ITEMS, io.StringIO()) is None  # not a terminal
+    assert _progress(PROGRESS_MIN_ITEMS - 1, _Terminal()) is None  # too few files
+    for i in range(PROGRESS_MIN_ITEMS):
+        (tmp_path / f"{i}.jpg").write_bytes(REFERENCE_IMAGES[i % len(REFERENCE_IMAGES)].read_bytes())
+    out, err = io.StringIO(), _Terminal()
+    assert main(["--format", "table", str(tmp_path)], stdout=out, stderr=err) == 0
+    assert f"{PROGRESS_MIN_ITEMS}/{PROGRESS_MIN_ITEMS}" in err.getvalue()  # tqdm's final count
+    assert len(out.getvalue().splitlines()) == PROGRESS_MIN_ITEMS + 2
