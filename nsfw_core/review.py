@@ -326,13 +326,27 @@ class _SQLite(_Backend):
             raise ReviewUnavailable(f"cannot open the review database {self.path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")  # purged images are overwritten, not left in free pages
         except sqlite3.Error as exc:
             conn.close()
             raise ReviewUnavailable(f"cannot open the review database {self.path}: {exc}") from exc
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL mode. While another connection converts a new file, SQLite answers
+        'database is locked' at once, without its busy handler: retry until busy_timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def begin(self, conn: sqlite3.Connection, write: bool) -> Iterator[_Tx]:

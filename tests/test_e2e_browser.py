@@ -268,7 +268,7 @@ def test_upload_is_classified_in_the_browser(driver, server, expected):
     assert len(verdicts) == 1 and verdicts[0].startswith("definitely safe"), verdicts
     # Safe: shown as it is, no reveal toggle; the curl box names the upload.
     assert not _css(driver, '[class*="st-key-reveal_"]')
-    assert _css(driver, 'img[alt^="preview of glasses.jpg"]')
+    _wait(driver, lambda d: _css(d, 'img[alt^="preview of glasses.jpg"]'), 20, "no preview of the upload")
     assert "--data-binary @glasses.jpg" in driver.page_source
 
 
