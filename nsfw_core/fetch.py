@@ -211,6 +211,12 @@ def _normalise_name(raw: str) -> tuple[str, ipaddress.IPv4Address | None]:
     labels = host.split(".")
     if len(host) > MAX_HOSTNAME_LENGTH or not all(_LABEL.fullmatch(label) for label in labels):
         raise InvalidURL("the URL's host name is malformed")
+    for label in labels:
+        if label.startswith("xn--"):  # an ASCII-spelled international label must decode
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError as exc:
+                raise InvalidURL("the URL's host is not a valid international domain name") from exc
     if not _NUMERIC_LABEL.fullmatch(labels[-1]):
         return host, None
     address = _inet_aton(labels)

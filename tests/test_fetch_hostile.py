@@ -179,6 +179,8 @@ CASES = [
     direct("v6-future", "http://[v1.x]/", InvalidURL),
     direct("v6-unbracketed", "http://::1/", InvalidURL),
     direct("junk-after-bracket", f"http://[::1]x:{V}/", InvalidURL),
+    direct("empty-punycode", "http://xn--/", InvalidURL),
+    direct("bad-punycode", "http://xn--zz.com/", InvalidURL),
 ]
 
 
