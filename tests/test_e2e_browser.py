@@ -255,7 +255,7 @@ def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, s
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
     _open(driver, server)
-    upload = _css(driver, '.st-key-uploads input[type="file"]')[0]
+    upload = _wait(driver, lambda d: _css(d, '.st-key-uploads input[type="file"]'), 20, "no file input")[0]
     upload.send_keys(str(REFERENCE / "glasses.jpg"))
     _wait(driver, lambda d: "glasses.jpg" in _css(d, ".st-key-uploads")[0].text, 30, "the upload did not show")
     _classify(driver, 1)
@@ -305,7 +305,7 @@ def test_urls_are_classified_in_the_browser(driver, server, images, expected):
         _wait(driver, lambda d: "curl -XPOST" in d.find_element("css selector", '[data-testid="stExpander"]').text,
               10, "the curl box did not open")
         _save_screenshot(driver)
-    _css(driver, ".st-key-reveal_1 label")[0].click()
+    _wait(driver, lambda d: _css(d, ".st-key-reveal_1 label"), 20, "no reveal toggle")[0].click()
     _wait(driver, lambda d: _css(d, f'img[alt="preview of {urls[1]}"]') and not _css(d, blurred), 20,
           "the reveal toggle did not show the image")
     assert len(_shown_scores(driver)) == 2  # still the same results
