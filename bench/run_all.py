@@ -339,13 +339,18 @@ def section_service(cfg: dict, img_port: int, facts: dict, others: dict[str, int
                     f"rss {r['peak_rss_mib']} MiB batch {r['batcher'].get('mean_batch')} cpu {r['cpu']}")
         out["profile"] = section_profile(cfg, port, proc, img_port)
     finally:
-        sampler.sample()
-        out["peak_rss_mib"] = round(sampler.peak / 2**20, 1)
-        out["peak_pss_mib"] = round(sampler.peak_pss / 2**20, 1)
-        out["processes"] = sampler.procs
-        stop(proc, sampler)
+        stop_and_record_memory(out, proc, sampler)
     log(f"    whole-app peak RSS {out['peak_rss_mib']} MiB ({out['processes']} process(es))")
     return out
+
+
+def stop_and_record_memory(out: dict[str, Any], proc: Any, sampler: Any) -> None:
+    """Last memory sample of a server under test into ``out`` (peak RSS/PSS, processes), then stop it."""
+    sampler.sample()
+    out["peak_rss_mib"] = round(sampler.peak / 2**20, 1)
+    out["peak_pss_mib"] = round(sampler.peak_pss / 2**20, 1)
+    out["processes"] = sampler.procs
+    stop(proc, sampler)
 
 
 def grid_configs(kind: str) -> list[dict[str, str]]:
@@ -442,11 +447,7 @@ def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, in
         out["status"] = f"failed: {exc!r}"[:2000]
         log(f"    (c) failed: {exc!r}")
     finally:
-        sampler.sample()
-        out["peak_rss_mib"] = round(sampler.peak / 2**20, 1)
-        out["peak_pss_mib"] = round(sampler.peak_pss / 2**20, 1)
-        out["processes"] = sampler.procs
-        stop(proc, sampler)
+        stop_and_record_memory(out, proc, sampler)
     return out
 
 
