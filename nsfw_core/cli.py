@@ -1,4 +1,4 @@
-"""Command line: ``python -m nsfw_core PATH|URL|DIR ... [--model NAME] [--format json|table]``.
+"""Command line: ``python -m nsfw_core PATH|URL|DIR ... [--manifest FILE] [--model NAME] [--format json|table]``.
 
 json prints one JSON object per line (JSON Lines), one line per input:
 ``{"source": ..., "scores": {...}, "verdict": ...}`` or ``{"source": ..., "error": {"code", "message"}}``.
@@ -14,6 +14,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from .errors import NSFWError
+from .labelsets import load_manifest
 from .model import get_model
 from .pipeline import Result, classify_sources, iter_sources
 from .settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
@@ -27,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m nsfw_core",
         description="Classify images (files, folders or URLs) into drawings, hentai, neutral, porn, sexy.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="PATH|URL|DIR")
+    parser.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR")
+    parser.add_argument("--manifest", action="append", default=[], metavar="FILE",
+                        help="a labelled-set manifest (.csv or .json: path or URL, label), e.g. the review "
+                             "queue's export; its rows are classified and their label is kept in the output")
     parser.add_argument("--model", choices=MODEL_NAMES, help="model to use (default: NSFW_MODEL, MobileNetV2Mid)")
     parser.add_argument("--format", choices=("json", "table"), default="json")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
@@ -70,7 +74,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         print(f"error: {exc}", file=stderr)
         return 2
     thresholds = ThresholdStore.from_settings(settings).current().thresholds
-    sources = iter_sources(args.inputs)
+    labels: dict[str, str] = {}
+    try:
+        for manifest in args.manifest:
+            for item in load_manifest(manifest):
+                labels.setdefault(item.source, item.label)
+    except NSFWError as exc:
+        print(f"error: {exc}", file=stderr)
+        return 2
+    sources = iter_sources(args.inputs) + list(labels)
+    if not args.inputs and not args.manifest:
+        print("error: give at least one PATH, URL, DIR or --manifest", file=stderr)
+        return 2
     if not sources:
         print("error: no image files found", file=stderr)
         return 1
@@ -85,6 +100,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if args.format == "json":
         for r, verdict in zip(results, verdicts):
             row = r.to_dict()
+            if r.source in labels:
+                row["label"] = labels[r.source]
             if verdict is not None:
                 row["verdict"] = verdict
             print(json.dumps(row), file=stdout)

@@ -94,3 +94,30 @@ def test_progress_bar_only_on_a_terminal_and_for_many_files(default_model, tmp_p
     assert main(["--format", "table", str(tmp_path)], stdout=out, stderr=err) == 0
     assert f"{PROGRESS_MIN_ITEMS}/{PROGRESS_MIN_ITEMS}" in err.getvalue()  # tqdm's final count
     assert len(out.getvalue().splitlines()) == PROGRESS_MIN_ITEMS + 2
+
+
+def test_manifest_rows_are_classified_with_their_labels(default_model, tmp_path):
+    from nsfw_core.review import ReviewQueue
+
+    # The review queue's CSV export is a manifest the CLI reads.
+    image = tmp_path / "smile.jpg"
+    image.write_bytes((REFERENCE / "smile.jpg").read_bytes())
+    scores = {"drawings": 0.6, "hentai": 0.04, "neutral": 0.35, "porn": 0.005, "sexy": 0.005}
+    with ReviewQueue(None, data_dir=tmp_path / "data") as queue:
+        item = queue.enqueue("ab" * 32, str(image), scores, "MobileNetV2Mid", "unknown")
+        queue.claim("r")
+        queue.decide(item, "r", "safe")
+        export = tmp_path / "reviewed.csv"
+        export.write_text(queue.export_csv())
+    demo = ROOT / "data" / "demo" / "manifest.csv"
+    code, out, err = run(["--manifest", str(export), "--manifest", str(demo)])
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[0]["source"] == str(image) and rows[0]["label"] == "safe" and "scores" in rows[0]
+    assert len(rows) == 1 + len(demo.read_text().strip().splitlines()) - 1
+    assert {r["label"] for r in rows[1:]} <= {"neutral", "drawings"}
+
+
+def test_no_inputs_at_all_is_a_usage_error(default_model):
+    code, _, err = run([])
+    assert code == 2 and "--manifest" in err
