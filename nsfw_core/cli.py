@@ -15,7 +15,7 @@ from typing import Any, Sequence, TextIO
 
 from .errors import NSFWError
 from .labelsets import load_manifest
-from .model import get_model
+from .model import load_for
 from .pipeline import Result, classify_sources, iter_sources
 from .settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
 from .verdict import ThresholdStore
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 2
     try:
         settings = load_settings()
-        model = get_model(args.model or settings.model, settings.model_dir, tf_threads=settings.tf_threads)
+        model = load_for(settings, args.model)
     except (SettingsError, NSFWError) as exc:
         print(f"error: {exc}", file=stderr)
         return 2

@@ -28,7 +28,7 @@ import numpy as np
 from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError, Overloaded
 from .fetch import fetch
-from .model import Model, get_model, scores_dict
+from .model import Model, load_for, scores_dict
 from .pipeline import prepare
 from .review import ReviewQueue, should_queue
 from .settings import load_settings
@@ -66,7 +66,7 @@ class Service:
     def model(self) -> Model:
         """The loaded model; loads it now (blocking) if nothing has yet. Raises ModelError."""
         if self._model is None:
-            self._model = get_model(self.settings.model, self.settings.model_dir, tf_threads=self.settings.tf_threads)
+            self._model = load_for(self.settings)
         return self._model
 
     @property
@@ -91,7 +91,8 @@ class Service:
             log.exception("model failed to load; /health answers 503")
             return
         s = self.settings
-        self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=s.batch_wait_ms / 1000.0,
+        wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert gains nothing from waiting
+        self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
                                     queue_size=s.queue_size, expecting=lambda: self.preparing)
         self.batcher.start()
         self.reason = ""

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageFilter
 
-from nsfw_core.model import Model, get_model
+from nsfw_core.model import Model, load_for
 from nsfw_core.settings import load_settings
 from nsfw_core.verdict import ThresholdStore
 
@@ -28,7 +28,7 @@ def settings() -> Any:
 @st.cache_resource(show_spinner="Loading model…")
 def model(name: str | None = None) -> Model:
     s = settings()
-    return get_model(name or s.model, s.model_dir, tf_threads=s.tf_threads)
+    return load_for(s, name)
 
 
 @st.cache_resource

@@ -18,6 +18,10 @@ REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 REFERENCE_IMAGES = sorted(REFERENCE.glob("*.jpg"))
 START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
 
+# Servers started by tests get temporary data folders; they all share one folder of models
+# compiled for LiteRT (NSFW_COMPILED_DIR), so each model is compiled once per checkout, not per server.
+COMPILED_DIR = str(ROOT / "var" / "compiled")
+
 
 @pytest.fixture(scope="session")
 def reference_outputs() -> dict:

@@ -368,8 +368,8 @@ def test_health_when_ready(client, default_model):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"status", "model", "version", "thresholds", "warnings", "batcher", "in_flight"}
-    assert body["status"] == "ok"
+    assert set(body) == {"status", "model", "version", "runtime", "thresholds", "warnings", "batcher", "in_flight"}
+    assert body["status"] == "ok" and body["runtime"] == "litert"
     assert body["model"] == "MobileNetV2Mid" and body["version"] == default_model.version
     assert body["thresholds"]["adult"] == 0.7 and body["thresholds"]["source"] == "defaults"
     assert body["warnings"] == []

@@ -28,6 +28,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import COMPILED_DIR
 from tests.helpers.servers import image, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def server(images, tmp_path_factory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("data")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
-    env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(data_dir),
+    env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(data_dir), NSFW_COMPILED_DIR=COMPILED_DIR,
                NSFW_ALLOW_PRIVATE_HOSTS=images.netloc, PYTHONUNBUFFERED="1")
     settings = load_settings(env)
     ThresholdStore.from_settings(settings).save(Thresholds(adult=settings.adult_threshold, safe=SAFE_THRESHOLD),

@@ -74,13 +74,16 @@ def test_resize_bilinear_align_corners_matches_hand_computation():
     assert out.dtype == np.float32
 
 
-def test_resize_bilinear_matches_tensorflow_legacy_op():
+@pytest.mark.parametrize("shape", [(37, 53, 3), (1, 300, 3), (300, 1, 3), (1, 1, 3), (1000, 1500, 3), (224, 224, 1)])
+def test_resize_bilinear_matches_tensorflow_legacy_op(shape):
     import tensorflow as tf
 
-    img = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     ours = resize_bilinear(img, 224)
     theirs = tf.compat.v1.image.resize_bilinear(img[None].astype(np.float32), [224, 224], align_corners=True)[0]
-    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-3)
+    # TF computes the sampling coordinates in float32, we in float64: on a 1500-pixel axis their
+    # fractional parts differ by ~1e-4, i.e. up to 0.03 on the 0-255 scale of the pixel values.
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=0.05)
 
 
 def test_unknown_model_name():

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
-from tests.conftest import REFERENCE, ROOT
+from tests.conftest import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import (
     LocalServer,
     RouteHandler,
@@ -171,6 +171,7 @@ class AppProcess:
         self.log = folder / "server.log"
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
         environ.update(PORT=str(self.port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(self.data_dir),
+                       NSFW_COMPILED_DIR=COMPILED_DIR,
                        NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT), NSFW_MAX_BYTES=str(MAX_BYTES), **env)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import REFERENCE, ROOT
+from tests.conftest import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import LocalServer, image, serve
 
 STARTUP_TIMEOUT = 90.0
@@ -65,7 +65,8 @@ def app_server(tmp: Path, **env: str) -> Iterator[Server]:
     """Start ``.venv``'s python on app.py with defaults plus ``env``; wait for /health 200."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
-    environ.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(tmp / "data"), **env)
+    environ.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(tmp / "data"),
+                   NSFW_COMPILED_DIR=COMPILED_DIR, **env)
     log = tmp / f"server-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,

@@ -35,13 +35,13 @@ class NSFWModel(keras.Model):
 
     def __init__(self, core) -> None:
         super().__init__()
-        self.core_fn = core._fn  # the traced tf.function of nsfw_core.model.Model
+        self.core_fn = core.function  # the traced tf.function (nsfw_core's tensorflow runtime)
 
     def call(self, inputs):
         return self.core_fn(inputs)
 
 
-model = NSFWModel(get_model("MobileNetV2Mid", ROOT / "model"))
+model = NSFWModel(get_model("MobileNetV2Mid", ROOT / "model", runtime="tensorflow"))
 model.predict(keras.ops.zeros((1, 224, 224, 3)), verbose=0)  # build + trace once, as a loaded model would
 
 app = Flask(__name__)

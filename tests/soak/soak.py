@@ -486,6 +486,7 @@ def start_server(up: dict[str, Any], tmp: Path, extra_env: dict[str, str]) -> tu
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
     env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(tmp / "data"),
+               NSFW_COMPILED_DIR=str(ROOT / "var" / "compiled"),
                NSFW_ALLOW_PRIVATE_HOSTS=up["upstream"], NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT),
                NSFW_MAX_BYTES=str(MAX_BYTES), **extra_env)
     log = tmp / "server.log"

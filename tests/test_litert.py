@@ -1,0 +1,141 @@
+"""The litert runtime: compiling in a child process, the compiled-model cache, and agreement with TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nsfw_core import litert
+from nsfw_core.errors import ModelError
+from nsfw_core.model import get_model, load_model, read_verified
+from nsfw_core.pipeline import prepare
+from nsfw_core.settings import MODEL_NAMES, load_settings
+
+from .conftest import REFERENCE_IMAGES, ROOT
+
+MODEL_DIR = ROOT / "model"
+
+
+@pytest.fixture(scope="module")
+def compiled_mid(tmp_path_factory):
+    """A cache folder holding a fresh compilation of MobileNetV2Mid, and that file's path."""
+    cache = tmp_path_factory.mktemp("compiled")
+    model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=cache)
+    doc, blob = read_verified(MODEL_DIR, "MobileNetV2Mid")
+    return cache, litert.compiled_path(cache, "MobileNetV2Mid", doc, blob), model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_litert_agrees_with_the_tensorflow_runtime(name):
+    settings = load_settings(environ={})
+    lite = get_model(name, MODEL_DIR)
+    tf = get_model(name, MODEL_DIR, runtime="tensorflow")
+    assert (lite.runtime, lite.batches, tf.runtime, tf.batches) == ("litert", False, "tensorflow", True)
+    batch = np.stack([prepare(lite, p.read_bytes(), settings) for p in REFERENCE_IMAGES])
+    np.testing.assert_allclose(lite.predict(batch), tf.predict(batch), atol=1e-4)
+
+
+def test_compiled_file_is_cached_under_a_key_of_the_model_bytes(compiled_mid):
+    cache, path, model = compiled_mid
+    assert [p.name for p in cache.iterdir()] == [path.name]
+    assert path.name.startswith("MobileNetV2Mid-") and path.name.endswith(".tflite")
+    assert path.read_bytes()[4:8] == b"TFL3"  # the TensorFlow Lite flatbuffer identifier
+    assert model.runtime == "litert" and model.threads == litert.default_threads()
+
+
+def test_a_cached_compilation_is_reused_without_compiling(compiled_mid, monkeypatch):
+    cache, path, _ = compiled_mid
+    before = path.stat().st_mtime_ns
+
+    def refuse(*args):
+        raise AssertionError("compiled again although the cache holds the file")
+
+    monkeypatch.setattr(litert, "_compile_in_child", refuse)
+    model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=cache)
+    assert model.predict(np.zeros((2, 224, 224, 3), np.float32)).shape == (2, 5)
+    assert path.stat().st_mtime_ns == before
+
+
+def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path):
+    _, good, _ = compiled_mid
+    bad = tmp_path / good.name
+    bad.write_bytes(b"not a flatbuffer" * 100)
+    stale = tmp_path / "MobileNetV2Mid-0123456789abcdef.tflite"
+    stale.write_bytes(b"an older compilation")
+    other = tmp_path / "MobileNetV2-0123456789abcdef.tflite"
+    other.write_bytes(b"another model's compilation")
+    model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=tmp_path)
+    assert bad.read_bytes() == good.read_bytes()  # the conversion is deterministic
+    assert stale.exists() and other.exists()  # a repair touches only the broken file
+    x = np.random.default_rng(3).random((1, 224, 224, 3), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x), get_model("MobileNetV2Mid", MODEL_DIR).predict(x), atol=1e-6)
+
+
+def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path):
+    stale = tmp_path / "MobileNetV2-0123456789abcdef.tflite"
+    stale.write_bytes(b"an older compilation")
+    other = tmp_path / "MobileNetV2Mid-0123456789abcdef.tflite"
+    other.write_bytes(b"another model's compilation")
+    load_model("MobileNetV2", MODEL_DIR, cache_dir=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not stale.exists() and other.exists() and len(names) == 2
+
+
+def test_an_unwritable_cache_compiles_into_a_temporary_folder(tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    model = load_model("MobileNetV2", MODEL_DIR, cache_dir=blocker / "compiled")
+    assert model.predict(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 5)
+    assert blocker.read_text() == "a file where the cache folder would go"
+    assert "temporary folder" in caplog.text
+
+
+def test_a_failed_compilation_is_a_model_error_with_the_childs_reason(tmp_path):
+    doc, blob = read_verified(MODEL_DIR, "MobileNetV2")
+    with pytest.raises(ModelError, match=r"compiling MobileNetV2 for LiteRT failed: .*manifest not found"):
+        litert.load_forward("MobileNetV2", tmp_path / "nowhere", doc, blob, cache_dir=tmp_path / "c")
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_missing_litert_package_names_the_fix(compiled_mid, monkeypatch):
+    cache, _, _ = compiled_mid
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(ModelError, match="ai-edge-litert package .* NSFW_RUNTIME=tensorflow"):
+        load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=cache)
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(ModelError, match="unknown runtime 'onnx'"):
+        load_model("MobileNetV2Mid", MODEL_DIR, runtime="onnx")
+
+
+def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
+    """``python -m nsfw_core.litert`` fills <data dir>/compiled; a later load never imports TensorFlow."""
+    env = dict(os.environ, NSFW_DATA_DIR=str(tmp_path), NSFW_MODEL="MobileNetV2")
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("MobileNetV2: ready for LiteRT in ")
+    assert [p.suffix for p in (tmp_path / "compiled").iterdir()] == [".tflite"]
+    script = ("import json, sys\n"
+              "from nsfw_core.model import load_for\n"
+              "from nsfw_core.settings import load_settings\n"
+              "m = load_for(load_settings())\n"
+              "print(json.dumps([m.runtime, 'tensorflow' in sys.modules]))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["litert", False]
+
+
+def test_precompile_command_reports_an_unknown_model(tmp_path):
+    env = dict(os.environ, NSFW_DATA_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert", "ResNet"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: unknown model 'ResNet'; choose one of MobileNetV2Mid, MobileNetV2, InceptionV3"
