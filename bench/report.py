@@ -285,9 +285,9 @@ def render(res: dict[str, Any]) -> str:
             L.append(f"py-spy ({spy['samples']} samples of non-idle Python threads, "
                      f"flame graph `{spy.get('svg')}`, collapsed stacks `bench/results/profile_collapsed.txt`). "
                      "Shares are of wall-clock samples of threads that were running or waiting for the GIL, "
-                     "not of CPU; TF's forward pass runs in TF's native thread pool, which py-spy does not "
-                     "sample, so 'inference' here is only its Python side (its cost is in (a) and in "
-                     "'inference busy' above):")
+                     "not of CPU. The forward pass runs in the runtime's native threads (LiteRT's XNNPACK "
+                     "pool, or TensorFlow's), which py-spy does not sample, so 'inference' here is the "
+                     "Python thread that waits for it (its cost is in (a) and in 'inference busy' above):")
             L.append("")
             L += _table(["stage", "share of samples"], [[k, f"{v:.1%}"] for k, v in spy["by_stage"].items()])
             L += ["", "Top leaf frames:", ""]

@@ -242,7 +242,7 @@ def section_client_ceiling(cfg: dict) -> dict[str, Any]:
 def summarise_profile(raw: Path) -> dict[str, Any]:
     """Group py-spy's collapsed stacks into the service's stages (share of samples of active threads)."""
     rules = [  # first match wins; frames look like "func (/path/to/file.py:line)"
-        ("inference (TF forward pass)", r"\b_forward \([^)]*nsfw_core/batcher\.py|\bpredict \([^)]*nsfw_core/model\.py"),
+        ("inference (forward pass)", r"\b_forward \([^)]*nsfw_core/batcher\.py|\bpredict \([^)]*nsfw_core/model\.py"),
         ("decode (Pillow)", r"\bdecode \([^)]*nsfw_core/decode\.py|\bdecode_for \("),
         ("preprocess (resize to 224)", r"\bpreprocess \([^)]*nsfw_core/model\.py|\bresize_bilinear \("),
         ("fetch (HTTP client to the image host)", r"\bfetch \([^)]*nsfw_core/fetch\.py"),

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,10 @@ def _compile_in_child(name: str, model_dir: Path, out: Path) -> None:
         raise ModelError(f"compiling {name} for LiteRT took longer than {COMPILE_TIMEOUT_S:.0f} s") from exc
     except OSError as exc:
         raise ModelError(f"cannot start the LiteRT compiler: {exc}") from exc
+    if done.returncode < 0:
+        hint = " (out of memory? it needs about 1 GB: compile ahead with python -m nsfw_core.litert)" \
+            if done.returncode == -signal.SIGKILL else ""
+        raise ModelError(f"compiling {name} for LiteRT failed: killed by signal {-done.returncode}{hint}")
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"

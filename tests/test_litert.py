@@ -139,3 +139,14 @@ def test_precompile_command_reports_an_unknown_model(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: unknown model 'ResNet'; choose one of MobileNetV2Mid, MobileNetV2, InceptionV3"
+
+
+def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch):
+    """The OOM killer's SIGKILL gets a hint; the child runs a stand-in that kills itself the same way."""
+    doc, blob = read_verified(MODEL_DIR, "MobileNetV2")
+    suicide = tmp_path / "python"
+    suicide.write_text("#!/bin/sh\nkill -9 $$\n")
+    suicide.chmod(0o755)
+    monkeypatch.setattr(litert.sys, "executable", str(suicide))
+    with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.litert\)"):
+        litert.load_forward("MobileNetV2", MODEL_DIR, doc, blob, cache_dir=tmp_path / "c")
