@@ -192,6 +192,7 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
     if not diff <= MAX_COMPILE_DIFF:
         raise ModelError(f"compiled {name} differs from TensorFlow by {diff:.2e} (limit {MAX_COMPILE_DIFF:.0e})")
     atomic_write(out, content)
+    out.chmod(0o644)  # a cache, not a secret: a build user and a run user may differ
     return diff
 
 
@@ -199,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nsfw_core.litert",
                                      description="Compile models for the LiteRT runtime ahead of time.")
     parser.add_argument("names", nargs="*", help=f"models to compile (default: NSFW_MODEL); any of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--all", action="store_true", help="compile all three models (the pages can switch models)")
     parser.add_argument("--compile-one", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .settings import load_settings
 
         settings = load_settings()
-        for name in args.names or [settings.model]:
+        for name in MODEL_NAMES if args.all else args.names or [settings.model]:
             model = load_model(name, settings.model_dir, runtime="litert",
                                cache_dir=settings.compiled_dir)
             print(f"{name}: ready for LiteRT in {model.load_seconds:.1f} s")

@@ -16,7 +16,7 @@ from nsfw_core.model import get_model, load_model, read_verified
 from nsfw_core.pipeline import prepare
 from nsfw_core.settings import MODEL_NAMES, load_settings
 
-from .conftest import REFERENCE_IMAGES, ROOT
+from .conftest import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
 MODEL_DIR = ROOT / "model"
 
@@ -45,6 +45,7 @@ def test_compiled_file_is_cached_under_a_key_of_the_model_bytes(compiled_mid):
     assert [p.name for p in cache.iterdir()] == [path.name]
     assert path.name.startswith("MobileNetV2Mid-") and path.name.endswith(".tflite")
     assert path.read_bytes()[4:8] == b"TFL3"  # the TensorFlow Lite flatbuffer identifier
+    assert path.stat().st_mode & 0o777 == 0o644
     assert model.runtime == "litert" and model.threads == litert.default_threads()
 
 
@@ -150,3 +151,14 @@ def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(litert.sys, "executable", str(suicide))
     with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.litert\)"):
         litert.load_forward("MobileNetV2", MODEL_DIR, doc, blob, cache_dir=tmp_path / "c")
+
+
+def test_precompile_all_models_into_the_shared_folder():
+    env = dict(os.environ, NSFW_COMPILED_DIR=COMPILED_DIR)
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert", "--all"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == list(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        doc, blob = read_verified(MODEL_DIR, name)
+        assert litert.compiled_path(COMPILED_DIR, name, doc, blob).is_file()
