@@ -23,7 +23,7 @@ from nsfw_core.pipeline import decode_for
 from nsfw_core.service import get_service
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import VERDICTS
-from tests.conftest import REFERENCE, REFERENCE_IMAGES
+from tests.conftest import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
 from tests.helpers.servers import LocalServer, hang, html, image, serve, status
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
@@ -375,6 +375,16 @@ def test_health_when_ready(client, default_model):
     assert body["warnings"] == []
     assert {"batches", "items", "mean_batch_size", "waiting"} <= set(body["batcher"])
     assert client.head("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("runtime", "wait_s"), [("litert", 0.0), ("tensorflow", 0.004)])
+def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, tmp_path, runtime, wait_s):
+    """LiteRT gains nothing from batches, so its batcher never waits for company; TensorFlow's does."""
+    with running(make_settings(tmp_path, runtime=runtime, compiled_dir=COMPILED_DIR)) as c:
+        assert c.get("/health").json()["runtime"] == runtime
+        assert get_service().batcher.max_wait_s == wait_s
+        answer = c.post("/predict", content=HOUSE, headers={"content-type": "image/jpeg"})
+        assert answer.status_code == 200 and set(answer.json()) == set(CLASS_NAMES)
 
 
 def test_health_reports_a_corrupt_thresholds_file_as_a_warning(default_model, tmp_path):
