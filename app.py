@@ -13,11 +13,15 @@ import logging
 import sys
 from pathlib import Path
 
-import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
+from nsfw_core.memory import limit_malloc_arenas
 
-from nsfw_core import api
-from nsfw_core.settings import SettingsError, load_settings
+limit_malloc_arenas()  # before Streamlit, uvicorn and the worker pools start threads
+
+import streamlit as st  # noqa: E402
+from streamlit.runtime.pages_manager import PagesManager  # noqa: E402
+
+from nsfw_core import api  # noqa: E402
+from nsfw_core.settings import SettingsError, load_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
