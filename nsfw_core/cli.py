@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any, Sequence, TextIO
 
@@ -67,12 +68,19 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=stderr)
         return 2
+    note = logging.StreamHandler(stderr)  # "compiling ... for LiteRT" on a model's first use
+    note.setFormatter(logging.Formatter("%(message)s"))
+    compiler_log = logging.getLogger("nsfw_core.litert")
+    compiler_log.addHandler(note)
+    compiler_log.setLevel(logging.INFO)
     try:
         settings = load_settings()
         model = load_for(settings, args.model)
     except (SettingsError, NSFWError) as exc:
         print(f"error: {exc}", file=stderr)
         return 2
+    finally:
+        compiler_log.removeHandler(note)
     thresholds = ThresholdStore.from_settings(settings).current().thresholds
     labels: dict[str, str] = {}
     try:

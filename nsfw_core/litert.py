@@ -154,7 +154,7 @@ def _compile_in_child(name: str, model_dir: Path, out: Path) -> None:
            "--out", str(out)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    log.info("compiling %s for LiteRT (TensorFlow in a child process)", name)
+    log.info("compiling %s for LiteRT, once (TensorFlow in a child process, a few seconds)...", name)
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:

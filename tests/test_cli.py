@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import subprocess
 import sys
@@ -121,3 +122,15 @@ def test_manifest_rows_are_classified_with_their_labels(default_model, tmp_path)
 def test_no_inputs_at_all_is_a_usage_error(default_model):
     code, _, err = run([])
     assert code == 2 and "--manifest" in err
+
+
+def test_first_use_of_a_model_says_it_is_compiling(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSFW_")}
+    env["NSFW_COMPILED_DIR"] = str(tmp_path / "compiled")
+    args = [sys.executable, "-m", "nsfw_core", "--model", "MobileNetV2", "--format", "json", str(REFERENCE_IMAGES[0])]
+    first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling MobileNetV2 for LiteRT, once" in first.stderr
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "compiling" not in again.stderr
+    assert json.loads(again.stdout)["scores"] == json.loads(first.stdout)["scores"]
