@@ -42,7 +42,7 @@ from starlette.routing import BaseRoute, Route
 
 from .errors import BadRequest, InputError, InvalidURL, NSFWError, Overloaded, TooLarge, Unauthorized
 from .service import Service, get_service, install
-from .settings import CLASS_NAMES, load_settings
+from .settings import CLASS_NAMES, RUNTIMES, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def openapi_document() -> dict[str, Any]:
         "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
     health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
                  "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
-                                "version": {"type": "string"}, "runtime": {"enum": ["litert", "tensorflow"]},
+                                "version": {"type": "string"}, "runtime": {"enum": list(RUNTIMES)},
                                 "thresholds": thresholds,
                                 "warnings": {"type": "array", "items": {"type": "string"}},
                                 "batcher": {"type": "object"}}}

@@ -31,11 +31,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ModelError
-from .settings import CLASS_NAMES, MODEL_NAMES, ROOT
+from .settings import CLASS_NAMES, MODEL_NAMES, ROOT, RUNTIMES
 
 DEFAULT_MODEL = "MobileNetV2Mid"
 FORMAT = "nsfw-core-model/1"
-RUNTIMES = ("litert", "tensorflow")
 DEFAULT_RUNTIME = "litert"
 DEFAULT_CACHE_DIR = ROOT / "var" / "compiled"  # <NSFW_DATA_DIR>/compiled with the default data dir
 
