@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import images as imagegen  # noqa: E402
 import run_all  # noqa: E402
-from common import BENCH, PROJECT_PY, SCRATCH, Proc, free_port, log, machine_info, median, wait_ready  # noqa: E402
+from common import BENCH, log, machine_info, median  # noqa: E402
 
 
 def main() -> None:
@@ -33,14 +33,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ab.json", help="where the summary goes")
     a = ap.parse_args()
     b_env = dict(s.split("=", 1) for s in a.settings)
-    img_dir = SCRATCH / "images"
-    facts = imagegen.generate(img_dir)
-    img_port = free_port()
-    imgsrv = Proc("imgserver", [str(PROJECT_PY), str(BENCH / "imgserver.py"), str(img_dir), str(img_port)])
-    others = {"image_server": imgsrv.pid}
     rows: dict[str, list[dict]] = {"A": [], "B": []}
-    try:
-        wait_ready(imgsrv, f"http://127.0.0.1:{img_port}/{facts[a.image]['file']}", timeout=30)
+    with run_all.image_server() as (facts, img_port, others):
         for i in range(a.rounds):
             for side, env in (("A", {}), ("B", b_env)):
                 proc, port, sampler, _ = run_all.start_service(f"ab-{side}", img_port, env)
@@ -54,8 +48,6 @@ def main() -> None:
                        "other_jobs_cores": r["cpu"]["other_jobs_cores"]}
                 rows[side].append(row)
                 log(f"round {i + 1} {side}: {row}")
-    finally:
-        imgsrv.stop()
     summary = {side: {"rps": median(x["rps"] for x in rs), "p50_ms": median(x["p50_ms"] for x in rs),
                       "cpu_ms": median(x["cpu_ms"] for x in rs),
                       "peak_rss_mib": max(x["rss"] for x in rs)} for side, rs in rows.items()}

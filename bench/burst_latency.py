@@ -17,9 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import images as imagegen  # noqa: E402
 import run_all  # noqa: E402
-from common import BENCH, PROJECT_PY, SCRATCH, Proc, free_port, log, wait_ready  # noqa: E402
+from common import log  # noqa: E402
 
 CELLS = (("before", "jpeg_1mp", 1), ("burst", "jpeg_0.3mp", 64), ("after", "jpeg_1mp", 1), ("after again", "jpeg_1mp", 1))
 
@@ -30,14 +29,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     a = ap.parse_args()
     env = dict(s.split("=", 1) for s in a.env)
-    img_dir = SCRATCH / "images"
-    facts = imagegen.generate(img_dir)
-    img_port = free_port()
-    imgsrv = Proc("imgserver", [str(PROJECT_PY), str(BENCH / "imgserver.py"), str(img_dir), str(img_port)])
-    others = {"image_server": imgsrv.pid}
     rows = []
-    try:
-        wait_ready(imgsrv, f"http://127.0.0.1:{img_port}/{facts['jpeg_1mp']['file']}", timeout=30)
+    with run_all.image_server() as (facts, img_port, others):
         proc, port, sampler, _ = run_all.start_service("burst", img_port, env)
         try:
             for label, image, conc in CELLS:
@@ -49,8 +42,6 @@ def main() -> None:
                 log(f"{label}: {rows[-1]}")
         finally:
             run_all.stop(proc, sampler)
-    finally:
-        imgsrv.stop()
     print(json.dumps({"env": env, "cells": rows}, indent=1))
 
 

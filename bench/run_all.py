@@ -20,6 +20,7 @@ Peer and original-stack packages live in their own venvs under bench/.venvs/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,7 +33,7 @@ import time
 import traceback
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -147,6 +148,20 @@ def run_cell(port: int, path_fn: Any, conc: int, seconds: float, warm: float, sa
     if batcher:
         r["batcher"] = Batcher.delta(b0, batcher.read(), r["cpu"]["wall_s"])
     return r
+
+
+@contextlib.contextmanager
+def image_server() -> Iterator[tuple[dict, int, dict[str, int]]]:
+    """The generated images served from loopback: (facts, port, {"image_server": pid}) while open."""
+    img_dir = SCRATCH / "images"
+    facts = imagegen.generate(img_dir)
+    img_port = free_port()
+    imgsrv = Proc("imgserver", [str(PROJECT_PY), str(BENCH / "imgserver.py"), str(img_dir), str(img_port)])
+    try:
+        wait_ready(imgsrv, f"http://127.0.0.1:{img_port}/{facts['jpeg_0.3mp']['file']}", timeout=30)
+        yield facts, img_port, {"image_server": imgsrv.pid}
+    finally:
+        imgsrv.stop()
 
 
 def start_service(name: str, img_port: int, env: dict[str, str],
@@ -597,13 +612,8 @@ def main() -> None:
     log(f"{cmd}: {res['machine'].get('cpu_model')} x{res['machine'].get('cores')}, "
         f"load {res['machine'].get('loadavg_at_start')}")
     img_dir = SCRATCH / "images"
-    facts = imagegen.generate(img_dir)
-    res["images"] = facts
-    img_port = free_port()
-    imgsrv = Proc("imgserver", [str(PROJECT_PY), str(BENCH / "imgserver.py"), str(img_dir), str(img_port)])
-    others = {"image_server": imgsrv.pid}
-    try:
-        wait_ready(imgsrv, f"http://127.0.0.1:{img_port}/{facts['jpeg_0.3mp']['file']}", timeout=30)
+    with image_server() as (facts, img_port, others):
+        res["images"] = facts
         steps = [("model", lambda: section_model(cfg, img_dir)),
                  ("stages", lambda: section_stages(cfg, img_dir)),
                  ("client_ceiling", lambda: section_client_ceiling(cfg)),
@@ -623,8 +633,6 @@ def main() -> None:
                 traceback.print_exc()
                 res[key] = {"status": f"failed: {exc!r}"[:2000]}
             res.setdefault("section_seconds", {})[key] = round(time.time() - t0, 1)
-    finally:
-        imgsrv.stop()
     res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res["ratios"] = ratios(res)
     res["total_seconds"] = round(time.time() - started, 1)
