@@ -14,7 +14,11 @@ at 169.254.169.254, admin ports on localhost, private subnets).  So:
 * redirects are followed by hand and each hop is checked like the first;
 * one deadline covers the whole fetch (DNS, every hop, the body) and is
   enforced on every ``recv``, so a server trickling bytes cannot hold a worker;
-* the body is capped at ``settings.max_bytes`` while streaming.
+* the body is capped at ``settings.max_bytes`` while streaming;
+* a connection is kept alive for the next fetch (:data:`POOL`) only after a
+  2xx answer whose body was read to its end, and it is reused only for the
+  same scheme, host name and port *and* when the fresh DNS answer, checked
+  like any other, still contains the address it is connected to.
 
 Hosts in ``settings.allow_private_hosts`` (``host``, ``host:port``,
 ``[v6]:port`` or ``*``) skip the address check; they are for development and
@@ -57,7 +61,6 @@ REQUEST_HEADERS = {
     "User-Agent": DEFAULT_USER_AGENT,
     "Accept": "image/*",
     "Accept-Encoding": "identity",
-    "Connection": "close",
 }
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -431,12 +434,21 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         super().__init__(host, port)
         self._addresses = addresses
         self._connect_timeout = connect_timeout
+        self.peer: IPAddress | None = None  # the address connected to
+        self.idle_since = 0.0  # time.monotonic() when it went back to the pool
+        self.arm(deadline)
+
+    def arm(self, deadline: _Deadline) -> None:
+        """Bind the connection (and the responses it reads) to one fetch's deadline."""
         self._deadline = deadline
         self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
+        if self.sock is not None:
+            self.sock.settimeout(deadline.remaining())
 
     def connect(self) -> None:
         sock = self._open()
         try:
+            self.peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
             sock = self._secure(sock)
             sock.settimeout(self._deadline.remaining())
         except BaseException:
@@ -450,9 +462,12 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         for address in self._addresses:
             timeout = min(self._connect_timeout, self._deadline.remaining())
             try:
-                return socket.create_connection((str(address), self.port), timeout)
+                sock = socket.create_connection((str(address), self.port), timeout)
             except OSError as exc:
                 errors.append(exc)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests go out whole, not Nagle-delayed
+            return sock
         raise errors[-1]
 
     def _secure(self, sock: socket.socket) -> socket.socket:
@@ -508,19 +523,109 @@ def _redirect_url(base: str, location: str, visited: list[str], max_redirects: i
     return url
 
 
+@dataclasses.dataclass(frozen=True)
+class PoolLimits:
+    """How many idle keep-alive connections :data:`POOL` holds, and for how long."""
+
+    max_idle: int = 32  # in all
+    max_idle_per_origin: int = 4  # per (scheme, host, port)
+    idle_seconds: float = 5.0  # servers close idle connections too; older ones are dropped, not tried
+
+
+DEFAULT_POOL_LIMITS = PoolLimits()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections by origin; thread-safe. Connections leave it while in use."""
+
+    def __init__(self, limits: PoolLimits = DEFAULT_POOL_LIMITS) -> None:
+        self.limits = limits
+        self._idle: dict[tuple[str, str, int], list[_PinnedHTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, origin: tuple[str, str, int], addresses: Sequence[IPAddress]) -> _PinnedHTTPConnection | None:
+        """The most recently used idle connection to ``origin`` whose peer is among ``addresses``."""
+        now, found, stale = time.monotonic(), None, []
+        with self._lock:
+            idle = self._idle.get(origin, [])
+            while idle and found is None:
+                conn = idle.pop()
+                if now - conn.idle_since > self.limits.idle_seconds or conn.peer not in addresses:
+                    stale.append(conn)
+                else:
+                    found = conn
+        for conn in stale:
+            conn.close()
+        return found
+
+    def put(self, origin: tuple[str, str, int], conn: _PinnedHTTPConnection) -> None:
+        conn.idle_since = time.monotonic()
+        dropped: list[_PinnedHTTPConnection] = []
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            idle.append(conn)
+            if len(idle) > self.limits.max_idle_per_origin:
+                dropped.append(idle.pop(0))
+            while sum(len(v) for v in self._idle.values()) > self.limits.max_idle:
+                oldest = min((v for v in self._idle.values() if v), key=lambda v: v[0].idle_since)
+                dropped.append(oldest.pop(0))
+            self._idle = {k: v for k, v in self._idle.items() if v}
+        for conn in dropped:
+            conn.close()
+
+    def idle(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            conns = [c for v in self._idle.values() for c in v]
+            self._idle = {}
+        for conn in conns:
+            conn.close()
+
+
+POOL = ConnectionPool()
+
+# A pooled connection the server has closed meanwhile fails like this before any answer arrives.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
 def _exchange(target: _Target, addresses: list[IPAddress], settings: Any, deadline: _Deadline) -> _Reply:
-    """One GET to ``target`` over a fresh pinned connection."""
+    """One GET to ``target``, over a pooled keep-alive connection when one fits, else a fresh one."""
+    origin = (target.parts.scheme, target.host, target.port)
+    reused = POOL.take(origin, addresses) if settings.fetch_keepalive else None
+    if reused is not None:
+        try:
+            return _exchange_on(reused, origin, target, settings, deadline)
+        except _STALE:
+            pass  # closed by the server while idle: once more on a fresh connection
     connection_class = _PinnedHTTPSConnection if target.parts.scheme == "https" else _PinnedHTTPConnection
-    connection = connection_class(target.host, target.port, addresses, settings.connect_timeout, deadline)
+    fresh = connection_class(target.host, target.port, addresses, settings.connect_timeout, deadline)
+    return _exchange_on(fresh, origin, target, settings, deadline)
+
+
+def _exchange_on(connection: _PinnedHTTPConnection, origin: tuple[str, str, int], target: _Target, settings: Any,
+                 deadline: _Deadline) -> _Reply:
+    keep = False
     try:
-        connection.request("GET", target.request_path, headers=REQUEST_HEADERS)
+        connection.arm(deadline)
+        headers = REQUEST_HEADERS if settings.fetch_keepalive else {**REQUEST_HEADERS, "Connection": "close"}
+        connection.request("GET", target.request_path, headers=headers)
         response = connection.getresponse()
         try:
-            return _read_reply(response, settings.max_bytes)
+            reply = _read_reply(response, settings.max_bytes)
+            # reusable only when the body was read to its end and the server keeps the connection open
+            keep = (settings.fetch_keepalive and reply.location is None and response.isclosed()
+                    and not response.will_close)
         finally:
             response.close()
+        return reply
     finally:
-        connection.close()
+        if keep:
+            POOL.put(origin, connection)
+        else:
+            connection.close()
 
 
 def _read_reply(response: http.client.HTTPResponse, max_bytes: int) -> _Reply:

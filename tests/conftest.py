@@ -23,6 +23,16 @@ START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
 COMPILED_DIR = str(ROOT / "var" / "compiled")
 
 
+@pytest.fixture(autouse=True)
+def _empty_fetch_pool():
+    """Each test starts and ends without idle keep-alive connections from another test."""
+    from nsfw_core.fetch import POOL
+
+    POOL.clear()
+    yield
+    POOL.clear()
+
+
 @pytest.fixture(scope="session")
 def reference_outputs() -> dict:
     return json.loads((REFERENCE / "nsfwjs-4.4.0-outputs.json").read_text())

@@ -582,3 +582,115 @@ def test_tls_pins_the_address_and_verifies_the_name(
         fetch(f"https://other.test:{server.port}/cat.png", settings, resolver=resolver)
     assert sni == ["images.test", "images.test", "other.test"]
     assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------- keep-alive pool
+
+
+def test_consecutive_fetches_reuse_one_keep_alive_connection(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(keep_alive=True)
+    url = server.route("/cat.png", image(b"cat"))
+    results = [fetch(url, allowing(server)) for _ in range(3)]
+    assert [r.content for r in results] == [b"cat"] * 3
+    assert (server.connections, len(server.requests)) == (1, 3)
+    assert "connection" not in server.requests[0].headers
+    assert nsfw_core.fetch.POOL.idle() == 1
+
+
+def test_keep_alive_off_opens_one_connection_per_fetch(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(keep_alive=True)
+    url = server.route("/cat.png", image(b"cat"))
+    for _ in range(2):
+        assert fetch(url, allowing(server, fetch_keepalive=False)).content == b"cat"
+    assert server.connections == 2 and nsfw_core.fetch.POOL.idle() == 0
+    assert server.requests[0].headers["connection"] == "close"
+
+
+def test_a_server_that_closes_each_connection_gets_a_fresh_one_each_time(local_server: LocalServer) -> None:
+    url = local_server.route("/cat.png", image(b"cat"))  # answers with "Connection: close"
+    for _ in range(2):
+        assert fetch(url, allowing(local_server)).content == b"cat"
+    assert local_server.connections == 2 and nsfw_core.fetch.POOL.idle() == 0
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_once(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(keep_alive=True)
+
+    def answer_then_hang_up(handler: Any) -> None:  # a keep-alive answer, then the server closes anyway
+        image(b"cat")(handler)
+        handler.close_connection = True
+
+    url = server.route("/cat.png", answer_then_hang_up)
+    assert fetch(url, allowing(server)).content == b"cat"
+    time.sleep(0.1)  # the server has closed its end by now
+    assert fetch(url, allowing(server)).content == b"cat"
+    assert (server.connections, len(server.requests)) == (2, 2)
+
+
+def test_only_complete_2xx_answers_leave_their_connection_open(local_server_factory: Callable[..., LocalServer]) -> None:
+    server = local_server_factory(keep_alive=True)
+    missing = server.url("/missing.png")  # 404
+    big = server.route("/big.png", image(b"x" * 5000))
+    hop = server.route("/hop", redirect("/big.png"))
+    with pytest.raises(UpstreamError):
+        fetch(missing, allowing(server))
+    with pytest.raises(TooLarge):
+        fetch(big, allowing(server, max_bytes=1000))
+    assert fetch(hop, allowing(server)).content == b"x" * 5000  # the redirect's connection is not kept...
+    assert (server.connections, nsfw_core.fetch.POOL.idle()) == (4, 1)  # ...the final answer's is
+    assert fetch(big, allowing(server)).status == 200
+    assert server.connections == 4
+
+
+def test_a_pooled_connection_is_reused_only_for_an_address_the_fresh_answer_still_checks(
+    local_server_factory: Callable[..., LocalServer],
+) -> None:
+    server = local_server_factory(keep_alive=True)
+    server.route("/cat.png", image(b"cat"))
+    url = f"http://images.test:{server.port}/cat.png"
+    settings = settings_for("images.test")
+    assert fetch(url, settings, resolver=resolver_for({"images.test": ["127.0.0.1"]})).content == b"cat"
+    assert nsfw_core.fetch.POOL.idle() == 1
+    # The name now points elsewhere (a rebinding): the pooled socket to 127.0.0.1 must not carry the request.
+    with pytest.raises(UpstreamUnreachable):
+        fetch(url, settings, resolver=resolver_for({"images.test": ["127.0.0.2"]}))
+    assert len(server.requests) == 1 and nsfw_core.fetch.POOL.idle() == 0
+
+
+class _Idle:
+    def __init__(self, peer: str) -> None:
+        import ipaddress
+
+        self.peer = ipaddress.ip_address(peer)
+        self.idle_since = 0.0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from nsfw_core.fetch import ConnectionPool, PoolLimits
+
+    pool = ConnectionPool(PoolLimits(max_idle=3, max_idle_per_origin=2, idle_seconds=5.0))
+    now = [100.0]
+    monkeypatch.setattr(nsfw_core.fetch.time, "monotonic", lambda: now[0])
+    a = ("http", "a.test", 80)
+    conns = [_Idle("10.0.0.1") for _ in range(3)]
+    for c in conns:
+        pool.put(a, c)  # type: ignore[arg-type]
+        now[0] += 1
+    assert [c.closed for c in conns] == [True, False, False]  # two per origin
+    others = [_Idle("10.0.0.2") for _ in range(2)]
+    for c in others:
+        pool.put(("http", "b.test", 80), c)  # type: ignore[arg-type]
+        now[0] += 1
+    assert conns[1].closed and pool.idle() == 3  # three in all: the oldest went
+    addresses = [ipaddress.ip_address("10.0.0.1")]
+    assert pool.take(a, addresses) is conns[2]
+    assert pool.take(a, addresses) is None
+    now[0] += 10
+    assert pool.take(("http", "b.test", 80), [ipaddress.ip_address("10.0.0.2")]) is None  # expired
+    assert all(c.closed for c in others) and pool.idle() == 0

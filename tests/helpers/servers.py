@@ -67,7 +67,7 @@ class RequestRecord:
 
 
 class RouteHandler(http.server.BaseHTTPRequestHandler):
-    """Dispatches to the route of the request's path; always closes the connection."""
+    """Dispatches to the route of the request's path; closes the connection unless the server keeps alive."""
 
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a silent client may hold a handler thread
@@ -88,18 +88,19 @@ class RouteHandler(http.server.BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        self.close_connection = True
         owner = self.server.owner
+        self.close_connection = not owner.keep_alive
         owner.record(RequestRecord(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
         responder = owner.routes.get(self.path.split("?", 1)[0], status(404))
         responder(self)
 
     def start(self, code: int, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Send the status line and headers (plus ``Connection: close``)."""
+        """Send the status line and headers (plus ``Connection: close`` unless the server keeps alive)."""
         self.send_response(code)
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Connection", "close")
+        if not self.server.owner.keep_alive:
+            self.send_header("Connection", "close")
         self.end_headers()
 
     def stopping(self, delay: float) -> bool:
@@ -137,8 +138,9 @@ class _Server6(_Server):
 class LocalServer:
     """One threaded HTTP server; use :func:`serve` or the pytest fixtures to run it."""
 
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, keep_alive: bool = False) -> None:
         self.routes: dict[str, Responder] = {}
+        self.keep_alive = keep_alive  # HTTP/1.1 keep-alive; by default every answer closes its connection
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[RequestRecord] = []
@@ -214,9 +216,9 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def serve(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Iterator[LocalServer]:
+def serve(host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, keep_alive: bool = False) -> Iterator[LocalServer]:
     """A started :class:`LocalServer`, stopped on exit."""
-    server = LocalServer(host, tls).start()
+    server = LocalServer(host, tls, keep_alive).start()
     try:
         yield server
     finally:
@@ -232,9 +234,10 @@ def local_server() -> Iterator[LocalServer]:
 
 @pytest.fixture
 def local_server_factory() -> Iterator[Callable[..., LocalServer]]:
-    """Call it (optionally with ``host="::1"`` or ``tls=context``) for more started servers; all stop at teardown."""
+    """Call it (optionally with ``host="::1"``, ``tls=context``, ``keep_alive=True``) for more started servers;
+    all stop at teardown."""
     with contextlib.ExitStack() as stack:
-        yield lambda host="127.0.0.1", tls=None: stack.enter_context(serve(host, tls))
+        yield lambda host="127.0.0.1", tls=None, keep_alive=False: stack.enter_context(serve(host, tls, keep_alive))
 
 
 # --------------------------------------------------------------------------- responders
