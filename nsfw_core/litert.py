@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .cpus import available_cpus
 from .errors import ModelError
 from .files import atomic_write
 from .settings import CLASS_NAMES, MODEL_NAMES, ROOT
@@ -46,14 +47,6 @@ MAX_COMPILE_DIFF = 1e-4  # largest |LiteRT - TensorFlow| probability accepted wh
 COMPILE_TIMEOUT_S = 600.0
 MISSING_PACKAGE = ("the litert runtime needs the ai-edge-litert package (pinned in requirements.txt); "
                    "install it or set NSFW_RUNTIME=tensorflow")
-
-
-def default_threads() -> int:
-    """The cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def cache_key(doc: dict, blob: bytes) -> str:
@@ -83,7 +76,7 @@ class LiteRTForward:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
             raise ModelError(MISSING_PACKAGE) from exc
-        self.threads = threads or default_threads()
+        self.threads = threads or available_cpus()
         try:
             if path is not None:
                 self._interp = Interpreter(model_path=str(path), num_threads=self.threads)

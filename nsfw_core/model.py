@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cpus import available_cpus
 from .errors import ModelError
 from .settings import CLASS_NAMES, MODEL_NAMES, ROOT, RUNTIMES
 
@@ -196,7 +197,8 @@ def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, ru
                threads: int = 0, cache_dir: str | Path | None = None) -> Model:
     """Load, verify and warm up one model (uncached; use :func:`get_model` in the service).
 
-    ``threads``: threads of one forward pass (0: one per core). ``cache_dir``:
+    ``threads``: threads of one forward pass (0: :func:`~nsfw_core.cpus.available_cpus`, which
+    counts a container's CPU quota). ``cache_dir``:
     where the ``litert`` runtime keeps compiled models (default ``var/compiled``).
     """
     if name not in MODEL_NAMES:
@@ -218,6 +220,7 @@ def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, ru
         else:
             from .tfgraph import build_function, tensorflow_forward
 
+            threads = threads or available_cpus()
             fn = build_function(doc, dequantise(doc, blob), threads=threads)
             model = Model(name, size, version, tensorflow_forward(fn), runtime=runtime, batches=True,
                           threads=threads, function=fn)

@@ -114,7 +114,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NSFW_DATA_DIR", "data_dir", "var", "Folder for files the service writes: thresholds, score cache, review queue (relative to the project root).", str),
     Setting("NSFW_RUNTIME", "runtime", "litert", "Inference runtime: litert (the model compiled once into NSFW_COMPILED_DIR by TensorFlow in a child process, then run by LiteRT with XNNPACK: about 20 % less CPU per image, and no TensorFlow in the server) or tensorflow.", _runtime),
     Setting("NSFW_COMPILED_DIR", "compiled_dir", "", "Folder for the models compiled for litert (empty: <NSFW_DATA_DIR>/compiled); python -m nsfw_core.litert fills it ahead of time, e.g. in a build step.", str),
-    Setting("NSFW_MODEL_THREADS", "model_threads", "0", "Threads one forward pass uses (0: one per core).", _int(0, 256)),
+    Setting("NSFW_MODEL_THREADS", "model_threads", "0", "Threads one forward pass uses (0: the CPUs this process may use, counting a container's cgroup CPU quota).", _int(0, 256)),
     Setting("NSFW_MAX_BATCH", "max_batch", "8", "Most images handed to the model at once. The tensorflow runtime runs them as one forward pass (8 gives its full throughput here; 32 adds about 400 MB of activations); litert runs them one by one.", _int(1, 512)),
     Setting("NSFW_BATCH_WAIT_MS", "batch_wait_ms", "4", "tensorflow runtime only: how long the batcher waits for more images before a forward pass, in milliseconds (not at all when no other image is being fetched or decoded). litert gains nothing from batches and never waits.", _float(0.0, 1000.0)),
     Setting("NSFW_QUEUE_SIZE", "queue_size", "512", "Images waiting for inference before new requests get 503 with Retry-After.", _int(1)),

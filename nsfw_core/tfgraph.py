@@ -34,7 +34,10 @@ def configure_tensorflow(intra_op_threads: int = 0) -> Any:
             import tensorflow as tf
 
             if intra_op_threads:
-                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+                try:
+                    tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+                except RuntimeError:  # TensorFlow already ran something in this process: keep its setting
+                    pass
             _tf = tf
     return _tf
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nsfw_core import litert
+from nsfw_core.cpus import available_cpus
 from nsfw_core.errors import ModelError
 from nsfw_core.model import get_model, load_model, read_verified
 from nsfw_core.pipeline import prepare
@@ -46,7 +47,7 @@ def test_compiled_file_is_cached_under_a_key_of_the_model_bytes(compiled_mid):
     assert path.name.startswith("MobileNetV2Mid-") and path.name.endswith(".tflite")
     assert path.read_bytes()[4:8] == b"TFL3"  # the TensorFlow Lite flatbuffer identifier
     assert path.stat().st_mode & 0o777 == 0o644
-    assert model.runtime == "litert" and model.threads == litert.default_threads()
+    assert model.runtime == "litert" and model.threads == available_cpus()
 
 
 def test_a_cached_compilation_is_reused_without_compiling(compiled_mid, monkeypatch):
