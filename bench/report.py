@@ -177,7 +177,7 @@ def render(res: dict[str, Any]) -> str:
     L.append("")
 
     # (b)
-    L += [f"### (b) This service: `python app.py` (uvicorn, one process), POST /predict?url=, keep-alive", ""]
+    L += ["### (b) This service: `python app.py` (uvicorn, one process), POST /predict?url=, keep-alive", ""]
     if svc.get("cells"):
         s = svc.get("settings", {})
         comp = svc.get("compile", {})

@@ -6,7 +6,7 @@ that the API uses; ``st.cache_resource`` only saves the lookup.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -15,6 +15,9 @@ from PIL import Image, ImageFilter
 from nsfw_core.model import Model, load_for
 from nsfw_core.settings import load_settings
 from nsfw_core.verdict import ThresholdStore
+
+if TYPE_CHECKING:
+    from nsfw_core.scorecache import ScoreCache
 
 BLUR_RADIUS = 28
 VERDICT_LABELS = {"adult": "definitely adult", "unknown": "needs review", "safe": "definitely safe"}
