@@ -783,3 +783,119 @@ def test_concurrent_decodes_are_independent(big_jpeg: bytes) -> None:
         results = list(pool.map(outcome, cases))
     expected = [((20, 30, 3), [255, 255, 255]), 422, 413, ((750, 1000, 3), list(decode(big_jpeg, draft_size=448)[0, 0])), 415]
     assert results == expected * 8
+
+
+# --- JPEG fast path (simplejpeg) ----------------------------------------------------------------
+
+
+def photo_like(width: int, height: int, *, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """Smooth gradients plus noise: every DCT coefficient and chroma sample matters."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=2)
+    noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(noisy, "RGB")
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def decode_both(data: bytes, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+    """(fast path, Pillow path) for the same bytes; fails if the fast path did not run."""
+    calls = []
+    real = decode_module._simplejpeg.decode_jpeg
+
+    def counting(*args: object, **kw: object) -> np.ndarray:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(decode_module._simplejpeg, "decode_jpeg", counting)
+    fast = decode(data, **kwargs)
+    assert calls, "the fast path did not run"
+    monkeypatch.setattr(decode_module, "_simplejpeg", None)
+    slow = decode(data, **kwargs)
+    monkeypatch.undo()
+    return fast, slow
+
+
+JPEG_VARIANTS = {
+    "4:2:0": {"subsampling": 2},
+    "4:2:2": {"subsampling": 1},
+    "4:4:4": {"subsampling": 0},
+    "progressive": {"progressive": True},
+    "rgb-coded": {"keep_rgb": True, "subsampling": 0},
+    "quality-30": {"quality": 30},
+}
+
+
+@pytest.mark.parametrize("variant", JPEG_VARIANTS, ids=str)
+@pytest.mark.parametrize("size", [(97, 61), (640, 480), (1283, 803)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("draft_size", [None, 224, 896], ids=lambda d: f"draft-{d}")
+def test_fast_jpeg_path_gives_pillows_pixels(variant: str, size: tuple[int, int], draft_size: int | None,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(photo_like(*size), "JPEG", **JPEG_VARIANTS[variant])
+    fast, slow = decode_both(data, monkeypatch, draft_size=draft_size)
+    assert fast.shape == slow.shape
+    assert np.array_equal(fast, slow)
+    assert_rgb_array(fast, fast.shape[:2])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("draft_size", [None, 100])
+def test_fast_jpeg_path_orients_like_pillow(orientation: int, draft_size: int | None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = encode(photo_like(450, 250, seed=orientation), "JPEG", exif=exif_with_orientation(orientation))
+    fast, slow = decode_both(data, monkeypatch, draft_size=draft_size)
+    assert np.array_equal(fast, slow)
+    assert_rgb_array(fast, fast.shape[:2])
+    if orientation >= 5:
+        assert fast.shape[0] > fast.shape[1]  # portrait after turning
+
+
+def test_fast_jpeg_path_greyscale(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, slow = decode_both(encode(photo_like(300, 200, mode="L"), "JPEG"), monkeypatch)
+    assert np.array_equal(fast, slow)
+    assert np.array_equal(fast[..., 0], fast[..., 2])
+
+
+@pytest.mark.parametrize("path", REFERENCE_JPEGS, ids=lambda p: p.name)
+def test_fast_jpeg_path_reference_images(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for draft_size in (None, 896):
+        fast, slow = decode_both(path.read_bytes(), monkeypatch, draft_size=draft_size)
+        assert np.array_equal(fast, slow)
+
+
+def test_cmyk_jpeg_takes_the_pillow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simplejpeg must not see a CMYK JPEG")
+
+    monkeypatch.setattr(decode_module._simplejpeg, "decode_jpeg", refuse)
+    arr = decode(encode(Image.new("CMYK", (20, 10), (0, 255, 255, 0)), "JPEG"))
+    assert_close(arr[5, 10], (255, 0, 0), 8)
+
+
+def test_truncated_jpeg_still_fails_with_422_after_the_fast_path() -> None:
+    data = encode(photo_like(640, 480), "JPEG")
+    with pytest.raises(UndecodableImage, match="truncated or corrupt"):
+        decode(data[: len(data) // 2])
+
+
+def test_jpeg_that_libjpeg_warns_about_decodes_like_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Junk before a marker is a libjpeg warning: the strict fast path refuses, Pillow decodes it."""
+    data = encode(photo_like(64, 48), "JPEG")
+    sof = data.index(b"\xff\xc0")
+    junk = data[:sof] + b"\x00\x00" + data[sof:]
+    assert decode_module._decode_jpeg_fast(junk, decode_module._open(junk, "jpeg"), None) is None
+    monkeypatch.setattr(decode_module, "_simplejpeg", None)
+    expected = decode(junk)
+    monkeypatch.undo()
+    assert np.array_equal(decode(junk), expected)
+
+
+@pytest.mark.parametrize(("width", "height", "draft_size", "scale"), [
+    (4000, 3000, 896, 2), (4000, 3000, 448, 4), (4000, 3000, 224, 8), (900, 900, 896, 1),
+    (100, 100, 224, 1), (1800, 900, 224, 4), (1791, 1791, 224, 4), (1792, 1792, 224, 8),
+])
+def test_draft_scale_matches_pillow(width: int, height: int, draft_size: int, scale: int) -> None:
+    assert decode_module._draft_scale(width, height, draft_size) == scale
+    img = Image.open(io.BytesIO(encode(Image.new("RGB", (width, height)), "JPEG")))
+    img.draft("RGB", (draft_size, draft_size))
+    assert img.size == (-(-width // scale), -(-height // scale))
