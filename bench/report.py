@@ -135,8 +135,10 @@ def render(res: dict[str, Any]) -> str:
     L += ["### (a) Model only (MobileNetV2Mid forward pass, preprocessed 224x224 inputs)", ""]
     if "batches" in a:
         L.append(f"Batch 1: **{a['batch1']} images/s**; best: **{a['best']} images/s at batch {a['best_batch']}** "
-                 f"(the ceiling). Runtime {a.get('runtime')}, {a.get('threads')} threads; model load "
-                 f"{a.get('load_s')} s.")
+                 f"(the ceiling). Runtime {a.get('runtime')}, {a.get('threads')} threads"
+                 + (f"; batches of 2 or more shared out among {a['lanes']} single-threaded lanes, as the "
+                    "service runs them" if a.get("lanes") else "")
+                 + f"; model load {a.get('load_s')} s.")
         L.append("")
         L += _table(["batch", "images/s (median)", "repetitions", "ms per batch (p50)", "CPU ms per image",
                      "process peak RSS MiB"],

@@ -147,13 +147,14 @@ class Model:
     classes: tuple[str, ...] = CLASS_NAMES
 
     def __init__(self, name: str, input_size: int, version: str, forward: Callable[[np.ndarray], np.ndarray],
-                 *, runtime: str, batches: bool, threads: int = 0, function: Any = None) -> None:
+                 *, runtime: str, batches: bool, threads: int = 0, lanes: int = 0, function: Any = None) -> None:
         self.name = name
         self.input_size = input_size
         self.version = version
         self.runtime = runtime
         self.batches = batches
         self.threads = threads
+        self.lanes = lanes  # parallel interpreters for batches (litert only; 0: none)
         self.function = function  # the tf.function (tensorflow runtime only)
         self._forward = forward
         self.load_seconds = 0.0
@@ -194,12 +195,15 @@ def scores_dict(row: Sequence[float]) -> dict[str, float]:
 
 
 def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, runtime: str = DEFAULT_RUNTIME,
-               threads: int = 0, cache_dir: str | Path | None = None) -> Model:
+               threads: int = 0, cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
     """Load, verify and warm up one model (uncached; use :func:`get_model` in the service).
 
     ``threads``: threads of one forward pass (0: :func:`~nsfw_core.cpus.available_cpus`, which
     counts a container's CPU quota). ``cache_dir``:
-    where the ``litert`` runtime keeps compiled models (default ``var/compiled``).
+    where the ``litert`` runtime keeps compiled models (default ``var/compiled``). ``lanes``
+    (``litert`` only): also run the images of a batch on parallel single-threaded
+    interpreters (:class:`~nsfw_core.litert.LiteRTForward`): the model that serves the API
+    under load, at the cost of one more copy of the packed weights per thread (up to 4).
     """
     if name not in MODEL_NAMES:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -214,9 +218,12 @@ def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, ru
         if runtime == "litert":
             from .litert import load_forward
 
-            forward = load_forward(name, model_dir, doc, blob, threads=threads,
+            from .litert import MAX_LANES
+
+            forward = load_forward(name, model_dir, doc, blob, threads=threads, lanes=MAX_LANES if lanes else 0,
                                    cache_dir=Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR)
-            model = Model(name, size, version, forward, runtime=runtime, batches=False, threads=forward.threads)
+            model = Model(name, size, version, forward, runtime=runtime, batches=False, threads=forward.threads,
+                          lanes=forward.lanes)
         else:
             from .tfgraph import build_function, tensorflow_forward
 
@@ -238,17 +245,23 @@ _cache_lock = threading.Lock()
 
 
 def get_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, runtime: str = DEFAULT_RUNTIME,
-              threads: int = 0, cache_dir: str | Path | None = None) -> Model:
+              threads: int = 0, cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
     """The process-wide copy of a model, loaded on first use (shared by the API and the UI)."""
-    key = (name, str(Path(model_dir).resolve()), runtime, threads)
+    key = (name, str(Path(model_dir).resolve()), runtime, threads, lanes)
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            model = _cache[key] = load_model(name, model_dir, runtime=runtime, threads=threads, cache_dir=cache_dir)
+            model = _cache[key] = load_model(name, model_dir, runtime=runtime, threads=threads,
+                                             cache_dir=cache_dir, lanes=lanes)
         return model
 
 
 def load_for(settings: Any, name: str | None = None) -> Model:
-    """The process-wide copy of ``name`` (default: the configured model) with the settings' runtime."""
-    return get_model(name or settings.model, settings.model_dir, runtime=settings.runtime,
-                     threads=settings.model_threads, cache_dir=settings.compiled_dir)
+    """The process-wide copy of ``name`` (default: the configured model) with the settings' runtime.
+
+    The configured model serves the API, so it gets parallel lanes; the others, which
+    only the pages use, one interpreter each (InceptionV3 packs to about 190 MB).
+    """
+    name = name or settings.model
+    return get_model(name, settings.model_dir, runtime=settings.runtime, threads=settings.model_threads,
+                     cache_dir=settings.compiled_dir, lanes=name == settings.model)

@@ -163,3 +163,72 @@ def test_precompile_all_models_into_the_shared_folder():
     for name in MODEL_NAMES:
         doc, blob = read_verified(MODEL_DIR, name)
         assert litert.compiled_path(COMPILED_DIR, name, doc, blob).is_file()
+
+
+# --- lanes: a batch shared out among parallel single-threaded interpreters ----------------------
+
+
+def distinct_inputs(n: int) -> np.ndarray:
+    return np.random.default_rng(n).random((n, 224, 224, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(("threads", "lanes", "split"), [
+    (2, 4, [1, 1]), (1, 4, []), (3, 4, [1, 1, 1]), (8, 4, [2, 2, 2, 2]), (8, 0, []), (5, 2, [3, 2]),
+])
+def test_lanes_split_the_threads(compiled_mid, threads, lanes, split):
+    _cache, path, _model = compiled_mid
+    forward = litert.LiteRTForward(path=path, threads=threads, input_size=224, lanes=lanes)
+    assert (forward.lanes, forward.lane_threads, forward.threads) == (len(split), split, threads)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_lanes_give_each_image_its_own_row(compiled_mid, n):
+    """Rows come back in input order, equal to one image at a time on the multi-threaded interpreter."""
+    _cache, path, _model = compiled_mid
+    forward = litert.LiteRTForward(path=path, threads=2, input_size=224, lanes=2)
+    x = distinct_inputs(n)
+    one_by_one = np.concatenate([forward(x[i:i + 1]) for i in range(n)])  # n == 1: the wide interpreter
+    np.testing.assert_allclose(forward(x), one_by_one, atol=1e-6)
+    assert len({tuple(np.round(row, 6)) for row in one_by_one}) == n  # the inputs really differ
+
+
+def test_lanes_run_in_parallel_and_each_takes_a_share(compiled_mid, monkeypatch):
+    import threading
+
+    _cache, path, _model = compiled_mid
+    forward = litert.LiteRTForward(path=path, threads=2, input_size=224, lanes=2)
+    seen: list[tuple[int, int, str]] = []
+    real = litert.LiteRTForward._run
+
+    def spy(lane, batch, out):
+        seen.append((forward._lanes.index(lane), batch.shape[0], threading.current_thread().name))
+        real(lane, batch, out)
+
+    monkeypatch.setattr(litert.LiteRTForward, "_run", staticmethod(spy))
+    forward(distinct_inputs(5))
+    assert sorted((lane, size) for lane, size, _ in seen) == [(0, 2), (1, 3)]
+    assert len({name for _, _, name in seen}) == 2  # two threads ran them
+
+
+def test_concurrent_callers_get_their_own_answers(compiled_mid):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _cache, path, _model = compiled_mid
+    forward = litert.LiteRTForward(path=path, threads=2, input_size=224, lanes=2)
+    inputs = [distinct_inputs(n) for n in (1, 2, 3, 4, 5, 6)]
+    expected = [forward(x) for x in inputs]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(forward, inputs * 3))
+    for x, want, have in zip(inputs * 3, expected * 3, got):
+        np.testing.assert_allclose(have, want, atol=1e-6)
+
+
+def test_the_served_model_gets_lanes_and_the_others_do_not():
+    from nsfw_core.model import load_for
+
+    settings = load_settings(environ={"NSFW_COMPILED_DIR": str(COMPILED_DIR)})
+    served, other = load_for(settings), load_for(settings, "MobileNetV2")
+    expected = min(available_cpus(), litert.MAX_LANES) if available_cpus() > 1 else 0
+    assert (served.name, served.lanes) == (settings.model, expected)
+    assert (other.name, other.lanes) == ("MobileNetV2", 0)
+    assert load_for(settings, settings.model) is served  # the pages share the API's copy
