@@ -257,8 +257,9 @@ def section_client_ceiling(cfg: dict) -> dict[str, Any]:
 def summarise_profile(raw: Path) -> dict[str, Any]:
     """Group py-spy's collapsed stacks into the service's stages (share of samples of active threads)."""
     rules = [  # first match wins; frames look like "func (/path/to/file.py:line)"
-        ("inference (forward pass)", r"\b_forward \([^)]*nsfw_core/batcher\.py|\bpredict \([^)]*nsfw_core/model\.py"),
-        ("decode (Pillow)", r"\bdecode \([^)]*nsfw_core/decode\.py|\bdecode_for \("),
+        ("inference (forward pass)", r"\b_forward \([^)]*nsfw_core/batcher\.py|\bpredict \([^)]*nsfw_core/model\.py"
+                                     r"|nsfw_core/litert\.py"),  # litert: also the lanes' pool threads
+        ("decode (simplejpeg for JPEG, else Pillow)", r"\bdecode \([^)]*nsfw_core/decode\.py|\bdecode_for \("),
         ("preprocess (resize to 224)", r"\bpreprocess \([^)]*nsfw_core/model\.py|\bresize_bilinear \("),
         ("fetch (HTTP client to the image host)", r"\bfetch \([^)]*nsfw_core/fetch\.py"),
         ("worker glue (sha256, timings)", r"\b_prepare \([^)]*nsfw_core/service\.py|_fetch_and_prepare"),
