@@ -85,6 +85,36 @@ def test_early_size_reader_agrees_with_pillow(fmt: str, data: st.DataObject) -> 
     assert decode_module._EARLY_SIZE_READERS[fmt](raw) == size
 
 
+JPEG_NAMES = [n for n in NAMES if decode_module.sniff(CORPUS[n]) == "jpeg"]
+
+
+def _decoded_or_status(data: bytes, draft_size: int | None) -> object:
+    try:
+        return decode_module.decode(data, draft_size=draft_size)
+    except decode_module.NSFWError as exc:
+        return exc.status
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@FUZZ_SETTINGS
+@given(name=st.sampled_from(JPEG_NAMES), edits=mutations, draft_size=st.sampled_from(fuzz.DRAFT_SIZES))
+def test_fast_jpeg_path_agrees_with_pillow_on_damaged_files(name: str, edits: list, draft_size: int | None) -> None:
+    """simplejpeg's path must give Pillow's pixels, or Pillow's error, for any damaged JPEG."""
+    data = fuzz.mutated(name, edits, CORPUS)
+    fast = _decoded_or_status(data, draft_size)
+    simplejpeg = decode_module._simplejpeg
+    assert simplejpeg is not None
+    decode_module._simplejpeg = None  # the Pillow path (no fixture: hypothesis reruns the body)
+    try:
+        slow = _decoded_or_status(data, draft_size)
+    finally:
+        decode_module._simplejpeg = simplejpeg
+    if isinstance(fast, int) or isinstance(slow, int):
+        assert fast == slow
+    else:
+        assert fast.shape == slow.shape and (fast == slow).all()
+
+
 def test_replay_prints_the_case(capsys: pytest.CaptureFixture[str]) -> None:
     assert fuzz.main(["--seed", "7", "--iteration", "3"]) == 0
     assert "seed 7 iteration 3" in capsys.readouterr().out
