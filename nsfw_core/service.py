@@ -91,7 +91,7 @@ class Service:
             log.exception("model failed to load; /health answers 503")
             return
         s = self.settings
-        wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert gains nothing from waiting
+        wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert: a lone image uses all threads
         self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
                                     queue_size=s.queue_size, expecting=lambda: self.preparing)
         self.batcher.start()

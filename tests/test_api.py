@@ -379,7 +379,7 @@ def test_health_when_ready(client, default_model):
 
 @pytest.mark.parametrize(("runtime", "wait_s"), [("litert", 0.0), ("tensorflow", 0.004)])
 def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, tmp_path, runtime, wait_s):
-    """LiteRT gains nothing from batches, so its batcher never waits for company; TensorFlow's does."""
+    """LiteRT gains nothing from waiting (a lone image runs on all threads), so its batcher never waits; TensorFlow's does."""
     with running(make_settings(tmp_path, runtime=runtime, compiled_dir=COMPILED_DIR)) as c:
         assert c.get("/health").json()["runtime"] == runtime
         assert get_service().batcher.max_wait_s == wait_s
