@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -132,7 +132,10 @@ class LiteRTForward:
             shares = [(lane, slice(a, b)) for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:])]
             futures = [self._pool.submit(self._run, lane, batch[part], out[part]) for lane, part in shares[1:]]
             lane, part = shares[0]
-            self._run(lane, batch[part], out[part])
+            try:
+                self._run(lane, batch[part], out[part])
+            finally:  # never release the lock while a lane still runs
+                wait(futures)
             for future in futures:
                 future.result()
         return out

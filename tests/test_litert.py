@@ -232,3 +232,26 @@ def test_the_served_model_gets_lanes_and_the_others_do_not():
     assert (served.name, served.lanes) == (settings.model, expected)
     assert (other.name, other.lanes) == ("MobileNetV2", 0)
     assert load_for(settings, settings.model) is served  # the pages share the API's copy
+
+
+def test_a_failing_lane_fails_the_call_only_after_every_lane_is_done(compiled_mid, monkeypatch):
+    import time
+
+    _cache, path, _model = compiled_mid
+    forward = litert.LiteRTForward(path=path, threads=2, input_size=224, lanes=2)
+    finished: list[int] = []
+    real = litert.LiteRTForward._run
+
+    def first_lane_fails(lane, batch, out):
+        if lane is forward._lanes[0]:
+            raise RuntimeError("lane 0 broke")
+        time.sleep(0.2)
+        real(lane, batch, out)
+        finished.append(1)
+
+    monkeypatch.setattr(litert.LiteRTForward, "_run", staticmethod(first_lane_fails))
+    with pytest.raises(RuntimeError, match="lane 0 broke"):
+        forward(distinct_inputs(4))
+    assert finished == [1]  # the other lane had finished before the lock was released
+    monkeypatch.undo()
+    np.testing.assert_allclose(forward(distinct_inputs(2)).sum(axis=1), 1.0, atol=1e-5)
