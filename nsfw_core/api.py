@@ -40,7 +40,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .errors import BadRequest, InputError, InvalidURL, NSFWError, Overloaded, TooLarge, Unauthorized
+from .errors import (BadRequest, InputError, InvalidURL, NSFWError, Overloaded, RequestTimeout, TooLarge,
+                     Unauthorized)
 from .service import Service, get_service, install
 from .settings import CLASS_NAMES, RUNTIMES, load_settings
 
@@ -162,8 +163,13 @@ def has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
 
 
-async def read_body(request: Request, max_bytes: int, *, slack: int = 0) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``max_bytes + slack``."""
+async def read_body(request: Request, max_bytes: int, timeout: float, *, slack: int = 0) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``max_bytes + slack``.
+
+    The whole body must arrive within ``timeout`` seconds (408), however it
+    trickles in: a client that stalls would otherwise hold its in-flight slot
+    for as long as it keeps the connection open.
+    """
     limit = max_bytes + slack
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -173,23 +179,27 @@ async def read_body(request: Request, max_bytes: int, *, slack: int = 0) -> byte
             raise TooLarge(f"the request body is {declared} bytes; the limit is {max_bytes}", limit=max_bytes)
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge(f"the request body is over the limit of {max_bytes} bytes", limit=max_bytes)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise TooLarge(f"the request body is over the limit of {max_bytes} bytes", limit=max_bytes)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s ({len(body)} bytes came)",
+                             timeout_s=timeout) from exc
     except ClientDisconnect as exc:
         raise BadRequest("the client disconnected while sending the body") from exc
     return bytes(body)
 
 
-async def uploaded_image(request: Request, max_bytes: int) -> bytes:
+async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> bytes:
     """The image sent in the body: raw bytes, or the ``file``/``image`` field of a multipart form."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        data = await read_body(request, max_bytes)
+        data = await read_body(request, max_bytes, timeout)
         if not data:
             raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
         return data
-    body = await read_body(request, max_bytes, slack=MULTIPART_SLACK)
+    body = await read_body(request, max_bytes, timeout, slack=MULTIPART_SLACK)
 
     async def chunks() -> AsyncIterator[bytes]:
         yield body
@@ -218,11 +228,13 @@ async def predict(request: Request) -> Response:
     service = get_service()
     authorize(request, service.settings.api_keys)
     service.require_ready()
+    settings = service.settings
     detail = flag(request, "detail")
     url = request.query_params.get("url")
     with service.admit(1):  # before the body is read: a flood is refused, not buffered
         if url is None:
-            result = await service.classify_bytes(await uploaded_image(request, service.settings.max_bytes))
+            image = await uploaded_image(request, settings.max_bytes, settings.body_timeout)
+            result = await service.classify_bytes(image)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
         elif not url:
@@ -239,7 +251,7 @@ async def predict_batch(request: Request) -> Response:
     authorize(request, settings.api_keys)
     service.require_ready()
     limit = settings.max_batch_items * (settings.max_url_length + BATCH_ITEM_BYTES)
-    items, detail = parse_batch(await read_body(request, limit), settings.max_batch_items, flag(request, "detail"))
+    items, detail = parse_batch(await read_body(request, limit, settings.body_timeout), settings.max_batch_items, flag(request, "detail"))
     with service.admit(len(items)):
         results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
     return JSONResponse({"results": results})
@@ -426,7 +438,7 @@ def openapi_document() -> dict[str, Any]:
                     "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
                 "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
                                            "The five probabilities (or Detail with detail=true)"),
-                              **_errors(400, 401, 403, 405, 413, 415, 422, 500, 502, 503, 504)}}},
+                              **_errors(400, 401, 403, 405, 408, 413, 415, 422, 500, 502, 503, 504)}}},
             "/predict/batch": {"post": {
                 "summary": "Classify many image URLs; errors are reported per item",
                 "operationId": "predictBatch", "security": auth,
@@ -434,7 +446,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
                 "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
                     "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
-                              **_errors(400, 401, 405, 413, 500, 503)}}},
+                              **_errors(400, 401, 405, 408, 413, 500, 503)}}},
             "/health": {"get": {
                 "summary": "Readiness: 200 once the model is loaded and warmed up",
                 "operationId": "health",

@@ -3,7 +3,7 @@
 Hierarchy::
 
     NSFWError                      base class; status 500, code "internal_error"
-    ├── InputError                 the caller sent something we cannot use (4xx)
+    ├── InputError                 400 bad_request: the caller sent something we cannot use (the 4xx below)
     │   ├── InvalidURL             400 invalid_url: missing, malformed, bad scheme, credentials, too long
     │   ├── ForbiddenAddress       403 forbidden_address: resolves to loopback/private/reserved space
     │   ├── TooManyRedirects       400 too_many_redirects: redirect chain over the limit or a loop
@@ -12,6 +12,7 @@ Hierarchy::
     │   ├── NotAnImage             415 not_an_image: the bytes are not a supported image format
     │   ├── UndecodableImage       422 undecodable_image: an image format, but truncated or corrupt
     │   ├── Unauthorized           401 unauthorized: API key missing or wrong
+    │   ├── RequestTimeout         408 request_timeout: the client took too long to send the body
     │   └── BadRequest             400 bad_request: any other malformed request
     ├── UpstreamError              502 upstream_error: the image host answered with an error status
     │   └── UpstreamUnreachable    502 upstream_unreachable: DNS failure, refused connection, TLS error
@@ -95,6 +96,11 @@ class UndecodableImage(InputError):
 class Unauthorized(InputError):
     status = 401
     code = "unauthorized"
+
+
+class RequestTimeout(InputError):
+    status = 408
+    code = "request_timeout"
 
 
 class UpstreamError(NSFWError):

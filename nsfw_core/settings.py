@@ -103,6 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NSFW_FETCH_TIMEOUT", "fetch_timeout", "10", "Total deadline for fetching one URL, in seconds (connect, redirects and body).", _float(0.001)),
     Setting("NSFW_CONNECT_TIMEOUT", "connect_timeout", "3", "Timeout for one TCP/TLS connect, in seconds (capped by the total deadline).", _float(0.001)),
     Setting("NSFW_FETCH_KEEPALIVE", "fetch_keepalive", "true", "Keep connections to image hosts open for the next fetch (at most 4 idle per host, 32 in all, 5 s); each reuse is checked against a fresh DNS answer. false: one connection per fetch.", _bool),
+    Setting("NSFW_BODY_TIMEOUT", "body_timeout", "30", "Longest time a client may take to send a request body (an upload or a batch), in seconds; 408 request_timeout after it. A stalled upload holds an in-flight slot until then.", _float(0.001)),
     Setting("NSFW_MAX_REDIRECTS", "max_redirects", "5", "Most redirects followed for one URL; each hop is checked like the first.", _int(0, 20)),
     Setting("NSFW_MAX_URL_LENGTH", "max_url_length", "2048", "Longest URL accepted, in characters.", _int(16)),
     Setting("NSFW_ALLOW_PRIVATE_HOSTS", "allow_private_hosts", "", "Comma-separated host or host:port entries that may be fetched although loopback or private; * allows all. For development and tests only.", _list),

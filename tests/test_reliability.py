@@ -69,6 +69,7 @@ from tests.test_fetch_hostile import CASES, DNS, EXPECTED, Case
 
 STARTUP_TIMEOUT = 120.0
 FETCH_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 MAX_BYTES = 1024 * 1024
 CLASSES = ["drawings", "hentai", "neutral", "porn", "sexy"]
 SMILE = (REFERENCE / "smile.jpg").read_bytes()  # 36 KB JPEG
@@ -172,7 +173,8 @@ class AppProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
         environ.update(PORT=str(self.port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(self.data_dir),
                        NSFW_COMPILED_DIR=COMPILED_DIR,
-                       NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT), NSFW_MAX_BYTES=str(MAX_BYTES), **env)
+                       NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT), NSFW_MAX_BYTES=str(MAX_BYTES),
+                       NSFW_BODY_TIMEOUT=str(BODY_TIMEOUT), **env)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,
                                             stderr=subprocess.STDOUT)
@@ -507,6 +509,82 @@ def test_hostile_multipart_and_chunked_uploads(quiet: AppProcess) -> None:
     quiet.request("POST", "/predict", body=pieces, encode_chunked=True).error(413, "too_large")
     assert quiet.request("POST", "/predict", body=iter([SMILE[:10000], SMILE[10000:]]),
                          encode_chunked=True).status == 200
+
+
+def stalled_request(port: int, head: str, first: bytes, *, drip: float | None = None,
+                    wait_for_close: bool = False) -> tuple[Reply, bool]:
+    """Send ``head`` and ``first``, then stall (or drip one more byte every ``drip`` s) until an answer.
+
+    Returns the answer and, with ``wait_for_close``, whether the server closed the connection
+    within 10 s after it (uvicorn's keep-alive timeout, 5 s, ends a connection whose body will
+    never be read).
+    """
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=BODY_TIMEOUT + 10) as sock:
+        sock.sendall(head.encode("latin-1") + first)
+        sock.settimeout(drip if drip is not None else BODY_TIMEOUT + 10)
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b"\0")  # one more byte: the deadline is for the whole body, not between bytes
+                continue
+            assert chunk, f"closed without an answer after {raw!r}"
+            raw += chunk
+        seconds = time.monotonic() - started
+        head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        sock.settimeout(10)
+        while len(rest) < int(headers.get("content-length", "0")):
+            rest += sock.recv(65536)
+        closed = False
+        if wait_for_close:
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                closed = sock.recv(1) == b""
+    return Reply(int(lines[0].split()[1]), headers, rest, seconds), closed
+
+
+STALLS = {
+    "upload": ("POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n",
+               SMILE[:1000]),
+    "multipart": ("POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  "Content-Length: 5000\r\n\r\n", b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"),
+    "batch": ("POST /predict/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              "Content-Length: 400\r\n\r\n", b'["http://a.example/x.jpg", '),
+    "chunked": ("POST /predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\n\xff\xd8\xff\r\n"),
+}
+
+
+def test_stalled_bodies_are_408_at_the_deadline_and_the_connections_close(quiet: AppProcess) -> None:
+    def stall(kind: str) -> tuple[Reply, bool]:
+        return stalled_request(quiet.port, *STALLS[kind], wait_for_close=True)
+
+    with ThreadPoolExecutor(len(STALLS)) as pool:  # together: each waits out the keep-alive timeout
+        outcomes = dict(zip(STALLS, pool.map(stall, STALLS)))
+    for kind, (reply, closed) in outcomes.items():
+        body = reply.error(408, "request_timeout")
+        assert body["timeout_s"] == BODY_TIMEOUT, kind
+        assert BODY_TIMEOUT - 0.1 <= reply.seconds < BODY_TIMEOUT + 2, (kind, reply)
+        assert closed, kind  # the rest of the body will never be read; the idle connection is closed
+
+
+def test_dripping_body_is_408_at_the_deadline_too(quiet: AppProcess) -> None:
+    head, first = STALLS["upload"]
+    reply, _closed = stalled_request(quiet.port, head, first, drip=0.3)
+    reply.error(408, "request_timeout")
+    assert BODY_TIMEOUT - 0.1 <= reply.seconds < BODY_TIMEOUT + 2, reply
+
+
+def test_stalled_uploads_give_back_their_in_flight_slots(quiet: AppProcess) -> None:
+    head, first = STALLS["upload"]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: stalled_request(quiet.port, head, first)[0], range(4)))
+    for reply in replies:
+        reply.error(408, "request_timeout")
+    assert quiet.health().json()["in_flight"]["images"] == 0
+    assert quiet.upload(SMILE, "image/jpeg").status == 200
 
 
 # Inputs echoed back in the batch answer that JSON cannot carry.

@@ -1,0 +1,37 @@
+"""nsfw_core.errors: the hierarchy its docstring draws, and the README's table of API error codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from nsfw_core import errors
+
+from .conftest import ROOT
+
+
+def all_errors() -> list[type[errors.NSFWError]]:
+    found, todo = [], [errors.NSFWError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("cls", all_errors(), ids=lambda c: c.__name__)
+def test_docstring_draws_every_error_with_its_status_and_code(cls):
+    line = next(ln for ln in errors.__doc__.splitlines() if f" {cls.__name__} " in f" {ln.strip('│├└─ ')} ")
+    assert f"{cls.status} {cls.code}" in line or (cls is errors.NSFWError and f'"{cls.code}"' in line), line
+
+
+@pytest.mark.parametrize("cls", [c for c in all_errors() if c.status != 500], ids=lambda c: c.__name__)
+def test_readme_lists_every_client_and_upstream_error_code_under_its_status(cls):
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| Status | Codes |"):]
+    row = next(ln for ln in table.splitlines() if ln.startswith(f"| {cls.status}"))
+    assert f"`{cls.code}`" in row, (cls.__name__, row)
+
+
+def test_to_dict_keeps_details_and_drops_none():
+    err = errors.RequestTimeout("slow", timeout_s=2.0, unused=None)
+    assert (err.status, err.to_dict()) == (408, {"code": "request_timeout", "message": "slow", "timeout_s": 2.0})
