@@ -251,7 +251,8 @@ async def predict_batch(request: Request) -> Response:
     authorize(request, settings.api_keys)
     service.require_ready()
     limit = settings.max_batch_items * (settings.max_url_length + BATCH_ITEM_BYTES)
-    items, detail = parse_batch(await read_body(request, limit, settings.body_timeout), settings.max_batch_items, flag(request, "detail"))
+    body = await read_body(request, limit, settings.body_timeout)
+    items, detail = parse_batch(body, settings.max_batch_items, flag(request, "detail"))
     with service.admit(len(items)):
         results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
     return JSONResponse({"results": results})
