@@ -216,9 +216,7 @@ def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, ru
     size = int(doc["input_size"])
     try:
         if runtime == "litert":
-            from .litert import load_forward
-
-            from .litert import MAX_LANES
+            from .litert import MAX_LANES, load_forward
 
             forward = load_forward(name, model_dir, doc, blob, threads=threads, lanes=MAX_LANES if lanes else 0,
                                    cache_dir=Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR)
