@@ -1,12 +1,16 @@
 """Turn untrusted image bytes into an RGB ``uint8`` array, or a typed error.
 
-The only entry points are :func:`sniff`, :func:`image_info` and :func:`decode`.
+The only entry points are :func:`sniff`, :func:`plan`, :func:`image_info` and :func:`decode`.
 
 * The format comes from the magic bytes (never from a Content-Type) and must be
   one of :data:`FORMATS`; anything else is :class:`NotAnImage` (415).
 * Only the Pillow plugin of the sniffed format is used.  The declared size is
   checked against ``max_pixels`` *before* any pixel memory is allocated
   (:class:`ImageTooLarge`, 413, with ``width``/``height`` details).
+* What the decoder will allocate on the way (tile and strip buffers, progressive
+  JPEG coefficients) is estimated from the declared structure
+  (:mod:`nsfw_core.structure`) and checked against ``max_pixels`` too, and
+  progressive JPEGs with more than ``max_scans`` scans are refused (413).
 * Truncated or corrupt data of a supported format is :class:`UndecodableImage`
   (422); every exception Pillow, zlib or numpy may raise is converted at this
   boundary (``raise ... from exc``), so callers only ever see ``NSFWError``.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import io
 import struct
 from collections.abc import Callable, Iterator
@@ -34,6 +39,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from nsfw_core import structure
 from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 
 try:  # libjpeg-turbo without Pillow's copies; optional: Pillow decodes every JPEG without it
@@ -42,6 +48,7 @@ except ImportError:  # pragma: no cover - pinned in requirements.txt
     _simplejpeg = None
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_SCANS = 100  # libjpeg's simple progression has 10 scans; encoders that tune scans stay far below 100
 
 FORMATS: dict[str, str] = {
     "jpeg": "image/jpeg",
@@ -92,21 +99,41 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What :func:`decode` will produce and what it will cost, known from the headers alone."""
+
+    format: str
+    width: int  # displayed size (EXIF orientation applied), before any JPEG draft
+    height: int
+    cost: structure.Cost
+
+
+def plan(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = DEFAULT_MAX_SCANS,
+         draft_size: int | None = None) -> Plan:
+    """Format, size and decoding cost from the headers; raises what :func:`decode` would for them.
+
+    415 for an unsupported format, 422 for an unreadable header, 413 when the
+    declared size or the decoder's working set exceeds ``max_pixels`` or a
+    progressive JPEG has more than ``max_scans`` scans.  No pixel is decoded.
+    """
+    fmt = _require_format(data)
+    with _typed_errors(fmt):
+        img = _open_checked(data, fmt, max_pixels, max_scans, draft_size)
+        return _plan_of(img, data, fmt, draft_size)
+
+
 def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
     """Format and displayed size (EXIF orientation applied) read from the header only.
 
     Raises the same errors as :func:`decode` for the header: 415, 413, 422.
     """
-    fmt = _require_format(data)
-    with _typed_errors(fmt):
-        img = _open_checked(data, fmt, max_pixels)
-        width, height = img.size
-        if _header_orientation(img) in _ROTATING_ORIENTATIONS:
-            width, height = height, width
-    return {"format": fmt, "width": width, "height": height}
+    found = plan(data, max_pixels=max_pixels)
+    return {"format": found.format, "width": found.width, "height": found.height}
 
 
-def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> np.ndarray:
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = DEFAULT_MAX_SCANS,
+           draft_size: int | None = None) -> np.ndarray:
     """Decode ``data`` to a C-contiguous RGB ``uint8`` array of shape ``(H, W, 3)``.
 
     ``draft_size``: for JPEG only, let libjpeg decode at 1/2, 1/4 or 1/8 scale
@@ -116,7 +143,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
         raise ValueError(f"draft_size must be >= 1, got {draft_size}")
     fmt = _require_format(data)
     with _typed_errors(fmt):
-        img = _open_checked(data, fmt, max_pixels)
+        img = _open_checked(data, fmt, max_pixels, max_scans, draft_size)
         if fmt == "jpeg":
             fast = _decode_jpeg_fast(data, img, draft_size)
             if fast is not None:
@@ -126,6 +153,15 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
         _load(img)
         _apply_orientation(img)
         return _to_rgb_array(img)
+
+
+def _plan_of(img: ImageFile.ImageFile, data: bytes, fmt: str, draft_size: int | None) -> Plan:
+    width, height = img.size
+    scale = _draft_scale(width, height, draft_size) if fmt == "jpeg" else 1
+    cost = structure.estimate(fmt, img, data, (-(-width // scale), -(-height // scale)))
+    if _header_orientation(img) in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    return Plan(fmt, width, height, cost)
 
 
 def _draft_scale(width: int, height: int, draft_size: int | None) -> int:
@@ -233,15 +269,33 @@ def _typed_errors(fmt: str) -> Iterator[None]:
         raise UndecodableImage(f"the {fmt} image is truncated or corrupt", format=fmt) from exc
 
 
-def _open_checked(data: bytes, fmt: str, max_pixels: int) -> ImageFile.ImageFile:
-    """Open lazily (header only) and enforce the size limits; no pixel is decoded."""
+def _open_checked(data: bytes, fmt: str, max_pixels: int, max_scans: int = DEFAULT_MAX_SCANS,
+                  draft_size: int | None = None) -> ImageFile.ImageFile:
+    """Open lazily (header only) and enforce the size and cost limits; no pixel is decoded."""
     early = _EARLY_SIZE_READERS.get(fmt)
     size = early(data) if early is not None else None
     if size is not None:
         _check_size(*size, fmt=fmt, max_pixels=max_pixels)
     img = _open(data, fmt)
     _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)
+    _check_cost(_plan_of(img, data, fmt, draft_size).cost, img.size, fmt=fmt, max_pixels=max_pixels,
+                max_scans=max_scans)
     return img
+
+
+def _check_cost(cost: structure.Cost, size: tuple[int, int], *, fmt: str, max_pixels: int, max_scans: int) -> None:
+    width, height = size
+    if cost.scans > max_scans:
+        raise ImageTooLarge(
+            f"the {fmt} image has {cost.scans} progressive scans, over the limit of {max_scans}",
+            width=width, height=height, scans=cost.scans, max_scans=max_scans,
+        )
+    if cost.pixels > max_pixels:
+        raise ImageTooLarge(
+            f"decoding the {width}x{height} {fmt} image would hold {cost.pixels} pixels of memory "
+            f"({cost.why}), over the limit of {max_pixels}",
+            width=width, height=height, decode_pixels=cost.pixels, max_pixels=max_pixels,
+        )
 
 
 def _open(data: bytes, fmt: str) -> ImageFile.ImageFile:
@@ -356,7 +410,27 @@ def _header_orientation(img: ImageFile.ImageFile) -> int:
     return orientation if isinstance(orientation, int) else 1
 
 
+# Pixels converted at a time: converting a whole image made Pillow build an RGB copy (4 bytes a
+# pixel) and numpy two more (tobytes, then the array): 10 bytes a pixel on top of the decoded
+# image, 528 MB for a 50,000,000x1 grey PNG.  In tiles the extra memory is the output array.
+_CONVERT_TILE = 1 << 22
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    width, height = img.size
+    if width * height <= _CONVERT_TILE:
+        return _tile_to_rgb(img)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    tile_w = min(width, _CONVERT_TILE)
+    tile_h = max(1, _CONVERT_TILE // tile_w)
+    for y in range(0, height, tile_h):
+        for x in range(0, width, tile_w):
+            box = (x, y, min(x + tile_w, width), min(y + tile_h, height))
+            out[box[1]:box[3], box[0]:box[2]] = _tile_to_rgb(img.crop(box))
+    return out
+
+
+def _tile_to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in _WIDE_GREY_MODES or img.mode == "F":
         grey = _grey_to_uint8(np.asarray(img), img.mode)
         return np.ascontiguousarray(np.repeat(grey[:, :, np.newaxis], 3, axis=2))
