@@ -8,9 +8,10 @@ Hierarchy::
     │   ├── ForbiddenAddress       403 forbidden_address: resolves to loopback/private/reserved space
     │   ├── TooManyRedirects       400 too_many_redirects: redirect chain over the limit or a loop
     │   ├── TooLarge               413 too_large: body over the byte cap
-    │   ├── ImageTooLarge          413 image_too_large: more pixels than the pixel limit (bombs)
+    │   ├── ImageTooLarge          413 image_too_large: more pixels, decoder memory or JPEG scans than the limits
     │   ├── NotAnImage             415 not_an_image: the bytes are not a supported image format
     │   ├── UndecodableImage       422 undecodable_image: an image format, but truncated or corrupt
+    │   ├── DecodeTimeout          422 decode_timeout: decoding took longer than NSFW_DECODE_TIMEOUT
     │   ├── Unauthorized           401 unauthorized: API key missing or wrong
     │   ├── RequestTimeout         408 request_timeout: the client took too long to send the body
     │   └── BadRequest             400 bad_request: any other malformed request
@@ -91,6 +92,11 @@ class NotAnImage(InputError):
 class UndecodableImage(InputError):
     status = 422
     code = "undecodable_image"
+
+
+class DecodeTimeout(InputError):
+    status = 422
+    code = "decode_timeout"
 
 
 class Unauthorized(InputError):

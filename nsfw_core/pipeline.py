@@ -23,6 +23,7 @@ from . import decode as _decode
 from . import fetch as _fetch
 from .errors import InvalidURL, NSFWError, TooLarge
 from .model import Model, scores_dict
+from .sandbox import Sandbox
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 # JPEG draft decoding keeps the shorter side at least this many times the model's
@@ -107,30 +108,70 @@ class PixelBudget:
 
 
 _budgets: dict[int, PixelBudget] = {}
-_budgets_lock = threading.Lock()
+_sandboxes: dict[tuple[int, float], Sandbox] = {}
+_shared_lock = threading.Lock()
 
 
 def pixel_budget(pixels: int) -> PixelBudget:
     """The process-wide budget of this size (shared by the API's workers and the pages)."""
-    with _budgets_lock:
+    with _shared_lock:
         return _budgets.setdefault(pixels, PixelBudget(pixels))
+
+
+def sandbox(settings: Any) -> Sandbox:
+    """The process-wide isolated decode lane for these settings (shared by the API and the pages)."""
+    key = (settings.decode_processes, settings.decode_timeout)
+    with _shared_lock:
+        if key not in _sandboxes:
+            _sandboxes[key] = Sandbox(settings.decode_processes, settings.decode_timeout)
+        return _sandboxes[key]
+
+
+def _limits(model: Model, settings: Any) -> dict[str, Any]:
+    draft = model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None
+    return {"max_pixels": settings.max_pixels, "max_scans": settings.max_jpeg_scans, "draft_size": draft}
+
+
+def plan_for(model: Model, data: bytes, settings: Any) -> _decode.Plan:
+    """Read the headers and apply every limit (413/415/422) before anything is decoded."""
+    return _decode.plan(data, **_limits(model, settings))
 
 
 def decode_for(model: Model, data: bytes, settings: Any) -> np.ndarray:
     """Decode with the configured limits (and JPEG draft at DRAFT_FACTOR x the model's input).
 
-    The header is read first (cheap, and it applies the pixel limit); the
-    decode then waits for its share of ``NSFW_DECODE_PIXEL_BUDGET``.
+    The header is read first (cheap, and it applies the limits); the decode then
+    waits for its cost's share of ``NSFW_DECODE_PIXEL_BUDGET``.  An expensive image
+    decodes in the isolated lane, whose answer is at most ``PREVIEW_SIDE`` pixels a
+    side (this function feeds previews; :func:`prepare` feeds the model).
     """
-    info = _decode.image_info(data, max_pixels=settings.max_pixels)
-    draft = model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None
-    with pixel_budget(settings.decode_pixel_budget).hold(int(info["width"]) * int(info["height"])):
-        return _decode.decode(data, max_pixels=settings.max_pixels, draft_size=draft)
+    plan = plan_for(model, data, settings)
+    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
+        if plan.cost.inline:
+            return _decode.decode(data, **_limits(model, settings))
+        return sandbox(settings).decode(data, limits=_limits(model, settings), cost_pixels=plan.cost.pixels)
+
+
+def prepare_inline(model: Model, data: bytes, plan: _decode.Plan, settings: Any) -> np.ndarray:
+    """Decode a cheap image (``plan.cost.inline``) in this thread and preprocess it."""
+    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
+        rgb = _decode.decode(data, **_limits(model, settings))
+    return model.preprocess(rgb)
+
+
+def prepare_isolated(model: Model, data: bytes, plan: _decode.Plan, settings: Any) -> np.ndarray:
+    """Decode and preprocess an expensive image in the isolated lane, under NSFW_DECODE_TIMEOUT."""
+    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
+        return sandbox(settings).prepare(data, size=model.input_size, limits=_limits(model, settings),
+                                         cost_pixels=plan.cost.pixels)
 
 
 def prepare(model: Model, data: bytes, settings: Any) -> np.ndarray:
     """bytes -> the (S, S, 3) float32 model input. Raises the core's typed errors."""
-    return model.preprocess(decode_for(model, data, settings))
+    plan = plan_for(model, data, settings)
+    if plan.cost.inline:
+        return prepare_inline(model, data, plan, settings)
+    return prepare_isolated(model, data, plan, settings)
 
 
 def iter_sources(inputs: Iterable[str]) -> list[str]:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError, Overloaded
 from .fetch import fetch
 from .model import Model, load_for, scores_dict
-from .pipeline import prepare
+from .decode import Plan
+from .pipeline import plan_for, prepare_inline, prepare_isolated, sandbox
 from .review import ReviewQueue, should_queue
 from .settings import load_settings
 from .verdict import ThresholdStore
@@ -37,6 +38,13 @@ from .verdict import ThresholdStore
 log = logging.getLogger(__name__)
 
 UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
+
+
+class _Isolate(NamedTuple):
+    """An expensive image, read and checked by a worker, to be decoded in the isolated lane."""
+
+    plan: Plan
+    data: bytes
 
 
 def _ms(seconds: float) -> float:
@@ -50,6 +58,9 @@ class Service:
         self.settings = settings
         self.thresholds = ThresholdStore.from_settings(settings)
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="nsfw-worker")
+        # Threads that wait for the isolated decode lane, one per decode process: an expensive image
+        # waits there, never in a worker thread that cheap images need.
+        self.isolated = ThreadPoolExecutor(settings.decode_processes, thread_name_prefix="nsfw-isolated")
         self.batcher: MicroBatcher | None = None
         self.reason = "the model is loading"
         self._model: Model | None = None
@@ -95,6 +106,7 @@ class Service:
         self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
                                     queue_size=s.queue_size, expecting=lambda: self.preparing)
         self.batcher.start()
+        await asyncio.to_thread(sandbox(s).warm)
         self.reason = ""
         log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
 
@@ -106,6 +118,8 @@ class Service:
             await self.batcher.stop()
         self.reason = "the service is shutting down"
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.isolated.shutdown(wait=False, cancel_futures=True)
+        sandbox(self.settings).close()
         if self._review is not None:
             self._review.close()
 
@@ -185,21 +199,37 @@ class Service:
     async def _in_worker(self, fn: Any, arg: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
 
-    async def _preparing(self, fn: Any, arg: Any) -> Any:
-        """Run a fetch/decode step in a worker, counted in ``preparing`` for the batcher."""
+    async def _preparing(self, fn: Any, *args: Any) -> Any:
+        """Run a fetch/decode step in a worker, counted in ``preparing`` for the batcher.
+
+        A cheap image is decoded in the worker; an expensive one (the step hands back
+        an :class:`_Isolate`) then waits for the isolated lane on a
+        thread of its own, leaving the workers to cheap images.
+        """
         self.preparing += 1
         try:
-            return await self._in_worker(fn, arg)
+            loop = asyncio.get_running_loop()
+            *head, x, sha, decode_s = await loop.run_in_executor(self.executor, fn, *args)
+            if isinstance(x, _Isolate):
+                t0 = time.perf_counter()
+                x = await loop.run_in_executor(self.isolated, prepare_isolated, self.model, x.data, x.plan,
+                                               self.settings)
+                decode_s += time.perf_counter() - t0
+            return (*head, x, sha, decode_s)
         finally:
             self.preparing -= 1
 
-    def _prepare(self, data: bytes) -> tuple[np.ndarray, str, float]:
-        """Worker thread: decode with the limits and preprocess; hash the bytes."""
+    def _prepare(self, data: bytes) -> tuple[np.ndarray | _Isolate, str, float]:
+        """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
         t0 = time.perf_counter()
-        x = prepare(self.model, data, self.settings)
-        return x, hashlib.sha256(data).hexdigest(), time.perf_counter() - t0
+        plan = plan_for(self.model, data, self.settings)
+        sha = hashlib.sha256(data).hexdigest()
+        if not plan.cost.inline:
+            return _Isolate(plan, data), sha, time.perf_counter() - t0
+        x = prepare_inline(self.model, data, plan, self.settings)
+        return x, sha, time.perf_counter() - t0
 
-    def _fetch_and_prepare(self, url: str) -> tuple[float, np.ndarray, str, float]:
+    def _fetch_and_prepare(self, url: str) -> tuple[float, np.ndarray | _Isolate, str, float]:
         """Worker thread: fetch (SSRF-safe, capped) then prepare."""
         t0 = time.perf_counter()
         content = fetch(url, self.settings).content

@@ -1,0 +1,261 @@
+"""The isolated decode lane: expensive decodes run in child processes, under a deadline.
+
+A decoder cannot be interrupted in a thread: a hostile file that keeps libjpeg or
+libtiff busy for a minute would hold a worker thread for that minute.  Decodes
+whose declared cost is high (:attr:`nsfw_core.structure.Cost.inline` is False:
+large or progressive images, every TIFF) therefore run in one of at most
+``processes`` child processes (``python -m nsfw_core.sandbox``), which
+
+* get ``timeout`` seconds per decode, after which the child is killed (SIGKILL),
+  the caller gets :class:`~nsfw_core.errors.DecodeTimeout` (422) and a fresh
+  child takes its place on the next call;
+* may only grow their address space by what the image's declared cost allows
+  (``RLIMIT_AS``): a decoder that allocates more than it declared gets
+  ``MemoryError``, answered as :class:`~nsfw_core.errors.ImageTooLarge` (413);
+* send back only the small result (the model input, or a bounded preview), framed
+  as a JSON header plus raw array bytes: no pickle crosses the boundary, so a
+  compromised decoder cannot run code in the server.
+
+Cheap decodes (the common case: ordinary JPEGs and PNGs) stay in the worker
+threads, where they cost nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .errors import DecodeTimeout, ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+
+ROOT = Path(__file__).resolve().parent.parent
+_FRAME = struct.Struct("<II")  # header length, payload length
+_MAX_HEADER = 1 << 16
+_ERRORS: dict[str, type[NSFWError]] = {cls.__name__: cls for cls in (ImageTooLarge, NotAnImage, UndecodableImage)}
+_DTYPES = {"float32": np.float32, "uint8": np.uint8}
+# Address space a child may add on top of what it uses idle, per pixel of declared cost, and at
+# least: decoding holds the decoder's buffers, Pillow's image (4 bytes a pixel) and the RGB array.
+BYTES_PER_COST_PIXEL = 12
+MIN_HEADROOM = 256 << 20
+PREVIEW_SIDE = 2048  # largest side of the RGB array an isolated decode sends back
+
+
+class Sandbox:
+    """At most ``processes`` isolated decodes at once; each under ``timeout`` seconds."""
+
+    def __init__(self, processes: int, timeout: float) -> None:
+        self.processes = processes
+        self.timeout = timeout
+        self._slots = threading.BoundedSemaphore(processes)
+        self._idle: list[_Child] = []
+        self._lock = threading.Lock()
+        self.killed = 0  # children killed at their deadline (for tests and /health)
+
+    def prepare(self, data: bytes, *, size: int, limits: dict[str, Any], cost_pixels: int) -> np.ndarray:
+        """Decode and preprocess in a child: the (size, size, 3) float32 model input."""
+        out = self._call({"op": "prepare", "size": size, **limits}, data, cost_pixels)
+        if out.shape != (size, size, 3) or out.dtype != np.float32:
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        return out
+
+    def decode(self, data: bytes, *, limits: dict[str, Any], cost_pixels: int) -> np.ndarray:
+        """Decode in a child: an RGB uint8 array whose longer side is at most PREVIEW_SIDE."""
+        out = self._call({"op": "decode", **limits}, data, cost_pixels)
+        if out.ndim != 3 or out.shape[2] != 3 or out.dtype != np.uint8:
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        return out
+
+    def warm(self) -> None:
+        """Start one child ahead of the first isolated decode (it imports numpy and Pillow: ~0.3 s)."""
+        with self._lock:
+            if not self._idle:
+                self._idle.append(_Child.start())
+
+    def close(self) -> None:
+        with self._lock:
+            children, self._idle = self._idle, []
+        for child in children:
+            child.kill()
+
+    def _call(self, request: dict[str, Any], data: bytes, cost_pixels: int) -> np.ndarray:
+        request["headroom"] = max(MIN_HEADROOM, BYTES_PER_COST_PIXEL * cost_pixels)
+        with self._slots:
+            with self._lock:
+                child = self._idle.pop() if self._idle else None
+            if child is None or child.proc.poll() is not None:
+                child = _Child.start()
+            try:
+                result = child.call(request, data, self.timeout)
+            except DecodeTimeout:
+                self.killed += 1
+                child.kill()
+                raise
+            except BaseException:
+                child.kill()
+                raise
+            with self._lock:
+                self._idle.append(child)
+            return result
+
+
+class _Child:
+    """One ``python -m nsfw_core.sandbox`` process and its pipes."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.timeout = 0.0
+
+    @classmethod
+    def start(cls) -> "_Child":
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.Popen([sys.executable, "-m", "nsfw_core.sandbox"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=env, close_fds=True)
+        return cls(proc)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self.proc.wait()
+
+    def call(self, request: dict[str, Any], data: bytes, timeout: float) -> np.ndarray:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.timeout = timeout
+        deadline = time.monotonic() + timeout
+        header = json.dumps(request).encode()
+        try:
+            self.proc.stdin.write(_FRAME.pack(len(header), len(data)) + header)
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise UndecodableImage("the isolated decoder is not running") from exc
+        fd = self.proc.stdout.fileno()
+        head_len, body_len = _FRAME.unpack(self._read(fd, _FRAME.size, deadline))
+        if head_len > _MAX_HEADER or body_len > (256 << 20):
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        reply = json.loads(self._read(fd, head_len, deadline))
+        body = self._read(fd, body_len, deadline)
+        if not reply.get("ok"):
+            cls = _ERRORS.get(str(reply.get("error")), UndecodableImage)
+            details = reply.get("details") if isinstance(reply.get("details"), dict) else {}
+            raise cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
+        dtype = _DTYPES.get(str(reply.get("dtype")))
+        shape = tuple(int(n) for n in reply.get("shape", ()))
+        if dtype is None or len(shape) != 3 or int(np.prod(shape)) * np.dtype(dtype).itemsize != len(body):
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
+
+    def _read(self, fd: int, n: int, deadline: float) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise DecodeTimeout(f"decoding the image took longer than the {self.timeout:g} s deadline "
+                                    "(NSFW_DECODE_TIMEOUT)", timeout_s=self.timeout)
+            chunk = os.read(fd, min(n - got, 1 << 20))
+            if not chunk:
+                code = self.proc.poll()
+                if code is not None and code < 0 and -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT):
+                    raise UndecodableImage(f"the decoder crashed on this image (signal {-code})")
+                raise UndecodableImage("the decoder stopped on this image")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- the child
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError
+    return data
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    from . import decode as _decode
+    from .model import resize_bilinear
+
+    _decode.decode(_decode_probe())  # import every plugin now, outside any limit
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    while True:
+        try:
+            head_len, body_len = _FRAME.unpack(_read_exact(stdin, _FRAME.size))
+            request = json.loads(_read_exact(stdin, head_len))
+            data = _read_exact(stdin, body_len)
+        except EOFError:
+            return
+        limit = _address_space() + int(request["headroom"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+        try:
+            rgb = _decode.decode(data, max_pixels=int(request["max_pixels"]), max_scans=int(request["max_scans"]),
+                                 draft_size=request.get("draft_size"))
+            if request["op"] == "prepare":
+                out = resize_bilinear(rgb, int(request["size"]))
+                out *= np.float32(1.0 / 255.0)
+            else:
+                out = _preview(rgb)
+            del rgb
+            reply: dict[str, Any] = {"ok": True, "dtype": str(out.dtype), "shape": list(out.shape)}
+            body = np.ascontiguousarray(out).tobytes()
+        except MemoryError:
+            reply, body = {"ok": False, "error": "ImageTooLarge",
+                           "message": "decoding the image needed more memory than its declared size allows"}, b""
+        except NSFWError as exc:
+            reply, body = {"ok": False, "error": type(exc).__name__, "message": exc.message,
+                           "details": exc.details}, b""
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        header = json.dumps(reply, default=str).encode()
+        stdout.write(_FRAME.pack(len(header), len(body)) + header + body)
+        stdout.flush()
+
+
+def _preview(rgb: np.ndarray) -> np.ndarray:
+    if max(rgb.shape[:2]) <= PREVIEW_SIDE:
+        return rgb
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return np.asarray(img)
+
+
+def _decode_probe() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+if __name__ == "__main__":  # pragma: no cover - run as the child process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is for the server
+    _protocol = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the replies
+    _serve(sys.stdin.buffer, _protocol)
