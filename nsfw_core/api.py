@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -52,8 +53,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 MULTIPART_SLACK = 64 * 1024  # room for the multipart headers and boundaries around the file
 BATCH_ITEM_BYTES = 512  # JSON room per batch item besides its URL
 UPLOAD_FIELDS = ("file", "image")
+MAX_ID_LENGTH = 256  # characters in a batch item's string id
+MAX_ID_NUMBER = 2**53 - 1  # a batch item's numeric id: within what a JSON number carries exactly everywhere
 TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("", "0", "false", "no", "off")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 # ---------------------------------------------------------------- errors -> HTTP
@@ -150,8 +153,10 @@ def authorize(request: Request, api_keys: tuple[str, ...]) -> None:
 
 
 def flag(request: Request, name: str) -> bool:
-    """A boolean query parameter (1/0, true/false, yes/no, on/off)."""
-    value = request.query_params.get(name, "").strip().lower()
+    """A boolean query parameter (1/0, true/false, yes/no, on/off; absent is false, empty is 400)."""
+    if name not in request.query_params:
+        return False
+    value = request.query_params[name].strip().lower()
     if value in TRUE_WORDS:
         return True
     if value in FALSE_WORDS:
@@ -254,17 +259,25 @@ async def predict_batch(request: Request) -> Response:
     body = await read_body(request, limit, settings.body_timeout)
     items, detail = parse_batch(body, settings.max_batch_items, flag(request, "detail"))
     with service.admit(len(items)):
-        results = await asyncio.gather(*(batch_item(service, item, detail) for item in items))
+        results = await asyncio.gather(*(batch_item(service, ident, url, detail) for ident, url in items))
     return JSONResponse({"results": results})
 
 
-def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[Any], bool]:
-    """``{"items": [...], "detail": bool}`` or ``[...]`` -> (items, detail)."""
+def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[tuple[Any, str]], bool]:
+    """``{"items": [...], "detail": bool}`` or ``[...]`` -> ([(id, url), ...], detail).
+
+    The whole body is checked before any work starts, so that nothing the
+    answer echoes back (ids and urls) can fail to encode after the images were
+    classified: an item is a non-empty URL string, or an object with a ``url``
+    (non-empty string) and an optional ``id`` (null, a string of at most
+    :data:`MAX_ID_LENGTH` characters, or a number within +-:data:`MAX_ID_NUMBER`;
+    not a boolean).  Anything else is 400 ``bad_request`` for the whole request,
+    naming the item.  What a URL points to (or whether it can be fetched) is
+    judged per item, as before.
+    """
     try:
         doc = json.loads(raw)
-        # ids and urls are echoed back: refuse what the JSON answer could not carry (NaN, 1e400, lone surrogates)
-        json.dumps(doc, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError; deep nesting recurses
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting recurses
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if isinstance(doc, dict):
         if "items" not in doc:
@@ -277,16 +290,73 @@ def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[Any], bo
         raise BadRequest('expected {"items": [{"id": ..., "url": ...}, ...]} or a list of URLs')
     if len(doc) > max_items:
         raise TooManyItems(f"{len(doc)} items; at most {max_items} per request", limit=max_items)
-    return doc, detail
+    return [_batch_entry(index, item) for index, item in enumerate(doc)], detail
 
 
-async def batch_item(service: Service, item: Any, detail: bool) -> dict[str, Any]:
-    """One batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or ``{"id", "url", "error"}``."""
-    ident, url = (item.get("id"), item.get("url")) if isinstance(item, dict) else (None, item)
+def _batch_entry(index: int, item: Any) -> tuple[Any, str]:
+    """One item of the batch body -> (id, url), or 400 ``bad_request`` naming the item."""
+    if isinstance(item, dict):
+        ident, url = item.get("id"), item.get("url")
+        where = f"items[{index}]"
+        if not _valid_id(ident):
+            raise BadRequest(f"{where}.id must be a string of at most {MAX_ID_LENGTH} characters or a number "
+                             f"between -{MAX_ID_NUMBER} and {MAX_ID_NUMBER}, got {_kind(ident)}", item=index)
+        if "url" not in item:
+            raise BadRequest(f'{where} needs a "url"', item=index)
+    else:
+        ident, url, where = None, item, f"items[{index}]"
+    if not isinstance(url, str) or not url:
+        what = "an empty string" if url == "" else "a number" if isinstance(url, (int, float)) \
+            and not isinstance(url, bool) else _kind(url)
+        raise BadRequest(f"{where}{'.url' if isinstance(item, dict) else ''} must be a non-empty URL string "
+                         f"(or an object with one), got {what}", item=index)
+    if not _encodable(url):
+        raise BadRequest(f"{where} has a URL that is not valid Unicode (a lone surrogate)", item=index)
+    return ident, url
+
+
+def _valid_id(ident: Any) -> bool:
+    if ident is None:
+        return True
+    if isinstance(ident, str):
+        return len(ident) <= MAX_ID_LENGTH and _encodable(ident)
+    if isinstance(ident, bool):
+        return False
+    if isinstance(ident, int):
+        return -MAX_ID_NUMBER <= ident <= MAX_ID_NUMBER
+    if isinstance(ident, float):
+        return math.isfinite(ident) and -MAX_ID_NUMBER <= ident <= MAX_ID_NUMBER
+    return False
+
+
+def _encodable(text: str) -> bool:
+    """False for strings the JSON answer could not carry as UTF-8 (lone surrogates from \\ud800 escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for error messages (never the value itself: it may be huge)."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters" if len(value) > MAX_ID_LENGTH else "a string that is not valid Unicode"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a non-finite number"
+    if isinstance(value, (int, float)):
+        return "a number out of range"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
+async def batch_item(service: Service, ident: Any, url: str, detail: bool) -> dict[str, Any]:
+    """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or ``{"id", "url", "error"}``."""
     out: dict[str, Any] = {"id": ident, "url": url}
     try:
-        if not isinstance(url, str) or not url:
-            raise InvalidURL('each item needs a "url" string')
         result = await service.classify_url(url)
     except Exception as exc:  # noqa: BLE001 - one bad item must not fail the others
         out["error"] = as_error(exc).to_dict()
@@ -317,8 +387,8 @@ async def health(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    """GET /openapi.json."""
-    return JSONResponse(openapi_document())
+    """GET /openapi.json, with this server's limits (URL length, items per batch)."""
+    return JSONResponse(openapi_document(get_service().settings))
 
 
 routes: list[BaseRoute] = [
@@ -378,8 +448,26 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("Error"), "Error, see code") for s in statuses}
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of :data:`routes` (a test checks that paths and methods match)."""
+# The form of URL that /predict?url= documents: http(s), a host name (the last label starts with a
+# letter, so it is not a numeric IPv4 spelling; no '--', so no xn-- label), an optional port 1-65535,
+# an ASCII path and query.  Every such URL passes the API's syntax checks (a test draws them with
+# hypothesis); whether it can be fetched is another matter (403, 502, 504).  The API accepts more (IP
+# literals, international names): the fetcher is the authority, the pattern the documented subset.
+URL_PATTERN = (r"^https?://(?:[A-Za-z0-9_](?:-?[A-Za-z0-9_]){0,29}\.){0,3}[A-Za-z](?:-?[A-Za-z0-9_]){0,29}"
+               r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+               r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?(?:\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
+
+
+def openapi_document(settings: Any = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of :data:`routes` (a test checks that paths and methods match).
+
+    Limits that are settings (URL length, items per batch) come from ``settings``
+    (the defaults without it).  ``tests/test_openapi_conformance.py`` runs
+    schemathesis against a real server with this document.
+    """
+    if settings is None:
+        settings = load_settings(environ={})
+    max_url = settings.max_url_length
     number = {"type": "number"}
     scores = {"type": "object", "properties": {c: number for c in CLASS_NAMES},
               "required": list(CLASS_NAMES), "additionalProperties": False}
@@ -400,17 +488,25 @@ def openapi_document() -> dict[str, Any]:
         "review_error": {"type": "string"}}}
     error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
              "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
-    item_id = {"type": ["string", "integer", "null"]}
+    item_id = {"type": ["string", "number", "null"], "maxLength": MAX_ID_LENGTH,
+               "minimum": -MAX_ID_NUMBER, "maximum": MAX_ID_NUMBER,
+               "description": f"echoed back: a string of at most {MAX_ID_LENGTH} characters or a number "
+                              f"within +-{MAX_ID_NUMBER} (2^53 - 1); null or absent for none"}
+    item_url = {"type": "string", "minLength": 1,
+                "description": "the image URL; a URL that cannot be fetched (invalid_url, forbidden_address, "
+                               "upstream_*) is that item's error, not the request's"}
     batch_request = {"oneOf": [
-        {"type": "array", "items": {"type": "string"}},
+        {"type": "array", "items": item_url, "maxItems": settings.max_batch_items},
         {"type": "object", "required": ["items"], "properties": {
-            "items": {"type": "array", "items": {"oneOf": [
-                {"type": "string"},
-                {"type": "object", "required": ["url"],
-                 "properties": {"id": item_id, "url": {"type": "string"}}}]}},
-            "detail": {"type": "boolean", "default": False}}}]}
+            "items": {"type": "array", "maxItems": settings.max_batch_items, "items": {"oneOf": [
+                item_url,
+                {"type": "object", "required": ["url"], "properties": {"id": item_id, "url": item_url}}]}},
+            "detail": {"type": "boolean", "default": False}}}],
+        "description": "An item that does not match (an id of another type, a url that is not a non-empty "
+                       "string) makes the whole request 400 bad_request, with the item's index in 'item'; "
+                       f"over {settings.max_batch_items} items (NSFW_MAX_BATCH_ITEMS) is 413 too_many_items"}
     batch_result = {"type": "object", "required": ["id", "url"], "properties": {
-        "id": item_id, "url": {"type": "string"}, "scores": _ref("Scores"), "verdict": verdict,
+        "id": item_id, "url": {"type": "string", "minLength": 1}, "scores": _ref("Scores"), "verdict": verdict,
         "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
     health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
                  "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
@@ -418,23 +514,28 @@ def openapi_document() -> dict[str, Any]:
                                 "thresholds": thresholds,
                                 "warnings": {"type": "array", "items": {"type": "string"}},
                                 "batcher": {"type": "object"}}}
-    binary = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
-    multipart = {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
+    image_bytes = {"type": "string", "format": "binary", "minLength": 1,
+                   "description": "JPEG, PNG, GIF, WebP, BMP or TIFF bytes, at most NSFW_MAX_BYTES; other bytes "
+                                  "are 415 not_an_image, damaged ones 422, too large 413"}
+    binary = {"schema": image_bytes}
+    multipart = {"schema": {"type": "object", "properties": {"file": image_bytes}, "required": ["file"],
+                            "description": "the image as a file part named 'file' ('image' is accepted too, "
+                                           "when there is no 'file')"},
+                 "encoding": {"file": {"contentType": "application/octet-stream"}}}
     auth = [{}, {"bearer": []}]  # optional: required only when NSFW_API_KEYS is set
-    query = [
-        {"name": "url", "in": "query", "schema": {"type": "string"},
-         "description": "http(s) URL of the image; omit it to send the image in the body"},
-        {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
-         "description": "true: the rich answer (Detail) instead of the five scores"},
-    ]
+    url_param = {"name": "url", "in": "query",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": max_url, "pattern": URL_PATTERN},
+                 "description": "http(s) URL of the image (at most NSFW_MAX_URL_LENGTH characters, no "
+                                "credentials); omit it to send the image in the body instead (not both: 400)"}
+    detail_param = {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
+                    "description": "true: the rich answer (Detail) instead of the five scores"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "NSFW image moderation API", "version": "1.0.0"},
         "paths": {
             "/predict": {"post": {
                 "summary": "Classify one image (by URL or uploaded)",
-                "operationId": "predict", "security": auth, "parameters": query,
+                "operationId": "predict", "security": auth, "parameters": [url_param, detail_param],
                 "requestBody": {"required": False, "content": {
                     "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
                 "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
@@ -443,7 +544,7 @@ def openapi_document() -> dict[str, Any]:
             "/predict/batch": {"post": {
                 "summary": "Classify many image URLs; errors are reported per item",
                 "operationId": "predictBatch", "security": auth,
-                "parameters": [query[1]],
+                "parameters": [detail_param],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
                 "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
                     "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),

@@ -137,20 +137,21 @@ def test_batch_keeps_order_and_ids_and_reports_bad_items_alone(client, images):
         {"id": "a", "url": images.url("/house.jpg")},
         {"id": "b", "url": images.url("/missing.jpg")},
         {"id": 3, "url": images.url("/smile.jpg")},
-        {"id": "d"},
+        {"id": 4.5, "url": "not a url"},
         {"id": "e", "url": "ftp://example.com/x.jpg"},
     ]
     response = client.post("/predict/batch", json={"items": items})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert [r["id"] for r in results] == ["a", "b", 3, "d", "e"]
+    assert [r["id"] for r in results] == ["a", "b", 3, 4.5, "e"]
     assert [r.get("url") for r in results] == [i.get("url") for i in items]
     assert set(results[0]) == {"id", "url", "scores", "verdict"}
     assert list(results[0]["scores"]) == list(CLASS_NAMES) and results[0]["verdict"] in VERDICTS
     assert results[1]["error"] == {"code": "upstream_error", "message": results[1]["error"]["message"],
                                    "upstream_status": 404}
     assert set(results[2]) == {"id", "url", "scores", "verdict"}
-    assert results[3]["error"]["code"] == "invalid_url"
+    assert results[3] == {"id": 4.5, "url": "not a url", "error": {
+        "code": "invalid_url", "message": "the URL contains whitespace or control characters"}}
     assert results[4]["error"]["code"] == "invalid_url"
     single = client.post("/predict", params={"url": images.url("/house.jpg")}).json()
     assert results[0]["scores"] == pytest.approx(single, abs=1e-5)
@@ -171,6 +172,78 @@ def test_batch_accepts_a_plain_list_and_detail(client, images):
 def test_batch_malformed_body_is_400(client, body):
     error_of(client.post("/predict/batch", content=body, headers={"content-type": "application/json"}),
              400, "bad_request")
+
+
+MAX_ID = 2**53 - 1
+BAD_ITEMS = [  # (item, what the message says about it)
+    ({"id": [[["deep"]]], "url": "http://example.com/a.jpg"}, "items[1].id must be a string of at most 256 "
+                                                             "characters or a number between -9007199254740991 "
+                                                             "and 9007199254740991, got a list"),
+    ({"id": {"a": 1}, "url": "http://example.com/a.jpg"}, "got an object"),
+    ({"id": True, "url": "http://example.com/a.jpg"}, "got a boolean"),
+    ({"id": "x" * 257, "url": "http://example.com/a.jpg"}, "got a string of 257 characters"),
+    ({"id": MAX_ID + 1, "url": "http://example.com/a.jpg"}, "got a number out of range"),
+    ({"id": -1e300, "url": "http://example.com/a.jpg"}, "got a number out of range"),
+    ({"id": "a"}, 'items[1] needs a "url"'),
+    ({"id": "a", "url": None}, "items[1].url must be a non-empty URL string (or an object with one), got null"),
+    ({"id": "a", "url": {}}, "got an object"),
+    ({"id": "a", "url": ["http://example.com/a.jpg"]}, "got a list"),
+    ({"id": "a", "url": 7}, "got a number"),
+    ({"id": "a", "url": ""}, "got an empty string"),
+    ("", "items[1] must be a non-empty URL string (or an object with one), got an empty string"),
+    (5, "got a number"),
+    (None, "got null"),
+    ([["http://example.com/a.jpg"]], "got a list"),
+]
+
+
+@pytest.mark.parametrize("item,message", BAD_ITEMS, ids=[str(i) for i in range(len(BAD_ITEMS))])
+def test_batch_item_of_the_wrong_shape_is_400_for_the_request(client, images, item, message):
+    """Checked before any work: an id or url the answer could not carry never reaches the encoder."""
+    items = [{"id": "ok", "url": images.url("/house.jpg")}, item]
+    body = error_of(client.post("/predict/batch", json={"items": items}), 400, "bad_request")
+    assert message in body["message"], body
+    assert body["item"] == 1
+
+
+def test_batch_with_a_bad_item_fetches_nothing(default_model, tmp_path):
+    with serve() as server, running(make_settings(tmp_path, allow_private_hosts=(server.netloc,))) as c:
+        url = server.route("/house.jpg", image(HOUSE, "image/jpeg"))
+        error_of(c.post("/predict/batch", json=[url, {"id": [1], "url": url}]), 400, "bad_request")
+        assert server.connections == 0
+
+
+def test_batch_ids_within_the_limits_are_echoed_exactly(client):
+    ids = [None, "", "x" * 256, MAX_ID, -MAX_ID, 0, 1.5, -0.25, 1e-300, "\u00e9\U0001f600"]
+    items = [{"id": i, "url": "ftp://example.com/x.jpg"} for i in ids]
+    response = client.post("/predict/batch", json={"items": items})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == ids
+    assert {r["error"]["code"] for r in results} == {"invalid_url"}
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000,  # unclosed: the parser recurses before it could notice
+    b'{"items": ' + b"[" * 60_000 + b"]" * 60_000 + b"}",
+    b'{"items": [{"url": "http://example.com/a.jpg", "id": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+    b'[{"id": NaN, "url": "http://example.com/a.jpg"}]',
+    b'[{"id": Infinity, "url": "http://example.com/a.jpg"}]',
+    b'[{"id": 1e400, "url": "http://example.com/a.jpg"}]',
+    b'[{"id": "\\ud800", "url": "http://example.com/a.jpg"}]',
+    b'["http://example.com/\\udfff.jpg"]',
+], ids=["deep-list", "deep-items", "deep-id", "nan-id", "infinity-id", "huge-id", "surrogate-id", "surrogate-url"])
+def test_batch_deep_or_unencodable_json_is_400(client, body):
+    body = error_of(client.post("/predict/batch", content=body, headers={"content-type": "application/json"}),
+                    400, "bad_request")
+    assert len(body["message"]) < 500
+
+
+def test_empty_or_unknown_detail_flag_is_400(client, images):
+    for query in ("detail=", "detail=maybe"):
+        error_of(client.post(f"/predict?{query}", content=HOUSE), 400, "bad_request")
+        error_of(client.post(f"/predict/batch?{query}", json=[]), 400, "bad_request")
+    assert client.post("/predict/batch?detail=on", json=[]).json() == {"results": []}
 
 
 def test_batch_over_the_item_limit_is_413(default_model, tmp_path):
@@ -421,3 +494,46 @@ def test_openapi_describes_exactly_the_routes(client):
     schemas = doc["components"]["schemas"]
     assert schemas["Scores"]["required"] == list(CLASS_NAMES)
     assert schemas["Error"]["required"] == ["code", "message"]
+
+
+def test_openapi_says_what_a_batch_item_and_a_url_may_be(client):
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    item = batch["oneOf"][1]["properties"]["items"]["items"]["oneOf"][1]
+    assert item["required"] == ["url"]
+    assert item["properties"]["id"] == schemas["BatchResult"]["properties"]["id"]
+    assert {k: item["properties"]["id"][k] for k in ("type", "maxLength", "minimum", "maximum")} == {
+        "type": ["string", "number", "null"], "maxLength": 256, "minimum": -(2**53 - 1), "maximum": 2**53 - 1}
+    assert item["properties"]["url"]["type"] == "string" and item["properties"]["url"]["minLength"] == 1
+    assert batch["oneOf"][0]["maxItems"] == 64
+    url = doc["paths"]["/predict"]["post"]["parameters"][0]
+    assert url["name"] == "url" and url["schema"]["minLength"] == 1 and url["schema"]["maxLength"] == 2048
+    assert url["schema"]["pattern"] == api.URL_PATTERN
+
+
+@pytest.mark.parametrize("url,documented", [
+    ("http://example.com/a.jpg", True), ("https://cdn.example.co.uk:8443/x/y.png?w=1&h=2", True),
+    ("http://a", True), ("", False), ("ftp://example.com/a.jpg", False), ("http://1.2.3.4/a.jpg", False),
+    ("http://example.com:0/", False), ("http://user@example.com/", False), ("http://xn--abc.com/", False),
+])
+def test_url_pattern(url, documented):
+    import re
+
+    assert bool(re.search(api.URL_PATTERN, url)) is documented
+
+
+def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
+    """The pattern promises that such a URL is never 400 invalid_url (it may still be 403, 502 or 504)."""
+    from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+    from nsfw_core import fetch
+
+    defaults = load_settings(environ={})
+
+    @hsettings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.from_regex(api.URL_PATTERN, fullmatch=True))
+    def check(url: str) -> None:
+        fetch._parse(url, defaults)
+
+    check()
