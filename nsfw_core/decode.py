@@ -33,6 +33,7 @@ import codecs
 import contextlib
 import dataclasses
 import io
+import logging
 import struct
 from collections.abc import Callable, Iterator
 
@@ -41,6 +42,10 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from nsfw_core import structure
 from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+
+# A plugin that refuses a file logs it at ERROR ("More samples per pixel than can be decoded"); that
+# is the client's file, answered 415/422, not a server error.
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 try:  # libjpeg-turbo without Pillow's copies; optional: Pillow decodes every JPEG without it
     import simplejpeg as _simplejpeg

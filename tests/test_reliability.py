@@ -14,6 +14,10 @@ on free ports of 127.0.0.1, each with its own data folder:
   ``/health`` warns about the file and predictions use the default thresholds.
 * ``graceful``: SIGTERM while requests are in flight: they all complete with
   200, then the process exits.
+* ``images``: ``NSFW_DECODE_TIMEOUT=1.5``, ``NSFW_DECODE_PIXEL_BUDGET=20000000``:
+  hostile image structures (huge TIFF tiles, extreme aspect ratios, progressive
+  JPEG scans, many frames), each answered in time with the server's peak RSS
+  (process tree, decode children included) measured over its idle baseline.
 
 ``victim`` is a local server that no setting allows; no test may reach it.
 Whole module: about 30 s on a 2-core machine.
@@ -44,6 +48,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import COMPILED_DIR, REFERENCE, ROOT
+from tests.helpers import hostile as hostile_images
+from tests.helpers.rss import PeakRSS
 from tests.helpers.servers import (
     LocalServer,
     RouteHandler,
@@ -77,6 +83,9 @@ GLASSES = (REFERENCE / "glasses.jpg").read_bytes()  # 107 KB JPEG
 PNG_64 = tiny_png(64, 48)
 HTML = b"<!doctype html><title>not an image</title><p>hello</p>"
 INSTANT = 1.0  # seconds within which a refused input must be answered
+DECODE_TIMEOUT = 1.5
+DECODE_BUDGET = 20_000_000
+MB = 1 << 20
 
 
 # ------------------------------------------------------------------ hostile images
@@ -347,6 +356,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, hostile: LocalServer) -> Ite
         "broken": AppProcess("broken", tmp_path_factory.mktemp("broken"), NSFW_MODEL_DIR=str(empty_models), **allow),
         "overload": AppProcess("overload", overload_dir, NSFW_QUEUE_SIZE="2", NSFW_MAX_BATCH="1", **allow),
         "graceful": AppProcess("graceful", tmp_path_factory.mktemp("graceful"), **allow),
+        "images": AppProcess("images", tmp_path_factory.mktemp("images"), NSFW_DECODE_TIMEOUT=str(DECODE_TIMEOUT),
+                             NSFW_DECODE_PIXEL_BUDGET=str(DECODE_BUDGET), **allow),
     }
     try:
         yield procs
@@ -718,3 +729,126 @@ def test_sigterm_lets_in_flight_requests_finish(fleet: dict[str, AppProcess], ho
     log = graceful.log.read_text()
     assert "Application shutdown complete" in log and "Finished server process" in log, log[-2000:]
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ hostile image structures
+
+
+@pytest.fixture(scope="module")
+def images(fleet: dict[str, AppProcess]) -> Iterator[AppProcess]:
+    server = fleet["images"]
+    server.wait()
+    server.new_log()
+    yield server
+    assert server.health().status == 200
+    server.assert_quiet_log()
+
+
+def _zlib_tiff(compression: int) -> bytes:
+    return hostile_images.tiff(compression=compression, data=zlib.compress(b"\0" * 256) if compression == 8
+                               else b"\x80" * 64)
+
+
+# (name, bytes, status, code or None for 200) -- every file within NSFW_MAX_BYTES and NSFW_MAX_PIXELS.
+# Limits each case must keep: answered within DECODE_TIMEOUT + 1 s, peak RSS <= 256 MB over idle.
+STRUCTURE_CASES: list[tuple[str, Any, int, str | None]] = [
+    ("tiff-tile-46000-raw", lambda: hostile_images.tiff(), 413, "image_too_large"),
+    ("tiff-tile-46000-lzw", lambda: _zlib_tiff(5), 413, "image_too_large"),
+    ("tiff-tile-46000-deflate", lambda: _zlib_tiff(8), 413, "image_too_large"),
+    ("tiff-strip-rows-huge-samples", lambda: hostile_images.tiff(64, 64, tile=None, samples=3, bits=8,
+                                                                  rows_per_strip=10**9), 200, None),
+    ("tiff-200-samples", lambda: hostile_images.tiff(4000, 4000, tile=None, samples=200, bits=8, data=b"\0"),
+     422, "undecodable_image"),
+    ("tiff-1000-pages", lambda: hostile_images.tiff(16, 16, tile=None, pages=1000), 200, None),
+    ("png-2000000x1", lambda: hostile_images.png(2_000_000, 1), 200, None),
+    ("png-1x2000000", lambda: hostile_images.png(1, 2_000_000), 200, None),
+    ("png-50000000x1", lambda: hostile_images.png(50_000_000, 1), 200, None),
+    ("png-50000000x1-palette", lambda: hostile_images.png(50_000_000, 1, colour_type=3), 200, None),
+    ("jpeg-20000-scans", lambda: hostile_images.progressive_scans(2048, 20_000), 413, "image_too_large"),
+    ("jpeg-90-scans-4096", lambda: hostile_images.progressive_scans(4096, 90), 422, "decode_timeout"),
+    ("gif-50000-frames", lambda: hostile_images.animated_gif(50_000)[:MAX_BYTES - 1] + b"\x3b", 200, None),
+    ("webp-300-frames", lambda: hostile_images.animated_webp(300), 200, None),
+]
+STRUCTURE_FILES: dict[str, bytes] = {}
+
+
+def _structure_file(name: str) -> bytes:
+    if name not in STRUCTURE_FILES:
+        STRUCTURE_FILES[name] = next(make for n, make, *_ in STRUCTURE_CASES if n == name)()
+    return STRUCTURE_FILES[name]
+
+
+@pytest.mark.parametrize("name, expected, code", [(c[0], c[2], c[3]) for c in STRUCTURE_CASES],
+                         ids=[c[0] for c in STRUCTURE_CASES])
+def test_hostile_structure_is_answered_in_time_with_bounded_memory(images: AppProcess, name: str, expected: int,
+                                                                  code: str | None) -> None:
+    data = _structure_file(name)
+    assert len(data) <= MAX_BYTES
+    with PeakRSS(images.process.pid) as peak:
+        reply = images.upload(data, query="?detail=1")
+    if code is None:
+        assert reply.status == 200, reply
+        assert set(reply.json()["scores"]) == set(CLASSES)
+    else:
+        reply.error(expected, code)
+    assert reply.seconds <= DECODE_TIMEOUT + 1.0, reply
+    if code == "decode_timeout":
+        assert reply.seconds >= DECODE_TIMEOUT - 0.1, reply
+        assert reply.json()["timeout_s"] == DECODE_TIMEOUT
+    print(f"\n[figures] {name}: {reply.status} in {reply.seconds:.2f} s, peak RSS +{peak.over_baseline / MB:.0f} MB")
+    assert peak.over_baseline <= 256 * MB, f"{name}: peak RSS +{peak.over_baseline / MB:.0f} MB"
+
+
+def test_sixteen_concurrent_wide_images_stay_within_the_pixel_budget(images: AppProcess) -> None:
+    """16 at once of a 2,000,000x1 PNG: memory stays bounded by NSFW_DECODE_PIXEL_BUDGET, all answered."""
+    data = _structure_file("png-2000000x1")
+    with PeakRSS(images.process.pid) as peak, ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: images.upload(data), range(16)))
+    assert [r.status for r in replies] == [200] * 16, replies
+    print(f"\n[figures] 16 x png-2000000x1: peak RSS +{peak.over_baseline / MB:.0f} MB, "
+          f"slowest {max(r.seconds for r in replies):.2f} s")
+    # about 12 bytes per budget pixel: the decoder's image, the RGB array and Pillow's conversion tile
+    assert peak.over_baseline <= 12 * DECODE_BUDGET + 64 * MB, f"peak RSS +{peak.over_baseline / MB:.0f} MB"
+
+
+def test_sixteen_concurrent_huge_declared_buffers_are_refused_without_memory(images: AppProcess) -> None:
+    cases = ["tiff-tile-46000-lzw", "tiff-tile-46000-deflate", "jpeg-20000-scans", "tiff-tile-46000-raw"] * 4
+    with PeakRSS(images.process.pid) as peak, ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda name: images.upload(_structure_file(name)), cases))
+    assert {r.status for r in replies} == {413}, replies
+    print(f"\n[figures] 16 x refused structures: peak RSS +{peak.over_baseline / MB:.0f} MB, "
+          f"slowest {max(r.seconds for r in replies):.2f} s")
+    assert peak.over_baseline <= 64 * MB, f"peak RSS +{peak.over_baseline / MB:.0f} MB"
+
+
+def test_slow_decodes_do_not_hold_up_cheap_images(images: AppProcess) -> None:
+    """Four decodes that run into the deadline, continuously; a small PNG keeps its latency meanwhile."""
+    slow = _structure_file("jpeg-90-scans-4096")
+    stop = threading.Event()
+    slow_replies: list[Reply] = []
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            slow_replies.append(images.upload(slow))
+
+    threads = [threading.Thread(target=keep_sending) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)  # the four are in flight
+        latencies = []
+        for _ in range(30):
+            reply = images.upload(PNG_64, "image/png")
+            assert reply.status == 200, reply
+            latencies.append(reply.seconds)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert slow_replies and {r.status for r in slow_replies} == {422}, slow_replies
+    latencies.sort()
+    print(f"\n[figures] 64x48 PNG with 4 decode-timeout JPEGs in flight: p50 {latencies[len(latencies) // 2] * 1000:.0f} ms,"
+          f" max {latencies[-1] * 1000:.0f} ms of {len(latencies)}; {len(slow_replies)} slow answered 422")
+    # before the isolated lane, the PNG waited for a worker thread: 12 s with four such decodes
+    assert latencies[len(latencies) // 2] < 0.5 and latencies[-1] < 1.0, latencies
