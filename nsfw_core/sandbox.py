@@ -144,7 +144,7 @@ class _Child:
             self.proc.stdin.write(_FRAME.pack(len(header), len(data)) + header)
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
+        except (OSError, ValueError) as exc:  # a dead child: broken pipe, or a pipe closed by kill()
             raise UndecodableImage("the isolated decoder is not running") from exc
         fd = self.proc.stdout.fileno()
         head_len, body_len = _FRAME.unpack(self._read(fd, _FRAME.size, deadline))
@@ -171,7 +171,10 @@ class _Child:
                                     "(NSFW_DECODE_TIMEOUT)", timeout_s=self.timeout)
             chunk = os.read(fd, min(n - got, 1 << 20))
             if not chunk:
-                code = self.proc.poll()
+                try:  # the child closed its end: it is exiting; its status tells why
+                    code: int | None = self.proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    code = None
                 if code is not None and code < 0 and -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT):
                     raise UndecodableImage(f"the decoder crashed on this image (signal {-code})")
                 raise UndecodableImage("the decoder stopped on this image")

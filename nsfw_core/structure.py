@@ -47,10 +47,11 @@ class Cost:
     work: int
     scans: int = 1
     why: str = ""  # what dominates ``pixels`` beyond the image itself, for the 413 message
+    isolated: bool = False  # a format always decoded in the isolated lane (ISOLATED_FORMATS)
 
     @property
     def inline(self) -> bool:
-        return self.work <= INLINE_WORK
+        return not self.isolated and self.work <= INLINE_WORK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +129,10 @@ def _tiff_cost(img: Any, width: int, height: int) -> Cost:
     tags = getattr(img, "tag_v2", {})
     samples = _tag_int(tags.get(277), 1)
     bits = tags.get(258, 1)
-    bits_per_pixel = sum(bits) if isinstance(bits, tuple) else _tag_int(bits, 1) * samples
+    if isinstance(bits, tuple) and len(bits) > 1:
+        bits_per_pixel = sum(_tag_int(b, 1) for b in bits)
+    else:
+        bits_per_pixel = _tag_int(bits, 1) * samples
     bits_per_pixel = max(bits_per_pixel, samples)
     if 322 in tags or 323 in tags:
         buf_w, buf_h, what = _tag_int(tags.get(322), width), _tag_int(tags.get(323), height), "tile"
@@ -137,7 +141,7 @@ def _tiff_cost(img: Any, width: int, height: int) -> Cost:
     raw_bytes = -(-width * bits_per_pixel // 8) * height  # the decoded samples before conversion
     buffer_bytes = -(-buf_w * bits_per_pixel // 8) * buf_h  # one tile or strip, as libtiff allocates it
     return Cost(pixels=max(width * height, -(-raw_bytes // 4), -(-buffer_bytes // 4)), work=width * height + buf_w * buf_h,
-                why=f"{buf_w}x{buf_h} {what}s of {bits_per_pixel} bits per pixel")
+                why=f"{buf_w}x{buf_h} {what}s of {bits_per_pixel} bits per pixel", isolated=True)
 
 
 def _tag_int(value: Any, default: int) -> int:
