@@ -277,7 +277,9 @@ def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[tuple[An
     """
     try:
         doc = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting recurses
+    except RecursionError:
+        raise BadRequest("the body is JSON nested too deep") from None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if isinstance(doc, dict):
         if "items" not in doc:

@@ -1,0 +1,158 @@
+"""Hostile batch bodies and thresholds files against a real server (``python app.py`` in a subprocess).
+
+Issue 13, items 5 and 6: whatever a batch item's ``id``/``url`` or the
+thresholds file contains, the server answers a 4xx (or its last good
+thresholds), never a 500, and keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import REFERENCE
+from tests.helpers.appserver import AppServer, app_server
+
+SMILE = (REFERENCE / "smile.jpg").read_bytes()
+GOOD = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+                       "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    with app_server(tmp_path_factory.mktemp("hostile-api")) as s:
+        yield s
+
+
+def assert_healthy_and_quiet(server: AppServer) -> None:
+    assert server.health().status == 200
+    log = server.new_log()
+    assert "Traceback" not in log and "internal_error" not in log and " 500 " not in log, log[-3000:]
+
+
+# ------------------------------------------------------------------ batch ids and urls (item 5)
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("item,words", [
+    ('{"id": %s, "url": "http://example.com/a.jpg"}' % nested(950), "items[0].id must be a string"),
+    ('{"id": {"a": [1, 2]}, "url": "http://example.com/a.jpg"}', "got an object"),
+    ('{"id": true, "url": "http://example.com/a.jpg"}', "got a boolean"),
+    ('{"id": "%s", "url": "http://example.com/a.jpg"}' % ("x" * 257), "got a string of 257 characters"),
+    ('{"id": 9007199254740992, "url": "http://example.com/a.jpg"}', "got a number out of range"),
+    ('{"id": NaN, "url": "http://example.com/a.jpg"}', "got a non-finite number"),
+    ('{"id": "a", "url": {"u": 1}}', "items[0].url must be a non-empty URL string"),
+    ('{"id": "a", "url": %s}' % nested(950), "got a list"),
+    ('{"id": "a", "url": ""}', "got an empty string"),
+    ('{"id": "a"}', 'items[0] needs a "url"'),
+    ("17", "items[0] must be a non-empty URL string"),
+], ids=["deep-list-id", "object-id", "bool-id", "long-id", "big-id", "nan-id", "object-url", "deep-url",
+        "empty-url", "no-url", "number-item"])
+def test_bad_batch_item_is_400_naming_it(server: AppServer, item: str, words: str) -> None:
+    reply = server.post_json("/predict/batch", '{"items": [%s]}' % item)
+    body = reply.error(400, "bad_request")
+    assert words in body["message"] and body["item"] == 0, body
+    assert len(reply.body) < 1000
+    assert_healthy_and_quiet(server)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"items": ' + b"[" * 70_000 + b"]" * 70_000 + b"}"],
+                         ids=["unclosed-100000", "closed-70000"])
+def test_deeply_nested_batch_body_is_400(server: AppServer, body: bytes) -> None:
+    reply = server.post_json("/predict/batch", body)
+    assert reply.error(400, "bad_request")["message"] == "the body is JSON nested too deep"
+    assert reply.seconds < 5
+    assert_healthy_and_quiet(server)
+
+
+def test_good_ids_come_back_exactly(server: AppServer) -> None:
+    ids = ["x" * 256, 9007199254740991, -9007199254740991, 0.5, None, "é😀"]
+    items = [{"id": i, "url": "ftp://example.com/a.jpg"} for i in ids]
+    reply = server.post_json("/predict/batch", json.dumps({"items": items}, ensure_ascii=False).encode())
+    assert reply.status == 200, reply
+    results = reply.json()["results"]
+    assert [r["id"] for r in results] == ids
+    assert all(r["error"]["code"] == "invalid_url" for r in results)
+    assert_healthy_and_quiet(server)
+
+
+# ------------------------------------------------------------------ thresholds files (item 6)
+
+
+def replace(path: Path, make) -> None:
+    """Remove whatever ``path`` is now, then let ``make(path)`` create the new one."""
+    if path.is_symlink() or path.is_file() or path.exists() and not path.is_dir():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    make(path)
+    time.sleep(0.01)  # a new mtime even on coarse clocks (the inode changes anyway)
+
+
+def write(data: bytes):
+    def make(path: Path) -> None:
+        tmp = path.with_name(".thresholds.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    return make
+
+
+BAD_FILES = [  # (name, maker, words in the warning)
+    ("deep-nesting", write(b'{"thresholds": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"), "nested too deep"),
+    ("bool-threshold", write(json.dumps({"thresholds": {**GOOD["thresholds"], "adult": True}}).encode()),
+     "got True"),
+    ("same-class-both-sides", write(json.dumps({"thresholds": {**GOOD["thresholds"],
+                                                               "safe_classes": ["neutral", "sexy"]}}).encode()),
+     "sexy cannot count as both adult and safe"),
+    ("unknown-class", write(json.dumps({"thresholds": {**GOOD["thresholds"], "adult_classes": ["nude"]}}).encode()),
+     "adult_classes must be"),
+    ("not-utf8", write(b'{"thresholds": {"adult": 0.6, "safe": 0.8}, "m": "\xff"}'), "not UTF-8"),
+    ("huge", write(b" " * (1 << 20) + json.dumps(GOOD).encode()), "larger than 65536 bytes"),
+    ("directory", lambda p: p.mkdir(), "a directory"),
+    ("dangling-symlink", lambda p: p.symlink_to(p.with_name("nowhere.json")), "symbolic link"),
+    ("fifo", lambda p: os.mkfifo(p), "a FIFO"),
+]
+
+
+@pytest.mark.parametrize("maker,words", [(m, w) for _, m, w in BAD_FILES], ids=[n for n, _, _ in BAD_FILES])
+def test_bad_thresholds_file_keeps_the_last_good_ones_with_a_warning(server: AppServer, maker, words) -> None:
+    path = server.data_dir / "thresholds.json"
+    replace(path, write(json.dumps(GOOD).encode()))
+    health = server.health().json()
+    assert (health["thresholds"]["adult"], health["thresholds"]["source"], health["warnings"]) == (0.6, "file", [])
+    server.new_log()
+
+    replace(path, maker)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.extend([server.health(), server.health()]), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive() and path.exists() and not path.is_file():  # a blocked FIFO read: free it, then fail
+        with open(path, "wb"):
+            pass
+        pytest.fail("/health blocked on the thresholds file")
+    assert [a.status for a in answers] == [200, 200], answers
+    health = answers[-1].json()
+    assert (health["thresholds"]["adult"], health["thresholds"]["safe"], health["thresholds"]["source"]) == \
+        (0.6, 0.8, "file"), health
+    [warning] = health["warnings"]
+    assert words in warning and "keeping the last good thresholds" in warning, warning
+    detail = server.request("POST", "/predict?detail=1", body=SMILE, headers={"Content-Type": "image/jpeg"})
+    assert detail.status == 200, detail
+    assert detail.json()["thresholds"] == GOOD["thresholds"]
+    log = server.new_log()
+    assert log.count("is unreadable") == 1, log  # once per change of the file, not per request
+    assert "Traceback" not in log
+    replace(path, write(json.dumps(GOOD).encode()))
+    assert server.health().json()["warnings"] == []
