@@ -8,8 +8,14 @@ Everything else is "unknown": a human reviews it.
 :class:`ThresholdStore` keeps the thresholds chosen on the calibration page in
 a JSON file (written atomically) and re-reads it when it changes, so the API
 and the UI follow a new calibration without a restart.  A missing file means
-the defaults from the settings; a corrupt one means the defaults plus a
-warning that the UI and ``/health`` show.
+the defaults from the settings.  Anything else that is not a valid file (see
+:func:`parse_thresholds_file`: not a regular file, over :data:`MAX_FILE_BYTES`,
+not UTF-8, not JSON, nested too deep, a threshold that is not a number in
+[0, 1], unknown or overlapping classes...) is rejected: the last good
+thresholds read from the file stay in force (the defaults if there were none),
+with a warning that the UI and ``/health`` show, logged once per change of the
+file.  Reading never blocks (a FIFO is refused before it is opened, and opened
+non-blocking anyway) and never raises.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import logging
+import math
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +41,14 @@ THRESHOLDS_FILE = "thresholds.json"
 # "at or above" compares with this much slack so a score that equals the
 # threshold in decimal lands on the threshold's side.
 EPSILON = 1e-9
+MAX_FILE_BYTES = 64 * 1024  # a saved file is under 2 KiB; more than this is not one of ours
+
+log = logging.getLogger(__name__)
+
+
+def _is_number(value: Any) -> bool:
+    """A real int or float (not a bool), finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +61,12 @@ class Thresholds:
     def __post_init__(self) -> None:
         for name in ("adult", "safe"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} threshold must be a number in [0, 1], got {value!r}")
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} threshold must be a number in [0, 1], got {_short(value)}")
         for name in ("adult_classes", "safe_classes"):
             classes = getattr(self, name)
             if not classes or any(c not in CLASS_NAMES for c in classes):
-                raise ValueError(f"{name} must be a non-empty subset of {CLASS_NAMES}, got {classes!r}")
+                raise ValueError(f"{name} must be a non-empty subset of {CLASS_NAMES}, got {_short(classes)}")
 
     def adult_score(self, scores: Mapping[str, float]) -> float:
         return float(sum(scores[c] for c in self.adult_classes))
@@ -89,6 +107,95 @@ class ActiveThresholds:
     warning: str | None = None
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters (values from a file may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_thresholds_file(data: bytes) -> tuple[Thresholds, dict[str, Any]]:
+    """The thresholds and the metadata saved with them, from a file's bytes; ValueError says what is wrong.
+
+    Valid: a UTF-8 JSON object whose ``"thresholds"`` object has ``adult`` and
+    ``safe`` numbers in [0, 1] (ints or floats, not booleans) and, optionally,
+    ``adult_classes`` / ``safe_classes``: non-empty lists of distinct known
+    class names with no class on both sides.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
+        raise ValueError('expected a JSON object with a "thresholds" object')
+    raw = doc["thresholds"]
+    for name in ("adult", "safe"):
+        if name not in raw:
+            raise ValueError(f'"thresholds" has no "{name}"')
+        value = raw[name]
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"the {name} threshold must be a number in [0, 1], got {_short(value)}")
+    classes: dict[str, tuple[str, ...]] = {}
+    for name in ("adult_classes", "safe_classes"):
+        value = raw.get(name, getattr(Thresholds, name))
+        if isinstance(value, tuple):
+            value = list(value)
+        if (not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value)
+                or any(c not in CLASS_NAMES for c in value) or len(set(value)) != len(value)):
+            raise ValueError(f"{name} must be a non-empty list of distinct classes from "
+                             f"{', '.join(CLASS_NAMES)}, got {_short(value)}")
+        classes[name] = tuple(value)
+    both = sorted(set(classes["adult_classes"]) & set(classes["safe_classes"]))
+    if both:
+        raise ValueError(f"{', '.join(both)} cannot count as both adult and safe")
+    thresholds = Thresholds(adult=raw["adult"], safe=raw["safe"], **classes)
+    return thresholds, {k: v for k, v in doc.items() if k != "thresholds"}
+
+
+def read_small_regular_file(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``path``, which must be a regular file (following symlinks).
+
+    Never blocks: a FIFO, socket or device is refused from ``stat`` before it is
+    opened, and the open is non-blocking anyway (the file could be swapped for
+    a FIFO in between; ``fstat`` checks again).  OSError says what is wrong.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise OSError(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"it is not a regular file ({_file_kind(st.st_mode)})")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("it is not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 class ThresholdStore:
     """The thresholds file shared by the API and the pages; safe to use from many threads."""
 
@@ -96,45 +203,74 @@ class ThresholdStore:
         self.path = Path(path)
         self.defaults = defaults
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[Any, ...] | None = None
         self._active = ActiveThresholds(defaults, "defaults", {})
+        self._good: ActiveThresholds | None = None  # the last valid file read, kept when it turns bad
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ThresholdStore":
         return cls(Path(settings.data_dir) / THRESHOLDS_FILE, Thresholds.from_settings(settings))
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[Any, ...] | None:
+        """What identifies this version of the file (None: there is no file, not even a dangling link)."""
         try:
-            st = self.path.stat()
+            st = os.stat(self.path)
         except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+            try:
+                st = os.lstat(self.path)  # a dangling symlink is a file to warn about, not a missing one
+            except OSError:
+                return None
+            return ("link", st.st_dev, st.st_ino, st.st_mtime_ns)
+        return (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def current(self) -> ActiveThresholds:
         """The thresholds in force, re-reading the file only when it changed."""
         stamp = self._file_stamp()
         with self._lock:
             if stamp != self._stamp:
-                self._active = self._read() if stamp is not None else ActiveThresholds(self.defaults, "defaults", {})
+                if stamp is None:  # no file: the defaults, and they are what a bad file falls back to from now on
+                    self._good = None
+                    self._active = ActiveThresholds(self.defaults, "defaults", {})
+                else:
+                    self._active = self._read()
                 self._stamp = stamp
             return self._active
 
     def _read(self) -> ActiveThresholds:
+        """Read and check the file (lock held); never raises.  Logs once per change of the file."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            thresholds = Thresholds.from_dict(data["thresholds"])
-            saved = {k: v for k, v in data.items() if k != "thresholds"}
-            return ActiveThresholds(thresholds, "file", saved)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            warning = f"thresholds file {self.path} is unreadable ({exc}); using the defaults"
+            thresholds, saved = parse_thresholds_file(read_small_regular_file(self.path, MAX_FILE_BYTES))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            kept = self._good
+            if kept is not None:
+                warning = (f"thresholds file {self.path} is unreadable ({reason}); keeping the last good "
+                           f"thresholds read from it")
+                active = dataclasses.replace(kept, warning=warning)
+            else:
+                warning = f"thresholds file {self.path} is unreadable ({reason}); using the defaults"
+                active = ActiveThresholds(self.defaults, "defaults", {}, warning)
+            log.warning("%s", warning)
+            return active
+        except Exception as exc:  # noqa: BLE001 - a thresholds file must never break prediction
+            warning = f"thresholds file {self.path} could not be read ({type(exc).__name__}); using the defaults"
+            log.exception("%s", warning)
             return ActiveThresholds(self.defaults, "defaults", {}, warning)
+        self._good = ActiveThresholds(thresholds, "file", saved)
+        if self._stamp is not None and self._active.warning:
+            log.warning("thresholds file %s is valid again: adult %g, safe %g", self.path,
+                        thresholds.adult, thresholds.safe)
+        return self._good
 
     def save(self, thresholds: Thresholds, *, model: str, tuned_on: Mapping[str, Any] | None = None) -> ActiveThresholds:
+        """Write ``thresholds`` atomically; ValueError (and nothing written) if the file would not be valid."""
         doc = {
             "thresholds": thresholds.to_dict(),
             "model": model,
             "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "tuned_on": dict(tuned_on or {}),
         }
-        atomic_write(self.path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        parse_thresholds_file(data)  # overlapping classes, say: refused here rather than ignored when read
+        atomic_write(self.path, data)
         return self.current()

@@ -452,7 +452,7 @@ def page() -> None:
             tuned_on["suggestion"] = sug.to_dict()
         try:
             result = store.save(thresholds, model=entry["model"] or model_name, tuned_on=tuned_on)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a class on both sides
             st.error(f"Could not save the thresholds to {store.path}: {exc}")
         else:
             if result.warning:
