@@ -37,7 +37,8 @@ from .verdict import ThresholdStore
 
 log = logging.getLogger(__name__)
 
-UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
+UPLOAD_SOURCE = "upload"
+ISOLATED_QUEUE = 4  # expensive images admitted per decode process (decoding or waiting); 503 beyond  # the review item's source for images sent in the request body
 
 
 class _Isolate(NamedTuple):
@@ -69,7 +70,8 @@ class Service:
         self._review_lock = threading.Lock()
         self.in_flight = 0  # images admitted by the API and not answered yet
         self.preparing = 0  # images being fetched or decoded (they will reach the batcher soon)
-        self.rejected = 0  # requests refused by admit()
+        self.rejected = 0  # requests refused by admit() or by the isolated lane's queue
+        self.isolated_pending = 0  # expensive images decoding or waiting in the isolated lane
 
     # ------------------------------------------------------------ lifecycle
 
@@ -211,13 +213,28 @@ class Service:
             loop = asyncio.get_running_loop()
             *head, x, sha, decode_s = await loop.run_in_executor(self.executor, fn, *args)
             if isinstance(x, _Isolate):
-                t0 = time.perf_counter()
-                x = await loop.run_in_executor(self.isolated, prepare_isolated, self.model, x.data, x.plan,
-                                               self.settings)
-                decode_s += time.perf_counter() - t0
+                x, isolated_s = await self._isolated_decode(x)
+                decode_s += isolated_s
             return (*head, x, sha, decode_s)
         finally:
             self.preparing -= 1
+
+    async def _isolated_decode(self, pending: _Isolate) -> tuple[np.ndarray, float]:
+        """Decode in the isolated lane; 503 overloaded when its queue would be longer than
+        ISOLATED_QUEUE per decode process (so each answer comes within a few deadlines)."""
+        limit = ISOLATED_QUEUE * self.settings.decode_processes
+        if self.isolated_pending >= limit:
+            self.rejected += 1
+            raise Overloaded(f"too many expensive images being decoded ({self.isolated_pending} of {limit}); "
+                             "retry later")
+        self.isolated_pending += 1
+        try:
+            t0 = time.perf_counter()
+            x = await asyncio.get_running_loop().run_in_executor(
+                self.isolated, prepare_isolated, self.model, pending.data, pending.plan, self.settings)
+            return x, time.perf_counter() - t0
+        finally:
+            self.isolated_pending -= 1
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray | _Isolate, str, float]:
         """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""

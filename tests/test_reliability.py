@@ -852,3 +852,20 @@ def test_slow_decodes_do_not_hold_up_cheap_images(images: AppProcess) -> None:
           f" max {latencies[-1] * 1000:.0f} ms of {len(latencies)}; {len(slow_replies)} slow answered 422")
     # before the isolated lane, the PNG waited for a worker thread: 12 s with four such decodes
     assert latencies[len(latencies) // 2] < 0.5 and latencies[-1] < 1.0, latencies
+
+
+def test_expensive_images_beyond_the_isolated_queue_are_503_at_once(images: AppProcess) -> None:
+    """12 slow decodes at once on 2 decode processes: 8 are admitted (4 per process), the rest 503."""
+    slow = _structure_file("jpeg-90-scans-4096")
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda _: images.upload(slow), range(12)))
+    refused = [r for r in replies if r.status == 503]
+    admitted = [r for r in replies if r.status != 503]
+    assert len(refused) == 4 and len(admitted) == 8, replies
+    for reply in refused:
+        reply.error(503, "overloaded")
+        assert reply.headers["retry-after"] == "1"
+        assert reply.seconds < INSTANT, reply
+    for reply in admitted:
+        reply.error(422, "decode_timeout")
+        assert reply.seconds <= 4 * DECODE_TIMEOUT + 1.0, reply  # at most 4 deadlines in a row per process
