@@ -128,8 +128,11 @@ def sandbox(settings: Any) -> Sandbox:
 
 
 def _limits(model: Model, settings: Any) -> dict[str, Any]:
-    draft = model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None
-    return {"max_pixels": settings.max_pixels, "max_scans": settings.max_jpeg_scans, "draft_size": draft}
+    return _decode_limits(settings, model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None)
+
+
+def _decode_limits(settings: Any, draft_size: int | None) -> dict[str, Any]:
+    return {"max_pixels": settings.max_pixels, "max_scans": settings.max_jpeg_scans, "draft_size": draft_size}
 
 
 def plan_for(model: Model, data: bytes, settings: Any) -> _decode.Plan:
@@ -140,16 +143,24 @@ def plan_for(model: Model, data: bytes, settings: Any) -> _decode.Plan:
 def decode_for(model: Model, data: bytes, settings: Any) -> np.ndarray:
     """Decode with the configured limits (and JPEG draft at DRAFT_FACTOR x the model's input).
 
+    See :func:`decode_preview`; :func:`prepare` feeds the model.
+    """
+    return decode_preview(data, settings, model.input_size * DRAFT_FACTOR if settings.jpeg_draft else None)
+
+
+def decode_preview(data: bytes, settings: Any, draft_size: int | None) -> np.ndarray:
+    """Decode for display, with the configured limits; JPEGs drafted to ``draft_size``.
+
     The header is read first (cheap, and it applies the limits); the decode then
     waits for its cost's share of ``NSFW_DECODE_PIXEL_BUDGET``.  An expensive image
-    decodes in the isolated lane, whose answer is at most ``PREVIEW_SIDE`` pixels a
-    side (this function feeds previews; :func:`prepare` feeds the model).
+    decodes in the isolated lane, whose answer is at most ``PREVIEW_SIDE`` pixels a side.
     """
-    plan = plan_for(model, data, settings)
+    limits = _decode_limits(settings, draft_size)
+    plan = _decode.plan(data, **limits)
     with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
         if plan.cost.inline:
-            return _decode.decode(data, **_limits(model, settings))
-        return sandbox(settings).decode(data, limits=_limits(model, settings), cost_pixels=plan.cost.pixels)
+            return _decode.decode(data, **limits)
+        return sandbox(settings).decode(data, limits=limits, cost_pixels=plan.cost.pixels)
 
 
 def prepare_inline(model: Model, data: bytes, plan: _decode.Plan, settings: Any) -> np.ndarray:

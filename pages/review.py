@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # run directly (AppTest, `streamlit run pages/rev
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from nsfw_core import decode as _decode  # noqa: E402
+from nsfw_core import pipeline  # noqa: E402
 from nsfw_core.errors import NSFWError  # noqa: E402
 from nsfw_core.review import BINARY_LABELS, Item, ReviewQueue, iso  # noqa: E402
 from nsfw_core.settings import CLASS_NAMES  # noqa: E402
@@ -182,7 +182,7 @@ def _show_image(item: Item, settings: Any) -> None:
                 "decide from the scores, or skip.")
         return
     try:
-        pixels = _decode.decode(data, max_pixels=settings.max_pixels, draft_size=PREVIEW_SIZE)
+        pixels = pipeline.decode_preview(data, settings, PREVIEW_SIZE)
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
