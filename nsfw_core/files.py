@@ -1,8 +1,11 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of each."""
+"""Atomic file writes (a crash leaves either the old file or the new one, never half of each), and
+moving a corrupt file aside under a timestamped name instead of deleting it."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -34,3 +37,74 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def corrupt_name(path: str | Path, when: _dt.datetime | None = None) -> Path:
+    """``<path>.corrupt-<UTC time>`` (``20261201T011500Z``), with ``-2``, ``-3``... if that is taken."""
+    when = when or _dt.datetime.now(_dt.timezone.utc)
+    base = f"{path}.corrupt-{when.astimezone(_dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    dest, n = Path(base), 1
+    while os.path.lexists(dest):
+        n += 1
+        dest = Path(f"{base}-{n}")
+    return dest
+
+
+def move_aside(path: str | Path, suffixes: tuple[str, ...] = ("",),
+               when: _dt.datetime | None = None) -> list[tuple[Path, Path]]:
+    """Rename ``path + suffix`` to its :func:`corrupt_name` for each suffix that exists, never deleting
+    or overwriting anything; the ``(old, new)`` pairs.  An OSError (a rename that fails) propagates.
+
+    For files that must be kept for a person to look at (a corrupt database and
+    its ``-wal``/``-shm``) rather than silently replaced.
+    """
+    when = when or _dt.datetime.now(_dt.timezone.utc)
+    moved = []
+    for suffix in suffixes:
+        source = Path(f"{path}{suffix}")
+        if os.path.lexists(source):
+            dest = corrupt_name(source, when)
+            os.rename(source, dest)
+            moved.append((source, dest))
+    return moved
+
+
+WAL_MAGIC = (0x377F0682, 0x377F0683)  # little- / big-endian checksums
+WAL_VERSION = 3007000
+WAL_HEADER_BYTES = 32
+
+
+def wal_header_problem(path: str | Path) -> str | None:
+    """What is wrong with the header of the SQLite write-ahead log ``path`` (None: fine, empty or absent).
+
+    SQLite treats a WAL whose header is not valid as empty and deletes it when
+    the database is next opened and closed, with the transactions in it; so a
+    caller that must not lose them checks first (https://www.sqlite.org/fileformat.html#walformat).
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(WAL_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not header:
+        return None
+    if len(header) < WAL_HEADER_BYTES:
+        return f"the header is cut short ({len(header)} of {WAL_HEADER_BYTES} bytes)"
+    magic, version, page_size = struct.unpack(">III", header[:12])
+    if magic not in WAL_MAGIC:
+        return f"bad magic number 0x{magic:08x}"
+    if version != WAL_VERSION:
+        return f"unknown format version {version}"
+    if not (512 <= page_size <= 65536 and page_size & (page_size - 1) == 0):
+        return f"impossible page size {page_size}"
+    order = ">" if magic & 1 else "<"
+    s0 = s1 = 0
+    words = struct.unpack(f"{order}6I", header[:24])
+    for i in range(0, 6, 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    if (s0, s1) != struct.unpack(">II", header[24:32]):
+        return "the header checksum does not match"
+    return None

@@ -16,7 +16,10 @@ One table, ``review_items``, in either
 
 - SQLite (stdlib ``sqlite3``): ``<data_dir>/review.sqlite`` when
   ``NSFW_DATABASE_URL`` is empty (or ``sqlite:///path``), WAL journal,
-  busy timeout, ``synchronous=FULL`` and ``secure_delete``; or
+  busy timeout, ``synchronous=FULL`` and ``secure_delete``.  Opening a queue
+  first checks the ``-wal`` header and runs ``PRAGMA quick_check``: a corrupt
+  log or database is moved aside to ``*.corrupt-<UTC time>`` with an ERROR log
+  line saying where (:meth:`_SQLite.recover`), never deleted; or
 - PostgreSQL (psycopg 3) for a ``postgresql://`` URL.
 
 Both run the same SQL; only the parameter style (``?`` vs ``%s``, converted in
@@ -58,6 +61,7 @@ import dataclasses
 import datetime as _dt
 import io
 import json
+import logging
 import queue as _queue
 import re
 import sqlite3
@@ -68,7 +72,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .errors import BadRequest, NSFWError
+from .files import move_aside, wal_header_problem
 from .settings import CLASS_NAMES
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- constants
 
@@ -298,6 +305,9 @@ class _Backend:
     def usable(self, conn: Any) -> bool:
         return True
 
+    def recover(self) -> None:
+        """Before first use: deal with a database left corrupt (SQLite moves it aside)."""
+
     def lock_migrations(self, tx: _Tx) -> None:
         pass
 
@@ -367,6 +377,76 @@ class _SQLite(_Backend):
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
+
+    # ------------------------------------------------------------ corruption
+
+    def recover(self) -> None:
+        """A corrupt ``-wal`` or database is moved aside (``*.corrupt-<UTC time>``), logged at ERROR.
+
+        1. The ``-wal`` header is checked *before* SQLite opens the database:
+           SQLite would take a WAL with a bad header for an empty one and delete
+           it, transactions and all, when the connection closes.  A bad one is
+           moved aside with its ``-shm``; the database itself is then checked
+           and, if sound, used as it was before those transactions.
+        2. ``PRAGMA quick_check`` on the database; if it reports corruption (or
+           the file is not a database), the database and its ``-wal``/``-shm``
+           are moved aside and a fresh one is started.
+
+        "Locked" or I/O errors are not corruption: they raise
+        :class:`ReviewUnavailable` and nothing is moved.  Neither is a moving
+        failure: the files stay where they are and the queue is unavailable.
+        """
+        problem = wal_header_problem(f"{self.path}-wal")
+        if problem is not None:
+            time.sleep(0.05)  # a header being written by another process at this very moment?
+            problem = wal_header_problem(f"{self.path}-wal")
+        if problem is not None:
+            moved = self._move_aside(("-wal", "-shm"))
+            log.error("review database %s: its write-ahead log was corrupt (%s) and SQLite would have deleted it; "
+                      "moved it aside to %s; the transactions in it are not in the queue", self.path, problem,
+                      ", ".join(str(new) for _, new in moved))
+        problem = self._integrity_problem()
+        if problem is not None:
+            moved = self._move_aside(("", "-wal", "-shm"))
+            log.error("review database %s is corrupt (%s): moved it aside to %s and started a new, empty one",
+                      self.path, problem, ", ".join(str(new) for _, new in moved))
+
+    def _move_aside(self, suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
+        try:
+            return move_aside(self.path, suffixes)
+        except OSError as exc:
+            raise ReviewUnavailable(f"the review database {self.path} is corrupt and cannot be moved aside: "
+                                    f"{exc}") from exc
+
+    def _integrity_problem(self) -> str | None:
+        """What ``PRAGMA quick_check`` says is wrong with the database (None: sound, or no file yet)."""
+        if not self.path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ReviewUnavailable(f"cannot open the review database {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                return str(exc)
+            raise ReviewUnavailable(f"cannot check the review database {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        if rows == [("ok",)]:
+            return None
+        return "; ".join(str(r[0]) for r in rows)[:500] or "quick_check answered nothing"
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (not BUSY, LOCKED, IOERR, CANTOPEN...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
 
 
 class _Postgres(_Backend):
@@ -602,6 +682,7 @@ class ReviewQueue:
         self.clock = clock
         self._pool = _Pool(self.backend)
         self._last_purge = 0.0
+        self.backend.recover()
         with self._connection() as conn:
             try:
                 migrate(self.backend, conn, migrations, clock)

@@ -10,13 +10,14 @@ reading and hashing the files.  Storage is one SQLite file
   decoded in draft mode, which changes the scores slightly.
 - Thread-safe: one connection, used under a lock.
 - A corrupt or unreadable file never stops the page: it is moved aside
-  (``*.corrupt-<time>``) and a fresh cache is started, with a warning
+  (``*.corrupt-<UTC time>``, :func:`files.move_aside`) and a fresh cache is started, with a warning
   (``warnings.warn`` and :attr:`ScoreCache.warning`); if even that fails the
   cache lives in memory for this process.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import pipeline
 from .errors import NSFWError
+from .files import move_aside
 from .settings import CLASS_NAMES
 
 CACHE_FILE = "score-cache.sqlite"
@@ -115,22 +117,20 @@ class ScoreCache:
             self._warn(f"score cache {self.path} is unusable ({exc}); scores are cached in memory only")
 
     def _move_aside(self) -> Path | None:
+        """The file and its -wal/-shm to ``*.corrupt-<UTC time>`` (deleted only if they cannot be moved)."""
         moved = None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        when = _dt.datetime.now(_dt.timezone.utc)
         for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            if p.exists():
-                dest = Path(f"{p}.corrupt-{stamp}")
+            try:
+                pairs = move_aside(self.path, (suffix,), when)
+            except OSError:
                 try:
-                    p.replace(dest)
+                    Path(str(self.path) + suffix).unlink()
                 except OSError:
-                    try:
-                        p.unlink()
-                    except OSError:
-                        continue
-                    dest = None
-                if suffix == "":
-                    moved = dest
+                    pass
+                continue
+            if suffix == "" and pairs:
+                moved = pairs[0][1]
         return moved
 
     def _warn(self, message: str) -> None:

@@ -156,3 +156,26 @@ def test_bad_thresholds_file_keeps_the_last_good_ones_with_a_warning(server: App
     assert "Traceback" not in log
     replace(path, write(json.dumps(GOOD).encode()))
     assert server.health().json()["warnings"] == []
+
+
+# ------------------------------------------------------------------ a corrupt review database (item 8)
+
+
+def test_corrupt_review_database_is_moved_aside_and_predictions_go_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "review.sqlite").write_bytes(b"SQLite format 3\0" + b"\xa5" * 8000)  # a header, then garbage
+    (data / "review.sqlite-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 60)  # a WAL header that fails its checksum
+    with app_server(tmp_path, NSFW_REVIEW_VERDICTS="adult,unknown,safe") as server:
+        first = server.request("POST", "/predict?detail=1", body=SMILE, headers={"Content-Type": "image/jpeg"})
+        assert first.status == 200, first
+        assert isinstance(first.json()["review_id"], int) and "review_error" not in first.json()
+        log = server.new_log()
+    moved = {p.name.split(".corrupt-")[0]: p for p in data.iterdir() if ".corrupt-" in p.name}
+    assert {"review.sqlite", "review.sqlite-wal"} <= set(moved), moved
+    assert moved["review.sqlite-wal"].read_bytes() == b"\x37\x7f\x06\x82" + b"\0" * 60
+    errors = [line for line in log.splitlines() if " ERROR nsfw_core.review: " in line]
+    assert len(errors) == 2, log[-3000:]
+    assert "its write-ahead log was corrupt" in errors[0] and str(moved["review.sqlite-wal"]) in errors[0]
+    assert "is corrupt (file is not a database)" in errors[1] and str(moved["review.sqlite"]) in errors[1]
+    assert "Traceback" not in log

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from nsfw_core.review import (
     ReviewConfigError,
     ReviewConflict,
     ReviewQueue,
+    ReviewUnavailable,
+    _SQLite,
     backend_for,
     image_suffix,
     redact_url,
@@ -654,3 +657,147 @@ def test_image_suffix():
     assert image_suffix(b"\x89PNG\r\n\x1a\n....") == ".png"
     assert image_suffix(b"GIF89a...") == ".gif"
     assert image_suffix(b"RIFF\0\0\0\0WEBPVP8 ") == ".webp"
+
+
+# ---------------------------------------------------------------- a corrupt SQLite database is moved aside
+
+
+def sqlite_queue(data_dir: Path) -> ReviewQueue:
+    return ReviewQueue(None, data_dir=data_dir, clock=Clock())
+
+
+def crash_snapshot(tmp_path: Path, committed: int = 3, in_wal: int = 2) -> Path:
+    """A data folder as a crash would leave it: ``committed`` items in the database file, ``in_wal`` more
+    only in its ``-wal`` (copied while the writer still had it open, so never checkpointed)."""
+    live = tmp_path / "live"
+    q = sqlite_queue(live)
+    for n in range(committed):
+        add(q, n)
+    with sqlite3.connect(live / DB_FILE) as conn:
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    for n in range(committed, committed + in_wal):
+        add(q, n)
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-wal"):
+        (crashed / (DB_FILE + suffix)).write_bytes((live / (DB_FILE + suffix)).read_bytes())
+    q.close()
+    assert (crashed / (DB_FILE + "-wal")).stat().st_size > 32
+    return crashed
+
+
+def aside(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".corrupt-" in p.name)
+
+
+def test_a_crash_snapshot_with_a_sound_wal_loses_nothing(tmp_path):
+    crashed = crash_snapshot(tmp_path)
+    q = sqlite_queue(crashed)
+    assert q.counts()["pending"] == 5 and aside(crashed) == []
+    q.close()
+
+
+@pytest.mark.parametrize("damage", ["magic", "checksum", "page-size", "short", "garbage"])
+def test_a_corrupt_wal_is_moved_aside_not_deleted(tmp_path, caplog, damage):
+    crashed = crash_snapshot(tmp_path)
+    wal = crashed / (DB_FILE + "-wal")
+    data = bytearray(wal.read_bytes())
+    if damage == "magic":
+        data[0:4] = b"\0\0\0\0"
+    elif damage == "checksum":
+        data[16] ^= 0xFF  # salt-1: the header checksum no longer matches
+    elif damage == "page-size":
+        data[8:12] = (1000).to_bytes(4, "big")
+    elif damage == "short":
+        data = data[:20]
+    else:
+        data = bytearray(b"\x5a" * len(data))
+    wal.write_bytes(bytes(data))
+    with caplog.at_level("ERROR", logger="nsfw_core.review"):
+        q = sqlite_queue(crashed)
+    [moved] = [p for p in crashed.iterdir() if p.name.startswith(DB_FILE + "-wal.corrupt-")]
+    assert moved.read_bytes() == bytes(data)  # kept byte for byte for a person to look at
+    assert re.fullmatch(re.escape(DB_FILE) + r"-wal\.corrupt-\d{8}T\d{6}Z", moved.name), moved.name
+    [record] = caplog.records
+    assert record.levelname == "ERROR" and str(moved) in record.getMessage()
+    assert "write-ahead log was corrupt" in record.getMessage()
+    assert q.counts()["pending"] == 3  # what the database file held; the queue works on
+    add(q, "after")
+    assert q.counts()["pending"] == 4
+    assert (crashed / DB_FILE).exists() and aside(crashed) == [moved.name]
+    q.close()
+
+
+def corrupt_pages(path: Path) -> None:
+    """Overwrite every page after the first two of the database with garbage (b-tree pages)."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) >= 4 * page, len(data)
+    for start in range(2 * page, len(data), page):
+        data[start:start + page] = bytes([0x0D, 0xFF]) + b"\xa5" * (page - 2)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "pages", "truncated"])
+def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_started(tmp_path, caplog, damage):
+    data_dir = tmp_path / "data"
+    q = sqlite_queue(data_dir)
+    for n in range(40):
+        add(q, n, image=b"x" * 2000)
+    q.close()
+    path = data_dir / DB_FILE
+    assert not (data_dir / (DB_FILE + "-wal")).exists() or (data_dir / (DB_FILE + "-wal")).stat().st_size == 0
+    if damage == "not-a-database":
+        path.write_bytes(b"this is not an SQLite file\n" * 300)
+    elif damage == "pages":
+        corrupt_pages(path)
+    else:
+        path.write_bytes(path.read_bytes()[: 4096 * 3 + 100])
+    (data_dir / (DB_FILE + "-shm")).write_bytes(b"\0" * 32768)  # left over by the crash (SQLite's own: it
+    # may delete it when the check's connection closes; if not, it goes aside with the database)
+    before = path.read_bytes()
+    with caplog.at_level("ERROR", logger="nsfw_core.review"):
+        q = sqlite_queue(data_dir)
+    moved = aside(data_dir)
+    originals = {m.split(".corrupt-")[0]: m for m in moved}
+    assert DB_FILE in originals and set(originals) <= {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"}
+    assert (data_dir / originals[DB_FILE]).read_bytes() == before
+    [record] = caplog.records
+    assert record.levelname == "ERROR"
+    assert f"review database {path} is corrupt" in record.getMessage()
+    assert all(str(data_dir / m) in record.getMessage() for m in moved)
+    assert "started a new, empty one" in record.getMessage()
+    assert q.counts()["pending"] == 0
+    add(q, "fresh")
+    assert q.counts()["pending"] == 1
+    q.close()
+    assert sqlite_queue(data_dir).counts()["pending"] == 1  # the new one is sound: nothing moved again
+    assert aside(data_dir) == moved
+
+
+def test_a_locked_database_is_not_mistaken_for_a_corrupt_one(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    sqlite_queue(data_dir).close()
+    locker = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
+    locker.execute("PRAGMA journal_mode=DELETE")  # a rollback journal: an exclusive lock blocks readers
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ReviewUnavailable, match="locked"):
+            _SQLite(data_dir / DB_FILE, busy_timeout=0.2).recover()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert aside(data_dir) == []
+
+
+def test_move_aside_never_overwrites(tmp_path):
+    import datetime as dt
+
+    from nsfw_core.files import move_aside
+
+    when = dt.datetime(2026, 12, 1, 1, 15, 0, tzinfo=dt.timezone.utc)
+    for n in range(3):
+        (tmp_path / "db").write_bytes(b"%d" % n)
+        assert move_aside(tmp_path / "db", ("", "-wal"), when) == [
+            (tmp_path / "db", tmp_path / ("db.corrupt-20261201T011500Z" + ("" if n == 0 else f"-{n + 1}")))]
+    assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"0", b"1", b"2"]
