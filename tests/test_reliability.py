@@ -647,7 +647,7 @@ def overload(fleet: dict[str, AppProcess]) -> AppProcess:
     return fleet["overload"]
 
 
-def test_corrupt_thresholds_file_is_a_warning_and_defaults_apply(overload: AppProcess) -> None:
+def test_corrupt_thresholds_file_is_a_warning_and_the_last_good_ones_apply(overload: AppProcess) -> None:
     health = overload.health()
     assert health.status == 200, health
     body = health.json()
@@ -661,7 +661,8 @@ def test_corrupt_thresholds_file_is_a_warning_and_defaults_apply(overload: AppPr
     path = overload.data_dir / "thresholds.json"
     good = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
                            "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
-    steps = ((json.dumps(good), "file", 0.6, 0), ('{"thresholds": 7}', "defaults", 0.7, 1))
+    # a corrupt file after a good one: the last good thresholds stay in force, with the warning
+    steps = ((json.dumps(good), "file", 0.6, 0), ('{"thresholds": 7}', "file", 0.6, 1))
     for text, source, adult, warnings in steps:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
