@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,7 +62,8 @@ MIB = 2**20
 # name -> (what it is, builder).  Builders run once per run of the script.
 CLASSES: dict[str, tuple[str, Callable[[], bytes] | None]] = {
     "none": ("no hostile load (the small PNG alone)", None),
-    "tiff_tile": ("16x16 TIFF declaring one 46000x46000 tile", lambda: hostile.tiff()),
+    "tiff_tile": ("16x16 deflate TIFF declaring one 46000x46000 tile (libtiff allocates the tile)",
+                  lambda: hostile.tiff(compression=8, data=zlib.compress(b"\0" * 256))),
     "png_2m_x1": ("PNG of 2,000,000x1 pixels (extreme aspect ratio)", lambda: hostile.png(2_000_000, 1)),
     "png_50m_x1": ("PNG of 50,000,000x1 pixels (extreme aspect ratio, at the pixel limit)",
                    lambda: hostile.png(50_000_000, 1)),
