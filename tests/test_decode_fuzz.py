@@ -1,9 +1,12 @@
-"""Property tests of nsfw_core.decode on mutated real images (a short run of bench/fuzz_decode.py).
+"""Property tests of nsfw_core.decode on mutated real images and on structure-aware hostile files.
 
 decode() must return a C-contiguous uint8 (H, W, 3) array or raise an NSFWError with
 status 413, 415 or 422 (not caused by Pillow's own bomb check) -- never anything else.
-The seed corpus, the mutations and the check live in bench/fuzz_decode.py, which runs
-the same property for as long as you like.
+Structure-aware cases (hostile TIFF tags, PNG IHDRs, JPEG frame headers and scan counts,
+GIF and WebP frames) are run the service's way: plan() first, then an inline decode
+within a CPU-time and peak-RSS bound, or an isolated decode within its deadline.
+The seed corpus, the mutations, the generators and the checks live in
+bench/fuzz_decode.py, which runs the same properties for as long as you like.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def test_replay_prints_the_case(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_short_run_reports_every_outcome(capsys: pytest.CaptureFixture[str]) -> None:
-    assert fuzz.main(["--iterations", "200", "--seed", "11"]) == 0
+    assert fuzz.main(["--iterations", "200", "--seed", "11", "--mode", "mutate"]) == 0
     out = capsys.readouterr().out
     for name in fuzz.OUTCOMES:
         assert f"  {name}" in out
@@ -133,3 +136,62 @@ def test_mutations_are_deterministic() -> None:
     again = [fuzz.mutated(*fuzz.case(3, i, CORPUS)[:2], CORPUS) for i in range(20)]
     assert first == again
     assert len(set(first)) > 15
+
+
+# --- structure-aware cases ---------------------------------------------------------------------
+
+
+def test_structure_cases_are_deterministic_and_cover_every_family() -> None:
+    first = [fuzz.structure_case(5, i) for i in range(60)]
+    again = [fuzz.structure_case(5, i) for i in range(60)]
+    assert [c[2] for c in first] == [c[2] for c in again]
+    assert {c[0] for c in first} == set(fuzz.FAMILIES)
+    for family, _desc, data, _draft in first:
+        assert decode_module.sniff(data) == family
+
+
+def test_both_mode_alternates_kinds() -> None:
+    kinds = [fuzz.build_case("both", 1, i, CORPUS)[0] for i in range(4)]
+    assert kinds == ["mutate", "structure", "mutate", "structure"]
+    assert fuzz.build_case("both", 1, 3, CORPUS)[3] == fuzz.structure_case(1, 3)[2]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_structure_run_in_process_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    """200 structure-aware cases through plan / inline / isolated decode: every bound holds."""
+    assert fuzz.main(["--mode", "structure", "--iterations", "200", "--seed", "3", "--in-process"]) == 0, \
+        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"^  unexpected +0$", out, re.MULTILINE)
+    assert re.search(r"by path: .*inline=\d+.*sandbox=\d+", out)
+
+
+def test_replay_prints_a_structure_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fuzz.main(["--mode", "structure", "--seed", "3", "--iteration", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3 iteration 1 (structure)" in out and "figures:" in out
+
+
+def test_the_bounds_catch_a_decode_that_breaks_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory and CPU checks are live: shrink the bounds and an ordinary decode breaks them."""
+    data = fuzz.hostile.png_any(1024, 1024, colour_type=6)
+    checker = fuzz.Checker()
+    try:
+        assert checker.check(data, None)[0] == "ok"
+        monkeypatch.setattr(fuzz, "MEM_SLACK", 0)
+        monkeypatch.setattr(fuzz, "MEM_PER_COST_PIXEL", 1)
+        result, detail, fig = checker.check(data, None)
+        assert fig["path"] == "inline" and result == "unexpected" and "peak RSS" in str(detail)
+        monkeypatch.setattr(fuzz, "MEM_SLACK", 1 << 40)
+        monkeypatch.setattr(fuzz, "INLINE_CPU_S", 0.0)
+        result, detail, _ = checker.check(data, None)
+        assert result == "unexpected" and "CPU" in str(detail)
+    finally:
+        checker.close()
+
+
+def test_isolated_decodes_go_through_the_sandbox() -> None:
+    """A TIFF with a large declared strip is not inline: the sandbox decodes it, or its deadline fires."""
+    data = fuzz.hostile.tiff(4096, 4096, tile=None, data=bytes(4096 * 4096))
+    result, detail, fig = fuzz.bounded_outcome(data)
+    assert fig["path"] == "sandbox" and result in ("ok", "timeout"), detail
