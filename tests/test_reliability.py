@@ -34,8 +34,6 @@ import random
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -47,8 +45,9 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
-from tests.conftest import COMPILED_DIR, REFERENCE, ROOT
+from tests.conftest import REFERENCE
 from tests.helpers import hostile as hostile_images
+from tests.helpers.appserver import AppServer, Reply
 from tests.helpers.rss import PeakRSS
 from tests.helpers.servers import (
     LocalServer,
@@ -144,63 +143,13 @@ if RANDOM_BYTES.startswith((b"\xff\xd8", b"\x89P", b"GIF", b"BM", b"II", b"MM", 
 # ------------------------------------------------------------------ a server process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Reply:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, seconds: float) -> None:
-        self.status, self.headers, self.body, self.seconds = status, headers, body, seconds
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def error(self, status_code: int, code: str) -> dict[str, Any]:
-        """Assert a JSON error with this status and code; return the body."""
-        assert self.status == status_code, (self.status, self.body[:300])
-        assert self.headers.get("content-type") == "application/json", self.headers
-        body = self.json()
-        assert body["code"] == code, body
-        assert isinstance(body["message"], str) and body["message"], body
-        return body
-
-    def __repr__(self) -> str:
-        return f"Reply({self.status}, {self.body[:200]!r}, {self.seconds:.2f} s)"
-
-
-class AppProcess:
-    """``python app.py`` on 127.0.0.1:<free port> with the defaults plus ``env``."""
+class AppProcess(AppServer):
+    """``python app.py`` on 127.0.0.1:<free port> with this module's limits plus ``env``."""
 
     def __init__(self, name: str, folder: Path, **env: str) -> None:
         self.name = name
-        self.port = free_port()
-        self.data_dir = folder / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = folder / "server.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
-        environ.update(PORT=str(self.port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(self.data_dir),
-                       NSFW_COMPILED_DIR=COMPILED_DIR,
-                       NSFW_FETCH_TIMEOUT=str(FETCH_TIMEOUT), NSFW_MAX_BYTES=str(MAX_BYTES),
-                       NSFW_BODY_TIMEOUT=str(BODY_TIMEOUT), **env)
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,
-                                            stderr=subprocess.STDOUT)
-        self._log_offset = 0
-
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                timeout: float = 30.0, encode_chunked: bool = False) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        started = time.monotonic()
-        try:
-            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=encode_chunked)
-            response = conn.getresponse()
-            data = response.read()
-            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
-                         time.monotonic() - started)
-        finally:
-            conn.close()
+        super().__init__(folder, **{"NSFW_FETCH_TIMEOUT": str(FETCH_TIMEOUT), "NSFW_MAX_BYTES": str(MAX_BYTES),
+                                    "NSFW_BODY_TIMEOUT": str(BODY_TIMEOUT), **env})
 
     def predict_url(self, url: str, **params: str) -> Reply:
         query = urllib.parse.urlencode({"url": url, **params}, quote_via=urllib.parse.quote, safe="")
@@ -227,26 +176,12 @@ class AppProcess:
         state = "ready" if ready else "failed"
         pytest.fail(f"{self.name}: not {state} in {STARTUP_TIMEOUT} s:\n{self.log.read_text()}")
 
-    def new_log(self) -> str:
-        text = self.log.read_text(errors="replace")
-        new, self._log_offset = text[self._log_offset:], len(text)
-        return new
-
     def assert_quiet_log(self) -> None:
         """No error was logged since the last call (an unexpected exception would be)."""
         new = self.new_log()
         assert "Traceback" not in new and " ERROR " not in new, new[-3000:]
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM; the exit status (uvicorn re-raises the signal: -15 after a clean shutdown)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            raise
+    terminate = AppServer.stop  # SIGTERM; uvicorn re-raises the signal: -15 after a clean shutdown
 
 
 # ------------------------------------------------------------------ upstream servers

@@ -73,11 +73,11 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                timeout: float = 30.0) -> Reply:
+                timeout: float = 30.0, encode_chunked: bool = False) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         started = time.monotonic()
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=encode_chunked)
             response = conn.getresponse()
             data = response.read()
             return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
