@@ -67,7 +67,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, TiffImagePlugin  # noqa: E402
 
 from nsfw_core.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, decode, plan  # noqa: E402
 from nsfw_core.errors import DecodeTimeout, NSFWError  # noqa: E402
@@ -283,13 +283,22 @@ def _pick(rng: random.Random, common: tuple, rare: tuple, p_rare: float = 0.15) 
     return rng.choice(rare) if rare and rng.random() < p_rare else rng.choice(common)
 
 
+# Pillow's supported TIFF layouts: (byte order, photometric, sample formats, fill order, bits, extra samples).
+_TIFF_LAYOUTS = sorted(TiffImagePlugin.OPEN_INFO)
+
+
 def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
     w, h = _dims(rng, 1 << 20)
-    samples = _pick(rng, (1, 1, 1, 3, 3, 4, 2), (5, rng.randint(6, 40), 0))
-    bits = _pick(rng, (8, 8, 8, 1, 16, 4, 2, 32), (12, 24, 64, rng.randint(0, 255)))
+    known = rng.choice(_TIFF_LAYOUTS) if rng.random() < 0.7 else None
+    if known is not None:  # a layout Pillow decodes: the rest of the structure is what is hostile
+        samples, bits = len(known[4]), known[4][0]
+        photometric = known[1]
+    else:
+        samples = _pick(rng, (1, 1, 1, 3, 3, 4, 2), (5, rng.randint(6, 40), 0))
+        bits = _pick(rng, (8, 8, 8, 1, 16, 4, 2, 32), (12, 24, 64, rng.randint(0, 255)))
+        photometric = (1 if samples < 3 else 2) if rng.random() < 0.6 else \
+            _pick(rng, (0, 1, 2, 3, 4, 5, 6, 8), (rng.randint(9, 65535), 32844))
     compression = _pick(rng, (1, 1, 5, 8, 32773, 7), (2, 3, 4, 6, 34676, 34712, 50000, 0, 65535), 0.1)
-    photometric = (1 if samples < 3 else 2) if rng.random() < 0.6 else \
-        _pick(rng, (0, 1, 2, 3, 4, 5, 6, 8), (rng.randint(9, 65535), 32844))
     planar = _pick(rng, (1, 1, 1, 2), (0, 3), 0.05)
     tiled = rng.random() < 0.5
     spp_bits = max(samples, 1) * bits
@@ -318,7 +327,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
         jw, jh = (layout["tile"] if tiled else (w, min(max(layout["rows_per_strip"], 1), h)))
         small = jw * jh <= 4_000_000 and full
         blob = hostile.jpeg(min(jw, 65535) if small else 16, min(jh, 65535) if small else 16,
-                            sampling=((1, 1),) if samples < 3 else ((2, 2), (1, 1), (1, 1)))
+                            sampling=((1, 1),) * min(max(samples, 1), 4) if photometric != 6 else ((2, 2), (1, 1), (1, 1)))
     else:
         blob = bytes(raw)
     if not full and rng.random() < 0.3:
@@ -327,7 +336,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
     off = hostile.TIFF_DATA_OFFSET
     entries: list[tuple[int, int, list]] = [
         (256, short_or_long(w), [w]), (257, short_or_long(h), [h]),
-        (258, 3, [bits] * (max(samples, 1) if rng.random() < 0.8 else 1)),
+        (258, 3, list(known[4]) if known else [bits] * (max(samples, 1) if rng.random() < 0.8 else 1)),
         (259, 3, [compression]), (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [planar]),
     ]
     if tiled:
@@ -336,14 +345,22 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
                     (324, 4, [off] * count), (325, 4, [len(blob)] * count)]
     else:
         entries += [(273, 4, [off] * count), (278, 4, [layout["rows_per_strip"]]), (279, 4, [len(blob)] * count)]
-    extras = {}
-    if rng.random() < 0.2:
+    extras: dict = {}
+    if known is not None:
+        extras["layout"] = known
+        if known[2] != (1,):
+            entries.append((339, 3, list(known[2])))
+        if known[3] != 1:
+            entries.append((266, 3, [known[3]]))
+        if known[5]:
+            entries.append((338, 3, list(known[5])))
+    elif rng.random() < 0.2:
         extras["sample_format"] = rng.choice((1, 2, 3, 4, 0))
         entries.append((339, 3, [extras["sample_format"]] * max(samples, 1)))
     if rng.random() < 0.2:
         extras["predictor"] = rng.choice((1, 2, 3, 0, 9))
         entries.append((317, 3, [extras["predictor"]]))
-    if samples in (2, 4, 5) and rng.random() < 0.5:
+    if known is None and samples in (2, 4, 5) and rng.random() < 0.5:
         extras["extra_samples"] = rng.choice((0, 1, 2, 3))
         entries.append((338, 3, [extras["extra_samples"]]))
     if photometric == 3 or rng.random() < 0.05:
@@ -367,7 +384,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
     ifd_bytes = sum(4 * len(values) for _tag, _kind, values in entries)
     pages = max(1, min(pages, (8 << 20) // max(ifd_bytes, 1)))  # at most ~8 MB of IFDs
     loop = rng.choice((None, None, None, None, "self", "first"))
-    big_endian = rng.random() < 0.2
+    big_endian = known[0] == b"MM" if known is not None else rng.random() < 0.2
     data = hostile.tiff_any([entries] * pages, blob, big_endian=big_endian, loop=loop)
     desc = {"size": (w, h), "samples": samples, "bits": bits, "compression": compression, "photometric": photometric,
             "planar": planar, **layout, "segments": segments, "offsets": count, "full": full, "blob": len(blob),

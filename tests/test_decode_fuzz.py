@@ -195,3 +195,11 @@ def test_isolated_decodes_go_through_the_sandbox() -> None:
     data = fuzz.hostile.tiff(4096, 4096, tile=None, data=bytes(4096 * 4096))
     result, detail, fig = fuzz.bounded_outcome(data)
     assert fig["path"] == "sandbox" and result in ("ok", "timeout"), detail
+
+
+@pytest.mark.xfail(strict=False, reason="issue 13 (found by bench/fuzz_decode.py --mode structure --seed 1000, "
+                   "iterations 960 and 1882): a 1-pixel-wide PNG costs 40-48 bytes of peak RSS per pixel inline")
+def test_tall_narrow_png_decodes_inline_within_the_memory_bound() -> None:
+    data = fuzz.hostile.png_any(1, 4_000_000, colour_type=6)  # 87 KB; 4 Mpixels, inline
+    result, detail, fig = fuzz.bounded_outcome(data)
+    assert result != "unexpected", f"{detail} {fig}"
