@@ -112,6 +112,7 @@ class Plan:
     width: int  # displayed size (EXIF orientation applied), before any JPEG draft
     height: int
     cost: structure.Cost
+    orientation: int = 1  # EXIF orientation read from the header (1: upright or none)
 
 
 def plan(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = DEFAULT_MAX_SCANS,
@@ -124,8 +125,7 @@ def plan(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = 
     """
     fmt = _require_format(data)
     with _typed_errors(fmt):
-        img = _open_checked(data, fmt, max_pixels, max_scans, draft_size)
-        return _plan_of(img, data, fmt, draft_size)
+        return _open_checked(data, fmt, max_pixels, max_scans, draft_size)[1]
 
 
 def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
@@ -148,9 +148,9 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int 
         raise ValueError(f"draft_size must be >= 1, got {draft_size}")
     fmt = _require_format(data)
     with _typed_errors(fmt):
-        img = _open_checked(data, fmt, max_pixels, max_scans, draft_size)
+        img, found = _open_checked(data, fmt, max_pixels, max_scans, draft_size)
         if fmt == "jpeg":
-            fast = _decode_jpeg_fast(data, img, draft_size)
+            fast = _decode_jpeg_fast(data, img, draft_size, found.orientation)
             if fast is not None:
                 return fast
             if draft_size is not None:
@@ -164,9 +164,10 @@ def _plan_of(img: ImageFile.ImageFile, data: bytes, fmt: str, draft_size: int | 
     width, height = img.size
     scale = _draft_scale(width, height, draft_size) if fmt == "jpeg" else 1
     cost = structure.estimate(fmt, img, data, (-(-width // scale), -(-height // scale)))
-    if _header_orientation(img) in _ROTATING_ORIENTATIONS:
+    orientation = _header_orientation(img)
+    if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
-    return Plan(fmt, width, height, cost)
+    return Plan(fmt, width, height, cost, orientation)
 
 
 def _draft_scale(width: int, height: int, draft_size: int | None) -> int:
@@ -180,7 +181,8 @@ def _draft_scale(width: int, height: int, draft_size: int | None) -> int:
     return next((s for s in (8, 4, 2) if fit >= s), 1)
 
 
-def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | None) -> np.ndarray | None:
+def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | None,
+                      orientation: int) -> np.ndarray | None:
     """libjpeg-turbo straight into an array (simplejpeg), else ``None`` and Pillow decodes.
 
     Same library, same settings (accurate integer IDCT, smooth chroma upsampling,
@@ -202,7 +204,7 @@ def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | N
         return None
     if rgb.shape != want:
         return None
-    return np.ascontiguousarray(_ORIENT.get(_header_orientation(img), _same)(rgb))
+    return np.ascontiguousarray(_ORIENT.get(orientation, _same)(rgb))
 
 
 def _same(a: np.ndarray) -> np.ndarray:
@@ -275,7 +277,7 @@ def _typed_errors(fmt: str) -> Iterator[None]:
 
 
 def _open_checked(data: bytes, fmt: str, max_pixels: int, max_scans: int = DEFAULT_MAX_SCANS,
-                  draft_size: int | None = None) -> ImageFile.ImageFile:
+                  draft_size: int | None = None) -> tuple[ImageFile.ImageFile, Plan]:
     """Open lazily (header only) and enforce the size and cost limits; no pixel is decoded."""
     early = _EARLY_SIZE_READERS.get(fmt)
     size = early(data) if early is not None else None
@@ -283,9 +285,9 @@ def _open_checked(data: bytes, fmt: str, max_pixels: int, max_scans: int = DEFAU
         _check_size(*size, fmt=fmt, max_pixels=max_pixels)
     img = _open(data, fmt)
     _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)
-    _check_cost(_plan_of(img, data, fmt, draft_size).cost, img.size, fmt=fmt, max_pixels=max_pixels,
-                max_scans=max_scans)
-    return img
+    found = _plan_of(img, data, fmt, draft_size)
+    _check_cost(found.cost, img.size, fmt=fmt, max_pixels=max_pixels, max_scans=max_scans)
+    return img, found
 
 
 def _check_cost(cost: structure.Cost, size: tuple[int, int], *, fmt: str, max_pixels: int, max_scans: int) -> None:

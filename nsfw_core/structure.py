@@ -69,6 +69,7 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
 
     Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart
     marker, so every ``FF DA`` after the first scan header starts another scan.
+    Sequential JPEGs count as one scan.
     ``None`` when the segments end before a frame header and a scan (Pillow then
     reports the file as corrupt).
     """
@@ -92,7 +93,11 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
         if marker == 0xDA:
             if sampling is None:
                 return None
-            return JpegLayout(progressive, sampling, 1 + data.count(_SOS, pos + 2 + length))
+            # Only progressive scans are decoded over and over: libjpeg stops a sequential JPEG at
+            # the first scan after its components are complete (a test checks it). So counting
+            # (about 1 ms per MB) is only paid for progressive files.
+            scans = 1 + data.count(_SOS, pos + 2 + length) if progressive else 1
+            return JpegLayout(progressive, sampling, scans)
         pos += 2 + length
     return None
 

@@ -883,7 +883,7 @@ def test_jpeg_that_libjpeg_warns_about_decodes_like_pillow(monkeypatch: pytest.M
     data = encode(photo_like(64, 48), "JPEG")
     sof = data.index(b"\xff\xc0")
     junk = data[:sof] + b"\x00\x00" + data[sof:]
-    assert decode_module._decode_jpeg_fast(junk, decode_module._open(junk, "jpeg"), None) is None
+    assert decode_module._decode_jpeg_fast(junk, decode_module._open(junk, "jpeg"), None, 1) is None
     monkeypatch.setattr(decode_module, "_simplejpeg", None)
     expected = decode(junk)
     monkeypatch.undo()

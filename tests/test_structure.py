@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nsfw_core import decode, structure
-from nsfw_core.errors import ImageTooLarge
+from nsfw_core.errors import ImageTooLarge, UndecodableImage
 from tests.helpers import hostile
 
 
@@ -100,3 +100,18 @@ def test_png_cost_is_its_pixels_whatever_the_aspect_ratio() -> None:
 def test_max_pixels_exactly_the_image_still_decodes() -> None:
     for data in (hostile.png(40, 30), _jpeg((40, 30), progressive=True), hostile.tiff(40, 30, tile=None)):
         assert decode.decode(data, max_pixels=1200).shape == (30, 40, 3)
+
+
+def test_sequential_jpeg_with_repeated_scans_fails_fast_and_counts_one_scan() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (2048, 2048), 128).save(buf, "JPEG")
+    data = buf.getvalue()
+    scan = data[data.index(b"\xff\xda"):data.rindex(b"\xff\xd9")]
+    evil = data[:-2] + scan * 200 + b"\xff\xd9"
+    assert structure.jpeg_layout(evil).scans == 1
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(UndecodableImage):  # libjpeg refuses the second scan of a sequential JPEG at once
+        decode.decode(evil)
+    assert time.perf_counter() - started < 1.0
