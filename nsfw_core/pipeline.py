@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 # smaller draft (which box-filters) moves borderline images: at 2x, house.jpg
 # (1024x1536) lost 0.31 of its "drawings" probability against nsfwjs.
 DRAFT_FACTOR = 4
+# Most of NSFW_DECODE_PIXEL_BUDGET one expensive (isolated) decode may hold: a 50-megapixel PNG
+# holding the whole budget made every cheap image wait for it (small PNG p50 1.9 s).
+ISOLATED_SHARE = 0.75
 
 
 @dataclasses.dataclass
@@ -94,8 +97,13 @@ class PixelBudget:
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        need = max(1, min(pixels, self.capacity))
+    def hold(self, pixels: int, *, share: float = 1.0) -> Iterator[None]:
+        """Hold ``pixels`` of the budget, capped at ``share`` of it (so one image always fits).
+
+        Expensive images (the isolated lane) hold at most :data:`ISOLATED_SHARE`: whatever
+        they decode, the rest stays free for cheap images, which never wait behind them.
+        """
+        need = max(1, min(pixels, int(self.capacity * share)))
         with self._cond:
             self._cond.wait_for(lambda: self.free >= need)
             self.free -= need
@@ -157,7 +165,8 @@ def decode_preview(data: bytes, settings: Any, draft_size: int | None) -> np.nda
     """
     limits = _decode_limits(settings, draft_size)
     plan = _decode.plan(data, **limits)
-    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
+    share = 1.0 if plan.cost.inline else ISOLATED_SHARE
+    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels, share=share):
         if plan.cost.inline:
             return _decode.decode(data, **limits)
         return sandbox(settings).decode(data, limits=limits, cost_pixels=plan.cost.pixels)
@@ -172,7 +181,7 @@ def prepare_inline(model: Model, data: bytes, plan: _decode.Plan, settings: Any)
 
 def prepare_isolated(model: Model, data: bytes, plan: _decode.Plan, settings: Any) -> np.ndarray:
     """Decode and preprocess an expensive image in the isolated lane, under NSFW_DECODE_TIMEOUT."""
-    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels):
+    with pixel_budget(settings.decode_pixel_budget).hold(plan.cost.pixels, share=ISOLATED_SHARE):
         return sandbox(settings).prepare(data, size=model.input_size, limits=_limits(model, settings),
                                          cost_pixels=plan.cost.pixels)
 

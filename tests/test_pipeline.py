@@ -47,9 +47,9 @@ def test_decode_for_holds_the_image_pixels(default_model, monkeypatch):
     budget = pipeline.pixel_budget(load_settings(environ={}).decode_pixel_budget)
     real_hold = budget.hold
 
-    def spy(pixels):
+    def spy(pixels, share=1.0):
         held.append(pixels)
-        return real_hold(pixels)
+        return real_hold(pixels, share=share)
 
     monkeypatch.setattr(budget, "hold", spy)
     rgb = pipeline.decode_for(default_model, (REFERENCE / "smile.jpg").read_bytes(), load_settings(environ={}))
@@ -76,3 +76,25 @@ def test_classify_sources_batches_and_keeps_order(default_model, monkeypatch):
     assert all(r.ok for r in results[:4]) and results[4].error.code == "invalid_url"
     assert results[0].sha256 and len(results[0].sha256) == 64
     assert sum(results[0].scores.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_expensive_decode_leaves_a_share_of_the_budget_to_cheap_images() -> None:
+    import threading
+
+    from nsfw_core.pipeline import ISOLATED_SHARE, PixelBudget
+
+    budget = PixelBudget(1000)
+    with budget.hold(5000, share=ISOLATED_SHARE):  # a huge image holds at most 3/4
+        assert budget.free == 250
+        held = []
+        done = threading.Event()
+
+        def cheap() -> None:
+            held.append(budget.hold(200))
+            held[0].__enter__()
+            done.set()
+
+        threading.Thread(target=cheap).start()
+        assert done.wait(2.0)  # a cheap image does not wait for it
+        assert budget.free == 50
+    assert budget.free == 800
