@@ -37,6 +37,7 @@ ISOLATED_FORMATS = frozenset({"tiff"})
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _SOS = b"\xff\xda"
+MIN_ROW = 8  # pixels a row counts for, however narrow (see estimate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +104,28 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
 
 
 def estimate(fmt: str, img: Any, data: bytes, output: tuple[int, int]) -> Cost:
-    """The :class:`Cost` of decoding ``img`` (opened lazily by Pillow from ``data``) to ``output`` (W, H)."""
+    """The :class:`Cost` of decoding ``img`` (opened lazily by Pillow from ``data``) to ``output`` (W, H).
+
+    Pillow keeps a pointer and allocator overhead per row, and its decoders per-row
+    buffers: an image 1 pixel wide took 26-49 bytes a pixel against about 15 for a
+    photograph (decode fuzz, RELIABILITY.md).  So every row counts as at least
+    :data:`MIN_ROW` pixels; for images at least that wide nothing changes.
+    """
     width, height = img.size
-    out_pixels = output[0] * output[1]
+    out_pixels = output[1] * max(output[0], MIN_ROW)
     if fmt == "jpeg":
         return _jpeg_cost(data, width, height, out_pixels)
     if fmt == "tiff":
         return _tiff_cost(img, width, height)
-    return Cost(pixels=out_pixels, work=width * height)
+    work = height * max(width, MIN_ROW)
+    if fmt == "webp" and _animated_webp(data):
+        # libwebp's animation decoder composes frames on a canvas and keeps the previous one.
+        return Cost(pixels=2 * out_pixels, work=2 * work, why="an animated WebP's two canvases")
+    return Cost(pixels=out_pixels, work=work, why=f"{height} rows" if width < MIN_ROW else "")
+
+
+def _animated_webp(data: bytes) -> bool:
+    return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
 
 
 def _jpeg_cost(data: bytes, width: int, height: int, out_pixels: int) -> Cost:
@@ -145,7 +160,9 @@ def _tiff_cost(img: Any, width: int, height: int) -> Cost:
         buf_w, buf_h, what = width, min(_tag_int(tags.get(278), height), height), "strip"
     raw_bytes = -(-width * bits_per_pixel // 8) * height  # the decoded samples before conversion
     buffer_bytes = -(-buf_w * bits_per_pixel // 8) * buf_h  # one tile or strip, as libtiff allocates it
-    return Cost(pixels=max(width * height, -(-raw_bytes // 4), -(-buffer_bytes // 4)), work=width * height + buf_w * buf_h,
+    buffers = -(-width // buf_w) * -(-height // buf_h)  # libtiff decodes every tile or strip whole
+    return Cost(pixels=max(height * max(width, MIN_ROW), -(-raw_bytes // 4), -(-buffer_bytes // 4)),
+                work=width * height + buffers * buf_w * buf_h,
                 why=f"{buf_w}x{buf_h} {what}s of {bits_per_pixel} bits per pixel", isolated=True)
 
 
