@@ -257,7 +257,20 @@ def _decode_probe() -> bytes:
     return buf.getvalue()
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this child when the server dies, even mid-decode (it would only see EOF after it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child still exits at EOF after its decode
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 if __name__ == "__main__":  # pragma: no cover - run as the child process
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is for the server
     _protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the replies

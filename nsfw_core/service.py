@@ -27,9 +27,9 @@ import numpy as np
 
 from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError, Overloaded
+from .decode import Plan
 from .fetch import fetch
 from .model import Model, load_for, scores_dict
-from .decode import Plan
 from .pipeline import plan_for, prepare_inline, prepare_isolated, sandbox
 from .review import ReviewQueue, should_queue
 from .settings import load_settings
@@ -37,8 +37,8 @@ from .verdict import ThresholdStore
 
 log = logging.getLogger(__name__)
 
-UPLOAD_SOURCE = "upload"
-ISOLATED_QUEUE = 4  # expensive images admitted per decode process (decoding or waiting); 503 beyond  # the review item's source for images sent in the request body
+UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
+ISOLATED_QUEUE = 4  # expensive images admitted per decode process (decoding or waiting); 503 beyond
 
 
 class _Isolate(NamedTuple):
@@ -197,9 +197,6 @@ class Service:
         if self.batcher is None or not self.batcher.running:
             raise NotReady(f"the service is not ready: {self.reason}")
         return self.batcher
-
-    async def _in_worker(self, fn: Any, arg: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, arg)
 
     async def _preparing(self, fn: Any, *args: Any) -> Any:
         """Run a fetch/decode step in a worker, counted in ``preparing`` for the batcher.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from nsfw_core.errors import DecodeTimeout, ImageTooLarge, NotAnImage, Undecodab
 from nsfw_core.model import resize_bilinear
 from nsfw_core.sandbox import PREVIEW_SIDE, Sandbox, _Child
 from tests.helpers import hostile
+from tests.helpers.rss import tree_pids
 
 LIMITS = {"max_pixels": 50_000_000, "max_scans": 100, "draft_size": None}
 
@@ -117,3 +119,46 @@ def test_malformed_replies_are_refused() -> None:
         with pytest.raises(UndecodableImage):
             fake.call({"op": "decode"}, b"x", 5.0)
         fake.kill()
+
+
+def test_a_child_dies_with_its_server_even_mid_decode(tmp_path) -> None:
+    """A server killed with SIGKILL while a child decodes: the child goes too (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    slow = tmp_path / "slow.jpg"
+    slow.write_bytes(hostile.progressive_scans(6000, 90))  # about 10 s of decoding
+    script = ("import sys, threading, time\n"
+              "from nsfw_core.sandbox import Sandbox\n"
+              "box = Sandbox(1, 60.0)\n"
+              "threading.Thread(target=box.decode, args=(open(sys.argv[1], 'rb').read(),), "
+              f"kwargs={{'limits': {LIMITS!r}, 'cost_pixels': 18_000_000}}, daemon=True).start()\n"
+              "time.sleep(1.0)\n"
+              "print('decoding', flush=True)\n"
+              "time.sleep(60)\n")
+    server = subprocess.Popen([sys.executable, "-c", script, str(slow)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "decoding"
+        children = tree_pids(server.pid)[1:]  # started from a thread: any task's children
+        assert len(children) == 1
+
+        def running(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
+            except OSError:
+                return False
+
+        assert running(children[0])
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 2  # the decode alone would run for several seconds more
+        while running(children[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(children[0]), "the decode child outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
