@@ -101,11 +101,13 @@ class Sandbox:
                 self.killed += 1
                 child.kill()
                 raise
-            except BaseException:
+            except BaseException:  # a broken pipe, a dead child, a malformed reply: never reuse it
                 child.kill()
                 raise
-            with self._lock:
+            with self._lock:  # a clean answer, an image or a typed error: the child goes on
                 self._idle.append(child)
+            if isinstance(result, NSFWError):
+                raise result
             return result
 
 
@@ -135,7 +137,9 @@ class _Child:
                     pass
         self.proc.wait()
 
-    def call(self, request: dict[str, Any], data: bytes, timeout: float) -> np.ndarray:
+    def call(self, request: dict[str, Any], data: bytes, timeout: float) -> np.ndarray | NSFWError:
+        """The child's answer: the array, or the typed error it reported. Raises when the child
+        misbehaves (deadline, death, malformed reply); the caller then kills it."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.timeout = timeout
         deadline = time.monotonic() + timeout
@@ -152,10 +156,10 @@ class _Child:
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         reply = json.loads(self._read(fd, head_len, deadline))
         body = self._read(fd, body_len, deadline)
-        if not reply.get("ok"):
+        if not reply.get("ok"):  # returned, not raised: the child answered cleanly and may be reused
             cls = _ERRORS.get(str(reply.get("error")), UndecodableImage)
             details = reply.get("details") if isinstance(reply.get("details"), dict) else {}
-            raise cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
+            return cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
         dtype = _DTYPES.get(str(reply.get("dtype")))
         shape = tuple(int(n) for n in reply.get("shape", ()))
         if dtype is None or len(shape) != 3 or int(np.prod(shape)) * np.dtype(dtype).itemsize != len(body):
@@ -177,7 +181,7 @@ class _Child:
                     code = None
                 if code is not None and code < 0 and -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT):
                     raise UndecodableImage(f"the decoder crashed on this image (signal {-code})")
-                raise UndecodableImage("the decoder stopped on this image")
+                raise UndecodableImage(f"the decoder stopped on this image (exit status {code})")
             chunks.append(chunk)
             got += len(chunk)
         return b"".join(chunks)

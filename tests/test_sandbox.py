@@ -58,7 +58,13 @@ def test_typed_errors_cross_the_boundary(lane: Sandbox) -> None:
     with pytest.raises(ImageTooLarge) as info:
         lane.decode(_png((64, 64)), limits={**LIMITS, "max_pixels": 100}, cost_pixels=1)
     assert info.value.details["max_pixels"] == 100
-    assert lane.decode(_png((8, 8)), limits=LIMITS, cost_pixels=64).shape == (8, 8, 3)  # the same child goes on
+    assert lane.decode(_png((8, 8)), limits=LIMITS, cost_pixels=64).shape == (8, 8, 3)
+    # a typed error is a clean answer: the same child goes on (no new process per corrupt file)
+    assert len(lane._idle) == 1
+    pid = lane._idle[0].proc.pid
+    with pytest.raises(UndecodableImage):
+        lane.decode(_png((64, 64))[:60], limits=LIMITS, cost_pixels=4096)
+    assert [c.proc.pid for c in lane._idle] == [pid]
 
 
 def test_a_decode_past_the_deadline_is_killed_and_the_next_call_gets_a_new_child(lane: Sandbox) -> None:
