@@ -86,6 +86,8 @@ def _bool(raw: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One row of the settings table: environment variable, attribute, default, help, parser."""
+
     name: str  # environment variable
     attr: str  # attribute of Settings
     default: str  # as it would be written in the environment
@@ -93,58 +95,295 @@ class Setting:
     parse: Callable[[str], Any]
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("PORT", "port", "8080", "Port the server listens on (all interfaces).", _int(1, 65535)),
-    Setting("NSFW_HOST", "host", "0.0.0.0", "Interface the server binds to.", str),
-    Setting("NSFW_MODEL", "model", "MobileNetV2Mid", "Default model: MobileNetV2Mid, MobileNetV2 or InceptionV3.", _model),
-    Setting("NSFW_MODEL_DIR", "model_dir", "model", "Folder holding the converted models (relative to the project root).", str),
-    Setting("NSFW_MAX_BYTES", "max_bytes", "10485760", "Largest image accepted, in bytes (fetched or uploaded); 413 above it.", _int(1)),
-    Setting("NSFW_MAX_PIXELS", "max_pixels", "50000000", "Largest image accepted, in pixels (width x height); 413 above it, checked before decoding. Also bounds the decoder's largest buffer (a TIFF tile or strip, progressive JPEG coefficients), counted in 4-byte pixels.", _int(1)),
-    Setting("NSFW_FETCH_TIMEOUT", "fetch_timeout", "10", "Total deadline for fetching one URL, in seconds (connect, redirects and body).", _float(0.001)),
-    Setting("NSFW_CONNECT_TIMEOUT", "connect_timeout", "3", "Timeout for one TCP/TLS connect, in seconds (capped by the total deadline).", _float(0.001)),
-    Setting("NSFW_FETCH_KEEPALIVE", "fetch_keepalive", "true", "Keep connections to image hosts open for the next fetch (at most 4 idle per host, 32 in all, 5 s); each reuse is checked against a fresh DNS answer. false: one connection per fetch.", _bool),
-    Setting("NSFW_BODY_TIMEOUT", "body_timeout", "30", "Longest time a client may take to send a request body (an upload or a batch), in seconds; 408 request_timeout after it. A stalled upload holds an in-flight slot until then.", _float(0.001)),
-    Setting("NSFW_MAX_REDIRECTS", "max_redirects", "5", "Most redirects followed for one URL; each hop is checked like the first.", _int(0, 20)),
-    Setting("NSFW_MAX_URL_LENGTH", "max_url_length", "2048", "Longest URL accepted, in characters.", _int(16)),
-    Setting("NSFW_ALLOW_PRIVATE_HOSTS", "allow_private_hosts", "", "Comma-separated host or host:port entries that may be fetched although loopback or private; * allows all. For development and tests only.", _list),
-    Setting("NSFW_API_KEYS", "api_keys", "", "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.", _list),
-    Setting("NSFW_ADULT_CLASSES", "adult_classes", "porn,sexy", "Classes whose scores add up to the adult score.", _classes),
-    Setting("NSFW_SAFE_CLASSES", "safe_classes", "neutral,drawings", "Classes whose scores add up to the safe score.", _classes),
-    Setting("NSFW_ADULT_THRESHOLD", "adult_threshold", "0.7", "Default adult threshold: adult score at or above it gives 'adult' (a saved thresholds file overrides it).", _float(0.0, 1.0)),
-    Setting("NSFW_SAFE_THRESHOLD", "safe_threshold", "0.9", "Default safe threshold: safe score at or above it gives 'safe' (a saved thresholds file overrides it).", _float(0.0, 1.0)),
-    Setting("NSFW_DATA_DIR", "data_dir", "var", "Folder for files the service writes: thresholds, score cache, review queue (relative to the project root).", str),
-    Setting("NSFW_RUNTIME", "runtime", "litert", "Inference runtime: litert (the model compiled once into NSFW_COMPILED_DIR by TensorFlow in a child process, then run by LiteRT with XNNPACK: about 20 % less CPU per image, and no TensorFlow in the server) or tensorflow.", _runtime),
-    Setting("NSFW_COMPILED_DIR", "compiled_dir", "", "Folder for the models compiled for litert (empty: <NSFW_DATA_DIR>/compiled); python -m nsfw_core.litert fills it ahead of time, e.g. in a build step.", str),
-    Setting("NSFW_MODEL_THREADS", "model_threads", "0", "Threads one forward pass uses (0: the CPUs this process may use, counting a container's cgroup CPU quota); litert splits them between the lanes that run a batch's images in parallel.", _int(0, 256)),
-    Setting("NSFW_MAX_BATCH", "max_batch", "8", "Most images handed to the model at once. The tensorflow runtime runs them as one forward pass (8 gives its full throughput here; 32 adds about 400 MB of activations); litert runs them one by one, shared out among its lanes.", _int(1, 512)),
-    Setting("NSFW_BATCH_WAIT_MS", "batch_wait_ms", "4", "tensorflow runtime only: how long the batcher waits for more images before a forward pass, in milliseconds (not at all when no other image is being fetched or decoded). litert never waits: a lone image already runs on all threads, about as fast per image as a batch on the lanes.", _float(0.0, 1000.0)),
-    Setting("NSFW_QUEUE_SIZE", "queue_size", "512", "Images waiting for inference before new requests get 503 with Retry-After.", _int(1)),
-    Setting("NSFW_DECODE_PIXEL_BUDGET", "decode_pixel_budget", "50000000", "Most pixels decoded at once across all threads (bounds memory; one image larger than this still decodes, alone).", _int(1)),
-    Setting("NSFW_DECODE_TIMEOUT", "decode_timeout", "5", "Deadline for decoding one expensive image, in seconds: images whose declared structure makes them costly (large, progressive, TIFF) decode in separate processes, killed at the deadline (422 decode_timeout). Cheap images decode in the worker threads, small enough by construction to finish well within it.", _float(0.1, 600.0)),
-    Setting("NSFW_DECODE_PROCESSES", "decode_processes", "2", "Expensive images decoded at once, each in its own process (the rest wait); the worker threads stay free for cheap images meanwhile.", _int(1, 64)),
-    Setting("NSFW_MAX_JPEG_SCANS", "max_jpeg_scans", "100", "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the whole image, and ordinary encoders write about 10.", _int(1, 100000)),
-    Setting("NSFW_MAX_IN_FLIGHT", "max_in_flight", "128", "Images being fetched, decoded or classified at once (batch items count one each); above it requests get 503 with Retry-After before their body is read.", _int(1)),
-    Setting("NSFW_WORKERS", "workers", "4", "Threads that fetch and decode images concurrently (4 kept the throughput of 8 here with about 40 MB less memory).", _int(1, 256)),
-    Setting("NSFW_MAX_BATCH_ITEMS", "max_batch_items", "64", "Most URLs accepted in one batch request.", _int(1, 10000)),
-    Setting("NSFW_DATABASE_URL", "database_url", "", "Review-queue database: a postgresql:// URL (psycopg 3), sqlite:///path, or empty for SQLite <data_dir>/review.sqlite.", str),
-    Setting("NSFW_REVIEW_VERDICTS", "review_verdicts", "unknown", "Comma-separated verdicts the API sends to human review: unknown, or unknown,adult to review adult ones too; empty turns the queue off.", _verdicts),
-    Setting("NSFW_REVIEW_STORE_UPLOADS", "review_store_uploads", "false", "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with their items.", _bool),
-    Setting("NSFW_REVIEW_RETENTION_DAYS", "review_retention_days", "30", "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.", _int(0)),
-    Setting("NSFW_REVIEW_LEASE_SECONDS", "review_lease_seconds", "300", "How long a reviewer holds a claimed item before another reviewer may get it.", _int(1)),
-    Setting("NSFW_JPEG_DRAFT", "jpeg_draft", "true", "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, within the fidelity bound.", _bool),
-)
+def setting(env: str, default: str, parse: Callable[[str], Any], help: str) -> Any:
+    """A field of :class:`Settings` whose metadata carries its row of the settings table."""
+    return dataclasses.field(metadata={"setting": Setting(env, "", default, help, parse)})
 
 
-def _make_settings_class() -> type:
-    fields = [(s.attr, Any) for s in SETTINGS]
-    return dataclasses.make_dataclass("Settings", fields, frozen=True)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The parsed settings; build with :func:`load_settings`. Each field's metadata is its table row.
+
+    Modules take the narrow part they need (:attr:`fetch_policy`, :attr:`decode_limits`, ...),
+    not the whole object.
+    """
+
+    port: int = setting(
+        "PORT", "8080", _int(1, 65535),
+        "Port the server listens on (all interfaces).")
+    host: str = setting(
+        "NSFW_HOST", "0.0.0.0", str,
+        "Interface the server binds to.")
+    model: str = setting(
+        "NSFW_MODEL", "MobileNetV2Mid", _model,
+        "Default model: MobileNetV2Mid, MobileNetV2 or InceptionV3.")
+    model_dir: str = setting(
+        "NSFW_MODEL_DIR", "model", str,
+        "Folder holding the converted models (relative to the project root).")
+    max_bytes: int = setting(
+        "NSFW_MAX_BYTES", "10485760", _int(1),
+        "Largest image accepted, in bytes (fetched or uploaded); 413 above it.")
+    max_pixels: int = setting(
+        "NSFW_MAX_PIXELS", "50000000", _int(1),
+        "Largest image accepted, in pixels (width x height); 413 above it, checked before decoding. Also "
+        "bounds the decoder's largest buffer (a TIFF tile or strip, progressive JPEG coefficients), counted "
+        "in 4-byte pixels.")
+    fetch_timeout: float = setting(
+        "NSFW_FETCH_TIMEOUT", "10", _float(0.001),
+        "Total deadline for fetching one URL, in seconds (connect, redirects and body).")
+    connect_timeout: float = setting(
+        "NSFW_CONNECT_TIMEOUT", "3", _float(0.001),
+        "Timeout for one TCP/TLS connect, in seconds (capped by the total deadline).")
+    fetch_keepalive: bool = setting(
+        "NSFW_FETCH_KEEPALIVE", "true", _bool,
+        "Keep connections to image hosts open for the next fetch (at most 4 idle per host, 32 in all, 5 s); "
+        "each reuse is checked against a fresh DNS answer. false: one connection per fetch.")
+    body_timeout: float = setting(
+        "NSFW_BODY_TIMEOUT", "30", _float(0.001),
+        "Longest time a client may take to send a request body (an upload or a batch), in seconds; 408 "
+        "request_timeout after it. A stalled upload holds an in-flight slot until then.")
+    max_redirects: int = setting(
+        "NSFW_MAX_REDIRECTS", "5", _int(0, 20),
+        "Most redirects followed for one URL; each hop is checked like the first.")
+    max_url_length: int = setting(
+        "NSFW_MAX_URL_LENGTH", "2048", _int(16),
+        "Longest URL accepted, in characters.")
+    allow_private_hosts: tuple[str, ...] = setting(
+        "NSFW_ALLOW_PRIVATE_HOSTS", "", _list,
+        "Comma-separated host or host:port entries that may be fetched although loopback or private; * allows"
+        " all. For development and tests only.")
+    api_keys: tuple[str, ...] = setting(
+        "NSFW_API_KEYS", "", _list,
+        "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.")
+    adult_classes: tuple[str, ...] = setting(
+        "NSFW_ADULT_CLASSES", "porn,sexy", _classes,
+        "Classes whose scores add up to the adult score.")
+    safe_classes: tuple[str, ...] = setting(
+        "NSFW_SAFE_CLASSES", "neutral,drawings", _classes,
+        "Classes whose scores add up to the safe score.")
+    adult_threshold: float = setting(
+        "NSFW_ADULT_THRESHOLD", "0.7", _float(0.0, 1.0),
+        "Default adult threshold: adult score at or above it gives 'adult' (a saved thresholds file overrides"
+        " it).")
+    safe_threshold: float = setting(
+        "NSFW_SAFE_THRESHOLD", "0.9", _float(0.0, 1.0),
+        "Default safe threshold: safe score at or above it gives 'safe' (a saved thresholds file overrides "
+        "it).")
+    data_dir: str = setting(
+        "NSFW_DATA_DIR", "var", str,
+        "Folder for files the service writes: thresholds, score cache, review queue (relative to the project "
+        "root).")
+    runtime: str = setting(
+        "NSFW_RUNTIME", "litert", _runtime,
+        "Inference runtime: litert (the model compiled once into NSFW_COMPILED_DIR by TensorFlow in a child "
+        "process, then run by LiteRT with XNNPACK: less CPU per image than TensorFlow (BENCHMARKS.md), and no"
+        " TensorFlow in the server) or tensorflow.")
+    compiled_dir: str = setting(
+        "NSFW_COMPILED_DIR", "", str,
+        "Folder for the models compiled for litert (empty: <NSFW_DATA_DIR>/compiled); python -m "
+        "nsfw_core.litert fills it ahead of time, e.g. in a build step.")
+    model_threads: int = setting(
+        "NSFW_MODEL_THREADS", "0", _int(0, 256),
+        "Threads one forward pass uses (0: the CPUs this process may use, counting a container's cgroup CPU "
+        "quota); litert splits them between the lanes that run a batch's images in parallel.")
+    max_batch: int = setting(
+        "NSFW_MAX_BATCH", "8", _int(1, 512),
+        "Most images handed to the model at once. The tensorflow runtime runs them as one forward pass "
+        "(larger batches cost activation memory; BENCHMARKS.md); litert runs them one by one, shared out "
+        "among its lanes.")
+    batch_wait_ms: float = setting(
+        "NSFW_BATCH_WAIT_MS", "4", _float(0.0, 1000.0),
+        "tensorflow runtime only: how long the batcher waits for more images before a forward pass, in "
+        "milliseconds (not at all when no other image is being fetched or decoded). litert never waits: a "
+        "lone image already runs on all threads, about as fast per image as a batch on the lanes.")
+    queue_size: int = setting(
+        "NSFW_QUEUE_SIZE", "512", _int(1),
+        "Images waiting for inference before new requests get 503 with Retry-After.")
+    decode_pixel_budget: int = setting(
+        "NSFW_DECODE_PIXEL_BUDGET", "50000000", _int(1),
+        "Most pixels decoded at once across all threads (bounds memory; one image larger than this still "
+        "decodes, alone).")
+    decode_timeout: float = setting(
+        "NSFW_DECODE_TIMEOUT", "5", _float(0.1, 600.0),
+        "Deadline for decoding one expensive image, in seconds: images whose declared structure makes them "
+        "costly (large, progressive, TIFF) decode in separate processes, killed at the deadline (422 "
+        "decode_timeout). Cheap images decode in the worker threads, small enough by construction to finish "
+        "well within it.")
+    decode_processes: int = setting(
+        "NSFW_DECODE_PROCESSES", "2", _int(1, 64),
+        "Expensive images decoded at once, each in its own process (the rest wait); the worker threads stay "
+        "free for cheap images meanwhile.")
+    max_jpeg_scans: int = setting(
+        "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
+        "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"
+        " whole image, and ordinary encoders write about 10.")
+    max_in_flight: int = setting(
+        "NSFW_MAX_IN_FLIGHT", "128", _int(1),
+        "Images being fetched, decoded or classified at once (batch items count one each); above it requests "
+        "get 503 with Retry-After before their body is read.")
+    workers: int = setting(
+        "NSFW_WORKERS", "4", _int(1, 256),
+        "Threads that fetch and decode images concurrently (BENCHMARKS.md compares counts).")
+    max_batch_items: int = setting(
+        "NSFW_MAX_BATCH_ITEMS", "64", _int(1, 10000),
+        "Most URLs accepted in one batch request.")
+    database_url: str = setting(
+        "NSFW_DATABASE_URL", "", str,
+        "Review-queue database: a postgresql:// URL (psycopg 3), sqlite:///path, or empty for SQLite "
+        "<data_dir>/review.sqlite.")
+    review_verdicts: tuple[str, ...] = setting(
+        "NSFW_REVIEW_VERDICTS", "unknown", _verdicts,
+        "Comma-separated verdicts the API sends to human review: unknown, or unknown,adult to review adult "
+        "ones too; empty turns the queue off.")
+    review_store_uploads: bool = setting(
+        "NSFW_REVIEW_STORE_UPLOADS", "false", _bool,
+        "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with "
+        "their items.")
+    review_retention_days: int = setting(
+        "NSFW_REVIEW_RETENTION_DAYS", "30", _int(0),
+        "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.")
+    review_lease_seconds: int = setting(
+        "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
+        "How long a reviewer holds a claimed item before another reviewer may get it.")
+    jpeg_draft: bool = setting(
+        "NSFW_JPEG_DRAFT", "true", _bool,
+        "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, "
+        "within the fidelity bound.")
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            max_bytes=self.max_bytes, timeout=self.fetch_timeout, connect_timeout=self.connect_timeout,
+            keepalive=self.fetch_keepalive, max_redirects=self.max_redirects,
+            max_url_length=self.max_url_length, allow_private_hosts=self.allow_private_hosts)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans,
+            jpeg_draft=self.jpeg_draft, pixel_budget=self.decode_pixel_budget, timeout=self.decode_timeout,
+            processes=self.decode_processes)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(name=self.model, model_dir=self.model_dir, runtime=self.runtime,
+                           compiled_dir=self.compiled_dir, threads=self.model_threads)
+
+    @property
+    def threshold_config(self) -> ThresholdConfig:
+        return ThresholdConfig(adult_classes=self.adult_classes, safe_classes=self.safe_classes,
+                               adult_threshold=self.adult_threshold, safe_threshold=self.safe_threshold,
+                               data_dir=self.data_dir)
+
+    @property
+    def review_config(self) -> ReviewConfig:
+        return ReviewConfig(database_url=self.database_url, data_dir=self.data_dir,
+                            verdicts=self.review_verdicts, store_uploads=self.review_store_uploads,
+                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
+
+    @property
+    def serving_limits(self) -> ServingLimits:
+        return ServingLimits(
+            max_bytes=self.max_bytes, max_url_length=self.max_url_length, body_timeout=self.body_timeout,
+            max_in_flight=self.max_in_flight, max_batch_items=self.max_batch_items, workers=self.workers,
+            max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
+            api_keys=self.api_keys)
 
 
-Settings = _make_settings_class()
-Settings.__doc__ = "The parsed settings; build with load_settings()."
+# ---------------------------------------------------------------- the narrow parts
+# Small explicit objects, each passed to exactly the code that needs it (as HTTPX passes Timeout and
+# Limits): the fetcher never sees the review database's URL, the review queue never sees fetch limits.
+# They carry no defaults of their own: the defaults are the table's, ``load_settings({}).fetch_policy``.
 
 
-def _resolve(settings: Any) -> Any:
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """What the URL fetcher may do: sizes, deadlines, redirects, which private hosts it may reach."""
+
+    max_bytes: int
+    timeout: float
+    connect_timeout: float
+    keepalive: bool
+    max_redirects: int
+    max_url_length: int
+    allow_private_hosts: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding one image may cost, and how much decoding runs at once."""
+
+    max_bytes: int
+    max_pixels: int
+    max_jpeg_scans: int
+    jpeg_draft: bool
+    pixel_budget: int
+    timeout: float
+    processes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load, from where, on which runtime, with how many threads."""
+
+    name: str
+    model_dir: str
+    runtime: str
+    compiled_dir: str
+    threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdConfig:
+    """The default thresholds and classes, and the folder where saved thresholds live."""
+
+    adult_classes: tuple[str, ...]
+    safe_classes: tuple[str, ...]
+    adult_threshold: float
+    safe_threshold: float
+    data_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewConfig:
+    """The review queue: where it lives, what it takes in, how long it keeps it."""
+
+    database_url: str
+    data_dir: str
+    verdicts: tuple[str, ...]
+    store_uploads: bool
+    retention_days: int
+    lease_seconds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingLimits:
+    """What the HTTP API admits: body sizes and deadlines, images in flight, batch sizes, API keys."""
+
+    max_bytes: int
+    max_url_length: int
+    body_timeout: float
+    max_in_flight: int
+    max_batch_items: int
+    workers: int
+    max_batch: int
+    batch_wait_ms: float
+    queue_size: int
+    api_keys: tuple[str, ...]
+
+
+def _table() -> tuple[Setting, ...]:
+    rows = []
+    for f in dataclasses.fields(Settings):
+        row = f.metadata["setting"]
+        rows.append(dataclasses.replace(row, attr=f.name))
+    return tuple(rows)
+
+
+SETTINGS: tuple[Setting, ...] = _table()
+
+
+def _resolve(settings: Settings) -> Settings:
     def under_root(p: str) -> str:
         path = Path(p)
         return str(path if path.is_absolute() else ROOT / path)
@@ -155,7 +394,7 @@ def _resolve(settings: Any) -> Any:
                                compiled_dir=compiled_dir)
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Parse settings from ``environ`` (default ``os.environ``); keyword overrides win."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -165,6 +404,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[s.attr] = s.parse(raw)
         except ValueError as exc:
             raise SettingsError(f"{s.name}={raw!r}: {exc}") from exc
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
     values.update(overrides)
     return _resolve(Settings(**values))
 
