@@ -81,6 +81,15 @@ _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
 _SAFE_TARGET_CHARS = "!$%&'()*+,/:;=?@[]~"
 
 
+def is_url(source: str) -> bool:
+    """Whether ``source`` is meant as a URL (it has a scheme), not a local path.
+
+    The one test of "is this a URL" in the project: a source that is one goes to :func:`fetch`,
+    which refuses every scheme but http and https; nothing that looks like a URL is read as a path.
+    """
+    return "://" in source[:16] or source.lower().startswith(("http:", "https:"))
+
+
 @dataclasses.dataclass(frozen=True)
 class FetchResult:
     url: str  # the URL asked for

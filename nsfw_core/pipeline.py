@@ -22,6 +22,7 @@ import numpy as np
 from . import decode as _decode
 from . import fetch as _fetch
 from .errors import InvalidURL, NSFWError, TooLarge
+from .fetch import is_url
 from .model import Model, scores_dict
 from .sandbox import Sandbox
 
@@ -57,10 +58,6 @@ class Result:
         else:
             out["error"] = self.error.to_dict()
         return out
-
-
-def is_url(source: str) -> bool:
-    return "://" in source[:16] or source.lower().startswith(("http:", "https:"))
 
 
 def read_file(path: str | Path, settings: Any) -> bytes:
