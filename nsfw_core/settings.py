@@ -14,10 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .labels import CLASS_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAMES = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")
 RUNTIMES = ("litert", "tensorflow")
-CLASS_NAMES = ("drawings", "hentai", "neutral", "porn", "sexy")
 
 
 class SettingsError(ValueError):

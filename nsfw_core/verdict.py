@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .files import atomic_write
-from .settings import CLASS_NAMES
+from .labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from .labels import VERDICTS as VERDICTS  # re-exported: callers import the verdicts from here too
 
-ADULT, UNKNOWN, SAFE = "adult", "unknown", "safe"
-VERDICTS = (ADULT, UNKNOWN, SAFE)
 THRESHOLDS_FILE = "thresholds.json"
 # Sums of class probabilities carry float rounding (0.6 + 0.3 < 0.9 in binary):
 # "at or above" compares with this much slack so a score that equals the
