@@ -29,7 +29,6 @@ canvas and grows a GIF to its first frame while opening.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import dataclasses
 import io
@@ -42,6 +41,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from nsfw_core import structure
 from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+from nsfw_core.sniff import FORMATS, describe, sniff
 
 # A plugin that refuses a file logs it at ERROR ("More samples per pixel than can be decoded"); that
 # is the client's file, answered 415/422, not a server error.
@@ -55,53 +55,12 @@ except ImportError:  # pragma: no cover - pinned in requirements.txt
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_SCANS = 100  # libjpeg's simple progression has 10 scans; encoders that tune scans stay far below 100
 
-FORMATS: dict[str, str] = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "webp": "image/webp",
-    "bmp": "image/bmp",
-    "tiff": "image/tiff",
-}
-
 _PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
-
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
-
-# Only used to say what an unsupported body looks like in the 415 message.
-_OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"%PDF", "PDF document"),
-    (b"\x1f\x8b", "gzip stream"),
-    (b"PK\x03\x04", "ZIP archive"),
-    (b"\x00\x00\x01\x00", "ICO icon"),
-    (b"II+\x00", "BigTIFF image"),
-    (b"MM\x00+", "BigTIFF image"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 image"),
-    (b"RIFF", "RIFF file (not WebP)"),
-)
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _WHITE = (255, 255, 255, 255)
-
-
-def sniff(data: bytes) -> str | None:
-    """The key of :data:`FORMATS` that the magic bytes of ``data`` announce, else ``None``."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for magic, fmt in _SIGNATURES:
-        if data.startswith(magic):
-            return fmt
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,39 +185,12 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 def _require_format(data: bytes) -> str:
     fmt = sniff(data)
     if fmt is None:
-        detected = _describe(data)
+        detected = describe(data)
         raise NotAnImage(
             f"not a supported image ({detected}); supported: {', '.join(FORMATS)}",
             detected=detected,
         )
     return fmt
-
-
-def _describe(data: bytes) -> str:
-    """A short guess at what a non-image body is, for the 415 message."""
-    if not data:
-        return "empty body"
-    for magic, what in _OTHER_SIGNATURES:
-        if data.startswith(magic):
-            return what
-    if data[4:8] == b"ftyp":
-        return "ISO media file (HEIC/AVIF/MP4)"
-    head = data[:1024].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
-    if head.startswith(b"<!doctype html") or b"<html" in head:
-        return "HTML page"
-    if b"<svg" in head:
-        return "SVG image"
-    if head.startswith(b"<?xml"):
-        return "XML document"
-    return "text" if _looks_like_text(head) else "unknown binary data"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at the end is fine
-    except UnicodeDecodeError:
-        return False
-    return all(char.isprintable() or char in "\t\n\r\f" for char in text)
 
 
 @contextlib.contextmanager
