@@ -13,15 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
-from nsfw_core.memory import limit_malloc_arenas
+import nsfw_core.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
-limit_malloc_arenas()  # before Streamlit, uvicorn and the worker pools start threads
-
-import streamlit as st  # noqa: E402
-from streamlit.runtime.pages_manager import PagesManager  # noqa: E402
-
-from nsfw_core import api  # noqa: E402
-from nsfw_core.settings import SettingsError, load_settings  # noqa: E402
+from nsfw_core import api
+from nsfw_core.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM

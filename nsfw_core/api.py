@@ -1,6 +1,6 @@
 """The HTTP API: Starlette routes and lifespan, served beside the Streamlit UI.
 
-Endpoints (see :func:`openapi_document` for the schemas):
+Endpoints (see :func:`nsfw_core.openapi.openapi_document` for the schemas):
 
 * ``POST /predict?url=<image URL>``: the five class probabilities,
   ``{"drawings", "hentai", "neutral", "porn", "sexy"}``.  Instead of ``url``
@@ -32,7 +32,7 @@ import json
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -43,8 +43,10 @@ from starlette.routing import BaseRoute, Route
 
 from .errors import (BadRequest, InputError, InvalidURL, NSFWError, Overloaded, RequestTimeout, TooLarge,
                      Unauthorized)
-from .service import Service, get_service, install
-from .settings import CLASS_NAMES, RUNTIMES, load_settings
+from .classify import Classification, classify_bytes, classify_url
+from .context import Context, current, install
+from .openapi import MAX_ID_LENGTH, MAX_ID_NUMBER, openapi_document
+from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 MULTIPART_SLACK = 64 * 1024  # room for the multipart headers and boundaries around the file
 BATCH_ITEM_BYTES = 512  # JSON room per batch item besides its URL
 UPLOAD_FIELDS = ("file", "image")
-MAX_ID_LENGTH = 256  # characters in a batch item's string id
-MAX_ID_NUMBER = 2**53 - 1  # a batch item's numeric id: within what a JSON number carries exactly everywhere
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -123,7 +123,7 @@ class ApiRoute(Route):
             if handler is None:
                 raise self._no_handler(request)
             return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - every error is answered in JSON
+        except Exception as exc:  # every error is answered in JSON
             return error_response(exc)
 
     def _no_handler(self, request: Request) -> NSFWError:
@@ -206,7 +206,7 @@ async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> by
         return data
     body = await read_body(request, max_bytes, timeout, slack=MULTIPART_SLACK)
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
@@ -214,7 +214,7 @@ async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> by
     except MultiPartException as exc:
         raise BadRequest(f"malformed multipart body: {exc.message}") from exc
     try:
-        upload = next((form[f] for f in UPLOAD_FIELDS if isinstance(form.get(f), UploadFile)), None)
+        upload = next((u for u in (form.get(f) for f in UPLOAD_FIELDS) if isinstance(u, UploadFile)), None)
         if upload is None:
             raise BadRequest("the multipart body needs a file field named 'file' or 'image'")
         data = await upload.read()
@@ -230,36 +230,37 @@ async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> by
 
 async def predict(request: Request) -> Response:
     """POST /predict: one image by ``?url=`` or in the body."""
-    service = get_service()
-    authorize(request, service.settings.api_keys)
-    service.require_ready()
-    settings = service.settings
+    ctx = current()
+    limits = ctx.serving
+    authorize(request, limits.api_keys)
+    ctx.require_ready()
     detail = flag(request, "detail")
     url = request.query_params.get("url")
-    with service.admit(1):  # before the body is read: a flood is refused, not buffered
+    result: Classification
+    with ctx.admission.admit(1):  # before the body is read: a flood is refused, not buffered
         if url is None:
-            image = await uploaded_image(request, settings.max_bytes, settings.body_timeout)
-            result = await service.classify_bytes(image)
+            image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+            result = await classify_bytes(ctx, image)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
         elif not url:
             raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
         else:
-            result = await service.classify_url(url)
-    return JSONResponse(result if detail else result["scores"])
+            result = await classify_url(ctx, url)
+    return JSONResponse(result.to_dict() if detail else result.scores)
 
 
 async def predict_batch(request: Request) -> Response:
     """POST /predict/batch: many URLs, one result (or error) each, in order."""
-    service = get_service()
-    settings = service.settings
-    authorize(request, settings.api_keys)
-    service.require_ready()
-    limit = settings.max_batch_items * (settings.max_url_length + BATCH_ITEM_BYTES)
-    body = await read_body(request, limit, settings.body_timeout)
-    items, detail = parse_batch(body, settings.max_batch_items, flag(request, "detail"))
-    with service.admit(len(items)):
-        results = await asyncio.gather(*(batch_item(service, ident, url, detail) for ident, url in items))
+    ctx = current()
+    limits = ctx.serving
+    authorize(request, limits.api_keys)
+    ctx.require_ready()
+    body = await read_body(request, limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES),
+                           limits.body_timeout)
+    items, detail = parse_batch(body, limits.max_batch_items, flag(request, "detail"))
+    with ctx.admission.admit(len(items)):
+        results = await asyncio.gather(*(batch_item(ctx, ident, url, detail) for ident, url in items))
     return JSONResponse({"results": results})
 
 
@@ -343,7 +344,9 @@ def _encodable(text: str) -> bool:
 def _kind(value: Any) -> str:
     """A short description of a JSON value for error messages (never the value itself: it may be huge)."""
     if isinstance(value, str):
-        return f"a string of {len(value)} characters" if len(value) > MAX_ID_LENGTH else "a string that is not valid Unicode"
+        if len(value) > MAX_ID_LENGTH:
+            return f"a string of {len(value)} characters"
+        return "a string that is not valid Unicode"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -352,29 +355,35 @@ def _kind(value: Any) -> str:
         return "a non-finite number"
     if isinstance(value, (int, float)):
         return "a number out of range"
-    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
-async def batch_item(service: Service, ident: Any, url: str, detail: bool) -> dict[str, Any]:
-    """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or ``{"id", "url", "error"}``."""
+async def batch_item(ctx: Context, ident: Any, url: str, detail: bool) -> dict[str, Any]:
+    """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or
+    ``{"id", "url", "error"}``."""
     out: dict[str, Any] = {"id": ident, "url": url}
     try:
-        result = await service.classify_url(url)
-    except Exception as exc:  # noqa: BLE001 - one bad item must not fail the others
+        result = await classify_url(ctx, url)
+    except Exception as exc:  # one bad item must not fail the others
         out["error"] = as_error(exc).to_dict()
         return out
-    out.update(result if detail else {"scores": result["scores"], "verdict": result["verdict"]})
+    out.update(result.to_dict() if detail else {"scores": result.scores, "verdict": result.verdict})
     return out
 
 
 async def health(request: Request) -> Response:
     """GET /health: 200 when the model is loaded and warm, 503 with the reason otherwise."""
-    service = get_service()
-    if not service.ready:
-        body = error_body("not_ready", service.reason, status="unavailable", reason=service.reason)
+    ctx = current()
+    batcher = ctx.batcher
+    if not ctx.ready or batcher is None:
+        body = error_body("not_ready", ctx.reason, status="unavailable", reason=ctx.reason)
         return JSONResponse(body, status_code=503)
-    active = service.thresholds.current()
-    model = service.model
+    active = ctx.thresholds.current()
+    model = ctx.model()
     return JSONResponse({
         "status": "ok",
         "model": model.name,
@@ -382,15 +391,15 @@ async def health(request: Request) -> Response:
         "runtime": model.runtime,
         "thresholds": {**active.thresholds.to_dict(), "source": active.source},
         "warnings": [active.warning] if active.warning else [],
-        "batcher": {**service.batcher.stats.to_dict(), "waiting": service.batcher.waiting},
-        "in_flight": {"images": service.in_flight, "limit": service.settings.max_in_flight,
-                      "rejected": service.rejected},
+        "batcher": {**batcher.stats.to_dict(), "waiting": batcher.waiting},
+        "in_flight": {"images": ctx.admission.in_flight, "limit": ctx.admission.limit,
+                      "rejected": ctx.admission.rejected},
     })
 
 
 async def openapi(request: Request) -> Response:
     """GET /openapi.json, with this server's limits (URL length, items per batch)."""
-    return JSONResponse(openapi_document(get_service().settings))
+    return JSONResponse(openapi_document(current().settings))
 
 
 routes: list[BaseRoute] = [
@@ -406,22 +415,23 @@ routes: list[BaseRoute] = [
 # ---------------------------------------------------------------- lifespan and app
 
 
-def make_lifespan(settings: Any = None) -> Callable[[Any], Any]:
-    """A lifespan that installs a fresh :class:`Service` (settings from the environment by default).
+def make_lifespan(settings: Settings | None = None) -> Callable[[Any], Any]:
+    """A lifespan that creates and installs the process :class:`~nsfw_core.context.Context`
+    (settings from the environment by default).
 
-    On shutdown it stops the service and puts back the one it replaced, so
+    On shutdown it stops the context and puts back the one it replaced, so
     apps nested in tests each serve with their own settings.
     """
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        service = Service(settings if settings is not None else load_settings())
-        previous = install(service)
-        await service.start()
+        ctx = Context(settings if settings is not None else load_settings())
+        previous = install(ctx)
+        await ctx.start()
         try:
             yield
         finally:
-            await service.stop()
+            await ctx.stop()
             install(previous)
 
     return lifespan
@@ -430,138 +440,6 @@ def make_lifespan(settings: Any = None) -> Callable[[Any], Any]:
 lifespan = make_lifespan()
 
 
-def create_app(settings: Any = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> Starlette:
     """The API alone as a Starlette app (tests; ``app.py`` mounts the same routes in ``st.App``)."""
     return Starlette(routes=routes, lifespan=make_lifespan(settings))
-
-
-# ---------------------------------------------------------------- OpenAPI
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json(_ref("Error"), "Error, see code") for s in statuses}
-
-
-# The form of URL that /predict?url= documents: http(s), a host name (the last label starts with a
-# letter, so it is not a numeric IPv4 spelling; no '--', so no xn-- label), an optional port 1-65535,
-# an ASCII path and query.  Every such URL passes the API's syntax checks (a test draws them with
-# hypothesis); whether it can be fetched is another matter (403, 502, 504).  The API accepts more (IP
-# literals, international names): the fetcher is the authority, the pattern the documented subset.
-URL_PATTERN = (r"^https?://(?:[A-Za-z0-9_](?:-?[A-Za-z0-9_]){0,29}\.){0,3}[A-Za-z](?:-?[A-Za-z0-9_]){0,29}"
-               r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
-               r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?(?:\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
-
-
-def openapi_document(settings: Any = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of :data:`routes` (a test checks that paths and methods match).
-
-    Limits that are settings (URL length, items per batch) come from ``settings``
-    (the defaults without it).  ``tests/test_openapi_conformance.py`` runs
-    schemathesis against a real server with this document.
-    """
-    if settings is None:
-        settings = load_settings(environ={})
-    max_url = settings.max_url_length
-    number = {"type": "number"}
-    scores = {"type": "object", "properties": {c: number for c in CLASS_NAMES},
-              "required": list(CLASS_NAMES), "additionalProperties": False}
-    thresholds = {"type": "object", "properties": {
-        "adult": number, "safe": number,
-        "adult_classes": {"type": "array", "items": {"type": "string"}},
-        "safe_classes": {"type": "array", "items": {"type": "string"}}}}
-    verdict = {"type": "string", "enum": ["adult", "unknown", "safe"]}
-    detail = {"type": "object", "required": ["scores", "verdict"], "properties": {
-        "scores": _ref("Scores"), "verdict": verdict, "adult_score": number, "safe_score": number,
-        "thresholds": thresholds,
-        "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
-        "timings": {"type": "object", "properties": {
-            k: number for k in ("fetch_ms", "decode_ms", "inference_ms", "total_ms")}},
-        "sha256": {"type": "string"},
-        "review_id": {"type": ["integer", "null"],
-                      "description": "present when the verdict is queued for human review (NSFW_REVIEW_VERDICTS)"},
-        "review_error": {"type": "string"}}}
-    error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
-             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
-    item_id = {"type": ["string", "number", "null"], "maxLength": MAX_ID_LENGTH,
-               "minimum": -MAX_ID_NUMBER, "maximum": MAX_ID_NUMBER,
-               "description": f"echoed back: a string of at most {MAX_ID_LENGTH} characters or a number "
-                              f"within +-{MAX_ID_NUMBER} (2^53 - 1); null or absent for none"}
-    item_url = {"type": "string", "minLength": 1,
-                "description": "the image URL; a URL that cannot be fetched (invalid_url, forbidden_address, "
-                               "upstream_*) is that item's error, not the request's"}
-    batch_request = {"oneOf": [
-        {"type": "array", "items": item_url, "maxItems": settings.max_batch_items},
-        {"type": "object", "required": ["items"], "properties": {
-            "items": {"type": "array", "maxItems": settings.max_batch_items, "items": {"oneOf": [
-                item_url,
-                {"type": "object", "required": ["url"], "properties": {"id": item_id, "url": item_url}}]}},
-            "detail": {"type": "boolean", "default": False}}}],
-        "description": "An item that does not match (an id of another type, a url that is not a non-empty "
-                       "string) makes the whole request 400 bad_request, with the item's index in 'item'; "
-                       f"over {settings.max_batch_items} items (NSFW_MAX_BATCH_ITEMS) is 413 too_many_items"}
-    batch_result = {"type": "object", "required": ["id", "url"], "properties": {
-        "id": item_id, "url": {"type": "string", "minLength": 1}, "scores": _ref("Scores"), "verdict": verdict,
-        "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
-    health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
-                 "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
-                                "version": {"type": "string"}, "runtime": {"enum": list(RUNTIMES)},
-                                "thresholds": thresholds,
-                                "warnings": {"type": "array", "items": {"type": "string"}},
-                                "batcher": {"type": "object"}}}
-    image_bytes = {"type": "string", "format": "binary", "minLength": 1,
-                   "description": "JPEG, PNG, GIF, WebP, BMP or TIFF bytes, at most NSFW_MAX_BYTES; other bytes "
-                                  "are 415 not_an_image, damaged ones 422, too large 413"}
-    binary = {"schema": image_bytes}
-    multipart = {"schema": {"type": "object", "properties": {"file": image_bytes}, "required": ["file"],
-                            "description": "the image as a file part named 'file' ('image' is accepted too, "
-                                           "when there is no 'file')"},
-                 "encoding": {"file": {"contentType": "application/octet-stream"}}}
-    auth = [{}, {"bearer": []}]  # optional: required only when NSFW_API_KEYS is set
-    url_param = {"name": "url", "in": "query",
-                 "schema": {"type": "string", "minLength": 1, "maxLength": max_url, "pattern": URL_PATTERN},
-                 "description": "http(s) URL of the image (at most NSFW_MAX_URL_LENGTH characters, no "
-                                "credentials); omit it to send the image in the body instead (not both: 400)"}
-    detail_param = {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
-                    "description": "true: the rich answer (Detail) instead of the five scores"}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "NSFW image moderation API", "version": "1.0.0"},
-        "paths": {
-            "/predict": {"post": {
-                "summary": "Classify one image (by URL or uploaded)",
-                "operationId": "predict", "security": auth, "parameters": [url_param, detail_param],
-                "requestBody": {"required": False, "content": {
-                    "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
-                "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
-                                           "The five probabilities (or Detail with detail=true)"),
-                              **_errors(400, 401, 403, 405, 408, 413, 415, 422, 500, 502, 503, 504)}}},
-            "/predict/batch": {"post": {
-                "summary": "Classify many image URLs; errors are reported per item",
-                "operationId": "predictBatch", "security": auth,
-                "parameters": [detail_param],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
-                "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
-                    "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
-                              **_errors(400, 401, 405, 408, 413, 500, 503)}}},
-            "/health": {"get": {
-                "summary": "Readiness: 200 once the model is loaded and warmed up",
-                "operationId": "health",
-                "responses": {"200": _json(health_ok, "Ready"),
-                              "503": _json(_ref("Error"), "Not ready (status, code not_ready, reason)")}}},
-            "/openapi.json": {"get": {
-                "summary": "This document", "operationId": "openapi",
-                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")}}},
-        },
-        "components": {
-            "schemas": {"Scores": scores, "Detail": detail, "Error": error, "BatchResult": batch_result},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }

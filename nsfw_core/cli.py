@@ -1,4 +1,6 @@
-"""Command line: ``python -m nsfw_core PATH|URL|DIR ... [--manifest FILE] [--model NAME] [--format json|table]``.
+"""Command line: ``nsfw-classify PATH|URL|DIR ... [--manifest FILE] [--model NAME] [--format json|table]``.
+
+(``python -m nsfw_core`` is the same.)
 
 json prints one JSON object per line (JSON Lines), one line per input:
 ``{"source": ..., "scores": {...}, "verdict": ...}`` or ``{"source": ..., "error": {"code", "message"}}``.
@@ -14,19 +16,19 @@ import logging
 import sys
 from typing import Any, Sequence, TextIO
 
+from .classify import Outcome, classify_sources
+from .context import Context
 from .errors import NSFWError
 from .labelsets import load_manifest
-from .model import load_for
-from .pipeline import Result, classify_sources, iter_sources
+from .pipeline import iter_sources
 from .settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
-from .verdict import ThresholdStore
 
 PROGRESS_MIN_ITEMS = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m nsfw_core",
+        prog="nsfw-classify",
         description="Classify images (files, folders or URLs) into drawings, hentai, neutral, porn, sexy.",
     )
     parser.add_argument("inputs", nargs="*", metavar="PATH|URL|DIR")
@@ -47,14 +49,14 @@ def _progress(total: int, stream: TextIO) -> Any:
     return tqdm(total=total, unit="img", file=stream)
 
 
-def _table(results: Sequence[Result], verdicts: Sequence[str | None]) -> str:
+def _table(results: Sequence[Outcome]) -> str:
     width = max([len("source")] + [len(r.source) for r in results])
     head = f"{'source':<{width}}  " + "  ".join(f"{c:>8}" for c in CLASS_NAMES) + "  verdict"
     lines = [head, "-" * len(head)]
-    for r, verdict in zip(results, verdicts):
-        if r.scores is not None:
-            cells = "  ".join(f"{r.scores[c]:>8.4f}" for c in CLASS_NAMES)
-            lines.append(f"{r.source:<{width}}  {cells}  {verdict}")
+    for r in results:
+        if r.classification is not None:
+            cells = "  ".join(f"{r.classification.scores[c]:>8.4f}" for c in CLASS_NAMES)
+            lines.append(f"{r.source:<{width}}  {cells}  {r.classification.verdict}")
         else:
             assert r.error is not None
             lines.append(f"{r.source:<{width}}  error {r.error.code}: {r.error.message}")
@@ -74,14 +76,25 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     compiler_log.addHandler(note)
     compiler_log.setLevel(logging.INFO)
     try:
-        settings = load_settings()
-        model = load_for(settings, args.model)
-    except (SettingsError, NSFWError) as exc:
+        ctx = Context(load_settings())
+    except SettingsError as exc:
+        compiler_log.removeHandler(note)
         print(f"error: {exc}", file=stderr)
         return 2
+    try:
+        try:
+            ctx.model(args.model)
+        except NSFWError as exc:
+            print(f"error: {exc}", file=stderr)
+            return 2
+        finally:
+            compiler_log.removeHandler(note)
+        return _run(ctx, args, stdout, stderr)
     finally:
-        compiler_log.removeHandler(note)
-    thresholds = ThresholdStore.from_settings(settings).current().thresholds
+        ctx.close()
+
+
+def _run(ctx: Context, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     labels: dict[str, str] = {}
     try:
         for manifest in args.manifest:
@@ -99,22 +112,22 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 1
     bar = _progress(len(sources), stderr)
     try:
-        results = classify_sources(model, sources, settings, batch_size=args.batch_size,
+        results = classify_sources(ctx, sources, model_name=args.model, batch_size=args.batch_size,
                                    progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    verdicts = [thresholds.decide(r.scores) if r.scores is not None else None for r in results]
     if args.format == "json":
-        for r, verdict in zip(results, verdicts):
+        for r in results:
             row = r.to_dict()
-            if r.source in labels:
+            if r.source in labels:  # the label goes before the verdict, as it always has
+                verdict = row.pop("verdict", None)
                 row["label"] = labels[r.source]
-            if verdict is not None:
-                row["verdict"] = verdict
+                if verdict is not None:
+                    row["verdict"] = verdict
             print(json.dumps(row), file=stdout)
     else:
-        print(_table(results, verdicts), file=stdout)
+        print(_table(results), file=stdout)
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"{failed} of {len(results)} inputs failed", file=stderr)

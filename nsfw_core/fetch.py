@@ -14,13 +14,13 @@ at 169.254.169.254, admin ports on localhost, private subnets).  So:
 * redirects are followed by hand and each hop is checked like the first;
 * one deadline covers the whole fetch (DNS, every hop, the body) and is
   enforced on every ``recv``, so a server trickling bytes cannot hold a worker;
-* the body is capped at ``settings.max_bytes`` while streaming;
+* the body is capped at ``policy.max_bytes`` while streaming;
 * a connection is kept alive for the next fetch (:data:`POOL`) only after a
   2xx answer whose body was read to its end, and it is reused only for the
   same scheme, host name and port *and* when the fresh DNS answer, checked
   like any other, still contains the address it is connected to.
 
-Hosts in ``settings.allow_private_hosts`` (``host``, ``host:port``,
+Hosts in ``policy.allow_private_hosts`` (``host``, ``host:port``,
 ``[v6]:port`` or ``*``) skip the address check; they are for development and
 tests.  Responses with a ``Content-Encoding`` other than ``identity`` are
 refused as :class:`NotAnImage` without reading the body (we ask for identity
@@ -55,6 +55,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .settings import FetchPolicy
 
 DEFAULT_USER_AGENT = "nsfw-service/1.0"
 REQUEST_HEADERS = {
@@ -101,16 +102,20 @@ class FetchResult:
     elapsed: float  # seconds
 
 
-def fetch(url: str, settings: Any, *, resolver: Resolver | None = None) -> FetchResult:
-    """Fetch ``url`` under the rules of the module docstring.
+def fetch(url: str, policy: FetchPolicy, *, resolver: Resolver | None = None,
+          pool: ConnectionPool | None = None) -> FetchResult:
+    """Fetch ``url`` under the rules of the module docstring and the limits of ``policy``.
 
     ``resolver(host, port)`` returns the IP address strings of ``host``
     (default: :func:`system_resolver`); IP literals are never passed to it.
+    ``pool`` keeps connections alive between fetches (default :data:`POOL`; the process
+    context passes its own).
     """
     started = time.monotonic()
-    deadline = _Deadline(settings.fetch_timeout)
+    deadline = _Deadline(policy.timeout)
     try:
-        final_url, redirects, reply = _follow(url, settings, resolver or system_resolver, deadline)
+        final_url, redirects, reply = _follow(url, policy, resolver or system_resolver, deadline,
+                                              POOL if pool is None else pool)
     except (OSError, http.client.HTTPException, ValueError) as exc:  # UnicodeError is a ValueError
         raise _as_upstream_error(exc) from exc
     return FetchResult(
@@ -124,9 +129,9 @@ def fetch(url: str, settings: Any, *, resolver: Resolver | None = None) -> Fetch
     )
 
 
-def validate_url(url: str, settings: Any) -> urllib.parse.SplitResult:
+def validate_url(url: str, policy: FetchPolicy) -> urllib.parse.SplitResult:
     """Syntax checks only (no DNS): scheme, credentials, length, host and port; raises InvalidURL."""
-    return _parse(url, settings).parts
+    return _parse(url, policy).parts
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -156,11 +161,11 @@ class _Target:
         return urllib.parse.quote(path, safe=_SAFE_TARGET_CHARS)
 
 
-def _parse(url: str, settings: Any) -> _Target:
+def _parse(url: str, policy: FetchPolicy) -> _Target:
     if not isinstance(url, str) or not url:
         raise InvalidURL("no URL given")
-    if len(url) > settings.max_url_length:
-        raise InvalidURL(f"the URL is longer than {settings.max_url_length} characters")
+    if len(url) > policy.max_url_length:
+        raise InvalidURL(f"the URL is longer than {policy.max_url_length} characters")
     if _BAD_URL_CHARS.search(url):
         raise InvalidURL("the URL contains whitespace or control characters")
     try:
@@ -267,7 +272,7 @@ def _inet_number(label: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _AllowList:
-    """Parsed ``settings.allow_private_hosts``; entries that do not parse are ignored (fail closed)."""
+    """Parsed ``policy.allow_private_hosts``; entries that do not parse are ignored (fail closed)."""
 
     everything: bool
     entries: frozenset[tuple[str, int | None]]
@@ -373,7 +378,7 @@ def _call_before_deadline(call: Callable[[], Sequence[str]], deadline: _Deadline
     def run() -> None:
         try:
             outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed over to the calling thread
+        except BaseException as exc:
             outcome["error"] = exc
 
     worker = threading.Thread(target=run, name="nsfw-fetch-resolve", daemon=True)
@@ -506,17 +511,18 @@ class _Reply:
     content: bytes
 
 
-def _follow(url: str, settings: Any, resolver: Resolver, deadline: _Deadline) -> tuple[str, tuple[str, ...], _Reply]:
-    allow = _AllowList.parse(settings.allow_private_hosts)
+def _follow(url: str, policy: FetchPolicy, resolver: Resolver, deadline: _Deadline,
+            pool: ConnectionPool) -> tuple[str, tuple[str, ...], _Reply]:
+    allow = _AllowList.parse(policy.allow_private_hosts)
     redirects: list[str] = []
     current = url
     while True:
-        target = _parse(current, settings)
+        target = _parse(current, policy)
         addresses = _checked_addresses(target, resolver, allow, deadline)
-        reply = _exchange(target, addresses, settings, deadline)
+        reply = _exchange(target, addresses, policy, deadline, pool)
         if reply.location is None:
             return current, tuple(redirects), reply
-        current = _redirect_url(current, reply.location, [url, *redirects], settings.max_redirects)
+        current = _redirect_url(current, reply.location, [url, *redirects], policy.max_redirects)
         redirects.append(current)
 
 
@@ -600,39 +606,40 @@ POOL = ConnectionPool()
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def _exchange(target: _Target, addresses: list[IPAddress], settings: Any, deadline: _Deadline) -> _Reply:
+def _exchange(target: _Target, addresses: list[IPAddress], policy: FetchPolicy, deadline: _Deadline,
+              pool: ConnectionPool) -> _Reply:
     """One GET to ``target``, over a pooled keep-alive connection when one fits, else a fresh one."""
     origin = (target.parts.scheme, target.host, target.port)
-    reused = POOL.take(origin, addresses) if settings.fetch_keepalive else None
+    reused = pool.take(origin, addresses) if policy.keepalive else None
     if reused is not None:
         try:
-            return _exchange_on(reused, origin, target, settings, deadline)
+            return _exchange_on(reused, origin, target, policy, deadline, pool)
         except _STALE:
             pass  # closed by the server while idle: once more on a fresh connection
     connection_class = _PinnedHTTPSConnection if target.parts.scheme == "https" else _PinnedHTTPConnection
-    fresh = connection_class(target.host, target.port, addresses, settings.connect_timeout, deadline)
-    return _exchange_on(fresh, origin, target, settings, deadline)
+    fresh = connection_class(target.host, target.port, addresses, policy.connect_timeout, deadline)
+    return _exchange_on(fresh, origin, target, policy, deadline, pool)
 
 
-def _exchange_on(connection: _PinnedHTTPConnection, origin: tuple[str, str, int], target: _Target, settings: Any,
-                 deadline: _Deadline) -> _Reply:
+def _exchange_on(connection: _PinnedHTTPConnection, origin: tuple[str, str, int], target: _Target,
+                 policy: FetchPolicy, deadline: _Deadline, pool: ConnectionPool) -> _Reply:
     keep = False
     try:
         connection.arm(deadline)
-        headers = REQUEST_HEADERS if settings.fetch_keepalive else {**REQUEST_HEADERS, "Connection": "close"}
+        headers = REQUEST_HEADERS if policy.keepalive else {**REQUEST_HEADERS, "Connection": "close"}
         connection.request("GET", target.request_path, headers=headers)
         response = connection.getresponse()
         try:
-            reply = _read_reply(response, settings.max_bytes)
+            reply = _read_reply(response, policy.max_bytes)
             # reusable only when the body was read to its end and the server keeps the connection open
-            keep = (settings.fetch_keepalive and reply.location is None and response.isclosed()
+            keep = (policy.keepalive and reply.location is None and response.isclosed()
                     and not response.will_close)
         finally:
             response.close()
         return reply
     finally:
         if keep:
-            POOL.put(origin, connection)
+            pool.put(origin, connection)
         else:
             connection.close()
 

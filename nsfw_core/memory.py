@@ -3,11 +3,9 @@
 :func:`limit_malloc_arenas` caps glibc's malloc arenas, as ``MALLOC_ARENA_MAX=2``
 in the environment would, for every way of starting the server (``run.sh``,
 ``python app.py``, ``uvicorn app:app``, a container's own command).  With
-glibc's default (8 per core) each busy thread gets an arena of its own; under
-load the server's RSS then wandered in a ~65 MB band (RELIABILITY.md), and
-after a burst at concurrency 64 a single client's 1 MP request took 21.5 ms
-instead of 16.3 ms and 14 % more CPU, for good; with two arenas: 16.9 -> 17.4 ms
-(BENCHMARKS.md).
+glibc's default (8 per core) each busy thread gets an arena of its own, and
+under load the server's RSS wanders and later requests cost more CPU for good
+(figures in RELIABILITY.md and BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ with warnings.catch_warnings():  # "install httpx2": the httpx-based client stil
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-from nsfw_core import api
-from nsfw_core.pipeline import decode_for
-from nsfw_core.service import get_service
+from nsfw_core import api, openapi
+from nsfw_core.pipeline import Decoder
+from nsfw_core.context import current
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import VERDICTS
 from tests.conftest import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
@@ -95,7 +95,7 @@ def test_predict_url_gives_exactly_the_five_scores_of_the_model(client, images, 
     assert list(body) == list(CLASS_NAMES)
     assert all(isinstance(v, float) for v in body.values())
     assert sum(body.values()) == pytest.approx(1.0, abs=1e-4)
-    expected = default_model.classify([decode_for(default_model, path.read_bytes(), settings)])[0]
+    expected = default_model.classify([Decoder(settings.decode_limits).decode_for(default_model, path.read_bytes())])[0]
     assert body == pytest.approx(expected, abs=1e-5)
 
 
@@ -337,7 +337,7 @@ def test_upstream_timeout_is_504(client, images):
 
 def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
     with running(make_settings(tmp_path, queue_size=1, max_batch=1)) as c:
-        batcher = get_service().batcher
+        batcher = current().batcher
         real = batcher.model
 
         class Slow:  # only this app's batcher sees it: every forward pass takes 0.5 s
@@ -367,7 +367,7 @@ def test_too_many_images_in_flight_is_503_before_the_body_is_read(tmp_path):
         with running(settings) as c, ThreadPoolExecutor(2) as pool:
             stuck = [pool.submit(c.post, "/predict", params={"url": slow.url("/hang.jpg")}) for _ in range(2)]
             deadline = time.monotonic() + 5
-            while get_service().in_flight < 2:
+            while current().admission.in_flight < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             rejected = c.post("/predict", content=SMILE)
@@ -382,10 +382,10 @@ def test_too_many_images_in_flight_is_503_before_the_body_is_read(tmp_path):
 
 
 def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
-    async def broken(data: bytes) -> dict:
+    async def broken(ctx, data: bytes) -> dict:
         raise RuntimeError("surprise")
 
-    monkeypatch.setattr(get_service(), "classify_bytes", broken)
+    monkeypatch.setattr("nsfw_core.api.classify_bytes", broken)
     with caplog.at_level(logging.ERROR, logger="nsfw_core.api"):
         body = error_of(client.post("/predict", content=HOUSE), 500, "internal_error")
     assert "surprise" not in body["message"]
@@ -457,7 +457,7 @@ def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, 
     """LiteRT gains nothing from waiting (a lone image runs on all threads), so its batcher never waits; TensorFlow's does."""
     with running(make_settings(tmp_path, runtime=runtime, compiled_dir=COMPILED_DIR)) as c:
         assert c.get("/health").json()["runtime"] == runtime
-        assert get_service().batcher.max_wait_s == wait_s
+        assert current().batcher.max_wait_s == wait_s
         answer = c.post("/predict", content=HOUSE, headers={"content-type": "image/jpeg"})
         assert answer.status_code == 200 and set(answer.json()) == set(CLASS_NAMES)
 
@@ -511,7 +511,7 @@ def test_openapi_says_what_a_batch_item_and_a_url_may_be(client):
     assert batch["oneOf"][0]["maxItems"] == 64
     url = doc["paths"]["/predict"]["post"]["parameters"][0]
     assert url["name"] == "url" and url["schema"]["minLength"] == 1 and url["schema"]["maxLength"] == 2048
-    assert url["schema"]["pattern"] == api.URL_PATTERN
+    assert url["schema"]["pattern"] == openapi.URL_PATTERN
 
 
 @pytest.mark.parametrize("url,documented", [
@@ -522,7 +522,7 @@ def test_openapi_says_what_a_batch_item_and_a_url_may_be(client):
 def test_url_pattern(url, documented):
     import re
 
-    assert bool(re.search(api.URL_PATTERN, url)) is documented
+    assert bool(re.search(openapi.URL_PATTERN, url)) is documented
 
 
 def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
@@ -534,7 +534,7 @@ def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
     defaults = load_settings(environ={})
 
     @hsettings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(st.from_regex(api.URL_PATTERN, fullmatch=True))
+    @given(st.from_regex(openapi.URL_PATTERN, fullmatch=True))
     def check(url: str) -> None:
         fetch._parse(url, defaults)
 

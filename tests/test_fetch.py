@@ -52,7 +52,7 @@ PUBLIC_IP = "93.184.216.34"  # never connected to: tests that resolve to it inte
 
 
 def settings_for(*allowed: str, **overrides: Any) -> Any:
-    return load_settings(environ={}, allow_private_hosts=allowed, **overrides)
+    return load_settings(environ={}, allow_private_hosts=allowed, **overrides).fetch_policy
 
 
 def allowing(server: LocalServer, **overrides: Any) -> Any:

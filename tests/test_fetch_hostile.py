@@ -216,8 +216,8 @@ def setup(case: Case, victim: LocalServer, entry: LocalServer) -> tuple[str, Any
     """The URL to fetch and the settings for ``case``."""
     url = case.url.format(victim=victim.port, entry=entry.port)
     if case.via == "direct":
-        return url, load_settings(environ={})
-    settings = load_settings(environ={}, allow_private_hosts=(entry.netloc,), max_redirects=3)
+        return url, load_settings(environ={}).fetch_policy
+    settings = load_settings(environ={}, allow_private_hosts=(entry.netloc,), max_redirects=3).fetch_policy
     entry.redirect_chain(settings.max_redirects + 1, "/final.png", prefix="/chain")
     entry.redirect_loop(3)
     entry.route("/self", redirect("/self"))
@@ -260,4 +260,4 @@ def test_hostile_cases_never_consult_the_network(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     for url in ("http://127.1/", "http://[::ffff:10.0.0.1]/", "http://localhost/", "http://a.localhost./"):
         with pytest.raises(ForbiddenAddress):
-            fetch(url, load_settings(environ={}))
+            fetch(url, load_settings(environ={}).fetch_policy)

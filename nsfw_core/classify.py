@@ -1,0 +1,292 @@
+"""Classifying an image: the one use case every front end calls, and its one result type.
+
+:class:`Classification` is what the API answers (``to_dict()`` is its detailed JSON),
+what the CLI prints and what the pages show.  :func:`judge` is the only place where
+scores become a verdict (through :meth:`~nsfw_core.verdict.Thresholds.decide`).
+
+* :func:`classify_url` / :func:`classify_bytes`: the API's path, on the event loop: fetch
+  and decode in the context's worker threads (expensive images in the isolated lane),
+  the forward pass in the micro-batcher, then the verdict and, when the verdict says
+  so, a review item.
+* :func:`classify_sources`: the CLI's and the pages' path, synchronous and batched by
+  itself (:func:`~nsfw_core.pipeline.score_sources`), one :class:`Outcome` per source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from .decode import Plan
+from .errors import NSFWError, Overloaded
+from .model import Model, scores_dict
+from .pipeline import Scored, score_sources
+from .verdict import Thresholds
+
+if TYPE_CHECKING:
+    from .context import Context
+
+log = logging.getLogger(__name__)
+
+UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
+ISOLATED_QUEUE = 4  # expensive images admitted per decode process (decoding or waiting); 503 beyond
+REVIEW_UNAVAILABLE = "the review queue is unavailable; see the server log"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """Where the time went, in milliseconds (rounded to 0.01)."""
+
+    fetch_ms: float
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+    @classmethod
+    def of(cls, fetch_s: float, decode_s: float, inference_s: float, total_s: float) -> Timings:
+        return cls(_ms(fetch_s), _ms(decode_s), _ms(inference_s), _ms(total_s))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewTicket:
+    """What queueing for human review gave: the item's id, or the error that stopped it."""
+
+    id: int | None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """One image's scores, its verdict under the thresholds in force, and how it was reached."""
+
+    scores: dict[str, float]
+    verdict: str
+    adult_score: float
+    safe_score: float
+    thresholds: Thresholds
+    model: ModelInfo
+    timings: Timings
+    sha256: str
+    review: ReviewTicket | None = None  # set when the verdict was sent to human review
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
+        out: dict[str, Any] = {
+            "scores": dict(self.scores),
+            "verdict": self.verdict,
+            "adult_score": self.adult_score,
+            "safe_score": self.safe_score,
+            "thresholds": self.thresholds.to_dict(),
+            "model": dataclasses.asdict(self.model),
+            "timings": dataclasses.asdict(self.timings),
+            "sha256": self.sha256,
+        }
+        if self.review is not None:
+            out["review_id"] = self.review.id
+            if self.review.error is not None:
+                out["review_error"] = self.review.error
+        return out
+
+    def under(self, thresholds: Thresholds) -> Classification:
+        """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
+        return judge(self.scores, thresholds, self.model, self.timings, self.sha256)
+
+
+def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
+          sha256: str) -> Classification:
+    """Scores -> a :class:`Classification`: the one place a verdict is decided."""
+    return Classification(
+        scores=scores,
+        verdict=thresholds.decide(scores),
+        adult_score=thresholds.adult_score(scores),
+        safe_score=thresholds.safe_score(scores),
+        thresholds=thresholds,
+        model=model,
+        timings=timings,
+        sha256=sha256,
+    )
+
+
+# ---------------------------------------------------------------- the API's path (async)
+
+
+class _Isolate(NamedTuple):
+    """An expensive image, read and checked by a worker, to be decoded in the isolated lane."""
+
+    plan: Plan
+    data: bytes
+
+
+async def classify_url(ctx: Context, url: str) -> Classification:
+    """Fetch ``url`` safely, then classify it; see :func:`classify_bytes`."""
+    batcher = ctx.require_ready()
+    started = time.perf_counter()
+    fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url)
+    result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started)
+    return await _maybe_queue(ctx, result, url, None)
+
+
+async def classify_bytes(ctx: Context, data: bytes) -> Classification:
+    """Classify image bytes: scores, verdict, thresholds, model, timings and sha256."""
+    batcher = ctx.require_ready()
+    started = time.perf_counter()
+    x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data)
+    result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started)
+    return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data)
+
+
+async def _maybe_queue(ctx: Context, result: Classification, source: str, data: bytes | None) -> Classification:
+    """Queue the image for human review when its verdict says so.
+
+    A queue failure (database down) does not fail the prediction: the result
+    carries ``review_error`` instead and the failure is logged.
+    """
+    if not ctx.queues(result.verdict):
+        return result
+
+    def enqueue() -> int:
+        queue = ctx.review_queue
+        queue.purge_if_due()
+        return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
+                             image_bytes=data)
+
+    try:
+        review_id = await asyncio.get_running_loop().run_in_executor(ctx.executor, enqueue)
+    except Exception as exc:  # any database error; the verdict still stands
+        log.error("could not queue %s for review: %r", result.sha256, exc)
+        return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
+    return dataclasses.replace(result, review=ReviewTicket(review_id))
+
+
+async def _preparing(ctx: Context, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a fetch/decode step in a worker, counted in ``ctx.preparing`` for the batcher.
+
+    A cheap image is decoded in the worker; an expensive one (the step hands back an
+    :class:`_Isolate`) then waits for the isolated lane on a thread of its own, leaving
+    the workers to cheap images.
+    """
+    ctx.preparing += 1
+    try:
+        loop = asyncio.get_running_loop()
+        *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, fn, *args)
+        if isinstance(x, _Isolate):
+            x, isolated_s = await _isolated_decode(ctx, x)
+            decode_s += isolated_s
+        return (*head, x, sha, decode_s)
+    finally:
+        ctx.preparing -= 1
+
+
+async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray, float]:
+    """Decode in the isolated lane; 503 overloaded when its queue would be longer than
+    ISOLATED_QUEUE per decode process (so each answer comes within a few deadlines)."""
+    limit = ISOLATED_QUEUE * ctx.decoder.limits.processes
+    if ctx.isolated_pending >= limit:
+        ctx.admission.rejected += 1
+        raise Overloaded(f"too many expensive images being decoded ({ctx.isolated_pending} of {limit}); "
+                         "retry later")
+    ctx.isolated_pending += 1
+    try:
+        t0 = time.perf_counter()
+        x = await asyncio.get_running_loop().run_in_executor(
+            ctx.isolated, ctx.decoder.prepare_isolated, ctx.model(), pending.data, pending.plan)
+        return x, time.perf_counter() - t0
+    finally:
+        ctx.isolated_pending -= 1
+
+
+def _prepare(ctx: Context, data: bytes) -> tuple[np.ndarray | _Isolate, str, float]:
+    """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
+    t0 = time.perf_counter()
+    model = ctx.model()
+    plan = ctx.decoder.plan(model, data)
+    sha = hashlib.sha256(data).hexdigest()
+    if not plan.cost.inline:
+        return _Isolate(plan, data), sha, time.perf_counter() - t0
+    x = ctx.decoder.prepare_inline(model, data, plan)
+    return x, sha, time.perf_counter() - t0
+
+
+def _fetch_and_prepare(ctx: Context, url: str) -> tuple[float, np.ndarray | _Isolate, str, float]:
+    """Worker thread: fetch (SSRF-safe, capped) then prepare."""
+    t0 = time.perf_counter()
+    content = ctx.fetch(url)
+    return (time.perf_counter() - t0, *_prepare(ctx, content))
+
+
+async def _finish(ctx: Context, batcher: Any, x: np.ndarray, sha: str, fetch_s: float, decode_s: float,
+                  started: float) -> Classification:
+    t0 = time.perf_counter()
+    row = await batcher.predict(x)
+    inference_s = time.perf_counter() - t0
+    model = ctx.model()
+    return judge(scores_dict(row), ctx.thresholds.current().thresholds, ModelInfo(model.name, model.version),
+                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha)
+
+
+# ---------------------------------------------------------------- the CLI's and the pages' path
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One source's :class:`Classification`, or the error that stopped it."""
+
+    source: str
+    classification: Classification | None = None
+    error: NSFWError | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"source", "scores", "verdict"}`` or ``{"source", "error": {"code", "message"}}`` (the CLI's lines)."""
+        if self.classification is None:
+            assert self.error is not None
+            return {"source": self.source, "error": self.error.to_dict()}
+        return {"source": self.source, "scores": dict(self.classification.scores),
+                "verdict": self.classification.verdict}
+
+
+def outcome(scored: Scored, model: Model, thresholds: Thresholds) -> Outcome:
+    """Judge one :class:`~nsfw_core.pipeline.Scored` under ``thresholds``."""
+    if scored.scores is None:
+        return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
+    timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
+    classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
+                           scored.sha256 or "")
+    return Outcome(scored.source, classification, seconds=scored.seconds)
+
+
+def classify_sources(
+    ctx: Context,
+    sources: Sequence[str],
+    *,
+    model_name: str | None = None,
+    loader: Callable[[str], bytes] | None = None,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> list[Outcome]:
+    """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item."""
+    model = ctx.model(model_name)
+    scored = score_sources(model, sources, ctx.decoder, loader or ctx.load_bytes, batch_size=batch_size,
+                           progress=progress)
+    thresholds = ctx.thresholds.current().thresholds
+    return [outcome(s, model, thresholds) for s in scored]

@@ -1,0 +1,156 @@
+"""The OpenAPI 3.1 description of the HTTP API (``GET /openapi.json``).
+
+The ``Detail`` schema is derived from :class:`~nsfw_core.classify.Classification` (its
+nested dataclasses give the ``model`` and ``timings`` objects); a test checks that real
+answers validate against it, ``additionalProperties`` false, and
+``tests/test_openapi_conformance.py`` runs schemathesis against a real server with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .classify import ModelInfo, Timings
+from .labels import VERDICTS
+from .settings import CLASS_NAMES, RUNTIMES, Settings, load_settings
+
+MAX_ID_LENGTH = 256  # characters in a batch item's string id
+MAX_ID_NUMBER = 2**53 - 1  # a batch item's numeric id: within what a JSON number carries exactly everywhere
+_JSON_TYPES = {"str": "string", "float": "number", "int": "integer", "bool": "boolean"}
+
+
+def _fields_schema(cls: type) -> dict[str, Any]:
+    """An object schema with one property per field of the dataclass ``cls`` (scalar fields)."""
+    props = {f.name: {"type": _JSON_TYPES[str(f.type)]} for f in dataclasses.fields(cls)}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ref("Error"), "Error, see code") for s in statuses}
+
+
+# The form of URL that /predict?url= documents: http(s), a host name (the last label starts with a
+# letter, so it is not a numeric IPv4 spelling; no '--', so no xn-- label), an optional port 1-65535,
+# an ASCII path and query.  Every such URL passes the API's syntax checks (a test draws them with
+# hypothesis); whether it can be fetched is another matter (403, 502, 504).  The API accepts more (IP
+# literals, international names): the fetcher is the authority, the pattern the documented subset.
+URL_PATTERN = (r"^https?://(?:[A-Za-z0-9_](?:-?[A-Za-z0-9_]){0,29}\.){0,3}[A-Za-z](?:-?[A-Za-z0-9_]){0,29}"
+               r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+               r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?(?:\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$")
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of :data:`routes` (a test checks that paths and methods match).
+
+    Limits that are settings (URL length, items per batch) come from ``settings``
+    (the defaults without it).  ``tests/test_openapi_conformance.py`` runs
+    schemathesis against a real server with this document.
+    """
+    if settings is None:
+        settings = load_settings(environ={})
+    max_url = settings.max_url_length
+    number = {"type": "number"}
+    scores = {"type": "object", "properties": {c: number for c in CLASS_NAMES},
+              "required": list(CLASS_NAMES), "additionalProperties": False}
+    thresholds = {"type": "object", "properties": {
+        "adult": number, "safe": number,
+        "adult_classes": {"type": "array", "items": {"type": "string"}},
+        "safe_classes": {"type": "array", "items": {"type": "string"}}}}
+    verdict = {"type": "string", "enum": list(VERDICTS)}
+    detail = {"type": "object", "additionalProperties": False,
+              "required": ["scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings",
+                           "sha256"],
+              "properties": {
+                  "scores": _ref("Scores"), "verdict": verdict, "adult_score": number, "safe_score": number,
+                  "thresholds": thresholds, "model": _fields_schema(ModelInfo), "timings": _fields_schema(Timings),
+                  "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                  "review_id": {"type": ["integer", "null"],
+                                "description": "present when the verdict is sent to human review "
+                                               "(NSFW_REVIEW_VERDICTS); null when queueing failed"},
+                  "review_error": {"type": "string", "description": "why queueing failed (the verdict stands)"}}}
+    error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
+             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
+    item_id = {"type": ["string", "number", "null"], "maxLength": MAX_ID_LENGTH,
+               "minimum": -MAX_ID_NUMBER, "maximum": MAX_ID_NUMBER,
+               "description": f"echoed back: a string of at most {MAX_ID_LENGTH} characters or a number "
+                              f"within +-{MAX_ID_NUMBER} (2^53 - 1); null or absent for none"}
+    item_url = {"type": "string", "minLength": 1,
+                "description": "the image URL; a URL that cannot be fetched (invalid_url, forbidden_address, "
+                               "upstream_*) is that item's error, not the request's"}
+    batch_request = {"oneOf": [
+        {"type": "array", "items": item_url, "maxItems": settings.max_batch_items},
+        {"type": "object", "required": ["items"], "properties": {
+            "items": {"type": "array", "maxItems": settings.max_batch_items, "items": {"oneOf": [
+                item_url,
+                {"type": "object", "required": ["url"], "properties": {"id": item_id, "url": item_url}}]}},
+            "detail": {"type": "boolean", "default": False}}}],
+        "description": "An item that does not match (an id of another type, a url that is not a non-empty "
+                       "string) makes the whole request 400 bad_request, with the item's index in 'item'; "
+                       f"over {settings.max_batch_items} items (NSFW_MAX_BATCH_ITEMS) is 413 too_many_items"}
+    batch_result = {"type": "object", "required": ["id", "url"], "properties": {
+        "id": item_id, "url": {"type": "string", "minLength": 1}, "scores": _ref("Scores"), "verdict": verdict,
+        "error": _ref("Error")}, "description": "scores and verdict (all of Detail with detail=true), or error"}
+    health_ok = {"type": "object", "required": ["status", "model", "version", "thresholds", "warnings"],
+                 "properties": {"status": {"const": "ok"}, "model": {"type": "string"},
+                                "version": {"type": "string"}, "runtime": {"enum": list(RUNTIMES)},
+                                "thresholds": thresholds,
+                                "warnings": {"type": "array", "items": {"type": "string"}},
+                                "batcher": {"type": "object"}}}
+    image_bytes = {"type": "string", "format": "binary", "minLength": 1,
+                   "description": "JPEG, PNG, GIF, WebP, BMP or TIFF bytes, at most NSFW_MAX_BYTES; other bytes "
+                                  "are 415 not_an_image, damaged ones 422, too large 413"}
+    binary = {"schema": image_bytes}
+    multipart = {"schema": {"type": "object", "properties": {"file": image_bytes}, "required": ["file"],
+                            "description": "the image as a file part named 'file' ('image' is accepted too, "
+                                           "when there is no 'file')"},
+                 "encoding": {"file": {"contentType": "application/octet-stream"}}}
+    auth: list[dict[str, list[str]]] = [{}, {"bearer": []}]  # optional: required only when NSFW_API_KEYS is set
+    url_param = {"name": "url", "in": "query",
+                 "schema": {"type": "string", "minLength": 1, "maxLength": max_url, "pattern": URL_PATTERN},
+                 "description": "http(s) URL of the image (at most NSFW_MAX_URL_LENGTH characters, no "
+                                "credentials); omit it to send the image in the body instead (not both: 400)"}
+    detail_param = {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
+                    "description": "true: the rich answer (Detail) instead of the five scores"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NSFW image moderation API", "version": "1.0.0"},
+        "paths": {
+            "/predict": {"post": {
+                "summary": "Classify one image (by URL or uploaded)",
+                "operationId": "predict", "security": auth, "parameters": [url_param, detail_param],
+                "requestBody": {"required": False, "content": {
+                    "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
+                "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
+                                           "The five probabilities (or Detail with detail=true)"),
+                              **_errors(400, 401, 403, 405, 408, 413, 415, 422, 500, 502, 503, 504)}}},
+            "/predict/batch": {"post": {
+                "summary": "Classify many image URLs; errors are reported per item",
+                "operationId": "predictBatch", "security": auth,
+                "parameters": [detail_param],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
+                "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
+                    "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
+                              **_errors(400, 401, 405, 408, 413, 500, 503)}}},
+            "/health": {"get": {
+                "summary": "Readiness: 200 once the model is loaded and warmed up",
+                "operationId": "health",
+                "responses": {"200": _json(health_ok, "Ready"),
+                              "503": _json(_ref("Error"), "Not ready (status, code not_ready, reason)")}}},
+            "/openapi.json": {"get": {
+                "summary": "This document", "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")}}},
+        },
+        "components": {
+            "schemas": {"Scores": scores, "Detail": detail, "Error": error, "BatchResult": batch_result},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
