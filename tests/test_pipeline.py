@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from nsfw_core import pipeline
-from nsfw_core.pipeline import PixelBudget, classify_sources, iter_sources
+from nsfw_core.pipeline import ISOLATED_SHARE, Decoder, PixelBudget, iter_sources, load_bytes, score_sources
 from nsfw_core.settings import load_settings
 
 from .conftest import REFERENCE, REFERENCE_IMAGES
@@ -42,17 +41,23 @@ def test_pixel_budget_serialises_large_images_and_shares_small_ones():
     assert _peak_concurrency(PixelBudget(100), [500, 10]) == 1  # over the budget: runs alone, never deadlocks
 
 
-def test_decode_for_holds_the_image_pixels(default_model, monkeypatch):
+@pytest.fixture
+def decoder():
+    decoder = Decoder(load_settings(environ={}).decode_limits)
+    yield decoder
+    decoder.close()
+
+
+def test_decode_for_holds_the_image_pixels(default_model, decoder, monkeypatch):
     held = []
-    budget = pipeline.pixel_budget(load_settings(environ={}).decode_pixel_budget)
-    real_hold = budget.hold
+    real_hold = decoder.budget.hold
 
     def spy(pixels, share=1.0):
         held.append(pixels)
         return real_hold(pixels, share=share)
 
-    monkeypatch.setattr(budget, "hold", spy)
-    rgb = pipeline.decode_for(default_model, (REFERENCE / "smile.jpg").read_bytes(), load_settings(environ={}))
+    monkeypatch.setattr(decoder.budget, "hold", spy)
+    rgb = decoder.decode_for(default_model, (REFERENCE / "smile.jpg").read_bytes())
     assert held == [rgb.shape[0] * rgb.shape[1]]
 
 
@@ -65,12 +70,13 @@ def test_iter_sources_walks_folders_and_keeps_urls(tmp_path):
     assert got == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "b.PNG"), "https://example.com/x.jpg"]
 
 
-def test_classify_sources_batches_and_keeps_order(default_model, monkeypatch):
+def test_score_sources_batches_and_keeps_order(default_model, decoder, monkeypatch):
     calls = []
     real = default_model.predict
     monkeypatch.setattr(default_model, "predict", lambda batch: calls.append(len(batch)) or real(batch))
     sources = [str(p) for p in REFERENCE_IMAGES] + ["missing.jpg"]
-    results = classify_sources(default_model, sources, load_settings(environ={}), batch_size=3)
+    policy = load_settings(environ={}).fetch_policy
+    results = score_sources(default_model, sources, decoder, lambda s: load_bytes(s, policy), batch_size=3)
     assert [r.source for r in results] == sources
     assert calls == [3, 1]  # the missing file takes no slot in a forward pass
     assert all(r.ok for r in results[:4]) and results[4].error.code == "invalid_url"
@@ -79,10 +85,6 @@ def test_classify_sources_batches_and_keeps_order(default_model, monkeypatch):
 
 
 def test_an_expensive_decode_leaves_a_share_of_the_budget_to_cheap_images() -> None:
-    import threading
-
-    from nsfw_core.pipeline import ISOLATED_SHARE, PixelBudget
-
     budget = PixelBudget(1000)
     with budget.hold(5000, share=ISOLATED_SHARE):  # a huge image holds at most 3/4
         assert budget.free == 250
