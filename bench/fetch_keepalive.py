@@ -84,7 +84,7 @@ def main() -> None:
                 url = f"{scheme}://images.test:{server.port}/img.jpg"
                 rows = {}
                 for keepalive in (True, False, True, False):
-                    s = load_settings(environ={}, allow_private_hosts=("images.test",), fetch_keepalive=keepalive)
+                    s = load_settings(environ={}, allow_private_hosts=("images.test",), fetch_keepalive=keepalive).fetch_policy
                     rows.setdefault("on" if keepalive else "off", []).append(measure(url, s, resolver, a.fetches))
                 out[scheme] = {k: {m: round(statistics.median(r[m] for r in v), 3) for m in ("wall_ms", "cpu_ms")}
                                for k, v in rows.items()}
