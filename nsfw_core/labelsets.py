@@ -8,7 +8,8 @@ calibration (``adult`` or ``safe``).
 
 Five classes -> binary
 ----------------------
-The default mapping, :data:`DEFAULT_BINARY_MAP`, is::
+The labels, their aliases and the mapping live in :mod:`nsfw_core.labels` (re-exported
+here).  The default mapping, :data:`DEFAULT_BINARY_MAP`, is::
 
     porn, sexy, hentai -> adult
     neutral, drawings  -> safe
@@ -53,25 +54,35 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
-from .errors import BadRequest
-from .pipeline import IMAGE_SUFFIXES, is_url
-from .settings import CLASS_NAMES, ROOT
+from .fetch import is_url
+from .labels import (
+    ADULT,
+    ALIASES,
+    BINARY_LABELS,
+    CLASS_NAMES,
+    DEFAULT_BINARY_MAP,
+    LABELS,
+    SAFE,
+    LabelledItem,
+    LabelSetError,
+    check_binary_map,
+    make_binary_map,
+    normalise_label,
+    to_binary,
+)
+from .pipeline import IMAGE_SUFFIXES
+from .settings import ROOT, Settings
 
-ADULT, SAFE = "adult", "safe"
-BINARY_LABELS = (ADULT, SAFE)
-LABELS = CLASS_NAMES + BINARY_LABELS
-
-#: The five classes -> binary truth. Change it per call with ``binary_map=``.
-DEFAULT_BINARY_MAP: Mapping[str, str] = {
-    "porn": ADULT,
-    "sexy": ADULT,
-    "hentai": ADULT,
-    "neutral": SAFE,
-    "drawings": SAFE,
-}
-
-# Spellings accepted for the labels (case-insensitive): nsfwjs says "Drawing".
-ALIASES = {"drawing": "drawings", "nsfw": ADULT, "sfw": SAFE}
+__all__ = [
+    # the label vocabulary, from nsfw_core.labels
+    "ADULT", "ALIASES", "BINARY_LABELS", "CLASS_NAMES", "DEFAULT_BINARY_MAP", "LABELS", "SAFE",
+    "LabelSetError", "LabelledItem", "make_binary_map", "normalise_label", "to_binary",
+    # labelled sets
+    "DEMO_DIR", "DEMO_MANIFEST", "MANIFEST_NAMES", "MAX_ERRORS_LISTED", "SYNTHETIC_SCORES", "ZIP_CACHE_FOLDER",
+    "ZIP_MAX_FILES", "ZIP_MAX_FILE_BYTES", "ZIP_MAX_TOTAL_BYTES",
+    "demo_set", "extract_zip", "find_manifest", "load_folder", "load_manifest", "load_path", "load_score_table",
+    "load_zip", "parse_manifest", "relabel", "summary", "synthetic_set", "zip_cache_dir", "zip_cache_folder",
+]
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.json", "labels.csv", "labels.json")
 DEMO_DIR = ROOT / "data" / "demo"
@@ -82,62 +93,15 @@ ZIP_MAX_FILES = 5000
 ZIP_MAX_TOTAL_BYTES = 1 << 30  # 1 GiB uncompressed in all
 ZIP_MAX_FILE_BYTES = 10 << 20  # per member, as NSFW_MAX_BYTES' default
 MAX_ERRORS_LISTED = 10
-
-
-class LabelSetError(BadRequest):
-    """A labelled set cannot be read: bad manifest, unknown label, unsafe archive…"""
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledItem:
-    source: str  # local path (absolute) or URL
-    label: str  # one of LABELS
-    binary: str  # "adult" or "safe"
+ZIP_CACHE_FOLDER = "labelsets"  # under the data folder
 
 
 # ---------------------------------------------------------------- labels
 
 
-def make_binary_map(adult_labels: Iterable[str]) -> dict[str, str]:
-    """A five-class -> binary mapping where ``adult_labels`` are adult and the rest safe."""
-    adult = {normalise_label(a) for a in adult_labels}
-    bad = sorted(adult - set(CLASS_NAMES))
-    if bad:
-        raise LabelSetError(f"not model classes: {', '.join(bad)}; expected some of {', '.join(CLASS_NAMES)}")
-    return {c: ADULT if c in adult else SAFE for c in CLASS_NAMES}
-
-
-def _check_map(binary_map: Mapping[str, str] | None) -> Mapping[str, str]:
-    if binary_map is None:
-        return DEFAULT_BINARY_MAP
-    missing = [c for c in CLASS_NAMES if c not in binary_map]
-    wrong = [f"{k}->{v}" for k, v in binary_map.items() if v not in BINARY_LABELS]
-    if missing or wrong:
-        raise LabelSetError(f"binary_map must map each of {', '.join(CLASS_NAMES)} to adult or safe"
-                            f" (missing: {', '.join(missing) or '-'}; invalid: {', '.join(wrong) or '-'})")
-    return binary_map
-
-
-def normalise_label(raw: Any) -> str:
-    """Lower-case, trimmed label with aliases resolved (may still be unknown)."""
-    label = str(raw if raw is not None else "").strip().lower()
-    return ALIASES.get(label, label)
-
-
-def to_binary(label: str, binary_map: Mapping[str, str] | None = None) -> str:
-    """``adult``/``safe`` for a known label; ValueError for any other."""
-    label = normalise_label(label)
-    if label in BINARY_LABELS:
-        return label
-    mapping = _check_map(binary_map)
-    if label in mapping:
-        return mapping[label]
-    raise ValueError(f"unknown label {label!r}")
-
-
 def relabel(items: Iterable[LabelledItem], binary_map: Mapping[str, str] | None) -> list[LabelledItem]:
     """The same items with ``binary`` recomputed under another mapping."""
-    mapping = _check_map(binary_map)
+    mapping = check_binary_map(binary_map)
     return [dataclasses.replace(it, binary=to_binary(it.label, mapping)) for it in items]
 
 
@@ -186,11 +150,12 @@ def _rows_from_csv(text: str) -> list[tuple[int, Any, Any]]:
     header = [cell.strip().lower() for cell in rows[0][1]]
     src_col, label_col = 0, 1
     if any(h in _SOURCE_KEYS for h in header) or any(h in _LABEL_KEYS for h in header):
-        src_col = next((header.index(k) for k in _SOURCE_KEYS if k in header), None)
-        label_col = next((header.index(k) for k in _LABEL_KEYS if k in header), None)
-        if src_col is None or label_col is None:
+        named_src = next((header.index(k) for k in _SOURCE_KEYS if k in header), None)
+        named_label = next((header.index(k) for k in _LABEL_KEYS if k in header), None)
+        if named_src is None or named_label is None:
             raise LabelSetError(f"CSV header {rows[0][1]} needs a path column ({'/'.join(_SOURCE_KEYS)})"
                                 f" and a label column ({'/'.join(_LABEL_KEYS)})")
+        src_col, label_col = named_src, named_label
         rows = rows[1:]
     out = []
     for line, r in rows:
@@ -242,7 +207,7 @@ def parse_manifest(
     inside that folder (used for manifests inside uploaded archives).  All bad
     rows are reported in one :class:`LabelSetError` (the first ten listed).
     """
-    mapping = _check_map(binary_map)
+    mapping = check_binary_map(binary_map)
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8-sig")
@@ -315,9 +280,10 @@ def load_folder(path: str | Path, *, binary_map: Mapping[str, str] | None = None
     root = Path(path)
     if not root.is_dir():
         raise LabelSetError(f"{root} is not a folder")
-    mapping = _check_map(binary_map)
+    mapping = check_binary_map(binary_map)
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not _skip(p.name))
-    unknown = [p.name for p in subdirs if normalise_label(p.name) not in mapping and normalise_label(p.name) not in BINARY_LABELS]
+    unknown = [p.name for p in subdirs
+               if normalise_label(p.name) not in mapping and normalise_label(p.name) not in BINARY_LABELS]
     if unknown:
         raise LabelSetError(f"{root}: sub-folders must be named after labels ({_expected()}); "
                             f"unknown: {', '.join(unknown)}")
@@ -376,7 +342,7 @@ def load_score_table(path: str | Path, *, binary_map: Mapping[str, str] | None =
     the synthetic set that gives the maths and the page an adult side without
     adult images in the repository.
     """
-    mapping = _check_map(binary_map)
+    mapping = check_binary_map(binary_map)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -461,8 +427,8 @@ def extract_zip(
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise LabelSetError(f"not a valid ZIP archive: {exc}") from exc
     with zf:
-        members = [(info, _member_path(info)) for info in zf.infolist()]  # validates every name first
-        members = [(info, rel) for info, rel in members if rel is not None]
+        named = [(info, _member_path(info)) for info in zf.infolist()]  # validates every name first
+        members = [(info, rel) for info, rel in named if rel is not None]
         if len(members) > max_files:
             raise LabelSetError(f"the archive holds {len(members)} files; the limit is {max_files}")
         cache.mkdir(parents=True, exist_ok=True)
@@ -541,6 +507,11 @@ def load_zip(
     return load_folder(root, binary_map=binary_map)
 
 
-def zip_cache_dir(settings: Any) -> Path:
+def zip_cache_folder(data_dir: str | Path) -> Path:
     """Where uploaded archives are extracted: ``<data_dir>/labelsets``."""
-    return Path(settings.data_dir) / "labelsets"
+    return Path(data_dir) / ZIP_CACHE_FOLDER
+
+
+def zip_cache_dir(settings: Settings) -> Path:
+    """:func:`zip_cache_folder` of ``settings.data_dir``; kept until its callers pass the data folder."""
+    return zip_cache_folder(settings.data_dir)
