@@ -21,13 +21,10 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import zipfile
 from pathlib import Path
 
 import pytest
-
-from nsfw_core.settings import load_settings
 
 from nsfw_core import labelsets
 from nsfw_core.review import (
@@ -41,14 +38,14 @@ from nsfw_core.review import (
     ReviewConflict,
     ReviewQueue,
     ReviewUnavailable,
-    _SQLite,
     backend_for,
     image_suffix,
     redact_url,
     should_queue,
 )
 from nsfw_core.errors import BadRequest
-from nsfw_core.settings import CLASS_NAMES
+from nsfw_core.review.store import _SQLite
+from nsfw_core.settings import CLASS_NAMES, ReviewConfig, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
@@ -152,7 +149,7 @@ def test_concurrent_enqueue_of_one_image_queues_it_once(backend):
             barrier.wait()
             for n in range(10):
                 ids.append(add(q, f"same-{n}"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(q,)) for q in queues]
@@ -232,7 +229,7 @@ def test_two_reviewers_at_once_never_get_the_same_item(backend):
             while (item := q.claim(name)) is not None:
                 mine.append(item.id)
                 q.decide(item.id, name, "safe" if item.id % 2 else "adult")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=review, args=(f"reviewer-{i}", q)) for i, q in enumerate(queues)]
@@ -337,7 +334,7 @@ def test_skip_moves_the_item_to_the_end(q, backend):
 
 
 def test_release_keeps_the_place(q, backend):
-    a, b = add(q, 1), add(q, 2)
+    a, _ = add(q, 1), add(q, 2)
     assert q.claim("r1").id == a
     backend.clock.advance(1)
     released = q.release(a, "r1")
@@ -541,7 +538,7 @@ def test_concurrent_first_open_migrates_once(backend):
         try:
             barrier.wait()
             backend.open()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(4)]
@@ -608,11 +605,11 @@ def test_store_uploads_on_and_off(backend):
 
 
 def test_should_queue():
-    default = load_settings(environ={})
+    default = load_settings(environ={}).review_config
     assert should_queue("unknown", default) and not should_queue("adult", default)
-    both = load_settings(environ={"NSFW_REVIEW_VERDICTS": "unknown, adult"})
+    both = load_settings(environ={"NSFW_REVIEW_VERDICTS": "unknown, adult"}).review_config
     assert should_queue("adult", both) and not should_queue("safe", both)
-    assert not should_queue("unknown", load_settings(environ={"NSFW_REVIEW_VERDICTS": ""}))
+    assert not should_queue("unknown", load_settings(environ={"NSFW_REVIEW_VERDICTS": ""}).review_config)
 
 
 def test_from_settings(tmp_path):
@@ -621,9 +618,9 @@ def test_from_settings(tmp_path):
     assert q.backend_name == "sqlite" and (tmp_path / DB_FILE).exists()
     assert (q.store_uploads, q.lease_seconds, q.retention_days) == (False, 300, 30)
     q.close()
-    settings = types.SimpleNamespace(data_dir=str(tmp_path), database_url="sqlite:other.db", review_store_uploads=True,
-                                     review_lease_seconds=5, review_retention_days=0)
-    q = ReviewQueue.from_settings(settings)
+    config = ReviewConfig(data_dir=str(tmp_path), database_url="sqlite:other.db", store_uploads=True,
+                          lease_seconds=5, retention_days=0, verdicts=("unknown",))
+    q = ReviewQueue.from_config(config)
     assert (tmp_path / "other.db").exists() and (q.store_uploads, q.lease_seconds, q.retention_days) == (True, 5, 0)
     q.close()
     with sqlite3.connect(tmp_path / DB_FILE) as conn:

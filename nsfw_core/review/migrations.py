@@ -1,0 +1,85 @@
+"""The review queue's schema and how it gets there.
+
+``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
+the ordered list.  Opening a queue applies the missing ones in one transaction
+(under an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two
+processes starting together migrate once.  A database newer than this code is
+refused (:class:`ReviewConfigError`) rather than written to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+from .errors import ReviewConfigError
+from .store import _Backend
+
+TABLE = "review_items"
+VERSION_TABLE = "review_schema_version"
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]  # {pk}, {blob}, {float} are replaced by the backend's types
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "review items, one open item per image, queue order", (
+        f"""CREATE TABLE {TABLE} (
+            id {{pk}},
+            sha256 TEXT NOT NULL,
+            source TEXT NOT NULL,
+            scores TEXT NOT NULL,
+            model TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            created_at {{float}} NOT NULL,
+            queued_at {{float}} NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'claimed', 'decided', 'skipped')),
+            claimed_by TEXT,
+            lease_until {{float}},
+            decision TEXT,
+            decided_by TEXT,
+            decided_at {{float}},
+            skips INTEGER NOT NULL DEFAULT 0,
+            image {{blob}}
+        )""",
+        # At most one open (pending or claimed) item per image: enqueue's ON CONFLICT target.
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256 ON {TABLE} (sha256) WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_queue ON {TABLE} (status, queued_at, id)",
+    )),
+    Migration(2, "indexes for undo and retention", (
+        f"CREATE INDEX {TABLE}_decided ON {TABLE} (decided_by, decided_at)",
+        f"CREATE INDEX {TABLE}_created ON {TABLE} (created_at)",
+    )),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def migrate(backend: _Backend, conn: Any, migrations: Sequence[Migration] = MIGRATIONS,
+            clock: Callable[[], float] = time.time) -> list[int]:
+    """Apply the missing migrations in one transaction; returns the versions applied."""
+    known = max((m.version for m in migrations), default=0)
+    with backend.begin(conn, write=True) as tx:
+        backend.lock_migrations(tx)
+        tx.run(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
+               f"description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+        current = tx.one(f"SELECT MAX(version) FROM {VERSION_TABLE}")
+        current_version = (current[0] if current and current[0] is not None else 0)
+        if current_version > known:
+            raise ReviewConfigError(f"the review database ({backend.describe()}) has schema version "
+                                    f"{current_version}, newer than this code's {known}; upgrade the app")
+        applied = []
+        for m in sorted(migrations, key=lambda m: m.version):
+            if m.version <= current_version:
+                continue
+            for statement in m.statements:
+                tx.run(statement.format(**backend.types))
+            tx.run(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
+                   (m.version, m.description, clock()))
+            applied.append(m.version)
+    return applied
