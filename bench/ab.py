@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import images as imagegen  # noqa: E402
-import run_all  # noqa: E402
-from common import BENCH, log, machine_info, median  # noqa: E402
+import images as imagegen
+import run_all
+from common import BENCH, log, machine_info, median
 
 
 def main() -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import images as imagegen  # noqa: E402
-import run_all  # noqa: E402
-import worktree as wt  # noqa: E402
-from common import BENCH, ROOT, log, machine_info, median  # noqa: E402
+import images as imagegen
+import run_all
+import worktree as wt
+from common import BENCH, ROOT, log, machine_info, median
 
 SIDES = ("baseline", "new")
 
@@ -103,7 +103,7 @@ def main() -> None:
     med = {s: {k: median(x[k] for x in rows[s] if x[k] is not None)
                for k in ("rps", "cpu_ms", "p50_ms", "p99_ms", "peak_rss_mib", "other_jobs_cores")}
            for s in SIDES}
-    pairs = list(zip(rows["baseline"], rows["new"]))
+    pairs = list(zip(rows["baseline"], rows["new"], strict=False))
     out = {
         "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/ab_code.py", *sys.argv[1:]]),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run_all  # noqa: E402
-from common import log  # noqa: E402
+import run_all
+from common import log
 
 CELLS = (("before", "jpeg_1mp", 1), ("burst", "jpeg_0.3mp", 64), ("after", "jpeg_1mp", 1), ("after again", "jpeg_1mp", 1))
 

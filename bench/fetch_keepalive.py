@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import nsfw_core.fetch as fetcher  # noqa: E402
-from nsfw_core.settings import load_settings  # noqa: E402
-from tests.helpers.servers import RouteHandler, image, serve  # noqa: E402
+import nsfw_core.fetch as fetcher
+from nsfw_core.settings import load_settings
+from tests.helpers.servers import RouteHandler, image, serve
 
 BLOCK = 50
 BODY = b"\xff\xd8" + b"x" * (277 * 1024)

@@ -66,13 +66,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from PIL import Image, TiffImagePlugin  # noqa: E402
+import numpy as np
+from PIL import Image, TiffImagePlugin
 
-from nsfw_core.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, decode, plan  # noqa: E402
-from nsfw_core.errors import DecodeTimeout, NSFWError  # noqa: E402
-from nsfw_core.sandbox import Sandbox  # noqa: E402
-from tests.helpers import hostile  # noqa: E402
+from nsfw_core.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, decode, plan
+from nsfw_core.errors import DecodeTimeout, NSFWError
+from nsfw_core.sandbox import Sandbox
+from tests.helpers import hostile
 
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 EXPECTED_STATUSES = (413, 415, 422)
@@ -223,7 +223,7 @@ def outcome(data: bytes, draft_size: int | None = None) -> tuple[str, BaseExcept
         if isinstance(exc.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
             return "unexpected", f"Pillow's bomb check fired before ours: {exc.__cause__!r}"
         return str(exc.status), None
-    except Exception as exc:  # noqa: BLE001 - catching everything is the point
+    except Exception as exc:
         return "unexpected", exc
     problem = array_problem(arr)
     return ("unexpected", problem) if problem else ("ok", None)
@@ -642,7 +642,7 @@ class Checker:
             found = plan(data, **limits)
         except NSFWError as exc:
             result, detail = _typed(exc)
-        except Exception as exc:  # noqa: BLE001 - catching everything is the point
+        except Exception as exc:
             result, detail = "unexpected", exc
         else:
             result, detail = "", None
@@ -678,7 +678,7 @@ class Checker:
             if result == "413":  # plan accepted the same limits: only a failed allocation gets here
                 return "unexpected", f"plan accepted the image, decode answered 413: {exc!r} (cause {exc.__cause__!r})"
             return result, detail
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return "unexpected", exc
         problem = array_problem(arr)
         return ("unexpected", problem) if problem else ("ok", None)
@@ -696,7 +696,7 @@ class Checker:
             result, detail = _typed(exc)
             if result == "413" and _SANDBOX_MEMLIMIT in exc.message:
                 fig["sandbox_memlimit"] = True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             result, detail = "unexpected", exc
         else:
             problem = array_problem(arr)
@@ -900,7 +900,7 @@ def run(mode: str, seed: int, iterations: int, corpus: dict[str, bytes], *, jobs
     start = time.perf_counter()
     records = _iter_cases(mode, seed, range(iterations), corpus) if in_process else \
         _run_workers(mode, seed, iterations, jobs, hang_s)
-    log_file = open(log, "a") if log else None  # noqa: SIM115
+    log_file = open(log, "a") if log else None
     try:
         for n, record in enumerate(records, 1):
             result, fig = record["outcome"], record["fig"]

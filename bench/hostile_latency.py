@@ -51,11 +51,11 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import worktree as wt  # noqa: E402
-from common import BENCH, ROOT, log, machine_info, percentile  # noqa: E402
+import worktree as wt
+from common import BENCH, ROOT, log, machine_info, percentile
 
 sys.path.insert(0, str(ROOT))
-from tests.helpers import hostile  # noqa: E402
+from tests.helpers import hostile
 
 MIB = 2**20
 

@@ -22,7 +22,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     timeout = 60
     files: dict[str, tuple[bytes, str]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         entry = self.files.get(path)
         if entry is None:
@@ -43,7 +43,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

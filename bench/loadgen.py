@@ -47,7 +47,7 @@ class _Conn:
         if self.writer is not None:
             try:
                 self.writer.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         self.reader = self.writer = None
 

@@ -230,7 +230,7 @@ def render(res: dict[str, Any]) -> str:
     rows = []
     for name in IMAGE_LABELS:
         row: list[Any] = [IMAGE_LABELS[name]]
-        for peer, r in p.items():
+        for _peer, r in p.items():
             im = r.get("images", {}).get(name)
             row += ([f"{im['single_images_per_s']} ({_f(im.get('single_cpu_ms_per_image'))} ms CPU)",
                      f"{im['batch_images_per_s']} ({_f(im.get('batch_cpu_ms_per_image'))} ms CPU)"]

@@ -37,10 +37,10 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import images as imagegen  # noqa: E402
-import loadgen  # noqa: E402
-import report  # noqa: E402
-from common import (BENCH, PROJECT_PY, ROOT, SCRATCH, CpuMeter, Proc, TreeSampler, free_port,  # noqa: E402
+import images as imagegen
+import loadgen
+import report
+from common import (BENCH, PROJECT_PY, ROOT, SCRATCH, CpuMeter, Proc, TreeSampler, free_port,
                     http_get, log, machine_info, median, run_json, thread_cpu, venv_python, wait_ready)
 
 IMAGE_TYPES = list(imagegen.SPECS)  # jpeg_0.3mp, jpeg_1mp, jpeg_12mp, png_1mp
@@ -53,7 +53,7 @@ LEVER_VALUES = {
 }
 
 sys.path.insert(0, str(ROOT))
-from nsfw_core.settings import SETTINGS  # noqa: E402
+from nsfw_core.settings import SETTINGS
 
 # The service's own defaults, read from its settings table so the grid follows the code.
 DEFAULT_LEVERS = {s.name: s.default for s in SETTINGS if s.name in LEVER_VALUES}
@@ -485,7 +485,7 @@ def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, in
                 out["cells"][f"{name}/c{c}"] = r
                 log(f"    {name} c{c}: {r['rps']} req/s p50 {r['p50_ms']} p99 {r['p99_ms']} ms err {r['errors']} "
                     f"rss {r['peak_rss_mib']} MiB")
-    except Exception as exc:  # noqa: BLE001 - record and go on with the other sections
+    except Exception as exc:
         out["status"] = f"failed: {exc!r}"[:2000]
         log(f"    (c) failed: {exc!r}")
     finally:
@@ -507,7 +507,7 @@ def section_peers(cfg: dict, img_dir: Path) -> dict[str, Any]:
                                  timeout=900)
             out[peer]["status"] = "ok"
             log("    " + ", ".join(f"{k}: {v['best_images_per_s']}" for k, v in out[peer]["images"].items()))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out[peer] = {"status": f"failed: {exc}"[:1500]}
             log(f"    {peer} failed: {exc}"[:300])
     return out
@@ -599,7 +599,9 @@ def main() -> None:
     a = ap.parse_args()
     cfg = QUICK if a.quick else FULL
     only = set(filter(None, a.only.split(",")))
-    want = (lambda s: not only or s in only)
+
+    def want(s: str) -> bool:
+        return not only or s in only
 
     started = time.time()
     SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -630,7 +632,7 @@ def main() -> None:
             t0 = time.time()
             try:
                 res[key] = fn()
-            except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
+            except Exception as exc:
                 traceback.print_exc()
                 res[key] = {"status": f"failed: {exc!r}"[:2000]}
             res.setdefault("section_seconds", {})[key] = round(time.time() - t0, 1)

@@ -165,7 +165,7 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             probs = await loop.run_in_executor(self._executor, self._forward, [i.x for i in batch])
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the callers, the loop goes on
+        except Exception as exc:
             error = exc if isinstance(exc, NSFWError) else ModelError(f"inference failed: {exc}")
             if not isinstance(exc, NSFWError):
                 log.error("forward pass of %d images failed", len(batch), exc_info=exc)
@@ -177,7 +177,7 @@ class MicroBatcher:
         self.stats.items += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.busy_seconds += time.perf_counter() - started
-        for item, row in zip(batch, probs):
+        for item, row in zip(batch, probs, strict=False):
             if not item.future.done():
                 item.future.set_result(row)
 

@@ -9,8 +9,8 @@ segments) and returns a :class:`Cost`:
 
 * ``pixels``: the largest buffer the decoder holds, in pixels of 4 bytes (how
   Pillow stores RGB and RGBA): the output image, or a tile/strip buffer, the
-  decoded samples of a deep TIFF, or progressive JPEG coefficients if larger.  The caller refuses it over ``max_pixels`` (413) and holds
-  it against the process's pixel budget while decoding.
+  decoded samples of a deep TIFF, or progressive JPEG coefficients if larger.
+  The caller refuses it over ``max_pixels`` (413) and holds it against the process's pixel budget while decoding.
 * ``work``: pixel passes the decoder makes (full-resolution pixels x progressive
   scans); decodes whose work is at most :data:`INLINE_WORK` and whose format has
   no decoder we consider risky run in the worker thread, the others in the

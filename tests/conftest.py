@@ -13,6 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
+# Fixtures shared by many modules live in tests/helpers and are registered here, so that no
+# test module imports a fixture (or another test module) to use it.
+pytest_plugins = ["tests.helpers.servers"]
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 REFERENCE_IMAGES = sorted(REFERENCE.glob("*.jpg"))

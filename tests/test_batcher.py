@@ -54,7 +54,7 @@ def row(k: float) -> list[float]:
     return [k * i for i in range(1, 6)]
 
 
-def run(coro):  # noqa: ANN001, ANN201 - tiny helper
+def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 

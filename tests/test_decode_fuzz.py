@@ -83,7 +83,7 @@ def test_early_size_reader_agrees_with_pillow(fmt: str, data: st.DataObject) -> 
     raw = fuzz.mutated(name, data.draw(mutations), CORPUS)
     try:
         size = decode_module._open(raw, fmt).size
-    except Exception:  # noqa: BLE001 - Pillow refused the file; nothing to compare
+    except Exception:
         return
     assert decode_module._EARLY_SIZE_READERS[fmt](raw) == size
 

@@ -26,7 +26,7 @@ from nsfw_core.errors import (
 )
 from nsfw_core.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver, validate_url
 from nsfw_core.settings import load_settings
-from tests.helpers.servers import (  # noqa: F401 - fixtures
+from tests.helpers.servers import (
     LocalServer,
     chunked,
     endless,
@@ -34,8 +34,6 @@ from tests.helpers.servers import (  # noqa: F401 - fixtures
     hang,
     html,
     image,
-    local_server,
-    local_server_factory,
     long_body,
     raw,
     redirect,

@@ -351,7 +351,7 @@ def test_hostile_upstreams_in_one_batch_fail_alone(quiet: AppProcess, hostile: L
     assert reply.status == 200, reply
     results = reply.json()["results"]
     assert [r["id"] for r in results] == [c[0] for c in cases]
-    for (path, _, expected, code, _), result in zip(cases, results):
+    for (path, _, _expected, code, _), result in zip(cases, results, strict=False):
         if code is None:
             assert list(result["scores"]) == CLASSES, result
         else:
@@ -508,7 +508,7 @@ def test_stalled_bodies_are_408_at_the_deadline_and_the_connections_close(quiet:
         return stalled_request(quiet.port, *STALLS[kind], wait_for_close=True)
 
     with ThreadPoolExecutor(len(STALLS)) as pool:  # together: each waits out the keep-alive timeout
-        outcomes = dict(zip(STALLS, pool.map(stall, STALLS)))
+        outcomes = dict(zip(STALLS, pool.map(stall, STALLS), strict=False))
     for kind, (reply, closed) in outcomes.items():
         body = reply.error(408, "request_timeout")
         assert body["timeout_s"] == BODY_TIMEOUT, kind

@@ -36,7 +36,7 @@ def main() -> None:
             if p[-1] < 0:  # keep it a distribution after rounding
                 p[int(np.argmax(p))] += p[-1]
                 p[-1] = 0.0
-            rows.append({"id": f"{label}-{i:03d}", "label": label, **{c: f"{v:.6f}" for c, v in zip(CLASSES, p)}})
+            rows.append({"id": f"{label}-{i:03d}", "label": label, **{c: f"{v:.6f}" for c, v in zip(CLASSES, p, strict=False)}})
     with open(HERE / "scores.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["id", "label", *CLASSES])
         w.writeheader()

@@ -78,13 +78,13 @@ class RouteHandler(http.server.BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -107,7 +107,7 @@ class RouteHandler(http.server.BaseHTTPRequestHandler):
         """Wait ``delay`` seconds; True if the server is shutting down meanwhile."""
         return self.server.owner.stopped.wait(delay)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
 
 

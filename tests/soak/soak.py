@@ -379,7 +379,7 @@ def classify(spec: Spec, status: int, headers: dict[str, str], body: bytes, tall
     if ok and spec.batch_expect and status == 200:
         results = json.loads(body)["results"]
         ok = len(results) == len(spec.batch_expect)
-        for result, allowed in zip(results, spec.batch_expect):
+        for result, allowed in zip(results, spec.batch_expect, strict=False):
             item_code = result["error"]["code"] if "error" in result else None
             tally.batch_items[item_code or "scores"] += 1
             if item_code not in allowed:
@@ -418,7 +418,7 @@ async def run_load(port: int, specs: list[Spec], concurrency: int, warmup: int, 
                     except Closed:
                         tally.stale_retries += 1
                         status, headers, body = await conn.exchange(spec.raw)
-                except Exception as exc:  # noqa: BLE001 - reported, counted as a failure
+                except Exception as exc:
                     conn.close()
                     tally.transport_errors.append((spec.kind, repr(exc)))
                     continue
