@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from . import pipeline
 from .errors import NSFWError
 from .files import move_aside
-from .settings import CLASS_NAMES
+from .labels import CLASS_NAMES
+from .settings import DecodeLimits, Settings
 
 CACHE_FILE = "score-cache.sqlite"
 CHUNK = 64  # items read and hashed before the misses among them are classified
@@ -50,10 +51,10 @@ class ScoreCacheWarning(UserWarning):
     """The cache file was unusable and has been replaced."""
 
 
-def model_key(model: Any, settings: Any | None = None) -> str:
-    """``name@version`` (+ ``+draft`` when JPEG draft decoding is on)."""
+def model_key(model: Any, limits: DecodeLimits | Settings | None = None) -> str:
+    """``name@version`` (+ ``+draft`` when JPEG draft decoding is on in ``limits``)."""
     key = f"{model.name}@{getattr(model, 'version', '?')}"
-    if settings is not None and getattr(settings, "jpeg_draft", False):
+    if limits is not None and limits.jpeg_draft:
         key += "+draft"
     return key
 
@@ -79,8 +80,14 @@ class ScoreCache:
             self._open()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "ScoreCache":
-        return cls(Path(settings.data_dir) / CACHE_FILE)
+    def in_folder(cls, data_dir: str | Path) -> "ScoreCache":
+        """The cache file of a data folder: ``<data_dir>/score-cache.sqlite``."""
+        return cls(Path(data_dir) / CACHE_FILE)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ScoreCache":
+        """:meth:`in_folder` of ``settings.data_dir``; kept until its callers pass the data folder."""
+        return cls.in_folder(settings.data_dir)
 
     # ------------------------------------------------------------ connection
 
@@ -152,6 +159,12 @@ class ScoreCache:
         except (sqlite3.Error, OSError):
             self._conn = self._connect(":memory:")
 
+    def _db(self) -> sqlite3.Connection:
+        """The open connection (lock held); using a closed cache is a programming error."""
+        if self._conn is None:
+            raise RuntimeError(f"score cache {self.path} is closed")
+        return self._conn
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -174,7 +187,7 @@ class ScoreCache:
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT sha256, scores FROM scores WHERE model_key = ? AND sha256 IN ({marks})"
                 try:
-                    rows = self._conn.execute(sql, [model_key, *chunk]).fetchall()
+                    rows = self._db().execute(sql, [model_key, *chunk]).fetchall()
                 except sqlite3.Error as exc:
                     self._reset_after(exc)
                     return {}
@@ -199,13 +212,14 @@ class ScoreCache:
         if not rows:
             return
         with self._lock:
+            conn = self._db()
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
-                self._conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
-                    self._conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
                 self._reset_after(exc)
@@ -213,7 +227,7 @@ class ScoreCache:
     def __len__(self) -> int:
         with self._lock:
             try:
-                return int(self._conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+                return int(self._db().execute("SELECT COUNT(*) FROM scores").fetchone()[0])
             except sqlite3.Error:
                 return 0
 
@@ -223,56 +237,58 @@ class ScoreCache:
         self,
         model: Any,
         items: Sequence[Any],
-        settings: Any,
+        decoder: pipeline.Decoder,
+        loader: Callable[[str], bytes],
         progress: Callable[[int, int], None] | None = None,
         *,
-        loader: Callable[[str, Any], bytes] = pipeline.load_bytes,
         batch_size: int = 16,
     ) -> list[tuple[Any, dict[str, float] | None, NSFWError | None]]:
         """Scores for each item (anything with ``.source``), in order: ``(item, scores, None)``
         or ``(item, None, error)``.
 
-        Bytes are read with ``loader`` (``pipeline.load_bytes``: the byte cap
-        for files, the safe fetcher for URLs) and hashed; cache hits are used
-        as they are; the misses (each distinct image once) go through
-        ``pipeline.classify_sources`` in batches and are stored.
+        Bytes are read with ``loader`` (the process context's ``load_bytes``: the
+        byte cap for files, the safe fetcher for URLs) and hashed; cache hits are
+        used as they are; the misses (each distinct image once) go through
+        ``pipeline.score_sources`` with ``decoder`` in batches and are stored.
+        The cache key is :func:`model_key` under the decoder's limits.
         ``progress(done, total)`` is called after each chunk.
         """
-        key = model_key(model, settings)
+        key = model_key(model, decoder.limits)
         total = len(items)
         out: list[tuple[Any, dict[str, float] | None, NSFWError | None]] = []
         done = 0
         for start in range(0, total, CHUNK):
             chunk = items[start:start + CHUNK]
-            read: list[tuple[Any, str | None, NSFWError | None]] = []
+            read: list[tuple[Any, str, NSFWError | None]] = []  # (item, digest or "" after an error, error)
             blobs: dict[str, bytes] = {}
             for item in chunk:
                 try:
-                    data = loader(item.source, settings)
+                    data = loader(item.source)
                 except NSFWError as exc:
-                    read.append((item, None, exc))
+                    read.append((item, "", exc))
                     continue
                 digest = sha256(data)
                 blobs.setdefault(digest, data)
                 read.append((item, digest, None))
             cached = self.get_many(blobs, key)
             misses = [d for d in blobs if d not in cached]
-            fresh: dict[str, Any] = {}
+            fresh: dict[str, pipeline.Scored] = {}
             if misses:
                 # The "sources" are the digests; the loader hands back the bytes already read.
-                results = pipeline.classify_sources(model, misses, settings, batch_size=batch_size,
-                                                    loader=lambda digest, _s: blobs[digest])
+                results = pipeline.score_sources(model, misses, decoder, blobs.__getitem__, batch_size=batch_size)
                 fresh = {r.source: r for r in results}
-                self.put_many([(r.source, r.scores) for r in results if r.ok], key)
+                self.put_many([(r.source, r.scores) for r in results if r.scores is not None], key)
             for item, digest, error in read:
                 if error is not None:
                     out.append((item, None, error))
                 elif digest in cached:
                     out.append((item, cached[digest], None))
-                elif fresh[digest].ok:
-                    out.append((item, dict(fresh[digest].scores), None))
                 else:
-                    out.append((item, None, fresh[digest].error))
+                    scored = fresh[digest]
+                    if scored.scores is not None:
+                        out.append((item, dict(scored.scores), None))
+                    else:
+                        out.append((item, None, scored.error))
             done += len(chunk)
             if progress is not None:
                 progress(done, total)

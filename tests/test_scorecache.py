@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import sqlite3
 import threading
@@ -48,6 +49,7 @@ def test_survives_a_restart(tmp_path):
 def test_from_settings_uses_the_data_dir(tmp_path):
     cache = ScoreCache.from_settings(load_settings({"NSFW_DATA_DIR": str(tmp_path)}))
     assert cache.path == tmp_path / CACHE_FILE
+    assert ScoreCache.in_folder(tmp_path / "data").path == tmp_path / "data" / CACHE_FILE
 
 
 @pytest.mark.parametrize("content", [b"this is not a database at all" * 100, b"SQLite format 3\0" + b"\xff" * 5000])
@@ -134,14 +136,23 @@ class FakeModel:
         return out
 
 
+@pytest.fixture
+def reading(tmp_path):
+    """``(settings, decoder, loader)`` as the process context passes them to ``score_items``."""
+    settings = load_settings({"NSFW_DATA_DIR": str(tmp_path)})
+    decoder = pipeline.Decoder(settings.decode_limits)
+    yield settings, decoder, functools.partial(pipeline.load_bytes, policy=settings.fetch_policy)
+    decoder.close()
+
+
 def png(red: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (6, 6), (red, 0, 0)).save(buf, "PNG")
     return buf.getvalue()
 
 
-def test_score_items_classifies_only_misses(tmp_path):
-    settings = load_settings({"NSFW_DATA_DIR": str(tmp_path)})
+def test_score_items_classifies_only_misses(tmp_path, reading):
+    _, decoder, loader = reading
     files = {}
     for name, red in (("a", 51), ("b", 102), ("same_as_a", 51)):
         files[name] = tmp_path / f"{name}.png"
@@ -154,7 +165,7 @@ def test_score_items_classifies_only_misses(tmp_path):
     model = FakeModel()
     cache = ScoreCache(tmp_path / "c.sqlite")
     seen = []
-    out = cache.score_items(model, items, settings, progress=lambda done, total: seen.append((done, total)))
+    out = cache.score_items(model, items, decoder, loader, progress=lambda done, total: seen.append((done, total)))
     assert [o[0] for o in out] == items
     assert out[0][1]["porn"] == pytest.approx(0.2) and out[1][1]["porn"] == pytest.approx(0.4)
     assert out[3][1] == out[0][1]  # same bytes, same scores
@@ -165,13 +176,13 @@ def test_score_items_classifies_only_misses(tmp_path):
 
     # After a "restart", nothing is classified again.
     model2 = FakeModel()
-    again = ScoreCache(tmp_path / "c.sqlite").score_items(model2, items, settings)
+    again = ScoreCache(tmp_path / "c.sqlite").score_items(model2, items, decoder, loader)
     assert model2.predicted == 0
     assert [o[1] for o in again] == [o[1] for o in out]
     # Another model version is a different key: classified again.
     model3 = FakeModel()
     model3.version = "v2"
-    ScoreCache(tmp_path / "c.sqlite").score_items(model3, items[:2], settings)
+    ScoreCache(tmp_path / "c.sqlite").score_items(model3, items[:2], decoder, loader)
     assert model3.predicted == 2
 
 
@@ -181,14 +192,14 @@ def test_model_key():
     assert model_key(FakeModel(), load_settings({"NSFW_JPEG_DRAFT": "true"})) == "Fake@v1+draft"
 
 
-def test_real_model_scores_match_classify_sources(tmp_path, default_model):
-    settings = load_settings({"NSFW_DATA_DIR": str(tmp_path)})
+def test_real_model_scores_match_score_sources(tmp_path, default_model, reading):
+    settings, decoder, loader = reading
     sources = sorted(str(p) for p in (ROOT / "data" / "demo" / "photos").glob("*.jpg"))[:3]
     items = [LabelledItem(s, "neutral", "safe") for s in sources]
     cache = ScoreCache.from_settings(settings)
-    got = cache.score_items(default_model, items, settings)
-    direct = pipeline.classify_sources(default_model, sources, settings)
-    for (_, scores, err), res in zip(got, direct):
+    got = cache.score_items(default_model, items, decoder, loader)
+    direct = pipeline.score_sources(default_model, sources, decoder, loader)
+    for (_, scores, err), res in zip(got, direct, strict=True):
         assert err is None and scores == res.scores
     assert len(cache) == 3
-    assert [s for _, s, _ in cache.score_items(default_model, items, settings)] == [r.scores for r in direct]
+    assert [s for _, s, _ in cache.score_items(default_model, items, decoder, loader)] == [r.scores for r in direct]
