@@ -49,14 +49,8 @@ PURGE_INTERVAL = 3600.0  # purge_if_due() runs purge() at most this often per qu
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def should_queue(verdict: str, config: ReviewConfig | Settings) -> bool:
-    """True when an image with this verdict goes to human review (``NSFW_REVIEW_VERDICTS``).
-
-    Takes the :class:`ReviewConfig`; the whole ``Settings`` is still accepted (and narrowed here)
-    until the service passes ``settings.review_config``, then that will go.
-    """
-    if isinstance(config, Settings):
-        config = config.review_config
+def should_queue(verdict: str, config: ReviewConfig) -> bool:
+    """True when an image with this verdict goes to human review (``NSFW_REVIEW_VERDICTS``)."""
     return verdict in config.verdicts
 
 
