@@ -84,7 +84,7 @@ class Context:
         """The review queue (SQLite under data_dir, or NSFW_DATABASE_URL), opened and migrated on first use."""
         with self._lock:
             if self._review is None:
-                self._review = ReviewQueue.from_settings(self.settings)
+                self._review = ReviewQueue.from_config(self.review_config)
             return self._review
 
     @property
@@ -94,7 +94,7 @@ class Context:
 
         with self._lock:
             if self._score_cache is None:
-                self._score_cache = ScoreCache.from_settings(self.settings)
+                self._score_cache = ScoreCache.in_folder(self.settings.data_dir)
             return self._score_cache
 
     def queues(self, verdict: str) -> bool:
