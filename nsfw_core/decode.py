@@ -146,8 +146,8 @@ def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | N
 
     Same library, same settings (accurate integer IDCT, smooth chroma upsampling,
     the scale Pillow's ``draft`` would pick), hence the same pixels as the Pillow
-    path (tests compare them), without Pillow's intermediate image and copies:
-    1.4-3x faster.  Only YCbCr, RGB and greyscale JPEGs with one tile take this
+    path (tests compare them), without Pillow's intermediate image and copies
+    (faster: BENCHMARKS.md, "JPEG decoding through simplejpeg").  Only YCbCr, RGB and greyscale JPEGs with one tile take this
     path; anything libjpeg merely warns about (``strict``) goes to Pillow too, so
     errors and edge cases keep Pillow's behaviour.
     """
@@ -350,8 +350,8 @@ def _header_orientation(img: ImageFile.ImageFile) -> int:
 
 
 # Pixels converted at a time: converting a whole image made Pillow build an RGB copy (4 bytes a
-# pixel) and numpy two more (tobytes, then the array): 10 bytes a pixel on top of the decoded
-# image, 528 MB for a 50,000,000x1 grey PNG.  In tiles the extra memory is the output array.
+# pixel) and numpy two more (tobytes, then the array): about 10 bytes a pixel on top of the
+# decoded image (RELIABILITY.md).  In tiles the extra memory is the output array.
 _CONVERT_TILE = 1 << 22
 
 

@@ -499,7 +499,7 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """The system's default verifying context, built once (loading the CA store takes ~70 ms); thread-safe."""
+    """The system's default verifying context, built once (loading the CA store is slow); thread-safe."""
     return ssl.create_default_context()
 
 

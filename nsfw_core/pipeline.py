@@ -30,7 +30,8 @@ from .settings import DecodeLimits, FetchPolicy
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 # JPEG draft decoding keeps the shorter side at least this many times the model's
 # input. nsfwjs's align_corners resize point-samples the full image, so a smaller
-# draft (which box-filters) moves borderline images (BENCHMARKS.md, "JPEG draft").
+# draft (which box-filters) moves borderline images (BENCHMARKS.md, "Figures that used to sit
+# in code comments").
 DRAFT_FACTOR = 4
 # Most of NSFW_DECODE_PIXEL_BUDGET one expensive (isolated) decode may hold, so that cheap
 # images never wait behind it (RELIABILITY.md, "hostile images").

@@ -77,7 +77,7 @@ class Sandbox:
         return out
 
     def warm(self) -> None:
-        """Start one child ahead of the first isolated decode (it imports numpy and Pillow: ~0.3 s)."""
+        """Start one child ahead of the first isolated decode (it imports numpy and Pillow, which takes a moment)."""
         with self._lock:
             if not self._idle:
                 self._idle.append(_Child.start())
