@@ -28,14 +28,15 @@ an empty set, …) is ``nan`` together with a reason string, never a silent 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .settings import CLASS_NAMES
-from .verdict import ADULT, EPSILON, SAFE, UNKNOWN, VERDICTS, Thresholds
+from .labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN, VERDICTS
+from .verdict import EPSILON, Thresholds
 
 TRUTH_NAMES = {1: ADULT, 0: SAFE}
 NAN = float("nan")
@@ -101,7 +102,7 @@ def score_frame(
     return df
 
 
-def _ge(values: np.ndarray, threshold: float) -> np.ndarray:
+def _ge(values: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
     """"at or above" exactly as ``Thresholds.decide`` compares."""
     return values >= threshold - EPSILON
 
@@ -207,7 +208,8 @@ def decision_metrics(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: 
         for k in ("adult_precision", "safe_precision", "review_share", "adult_recall"):
             reasons[k] = "the set is empty"
     if adult_dec == 0 and n:
-        reasons["adult_precision"] = f"no image has an adult score at or above T_adult={t_adult:g}: no automatic adult decisions"
+        reasons["adult_precision"] = (f"no image has an adult score at or above T_adult={t_adult:g}: "
+                                      "no automatic adult decisions")
     if safe_dec == 0 and n:
         reasons["safe_precision"] = (f"no image below T_adult has a safe score at or above T_safe={t_safe:g}: "
                                      "no automatic safe decisions")
@@ -360,7 +362,8 @@ def _class_reason(n_pos: int, n_neg: int, need_neg: bool = True) -> str | None:
     if n_pos == 0 and n_neg == 0:
         return "the set is empty"
     if n_pos == 0:
-        return "the set has no adult samples, so the share of adult images caught (true-positive rate, recall) is undefined"
+        return ("the set has no adult samples, so the share of adult images caught (true-positive rate, recall) "
+                "is undefined")
     if need_neg and n_neg == 0:
         return "the set has no safe samples, so the false-positive rate is undefined"
     return None
@@ -489,15 +492,16 @@ def suggest_thresholds(
     """
     a, s, y = _arrays(adult, safe, truth)
     n, n_adult = len(y), int(y.sum())
-    base = dict(target_adult_precision=target_adult_precision, target_safe_precision=target_safe_precision, n=n)
+    suggestion = functools.partial(Suggestion, target_adult_precision=target_adult_precision,
+                                   target_safe_precision=target_safe_precision, n=n)
     if n == 0:
-        return Suggestion("undefined", "The set is empty.", **base)
+        return suggestion("undefined", "The set is empty.")
     if n_adult == 0:
-        return Suggestion("undefined", "The set has no adult samples: the precision of safe decisions against "
-                          "adult images cannot be measured, so no thresholds can be suggested.", **base)
+        return suggestion("undefined", "The set has no adult samples: the precision of safe decisions against "
+                          "adult images cannot be measured, so no thresholds can be suggested.")
     if n_adult == n:
-        return Suggestion("undefined", "The set has no safe samples: the precision of adult decisions against "
-                          "safe images cannot be measured, so no thresholds can be suggested.", **base)
+        return suggestion("undefined", "The set has no safe samples: the precision of adult decisions against "
+                          "safe images cannot be measured, so no thresholds can be suggested.")
 
     order, ends = _tie_groups(a)
     group_thr = a[order][ends]  # descending distinct adult thresholds (tie group minima)
@@ -528,8 +532,8 @@ def suggest_thresholds(
             best = (key, t_a, t_s, a_dec, a_ok, s_dec, s_ok)
 
     if best is None:
-        return Suggestion("impossible", "No pair of thresholds in [0, 1] meets the targets: some images have scores "
-                          "of 1.0 whose automatic decision would miss the target precision.", **base)
+        return suggestion("impossible", "No pair of thresholds in [0, 1] meets the targets: some images have scores "
+                          "of 1.0 whose automatic decision would miss the target precision.")
     _, t_a, t_s, a_dec, a_ok, s_dec, s_ok = best
     review = n - a_dec - s_dec
     pct = lambda p: f"{100 * p:g} %"  # noqa: E731
@@ -546,9 +550,9 @@ def suggest_thresholds(
         status = "ok"
         message = (f"T_adult = {t_a:.6g}, T_safe = {t_s:.6g}: {a_dec} automatic adult and {s_dec} automatic safe "
                    f"decisions; {review} of {n} images ({100 * review / n:.1f} %) go to review.")
-    return Suggestion(status, message, t_adult=t_a, t_safe=t_s,
+    return suggestion(status, message, t_adult=t_a, t_safe=t_s,
                       adult_precision=_ratio(a_ok, a_dec), safe_precision=_ratio(s_ok, s_dec),
-                      review_share=review / n, review_n=review, adult_decisions=a_dec, safe_decisions=s_dec, **base)
+                      review_share=review / n, review_n=review, adult_decisions=a_dec, safe_decisions=s_dec)
 
 
 def snap_threshold(t: float, scores: Any, step: float = 0.001) -> float:

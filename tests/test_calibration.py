@@ -75,7 +75,7 @@ def test_verdicts_match_thresholds_decide_on_random_scores():
     for _ in range(300):
         raw = [rng.choice([0, 1, 2, 3, 5, 10]) for _ in CLASS_NAMES]
         total = sum(raw) or 1
-        scores = {c: r / total for c, r in zip(CLASS_NAMES, raw)}
+        scores = {c: r / total for c, r in zip(CLASS_NAMES, raw, strict=True)}
         adult_classes = tuple(rng.sample(CLASS_NAMES, rng.randint(1, 3)))
         safe_classes = tuple(rng.sample(CLASS_NAMES, rng.randint(1, 3)))
         t = Thresholds(adult=rng.choice([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]),
