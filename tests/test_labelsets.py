@@ -72,7 +72,8 @@ def test_csv_manifest_resolves_relative_paths_against_its_folder(tmp_path):
         LabelledItem("/abs/b.png", "neutral", "safe"),
         LabelledItem("https://example.com/c.jpg", "drawings", "safe"),
     ]
-    assert labelsets.load_manifest(tmp_path / "m.csv", binary_map=labelsets.make_binary_map(["sexy"]))[0].binary == "safe"
+    sexy_only = labelsets.make_binary_map(["sexy"])
+    assert labelsets.load_manifest(tmp_path / "m.csv", binary_map=sexy_only)[0].binary == "safe"
 
 
 def test_csv_manifest_header_is_optional_and_columns_can_move(tmp_path):
