@@ -32,14 +32,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .errors import DecodeTimeout, ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 
-ROOT = Path(__file__).resolve().parent.parent
 _FRAME = struct.Struct("<II")  # header length, payload length
 _MAX_HEADER = 1 << 16
 _ERRORS: dict[str, type[NSFWError]] = {cls.__name__: cls for cls in (ImageTooLarge, NotAnImage, UndecodableImage)}
@@ -120,8 +118,9 @@ class _Child:
 
     @classmethod
     def start(cls) -> "_Child":
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        # nsfw_core is an installed package (or the working directory holds it, as when the server
+        # runs from the checkout): the child imports the same code without any path set up here.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "nsfw_core.sandbox"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, close_fds=True)
         return cls(proc)
