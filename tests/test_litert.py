@@ -14,7 +14,7 @@ from nsfw_core import litert
 from nsfw_core.cpus import available_cpus
 from nsfw_core.errors import ModelError
 from nsfw_core.model import get_model, load_model, read_verified
-from nsfw_core.pipeline import prepare
+from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import MODEL_NAMES, load_settings
 
 from .conftest import COMPILED_DIR, REFERENCE_IMAGES, ROOT
@@ -33,11 +33,14 @@ def compiled_mid(tmp_path_factory):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_litert_agrees_with_the_tensorflow_runtime(name):
-    settings = load_settings(environ={})
+    decoder = Decoder(load_settings(environ={}).decode_limits)
     lite = get_model(name, MODEL_DIR)
     tf = get_model(name, MODEL_DIR, runtime="tensorflow")
     assert (lite.runtime, lite.batches, tf.runtime, tf.batches) == ("litert", False, "tensorflow", True)
-    batch = np.stack([prepare(lite, p.read_bytes(), settings) for p in REFERENCE_IMAGES])
+    try:
+        batch = np.stack([decoder.prepare(lite, p.read_bytes()) for p in REFERENCE_IMAGES])
+    finally:
+        decoder.close()
     np.testing.assert_allclose(lite.predict(batch), tf.predict(batch), atol=1e-4)
 
 
@@ -140,7 +143,8 @@ def test_precompile_command_reports_an_unknown_model(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nsfw_core.litert", "ResNet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: unknown model 'ResNet'; choose one of MobileNetV2Mid, MobileNetV2, InceptionV3"
+    assert done.stderr.strip() == ("error: unknown model 'ResNet'; choose one of MobileNetV2Mid, MobileNetV2, "
+                                   "InceptionV3")
 
 
 def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch):
@@ -219,7 +223,7 @@ def test_concurrent_callers_get_their_own_answers(compiled_mid):
     expected = [forward(x) for x in inputs]
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(forward, inputs * 3))
-    for x, want, have in zip(inputs * 3, expected * 3, got):
+    for want, have in zip(expected * 3, got, strict=True):
         np.testing.assert_allclose(have, want, atol=1e-6)
 
 

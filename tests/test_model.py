@@ -10,7 +10,7 @@ import pytest
 
 from nsfw_core.errors import ModelError
 from nsfw_core.model import get_model, load_model, resize_bilinear
-from nsfw_core.pipeline import prepare
+from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES, load_settings
 
 from .conftest import REFERENCE_IMAGES, ROOT
@@ -24,24 +24,31 @@ def model(request):
     return get_model(request.param, ROOT / "model")
 
 
+@pytest.fixture(scope="module")
+def decoders():
+    """A decoder with large JPEGs drafted (the default) and one without, by ``jpeg_draft``."""
+    made = {draft: Decoder(load_settings(environ={}, jpeg_draft=draft).decode_limits) for draft in (True, False)}
+    yield made
+    for decoder in made.values():
+        decoder.close()
+
+
 @pytest.mark.parametrize("draft", [True, False], ids=["jpeg-draft", "full-decode"])
-def test_fidelity_against_nsfwjs(model, reference_outputs, draft):
-    settings = load_settings(environ={}, jpeg_draft=draft)
-    batch = np.stack([prepare(model, p.read_bytes(), settings) for p in REFERENCE_IMAGES])
+def test_fidelity_against_nsfwjs(model, reference_outputs, decoders, draft):
+    batch = np.stack([decoders[draft].prepare(model, p.read_bytes()) for p in REFERENCE_IMAGES])
     probs = model.predict(batch)  # all four images in one forward pass
-    for path, row in zip(REFERENCE_IMAGES, probs):
+    for path, row in zip(REFERENCE_IMAGES, probs, strict=True):
         expected = {NSFWJS_CLASSES[k]: v for k, v in reference_outputs[model.name][path.name].items()}
-        got = dict(zip(CLASS_NAMES, row.tolist()))
+        got = dict(zip(CLASS_NAMES, row.tolist(), strict=True))
         for cls in CLASS_NAMES:
             assert abs(got[cls] - expected[cls]) <= TOLERANCE, (model.name, path.name, cls, got[cls], expected[cls])
         assert max(got, key=got.get) == max(expected, key=expected.get), (model.name, path.name)
 
 
-def test_batch_equals_single(default_model):
-    settings = load_settings(environ={})
-    inputs = [prepare(default_model, p.read_bytes(), settings) for p in REFERENCE_IMAGES]
+def test_batch_equals_single(default_model, decoders):
+    inputs = [decoders[True].prepare(default_model, p.read_bytes()) for p in REFERENCE_IMAGES]
     together = default_model.predict(np.stack(inputs))
-    for x, row in zip(inputs, together):
+    for x, row in zip(inputs, together, strict=True):
         np.testing.assert_allclose(default_model.predict(x[None])[0], row, atol=1e-5)
 
 
