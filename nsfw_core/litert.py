@@ -39,6 +39,7 @@ import numpy as np
 from .cpus import available_cpus
 from .errors import ModelError
 from .files import atomic_write
+from .modelfiles import dequantise, read_verified
 from .settings import CLASS_NAMES, MODEL_NAMES, ROOT
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,6 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
 
     Runs in the child process: it imports TensorFlow.
     """
-    from .model import dequantise, read_verified
     from .tfgraph import build_function, configure_tensorflow
 
     doc, blob = read_verified(model_dir, name)

@@ -13,7 +13,8 @@ import pytest
 from nsfw_core import litert
 from nsfw_core.cpus import available_cpus
 from nsfw_core.errors import ModelError
-from nsfw_core.model import get_model, load_model, read_verified
+from nsfw_core.model import get_model, load_model
+from nsfw_core.modelfiles import read_verified
 from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import MODEL_NAMES, load_settings
 
