@@ -52,7 +52,7 @@ class Context:
         self.serving = settings.serving_limits
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
-        self.thresholds = ThresholdStore.from_settings(settings)
+        self.thresholds = ThresholdStore.from_config(settings.threshold_config)
         self.decoder = Decoder(settings.decode_limits)
         self.connections = ConnectionPool()
         self.admission = Admission(self.serving.max_in_flight)

@@ -147,9 +147,9 @@ def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | N
     Same library, same settings (accurate integer IDCT, smooth chroma upsampling,
     the scale Pillow's ``draft`` would pick), hence the same pixels as the Pillow
     path (tests compare them), without Pillow's intermediate image and copies
-    (faster: BENCHMARKS.md, "JPEG decoding through simplejpeg").  Only YCbCr, RGB and greyscale JPEGs with one tile take this
-    path; anything libjpeg merely warns about (``strict``) goes to Pillow too, so
-    errors and edge cases keep Pillow's behaviour.
+    (faster: BENCHMARKS.md, "JPEG decoding through simplejpeg").  Only YCbCr, RGB
+    and greyscale JPEGs with one tile take this path; anything libjpeg merely warns
+    about (``strict``) goes to Pillow too, so errors and edge cases keep Pillow's behaviour.
     """
     if _simplejpeg is None or img.mode not in ("RGB", "L") or len(img.tile) != 1:
         return None
@@ -159,7 +159,7 @@ def _decode_jpeg_fast(data: bytes, img: ImageFile.ImageFile, draft_size: int | N
     try:
         rgb = _simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=scale, min_width=want[1],
                                       min_height=want[0], strict=True)
-    except Exception:  # noqa: BLE001 - Pillow decodes it again and raises the typed error
+    except Exception:  # Pillow decodes it again and raises the typed error
         return None
     if rgb.shape != want:
         return None

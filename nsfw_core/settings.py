@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .labels import CLASS_NAMES
+from .labels import CLASS_NAMES, VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAMES = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")
@@ -59,8 +59,8 @@ def _classes(raw: str) -> tuple[str, ...]:
 
 def _verdicts(raw: str) -> tuple[str, ...]:
     items = _list(raw)
-    if any(v not in ("adult", "unknown", "safe") for v in items):
-        raise ValueError("must be a comma-separated subset of adult, unknown, safe")
+    if any(v not in VERDICTS for v in items):
+        raise ValueError(f"must be a comma-separated subset of {', '.join(VERDICTS)}")
     return items
 
 

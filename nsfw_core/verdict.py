@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from .files import atomic_write
 from .labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
 from .labels import VERDICTS as VERDICTS  # re-exported: callers import the verdicts from here too
+from .settings import Settings, ThresholdConfig
 
 THRESHOLDS_FILE = "thresholds.json"
 # Sums of class probabilities carry float rounding (0.6 + 0.3 < 0.9 in binary):
@@ -91,9 +92,10 @@ class Thresholds:
                    safe_classes=tuple(data.get("safe_classes", cls.safe_classes)))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Thresholds":
-        return cls(adult=settings.adult_threshold, safe=settings.safe_threshold,
-                   adult_classes=tuple(settings.adult_classes), safe_classes=tuple(settings.safe_classes))
+    def from_config(cls, config: ThresholdConfig) -> "Thresholds":
+        """The default thresholds from the settings (NSFW_ADULT_THRESHOLD, ...)."""
+        return cls(adult=config.adult_threshold, safe=config.safe_threshold,
+                   adult_classes=tuple(config.adult_classes), safe_classes=tuple(config.safe_classes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,8 +209,13 @@ class ThresholdStore:
         self._good: ActiveThresholds | None = None  # the last valid file read, kept when it turns bad
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "ThresholdStore":
-        return cls(Path(settings.data_dir) / THRESHOLDS_FILE, Thresholds.from_settings(settings))
+    def from_config(cls, config: ThresholdConfig) -> "ThresholdStore":
+        return cls(Path(config.data_dir) / THRESHOLDS_FILE, Thresholds.from_config(config))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ThresholdStore":
+        """Shorthand for ``from_config(settings.threshold_config)`` (tests, scripts)."""
+        return cls.from_config(settings.threshold_config)
 
     def _file_stamp(self) -> tuple[Any, ...] | None:
         """What identifies this version of the file (None: there is no file, not even a dangling link)."""
@@ -251,7 +258,7 @@ class ThresholdStore:
                 active = ActiveThresholds(self.defaults, "defaults", {}, warning)
             log.warning("%s", warning)
             return active
-        except Exception as exc:  # noqa: BLE001 - a thresholds file must never break prediction
+        except Exception as exc:  # a thresholds file must never break prediction
             warning = f"thresholds file {self.path} could not be read ({type(exc).__name__}); using the defaults"
             log.exception("%s", warning)
             return ActiveThresholds(self.defaults, "defaults", {}, warning)
@@ -261,7 +268,8 @@ class ThresholdStore:
                         thresholds.adult, thresholds.safe)
         return self._good
 
-    def save(self, thresholds: Thresholds, *, model: str, tuned_on: Mapping[str, Any] | None = None) -> ActiveThresholds:
+    def save(self, thresholds: Thresholds, *, model: str,
+             tuned_on: Mapping[str, Any] | None = None) -> ActiveThresholds:
         """Write ``thresholds`` atomically; ValueError (and nothing written) if the file would not be valid."""
         doc = {
             "thresholds": thresholds.to_dict(),
