@@ -3,7 +3,8 @@
 Compiling needs TensorFlow (:func:`nsfw_core.tfgraph.build_function`, then
 ``tf.lite.TFLiteConverter``), so it runs in a child process
 (``python -m nsfw_core.litert --compile-one ...``): the serving process never
-imports TensorFlow, which saves about 570 MB of RSS and 3.5 s of start-up.
+imports TensorFlow, which saves memory and start-up time (BENCHMARKS.md compares
+the two runtimes).
 The child checks the compiled network against the TensorFlow function on
 random inputs (largest difference at most :data:`MAX_COMPILE_DIFF`) before it
 writes the file, atomically, as ``<cache_dir>/<Name>-<key>.tflite``; the key
@@ -12,10 +13,11 @@ compiler never reuses an old file.  A cached file that LiteRT cannot load is
 compiled again.  Where ``cache_dir`` cannot be written, the model is compiled
 into a temporary folder on every start and loaded from memory.
 
-Public surface: :func:`load_forward` (the loader used by
-:func:`nsfw_core.model.load_model`), :class:`LiteRTForward`, :func:`compiled_path`,
+Public surface: :func:`load_forward` (the loader that :mod:`nsfw_core.model` uses
+for this runtime), :class:`LiteRTForward`, :func:`compiled_path`, :func:`compile_ahead`,
 and the command line ``python -m nsfw_core.litert [NAME ...]``, which compiles
-ahead of time (a deploy's build step) into ``NSFW_COMPILED_DIR``.
+ahead of time (a deploy's build step) into ``NSFW_COMPILED_DIR``.  This module never
+imports :mod:`nsfw_core.model`: the command checks what it compiled itself.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,15 +42,17 @@ import numpy as np
 from .cpus import available_cpus
 from .errors import ModelError
 from .files import atomic_write
-from .modelfiles import dequantise, read_verified
-from .settings import CLASS_NAMES, MODEL_NAMES, ROOT
+from .modelfiles import check_name, dequantise, read_verified
+from .runtime import starting, warm_up
+from .settings import CLASS_NAMES, MODEL_NAMES, load_settings
+from .tfgraph import build_function, configure_tensorflow
 
 log = logging.getLogger(__name__)
 
 COMPILER = "tflite-1"  # part of every cache key: change it when the builder or the conversion changes
 MAX_COMPILE_DIFF = 1e-4  # largest |LiteRT - TensorFlow| probability accepted when compiling
 COMPILE_TIMEOUT_S = 600.0
-MAX_LANES = 4  # each lane holds its own packed weights (about 44 MB for MobileNetV2Mid)
+MAX_LANES = 4  # each lane holds its own packed weights (BENCHMARKS.md: what a lane costs)
 MISSING_PACKAGE = ("the litert runtime needs the ai-edge-litert package (pinned in requirements.txt); "
                    "install it or set NSFW_RUNTIME=tensorflow")
 
@@ -72,11 +77,14 @@ class LiteRTForward:
     interpreters ("lanes", ``threads`` split between them, one each on a 2-core
     machine) that run in parallel.  On a small machine whose cores also decode
     and serve HTTP, a lane never waits inside an operator for a partner thread
-    that the scheduler took away, as one multi-threaded forward pass does: about
-    5 % less CPU per request under load (BENCHMARKS.md), for one more copy of the
+    that the scheduler took away, as one multi-threaded forward pass does: less
+    CPU per request under load (BENCHMARKS.md, "Lanes"), for one more copy of the
     packed weights per lane.  Thread-safe: calls hold a lock (``invoke`` releases
     the GIL, so other threads keep decoding).  Batch-1 input shapes never reallocate.
     """
+
+    runtime = "litert"
+    batches = False  # one image per invoke: a batch costs no less per image than its images one by one
 
     def __init__(self, *, path: Path | None = None, content: bytes | None = None, threads: int = 0,
                  input_size: int, lanes: int = 0) -> None:
@@ -130,7 +138,8 @@ class LiteRTForward:
                 return out
             # Contiguous shares, one per lane; the calling thread runs the first.
             bounds = np.linspace(0, n, min(n, self.lanes) + 1).astype(int)
-            shares = [(lane, slice(a, b)) for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:])]
+            # Fewer images than lanes: the spare lanes get no share (zip stops at the shortest).
+            shares = [(lane, slice(a, b)) for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:], strict=False)]
             futures = [self._pool.submit(self._run, lane, batch[part], out[part]) for lane, part in shares[1:]]
             lane, part = shares[0]
             try:
@@ -183,8 +192,9 @@ def _remove_stale(current: Path) -> None:
 def _compile_in_child(name: str, model_dir: Path, out: Path) -> None:
     cmd = [sys.executable, "-m", "nsfw_core.litert", "--compile-one", name, "--model-dir", str(model_dir),
            "--out", str(out)]
+    # The child finds nsfw_core as the parent does: the project is an installed package, so from any
+    # working directory (which the child inherits, with it the meaning of relative paths).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     log.info("compiling %s for LiteRT, once (TensorFlow in a child process, a few seconds)...", name)
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
@@ -207,8 +217,6 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
 
     Runs in the child process: it imports TensorFlow.
     """
-    from .tfgraph import build_function, configure_tensorflow
-
     doc, blob = read_verified(model_dir, name)
     fn = build_function(doc, dequantise(doc, blob))
     tf = configure_tensorflow()
@@ -226,10 +234,25 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
     return diff
 
 
+def compile_ahead(name: str, model_dir: Path, cache_dir: Path) -> float:
+    """Compile ``name`` into ``cache_dir`` unless it is there, then load and warm it up; returns the seconds taken.
+
+    What the service's first start would do for this model on one interpreter, ahead of time.
+    """
+    check_name(name)
+    start = time.perf_counter()
+    doc, blob = read_verified(model_dir, name)
+    with starting(name):
+        forward = load_forward(name, model_dir, doc, blob, cache_dir=cache_dir)
+        warm_up(name, forward, int(doc["input_size"]))
+    return time.perf_counter() - start
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nsfw_core.litert",
                                      description="Compile models for the LiteRT runtime ahead of time.")
-    parser.add_argument("names", nargs="*", help=f"models to compile (default: NSFW_MODEL); any of {', '.join(MODEL_NAMES)}")
+    parser.add_argument("names", nargs="*",
+                        help=f"models to compile (default: NSFW_MODEL); any of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--all", action="store_true", help="compile all three models (the pages can switch models)")
     parser.add_argument("--compile-one", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -239,14 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compile_one:  # the child process of _compile_in_child
             compile_to(args.compile_one, Path(args.model_dir), Path(args.out))
             return 0
-        from .model import load_model
-        from .settings import load_settings
-
-        settings = load_settings()
-        for name in MODEL_NAMES if args.all else args.names or [settings.model]:
-            model = load_model(name, settings.model_dir, runtime="litert",
-                               cache_dir=settings.compiled_dir)
-            print(f"{name}: ready for LiteRT in {model.load_seconds:.1f} s")
+        config = load_settings().model_config
+        for name in MODEL_NAMES if args.all else args.names or [config.name]:
+            seconds = compile_ahead(name, Path(config.model_dir), Path(config.compiled_dir))
+            print(f"{name}: ready for LiteRT in {seconds:.1f} s")
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The nsfw_model networks: loading, preprocessing and inference.
+"""The nsfw_model networks: the :class:`Model` type, the choice of runtime, and one copy per process.
 
 Loading reads and verifies the model's files (:mod:`nsfw_core.modelfiles`), then one
 of two runtimes runs the network:
@@ -11,11 +11,12 @@ of two runtimes runs the network:
 
 Images are prepared as nsfwjs prepares them (:mod:`nsfw_core.preprocess`).
 
-Public surface: :func:`get_model` (cached, one copy per process), :func:`load_for`
-(the same, from the settings),
-:func:`load_model` (uncached), :class:`Model` with ``preprocess`` /
-``predict`` / ``classify``, and, re-exported from :mod:`nsfw_core.preprocess`,
-:func:`resize_bilinear`.
+Public surface: :func:`load` (cached, one copy per process, from a
+:class:`~nsfw_core.settings.ModelConfig`), :func:`load_for` (the same, from the whole
+settings; kept for callers that still pass them), :func:`get_model` (cached, from
+explicit arguments), :func:`load_model` (uncached), :class:`Model` with ``preprocess`` /
+``predict`` / ``classify``, :func:`scores_dict`, and, re-exported from
+:mod:`nsfw_core.preprocess`, :func:`resize_bilinear`.
 """
 
 from __future__ import annotations
@@ -23,49 +24,53 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .cpus import available_cpus
 from .errors import ModelError
+from .litert import MAX_LANES, load_forward
 from .modelfiles import check_name, dequantise, read_verified, version
 from .preprocess import preprocess, resize_bilinear
-from .settings import CLASS_NAMES, RUNTIMES, ROOT
+from .runtime import Forward, starting, warm_up
+from .settings import CLASS_NAMES, RUNTIMES, ModelConfig, Settings, load_settings
+from .tfgraph import TensorFlowForward
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_RUNTIME", "Model", "get_model", "load_for", "load_model", "resize_bilinear",
-           "scores_dict"]
-
-DEFAULT_MODEL = "MobileNetV2Mid"
-DEFAULT_RUNTIME = "litert"
-DEFAULT_CACHE_DIR = ROOT / "var" / "compiled"  # <NSFW_DATA_DIR>/compiled with the default data dir
-
-
-# ---------------------------------------------------------------- the model
+__all__ = ["Model", "get_model", "load", "load_for", "load_model", "resize_bilinear", "scores_dict"]
 
 
 class Model:
     """One loaded network. Thread-safe: ``predict`` may be called from any thread.
 
-    ``batches`` is True when one forward pass over N images costs less per image
-    than N passes (the ``tensorflow`` runtime); the micro-batcher only waits for
-    more images then.
+    How it runs is its runtime's (``forward``): ``runtime``, ``threads``, ``lanes``, and
+    ``batches``, True when one forward pass over N images costs less per image than N passes
+    (the ``tensorflow`` runtime); the micro-batcher only waits for more images then.
     """
 
     classes: tuple[str, ...] = CLASS_NAMES
 
-    def __init__(self, name: str, input_size: int, version: str, forward: Callable[[np.ndarray], np.ndarray],
-                 *, runtime: str, batches: bool, threads: int = 0, lanes: int = 0, function: Any = None) -> None:
+    def __init__(self, name: str, input_size: int, version: str, forward: Forward) -> None:
         self.name = name
         self.input_size = input_size
         self.version = version
-        self.runtime = runtime
-        self.batches = batches
-        self.threads = threads
-        self.lanes = lanes  # parallel interpreters for batches (litert only; 0: none)
-        self.function = function  # the tf.function (tensorflow runtime only)
         self._forward = forward
         self.load_seconds = 0.0
+
+    @property
+    def runtime(self) -> str:
+        return self._forward.runtime
+
+    @property
+    def batches(self) -> bool:
+        return self._forward.batches
+
+    @property
+    def threads(self) -> int:
+        return self._forward.threads
+
+    @property
+    def lanes(self) -> int:
+        return self._forward.lanes
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (S, S, 3) float32 in [0, 1], as nsfwjs prepares its input."""
@@ -86,31 +91,28 @@ class Model:
         batch = np.stack([self.preprocess(im) for im in images])
         return [scores_dict(row) for row in self.predict(batch)]
 
-    def warm_up(self) -> None:
-        """Run one inference so the first request does not pay for set-up; checks the output."""
-        probs = self.predict(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.float32))
-        if probs.shape != (1, len(self.classes)) or not np.isfinite(probs).all() or abs(float(probs.sum()) - 1) > 1e-3:
-            raise ModelError(f"model {self.name} failed its warm-up inference: {probs}")
-
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "input_size": self.input_size}
 
 
 def scores_dict(row: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """One row of :meth:`Model.predict` as {class: probability}."""
     return {name: float(p) for name, p in zip(CLASS_NAMES, row, strict=True)}
 
 
-def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, runtime: str = DEFAULT_RUNTIME,
-               threads: int = 0, cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
-    """Load, verify and warm up one model (uncached; use :func:`get_model` in the service).
+def load_model(name: str, model_dir: str | Path, *, runtime: str | None = None, threads: int = 0,
+               cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
+    """Load, verify and warm up one model (uncached; use :func:`load` in the service).
 
+    ``runtime`` and ``cache_dir`` (where the ``litert`` runtime keeps compiled models) default
+    to the settings table's defaults (``NSFW_RUNTIME``, ``NSFW_COMPILED_DIR``).
     ``threads``: threads of one forward pass (0: :func:`~nsfw_core.cpus.available_cpus`, which
-    counts a container's CPU quota). ``cache_dir``:
-    where the ``litert`` runtime keeps compiled models (default ``var/compiled``). ``lanes``
-    (``litert`` only): also run the images of a batch on parallel single-threaded
-    interpreters (:class:`~nsfw_core.litert.LiteRTForward`): the model that serves the API
-    under load, at the cost of one more copy of the packed weights per thread (up to 4).
+    counts a container's CPU quota). ``lanes`` (``litert`` only): also run the images of a batch
+    on parallel single-threaded interpreters (:class:`~nsfw_core.litert.LiteRTForward`): the
+    model that serves the API under load, at the cost of one more copy of the packed weights
+    per thread (up to :data:`~nsfw_core.litert.MAX_LANES`).
     """
+    runtime, cache_dir = _table_defaults(runtime, cache_dir)
     check_name(name)
     if runtime not in RUNTIMES:
         raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -119,37 +121,40 @@ def load_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, ru
     doc, blob = read_verified(model_dir, name)
     model_version = version(doc, blob)
     size = int(doc["input_size"])
-    try:
+    forward: Forward
+    with starting(name):
         if runtime == "litert":
-            from .litert import MAX_LANES, load_forward
-
             forward = load_forward(name, model_dir, doc, blob, threads=threads, lanes=MAX_LANES if lanes else 0,
-                                   cache_dir=Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR)
-            model = Model(name, size, model_version, forward, runtime=runtime, batches=False, threads=forward.threads,
-                          lanes=forward.lanes)
+                                   cache_dir=cache_dir)
         else:
-            from .tfgraph import build_function, tensorflow_forward
-
-            threads = threads or available_cpus()
-            fn = build_function(doc, dequantise(doc, blob), threads=threads)
-            model = Model(name, size, model_version, tensorflow_forward(fn), runtime=runtime, batches=True,
-                          threads=threads, function=fn)
-        model.warm_up()
-    except ModelError as exc:
-        raise ModelError(f"model {name}: {exc}") from exc
-    except Exception as exc:  # TensorFlow raises many types for a broken graph
-        raise ModelError(f"model {name} failed to run: {exc}") from exc
+            forward = TensorFlowForward(doc, dequantise(doc, blob), threads=threads)
+        warm_up(name, forward, size)
+    model = Model(name, size, model_version, forward)
     model.load_seconds = time.perf_counter() - start
     return model
+
+
+def _table_defaults(runtime: str | None, cache_dir: str | Path | None) -> tuple[str, Path]:
+    """``runtime`` and ``cache_dir``, the settings table's defaults where they are None."""
+    if runtime is None or cache_dir is None:
+        table = load_settings(environ={}).model_config
+        runtime = table.runtime if runtime is None else runtime
+        cache_dir = table.compiled_dir if cache_dir is None else cache_dir
+    return runtime, Path(cache_dir)
 
 
 _cache: dict[tuple, Model] = {}
 _cache_lock = threading.Lock()
 
 
-def get_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, runtime: str = DEFAULT_RUNTIME,
-              threads: int = 0, cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
-    """The process-wide copy of a model, loaded on first use (shared by the API and the UI)."""
+def get_model(name: str, model_dir: str | Path, *, runtime: str | None = None, threads: int = 0,
+              cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
+    """The process-wide copy of a model, loaded on first use (shared by the API and the UI).
+
+    The arguments are :func:`load_model`'s; the copy is shared by callers that name the same
+    model, folder, runtime, threads and lanes.
+    """
+    runtime, cache_dir = _table_defaults(runtime, cache_dir)
     key = (name, str(Path(model_dir).resolve()), runtime, threads, lanes)
     with _cache_lock:
         model = _cache.get(key)
@@ -159,12 +164,17 @@ def get_model(name: str = DEFAULT_MODEL, model_dir: str | Path = "model", *, run
         return model
 
 
-def load_for(settings: Any, name: str | None = None) -> Model:
-    """The process-wide copy of ``name`` (default: the configured model) with the settings' runtime.
+def load(config: ModelConfig, name: str | None = None) -> Model:
+    """The process-wide copy of ``name`` (default: the configured model), run as ``config`` says.
 
-    The configured model serves the API, so it gets parallel lanes; the others, which
-    only the pages use, one interpreter each (InceptionV3 packs to about 190 MB).
+    The configured model serves the API, so it gets parallel lanes; the others, which only
+    the pages use, one interpreter each (BENCHMARKS.md, "Lanes": what a lane costs).
     """
-    name = name or settings.model
-    return get_model(name, settings.model_dir, runtime=settings.runtime, threads=settings.model_threads,
-                     cache_dir=settings.compiled_dir, lanes=name == settings.model)
+    name = name or config.name
+    return get_model(name, config.model_dir, runtime=config.runtime, threads=config.threads,
+                     cache_dir=config.compiled_dir, lanes=name == config.name)
+
+
+def load_for(settings: Settings, name: str | None = None) -> Model:
+    """:func:`load` with ``settings.model_config``, for callers that still pass the whole settings."""
+    return load(settings.model_config, name)

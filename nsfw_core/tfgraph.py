@@ -1,22 +1,25 @@
-"""The nsfw_model networks as TensorFlow functions, rebuilt from their TF.js topology.
+"""The ``tensorflow`` runtime: the nsfw_model networks as TensorFlow functions, rebuilt from their TF.js topology.
 
 ``model/<Name>/model.json`` holds a TF.js topology: a frozen graph for
 MobileNetV2Mid, a Keras functional model for MobileNetV2 and InceptionV3.
 :func:`build_function` turns one, with its dequantised weights, into a traced
 ``tf.function`` with a variable batch dimension (batch normalisation folded
-into the convolutions).  It serves the ``tensorflow`` runtime directly and is
-what :mod:`nsfw_core.litert` converts for the ``litert`` runtime.  TensorFlow
-is imported only here (and only when called): a server on LiteRT never loads it.
+into the convolutions).  :class:`TensorFlowForward` runs it as the
+``tensorflow`` runtime; :mod:`nsfw_core.litert` converts it for the ``litert``
+runtime.  TensorFlow is imported only by :func:`configure_tensorflow`, when
+called: importing this module never loads it, so a server on LiteRT never does.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import threading
 from typing import Any, Callable
 
 import numpy as np
 
+from .cpus import available_cpus
 from .errors import ModelError
 
 _tf: Any = None
@@ -28,9 +31,9 @@ def configure_tensorflow(intra_op_threads: int = 0) -> Any:
     global _tf
     with _tf_lock:
         if _tf is None:
-            import os
-
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            # Imported here, not at the top: the server imports this module (nsfw_core.model and
+            # nsfw_core.litert do) and must never load TensorFlow when it runs on LiteRT.
             import tensorflow as tf
 
             if intra_op_threads:
@@ -253,11 +256,20 @@ def build_function(doc: dict, weights: dict[str, np.ndarray], *, threads: int = 
     return tf.function(forward, input_signature=[spec], jit_compile=False)
 
 
-def tensorflow_forward(fn: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A numpy-in, numpy-out wrapper of :func:`build_function`'s result (thread-safe)."""
-    tf = configure_tensorflow()
+class TensorFlowForward:
+    """The ``tensorflow`` runtime's forward pass: :func:`build_function`'s result, numpy in and out. Thread-safe.
 
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return fn(tf.convert_to_tensor(batch, dtype=tf.float32)).numpy()
+    ``threads``: threads of one forward pass (0: :func:`~nsfw_core.cpus.available_cpus`).
+    """
 
-    return forward
+    runtime = "tensorflow"
+    batches = True  # one forward pass over N images costs less per image than N passes
+    lanes = 0
+
+    def __init__(self, doc: dict, weights: dict[str, np.ndarray], *, threads: int = 0) -> None:
+        self.threads = threads or available_cpus()
+        self.function = build_function(doc, weights, threads=self.threads)
+        self._tf = configure_tensorflow()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.function(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
