@@ -1,35 +1,42 @@
 """Calibrate thresholds: score a labelled set, move T_adult / T_safe, see what the rule does, save.
 
-Scores come from the on-disk score cache (``nsfw_core.scorecache``) and are
-kept in ``st.session_state`` per (set, model), so moving a slider only redoes
-the arithmetic (``nsfw_core.calibration``), never the model.  Saving writes
-the thresholds file that the API and the classify page follow
-(``ThresholdStore.save``).
+Scores come from the process context's on-disk score cache
+(``nsfw_core.scorecache``) and are kept in ``st.session_state`` per (set,
+model), so moving a slider only redoes the arithmetic
+(``nsfw_core.calibration``), never the model.  Saving writes the thresholds
+file that the API and the classify page follow (the context's
+``ThresholdStore.save``).  The charts are ``nsfw_ui.charts``'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence, TypedDict
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a page of streamlit_app.py or on its own (AppTest)
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-import altair as alt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from nsfw_core import calibration as cal  # noqa: E402
-from nsfw_core import labelsets, pipeline  # noqa: E402
-from nsfw_core.errors import NSFWError  # noqa: E402
-from nsfw_core.scorecache import model_key  # noqa: E402
-from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES  # noqa: E402
-from nsfw_core.verdict import EPSILON, Thresholds  # noqa: E402
-from pages import common  # noqa: E402
+from nsfw_core import calibration as cal
+from nsfw_core import labelsets
+from nsfw_core.context import Context
+from nsfw_core.errors import NSFWError
+from nsfw_core.labels import (
+    ADULT,
+    CLASS_NAMES,
+    DEFAULT_BINARY_MAP,
+    LABELS,
+    VERDICTS,
+    LabelledItem,
+    make_binary_map,
+    to_binary,
+)
+from nsfw_core.scorecache import model_key
+from nsfw_core.settings import MODEL_NAMES, ROOT
+from nsfw_core.verdict import EPSILON, ActiveThresholds, Thresholds
+from nsfw_ui import charts, state, widgets
 
 SOURCES = {
     "demo": "Demo set (benign only)",
@@ -39,96 +46,191 @@ SOURCES = {
     "folder": "Folder on the server",
     "zip": "Upload a ZIP",
 }
-COLORS = alt.Scale(domain=["adult", "safe"], range=["#d62728", "#2ca02c"])
 STEP = 0.0001  # slider step (suggestions are snapped to it when that keeps the same decisions)
 KEEP_SETS = 4  # scored sets kept in the session
+SAMPLE_MARGIN = 0.05  # "near" a threshold in the table of samples worth a look
 
 S = st.session_state
+_pct = widgets.pct
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.{digits}f} %"
+class ScoreRow(TypedDict):
+    source: str
+    label: str
+    scores: dict[str, float] | None
+    error: dict[str, Any] | None  # {"code", "message"}
 
 
-# ---------------------------------------------------------------- loading a set
+class Entry(TypedDict):
+    """A set's scores as kept in the session, per (set, model)."""
+
+    key: tuple[str, str]
+    rows: list[ScoreRow]
+    model: str | None  # None: precomputed scores (synthetic, reviewed items)
+    model_version: str | None
 
 
-def _set_key(kind: str, items: list[labelsets.LabelledItem]) -> str:
-    h = hashlib.sha256(kind.encode())
-    for it in items:
-        h.update(f"\0{it.source}\0{it.label}".encode())
-    return h.hexdigest()[:20]
+@dataclasses.dataclass(frozen=True)
+class LoadedSet:
+    """A labelled set as read: its items, how to describe it, and its scores when they come with it."""
+
+    kind: str
+    items: list[LabelledItem]
+    description: str
+    pre: Mapping[str, dict[str, float]] | None  # precomputed scores by source (no model involved)
+
+    @property
+    def key(self) -> str:
+        h = hashlib.sha256(self.kind.encode())
+        for it in self.items:
+            h.update(f"\0{it.source}\0{it.label}".encode())
+        return h.hexdigest()[:20]
+
+    def entry_key(self, model_name: str) -> tuple[str, str]:
+        """The session's key of this set's scores: per model, except for precomputed scores."""
+        return self.key, model_name if self.pre is None else self.kind
 
 
-def _load_set(kind: str, settings: Any) -> tuple[list[labelsets.LabelledItem], str, dict | None] | None:
-    """(items, description, precomputed scores by source or None); None while waiting for input."""
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """The sidebar's values (they exist whatever the set, so they survive switching sources)."""
+
+    t_adult: float
+    t_safe: float
+    model_name: str
+    adult_classes: list[str]
+    safe_classes: list[str]
+    adult_labels: list[str]
+
+    def rule(self) -> Thresholds:
+        """The thresholds on the sliders, as the API would apply them."""
+        return Thresholds(adult=self.t_adult, safe=self.t_safe, adult_classes=tuple(self.adult_classes),
+                          safe_classes=tuple(self.safe_classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """The scored images of a set with their truth, as the calibration maths takes them."""
+
+    df: pd.DataFrame  # source, label, the five scores, adult_score, safe_score, truth (0/1), truth_label
+    scores: list[dict[str, float]]
+
+    @property
+    def a(self) -> np.ndarray:
+        return self.df["adult_score"].to_numpy()
+
+    @property
+    def s(self) -> np.ndarray:
+        return self.df["safe_score"].to_numpy()
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.df["truth"].to_numpy()
+
+    @property
+    def n(self) -> int:
+        return len(self.df)
+
+    @property
+    def n_adult(self) -> int:
+        return int(self.y.sum())
+
+    @property
+    def n_safe(self) -> int:
+        return self.n - self.n_adult
+
+
+# ---------------------------------------------------------------- loading and scoring a set
+
+
+def _load_set(ctx: Context, kind: str) -> LoadedSet | None:
+    """The set chosen; None while waiting for input (the page says what it waits for)."""
     if kind == "demo":
-        return labelsets.demo_set(), "demo set (data/demo)", None
+        return LoadedSet(kind, labelsets.demo_set(), "demo set (data/demo)", None)
     if kind == "synthetic":
         pairs = labelsets.synthetic_set()
-        return [it for it, _ in pairs], "synthetic scores (data/synthetic/scores.csv)", {it.source: sc for it, sc in pairs}
+        return LoadedSet(kind, [it for it, _ in pairs], "synthetic scores (data/synthetic/scores.csv)",
+                         {it.source: sc for it, sc in pairs})
     if kind == "reviewed":
-        reviewed = common.review_queue().reviewed_items()
-        if not reviewed:
-            st.info("No reviewed items yet: decisions made on the Review queue page appear here, "
-                    "with the scores the API gave them (no re-scoring).")
-            return None
-        models = sorted({it.model for it in reviewed})
-        description = f"reviewed items ({len(reviewed)}, scored by {', '.join(models)})"
-        return [it.labelled() for it in reviewed], description, {it.source: it.scores for it in reviewed}
+        return _load_reviewed(ctx)
     if kind == "manifest":
-        up = st.file_uploader("Manifest (CSV or JSON: path or URL, label)", type=["csv", "json"], key="cal_manifest")
-        base = st.text_input("Relative paths in it are resolved against this folder on the server",
-                             value=str(ROOT), key="cal_manifest_base")
-        if up is None:
-            st.info("Upload a manifest: rows of `path,label` (CSV with a header) or a JSON list of "
-                    f"`{{\"path\": …, \"label\": …}}`. Labels: {', '.join(labelsets.LABELS)}.")
-            return None
-        fmt = Path(up.name).suffix.lstrip(".").lower() or "csv"
-        return labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base), f"manifest {up.name}", None
+        return _load_manifest()
     if kind == "folder":
-        path = st.text_input("Folder (one sub-folder per label, or holding manifest.csv/json) or manifest file",
-                             key="cal_folder")
-        if not path.strip():
-            st.info("Type a path on the server: a folder with sub-folders named after the labels "
-                    f"({', '.join(labelsets.LABELS)}), a folder with a manifest, or a manifest file.")
-            return None
-        return labelsets.load_path(path.strip()), f"folder {path.strip()}", None
+        return _load_folder()
     if kind == "zip":
-        up = st.file_uploader("ZIP archive (sub-folders per label, or a manifest inside)", type=["zip"], key="cal_zip")
-        if up is None:
-            st.info("Upload a ZIP holding one folder per label (porn/, neutral/, … or adult/, safe/) "
-                    "or a manifest.csv/json with paths relative to the archive.")
-            return None
-        items = labelsets.load_zip(up.getvalue(), labelsets.zip_cache_dir(settings),
-                                   max_file_bytes=settings.max_bytes)
-        return items, f"zip {up.name}", None
+        return _load_zip(ctx)
     raise ValueError(kind)
 
 
-def _score(kind: str, items: list[labelsets.LabelledItem], pre: dict | None, model_name: str,
-           settings: Any) -> dict:
+def _load_reviewed(ctx: Context) -> LoadedSet | None:
+    reviewed = ctx.review_queue.reviewed_items()
+    if not reviewed:
+        st.info("No reviewed items yet: decisions made on the Review queue page appear here, "
+                "with the scores the API gave them (no re-scoring).")
+        return None
+    models = sorted({it.model for it in reviewed})
+    description = f"reviewed items ({len(reviewed)}, scored by {', '.join(models)})"
+    return LoadedSet("reviewed", [it.labelled() for it in reviewed], description,
+                     {it.source: it.scores for it in reviewed})
+
+
+def _load_manifest() -> LoadedSet | None:
+    up = st.file_uploader("Manifest (CSV or JSON: path or URL, label)", type=["csv", "json"], key="cal_manifest")
+    base = st.text_input("Relative paths in it are resolved against this folder on the server",
+                         value=str(ROOT), key="cal_manifest_base")
+    if up is None:
+        st.info("Upload a manifest: rows of `path,label` (CSV with a header) or a JSON list of "
+                f"`{{\"path\": …, \"label\": …}}`. Labels: {', '.join(LABELS)}.")
+        return None
+    fmt = Path(up.name).suffix.lstrip(".").lower() or "csv"
+    return LoadedSet("manifest", labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base),
+                     f"manifest {up.name}", None)
+
+
+def _load_folder() -> LoadedSet | None:
+    path = st.text_input("Folder (one sub-folder per label, or holding manifest.csv/json) or manifest file",
+                         key="cal_folder")
+    if not path.strip():
+        st.info("Type a path on the server: a folder with sub-folders named after the labels "
+                f"({', '.join(LABELS)}), a folder with a manifest, or a manifest file.")
+        return None
+    return LoadedSet("folder", labelsets.load_path(path.strip()), f"folder {path.strip()}", None)
+
+
+def _load_zip(ctx: Context) -> LoadedSet | None:
+    up = st.file_uploader("ZIP archive (sub-folders per label, or a manifest inside)", type=["zip"], key="cal_zip")
+    if up is None:
+        st.info("Upload a ZIP holding one folder per label (porn/, neutral/, … or adult/, safe/) "
+                "or a manifest.csv/json with paths relative to the archive.")
+        return None
+    items = labelsets.load_zip(up.getvalue(), labelsets.zip_cache_folder(ctx.settings.data_dir),
+                               max_file_bytes=ctx.serving.max_bytes)
+    return LoadedSet("zip", items, f"zip {up.name}", None)
+
+
+def _score(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
     """Scores for the set, computed once per (set, model) and kept in the session."""
-    store = S.setdefault("cal_scores", {})
-    key = (_set_key(kind, items), model_name if pre is None else kind)
+    store: dict[tuple[str, str], Entry] = S.setdefault("cal_scores", {})
+    key = loaded.entry_key(model_name)
     if key in store:
         return store[key]
-    if pre is not None:
-        rows = [{"source": it.source, "label": it.label, "scores": pre[it.source], "error": None} for it in items]
-        entry = {"key": key, "rows": rows, "model": None, "model_version": None}
+    if loaded.pre is not None:
+        pre = loaded.pre
+        rows: list[ScoreRow] = [{"source": it.source, "label": it.label, "scores": pre[it.source], "error": None}
+                                for it in loaded.items]
+        entry: Entry = {"key": key, "rows": rows, "model": None, "model_version": None}
     else:
-        model = common.model(model_name)
-        cache = common.score_cache()
-        bar = st.progress(0.0, text=f"Scoring {len(items)} images with {model_name}…")
+        model = state.model(model_name)
+        bar = st.progress(0.0, text=f"Scoring {len(loaded.items)} images with {model_name}…")
 
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Scored {done} of {total} images with {model_name}")
 
-        results = cache.score_items(model, items, settings, progress=progress)
+        results = ctx.score_cache.score_items(model, loaded.items, ctx.decoder, ctx.load_bytes, progress=progress)
         bar.empty()
         rows = [{"source": it.source, "label": it.label, "scores": sc,
                  "error": None if err is None else err.to_dict()} for it, sc, err in results]
-        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, settings)}
+        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, ctx.decoder.limits)}
     store[key] = entry
     while len(store) > KEEP_SETS:
         store.pop(next(iter(store)))
@@ -140,22 +242,61 @@ def _thumbnail(source: str, model_name: str) -> str | None:
     """A blurred preview as a data URI (None when it cannot be read)."""
     if source.startswith("scores:"):
         return None
+    ctx = state.context()
     try:
-        settings = common.settings()
-        data = pipeline.load_bytes(source, settings)
-        rgb = pipeline.decode_for(common.model(model_name), data, settings)
+        data = ctx.load_bytes(source)
+        rgb = ctx.decoder.decode_for(ctx.model(model_name), data)
     except NSFWError:
         return None
-    return common.data_uri(common.blurred(rgb), size=96)
+    return widgets.data_uri(widgets.blurred(rgb), size=96)
+
+
+# ---------------------------------------------------------------- arithmetic for the page
+
+
+def _labelled(rows: Sequence[ScoreRow], controls: Controls, binary_map: Mapping[str, str]) -> Labelled:
+    """The score frame of the scored rows: classes summed as on the sidebar, truth from the labels."""
+    scores = [r["scores"] for r in rows if r["scores"] is not None]
+    truth = [to_binary(r["label"], binary_map) for r in rows]
+    df = cal.score_frame(scores, truth, controls.adult_classes, controls.safe_classes)
+    df.insert(0, "source", [r["source"] for r in rows])
+    df.insert(1, "label", [r["label"] for r in rows])
+    df["truth_label"] = truth
+    return Labelled(df, scores)
+
+
+def _adult_point(scores: Sequence[Mapping[str, float]], y: np.ndarray, rule: Thresholds) -> dict[str, float]:
+    """The adult score's operating point under ``rule``: its adult verdicts (``Thresholds.decide``)
+    against the truth ``y`` (1: adult) as tpr = recall, fpr and precision (NaN: undefined)."""
+    hit = np.array([rule.decide(sc) == ADULT for sc in scores], dtype=bool)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    tp, fp = int((hit & (y == 1)).sum()), int((hit & (y == 0)).sum())
+    return {"tpr": tp / n_pos if n_pos else np.nan, "recall": tp / n_pos if n_pos else np.nan,
+            "fpr": fp / n_neg if n_neg else np.nan, "precision": tp / (tp + fp) if tp + fp else np.nan}
+
+
+def _verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Verdict × true label as text: the count and, in brackets, the share of the images with that label."""
+    pivot = table.pivot(index="verdict", columns="truth", values="count").reindex(list(VERDICTS))
+    pivot = pivot.reindex(columns=["adult", "safe"])
+    rates = table.pivot(index="verdict", columns="truth", values="share_of_truth").reindex(pivot.index)
+    return pd.DataFrame({f"true {c}": [f"{int(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})" for v in pivot.index]
+                         for c in pivot.columns}, index=[f"verdict {v}" for v in pivot.index])
+
+
+def _suggested(context: tuple[Any, ...]) -> cal.Suggestion | None:
+    """The suggestion made for this set and these choices, if any."""
+    held = S.get("cal_suggestion")
+    return held["suggestion"] if held and held["context"] == context else None
 
 
 # ---------------------------------------------------------------- callbacks
 
 
-def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple) -> None:
+def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any, ...]) -> None:
     sug = cal.suggest_thresholds(a, s, y, S.get("cal_target_adult", 99.0) / 100.0,
                                  S.get("cal_target_safe", 99.0) / 100.0)
-    if sug.status in ("ok", "partial"):
+    if sug.status in ("ok", "partial") and sug.t_adult is not None and sug.t_safe is not None:
         t_a = cal.snap_threshold(sug.t_adult, a, STEP)
         t_s = cal.snap_threshold(sug.t_safe, s[a < t_a - EPSILON], STEP)
         if (t_a, t_s) != (sug.t_adult, sug.t_safe):
@@ -166,145 +307,29 @@ def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple) -> 
     S["cal_suggestion"] = {"context": context, "suggestion": sug}
 
 
-# ---------------------------------------------------------------- charts
+# ---------------------------------------------------------------- sections of the page
 
 
-def _rules(current: float, suggested: float | None) -> pd.DataFrame:
-    rows = [{"x": current, "line": "current"}]
-    if suggested is not None:
-        rows.append({"x": suggested, "line": "suggested"})
-    return pd.DataFrame(rows)
+def _show_active(active: ActiveThresholds) -> None:
+    if active.warning:
+        st.warning(f"⚠️ The active thresholds file is unusable: {active.warning}")
+    saved = active.saved
+    where = (f"saved {saved.get('saved_at', '')} for {saved.get('model', '?')}" if active.source == "file"
+             else "defaults from the settings")
+    st.caption(
+        f"In force now: T_adult = {active.thresholds.adult:g}, T_safe = {active.thresholds.safe:g} ({where})."
+        " The rule: adult score at or above T_adult → adult; otherwise safe score at or above T_safe → safe;"
+        " otherwise the image goes to review.")
 
 
-def _distribution(df: pd.DataFrame, column: str, title: str, current: float, suggested: float | None) -> alt.Chart:
-    bars = alt.Chart(df).mark_bar(opacity=0.8).encode(
-        x=alt.X(f"{column}:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title=title),
-        y=alt.Y("count():Q", stack=True, title="images"),
-        color=alt.Color("truth_label:N", scale=COLORS, title="true label"),
-        tooltip=[alt.Tooltip("truth_label:N", title="true label"), alt.Tooltip("count():Q", title="images")],
-    )
-    rules = alt.Chart(_rules(current, suggested)).mark_rule(strokeWidth=2.5).encode(
-        x="x:Q",
-        strokeDash=alt.StrokeDash("line:N", scale=alt.Scale(domain=["current", "suggested"], range=[[1, 0], [6, 4]]),
-                                  title="threshold"),
-        color=alt.value("black"),
-        tooltip=[alt.Tooltip("line:N"), alt.Tooltip("x:Q", format=".3f", title="threshold")],
-    )
-    return (bars + rules).properties(height=230)
-
-
-def _verdict_chart(table: pd.DataFrame) -> alt.Chart:
-    t = table.copy()
-    t["text"] = [f"{c} ({_pct(r, 0)})" for c, r in zip(t["count"], t["share_of_truth"])]
-    base = alt.Chart(t).encode(
-        x=alt.X("truth:N", sort=["adult", "safe"], title="true label"),
-        y=alt.Y("verdict:N", sort=["adult", "unknown", "safe"], title="verdict"),
-    )
-    heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), legend=None),
-                                   tooltip=["verdict", "truth", "count",
-                                            alt.Tooltip("share_of_truth:Q", format=".1%", title="share of this label"),
-                                            alt.Tooltip("share_of_verdict:Q", format=".1%", title="share of this verdict")])
-    text = base.mark_text(fontSize=14).encode(text="text:N")
-    return (heat + text).properties(height=200)
-
-
-def _tradeoff_chart(sw: pd.DataFrame, m: cal.DecisionMetrics, sug: cal.Suggestion | None) -> alt.Chart:
-    names = {"T_adult": "adult decisions (T_adult moves)", "T_safe": "safe decisions (T_safe moves)"}
-    data = sw.dropna(subset=["precision"]).copy()
-    data["curve"] = data["moving"].map(names)
-    scale = alt.Scale(domain=list(names.values()), range=["#d62728", "#2ca02c"])
-    lines = alt.Chart(data).mark_line(point=alt.OverlayMarkDef(size=15)).encode(
-        x=alt.X("review_share:Q", title="share sent to review", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("precision:Q", title="precision of automatic decisions", axis=alt.Axis(format="%")),
-        color=alt.Color("curve:N", scale=scale, title=None, legend=alt.Legend(orient="bottom", labelLimit=400)),
-        order="threshold:Q",
-        tooltip=["curve", alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("precision:Q", format=".2%"),
-                 alt.Tooltip("review_share:Q", format=".1%"), "decisions"],
-    )
-    points = [{"curve": names["T_adult"], "what": "current", "review_share": m.review_share, "precision": m.adult_precision},
-              {"curve": names["T_safe"], "what": "current", "review_share": m.review_share, "precision": m.safe_precision}]
-    if sug is not None and sug.t_adult is not None:
-        points += [{"curve": names["T_adult"], "what": "suggested", "review_share": sug.review_share,
-                    "precision": sug.adult_precision},
-                   {"curve": names["T_safe"], "what": "suggested", "review_share": sug.review_share,
-                    "precision": sug.safe_precision}]
-    pts = pd.DataFrame(points).dropna(subset=["precision"])
-    kinds = ["current", "suggested"]
-    marks = alt.Chart(pts).mark_point(filled=True, stroke="black", strokeWidth=2).encode(
-        x="review_share:Q", y="precision:Q",
-        color=alt.Color("curve:N", scale=scale, legend=None),
-        shape=alt.Shape("what:N", scale=alt.Scale(domain=kinds, range=["circle", "diamond"]),
-                        title="operating point"),
-        size=alt.Size("what:N", scale=alt.Scale(domain=kinds, range=[200, 600]), legend=None),
-        fillOpacity=alt.FillOpacity("what:N", scale=alt.Scale(domain=kinds, range=[1.0, 0.0]), legend=None),
-        tooltip=["what", "curve", alt.Tooltip("precision:Q", format=".2%"), alt.Tooltip("review_share:Q", format=".1%")],
-    )
-    return (lines + marks).properties(height=320)
-
-
-def _roc_chart(roc: cal.RocCurve, point: dict, sug_point: dict | None) -> alt.Chart:
-    f = roc.frame().replace([np.inf], np.nan)
-    line = alt.Chart(f).mark_line(point=True, interpolate="linear").encode(
-        x=alt.X("fpr:Q", title="false-positive rate", scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("tpr:Q", title="true-positive rate", scale=alt.Scale(domain=[0, 1])),
-        order="fpr:Q",
-        tooltip=[alt.Tooltip("threshold:Q", format=".4f"), alt.Tooltip("fpr:Q", format=".3f"),
-                 alt.Tooltip("tpr:Q", format=".3f")],
-    )
-    diag = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(strokeDash=[4, 4], color="gray").encode(
-        x="fpr:Q", y="tpr:Q")
-    return (line + diag + _point_layer(point, sug_point, "fpr", "tpr")).properties(
-        height=300, title=f"ROC of the adult score — AUC {roc.auc:.3f}")
-
-
-def _pr_chart(pr: cal.PrCurve, point: dict, sug_point: dict | None) -> alt.Chart:
-    f = pr.frame().replace([np.inf], np.nan)
-    line = alt.Chart(f).mark_line(point=True, interpolate="step-before").encode(
-        x=alt.X("recall:Q", title="recall", scale=alt.Scale(domain=[0, 1])),
-        y=alt.Y("precision:Q", title="precision", scale=alt.Scale(domain=[0, 1])),
-        order="recall:Q",
-        tooltip=[alt.Tooltip("threshold:Q", format=".4f"), alt.Tooltip("recall:Q", format=".3f"),
-                 alt.Tooltip("precision:Q", format=".3f")],
-    )
-    return (line + _point_layer(point, sug_point, "recall", "precision")).properties(
-        height=300, title=f"Precision-recall of the adult score — average precision {pr.average_precision:.3f}")
-
-
-def _point_layer(point: dict, sug_point: dict | None, x: str, y: str) -> alt.Chart:
-    rows = [dict(point, what="current T_adult")]
-    if sug_point is not None:
-        rows.append(dict(sug_point, what="suggested T_adult"))
-    pts = pd.DataFrame(rows).dropna(subset=[x, y])
-    kinds = ["current T_adult", "suggested T_adult"]
-    return alt.Chart(pts).mark_point(filled=True, color="black", stroke="black", strokeWidth=2).encode(
-        x=f"{x}:Q", y=f"{y}:Q",
-        shape=alt.Shape("what:N", scale=alt.Scale(domain=kinds, range=["circle", "diamond"]), title=None,
-                        legend=alt.Legend(orient="bottom")),
-        size=alt.Size("what:N", scale=alt.Scale(domain=kinds, range=[150, 500]), legend=None),
-        fillOpacity=alt.FillOpacity("what:N", scale=alt.Scale(domain=kinds, range=[1.0, 0.0]), legend=None),
-        tooltip=["what", alt.Tooltip(f"{x}:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".3f")],
-    )
-
-
-def _adult_point(a: np.ndarray, y: np.ndarray, t: float) -> dict:
-    hit = a >= t - EPSILON
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    tp, fp = int((hit & (y == 1)).sum()), int((hit & (y == 0)).sum())
-    return {"tpr": tp / n_pos if n_pos else np.nan, "recall": tp / n_pos if n_pos else np.nan,
-            "fpr": fp / n_neg if n_neg else np.nan, "precision": tp / (tp + fp) if tp + fp else np.nan}
-
-
-# ---------------------------------------------------------------- the page
-
-
-def _sidebar(active: Thresholds, settings: Any) -> tuple[str, list[str], list[str], list[str]]:
+def _sidebar(active: Thresholds, default_model: str) -> Controls:
     """Controls that exist whatever the set (so their values survive switching sources)."""
     S.setdefault("cal_t_adult", float(active.adult))
     S.setdefault("cal_t_safe", float(active.safe))
     S.setdefault("cal_adult_classes", list(active.adult_classes))
     S.setdefault("cal_safe_classes", list(active.safe_classes))
-    S.setdefault("cal_adult_labels", [c for c, b in labelsets.DEFAULT_BINARY_MAP.items() if b == labelsets.ADULT])
-    S.setdefault("cal_model", settings.model)
+    S.setdefault("cal_adult_labels", [c for c, b in DEFAULT_BINARY_MAP.items() if b == ADULT])
+    S.setdefault("cal_model", default_model)
     with st.sidebar:
         st.header("Thresholds")
         st.slider("T_adult: adult score at or above → adult", 0.0, 1.0, step=STEP, format="%.4f", key="cal_t_adult")
@@ -317,78 +342,71 @@ def _sidebar(active: Thresholds, settings: Any) -> tuple[str, list[str], list[st
                            key="cal_adult_labels",
                            help="Default: porn, sexy, hentai → adult; neutral, drawings → safe. "
                                 "Labels adult/safe in a set are used as they are.")
-    return S["cal_model"], list(S["cal_adult_classes"]), list(S["cal_safe_classes"]), list(S["cal_adult_labels"])
+    return Controls(t_adult=float(S["cal_t_adult"]), t_safe=float(S["cal_t_safe"]), model_name=S["cal_model"],
+                    adult_classes=list(S["cal_adult_classes"]), safe_classes=list(S["cal_safe_classes"]),
+                    adult_labels=list(S["cal_adult_labels"]))
 
 
-def page() -> None:
-    st.title("Calibrate thresholds")
-    settings = common.settings()
-    store = common.threshold_store()
-    active = store.current()
-    if active.warning:
-        st.warning(f"⚠️ The active thresholds file is unusable: {active.warning}")
-    saved = active.saved
-    st.caption(
-        f"In force now: T_adult = {active.thresholds.adult:g}, T_safe = {active.thresholds.safe:g} "
-        f"({'saved ' + str(saved.get('saved_at', '')) + ' for ' + str(saved.get('model', '?')) if active.source == 'file' else 'defaults from the settings'})."
-        " The rule: adult score at or above T_adult → adult; otherwise safe score at or above T_safe → safe;"
-        " otherwise the image goes to review.")
-
-    model_name, adult_classes, safe_classes, adult_labels = _sidebar(active.thresholds, settings)
-    t_adult, t_safe = float(S["cal_t_adult"]), float(S["cal_t_safe"])
-
+def _choose_and_score(ctx: Context, model_name: str) -> tuple[LoadedSet, Entry] | None:
+    """The set chosen and its scores; None (after saying why) when there is nothing to show yet."""
     kind = st.radio("Labelled set", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="cal_source")
     try:
-        loaded = _load_set(kind, settings)
+        loaded = _load_set(ctx, kind)
     except NSFWError as exc:
         st.error(f"Cannot read the set: {exc.message}")
-        return
+        return None
     if loaded is None:
-        return
-    items, description, pre = loaded
+        return None
     if st.button("Re-score", help="Score the set again (changed files; the disk cache still skips known images)"):
-        S.get("cal_scores", {}).pop((_set_key(kind, items), model_name if pre is None else kind), None)
+        S.get("cal_scores", {}).pop(loaded.entry_key(model_name), None)
     try:
-        entry = _score(kind, items, pre, model_name, settings)
+        entry = _score(ctx, loaded, model_name)
     except NSFWError as exc:
         st.error(f"Cannot score the set: {exc.message}")
-        return
-    if common.score_cache().warning:
-        st.warning(common.score_cache().warning)
+        return None
+    if ctx.score_cache.warning:
+        st.warning(ctx.score_cache.warning)
     if kind == "synthetic":
         st.info("Synthetic scores: made-up numbers with labels and no images, to try the adult side of the page "
                 "(ROC, PR, suggestions). Thresholds tuned on them must not be saved, so saving is off.")
+    return loaded, entry
 
+
+def _scored_rows(entry: Entry) -> tuple[list[ScoreRow], list[ScoreRow]] | None:
+    """(scored rows, failed rows), showing the failures; None (after an error) when none was scored."""
     rows = [r for r in entry["rows"] if r["scores"] is not None]
     failed = [r for r in entry["rows"] if r["scores"] is None]
     if failed:
         st.warning(f"{len(failed)} of {len(entry['rows'])} images could not be scored and are left out.")
         with st.expander("Images that failed"):
-            st.dataframe(pd.DataFrame([{"source": r["source"], "label": r["label"], "code": r["error"]["code"],
-                                        "message": r["error"]["message"]} for r in failed]), hide_index=True)
+            st.dataframe(pd.DataFrame([{"source": r["source"], "label": r["label"],
+                                        "code": (r["error"] or {}).get("code"),
+                                        "message": (r["error"] or {}).get("message")} for r in failed]),
+                         hide_index=True)
     if not rows:
         st.error("No image of the set could be scored.")
-        return
-    if not adult_classes or not safe_classes:
+        return None
+    return rows, failed
+
+
+def _binary_map(controls: Controls) -> dict[str, str] | None:
+    """The label -> truth map of the sidebar; None (after an error) when the choices cannot make one."""
+    if not controls.adult_classes or not controls.safe_classes:
         st.error("Choose at least one adult class and one safe class in the sidebar.")
-        return
+        return None
     try:
-        binary_map = labelsets.make_binary_map(adult_labels)
+        return make_binary_map(controls.adult_labels)
     except NSFWError as exc:
         st.error(exc.message)
-        return
+        return None
 
-    truth = [labelsets.to_binary(r["label"], binary_map) for r in rows]
-    df = cal.score_frame([r["scores"] for r in rows], truth, adult_classes, safe_classes)
-    df.insert(0, "source", [r["source"] for r in rows])
-    df.insert(1, "label", [r["label"] for r in rows])
-    df["truth_label"] = truth
-    a, s, y = df["adult_score"].to_numpy(), df["safe_score"].to_numpy(), df["truth"].to_numpy()
-    n, n_adult = len(df), int(y.sum())
-    n_safe = n - n_adult
-    st.write(f"**{description}** — {n} images scored: **{n_adult} adult**, **{n_safe} safe** "
-             f"(labels: {', '.join(f'{k} {v}' for k, v in df['label'].value_counts().sort_index().items())}).")
-    if n_adult == 0:
+
+def _describe(description: str, data: Labelled) -> None:
+    """What the set holds, and what cannot be computed when one truth is missing."""
+    labels = data.df["label"].value_counts().sort_index()
+    st.write(f"**{description}** — {data.n} images scored: **{data.n_adult} adult**, **{data.n_safe} safe** "
+             f"(labels: {', '.join(f'{k} {v}' for k, v in labels.items())}).")
+    if data.n_adult == 0:
         st.warning(
             "This set has **no adult samples**, so these cannot be computed: the ROC and PR curves and their AUC, "
             "the share of adult images caught, a threshold suggestion, and any real check of the safe precision "
@@ -396,18 +414,13 @@ def page() -> None:
             "called adult, otherwise undefined. Shown below: the score distributions, the verdicts of the safe "
             "images, how many would be blocked by mistake and the share sent to review. Load a set with adult "
             "samples (your own manifest, folder or ZIP) to calibrate T_adult.")
-    elif n_safe == 0:
+    elif data.n_safe == 0:
         st.warning("This set has **no safe samples**: the false-positive rate, ROC/AUC, the precision of adult "
                    "decisions against safe images and a threshold suggestion cannot be computed.")
 
-    m = cal.decision_metrics(a, s, y, t_adult, t_safe)
-    context = (entry["key"], tuple(adult_classes), tuple(safe_classes), tuple(sorted(adult_labels)))
-    sug_state = S.get("cal_suggestion")
-    sug: cal.Suggestion | None = sug_state["suggestion"] if sug_state and sug_state["context"] == context else None
-    shown_sug = sug if sug is not None and sug.t_adult is not None else None
 
-    # ---- numbers at the current thresholds
-    st.subheader(f"At T_adult = {t_adult:.4f}, T_safe = {t_safe:.4f}")
+def _show_metrics(m: cal.DecisionMetrics, controls: Controls, n_adult: int) -> None:
+    st.subheader(f"At T_adult = {controls.t_adult:.4f}, T_safe = {controls.t_safe:.4f}")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Precision of automatic adult", _pct(m.adult_precision),
               help="Of the images called adult automatically, the share that are truly adult.")
@@ -422,12 +435,14 @@ def page() -> None:
     c4.caption(f"{m.false_adult} safe images blocked as adult; adult caught automatically: "
                + (_pct(m.adult_recall) if n_adult else "undefined (no adult samples)"))
 
-    # ---- suggest / save
+
+def _show_suggest(data: Labelled, context: tuple[Any, ...], sug: cal.Suggestion | None) -> None:
     st.subheader("Suggest and save")
     col_a, col_s, col_b = st.columns([1, 1, 1])
     col_a.number_input("Target precision of adult decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_adult")
     col_s.number_input("Target precision of safe decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_safe")
-    col_b.button("Suggest thresholds", on_click=_on_suggest, args=(a, s, y, context), type="secondary",
+    col_b.button("Suggest thresholds", on_click=_on_suggest, args=(data.a, data.s, data.y, context),
+                 type="secondary",
                  help="The thresholds that send the fewest images to review while each kind of automatic "
                       "decision meets its target precision; moves the sliders there.")
     if sug is not None:
@@ -438,71 +453,82 @@ def page() -> None:
                      f"{_pct(sug.safe_precision)}, review {_pct(sug.review_share)} — marked ◆ on the charts.")
         box(f"Suggestion ({sug.status}): {sug.message}{extra}")
 
-    if kind != "synthetic" and st.button("Save thresholds", type="primary",
-                                 help="Write these thresholds to the file the API and the classify page use."):
-        thresholds = Thresholds(adult=t_adult, safe=t_safe, adult_classes=tuple(adult_classes),
-                                safe_classes=tuple(safe_classes))
-        tuned_on = {
-            "source": description, "images": n, "adult": n_adult, "safe": n_safe,
-            "failed": len(failed), "labels": {k: int(v) for k, v in df["label"].value_counts().items()},
-            "adult_labels": sorted(adult_labels), "model_version": entry["model_version"],
-            "metrics": m.to_dict(),
-        }
-        if sug is not None:
-            tuned_on["suggestion"] = sug.to_dict()
-        try:
-            result = store.save(thresholds, model=entry["model"] or model_name, tuned_on=tuned_on)
-        except (OSError, ValueError) as exc:  # ValueError: e.g. a class on both sides
-            st.error(f"Could not save the thresholds to {store.path}: {exc}")
-        else:
-            if result.warning:
-                st.warning(result.warning)
-            else:
-                st.success(f"Saved T_adult = {t_adult:.4g}, T_safe = {t_safe:.4g} to {store.path}; the API and the "
-                           "classify page use them from now on.")
 
-    # ---- charts
+def _save(ctx: Context, controls: Controls, loaded: LoadedSet, entry: Entry, data: Labelled, failed: int,
+          m: cal.DecisionMetrics, sug: cal.Suggestion | None) -> None:
+    """Write the sliders' thresholds to the file the API and the classify page use, with what they were tuned on."""
+    store = ctx.thresholds
+    tuned_on: dict[str, Any] = {
+        "source": loaded.description, "images": data.n, "adult": data.n_adult, "safe": data.n_safe,
+        "failed": failed, "labels": {k: int(v) for k, v in data.df["label"].value_counts().items()},
+        "adult_labels": sorted(controls.adult_labels), "model_version": entry["model_version"],
+        "metrics": m.to_dict(),
+    }
+    if sug is not None:
+        tuned_on["suggestion"] = sug.to_dict()
+    try:
+        result = store.save(controls.rule(), model=entry["model"] or controls.model_name, tuned_on=tuned_on)
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a class on both sides
+        st.error(f"Could not save the thresholds to {store.path}: {exc}")
+        return
+    if result.warning:
+        st.warning(result.warning)
+    else:
+        st.success(f"Saved T_adult = {controls.t_adult:.4g}, T_safe = {controls.t_safe:.4g} to {store.path}; "
+                   "the API and the classify page use them from now on.")
+
+
+def _show_distributions(data: Labelled, controls: Controls, shown_sug: cal.Suggestion | None) -> None:
     st.subheader("Score distributions by true label")
     d1, d2 = st.columns(2)
-    d1.altair_chart(_distribution(df, "adult_score", f"adult score ({' + '.join(adult_classes)})", t_adult,
-                                  shown_sug.t_adult if shown_sug else None), width="stretch")
-    d2.altair_chart(_distribution(df, "safe_score", f"safe score ({' + '.join(safe_classes)})", t_safe,
-                                  shown_sug.t_safe if shown_sug else None), width="stretch")
+    d1.altair_chart(charts.distribution_chart(data.df, "adult_score",
+                                              f"adult score ({' + '.join(controls.adult_classes)})",
+                                              controls.t_adult, shown_sug.t_adult if shown_sug else None),
+                    width="stretch")
+    d2.altair_chart(charts.distribution_chart(data.df, "safe_score",
+                                              f"safe score ({' + '.join(controls.safe_classes)})",
+                                              controls.t_safe, shown_sug.t_safe if shown_sug else None),
+                    width="stretch")
     st.caption("Solid line: current threshold; dashed: suggested. The safe threshold only applies to images "
                "below T_adult.")
 
+
+def _show_verdicts(data: Labelled, controls: Controls) -> None:
     st.subheader("Verdict × true label")
-    table = cal.verdict_table(df, (t_adult, t_safe))
+    table = cal.verdict_table(data.df, (controls.t_adult, controls.t_safe))
     v1, v2 = st.columns([1, 1])
-    v1.altair_chart(_verdict_chart(table), width="stretch")
-    pivot = table.pivot(index="verdict", columns="truth", values="count").reindex(["adult", "unknown", "safe"])
-    pivot = pivot.reindex(columns=["adult", "safe"])
-    rates = table.pivot(index="verdict", columns="truth", values="share_of_truth").reindex(pivot.index)
-    shown = pd.DataFrame({f"true {c}": [f"{int(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})" for v in pivot.index]
-                          for c in pivot.columns}, index=[f"verdict {v}" for v in pivot.index])
-    v2.dataframe(shown)
+    v1.altair_chart(charts.verdict_chart(table), width="stretch")
+    v2.dataframe(_verdict_counts(table))
     v2.caption("Counts, and in brackets the share of the images with that true label.")
 
+
+def _show_tradeoff(data: Labelled, controls: Controls, m: cal.DecisionMetrics,
+                   shown_sug: cal.Suggestion | None) -> None:
     st.subheader("Precision vs share sent to review")
-    sw = cal.sweep(a, s, y, t_adult, t_safe)
+    sw = cal.sweep(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
     if sw["precision"].notna().any():
-        st.altair_chart(_tradeoff_chart(sw, m, shown_sug), width="stretch")
+        st.altair_chart(charts.tradeoff_chart(sw, m, shown_sug), width="stretch")
     st.caption("Each curve moves one threshold over 0…1 with the other fixed at its current value; "
                "● current operating point, ◆ suggestion."
                + (" Without adult samples the safe curve is 100 % everywhere and the adult curve is empty or 0 %."
-                  if n_adult == 0 else ""))
+                  if data.n_adult == 0 else ""))
 
+
+def _show_curves(data: Labelled, controls: Controls, shown_sug: cal.Suggestion | None) -> None:
     st.subheader("ROC and precision-recall of the adult score")
-    roc, pr = cal.roc_curve(a, y), cal.pr_curve(a, y)
-    point = _adult_point(a, y, t_adult)
-    sug_point = _adult_point(a, y, shown_sug.t_adult) if shown_sug else None
+    roc, pr = cal.roc_curve(data.a, data.y), cal.pr_curve(data.a, data.y)
+    rule = controls.rule()
+    point = _adult_point(data.scores, data.y, rule)
+    sug_point = None
+    if shown_sug is not None and shown_sug.t_adult is not None:
+        sug_point = _adult_point(data.scores, data.y, dataclasses.replace(rule, adult=shown_sug.t_adult))
     r1, r2 = st.columns(2)
     if roc.defined:
-        r1.altair_chart(_roc_chart(roc, point, sug_point), width="stretch")
+        r1.altair_chart(charts.roc_chart(roc, point, sug_point), width="stretch")
     else:
         r1.info(f"ROC curve and AUC cannot be computed: {roc.reason}.")
     if pr.defined:
-        r2.altair_chart(_pr_chart(pr, point, sug_point), width="stretch")
+        r2.altair_chart(charts.pr_chart(pr, point, sug_point), width="stretch")
         if pr.note:
             r2.caption(pr.note)
     else:
@@ -512,23 +538,68 @@ def page() -> None:
                "of safe images at or above T; precision = share of adult images among those at or above T. "
                "Ties form one step; AUC by trapezoids (ties count one half).")
 
+
+def _show_samples(data: Labelled, controls: Controls) -> None:
     st.subheader("Misclassified and borderline samples")
-    samples = cal.review_samples(df, t_adult, t_safe, margin=0.05, limit=50)
+    samples = cal.review_samples(data.df, controls.t_adult, controls.t_safe, margin=SAMPLE_MARGIN, limit=50)
     if samples.empty:
         st.write("None at these thresholds.")
-    else:
-        view = pd.DataFrame({
-            "preview": [_thumbnail(src, model_name) for src in samples["source"]],
-            "issue": samples["issue"], "true label": samples["label"], "verdict": samples["verdict"],
-            "adult score": samples["adult_score"], "safe score": samples["safe_score"], "source": samples["source"],
-        })
-        st.dataframe(view, hide_index=True, width="stretch", column_config={
-            "preview": st.column_config.ImageColumn("preview (blurred)", width="small"),
-            "adult score": st.column_config.NumberColumn(format="%.4f"),
-            "safe score": st.column_config.NumberColumn(format="%.4f"),
-        })
-        st.caption("Missed adult: adult image decided safe; false adult: safe image decided adult; review: sent to "
-                   "a human; near: decided correctly but within 0.05 of a threshold. Previews are blurred.")
+        return
+    view = pd.DataFrame({
+        "preview": [_thumbnail(src, controls.model_name) for src in samples["source"]],
+        "issue": samples["issue"], "true label": samples["label"], "verdict": samples["verdict"],
+        "adult score": samples["adult_score"], "safe score": samples["safe_score"], "source": samples["source"],
+    })
+    st.dataframe(view, hide_index=True, width="stretch", column_config={
+        "preview": st.column_config.ImageColumn("preview (blurred)", width="small"),
+        "adult score": st.column_config.NumberColumn(format="%.4f"),
+        "safe score": st.column_config.NumberColumn(format="%.4f"),
+    })
+    st.caption("Missed adult: adult image decided safe; false adult: safe image decided adult; review: sent to "
+               "a human; near: decided correctly but within 0.05 of a threshold. Previews are blurred.")
+
+
+# ---------------------------------------------------------------- the page
+
+
+def page() -> None:
+    st.title("Calibrate thresholds")
+    ctx = state.context()
+    active = ctx.thresholds.current()
+    _show_active(active)
+    controls = _sidebar(active.thresholds, ctx.settings.model)
+
+    chosen = _choose_and_score(ctx, controls.model_name)
+    if chosen is None:
+        return
+    loaded, entry = chosen
+    scored = _scored_rows(entry)
+    if scored is None:
+        return
+    rows, failed = scored
+    binary_map = _binary_map(controls)
+    if binary_map is None:
+        return
+
+    data = _labelled(rows, controls, binary_map)
+    _describe(loaded.description, data)
+    m = cal.decision_metrics(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
+    context = (entry["key"], tuple(controls.adult_classes), tuple(controls.safe_classes),
+               tuple(sorted(controls.adult_labels)))
+    sug = _suggested(context)
+    shown_sug = sug if sug is not None and sug.t_adult is not None else None
+
+    _show_metrics(m, controls, data.n_adult)
+    _show_suggest(data, context, sug)
+    if loaded.kind != "synthetic" and st.button(
+            "Save thresholds", type="primary",
+            help="Write these thresholds to the file the API and the classify page use."):
+        _save(ctx, controls, loaded, entry, data, len(failed), m, sug)
+    _show_distributions(data, controls, shown_sug)
+    _show_verdicts(data, controls)
+    _show_tradeoff(data, controls, m, shown_sug)
+    _show_curves(data, controls, shown_sug)
+    _show_samples(data, controls)
 
 
 page()

@@ -1,10 +1,11 @@
 """Classify page: image URLs, uploads or a camera snapshot -> scores and a verdict each.
 
-Everything goes through ``nsfw_core`` (the SSRF-safe fetcher, the decoder with
-its limits, the process-wide model, the thresholds file), so what this page
-shows is what the API answers for the same image.  Results are kept in
-``st.session_state`` so that revealing a blurred preview does not classify
-again; verdicts are worked out at display time from the thresholds in force.
+Everything goes through the process context (``nsfw_ui.state.context``): the
+SSRF-safe fetcher, the decoder with its limits, the process-wide model and the
+thresholds in force, so what this page shows is what the API answers for the
+same image.  Results are kept in ``st.session_state`` so that revealing a
+blurred preview does not classify again; verdicts are re-judged at display time
+under the thresholds in force (``Classification.under``).
 
 Widget keys: ``camera_on`` (toggle), form ``classify_form`` with ``urls``
 (text area), ``uploads`` (file uploader), ``camera`` (camera input, only when
@@ -16,23 +17,21 @@ per result ``reveal_<i>`` (toggle, adult and needs-review images only);
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, TypedDict
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run directly (AppTest, `streamlit run pages/classify.py`)
-    sys.path.insert(0, str(ROOT))
+import pandas as pd
+import streamlit as st
+from PIL import Image
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from nsfw_core import pipeline  # noqa: E402
-from nsfw_core.errors import NSFWError  # noqa: E402
-from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES  # noqa: E402
-from nsfw_core.verdict import SAFE  # noqa: E402
-from pages import common  # noqa: E402
+from nsfw_core.classify import Classification, Outcome, classify_sources
+from nsfw_core.context import Context
+from nsfw_core.errors import NSFWError
+from nsfw_core.labels import CLASS_NAMES, SAFE
+from nsfw_core.model import Model
+from nsfw_core.settings import MODEL_NAMES
+from nsfw_core.verdict import ActiveThresholds, Thresholds
+from nsfw_ui import charts, inputs, state, widgets
+from nsfw_ui.inputs import Input, UploadedFile
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"]
 RESULTS_KEY = "classify_results"
@@ -40,87 +39,103 @@ REVEAL_PREFIX = "reveal_"
 PREVIEW_SIZE = 384
 VERDICT_COLORS = {"adult": "red", "unknown": "orange", "safe": "green"}
 EXAMPLE_URL = "https://example.com/image.jpg"
-_MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$&")
+SCORE_COLUMNS = (*CLASS_NAMES, "adult score", "safe score")
 
 
-def _md_escape(text: str) -> str:
-    """User text (a URL, a file name) shown literally inside markdown."""
-    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+class Row(TypedDict):
+    """One input's result as kept in the session (judged again at display time)."""
+
+    source: str
+    kind: str
+    classification: Classification | None
+    error: dict[str, Any] | None  # {"code", "message"}
+    ms: float
+    preview: Image.Image | None
+    blurred: Image.Image | None
 
 
-# ---------------------------------------------------------------- inputs
+class Results(TypedDict):
+    model: str
+    rows: list[Row]
 
 
-def _collect_inputs(urls_text: str, uploads: Any, camera: Any) -> list[dict[str, Any]]:
-    """The submitted inputs in order: URLs (one per line, # starts a comment), uploads, the snapshot."""
-    items: list[dict[str, Any]] = []
-    for line in (urls_text or "").splitlines():
-        url = line.strip()
-        if url and not url.startswith("#"):
-            items.append({"kind": "url", "name": url, "value": url, "mime": None})
-    for f in uploads or []:
-        items.append({"kind": "upload", "name": f.name, "value": f.getvalue(), "mime": f.type})
-    if camera is not None:
-        items.append({"kind": "camera", "name": camera.name or "camera.jpg", "value": camera.getvalue(),
-                      "mime": camera.type or "image/jpeg"})
-    return items
+class Form(TypedDict):
+    urls_text: str
+    uploads: list[UploadedFile]
+    camera: UploadedFile | None
+    model_name: str
+    submitted: bool
 
 
-def _classify(items: list[dict[str, Any]], model_name: str, settings: Any) -> dict[str, Any]:
+# ---------------------------------------------------------------- classifying
+
+
+class _Progress:
+    """The progress bar: loading and classifying each count for half."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.loaded, self.classified = total, 0, 0
+        self.bar = st.progress(0.0, text=f"Classifying {total} image{'s' if total != 1 else ''}…")
+
+    def _update(self, text: str) -> None:
+        self.bar.progress(min(1.0, (self.loaded + self.classified) / (2 * self.total)), text=text)
+
+    def on_loaded(self) -> None:
+        self.loaded += 1
+        self._update(f"Loaded {self.loaded} of {self.total}…")
+
+    def on_classified(self, n: int) -> None:
+        self.classified += n
+        self._update(f"Classified {self.classified} of {self.total}")
+
+
+def _classify(ctx: Context, items: Sequence[Input], model_name: str) -> Results:
     """Classify the inputs in batches through the core; previews decoded by the same decoder."""
-    model = common.model(model_name)
-    total = len(items)
-    sources = [str(i) for i in range(total)]
+    model = state.model(model_name)
+    sources = [str(i) for i in range(len(items))]
     loaded: dict[str, bytes] = {}
-    load = common.input_loader({s: item["value"] for s, item in zip(sources, items)}, keep=loaded)
-    bar = st.progress(0.0, text=f"Classifying {total} image{'s' if total != 1 else ''}…")
-    counts = {"loaded": 0, "classified": 0}
+    load = inputs.input_loader(ctx, {s: item.value for s, item in zip(sources, items, strict=True)}, keep=loaded)
+    progress = _Progress(len(items))
 
-    def update(text: str) -> None:
-        bar.progress(min(1.0, (counts["loaded"] + counts["classified"]) / (2 * total)), text=text)
-
-    def loader(source: str, s: Any) -> bytes:
+    def loader(source: str) -> bytes:
         try:
-            return load(source, s)
+            return load(source)
         finally:
-            counts["loaded"] += 1
-            update(f"Loaded {counts['loaded']} of {total}…")
+            progress.on_loaded()
 
-    def progress(n: int) -> None:
-        counts["classified"] += n
-        update(f"Classified {counts['classified']} of {total}")
-
-    results = pipeline.classify_sources(model, sources, settings, batch_size=settings.max_batch,
-                                        loader=loader, progress=progress)
-    bar.empty()
-
-    rows = []
-    for source, item, result in zip(sources, items, results):
-        preview = hidden = None
-        if result.ok:
-            try:
-                preview = Image.fromarray(pipeline.decode_for(model, loaded[source], settings))
-                preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
-                hidden = common.blurred(preview)
-            except NSFWError:  # decoded once already for the model; should not happen
-                preview = hidden = None
-        rows.append({
-            "source": item["name"],
-            "kind": item["kind"],
-            "scores": result.scores,
-            "error": result.error.to_dict() if result.error is not None else None,
-            "ms": round(result.seconds * 1000.0, 1),
-            "sha256": result.sha256,
-            "preview": preview,
-            "blurred": hidden,
-        })
+    outcomes = classify_sources(ctx, sources, model_name=model_name, loader=loader,
+                                batch_size=ctx.serving.max_batch, progress=progress.on_classified)
+    progress.bar.empty()
+    rows = [_row(ctx, model, item, outcome, loaded.get(outcome.source))
+            for item, outcome in zip(items, outcomes, strict=True)]
     return {"model": model.name, "rows": rows}
+
+
+def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes | None) -> Row:
+    """The session's record of one input: its outcome and, when it was classified, its previews."""
+    preview = hidden = None
+    if outcome.ok and data is not None:
+        try:
+            preview = Image.fromarray(ctx.decoder.decode_for(model, data))
+            preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+            hidden = widgets.blurred(preview)
+        except NSFWError:  # decoded once already for the model; should not happen
+            preview = hidden = None
+    return {
+        "source": item.name,
+        "kind": item.kind,
+        "classification": outcome.classification,
+        "error": outcome.error.to_dict() if outcome.error is not None else None,
+        "ms": round(outcome.seconds * 1000.0, 1),
+        "preview": preview,
+        "blurred": hidden,
+    }
 
 
 # ---------------------------------------------------------------- output
 
 
-def _thresholds_caption(active: Any) -> str:
+def _thresholds_caption(active: ActiveThresholds) -> str:
     t = active.thresholds
     where = "defaults from the settings"
     if active.source == "file":
@@ -132,22 +147,22 @@ def _thresholds_caption(active: Any) -> str:
             f"otherwise **needs review**.")
 
 
-def _summary(rows: list[dict[str, Any]], thresholds: Any) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """The summary table and the same results as JSON-able records."""
+def _summary(rows: Sequence[Row], thresholds: Thresholds) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The summary table and the same results as JSON-able records, judged under ``thresholds``."""
     table, records = [], []
     for row in rows:
-        scores, error = row["scores"], row["error"]
         entry: dict[str, Any] = {"source": row["source"]}
         record: dict[str, Any] = {"source": row["source"], "kind": row["kind"]}
-        if scores is not None:
-            verdict = thresholds.decide(scores)
-            adult, safe = thresholds.adult_score(scores), thresholds.safe_score(scores)
-            entry.update({"verdict": common.VERDICT_LABELS[verdict], **scores,
-                          "adult score": adult, "safe score": safe, "ms": row["ms"], "error": None})
-            record.update({"verdict": verdict, "verdict_label": common.VERDICT_LABELS[verdict],
-                           "scores": scores, "adult_score": adult, "safe_score": safe,
-                           "ms": row["ms"], "sha256": row["sha256"]})
+        if row["classification"] is not None:
+            c = row["classification"].under(thresholds)
+            label = widgets.VERDICT_LABELS[c.verdict]
+            entry.update({"verdict": label, **c.scores, "adult score": c.adult_score, "safe score": c.safe_score,
+                          "ms": row["ms"], "error": None})
+            record.update({"verdict": c.verdict, "verdict_label": label, "scores": c.scores,
+                           "adult_score": c.adult_score, "safe_score": c.safe_score, "ms": row["ms"],
+                           "sha256": c.sha256})
         else:
+            error = row["error"] or {}
             entry.update({"verdict": None, **{c: None for c in CLASS_NAMES}, "adult score": None,
                           "safe score": None, "ms": row["ms"], "error": f"{error['code']}: {error['message']}"})
             record.update({"error": error, "ms": row["ms"]})
@@ -157,117 +172,144 @@ def _summary(rows: list[dict[str, Any]], thresholds: Any) -> tuple[pd.DataFrame,
     return pd.DataFrame(table, columns=columns), records
 
 
-def _show_result(i: int, row: dict[str, Any], thresholds: Any) -> None:
+def _show_preview(i: int, row: Row, verdict: str) -> None:
+    """The preview, blurred behind a "Reveal" toggle unless the image is definitely safe."""
+    preview, hidden = row["preview"], row["blurred"]  # both set, or neither
+    if preview is None or hidden is None:
+        st.info("No preview.")
+        return
+    revealed = verdict == SAFE or st.toggle(
+        "Reveal", key=f"{REVEAL_PREFIX}{i}",
+        help="The preview is blurred because the image may be adult content.")
+    st.image(preview if revealed else hidden, width="stretch",
+             alt=f"{'preview' if revealed else 'blurred preview'} of {row['source']}")
+
+
+def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
     with st.container(border=True):
-        st.markdown(f"**{i + 1}. {_md_escape(row['source'])}**")
-        if row["error"] is not None:
-            st.error(f"{row['error']['code']}: {row['error']['message']}")
+        st.markdown(f"**{i + 1}. {widgets.md_escape(row['source'])}**")
+        if row["classification"] is None:
+            error = row["error"] or {}
+            st.error(f"{error['code']}: {error['message']}")
             return
-        scores = row["scores"]
-        verdict = thresholds.decide(scores)
+        c = row["classification"].under(thresholds)
         left, right = st.columns([1, 2])
         with left:
-            if row["preview"] is None:
-                st.info("No preview.")
-            else:
-                revealed = verdict == SAFE or st.toggle(
-                    "Reveal", key=f"{REVEAL_PREFIX}{i}",
-                    help="The preview is blurred because the image may be adult content.")
-                st.image(row["preview"] if revealed else row["blurred"], width="stretch",
-                         alt=f"{'preview' if revealed else 'blurred preview'} of {row['source']}")
+            _show_preview(i, row, c.verdict)
         with right:
-            st.markdown(f":{VERDICT_COLORS[verdict]}[**{common.VERDICT_LABELS[verdict]}**] · "
-                        f"adult score {thresholds.adult_score(scores):.4f} · "
-                        f"safe score {thresholds.safe_score(scores):.4f} · {row['ms']:.0f} ms")
-            st.altair_chart(common.scores_chart(scores, thresholds), width="stretch")
-            st.caption(common.format_scores(scores))
+            st.markdown(f":{VERDICT_COLORS[c.verdict]}[**{widgets.VERDICT_LABELS[c.verdict]}**] · "
+                        f"adult score {c.adult_score:.4f} · safe score {c.safe_score:.4f} · {row['ms']:.0f} ms")
+            st.altair_chart(charts.scores_chart(c.scores, thresholds), width="stretch")
+            st.caption(widgets.format_scores(c.scores))
 
 
-def _show_api(settings: Any, urls_text: str, uploads: Any, camera: Any, model_name: str) -> None:
+def _show_results(results: Results, thresholds: Thresholds) -> None:
+    rows = results["rows"]
+    failed = sum(row["error"] is not None for row in rows)
+    st.subheader("Results")
+    st.caption(f"{len(rows)} image{'s' if len(rows) != 1 else ''} with {results['model']}"
+               + (f", {failed} failed" if failed else ""))
+    for i, row in enumerate(rows):
+        _show_result(i, row, thresholds)
+
+
+def _show_summary(rows: Sequence[Row], thresholds: Thresholds) -> None:
+    st.subheader("Summary")
+    table, records = _summary(rows, thresholds)
+    number = st.column_config.NumberColumn(format="%.4f")
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={**{c: number for c in SCORE_COLUMNS},
+                                "ms": st.column_config.NumberColumn(format="%.0f")})
+    c1, c2, _ = st.columns([1, 1, 4])
+    with c1:
+        st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="nsfw-results.csv",
+                           mime="text/csv", key="download_csv", on_click="ignore")
+    with c2:
+        st.download_button("Download JSON", (json.dumps(records, indent=2) + "\n").encode(),
+                           file_name="nsfw-results.json", mime="application/json", key="download_json",
+                           on_click="ignore")
+
+
+def _show_api(ctx: Context, form: Form) -> None:
+    settings, serving = ctx.settings, ctx.serving
     with st.expander("Call the API"):
         headers = st.context.headers
-        base = common.api_base_url(st.context.url, headers.get("host") if headers else None, settings.port)
-        urls = [item["name"] for item in _collect_inputs(urls_text, None, None)]
-        files = [(f.name, f.type) for f in (uploads or [])]
+        base = widgets.api_base_url(st.context.url, headers.get("host") if headers else None, settings.port)
+        urls = inputs.url_lines(form["urls_text"])
+        files: list[tuple[str, str | None]] = [(f.name, f.type) for f in form["uploads"]]
+        camera = form["camera"]
         if camera is not None:
-            files.append((camera.name or "camera.jpg", camera.type or "image/jpeg"))
+            files.append((camera.name or inputs.CAMERA_NAME, camera.type or inputs.CAMERA_MIME))
         if not urls and not files:
             st.caption("Example (enter URLs or upload images above to get the commands for them):")
             urls, files = [EXAMPLE_URL], [("image.jpg", "image/jpeg")]
-        st.code(common.curl_commands(base, urls, files, api_key=bool(settings.api_keys)), language="bash")
-        if model_name != settings.model:
-            st.caption(f"The API answers with the server's model, {settings.model} (NSFW_MODEL), not {model_name}.")
-        if settings.api_keys:
+        st.code(widgets.curl_commands(base, urls, files, api_key=bool(serving.api_keys)), language="bash")
+        if form["model_name"] != settings.model:
+            st.caption(f"The API answers with the server's model, {settings.model} (NSFW_MODEL), "
+                       f"not {form['model_name']}.")
+        if serving.api_keys:
             st.caption("This server requires an API key: set `NSFW_API_KEY` before running the commands.")
+
+
+# ---------------------------------------------------------------- input
+
+
+def _form(ctx: Context) -> Form:
+    camera_on = st.toggle("Use the camera", key="camera_on",
+                          help="Take a snapshot with this device's camera (the browser asks for permission).")
+    with st.form("classify_form"):
+        urls_text = st.text_area("Image URLs, one per line", key="urls", height=110, placeholder=EXAMPLE_URL)
+        uploads = st.file_uploader("Or drop image files", type=UPLOAD_TYPES, accept_multiple_files=True,
+                                   key="uploads")
+        camera = st.camera_input("Snapshot", key="camera") if camera_on else None
+        model_name = st.selectbox("Model", MODEL_NAMES, index=MODEL_NAMES.index(ctx.settings.model),
+                                  key="model_name")
+        submitted = st.form_submit_button("Classify", type="primary", key="classify")
+    return {"urls_text": urls_text, "uploads": list(uploads or []), "camera": camera,
+            "model_name": str(model_name), "submitted": submitted}
+
+
+def _submit(ctx: Context, form: Form) -> None:
+    """Classify what was submitted; the results replace the session's previous ones."""
+    items = inputs.collect_inputs(form["urls_text"], form["uploads"], form["camera"])
+    if not items:
+        st.warning("Enter at least one image URL or add an image first.")
+        return
+    limit = ctx.serving.max_batch_items
+    if len(items) > limit:
+        st.warning(f"Only the first {limit} of {len(items)} images are classified (NSFW_MAX_BATCH_ITEMS).")
+        items = items[:limit]
+    try:
+        results = _classify(ctx, items, form["model_name"])
+    except NSFWError as exc:  # the model could not be loaded
+        st.error(f"{exc.code}: {exc.message}")
+        return
+    for key in [k for k in st.session_state if str(k).startswith(REVEAL_PREFIX)]:
+        del st.session_state[key]
+    st.session_state[RESULTS_KEY] = results
 
 
 # ---------------------------------------------------------------- the page
 
 
 def page() -> None:
-    settings = common.settings()
+    ctx = state.context()
     st.title("Classify images")
-    active = common.threshold_store().current()
+    active = ctx.thresholds.current()
     if active.warning:
         st.warning(active.warning)
     st.markdown(_thresholds_caption(active))
 
-    camera_on = st.toggle("Use the camera", key="camera_on",
-                          help="Take a snapshot with this device's camera (the browser asks for permission).")
-    with st.form("classify_form"):
-        urls_text = st.text_area("Image URLs, one per line", key="urls", height=110,
-                                 placeholder=EXAMPLE_URL)
-        uploads = st.file_uploader("Or drop image files", type=UPLOAD_TYPES, accept_multiple_files=True,
-                                   key="uploads")
-        camera = st.camera_input("Snapshot", key="camera") if camera_on else None
-        model_name = st.selectbox("Model", MODEL_NAMES, index=MODEL_NAMES.index(settings.model), key="model_name")
-        submitted = st.form_submit_button("Classify", type="primary", key="classify")
+    form = _form(ctx)
+    if form["submitted"]:
+        _submit(ctx, form)
 
-    if submitted:
-        items = _collect_inputs(urls_text, uploads, camera)
-        if not items:
-            st.warning("Enter at least one image URL or add an image first.")
-        else:
-            if len(items) > settings.max_batch_items:
-                st.warning(f"Only the first {settings.max_batch_items} of {len(items)} images are classified "
-                           f"(NSFW_MAX_BATCH_ITEMS).")
-                items = items[:settings.max_batch_items]
-            try:
-                state = _classify(items, model_name, settings)
-            except NSFWError as exc:  # the model could not be loaded
-                st.error(f"{exc.code}: {exc.message}")
-            else:
-                for key in [k for k in st.session_state if str(k).startswith(REVEAL_PREFIX)]:
-                    del st.session_state[key]
-                st.session_state[RESULTS_KEY] = state
+    results: Results | None = st.session_state.get(RESULTS_KEY)
+    if results:
+        _show_results(results, active.thresholds)
+        _show_summary(results["rows"], active.thresholds)
 
-    state = st.session_state.get(RESULTS_KEY)
-    if state:
-        thresholds = active.thresholds
-        rows = state["rows"]
-        failed = sum(row["error"] is not None for row in rows)
-        st.subheader("Results")
-        st.caption(f"{len(rows)} image{'s' if len(rows) != 1 else ''} with {state['model']}"
-                   + (f", {failed} failed" if failed else ""))
-        for i, row in enumerate(rows):
-            _show_result(i, row, thresholds)
-
-        st.subheader("Summary")
-        table, records = _summary(rows, thresholds)
-        number = st.column_config.NumberColumn(format="%.4f")
-        st.dataframe(table, hide_index=True, width="stretch",
-                     column_config={**{c: number for c in (*CLASS_NAMES, "adult score", "safe score")},
-                                    "ms": st.column_config.NumberColumn(format="%.0f")})
-        c1, c2, _ = st.columns([1, 1, 4])
-        with c1:
-            st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="nsfw-results.csv",
-                               mime="text/csv", key="download_csv", on_click="ignore")
-        with c2:
-            st.download_button("Download JSON", (json.dumps(records, indent=2) + "\n").encode(),
-                               file_name="nsfw-results.json", mime="application/json", key="download_json",
-                               on_click="ignore")
-
-    _show_api(settings, urls_text, uploads, camera, model_name)
+    _show_api(ctx, form)
 
 
 page()

@@ -1,6 +1,6 @@
 """Review page: a person labels the images the model could not decide, one at a time.
 
-The queue is ``nsfw_core.review.ReviewQueue`` (``pages.common.review_queue``).
+The queue is ``nsfw_core.review.ReviewQueue`` (the process context's, ``nsfw_ui.state.context().review_queue``).
 Each browser session reviews under a reviewer id: a random one kept in
 ``st.session_state`` unless a name is typed.  The page claims the oldest
 pending item for that id (a lease of ``NSFW_REVIEW_LEASE_SECONDS``: another
@@ -12,7 +12,8 @@ session does not see it again until "review skipped items again"), or
 
 The image comes from the stored bytes when the queue kept them
 (``NSFW_REVIEW_STORE_UPLOADS``), otherwise from its URL through the SSRF-safe
-fetcher (once per item and session; "Fetch again" after an error); an upload whose bytes were not kept is reviewed from its scores.
+fetcher (once per item and session; "Fetch again" after an error); an upload
+whose bytes were not kept is reviewed from its scores.
 
 Widget keys: ``reviewer_name`` (text input); ``reveal_<item id>`` (toggle);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
@@ -23,23 +24,17 @@ hentai, neutral, porn, sexy), K skip, U undo.
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run directly (AppTest, `streamlit run pages/review.py`)
-    sys.path.insert(0, str(ROOT))
+import pandas as pd
+import streamlit as st
+from PIL import Image
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from nsfw_core import pipeline  # noqa: E402
-from nsfw_core.errors import NSFWError  # noqa: E402
-from nsfw_core.review import BINARY_LABELS, Item, ReviewQueue, iso  # noqa: E402
-from nsfw_core.settings import CLASS_NAMES  # noqa: E402
-from pages import common  # noqa: E402
+from nsfw_core.context import Context
+from nsfw_core.errors import NSFWError
+from nsfw_core.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
+from nsfw_core.review import Item, ReviewQueue, iso
+from nsfw_ui import inputs, state, widgets
 
 REVIEWER_KEY = "review_reviewer"  # the random id of this session
 CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
@@ -52,12 +47,7 @@ LABEL_HELP = {"adult": "Adult (binary label)", "safe": "Safe (binary label)",
               "drawings": "Safe drawing or anime", "hentai": "Adult drawing or anime",
               "neutral": "Safe photo", "porn": "Explicit photo", "sexy": "Suggestive photo"}
 PREVIEW_SIZE = 512
-_MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~:$&")
-
-
-def _md(text: str) -> str:
-    """User-supplied text (a reviewer name, a URL, an error message) shown literally in markdown."""
-    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in str(text))
+_md = widgets.md_escape  # user-supplied text (a reviewer name, a URL, an error message) shown literally
 
 
 def _error_text(exc: NSFWError) -> str:
@@ -154,7 +144,7 @@ def _on_reset_skipped() -> None:
 # ---------------------------------------------------------------- display
 
 
-def _image_bytes(item: Item, settings: Any) -> tuple[bytes | None, str | None]:
+def _image_bytes(ctx: Context, item: Item) -> tuple[bytes | None, str | None]:
     """The item's bytes (stored, or fetched once per session from its URL) or an error text."""
     if item.image:
         return item.image, None
@@ -164,15 +154,15 @@ def _image_bytes(item: Item, settings: Any) -> tuple[bytes | None, str | None]:
     if item.id not in fetched:
         try:
             fetched.clear()  # keep only the current item's bytes
-            fetched[item.id] = common.url_bytes(item.source, settings)
+            fetched[item.id] = inputs.url_bytes(ctx, item.source)
         except NSFWError as exc:
             fetched[item.id] = _error_text(exc)
     value = fetched[item.id]
     return (value, None) if isinstance(value, bytes) else (None, value)
 
 
-def _show_image(item: Item, settings: Any) -> None:
-    data, error = _image_bytes(item, settings)
+def _show_image(ctx: Context, item: Item) -> None:
+    data, error = _image_bytes(ctx, item)
     if error:
         st.error(error)
         st.button("Fetch again", key="refetch", on_click=_on_refetch)
@@ -182,20 +172,18 @@ def _show_image(item: Item, settings: Any) -> None:
                 "decide from the scores, or skip.")
         return
     try:
-        pixels = pipeline.decode_preview(data, settings, PREVIEW_SIZE)
+        pixels = ctx.decoder.preview(data, PREVIEW_SIZE)
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
     revealed = st.toggle("Reveal image", key=f"reveal_{item.id}",
                          help="The image is blurred until you reveal it.")
     if revealed:
-        from PIL import Image
-
         img = Image.fromarray(pixels)
         img.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
         st.image(img, caption=f"item {item.id}")
     else:
-        st.image(common.blurred(pixels), caption=f"item {item.id} (blurred)")
+        st.image(widgets.blurred(pixels), caption=f"item {item.id} (blurred)")
 
 
 def _scores_table(item: Item) -> pd.DataFrame:
@@ -205,8 +193,8 @@ def _scores_table(item: Item) -> pd.DataFrame:
 def _buttons(queue: ReviewQueue, item: Item | None, reviewer: str) -> None:
     disabled = item is None
     item_id = item.id if item is not None else 0
-    cols = st.columns(len(BINARY_LABELS) + len(CLASS_NAMES) + 1)
-    for col, label in zip(cols, (*BINARY_LABELS, *CLASS_NAMES)):
+    cols = st.columns(len(DECISION_LABELS) + 1)
+    for col, label in zip(cols[:-1], DECISION_LABELS, strict=True):
         col.button(label, key=f"label_{label}", disabled=disabled, help=LABEL_HELP[label],
                    type="primary" if label in BINARY_LABELS else "secondary", shortcut=SHORTCUTS[label],
                    on_click=_on_decide, args=(queue, item_id, reviewer, label), width="stretch")
@@ -227,11 +215,42 @@ def _downloads(queue: ReviewQueue, decided: int) -> None:
                          help="manifest.csv + stored images: upload it on the calibration page")
 
 
+def _show_status(counts: dict[str, int], reviewer: str) -> None:
+    """How many items are left, who this reviewer is, and the message of the latest button."""
+    left = counts["pending"] + counts["claimed"]
+    st.markdown(f"**{left}** left to review ({counts['pending']} waiting, {counts['claimed']} being reviewed)"
+                f" · {counts['decided']} decided · you are {_md(reviewer)}")
+    message = st.session_state.pop(MESSAGE_KEY, None)
+    if message is not None:
+        getattr(st, message[0])(message[1])
+
+
+def _show_nothing_left(counts: dict[str, int]) -> None:
+    skipped = st.session_state.get(SKIPPED_KEY, set())
+    if counts["pending"] and skipped:
+        st.info(f"Only items you skipped are left ({len(skipped)}).")
+        st.button("Review skipped items again", key="reset_skipped", on_click=_on_reset_skipped)
+    else:
+        st.success("Nothing left to review.")
+
+
+def _show_item(ctx: Context, item: Item) -> None:
+    """The item held: its image (blurred until revealed) beside its source, model, verdict and scores."""
+    left_col, right_col = st.columns([3, 2])
+    with left_col:
+        _show_image(ctx, item)
+    with right_col:
+        st.markdown(f"**Source:** {_md(item.source)}")
+        st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
+                   + (f" · skipped {item.skips}×" if item.skips else ""))
+        st.dataframe(_scores_table(item), hide_index=True)
+
+
 def page() -> None:
     st.title("Review queue")
-    settings = common.settings()
+    ctx = state.context()
     try:
-        queue = common.review_queue()
+        queue = ctx.review_queue
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
@@ -246,29 +265,11 @@ def page() -> None:
         st.error(_error_text(exc))
         return
 
-    left = counts["pending"] + counts["claimed"]
-    st.markdown(f"**{left}** left to review ({counts['pending']} waiting, {counts['claimed']} being reviewed)"
-                f" · {counts['decided']} decided · you are {_md(reviewer)}")
-    message = st.session_state.pop(MESSAGE_KEY, None)
-    if message is not None:
-        getattr(st, message[0])(message[1])
-
+    _show_status(counts, reviewer)
     if item is None:
-        skipped = st.session_state.get(SKIPPED_KEY, set())
-        if counts["pending"] and skipped:
-            st.info(f"Only items you skipped are left ({len(skipped)}).")
-            st.button("Review skipped items again", key="reset_skipped", on_click=_on_reset_skipped)
-        else:
-            st.success("Nothing left to review.")
+        _show_nothing_left(counts)
     else:
-        left_col, right_col = st.columns([3, 2])
-        with left_col:
-            _show_image(item, settings)
-        with right_col:
-            st.markdown(f"**Source:** {_md(item.source)}")
-            st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
-                       + (f" · skipped {item.skips}×" if item.skips else ""))
-            st.dataframe(_scores_table(item), hide_index=True)
+        _show_item(ctx, item)
     _buttons(queue, item, reviewer)
     st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
     _downloads(queue, counts["decided"])
