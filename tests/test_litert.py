@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +139,40 @@ def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["litert", False]
+
+
+def test_importing_the_model_layer_never_imports_tensorflow(tmp_path):
+    """A server on LiteRT imports these modules; TensorFlow stays out (from any working directory)."""
+    script = ("import json, sys\n"
+              "import nsfw_core.model, nsfw_core.litert, nsfw_core.tfgraph, nsfw_core.runtime\n"
+              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatch):
+    """The child finds the installed package without PYTHONPATH; relative paths mean what they mean here."""
+    children: list[dict] = []
+    real_run = subprocess.run
+
+    def spy(cmd, **kwargs):
+        children.append(kwargs)
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(litert.subprocess, "run", spy)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    shutil.copytree(MODEL_DIR, work / "model")
+    monkeypatch.chdir(work)
+    doc, blob = read_verified(Path("model"), "MobileNetV2")
+    forward = litert.load_forward("MobileNetV2", Path("model"), doc, blob, cache_dir=Path("compiled"))
+    assert forward(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 5)
+    assert len(children) == 1 and "PYTHONPATH" not in children[0]["env"]
+    assert [p.suffix for p in (work / "compiled").iterdir()] == [".tflite"]
 
 
 def test_precompile_command_reports_an_unknown_model(tmp_path):

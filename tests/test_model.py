@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from nsfw_core.errors import ModelError
-from nsfw_core.model import get_model, load_model, resize_bilinear
+from nsfw_core.model import get_model, load, load_for, load_model, resize_bilinear
 from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES, load_settings
 
@@ -68,6 +69,52 @@ def test_get_model_is_cached(default_model):
     assert get_model("MobileNetV2Mid", ROOT / "model") is default_model
     assert default_model.info() == {"name": "MobileNetV2Mid", "version": default_model.version, "input_size": 224}
     assert default_model.version.startswith("nsfwjs@4.4.0+")
+
+
+def test_get_model_defaults_are_the_settings_tables(default_model):
+    table = load_settings(environ={}).model_config
+    assert default_model.runtime == table.runtime
+    assert get_model("MobileNetV2Mid", ROOT / "model", runtime=table.runtime) is default_model
+
+
+def test_load_takes_the_model_config_and_load_for_wraps_it():
+    settings = load_settings(environ={})
+    served = load(settings.model_config)
+    assert served.name == settings.model_config.name
+    assert load_for(settings) is served
+    assert load(settings.model_config, settings.model_config.name) is served
+
+
+# The modules of the model layer and what each may import from the others (at any depth: a function-level
+# import counts too). Lower layers never import higher ones, so there is no cycle to hide.
+LAYERS = {
+    "preprocess": set(),
+    "modelfiles": set(),
+    "runtime": set(),
+    "tfgraph": set(),
+    "litert": {"modelfiles", "runtime", "tfgraph"},
+    "model": {"preprocess", "modelfiles", "runtime", "tfgraph", "litert"},
+}
+
+
+def _imported_siblings(path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("nsfw_core."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("nsfw_core."))
+    return found & set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_the_model_modules_import_in_one_direction(module):
+    assert _imported_siblings(ROOT / "nsfw_core" / f"{module}.py") <= LAYERS[module]
 
 
 def test_resize_bilinear_align_corners_matches_hand_computation():
