@@ -32,7 +32,7 @@ from .admission import Admission
 from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError
 from .fetch import ConnectionPool, fetch
-from .model import Model, load_for
+from .model import Model, load
 from .pipeline import Decoder, load_bytes
 from .review import ReviewQueue
 from .settings import Settings, load_settings
@@ -52,6 +52,7 @@ class Context:
         self.serving = settings.serving_limits
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
+        self.model_config = settings.model_config
         self.thresholds = ThresholdStore.from_config(settings.threshold_config)
         self.decoder = Decoder(settings.decode_limits)
         self.connections = ConnectionPool()
@@ -77,7 +78,7 @@ class Context:
         Loaded models are immutable and cached process-wide by :mod:`nsfw_core.model`, so
         contexts that tests create side by side share their weights.
         """
-        return load_for(self.settings, name)
+        return load(self.model_config, name)
 
     @property
     def review_queue(self) -> ReviewQueue:

@@ -203,7 +203,7 @@ def _address_space() -> int:
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     from . import decode as _decode
-    from .model import resize_bilinear
+    from .preprocess import preprocess
 
     _decode.decode(_decode_probe())  # import every plugin now, outside any limit
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -220,8 +220,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             rgb = _decode.decode(data, max_pixels=int(request["max_pixels"]), max_scans=int(request["max_scans"]),
                                  draft_size=request.get("draft_size"))
             if request["op"] == "prepare":
-                out = resize_bilinear(rgb, int(request["size"]))
-                out *= np.float32(1.0 / 255.0)
+                out = preprocess(rgb, int(request["size"]))
             else:
                 out = _preview(rgb)
             del rgb
