@@ -1,4 +1,10 @@
-"""Shared fixtures: paths, the reference outputs, and the process-wide models."""
+"""Shared fixtures (the reference outputs, the process-wide models, PostgreSQL) and markers.
+
+Markers (``pyproject.toml``): ``slow`` (starts servers or subprocesses, fuzzes, or compiles),
+``postgres`` (needs the PostgreSQL that ``postgres_server`` starts), ``browser`` (drives
+Chromium).  They are applied here, by module and by fixture, so ``./test.sh -m "not slow"``
+is the fast loop.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,40 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES, ROOT, START_POSTGRES
 
 # Fixtures shared by many modules live in tests/helpers and are registered here, so that no
 # test module imports a fixture (or another test module) to use it.
 pytest_plugins = ["tests.helpers.servers"]
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT / "tests" / "fixtures" / "reference"
-REFERENCE_IMAGES = sorted(REFERENCE.glob("*.jpg"))
-START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
+__all__ = ["COMPILED_DIR", "REFERENCE", "REFERENCE_IMAGES", "ROOT", "START_POSTGRES"]
 
-# Servers started by tests get temporary data folders; they all share one folder of models
-# compiled for LiteRT (NSFW_COMPILED_DIR), so each model is compiled once per checkout, not per server.
-COMPILED_DIR = str(ROOT / "var" / "compiled")
+# Modules whose tests start servers or subprocesses, fuzz, or compile models (seconds to minutes).
+SLOW_MODULES = frozenset({
+    "test_convert", "test_decode_fuzz", "test_e2e_browser", "test_hostile_api", "test_litert", "test_memory",
+    "test_openapi_conformance", "test_reliability", "test_sandbox", "test_server",
+})
+BROWSER_MODULES = frozenset({"test_e2e_browser"})
+POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_url"})
+POSTGRES_PARAMS = frozenset({"postgresql"})  # backend fixtures parametrised sqlite / postgresql
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if isinstance(item, pytest.Function) else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if module in BROWSER_MODULES:
+            item.add_marker(pytest.mark.browser)
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if fixtures & POSTGRES_FIXTURES or any(isinstance(p, str) and p in POSTGRES_PARAMS for p in params):
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
