@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -23,30 +21,14 @@ from nsfw_core.pipeline import Decoder
 from nsfw_core.context import current
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import VERDICTS
-from tests.conftest import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
+from tests.helpers.apiclient import make_settings, running
+from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
 from tests.helpers.servers import LocalServer, hang, html, image, serve, status
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
 
 HOUSE = (REFERENCE / "house.jpg").read_bytes()
 SMILE = (REFERENCE / "smile.jpg").read_bytes()
-READY_TIMEOUT = 60.0
-
-
-def make_settings(tmp: Path, **overrides: Any) -> Any:
-    """Defaults (not the caller's environment), with the data folder in ``tmp``."""
-    return load_settings(environ={}, data_dir=str(tmp), **overrides)
-
-
-@contextlib.contextmanager
-def running(settings: Any, *, wait: bool = True) -> Iterator[TestClient]:
-    """A TestClient on ``api.create_app(settings)``, lifespan started, model ready if ``wait``."""
-    with TestClient(api.create_app(settings)) as client:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while wait and client.get("/health").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health").json()
-            time.sleep(0.02)
-        yield client
 
 
 def error_of(response: Any, status_code: int, code: str) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import pytest
 
 from nsfw_core.review import ReviewQueue
 from nsfw_core.settings import CLASS_NAMES
-from tests.conftest import REFERENCE
+from tests.helpers.paths import REFERENCE
 from tests.helpers.servers import image, serve
-from tests.test_api import make_settings, running
+from tests.helpers.apiclient import make_settings, running
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
 

@@ -14,7 +14,7 @@ from nsfw_core.openapi import openapi_document
 from nsfw_core.settings import load_settings
 from nsfw_core.verdict import Thresholds
 
-from .conftest import COMPILED_DIR, REFERENCE_IMAGES
+from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES
 
 SCORES = {"drawings": 0.05, "hentai": 0.01, "neutral": 0.04, "porn": 0.6, "sexy": 0.3}
 MODEL = ModelInfo("MobileNetV2Mid", "abc123")

@@ -12,7 +12,7 @@ import pytest
 
 from nsfw_core.cli import main
 
-from .conftest import REFERENCE, REFERENCE_IMAGES, ROOT
+from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
 
 NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
 

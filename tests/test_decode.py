@@ -26,8 +26,8 @@ from PIL import Image, ImageFile
 from nsfw_core import decode as decode_module
 from nsfw_core.decode import FORMATS, decode, image_info, sniff
 from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_JPEGS = sorted((ROOT / "tests" / "fixtures" / "reference").glob("*.jpg"))
 RED = (200, 30, 60)
 ORIENTATION = 0x0112

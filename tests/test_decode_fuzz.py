@@ -14,15 +14,14 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nsfw_core import decode as decode_module
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_fuzzer():

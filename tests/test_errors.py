@@ -6,7 +6,7 @@ import pytest
 
 from nsfw_core import errors
 
-from .conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
 def all_errors() -> list[type[errors.NSFWError]]:

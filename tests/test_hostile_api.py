@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import REFERENCE
+from tests.helpers.paths import REFERENCE
 from tests.helpers.appserver import AppServer, app_server
 
 SMILE = (REFERENCE / "smile.jpg").read_bytes()

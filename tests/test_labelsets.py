@@ -14,8 +14,8 @@ from PIL import Image
 from nsfw_core import labelsets
 from nsfw_core.errors import InputError
 from nsfw_core.labelsets import LabelledItem, LabelSetError
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def png(color=(200, 100, 50)) -> bytes:

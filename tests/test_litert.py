@@ -20,7 +20,7 @@ from nsfw_core.modelfiles import read_verified
 from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import MODEL_NAMES, load_settings
 
-from .conftest import COMPILED_DIR, REFERENCE_IMAGES, ROOT
+from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
 MODEL_DIR = ROOT / "model"
 

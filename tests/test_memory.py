@@ -10,7 +10,7 @@ import pytest
 
 from nsfw_core.memory import limit_malloc_arenas
 
-from .conftest import ROOT
+from tests.helpers.paths import ROOT
 
 # Eight threads allocate at once, then glibc prints one "Arena N:" block per arena to stderr.
 SCRIPT = """

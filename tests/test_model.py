@@ -14,7 +14,7 @@ from nsfw_core.model import get_model, load, load_for, load_model, resize_biline
 from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES, load_settings
 
-from .conftest import REFERENCE_IMAGES, ROOT
+from tests.helpers.paths import REFERENCE_IMAGES, ROOT
 
 NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
 TOLERANCE = 0.01

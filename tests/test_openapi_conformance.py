@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 from tests.helpers.appserver import app_server
 
 MAX_EXAMPLES = 150  # per operation and phase: about 10 s on a 2-core machine

@@ -10,7 +10,7 @@ import pytest
 from nsfw_core.pipeline import ISOLATED_SHARE, Decoder, PixelBudget, iter_sources, load_bytes, score_sources
 from nsfw_core.settings import load_settings
 
-from .conftest import REFERENCE, REFERENCE_IMAGES
+from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES
 
 
 def _peak_concurrency(budget: PixelBudget, sizes: list[int]) -> int:

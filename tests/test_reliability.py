@@ -45,7 +45,7 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
-from tests.conftest import REFERENCE
+from tests.helpers.paths import REFERENCE
 from tests.helpers import hostile as hostile_images
 from tests.helpers.appserver import AppServer, Reply
 from tests.helpers.rss import PeakRSS
@@ -70,7 +70,7 @@ from tests.helpers.servers import (
     tiny_png,
     until_eof,
 )
-from tests.test_fetch_hostile import CASES, DNS, EXPECTED, Case
+from tests.helpers.ssrf_cases import CASES, DNS, EXPECTED, Case
 
 STARTUP_TIMEOUT = 120.0
 FETCH_TIMEOUT = 2.0

@@ -47,8 +47,7 @@ from nsfw_core.errors import BadRequest
 from nsfw_core.review.store import _SQLite
 from nsfw_core.settings import CLASS_NAMES, ReviewConfig, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT / "tests" / "fixtures" / "reference"
+from tests.helpers.paths import REFERENCE, ROOT
 SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.5, "porn": 0.2, "sexy": 0.2}
 MODEL = "MobileNetV2Mid"
 
@@ -248,7 +247,6 @@ def test_two_reviewers_at_once_never_get_the_same_item(backend):
 
 _WORKER = """
 import json, os, sys, time
-sys.path.insert(0, sys.argv[1])
 from nsfw_core.review import ReviewQueue
 url, data_dir, name, gate = sys.argv[2] or None, sys.argv[3], sys.argv[4], sys.argv[5]
 scores = {"drawings": 0.2, "hentai": 0.2, "neutral": 0.2, "porn": 0.2, "sexy": 0.2}
@@ -564,7 +562,6 @@ def test_a_process_dying_mid_write_loses_nothing_committed(backend):
     q.close()
     code = f"""
 import os, sys
-sys.path.insert(0, {str(ROOT)!r})
 from nsfw_core.review import ReviewQueue, TABLE
 q = ReviewQueue({backend.url!r}, data_dir={str(backend.data_dir)!r})
 with q._tx() as tx:

@@ -7,7 +7,6 @@ import io
 import sqlite3
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from nsfw_core.errors import InvalidURL, NotAnImage
 from nsfw_core.labelsets import LabelledItem
 from nsfw_core.scorecache import CACHE_FILE, ScoreCache, ScoreCacheWarning, model_key
 from nsfw_core.settings import CLASS_NAMES, load_settings
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.7, "porn": 0.1, "sexy": 0.05}
 
 

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import COMPILED_DIR, REFERENCE, ROOT
+from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import LocalServer, image, serve
 
 STARTUP_TIMEOUT = 90.0

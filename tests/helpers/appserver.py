@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.conftest import COMPILED_DIR, ROOT
+from tests.helpers.paths import COMPILED_DIR, ROOT
 
 STARTUP_TIMEOUT = 90.0
 

@@ -1,0 +1,36 @@
+"""The API in-process: Starlette's TestClient on ``api.create_app(settings)`` (lifespan run)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from nsfw_core import api
+from nsfw_core.settings import load_settings
+
+with warnings.catch_warnings():  # "install httpx2": the httpx-based client still works
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+READY_TIMEOUT = 60.0
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Any:
+    """Defaults (not the caller's environment), with the data folder in ``tmp``."""
+    return load_settings(environ={}, data_dir=str(tmp), **overrides)
+
+
+@contextlib.contextmanager
+def running(settings: Any, *, wait: bool = True) -> Iterator[TestClient]:
+    """A TestClient on ``api.create_app(settings)``, lifespan started, model ready if ``wait``."""
+    with TestClient(api.create_app(settings)) as client:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while wait and client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health").json()
+            time.sleep(0.02)
+        yield client
