@@ -103,9 +103,10 @@ class ActiveThresholds:
     """What is in force now, where it came from, and any warning about the file."""
 
     thresholds: Thresholds
-    source: str  # "defaults" or "file"
-    saved: dict[str, Any]  # metadata stored with the file (model, date, tuning set summary)
+    source: str  # "defaults", "database" (nsfw_core.thresholds) or "file" (ThresholdStore)
+    saved: dict[str, Any]  # metadata stored with them (model, date, who, tuning set summary)
     warning: str | None = None
+    version: int | None = None  # the history's version in force (None: the defaults, or a file)
 
 
 def _short(value: Any, limit: int = 80) -> str:

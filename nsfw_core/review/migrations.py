@@ -1,4 +1,4 @@
-"""The review queue's schema and how it gets there.
+"""The database's schema (the review queue and the thresholds history) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -17,7 +17,8 @@ from .errors import ReviewConfigError
 from .store import _Backend
 
 TABLE = "review_items"
-VERSION_TABLE = "review_schema_version"
+VERSION_TABLE = "review_schema_version"  # the one database's schema version (review queue and thresholds)
+THRESHOLDS_TABLE = "thresholds_versions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,23 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "indexes for undo and retention", (
         f"CREATE INDEX {TABLE}_decided ON {TABLE} (decided_by, decided_at)",
         f"CREATE INDEX {TABLE}_created ON {TABLE} (created_at)",
+    )),
+    # The thresholds as a versioned history (nsfw_core.thresholds): the highest version is in force; a
+    # rollback is a new version copying an old one (rolled_back_from).  Rows are never updated or deleted.
+    Migration(3, "thresholds as a versioned history", (
+        f"""CREATE TABLE {THRESHOLDS_TABLE} (
+            version {{pk}},
+            adult {{float}} NOT NULL,
+            safe {{float}} NOT NULL,
+            adult_classes TEXT NOT NULL,
+            safe_classes TEXT NOT NULL,
+            model TEXT NOT NULL,
+            saved_by TEXT NOT NULL,
+            saved_at {{float}} NOT NULL,
+            tuned_on TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            rolled_back_from INTEGER
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
