@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +35,10 @@ from .errors import NotReady, NSFWError
 from .fetch import ConnectionPool, fetch
 from .model import Model, load
 from .pipeline import Decoder, load_bytes
+from .platform import storage_warnings
 from .review import ReviewQueue
 from .settings import Settings, load_settings
-from .verdict import ThresholdStore
+from .thresholds import ThresholdHistory
 
 if TYPE_CHECKING:
     from .scorecache import ScoreCache
@@ -53,7 +55,8 @@ class Context:
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
         self.model_config = settings.model_config
-        self.thresholds = ThresholdStore.from_config(settings.threshold_config)
+        # The thresholds history in the one database (NSFW_DATABASE_URL), read from memory per request.
+        self.thresholds = ThresholdHistory.from_settings(settings)
         self.decoder = Decoder(settings.decode_limits)
         self.connections = ConnectionPool()
         self.admission = Admission(self.serving.max_in_flight)
@@ -128,6 +131,9 @@ class Context:
 
     async def _load(self) -> None:
         started = time.perf_counter()
+        # The thresholds in force are read while the model loads (never raises: a database that is down
+        # leaves the defaults, with a warning, until it is back).
+        thresholds = asyncio.get_running_loop().run_in_executor(None, self.thresholds.refresh)
         try:
             model = await asyncio.to_thread(self.model)
         except NSFWError as exc:
@@ -138,12 +144,15 @@ class Context:
             self.reason = f"model failed to load: {exc!r}"
             log.exception("model failed to load; /health answers 503")
             return
+        for warning in storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk):
+            log.warning("%s", warning)
         s = self.serving
         wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert: a lone image uses all threads
         self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
                                     queue_size=s.queue_size, expecting=lambda: self.preparing)
         self.batcher.start()
         await asyncio.to_thread(self.decoder.sandbox.warm)
+        await thresholds
         self.reason = ""
         log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
 
@@ -167,6 +176,7 @@ class Context:
             cache, self._score_cache = self._score_cache, None
         if review is not None:
             review.close()
+        self.thresholds.close()
         if cache is not None and hasattr(cache, "close"):
             cache.close()
 

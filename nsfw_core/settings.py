@@ -76,6 +76,12 @@ def _runtime(raw: str) -> str:
     return raw
 
 
+def _auto_bool(raw: str) -> bool | None:
+    if raw.strip().lower() == "auto":
+        return None
+    return _bool(raw)
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -232,6 +238,11 @@ class Settings:
         "NSFW_DATABASE_URL", "", str,
         "Review-queue database: a postgresql:// URL (psycopg 3), sqlite:///path, or empty for SQLite "
         "<data_dir>/review.sqlite.")
+    ephemeral_disk: bool | None = setting(
+        "NSFW_EPHEMERAL_DISK", "auto", _auto_bool,
+        "Whether the local disk is lost on redeploy: true, false, or auto (true when APP_URL is set, which "
+        ".do/app.yaml binds on App Platform). With SQLite on such a disk, /health and the start-up log warn "
+        "that the review queue, decisions and saved thresholds will be lost.")
     review_verdicts: tuple[str, ...] = setting(
         "NSFW_REVIEW_VERDICTS", "unknown", _verdicts,
         "Comma-separated verdicts the API sends to human review: unknown, or unknown,adult to review adult "
