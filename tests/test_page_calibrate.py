@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from nsfw_core import calibration as cal
-from nsfw_core import labelsets, pipeline
+from nsfw_core import labelsets
+from nsfw_core.classify import classify_sources
+from nsfw_core.context import current, install
 from nsfw_core.scorecache import CACHE_FILE, ScoreCache
 from nsfw_core.settings import load_settings
 from nsfw_core.verdict import THRESHOLDS_FILE, ThresholdStore
@@ -26,10 +29,16 @@ STEP = 0.0001
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path))
-    st.cache_resource.clear()  # common.settings() / threshold_store() / score_cache() read the new dir
-    st.cache_data.clear()
+    new_context()  # the context's settings, thresholds store and score cache read the new dir
     yield tmp_path
-    st.cache_resource.clear()
+    new_context()
+
+
+def new_context() -> None:
+    """Drop the process context (the next page run builds one from the environment) and the cached thumbnails."""
+    old = install(None)
+    if old is not None:
+        old.close()
     st.cache_data.clear()
 
 
@@ -52,6 +61,22 @@ def texts(elements) -> str:
 
 def saved(data_dir: Path) -> dict:
     return json.loads((data_dir / THRESHOLDS_FILE).read_text())
+
+
+def roc_points(at: AppTest) -> dict[str, dict]:
+    """The operating points drawn on the ROC chart, by kind ("current T_adult", "suggested T_adult")."""
+    [chart] = [c for c in at.get("vega_lite_chart") if str(json.loads(c.proto.spec).get("title")).startswith("ROC")]
+    frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
+    [points] = [f for f in frames if "what" in f.columns]
+    return {row["what"]: row for row in points.to_dict("records")}
+
+
+def adult_point(a, s, y, t_adult: float, t_safe: float) -> dict[str, float]:
+    """tpr, fpr and precision of the adult verdicts, from the array form of the rule (calibration.verdicts)."""
+    hit = cal.verdicts(a, s, t_adult, t_safe) == "adult"
+    tp, fp = int((hit & (y == 1)).sum()), int((hit & (y == 0)).sum())
+    return {"tpr": tp / int((y == 1).sum()), "recall": tp / int((y == 1).sum()), "fpr": fp / int((y == 0).sum()),
+            "precision": tp / (tp + fp)}
 
 
 def test_demo_set_move_suggest_save(data_dir):
@@ -88,7 +113,6 @@ def test_demo_set_move_suggest_save(data_dir):
     assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.55), pytest.approx(0.65))
 
     # A fresh session starts from the saved thresholds.
-    st.cache_resource.clear()
     again = run(AppTest.from_file(PAGE, default_timeout=180))
     assert again.slider(key="cal_t_adult").value == pytest.approx(0.55)
 
@@ -132,12 +156,10 @@ def test_zip_upload_suggest_and_save(data_dir):
     assert "ROC curve and AUC cannot be computed" not in texts(at.info)
 
     # The expected suggestion, computed here from the model directly.
-    settings = load_settings()
-    from nsfw_core.model import get_model
-
-    model = get_model(settings.model, settings.model_dir)
-    results = pipeline.classify_sources(model, adult + safe, settings)
-    df = cal.score_frame([r.scores for r in results], ["adult"] * 3 + ["safe"] * 4)
+    outcomes = classify_sources(current(), adult + safe)
+    assert all(o.classification is not None for o in outcomes)
+    df = cal.score_frame([o.classification.scores for o in outcomes if o.classification is not None],
+                         ["adult"] * 3 + ["safe"] * 4)
     a, s, y = df["adult_score"].to_numpy(), df["safe_score"].to_numpy(), df["truth"].to_numpy()
     expected = cal.suggest_thresholds(a, s, y, 0.99, 0.99)
     assert expected.ok
@@ -164,17 +186,25 @@ def test_synthetic_scores_suggest_moves_the_sliders(data_dir):
     run(at)
     assert "220 images scored: **120 adult**, **100 safe**" in texts(at.markdown)
     assert "ROC curve and AUC cannot be computed" not in texts(at.info)
-    at.number_input(key="cal_target_adult").set_value(95.0)
-    run(at)
-    click(at, "Suggest thresholds")
     pairs = labelsets.synthetic_set()
     df = cal.score_frame([sc for _, sc in pairs], [it.binary for it, _ in pairs])
     a, s, y = df["adult_score"].to_numpy(), df["safe_score"].to_numpy(), df["truth"].to_numpy()
+    # The ROC and PR charts mark the operating point of the adult verdicts at T_adult (the defaults here).
+    assert set(roc_points(at)) == {"current T_adult"}
+    assert roc_points(at)["current T_adult"] == pytest.approx(
+        {"what": "current T_adult", **adult_point(a, s, y, 0.7, 0.9)})
+    at.number_input(key="cal_target_adult").set_value(95.0)
+    run(at)
+    click(at, "Suggest thresholds")
     expected = cal.suggest_thresholds(a, s, y, 0.95, 0.99)
     t_a, t_s = at.slider(key="cal_t_adult").value, at.slider(key="cal_t_safe").value
     assert abs(t_a - expected.t_adult) < STEP and abs(t_s - expected.t_safe) < STEP
     assert cal.decision_metrics(a, s, y, t_a, t_s).review_n == expected.review_n
     assert "Suggestion (ok)" in texts(at.success)
+    # The sliders moved to the suggestion: both points sit where its adult verdicts put them.
+    points = roc_points(at)
+    for what in ("current T_adult", "suggested T_adult"):
+        assert points[what] == pytest.approx({"what": what, **adult_point(a, s, y, t_a, t_s)})
     assert "Save thresholds" not in [b.label for b in at.button]  # never saved from fake scores
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,19 +21,17 @@ from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
+from nsfw_core import classify as classify_module
+from nsfw_core.context import Context, install
+from nsfw_core.errors import InvalidURL, TooLarge
+from nsfw_core.model import get_model
+from nsfw_core.pipeline import Decoder
+from nsfw_core.settings import CLASS_NAMES, load_settings
+from nsfw_core.verdict import Thresholds, ThresholdStore
+from nsfw_ui import inputs, widgets
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nsfw_core import pipeline  # noqa: E402
-from nsfw_core.errors import InvalidURL, TooLarge  # noqa: E402
-from nsfw_core.model import get_model  # noqa: E402
-from nsfw_core.settings import CLASS_NAMES, load_settings  # noqa: E402
-from nsfw_core.verdict import Thresholds, ThresholdStore  # noqa: E402
-from pages import common  # noqa: E402
-
 PAGE = ROOT / "pages" / "classify.py"
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 TIMEOUT = 120
@@ -47,13 +44,13 @@ ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_API_KEYS", "NSFW_MODEL", "NSFW_MAX
 
 @pytest.fixture
 def page_env(monkeypatch, tmp_path):
-    """Default settings with a private data folder; the page's cached settings are dropped before and after."""
+    """Default settings with a private data folder; the process context is made afresh before and after."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path / "data"))
-    st.cache_resource.clear()
+    new_context()
     yield monkeypatch
-    st.cache_resource.clear()
+    new_context()
 
 
 @pytest.fixture
@@ -65,11 +62,21 @@ def images(local_server, page_env):  # noqa: F811 - the fixture imported above
     return local_server
 
 
+def new_context() -> None:
+    """Drop the process context: the next page run builds one from the environment as it is then."""
+    old = install(None)
+    if old is not None:
+        old.close()
+
 
 def expected_scores(name: str) -> dict[str, float]:
     model = get_model("MobileNetV2Mid", ROOT / "model")
     data = (REFERENCE / name).read_bytes()
-    return model.classify([pipeline.decode_for(model, data, load_settings())])[0]
+    decoder = Decoder(load_settings().decode_limits)
+    try:
+        return model.classify([decoder.decode_for(model, data)])[0]
+    finally:
+        decoder.close()
 
 
 def new_page() -> AppTest:
@@ -134,7 +141,7 @@ def test_urls_are_classified_like_the_model(images):
     assert spec["layer"][0]["encoding"]["y"]["field"] == "class"
     assert spec["layer"][1]["encoding"]["text"] == {"field": "score", "format": ".4f", "type": "quantitative"}
     data = convert_arrow_bytes_to_pandas_df(charts[0].proto.datasets[0].data.data)
-    assert_scores(dict(zip(data["class"], data["score"])), house, 1e-4)
+    assert_scores(dict(zip(data["class"], data["score"], strict=True)), house, 1e-4)
     # The summary table: one row per input, full precision.
     table = at.dataframe[0].value
     assert list(table["source"]) == [images.url("/house.jpg"), images.url("/missing.jpg"), images.url("/glasses.jpg")]
@@ -211,8 +218,8 @@ def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     settings = load_settings()
     ThresholdStore.from_settings(settings).save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
     calls = []
-    real = pipeline.classify_sources
-    monkeypatch.setattr(pipeline, "classify_sources", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = classify_module.classify_sources
+    monkeypatch.setattr(classify_module, "classify_sources", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     at = new_page()
     assert "(calibrated for MobileNetV2Mid" in at.markdown[0].value and "≥ 1.00" in at.markdown[0].value
@@ -261,27 +268,35 @@ def test_curl_box_uses_the_browser_url_and_api_key(page_env):
     assert 'Authorization: Bearer $NSFW_API_KEY' in code and "secret-key" not in code
 
 
-# ---------------------------------------------------------------- helpers in pages/common.py
+# ---------------------------------------------------------------- the page's loaders (nsfw_ui.inputs)
 
 
 def test_loader_helpers():
-    settings = load_settings({"NSFW_MAX_BYTES": "10"})
-    assert common.upload_bytes(b"0123456789", settings) == b"0123456789"
-    with pytest.raises(TooLarge):
-        common.upload_bytes(b"0123456789!", settings)
-    for not_a_url in ("/etc/passwd", "model/manifest.json", "C:/x.jpg"):
+    ctx = Context(load_settings({"NSFW_MAX_BYTES": "10"}))
+    try:
+        assert inputs.upload_bytes(b"0123456789", ctx.serving.max_bytes) == b"0123456789"
+        with pytest.raises(TooLarge):
+            inputs.upload_bytes(b"0123456789!", ctx.serving.max_bytes)
+        for not_a_url in ("/etc/passwd", "model/manifest.json", "C:/x.jpg"):
+            with pytest.raises(InvalidURL):
+                inputs.url_bytes(ctx, not_a_url)
+        kept: dict[str, bytes] = {}
+        load = inputs.input_loader(ctx, {"0": b"abc", "1": b"0123456789!", "2": "/etc/passwd"}, keep=kept)
+        assert load("0") == b"abc" and kept == {"0": b"abc"}
+        with pytest.raises(TooLarge):
+            load("1")
         with pytest.raises(InvalidURL):
-            common.url_bytes(not_a_url, settings)
-    kept: dict[str, bytes] = {}
-    load = common.input_loader({"0": b"abc"}, keep=kept)
-    assert load("0", settings) == b"abc" and kept == {"0": b"abc"}
+            load("2")
+        assert kept == {"0": b"abc"}
+    finally:
+        ctx.close()
 
 
 def test_api_base_url_and_curl():
-    assert common.api_base_url("http://h.example:8501/classify", None) == "http://h.example:8501"
-    assert common.api_base_url(None, "h.example:9000") == "http://h.example:9000"
-    assert common.api_base_url(None, None, 8123) == "http://localhost:8123"
-    text = common.curl_commands("http://h", ["http://a.example/x y.jpg?a=1&b='2'"], [("my pic.png", "image/png")])
+    assert widgets.api_base_url("http://h.example:8501/classify", None) == "http://h.example:8501"
+    assert widgets.api_base_url(None, "h.example:9000") == "http://h.example:9000"
+    assert widgets.api_base_url(None, None, 8123) == "http://localhost:8123"
+    text = widgets.curl_commands("http://h", ["http://a.example/x y.jpg?a=1&b='2'"], [("my pic.png", "image/png")])
     assert text.splitlines() == [
         "curl -XPOST 'http://h/predict?url=http%3A%2F%2Fa.example%2Fx%20y.jpg%3Fa%3D1%26b%3D%272%27'",
         "curl -XPOST --data-binary '@my pic.png' -H 'Content-Type: image/png' 'http://h/predict'",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,11 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from nsfw_core.context import install
+from nsfw_core.review import ReviewQueue
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nsfw_core.review import ReviewQueue  # noqa: E402
-
 PAGE = ROOT / "pages" / "review.py"
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 IMAGES = sorted(REFERENCE.glob("*.jpg"))
@@ -36,14 +32,21 @@ ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_DATABASE_URL", "NSFW_REVIEW_STORE_
 
 @pytest.fixture
 def data_dir(monkeypatch, tmp_path):
-    """A private data folder for the page; cached settings and queue dropped before and after."""
+    """A private data folder for the page; the process context (settings, queue) made afresh before and after."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     folder = tmp_path / "data"
     monkeypatch.setenv("NSFW_DATA_DIR", str(folder))
-    st.cache_resource.clear()
+    new_context()
     yield folder
-    st.cache_resource.clear()
+    new_context()
+
+
+def new_context() -> None:
+    """Drop the process context: the next page run builds one from the environment as it is then."""
+    old = install(None)
+    if old is not None:
+        old.close()
 
 
 @pytest.fixture
@@ -203,7 +206,7 @@ def test_url_items_are_fetched_through_the_safe_fetcher(queue, data_dir, local_s
     assert shown_id(at) == good and plain(at.error[0].value).startswith("forbidden_address: ")
     assert local_server.requests == []
     monkeypatch.setenv("NSFW_ALLOW_PRIVATE_HOSTS", local_server.netloc)
-    st.cache_resource.clear()  # new settings
+    new_context()  # new settings
     at = click(at, "refetch")
     assert shown_id(at) == good
     assert not at.error and "(blurred)" in at.image[0].captions[0]
