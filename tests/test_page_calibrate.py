@@ -19,8 +19,8 @@ from nsfw_core.context import current, install
 from nsfw_core.scorecache import CACHE_FILE, ScoreCache
 from nsfw_core.settings import load_settings
 from nsfw_core.verdict import THRESHOLDS_FILE, ThresholdStore
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 # Relative paths given to from_file are resolved against this test file's folder, hence the absolute path.
 PAGE = str(ROOT / "pages" / "calibrate.py")
 STEP = 0.0001

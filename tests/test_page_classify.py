@@ -11,12 +11,10 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
@@ -29,11 +27,10 @@ from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import Thresholds, ThresholdStore
 from nsfw_ui import inputs, widgets
+from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "pages" / "classify.py"
-REFERENCE = ROOT / "tests" / "fixtures" / "reference"
 TIMEOUT = 120
 ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_API_KEYS", "NSFW_MODEL", "NSFW_MAX_BYTES", "NSFW_ADULT_THRESHOLD",
             "NSFW_SAFE_THRESHOLD", "NSFW_ADULT_CLASSES", "NSFW_SAFE_CLASSES", "NSFW_MAX_BATCH_ITEMS")

@@ -10,21 +10,18 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from pathlib import Path
 
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from nsfw_core.context import install
 from nsfw_core.review import ReviewQueue
+from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "pages" / "review.py"
-REFERENCE = ROOT / "tests" / "fixtures" / "reference"
-IMAGES = sorted(REFERENCE.glob("*.jpg"))
+IMAGES = REFERENCE_IMAGES
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
 ENV_VARS = ("NSFW_ALLOW_PRIVATE_HOSTS", "NSFW_DATABASE_URL", "NSFW_REVIEW_STORE_UPLOADS", "NSFW_REVIEW_LEASE_SECONDS",
             "NSFW_REVIEW_RETENTION_DAYS", "NSFW_REVIEW_VERDICTS")
