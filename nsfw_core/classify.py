@@ -84,6 +84,7 @@ class Classification:
     timings: Timings
     sha256: str
     review: ReviewTicket | None = None  # set when the verdict was sent to human review
+    thresholds_version: int | None = None  # the thresholds history's version (None: the defaults)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -92,7 +93,7 @@ class Classification:
             "verdict": self.verdict,
             "adult_score": self.adult_score,
             "safe_score": self.safe_score,
-            "thresholds": self.thresholds.to_dict(),
+            "thresholds": {**self.thresholds.to_dict(), "version": self.thresholds_version},
             "model": dataclasses.asdict(self.model),
             "timings": dataclasses.asdict(self.timings),
             "sha256": self.sha256,
@@ -103,13 +104,13 @@ class Classification:
                 out["review_error"] = self.review.error
         return out
 
-    def under(self, thresholds: Thresholds) -> Classification:
+    def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
-        return judge(self.scores, thresholds, self.model, self.timings, self.sha256)
+        return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
-          sha256: str) -> Classification:
+          sha256: str, thresholds_version: int | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided."""
     return Classification(
         scores=scores,
@@ -120,6 +121,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         model=model,
         timings=timings,
         sha256=sha256,
+        thresholds_version=thresholds_version,
     )
 
 
@@ -236,8 +238,9 @@ async def _finish(ctx: Context, batcher: Any, x: np.ndarray, sha: str, fetch_s: 
     row = await batcher.predict(x)
     inference_s = time.perf_counter() - t0
     model = ctx.model()
-    return judge(scores_dict(row), ctx.thresholds.current().thresholds, ModelInfo(model.name, model.version),
-                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha)
+    active = ctx.thresholds.current()
+    return judge(scores_dict(row), active.thresholds, ModelInfo(model.name, model.version),
+                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, active.version)
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path
@@ -265,13 +268,13 @@ class Outcome:
                 "verdict": self.classification.verdict}
 
 
-def outcome(scored: Scored, model: Model, thresholds: Thresholds) -> Outcome:
+def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None) -> Outcome:
     """Judge one :class:`~nsfw_core.pipeline.Scored` under ``thresholds``."""
     if scored.scores is None:
         return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "")
+                           scored.sha256 or "", thresholds_version)
     return Outcome(scored.source, classification, seconds=scored.seconds)
 
 
@@ -288,5 +291,5 @@ def classify_sources(
     model = ctx.model(model_name)
     scored = score_sources(model, sources, ctx.decoder, loader or ctx.load_bytes, batch_size=batch_size,
                            progress=progress)
-    thresholds = ctx.thresholds.current().thresholds
-    return [outcome(s, model, thresholds) for s in scored]
+    active = ctx.thresholds.current()
+    return [outcome(s, model, active.thresholds, active.version) for s in scored]

@@ -64,7 +64,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
     thresholds = {"type": "object", "properties": {
         "adult": number, "safe": number,
         "adult_classes": {"type": "array", "items": {"type": "string"}},
-        "safe_classes": {"type": "array", "items": {"type": "string"}}}}
+        "safe_classes": {"type": "array", "items": {"type": "string"}},
+        "version": {"type": ["integer", "null"],
+                    "description": "the thresholds history's version in force (null: the defaults)"}}}
     verdict = {"type": "string", "enum": list(VERDICTS)}
     detail = {"type": "object", "additionalProperties": False,
               "required": ["scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings",

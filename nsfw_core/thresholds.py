@@ -143,6 +143,7 @@ class ThresholdHistory:
         self._version: ThresholdVersion | None = None
         self._active = ActiveThresholds(defaults, "defaults", {})
         self._down_since: float | None = None
+        self._file_warning: str | None = None  # an invalid thresholds.json, while nothing is saved
         self._closed = False
 
     @classmethod
@@ -210,7 +211,8 @@ class ThresholdHistory:
                             latest.version if latest else "none (defaults)")
                 self._down_since = None
             if latest is None:
-                self._version, self._active = None, ActiveThresholds(self.defaults, "defaults", {})
+                self._version = None
+                self._active = ActiveThresholds(self.defaults, "defaults", {}, self._file_warning)
             elif self._version is None or latest.version >= self._version.version:
                 if self._version is not None and latest.version != self._version.version:
                     log.info("thresholds version %d in force (adult %g, safe %g, saved by %s)", latest.version,
@@ -244,7 +246,10 @@ class ThresholdHistory:
             thresholds, saved = parse_thresholds_file(read_small_regular_file(self.file, MAX_FILE_BYTES))
         except (OSError, ValueError) as exc:
             if self._count(conn) == 0:
-                log.warning("thresholds file %s is not valid (%s); not imported", self.file, exc)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self._file_warning = (f"thresholds file {self.file} is unreadable ({reason}), so unusable: not "
+                                      "imported; the defaults are in force until thresholds are saved")
+                log.warning("%s", self._file_warning)
             return
         raw_tuned, raw_model = saved.get("tuned_on"), saved.get("model")
         tuned_on: dict[str, Any] = raw_tuned if isinstance(raw_tuned, dict) else {}

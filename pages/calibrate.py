@@ -3,9 +3,11 @@
 Scores come from the process context's on-disk score cache
 (``nsfw_core.scorecache``) and are kept in ``st.session_state`` per (set,
 model), so moving a slider only redoes the arithmetic
-(``nsfw_core.calibration``), never the model.  Saving writes the thresholds
-file that the API and the classify page follow (the context's
-``ThresholdStore.save``).  The charts are ``nsfw_ui.charts``'.
+(``nsfw_core.calibration``), never the model.  Saving adds a version to the
+thresholds history in the database that the API and the classify page follow,
+on every instance (the context's ``ThresholdHistory.save``); the history table
+shows who saved what, when and on which set, and can roll back to any version
+(a new version copying it).  The charts are ``nsfw_ui.charts``'.
 """
 
 from __future__ import annotations
@@ -312,10 +314,13 @@ def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any,
 
 def _show_active(active: ActiveThresholds) -> None:
     if active.warning:
-        st.warning(f"⚠️ The active thresholds file is unusable: {active.warning}")
+        st.warning(f"⚠️ {active.warning}")
     saved = active.saved
-    where = (f"saved {saved.get('saved_at', '')} for {saved.get('model', '?')}" if active.source == "file"
-             else "defaults from the settings")
+    where = "defaults from the settings"
+    if active.source != "defaults":
+        where = (f"version {active.version}, " if active.version is not None else "") + \
+            f"saved {saved.get('saved_at', '')} for {saved.get('model', '?')}" + \
+            (f" by {saved['saved_by']}" if saved.get("saved_by") else "")
     st.caption(
         f"In force now: T_adult = {active.thresholds.adult:g}, T_safe = {active.thresholds.safe:g} ({where})."
         " The rule: adult score at or above T_adult → adult; otherwise safe score at or above T_safe → safe;"
@@ -337,6 +342,7 @@ def _sidebar(active: Thresholds, default_model: str) -> Controls:
         st.multiselect("Adult classes (summed into the adult score)", CLASS_NAMES, key="cal_adult_classes")
         st.multiselect("Safe classes (summed into the safe score)", CLASS_NAMES, key="cal_safe_classes")
         st.selectbox("Model", MODEL_NAMES, key="cal_model")
+        st.text_input("Your name (recorded with a save or a rollback)", key="cal_saved_by", max_chars=200)
         with st.expander("Labels → truth"):
             st.multiselect("Five-class labels that count as adult (the others are safe)", CLASS_NAMES,
                            key="cal_adult_labels",
@@ -467,15 +473,64 @@ def _save(ctx: Context, controls: Controls, loaded: LoadedSet, entry: Entry, dat
     if sug is not None:
         tuned_on["suggestion"] = sug.to_dict()
     try:
-        result = store.save(controls.rule(), model=entry["model"] or controls.model_name, tuned_on=tuned_on)
-    except (OSError, ValueError) as exc:  # ValueError: e.g. a class on both sides
-        st.error(f"Could not save the thresholds to {store.path}: {exc}")
+        result = store.save(controls.rule(), model=entry["model"] or controls.model_name, tuned_on=tuned_on,
+                            by=str(S.get("cal_saved_by") or ""))
+    except ValueError as exc:  # e.g. a class on both sides
+        st.error(f"Could not save the thresholds: {exc}")
+        return
+    except NSFWError as exc:  # the database is down: nothing saved
+        st.error(f"Could not save the thresholds ({store.describe()}): {exc.message}")
         return
     if result.warning:
         st.warning(result.warning)
     else:
-        st.success(f"Saved T_adult = {controls.t_adult:.4g}, T_safe = {controls.t_safe:.4g} to {store.path}; "
-                   "the API and the classify page use them from now on.")
+        st.success(f"Saved T_adult = {controls.t_adult:.4g}, T_safe = {controls.t_safe:.4g} as version "
+                   f"{result.version}; the API and the classify page use them from now on, on every instance.")
+
+
+def _rollback(ctx: Context, version: int) -> None:
+    try:
+        result = ctx.thresholds.rollback(version, by=str(S.get("cal_saved_by") or ""))
+    except NSFWError as exc:
+        S["cal_rollback_message"] = ("error", f"Could not roll back to version {version}: {exc.message}")
+        return
+    S["cal_rollback_message"] = ("success", f"Rolled back to version {version}: now version {result.version} "
+                                            f"(T_adult = {result.thresholds.adult:g}, "
+                                            f"T_safe = {result.thresholds.safe:g}).")
+
+
+def _show_history(ctx: Context) -> None:
+    """Who saved which thresholds, when, on which set; a rollback button per older version."""
+    with st.expander("Thresholds history"):
+        kind, message = S.pop("cal_rollback_message", (None, ""))
+        if kind == "error":
+            st.error(message)
+        elif kind == "success":
+            st.success(message)
+        try:
+            versions = ctx.thresholds.history(limit=50)
+        except NSFWError as exc:
+            st.error(f"The history cannot be read now: {exc.message}")
+            return
+        if not versions:
+            st.write("No thresholds saved yet: the defaults from the settings are in force.")
+            return
+        table = pd.DataFrame([{
+            "version": v.version, "T_adult": v.thresholds.adult, "T_safe": v.thresholds.safe,
+            "adult classes": " + ".join(v.thresholds.adult_classes),
+            "safe classes": " + ".join(v.thresholds.safe_classes), "model": v.model,
+            "saved by": v.saved_by, "saved at (UTC)": v.saved_at_iso,
+            "tuned on": str(v.tuned_on.get("source", "")) + (f" ({v.tuned_on['images']} images)"
+                                                             if "images" in v.tuned_on else ""),
+            "note": v.note,
+        } for v in versions])
+        st.dataframe(table, hide_index=True, width="stretch")
+        older = [v.version for v in versions[1:]]
+        if older:
+            c1, c2 = st.columns([1, 2])
+            chosen = c1.selectbox("Roll back to version", older, key="cal_rollback_version")
+            c2.button("Roll back", key="cal_rollback", on_click=_rollback, args=(ctx, int(chosen)),
+                      help="Save a new version with that version's thresholds (in force at once everywhere).")
 
 
 def _show_distributions(data: Labelled, controls: Controls, shown_sug: cal.Suggestion | None) -> None:
@@ -567,6 +622,7 @@ def page() -> None:
     ctx = state.context()
     active = ctx.thresholds.current()
     _show_active(active)
+    _show_history(ctx)
     controls = _sidebar(active.thresholds, ctx.settings.model)
 
     chosen = _choose_and_score(ctx, controls.model_name)
@@ -593,7 +649,7 @@ def page() -> None:
     _show_suggest(data, context, sug)
     if loaded.kind != "synthetic" and st.button(
             "Save thresholds", type="primary",
-            help="Write these thresholds to the file the API and the classify page use."):
+            help="Save these thresholds as a new version: the API and the classify page use them."):
         _save(ctx, controls, loaded, entry, data, len(failed), m, sug)
     _show_distributions(data, controls, shown_sug)
     _show_verdicts(data, controls)

@@ -138,10 +138,12 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
 def _thresholds_caption(active: ActiveThresholds) -> str:
     t = active.thresholds
     where = "defaults from the settings"
-    if active.source == "file":
+    if active.source != "defaults":
         saved_at = active.saved.get("saved_at")
         model = active.saved.get("model")
-        where = "calibrated" + (f" for {model}" if model else "") + (f", saved {saved_at}" if saved_at else "")
+        where = ("calibrated" + (f" for {model}" if model else "")
+                 + (f", version {active.version}" if active.version is not None else "")
+                 + (f", saved {saved_at}" if saved_at else ""))
     return (f"Active thresholds ({where}): **definitely adult** if {' + '.join(t.adult_classes)} ≥ {t.adult:.2f}; "
             f"otherwise **definitely safe** if {' + '.join(t.safe_classes)} ≥ {t.safe:.2f}; "
             f"otherwise **needs review**.")

@@ -102,7 +102,7 @@ def test_detail_gives_verdict_thresholds_model_timings_and_hash(client, images, 
     assert body["adult_score"] == pytest.approx(scores["porn"] + scores["sexy"])
     assert body["safe_score"] == pytest.approx(scores["neutral"] + scores["drawings"])
     assert body["thresholds"] == {"adult": 0.7, "safe": 0.9, "adult_classes": ["porn", "sexy"],
-                                  "safe_classes": ["neutral", "drawings"]}
+                                  "safe_classes": ["neutral", "drawings"], "version": None}
     assert body["model"] == {"name": default_model.name, "version": default_model.version}
     assert set(body["timings"]) == {"fetch_ms", "decode_ms", "inference_ms", "total_ms"}
     assert body["timings"]["fetch_ms"] > 0 and body["timings"]["total_ms"] >= body["timings"]["inference_ms"]
@@ -429,6 +429,7 @@ def test_health_when_ready(client, default_model):
     assert body["status"] == "ok" and body["runtime"] == "litert"
     assert body["model"] == "MobileNetV2Mid" and body["version"] == default_model.version
     assert body["thresholds"]["adult"] == 0.7 and body["thresholds"]["source"] == "defaults"
+    assert body["thresholds"]["version"] is None
     assert body["warnings"] == []
     assert {"batches", "items", "mean_batch_size", "waiting"} <= set(body["batcher"])
     assert client.head("/health").status_code == 200
@@ -450,6 +451,20 @@ def test_health_reports_a_corrupt_thresholds_file_as_a_warning(default_model, tm
         body = c.get("/health").json()
     assert body["status"] == "ok" and body["thresholds"]["source"] == "defaults"
     assert len(body["warnings"]) == 1 and "thresholds.json" in body["warnings"][0]
+
+
+def test_a_saved_thresholds_version_is_in_health_and_the_detailed_answer(default_model, tmp_path):
+    from nsfw_core.verdict import Thresholds
+
+    with running(make_settings(tmp_path)) as c:
+        current().thresholds.save(Thresholds(0.65, 0.85), model="MobileNetV2Mid", by="tester")
+        health = c.get("/health").json()
+        detail = c.post("/predict", params={"detail": "1"}, content=HOUSE,
+                        headers={"content-type": "image/jpeg"}).json()
+    assert health["thresholds"] == {"adult": 0.65, "safe": 0.85, "adult_classes": ["porn", "sexy"],
+                                    "safe_classes": ["neutral", "drawings"], "source": "database", "version": 1}
+    assert detail["thresholds"] == {"adult": 0.65, "safe": 0.85, "adult_classes": ["porn", "sexy"],
+                                    "safe_classes": ["neutral", "drawings"], "version": 1}
 
 
 def test_a_broken_model_gives_503_not_ready_with_the_reason(tmp_path):

@@ -49,23 +49,30 @@ def test_to_dict_is_the_api_detail_in_its_documented_order():
     assert body["model"] == {"name": "MobileNetV2Mid", "version": "abc123"}
     assert body["timings"] == {"fetch_ms": 1.0, "decode_ms": 2.1, "inference_ms": 3.47, "total_ms": 7.1}
     assert body["thresholds"] == {"adult": 0.7, "safe": 0.9, "adult_classes": ["porn", "sexy"],
-                                  "safe_classes": ["neutral", "drawings"]}
+                                  "safe_classes": ["neutral", "drawings"], "version": None}
+    versioned = judge(SCORES, Thresholds(0.6, 0.8), MODEL, TIMINGS, SHA, thresholds_version=4)
+    assert versioned.to_dict()["thresholds"] == {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+                                                 "safe_classes": ["neutral", "drawings"], "version": 4}
+    assert versioned.under(Thresholds(0.5, 0.8), 5).to_dict()["thresholds"]["version"] == 5
     queued = dataclasses.replace(result, review=ReviewTicket(17)).to_dict()
     assert list(queued)[-1] == "review_id" and queued["review_id"] == 17
     failed = dataclasses.replace(result, review=ReviewTicket(None, "down")).to_dict()
     assert (failed["review_id"], failed["review_error"]) == (None, "down")
 
 
+@pytest.mark.parametrize("version", [None, 7])
 @pytest.mark.parametrize("review", [None, ReviewTicket(3), ReviewTicket(None, "the queue is down")])
-def test_every_shape_of_to_dict_validates_against_the_openapi_detail(review):
-    body = dataclasses.replace(judge(SCORES, Thresholds(), MODEL, TIMINGS, "ab" * 32), review=review).to_dict()
+def test_every_shape_of_to_dict_validates_against_the_openapi_detail(review, version):
+    body = dataclasses.replace(judge(SCORES, Thresholds(), MODEL, TIMINGS, "ab" * 32, version),
+                               review=review).to_dict()
     _detail_validator().validate(body)
 
 
 def test_the_openapi_detail_lists_exactly_the_fields_of_classification():
     props = openapi_document()["components"]["schemas"]["Detail"]["properties"]
-    fields = {f.name for f in dataclasses.fields(Classification)} - {"review"}
+    fields = {f.name for f in dataclasses.fields(Classification)} - {"review", "thresholds_version"}
     assert set(props) == fields | {"review_id", "review_error"}
+    assert "version" in props["thresholds"]["properties"]  # thresholds_version is rendered there
     assert set(props["timings"]["properties"]) == {f.name for f in dataclasses.fields(Timings)}
     assert set(props["model"]["properties"]) == {f.name for f in dataclasses.fields(ModelInfo)}
 

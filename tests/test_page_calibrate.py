@@ -18,7 +18,8 @@ from nsfw_core.classify import classify_sources
 from nsfw_core.context import current, install
 from nsfw_core.scorecache import CACHE_FILE, ScoreCache
 from nsfw_core.settings import load_settings
-from nsfw_core.verdict import THRESHOLDS_FILE, ThresholdStore
+from nsfw_core.thresholds import ThresholdHistory
+from nsfw_core.verdict import THRESHOLDS_FILE, ActiveThresholds
 from tests.helpers.paths import ROOT
 
 # Relative paths given to from_file are resolved against this test file's folder, hence the absolute path.
@@ -60,7 +61,24 @@ def texts(elements) -> str:
 
 
 def saved(data_dir: Path) -> dict:
-    return json.loads((data_dir / THRESHOLDS_FILE).read_text())
+    """The newest version in the thresholds history (the database under ``data_dir``), as a dict."""
+    history = ThresholdHistory.from_settings(load_settings())
+    try:
+        [latest] = history.history(limit=1)
+    finally:
+        history.close()
+    assert not (data_dir / THRESHOLDS_FILE).exists()  # nothing writes the old file any more
+    return {"thresholds": latest.thresholds.to_dict(), "model": latest.model, "tuned_on": latest.tuned_on,
+            "version": latest.version}
+
+
+def in_force() -> ActiveThresholds:
+    """What another process (the API of another instance) reads from the database."""
+    history = ThresholdHistory.from_settings(load_settings())
+    try:
+        return history.current()
+    finally:
+        history.close()
 
 
 def roc_points(at: AppTest) -> dict[str, dict]:
@@ -108,8 +126,8 @@ def test_demo_set_move_suggest_save(data_dir):
     assert (tuned["images"], tuned["adult"], tuned["safe"]) == (18, 0, 18)
     assert tuned["source"].startswith("demo set") and tuned["metrics"]["adult_precision"] is None
     # What the API reads:
-    active = ThresholdStore.from_settings(load_settings()).current()
-    assert active.source == "file" and active.warning is None
+    active = in_force()
+    assert (active.source, active.version, active.warning) == ("database", 1, None)
     assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.55), pytest.approx(0.65))
 
     # A fresh session starts from the saved thresholds.
@@ -176,7 +194,7 @@ def test_zip_upload_suggest_and_save(data_dir):
     assert doc["thresholds"]["adult"] == pytest.approx(t_a) and doc["thresholds"]["safe"] == pytest.approx(t_s)
     assert (doc["tuned_on"]["images"], doc["tuned_on"]["adult"], doc["tuned_on"]["safe"]) == (7, 3, 4)
     assert doc["tuned_on"]["source"] == "zip set.zip" and doc["tuned_on"]["suggestion"]["status"] == expected.status
-    active = ThresholdStore.from_settings(load_settings()).current().thresholds
+    active = in_force().thresholds
     assert (active.adult, active.safe) == (pytest.approx(t_a), pytest.approx(t_s))
 
 
@@ -279,7 +297,7 @@ def test_tune_on_reviewed_items_without_rescoring(data_dir, monkeypatch):
     doc = saved(data_dir)
     assert doc["thresholds"]["adult"] == pytest.approx(0.8) and doc["thresholds"]["safe"] == pytest.approx(0.6)
     assert doc["tuned_on"]["source"].startswith("reviewed items (5")
-    active = ThresholdStore.from_settings(load_settings()).current()
+    active = in_force()
     assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.8), pytest.approx(0.6))
 
 

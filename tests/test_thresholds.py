@@ -154,8 +154,12 @@ def test_an_invalid_thresholds_json_is_not_imported(db):
     db.data_dir.mkdir(parents=True)
     (db.data_dir / "thresholds.json").write_text('{"thresholds": 7}')
     h = db.open()
-    assert (h.current().version, h.current().thresholds, h.current().warning) == (None, DEFAULTS, None)
+    assert (h.current().version, h.current().thresholds) == (None, DEFAULTS)
+    assert h.current().warning == (f"thresholds file {db.data_dir / 'thresholds.json'} is unreadable "
+                                   '(expected a JSON object with a "thresholds" object), so unusable: not '
+                                   "imported; the defaults are in force until thresholds are saved")
     assert h.history() == []
+    assert h.save(T1, model="m").warning is None  # saved thresholds are in force: the file no longer matters
 
 
 def test_migrates_from_todays_schema_keeping_the_queue(db):
