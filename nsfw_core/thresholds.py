@@ -27,6 +27,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -191,6 +192,8 @@ class ThresholdHistory:
         with self._refresh_lock:
             self._checked = time.monotonic()
             try:
+                if not self._prepared:
+                    self.backend.recover()  # SQLite: a corrupt database or log is moved aside first
                 with self._pool.connection() as conn:
                     if not self._prepared:
                         self._prepare(conn)
@@ -240,7 +243,7 @@ class ThresholdHistory:
         self._prepared = True
 
     def _import_file(self, conn: Any) -> None:
-        if not self.file.exists():
+        if not os.path.lexists(self.file):  # a dangling symlink is a file to warn about, not a missing one
             return
         try:
             thresholds, saved = parse_thresholds_file(read_small_regular_file(self.file, MAX_FILE_BYTES))

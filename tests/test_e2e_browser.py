@@ -3,8 +3,8 @@
 Debian's ``chromium`` and ``chromium-driver`` are used (``scripts/install-browser.sh``
 installs them); Selenium drives ``/usr/bin/chromedriver`` given explicitly, with
 ``SE_OFFLINE=true`` so that selenium-manager never downloads anything.  The
-server runs on a free port of 127.0.0.1 with its own data folder, where a saved
-thresholds file makes smile.jpg "needs review" (so its preview is blurred).
+server runs on a free port of 127.0.0.1 with its own data folder and database, where a
+saved thresholds version makes smile.jpg "needs review" (so its preview is blurred).
 
 ``SAVE_SCREENSHOTS=1`` also writes ``docs/classify.png`` (a full results view).
 """
@@ -112,7 +112,8 @@ def expected() -> dict[str, dict[str, float]]:
 def server(images, tmp_path_factory) -> Iterator[str]:
     """``python app.py`` on a free port; yields its base URL."""
     from nsfw_core.settings import load_settings
-    from nsfw_core.verdict import Thresholds, ThresholdStore
+    from nsfw_core.thresholds import ThresholdHistory
+    from nsfw_core.verdict import Thresholds
 
     data_dir = tmp_path_factory.mktemp("data")
     port = _free_port()
@@ -120,8 +121,9 @@ def server(images, tmp_path_factory) -> Iterator[str]:
     env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(data_dir), NSFW_COMPILED_DIR=COMPILED_DIR,
                NSFW_ALLOW_PRIVATE_HOSTS=images.netloc, PYTHONUNBUFFERED="1")
     settings = load_settings(env)
-    ThresholdStore.from_settings(settings).save(Thresholds(adult=settings.adult_threshold, safe=SAFE_THRESHOLD),
-                                                model="MobileNetV2Mid")
+    history = ThresholdHistory.from_settings(settings)  # the database the server will use
+    history.save(Thresholds(adult=settings.adult_threshold, safe=SAFE_THRESHOLD), model="MobileNetV2Mid")
+    history.close()
 
     log_path = data_dir / "server.log"
     with log_path.open("wb") as log:

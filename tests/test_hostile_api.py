@@ -1,8 +1,9 @@
 """Hostile batch bodies and thresholds files against a real server (``python app.py`` in a subprocess).
 
 Issue 13, items 5 and 6: whatever a batch item's ``id``/``url`` or the
-thresholds file contains, the server answers a 4xx (or its last good
-thresholds), never a 500, and keeps serving.
+thresholds file contains, the server answers a 4xx (or its thresholds in
+force), never a 500, and keeps serving.  Since issue 15 the thresholds live in
+the database and the file is only imported once (checked here in-process).
 """
 
 from __future__ import annotations
@@ -126,36 +127,48 @@ BAD_FILES = [  # (name, maker, words in the warning)
 
 
 @pytest.mark.parametrize("maker,words", [(m, w) for _, m, w in BAD_FILES], ids=[n for n, _, _ in BAD_FILES])
-def test_bad_thresholds_file_keeps_the_last_good_ones_with_a_warning(server: AppServer, maker, words) -> None:
-    path = server.data_dir / "thresholds.json"
-    replace(path, write(json.dumps(GOOD).encode()))
-    health = server.health().json()
-    assert (health["thresholds"]["adult"], health["thresholds"]["source"], health["warnings"]) == (0.6, "file", [])
-    server.new_log()
+def test_bad_thresholds_file_is_not_imported_and_is_a_warning(tmp_path: Path, maker, words, caplog) -> None:
+    """An existing install's thresholds.json is imported once into the database (nsfw_core.thresholds);
+    a bad one is not imported, never blocks, and is a warning while no thresholds are saved."""
+    from nsfw_core.thresholds import ThresholdHistory
+    from nsfw_core.verdict import Thresholds
 
-    replace(path, maker)
-    answers = []
-    worker = threading.Thread(target=lambda: answers.extend([server.health(), server.health()]), daemon=True)
+    path = tmp_path / "thresholds.json"
+    maker(path)
+    history = ThresholdHistory(None, data_dir=tmp_path, defaults=Thresholds())
+    answers: list = []
+    worker = threading.Thread(target=lambda: answers.extend([history.current(), history.current()]), daemon=True)
     worker.start()
     worker.join(20)
-    if worker.is_alive() and path.exists() and not path.is_file():  # a blocked FIFO read: free it, then fail
-        with open(path, "wb"):
-            pass
-        pytest.fail("/health blocked on the thresholds file")
-    assert [a.status for a in answers] == [200, 200], answers
-    health = answers[-1].json()
-    assert (health["thresholds"]["adult"], health["thresholds"]["safe"], health["thresholds"]["source"]) == \
-        (0.6, 0.8, "file"), health
-    [warning] = health["warnings"]
-    assert words in warning and "keeping the last good thresholds" in warning, warning
+    try:
+        if worker.is_alive() and path.exists() and not path.is_file():  # a blocked FIFO read: free it, then fail
+            with open(path, "wb"):
+                pass
+            pytest.fail("reading the thresholds file blocked")
+        active = answers[-1]
+        assert (active.thresholds, active.source, active.version) == (Thresholds(), "defaults", None)
+        assert words in active.warning and "not imported" in active.warning, active.warning
+        assert history.history() == []
+        assert sum("not imported" in r.getMessage() for r in caplog.records) == 1  # logged once
+        assert history.save(Thresholds(0.6, 0.8), model="m").warning is None
+    finally:
+        history.close()
+
+
+def test_thresholds_file_written_after_start_is_not_read(server: AppServer) -> None:
+    """The database holds the thresholds: a file appearing later changes nothing (it is not read again)."""
+    path = server.data_dir / "thresholds.json"
+    before = server.health().json()["thresholds"]
+    replace(path, write(json.dumps(GOOD).encode()))
+    time.sleep(1.2)  # past the history's refresh interval
+    health = server.health().json()
+    assert health["thresholds"] == before and health["warnings"] == [], health
     detail = server.request("POST", "/predict?detail=1", body=SMILE, headers={"Content-Type": "image/jpeg"})
     assert detail.status == 200, detail
-    assert detail.json()["thresholds"] == GOOD["thresholds"]
-    log = server.new_log()
-    assert log.count("is unreadable") == 1, log  # once per change of the file, not per request
-    assert "Traceback" not in log
-    replace(path, write(json.dumps(GOOD).encode()))
-    assert server.health().json()["warnings"] == []
+    assert detail.json()["thresholds"]["version"] == before["version"]
+    assert detail.json()["thresholds"]["adult"] == before["adult"]
+    path.unlink()
+    assert_healthy_and_quiet(server)
 
 
 # ------------------------------------------------------------------ a corrupt review database (item 8)
