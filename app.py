@@ -25,8 +25,8 @@ GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
 
 # Streamlit treats a folder named pages/ beside the main script as old-style
 # multipage pages until some script calls st.navigation: a fresh server's first
-# visitor of /calibrate would get pages/calibrate.py alone, with pages/common.py
-# in the sidebar. streamlit_app.py always navigates, so say so up front.
+# visitor of /calibrate would get pages/calibrate.py alone, with every file of
+# pages/ in the sidebar. streamlit_app.py always navigates, so say so up front.
 PagesManager.uses_pages_directory = False
 
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=api.lifespan)
