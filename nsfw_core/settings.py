@@ -170,12 +170,12 @@ class Settings:
         "Classes whose scores add up to the safe score.")
     adult_threshold: float = setting(
         "NSFW_ADULT_THRESHOLD", "0.7", _float(0.0, 1.0),
-        "Default adult threshold: adult score at or above it gives 'adult' (a saved thresholds file overrides"
-        " it).")
+        "Default adult threshold: adult score at or above it gives 'adult' (a saved thresholds version "
+        "overrides it).")
     safe_threshold: float = setting(
         "NSFW_SAFE_THRESHOLD", "0.9", _float(0.0, 1.0),
-        "Default safe threshold: safe score at or above it gives 'safe' (a saved thresholds file overrides "
-        "it).")
+        "Default safe threshold: safe score at or above it gives 'safe' (a saved thresholds version "
+        "overrides it).")
     data_dir: str = setting(
         "NSFW_DATA_DIR", "var", str,
         "Folder for files the service writes: thresholds, score cache, review queue (relative to the project "
@@ -236,8 +236,8 @@ class Settings:
         "Most URLs accepted in one batch request.")
     database_url: str = setting(
         "NSFW_DATABASE_URL", "", str,
-        "Review-queue database: a postgresql:// URL (psycopg 3), sqlite:///path, or empty for SQLite "
-        "<data_dir>/review.sqlite.")
+        "The one database (review queue and thresholds history): a postgresql:// URL (psycopg 3), "
+        "sqlite:///path, or empty for SQLite <data_dir>/review.sqlite.")
     ephemeral_disk: bool | None = setting(
         "NSFW_EPHEMERAL_DISK", "auto", _auto_bool,
         "Whether the local disk is lost on redeploy: true, false, or auto (true when APP_URL is set, which "

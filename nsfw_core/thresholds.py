@@ -286,6 +286,8 @@ class ThresholdHistory:
 
     def _write(self, action: Callable[[_Tx], int]) -> ActiveThresholds:
         try:
+            if not self._prepared:
+                self.backend.recover()
             with self._pool.connection() as conn:
                 if not self._prepared:
                     self._prepare(conn)
@@ -339,6 +341,8 @@ class ThresholdHistory:
     def history(self, limit: int = 100) -> list[ThresholdVersion]:
         """The newest ``limit`` versions, newest first.  :class:`ThresholdsUnavailable` if the database is down."""
         try:
+            if not self._prepared:
+                self.backend.recover()
             with self._pool.connection() as conn:
                 if not self._prepared:
                     self._prepare(conn)

@@ -306,3 +306,34 @@ def test_reviewed_source_with_nothing_reviewed(data_dir):
     at.radio(key="cal_source").set_value("reviewed")
     run(at)
     assert "No reviewed items yet" in texts(at.info)
+
+
+def test_history_shows_who_saved_what_and_rolls_back(data_dir):
+    from nsfw_core.verdict import Thresholds
+
+    other = ThresholdHistory.from_settings(load_settings())  # another instance saving
+    try:
+        other.save(Thresholds(0.6, 0.8), model="MobileNetV2Mid", by="alice", tuned_on={"source": "demo", "images": 18})
+        other.save(Thresholds(0.65, 0.85), model="MobileNetV2Mid", by="bob")
+    finally:
+        other.close()
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    assert "In force now: T_adult = 0.65, T_safe = 0.85 (version 2, saved " in texts(at.caption)
+    assert "by bob)" in texts(at.caption)
+    [table] = [d.value for d in at.dataframe if "saved by" in d.value.columns]
+    assert table[["version", "T_adult", "T_safe", "saved by", "tuned on"]].to_dict("records") == [
+        {"version": 2, "T_adult": 0.65, "T_safe": 0.85, "saved by": "bob", "tuned on": ""},
+        {"version": 1, "T_adult": 0.6, "T_safe": 0.8, "saved by": "alice", "tuned on": "demo (18 images)"},
+    ]
+    assert at.selectbox(key="cal_rollback_version").options == ["1"]
+    at.text_input(key="cal_saved_by").set_value("carol")
+    run(at)
+    at.selectbox(key="cal_rollback_version").set_value(1)
+    run(at)
+    at.button(key="cal_rollback").click()
+    run(at)
+    assert "Rolled back to version 1: now version 3 (T_adult = 0.6, T_safe = 0.8)." in texts(at.success)
+    active = in_force()
+    assert (active.version, active.thresholds.adult, active.thresholds.safe) == (3, 0.6, 0.8)
+    assert active.saved["saved_by"] == "carol" and active.saved["rolled_back_from"] == 1
+    assert "In force now: T_adult = 0.6, T_safe = 0.8 (version 3, saved " in texts(at.caption)
