@@ -9,7 +9,8 @@ Starlette API (``nsfw_core.api``) are thin layers over these modules.
 - ``decode``: bytes -> RGB pixels, with format sniffing and pixel limits.
 - ``model``: the networks, loaded once per process (``get_model``).
 - ``pipeline``: the shared steps from a source to scores.
-- ``verdict``: the three-state rule and the saved thresholds.
+- ``verdict``: the three-state rule (and the old thresholds file, imported once by ``thresholds``).
+- ``thresholds``: the thresholds in force, a versioned history in the one database (``ThresholdHistory``).
 """
 
 __version__ = "0.1.0"

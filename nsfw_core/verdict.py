@@ -1,5 +1,9 @@
 """The three-state rule (adult / unknown / safe) and the saved thresholds file.
 
+Since issue 15 the thresholds in force live in the database (:mod:`nsfw_core.thresholds`); the
+file below is what older installs saved, imported once into that history.  :class:`ThresholdStore`
+and :func:`parse_thresholds_file` remain for that import and for reading such files.
+
 Rule: the *adult score* is the sum of the adult classes' probabilities (porn +
 sexy by default); at or above ``adult`` it is "adult".  Otherwise the *safe
 score* (neutral + drawings by default) at or above ``safe`` gives "safe".

@@ -130,3 +130,20 @@ def test_two_servers_on_one_postgresql_agree_survive_restarts_and_outages(postgr
             s.stop()
         writer.close()
         proxy.close()
+
+
+def test_one_server_on_the_sqlite_default_keeps_the_history_over_a_restart(tmp_path: Path) -> None:
+    server = AppServer(tmp_path / "s").wait()
+    writer = ThresholdHistory(None, data_dir=server.data_dir, defaults=Thresholds())  # <data_dir>/review.sqlite
+    try:
+        assert in_force(server) == (None, 0.7, 0.9)
+        writer.save(T1, model="MobileNetV2Mid", by="alice")
+        wait_for([server], 1, 2.0)
+        assert detail(server) == {**T1.to_dict(), "version": 1}
+        assert server.stop() == -15
+        server = AppServer(tmp_path / "s").wait()
+        assert in_force(server) == (1, 0.61, 0.81)
+        assert [(v.version, v.saved_by) for v in writer.history()] == [(1, "alice")]
+    finally:
+        server.stop()
+        writer.close()
