@@ -72,6 +72,7 @@ class Context:
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
+        self._models: dict[str, Model] = {}
 
     # ------------------------------------------------------------ resources
 
@@ -81,7 +82,11 @@ class Context:
         Loaded models are immutable and cached process-wide by :mod:`nsfw_core.model`, so
         contexts that tests create side by side share their weights.
         """
-        return load(self.model_config, name)
+        key = name or self.model_config.name
+        model = self._models.get(key)
+        if model is None:  # a dict lookup per call: the request path asks for the model several times
+            model = self._models[key] = load(self.model_config, name)
+        return model
 
     @property
     def review_queue(self) -> ReviewQueue:
