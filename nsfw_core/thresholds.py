@@ -23,6 +23,7 @@ version 1 (``saved_by`` "thresholds.json import"); the file is left in place and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -31,7 +32,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import NSFWError
 from .review.errors import ReviewError
@@ -284,17 +285,23 @@ class ThresholdHistory:
         assert row is not None
         return int(row[0])
 
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
+        """One transaction on a pooled connection, the database prepared (recovered, migrated) first."""
+        if not self._prepared:
+            self.backend.recover()
+        with self._pool.connection() as conn:
+            if not self._prepared:
+                self._prepare(conn)
+            with self.backend.begin(conn, write=write) as tx:
+                yield tx
+
     def _write(self, action: Callable[[_Tx], int]) -> ActiveThresholds:
         try:
-            if not self._prepared:
-                self.backend.recover()
-            with self._pool.connection() as conn:
-                if not self._prepared:
-                    self._prepare(conn)
-                with self.backend.begin(conn, write=True) as tx:
-                    self.backend.lock_migrations(tx)  # versions are numbered in the order they commit
-                    version = action(tx)
-                    row = tx.one(f"{_SELECT} WHERE version = ?", (version,))
+            with self._transaction(write=True) as tx:
+                self.backend.lock_migrations(tx)  # versions are numbered in the order they commit
+                version = action(tx)
+                row = tx.one(f"{_SELECT} WHERE version = ?", (version,))
         except (ThresholdsError, ReviewError):
             raise
         except self.backend.errors as exc:
@@ -341,13 +348,8 @@ class ThresholdHistory:
     def history(self, limit: int = 100) -> list[ThresholdVersion]:
         """The newest ``limit`` versions, newest first.  :class:`ThresholdsUnavailable` if the database is down."""
         try:
-            if not self._prepared:
-                self.backend.recover()
-            with self._pool.connection() as conn:
-                if not self._prepared:
-                    self._prepare(conn)
-                with self.backend.begin(conn, write=False) as tx:
-                    rows = tx.run(f"{_SELECT} ORDER BY version DESC LIMIT ?", (int(limit),))
+            with self._transaction(write=False) as tx:
+                rows = tx.run(f"{_SELECT} ORDER BY version DESC LIMIT ?", (int(limit),))
         except ThresholdsError:
             raise
         except ReviewError as exc:
