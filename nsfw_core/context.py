@@ -37,6 +37,7 @@ from .model import Model, load
 from .pipeline import Decoder, load_bytes
 from .platform import storage_warnings
 from .review import ReviewQueue
+from .review.store import open_pool
 from .settings import Settings, load_settings
 from .thresholds import ThresholdHistory
 
@@ -55,8 +56,10 @@ class Context:
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
         self.model_config = settings.model_config
-        # The thresholds history in the one database (NSFW_DATABASE_URL), read from memory per request.
-        self.thresholds = ThresholdHistory.from_settings(settings)
+        # One connection pool on the one database (NSFW_DATABASE_URL), shared by the thresholds history
+        # (read from memory per request) and the review queue. Opening it connects to nothing yet.
+        self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
+        self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
         self.decoder = Decoder(settings.decode_limits)
         self.connections = ConnectionPool()
         self.admission = Admission(self.serving.max_in_flight)
@@ -93,7 +96,7 @@ class Context:
         """The review queue (SQLite under data_dir, or NSFW_DATABASE_URL), opened and migrated on first use."""
         with self._lock:
             if self._review is None:
-                self._review = ReviewQueue.from_config(self.review_config)
+                self._review = ReviewQueue.from_config(self.review_config, pool=self.database)
             return self._review
 
     @property
@@ -182,6 +185,7 @@ class Context:
         if review is not None:
             review.close()
         self.thresholds.close()
+        self.database.close()
         if cache is not None and hasattr(cache, "close"):
             cache.close()
 

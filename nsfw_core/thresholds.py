@@ -128,14 +128,17 @@ class ThresholdHistory:
     """
 
     def __init__(self, url: str | None, *, data_dir: str | Path, defaults: Thresholds,
-                 refresh_interval: float = REFRESH_INTERVAL, clock: Callable[[], float] = time.time) -> None:
-        self.backend: _Backend = backend_for(url, data_dir)
+                 refresh_interval: float = REFRESH_INTERVAL, clock: Callable[[], float] = time.time,
+                 pool: _Pool | None = None) -> None:
+        # ``pool``: the process context's one pool on the database, shared with the review queue.
+        self._own_pool = pool is None
+        self.backend: _Backend = backend_for(url, data_dir) if pool is None else pool.backend
         self.data_dir = Path(data_dir)
         self.file = self.data_dir / THRESHOLDS_FILE
         self.defaults = defaults
         self.refresh_interval = float(refresh_interval)
         self.clock = clock
-        self._pool = _Pool(self.backend)
+        self._pool = _Pool(self.backend) if pool is None else pool
         self._lock = threading.Lock()  # guards the fields below
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._prepared = False
@@ -360,4 +363,5 @@ class ThresholdHistory:
 
     def close(self) -> None:
         self._closed = True
-        self._pool.close()
+        if self._own_pool:
+            self._pool.close()

@@ -64,6 +64,21 @@ def test_one_review_queue_per_context(settings):
         ctx.close()
 
 
+def test_one_database_pool_per_context_shared_by_queue_and_thresholds(settings):
+    ctx = Context(settings)
+    try:
+        assert ctx.review_queue._pool is ctx.database
+        assert ctx.thresholds._pool is ctx.database
+        ctx.review_queue.close()  # a queue does not close the pool it was given
+        assert ctx.thresholds.current().source == "defaults"
+        assert ctx.thresholds.history() == []
+    finally:
+        ctx.close()
+    with pytest.raises(Exception, match="closed"):
+        with ctx.database.connection():
+            pass
+
+
 def test_not_ready_until_started(settings):
     ctx = Context(settings)
     try:

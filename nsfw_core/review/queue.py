@@ -89,13 +89,17 @@ class ReviewQueue:
         retention_days: float = DEFAULT_RETENTION_DAYS,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
+        pool: _Pool | None = None,
     ) -> None:
-        self.backend = backend_for(url, data_dir)
+        # ``pool``: a pool the caller owns and shares (the process context's one pool on the database);
+        # without it the queue opens and closes its own.
+        self._own_pool = pool is None
+        self.backend = backend_for(url, data_dir) if pool is None else pool.backend
         self.store_uploads = bool(store_uploads)
         self.lease_seconds = float(lease_seconds)
         self.retention_days = float(retention_days)
         self.clock = clock
-        self._pool = _Pool(self.backend)
+        self._pool = _Pool(self.backend) if pool is None else pool
         self._last_purge = 0.0
         self.backend.recover()
         with self._connection() as conn:
@@ -130,7 +134,8 @@ class ReviewQueue:
         return self.backend.name
 
     def close(self) -> None:
-        self._pool.close()
+        if self._own_pool:
+            self._pool.close()
 
     def __enter__(self) -> "ReviewQueue":
         return self

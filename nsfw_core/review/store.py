@@ -330,6 +330,14 @@ class _Pool:
                 conn.close()
 
 
+Pool = _Pool  # public name: the process context opens one and shares it (review queue, thresholds)
+
+
+def open_pool(url: str | None, data_dir: str | Path | None = None) -> _Pool:
+    """A connection pool on the database of ``NSFW_DATABASE_URL`` (empty: ``<data_dir>/review.sqlite``)."""
+    return _Pool(backend_for(url, data_dir))
+
+
 def backend_for(url: str | None, data_dir: str | Path | None = None) -> _Backend:
     """The backend for ``NSFW_DATABASE_URL`` (empty: ``<data_dir>/review.sqlite``)."""
     url = (url or "").strip()
