@@ -52,7 +52,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .fetch import is_url
 from .labels import (
@@ -322,6 +322,37 @@ def load_path(path: str | Path, *, binary_map: Mapping[str, str] | None = None,
     if manifest is not None:
         return load_manifest(manifest, binary_map=binary_map, confine=confine)
     return load_folder(path, binary_map=binary_map)
+
+
+def server_roots(data_dir: str | Path) -> tuple[Path, ...]:
+    """The only folders the pages may read labelled sets from on the server: the project's ``data/``
+    and ``<data_dir>/labelsets`` (put your own sets there). Nothing else on the server's disk is read."""
+    return ((ROOT / "data").resolve(), (Path(data_dir) / "labelsets").resolve())
+
+
+def confined(raw: str, roots: Sequence[Path]) -> tuple[Path, Path]:
+    """``raw`` (absolute, or relative to a root) resolved, and the root it lies in; LabelSetError if none.
+
+    Symbolic links and ``..`` are resolved first, so neither leads out of a root.
+    """
+    raw = raw.strip()
+    if raw and not raw.startswith("~"):
+        path = Path(raw)
+        for root in roots:
+            target = (path if path.is_absolute() else root / path).resolve()
+            if target.is_relative_to(root):
+                return target, root
+    raise LabelSetError(f"only labelled sets under {' or '.join(str(r) for r in roots)} can be read "
+                        "from the server")
+
+
+def load_server_path(raw: str, roots: Sequence[Path], *,
+                     binary_map: Mapping[str, str] | None = None) -> list[LabelledItem]:
+    """:func:`load_path` for a path a page visitor typed: only under ``roots`` (:func:`server_roots`),
+    and a manifest's image paths must stay inside the set's folder."""
+    target, _ = confined(raw, roots)
+    folder = target if target.is_dir() else target.parent
+    return load_path(target, binary_map=binary_map, confine=folder)
 
 
 def demo_set(binary_map: Mapping[str, str] | None = None) -> list[LabelledItem]:

@@ -36,7 +36,7 @@ from nsfw_core.labels import (
     to_binary,
 )
 from nsfw_core.scorecache import model_key
-from nsfw_core.settings import MODEL_NAMES, ROOT
+from nsfw_core.settings import MODEL_NAMES
 from nsfw_core.verdict import EPSILON, ActiveThresholds, Thresholds
 from nsfw_ui import charts, state, widgets
 
@@ -178,14 +178,15 @@ def _load_reviewed(ctx: Context) -> LoadedSet | None:
 
 def _load_manifest() -> LoadedSet | None:
     up = st.file_uploader("Manifest (CSV or JSON: path or URL, label)", type=["csv", "json"], key="cal_manifest")
-    base = st.text_input("Relative paths in it are resolved against this folder on the server",
-                         value=str(ROOT), key="cal_manifest_base")
+    roots = labelsets.server_roots(state.context().settings.data_dir)
+    base = st.selectbox("Its paths are relative to this folder on the server (nothing outside it is read)",
+                        [str(r) for r in roots], key="cal_manifest_base")
     if up is None:
         st.info("Upload a manifest: rows of `path,label` (CSV with a header) or a JSON list of "
                 f"`{{\"path\": …, \"label\": …}}`. Labels: {', '.join(LABELS)}.")
         return None
     fmt = Path(up.name).suffix.lstrip(".").lower() or "csv"
-    return LoadedSet("manifest", labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base),
+    return LoadedSet("manifest", labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base, confine=base),
                      f"manifest {up.name}", None)
 
 
@@ -193,10 +194,13 @@ def _load_folder() -> LoadedSet | None:
     path = st.text_input("Folder (one sub-folder per label, or holding manifest.csv/json) or manifest file",
                          key="cal_folder")
     if not path.strip():
-        st.info("Type a path on the server: a folder with sub-folders named after the labels "
-                f"({', '.join(LABELS)}), a folder with a manifest, or a manifest file.")
+        roots = labelsets.server_roots(state.context().settings.data_dir)
+        st.info("Type a path on the server, under " + " or ".join(f"`{r}`" for r in roots) + ": a folder with "
+                f"sub-folders named after the labels ({', '.join(LABELS)}), a folder with a manifest, or a "
+                "manifest file.")
         return None
-    return LoadedSet("folder", labelsets.load_path(path.strip()), f"folder {path.strip()}", None)
+    roots = labelsets.server_roots(state.context().settings.data_dir)
+    return LoadedSet("folder", labelsets.load_server_path(path, roots), f"folder {path.strip()}", None)
 
 
 def _load_zip(ctx: Context) -> LoadedSet | None:

@@ -269,3 +269,27 @@ def test_score_table_errors(tmp_path):
     p.write_text("id,label,drawings,hentai,neutral,porn,sexy\n1,dog,0,0,1,0,0\n2,porn,0,0,x,0,0\n")
     with pytest.raises(LabelSetError, match="unknown label 'dog'.*not a number"):
         labelsets.load_score_table(p)
+
+
+def test_server_paths_are_confined_to_the_roots(tmp_path):
+    root = (tmp_path / "sets").resolve()
+    (root / "a" / "neutral").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "a" / "escape").symlink_to(outside)
+    assert labelsets.confined("a", [root]) == (root / "a", root)
+    assert labelsets.confined(str(root / "a"), [root]) == (root / "a", root)
+    for raw in ("/", "/etc/passwd", "../outside", str(outside), "a/escape", "a/../../outside", "~", ""):
+        with pytest.raises(labelsets.LabelSetError, match="can be read from the server"):
+            labelsets.confined(raw, [root])
+
+
+def test_a_server_manifest_may_not_name_images_outside_its_folder(tmp_path):
+    root = (tmp_path / "sets").resolve()
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "manifest.csv").write_text("path,label\n/etc/hostname,neutral\n")
+    with pytest.raises(labelsets.LabelSetError, match="absolute path"):
+        labelsets.load_server_path("m", [root])
+    (root / "m" / "manifest.csv").write_text("path,label\n../../x.jpg,neutral\n")
+    with pytest.raises(labelsets.LabelSetError, match="leaves"):
+        labelsets.load_server_path("m/manifest.csv", [root])

@@ -238,25 +238,25 @@ def test_uploaded_manifest_with_a_bad_label(data_dir):
     at.radio(key="cal_source").set_value("manifest")
     run(at)
     at.file_uploader(key="cal_manifest").set_value(
-        ("m.csv", b"path,label\ndata/demo/photos/skimage_coffee.jpg,neutral\nx.jpg,kitten\n", "text/csv"))
+        ("m.csv", b"path,label\ndemo/photos/skimage_coffee.jpg,neutral\nx.jpg,kitten\n", "text/csv"))
     run(at)
     assert "line 3: unknown label 'kitten'" in texts(at.error)
 
 
-def test_uploaded_manifest_and_folder_sources(data_dir, tmp_path_factory):
+def test_uploaded_manifest_and_folder_sources(data_dir):
     at = run(AppTest.from_file(PAGE, default_timeout=180))
     at.radio(key="cal_source").set_value("manifest")
     run(at)
     at.file_uploader(key="cal_manifest").set_value(
-        ("m.json", json.dumps([{"path": "data/demo/photos/skimage_coffee.jpg", "label": "neutral"},
-                               {"path": "data/demo/missing.jpg", "label": "porn"}]).encode(), "application/json"))
+        ("m.json", json.dumps([{"path": "demo/photos/skimage_coffee.jpg", "label": "neutral"},
+                               {"path": "demo/missing.jpg", "label": "porn"}]).encode(), "application/json"))
     run(at)
     assert "1 of 2 images could not be scored" in texts(at.warning)
     assert "1 images scored: **0 adult**, **1 safe**" in texts(at.markdown)
 
-    folder = tmp_path_factory.mktemp("set")
+    folder = data_dir / "labelsets" / "set"  # server folders are read only under data/ and <data_dir>/labelsets
     for label, src in (("neutral", "photos/skimage_chelsea.jpg"), ("drawings", "drawings/pillow_flower.jpg")):
-        (folder / label).mkdir()
+        (folder / label).mkdir(parents=True)
         (folder / label / Path(src).name).write_bytes((ROOT / "data" / "demo" / src).read_bytes())
     at.radio(key="cal_source").set_value("folder")
     run(at)
@@ -337,3 +337,14 @@ def test_history_shows_who_saved_what_and_rolls_back(data_dir):
     assert (active.version, active.thresholds.adult, active.thresholds.safe) == (3, 0.6, 0.8)
     assert active.saved["saved_by"] == "carol" and active.saved["rolled_back_from"] == 1
     assert "In force now: T_adult = 0.6, T_safe = 0.8 (version 3, saved " in texts(at.caption)
+
+
+def test_server_paths_outside_the_labelled_set_folders_are_refused(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("folder")
+    run(at)
+    for path in ("/", "/etc", "../../", str(data_dir), "~/"):
+        at.text_input(key="cal_folder").set_value(path)
+        run(at)
+        assert "can be read from the server" in texts(at.error), path
+        assert "images scored" not in texts(at.markdown)
