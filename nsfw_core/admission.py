@@ -16,9 +16,11 @@ class Admission:
     uploads held in memory).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, body_bytes: int | None = None) -> None:
         self.limit = limit
         self.in_flight = 0
+        self.body_limit = body_bytes
+        self.body_bytes = 0  # request bodies being read or held, counted at their declared or largest size
         self.rejected = 0  # requests refused here or by the isolated lane's queue
 
     @contextlib.contextmanager
@@ -36,3 +38,24 @@ class Admission:
             yield
         finally:
             self.in_flight -= images
+
+    @contextlib.contextmanager
+    def hold_body(self, nbytes: int) -> Iterator[None]:
+        """Count a request body of up to ``nbytes`` as held in memory, or refuse with Overloaded.
+
+        Reserved before the body is read, so slow uploads cannot pile up more than the limit
+        (a body larger than the limit still runs, alone).
+        """
+        if self.body_limit is None:
+            yield
+            return
+        nbytes = min(nbytes, self.body_limit)
+        if self.body_bytes + nbytes > self.body_limit:
+            self.rejected += 1
+            raise Overloaded(f"too many request bodies in memory ({self.body_bytes} of {self.body_limit} bytes); "
+                             "retry later")
+        self.body_bytes += nbytes
+        try:
+            yield
+        finally:
+            self.body_bytes -= nbytes

@@ -166,6 +166,12 @@ def flag(request: Request, name: str) -> bool:
     raise BadRequest(f"query parameter {name} must be true or false, got {value!r}")
 
 
+def expected_body(request: Request, limit: int) -> int:
+    """The bytes a body may take: its declared Content-Length when valid and smaller, else ``limit``."""
+    declared = request.headers.get("content-length", "")
+    return min(int(declared), limit) if declared.isdigit() and len(declared) < 20 else limit
+
+
 def has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
 
@@ -241,8 +247,10 @@ async def predict(request: Request) -> Response:
     result: Classification
     with ctx.admission.admit(1):  # before the body is read: a flood is refused, not buffered
         if url is None:
-            image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
-            result = await classify_bytes(ctx, image)
+            # the body's memory is reserved before it is read and kept until the answer
+            with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
+                image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+                result = await classify_bytes(ctx, image)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
         elif not url:
@@ -258,8 +266,9 @@ async def predict_batch(request: Request) -> Response:
     limits = ctx.serving
     authorize(request, limits.api_keys)
     ctx.require_ready()
-    body = await read_body(request, limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES),
-                           limits.body_timeout)
+    limit = limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES)
+    with ctx.admission.hold_body(expected_body(request, limit)):
+        body = await read_body(request, limit, limits.body_timeout)
     items, detail = parse_batch(body, limits.max_batch_items, flag(request, "detail"))
     with ctx.admission.admit(len(items)):
         results = await asyncio.gather(*(batch_item(ctx, ident, url, detail) for ident, url in items))

@@ -62,7 +62,7 @@ class Context:
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
         self.decoder = Decoder(settings.decode_limits)
         self.connections = ConnectionPool()
-        self.admission = Admission(self.serving.max_in_flight)
+        self.admission = Admission(self.serving.max_in_flight, self.serving.max_body_bytes_in_flight)
         self.executor = ThreadPoolExecutor(self.serving.workers, thread_name_prefix="nsfw-worker")
         # Threads that wait for the isolated decode lane, one per decode process: an expensive image
         # waits there, never in a worker thread that cheap images need.

@@ -228,6 +228,11 @@ class Settings:
         "NSFW_MAX_IN_FLIGHT", "128", _int(1),
         "Images being fetched, decoded or classified at once (batch items count one each); above it requests "
         "get 503 with Retry-After before their body is read.")
+    max_body_bytes_in_flight: int = setting(
+        "NSFW_MAX_BODY_BYTES_IN_FLIGHT", "134217728", _int(1),
+        "Request bodies (uploads, batches) held in memory at once, in bytes, counted at their declared or "
+        "largest allowed size before they are read; above it requests get 503 with Retry-After. Bounds what "
+        "slow uploads can hold (the default leaves room in a 1 GB instance).")
     workers: int = setting(
         "NSFW_WORKERS", "4", _int(1, 256),
         "Threads that fetch and decode images concurrently (BENCHMARKS.md compares counts).")
@@ -297,7 +302,8 @@ class Settings:
     def serving_limits(self) -> ServingLimits:
         return ServingLimits(
             max_bytes=self.max_bytes, max_url_length=self.max_url_length, body_timeout=self.body_timeout,
-            max_in_flight=self.max_in_flight, max_batch_items=self.max_batch_items, workers=self.workers,
+            max_in_flight=self.max_in_flight, max_body_bytes_in_flight=self.max_body_bytes_in_flight,
+            max_batch_items=self.max_batch_items, workers=self.workers,
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
             api_keys=self.api_keys)
 
@@ -376,6 +382,7 @@ class ServingLimits:
     max_url_length: int
     body_timeout: float
     max_in_flight: int
+    max_body_bytes_in_flight: int
     max_batch_items: int
     workers: int
     max_batch: int

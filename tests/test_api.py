@@ -363,6 +363,25 @@ def test_too_many_images_in_flight_is_503_before_the_body_is_read(tmp_path):
             assert c.post("/predict", content=SMILE).status_code == 200  # room again
 
 
+def test_request_bodies_held_in_memory_are_bounded_before_they_are_read(tmp_path):
+    limit = 4 * len(SMILE)
+    with running(make_settings(tmp_path, max_body_bytes_in_flight=limit)) as c:
+        admission = current().admission
+        held = admission.hold_body(limit - len(SMILE) // 2)  # slow uploads already hold most of it
+        held.__enter__()
+        try:
+            body = error_of(c.post("/predict", content=SMILE), 503, "overloaded")
+            assert "request bodies in memory" in body["message"] and c.post("/predict", content=SMILE).headers[
+                "retry-after"] == "1"
+            # a batch body is counted at its largest allowed size when it declares none (chunked)
+            error_of(c.post("/predict/batch", content=iter([b'["http://example.com/a.jpg"]'])), 503, "overloaded")
+        finally:
+            held.__exit__(None, None, None)
+        assert admission.body_bytes == 0
+        assert c.post("/predict", content=SMILE).status_code == 200  # room again
+        assert admission.body_bytes == 0  # released after the answer
+
+
 def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
     async def broken(ctx, data: bytes) -> dict:
         raise RuntimeError("surprise")
