@@ -291,8 +291,12 @@ def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[tuple[An
         doc = json.loads(raw)
     except RecursionError:
         raise BadRequest("the body is JSON nested too deep") from None
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+    except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the body is not valid JSON: it is not UTF-8 text") from exc
+    except ValueError as exc:  # an integer literal longer than Python converts
+        raise BadRequest("the body is not valid JSON we accept: a number in it is too long") from exc
     if isinstance(doc, dict):
         if "items" not in doc:
             raise BadRequest('the body needs an "items" list')
@@ -418,6 +422,7 @@ routes: list[BaseRoute] = [
     ApiRoute("/predict", {"POST": predict}),
     ApiRoute("/predict/batch", {"POST": predict_batch}),
     ApiRoute("/predict/{rest:path}"),
+    ApiRoute("/v1"),
     ApiRoute("/v1/{rest:path}"),
     ApiRoute("/health", {"GET": health}),
     ApiRoute("/openapi.json", {"GET": openapi}),

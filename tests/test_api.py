@@ -555,3 +555,14 @@ def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
         fetch._parse(url, defaults)
 
     check()
+
+
+def test_a_number_too_long_to_convert_is_400_without_python_internals(client):
+    body = error_of(client.post("/predict/batch", content=b'[{"id": ' + b"1" * 5000 + b', "url": "x"}]'),
+                    400, "bad_request")
+    assert body["message"] == "the body is not valid JSON we accept: a number in it is too long"
+
+
+def test_the_v1_prefix_itself_is_a_json_404(client):
+    body = error_of(client.get("/v1"), 404, "not_found")
+    assert body["message"] == "no API endpoint at /v1"
