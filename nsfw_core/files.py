@@ -1,10 +1,12 @@
-"""Atomic file writes (a crash leaves either the old file or the new one, never half of each), and
-moving a corrupt file aside under a timestamped name instead of deleting it."""
+"""Atomic file writes (a crash leaves either the old file or the new one, never half of each),
+moving a corrupt file aside under a timestamped name instead of deleting it, and reading a file
+someone else named without blocking on it or reading more than a cap (:func:`read_regular_file`)."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -108,3 +110,67 @@ def wal_header_problem(path: str | Path) -> str | None:
     if (s0, s1) != struct.unpack(">II", header[24:32]):
         return "the header checksum does not match"
     return None
+
+
+# ---------------------------------------------------------------- reading files named by someone else
+
+
+class NotRegularFile(OSError):
+    """The path names something other than a regular file (a folder, FIFO, socket, device)."""
+
+
+class FileTooLarge(OSError):
+    """The file holds more bytes than the cap; ``limit`` is the cap, ``size`` what ``fstat`` said (or
+    ``limit + 1`` when the file grew while being read)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"it holds more than {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def file_kind(mode: int) -> str:
+    """"a directory", "a FIFO", ... for a ``st_mode`` that is not a regular file's."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: str | Path, limit: int, *, follow_symlinks: bool = True,
+                      dir_fd: int | None = None) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them, or an OSError.
+
+    Safe on any path: the file is opened non-blocking (a FIFO's open does not wait for a writer)
+    and, with ``follow_symlinks=False``, refuses a symbolic link as the last component; the opened
+    descriptor must be a regular file (:class:`NotRegularFile`: devices such as ``/dev/zero``,
+    FIFOs, sockets, folders).  ``fstat``'s size refuses a larger file before a byte is read
+    (:class:`FileTooLarge`), and the read itself stops after ``limit + 1`` bytes, so a file whose
+    size lies (``/proc``) or that grows meanwhile cannot make it read more.  ``dir_fd``: ``path``
+    is relative to that open folder.
+    """
+    flags = _READ_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"it is not a regular file ({file_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise FileTooLarge(st.st_size, limit)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise FileTooLarge(size, limit)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -23,6 +23,7 @@ import numpy as np
 from . import decode as _decode
 from .errors import InvalidURL, NSFWError, TooLarge
 from .fetch import ConnectionPool, fetch, is_url
+from .files import FileTooLarge, read_regular_file
 from .model import Model, scores_dict
 from .sandbox import Sandbox
 from .settings import DecodeLimits, FetchPolicy
@@ -42,13 +43,19 @@ ISOLATED_SHARE = 0.75
 
 
 def read_file(path: str | Path, max_bytes: int) -> bytes:
-    """Read a local image file, applying the same byte cap as uploads."""
+    """Read a local image file, applying the same byte cap as uploads.
+
+    Only a regular file is read, and never more than ``max_bytes + 1`` bytes of it
+    (:func:`~nsfw_core.files.read_regular_file`): ``/dev/zero`` is refused rather than read
+    without end, a FIFO is refused rather than waited on.  Callers that take paths from
+    someone other than the local user confine them first (the labelled sets:
+    :func:`nsfw_core.labelsets.item_loader`).
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise TooLarge(f"{path} is {size} bytes; the limit is {max_bytes}", limit=max_bytes)
-        return path.read_bytes()
+        return read_regular_file(path, max_bytes)
+    except FileTooLarge as exc:
+        raise TooLarge(f"{path} is larger than the limit of {max_bytes} bytes", limit=max_bytes) from exc
     except OSError as exc:
         raise InvalidURL(f"cannot read {path}: {exc.strerror or exc}") from exc
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from nsfw_core.pipeline import ISOLATED_SHARE, Decoder, PixelBudget, iter_sources, load_bytes, score_sources
+from nsfw_core.errors import InvalidURL, TooLarge
+from nsfw_core.pipeline import (
+    ISOLATED_SHARE,
+    Decoder,
+    PixelBudget,
+    iter_sources,
+    load_bytes,
+    read_file,
+    score_sources,
+)
 from nsfw_core.settings import load_settings
 
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES
@@ -100,3 +111,72 @@ def test_an_expensive_decode_leaves_a_share_of_the_budget_to_cheap_images() -> N
         assert done.wait(2.0)  # a cheap image does not wait for it
         assert budget.free == 50
     assert budget.free == 800
+
+
+# ---------------------------------------------------------------- reading local files (the CLI's inputs)
+
+
+def _within_seconds(fn, *args, timeout: float = 5.0):
+    """``fn(*args)`` in a thread; fails instead of hanging when it blocks."""
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "blocked"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_read_file_reads_only_regular_files(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidURL) as err:
+        _within_seconds(read_file, fifo, 1000)  # a FIFO without a writer: refused, not waited on
+    assert str(err.value) == f"cannot read {fifo}: it is not a regular file (a FIFO)"
+    for path, kind in (("/dev/zero", "a character device"), (str(tmp_path), "a directory")):
+        with pytest.raises(InvalidURL) as err:
+            _within_seconds(read_file, path, 1000)
+        assert str(err.value) == f"cannot read {path}: it is not a regular file ({kind})"
+    with pytest.raises(InvalidURL, match="No such file or directory"):
+        read_file(tmp_path / "missing.jpg", 1000)
+    (tmp_path / "a.jpg").write_bytes(b"x" * 1000)
+    assert read_file(tmp_path / "a.jpg", 1000) == b"x" * 1000
+
+
+def test_read_file_caps_the_read_not_the_stat(tmp_path, monkeypatch):
+    environ = Path("/proc/self/environ")
+    assert environ.stat().st_size == 0  # stat says nothing is there
+    with pytest.raises(TooLarge) as err:
+        read_file(environ, 4)
+    assert str(err.value) == "/proc/self/environ is larger than the limit of 4 bytes"
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as f:
+        os.truncate(f.fileno(), 4 << 30)  # 4 GB, no blocks on disk
+    reads: list[int] = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+    with pytest.raises(TooLarge, match=r"huge\.jpg is larger than the limit of 10485760 bytes"):
+        load_bytes(str(sparse), load_settings({}).fetch_policy)
+    assert reads == []  # refused from fstat of the opened file, nothing read
+    monkeypatch.undo()
+    grows = tmp_path / "grows.jpg"
+    grows.write_bytes(b"x" * 10)
+    reads.clear()
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: _shrunk(real_fstat(fd)))  # a size that lies, as /proc's do
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+    with pytest.raises(TooLarge):
+        read_file(grows, 4)
+    assert sum(reads) <= 5  # the read stops at the cap + 1
+
+
+def _shrunk(st: os.stat_result) -> os.stat_result:
+    return os.stat_result((*st[:6], 0, *st[7:10]))
