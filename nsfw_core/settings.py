@@ -180,6 +180,17 @@ class Settings:
         "NSFW_DATA_DIR", "var", str,
         "Folder for files the service writes: thresholds, score cache, review queue (relative to the project "
         "root).")
+    labelsets_dir: str = setting(
+        "NSFW_LABELSETS_DIR", "data", str,
+        "The only folder labelled sets are read from on the server (relative to the project root): the "
+        "calibrate page's folders and manifests, and the paths an uploaded manifest names, must resolve "
+        "inside it, symbolic links included.")
+    labelsets_quota_bytes: int = setting(
+        "NSFW_LABELSETS_QUOTA_BYTES", "1073741824", _int(1),
+        "Disk that ZIP archives uploaded on the calibrate page may fill once extracted (under "
+        "<NSFW_DATA_DIR>/labelsets), in bytes; the least recently used are deleted to make room, and an "
+        "archive that cannot fit is refused. The default equals the largest one archive may expand to, so "
+        "any allowed archive fits alone.")
     runtime: str = setting(
         "NSFW_RUNTIME", "litert", _runtime,
         "Inference runtime: litert (the model compiled once into NSFW_COMPILED_DIR by TensorFlow in a child "
@@ -299,6 +310,11 @@ class Settings:
                             retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
 
     @property
+    def labelset_config(self) -> LabelSetConfig:
+        return LabelSetConfig(root=self.labelsets_dir, uploads_dir=str(Path(self.data_dir) / "labelsets"),
+                              quota_bytes=self.labelsets_quota_bytes, max_bytes=self.max_bytes)
+
+    @property
     def serving_limits(self) -> ServingLimits:
         return ServingLimits(
             max_bytes=self.max_bytes, max_url_length=self.max_url_length, body_timeout=self.body_timeout,
@@ -391,6 +407,16 @@ class ServingLimits:
     api_keys: tuple[str, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelSetConfig:
+    """Where labelled sets may be read from on the server, where uploads are extracted and in how much disk."""
+
+    root: str  # NSFW_LABELSETS_DIR, absolute
+    uploads_dir: str  # <data_dir>/labelsets: extracted ZIP uploads
+    quota_bytes: int
+    max_bytes: int  # the byte cap on one image
+
+
 def _table() -> tuple[Setting, ...]:
     rows = []
     for f in dataclasses.fields(Settings):
@@ -410,7 +436,7 @@ def _resolve(settings: Settings) -> Settings:
     data_dir = under_root(settings.data_dir)
     compiled_dir = under_root(settings.compiled_dir) if settings.compiled_dir else str(Path(data_dir) / "compiled")
     return dataclasses.replace(settings, model_dir=under_root(settings.model_dir), data_dir=data_dir,
-                               compiled_dir=compiled_dir)
+                               compiled_dir=compiled_dir, labelsets_dir=under_root(settings.labelsets_dir))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

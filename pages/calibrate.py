@@ -178,15 +178,15 @@ def _load_reviewed(ctx: Context) -> LoadedSet | None:
 
 def _load_manifest() -> LoadedSet | None:
     up = st.file_uploader("Manifest (CSV or JSON: path or URL, label)", type=["csv", "json"], key="cal_manifest")
-    roots = labelsets.server_roots(state.context().settings.data_dir)
-    base = st.selectbox("Its paths are relative to this folder on the server (nothing outside it is read)",
-                        [str(r) for r in roots], key="cal_manifest_base")
+    [base] = labelsets.server_roots(state.context().settings.labelset_config)
+    st.caption(f"Its paths are URLs or files under `{base}` (relative to it); nothing else is read.")
     if up is None:
         st.info("Upload a manifest: rows of `path,label` (CSV with a header) or a JSON list of "
                 f"`{{\"path\": …, \"label\": …}}`. Labels: {', '.join(LABELS)}.")
         return None
     fmt = Path(up.name).suffix.lstrip(".").lower() or "csv"
-    return LoadedSet("manifest", labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base, confine=base),
+    return LoadedSet("manifest", labelsets.parse_manifest(up.getvalue(), fmt, base_dir=base, confine=base,
+                                                          where=f"the labelled-sets folder {base}"),
                      f"manifest {up.name}", None)
 
 
@@ -194,13 +194,13 @@ def _load_folder() -> LoadedSet | None:
     path = st.text_input("Folder (one sub-folder per label, or holding manifest.csv/json) or manifest file",
                          key="cal_folder")
     if not path.strip():
-        roots = labelsets.server_roots(state.context().settings.data_dir)
+        roots = labelsets.server_roots(state.context().settings.labelset_config)
         st.info("Type a path on the server, under " + " or ".join(f"`{r}`" for r in roots) + ": a folder with "
                 f"sub-folders named after the labels ({', '.join(LABELS)}), a folder with a manifest, or a "
                 "manifest file.")
         return None
-    roots = labelsets.server_roots(state.context().settings.data_dir)
-    return LoadedSet("folder", labelsets.load_server_path(path, roots), f"folder {path.strip()}", None)
+    config = state.context().settings.labelset_config
+    return LoadedSet("folder", labelsets.load_server_set(path, config), f"folder {path.strip()}", None)
 
 
 def _load_zip(ctx: Context) -> LoadedSet | None:
@@ -209,8 +209,9 @@ def _load_zip(ctx: Context) -> LoadedSet | None:
         st.info("Upload a ZIP holding one folder per label (porn/, neutral/, … or adult/, safe/) "
                 "or a manifest.csv/json with paths relative to the archive.")
         return None
-    items = labelsets.load_zip(up.getvalue(), labelsets.zip_cache_folder(ctx.settings.data_dir),
-                               max_file_bytes=ctx.serving.max_bytes)
+    config = ctx.settings.labelset_config
+    items = labelsets.load_zip(up.getvalue(), config.uploads_dir, max_file_bytes=ctx.serving.max_bytes,
+                               quota_bytes=config.quota_bytes)
     return LoadedSet("zip", items, f"zip {up.name}", None)
 
 
@@ -232,7 +233,8 @@ def _score(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
         def progress(done: int, total: int) -> None:
             bar.progress(done / max(total, 1), text=f"Scored {done} of {total} images with {model_name}")
 
-        results = ctx.score_cache.score_items(model, loaded.items, ctx.decoder, ctx.load_bytes, progress=progress)
+        loader = labelsets.item_loader(ctx.settings.labelset_config, ctx.fetch)  # files only under the roots
+        results = ctx.score_cache.score_items(model, loaded.items, ctx.decoder, loader, progress=progress)
         bar.empty()
         rows = [{"source": it.source, "label": it.label, "scores": sc,
                  "error": None if err is None else err.to_dict()} for it, sc, err in results]
@@ -250,7 +252,7 @@ def _thumbnail(source: str, model_name: str) -> str | None:
         return None
     ctx = state.context()
     try:
-        data = ctx.load_bytes(source)
+        data = labelsets.item_loader(ctx.settings.labelset_config, ctx.fetch)(source)
         rgb = ctx.decoder.decode_for(ctx.model(model_name), data)
     except NSFWError:
         return None

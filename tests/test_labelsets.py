@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import io
 import json
+import multiprocessing
+import os
 import stat
+import struct
+import threading
 import zipfile
 from pathlib import Path
 
@@ -12,8 +19,9 @@ import pytest
 from PIL import Image
 
 from nsfw_core import labelsets
-from nsfw_core.errors import InputError
+from nsfw_core.errors import InputError, InvalidURL, TooLarge
 from nsfw_core.labelsets import LabelledItem, LabelSetError
+from nsfw_core.settings import LabelSetConfig
 from tests.helpers.paths import ROOT
 
 
@@ -293,3 +301,304 @@ def test_a_server_manifest_may_not_name_images_outside_its_folder(tmp_path):
     (root / "m" / "manifest.csv").write_text("path,label\n../../x.jpg,neutral\n")
     with pytest.raises(labelsets.LabelSetError, match="leaves"):
         labelsets.load_server_path("m/manifest.csv", [root])
+
+
+# ---------------------------------------------------------------- server files (issue 16, point 5)
+
+
+def _nonblocking(fn, *args, timeout: float = 5.0):
+    """``fn(*args)`` in a thread; the test fails (instead of hanging) if it blocks."""
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn.__name__} blocked"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A labelled-sets root with one image, a secret file outside it, and the config that names them."""
+    root = tmp_path / "sets"
+    (root / "s" / "neutral").mkdir(parents=True)
+    (root / "s" / "neutral" / "a.png").write_bytes(png())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"SECRET-CONTENTS")
+    (outside / "secret.csv").write_text("path,label\nSECRET-ROW.png,neutral\n")
+    config = LabelSetConfig(root=str(root), uploads_dir=str(tmp_path / "uploads"), quota_bytes=1 << 20,
+                            max_bytes=1000)
+    return root.resolve(), outside, config
+
+
+OUTSIDE = "is neither a URL nor a file under the labelled-set folders; nothing else is read"
+
+
+def test_images_are_read_only_under_the_roots(server):
+    root, outside, config = server
+    load = labelsets.item_loader(config, fetch=lambda url: b"fetched " + url.encode())
+    assert load(str(root / "s" / "neutral" / "a.png")) == png()
+    assert load("https://example.com/x.png") == b"fetched https://example.com/x.png"  # URLs: the safe fetcher
+    (root / "s" / "escape.png").symlink_to(outside / "secret.png")
+    (root / "s" / "zero.png").symlink_to("/dev/zero")
+    for raw in (str(outside / "secret.png"), str(outside / "missing.png"), "/etc/passwd", "/dev/zero",
+                "/proc/self/environ", f"{root}/../outside/secret.png", str(root / "s" / "escape.png"),
+                str(root / "s" / "zero.png"), "s/neutral/a.png", "upload:a.png", "scores:1"):
+        with pytest.raises(InvalidURL) as err:
+            load(raw)
+        assert str(err.value) == f"{raw!r} {OUTSIDE}", raw  # the same words whether it exists or not
+        assert "SECRET" not in str(err.value)
+
+
+def test_only_regular_files_are_read_and_the_cap_is_on_the_read(server, monkeypatch):
+    root, _, config = server
+    load = labelsets.item_loader(config, fetch=lambda url: b"")
+    fifo = root / "s" / "neutral" / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidURL, match=r"cannot read .*pipe\.png: it is not a regular file \(a FIFO\)$"):
+        _nonblocking(load, str(fifo))
+    with pytest.raises(InvalidURL, match=r"cannot read .*neutral: it is not a regular file \(a directory\)$"):
+        load(str(root / "s" / "neutral"))
+    with pytest.raises(InvalidURL, match="cannot read .*: it is a folder$"):
+        load(str(root))
+    sparse = root / "s" / "neutral" / "huge.png"
+    with open(sparse, "wb") as f:
+        os.truncate(f.fileno(), 4 << 30)  # 4 GB, no blocks on disk
+    reads: list[int] = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+    with pytest.raises(TooLarge, match=r"huge\.png is larger than the limit of 1000 bytes"):
+        load(str(sparse))
+    assert reads == []  # refused from fstat, not a byte read
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(server):
+    root, outside, _ = server
+    (outside / "neutral").mkdir()
+    (outside / "neutral" / "a.png").write_bytes(b"SECRET-CONTENTS")
+    checked = root / "s" / "neutral" / "a.png"  # what the checks resolved
+    (root / "s" / "neutral").rename(root / "s" / "old")
+    (root / "s" / "neutral").symlink_to(outside / "neutral")
+    with pytest.raises(OSError) as err:
+        labelsets._read_beneath(root, checked, 1000)
+    assert err.value.errno in (errno.ELOOP, errno.ENOTDIR)
+
+
+def test_typed_server_paths(server):
+    root, outside, config = server
+    assert [it.source for it in labelsets.load_server_set("s", config)] == [str(root / "s" / "neutral" / "a.png")]
+    assert labelsets.load_server_set(str(root / "s"), config) == labelsets.load_server_set("s", config)
+    (root / "out").symlink_to(outside)
+    refused = f"only labelled sets under {root} can be read from the server"
+    for raw in ("/", "/etc", "/etc/passwd", "/dev/zero", "/proc/self/environ", str(outside), str(outside / "x"),
+                "..", "../outside", "s/../../outside", "out", "out/secret.csv", "~", "~/x", "", "s/\0"):
+        with pytest.raises(LabelSetError) as err:
+            labelsets.load_server_set(raw, config)
+        assert str(err.value) == refused, raw
+
+
+def test_extracted_uploads_are_not_server_sets_even_inside_the_root(server):
+    root, _, config = server
+    config = dataclasses.replace(config, uploads_dir=str(root / "uploads"))
+    (root / "uploads" / ("0" * 64) / "neutral").mkdir(parents=True)
+    (root / "uploads" / ("0" * 64) / "neutral" / "a.png").write_bytes(png())
+    with pytest.raises(LabelSetError, match="can be read from the server"):
+        labelsets.load_server_set("uploads/" + "0" * 64, config)
+
+
+def test_server_sets_never_follow_a_link_out_of_their_folder(server):
+    root, outside, config = server
+    (root / "s" / "porn").symlink_to(outside)  # a label folder that is a link out
+    (root / "s" / "neutral" / "b.png").symlink_to(outside / "secret.png")
+    (root / "s" / "neutral" / "c.png").symlink_to(outside / "missing.png")
+    with pytest.raises(LabelSetError) as err:
+        labelsets.load_server_set("s", config)
+    assert str(err.value) == (f"{root / 's'}: 3 entries link out of {root / 's'}: neutral/b.png, neutral/c.png, porn")
+    (root / "m").mkdir()
+    (root / "m" / "manifest.csv").symlink_to(outside / "secret.csv")
+    with pytest.raises(LabelSetError) as err:
+        labelsets.load_server_set("m", config)
+    assert str(err.value) == f"manifest {root / 'm' / 'manifest.csv'} leaves {root / 'm'}"
+
+
+def test_a_server_path_that_is_no_file_or_folder(server):
+    root, _, config = server
+    os.mkfifo(root / "pipe.csv")
+    with pytest.raises(LabelSetError) as err:
+        _nonblocking(labelsets.load_server_set, "pipe.csv", config)
+    assert str(err.value) == f"{root / 'pipe.csv'} is neither a manifest file nor a folder"
+    (root / "m").mkdir()
+    os.mkfifo(root / "m" / "manifest.csv")  # not a file: the folder is read as label folders, and has none
+    with pytest.raises(LabelSetError, match="no images found"):
+        _nonblocking(labelsets.load_server_set, "m", config)
+    with pytest.raises(LabelSetError) as err:
+        labelsets.load_server_set("missing", config)
+    assert str(err.value) == f"{root / 'missing'} does not exist"
+
+
+def test_manifests_are_read_under_a_cap(server):
+    root, _, config = server
+    with open(root / "big.csv", "wb") as f:
+        os.truncate(f.fileno(), 4 << 30)
+    with pytest.raises(LabelSetError) as err:
+        labelsets.load_server_set("big.csv", config)
+    assert str(err.value) == f"manifest {root / 'big.csv'} is larger than {labelsets.MANIFEST_MAX_BYTES} bytes"
+    (root / "zero.csv").symlink_to("/dev/zero")  # what the command line may name
+    (root / "dir.csv").mkdir()
+    for name, kind in (("zero.csv", "a character device"), ("dir.csv", "a directory")):
+        with pytest.raises(LabelSetError) as err:
+            labelsets.load_manifest(root / name)
+        assert str(err.value) == f"cannot read manifest {root / name}: it is not a regular file ({kind})"
+    os.mkfifo(root / "pipe.csv")
+    with pytest.raises(LabelSetError) as err:
+        _nonblocking(labelsets.load_manifest, root / "pipe.csv")
+    assert str(err.value) == f"cannot read manifest {root / 'pipe.csv'}: it is not a regular file (a FIFO)"
+
+
+def test_an_uploaded_manifest_names_urls_or_files_under_the_root(server):
+    root, outside, _ = server
+    (root / "s" / "link.png").symlink_to(outside / "secret.png")
+    rows = ["s/neutral/a.png", str(root / "s" / "neutral" / "a.png"), "https://example.com/x.png",
+            "/etc/passwd", "/dev/zero", "/proc/self/environ", str(outside / "secret.png"), "../outside/secret.png",
+            "s/../../outside/secret.png", "s/link.png", "~/x.png"]
+    text = "path,label\n" + "".join(f"{r},neutral\n" for r in rows)
+    with pytest.raises(LabelSetError) as err:
+        labelsets.parse_manifest(text, "csv", base_dir=root, confine=root, where="the root")
+    assert str(err.value) == (
+        "8 bad row(s) in the manifest: "
+        "line 5: absolute path '/etc/passwd' is outside the root; "
+        "line 6: absolute path '/dev/zero' is outside the root; "
+        "line 7: absolute path '/proc/self/environ' is outside the root; "
+        f"line 8: absolute path '{outside / 'secret.png'}' is outside the root; "
+        "line 9: path '../outside/secret.png' leaves the root; "
+        "line 10: path 's/../../outside/secret.png' leaves the root; "
+        "line 11: path 's/link.png' leaves the root; "
+        "line 12: path '~/x.png' leaves the root. Labels must be one of: " + ", ".join(labelsets.LABELS))
+    items = labelsets.parse_manifest("\n".join(f"{r},neutral" for r in rows[:3]), "csv", base_dir=root,
+                                     confine=root)
+    assert [it.source for it in items] == [str(root / "s" / "neutral" / "a.png")] * 2 + [rows[2]]
+
+
+# ---------------------------------------------------------------- the ZIP quota (issue 16, point 6)
+
+
+def _archive(tag: str, size: int = 1000) -> bytes:
+    return make_zip({f"neutral/{tag}.png": tag.encode() * (size // len(tag))})
+
+
+def _archives(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir() if not p.name.startswith(".")}
+
+
+def test_extracted_archives_share_a_quota_and_the_least_recently_used_go_first(tmp_path):
+    cache = tmp_path / "uploads"
+    a, b, c = (_archive(t) for t in ("a", "b", "c"))
+    folder_a = labelsets.extract_zip(a, cache, quota_bytes=2500)
+    folder_b = labelsets.extract_zip(b, cache, quota_bytes=2500)
+    assert _archives(cache) == {folder_a.name, folder_b.name}  # two fit
+    os.utime(folder_a, (1000, 1000))
+    os.utime(folder_b, (2000, 2000))
+    assert labelsets.extract_zip(a, cache, quota_bytes=2500) == folder_a  # a hit is a use: b is now the oldest
+    folder_c = labelsets.extract_zip(c, cache, quota_bytes=2500)
+    assert _archives(cache) == {folder_a.name, folder_c.name}
+    assert labelsets._tree_bytes(cache) <= 2500
+    (cache / "my-own-set").mkdir()  # not an archive: never counted nor evicted
+    os.utime(folder_a, (1000, 1000))
+    labelsets.extract_zip(b, cache, quota_bytes=2500)
+    assert _archives(cache) == {folder_c.name, "my-own-set", hashlib.sha256(b).hexdigest()}
+
+
+def test_an_archive_larger_than_the_quota_is_refused_before_anything_is_evicted(tmp_path):
+    cache = tmp_path / "uploads"
+    kept = labelsets.extract_zip(_archive("a"), cache, quota_bytes=2500)
+    big = _archive("big", 3000)
+    with pytest.raises(LabelSetError) as err:
+        labelsets.load_zip(big, cache, quota_bytes=2500)
+    assert str(err.value) == ("the archive expands to 3000 bytes, more than the 2500 bytes all extracted uploads "
+                              "may use (NSFW_LABELSETS_QUOTA_BYTES)")
+    assert _archives(cache) == {kept.name} and not [p for p in cache.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_in_progress_extractions_count_and_stale_leftovers_go(tmp_path):
+    cache = tmp_path / "uploads"
+    cache.mkdir()
+    (cache / ".tmp-2000-aaaaaaaaaaaa-x").mkdir()  # another process is extracting 2000 bytes
+    with pytest.raises(LabelSetError) as err:
+        labelsets.extract_zip(_archive("a"), cache, quota_bytes=2500)
+    assert str(err.value) == ("the archive expands to 1000 bytes and only 500 of the 2500 bytes for extracted "
+                              "uploads (NSFW_LABELSETS_QUOTA_BYTES) can be made free: other uploads are being "
+                              "extracted; try again in a moment")
+    os.utime(cache / ".tmp-2000-aaaaaaaaaaaa-x", (1000, 1000))  # its process died long ago
+    (cache / ".evict-old").mkdir()
+    labelsets.extract_zip(_archive("a"), cache, quota_bytes=2500)
+    assert sorted(p.name for p in cache.iterdir() if p.name != ".lock") == [hashlib.sha256(_archive("a")).hexdigest()]
+    labelsets._remove(cache / "vanished")  # already evicted by another process: no error
+
+
+def _patch_sizes(data: bytes, declared: int) -> bytes:
+    """The archive with every member's uncompressed size (local header and central directory) set to ``declared``."""
+    buf = bytearray(data)
+    for sig, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = buf.find(sig)
+        while at != -1:
+            buf[at + offset:at + offset + 4] = struct.pack("<I", declared)
+            at = buf.find(sig, at + 4)
+    return bytes(buf)
+
+
+def test_an_archive_that_lies_about_its_size(tmp_path):
+    cache = tmp_path / "uploads"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("neutral/bomb.png", b"\0" * 100_000)
+    small = _patch_sizes(buf.getvalue(), 100)  # declares 100 bytes, expands to 100 000
+    assert zipfile.ZipFile(io.BytesIO(small)).infolist()[0].file_size == 100
+    with pytest.raises(LabelSetError, match=r"^cannot extract 'neutral/bomb.png'"):
+        labelsets.extract_zip(small, cache, quota_bytes=2500)
+    assert labelsets._tree_bytes(cache) == 0 and _archives(cache) == set()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp")]
+    large = _patch_sizes(buf.getvalue(), 10_000_000)  # declares more than the quota: refused up front
+    with pytest.raises(LabelSetError, match="expands to 10000000 bytes, more than the 2500 bytes"):
+        labelsets.extract_zip(large, cache, quota_bytes=2500)
+
+
+def test_the_bytes_written_never_pass_what_the_archive_declares(tmp_path, monkeypatch):
+    data = _archive("a")
+    real_open = zipfile.ZipFile.open
+
+    def generous(self, info, *args, **kwargs):  # a decompressor that hands out more than declared
+        src = real_open(self, info, *args, **kwargs)
+        chunks = [src.read(), b"more"]
+        src.close()
+        return io.BytesIO(b"".join(chunks))
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", generous)
+    with pytest.raises(LabelSetError) as err:
+        labelsets.extract_zip(data, tmp_path / "uploads", quota_bytes=2500)
+    assert str(err.value) == "archive member 'neutral/a.png' expands to more than the 1000 bytes it declares"
+
+
+def _extract_many(cache: str, tags: list[str]) -> None:
+    for tag in tags:
+        labelsets.extract_zip(_archive(tag), cache, quota_bytes=2500)
+
+
+def test_two_processes_sharing_the_folder_stay_within_the_quota(tmp_path):
+    cache = tmp_path / "uploads"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_extract_many, args=(str(cache), [f"{p}{i}" for i in range(6)])) for p in "xy"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(_archives(cache)) <= 2 and labelsets._tree_bytes(cache) <= 2500

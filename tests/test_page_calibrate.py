@@ -243,7 +243,7 @@ def test_uploaded_manifest_with_a_bad_label(data_dir):
     assert "line 3: unknown label 'kitten'" in texts(at.error)
 
 
-def test_uploaded_manifest_and_folder_sources(data_dir):
+def test_uploaded_manifest_and_folder_sources(data_dir, monkeypatch):
     at = run(AppTest.from_file(PAGE, default_timeout=180))
     at.radio(key="cal_source").set_value("manifest")
     run(at)
@@ -254,7 +254,10 @@ def test_uploaded_manifest_and_folder_sources(data_dir):
     assert "1 of 2 images could not be scored" in texts(at.warning)
     assert "1 images scored: **0 adult**, **1 safe**" in texts(at.markdown)
 
-    folder = data_dir / "labelsets" / "set"  # server folders are read only under data/ and <data_dir>/labelsets
+    sets = data_dir / "sets"  # server folders are read only under NSFW_LABELSETS_DIR
+    monkeypatch.setenv("NSFW_LABELSETS_DIR", str(sets))
+    new_context()
+    folder = sets / "set"
     for label, src in (("neutral", "photos/skimage_chelsea.jpg"), ("drawings", "drawings/pillow_flower.jpg")):
         (folder / label).mkdir(parents=True)
         (folder / label / Path(src).name).write_bytes((ROOT / "data" / "demo" / src).read_bytes())
@@ -343,8 +346,31 @@ def test_server_paths_outside_the_labelled_set_folders_are_refused(data_dir):
     at = run(AppTest.from_file(PAGE, default_timeout=180))
     at.radio(key="cal_source").set_value("folder")
     run(at)
-    for path in ("/", "/etc", "../../", str(data_dir), "~/"):
+    refused = f"only labelled sets under {ROOT / 'data'} can be read from the server"
+    for path in ("/", "/etc", "../../", str(data_dir), "~/", "/proc/self", "/dev/zero", "demo/../..",
+                 "/nonexistent/folder", str(data_dir / "labelsets")):
         at.text_input(key="cal_folder").set_value(path)
         run(at)
-        assert "can be read from the server" in texts(at.error), path
+        assert texts(at.error) == f"Cannot read the set: {refused}", path
         assert "images scored" not in texts(at.markdown)
+
+
+def test_uploaded_manifest_names_only_urls_and_files_under_the_root(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=180))
+    at.radio(key="cal_source").set_value("manifest")
+    run(at)
+    rows = ["/etc/passwd", "/dev/zero", "/proc/self/environ", "../README.md", "demo/../../pyproject.toml", "~/x"]
+    at.file_uploader(key="cal_manifest").set_value(
+        ("m.csv", ("path,label\n" + "".join(f"{r},neutral\n" for r in rows)).encode(), "text/csv"))
+    run(at)
+    [error] = [e.value for e in at.error]
+    root = ROOT / "data"
+    assert error.startswith("Cannot read the set: 6 bad row(s) in the manifest: "
+                            f"line 2: absolute path '/etc/passwd' is outside the labelled-sets folder {root}; "
+                            f"line 3: absolute path '/dev/zero' is outside the labelled-sets folder {root}; "
+                            f"line 4: absolute path '/proc/self/environ' is outside the labelled-sets folder {root}; "
+                            f"line 5: path '../README.md' leaves the labelled-sets folder {root}; "
+                            f"line 6: path 'demo/../../pyproject.toml' leaves the labelled-sets folder {root}; "
+                            f"line 7: path '~/x' leaves the labelled-sets folder {root}. ")
+    assert "root:" not in error and "[project]" not in error  # no file contents
+    assert "images scored" not in texts(at.markdown)
