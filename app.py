@@ -10,6 +10,7 @@ static assets) is Streamlit's.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from nsfw_core import api
 from nsfw_core.settings import SettingsError, load_settings
+from nsfw_ui import oidc
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
@@ -28,6 +30,11 @@ GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
 # visitor of /calibrate would get pages/calibrate.py alone, with every file of
 # pages/ in the sidebar. streamlit_app.py always navigates, so say so up front.
 PagesManager.uses_pages_directory = False
+
+try:  # OpenID Connect sign-in from NSFW_OIDC_*: Streamlit must see it before it serves (main() reports errors)
+    oidc.install(load_settings().access_config.oidc, os.environ.get("APP_URL"))
+except SettingsError:
+    pass
 
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=api.lifespan)
 
@@ -41,6 +48,9 @@ def main() -> None:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"invalid setting: {exc}")
+    if settings.local_mode:
+        logging.getLogger("app").info("local mode: whoever opens http://localhost:%d is admin, without signing in",
+                                      settings.port)
     uvicorn.run(
         app,
         host=settings.host,

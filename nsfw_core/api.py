@@ -31,7 +31,6 @@ import hmac
 import json
 import logging
 import math
-import os
 from contextlib import asynccontextmanager
 from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -47,7 +46,6 @@ from .errors import (BadRequest, InputError, InvalidURL, NSFWError, Overloaded, 
 from .classify import Classification, classify_bytes, classify_url
 from .context import Context, current, install
 from .openapi import MAX_ID_LENGTH, MAX_ID_NUMBER, openapi_document
-from .platform import storage_warnings
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -405,8 +403,7 @@ async def health(request: Request) -> Response:
         "version": model.version,
         "runtime": model.runtime,
         "thresholds": {**active.thresholds.to_dict(), "source": active.source, "version": active.version},
-        "warnings": ([active.warning] if active.warning else [])
-        + storage_warnings(os.environ, ctx.settings.database_url, ctx.settings.ephemeral_disk),
+        "warnings": ([active.warning] if active.warning else []) + ctx.warnings(),
         "batcher": {**batcher.stats.to_dict(), "waiting": batcher.waiting},
         "in_flight": {"images": ctx.admission.in_flight, "limit": ctx.admission.limit,
                       "rejected": ctx.admission.rejected},

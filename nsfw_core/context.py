@@ -35,6 +35,7 @@ from .errors import NotReady, NSFWError
 from .fetch import ConnectionPool, fetch
 from .model import Model, load
 from .pipeline import Decoder, load_bytes
+from .access import Access
 from .platform import storage_warnings
 from .review import ReviewQueue
 from .review.store import open_pool
@@ -56,6 +57,7 @@ class Context:
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
         self.model_config = settings.model_config
+        self.access = Access(settings.access_config)
         # One connection pool on the one database (NSFW_DATABASE_URL), shared by the thresholds history
         # (read from memory per request) and the review queue. Opening it connects to nothing yet.
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
@@ -128,6 +130,11 @@ class Context:
         """True once the model is loaded and warmed up and the batcher runs."""
         return self.batcher is not None and self.batcher.running
 
+    def warnings(self) -> list[str]:
+        """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
+        return (storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk)
+                + self.access.warnings())
+
     def require_ready(self) -> MicroBatcher:
         if self.batcher is None or not self.batcher.running:
             raise NotReady(f"the service is not ready: {self.reason}")
@@ -152,7 +159,7 @@ class Context:
             self.reason = f"model failed to load: {exc!r}"
             log.exception("model failed to load; /health answers 503")
             return
-        for warning in storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk):
+        for warning in self.warnings():
             log.warning("%s", warning)
         s = self.serving
         wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert: a lone image uses all threads

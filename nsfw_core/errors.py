@@ -13,6 +13,8 @@ Hierarchy::
     │   ├── UndecodableImage       422 undecodable_image: an image format, but truncated or corrupt
     │   ├── DecodeTimeout          422 decode_timeout: decoding took longer than NSFW_DECODE_TIMEOUT
     │   ├── Unauthorized           401 unauthorized: API key missing or wrong
+    │   ├── Forbidden              403 forbidden: signed in (or not) without the role the action needs
+    │   ├── TooManyAttempts        429 too_many_attempts: too many failed sign-ins, wait and retry
     │   ├── RequestTimeout         408 request_timeout: the client took too long to send the body
     │   └── BadRequest             400 bad_request: any other malformed request
     ├── UpstreamError              502 upstream_error: the image host answered with an error status
@@ -102,6 +104,16 @@ class DecodeTimeout(InputError):
 class Unauthorized(InputError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(InputError):
+    status = 403
+    code = "forbidden"
+
+
+class TooManyAttempts(InputError):
+    status = 429
+    code = "too_many_attempts"
 
 
 class RequestTimeout(InputError):

@@ -76,6 +76,24 @@ def _runtime(raw: str) -> str:
     return raw
 
 
+def _emails(raw: str) -> tuple[str, ...]:
+    items = tuple(item.lower() for item in _list(raw))
+    for item in items:
+        local, at, domain = item.rpartition("@")
+        if not at or "." not in domain or any(c.isspace() for c in item) or "@" in local:
+            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain")
+    return items
+
+
+MIN_SECRET_LENGTH = 16
+
+
+def _secret(raw: str) -> str:
+    if raw and len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+    return raw
+
+
 def _auto_bool(raw: str) -> bool | None:
     if raw.strip().lower() == "auto":
         return None
@@ -100,11 +118,12 @@ class Setting:
     default: str  # as it would be written in the environment
     help: str
     parse: Callable[[str], Any]
+    secret: bool = False  # never shown: not in repr(settings), not in error messages
 
 
-def setting(env: str, default: str, parse: Callable[[str], Any], help: str) -> Any:
+def setting(env: str, default: str, parse: Callable[[str], Any], help: str, *, secret: bool = False) -> Any:
     """A field of :class:`Settings` whose metadata carries its row of the settings table."""
-    return dataclasses.field(metadata={"setting": Setting(env, "", default, help, parse)})
+    return dataclasses.field(repr=not secret, metadata={"setting": Setting(env, "", default, help, parse, secret)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +136,10 @@ class Settings:
 
     port: int = setting(
         "PORT", "8080", _int(1, 65535),
-        "Port the server listens on (all interfaces).")
+        "Port the server listens on.")
     host: str = setting(
         "NSFW_HOST", "0.0.0.0", str,
-        "Interface the server binds to.")
+        "Interface the server binds to (0.0.0.0: all; ./run.sh uses 127.0.0.1 unless it is set).")
     model: str = setting(
         "NSFW_MODEL", "MobileNetV2Mid", _model,
         "Default model: MobileNetV2Mid, MobileNetV2 or InceptionV3.")
@@ -161,7 +180,50 @@ class Settings:
         " all. For development and tests only.")
     api_keys: tuple[str, ...] = setting(
         "NSFW_API_KEYS", "", _list,
-        "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.")
+        "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.", secret=True)
+    local_mode: bool = setting(
+        "NSFW_LOCAL_MODE", "false", _bool,
+        "Every visitor of the browser app acts as admin, as 'local', without signing in. For one person on "
+        "their own machine: refused unless NSFW_HOST is a loopback address; ./run.sh turns it on when "
+        "NSFW_HOST is not set (README \"Security model\").")
+    public_demo: bool = setting(
+        "NSFW_PUBLIC_DEMO", "false", _bool,
+        "Let visitors who are not signed in use the Classify page although NSFW_API_KEYS is set (without API "
+        "keys the API is public, and so is that page).")
+    admin_emails: tuple[str, ...] = setting(
+        "NSFW_ADMIN_EMAILS", "", _emails,
+        "Comma-separated e-mail addresses (alice@example.com) or domains (@example.com) whose OpenID Connect "
+        "sign-in makes them admins: calibration, thresholds, labelled sets on the server, exports, review.")
+    reviewer_emails: tuple[str, ...] = setting(
+        "NSFW_REVIEWER_EMAILS", "", _emails,
+        "Comma-separated e-mail addresses or @domains whose OpenID Connect sign-in makes them reviewers "
+        "(the review queue and the Classify page).")
+    admin_secret: str = setting(
+        "NSFW_ADMIN_SECRET", "", _secret,
+        "Sign-in secret for the admin role, for deployments without an identity provider (at least 16 "
+        "characters; compared in constant time, failed attempts rate-limited, never logged).", secret=True)
+    reviewer_secret: str = setting(
+        "NSFW_REVIEWER_SECRET", "", _secret,
+        "Sign-in secret for the reviewer role (as NSFW_ADMIN_SECRET).", secret=True)
+    oidc_metadata_url: str = setting(
+        "NSFW_OIDC_METADATA_URL", "", str,
+        "OpenID Connect discovery URL of the identity provider (https://.../.well-known/openid-configuration);"
+        " with NSFW_OIDC_CLIENT_ID and NSFW_OIDC_CLIENT_SECRET it turns on 'Sign in with' (Streamlit's "
+        "st.login). An [auth] section in .streamlit/secrets.toml works too and wins.")
+    oidc_client_id: str = setting(
+        "NSFW_OIDC_CLIENT_ID", "", str,
+        "Client id registered with the identity provider.")
+    oidc_client_secret: str = setting(
+        "NSFW_OIDC_CLIENT_SECRET", "", str,
+        "Client secret registered with the identity provider.", secret=True)
+    oidc_redirect_uri: str = setting(
+        "NSFW_OIDC_REDIRECT_URI", "", str,
+        "The service's public URL followed by /oauth2callback, as registered with the provider (empty: "
+        "APP_URL + /oauth2callback, else http://localhost:PORT/oauth2callback).")
+    oidc_cookie_secret: str = setting(
+        "NSFW_OIDC_COOKIE_SECRET", "", str,
+        "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
+        "Empty: derived from NSFW_OIDC_CLIENT_SECRET.", secret=True)
     adult_classes: tuple[str, ...] = setting(
         "NSFW_ADULT_CLASSES", "porn,sexy", _classes,
         "Classes whose scores add up to the adult score.")
@@ -310,6 +372,16 @@ class Settings:
                             retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
 
     @property
+    def access_config(self) -> AccessConfig:
+        return AccessConfig(
+            local_mode=self.local_mode, public_demo=self.public_demo, api_keyed=bool(self.api_keys),
+            admin_emails=self.admin_emails, reviewer_emails=self.reviewer_emails,
+            admin_secret=self.admin_secret, reviewer_secret=self.reviewer_secret,
+            oidc=OIDCConfig(metadata_url=self.oidc_metadata_url, client_id=self.oidc_client_id,
+                            client_secret=self.oidc_client_secret, redirect_uri=self.oidc_redirect_uri,
+                            cookie_secret=self.oidc_cookie_secret, port=self.port))
+
+    @property
     def labelset_config(self) -> LabelSetConfig:
         return LabelSetConfig(root=self.labelsets_dir, uploads_dir=str(Path(self.data_dir) / "labelsets"),
                               quota_bytes=self.labelsets_quota_bytes, max_bytes=self.max_bytes)
@@ -408,6 +480,39 @@ class ServingLimits:
 
 
 @dataclasses.dataclass(frozen=True)
+class OIDCConfig:
+    """Sign-in through an OpenID Connect provider, from the environment (secrets.toml's [auth] also works)."""
+
+    metadata_url: str
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+    redirect_uri: str
+    cookie_secret: str = dataclasses.field(repr=False)
+    port: int
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.metadata_url and self.client_id and self.client_secret)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccessConfig:
+    """Who may do what in the browser app: local mode, the public demo, allow-lists, secrets, OIDC."""
+
+    local_mode: bool
+    public_demo: bool
+    api_keyed: bool
+    admin_emails: tuple[str, ...]
+    reviewer_emails: tuple[str, ...]
+    admin_secret: str = dataclasses.field(repr=False)
+    reviewer_secret: str = dataclasses.field(repr=False)
+    oidc: OIDCConfig
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclasses.dataclass(frozen=True)
 class LabelSetConfig:
     """Where labelled sets may be read from on the server, where uploads are extracted and in how much disk."""
 
@@ -448,11 +553,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         try:
             values[s.attr] = s.parse(raw)
         except ValueError as exc:
-            raise SettingsError(f"{s.name}={raw!r}: {exc}") from exc
+            shown = "<secret>" if s.secret else repr(raw)
+            raise SettingsError(f"{s.name}={shown}: {exc}") from exc
     unknown = set(overrides) - set(values)
     if unknown:
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
     values.update(overrides)
+    if values["local_mode"] and values["host"] not in LOOPBACK_HOSTS:
+        raise SettingsError(f"NSFW_LOCAL_MODE=true needs a loopback NSFW_HOST ({', '.join(LOOPBACK_HOSTS)}), not "
+                            f"{values['host']!r}: on other interfaces every visitor would be admin")
     return _resolve(Settings(**values))
 
 

@@ -23,6 +23,7 @@ import streamlit as st
 
 from nsfw_core import calibration as cal
 from nsfw_core import labelsets
+from nsfw_core.access import Identity, Permission
 from nsfw_core.context import Context
 from nsfw_core.errors import NSFWError
 from nsfw_core.labels import (
@@ -38,7 +39,7 @@ from nsfw_core.labels import (
 from nsfw_core.scorecache import model_key
 from nsfw_core.settings import MODEL_NAMES
 from nsfw_core.verdict import EPSILON, ActiveThresholds, Thresholds
-from nsfw_ui import charts, state, widgets
+from nsfw_ui import auth, charts, state, widgets
 
 SOURCES = {
     "demo": "Demo set (benign only)",
@@ -348,7 +349,6 @@ def _sidebar(active: Thresholds, default_model: str) -> Controls:
         st.multiselect("Adult classes (summed into the adult score)", CLASS_NAMES, key="cal_adult_classes")
         st.multiselect("Safe classes (summed into the safe score)", CLASS_NAMES, key="cal_safe_classes")
         st.selectbox("Model", MODEL_NAMES, key="cal_model")
-        st.text_input("Your name (recorded with a save or a rollback)", key="cal_saved_by", max_chars=200)
         with st.expander("Labels → truth"):
             st.multiselect("Five-class labels that count as adult (the others are safe)", CLASS_NAMES,
                            key="cal_adult_labels",
@@ -466,9 +466,10 @@ def _show_suggest(data: Labelled, context: tuple[Any, ...], sug: cal.Suggestion 
         box(f"Suggestion ({sug.status}): {sug.message}{extra}")
 
 
-def _save(ctx: Context, controls: Controls, loaded: LoadedSet, entry: Entry, data: Labelled, failed: int,
-          m: cal.DecisionMetrics, sug: cal.Suggestion | None) -> None:
-    """Write the sliders' thresholds to the file the API and the classify page use, with what they were tuned on."""
+def _save(ctx: Context, who: Identity, controls: Controls, loaded: LoadedSet, entry: Entry, data: Labelled,
+          failed: int, m: cal.DecisionMetrics, sug: cal.Suggestion | None) -> None:
+    """Save the sliders' thresholds as a new version (the API and the classify page use it), with what they were
+    tuned on and who saved them."""
     store = ctx.thresholds
     tuned_on: dict[str, Any] = {
         "source": loaded.description, "images": data.n, "adult": data.n_adult, "safe": data.n_safe,
@@ -479,8 +480,9 @@ def _save(ctx: Context, controls: Controls, loaded: LoadedSet, entry: Entry, dat
     if sug is not None:
         tuned_on["suggestion"] = sug.to_dict()
     try:
+        auth.check(who, Permission.SAVE_THRESHOLDS)
         result = store.save(controls.rule(), model=entry["model"] or controls.model_name, tuned_on=tuned_on,
-                            by=str(S.get("cal_saved_by") or ""))
+                            by=who.name)
     except ValueError as exc:  # e.g. a class on both sides
         st.error(f"Could not save the thresholds: {exc}")
         return
@@ -494,9 +496,10 @@ def _save(ctx: Context, controls: Controls, loaded: LoadedSet, entry: Entry, dat
                    f"{result.version}; the API and the classify page use them from now on, on every instance.")
 
 
-def _rollback(ctx: Context, version: int) -> None:
+def _rollback(ctx: Context, who: Identity, version: int) -> None:
     try:
-        result = ctx.thresholds.rollback(version, by=str(S.get("cal_saved_by") or ""))
+        auth.check(who, Permission.SAVE_THRESHOLDS)
+        result = ctx.thresholds.rollback(version, by=who.name)
     except NSFWError as exc:
         S["cal_rollback_message"] = ("error", f"Could not roll back to version {version}: {exc.message}")
         return
@@ -505,7 +508,7 @@ def _rollback(ctx: Context, version: int) -> None:
                                             f"T_safe = {result.thresholds.safe:g}).")
 
 
-def _show_history(ctx: Context) -> None:
+def _show_history(ctx: Context, who: Identity) -> None:
     """Who saved which thresholds, when, on which set; a rollback button per older version."""
     with st.expander("Thresholds history"):
         kind, message = S.pop("cal_rollback_message", (None, ""))
@@ -535,7 +538,7 @@ def _show_history(ctx: Context) -> None:
         if older:
             c1, c2 = st.columns([1, 2])
             chosen = c1.selectbox("Roll back to version", older, key="cal_rollback_version")
-            c2.button("Roll back", key="cal_rollback", on_click=_rollback, args=(ctx, int(chosen)),
+            c2.button("Roll back", key="cal_rollback", on_click=_rollback, args=(ctx, who, int(chosen)),
                       help="Save a new version with that version's thresholds (in force at once everywhere).")
 
 
@@ -624,11 +627,12 @@ def _show_samples(data: Labelled, controls: Controls) -> None:
 
 
 def page() -> None:
+    who = auth.require(Permission.CALIBRATE)
     st.title("Calibrate thresholds")
     ctx = state.context()
     active = ctx.thresholds.current()
     _show_active(active)
-    _show_history(ctx)
+    _show_history(ctx, who)
     controls = _sidebar(active.thresholds, ctx.settings.model)
 
     chosen = _choose_and_score(ctx, controls.model_name)
@@ -656,7 +660,7 @@ def page() -> None:
     if loaded.kind != "synthetic" and st.button(
             "Save thresholds", type="primary",
             help="Save these thresholds as a new version: the API and the classify page use them."):
-        _save(ctx, controls, loaded, entry, data, len(failed), m, sug)
+        _save(ctx, who, controls, loaded, entry, data, len(failed), m, sug)
     _show_distributions(data, controls, shown_sug)
     _show_verdicts(data, controls)
     _show_tradeoff(data, controls, m, shown_sug)

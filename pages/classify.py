@@ -23,6 +23,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from nsfw_core.access import Permission
 from nsfw_core.classify import Classification, Outcome, classify_sources
 from nsfw_core.context import Context
 from nsfw_core.errors import NSFWError
@@ -30,7 +31,7 @@ from nsfw_core.labels import CLASS_NAMES, SAFE
 from nsfw_core.model import Model
 from nsfw_core.settings import MODEL_NAMES
 from nsfw_core.verdict import ActiveThresholds, Thresholds
-from nsfw_ui import charts, inputs, state, widgets
+from nsfw_ui import auth, charts, inputs, state, widgets
 from nsfw_ui.inputs import Input, UploadedFile
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"]
@@ -295,6 +296,7 @@ def _submit(ctx: Context, form: Form) -> None:
 
 
 def page() -> None:
+    auth.require(Permission.CLASSIFY)
     ctx = state.context()
     st.title("Classify images")
     active = ctx.thresholds.current()

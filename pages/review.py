@@ -1,10 +1,11 @@
 """Review page: a person labels the images the model could not decide, one at a time.
 
 The queue is ``nsfw_core.review.ReviewQueue`` (the process context's, ``nsfw_ui.state.context().review_queue``).
-Each browser session reviews under a reviewer id: a random one kept in
-``st.session_state`` unless a name is typed.  The page claims the oldest
-pending item for that id (a lease of ``NSFW_REVIEW_LEASE_SECONDS``: another
-reviewer gets it if it is left that long), shows it blurred until revealed,
+Only reviewers and admins get this page (:mod:`nsfw_core.access`); decisions are
+recorded under the signed-in identity's name, and every button checks the role
+again on the server.  The page claims the oldest pending item for that name
+(a lease of ``NSFW_REVIEW_LEASE_SECONDS``: another reviewer gets it if it is
+left that long), shows it blurred until revealed,
 with its scores, and records the button pressed: ``adult`` / ``safe`` or one
 of the five classes, ``skip`` (the item goes to the end of the queue and this
 session does not see it again until "review skipped items again"), or
@@ -15,28 +16,26 @@ The image comes from the stored bytes when the queue kept them
 fetcher (once per item and session; "Fetch again" after an error); an upload
 whose bytes were not kept is reviewed from its scores.
 
-Widget keys: ``reviewer_name`` (text input); ``reveal_<item id>`` (toggle);
+Widget keys: ``reveal_<item id>`` (toggle);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
-and ``refetch`` (buttons); ``download_reviewed_csv`` and ``download_reviewed_zip``.
+and ``refetch`` (buttons); ``download_reviewed_csv`` and ``download_reviewed_zip`` (admins only).
 Keyboard shortcuts: A adult, S safe, 1-5 the classes in order (drawings,
 hentai, neutral, porn, sexy), K skip, U undo.
 """
 
 from __future__ import annotations
 
-import uuid
-
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from nsfw_core.access import Identity, Permission
 from nsfw_core.context import Context
 from nsfw_core.errors import NSFWError
 from nsfw_core.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.review import Item, ReviewQueue, iso
-from nsfw_ui import inputs, state, widgets
+from nsfw_ui import auth, inputs, state, widgets
 
-REVIEWER_KEY = "review_reviewer"  # the random id of this session
 CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
 SKIPPED_KEY = "review_skipped"  # ids this session skipped
 MESSAGE_KEY = "review_message"  # (kind, text) shown once after a button
@@ -52,14 +51,6 @@ _md = widgets.md_escape  # user-supplied text (a reviewer name, a URL, an error 
 
 def _error_text(exc: NSFWError) -> str:
     return _md(f"{exc.code}: {exc.message}")
-
-
-def _reviewer() -> str:
-    """The typed name, else this session's random id."""
-    if REVIEWER_KEY not in st.session_state:
-        st.session_state[REVIEWER_KEY] = f"reviewer-{uuid.uuid4().hex[:8]}"
-    name = (st.session_state.get("reviewer_name") or "").strip()
-    return name[:200] if name else st.session_state[REVIEWER_KEY]
 
 
 def _say(kind: str, text: str) -> None:
@@ -94,18 +85,20 @@ def _current(queue: ReviewQueue, reviewer: str) -> Item | None:
 # ---------------------------------------------------------------- button callbacks
 
 
-def _on_decide(queue: ReviewQueue, item_id: int, reviewer: str, label: str) -> None:
+def _on_decide(queue: ReviewQueue, who: Identity, item_id: int, label: str) -> None:
     try:
-        queue.decide(item_id, reviewer, label)
+        auth.check(who, Permission.REVIEW)
+        queue.decide(item_id, who.name, label)
         _say("success", f"Item {item_id}: **{label}**.")
     except NSFWError as exc:
         _say("warning", _error_text(exc))
     st.session_state[CURRENT_KEY] = None
 
 
-def _on_skip(queue: ReviewQueue, item_id: int, reviewer: str) -> None:
+def _on_skip(queue: ReviewQueue, who: Identity, item_id: int) -> None:
     try:
-        queue.skip(item_id, reviewer)
+        auth.check(who, Permission.REVIEW)
+        queue.skip(item_id, who.name)
         _say("info", f"Item {item_id} skipped: it goes to the end of the queue.")
     except NSFWError as exc:
         _say("warning", _error_text(exc))
@@ -113,9 +106,11 @@ def _on_skip(queue: ReviewQueue, item_id: int, reviewer: str) -> None:
     st.session_state[CURRENT_KEY] = None
 
 
-def _on_undo(queue: ReviewQueue, reviewer: str) -> None:
+def _on_undo(queue: ReviewQueue, who: Identity) -> None:
     held = st.session_state.get(CURRENT_KEY)
+    reviewer = who.name
     try:
+        auth.check(who, Permission.REVIEW)
         item = queue.undo(reviewer, reclaim=True)
     except NSFWError as exc:
         _say("warning", _error_text(exc))
@@ -190,26 +185,36 @@ def _scores_table(item: Item) -> pd.DataFrame:
     return pd.DataFrame({"class": list(CLASS_NAMES), "score": [round(float(item.scores[c]), 4) for c in CLASS_NAMES]})
 
 
-def _buttons(queue: ReviewQueue, item: Item | None, reviewer: str) -> None:
+def _buttons(queue: ReviewQueue, item: Item | None, who: Identity) -> None:
     disabled = item is None
     item_id = item.id if item is not None else 0
     cols = st.columns(len(DECISION_LABELS) + 1)
     for col, label in zip(cols[:-1], DECISION_LABELS, strict=True):
         col.button(label, key=f"label_{label}", disabled=disabled, help=LABEL_HELP[label],
                    type="primary" if label in BINARY_LABELS else "secondary", shortcut=SHORTCUTS[label],
-                   on_click=_on_decide, args=(queue, item_id, reviewer, label), width="stretch")
+                   on_click=_on_decide, args=(queue, who, item_id, label), width="stretch")
     cols[-1].button("skip", key="skip", disabled=disabled, help="Not now: back to the end of the queue",
-                    shortcut=SHORTCUTS["skip"], on_click=_on_skip, args=(queue, item_id, reviewer), width="stretch")
+                    shortcut=SHORTCUTS["skip"], on_click=_on_skip, args=(queue, who, item_id), width="stretch")
     st.button("Undo last decision", key="undo", icon=":material/undo:", shortcut=SHORTCUTS["undo"],
-              on_click=_on_undo, args=(queue, reviewer))
+              on_click=_on_undo, args=(queue, who))
 
 
-def _downloads(queue: ReviewQueue, decided: int) -> None:
+def _downloads(queue: ReviewQueue, who: Identity, decided: int) -> None:
+    """Admins' exports; the data is made when the button is pressed, after the role is checked again."""
+
+    def csv() -> str:
+        auth.check(who, Permission.EXPORT)
+        return queue.export_csv()
+
+    def archive() -> bytes:
+        auth.check(who, Permission.EXPORT)
+        return queue.export_zip()[0]
+
     col1, col2 = st.columns(2)
-    col1.download_button("Download reviewed items (CSV)", data=queue.export_csv, file_name="reviewed.csv",
+    col1.download_button("Download reviewed items (CSV)", data=csv, file_name="reviewed.csv",
                          mime="text/csv", key="download_reviewed_csv", disabled=decided == 0, on_click="ignore",
                          help="Manifest of the decided items: path,label,sha256,model, the five scores, decided_at")
-    col2.download_button("Download reviewed items with images (ZIP)", data=lambda: queue.export_zip()[0],
+    col2.download_button("Download reviewed items with images (ZIP)", data=archive,
                          file_name="reviewed.zip", mime="application/zip", key="download_reviewed_zip",
                          disabled=decided == 0, on_click="ignore",
                          help="manifest.csv + stored images: upload it on the calibration page")
@@ -247,6 +252,7 @@ def _show_item(ctx: Context, item: Item) -> None:
 
 
 def page() -> None:
+    who = auth.require(Permission.REVIEW)
     st.title("Review queue")
     ctx = state.context()
     try:
@@ -254,9 +260,7 @@ def page() -> None:
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
-    st.text_input("Your name (optional)", key="reviewer_name", max_chars=200,
-                  help="Decisions are recorded under this name; without one, under a random id for this session.")
-    reviewer = _reviewer()
+    reviewer = who.name
     try:
         queue.purge_if_due()
         item = _current(queue, reviewer)
@@ -270,9 +274,10 @@ def page() -> None:
         _show_nothing_left(counts)
     else:
         _show_item(ctx, item)
-    _buttons(queue, item, reviewer)
+    _buttons(queue, item, who)
     st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
-    _downloads(queue, counts["decided"])
+    if auth.can(who, Permission.EXPORT):
+        _downloads(queue, who, counts["decided"])
 
 
 page()

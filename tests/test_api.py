@@ -454,6 +454,15 @@ def test_health_when_ready(client, default_model):
     assert client.head("/health").status_code == 200
 
 
+def test_health_warns_when_sign_in_is_not_configured(tmp_path, caplog):
+    with running(make_settings(tmp_path, admin_secret="")) as c:
+        body = c.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["warnings"] == ["sign-in is not configured: the calibrate and review pages are locked (set "
+                                "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; README \"Security model\")"]
+    assert body["warnings"][0] in caplog.text
+
+
 @pytest.mark.parametrize(("runtime", "wait_s"), [("litert", 0.0), ("tensorflow", 0.004)])
 def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, tmp_path, runtime, wait_s):
     """LiteRT gains nothing from waiting (a lone image runs on all threads), so its batcher never waits; TensorFlow's does."""

@@ -1,4 +1,7 @@
-"""The classify page in a real headless Chromium, against the real server (``python app.py``).
+"""The browser app in a real headless Chromium, against the real server started by ``./run.sh``.
+
+``./run.sh`` is the README's local command: it serves 127.0.0.1 in local mode, so the
+person at the browser calibrates and reviews without signing in (README "Security model").
 
 Debian's ``chromium`` and ``chromium-driver`` are used (``scripts/install-browser.sh``
 installs them); Selenium drives ``/usr/bin/chromedriver`` given explicitly, with
@@ -18,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -42,6 +44,7 @@ CHROMIUM_FLAGS = (
     "--window-size=1400,1000",
 )
 SERVER_START_S = 60  # Streamlit + TensorFlow import and the model load take ~10 s
+RUN_SH_START_S = 240  # ./run.sh first checks the virtualenv against requirements.txt (pip, once per checkout)
 RESULT_S = 60
 SAFE_THRESHOLD = 0.97  # smile.jpg's safe score is ~0.962 with MobileNetV2Mid: needs review
 SCORES = re.compile(r"drawings ([0-9.]+) · hentai ([0-9.]+) · neutral ([0-9.]+) · porn ([0-9.]+) · sexy ([0-9.]+)")
@@ -109,29 +112,37 @@ def expected() -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def server(images, tmp_path_factory) -> Iterator[str]:
-    """``python app.py`` on a free port; yields its base URL."""
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def server(images, data_dir) -> Iterator[str]:
+    """``./run.sh`` on a free port (NSFW_HOST unset: local mode); yields its base URL."""
+    from nsfw_core.review import ReviewQueue
     from nsfw_core.settings import load_settings
     from nsfw_core.thresholds import ThresholdHistory
     from nsfw_core.verdict import Thresholds
 
-    data_dir = tmp_path_factory.mktemp("data")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
-    env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(data_dir), NSFW_COMPILED_DIR=COMPILED_DIR,
+    env.update(PORT=str(port), NSFW_DATA_DIR=str(data_dir), NSFW_COMPILED_DIR=COMPILED_DIR,
                NSFW_ALLOW_PRIVATE_HOSTS=images.netloc, PYTHONUNBUFFERED="1")
     settings = load_settings(env)
     history = ThresholdHistory.from_settings(settings)  # the database the server will use
     history.save(Thresholds(adult=settings.adult_threshold, safe=SAFE_THRESHOLD), model="MobileNetV2Mid")
     history.close()
+    queue = ReviewQueue.from_config(settings.review_config)
+    queue.enqueue("e" * 64, "upload:waiting.jpg", dict.fromkeys(CLASSES, 0.2), "MobileNetV2Mid", "unknown")
+    queue.close()
 
     log_path = data_dir / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
+        proc = subprocess.Popen(["bash", "run.sh"], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + SERVER_START_S
+        deadline = time.monotonic() + RUN_SH_START_S
         while _get(base + "/_stcore/health") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the server did not start (exit {proc.poll()}):\n{log_path.read_text()[-4000:]}")
@@ -355,3 +366,37 @@ def test_calibrate_suggests_thresholds_in_the_browser(driver, server):
     _wait(driver, lambda d: "AUC" in d.page_source, 30, "no AUC on the page")
     if os.environ.get("SAVE_SCREENSHOTS") == "1":
         _save_screenshot(driver, CALIBRATE_SCREENSHOT)
+
+
+def test_run_sh_serves_this_machine_only(server):
+    """Local mode is only safe on loopback: ./run.sh binds 127.0.0.1, so other interfaces are refused."""
+    port = int(server.rsplit(":", 1)[1])
+    try:
+        shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        shown = ""
+    others = sorted({m for m in re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", shown) if not m.startswith("127.")})
+    if not others:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    for address in others:
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((address, port)) != 0, f"{address}:{port} accepted a connection"
+
+
+def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
+    from nsfw_core.review import ReviewQueue
+    from nsfw_core.settings import load_settings
+
+    driver.get(server + "/review")
+    button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]
+    nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
+    assert nav == ["Classify", "Calibrate thresholds", "Review queue"]  # no Sign in page
+    button.click()
+    _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
+    queue = ReviewQueue.from_config(load_settings({"NSFW_DATA_DIR": str(data_dir)}).review_config)
+    try:
+        [item] = queue.items(status="decided")
+        assert (item.decision, item.decided_by) == ("safe", "local")
+    finally:
+        queue.close()

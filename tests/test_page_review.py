@@ -17,7 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from nsfw_core.context import install
 from nsfw_core.review import ReviewQueue
+from nsfw_core.access import Identity, Role
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
+from nsfw_ui.auth import IDENTITY_KEY
+from tests.helpers.signin import ADMIN, REVIEWER, signed_in
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
 PAGE = ROOT / "pages" / "review.py"
@@ -65,8 +68,8 @@ def filled(queue):
 
 
 
-def new_page() -> AppTest:
-    at = AppTest.from_file(str(PAGE), default_timeout=60).run()
+def new_page(who: Identity = REVIEWER) -> AppTest:
+    at = signed_in(AppTest.from_file(str(PAGE), default_timeout=60), who).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -93,7 +96,7 @@ def plain(markdown: str) -> str:
 
 
 def reviewer(at: AppTest) -> str:
-    return at.session_state["review_reviewer"]
+    return at.session_state[IDENTITY_KEY].name
 
 
 # ---------------------------------------------------------------- the page
@@ -120,7 +123,7 @@ def test_shows_the_count_and_the_oldest_item_blurred(filled, queue, media):
     assert {"label_adult", "label_safe", "label_drawings", "label_hentai", "label_neutral", "label_porn",
             "label_sexy", "skip", "undo"} <= keys
     assert at.button(key="label_safe").proto.shortcut == "s"
-    assert {b.key for b in at.get("download_button")} == {"download_reviewed_csv", "download_reviewed_zip"}
+    assert not at.get("download_button")  # exports are the admins'
     # Revealed.
     at.toggle(key=f"reveal_{first}").set_value(True).run()
     assert not at.exception
@@ -174,22 +177,22 @@ def test_skip_moves_on(filled, queue):
     assert shown_id(at) == filled[0]
 
 
-def test_named_reviewer(filled, queue):
-    at = new_page()
-    at.text_input(key="reviewer_name").input("alice").run()
-    assert not at.exception
-    assert queue.get(filled[0]).claimed_by == "alice"
+def test_decisions_are_recorded_under_the_signed_in_identity(filled, queue):
+    at = new_page(Identity("alice (secret)", Role.REVIEWER, "secret"))
+    assert not at.text_input  # no free-text name to type
+    assert queue.get(filled[0]).claimed_by == "alice (secret)"
     at = click(at, "label_adult")
-    assert queue.get(filled[0]).decided_by == "alice"
-    assert "alice" in next(m.value for m in at.markdown if "left to review" in m.value)
+    assert queue.get(filled[0]).decided_by == "alice (secret)"
+    assert "you are alice (secret)" in plain(next(m.value for m in at.markdown if "left to review" in m.value))
 
 
 def test_empty_queue(queue):
-    at = new_page()
+    at = new_page(ADMIN)
     assert left(at) == 0
     assert "Nothing left to review" in at.success[0].value
     assert at.button(key="label_safe").disabled and at.button(key="skip").disabled
-    assert at.get("download_button")[0].proto.disabled
+    assert {b.key for b in at.get("download_button")} == {"download_reviewed_csv", "download_reviewed_zip"}
+    assert all(b.proto.disabled for b in at.get("download_button"))  # nothing decided yet
 
 
 def test_url_items_are_fetched_through_the_safe_fetcher(queue, data_dir, local_server, monkeypatch):  # noqa: F811

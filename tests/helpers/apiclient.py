@@ -11,6 +11,8 @@ from typing import Any, Iterator
 from nsfw_core import api
 from nsfw_core.settings import load_settings
 
+from .paths import ADMIN_SECRET
+
 with warnings.catch_warnings():  # "install httpx2": the httpx-based client still works
     from starlette.exceptions import StarletteDeprecationWarning
 
@@ -22,6 +24,7 @@ READY_TIMEOUT = 60.0
 
 def make_settings(tmp: Path, **overrides: Any) -> Any:
     """Defaults (not the caller's environment), with the data folder in ``tmp``."""
+    overrides.setdefault("admin_secret", ADMIN_SECRET)
     return load_settings(environ={}, data_dir=str(tmp), **overrides)
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.helpers.paths import COMPILED_DIR, ROOT
+from tests.helpers.paths import ADMIN_SECRET, COMPILED_DIR, ROOT
 
 STARTUP_TIMEOUT = 90.0
 
@@ -62,7 +62,8 @@ class AppServer:
         self.log = folder / f"server-{self.port}.log"
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
         environ.update(PORT=str(self.port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(self.data_dir),
-                       NSFW_COMPILED_DIR=COMPILED_DIR, **env)
+                       NSFW_COMPILED_DIR=COMPILED_DIR, NSFW_ADMIN_SECRET=ADMIN_SECRET)
+        environ.update(env)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=out,
                                             stderr=subprocess.STDOUT)

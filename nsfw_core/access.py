@@ -1,0 +1,252 @@
+"""Who may do what in the browser app: roles, identities, permissions and the sign-in checks.
+
+Three roles, each with everything the one before it has::
+
+    anonymous   the Classify page, and only when the API is public (no NSFW_API_KEYS) or the
+                operator opts in with NSFW_PUBLIC_DEMO; nothing else
+    reviewer    + the review queue (claim, decide, skip, undo)
+    admin       + calibration (labelled sets, uploaded or on the server), saving and rolling back
+                thresholds, exports of the reviewed items
+
+An :class:`Identity` is decided on the server from one of three things, never from the peer
+address (behind a reverse proxy every visitor comes from 127.0.0.1) and never from what the page
+sent about itself:
+
+- **local mode** (``NSFW_LOCAL_MODE``, only with a loopback ``NSFW_HOST``; ``./run.sh`` sets both):
+  the person at ``http://localhost:8080`` is admin ``local``.  A request whose ``Host`` is not a
+  loopback name (DNS rebinding) or that carries proxy headers gets no local rights;
+- **OpenID Connect** (Streamlit's ``st.login``): the provider's verified e-mail address, matched
+  against ``NSFW_ADMIN_EMAILS`` / ``NSFW_REVIEWER_EMAILS`` (addresses or ``@domains``);
+- **a per-role secret** (``NSFW_ADMIN_SECRET`` / ``NSFW_REVIEWER_SECRET``) for deployments without
+  an identity provider: compared in constant time, failed attempts rate-limited, never logged.
+
+The identity's ``name`` is what saves and review decisions record.  Pages hide what a role may not
+use and the actions check again with :meth:`Access.require` (a forged widget message reaches the
+action, not the widget), raising :class:`~nsfw_core.errors.Forbidden`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hmac
+import logging
+import threading
+import time
+import tomllib
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import Forbidden, TooManyAttempts
+from .settings import ROOT, AccessConfig
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.IntEnum):
+    ANONYMOUS = 0
+    REVIEWER = 1
+    ADMIN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Permission(enum.Enum):
+    CLASSIFY = "classify"  # the Classify page (fetches URLs, runs the model)
+    REVIEW = "review"  # the review queue: claim, decide, skip, undo
+    CALIBRATE = "calibrate"  # the calibrate page: labelled sets, uploaded or on the server
+    SAVE_THRESHOLDS = "save_thresholds"  # save a thresholds version, roll back
+    EXPORT = "export"  # download the reviewed items (CSV, ZIP with stored uploads)
+
+
+NEEDS: Mapping[Permission, Role] = {
+    Permission.CLASSIFY: Role.REVIEWER,  # or anonymous when the demo is public: Access.can
+    Permission.REVIEW: Role.REVIEWER,
+    Permission.CALIBRATE: Role.ADMIN,
+    Permission.SAVE_THRESHOLDS: Role.ADMIN,
+    Permission.EXPORT: Role.ADMIN,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """A visitor as the server sees them; ``name`` is recorded with what they change."""
+
+    name: str
+    role: Role
+    via: str  # "none", "local", "oidc" or "secret"
+
+    @property
+    def signed_in(self) -> bool:
+        return self.via in ("oidc", "secret")
+
+
+ANONYMOUS = Identity("anonymous", Role.ANONYMOUS, "none")
+LOCAL = Identity("local", Role.ADMIN, "local")
+
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def loopback_host(host_header: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost:8080``, ``[::1]:8080``...)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        name, port = name + "]", rest[1:] if rest.startswith(":") else rest
+    else:
+        name, _, port = host.partition(":")
+    return name.rstrip(".") in LOOPBACK_NAMES and (port == "" or port.isdigit())
+
+
+class AttemptLimiter:
+    """Failed sign-ins allowed per sliding window, for the whole process (every session together).
+
+    A wrong secret is counted; once ``max_failures`` fall in ``window_s`` seconds, every attempt is
+    refused unchecked until the oldest failure leaves the window.  Per process: with N replicas an
+    attacker gets N times the rate, which at 5 a minute still leaves a 16-character secret out of reach.
+    """
+
+    def __init__(self, max_failures: int = 5, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._clock = clock
+        self._failures: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _trim(self, now: float) -> None:
+        while self._failures and now - self._failures[0] >= self.window_s:
+            self._failures.popleft()
+
+    def check(self) -> None:
+        """Raise :class:`TooManyAttempts` while the window is full."""
+        with self._lock:
+            now = self._clock()
+            self._trim(now)
+            if len(self._failures) >= self.max_failures:
+                wait = max(1, int(self.window_s - (now - self._failures[0]) + 0.999))
+                raise TooManyAttempts(f"too many failed sign-ins: try again in {wait} s", retry_after=wait)
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures.append(self._clock())
+
+
+def _matches(email: str, entries: Iterable[str]) -> bool:
+    email = email.strip().lower()
+    domain = email.rpartition("@")[2]
+    for entry in entries:
+        if entry.startswith("@"):
+            if domain == entry[1:]:
+                return True
+        elif email == entry:
+            return True
+    return False
+
+
+def secrets_toml_auth(paths: Iterable[Path] | None = None) -> bool:
+    """Whether a Streamlit secrets file configures ``st.login`` (an ``[auth]`` section)."""
+    for path in paths if paths is not None else (ROOT / ".streamlit" / "secrets.toml",
+                                                  Path.home() / ".streamlit" / "secrets.toml"):
+        try:
+            with open(path, "rb") as f:
+                if isinstance(tomllib.load(f).get("auth"), dict):
+                    return True
+        except (OSError, tomllib.TOMLDecodeError, ValueError):
+            continue
+    return False
+
+
+class Access:
+    """The access rules of one process, built from :class:`~nsfw_core.settings.AccessConfig`."""
+
+    def __init__(self, config: AccessConfig, *, oidc_from_secrets: bool | None = None,
+                 limiter: AttemptLimiter | None = None) -> None:
+        self.config = config
+        self.oidc = config.oidc.configured or (secrets_toml_auth() if oidc_from_secrets is None
+                                               else oidc_from_secrets)
+        self.limiter = limiter or AttemptLimiter()
+
+    # -------------------------------------------------------------- what is configured
+    @property
+    def secrets(self) -> bool:
+        return bool(self.config.admin_secret or self.config.reviewer_secret)
+
+    @property
+    def sign_in_configured(self) -> bool:
+        return self.oidc or self.secrets
+
+    @property
+    def public_classify(self) -> bool:
+        """Whether visitors who are not signed in may classify."""
+        return self.config.local_mode or self.config.public_demo or not self.config.api_keyed
+
+    def warnings(self) -> list[str]:
+        """What /health and the start-up log say about sign-in."""
+        if self.config.local_mode:
+            return []
+        out = []
+        if not self.sign_in_configured:
+            out.append("sign-in is not configured: the calibrate and review pages are locked (set "
+                       "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; README \"Security model\")")
+        elif self.oidc and not (self.config.admin_emails or self.config.reviewer_emails) and not self.secrets:
+            out.append("OpenID Connect sign-in is configured but NSFW_ADMIN_EMAILS and NSFW_REVIEWER_EMAILS "
+                       "are empty: nobody who signs in gets a role")
+        return out
+
+    # -------------------------------------------------------------- decisions
+    def can(self, who: Identity, permission: Permission) -> bool:
+        if permission is Permission.CLASSIFY and self.public_classify:
+            return True
+        return who.role >= NEEDS[permission]
+
+    def require(self, who: Identity, permission: Permission) -> None:
+        """Raise :class:`Forbidden` unless ``who`` may ``permission``."""
+        if not self.can(who, permission):
+            raise Forbidden(f"{permission.value} needs the {NEEDS[permission].label} role; "
+                            f"{who.name} is {who.role.label}")
+
+    def local_visitor(self, headers: Mapping[str, str]) -> Identity | None:
+        """:data:`LOCAL` in local mode for a request addressed to a loopback name, without proxy headers."""
+        if not self.config.local_mode:
+            return None
+        lower = {k.lower(): v for k, v in headers.items()}
+        if not loopback_host(lower.get("host", "")) or any(h in lower for h in PROXY_HEADERS):
+            return None
+        return LOCAL
+
+    def role_for_email(self, email: str) -> Role:
+        if _matches(email, self.config.admin_emails):
+            return Role.ADMIN
+        if _matches(email, self.config.reviewer_emails):
+            return Role.REVIEWER
+        return Role.ANONYMOUS
+
+    def from_oidc(self, claims: Mapping[str, Any]) -> Identity:
+        """The identity of an OpenID Connect user (``st.user``): role by verified e-mail address."""
+        email = claims.get("email")
+        name = email if isinstance(email, str) and email else f"oidc:{claims.get('sub', '?')}"
+        verified = claims.get("email_verified", True)  # absent: the provider vouches for what it sends
+        role = self.role_for_email(email) if isinstance(email, str) and verified is not False else Role.ANONYMOUS
+        return Identity(name[:200], role, "oidc")
+
+    def sign_in_with_secret(self, attempt: str) -> Identity:
+        """The role whose secret ``attempt`` is; :class:`Forbidden` when none, after the rate limit."""
+        self.limiter.check()
+        given = attempt.encode("utf-8", "surrogatepass")[:1024]
+        role = Role.ANONYMOUS
+        # both compared, no early exit: the time does not tell which secret came close
+        for secret, candidate in ((self.config.reviewer_secret, Role.REVIEWER),
+                                  (self.config.admin_secret, Role.ADMIN)):
+            if hmac.compare_digest(given, secret.encode()) and secret:
+                role = max(role, candidate)
+        if role is Role.ANONYMOUS:
+            self.limiter.failed()
+            log.warning("sign-in with a secret failed")  # never the attempt itself
+            raise Forbidden("that secret is not valid")
+        log.info("signed in with the %s secret", role.label)
+        return Identity(f"{role.label} (secret)", role, "secret")

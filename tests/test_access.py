@@ -1,0 +1,186 @@
+"""nsfw_core.access: roles, permissions, local mode, e-mail allow-lists, secret sign-in."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from nsfw_core.access import (
+    ANONYMOUS,
+    LOCAL,
+    Access,
+    AttemptLimiter,
+    Identity,
+    Permission,
+    Role,
+    loopback_host,
+    secrets_toml_auth,
+)
+from nsfw_core.errors import Forbidden, TooManyAttempts
+from nsfw_core.settings import SettingsError, load_settings
+
+ADMIN_SECRET = "a" * 16 + "-admin"
+REVIEWER_SECRET = "r" * 16 + "-reviewer"
+
+
+def access(oidc: bool = False, **env: str) -> Access:
+    return Access(load_settings(env).access_config, oidc_from_secrets=oidc)
+
+
+REVIEWER = Identity("r", Role.REVIEWER, "secret")
+ADMIN = Identity("a", Role.ADMIN, "secret")
+
+
+@pytest.mark.parametrize(("who", "allowed"), [
+    (ANONYMOUS, set()),
+    (REVIEWER, {Permission.CLASSIFY, Permission.REVIEW}),
+    (ADMIN, set(Permission)),
+])
+def test_roles_when_the_api_is_keyed(who, allowed):
+    rules = access(NSFW_API_KEYS="k" * 20)
+    assert {p for p in Permission if rules.can(who, p)} == allowed
+
+
+def test_anonymous_may_classify_when_the_api_is_public_or_the_demo_is():
+    assert access().can(ANONYMOUS, Permission.CLASSIFY)
+    assert access(NSFW_API_KEYS="k" * 20, NSFW_PUBLIC_DEMO="true").can(ANONYMOUS, Permission.CLASSIFY)
+    for p in (Permission.REVIEW, Permission.CALIBRATE, Permission.SAVE_THRESHOLDS, Permission.EXPORT):
+        assert not access(NSFW_PUBLIC_DEMO="true").can(ANONYMOUS, p)
+
+
+def test_require_raises_forbidden():
+    with pytest.raises(Forbidden) as err:
+        access().require(REVIEWER, Permission.SAVE_THRESHOLDS)
+    assert (err.value.status, err.value.code) == (403, "forbidden")
+    assert err.value.message == "save_thresholds needs the admin role; r is reviewer"
+    access().require(ADMIN, Permission.SAVE_THRESHOLDS)
+
+
+# ---------------------------------------------------------------- local mode
+
+
+def test_local_mode_needs_a_loopback_host():
+    with pytest.raises(SettingsError, match="NSFW_LOCAL_MODE=true needs a loopback NSFW_HOST"):
+        load_settings({"NSFW_LOCAL_MODE": "true"})
+    with pytest.raises(SettingsError):
+        load_settings({"NSFW_LOCAL_MODE": "true", "NSFW_HOST": "192.168.1.5"})
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert load_settings({"NSFW_LOCAL_MODE": "true", "NSFW_HOST": host}).local_mode
+
+
+@pytest.mark.parametrize(("host", "local"), [
+    ("localhost:8080", True), ("127.0.0.1:8080", True), ("[::1]:8080", True), ("localhost", True),
+    ("LOCALHOST.:8080", True),
+    ("evil.example:8080", False),  # DNS rebinding: a page of evil.example made to point at 127.0.0.1
+    ("localhost.evil.example", False), ("127.0.0.1.nip.io:8080", False), ("10.0.0.5:8080", False),
+    ("localhost:80x", False), ("", False), ("[::1]x", False),
+])
+def test_loopback_host(host, local):
+    assert loopback_host(host) is local
+
+
+def test_local_visitor():
+    rules = access(NSFW_LOCAL_MODE="true", NSFW_HOST="127.0.0.1")
+    assert rules.local_visitor({"Host": "localhost:8080"}) == LOCAL
+    assert rules.local_visitor({"Host": "evil.example:8080"}) is None
+    assert rules.local_visitor({}) is None
+    for proxy in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"):
+        assert rules.local_visitor({"Host": "localhost:8080", proxy: "203.0.113.9"}) is None
+    assert access(NSFW_HOST="127.0.0.1").local_visitor({"Host": "localhost:8080"}) is None  # not local mode
+    assert rules.warnings() == []
+
+
+# ---------------------------------------------------------------- OpenID Connect
+
+
+def test_roles_from_email_allow_lists():
+    rules = access(True, NSFW_ADMIN_EMAILS="boss@example.com", NSFW_REVIEWER_EMAILS="@example.com, eve@other.org")
+    assert rules.from_oidc({"email": "Boss@Example.com", "email_verified": True}) == \
+        Identity("Boss@Example.com", Role.ADMIN, "oidc")
+    assert rules.from_oidc({"email": "ann@example.com"}).role is Role.REVIEWER
+    assert rules.from_oidc({"email": "eve@other.org"}).role is Role.REVIEWER
+    assert rules.from_oidc({"email": "mallory@other.org"}).role is Role.ANONYMOUS
+    assert rules.from_oidc({"email": "ann@sub.example.com"}).role is Role.ANONYMOUS  # the domain, exactly
+    assert rules.from_oidc({"email": "boss@example.com.evil.org"}).role is Role.ANONYMOUS
+    assert rules.from_oidc({"email": "boss@example.com", "email_verified": False}).role is Role.ANONYMOUS
+    assert rules.from_oidc({"sub": "123"}) == Identity("oidc:123", Role.ANONYMOUS, "oidc")
+
+
+@pytest.mark.parametrize("bad", ["alice", "alice@", "@", "a@b", "a b@example.com", "a@b@example.com"])
+def test_bad_allow_list_entries_are_refused(bad):
+    with pytest.raises(SettingsError, match="NSFW_ADMIN_EMAILS"):
+        load_settings({"NSFW_ADMIN_EMAILS": bad})
+
+
+def test_secrets_toml_auth(tmp_path):
+    with_auth = tmp_path / "a.toml"
+    with_auth.write_text('[auth]\nclient_id = "x"\n')
+    other = tmp_path / "b.toml"
+    other.write_text('key = "x"\n')
+    broken = tmp_path / "c.toml"
+    broken.write_text("[auth\n")
+    assert secrets_toml_auth([other, broken, tmp_path / "missing.toml"]) is False
+    assert secrets_toml_auth([broken, with_auth]) is True
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def test_warnings_say_when_the_operator_pages_are_locked():
+    [warning] = access().warnings()
+    assert warning.startswith("sign-in is not configured: the calibrate and review pages are locked")
+    assert access(NSFW_ADMIN_SECRET=ADMIN_SECRET).warnings() == []
+    [warning] = access(True).warnings()
+    assert "nobody who signs in gets a role" in warning
+    assert access(True, NSFW_ADMIN_EMAILS="@example.com").warnings() == []
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_secret_sign_in():
+    rules = access(NSFW_ADMIN_SECRET=ADMIN_SECRET, NSFW_REVIEWER_SECRET=REVIEWER_SECRET)
+    assert rules.sign_in_with_secret(ADMIN_SECRET) == Identity("admin (secret)", Role.ADMIN, "secret")
+    assert rules.sign_in_with_secret(REVIEWER_SECRET) == Identity("reviewer (secret)", Role.REVIEWER, "secret")
+    for wrong in ("", ADMIN_SECRET[:-1], ADMIN_SECRET + " ", "\udcff" * 3):
+        with pytest.raises(Forbidden, match="^that secret is not valid$"):
+            rules.sign_in_with_secret(wrong)
+
+
+def test_an_empty_secret_never_matches_an_unset_role():
+    rules = access(NSFW_ADMIN_SECRET=ADMIN_SECRET)  # no reviewer secret
+    with pytest.raises(Forbidden):
+        rules.sign_in_with_secret("")
+
+
+def test_short_secrets_are_refused_and_never_echoed():
+    with pytest.raises(SettingsError) as err:
+        load_settings({"NSFW_ADMIN_SECRET": "hunter2"})
+    assert "hunter2" not in str(err.value) and "at least 16 characters" in str(err.value)
+    settings = load_settings({"NSFW_ADMIN_SECRET": ADMIN_SECRET, "NSFW_API_KEYS": "key-" + "k" * 20,
+                              "NSFW_OIDC_CLIENT_SECRET": "oidc-client-secret-value"})
+    for text in (repr(settings), repr(settings.access_config), repr(settings.serving_limits)):
+        assert ADMIN_SECRET not in text and "oidc-client-secret-value" not in text
+
+
+def test_failed_attempts_are_rate_limited_and_not_logged(caplog):
+    now = [0.0]
+    rules = Access(load_settings({"NSFW_ADMIN_SECRET": ADMIN_SECRET}).access_config, oidc_from_secrets=False,
+                   limiter=AttemptLimiter(max_failures=3, window_s=60, clock=lambda: now[0]))
+    caplog.set_level(logging.DEBUG)
+    for i in range(3):
+        with pytest.raises(Forbidden):
+            rules.sign_in_with_secret(f"guess-number-{i}")
+    with pytest.raises(TooManyAttempts) as err:
+        rules.sign_in_with_secret(ADMIN_SECRET)  # even the right one: refused unchecked
+    assert (err.value.status, err.value.code, err.value.details["retry_after"]) == (429, "too_many_attempts", 60)
+    now[0] = 30.0
+    with pytest.raises(TooManyAttempts) as err:
+        rules.sign_in_with_secret(ADMIN_SECRET)
+    assert err.value.details["retry_after"] == 30
+    now[0] = 60.0
+    assert rules.sign_in_with_secret(ADMIN_SECRET).role is Role.ADMIN
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "sign-in with a secret failed" in logged
+    assert "guess-number" not in logged and ADMIN_SECRET not in logged
