@@ -7,6 +7,7 @@ import os
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -49,6 +50,41 @@ def test_bad_inputs_are_reported_per_input_and_exit_1(tmp_path, default_model):
     assert [r.get("error", {}).get("code") for r in rows] == ["not_an_image", None, "undecodable_image", "invalid_url"]
     assert "scores" in rows[1]
     assert "3 of 4 inputs failed" in err
+
+
+def test_fifos_devices_and_proc_files_neither_block_nor_read_without_end(tmp_path, default_model):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "labels.csv").write_text(f"path,label\n{fifo},neutral\n/dev/zero,neutral\n")
+    os.mkfifo(tmp_path / "pipe.csv")
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(result=run([str(fifo), "/dev/zero", "/proc/self/environ",
+                                                                      "--manifest", str(tmp_path / "labels.csv")])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the command line blocked"
+    code, out, err = done["result"]
+    assert code == 1
+    rows = [json.loads(line) for line in out.splitlines()]
+    fifo_error = ("invalid_url", f"cannot read {fifo}: it is not a regular file (a FIFO)")
+    zero_error = ("invalid_url", "cannot read /dev/zero: it is not a regular file (a character device)")
+    assert [(r["source"], r.get("label"), r["error"]["code"], r["error"]["message"]) for r in rows] == [
+        (str(fifo), "neutral", *fifo_error),  # the label: the manifest names the same file
+        ("/dev/zero", "neutral", *zero_error),
+        ("/proc/self/environ", None, "not_an_image", rows[2]["error"]["message"]),  # regular: read under the cap
+        (str(fifo), "neutral", *fifo_error),  # the manifest's rows
+        ("/dev/zero", "neutral", *zero_error),
+    ]
+    assert "PATH=" not in out + err  # the file's contents are never echoed
+    worker = threading.Thread(target=lambda: done.update(result=run(["--manifest", str(tmp_path / "pipe.csv")])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the command line blocked on a FIFO manifest"
+    code, out, err = done["result"]
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read manifest {tmp_path / 'pipe.csv'}: it is not a regular file (a FIFO)\n"
 
 
 def test_table_format(default_model):
