@@ -85,6 +85,16 @@ def _emails(raw: str) -> tuple[str, ...]:
     return items
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 MIN_SECRET_LENGTH = 16
 
 
@@ -181,6 +191,16 @@ class Settings:
     api_keys: tuple[str, ...] = setting(
         "NSFW_API_KEYS", "", _list,
         "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.", secret=True)
+    metrics_token: str = setting(
+        "NSFW_METRICS_TOKEN", "", _secret,
+        "A bearer token for GET /metrics alone (at least 16 characters), for the Prometheus scraper. When it "
+        "or NSFW_API_KEYS is set, /metrics requires 'Authorization: Bearer <token or API key>'; with neither, "
+        "/metrics is public like the rest of the API.", secret=True)
+    log_format: str = setting(
+        "NSFW_LOG_FORMAT", "text", _log_format,
+        "Log lines as plain text (text) or one JSON object a line (json), each with the request id when it "
+        "is about a request; image URLs are logged as host#hash, never with their query string "
+        "(docs/operations.md).")
     local_mode: bool = setting(
         "NSFW_LOCAL_MODE", "false", _bool,
         "Every visitor of the browser app acts as admin, as 'local', without signing in. For one person on "
