@@ -16,9 +16,10 @@ from pathlib import Path
 
 import nsfw_core.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
 import streamlit as st
+import streamlit.logger
 from streamlit.runtime.pages_manager import PagesManager
 
-from nsfw_core import api
+from nsfw_core import api, logs
 from nsfw_core.settings import SettingsError, load_settings
 from nsfw_ui import oidc
 
@@ -39,15 +40,34 @@ except SettingsError:
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=api.lifespan)
 
 
+def route_streamlit_logs() -> None:
+    """Streamlit gives each logger it sets up (uvicorn's too, and lazily, later) a console handler of its
+    own and stops propagation; hand each to the root handler of :func:`nsfw_core.logs.configure` instead."""
+    original = streamlit.logger.setup_formatter
+    if getattr(original, "nsfw_routed", False):
+        return
+
+    def setup_formatter(logger: logging.Logger) -> None:
+        original(logger)
+        logs.adopt(logger)
+
+    setup_formatter.nsfw_routed = True  # type: ignore[attr-defined]
+    streamlit.logger.setup_formatter = setup_formatter
+
+
 def main() -> None:
     """Serve ``app`` with uvicorn on NSFW_HOST:PORT (defaults 0.0.0.0:8080)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"invalid setting: {exc}")
+    # One handler for every logger (ours, Streamlit's, uvicorn's): NSFW_LOG_FORMAT text or json, the request
+    # id on each line; uvicorn's access line is dropped for API paths (the API writes its own) and loses its
+    # query string elsewhere (image URLs, sign-in codes).
+    logs.configure(settings.log_format, is_api_path=api.is_api_path)
+    route_streamlit_logs()
     if settings.local_mode:
         logging.getLogger("app").info("local mode: whoever opens http://localhost:%d is admin, without signing in",
                                       settings.port)
@@ -58,7 +78,8 @@ def main() -> None:
         ws="websockets-sansio",  # the implementation Streamlit's own runner picks
         ws_per_message_deflate=False,  # Streamlit's default (server.enableWebsocketCompression)
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        access_log=False,  # Streamlit's logger already writes one access line per request
+        access_log=False,  # Streamlit turns uvicorn's access line on anyway; logs.configure filters it
+        log_config=None,  # uvicorn's loggers go through the root handler logs.configure installed
     )
 
 

@@ -11,10 +11,15 @@ Endpoints (see :func:`nsfw_core.openapi.openapi_document` for the schemas):
   or a plain list of URLs -> ``{"results": [...]}`` in order, errors per item.
 * ``GET /health``: 200 once the model is loaded and warmed up, else 503.
 * ``GET /openapi.json``: this API as OpenAPI 3.1.
+* ``GET /metrics``: Prometheus metrics (:mod:`nsfw_core.metrics`); behind a key when
+  ``NSFW_API_KEYS`` or ``NSFW_METRICS_TOKEN`` is set.
 
-Every error, whatever the path, is JSON ``{"code", "message", ...details}``
+Every error, whatever the path, is JSON ``{"code", "message", "request_id", ...details}``
 with the status of the core's error class; :func:`error_response` is the one
-place where errors become responses.  Each API path answers every HTTP method
+place where errors become responses.  Every API response carries ``X-Request-ID``
+(the client's when sane, else a new one, :mod:`nsfw_core.requestid`), and every API
+request gets one access line in the log (route, status, duration, verdict, timings,
+the image URL as host#hash) and its counts in the metrics.  Each API path answers every HTTP method
 itself (:class:`ApiRoute`), so a wrong method gets JSON 405 instead of falling
 through to Streamlit's HTML catch-all; unknown paths under ``/predict/`` and
 ``/v1/`` get JSON 404.
@@ -27,13 +32,17 @@ loads (a few seconds) and for good, with the reason, if loading fails.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import hmac
 import json
 import logging
 import math
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -43,12 +52,15 @@ from starlette.routing import BaseRoute, Route
 
 from .errors import (BadRequest, InputError, InvalidURL, NSFWError, Overloaded, RequestTimeout, TooLarge,
                      Unauthorized)
-from .classify import Classification, classify_bytes, classify_url
+from . import requestid
+from .classify import Classification, Timings, classify_bytes, classify_url
 from .context import Context, current, install
+from .logs import extra_fields, url_for_log
 from .openapi import MAX_ID_LENGTH, MAX_ID_NUMBER, openapi_document
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("nsfw_core.api.access")  # one line per API request
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -78,8 +90,13 @@ class TooManyItems(InputError):
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
-    """The JSON shape of every error: ``{"code", "message", ...details}``."""
-    return {"code": code, "message": message, **details}
+    """The JSON shape of every error: ``{"code", "message", "request_id", ...details}``."""
+    return {"code": code, "message": message, **_request_id(), **details}
+
+
+def _request_id() -> dict[str, str]:
+    rid = requestid.current()
+    return {"request_id": rid} if rid is not None else {}
 
 
 def as_error(exc: Exception) -> NSFWError:
@@ -100,7 +117,27 @@ def error_response(exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(err, MethodNotAllowed):
         headers["Allow"] = ", ".join(err.details["allow"])
-    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+    return JSONResponse({**err.to_dict(), **_request_id()}, status_code=err.status, headers=headers)
+
+
+@dataclasses.dataclass
+class AccessNote:
+    """What a handler tells the access line and the metrics about its request (``request.state.access``)."""
+
+    code: str | None = None  # the error answered, if any
+    verdict: str | None = None
+    timings: Timings | None = None
+    url: str | None = None  # as url_for_log gives it
+    items: int | None = None  # batch: items, failed items and verdicts
+    item_errors: int | None = None
+    verdicts: str | None = None
+
+
+def note(request: Request) -> AccessNote:
+    found = getattr(request.state, "access", None)
+    if found is None:
+        found = request.state.access = AccessNote()
+    return found
 
 
 class ApiRoute(Route):
@@ -118,13 +155,36 @@ class ApiRoute(Route):
         self.methods = None  # match every method; dispatch() answers the unsupported ones
 
     async def dispatch(self, request: Request) -> Response:
-        try:
-            handler = self.handlers.get(request.method)
-            if handler is None:
-                raise self._no_handler(request)
-            return await handler(request)
-        except Exception as exc:  # every error is answered in JSON
-            return error_response(exc)
+        started = time.perf_counter()
+        with requestid.bound(requestid.choose(request.headers.get(requestid.HEADER))) as rid:
+            try:
+                handler = self.handlers.get(request.method)
+                if handler is None:
+                    raise self._no_handler(request)
+                response = await handler(request)
+            except Exception as exc:  # every error is answered in JSON
+                err = as_error(exc)
+                note(request).code = err.code
+                response = error_response(err)
+            response.headers[requestid.HEADER] = rid
+            self._account(request, response.status_code, time.perf_counter() - started)
+        return response
+
+    def _account(self, request: Request, status: int, seconds: float) -> None:
+        """The request's metrics and its access line."""
+        info = note(request)
+        metrics = current().metrics
+        metrics.observe_request(self.path, status, seconds)
+        if info.code is not None:
+            metrics.observe_error(info.code)
+        timings = dataclasses.asdict(info.timings) if info.timings is not None else {}
+        fields = extra_fields(route=self.path, method=request.method, status=status,
+                              duration_ms=round(seconds * 1000.0, 2), code=info.code, verdict=info.verdict,
+                              **{k: v for k, v in timings.items() if k != "total_ms"}, url=info.url,
+                              items=info.items, item_errors=info.item_errors, verdicts=info.verdicts)
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("route", "method", "status", "duration_ms"))
+        access_log.info("%s %s %d %.1f ms%s", request.method, self.path, status, seconds * 1000.0,
+                        f" {text}" if text else "", extra=fields)
 
     def _no_handler(self, request: Request) -> NSFWError:
         if not self.handlers:
@@ -242,6 +302,9 @@ async def predict(request: Request) -> Response:
     ctx.require_ready()
     detail = flag(request, "detail")
     url = request.query_params.get("url")
+    info = note(request)
+    if url:
+        info.url = url_for_log(url)
     result: Classification
     with ctx.admission.admit(1):  # before the body is read: a flood is refused, not buffered
         if url is None:
@@ -255,6 +318,7 @@ async def predict(request: Request) -> Response:
             raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
         else:
             result = await classify_url(ctx, url)
+    info.verdict, info.timings = result.verdict, result.timings
     return JSONResponse(result.to_dict() if detail else result.scores)
 
 
@@ -268,8 +332,14 @@ async def predict_batch(request: Request) -> Response:
     with ctx.admission.hold_body(expected_body(request, limit)):
         body = await read_body(request, limit, limits.body_timeout)
     items, detail = parse_batch(body, limits.max_batch_items, flag(request, "detail"))
+    info = note(request)
+    info.items = len(items)
     with ctx.admission.admit(len(items)):
-        results = await asyncio.gather(*(batch_item(ctx, ident, url, detail) for ident, url in items))
+        results = await asyncio.gather(*(batch_item(ctx, index, ident, url, detail)
+                                         for index, (ident, url) in enumerate(items)))
+    info.item_errors = sum(1 for r in results if "error" in r)
+    tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
+    info.verdicts = ",".join(f"{v}:{n}" for v, n in sorted(tally.items())) or None
     return JSONResponse({"results": results})
 
 
@@ -375,14 +445,18 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-async def batch_item(ctx: Context, ident: Any, url: str, detail: bool) -> dict[str, Any]:
+async def batch_item(ctx: Context, index: int, ident: Any, url: str, detail: bool) -> dict[str, Any]:
     """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or
-    ``{"id", "url", "error"}``."""
+    ``{"id", "url", "error"}``.  A failed item is counted and logged (with the request's id)."""
     out: dict[str, Any] = {"id": ident, "url": url}
     try:
         result = await classify_url(ctx, url)
     except Exception as exc:  # one bad item must not fail the others
-        out["error"] = as_error(exc).to_dict()
+        err = as_error(exc)
+        out["error"] = err.to_dict()
+        ctx.metrics.observe_error(err.code)
+        log.info("batch item %d: %s %d %s url=%s", index, err.code, err.status, err.message, url_for_log(url),
+                 extra=extra_fields(item=index, code=err.code, status=err.status, url=url_for_log(url)))
         return out
     out.update(result.to_dict() if detail else {"scores": result.scores, "verdict": result.verdict})
     return out
@@ -394,6 +468,7 @@ async def health(request: Request) -> Response:
     batcher = ctx.batcher
     if not ctx.ready or batcher is None:
         body = error_body("not_ready", ctx.reason, status="unavailable", reason=ctx.reason)
+        note(request).code = "not_ready"
         return JSONResponse(body, status_code=503)
     active = ctx.thresholds.current()
     model = ctx.model()
@@ -415,6 +490,16 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(current().settings))
 
 
+async def metrics(request: Request) -> Response:
+    """GET /metrics: the Prometheus text format; with NSFW_API_KEYS or NSFW_METRICS_TOKEN set, a key or the
+    token is required.  Rendered off the event loop (the review queue's probe may wait for its database)."""
+    ctx = current()
+    token = ctx.settings.metrics_token
+    authorize(request, ctx.serving.api_keys + ((token,) if token else ()))
+    body = await asyncio.to_thread(ctx.metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 routes: list[BaseRoute] = [
     ApiRoute("/predict", {"POST": predict}),
     ApiRoute("/predict/batch", {"POST": predict_batch}),
@@ -423,7 +508,15 @@ routes: list[BaseRoute] = [
     ApiRoute("/v1/{rest:path}"),
     ApiRoute("/health", {"GET": health}),
     ApiRoute("/openapi.json", {"GET": openapi}),
+    ApiRoute("/metrics", {"GET": metrics}),
 ]
+_API_PATHS = frozenset(r.path for r in routes if isinstance(r, ApiRoute) and "{" not in r.path)
+_API_PREFIXES = tuple(r.path.split("{")[0] for r in routes if isinstance(r, ApiRoute) and "{" in r.path)
+
+
+def is_api_path(path: str) -> bool:
+    """True for the paths this API answers (the log keeps uvicorn's access lines for the others only)."""
+    return path in _API_PATHS or path.startswith(_API_PREFIXES)
 
 
 # ---------------------------------------------------------------- lifespan and app

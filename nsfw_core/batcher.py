@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from . import requestid
 from .errors import ModelError, NotReady, NSFWError, Overloaded
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class BatchModel(Protocol):
 class _Item:
     x: np.ndarray
     future: asyncio.Future
+    request_id: str | None = None  # for the log, should the forward pass fail
 
 
 _STOP: Any = object()  # queued by stop(): everything before it is served first
@@ -68,7 +70,7 @@ class MicroBatcher:
     """Collects single inputs into batches for one model; see the module docstring."""
 
     def __init__(self, model: BatchModel, *, max_batch: int, max_wait_s: float, queue_size: int,
-                 expecting: Callable[[], int] = lambda: 1) -> None:
+                 expecting: Callable[[], int] = lambda: 1, on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
         self.model = model
@@ -78,6 +80,7 @@ class MicroBatcher:
         # How many inputs may still arrive soon (being fetched or decoded). When
         # none may, waiting max_wait_s for company would only add latency.
         self.expecting = expecting
+        self.on_batch = on_batch  # told each forward pass's size (the metrics)
         self.stats = BatchStats()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting = 0  # inputs queued and not yet taken into a batch
@@ -119,7 +122,7 @@ class MicroBatcher:
             raise Overloaded(f"{self._waiting} images are waiting for inference; retry later",
                              queue_size=self.queue_size)
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(x, future))
+        self._queue.put_nowait(_Item(x, future, requestid.current()))
         self._waiting += 1
         return await future
 
@@ -168,7 +171,8 @@ class MicroBatcher:
         except Exception as exc:
             error = exc if isinstance(exc, NSFWError) else ModelError(f"inference failed: {exc}")
             if not isinstance(exc, NSFWError):
-                log.error("forward pass of %d images failed", len(batch), exc_info=exc)
+                log.error("forward pass of %d images failed (requests %s)", len(batch),
+                          ", ".join(sorted({i.request_id or "-" for i in batch})), exc_info=exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -177,6 +181,8 @@ class MicroBatcher:
         self.stats.items += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.busy_seconds += time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         for item, row in zip(batch, probs, strict=False):
             if not item.future.done():
                 item.future.set_result(row)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from . import requestid
 from .decode import Plan
 from .errors import NSFWError, Overloaded
 from .model import Model, scores_dict
@@ -141,6 +142,7 @@ async def classify_url(ctx: Context, url: str) -> Classification:
     started = time.perf_counter()
     fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url)
     result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started)
+    ctx.metrics.observe_classification(result, fetched=True)
     return await _maybe_queue(ctx, result, url, None)
 
 
@@ -150,6 +152,7 @@ async def classify_bytes(ctx: Context, data: bytes) -> Classification:
     started = time.perf_counter()
     x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data)
     result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started)
+    ctx.metrics.observe_classification(result, fetched=False)
     return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data)
 
 
@@ -169,7 +172,7 @@ async def _maybe_queue(ctx: Context, result: Classification, source: str, data: 
                              image_bytes=data)
 
     try:
-        review_id = await asyncio.get_running_loop().run_in_executor(ctx.executor, enqueue)
+        review_id = await asyncio.get_running_loop().run_in_executor(ctx.executor, requestid.in_context(enqueue))
     except Exception as exc:  # any database error; the verdict still stands
         log.error("could not queue %s for review: %r", result.sha256, exc)
         return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
@@ -186,7 +189,7 @@ async def _preparing(ctx: Context, fn: Callable[..., Any], *args: Any) -> Any:
     ctx.preparing += 1
     try:
         loop = asyncio.get_running_loop()
-        *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, fn, *args)
+        *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, requestid.in_context(fn, *args))
         if isinstance(x, _Isolate):
             x, isolated_s = await _isolated_decode(ctx, x)
             decode_s += isolated_s
@@ -207,7 +210,7 @@ async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray,
     try:
         t0 = time.perf_counter()
         x = await asyncio.get_running_loop().run_in_executor(
-            ctx.isolated, ctx.decoder.prepare_isolated, ctx.model(), pending.data, pending.plan)
+            ctx.isolated, requestid.in_context(ctx.decoder.prepare_isolated, ctx.model(), pending.data, pending.plan))
         return x, time.perf_counter() - t0
     finally:
         ctx.isolated_pending -= 1

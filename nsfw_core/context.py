@@ -33,6 +33,7 @@ from .admission import Admission
 from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError
 from .fetch import ConnectionPool, fetch
+from .metrics import Metrics
 from .model import Model, load
 from .pipeline import Decoder, load_bytes
 from .access import Access
@@ -78,6 +79,7 @@ class Context:
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
         self._models: dict[str, Model] = {}
+        self.metrics = Metrics(self, app_version=_app_version())  # this process's registry: GET /metrics
 
     # ------------------------------------------------------------ resources
 
@@ -92,6 +94,10 @@ class Context:
         if model is None:  # a dict lookup per call: the request path asks for the model several times
             model = self._models[key] = load(self.model_config, name)
         return model
+
+    def loaded_model(self) -> Model | None:
+        """The default model if it is loaded, without loading it (/metrics' build info)."""
+        return self._models.get(self.model_config.name)
 
     @property
     def review_queue(self) -> ReviewQueue:
@@ -164,7 +170,8 @@ class Context:
         s = self.serving
         wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert: a lone image uses all threads
         self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
-                                    queue_size=s.queue_size, expecting=lambda: self.preparing)
+                                    queue_size=s.queue_size, expecting=lambda: self.preparing,
+                                    on_batch=self.metrics.observe_batch)
         self.batcher.start()
         await asyncio.to_thread(self.decoder.sandbox.warm)
         await thresholds
@@ -191,10 +198,17 @@ class Context:
             cache, self._score_cache = self._score_cache, None
         if review is not None:
             review.close()
+        self.metrics.close()
         self.thresholds.close()
         self.database.close()
         if cache is not None and hasattr(cache, "close"):
             cache.close()
+
+
+def _app_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 _current: Context | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from .classify import ModelInfo, Timings
 from .labels import VERDICTS
+from .requestid import HEADER as REQUEST_ID, MAX_LENGTH as REQUEST_ID_LENGTH
 from .settings import CLASS_NAMES, RUNTIMES, Settings, load_settings
 
 MAX_ID_LENGTH = 256  # characters in a batch item's string id
@@ -31,7 +32,9 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    """A response: JSON of ``schema``, with the request id header (every API response carries it)."""
+    return {"description": description, "content": {"application/json": {"schema": schema}},
+            "headers": {REQUEST_ID: {"$ref": "#/components/headers/RequestId"}}}
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -80,7 +83,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                                "(NSFW_REVIEW_VERDICTS); null when queueing failed"},
                   "review_error": {"type": "string", "description": "why queueing failed (the verdict stands)"}}}
     error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
-             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
+             "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                            "request_id": {"type": "string", "description": "the request's id, as in the "
+                                           f"{REQUEST_ID} response header (absent in a batch item's error)"}}}
     item_id = {"type": ["string", "number", "null"], "maxLength": MAX_ID_LENGTH,
                "minimum": -MAX_ID_NUMBER, "maximum": MAX_ID_NUMBER,
                "description": f"echoed back: a string of at most {MAX_ID_LENGTH} characters or a number "
@@ -120,6 +125,10 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                  "schema": {"type": "string", "minLength": 1, "maxLength": max_url, "pattern": URL_PATTERN},
                  "description": "http(s) URL of the image (at most NSFW_MAX_URL_LENGTH characters, no "
                                 "credentials); omit it to send the image in the body instead (not both: 400)"}
+    rid_param = {"name": REQUEST_ID, "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": f"Your id for this request, echoed in the {REQUEST_ID} response header when it is "
+                                f"1 to {REQUEST_ID_LENGTH} characters of A-Z a-z 0-9 . _ : - (else replaced by a new "
+                                "one, never refused)"}
     detail_param = {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
                     "description": "true: the rich answer (Detail) instead of the five scores"}
     return {
@@ -128,7 +137,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
         "paths": {
             "/predict": {"post": {
                 "summary": "Classify one image (by URL or uploaded)",
-                "operationId": "predict", "security": auth, "parameters": [url_param, detail_param],
+                "operationId": "predict", "security": auth, "parameters": [url_param, detail_param, rid_param],
                 "requestBody": {"required": False, "content": {
                     "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
                 "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
@@ -137,22 +146,38 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
             "/predict/batch": {"post": {
                 "summary": "Classify many image URLs; errors are reported per item",
                 "operationId": "predictBatch", "security": auth,
-                "parameters": [detail_param],
+                "parameters": [detail_param, rid_param],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
                 "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
                     "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
                               **_errors(400, 401, 405, 408, 413, 500, 503)}}},
             "/health": {"get": {
                 "summary": "Readiness: 200 once the model is loaded and warmed up",
-                "operationId": "health",
+                "operationId": "health", "parameters": [rid_param],
                 "responses": {"200": _json(health_ok, "Ready"),
                               "503": _json(_ref("Error"), "Not ready (status, code not_ready, reason)")}}},
             "/openapi.json": {"get": {
-                "summary": "This document", "operationId": "openapi",
+                "summary": "This document", "operationId": "openapi", "parameters": [rid_param],
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text format); needs a key when NSFW_API_KEYS or "
+                           "NSFW_METRICS_TOKEN is set",
+                "operationId": "metrics", "security": auth, "parameters": [rid_param],
+                "responses": {"200": {"description": "The Prometheus text exposition format (docs/operations.md)",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}},
+                                      "headers": {REQUEST_ID: {"$ref": "#/components/headers/RequestId"}}},
+                              **_errors(401)}}},
         },
         "components": {
             "schemas": {"Scores": scores, "Detail": detail, "Error": error, "BatchResult": batch_result},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            # Every operation accepts X-Request-ID; any value is accepted, and one that is not 1 to
+            # REQUEST_ID_LENGTH characters of A-Z a-z 0-9 . _ : - is replaced by a new id (never refused).
+            "headers": {"RequestId": {
+                "description": f"The request's id: the client's {REQUEST_ID} when it is 1 to {REQUEST_ID_LENGTH} "
+                               "characters of A-Z a-z 0-9 . _ : -, else a new one (32 hex digits); also in error "
+                               "bodies (request_id) and on the server's log lines about the request",
+                "required": True, "schema": {"type": "string", "minLength": 1,
+                                             "maxLength": REQUEST_ID_LENGTH}}},
         },
     }

@@ -355,6 +355,17 @@ class ReviewQueue:
         out["total"] = sum(int(n) for _, n in rows)
         return out
 
+    def pending_stats(self) -> tuple[int, float | None]:
+        """(items waiting for a reviewer, when the oldest of them was created or None): /metrics' one query.
+
+        Waiting is what :meth:`counts` calls pending: pending, or claimed with the lease run out.
+        """
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT COUNT(*), MIN(created_at) FROM {TABLE} WHERE {_OPEN}", (self._now(),))
+        if row is None:
+            return 0, None
+        return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
     def items(self, status: str | None = None, limit: int = 1000) -> list[Item]:
         """Items (without image bytes), oldest first; all statuses or one."""
         where = " WHERE status = ?" if status else ""

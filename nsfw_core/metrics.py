@@ -1,0 +1,205 @@
+"""Prometheus metrics of one process (``GET /metrics``), in a registry the context owns.
+
+Each :class:`~nsfw_core.context.Context` holds one :class:`Metrics` with its own
+``CollectorRegistry`` (not prometheus_client's global one), so apps that tests create
+side by side count separately and nothing leaks from one to the next.
+
+Counted as requests are served (cheap: a lock and an addition per sample):
+
+* ``nsfw_http_requests_total{route, status}`` and ``nsfw_http_request_duration_seconds{route}``:
+  every API request, ``route`` the path template (``/predict``, ``/predict/batch``, ...);
+* ``nsfw_errors_total{code}``: every error answered, a whole request's or a batch item's;
+* ``nsfw_stage_duration_seconds{stage}``: per classified image, ``fetch`` (URLs only),
+  ``decode``, ``inference`` (queue wait and forward pass) and ``total``;
+* ``nsfw_verdicts_total{verdict, source}``: ``source`` is ``model`` (room for ``review``
+  and ``list`` later); the share of ``unknown`` is a ratio of these;
+* ``nsfw_score{class}``: a histogram per class of the model's scores (drift);
+* ``nsfw_batch_size``: images per forward pass.
+
+Read when scraped, from the context's own counters (:class:`_StateCollector`):
+``nsfw_ready``, ``nsfw_in_flight_images`` and its limit, ``nsfw_preparing_images``,
+``nsfw_inference_queue_depth`` and its limit, ``nsfw_overloaded_total{where}``, the review
+queue (``nsfw_review_queue_up``, ``nsfw_review_queue_pending``,
+``nsfw_review_queue_oldest_pending_age_seconds``: one indexed query, bounded by
+:data:`REVIEW_PROBE_TIMEOUT`, so a database that is down or slow gives ``up 0`` and never a
+failed or slow scrape), ``nsfw_build_info{model, version, runtime, app_version}``, and the
+``process_*`` metrics.  ``docs/operations.md`` has the PromQL.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .labels import CLASS_NAMES, VERDICTS
+
+if TYPE_CHECKING:
+    from .classify import Classification
+    from .context import Context
+
+STAGES = ("fetch", "decode", "inference", "total")
+SOURCES = ("model",)  # who gave the verdict; "review" and "list" when those exist
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+REVIEW_PROBE_TIMEOUT = 0.5  # seconds a scrape waits for the review database
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The process's metrics; see the module docstring.  ``ctx`` feeds the scrape-time gauges."""
+
+    def __init__(self, ctx: Context | None = None, *, app_version: str = "") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("nsfw_http_requests", "API requests answered, by route template and status",
+                                ["route", "status"], registry=r)
+        self.request_seconds = Histogram("nsfw_http_request_duration_seconds",
+                                         "API request latency, by route template", ["route"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("nsfw_errors", "Errors answered, by code: whole requests and batch items",
+                              ["code"], registry=r)
+        self.stage_seconds = Histogram("nsfw_stage_duration_seconds",
+                                       "Per classified image: fetch (URLs), decode, inference (queue and forward "
+                                       "pass) and total", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.verdicts = Counter("nsfw_verdicts", "Verdicts given, by verdict and by who gave it (model)",
+                                ["verdict", "source"], registry=r)
+        self.scores = Histogram("nsfw_score", "The model's score per class, per classified image (drift)",
+                                ["class"], buckets=SCORE_BUCKETS, registry=r)
+        self.batch_size = Histogram("nsfw_batch_size", "Images per forward pass of the micro-batcher",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        # Children resolved once: the hot path does no label lookups, and every series exists from the start.
+        self._stage = {s: self.stage_seconds.labels(s) for s in STAGES}
+        self._score = {c: self.scores.labels(c) for c in CLASS_NAMES}
+        self._verdict = {(v, s): self.verdicts.labels(v, s) for v in VERDICTS for s in SOURCES}
+        self._state = _StateCollector(ctx, app_version) if ctx is not None else None
+        if self._state is not None:
+            r.register(self._state)
+        ProcessCollector(registry=r)
+
+    # ------------------------------------------------------------ counted as it happens
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    def observe_error(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    def observe_classification(self, result: Classification, *, fetched: bool, source: str = "model") -> None:
+        t = result.timings
+        if fetched:
+            self._stage["fetch"].observe(t.fetch_ms / 1000.0)
+        self._stage["decode"].observe(t.decode_ms / 1000.0)
+        self._stage["inference"].observe(t.inference_ms / 1000.0)
+        self._stage["total"].observe(t.total_ms / 1000.0)
+        child = self._verdict.get((result.verdict, source))
+        (child or self.verdicts.labels(result.verdict, source)).inc()
+        for name, score in result.scores.items():
+            hist = self._score.get(name)
+            if hist is not None:
+                hist.observe(score)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    # ------------------------------------------------------------ the scrape
+
+    def close(self) -> None:
+        if self._state is not None:
+            self._state.review.close()
+
+    def exposition(self) -> bytes:
+        """The text format of everything (call it off the event loop: the review probe may wait)."""
+        return generate_latest(self.registry)
+
+
+class ReviewProbe:
+    """The review queue's depth and oldest pending item, read at most one query at a time and waited
+    for at most ``timeout`` seconds: a database that hangs makes the scrape report ``up 0``, not hang."""
+
+    def __init__(self, query: Callable[[], tuple[int, float | None]], timeout: float = REVIEW_PROBE_TIMEOUT,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.query = query
+        self.timeout = timeout
+        self.clock = clock
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nsfw-metrics-review")
+        self._pending: concurrent.futures.Future[tuple[int, float | None]] | None = None
+        self._lock = threading.Lock()
+
+    def read(self) -> tuple[int, float | None] | None:
+        """(pending items, age in seconds of the oldest or None), or None when the database did not answer."""
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = self._executor.submit(self.query)
+            future = self._pending
+        try:
+            count, oldest = future.result(timeout=self.timeout)
+        except Exception:  # down, slow, misconfigured: the scrape still answers
+            return None
+        return count, (max(0.0, self.clock() - oldest) if oldest is not None else None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _StateCollector(Collector):
+    """Gauges and counters read from the context when scraped."""
+
+    def __init__(self, ctx: Context, app_version: str) -> None:
+        self.ctx = ctx
+        self.app_version = app_version
+        self.review = ReviewProbe(lambda: ctx.review_queue.pending_stats())
+
+    def describe(self) -> Iterable[Any]:
+        return []  # unchecked: the names are only known when collected
+
+    def collect(self) -> Iterable[Any]:
+        ctx = self.ctx
+        batcher = ctx.batcher
+        yield _gauge("nsfw_ready", "1 once the model is loaded and warm (what /health says)", float(ctx.ready))
+        yield _gauge("nsfw_in_flight_images", "Images admitted and not answered yet", ctx.admission.in_flight)
+        yield _gauge("nsfw_in_flight_limit", "NSFW_MAX_IN_FLIGHT", ctx.admission.limit)
+        yield _gauge("nsfw_preparing_images", "Images being fetched or decoded", ctx.preparing)
+        yield _gauge("nsfw_inference_queue_depth", "Images waiting for a forward pass",
+                     batcher.waiting if batcher is not None else 0)
+        yield _gauge("nsfw_inference_queue_limit", "NSFW_QUEUE_SIZE", ctx.serving.queue_size)
+        overloaded = CounterMetricFamily("nsfw_overloaded", "Requests refused with 503 overloaded, by where",
+                                         labels=["where"])
+        overloaded.add_metric(["admission"], ctx.admission.rejected)
+        overloaded.add_metric(["inference_queue"], batcher.stats.rejected if batcher is not None else 0)
+        yield overloaded
+        yield from self._review()
+        yield self._build_info()
+
+    def _review(self) -> Iterable[Any]:
+        read = self.review.read()
+        yield _gauge("nsfw_review_queue_up", "1 when the review database answered this scrape", float(read is not None))
+        if read is None:
+            return
+        count, age = read
+        yield _gauge("nsfw_review_queue_pending", "Review items waiting for a reviewer (expired claims included)",
+                     count)
+        yield _gauge("nsfw_review_queue_oldest_pending_age_seconds",
+                     "Seconds since the oldest waiting review item was created (0 when none waits)", age or 0.0)
+
+    def _build_info(self) -> Any:
+        ctx = self.ctx
+        model = ctx.loaded_model()
+        info = InfoMetricFamily("nsfw_build", "The model, its version and runtime, and the app's version")
+        info.add_metric([], {"model": ctx.model_config.name,
+                             "version": model.version if model is not None else "",
+                             "runtime": model.runtime if model is not None else ctx.model_config.runtime,
+                             "app_version": self.app_version})
+        return info
+
+
+def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help, value=value)
