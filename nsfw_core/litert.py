@@ -13,6 +13,18 @@ compiler never reuses an old file.  A cached file that LiteRT cannot load is
 compiled again.  Where ``cache_dir`` cannot be written, the model is compiled
 into a temporary folder on every start and loaded from memory.
 
+Shipped compilations
+--------------------
+The repository ships each model compiled, ``model/compiled/<Name>.tflite.xz``, with
+``model/compiled/manifest.json`` giving each file's cache key, the SHA-256 and size of the
+decompressed ``.tflite`` and the difference the converter measured against TensorFlow.  When
+the cache has no file for a model, :func:`load_forward` unpacks the shipped one if its key is
+the one this exact model and compiler would get (so a changed model or compiler never uses a
+stale file) and its SHA-256 matches; only otherwise does it compile, which needs TensorFlow
+(``requirements-convert.txt``).  So the runtime install has no TensorFlow and a first start
+compiles nothing.  ``python -m nsfw_core.litert --ship`` (with TensorFlow) compiles, checks
+and writes the shipped files.
+
 Public surface: :func:`load_forward` (the loader that :mod:`nsfw_core.model` uses
 for this runtime), :class:`LiteRTForward`, :func:`compiled_path`, :func:`compile_ahead`,
 and the command line ``python -m nsfw_core.litert [NAME ...]``, which compiles
@@ -26,6 +38,7 @@ import argparse
 import hashlib
 import json
 import logging
+import lzma
 import os
 import signal
 import subprocess
@@ -53,6 +66,10 @@ COMPILER = "tflite-1"  # part of every cache key: change it when the builder or 
 MAX_COMPILE_DIFF = 1e-4  # largest |LiteRT - TensorFlow| probability accepted when compiling
 COMPILE_TIMEOUT_S = 600.0
 MAX_LANES = 4  # each lane holds its own packed weights (BENCHMARKS.md: what a lane costs)
+SHIPPED_DIR = "compiled"  # under the model folder
+SHIPPED_MANIFEST = "manifest.json"
+SHIPPED_FORMAT = "nsfw-compiled/1"
+MAX_TFLITE_BYTES = 256 << 20  # a shipped file never decompresses to more (InceptionV3: 85 MiB)
 MISSING_PACKAGE = ("the litert runtime needs the ai-edge-litert package (pinned in requirements.txt); "
                    "install it or set NSFW_RUNTIME=tensorflow")
 
@@ -151,16 +168,68 @@ class LiteRTForward:
         return out
 
 
+def _shipped_manifest(model_dir: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads((model_dir / SHIPPED_DIR / SHIPPED_MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", model_dir / SHIPPED_DIR / SHIPPED_MANIFEST, exc)
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("format") == SHIPPED_FORMAT else {}
+
+
+def shipped(name: str, model_dir: Path, key: str) -> bytes | None:
+    """The shipped compiled model for cache key ``key``, decompressed and verified; None when there is none.
+
+    A file made for another key (another model version or compiler) is not used; one whose bytes do not
+    match the manifest is logged and not used either.
+    """
+    entry = _shipped_manifest(model_dir).get("models", {}).get(name)
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("key") != key:
+        log.info("the shipped %s was compiled from other model files or by another compiler: not used", name)
+        return None
+    path = model_dir / SHIPPED_DIR / str(entry.get("file", ""))
+    try:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        content = decompressor.decompress(path.read_bytes(), max_length=MAX_TFLITE_BYTES + 1)
+    except (OSError, lzma.LZMAError) as exc:
+        log.warning("cannot read the shipped %s (%s): not used", path, exc)
+        return None
+    if (not decompressor.eof or len(content) > MAX_TFLITE_BYTES
+            or hashlib.sha256(content).hexdigest() != entry.get("sha256")):
+        log.warning("the shipped %s does not match its manifest: not used", path)
+        return None
+    return content
+
+
+def _unpack_or_compile(name: str, model_dir: Path, key: str, out: Path) -> None:
+    content = shipped(name, model_dir, key)
+    if content is None:
+        _compile_in_child(name, model_dir, out)
+        return
+    atomic_write(out, content)
+    out.chmod(0o644)
+    log.info("unpacked the shipped %s compiled for LiteRT into %s", name, out.parent)
+
+
 def load_forward(name: str, model_dir: Path, doc: dict, blob: bytes, *, cache_dir: Path,
                  threads: int = 0, lanes: int = 0) -> LiteRTForward:
-    """The compiled model's forward pass, compiling it first (in a child process) when needed."""
+    """The compiled model's forward pass: from the cache, else the shipped file, else compiled (a child process)."""
     size = int(doc["input_size"])
+    key = cache_key(doc, blob)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         writable = os.access(cache_dir, os.W_OK)
     except OSError:
         writable = False
     if not writable:
+        content = shipped(name, model_dir, key)
+        if content is not None:
+            log.warning("cannot write %s: running the shipped %s from memory", cache_dir, name)
+            return LiteRTForward(content=content, threads=threads, input_size=size, lanes=lanes)
         log.warning("cannot write %s: compiling %s for LiteRT into a temporary folder", cache_dir, name)
         with tempfile.TemporaryDirectory(prefix="nsfw-compile-") as tmp:
             out = Path(tmp) / f"{name}.tflite"
@@ -168,16 +237,16 @@ def load_forward(name: str, model_dir: Path, doc: dict, blob: bytes, *, cache_di
             return LiteRTForward(content=out.read_bytes(), threads=threads, input_size=size, lanes=lanes)
     path = compiled_path(cache_dir, name, doc, blob)
     if not path.exists():
-        _compile_in_child(name, model_dir, path)
+        _unpack_or_compile(name, model_dir, key, path)
         _remove_stale(path)
     try:
         return LiteRTForward(path=path, threads=threads, input_size=size, lanes=lanes)
     except ModelError as exc:
         if isinstance(exc.__cause__, ImportError):
             raise
-        log.warning("%s; compiling it again", exc)
+        log.warning("%s; unpacking or compiling it again", exc)
         path.unlink(missing_ok=True)
-        _compile_in_child(name, model_dir, path)
+        _unpack_or_compile(name, model_dir, key, path)
         return LiteRTForward(path=path, threads=threads, input_size=size, lanes=lanes)
 
 
@@ -209,6 +278,9 @@ def _compile_in_child(name: str, model_dir: Path, out: Path) -> None:
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"
+        if "No module named 'tensorflow'" in reason:
+            reason = (f"no shipped compiled file matches this {name}, and compiling one needs TensorFlow: "
+                      "pip install -r requirements-convert.txt")
         raise ModelError(f"compiling {name} for LiteRT failed: {reason}")
 
 
@@ -234,6 +306,40 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
     return diff
 
 
+def ship(name: str, model_dir: Path) -> dict[str, Any]:
+    """Compile ``name`` (TensorFlow), check it, and write it xz-compressed into ``model_dir/compiled``.
+
+    Returns the manifest entry, which is also written into the manifest (atomically, the other entries
+    kept).  An unchanged compilation leaves the shipped file as it is.
+    """
+    check_name(name)
+    doc, blob = read_verified(model_dir, name)
+    folder = model_dir / SHIPPED_DIR
+    folder.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nsfw-ship-") as tmp:
+        out = Path(tmp) / f"{name}.tflite"
+        diff = compile_to(name, model_dir, out)
+        content = out.read_bytes()
+    import tensorflow as tf  # compile_to imported it already
+
+    key = cache_key(doc, blob)
+    entry = {"key": key, "file": f"{name}.tflite.xz", "sha256": hashlib.sha256(content).hexdigest(),
+             "bytes": len(content), "max_diff_vs_tensorflow": diff, "compiler": COMPILER,
+             "tensorflow": tf.__version__}
+    manifest = _shipped_manifest(model_dir) or {"format": SHIPPED_FORMAT, "models": {}}
+    old = manifest["models"].get(name, {})
+    if old.get("sha256") != entry["sha256"] or shipped(name, model_dir, key) is None:
+        atomic_write(folder / entry["file"], lzma.compress(content, format=lzma.FORMAT_XZ, preset=9))
+        (folder / entry["file"]).chmod(0o644)  # committed to the repository: readable by every user
+    else:
+        entry = {**entry, "max_diff_vs_tensorflow": old.get("max_diff_vs_tensorflow", diff)}
+    manifest["models"][name] = entry
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    atomic_write(folder / SHIPPED_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    (folder / SHIPPED_MANIFEST).chmod(0o644)
+    return entry
+
+
 def compile_ahead(name: str, model_dir: Path, cache_dir: Path) -> float:
     """Compile ``name`` into ``cache_dir`` unless it is there, then load and warm it up; returns the seconds taken.
 
@@ -254,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("names", nargs="*",
                         help=f"models to compile (default: NSFW_MODEL); any of {', '.join(MODEL_NAMES)}")
     parser.add_argument("--all", action="store_true", help="compile all three models (the pages can switch models)")
+    parser.add_argument("--ship", action="store_true",
+                        help="compile (TensorFlow), check and write the shipped files into <NSFW_MODEL_DIR>/compiled")
     parser.add_argument("--compile-one", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -263,7 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             compile_to(args.compile_one, Path(args.model_dir), Path(args.out))
             return 0
         config = load_settings().model_config
-        for name in MODEL_NAMES if args.all else args.names or [config.name]:
+        names = MODEL_NAMES if args.all else args.names or [config.name]
+        if args.ship:
+            for name in MODEL_NAMES if args.all or not args.names else args.names:
+                entry = ship(name, Path(config.model_dir))
+                print(f"{name}: shipped {entry['file']} ({entry['bytes']} bytes unpacked, "
+                      f"max difference from TensorFlow {entry['max_diff_vs_tensorflow']:.1e})")
+            return 0
+        for name in names:
             seconds = compile_ahead(name, Path(config.model_dir), Path(config.compiled_dir))
             print(f"{name}: ready for LiteRT in {seconds:.1f} s")
     except ModelError as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import lzma
 import os
 import shutil
 import subprocess
@@ -27,9 +30,11 @@ MODEL_DIR = ROOT / "model"
 
 @pytest.fixture(scope="module")
 def compiled_mid(tmp_path_factory):
-    """A cache folder holding a fresh compilation of MobileNetV2Mid, and that file's path."""
+    """A cache folder holding a fresh compilation of MobileNetV2Mid (not the shipped file), and that file's path."""
     cache = tmp_path_factory.mktemp("compiled")
-    model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(litert, "shipped", lambda *args: None)
+        model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=cache)
     doc, blob = read_verified(MODEL_DIR, "MobileNetV2Mid")
     return cache, litert.compiled_path(cache, "MobileNetV2Mid", doc, blob), model
 
@@ -69,7 +74,13 @@ def test_a_cached_compilation_is_reused_without_compiling(compiled_mid, monkeypa
     assert path.stat().st_mtime_ns == before
 
 
-def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path):
+@pytest.fixture
+def no_shipped(monkeypatch):
+    """Models compile as if the repository shipped no compiled files."""
+    monkeypatch.setattr(litert, "shipped", lambda *args: None)
+
+
+def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path, no_shipped):
     _, good, _ = compiled_mid
     bad = tmp_path / good.name
     bad.write_bytes(b"not a flatbuffer" * 100)
@@ -84,7 +95,7 @@ def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path):
     np.testing.assert_allclose(model.predict(x), get_model("MobileNetV2Mid", MODEL_DIR).predict(x), atol=1e-6)
 
 
-def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path):
+def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path, no_shipped):
     stale = tmp_path / "MobileNetV2-0123456789abcdef.tflite"
     stale.write_bytes(b"an older compilation")
     other = tmp_path / "MobileNetV2Mid-0123456789abcdef.tflite"
@@ -94,13 +105,116 @@ def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path):
     assert not stale.exists() and other.exists() and len(names) == 2
 
 
-def test_an_unwritable_cache_compiles_into_a_temporary_folder(tmp_path, caplog):
+def test_an_unwritable_cache_compiles_into_a_temporary_folder(tmp_path, caplog, no_shipped):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder would go")
     model = load_model("MobileNetV2", MODEL_DIR, cache_dir=blocker / "compiled")
     assert model.predict(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 5)
     assert blocker.read_text() == "a file where the cache folder would go"
     assert "temporary folder" in caplog.text
+
+
+def test_an_unwritable_cache_runs_the_shipped_file_from_memory(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(litert, "_compile_in_child", refuse_to_compile)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    model = load_model("MobileNetV2", MODEL_DIR, cache_dir=blocker / "compiled")
+    assert model.predict(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 5)
+    assert "running the shipped MobileNetV2 from memory" in caplog.text
+
+
+# ---------------------------------------------------------------- shipped compilations
+
+
+SHIPPED = json.loads((MODEL_DIR / "compiled" / "manifest.json").read_text())
+
+
+def refuse_to_compile(*args):
+    raise AssertionError("compiled although a shipped file should have been used")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_shipped_files_are_current_and_agree_with_tensorflow(name):
+    """What ``--ship`` wrote is for today's model files and compiler, and checks out against TensorFlow."""
+    from nsfw_core.modelfiles import dequantise
+    from nsfw_core.tfgraph import build_function
+
+    doc, blob = read_verified(MODEL_DIR, name)
+    entry = SHIPPED["models"][name]
+    assert entry["key"] == litert.cache_key(doc, blob), "stale: run python -m nsfw_core.litert --ship --all"
+    content = litert.shipped(name, MODEL_DIR, entry["key"])
+    assert content is not None and len(content) == entry["bytes"] and content[4:8] == b"TFL3"
+    size = int(doc["input_size"])
+    x = np.random.default_rng(7).random((2, size, size, 3), dtype=np.float32)
+    expected = build_function(doc, dequantise(doc, blob))(x).numpy()
+    got = litert.LiteRTForward(content=content, threads=1, input_size=size)(x)
+    assert float(np.abs(got - expected).max()) <= litert.MAX_COMPILE_DIFF
+
+
+def test_an_empty_cache_gets_the_shipped_file_without_compiling(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="nsfw_core.litert")
+    monkeypatch.setattr(litert, "_compile_in_child", refuse_to_compile)
+    model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=tmp_path)
+    [path] = tmp_path.iterdir()
+    assert path.name == f"MobileNetV2Mid-{SHIPPED['models']['MobileNetV2Mid']['key']}.tflite"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHIPPED["models"]["MobileNetV2Mid"]["sha256"]
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert model.predict(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 5)
+    assert "unpacked the shipped MobileNetV2Mid" in caplog.text
+
+
+def _model_dir_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage", ["other key", "flipped byte", "truncated", "not xz", "missing file",
+                                    "bad manifest"])
+def test_a_shipped_file_that_does_not_match_is_not_used(tmp_path, monkeypatch, damage):
+    model_dir = _model_dir_copy(tmp_path)
+    folder = model_dir / "compiled"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    packed = folder / "MobileNetV2.tflite.xz"
+    if damage == "other key":
+        manifest["models"]["MobileNetV2"]["key"] = "0" * 16
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "flipped byte":
+        raw = bytearray(lzma.decompress(packed.read_bytes()))
+        raw[len(raw) // 2] ^= 1
+        packed.write_bytes(lzma.compress(bytes(raw)))
+    elif damage == "truncated":
+        packed.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    elif damage == "not xz":
+        packed.write_bytes(b"plain text")
+    elif damage == "missing file":
+        packed.unlink()
+    else:
+        (folder / "manifest.json").write_text("{not json")
+    compiled = []
+
+    def compile_instead(name, model_dir, out):
+        compiled.append(name)
+        raise ModelError("compiled instead")
+
+    monkeypatch.setattr(litert, "_compile_in_child", compile_instead)
+    doc, blob = read_verified(model_dir, "MobileNetV2")
+    with pytest.raises(ModelError, match="compiled instead"):
+        litert.load_forward("MobileNetV2", model_dir, doc, blob, cache_dir=tmp_path / "cache")
+    assert compiled == ["MobileNetV2"] and list((tmp_path / "cache").iterdir()) == []
+
+
+def test_without_tensorflow_and_without_a_shipped_file_the_error_names_the_fix(tmp_path, monkeypatch):
+    model_dir = _model_dir_copy(tmp_path)
+    shutil.rmtree(model_dir / "compiled")
+    fake = tmp_path / "no-tensorflow" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'tensorflow'\")\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    doc, blob = read_verified(model_dir, "MobileNetV2")
+    with pytest.raises(ModelError, match=r"no shipped compiled file matches this MobileNetV2, and compiling one "
+                                         r"needs TensorFlow: pip install -r requirements-convert.txt"):
+        litert.load_forward("MobileNetV2", model_dir, doc, blob, cache_dir=tmp_path / "cache")
 
 
 def test_a_failed_compilation_is_a_model_error_with_the_childs_reason(tmp_path):
@@ -153,7 +267,7 @@ def test_importing_the_model_layer_never_imports_tensorflow(tmp_path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
-def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatch):
+def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatch, no_shipped):
     """The child finds the installed package without PYTHONPATH; relative paths mean what they mean here."""
     children: list[dict] = []
     real_run = subprocess.run
@@ -184,7 +298,7 @@ def test_precompile_command_reports_an_unknown_model(tmp_path):
                                    "InceptionV3")
 
 
-def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch):
+def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch, no_shipped):
     """The OOM killer's SIGKILL gets a hint; the child runs a stand-in that kills itself the same way."""
     doc, blob = read_verified(MODEL_DIR, "MobileNetV2")
     suicide = tmp_path / "python"
