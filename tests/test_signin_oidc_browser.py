@@ -1,0 +1,354 @@
+"""Sign-in with OpenID Connect in a real browser: Streamlit's ``st.login`` against a real provider process.
+
+The provider is ``oidc-provider-mock`` (``python -m oidc_provider_mock``, requirements-dev.txt) on a
+free port of 127.0.0.1: its authorize page asks for a subject and signs in whoever is typed, with
+``email`` = the subject unless ``PUT /users/{sub}`` set other claims.  The server is ``python app.py``
+started as a deployment would be (not local mode, ``NSFW_API_KEYS`` set, no public demo), with the
+``NSFW_OIDC_*`` settings pointing at the provider (app.py hands them to Streamlit as an ``[auth]``
+secrets section) and the allow-lists ``NSFW_ADMIN_EMAILS=admin@example.com``,
+``NSFW_REVIEWER_EMAILS=reviewer@example.com``; no sign-in secret, so the provider is the only way in.
+
+Debian's headless Chromium (as tests/test_e2e_browser.py) opens the app at ``http://localhost:PORT``,
+the origin of the redirect URI (``http://localhost:PORT/oauth2callback``, the default): the sign-in
+cookie is bound to it.  Each test starts signed out (cookies of localhost deleted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.helpers.appprocess import Process, app_process, free_port, http_status
+from tests.helpers.paths import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL = ROOT / "scripts" / "install-browser.sh"
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--window-size=1400,1000",
+)
+WAIT_S = 30
+API_KEY = "signin-test-api-key-0123456789"
+CLIENT_ID = "nsfw-moderation-test"
+CLIENT_SECRET = "oidc-client-secret-0123456789abcdef"
+ADMIN = "admin@example.com"
+REVIEWER = "reviewer@example.com"
+REVIEWER_SUB = "rev-0042"  # the reviewer's subject differs from the address: the role comes from `email`
+STRANGER = "stranger@example.org"
+UNVERIFIED = "unverified-0007"  # claims admin@example.com with email_verified false
+SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
+SIGN_IN = "Sign in with your identity provider"
+ALL_PAGES = ["Classify", "Calibrate thresholds", "Review queue", "Account"]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# ---------------------------------------------------------------- the provider, the server, the browser
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory) -> Iterator[str]:
+    """oidc-provider-mock on 127.0.0.1:<free port>; yields its base URL."""
+    if importlib.util.find_spec("oidc_provider_mock") is None:
+        pytest.skip("oidc-provider-mock is not installed (requirements-dev.txt)")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
+    env["NO_COLOR"] = "1"
+    process = Process([sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(port)],
+                      tmp_path_factory.mktemp("oidc") / "provider.log", env)
+    try:
+        process.wait_until(lambda: http_status(base + "/.well-known/openid-configuration") == 200,
+                           "oidc-provider-mock", 30)
+        _put_user(base, REVIEWER_SUB, {"email": REVIEWER, "email_verified": True, "name": "Rita Reviewer"})
+        _put_user(base, UNVERIFIED, {"email": ADMIN, "email_verified": False})
+        yield base
+    finally:
+        process.stop()
+
+
+def _put_user(base: str, sub: str, claims: dict) -> None:
+    request = urllib.request.Request(f"{base}/users/{sub}", data=json.dumps(claims).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 204, reply.status
+
+
+def _enqueue_one(env: dict[str, str]) -> None:
+    """One item in the server's review queue before it starts."""
+    from nsfw_core.review import ReviewQueue
+    from nsfw_core.settings import load_settings
+
+    with ReviewQueue.from_settings(load_settings(env)) as queue:
+        assert queue.enqueue("c" * 64, "upload:signin.jpg", SCORES, "MobileNetV2Mid", "unknown") == 1
+
+
+@pytest.fixture(scope="module")
+def app(provider, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """``python app.py`` configured for OpenID Connect; yields (http://localhost:PORT, its environment)."""
+    with app_process(tmp_path_factory.mktemp("app"), prepare=_enqueue_one,
+                     NSFW_OIDC_METADATA_URL=f"{provider}/.well-known/openid-configuration",
+                     NSFW_OIDC_CLIENT_ID=CLIENT_ID, NSFW_OIDC_CLIENT_SECRET=CLIENT_SECRET,
+                     NSFW_ADMIN_EMAILS=ADMIN, NSFW_REVIEWER_EMAILS=REVIEWER, NSFW_API_KEYS=API_KEY) as (base, env):
+        yield base.replace("127.0.0.1", "localhost"), env
+
+
+@pytest.fixture(scope="module")
+def server(app) -> str:
+    """The app's URL as the browser opens it: on localhost, the redirect URI's origin."""
+    return app[0]
+
+
+@pytest.fixture(scope="module")
+def server_env(app) -> dict[str, str]:
+    return app[1]
+
+
+def _ensure_browser() -> None:
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    try:
+        subprocess.run(["bash", str(INSTALL)], check=True, timeout=600, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"chromium is not installed and {INSTALL.name} could not install it: {exc}")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing after {INSTALL.name}")
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator:
+    _ensure_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    offline = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch drivers or browsers
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    browser.implicitly_wait(0)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        if offline is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = offline
+
+
+@pytest.fixture
+def browser(driver, server) -> Iterator:
+    """The driver, signed out: no cookie of the app's origin (the sign-in cookie is its)."""
+    driver.get(server + "/_stcore/health")
+    driver.delete_all_cookies()
+    yield driver
+    driver.get(server + "/_stcore/health")
+    driver.delete_all_cookies()
+
+
+# ---------------------------------------------------------------- page helpers
+
+
+def _wait(driver, condition, message: str, timeout: float = WAIT_S):
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
+    try:
+        return wait.until(condition, message)
+    except TimeoutException:
+        raise AssertionError(f"{message} (after {timeout} s at {driver.current_url}):\n{_body(driver)[:3000]}") from None
+
+
+def _css(driver, selector: str) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _body(driver) -> str:
+    return driver.find_element("css selector", "body").text
+
+
+def _headings(driver) -> list[str]:
+    return [h.text for h in _css(driver, "h1")]
+
+
+def _buttons(driver, label: str) -> list:
+    return [b for b in _css(driver, "button") if b.text == label]
+
+
+def _nav(driver) -> list[str]:
+    """The navigation's page titles (Streamlit shows none when there is a single page)."""
+    return [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
+
+
+def _open_sign_in_page(driver, url: str) -> None:
+    """``url`` in a fresh session, once the Sign in page (the default page of a visitor without a role) is drawn."""
+    driver.get(url)
+    _wait(driver, lambda d: "Sign in" in _headings(d) and _buttons(d, SIGN_IN), f"{url}: no Sign in page")
+
+
+def _sign_in(driver, server: str, provider: str, subject: str, caption: str) -> None:
+    """Press "Sign in with your identity provider", type ``subject`` on the provider's page, come back.
+
+    Back on the app, the sidebar must say ``caption`` ("name · role").
+    """
+    _open_sign_in_page(driver, server + "/")
+    assert _nav(driver) == [], "an anonymous visitor has a single page: no navigation"
+    _buttons(driver, SIGN_IN)[0].click()
+    _wait(driver, lambda d: d.current_url.startswith(provider + "/oauth2/authorize") and _css(d, 'input[name="sub"]'),
+          "the provider's authorize page did not open")
+    assert f"redirect_uri=http%3A%2F%2Flocalhost%3A{server.rsplit(':', 1)[1]}%2Foauth2callback" in driver.current_url
+    _css(driver, 'input[name="sub"]')[0].send_keys(subject)
+    _buttons(driver, "Authorize")[0].click()
+    _wait(driver, lambda d: d.current_url.rstrip("/") == server and _caption(d) == caption and _css(d, "h1"),
+          f"not back on the app signed in as {caption!r}")
+
+
+def _caption(driver) -> str:
+    """Who the sidebar says is signed in ("name · role")."""
+    found = [el.text for el in _css(driver, '[data-testid="stSidebar"] [data-testid="stCaptionContainer"]')]
+    return found[0] if found else ""
+
+
+def _page_not_found(driver) -> bool:
+    return any("Page not found" in el.text for el in _css(driver, '[data-testid="stDialog"]'))
+
+
+def _review_db(env: dict[str, str]):
+    from nsfw_core.review import ReviewQueue
+    from nsfw_core.settings import load_settings
+
+    return ReviewQueue.from_settings(load_settings(env))
+
+
+def _health(server: str) -> dict:
+    with urllib.request.urlopen(server + "/health", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _refused(driver, url: str, default_heading: str, refused_heading: str) -> None:
+    """``url`` is refused: Streamlit says "Page not found" and runs the visitor's default page instead."""
+    driver.get(url)
+    _wait(driver, lambda d: _page_not_found(d) and default_heading in _headings(d), f"{url} was not refused")
+    assert refused_heading not in _headings(driver), (url, _headings(driver))
+    assert not _buttons(driver, "Save thresholds") and not _css(driver, '[class*="st-key-label_"]')
+
+
+def _locked_out(driver, server: str) -> None:
+    """Neither operator page opens by its URL for a visitor without a role."""
+    _refused(driver, server + "/calibrate", "Sign in", "Calibrate thresholds")
+    _refused(driver, server + "/review", "Sign in", "Review queue")
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_anonymous_visitor_gets_only_the_sign_in_page(browser, server, provider):
+    _open_sign_in_page(browser, server + "/")
+    assert _nav(browser) == []
+    assert _headings(browser) == ["Sign in"]
+    assert not _css(browser, 'input[type="password"]'), "no secret is configured: no secret form"
+    assert _caption(browser) == ""
+    _locked_out(browser, server)
+    health = _health(server)
+    assert health["warnings"] == [], health["warnings"]  # sign-in is configured, allow-lists set
+
+
+def test_admin_signs_in_and_saves_thresholds(browser, server, server_env, provider):
+    assert _health(server)["thresholds"]["version"] is None
+    _sign_in(browser, server, provider, ADMIN, f"{ADMIN} · admin")
+    _wait(browser, lambda d: _nav(d) == ALL_PAGES and "Classify images" in _headings(d), "not the admin's pages")
+
+    browser.get(server + "/calibrate")
+    save = _wait(browser, lambda d: "Calibrate thresholds" in _headings(d) and _buttons(d, "Save thresholds"),
+                 "no Save thresholds button", 60)[0]
+    save.click()
+    _wait(browser, lambda d: any("as version 1;" in el.text for el in _css(d, '[data-testid="stAlertContentSuccess"]')),
+          "the thresholds were not saved")
+    thresholds = _health(server)["thresholds"]
+    assert (thresholds["version"], thresholds["source"]) == (1, "database"), thresholds
+
+    from nsfw_core.settings import load_settings
+    from nsfw_core.thresholds import ThresholdHistory
+
+    history = ThresholdHistory.from_settings(load_settings(server_env))
+    try:
+        [version] = history.history()
+    finally:
+        history.close()
+    assert (version.version, version.saved_by) == (1, ADMIN)
+    with _review_db(server_env) as queue:  # the admin did not open the review page: the item is untouched
+        assert queue.get(1).status == "pending"
+
+
+def test_reviewer_reviews_but_cannot_calibrate(browser, server, server_env, provider):
+    version_before = _health(server)["thresholds"]["version"]
+    _sign_in(browser, server, provider, REVIEWER_SUB, f"{REVIEWER} · reviewer")
+    _wait(browser, lambda d: _nav(d) == ["Classify", "Review queue", "Account"], "not the reviewer's pages")
+
+    browser.get(server + "/review")
+    _wait(browser, lambda d: "Review queue" in _headings(d) and f"you are {REVIEWER}" in _body(d)
+          and [b for b in _css(d, ".st-key-label_adult button") if b.is_enabled()],
+          "the review page did not show the item")
+    assert not _css(browser, '[class*="st-key-download_reviewed"]'), "exports are for admins"
+    with _review_db(server_env) as queue:
+        item = queue.get(1)
+        assert (item.status, item.claimed_by) == ("claimed", REVIEWER)
+    _css(browser, ".st-key-label_adult button")[0].click()
+    _wait(browser, lambda d: "Item 1: adult." in _body(d) and "Nothing left to review." in _body(d),
+          "the decision was not recorded")
+    with _review_db(server_env) as queue:
+        item = queue.get(1)
+    assert (item.status, item.decision, item.decided_by) == ("decided", "adult", REVIEWER)
+
+    _refused(browser, server + "/calibrate", "Classify images", "Calibrate thresholds")
+    assert _health(server)["thresholds"]["version"] == version_before
+
+
+def test_signed_in_stranger_gets_neither_page(browser, server, provider):
+    _sign_in(browser, server, provider, STRANGER, f"{STRANGER} · anonymous")
+    _wait(browser, lambda d: f"Signed in as {STRANGER}, role anonymous" in _body(d), "no role said")
+    assert _nav(browser) == [], "a stranger has the Account page only (the API is keyed: no Classify)"
+    assert _headings(browser) == ["Sign in"]
+    _locked_out(browser, server)
+
+
+def test_unverified_address_of_an_admin_gets_no_role(browser, server, provider):
+    """The provider says admin@example.com is not verified: no role."""
+    _sign_in(browser, server, provider, UNVERIFIED, f"{ADMIN} · anonymous")
+    assert _nav(browser) == []
+    _locked_out(browser, server)
+
+
+def test_sign_out_ends_the_session(browser, server, provider):
+    """The Sign out button: Streamlit clears its cookie and passes by the provider's end-session page."""
+    _sign_in(browser, server, provider, ADMIN, f"{ADMIN} · admin")
+    browser.get(server + "/account")
+    _wait(browser, lambda d: _buttons(d, "Sign out"), "no Sign out button")[0].click()
+    _wait(browser, lambda d: d.current_url.startswith(provider + "/oauth2/end_session") and _buttons(d, "End session"),
+          "the provider's end-session page did not open")
+    _buttons(browser, "End session")[0].click()
+    _wait(browser, lambda d: d.current_url.startswith(server) and _headings(d), "not back on the app")
+    _open_sign_in_page(browser, server + "/")
+    assert _nav(browser) == [] and _caption(browser) == ""
+    _locked_out(browser, server)
