@@ -275,12 +275,12 @@ class Settings:
         "any allowed archive fits alone.")
     runtime: str = setting(
         "NSFW_RUNTIME", "litert", _runtime,
-        "Inference runtime: litert (the model compiled once into NSFW_COMPILED_DIR by TensorFlow in a child "
-        "process, then run by LiteRT with XNNPACK: less CPU per image than TensorFlow (BENCHMARKS.md), and no"
-        " TensorFlow in the server) or tensorflow.")
+        "Inference runtime: litert (the model compiled for LiteRT, shipped in model/compiled/ and unpacked into "
+        "NSFW_COMPILED_DIR, run by LiteRT with XNNPACK: less CPU per image than TensorFlow (BENCHMARKS.md), and "
+        "no TensorFlow installed) or tensorflow (needs requirements-convert.txt).")
     compiled_dir: str = setting(
         "NSFW_COMPILED_DIR", "", str,
-        "Folder for the models compiled for litert (empty: <NSFW_DATA_DIR>/compiled); python -m "
+        "Folder for the models unpacked (or compiled) for litert (empty: <NSFW_DATA_DIR>/compiled); python -m "
         "nsfw_core.litert fills it ahead of time, e.g. in a build step.")
     model_threads: int = setting(
         "NSFW_MODEL_THREADS", "0", _int(0, 256),
