@@ -182,8 +182,9 @@ class Access:
 
     @property
     def public_classify(self) -> bool:
-        """Whether visitors who are not signed in may classify."""
-        return self.config.local_mode or self.config.public_demo or not self.config.api_keyed
+        """Whether visitors who are not signed in may classify (local mode gives local visitors admin instead;
+        a request it does not recognise as local is anonymous like anywhere else)."""
+        return self.config.public_demo or not self.config.api_keyed
 
     def warnings(self) -> list[str]:
         """What /health and the start-up log say about sign-in."""
