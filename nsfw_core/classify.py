@@ -27,7 +27,7 @@ from . import requestid
 from .decode import Plan
 from .errors import NSFWError, Overloaded
 from .model import Model, scores_dict
-from .pipeline import Scored, score_sources
+from .pipeline import FrameInputs, Scored, score_sources
 from .verdict import Thresholds
 
 if TYPE_CHECKING:
@@ -73,6 +73,18 @@ class ReviewTicket:
 
 
 @dataclasses.dataclass(frozen=True)
+class FrameScore:
+    """One sampled frame of an animation: its index, when it is first shown, and the model's scores."""
+
+    index: int
+    time_ms: int
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "time_ms": self.time_ms, "scores": dict(self.scores)}
+
+
+@dataclasses.dataclass(frozen=True)
 class Classification:
     """One image's scores, its verdict under the thresholds in force, and how it was reached."""
 
@@ -86,6 +98,9 @@ class Classification:
     sha256: str
     review: ReviewTicket | None = None  # set when the verdict was sent to human review
     thresholds_version: int | None = None  # the thresholds history's version (None: the defaults)
+    frames: tuple[FrameScore, ...] | None = None  # an animation's sampled frames (None: a still image)
+    deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
+    verdict_source: str = "model"  # who decided the verdict
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -98,7 +113,11 @@ class Classification:
             "model": dataclasses.asdict(self.model),
             "timings": dataclasses.asdict(self.timings),
             "sha256": self.sha256,
+            "verdict_source": self.verdict_source,
         }
+        if self.frames is not None:
+            out["frames"] = [f.to_dict() for f in self.frames]
+            out["deciding_frame"] = self.deciding_frame
         if self.review is not None:
             out["review_id"] = self.review.id
             if self.review.error is not None:
@@ -107,12 +126,21 @@ class Classification:
 
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
-        return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version)
+        return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
-          sha256: str, thresholds_version: int | None = None) -> Classification:
-    """Scores -> a :class:`Classification`: the one place a verdict is decided."""
+          sha256: str, thresholds_version: int | None = None, *,
+          frames: Sequence[FrameScore] | None = None) -> Classification:
+    """Scores -> a :class:`Classification`: the one place a verdict is decided.
+
+    An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
+    ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.
+    """
+    deciding = None
+    if frames:
+        worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
+        scores, deciding = worst.scores, worst.index
     return Classification(
         scores=scores,
         verdict=thresholds.decide(scores),
@@ -123,6 +151,8 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         timings=timings,
         sha256=sha256,
         thresholds_version=thresholds_version,
+        frames=tuple(frames) if frames else None,
+        deciding_frame=deciding,
     )
 
 
@@ -198,7 +228,7 @@ async def _preparing(ctx: Context, fn: Callable[..., Any], *args: Any) -> Any:
         ctx.preparing -= 1
 
 
-async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray, float]:
+async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray | FrameInputs, float]:
     """Decode in the isolated lane; 503 overloaded when its queue would be longer than
     ISOLATED_QUEUE per decode process (so each answer comes within a few deadlines)."""
     limit = ISOLATED_QUEUE * ctx.decoder.limits.processes
@@ -216,7 +246,7 @@ async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray,
         ctx.isolated_pending -= 1
 
 
-def _prepare(ctx: Context, data: bytes) -> tuple[np.ndarray | _Isolate, str, float]:
+def _prepare(ctx: Context, data: bytes) -> tuple[np.ndarray | FrameInputs | _Isolate, str, float]:
     """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
     t0 = time.perf_counter()
     model = ctx.model()
@@ -228,22 +258,31 @@ def _prepare(ctx: Context, data: bytes) -> tuple[np.ndarray | _Isolate, str, flo
     return x, sha, time.perf_counter() - t0
 
 
-def _fetch_and_prepare(ctx: Context, url: str) -> tuple[float, np.ndarray | _Isolate, str, float]:
+def _fetch_and_prepare(ctx: Context, url: str) -> tuple[float, np.ndarray | FrameInputs | _Isolate, str, float]:
     """Worker thread: fetch (SSRF-safe, capped) then prepare."""
     t0 = time.perf_counter()
     content = ctx.fetch(url)
     return (time.perf_counter() - t0, *_prepare(ctx, content))
 
 
-async def _finish(ctx: Context, batcher: Any, x: np.ndarray, sha: str, fetch_s: float, decode_s: float,
-                  started: float) -> Classification:
+async def _finish(ctx: Context, batcher: Any, x: np.ndarray | FrameInputs, sha: str, fetch_s: float,
+                  decode_s: float, started: float) -> Classification:
     t0 = time.perf_counter()
-    row = await batcher.predict(x)
+    frames = None
+    if isinstance(x, FrameInputs):
+        # each frame is one more image in flight (the request holds one already), batched like any image
+        with ctx.admission.admit(len(x) - 1):
+            rows = await asyncio.gather(*(batcher.predict(f) for f in x.inputs))
+        frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row)) for ref, row in zip(x.refs, rows, strict=True)]
+        scores = frames[0].scores
+    else:
+        scores = scores_dict(await batcher.predict(x))
     inference_s = time.perf_counter() - t0
     model = ctx.model()
     active = ctx.thresholds.current()
-    return judge(scores_dict(row), active.thresholds, ModelInfo(model.name, model.version),
-                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, active.version)
+    return judge(scores, active.thresholds, ModelInfo(model.name, model.version),
+                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, active.version,
+                 frames=frames)
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path
@@ -276,8 +315,9 @@ def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_ver
     if scored.scores is None:
         return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
+    frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version)
+                           scored.sha256 or "", thresholds_version, frames=frames)
     return Outcome(scored.source, classification, seconds=scored.seconds)
 
 

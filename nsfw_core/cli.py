@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=stderr)
         return 2
-    note = logging.StreamHandler(stderr)  # "compiling ... for LiteRT" on a model's first use
+    note = logging.StreamHandler(stderr)  # "unpacked ..." or "compiling ... for LiteRT" on a model's first use
     note.setFormatter(logging.Formatter("%(message)s"))
     compiler_log = logging.getLogger("nsfw_core.litert")
     compiler_log.addHandler(note)

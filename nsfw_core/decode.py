@@ -1,6 +1,7 @@
 """Turn untrusted image bytes into an RGB ``uint8`` array, or a typed error.
 
-The only entry points are :func:`sniff`, :func:`plan`, :func:`image_info` and :func:`decode`.
+The only entry points are :func:`sniff`, :func:`plan`, :func:`image_info`, :func:`decode` and
+:func:`decode_frames`.
 
 * The format comes from the magic bytes (never from a Content-Type) and must be
   one of :data:`FORMATS`; anything else is :class:`NotAnImage` (415).
@@ -14,8 +15,12 @@ The only entry points are :func:`sniff`, :func:`plan`, :func:`image_info` and :f
 * Truncated or corrupt data of a supported format is :class:`UndecodableImage`
   (422); every exception Pillow, zlib or numpy may raise is converted at this
   boundary (``raise ... from exc``), so callers only ever see ``NSFWError``.
-* The output is the first frame, turned by its EXIF orientation, with any
+* :func:`decode`'s output is the first frame, turned by its EXIF orientation, with any
   transparency composited on white, 16-bit and float greyscale scaled to 8 bits.
+  An animation's plan carries its :class:`~nsfw_core.frames.Timeline`, and its cost
+  counts walking every frame; :func:`decode_frames` returns the frames asked for, each
+  as :func:`decode` would return a still image (a TIFF page's size checked before it is
+  loaded).
 
 Why not ``Image.open(..., formats=[...])``: it runs Pillow's process-global
 decompression-bomb check (``Image.MAX_IMAGE_PIXELS``) before we see the size,
@@ -39,6 +44,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from nsfw_core import frames as _frames
 from nsfw_core import structure
 from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 from nsfw_core.sniff import FORMATS, describe, sniff
@@ -55,6 +61,8 @@ except ImportError:  # pragma: no cover - pinned in requirements.txt
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_SCANS = 100  # libjpeg's simple progression has 10 scans; encoders that tune scans stay far below 100
 
+ANIMATED_FORMATS = frozenset({"gif", "webp", "png", "tiff"})
+ANIMATION_CANVASES = 3
 _PILLOW_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
@@ -72,6 +80,7 @@ class Plan:
     height: int
     cost: structure.Cost
     orientation: int = 1  # EXIF orientation read from the header (1: upright or none)
+    timeline: _frames.Timeline | None = None  # an animation's frames (None: a still image)
 
 
 def plan(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = DEFAULT_MAX_SCANS,
@@ -119,14 +128,48 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int 
         return _to_rgb_array(img)
 
 
+def decode_frames(data: bytes, indices: tuple[int, ...], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_scans: int = DEFAULT_MAX_SCANS, draft_size: int | None = None) -> list[np.ndarray]:
+    """Frames ``indices`` (ascending) of an animation, each an RGB ``uint8`` array as :func:`decode` gives.
+
+    Walks the frames in order up to the last one asked for (each is drawn over the previous ones).
+    A frame that cannot be reached (the file ends early) is :class:`UndecodableImage`.
+    """
+    del draft_size  # no animated format is a JPEG
+    if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0:
+        raise ValueError(f"frame indices must be ascending and distinct, got {indices}")
+    fmt = _require_format(data)
+    with _typed_errors(fmt):
+        img, _found = _open_checked(data, fmt, max_pixels, max_scans)
+        wanted = set(indices)
+        out = []
+        for index in range(indices[-1] + 1):
+            if index:
+                img.seek(index)
+                _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)  # a TIFF page has its own size
+            if index in wanted:
+                _load(img)
+                frame = img.copy() if fmt == "tiff" else img
+                _apply_orientation(frame)
+                out.append(_to_rgb_array(frame))
+        return out
+
+
 def _plan_of(img: ImageFile.ImageFile, data: bytes, fmt: str, draft_size: int | None) -> Plan:
     width, height = img.size
     scale = _draft_scale(width, height, draft_size) if fmt == "jpeg" else 1
     cost = structure.estimate(fmt, img, data, (-(-width // scale), -(-height // scale)))
+    timeline = _frames.timeline(fmt, data, img) if fmt in ANIMATED_FORMATS else None
+    if timeline is not None:
+        # every frame up to the last is decoded (drawn over the previous ones); the canvas, the
+        # previous canvas kept for disposal and one frame being converted are held at once
+        walk = _frames.walk_work(timeline, width * height, len(timeline) - 1)
+        cost = dataclasses.replace(cost, pixels=cost.pixels * ANIMATION_CANVASES, work=max(cost.work, walk),
+                                   why=f"an animation of {len(timeline)} frames")
     orientation = _header_orientation(img)
     if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
-    return Plan(fmt, width, height, cost, orientation)
+    return Plan(fmt, width, height, cost, orientation, timeline)
 
 
 def _draft_scale(width: int, height: int, draft_size: int | None) -> int:

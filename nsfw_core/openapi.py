@@ -71,9 +71,12 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
         "version": {"type": ["integer", "null"],
                     "description": "the thresholds history's version in force (null: the defaults)"}}}
     verdict = {"type": "string", "enum": list(VERDICTS)}
+    frame = {"type": "object", "additionalProperties": False, "required": ["index", "time_ms", "scores"],
+             "properties": {"index": {"type": "integer", "minimum": 0}, "time_ms": {"type": "integer", "minimum": 0},
+                            "scores": _ref("Scores")}}
     detail = {"type": "object", "additionalProperties": False,
               "required": ["scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings",
-                           "sha256"],
+                           "sha256", "verdict_source"],
               "properties": {
                   "scores": _ref("Scores"), "verdict": verdict, "adult_score": number, "safe_score": number,
                   "thresholds": thresholds, "model": _fields_schema(ModelInfo), "timings": _fields_schema(Timings),
@@ -81,7 +84,15 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                   "review_id": {"type": ["integer", "null"],
                                 "description": "present when the verdict is sent to human review "
                                                "(NSFW_REVIEW_VERDICTS); null when queueing failed"},
-                  "review_error": {"type": "string", "description": "why queueing failed (the verdict stands)"}}}
+                  "review_error": {"type": "string", "description": "why queueing failed (the verdict stands)"},
+                  "verdict_source": {"type": "string", "enum": ["model"],
+                                     "description": "who decided the verdict: the model"},
+                  "frames": {"type": "array", "minItems": 1, "items": frame,
+                             "description": "an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled "
+                                            "frames (at most NSFW_MAX_FRAMES); the image's scores and verdict "
+                                            "are its worst frame's (highest adult score)"},
+                  "deciding_frame": {"type": "integer", "minimum": 0,
+                                     "description": "the index of the frame whose scores the image got"}}}
     error = {"type": "object", "required": ["code", "message"], "additionalProperties": True,
              "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                             "request_id": {"type": "string", "description": "the request's id, as in the "

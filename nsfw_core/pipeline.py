@@ -24,8 +24,9 @@ from . import decode as _decode
 from .errors import InvalidURL, NSFWError, TooLarge
 from .fetch import ConnectionPool, fetch, is_url
 from .files import FileTooLarge, read_regular_file
+from .frames import FrameRef, sample
 from .model import Model, scores_dict
-from .sandbox import Sandbox
+from .sandbox import Sandbox, thumbnail
 from .settings import DecodeLimits, FetchPolicy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
@@ -37,6 +38,29 @@ DRAFT_FACTOR = 4
 # Most of NSFW_DECODE_PIXEL_BUDGET one expensive (isolated) decode may hold, so that cheap
 # images never wait behind it (RELIABILITY.md, "hostile images").
 ISOLATED_SHARE = 0.75
+# Sampled frames whose model inputs differ by less than this (mean absolute difference, inputs in
+# [0, 1]) from the frame kept before them are not classified: the same picture, held longer.
+NEAR_IDENTICAL = 2.0 / 255
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameInputs:
+    """An animation's sampled frames as model inputs, ``(k, S, S, 3)``, with each one's index and time."""
+
+    inputs: np.ndarray
+    refs: tuple[FrameRef, ...]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def distinct_frames(inputs: np.ndarray, refs: tuple[FrameRef, ...]) -> FrameInputs:
+    """Drop each frame that is near-identical to the frame kept before it (the first is always kept)."""
+    keep = [0]
+    for i in range(1, len(refs)):
+        if float(np.abs(inputs[i] - inputs[keep[-1]]).mean()) >= NEAR_IDENTICAL:
+            keep.append(i)
+    return FrameInputs(np.ascontiguousarray(inputs[keep]), tuple(refs[i] for i in keep))
 
 
 # ---------------------------------------------------------------- reading sources
@@ -163,20 +187,50 @@ class Decoder:
                 return _decode.decode(data, **kwargs)
             return self.sandbox.decode(data, limits=kwargs, cost_pixels=plan.cost.pixels)
 
-    def prepare_inline(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray:
-        """Decode a cheap image (``plan.cost.inline``) in this thread and preprocess it."""
+    def sampled(self, plan: _decode.Plan) -> tuple[FrameRef, ...] | None:
+        """The frames of an animation to classify (at most NSFW_MAX_FRAMES); None for a still image."""
+        return sample(plan.timeline, self.limits.max_frames) if plan.timeline is not None else None
+
+    def prepare_inline(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray | FrameInputs:
+        """Decode a cheap image (``plan.cost.inline``) in this thread and preprocess it.
+
+        An animation gives :class:`FrameInputs`: its sampled frames, near-identical ones dropped.
+        """
+        kwargs = self._kwargs(self.draft_size(model))
+        refs = self.sampled(plan)
+        if refs is not None:
+            with self.budget.hold(plan.cost.pixels):
+                rgbs = _decode.decode_frames(data, tuple(r.index for r in refs), **kwargs)
+                inputs = np.stack([model.preprocess(rgb) for rgb in rgbs])
+            return distinct_frames(inputs, refs)
         with self.budget.hold(plan.cost.pixels):
-            rgb = _decode.decode(data, **self._kwargs(self.draft_size(model)))
+            rgb = _decode.decode(data, **kwargs)
         return model.preprocess(rgb)
 
-    def prepare_isolated(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray:
+    def prepare_isolated(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray | FrameInputs:
         """Decode and preprocess an expensive image in the isolated lane, under NSFW_DECODE_TIMEOUT."""
+        refs = self.sampled(plan)
         with self.budget.hold(plan.cost.pixels, share=ISOLATED_SHARE):
-            return self.sandbox.prepare(data, size=model.input_size, limits=self._kwargs(self.draft_size(model)),
-                                        cost_pixels=plan.cost.pixels)
+            out = self.sandbox.prepare(data, size=model.input_size, limits=self._kwargs(self.draft_size(model)),
+                                       cost_pixels=plan.cost.pixels,
+                                       frames=None if refs is None else tuple(r.index for r in refs))
+        return out if refs is None else distinct_frames(out, refs)
 
-    def prepare(self, model: Model, data: bytes) -> np.ndarray:
-        """bytes -> the (S, S, 3) float32 model input. Raises the core's typed errors."""
+    def thumbnails(self, data: bytes, refs: tuple[FrameRef, ...], side: int) -> np.ndarray:
+        """Frames ``refs`` of an animation as (k, side, side, 3) uint8 thumbnails (the classify page's strip)."""
+        kwargs = self._kwargs(None)
+        plan = _decode.plan(data, **kwargs)
+        indices = tuple(r.index for r in refs)
+        share = 1.0 if plan.cost.inline else ISOLATED_SHARE
+        with self.budget.hold(plan.cost.pixels, share=share):
+            if plan.cost.inline:
+                return np.stack([thumbnail(rgb, side) for rgb in _decode.decode_frames(data, indices, **kwargs)])
+            return self.sandbox.thumbnails(data, side=side, frames=indices, limits=kwargs,
+                                           cost_pixels=plan.cost.pixels)
+
+    def prepare(self, model: Model, data: bytes) -> np.ndarray | FrameInputs:
+        """bytes -> the (S, S, 3) float32 model input, or an animation's :class:`FrameInputs`.
+        Raises the core's typed errors."""
         plan = self.plan(model, data)
         if plan.cost.inline:
             return self.prepare_inline(model, data, plan)
@@ -184,6 +238,15 @@ class Decoder:
 
 
 # ---------------------------------------------------------------- scoring many sources
+
+
+DEFAULT_ADULT_CLASSES = ("porn", "sexy")  # the settings' default: a Scored's summary scores for an animation
+
+
+def worst_frame(frames: Sequence[tuple[FrameRef, dict[str, float]]],
+                adult_classes: Sequence[str]) -> tuple[FrameRef, dict[str, float]]:
+    """The frame with the highest adult score (the sum of ``adult_classes``); the earliest on a tie."""
+    return max(frames, key=lambda f: (sum(f[1][c] for c in adult_classes), -f[0].index))
 
 
 @dataclasses.dataclass
@@ -198,6 +261,7 @@ class Scored:
     decode_s: float = 0.0  # headers, decode and preprocessing
     inference_s: float = 0.0  # the forward pass of this source's batch
     seconds: float = 0.0  # all of it
+    frames: list[tuple[FrameRef, dict[str, float]]] | None = None  # an animation's sampled frames and scores
 
     @property
     def ok(self) -> bool:
@@ -218,7 +282,7 @@ def score_sources(
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
-        prepared: list[tuple[Scored, np.ndarray, float]] = []
+        prepared: list[tuple[Scored, np.ndarray | FrameInputs, float]] = []
         for source in chunk:
             t0 = time.perf_counter()
             result = Scored(source)
@@ -236,10 +300,19 @@ def score_sources(
             results.append(result)
         if prepared:
             t_batch = time.perf_counter()
-            probs = model.predict(np.stack([p[1] for p in prepared]))
+            rows = [p[1].inputs if isinstance(p[1], FrameInputs) else p[1][np.newaxis] for p in prepared]
+            probs = model.predict(np.concatenate(rows))
             now = time.perf_counter()
-            for (result, _, t0), row in zip(prepared, probs, strict=True):
-                result.scores = scores_dict(row)
+            start_row = 0
+            for result, x, t0 in prepared:
+                if isinstance(x, FrameInputs):
+                    result.frames = [(ref, scores_dict(row))
+                                     for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
+                    result.scores = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)[1]
+                    start_row += len(x)
+                else:
+                    result.scores = scores_dict(probs[start_row])
+                    start_row += 1
                 result.inference_s = now - t_batch
                 result.seconds = now - t0
         if progress is not None:

@@ -60,10 +60,26 @@ class Sandbox:
         self._lock = threading.Lock()
         self.killed = 0  # children killed at their deadline (for tests and /health)
 
-    def prepare(self, data: bytes, *, size: int, limits: dict[str, Any], cost_pixels: int) -> np.ndarray:
-        """Decode and preprocess in a child: the (size, size, 3) float32 model input."""
-        out = self._call({"op": "prepare", "size": size, **limits}, data, cost_pixels)
-        if out.shape != (size, size, 3) or out.dtype != np.float32:
+    def prepare(self, data: bytes, *, size: int, limits: dict[str, Any], cost_pixels: int,
+                frames: tuple[int, ...] | None = None) -> np.ndarray:
+        """Decode and preprocess in a child: the (size, size, 3) float32 model input.
+
+        With ``frames`` (an animation's frame indices, ascending): one input per frame, (k, size, size, 3).
+        """
+        request: dict[str, Any] = {"op": "prepare", "size": size, **limits}
+        if frames is not None:
+            request["frames"] = list(frames)
+        out = self._call(request, data, cost_pixels)
+        expected = (size, size, 3) if frames is None else (len(frames), size, size, 3)
+        if out.shape != expected or out.dtype != np.float32:
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        return out
+
+    def thumbnails(self, data: bytes, *, side: int, frames: tuple[int, ...], limits: dict[str, Any],
+                   cost_pixels: int) -> np.ndarray:
+        """Frames of an animation as (k, side, side, 3) uint8 thumbnails, each fitted on white."""
+        out = self._call({"op": "thumbnails", "side": side, "frames": list(frames), **limits}, data, cost_pixels)
+        if out.shape != (len(frames), side, side, 3) or out.dtype != np.uint8:
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         return out
 
@@ -161,7 +177,7 @@ class _Child:
             return cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
         dtype = _DTYPES.get(str(reply.get("dtype")))
         shape = tuple(int(n) for n in reply.get("shape", ()))
-        if dtype is None or len(shape) != 3 or int(np.prod(shape)) * np.dtype(dtype).itemsize != len(body):
+        if dtype is None or len(shape) not in (3, 4) or int(np.prod(shape)) * np.dtype(dtype).itemsize != len(body):
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
 
@@ -217,13 +233,19 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         limit = _address_space() + int(request["headroom"])
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
         try:
-            rgb = _decode.decode(data, max_pixels=int(request["max_pixels"]), max_scans=int(request["max_scans"]),
-                                 draft_size=request.get("draft_size"))
-            if request["op"] == "prepare":
-                out = preprocess(rgb, int(request["size"]))
+            limits = {"max_pixels": int(request["max_pixels"]), "max_scans": int(request["max_scans"]),
+                      "draft_size": request.get("draft_size")}
+            if "frames" in request:
+                rgbs = _decode.decode_frames(data, tuple(int(i) for i in request["frames"]), **limits)
+                if request["op"] == "prepare":
+                    out = np.stack([preprocess(rgb, int(request["size"])) for rgb in rgbs])
+                else:
+                    out = np.stack([thumbnail(rgb, int(request["side"])) for rgb in rgbs])
+                del rgbs
             else:
-                out = _preview(rgb)
-            del rgb
+                rgb = _decode.decode(data, **limits)
+                out = preprocess(rgb, int(request["size"])) if request["op"] == "prepare" else _preview(rgb)
+                del rgb
             reply: dict[str, Any] = {"ok": True, "dtype": str(out.dtype), "shape": list(out.shape)}
             body = np.ascontiguousarray(out).tobytes()
         except MemoryError:
@@ -237,6 +259,17 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         header = json.dumps(reply, default=str).encode()
         stdout.write(_FRAME.pack(len(header), len(body)) + header + body)
         stdout.flush()
+
+
+def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
+    """``rgb`` fitted into a white ``side`` x ``side`` square (aspect kept): the same shape for every frame."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((side, side))
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return np.asarray(canvas)
 
 
 def _preview(rgb: np.ndarray) -> np.ndarray:

@@ -313,6 +313,11 @@ class Settings:
         "NSFW_DECODE_PROCESSES", "2", _int(1, 64),
         "Expensive images decoded at once, each in its own process (the rest wait); the worker threads stay "
         "free for cheap images meanwhile.")
+    max_frames: int = setting(
+        "NSFW_MAX_FRAMES", "16", _int(1, 256),
+        "Most frames of an animated GIF, WebP or PNG (or pages of a TIFF) classified: the first, the last and "
+        "those shown at evenly spaced instants; the image gets its worst frame's scores and verdict. Each "
+        "frame costs one inference and counts as an image in flight.")
     max_jpeg_scans: int = setting(
         "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
         "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"
@@ -372,7 +377,7 @@ class Settings:
         return DecodeLimits(
             max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans,
             jpeg_draft=self.jpeg_draft, pixel_budget=self.decode_pixel_budget, timeout=self.decode_timeout,
-            processes=self.decode_processes)
+            processes=self.decode_processes, max_frames=self.max_frames)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -446,6 +451,7 @@ class DecodeLimits:
     pixel_budget: int
     timeout: float
     processes: int
+    max_frames: int = 16
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,7 +95,9 @@ def test_detail_gives_verdict_thresholds_model_timings_and_hash(client, images, 
     response = client.post("/predict", params={"url": images.url("/house.jpg"), "detail": "1"})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings", "sha256"}
+    assert set(body) == {"scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings", "sha256",
+                         "verdict_source"}
+    assert body["verdict_source"] == "model"
     scores = body["scores"]
     assert list(scores) == list(CLASS_NAMES)
     assert body["verdict"] in VERDICTS
@@ -145,7 +147,7 @@ def test_batch_accepts_a_plain_list_and_detail(client, images):
     assert [(r["id"], r["url"]) for r in plain] == [(None, u) for u in urls]
     detailed = client.post("/predict/batch", json={"items": urls, "detail": True}).json()["results"]
     assert set(detailed[0]) == {"id", "url", "scores", "verdict", "adult_score", "safe_score", "thresholds",
-                                "model", "timings", "sha256"}
+                                "model", "timings", "sha256", "verdict_source"}
     assert client.post("/predict/batch", json=[]).json() == {"results": []}
 
 

@@ -45,7 +45,7 @@ def test_to_dict_is_the_api_detail_in_its_documented_order():
     result = judge(SCORES, Thresholds(), MODEL, TIMINGS, SHA)
     body = result.to_dict()
     assert list(body) == ["scores", "verdict", "adult_score", "safe_score", "thresholds", "model", "timings",
-                          "sha256"]
+                          "sha256", "verdict_source"]
     assert body["model"] == {"name": "MobileNetV2Mid", "version": "abc123"}
     assert body["timings"] == {"fetch_ms": 1.0, "decode_ms": 2.1, "inference_ms": 3.47, "total_ms": 7.1}
     assert body["thresholds"] == {"adult": 0.7, "safe": 0.9, "adult_classes": ["porn", "sexy"],

@@ -27,6 +27,7 @@ from nsfw_core.pipeline import Decoder
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import Thresholds, ThresholdStore
 from nsfw_ui import inputs, widgets
+from tests.helpers.signin import REVIEWER, signed_in
 from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 
@@ -257,7 +258,9 @@ def test_empty_submit_asks_for_input(page_env):
 
 def test_curl_box_uses_the_browser_url_and_api_key(page_env):
     page_env.setenv("NSFW_API_KEYS", "secret-key")
-    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+    anonymous = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
+    assert not anonymous.code and "needs signing in" in anonymous.warning[0].value  # a keyed API: no public page
+    at = signed_in(AppTest.from_file(str(PAGE), default_timeout=TIMEOUT), REVIEWER)
     at.context["url"] = "https://nsfw.example.org/classify"
     at.run()
     code = at.code[0].value  # before any input: an example
