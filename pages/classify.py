@@ -27,6 +27,7 @@ from nsfw_core.access import Permission
 from nsfw_core.classify import Classification, Outcome, classify_sources
 from nsfw_core.context import Context
 from nsfw_core.errors import NSFWError
+from nsfw_core.frames import FrameRef
 from nsfw_core.labels import CLASS_NAMES, SAFE
 from nsfw_core.model import Model
 from nsfw_core.settings import MODEL_NAMES
@@ -38,6 +39,8 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"]
 RESULTS_KEY = "classify_results"
 REVEAL_PREFIX = "reveal_"
 PREVIEW_SIZE = 384
+FRAME_THUMB_SIZE = 160  # an animation's frames in the strip, each fitted in a square of this side
+FRAMES_PER_ROW = 8
 VERDICT_COLORS = {"adult": "red", "unknown": "orange", "safe": "green"}
 EXAMPLE_URL = "https://example.com/image.jpg"
 SCORE_COLUMNS = (*CLASS_NAMES, "adult score", "safe score")
@@ -53,6 +56,14 @@ class Row(TypedDict):
     ms: float
     preview: Image.Image | None
     blurred: Image.Image | None
+    frames: list[FrameThumb] | None  # an animation's sampled frames, for the strip
+
+
+class FrameThumb(TypedDict):
+    index: int
+    time_ms: int
+    image: Image.Image
+    blurred: Image.Image
 
 
 class Results(TypedDict):
@@ -112,9 +123,23 @@ def _classify(ctx: Context, items: Sequence[Input], model_name: str) -> Results:
     return {"model": model.name, "rows": rows}
 
 
+def _frame_strip(ctx: Context, c: Classification, data: bytes) -> list[FrameThumb] | None:
+    """Thumbnails of an animation's classified frames (blurred copies too), in order."""
+    if not c.frames:
+        return None
+    refs = tuple(FrameRef(f.index, f.time_ms) for f in c.frames)
+    try:
+        thumbs = ctx.decoder.thumbnails(data, refs, FRAME_THUMB_SIZE)
+    except NSFWError:  # decoded once already for the model; should not happen
+        return None
+    return [{"index": r.index, "time_ms": r.time_ms, "image": Image.fromarray(t),
+             "blurred": widgets.blurred(Image.fromarray(t))} for r, t in zip(refs, thumbs, strict=True)]
+
+
 def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes | None) -> Row:
     """The session's record of one input: its outcome and, when it was classified, its previews."""
     preview = hidden = None
+    strip = None
     if outcome.ok and data is not None:
         try:
             preview = Image.fromarray(ctx.decoder.decode_for(model, data))
@@ -122,6 +147,8 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
             hidden = widgets.blurred(preview)
         except NSFWError:  # decoded once already for the model; should not happen
             preview = hidden = None
+        if outcome.classification is not None:
+            strip = _frame_strip(ctx, outcome.classification, data)
     return {
         "source": item.name,
         "kind": item.kind,
@@ -130,6 +157,7 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
         "ms": round(outcome.seconds * 1000.0, 1),
         "preview": preview,
         "blurred": hidden,
+        "frames": strip,
     }
 
 
@@ -175,17 +203,32 @@ def _summary(rows: Sequence[Row], thresholds: Thresholds) -> tuple[pd.DataFrame,
     return pd.DataFrame(table, columns=columns), records
 
 
-def _show_preview(i: int, row: Row, verdict: str) -> None:
-    """The preview, blurred behind a "Reveal" toggle unless the image is definitely safe."""
+def _show_preview(i: int, row: Row, verdict: str) -> bool:
+    """The preview, blurred behind a "Reveal" toggle unless the image is definitely safe; whether it is shown."""
     preview, hidden = row["preview"], row["blurred"]  # both set, or neither
     if preview is None or hidden is None:
         st.info("No preview.")
-        return
+        return False
     revealed = verdict == SAFE or st.toggle(
         "Reveal", key=f"{REVEAL_PREFIX}{i}",
         help="The preview is blurred because the image may be adult content.")
     st.image(preview if revealed else hidden, width="stretch",
              alt=f"{'preview' if revealed else 'blurred preview'} of {row['source']}")
+    return revealed
+
+
+def _show_frames(row: Row, deciding: int | None, revealed: bool) -> None:
+    """An animation's classified frames as a strip (blurred like the preview), the deciding one marked."""
+    strip = row["frames"]
+    if not strip:
+        return
+    st.caption(f"{len(strip)} frames classified; the image gets its worst frame's verdict (marked ◆).")
+    columns = st.columns(min(len(strip), FRAMES_PER_ROW))
+    for k, frame in enumerate(strip):
+        mark = "◆ " if frame["index"] == deciding else ""
+        columns[k % FRAMES_PER_ROW].image(
+            frame["image"] if revealed else frame["blurred"], width="stretch",
+            caption=f"{mark}frame {frame['index']} · {frame['time_ms']} ms")
 
 
 def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
@@ -198,12 +241,13 @@ def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
         c = row["classification"].under(thresholds)
         left, right = st.columns([1, 2])
         with left:
-            _show_preview(i, row, c.verdict)
+            revealed = _show_preview(i, row, c.verdict)
         with right:
             st.markdown(f":{VERDICT_COLORS[c.verdict]}[**{widgets.VERDICT_LABELS[c.verdict]}**] · "
                         f"adult score {c.adult_score:.4f} · safe score {c.safe_score:.4f} · {row['ms']:.0f} ms")
             st.altair_chart(charts.scores_chart(c.scores, thresholds), width="stretch")
             st.caption(widgets.format_scores(c.scores))
+        _show_frames(row, c.deciding_frame, revealed)
 
 
 def _show_results(results: Results, thresholds: Thresholds) -> None:

@@ -194,6 +194,30 @@ def test_uploads_and_downloads(page_env, media):
     assert "curl -XPOST --data-binary @glasses.jpg -H 'Content-Type: image/jpeg' 'http://localhost:8080/predict'" in code
 
 
+def test_an_animation_shows_its_frames_blurred_with_the_deciding_one_marked(page_env, media):
+    page_env.setenv("NSFW_SAFE_THRESHOLD", "0.99999")  # nothing is definitely safe: previews blurred
+    frames = [Image.open(ROOT / "data" / "demo" / "photos" / name).convert("RGB").resize((96, 96))
+              for name in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "skimage_rocket.jpg")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=[500, 500, 500], loop=0)
+    at = classify(new_page(), uploads=[("moving.gif", buf.getvalue(), "image/gif")])
+    [result] = at.session_state["classify_results"]["rows"]
+    c = result["classification"]
+    assert [f.index for f in c.frames] == [0, 1, 2] and c.verdict == "unknown"
+    captions = [cap for img in at.image for cap in img.captions if cap.startswith(("frame ", "◆ frame "))]
+    assert captions == [("◆ " if i == c.deciding_frame else "") + f"frame {i} · {500 * i} ms" for i in range(3)]
+    assert "3 frames classified" in " ".join(cap.value for cap in at.caption)
+    strip = [img for img in at.image if any(cap.endswith(" ms") for cap in img.captions)]
+    shown = np.asarray(Image.open(io.BytesIO(media(strip[1].value[0]))).convert("RGB"), dtype=np.float32)
+    near = {name: np.abs(shown - np.asarray(result["frames"][1][name], dtype=np.float32)).mean()
+            for name in ("image", "blurred")}
+    assert near["blurred"] < near["image"]  # blurred copies until revealed
+    at.toggle(key="reveal_0").set_value(True).run()
+    strip = [img for img in at.image if any(cap.endswith(" ms") for cap in img.captions)]
+    shown = np.asarray(Image.open(io.BytesIO(media(strip[1].value[0]))).convert("RGB"), dtype=np.float32)
+    assert np.abs(shown - np.asarray(result["frames"][1]["image"], dtype=np.float32)).mean() < near["image"]
+
+
 def test_camera_snapshot_behind_a_toggle(page_env):
     at = new_page()
     assert not at.camera_input  # the browser is not asked for the camera by default
