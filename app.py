@@ -9,10 +9,12 @@ static assets) is Streamlit's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import nsfw_core.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
 import streamlit as st
@@ -37,7 +39,29 @@ try:  # OpenID Connect sign-in from NSFW_OIDC_*: Streamlit must see it before it
 except SettingsError:
     pass
 
-app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=api.lifespan)
+
+
+def configure_logging(log_format: str) -> None:
+    """One handler for every logger (ours, Streamlit's, uvicorn's): NSFW_LOG_FORMAT text or json, the request
+    id on each line; uvicorn's access line is dropped for API paths (the API writes its own) and loses its
+    query string elsewhere (image URLs, sign-in codes)."""
+    logs.configure(log_format, is_api_path=api.is_api_path)
+    route_streamlit_logs()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """The API's lifespan; under ``uvicorn app:app`` (no :func:`main`) it sets up the log first."""
+    if not logs.configured():
+        try:
+            configure_logging(load_settings().log_format)
+        except SettingsError:
+            pass  # the API's lifespan reports it
+    async with api.lifespan(app):
+        yield
+
+
+app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan)
 
 
 def route_streamlit_logs() -> None:
@@ -63,11 +87,7 @@ def main() -> None:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"invalid setting: {exc}")
-    # One handler for every logger (ours, Streamlit's, uvicorn's): NSFW_LOG_FORMAT text or json, the request
-    # id on each line; uvicorn's access line is dropped for API paths (the API writes its own) and loses its
-    # query string elsewhere (image URLs, sign-in codes).
-    logs.configure(settings.log_format, is_api_path=api.is_api_path)
-    route_streamlit_logs()
+    configure_logging(settings.log_format)
     if settings.local_mode:
         logging.getLogger("app").info("local mode: whoever opens http://localhost:%d is admin, without signing in",
                                       settings.port)

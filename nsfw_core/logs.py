@@ -123,10 +123,23 @@ def adopt(logger: logging.Logger) -> None:
         logger.propagate = True
 
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def _adopt_all() -> None:
     for logger in list(logging.root.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger):
             adopt(logger)
+    for name in UVICORN_LOGGERS:  # under `uvicorn app:app`, its own dictConfig gave them handlers
+        logger = logging.getLogger(name)
+        for own in list(logger.handlers):
+            logger.removeHandler(own)
+        logger.propagate = True
+
+
+def configured() -> bool:
+    """True once :func:`configure` has run in this process."""
+    return _handler is not None
 
 
 def configure(log_format: str = "text", *, stream: IO[str] | None = None,

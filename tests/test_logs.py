@@ -7,13 +7,20 @@ import hashlib
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from nsfw_core import logs, requestid
-from tests.helpers.appserver import app_server
-from tests.helpers.paths import REFERENCE
+from tests.helpers.appserver import app_server, free_port
+from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 
 HOUSE = (REFERENCE / "house.jpg").read_bytes()
 SECRET = "SECRET-token-4f1e"
@@ -147,3 +154,39 @@ def test_text_logs_of_a_real_server_carry_request_ids_and_never_show_a_query_str
     assert any(f" [{sent['batch']}]: POST /predict/batch 200 " in line and " items=2 item_errors=2" in line
                for line in access), access
     assert sum(f" [{sent['batch']}]: batch item " in line for line in text.splitlines()) == 2
+
+
+def test_under_uvicorn_app_app_the_log_is_set_up_too(tmp_path: Path):
+    """``uvicorn app:app`` (the README's other command) has no ``main()``: the lifespan sets up the log, so
+    uvicorn's own access line (on by default there) loses /predict's query string as well."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
+    env.update(NSFW_DATA_DIR=str(tmp_path / "data"), NSFW_COMPILED_DIR=COMPILED_DIR, NSFW_LOG_FORMAT="json")
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port",
+                                    str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict?url=http://127.0.0.1:9/a.jpg%3Ftoken%3D"
+                                         f"{SECRET}", method="POST", headers={"X-Request-ID": "under-uvicorn"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    text = log.read_text()
+    assert SECRET not in text
+    lines = [json.loads(raw) for raw in text.splitlines() if raw.startswith("{")]
+    access = [line for line in lines if line["logger"] == "nsfw_core.api.access" and line["route"] == "/predict"]
+    assert [(a["request_id"], a["status"]) for a in access] == [("under-uvicorn", 403)]
+    assert any(line["logger"] == "nsfw_core.api.access" and line["route"] == "/health" for line in lines)
