@@ -178,6 +178,8 @@ class ApiRoute(Route):
         if info.code is not None:
             metrics.observe_error(info.code)
         timings = dataclasses.asdict(info.timings) if info.timings is not None else {}
+        if info.url is None:
+            timings.pop("fetch_ms", None)  # an upload: nothing was fetched
         fields = extra_fields(route=self.path, method=request.method, status=status,
                               duration_ms=round(seconds * 1000.0, 2), code=info.code, verdict=info.verdict,
                               **{k: v for k, v in timings.items() if k != "total_ms"}, url=info.url,
