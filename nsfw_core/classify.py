@@ -164,24 +164,40 @@ class _Isolate(NamedTuple):
 
     plan: Plan
     data: bytes
+    model: Model | None = None  # None: the default model
 
 
-async def classify_url(ctx: Context, url: str) -> Classification:
+class Lane(NamedTuple):
+    """A model other than the default and the micro-batcher that runs it (:mod:`nsfw_core.models`)."""
+
+    model: Model
+    batcher: Any
+
+
+async def classify_url(ctx: Context, url: str, *, lane: Lane | None = None,
+                       thresholds: Thresholds | None = None) -> Classification:
     """Fetch ``url`` safely, then classify it; see :func:`classify_bytes`."""
-    batcher = ctx.require_ready()
+    batcher = ctx.require_ready() if lane is None else lane.batcher
     started = time.perf_counter()
-    fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url)
-    result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started)
+    model = None if lane is None else lane.model
+    fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url, model)
+    result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=True)
     return await _maybe_queue(ctx, result, url, None)
 
 
-async def classify_bytes(ctx: Context, data: bytes) -> Classification:
-    """Classify image bytes: scores, verdict, thresholds, model, timings and sha256."""
-    batcher = ctx.require_ready()
+async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
+                         thresholds: Thresholds | None = None) -> Classification:
+    """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
+
+    ``lane``: another model and its batcher (API v1's per-request model; default: the default model);
+    ``thresholds``: the request's own thresholds instead of the ones in force (version None).
+    """
+    batcher = ctx.require_ready() if lane is None else lane.batcher
     started = time.perf_counter()
-    x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data)
-    result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started)
+    model = None if lane is None else lane.model
+    x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data, model)
+    result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=False)
     return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data)
 
@@ -240,33 +256,37 @@ async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray 
     try:
         t0 = time.perf_counter()
         x = await asyncio.get_running_loop().run_in_executor(
-            ctx.isolated, requestid.in_context(ctx.decoder.prepare_isolated, ctx.model(), pending.data, pending.plan))
+            ctx.isolated, requestid.in_context(ctx.decoder.prepare_isolated, pending.model or ctx.model(),
+                                               pending.data, pending.plan))
         return x, time.perf_counter() - t0
     finally:
         ctx.isolated_pending -= 1
 
 
-def _prepare(ctx: Context, data: bytes) -> tuple[np.ndarray | FrameInputs | _Isolate, str, float]:
+def _prepare(ctx: Context, data: bytes, chosen: Model | None = None) -> tuple[np.ndarray | FrameInputs | _Isolate,
+                                                                              str, float]:
     """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
     t0 = time.perf_counter()
-    model = ctx.model()
+    model = chosen or ctx.model()
     plan = ctx.decoder.plan(model, data)
     sha = hashlib.sha256(data).hexdigest()
     if not plan.cost.inline:
-        return _Isolate(plan, data), sha, time.perf_counter() - t0
+        return _Isolate(plan, data, chosen), sha, time.perf_counter() - t0
     x = ctx.decoder.prepare_inline(model, data, plan)
     return x, sha, time.perf_counter() - t0
 
 
-def _fetch_and_prepare(ctx: Context, url: str) -> tuple[float, np.ndarray | FrameInputs | _Isolate, str, float]:
+def _fetch_and_prepare(ctx: Context, url: str, chosen: Model | None = None
+                       ) -> tuple[float, np.ndarray | FrameInputs | _Isolate, str, float]:
     """Worker thread: fetch (SSRF-safe, capped) then prepare."""
     t0 = time.perf_counter()
     content = ctx.fetch(url)
-    return (time.perf_counter() - t0, *_prepare(ctx, content))
+    return (time.perf_counter() - t0, *_prepare(ctx, content, chosen))
 
 
 async def _finish(ctx: Context, batcher: Any, x: np.ndarray | FrameInputs, sha: str, fetch_s: float,
-                  decode_s: float, started: float) -> Classification:
+                  decode_s: float, started: float, chosen: Model | None = None,
+                  override: Thresholds | None = None) -> Classification:
     t0 = time.perf_counter()
     frames = None
     if isinstance(x, FrameInputs):
@@ -278,10 +298,11 @@ async def _finish(ctx: Context, batcher: Any, x: np.ndarray | FrameInputs, sha: 
     else:
         scores = scores_dict(await batcher.predict(x))
     inference_s = time.perf_counter() - t0
-    model = ctx.model()
+    model = chosen or ctx.model()
     active = ctx.thresholds.current()
-    return judge(scores, active.thresholds, ModelInfo(model.name, model.version),
-                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, active.version,
+    thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
+    return judge(scores, thresholds, ModelInfo(model.name, model.version),
+                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, version,
                  frames=frames)
 
 
