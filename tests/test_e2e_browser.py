@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,19 +28,12 @@ from typing import Iterator
 
 import pytest
 
+from tests.helpers.browser import chromium
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import image, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-INSTALL = ROOT / "scripts" / "install-browser.sh"
 SCREENSHOT = ROOT / "docs" / "classify.png"
 CALIBRATE_SCREENSHOT = ROOT / "docs" / "calibrate.png"
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--window-size=1400,1000",
-)
 SERVER_START_S = 60  # Streamlit + TensorFlow import and the model load take ~10 s
 RUN_SH_START_S = 240  # ./run.sh first checks the virtualenv against requirements.txt (pip, once per checkout)
 RESULT_S = 60
@@ -52,21 +43,6 @@ CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
 TOLERANCE = 5e-5 + 1e-4  # shown with 4 decimals; the model may differ in the last float bits
 
 pytestmark = pytest.mark.timeout(600)  # a cap: the first test may install chromium
-
-
-def _browser_available() -> bool:
-    return CHROMIUM.exists() and CHROMEDRIVER.exists()
-
-
-def _ensure_browser() -> None:
-    if _browser_available():
-        return
-    try:
-        subprocess.run(["bash", str(INSTALL)], check=True, timeout=600, capture_output=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"chromium is not installed and {INSTALL.name} could not install it: {exc}")
-    if not _browser_available():
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing after {INSTALL.name}")
 
 
 def _free_port() -> int:
@@ -160,29 +136,8 @@ def server(images, data_dir) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator:
-    _ensure_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    offline = os.environ.get("SE_OFFLINE")
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch drivers or browsers
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    browser.implicitly_wait(0)
-    try:
+    with chromium() as browser:
         yield browser
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        if offline is None:
-            os.environ.pop("SE_OFFLINE", None)
-        else:
-            os.environ["SE_OFFLINE"] = offline
 
 
 # ---------------------------------------------------------------- page helpers

@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import stat
 import struct
-import threading
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from nsfw_core.errors import InputError, InvalidURL, TooLarge
 from nsfw_core.labelsets import LabelledItem, LabelSetError
 from nsfw_core.settings import LabelSetConfig
 from tests.helpers.paths import ROOT
+from tests.helpers.threads import within_seconds
 
 
 
@@ -306,25 +306,6 @@ def test_a_server_manifest_may_not_name_images_outside_its_folder(tmp_path):
 # ---------------------------------------------------------------- server files (issue 16, point 5)
 
 
-def _nonblocking(fn, *args, timeout: float = 5.0):
-    """``fn(*args)`` in a thread; the test fails (instead of hanging) if it blocks."""
-    box: dict = {}
-
-    def call() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=call, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"{fn.__name__} blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 @pytest.fixture
 def server(tmp_path):
     """A labelled-sets root with one image, a secret file outside it, and the config that names them."""
@@ -365,7 +346,7 @@ def test_only_regular_files_are_read_and_the_cap_is_on_the_read(server, monkeypa
     fifo = root / "s" / "neutral" / "pipe.png"
     os.mkfifo(fifo)
     with pytest.raises(InvalidURL, match=r"cannot read .*pipe\.png: it is not a regular file \(a FIFO\)$"):
-        _nonblocking(load, str(fifo))
+        within_seconds(load, str(fifo))
     with pytest.raises(InvalidURL, match=r"cannot read .*neutral: it is not a regular file \(a directory\)$"):
         load(str(root / "s" / "neutral"))
     with pytest.raises(InvalidURL, match="cannot read .*: it is a folder$"):
@@ -434,12 +415,12 @@ def test_a_server_path_that_is_no_file_or_folder(server):
     root, _, config = server
     os.mkfifo(root / "pipe.csv")
     with pytest.raises(LabelSetError) as err:
-        _nonblocking(labelsets.load_server_set, "pipe.csv", config)
+        within_seconds(labelsets.load_server_set, "pipe.csv", config)
     assert str(err.value) == f"{root / 'pipe.csv'} is neither a manifest file nor a folder"
     (root / "m").mkdir()
     os.mkfifo(root / "m" / "manifest.csv")  # not a file: the folder is read as label folders, and has none
     with pytest.raises(LabelSetError, match="no images found"):
-        _nonblocking(labelsets.load_server_set, "m", config)
+        within_seconds(labelsets.load_server_set, "m", config)
     with pytest.raises(LabelSetError) as err:
         labelsets.load_server_set("missing", config)
     assert str(err.value) == f"{root / 'missing'} does not exist"
@@ -460,7 +441,7 @@ def test_manifests_are_read_under_a_cap(server):
         assert str(err.value) == f"cannot read manifest {root / name}: it is not a regular file ({kind})"
     os.mkfifo(root / "pipe.csv")
     with pytest.raises(LabelSetError) as err:
-        _nonblocking(labelsets.load_manifest, root / "pipe.csv")
+        within_seconds(labelsets.load_manifest, root / "pipe.csv")
     assert str(err.value) == f"cannot read manifest {root / 'pipe.csv'}: it is not a regular file (a FIFO)"
 
 

@@ -22,6 +22,7 @@ from nsfw_core.pipeline import (
 from nsfw_core.settings import load_settings
 
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES
+from tests.helpers.threads import within_seconds
 
 
 def _peak_concurrency(budget: PixelBudget, sizes: list[int]) -> int:
@@ -116,34 +117,15 @@ def test_an_expensive_decode_leaves_a_share_of_the_budget_to_cheap_images() -> N
 # ---------------------------------------------------------------- reading local files (the CLI's inputs)
 
 
-def _within_seconds(fn, *args, timeout: float = 5.0):
-    """``fn(*args)`` in a thread; fails instead of hanging when it blocks."""
-    box: dict = {}
-
-    def call() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=call, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def test_read_file_reads_only_regular_files(tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     with pytest.raises(InvalidURL) as err:
-        _within_seconds(read_file, fifo, 1000)  # a FIFO without a writer: refused, not waited on
+        within_seconds(read_file, fifo, 1000)  # a FIFO without a writer: refused, not waited on
     assert str(err.value) == f"cannot read {fifo}: it is not a regular file (a FIFO)"
     for path, kind in (("/dev/zero", "a character device"), (str(tmp_path), "a directory")):
         with pytest.raises(InvalidURL) as err:
-            _within_seconds(read_file, path, 1000)
+            within_seconds(read_file, path, 1000)
         assert str(err.value) == f"cannot read {path}: it is not a regular file ({kind})"
     with pytest.raises(InvalidURL, match="No such file or directory"):
         read_file(tmp_path / "missing.jpg", 1000)

@@ -18,27 +18,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.helpers.appprocess import Process, app_process, free_port, http_status
-from tests.helpers.paths import ROOT
+from tests.helpers.browser import chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-INSTALL = ROOT / "scripts" / "install-browser.sh"
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--window-size=1400,1000",
-)
 WAIT_S = 30
 API_KEY = "signin-test-api-key-0123456789"
 CLIENT_ID = "nsfw-moderation-test"
@@ -116,42 +104,10 @@ def server_env(app) -> dict[str, str]:
     return app[1]
 
 
-def _ensure_browser() -> None:
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
-        return
-    try:
-        subprocess.run(["bash", str(INSTALL)], check=True, timeout=600, capture_output=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"chromium is not installed and {INSTALL.name} could not install it: {exc}")
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing after {INSTALL.name}")
-
-
 @pytest.fixture(scope="module")
 def driver() -> Iterator:
-    _ensure_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    offline = os.environ.get("SE_OFFLINE")
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch drivers or browsers
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    browser = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    browser.implicitly_wait(0)
-    try:
+    with chromium() as browser:
         yield browser
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-        if offline is None:
-            os.environ.pop("SE_OFFLINE", None)
-        else:
-            os.environ["SE_OFFLINE"] = offline
 
 
 @pytest.fixture
