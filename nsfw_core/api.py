@@ -117,6 +117,7 @@ def error_response(exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(err, MethodNotAllowed):
         headers["Allow"] = ", ".join(err.details["allow"])
+    headers.update(getattr(err, "http_headers", None) or {})  # e.g. a 429's Retry-After and RateLimit-*
     return JSONResponse({**err.to_dict(), **_request_id()}, status_code=err.status, headers=headers)
 
 

@@ -98,6 +98,12 @@ def _log_format(raw: str) -> str:
 MIN_SECRET_LENGTH = 16
 
 
+def _rate(raw: str) -> Any:
+    from .ratelimit import parse_rate
+
+    return parse_rate(raw)
+
+
 def _secret(raw: str) -> str:
     if raw and len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
@@ -364,6 +370,21 @@ class Settings:
         "NSFW_JPEG_DRAFT", "true", _bool,
         "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, "
         "within the fidelity bound.")
+    model_memory_mb: int = setting(
+        "NSFW_MODEL_MEMORY_MB", "512", _int(1),
+        "Memory the models loaded on demand by API v1 requests (\"model\") may take together, estimated from "
+        "their float32 weights; beyond it the least recently used is unloaded (never the default model).")
+    rate_limit: Any = setting(
+        "NSFW_RATE_LIMIT", "", _rate,
+        "Requests per API key (per client address without keys) to /v1, per instance: e.g. 20/s;burst=40 "
+        "(units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond it. Empty: none.")
+    webhook_url: str = setting(
+        "NSFW_WEBHOOK_URL", "", str,
+        "Each review decision is POSTed here as JSON (signed, retried with backoff, kept in the database's "
+        "outbox until delivered); fetched like images, so private addresses need NSFW_ALLOW_PRIVATE_HOSTS.")
+    webhook_secret: str = setting(
+        "NSFW_WEBHOOK_SECRET", "", str,
+        "Key of the webhooks' HMAC-SHA256 signature (header NSFW-Signature: t=<unix time>,v1=<hex>).", secret=True)
 
     @property
     def fetch_policy(self) -> FetchPolicy:
