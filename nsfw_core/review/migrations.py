@@ -19,6 +19,7 @@ from .store import _Backend
 TABLE = "review_items"
 VERSION_TABLE = "review_schema_version"  # the one database's schema version (review queue and thresholds)
 THRESHOLDS_TABLE = "thresholds_versions"
+KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.known), an append-only log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             note TEXT NOT NULL DEFAULT '',
             rolled_back_from INTEGER
         )""",
+    )),
+    # Remembered decisions and hash lists (nsfw_core.known): an append-only log that every process reads
+    # forward by id.  op 'add' adds an entry (kind 'review' or 'list'), op 'remove' ends the entry whose id
+    # is in ``removes``.  ``hashes``: PDQ hashes, hex, comma-separated.  Review items keep the hashes of
+    # their image from the request that queued them (``phash``), for when they are decided.
+    Migration(4, "remembered decisions and hash lists", (
+        f"ALTER TABLE {TABLE} ADD COLUMN phash TEXT",
+        f"""CREATE TABLE {KNOWN_TABLE} (
+            id {{pk}},
+            op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+            kind TEXT NOT NULL CHECK (kind IN ('review', 'list')),
+            sha256 TEXT,
+            hashes TEXT NOT NULL DEFAULT '',
+            verdict TEXT NOT NULL DEFAULT '',
+            label TEXT NOT NULL DEFAULT '',
+            note TEXT NOT NULL DEFAULT '',
+            review_id BIGINT,
+            removes BIGINT,
+            added_by TEXT NOT NULL,
+            added_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {KNOWN_TABLE}_review ON {KNOWN_TABLE} (review_id)",
+        f"CREATE INDEX {KNOWN_TABLE}_removes ON {KNOWN_TABLE} (removes)",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

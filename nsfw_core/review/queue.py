@@ -41,6 +41,7 @@ from .items import (
     check_scores,
 )
 from .migrations import MIGRATIONS, TABLE, Migration, migrate
+from .remembered import forget_decision, remember_decision
 from .store import _Pool, _Tx, backend_for
 
 DEFAULT_LEASE_SECONDS = 300
@@ -173,10 +174,12 @@ class ReviewQueue:
     # ------------------------------------------------------------ writes
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
-                image_bytes: bytes | None = None) -> int:
+                image_bytes: bytes | None = None, phash: str | None = None) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
-        The bytes are stored only when the queue stores uploads (``store_uploads``).
+        The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
+        image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.phash.join_hex`), remembered with
+        its decision.
         """
         sha256 = str(sha256).lower()
         if not _SHA_RE.match(sha256):
@@ -185,13 +188,17 @@ class ReviewQueue:
         scores_json = json.dumps(check_scores(scores), sort_keys=True)
         image = bytes(image_bytes) if (self.store_uploads and image_bytes) else None
         now = self._now()
+        # the phash column only when there are hashes: a queue on a schema before version 4 still works
+        extra: tuple[str, ...] = (phash,) if phash else ()
+        extra_column, extra_value = (", phash", ", ?") if phash else ("", "")
         for _ in range(5):
             with self._tx() as tx:
                 row = tx.one(
                     f"INSERT INTO {TABLE} (sha256, source, scores, model, verdict, created_at, queued_at, "
-                    f"status, skips, image) VALUES (?, ?, ?, ?, ?, ?, ?, '{PENDING}', 0, ?) "
-                    f"ON CONFLICT (sha256) WHERE status IN ('{PENDING}', '{CLAIMED}') DO NOTHING RETURNING id",
-                    (sha256, source, scores_json, str(model), str(verdict), now, now, image))
+                    f"status, skips, image{extra_column}) VALUES (?, ?, ?, ?, ?, ?, ?, '{PENDING}', 0, ?"
+                    f"{extra_value}) ON CONFLICT (sha256) WHERE status IN ('{PENDING}', '{CLAIMED}') DO NOTHING "
+                    f"RETURNING id",
+                    (sha256, source, scores_json, str(model), str(verdict), now, now, image, *extra))
                 if row is not None:
                     return int(row[0])
                 row = tx.one(f"SELECT id FROM {TABLE} WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}')",
@@ -233,21 +240,33 @@ class ReviewQueue:
                                   item_id=item_id)
         return ReviewConflict(f"cannot {action} item {item_id} ({status})", item_id=item_id)
 
-    def decide(self, item_id: int, reviewer: str, label: str) -> Item:
-        """Record ``label`` for an item claimed by ``reviewer`` (or pending and unclaimed)."""
+    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None) -> Item:
+        """Record ``label`` for an item claimed by ``reviewer`` (or pending and unclaimed).
+
+        In the same transaction the decision is remembered (:mod:`.remembered`): later copies of the image
+        get it.  ``phash`` replaces the perceptual hashes the item kept from its request.
+        """
         reviewer = check_reviewer(reviewer)
         label = check_label(label)
         item_id = int(item_id)
         with self._tx() as tx:
+            now = self._now()
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{DECIDED}', decision = ?, decided_by = ?, decided_at = ?, "
                 f"claimed_by = NULL, lease_until = NULL "
                 f"WHERE id = ? AND (status = '{PENDING}' OR (status = '{CLAIMED}' AND claimed_by = ?)) "
                 f"RETURNING {_SELECT_META}",
-                (label, reviewer, self._now(), item_id, reviewer))
+                (label, reviewer, now, item_id, reviewer))
             if row is None:
                 raise self._conflict(tx, item_id, reviewer, "decide")
+            remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
         return _item(row)
+
+    def phash(self, item_id: int) -> str | None:
+        """The perceptual hashes the item kept from the request that queued it (None: none)."""
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT phash FROM {TABLE} WHERE id = ?", (int(item_id),))
+        return row[0] if row is not None and row[0] else None
 
     def skip(self, item_id: int, reviewer: str) -> Item:
         """Give the item back: pending again, at the end of the queue."""
@@ -303,6 +322,8 @@ class ReviewQueue:
                 f"decided_by = NULL, decided_at = NULL WHERE id = ? AND status = '{DECIDED}' "
                 f"RETURNING {_SELECT_FULL}",
                 (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
+            if row is not None:
+                forget_decision(self.backend, tx, item_id, reviewer, now)
         return _item(row) if row is not None else None
 
     def purge(self, older_than_days: float | None = None) -> int:
