@@ -19,6 +19,7 @@ from .store import _Backend
 TABLE = "review_items"
 VERSION_TABLE = "review_schema_version"  # the one database's schema version (review queue and thresholds)
 THRESHOLDS_TABLE = "thresholds_versions"
+OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.known), an append-only log
 
 
@@ -97,6 +98,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX {KNOWN_TABLE}_review ON {KNOWN_TABLE} (review_id)",
         f"CREATE INDEX {KNOWN_TABLE}_removes ON {KNOWN_TABLE} (removes)",
+    )),
+    # API v1's webhooks (nsfw_core.webhooks): one row per review decision, written in the decision's own
+    # transaction, delivered (at least once) by a background task that records delivered_at.
+    Migration(5, "webhook outbox", (
+        f"""CREATE TABLE {OUTBOX_TABLE} (
+            id {{pk}},
+            event_id TEXT NOT NULL UNIQUE,
+            item_id BIGINT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at {{float}} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at {{float}} NOT NULL,
+            delivered_at {{float}},
+            last_error TEXT
+        )""",
+        f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

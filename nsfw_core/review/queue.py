@@ -102,6 +102,8 @@ class ReviewQueue:
         self.clock = clock
         self._pool = _Pool(self.backend) if pool is None else pool
         self._last_purge = 0.0
+        # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.webhooks)
+        self.decision_hooks: list[Callable[[_Tx, Item], None]] = []
         self.backend.recover()
         with self._connection() as conn:
             try:
@@ -260,7 +262,10 @@ class ReviewQueue:
             if row is None:
                 raise self._conflict(tx, item_id, reviewer, "decide")
             remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
-        return _item(row)
+            item = _item(row)
+            for hook in self.decision_hooks:
+                hook(tx, item)
+        return item
 
     def phash(self, item_id: int) -> str | None:
         """The perceptual hashes the item kept from the request that queued it (None: none)."""
