@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from . import requestid
+from . import phash, requestid
 from .decode import Plan
 from .errors import NSFWError, Overloaded
+from .known import Match
 from .model import Model, scores_dict
 from .pipeline import FrameInputs, Scored, score_sources
 from .verdict import Thresholds
@@ -100,7 +101,8 @@ class Classification:
     thresholds_version: int | None = None  # the thresholds history's version (None: the defaults)
     frames: tuple[FrameScore, ...] | None = None  # an animation's sampled frames (None: a still image)
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
-    verdict_source: str = "model"  # who decided the verdict
+    verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
+    match: Match | None = None  # the remembered decision or hash-list entry the image matched
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -115,6 +117,8 @@ class Classification:
             "sha256": self.sha256,
             "verdict_source": self.verdict_source,
         }
+        if self.match is not None:
+            out["match"] = self.match.to_dict()
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
@@ -126,16 +130,19 @@ class Classification:
 
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
-        return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames)
+        return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
+                     match=self.match)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
-          frames: Sequence[FrameScore] | None = None) -> Classification:
+          frames: Sequence[FrameScore] | None = None, match: Match | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
     An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
-    ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.
+    ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.  A known image
+    (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.known`) gets the
+    human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
     """
     deciding = None
     if frames:
@@ -143,7 +150,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         scores, deciding = worst.scores, worst.index
     return Classification(
         scores=scores,
-        verdict=thresholds.decide(scores),
+        verdict=thresholds.decide(scores) if match is None else match.verdict,
         adult_score=thresholds.adult_score(scores),
         safe_score=thresholds.safe_score(scores),
         thresholds=thresholds,
@@ -153,6 +160,8 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         thresholds_version=thresholds_version,
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
+        verdict_source="model" if match is None else match.kind,
+        match=match,
     )
 
 
@@ -183,7 +192,7 @@ async def classify_url(ctx: Context, url: str, *, lane: Lane | None = None,
     fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url, model)
     result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=True)
-    return await _maybe_queue(ctx, result, url, None)
+    return await _maybe_queue(ctx, result, url, None, x)
 
 
 async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
@@ -199,23 +208,27 @@ async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
     x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data, model)
     result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=False)
-    return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data)
+    return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data, x)
 
 
-async def _maybe_queue(ctx: Context, result: Classification, source: str, data: bytes | None) -> Classification:
-    """Queue the image for human review when its verdict says so.
+async def _maybe_queue(ctx: Context, result: Classification, source: str, data: bytes | None,
+                       prepared: Any = None) -> Classification:
+    """Queue the image for human review when its verdict says so (a known image's verdict never does).
 
-    A queue failure (database down) does not fail the prediction: the result
+    The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
+    decision.  A queue failure (database down) does not fail the prediction: the result
     carries ``review_error`` instead and the failure is logged.
     """
-    if not ctx.queues(result.verdict):
+    if result.match is not None or not ctx.queues(result.verdict):
         return result
 
     def enqueue() -> int:
         queue = ctx.review_queue
         queue.purge_if_due()
+        x = prepared.x if isinstance(prepared, _Recognised) else prepared
+        hashes = phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
         return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                             image_bytes=data)
+                             image_bytes=data, phash=hashes)
 
     try:
         review_id = await asyncio.get_running_loop().run_in_executor(ctx.executor, requestid.in_context(enqueue))
@@ -238,7 +251,9 @@ async def _preparing(ctx: Context, fn: Callable[..., Any], *args: Any) -> Any:
         *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, requestid.in_context(fn, *args))
         if isinstance(x, _Isolate):
             x, isolated_s = await _isolated_decode(ctx, x)
-            decode_s += isolated_s
+            t0 = time.perf_counter()
+            x = await loop.run_in_executor(ctx.executor, requestid.in_context(_recognise, ctx, x, sha))
+            decode_s += isolated_s + time.perf_counter() - t0
         return (*head, x, sha, decode_s)
     finally:
         ctx.preparing -= 1
@@ -263,8 +278,7 @@ async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray 
         ctx.isolated_pending -= 1
 
 
-def _prepare(ctx: Context, data: bytes, chosen: Model | None = None) -> tuple[np.ndarray | FrameInputs | _Isolate,
-                                                                              str, float]:
+def _prepare(ctx: Context, data: bytes, chosen: Model | None = None) -> tuple[_Recognised | _Isolate, str, float]:
     """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
     t0 = time.perf_counter()
     model = chosen or ctx.model()
@@ -273,21 +287,35 @@ def _prepare(ctx: Context, data: bytes, chosen: Model | None = None) -> tuple[np
     if not plan.cost.inline:
         return _Isolate(plan, data, chosen), sha, time.perf_counter() - t0
     x = ctx.decoder.prepare_inline(model, data, plan)
-    return x, sha, time.perf_counter() - t0
+    return _recognise(ctx, x, sha), sha, time.perf_counter() - t0
+
+
+class _Recognised(NamedTuple):
+    """A prepared image and the known image it matched, if any."""
+
+    x: np.ndarray | FrameInputs
+    match: Match | None
+
+
+def _recognise(ctx: Context, x: np.ndarray | FrameInputs, sha: str) -> _Recognised:
+    """Worker thread: look the image up among the known ones, by sha256 and (a still image) PDQ of its model input."""
+    query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
+    return _Recognised(x, ctx.known.lookup(sha, query))
 
 
 def _fetch_and_prepare(ctx: Context, url: str, chosen: Model | None = None
-                       ) -> tuple[float, np.ndarray | FrameInputs | _Isolate, str, float]:
+                       ) -> tuple[float, _Recognised | _Isolate, str, float]:
     """Worker thread: fetch (SSRF-safe, capped) then prepare."""
     t0 = time.perf_counter()
     content = ctx.fetch(url)
     return (time.perf_counter() - t0, *_prepare(ctx, content, chosen))
 
 
-async def _finish(ctx: Context, batcher: Any, x: np.ndarray | FrameInputs, sha: str, fetch_s: float,
+async def _finish(ctx: Context, batcher: Any, prepared: _Recognised, sha: str, fetch_s: float,
                   decode_s: float, started: float, chosen: Model | None = None,
                   override: Thresholds | None = None) -> Classification:
     t0 = time.perf_counter()
+    x, match = prepared
     frames = None
     if isinstance(x, FrameInputs):
         # each frame is one more image in flight (the request holds one already), batched like any image
@@ -303,7 +331,7 @@ async def _finish(ctx: Context, batcher: Any, x: np.ndarray | FrameInputs, sha: 
     thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
     return judge(scores, thresholds, ModelInfo(model.name, model.version),
                  Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, version,
-                 frames=frames)
+                 frames=frames, match=match)
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

@@ -33,6 +33,7 @@ from .admission import Admission
 from .batcher import MicroBatcher
 from .errors import NotReady, NSFWError
 from .fetch import ConnectionPool, fetch
+from .known import KnownImages
 from .metrics import Metrics
 from .model import Model, load
 from .pipeline import Decoder, load_bytes
@@ -78,6 +79,7 @@ class Context:
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
+        self._known: KnownImages | None = None
         self._models: dict[str, Model] = {}
         self.metrics = Metrics(self, app_version=_app_version())  # this process's registry: GET /metrics
 
@@ -106,6 +108,18 @@ class Context:
             if self._review is None:
                 self._review = ReviewQueue.from_config(self.review_config, pool=self.database)
             return self._review
+
+    @property
+    def known(self) -> KnownImages:
+        """Remembered decisions and hash lists (:mod:`nsfw_core.known`), read from the one database on first use
+        and refreshed in the background; every request looks its image up here."""
+        known = self._known
+        if known is None:
+            with self._lock:
+                if self._known is None:
+                    self._known = KnownImages(self.database, distance=self.settings.match_distance)
+                known = self._known
+        return known
 
     @property
     def score_cache(self) -> ScoreCache:
@@ -198,6 +212,8 @@ class Context:
             cache, self._score_cache = self._score_cache, None
         if review is not None:
             review.close()
+        if self._known is not None:
+            self._known.close()
         self.metrics.close()
         self.thresholds.close()
         self.database.close()

@@ -85,8 +85,26 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                 "description": "present when the verdict is sent to human review "
                                                "(NSFW_REVIEW_VERDICTS); null when queueing failed"},
                   "review_error": {"type": "string", "description": "why queueing failed (the verdict stands)"},
-                  "verdict_source": {"type": "string", "enum": ["model"],
-                                     "description": "who decided the verdict: the model"},
+                  "verdict_source": {"type": "string", "enum": ["model", "review", "list"],
+                                     "description": "who decided the verdict: the model; review: a reviewer "
+                                                    "decided this image or a near copy of it (match says "
+                                                    "which); list: it is on an admin's allow/deny hash list"},
+                  "match": {"type": "object", "additionalProperties": False,
+                            "required": ["source", "by", "distance", "label", "entry_id", "review_id"],
+                            "description": "the known image whose human verdict this image got (verdict_source "
+                                           "review or list); the scores stay the model's",
+                            "properties": {
+                                "source": {"type": "string", "enum": ["review", "list"]},
+                                "by": {"type": "string", "enum": ["sha256", "pdq"],
+                                       "description": "the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE"},
+                                "distance": {"type": "integer", "minimum": 0, "maximum": 256,
+                                             "description": "PDQ distance in bits of 256 (0 for sha256)"},
+                                "label": {"type": "string",
+                                          "description": "the reviewer's label, or the list's (allow, deny, "
+                                                         "safe, adult)"},
+                                "entry_id": {"type": "integer"},
+                                "review_id": {"type": ["integer", "null"],
+                                              "description": "the decided review item (source review)"}}},
                   "frames": {"type": "array", "minItems": 1, "items": frame,
                              "description": "an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled "
                                             "frames (at most NSFW_MAX_FRAMES); the image's scores and verdict "
@@ -142,7 +160,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                                 "one, never refused)"}
     detail_param = {"name": "detail", "in": "query", "schema": {"type": "boolean", "default": False},
                     "description": "true: the rich answer (Detail) instead of the five scores"}
-    return {
+    from .openapi_v1 import extend  # API v1's part, generated from the typed contract (nsfw_core.contract)
+
+    return extend({
         "openapi": "3.1.0",
         "info": {"title": "NSFW image moderation API", "version": "1.0.0"},
         "paths": {
@@ -191,4 +211,4 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 "required": True, "schema": {"type": "string", "minLength": 1,
                                              "maxLength": REQUEST_ID_LENGTH}}},
         },
-    }
+    }, settings)

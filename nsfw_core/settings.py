@@ -366,6 +366,11 @@ class Settings:
     review_lease_seconds: int = setting(
         "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
         "How long a reviewer holds a claimed item before another reviewer may get it.")
+    match_distance: int = setting(
+        "NSFW_MATCH_DISTANCE", "31", _int(0, 63),
+        "Largest PDQ distance (bits of 256) at which an image counts as a copy of a reviewer-decided or "
+        "hash-listed one and gets its verdict (verdict_source review or list); 31 is PDQ's published "
+        "default (BENCHMARKS.md has the distances measured here).")
     jpeg_draft: bool = setting(
         "NSFW_JPEG_DRAFT", "true", _bool,
         "Decode large JPEGs at a reduced scale (shorter side kept at least 4x the model input); faster, "
