@@ -503,10 +503,13 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+from . import v1  # noqa: E402  (API v1 builds on the helpers above)
+
 routes: list[BaseRoute] = [
     ApiRoute("/predict", {"POST": predict}),
     ApiRoute("/predict/batch", {"POST": predict_batch}),
     ApiRoute("/predict/{rest:path}"),
+    *v1.routes,
     ApiRoute("/v1"),
     ApiRoute("/v1/{rest:path}"),
     ApiRoute("/health", {"GET": health}),
@@ -538,9 +541,11 @@ def make_lifespan(settings: Settings | None = None) -> Callable[[Any], Any]:
         ctx = Context(settings if settings is not None else load_settings())
         previous = install(ctx)
         await ctx.start()
+        await v1.start(ctx)  # webhooks' delivery
         try:
             yield
         finally:
+            await v1.stop(ctx)  # models loaded on demand, webhooks' task
             await ctx.stop()
             install(previous)
 
