@@ -407,7 +407,8 @@ def test_wrong_method_is_json_405_with_allow(client):
     error_of(client.delete("/openapi.json"), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("path", ["/predict/", "/predict/nope", "/predict/batch/x", "/v1/classify", "/v1/"])
+@pytest.mark.parametrize("path", ["/predict/", "/predict/nope", "/predict/batch/x", "/v1/classify/nope", "/v1/",
+                                  "/v1/reviews"])
 def test_unknown_api_paths_are_json_404(client, path):
     error_of(client.get(path), 404, "not_found")
     error_of(client.post(path), 404, "not_found")
