@@ -1,0 +1,253 @@
+"""Known images (issue 17, points 2-4): remembered decisions, hash lists, the lookup index.
+
+- the multi-index finds exactly what a brute-force scan finds, on random hashes, at several distances;
+- re-encoded (JPEG quality 70), resized (50 %), cropped (2 % off each side) and lightly watermarked copies
+  of a decided image get its decision through the API (verdict_source review, not queued again); none of
+  the repository's other images matches it (false match rate 0);
+- an undone decision is forgotten;
+- a hash list: import/export round-trips, a malformed list is refused naming the row, a listed image gets
+  verdict_source list (by sha256 and by PDQ), and a list entry wins over a remembered decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from nsfw_core import phash
+from nsfw_core.hashindex import HashIndex, brute_force
+from nsfw_core.known import KnownImages, ListEntry, ListError, format_list, parse_list
+from nsfw_core.pipeline import Decoder
+from nsfw_core.preprocess import preprocess
+from nsfw_core.review import ReviewQueue
+from nsfw_core.review.store import open_pool
+from nsfw_core.settings import load_settings
+from tests.helpers.apiclient import make_settings, running
+from tests.helpers.paths import REFERENCE, ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
+
+SMILE = (REFERENCE / "smile.jpg").read_bytes()  # "unknown" with a safe threshold of 0.97: queued
+HOUSE = (REFERENCE / "house.jpg").read_bytes()
+JPEG = {"Content-Type": "image/jpeg"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def repository_images() -> list[Path]:
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return [ROOT / n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    im.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def copies(data: bytes) -> dict[str, bytes]:
+    """The issue's edits of an image: re-encoded, resized, cropped, lightly watermarked."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    dx, dy = round(w * 0.02), round(h * 0.02)
+    mark = Image.new("RGBA", im.size, (0, 0, 0, 0))
+    ImageDraw.Draw(mark).text((w * 0.05, h * 0.85), "© example.com", fill=(255, 255, 255, 128),
+                              font_size=max(10, h // 20))
+    return {"jpeg q70": _jpeg(im, 70), "resized 50%": _jpeg(im.resize((w // 2, h // 2), Image.Resampling.BILINEAR)),
+            "cropped 2%": _jpeg(im.crop((dx, dy, w - dx, h - dy))),
+            "watermarked": _jpeg(Image.alpha_composite(im.convert("RGBA"), mark))}
+
+
+class _Input:
+    """What the decoder needs of a model to make its input (the default model's 224 x 224)."""
+
+    input_size = 224
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return preprocess(rgb, self.input_size)
+
+
+def model_input(data: bytes) -> np.ndarray:
+    decoder = Decoder(load_settings(environ={}).decode_limits)
+    try:
+        x = decoder.prepare(_Input(), data)  # type: ignore[arg-type]
+    finally:
+        decoder.close()
+    assert isinstance(x, np.ndarray)
+    return x
+
+
+# ---------------------------------------------------------------- the index
+
+
+@pytest.mark.parametrize("max_distance", [0, 15, 31, 40])
+def test_the_index_finds_exactly_what_brute_force_finds(max_distance):
+    rng = np.random.default_rng(max_distance)
+    rows = rng.integers(0, 256, (20_000, 32), dtype=np.uint8)
+    rows[1000:1100] = rows[0]  # duplicates and clusters, as real lists have
+    index = HashIndex(rows)
+    for trial in range(200):
+        base = rows[rng.integers(len(rows))] if trial % 4 else rng.integers(0, 256, 32, dtype=np.uint8)
+        bits = np.unpackbits(base)
+        bits[rng.choice(256, int(rng.integers(0, 48)), replace=False)] ^= 1
+        query = np.packbits(bits).tobytes()
+        got, got_d = index.search(query, max_distance)
+        want, want_d = brute_force(rows, query, max_distance)
+        order = np.argsort(want)
+        assert got.tolist() == want[order].tolist()
+        assert got_d.tolist() == want_d[order].tolist()
+        assert all(phash.distance(rows[i].tobytes(), query) == d for i, d in zip(got, got_d, strict=True))
+
+
+def test_an_empty_index_finds_nothing():
+    got, d = HashIndex(np.zeros((0, 32), np.uint8)).search(bytes(32), 31)
+    assert len(got) == 0 and len(d) == 0
+
+
+# ---------------------------------------------------------------- hash lists
+
+
+SHA = hashlib.sha256(b"x").hexdigest()
+PDQ = "f" * 32 + "0" * 32
+
+
+def test_a_list_round_trips_through_csv():
+    entries = [ListEntry(SHA, None, "deny", "known bad, ticket 12"), ListEntry(None, PDQ, "allow", 'a "quoted", note'),
+               ListEntry(SHA.replace("a", "b"), PDQ, "adult", ""), ListEntry(None, PDQ.replace("f", "e"), "safe")]
+    text = format_list(entries)
+    assert text.splitlines()[0] == "sha256,pdq,label,note"
+    assert parse_list(text) == entries
+    assert parse_list(text.encode("utf-8-sig")) == entries  # a BOM from a spreadsheet is fine
+    assert [e.verdict for e in entries] == ["adult", "safe", "adult", "safe"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the list is empty"),
+    ("hash,label\n", "row 1: the header must name the columns sha256,pdq,label,note"),
+    (f"sha256,pdq,label,note\n{SHA},,deny,ok\n,,allow,no hash\n", "row 3: neither a sha256 nor a PDQ hash"),
+    (f"sha256,pdq,label,note\n{SHA},,deny,\n{SHA[:-1]}x,,deny,\n", "row 3: '" + SHA[:-1] + "x' is not a sha256"),
+    (f"sha256,pdq,label,note\n,{PDQ[:60]},deny,\n", "row 2: '" + PDQ[:60] + "' is not a PDQ hash"),
+    (f"sha256,pdq,label,note\n{SHA},,block,\n", "row 2: label 'block' is not one of allow, deny, safe, adult"),
+    (f"sha256,pdq,label,note\n{SHA},,deny,a,b\n", "row 2: 5 fields, the header names 4"),
+    (b"sha256,pdq,label,note\n\xff\n", "the list is not UTF-8 text"),
+])
+def test_a_malformed_list_is_refused_naming_the_row(text, message):
+    with pytest.raises(ListError) as caught:
+        parse_list(text)
+    assert message in caught.value.message
+    assert caught.value.status == 400
+
+
+def test_import_export_round_trips_in_the_database_and_replaces(tmp_path):
+    pool = open_pool(None, tmp_path)
+    known = KnownImages(pool)
+    try:
+        entries = parse_list(f"sha256,pdq,label,note\n{SHA},,deny,first\n,{PDQ},allow,second\n")
+        assert known.import_list(entries, by="admin") == {"added": 2, "removed": 0}
+        assert parse_list(known.export_list()) == entries
+        # the same hash again replaces its entry (not a second one); another is added
+        again = [ListEntry(SHA, None, "allow", "changed my mind"), ListEntry(None, PDQ.replace("0", "1"), "deny")]
+        assert known.import_list(again, by="admin") == {"added": 2, "removed": 1}
+        assert parse_list(known.export_list()) == [entries[1], *again]
+        assert known.lookup(SHA, None).verdict == "safe"  # type: ignore[union-attr]
+        assert known.import_list(entries[:1], by="admin", replace=True) == {"added": 1, "removed": 3}
+        assert parse_list(known.export_list()) == entries[:1]
+        assert known.clear_list(by="admin") == 1
+        assert known.export_list() == "sha256,pdq,label,note\n" and known.lookup(SHA, None) is None
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------- through the API
+
+
+def _post(client, data: bytes) -> dict:
+    reply = client.post("/predict?detail=1", content=data, headers=JPEG)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def _refreshed(client) -> None:
+    """Let the server's copy of the known images catch up (a request after the refresh interval starts one)."""
+    time.sleep(0.6)
+    _post(client, HOUSE)  # an image that matches nothing in these tests until the list one lists it
+    time.sleep(0.5)
+
+
+def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict:
+    """The answer for ``data`` once its verdict_source is ``source`` (the background refresh: within a second)."""
+    deadline = time.monotonic() + limit
+    while True:
+        body = _post(client, data)
+        if body["verdict_source"] == source or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def test_copies_of_a_decided_image_get_the_decision_and_no_other_image_does(tmp_path):
+    settings = make_settings(tmp_path, safe_threshold=0.97)
+    with running(settings) as client:
+        first = _post(client, SMILE)
+        assert first["verdict"] == "unknown" and first["verdict_source"] == "model"
+        with ReviewQueue.from_settings(settings) as queue:
+            assert queue.phash(first["review_id"]) is not None  # its hashes came with it from the request
+            queue.decide(first["review_id"], "alice", "porn")  # five-class label: adult by the binary map
+        _refreshed(client)
+        same = _post(client, SMILE)
+        assert same["verdict"] == "adult" and same["verdict_source"] == "review"
+        assert same["match"] == {"source": "review", "by": "sha256", "distance": 0, "label": "porn",
+                                 "entry_id": same["match"]["entry_id"], "review_id": first["review_id"]}
+        assert "review_id" not in same  # not queued again
+        assert same["scores"] == pytest.approx(first["scores"])  # the scores stay the model's
+        for name, data in copies(SMILE).items():
+            body = _post(client, data)
+            assert body["verdict_source"] == "review", name
+            assert body["verdict"] == "adult" and "review_id" not in body, name
+            assert body["match"]["by"] == "pdq" and 0 <= body["match"]["distance"] <= 31, (name, body["match"])
+            assert body["match"]["review_id"] == first["review_id"], name
+        smile_sha = hashlib.sha256(SMILE).hexdigest()
+        others = [p for p in repository_images() if p.name not in ("smile.jpg", "nsfwjs_smile.jpg")]
+        assert len(others) >= 20
+        false = [str(p.relative_to(ROOT)) for p in others if _post(client, p.read_bytes())["verdict_source"] != "model"]
+        assert false == []  # false match rate on every other image in the repository: 0
+        # the demo copy of the same photo (same pixels, another file) is a copy, and matches
+        assert _post(client, (ROOT / "data/demo/photos/nsfwjs_smile.jpg").read_bytes())["verdict_source"] == "review"
+        with ReviewQueue.from_settings(settings) as queue:
+            assert [it.id for it in queue.items() if it.sha256 == smile_sha] == [first["review_id"]]
+            undone = queue.undo("alice")
+            assert undone is not None and undone.id == first["review_id"]
+        forgotten = _until(client, SMILE, "model")
+        assert forgotten["verdict_source"] == "model" and forgotten["verdict"] == "unknown"
+
+
+def test_listed_images_get_the_list_verdict_which_wins_over_a_decision(tmp_path):
+    settings = make_settings(tmp_path, safe_threshold=0.97)
+    house_pdq = phash.query_hash(model_input(HOUSE))
+    assert house_pdq is not None
+    pool = open_pool(None, settings.data_dir)
+    known = KnownImages(pool)
+    try:
+        with running(settings) as client:
+            assert _post(client, HOUSE)["verdict"] == "safe"
+            known.import_list([ListEntry(None, house_pdq.hex(), "deny", "test"),
+                               ListEntry(hashlib.sha256(SMILE).hexdigest(), None, "allow")], by="admin")
+            house = _until(client, copies(HOUSE)["jpeg q70"], "list")
+            assert house["verdict"] == "adult" and house["match"]["source"] == "list"
+            assert house["match"]["by"] == "pdq" and house["match"]["label"] == "deny"
+            smile = _until(client, SMILE, "list")
+            assert smile["verdict"] == "safe" and smile["match"]["by"] == "sha256" and "review_id" not in smile
+            # a reviewer decides the house adult-or-not otherwise: the list still wins
+            with ReviewQueue.from_settings(settings) as queue:
+                item = queue.enqueue(hashlib.sha256(HOUSE).hexdigest(), "upload", house["scores"], "m", "unknown",
+                                     phash=phash.join_hex([house_pdq]))
+                queue.decide(item, "bob", "safe")
+            time.sleep(1.2)
+            assert _post(client, HOUSE)["verdict_source"] == "list"
+    finally:
+        pool.close()
