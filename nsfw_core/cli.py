@@ -1,6 +1,6 @@
 """Command line: ``nsfw-classify PATH|URL|DIR ... [--manifest FILE] [--model NAME] [--format json|table]``.
 
-(``python -m nsfw_core`` is the same.)
+(``python -m nsfw_core`` is the same; ``--server URL`` classifies on a running service instead.)
 
 json prints one JSON object per line (JSON Lines), one line per input:
 ``{"source": ..., "scores": {...}, "verdict": ...}`` or ``{"source": ..., "error": {"code", "message"}}``.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Sequence, TextIO
 
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=MODEL_NAMES, help="model to use (default: NSFW_MODEL, MobileNetV2Mid)")
     parser.add_argument("--format", choices=("json", "table"), default="json")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--server", metavar="URL",
+                        help="classify on a running service (API v1, nsfw_core.client) instead of here: files are "
+                             "sent as base64, URLs fetched by the server; retries 429/503 after Retry-After")
+    parser.add_argument("--api-key", metavar="KEY", default=os.environ.get("NSFW_SERVER_API_KEY"),
+                        help="the service's API key with --server (default: $NSFW_SERVER_API_KEY)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests at once with --server (default 4)")
     return parser
 
 
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=stderr)
         return 2
+    if args.server:
+        return _remote(args, stdout, stderr)
     note = logging.StreamHandler(stderr)  # "unpacked ..." or "compiling ... for LiteRT" on a model's first use
     note.setFormatter(logging.Formatter("%(message)s"))
     compiler_log = logging.getLogger("nsfw_core.litert")
@@ -92,6 +101,42 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return _run(ctx, args, stdout, stderr)
     finally:
         ctx.close()
+
+
+def _remote(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """``--server URL``: the same lines, classified by a running service through :mod:`nsfw_core.client`."""
+    from .client import Client, classify_sources as classify_remote
+
+    if args.manifest:
+        print("error: --manifest is not supported with --server", file=stderr)
+        return 2
+    if not args.inputs:
+        print("error: give at least one PATH, URL or DIR", file=stderr)
+        return 2
+    sources = iter_sources(args.inputs)
+    if not sources:
+        print("error: no image files found", file=stderr)
+        return 1
+    bar = _progress(len(sources), stderr)
+    try:
+        with Client(args.server, args.api_key) as client:
+            rows = classify_remote(client, sources, model=args.model, workers=args.concurrency,
+                                   progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    for row in rows:
+        if args.format == "json":
+            print(json.dumps(row), file=stdout)
+        elif "error" in row:
+            print(f"{row['source']}  error {row['error']['code']}: {row['error']['message']}", file=stdout)
+        else:
+            cells = "  ".join(f"{row['scores'][c]:>8.4f}" for c in CLASS_NAMES)
+            print(f"{row['source']}  {cells}  {row['verdict']}", file=stdout)
+    failed = sum("error" in r for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} inputs failed", file=stderr)
+    return 1 if failed else 0
 
 
 def _run(ctx: Context, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
