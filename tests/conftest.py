@@ -30,7 +30,7 @@ __all__ = ["COMPILED_DIR", "REFERENCE", "REFERENCE_IMAGES", "ROOT", "START_POSTG
 SLOW_MODULES = frozenset({
     "test_convert", "test_decode_fuzz", "test_e2e_browser", "test_hostile_api", "test_litert", "test_memory",
     "test_openapi_conformance", "test_reliability", "test_sandbox", "test_server", "test_signin_oidc_browser",
-    "test_signin_websocket", "test_slim_install", "test_replicas", "test_replicas_review",
+    "test_signin_websocket", "test_slim_install", "test_replicas", "test_replicas_review", "test_replicas_known",
 })
 BROWSER_MODULES = frozenset({"test_e2e_browser", "test_signin_oidc_browser"})
 POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_url"})
