@@ -6,7 +6,7 @@ Three roles, each with everything the one before it has::
                 operator opts in with NSFW_PUBLIC_DEMO; nothing else
     reviewer    + the review queue (claim, decide, skip, undo)
     admin       + calibration (labelled sets, uploaded or on the server), saving and rolling back
-                thresholds, exports of the reviewed items
+                thresholds, exports of the reviewed items, the allow/deny hash lists
 
 An :class:`Identity` is decided on the server from one of three things, never from the peer
 address (behind a reverse proxy every visitor comes from 127.0.0.1) and never from what the page
@@ -60,6 +60,7 @@ class Permission(enum.Enum):
     CALIBRATE = "calibrate"  # the calibrate page: labelled sets, uploaded or on the server
     SAVE_THRESHOLDS = "save_thresholds"  # save a thresholds version, roll back
     EXPORT = "export"  # download the reviewed items (CSV, ZIP with stored uploads)
+    LISTS = "lists"  # import, export and clear the allow/deny hash lists
 
 
 NEEDS: Mapping[Permission, Role] = {
@@ -68,6 +69,7 @@ NEEDS: Mapping[Permission, Role] = {
     Permission.CALIBRATE: Role.ADMIN,
     Permission.SAVE_THRESHOLDS: Role.ADMIN,
     Permission.EXPORT: Role.ADMIN,
+    Permission.LISTS: Role.ADMIN,
 }
 
 

@@ -191,7 +191,7 @@ async def classify_url(ctx: Context, url: str, *, lane: Lane | None = None,
     model = None if lane is None else lane.model
     fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url, model)
     result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
-    ctx.metrics.observe_classification(result, fetched=True)
+    ctx.metrics.observe_classification(result, fetched=True, source=result.verdict_source)
     return await _maybe_queue(ctx, result, url, None, x)
 
 
@@ -207,7 +207,7 @@ async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
     model = None if lane is None else lane.model
     x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data, model)
     result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
-    ctx.metrics.observe_classification(result, fetched=False)
+    ctx.metrics.observe_classification(result, fetched=False, source=result.verdict_source)
     return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data, x)
 
 

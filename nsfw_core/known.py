@@ -24,14 +24,16 @@ and an optional note.  :func:`parse_list` refuses a malformed file as a whole, n
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import dataclasses
 import io
 import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -336,14 +338,20 @@ class KnownImages:
 
     # ------------------------------------------------------------ hash lists (the lists page)
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection on the database, recovered and migrated first (once)."""
+        if not self._prepared:
+            self.backend.recover()
+        with self._pool.connection() as conn:
+            if not self._prepared:
+                migrate(self.backend, conn, MIGRATIONS, self.clock)
+                self._prepared = True
+            yield conn
+
     def _write(self, action: Callable[[Any], Any]) -> Any:
         try:
-            if not self._prepared:
-                self.backend.recover()
-            with self._pool.connection() as conn:
-                if not self._prepared:
-                    migrate(self.backend, conn, MIGRATIONS, self.clock)
-                    self._prepared = True
+            with self._connection() as conn:
                 with self.backend.begin(conn, write=True) as tx:
                     self.backend.lock_migrations(tx)  # ids visible in order (review.remembered)
                     result = action(tx)
@@ -379,9 +387,11 @@ class KnownImages:
     def list_entries(self) -> list[ListEntry]:
         """The hash list as it stands (oldest entry first), from the database."""
         try:
-            with self._pool.connection() as conn, self.backend.begin(conn, write=False) as tx:
+            with self._connection() as conn, self.backend.begin(conn, write=False) as tx:
                 ids = [int(r[0]) for r in live_entries(tx, f"a.kind = '{LIST}'")]
                 rows = tx.run(f"{SELECT} WHERE op = '{ADD}' AND kind = '{LIST}' ORDER BY id")
+        except NSFWError:
+            raise
         except self.backend.errors as exc:
             raise KnownUnavailable(f"the database {self.describe()} is unavailable: {exc}") from exc
         wanted = set(ids)
@@ -409,3 +419,30 @@ class KnownImages:
 
     def close(self) -> None:
         self._closed = True
+
+
+def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -> str | None:
+    """The perceptual hashes to remember a review item's decision by, for an item that has none (queued
+    before this version, or by a caller without them): from ``data``, the stored upload bytes, or its URL
+    fetched through the context's SSRF-safe fetcher.  None when it has hashes already or when its image
+    cannot be had (the decision is then remembered by sha256 only).  Never raises.
+    """
+    from . import phash  # the context's decoder and model make the same model input as a request's
+
+    try:
+        if queue.phash(item_id) is not None:
+            return None
+        item = queue.get(item_id)
+        if item is None:
+            return None
+        if data is None:
+            data = item.image if item.image is not None else (ctx.fetch(item.source) if item.is_url else None)
+        if data is None:
+            return None
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            return None  # the URL now serves another image: do not remember it under this decision
+        x = ctx.decoder.prepare(ctx.model(), data)
+        return phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
+    except Exception as exc:  # a fetch or decode error: sha256 only
+        log.info("review item %s: no perceptual hash (%s); its decision is remembered by sha256", item_id, exc)
+        return None

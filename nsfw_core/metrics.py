@@ -11,8 +11,10 @@ Counted as requests are served (cheap: a lock and an addition per sample):
 * ``nsfw_errors_total{code}``: every error answered, a whole request's or a batch item's;
 * ``nsfw_stage_duration_seconds{stage}``: per classified image, ``fetch`` (URLs only),
   ``decode``, ``inference`` (queue wait and forward pass) and ``total``;
-* ``nsfw_verdicts_total{verdict, source}``: ``source`` is ``model`` (room for ``review``
-  and ``list`` later); the share of ``unknown`` is a ratio of these;
+* ``nsfw_verdicts_total{verdict, source}``: ``source`` is the answer's ``verdict_source``: ``model``,
+  or ``review`` / ``list`` for a known image (a remembered decision, a hash list, :mod:`nsfw_core.known`);
+  the share of ``unknown`` among ``source="model"`` is the model's, which the human verdicts must not
+  flatter;
 * ``nsfw_score{class}``: a histogram per class of the model's scores (drift);
 * ``nsfw_batch_size``: images per forward pass.
 
@@ -69,7 +71,7 @@ class Metrics:
         self.stage_seconds = Histogram("nsfw_stage_duration_seconds",
                                        "Per classified image: fetch (URLs), decode, inference (queue and forward "
                                        "pass) and total", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.verdicts = Counter("nsfw_verdicts", "Verdicts given, by verdict and by who gave it (model)",
+        self.verdicts = Counter("nsfw_verdicts", "Verdicts given, by verdict and by who gave it (model, review, list)",
                                 ["verdict", "source"], registry=r)
         self.scores = Histogram("nsfw_score", "The model's score per class, per classified image (drift)",
                                 ["class"], buckets=SCORE_BUCKETS, registry=r)

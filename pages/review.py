@@ -32,6 +32,7 @@ from PIL import Image
 from nsfw_core.access import Identity, Permission
 from nsfw_core.context import Context
 from nsfw_core.errors import NSFWError
+from nsfw_core.known import item_hashes
 from nsfw_core.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.review import Item, ReviewQueue, iso
 from nsfw_ui import auth, inputs, state, widgets
@@ -88,7 +89,11 @@ def _current(queue: ReviewQueue, reviewer: str) -> Item | None:
 def _on_decide(queue: ReviewQueue, who: Identity, item_id: int, label: str) -> None:
     try:
         auth.check(who, Permission.REVIEW)
-        queue.decide(item_id, who.name, label)
+        fetched = st.session_state.get(FETCHED_KEY, {}).get(item_id)
+        # an item queued without perceptual hashes gets them now (stored bytes, or its URL), so later copies
+        # of the image get this decision too (nsfw_core.known); items queued by the API carry them already
+        hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None)
+        queue.decide(item_id, who.name, label, phash=hashes)
         _say("success", f"Item {item_id}: **{label}**.")
     except NSFWError as exc:
         _say("warning", _error_text(exc))

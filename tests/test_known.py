@@ -251,3 +251,27 @@ def test_listed_images_get_the_list_verdict_which_wins_over_a_decision(tmp_path)
             assert _post(client, HOUSE)["verdict_source"] == "list"
     finally:
         pool.close()
+
+
+def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
+    """Point 5: the calibrate page scores labelled sets with the model itself (score cache -> score_sources)
+    and judges the scores under the thresholds it tries; a listed or decided image is scored as the model
+    sees it there, never given the human verdict."""
+    from nsfw_core.classify import classify_sources
+    from nsfw_core.context import Context
+    from nsfw_core.labels import LabelledItem
+    from tests.helpers.paths import COMPILED_DIR
+
+    ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR}))
+    try:
+        house = str(REFERENCE / "house.jpg")
+        ctx.known.import_list([ListEntry(hashlib.sha256(HOUSE).hexdigest(), None, "deny")], by="admin")
+        assert ctx.known.lookup(hashlib.sha256(HOUSE).hexdigest(), None) is not None
+        [scored] = ctx.score_cache.score_items(ctx.model(), [LabelledItem(house, "neutral", "safe")], ctx.decoder,
+                                               ctx.load_bytes)
+        [outcome] = classify_sources(ctx, [house])
+        assert outcome.classification is not None
+        assert outcome.classification.verdict_source == "model" and outcome.classification.verdict == "safe"
+        assert scored[1] == pytest.approx(outcome.classification.scores)
+    finally:
+        ctx.close()
