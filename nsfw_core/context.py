@@ -169,6 +169,8 @@ class Context:
         # The thresholds in force are read while the model loads (never raises: a database that is down
         # leaves the defaults, with a warning, until it is back).
         thresholds = asyncio.get_running_loop().run_in_executor(None, self.thresholds.refresh)
+        # so are the known images (remembered decisions, hash lists: seconds at a million; never raises)
+        known = asyncio.get_running_loop().run_in_executor(None, self.known.refresh)
         try:
             model = await asyncio.to_thread(self.model)
         except NSFWError as exc:
@@ -189,6 +191,7 @@ class Context:
         self.batcher.start()
         await asyncio.to_thread(self.decoder.sandbox.warm)
         await thresholds
+        await known
         self.reason = ""
         log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
 

@@ -275,3 +275,30 @@ def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
         assert scored[1] == pytest.approx(outcome.classification.scores)
     finally:
         ctx.close()
+
+
+def test_an_item_queued_without_hashes_gets_them_when_decided(tmp_path):
+    """The review page's fallback: stored upload bytes (or the URL, through the safe fetcher) give the hashes;
+    bytes that are not the item's image (the URL serves another one now) give none: sha256 only."""
+    from nsfw_core.context import Context
+    from nsfw_core.known import item_hashes
+    from tests.helpers.paths import COMPILED_DIR
+
+    ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR,
+                                         "NSFW_REVIEW_STORE_UPLOADS": "true"}))
+    try:
+        queue = ctx.review_queue
+        sha = hashlib.sha256(SMILE).hexdigest()
+        item = queue.enqueue(sha, "upload", {c: 0.2 for c in ("drawings", "hentai", "neutral", "porn", "sexy")},
+                             "m", "unknown", image_bytes=SMILE)
+        assert queue.phash(item) is None
+        assert item_hashes(ctx, queue, item, HOUSE) is None  # not this item's image
+        hashes = item_hashes(ctx, queue, item)
+        assert hashes is not None and len(phash.split_hex(hashes)) == 3
+        queue.decide(item, "alice", "safe", phash=hashes)
+        ctx.known.refresh()
+        match = ctx.known.lookup("0" * 64, phash.query_hash(model_input(copies(SMILE)["resized 50%"])))
+        assert match is not None and match.review_id == item and match.verdict == "safe" and match.by == "pdq"
+        assert item_hashes(ctx, queue, item) is None  # it has hashes now
+    finally:
+        ctx.close()

@@ -33,6 +33,8 @@ def remember_decision(backend: _Backend, tx: _Tx, item_id: int, label: str, by: 
     ``hashes`` (hex, comma-separated) replaces what the item kept from its request (``phash``) when given.
     """
     backend.lock_migrations(tx)
+    if hashes:  # the item keeps them too (a later decision after an undo needs no image)
+        tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
            f"added_at) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, '', id, ?, ? "
            f"FROM {TABLE} WHERE id = ?",
