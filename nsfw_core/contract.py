@@ -39,7 +39,8 @@ T = TypeVar("T")
 
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 ClientId = (Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
-            | Annotated[int, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)] | None)
+            | Annotated[int, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)]
+            | Annotated[float, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)] | None)
 ModelName = Literal["MobileNetV2Mid", "MobileNetV2", "InceptionV3"]
 Verdict = Literal["adult", "unknown", "safe"]
 ReviewStatus = Literal["pending", "claimed", "decided"]
@@ -254,6 +255,7 @@ def base64_text_cap(max_bytes: int) -> int:
     return cap + 2 * (cap // 76 + 1)
 
 
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _B64_WS = re.compile(r"[ \t\r\n]+")
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
@@ -301,19 +303,24 @@ def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dic
     _, components = msgspec.json.schema_components(REQUESTS + RESPONSES, ref_template=REF_TEMPLATE)
     image = components["Image"]
     image["properties"]["url"]["anyOf"][0]["maxLength"] = max_url_length
-    image["properties"]["base64"]["anyOf"][0]["maxLength"] = base64_text_cap(max_bytes)
+    b64 = image["properties"]["base64"]["anyOf"][0]
+    b64["maxLength"] = base64_text_cap(max_bytes)
+    # the documented form: no whitespace (the API also accepts ASCII whitespace and line breaks)
+    b64["pattern"] = BASE64_PATTERN
+    b64["minLength"] = 4
     image["oneOf"] = [{"required": ["url"], "properties": {"url": {"type": "string"}}},
                       {"required": ["base64"], "properties": {"base64": {"type": "string"}}}]
     image["minProperties"] = 1
     image["maxProperties"] = 1
     image["description"] = (image.get("description", "") + f" At most {max_bytes} bytes (NSFW_MAX_BYTES).").strip()
     components["BatchResponse"]["properties"]["results"]["items"] = {
-        "oneOf": [{"$ref": REF_TEMPLATE.format(name="ClassifyResult")}, {"$ref": REF_TEMPLATE.format(name="BatchError")}]}
+        "oneOf": [{"$ref": REF_TEMPLATE.format(name="ClassifyResult")},
+                  {"$ref": REF_TEMPLATE.format(name="BatchError")}]}
     components["BatchRequest"]["properties"]["items"]["maxItems"] = max_batch_items
     components["BatchRequest"]["properties"]["items"]["minItems"] = 1
     for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult"):
         props = components[name]["properties"]
         if "id" in props:
             props["id"]["description"] = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} "
-                                          f"characters or an integer within +-{MAX_ID_NUMBER}")
+                                          f"characters or a number within +-{MAX_ID_NUMBER}")
     return components

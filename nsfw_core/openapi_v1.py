@@ -47,8 +47,6 @@ def extend(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     auth: list[dict[str, list[str]]] = [{}, {"bearer": []}]
     rid = {"name": REQUEST_ID, "in": "header", "required": False, "schema": {"type": "string"},
            "description": f"Your id for this request, echoed in {REQUEST_ID} and request_id when sane"}
-    image_bytes = {"type": "string", "format": "binary", "minLength": 1,
-                   "description": f"the image bytes, at most {settings.max_bytes} (NSFW_MAX_BYTES)"}
     model_param = {"name": "model", "in": "query", "required": False, "schema": {"enum": list(MODEL_NAMES)},
                    "description": "the model (raw bodies only; in JSON use \"model\"); default NSFW_MODEL"}
     paths = {
@@ -58,11 +56,13 @@ def extend(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
                             "\"id\"}. base64 longer than "
                             f"{base64_text_cap(settings.max_bytes)} characters is refused (413) before it is "
                             "decoded; invalid base64 is 400 invalid_base64; a body that does not match the "
-                            "contract is 400 invalid_request with the JSON path in 'field'."),
+                            "contract is 400 invalid_request with the JSON path in 'field'. The image bytes may "
+                            "also be the body itself (any other Content-Type, or multipart/form-data with a 'file' "
+                            "field, as /predict), with ?model=; not listed as a media type here because "
+                            "OpenAPI tools pair the two bodies' examples with the wrong Content-Type."),
             "operationId": "v1Classify", "security": auth, "parameters": [model_param, rid],
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("ClassifyRequest")},
-                "application/octet-stream": {"schema": image_bytes}, "image/*": {"schema": image_bytes}}},
+                "application/json": {"schema": _ref("ClassifyRequest")}}},
             "responses": {"200": _json(_ref("ClassifyResult"), "The rich answer"),
                           **_errors(400, 401, 403, 405, 408, 413, 415, 422, 429, 500, 502, 503, 504)}}},
         "/v1/classify/batch": {"post": {
@@ -89,8 +89,12 @@ def extend(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
                                   "headers": _headers(False)}}}},
     }
     doc["paths"].update(paths)
-    for name, schema in schemas(max_bytes=settings.max_bytes,
-                                max_url_length=settings.max_url_length,
-                                max_batch_items=settings.max_batch_items).items():
+    from .openapi import URL_PATTERN  # the documented subset of URLs, as for /predict?url=
+
+    v1_schemas = schemas(max_bytes=settings.max_bytes, max_url_length=settings.max_url_length,
+                         max_batch_items=settings.max_batch_items)
+    v1_schemas["Image"]["properties"]["url"]["anyOf"][0]["pattern"] = URL_PATTERN
+    for name, schema in v1_schemas.items():
         doc["components"]["schemas"].setdefault(name, schema)  # Scores: the same as /predict's
     return doc
+
