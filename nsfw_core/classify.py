@@ -359,14 +359,15 @@ class Outcome:
                 "verdict": self.classification.verdict}
 
 
-def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None) -> Outcome:
-    """Judge one :class:`~nsfw_core.pipeline.Scored` under ``thresholds``."""
+def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None,
+            match: Match | None = None) -> Outcome:
+    """Judge one :class:`~nsfw_core.pipeline.Scored` under ``thresholds`` (a known image: ``match``)."""
     if scored.scores is None:
         return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
     frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version, frames=frames)
+                           scored.sha256 or "", thresholds_version, frames=frames, match=match)
     return Outcome(scored.source, classification, seconds=scored.seconds)
 
 
@@ -378,10 +379,17 @@ def classify_sources(
     loader: Callable[[str], bytes] | None = None,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    known: bool = True,
 ) -> list[Outcome]:
-    """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item."""
+    """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
+
+    ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
+    the API; False gives the model's verdict for every image.
+    """
     model = ctx.model(model_name)
     scored = score_sources(model, sources, ctx.decoder, loader or ctx.load_bytes, batch_size=batch_size,
-                           progress=progress)
+                           progress=progress, perceptual=known)
     active = ctx.thresholds.current()
-    return [outcome(s, model, active.thresholds, active.version) for s in scored]
+    return [outcome(s, model, active.thresholds, active.version,
+                    ctx.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
+            for s in scored]

@@ -26,6 +26,7 @@ from .fetch import ConnectionPool, fetch, is_url
 from .files import FileTooLarge, read_regular_file
 from .frames import FrameRef, sample
 from .model import Model, scores_dict
+from .phash import query_hash
 from .sandbox import Sandbox, thumbnail
 from .settings import DecodeLimits, FetchPolicy
 
@@ -262,6 +263,7 @@ class Scored:
     inference_s: float = 0.0  # the forward pass of this source's batch
     seconds: float = 0.0  # all of it
     frames: list[tuple[FrameRef, dict[str, float]]] | None = None  # an animation's sampled frames and scores
+    phash: bytes | None = None  # a still image's PDQ hash (``perceptual``), to look it up among known images
 
     @property
     def ok(self) -> bool:
@@ -276,9 +278,12 @@ def score_sources(
     *,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    perceptual: bool = False,
 ) -> list[Scored]:
     """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
-    per source, in order, errors per item."""
+    per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
+    (:func:`nsfw_core.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
+    the calibration page does not)."""
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
@@ -292,6 +297,8 @@ def score_sources(
                 result.load_s = t1 - t0
                 result.sha256 = hashlib.sha256(data).hexdigest()
                 x = decoder.prepare(model, data)
+                if perceptual and isinstance(x, np.ndarray):
+                    result.phash = query_hash(x)
                 result.decode_s = time.perf_counter() - t1
                 prepared.append((result, x, t0))
             except NSFWError as exc:

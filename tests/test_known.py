@@ -269,10 +269,14 @@ def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
         assert ctx.known.lookup(hashlib.sha256(HOUSE).hexdigest(), None) is not None
         [scored] = ctx.score_cache.score_items(ctx.model(), [LabelledItem(house, "neutral", "safe")], ctx.decoder,
                                                ctx.load_bytes)
-        [outcome] = classify_sources(ctx, [house])
-        assert outcome.classification is not None
-        assert outcome.classification.verdict_source == "model" and outcome.classification.verdict == "safe"
-        assert scored[1] == pytest.approx(outcome.classification.scores)
+        [model_only] = classify_sources(ctx, [house], known=False)
+        assert model_only.classification is not None
+        assert model_only.classification.verdict_source == "model" and model_only.classification.verdict == "safe"
+        assert scored[1] == pytest.approx(model_only.classification.scores)
+        # the Classify page and the CLI give the list's verdict, as the API does; the scores stay the model's
+        [listed] = classify_sources(ctx, [house])
+        assert listed.classification is not None and listed.classification.verdict_source == "list"
+        assert listed.classification.verdict == "adult" and listed.classification.scores == scored[1]
     finally:
         ctx.close()
 
