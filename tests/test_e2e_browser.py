@@ -240,7 +240,8 @@ def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, s
     _wait(driver, lambda d: any(h.text == "Calibrate thresholds" for h in _css(d, "h1")), SERVER_START_S,
           "the calibrate page did not appear")
     nav = _wait(driver, lambda d: [a.text for a in _css(d, '[data-testid="stSidebarNav"] a')], 20, "no navigation")
-    assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue"], nav
+    assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue",
+                                                       "Hash lists"], nav
 
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
@@ -346,7 +347,7 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
     driver.get(server + "/review")
     button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]
     nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
-    assert nav == ["Classify", "Calibrate thresholds", "Review queue"]  # no Sign in page
+    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Hash lists"]  # no Sign in page
     button.click()
     _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
     queue = ReviewQueue.from_config(load_settings({"NSFW_DATA_DIR": str(data_dir)}).review_config)

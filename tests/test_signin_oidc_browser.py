@@ -38,7 +38,7 @@ STRANGER = "stranger@example.org"
 UNVERIFIED = "unverified-0007"  # claims admin@example.com with email_verified false
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
 SIGN_IN = "Sign in with your identity provider"
-ALL_PAGES = ["Classify", "Calibrate thresholds", "Review queue", "Account"]
+ALL_PAGES = ["Classify", "Calibrate thresholds", "Review queue", "Hash lists", "Account"]
 
 pytestmark = pytest.mark.timeout(300)
 

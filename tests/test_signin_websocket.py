@@ -41,7 +41,7 @@ OPERATOR_LABELS = {"Save thresholds", "Roll back", "Re-score", "Suggest threshol
                    "Undo last decision", "Review skipped items again"}
 # The only widgets of an anonymous visitor: the secret form of the Sign in page
 ANONYMOUS_WIDGET_KEYS = {"sign_in_secret_value", "FormSubmitter:sign_in_secret-Sign in"}
-ASKED_PAGES = ("", "classify", "calibrate", "review", "account")
+ASKED_PAGES = ("", "classify", "calibrate", "review", "lists", "account")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -189,6 +189,23 @@ def review_queue(env: dict[str, str]):
     return ReviewQueue.from_settings(load_settings(env))
 
 
+def listed(env: dict[str, str], add: list | None = None) -> list:
+    """The hash list in the server's database (after adding ``add``)."""
+    from nsfw_core.known import KnownImages
+    from nsfw_core.review.store import open_pool
+    from nsfw_core.settings import load_settings
+
+    settings = load_settings(env)
+    pool = open_pool(settings.database_url or None, settings.data_dir)
+    try:
+        known = KnownImages(pool)
+        if add:
+            known.import_list(add, by="test")
+        return known.list_entries()
+    finally:
+        pool.close()
+
+
 def saved_versions(env: dict[str, str]) -> list:
     from nsfw_core.settings import load_settings
     from nsfw_core.thresholds import ThresholdHistory
@@ -243,7 +260,7 @@ def test_anonymous_session_sees_no_operator_widget_on_any_page(deployed):
         for page in ASKED_PAGES:
             run = anonymous.run(page=page)
             assert_anonymous(run)
-            if page in ("classify", "calibrate", "review"):
+            if page in ("classify", "calibrate", "review", "lists"):
                 assert run.page_not_found, page
         default = anonymous.run()
         [(_, _, account_hash)] = default.navigation
@@ -268,7 +285,7 @@ def _admin_pages(s: Session) -> dict[str, str]:
     """Sign ``s`` in as admin; {page title: script hash}."""
     run = _sign_in_with_secret(s)
     assert nav(run) == [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"),
-                        ("account", "Account")]
+                        ("lists", "Hash lists"), ("account", "Account")]
     return {title: page_hash for _, title, page_hash in run.navigation}
 
 
@@ -284,9 +301,14 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         assert "Nothing left to review." in review.texts()
         decide = {key: review.widget(key).id for key in ("label_adult", "label_safe", "skip", "undo")}
         assert review.widget("download_reviewed_csv").kind == "download_button"
+        lists = admin.run(page_hash=pages["Hash lists"])
+        clear_list = lists.widget("lists_clear")
 
         with review_queue(env) as queue:
             item_id = queue.enqueue("d" * 64, "upload:forged.jpg", SCORES, "MobileNetV2Mid", "unknown")
+        from nsfw_core.known import ListEntry
+
+        entries = listed(env, [ListEntry("e" * 64, None, "deny", "forged clear must not remove this")])
 
         forged = [
             {"page_hash": pages["Calibrate thresholds"], "widgets": (trigger(save.id),)},
@@ -294,6 +316,7 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
             {"widgets": (trigger(save.id),)},
             {"page_hash": pages["Review queue"], "widgets": (trigger(decide["label_adult"]),)},
             {"page": "review", "widgets": tuple(trigger(i) for i in decide.values())},
+            {"page_hash": pages["Hash lists"], "widgets": (trigger(clear_list.id),)},
         ]
         for message in forged:
             assert_anonymous(anonymous.run(**message))
@@ -309,6 +332,7 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
             item = queue.get(item_id)
             assert (item.status, item.claimed_by, item.decided_by) == ("pending", None, None), item
             assert queue.counts()["decided"] == 0
+        assert listed(env) == entries
 
         # The same messages from the admin's session do what the buttons do: they were the right ones.
         saved = admin.run(page_hash=pages["Calibrate thresholds"], widgets=(trigger(save.id),))
@@ -323,6 +347,9 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         with review_queue(env) as queue:
             item = queue.get(item_id)
         assert (item.status, item.decision, item.decided_by) == ("decided", "adult", "admin (secret)")
+        cleared = admin.run(page_hash=pages["Hash lists"], widgets=(trigger(clear_list.id),))
+        assert "1 entries removed" in cleared.texts(), cleared.texts()[-2000:]
+        assert listed(env) == []
 
 
 # ---------------------------------------------------------------- local mode
@@ -335,7 +362,7 @@ def local(tmp_path_factory) -> Iterator[str]:
         yield base
 
 
-ADMIN_NAV = [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue")]
+ADMIN_NAV = [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"), ("lists", "Hash lists")]
 NOT_LOCAL = [  # (Host name, other headers) that must not get local rights
     ("evil.example", {"Origin": "http://evil.example:{port}"}),  # DNS rebinding: the page's own origin
     ("localhost.evil.example", {}),
