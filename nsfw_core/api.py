@@ -297,11 +297,18 @@ async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> by
 # ---------------------------------------------------------------- endpoints
 
 
+def _rate_limit(request: Request, ctx: Context) -> dict[str, str] | None:
+    from .v1 import rate_limit  # v1 builds on this module
+
+    return rate_limit(request, ctx)
+
+
 async def predict(request: Request) -> Response:
     """POST /predict: one image by ``?url=`` or in the body."""
     ctx = current()
     limits = ctx.serving
     authorize(request, limits.api_keys)
+    headers = _rate_limit(request, ctx)
     ctx.require_ready()
     detail = flag(request, "detail")
     url = request.query_params.get("url")
@@ -322,7 +329,7 @@ async def predict(request: Request) -> Response:
         else:
             result = await classify_url(ctx, url)
     info.verdict, info.timings = result.verdict, result.timings
-    return JSONResponse(result.to_dict() if detail else result.scores)
+    return JSONResponse(result.to_dict() if detail else result.scores, headers=headers)
 
 
 async def predict_batch(request: Request) -> Response:
@@ -330,6 +337,7 @@ async def predict_batch(request: Request) -> Response:
     ctx = current()
     limits = ctx.serving
     authorize(request, limits.api_keys)
+    headers = _rate_limit(request, ctx)
     ctx.require_ready()
     limit = limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES)
     with ctx.admission.hold_body(expected_body(request, limit)):
@@ -343,7 +351,7 @@ async def predict_batch(request: Request) -> Response:
     info.item_errors = sum(1 for r in results if "error" in r)
     tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
     info.verdicts = ",".join(f"{v}:{n}" for v, n in sorted(tally.items())) or None
-    return JSONResponse({"results": results})
+    return JSONResponse({"results": results}, headers=headers)
 
 
 def parse_batch(raw: bytes, max_items: int, detail: bool) -> tuple[list[tuple[Any, str]], bool]:

@@ -173,7 +173,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                     "image/*": binary, "application/octet-stream": binary, "multipart/form-data": multipart}},
                 "responses": {"200": _json({"oneOf": [_ref("Scores"), _ref("Detail")]},
                                            "The five probabilities (or Detail with detail=true)"),
-                              **_errors(400, 401, 403, 405, 408, 413, 415, 422, 500, 502, 503, 504)}}},
+                              **_errors(400, 401, 403, 405, 408, 413, 415, 422, 429, 500, 502, 503, 504)}}},
             "/predict/batch": {"post": {
                 "summary": "Classify many image URLs; errors are reported per item",
                 "operationId": "predictBatch", "security": auth,
@@ -181,7 +181,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": batch_request}}},
                 "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
                     "results": {"type": "array", "items": _ref("BatchResult")}}}, "One result per item, in order"),
-                              **_errors(400, 401, 405, 408, 413, 500, 503)}}},
+                              **_errors(400, 401, 405, 408, 413, 429, 500, 503)}}},
             "/health": {"get": {
                 "summary": "Readiness: 200 once the model is loaded and warmed up",
                 "operationId": "health", "parameters": [rid_param],

@@ -381,7 +381,8 @@ class Settings:
         "their float32 weights; beyond it the least recently used is unloaded (never the default model).")
     rate_limit: Any = setting(
         "NSFW_RATE_LIMIT", "", _rate,
-        "Requests per API key (per client address without keys) to /v1, per instance: e.g. 20/s;burst=40 "
+        "Requests per API key (per client address without keys) to /v1 and /predict, one budget for both, per "
+        "instance: e.g. 20/s;burst=40 "
         "(units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond it. Empty: none.")
     webhook_url: str = setting(
         "NSFW_WEBHOOK_URL", "", str,

@@ -109,14 +109,22 @@ async def stop(ctx: Context) -> None:
 # ---------------------------------------------------------------- helpers
 
 
+def rate_limit(request: Request, ctx: Context) -> dict[str, str] | None:
+    """Count the request against its key's rate limit (NSFW_RATE_LIMIT): the RateLimit headers for the
+    answer, or None without a limit; 429 ``rate_limited`` beyond it. /predict and /v1 share one bucket."""
+    svc = services(ctx)
+    if svc.limiter is None:
+        return None
+    request.state.ratelimit = svc.limiter.check(_client(request, bool(ctx.serving.api_keys)))
+    return request.state.ratelimit
+
+
 def _guard(request: Request) -> tuple[Context, Services]:
     """API keys, then the key's rate limit (its headers go on the answer)."""
     ctx = current()
     authorize(request, ctx.serving.api_keys)
-    svc = services(ctx)
-    if svc.limiter is not None:
-        request.state.ratelimit = svc.limiter.check(_client(request, bool(ctx.serving.api_keys)))
-    return ctx, svc
+    rate_limit(request, ctx)
+    return ctx, services(ctx)
 
 
 def _client(request: Request, keyed: bool) -> str:

@@ -259,7 +259,14 @@ def test_keys_and_rate_limit(tmp_path):
         assert int(limited.headers["ratelimit-reset"]) > 0
         other = c.post("/v1/classify", json={"image": {"base64": B64}}, headers={"Authorization": "Bearer key-b"})
         assert other.status_code == 200  # a bucket per key
-        assert c.post("/predict", content=HOUSE, headers=a).status_code == 200  # /predict is as it was
+        # /predict and /predict/batch draw on the same bucket, with the same headers
+        error_of(c.post("/predict", content=HOUSE, headers=a), 429, "rate_limited")
+        error_of(c.post("/predict/batch", json=[], headers=a), 429, "rate_limited")
+        b = {"Authorization": "Bearer key-b"}
+        plain = c.post("/predict", content=HOUSE, headers=b)
+        assert plain.status_code == 200 and set(plain.json()) == {"drawings", "hentai", "neutral", "porn", "sexy"}
+        assert (plain.headers["ratelimit-limit"], plain.headers["ratelimit-remaining"]) == ("2", "0")
+        error_of(c.post("/predict", content=HOUSE, headers=b), 429, "rate_limited")
 
 
 def contract_rate(raw: str):
