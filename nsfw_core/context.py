@@ -152,8 +152,9 @@ class Context:
 
     def warnings(self) -> list[str]:
         """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
+        known = self._known.warning if self._known is not None else None  # its database unreachable
         return (storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk)
-                + self.access.warnings())
+                + self.access.warnings() + ([known] if known else []))
 
     def require_ready(self) -> MicroBatcher:
         if self.batcher is None or not self.batcher.running:

@@ -307,3 +307,21 @@ def test_an_item_queued_without_hashes_gets_them_when_decided(tmp_path):
         assert item_hashes(ctx, queue, item) is None  # it has hashes now
     finally:
         ctx.close()
+
+
+def test_an_unreachable_database_keeps_what_is_known_and_health_says_so(tmp_path):
+    """Lookups never fail: the entries in memory stay in force while the database is away, /health warns."""
+    from nsfw_core.context import Context
+    from tests.helpers.paths import COMPILED_DIR
+
+    ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR}))
+    try:
+        ctx.known.import_list([ListEntry(SHA, None, "deny")], by="admin")
+        assert ctx.warnings() == [] or all("known images" not in w for w in ctx.warnings())
+        ctx.database.close()  # every later connection refused: "the review queue is closed"
+        ctx.known.refresh()
+        match = ctx.known.lookup(SHA, None)
+        assert match is not None and match.verdict == "adult"
+        assert any(w.startswith("known images database") for w in ctx.warnings()), ctx.warnings()
+    finally:
+        ctx.close()
