@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -141,7 +142,7 @@ def per_request(reps: int) -> dict:
         known, pool, _ = _known_with(1000, rng, folder)
         ctx = Context(load_settings(environ={"NSFW_DATA_DIR": folder, "NSFW_MODEL_THREADS": "1"}))
         model = ctx.model()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for path in _repository_images():
             data = path.read_bytes()
             x = ctx.decoder.prepare(model, data)
@@ -161,11 +162,12 @@ def per_request(reps: int) -> dict:
                          "added_cpu_ms": round(added * 1e3, 3), "share": round(added / base, 4)})
         ctx.close()
         pool.close()
-    shares = [r["share"] for r in rows]
+    shares = [float(r["share"]) for r in rows]
     return {"images": len(rows), "median_share": round(statistics.median(shares), 4),
             "max_share": round(max(shares), 4),
-            "median_added_cpu_ms": round(statistics.median(r["added_cpu_ms"] for r in rows), 3),
-            "median_request_cpu_ms": round(statistics.median(r["request_cpu_ms"] for r in rows), 2), "rows": rows}
+            "median_added_cpu_ms": round(statistics.median(float(r["added_cpu_ms"]) for r in rows), 3),
+            "median_request_cpu_ms": round(statistics.median(float(r["request_cpu_ms"]) for r in rows), 2),
+            "rows": rows}
 
 
 def distances() -> dict:
@@ -185,15 +187,18 @@ def distances() -> dict:
         return out.getvalue()
 
     worst: dict[str, int] = {}
-    stored, queried, canonical = {}, {}, []
+    stored: dict[Path, list[bytes]] = {}
+    queried: dict[Path, bytes | None] = {}
+    canonical: list[int] = []
     for path in _repository_images():
         data = path.read_bytes()
         x = model_input(data)
         stored[path] = phash.stored_hashes(x)
         queried[path] = phash.query_hash(x)
         full, _ = phash.pdq(decode(data))
-        if queried[path] is not None:
-            canonical.append(phash.distance(full, queried[path]))
+        ours = queried[path]
+        if ours is not None:
+            canonical.append(phash.distance(full, ours))
         im = Image.open(io.BytesIO(data)).convert("RGB")
         w, h = im.size
         dx, dy = round(w * 0.02), round(h * 0.02)
@@ -206,9 +211,10 @@ def distances() -> dict:
             q = phash.query_hash(model_input(copy))
             if q is not None and stored[path]:
                 worst[name] = max(worst.get(name, 0), min(phash.distance(s, q) for s in stored[path]))
-    unrelated = [min(phash.distance(s, queried[b]) for s in stored[a])
+    unrelated = [min(phash.distance(s, q) for s in stored[a])
                  for a, b in itertools.permutations(stored, 2)
-                 if queried[b] is not None and stored[a] and a.name.removeprefix("nsfwjs_") != b.name.removeprefix("nsfwjs_")]
+                 if (q := queried[b]) is not None and stored[a]
+                 and a.name.removeprefix("nsfwjs_") != b.name.removeprefix("nsfwjs_")]
     return {"images": len(stored), "worst_copy_distance": worst, "min_unrelated_distance": min(unrelated),
             "canonical_pdq_vs_model_input": {"median": statistics.median(canonical), "max": max(canonical)}}
 
