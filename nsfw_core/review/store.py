@@ -24,6 +24,7 @@ import contextlib
 import logging
 import queue as _queue
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -112,6 +113,8 @@ class _SQLite(_Backend):
     def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
+        self._recover_lock = threading.Lock()
+        self._recovered = False
 
     def connect(self) -> sqlite3.Connection:
         try:
@@ -181,7 +184,17 @@ class _SQLite(_Backend):
         "Locked" or I/O errors are not corruption: they raise
         :class:`ReviewUnavailable` and nothing is moved.  Neither is a moving
         failure: the files stay where they are and the queue is unavailable.
+
+        Once per backend: the thresholds history, the known images and the review queue share it and
+        may start at the same moment; the first does the checks, the others wait for it (they used to
+        each find the same corrupt file and move it aside twice).
         """
+        with self._recover_lock:
+            if not self._recovered:
+                self._recover_now()
+                self._recovered = True
+
+    def _recover_now(self) -> None:
         problem = wal_header_problem(f"{self.path}-wal")
         if problem is not None:
             time.sleep(0.05)  # a header being written by another process at this very moment?
