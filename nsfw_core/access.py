@@ -89,8 +89,20 @@ class Identity:
 ANONYMOUS = Identity("anonymous", Role.ANONYMOUS, "none")
 LOCAL = Identity("local", Role.ADMIN, "local")
 
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+# Headers a reverse proxy or CDN adds: a request carrying any of them did not come straight from the browser
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+                 "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip", "via")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether an ``Origin`` header names the origin the request was addressed to (``http(s)://<Host>``).
+
+    A browser sends ``Origin`` with every websocket handshake: a page of another origin (another
+    localhost port, a file opened from disk: ``null``) gets a different value and no local rights.
+    """
+    origin, host = origin.strip().lower(), host_header.strip().lower()
+    return bool(host) and origin in (f"http://{host}", f"https://{host}")
 
 
 def loopback_host(host_header: str) -> bool:
@@ -214,11 +226,16 @@ class Access:
                             f"{who.name} is {who.role.label}")
 
     def local_visitor(self, headers: Mapping[str, str]) -> Identity | None:
-        """:data:`LOCAL` in local mode for a request addressed to a loopback name, without proxy headers."""
+        """:data:`LOCAL` in local mode for a request addressed to a loopback name, without proxy headers,
+        and, when it has an ``Origin`` (a browser's websocket always does), from a page of that same origin:
+        a page served on another localhost port or from another site opening the websocket is not local."""
         if not self.config.local_mode:
             return None
         lower = {k.lower(): v for k, v in headers.items()}
-        if not loopback_host(lower.get("host", "")) or any(h in lower for h in PROXY_HEADERS):
+        host = lower.get("host", "")
+        if not loopback_host(host) or any(h in lower for h in PROXY_HEADERS):
+            return None
+        if "origin" in lower and not same_origin(lower["origin"], host):
             return None
         return LOCAL
 

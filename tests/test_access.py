@@ -15,6 +15,7 @@ from nsfw_core.access import (
     Permission,
     Role,
     loopback_host,
+    same_origin,
     secrets_toml_auth,
 )
 from nsfw_core.errors import Forbidden, TooManyAttempts
@@ -85,10 +86,40 @@ def test_local_visitor():
     assert rules.local_visitor({"Host": "localhost:8080"}) == LOCAL
     assert rules.local_visitor({"Host": "evil.example:8080"}) is None
     assert rules.local_visitor({}) is None
-    for proxy in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"):
-        assert rules.local_visitor({"Host": "localhost:8080", proxy: "203.0.113.9"}) is None
+    for proxy in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host", "X-Forwarded-Proto",
+                  "X-Forwarded-Port", "Via", "X-Client-IP", "True-Client-IP", "CF-Connecting-IP", "via"):
+        assert rules.local_visitor({"Host": "localhost:8080", proxy: "203.0.113.9"}) is None, proxy
     assert access(NSFW_HOST="127.0.0.1").local_visitor({"Host": "localhost:8080"}) is None  # not local mode
     assert rules.warnings() == []
+
+
+@pytest.mark.parametrize("host, origin, local", [
+    ("localhost:8080", "http://localhost:8080", True),  # the app's own page
+    ("localhost:8080", "HTTP://LOCALHOST:8080", True),
+    ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
+    ("[::1]:8080", "http://[::1]:8080", True),
+    ("localhost", "https://localhost", True),
+    ("localhost:8080", "http://localhost:9999", False),  # another local server's page
+    ("localhost:8080", "http://127.0.0.1:8080", False),  # another origin, even if the same machine
+    ("localhost:8080", "http://localhost", False),
+    ("localhost:8080", "http://evil.example", False),
+    ("localhost:8080", "null", False),  # a file opened from disk, a sandboxed frame
+    ("localhost:8080", "", False),
+    ("localhost:8080", "http://localhost:8080.evil.example", False),
+    ("localhost:8080", "http://localhost:8080/", False),
+])
+def test_local_visitor_needs_the_same_origin(host, origin, local):
+    rules = access(NSFW_LOCAL_MODE="true", NSFW_HOST="127.0.0.1")
+    assert (rules.local_visitor({"Host": host, "Origin": origin}) == LOCAL) is local
+    assert same_origin(origin, host) is local
+    assert rules.local_visitor({"host": host, "origin": origin}) == (LOCAL if local else None)
+
+
+def test_local_visitor_without_an_origin_is_local():  # not a browser's websocket: curl, a script on the machine
+    rules = access(NSFW_LOCAL_MODE="true", NSFW_HOST="127.0.0.1")
+    assert rules.local_visitor({"Host": "localhost:8080"}) == LOCAL
+
+
 
 
 # ---------------------------------------------------------------- OpenID Connect

@@ -369,13 +369,19 @@ NOT_LOCAL = [  # (Host name, other headers) that must not get local rights
     ("127.0.0.1", {"X-Forwarded-For": "203.0.113.7"}),  # a reverse proxy on the same host
     ("localhost", {"Forwarded": "for=203.0.113.7"}),
     ("localhost", {"X-Real-IP": "203.0.113.7"}),
+    ("localhost", {"Via": "1.1 proxy"}),
+    ("127.0.0.1", {"CF-Connecting-IP": "203.0.113.7"}),
+    ("localhost", {"Origin": "http://localhost:9999"}),  # a page of another local server (cross-site websocket)
+    ("127.0.0.1", {"Origin": "http://localhost:{port}"}),  # the same machine, another origin
 ]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_local_mode_makes_a_loopback_host_admin(local, host):
+@pytest.mark.parametrize("host, origin", [("127.0.0.1", None), ("localhost", None),
+                                          ("localhost", "http://localhost:{port}")])  # the app's own page
+def test_local_mode_makes_a_loopback_host_admin(local, host, origin):
     port = local.rsplit(":", 1)[1]
-    with session(local, host=f"{host}:{port}") as s:
+    headers = {"Origin": origin.format(port=port)} if origin else None
+    with session(local, host=f"{host}:{port}", headers=headers) as s:
         run = s.run(page="calibrate")
         assert nav(run) == ADMIN_NAV
         assert not run.page_not_found
