@@ -20,7 +20,9 @@ sent about itself:
 - **a per-role secret** (``NSFW_ADMIN_SECRET`` / ``NSFW_REVIEWER_SECRET``) for deployments without
   an identity provider: compared in constant time, failed attempts rate-limited, never logged.
 
-The identity's ``name`` is what saves and review decisions record.  Pages hide what a role may not
+The identity's ``name`` is what saves and review decisions record; a secret sign-in's name carries a
+random token made at sign-in (``reviewer (secret, session 3fa2c1)``), so two people with the same
+secret hold their own claims and undo only their own decisions.  Pages hide what a role may not
 use and the actions check again with :meth:`Access.require` (a forged widget message reaches the
 action, not the widget), raising :class:`~nsfw_core.errors.Forbidden`.
 """
@@ -31,6 +33,7 @@ import dataclasses
 import enum
 import hmac
 import logging
+import secrets
 import threading
 import time
 import tomllib
@@ -268,5 +271,8 @@ class Access:
             self.limiter.failed()
             log.warning("sign-in with a secret failed")  # never the attempt itself
             raise Forbidden("that secret is not valid")
-        log.info("signed in with the %s secret", role.label)
-        return Identity(f"{role.label} (secret)", role, "secret")
+        # Everyone who knows a role's secret is told apart by a token made now: claims, undo and the
+        # audit trail belong to this sign-in (this browser tab), not to every holder of the secret
+        name = f"{role.label} (secret, session {secrets.token_hex(3)})"
+        log.info("signed in with the %s secret as %s", role.label, name)
+        return Identity(name, role, "secret")

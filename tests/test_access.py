@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -172,8 +173,15 @@ def test_warnings_say_when_the_operator_pages_are_locked():
 
 def test_secret_sign_in():
     rules = access(NSFW_ADMIN_SECRET=ADMIN_SECRET, NSFW_REVIEWER_SECRET=REVIEWER_SECRET)
-    assert rules.sign_in_with_secret(ADMIN_SECRET) == Identity("admin (secret)", Role.ADMIN, "secret")
-    assert rules.sign_in_with_secret(REVIEWER_SECRET) == Identity("reviewer (secret)", Role.REVIEWER, "secret")
+    admin = rules.sign_in_with_secret(ADMIN_SECRET)
+    assert (admin.role, admin.via) == (Role.ADMIN, "secret")
+    assert re.fullmatch(r"admin \(secret, session [0-9a-f]{6}\)", admin.name), admin.name
+    reviewer = rules.sign_in_with_secret(REVIEWER_SECRET)
+    assert (reviewer.role, reviewer.via) == (Role.REVIEWER, "secret")
+    assert re.fullmatch(r"reviewer \(secret, session [0-9a-f]{6}\)", reviewer.name), reviewer.name
+    # each sign-in is its own identity: claims, undo and the audit trail tell them apart
+    names = {rules.sign_in_with_secret(REVIEWER_SECRET).name for _ in range(20)}
+    assert len(names) == 20 and reviewer.name not in names
     for wrong in ("", ADMIN_SECRET[:-1], ADMIN_SECRET + " ", "\udcff" * 3):
         with pytest.raises(Forbidden, match="^that secret is not valid$"):
             rules.sign_in_with_secret(wrong)

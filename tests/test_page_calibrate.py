@@ -337,7 +337,7 @@ def test_history_shows_who_saved_what_and_rolls_back(data_dir):
     assert "Rolled back to version 1: now version 3 (T_adult = 0.6, T_safe = 0.8)." in texts(at.success)
     active = in_force()
     assert (active.version, active.thresholds.adult, active.thresholds.safe) == (3, 0.6, 0.8)
-    assert active.saved["saved_by"] == "admin (secret)" and active.saved["rolled_back_from"] == 1
+    assert active.saved["saved_by"] == "admin (secret, session a1b2c3)" and active.saved["rolled_back_from"] == 1
     assert "In force now: T_adult = 0.6, T_safe = 0.8 (version 3, saved " in texts(at.caption)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -289,6 +290,18 @@ def _admin_pages(s: Session) -> dict[str, str]:
     return {title: page_hash for _, title, page_hash in run.navigation}
 
 
+def test_two_sign_ins_with_the_same_secret_are_two_identities(deployed):
+    base, _ = deployed
+    names = []
+    for _ in range(2):
+        with session(base) as s:
+            run = _sign_in_with_secret(s)
+            [name] = [e.text.removesuffix(" · admin") for e in run.elements if e.text.endswith(" · admin")]
+            assert re.fullmatch(r"admin \(secret, session [0-9a-f]{6}\)", name), name
+            names.append(name)
+    assert names[0] != names[1]
+
+
 def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deployed):
     base, env = deployed
     assert health(base)["thresholds"]["version"] is None
@@ -338,7 +351,9 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         saved = admin.run(page_hash=pages["Calibrate thresholds"], widgets=(trigger(save.id),))
         assert "as version 1;" in saved.texts(), saved.texts()[-2000:]
         assert health(base)["thresholds"]["version"] == 1
-        assert [v.saved_by for v in saved_versions(env)] == ["admin (secret)"]
+        [me] = [e.text.removesuffix(" · admin") for e in saved.elements if e.text.endswith(" · admin")]
+        assert re.fullmatch(r"admin \(secret, session [0-9a-f]{6}\)", me), me  # this sign-in's own name
+        assert [v.saved_by for v in saved_versions(env)] == [me]
         held = admin.run(page_hash=pages["Review queue"])
         assert held.widget("label_adult").id == decide["label_adult"]
         assert "forged" in held.texts() and "1 being reviewed" in held.texts()
@@ -346,7 +361,7 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         assert f"Item {item_id}: **adult**." in decided.texts(), decided.texts()
         with review_queue(env) as queue:
             item = queue.get(item_id)
-        assert (item.status, item.decision, item.decided_by) == ("decided", "adult", "admin (secret)")
+        assert (item.status, item.decision, item.decided_by) == ("decided", "adult", me)
         cleared = admin.run(page_hash=pages["Hash lists"], widgets=(trigger(clear_list.id),))
         assert "1 entries removed" in cleared.texts(), cleared.texts()[-2000:]
         assert listed(env) == []

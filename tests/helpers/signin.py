@@ -7,8 +7,8 @@ from streamlit.testing.v1 import AppTest
 from nsfw_core.access import Identity, Role
 from nsfw_ui.auth import IDENTITY_KEY
 
-ADMIN = Identity("admin (secret)", Role.ADMIN, "secret")
-REVIEWER = Identity("reviewer (secret)", Role.REVIEWER, "secret")
+ADMIN = Identity("admin (secret, session a1b2c3)", Role.ADMIN, "secret")  # as sign_in_with_secret names it
+REVIEWER = Identity("reviewer (secret, session d4e5f6)", Role.REVIEWER, "secret")
 
 
 def signed_in(at: AppTest, who: Identity = ADMIN) -> AppTest:
