@@ -42,14 +42,24 @@ _HOST_RE = re.compile(r"[A-Za-z0-9._~\-\[\]:]{1,300}")
 def url_for_log(url: str) -> str:
     """``host[:port]#<12 hex digits>``: the host, and the start of the SHA-256 of everything after it
     (path, query, fragment), so that one URL is recognisable across lines but its path and its query
-    string (signed URLs' tokens) never appear.  Credentials and the scheme are dropped."""
-    digest = hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()[:URL_HASH_DIGITS]
+    string (signed URLs' tokens) never appear.  Credentials and the scheme are dropped.
+
+    Never raises (it runs in error paths): anything it cannot take apart is ``<invalid URL>#<hash of it all>``.
+    """
+    text = url if isinstance(url, str) else repr(url)
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:URL_HASH_DIGITS]
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
+        return _host_and_hash(text)
+    except Exception:  # a log line must never fail the request it describes
         return f"<invalid URL>#{digest}"
+
+
+def _host_and_hash(url: str) -> str:
+    parts = urlsplit(url)  # drops tab, CR and LF anywhere: then the netloc is not a part of ``url``
+    host = parts.hostname or ""
+    port = parts.port
+    if parts.netloc and parts.netloc not in url:
+        raise ValueError("urlsplit changed the URL")
     rest = url.split(parts.netloc, 1)[1] if parts.netloc else url
     digest = hashlib.sha256(rest.encode("utf-8", "replace")).hexdigest()[:URL_HASH_DIGITS]
     if not _HOST_RE.fullmatch(host):

@@ -22,6 +22,7 @@ from nsfw_core.context import current
 from nsfw_core.settings import CLASS_NAMES, load_settings
 from nsfw_core.verdict import VERDICTS
 from tests.helpers.apiclient import make_settings, running
+from tests.helpers.control_urls import CONTROL_URLS
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
 from tests.helpers.servers import LocalServer, hang, html, image, serve, status
 
@@ -239,6 +240,23 @@ def test_batch_over_the_item_limit_is_413(default_model, tmp_path):
 
 
 # ------------------------------------------------------------------ every error status
+
+
+def test_urls_with_control_characters_are_400_invalid_url_never_500(client):
+    """url_for_log raised IndexError on a tab in the host (urlsplit drops it): /predict answered 500 and one
+    such item failed a whole batch with 500."""
+    for url in CONTROL_URLS:
+        body = error_of(client.post("/predict", params={"url": url}), 400, "invalid_url")
+        assert body["message"] == "the URL contains whitespace or control characters", (ascii(url), body)
+    urls = CONTROL_URLS[:64]  # one batch's worth
+    response = client.post("/predict/batch", json={"items": [{"id": i, "url": u} for i, u in enumerate(urls)]})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == list(range(len(urls)))
+    assert [r["error"] for r in results] == [
+        {"code": "invalid_url", "message": "the URL contains whitespace or control characters"}] * len(urls)
+    plain = client.post("/predict/batch", json=CONTROL_URLS[:6])
+    assert plain.status_code == 200 and [r["error"]["code"] for r in plain.json()["results"]] == ["invalid_url"] * 6
 
 
 def test_missing_url_and_no_body_is_400(client):

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from nsfw_core import logs, requestid
 from tests.helpers.appserver import app_server, free_port
+from tests.helpers.control_urls import CONTROL_URLS
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 
 HOUSE = (REFERENCE / "house.jpg").read_bytes()
@@ -41,6 +43,19 @@ def short(rest: str) -> str:
 def test_urls_are_logged_as_host_and_a_short_hash(url, logged):
     assert logs.url_for_log(url) == logged
     assert "token" not in logs.url_for_log(url) and "pw" not in logs.url_for_log(url)
+
+
+@pytest.mark.parametrize("url", CONTROL_URLS, ids=ascii)
+def test_urls_with_control_characters_are_logged_without_raising(url):
+    logged = logs.url_for_log(url)
+    assert re.fullmatch(r"(<invalid URL>|<unprintable host>|<no host>|example\.com(:80)?)#[0-9a-f]{12}", logged), logged
+    assert "sig" not in logged and "a.jpg" not in logged and "user" not in logged
+
+
+def test_a_host_with_a_tab_is_an_invalid_url_hashed_whole():  # urlsplit drops the tab: "example.com"
+    url = "https://exa\tmple.com/a.jpg"
+    assert logs.url_for_log(url) == "<invalid URL>#" + short(url)
+    assert logs.url_for_log(None) == "<no host>#" + short("None")  # type: ignore[arg-type]
 
 
 def test_the_same_url_always_gives_the_same_hash_and_another_url_another():

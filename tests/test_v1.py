@@ -15,6 +15,7 @@ from nsfw_core import contract
 from nsfw_core.contract import base64_text_cap
 
 from tests.helpers.apiclient import make_settings, running
+from tests.helpers.control_urls import CONTROL_URLS
 from tests.helpers.paths import COMPILED_DIR, REFERENCE
 from tests.helpers.servers import image as image_route
 
@@ -129,6 +130,16 @@ def test_another_model_per_request(client):
 ])
 def test_classify_refuses(client, body, status, code, field):
     error_of(client.post("/v1/classify", json=body), status, code, field)
+
+
+def test_classify_refuses_urls_with_control_characters(client):
+    for url in CONTROL_URLS:
+        body = error_of(client.post("/v1/classify", json={"image": {"url": url}}), 400, "invalid_url")
+        assert body["message"] == "the URL contains whitespace or control characters", (ascii(url), body)
+    r = client.post("/v1/classify/batch", json={"items": [{"id": i, "image": {"url": u}}
+                                                         for i, u in enumerate(CONTROL_URLS[:4])]})
+    assert r.status_code == 200, r.text
+    assert [(x["id"], x["error"]["code"]) for x in r.json()["results"]] == [(i, "invalid_url") for i in range(4)]
 
 
 def test_classify_refuses_malformed_json_and_an_empty_body(client):
