@@ -285,7 +285,9 @@ class KnownImages:
                 if self.warning is None:
                     log.warning("known images: database %s unreachable (%s); keeping the %d entries in memory",
                                 self.describe(), reason[:300], len(self))
-                self.warning = f"known images database {self.describe()} is unreachable ({reason[:300]})"
+                # /health is public: the database's kind only (the log above has its address and the error)
+                self.warning = (f"the known images database ({self.backend.public_name()}) is unreachable; the "
+                                f"entries in memory stay in force (details in the server log)")
             else:
                 if self.warning is not None:
                     log.warning("known images: database %s reachable again", self.describe())

@@ -231,10 +231,13 @@ class ThresholdHistory:
         with self._lock:
             kept = (f"keeping version {self._version.version} in force" if self._version is not None
                     else "using the defaults")
-            warning = f"thresholds database {self.describe()} is unreachable ({reason[:300]}); {kept}"
+            # /health is public: the database's kind only; its address and the driver's error go to the log
+            warning = (f"the thresholds database ({self.backend.public_name()}) is unreachable; {kept} "
+                       f"(details in the server log)")
             if self._down_since is None:
                 self._down_since = time.time()
-                log.warning("%s; retrying every %g s", warning, self.refresh_interval)
+                log.warning("thresholds database %s is unreachable (%s); %s; retrying every %g s", self.describe(),
+                            reason[:300], kept, self.refresh_interval)
             self._active = dataclasses.replace(self._active, warning=warning)
 
     def _prepare(self, conn: Any) -> None:
@@ -254,9 +257,12 @@ class ThresholdHistory:
         except (OSError, ValueError) as exc:
             if self._count(conn) == 0:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self._file_warning = (f"thresholds file {self.file} is unreadable ({reason}), so unusable: not "
-                                      "imported; the defaults are in force until thresholds are saved")
-                log.warning("%s", self._file_warning)
+                # /health is public: the file's name only; its path and the error go to the log
+                self._file_warning = (f"the thresholds file ({os.path.basename(self.file)} in the data folder) is "
+                                      "unreadable, so unusable: not imported; the defaults are in force until "
+                                      "thresholds are saved (details in the server log)")
+                log.warning("thresholds file %s is unreadable (%s), so unusable: not imported; the defaults are in "
+                            "force until thresholds are saved", self.file, reason)
             return
         raw_tuned, raw_model = saved.get("tuned_on"), saved.get("model")
         tuned_on: dict[str, Any] = raw_tuned if isinstance(raw_tuned, dict) else {}

@@ -284,8 +284,8 @@ def test_the_database_stopped_and_started_while_requests_flow(own_postgres: Clus
         stopping = time.monotonic()
         own_postgres.stop()
         down = time.monotonic()
-        until(lambda: any("unreachable" in w and "keeping version 1 in force" in w
-                          for w in server.health().json()["warnings"]), 5, "a /health warning")
+        until(lambda: "the thresholds database (PostgreSQL) is unreachable; keeping version 1 in force (details "
+                      "in the server log)" in server.health().json()["warnings"], 5, "a /health warning")
         health = server.health().json()
         assert (health["thresholds"]["version"], health["thresholds"]["adult"], health["thresholds"]["safe"]) == \
             (1, 0.999, 1.0), health

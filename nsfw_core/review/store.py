@@ -102,7 +102,13 @@ class _Backend:
         return ReviewUnavailable(f"review database error: {exc}")
 
     def describe(self) -> str:  # pragma: no cover - abstract
+        """The database for the server log: its URL (password redacted) or file."""
         raise NotImplementedError
+
+    def public_name(self) -> str:
+        """The database for what anyone may read (/health warnings): its kind only, never its host, port,
+        user, name or file, nor a driver's error."""
+        return {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(self.name, "unknown")
 
 
 class _SQLite(_Backend):
