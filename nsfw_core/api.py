@@ -48,7 +48,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route, get_route_path
 
 from .errors import (BadRequest, InputError, InvalidURL, NSFWError, Overloaded, RequestTimeout, TooLarge,
                      Unauthorized)
@@ -195,6 +195,37 @@ class ApiRoute(Route):
         allow = sorted(self.handlers)
         return MethodNotAllowed(f"{request.method} is not allowed on {self.path}; use {', '.join(allow)}",
                                 allow=allow)
+
+
+class ApiLookalike(ApiRoute):
+    """A JSON 404 for paths that look like the API's but are not one of its paths: another case
+    (``/PREDICT``), a trailing slash (``/health/``), ``;parameters`` (``/predict;x``).
+
+    Without it Starlette answered ``/health/`` with a bare redirect (no JSON, no X-Request-ID) and
+    ``/PREDICT`` fell through to Streamlit's HTML page.  Listed after the API's routes, so it only
+    sees what none of them matched; its ``path`` is one example of what it answers.
+    """
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        super().__init__("/health/")
+        self.api_paths = paths
+
+    def looks_like_api(self, path: str) -> bool:
+        canonical = path.split(";", 1)[0].rstrip("/").lower() or "/"
+        return any(canonical == p or canonical.startswith(p + "/") for p in self.api_paths)
+
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        if scope["type"] == "http" and self.looks_like_api(get_route_path(scope)):
+            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
+        return Match.NONE, {}
+
+    def _no_handler(self, request: Request) -> NSFWError:
+        path = request.url.path
+        canonical = path.split(";", 1)[0].rstrip("/").lower()
+        known = [p for p in _API_PATHS if p.lower() == canonical]
+        hint = f"; did you mean {known[0]}?" if known else " (API paths are case-sensitive, without a trailing " \
+            "slash or ;parameters)"
+        return NotFound(f"no API endpoint at {path[:200]}{hint}")
 
 
 # ---------------------------------------------------------------- request helpers
@@ -526,11 +557,14 @@ routes: list[BaseRoute] = [
 ]
 _API_PATHS = frozenset(r.path for r in routes if isinstance(r, ApiRoute) and "{" not in r.path)
 _API_PREFIXES = tuple(r.path.split("{")[0] for r in routes if isinstance(r, ApiRoute) and "{" in r.path)
+# last: whatever only looks like an API path (case, trailing slash, ;params) is a JSON 404, not Streamlit's
+lookalike = ApiLookalike(("/predict", "/v1", "/health", "/metrics", "/openapi.json", "/docs"))
+routes.append(lookalike)
 
 
 def is_api_path(path: str) -> bool:
     """True for the paths this API answers (the log keeps uvicorn's access lines for the others only)."""
-    return path in _API_PATHS or path.startswith(_API_PREFIXES)
+    return path in _API_PATHS or path.startswith(_API_PREFIXES) or lookalike.looks_like_api(path)
 
 
 # ---------------------------------------------------------------- lifespan and app

@@ -432,6 +432,36 @@ def test_unknown_api_paths_are_json_404(client, path):
     error_of(client.post(path), 404, "not_found")
 
 
+@pytest.mark.parametrize("path, hint", [
+    ("/health/", "did you mean /health?"), ("/metrics/", "did you mean /metrics?"),
+    ("/openapi.json/", "did you mean /openapi.json?"), ("/docs/", "did you mean /docs?"),
+    ("/PREDICT", "did you mean /predict?"), ("/Health", "did you mean /health?"), ("/predict;x", "did you mean /predict?"),
+    ("/health;jsessionid=1", "did you mean /health?"), ("/v1;x", "did you mean /v1?"), ("/health//", "did you mean /health?"),
+    ("/V1/classify", "did you mean /v1/classify?"), ("/PREDICT/batch", "did you mean /predict/batch?"),
+    ("/Predict/Nope", "(API paths are case-sensitive, without a trailing slash or ;parameters)"),
+    ("/DOCS", "did you mean /docs?"), ("/OpenAPI.json", "did you mean /openapi.json?"),
+])
+def test_paths_that_look_like_the_api_are_json_404_not_a_redirect_or_the_ui(client, path, hint):
+    for method in ("GET", "POST", "HEAD", "PUT"):
+        response = client.request(method, path, follow_redirects=False)
+        assert response.status_code == 404, (method, path, response.status_code, response.headers)
+        assert response.headers["content-type"] == "application/json"
+        assert len(response.headers["x-request-id"]) >= 16
+        if method != "HEAD":
+            body = response.json()
+            assert body["code"] == "not_found" and body["request_id"] == response.headers["x-request-id"]
+            expected = f"no API endpoint at {path} {hint}" if hint.startswith("(") else \
+                f"no API endpoint at {path}; {hint}"
+            assert body["message"] == expected, body
+    assert api.is_api_path(path)
+
+
+@pytest.mark.parametrize("path", ["/", "/calibrate", "/review", "/predictions", "/healthz", "/_stcore/health",
+                                  "/v1x", "/docsy"])
+def test_other_paths_are_not_taken_for_the_api(path):
+    assert not api.lookalike.looks_like_api(path)
+
+
 def bad_requests(route: api.ApiRoute) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, request kwargs) that must fail with a 4xx for ``route``."""
     if not route.handlers:

@@ -149,6 +149,14 @@ def test_python_app_py_serves_the_api_and_the_ui(tmp_path, images):
         assert wrong.startswith("HTTP/1.1 405") and '"code":"method_not_allowed"' in wrong
         unknown = server.curl("-i", server.url("/v1/nope"))
         assert unknown.startswith("HTTP/1.1 404") and '"code":"not_found"' in unknown
+        # paths that only look like the API's: a JSON 404 with a request id, not a bare redirect or the UI's page
+        for path in ("/health/", "/metrics/", "/openapi.json/", "/docs/", "/PREDICT", "/predict;x", "/V1/classify"):
+            for method in ("GET", "POST"):
+                reply = server.curl("-i", "-X", method, server.url(path))
+                head, _, body = reply.partition("\n\n")  # text=True: CRLF read as LF
+                assert head.startswith("HTTP/1.1 404"), (method, path, head)
+                assert "content-type: application/json" in head.lower() and "x-request-id: " in head.lower(), head
+                assert json.loads(body)["code"] == "not_found", (method, path, body)
         # the Streamlit UI is served by the same process
         page = server.curl(server.url("/"))
         assert "<!doctype html>" in page.lower() and "streamlit" in page.lower()
