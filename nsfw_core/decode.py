@@ -125,22 +125,29 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int 
                 img.draft("RGB", (draft_size, draft_size))
         _load(img)
         _apply_orientation(img)
-        return _to_rgb_array(img)
+        rgb = _to_rgb_array(img)
+        if fmt in ANIMATED_FORMATS and found.timeline is None:
+            _no_frame_after(img, 0, fmt)
+        return rgb
 
 
 def decode_frames(data: bytes, indices: tuple[int, ...], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  max_scans: int = DEFAULT_MAX_SCANS, draft_size: int | None = None) -> list[np.ndarray]:
-    """Frames ``indices`` (ascending) of an animation, each an RGB ``uint8`` array as :func:`decode` gives.
+                  max_scans: int = DEFAULT_MAX_SCANS, draft_size: int | None = None,
+                  each: Callable[[np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
+    """Frames ``indices`` (ascending) of an animation, each an RGB ``uint8`` array as :func:`decode` gives,
+    or ``each(rgb)`` of it (applied as soon as the frame is decoded, so only one full frame is held).
 
     Walks the frames in order up to the last one asked for (each is drawn over the previous ones).
-    A frame that cannot be reached (the file ends early) is :class:`UndecodableImage`.
+    A frame that cannot be reached (the file ends early) is :class:`UndecodableImage`; so is a file in
+    which the decoder finds a frame after the last one the container's walk found (they disagree on
+    the file's structure, and the frames nobody checked could be anything).
     """
     del draft_size  # no animated format is a JPEG
     if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0:
         raise ValueError(f"frame indices must be ascending and distinct, got {indices}")
     fmt = _require_format(data)
     with _typed_errors(fmt):
-        img, _found = _open_checked(data, fmt, max_pixels, max_scans)
+        img, found = _open_checked(data, fmt, max_pixels, max_scans)
         wanted = set(indices)
         out = []
         for index in range(indices[-1] + 1):
@@ -149,17 +156,33 @@ def decode_frames(data: bytes, indices: tuple[int, ...], *, max_pixels: int = DE
                 _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)  # a TIFF page has its own size
             if index in wanted:
                 _load(img)
-                frame = img.copy() if fmt == "tiff" else img
+                frame = img.copy()  # turned upright on its own: the next frame is drawn on the canvas as stored
                 _apply_orientation(frame)
-                out.append(_to_rgb_array(frame))
+                rgb = _to_rgb_array(frame)
+                out.append(rgb if each is None else each(rgb))
+                del rgb, frame
+        if found.timeline is not None and indices[-1] == len(found.timeline) - 1:
+            _no_frame_after(img, indices[-1], fmt)
         return out
 
 
-def _plan_of(img: ImageFile.ImageFile, data: bytes, fmt: str, draft_size: int | None) -> Plan:
+def _no_frame_after(img: ImageFile.ImageFile, index: int, fmt: str) -> None:
+    """:class:`UndecodableImage` when the decoder can go past frame ``index``: the walk of the container
+    (:mod:`nsfw_core.frames`) ended there, so any later frame would go unchecked."""
+    try:
+        img.seek(index + 1)
+    except Exception:  # EOFError, or data the decoder cannot read: no frame it would show
+        return
+    raise UndecodableImage(f"the {fmt} image has frames that its block structure hides (malformed blocks)",
+                           format=fmt)
+
+
+def _plan_of(img: ImageFile.ImageFile, data: bytes, fmt: str, draft_size: int | None,
+             found: _frames.Scan) -> Plan:
     width, height = img.size
     scale = _draft_scale(width, height, draft_size) if fmt == "jpeg" else 1
     cost = structure.estimate(fmt, img, data, (-(-width // scale), -(-height // scale)))
-    timeline = _frames.timeline(fmt, data, img) if fmt in ANIMATED_FORMATS else None
+    timeline = found.timeline
     if timeline is not None:
         # every frame up to the last is decoded (drawn over the previous ones); the canvas, the
         # previous canvas kept for disposal and one frame being converted are held at once
@@ -258,9 +281,13 @@ def _open_checked(data: bytes, fmt: str, max_pixels: int, max_scans: int = DEFAU
     size = early(data) if early is not None else None
     if size is not None:
         _check_size(*size, fmt=fmt, max_pixels=max_pixels)
+    scanned = _frames.scan(fmt, data) if fmt in ANIMATED_FORMATS else _frames.Scan(None)
+    if scanned.junk > _frames.MAX_JUNK:  # Pillow would skip them one at a time, opening included
+        raise UndecodableImage(f"the {fmt} image has {scanned.junk} stray bytes between its blocks "
+                               f"(at most {_frames.MAX_JUNK})", format=fmt)
     img = _open(data, fmt)
     _check_size(*img.size, fmt=fmt, max_pixels=max_pixels)
-    found = _plan_of(img, data, fmt, draft_size)
+    found = _plan_of(img, data, fmt, draft_size, scanned)
     _check_cost(found.cost, img.size, fmt=fmt, max_pixels=max_pixels, max_scans=max_scans)
     return img, found
 
@@ -335,8 +362,9 @@ def _gif_first_frame_size(data: bytes) -> tuple[int, int] | None:
             return max(width, x0 + frame_width), max(height, y0 + frame_height)
         if marker == 0x21:  # extension: label, then sub-blocks
             pos = _skip_gif_extension(data, pos)
-        else:
-            pos += 1  # Pillow skips stray bytes
+        else:  # Pillow skips stray bytes, one at a time
+            found = _frames.GIF_MARKERS.search(data, pos + 1)
+            pos = found.start() if found is not None else len(data)
     return None
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import re
 import struct
 from typing import Any
 
@@ -100,49 +101,85 @@ def _build(fmt: str, entries: list[tuple[int, int]]) -> Timeline | None:
 # ---------------------------------------------------------------- GIF
 
 
-def _gif_entries(data: bytes) -> list[tuple[int, int]]:
-    if len(data) < 13:
-        return []
+GIF_MARKERS = re.compile(rb"[!,;]")  # extension, image descriptor, trailer: Pillow skips any other byte
+MAX_GIF_BLOCKS = 200_000  # sub-blocks walked; more: 413 (a 10 MB GIF of 255-byte blocks has 41,000)
+# Stray bytes between a GIF's blocks: encoders write none; Pillow skips them one at a time in Python
+# (0.9 s for 10 MB, in the thread that opens the file), so more than this is refused (422).
+MAX_JUNK = 64 << 10
+
+
+def _gif_walk(data: bytes) -> tuple[list[tuple[int, int]], int]:
+    """(duration_ms, area) per frame, and the stray bytes skipped, walking the blocks as Pillow's GIF plugin does.
+
+    Pillow's ``data()`` reads one sub-block (None when its size byte is 0); after an extension it reads
+    sub-blocks up to an empty one, even when the first was empty; it skips stray bytes between blocks;
+    a comment ends at its first empty sub-block; a NETSCAPE application extension on the first frame
+    has one more.  The same quirks here, or the frames counted would not be the frames decoded.
+    """
+    n = len(data)
+    if n < 13:
+        return [], 0
     flags = data[10]
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     entries: list[tuple[int, int]] = []
-    delay_cs = 0
-    while pos < len(data):
-        marker = data[pos]
-        if marker == 0x3B:  # trailer
-            break
-        if marker == 0x21:  # extension: label, sub-blocks up to an empty one
-            label = data[pos + 1] if pos + 1 < len(data) else 0
-            pos += 2
-            first = True
-            while pos < len(data):
-                size = data[pos]
-                if label == 0xF9 and first and size >= 4 and pos + 5 <= len(data):
-                    delay_cs = int.from_bytes(data[pos + 2:pos + 4], "little")
-                first = False
-                pos += 1 + size
-                if size == 0:
-                    break
-            continue
-        if marker == 0x2C:  # image descriptor, optional local colour table, LZW size, sub-blocks
-            if pos + 10 > len(data):
-                break
-            _x, _y, width, height = struct.unpack_from("<4H", data, pos + 1)
-            packed = data[pos + 9]
-            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0) + 1
-            while pos < len(data):
-                size = data[pos]
-                pos += 1 + size
-                if size == 0:
-                    break
-            delay_ms = delay_cs * 10
+    junk = blocks = 0
+
+    def sub(at: int) -> tuple[int, bytes | None]:
+        nonlocal blocks
+        blocks += 1
+        if blocks > MAX_GIF_BLOCKS:
+            raise ImageTooLarge(f"the GIF has more than {MAX_GIF_BLOCKS} data blocks")
+        if at >= n or data[at] == 0:
+            return at + 1, None
+        return at + 1 + data[at], data[at + 1:at + 1 + data[at]]
+
+    while True:
+        if entries:  # the previous frame's image data: sub-blocks up to an empty one
+            block: bytes | None = b"x"
+            while block:
+                pos, block = sub(pos)
+        delay_ms = 0
+        while True:
+            found = GIF_MARKERS.search(data, pos)
+            if found is None:
+                return entries, junk
+            junk += found.start() - pos
+            marker, pos = data[found.start()], found.start() + 1
+            if marker == 0x3B:  # trailer
+                return entries, junk
+            if marker == 0x21:  # extension
+                if pos >= n:
+                    return entries, junk
+                label = data[pos]
+                pos, block = sub(pos + 1)
+                if label == 0xF9 and block is not None:
+                    if len(block) < 3:
+                        return entries, junk  # Pillow fails on it: nothing after it is shown
+                    delay_ms = int.from_bytes(block[1:3], "little") * 10
+                elif label == 0xFE:  # comment: up to its first empty sub-block
+                    while block:
+                        pos, block = sub(pos)
+                    continue
+                elif label == 0xFF and not entries and block is not None and block.startswith(b"NETSCAPE2.0"):
+                    pos, _ = sub(pos)
+                while True:
+                    pos, block = sub(pos)
+                    if not block:
+                        break
+                continue
+            # image descriptor: x, y, w, h, flags; a local colour table; the LZW code size
+            if pos + 9 > n:
+                return entries, junk
+            width, height = struct.unpack_from("<2H", data, pos + 4)
+            packed = data[pos + 8]
+            pos += 9 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+            if pos >= n:
+                return entries, junk
+            pos += 1
             entries.append((GIF_DEFAULT_DELAY_MS if delay_ms < GIF_MIN_DELAY_MS else delay_ms, width * height))
             if len(entries) > MAX_FRAMES_READ:
-                break
-            delay_cs = 0
-            continue
-        pos += 1  # stray byte: skipped, as decoders do
-    return entries
+                return entries, junk
+            break
 
 
 # ---------------------------------------------------------------- WebP
@@ -175,6 +212,7 @@ def _webp_entries(data: bytes) -> list[tuple[int, int]]:
 def _apng_entries(data: bytes) -> list[tuple[int, int]]:
     pos = 8
     animated = False
+    declared = 0  # acTL's frame count: Pillow's, whatever the fcTL chunks say
     hidden_default = False  # an IDAT before the first fcTL: shown by viewers without APNG, not animated
     entries: list[tuple[int, int]] = []
     width = height = 0
@@ -184,8 +222,9 @@ def _apng_entries(data: bytes) -> list[tuple[int, int]]:
         body = pos + 8
         if tag == b"IHDR" and length >= 8 and body + 8 <= len(data):
             width, height = struct.unpack_from(">II", data, body)
-        elif tag == b"acTL":
+        elif tag == b"acTL" and length >= 8 and body + 8 <= len(data):
             animated = True
+            declared = int.from_bytes(data[body:body + 4], "big")
         elif tag == b"IDAT" and not animated:
             return []  # acTL must come before the image data: a still PNG, no need to walk its chunks
         elif tag == b"IDAT" and not entries:
@@ -201,6 +240,7 @@ def _apng_entries(data: bytes) -> list[tuple[int, int]]:
         pos = body + length + 4
     if not animated or not entries:
         return []
+    entries = entries[:declared]
     # Pillow numbers a default image that is not part of the animation as frame 0
     return [(0, width * height), *entries] if hidden_default else entries
 
@@ -208,42 +248,66 @@ def _apng_entries(data: bytes) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- the public part
 
 
-def timeline(fmt: str, data: bytes, img: Any = None) -> Timeline | None:
-    """The frames of an animated image (None for a still one), from the container alone.
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """What walking an image's container found: its frames (None: a still image), and the stray bytes
+    between blocks that a decoder will also have to walk (a GIF's junk)."""
 
-    ``img``: the Pillow image opened on ``data`` (for TIFF, whose pages Pillow counts by
-    walking the IFD chain without decoding).  Raises :class:`ImageTooLarge` beyond
-    :data:`MAX_FRAMES_READ` frames.
-    """
+    timeline: Timeline | None
+    junk: int = 0
+
+
+def scan(fmt: str, data: bytes) -> Scan:
+    """Walk the container of ``data`` (no pixel decoded).  Raises :class:`ImageTooLarge` beyond
+    :data:`MAX_FRAMES_READ` frames or :data:`MAX_GIF_BLOCKS` blocks."""
     if fmt == "gif":
-        return _build(fmt, _gif_entries(data))
+        entries, junk = _gif_walk(data)
+        return Scan(_build(fmt, entries), junk)
     if fmt == "webp":
-        return _build(fmt, _webp_entries(data))
+        return Scan(_build(fmt, _webp_entries(data)))
     if fmt == "png":
-        return _build(fmt, _apng_entries(data))
-    if fmt == "tiff" and img is not None:
-        pages = _tiff_pages(img)
-        return _build(fmt, [(PAGE_MS, 0)] * pages)
-    return None
+        return Scan(_build(fmt, _apng_entries(data)))
+    if fmt == "tiff":
+        return Scan(_build(fmt, [(PAGE_MS, 0)] * _tiff_pages(data)))
+    return Scan(None)
 
 
-def _tiff_pages(img: Any) -> int:
-    """Pages of a TIFF (Pillow walks the IFD offsets; a loop is caught there), capped."""
-    try:
-        count = 1
-        start = img.tell()
-        while count <= MAX_FRAMES_READ:
-            try:
-                img.seek(count)
-            except EOFError:
-                break
-            count += 1
-        img.seek(start)
-    except Exception:  # a broken IFD chain: the pages before it
+def timeline(fmt: str, data: bytes, img: Any = None) -> Timeline | None:
+    """The frames of an animated image (None for a still one), from the container alone (``img`` unused)."""
+    del img
+    return scan(fmt, data).timeline
+
+
+def _tiff_pages(data: bytes) -> int:
+    """Pages of a TIFF: the IFD chain's offsets alone (no tag parsed), a loop or a cut chain ending it."""
+    head = data[:4]
+    if head in (b"II*\x00", b"MM\x00*"):
+        big = False
+    elif head in (b"II+\x00", b"MM\x00+"):
+        big = True
+    else:
         return 1
-    if count > MAX_FRAMES_READ:
-        raise _too_many("tiff")
-    return count
+    order = "<" if head[:2] == b"II" else ">"
+    n = len(data)
+    count_fmt, entry_size, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    count_size, offset_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+    try:
+        offset = struct.unpack_from(order + offset_fmt, data, 8 if big else 4)[0]
+    except struct.error:
+        return 1
+    seen: set[int] = set()
+    pages = 0
+    while offset and offset not in seen and offset + count_size <= n:
+        seen.add(offset)
+        pages += 1
+        if pages > MAX_FRAMES_READ:
+            raise _too_many("tiff")
+        entries = struct.unpack_from(order + count_fmt, data, offset)[0]
+        following = offset + count_size + entries * entry_size
+        if following + offset_size > n:
+            break
+        offset = struct.unpack_from(order + offset_fmt, data, following)[0]
+    return max(pages, 1)
 
 
 def sample(tl: Timeline, max_frames: int) -> tuple[FrameRef, ...]:
@@ -272,5 +336,6 @@ def sample(tl: Timeline, max_frames: int) -> tuple[FrameRef, ...]:
 
 
 def walk_work(tl: Timeline, canvas_pixels: int, upto: int) -> int:
-    """Work (in pixels) of decoding frames 0..``upto``: each frame's area, drawn on the canvas."""
-    return sum(max(f.area, canvas_pixels // 8) + FRAME_OVERHEAD for f in tl.frames[:upto + 1])
+    """Work (in pixels) of decoding frames 0..``upto``: each frame is composed on the whole canvas (Pillow
+    pastes it there and keeps the canvas for the next), however small its own area."""
+    return sum(max(f.area, canvas_pixels) + FRAME_OVERHEAD for f in tl.frames[:upto + 1])

@@ -201,8 +201,8 @@ class Decoder:
         refs = self.sampled(plan)
         if refs is not None:
             with self.budget.hold(plan.cost.pixels):
-                rgbs = _decode.decode_frames(data, tuple(r.index for r in refs), **kwargs)
-                inputs = np.stack([model.preprocess(rgb) for rgb in rgbs])
+                inputs = np.stack(_decode.decode_frames(data, tuple(r.index for r in refs), each=model.preprocess,
+                                                        **kwargs))
             return distinct_frames(inputs, refs)
         with self.budget.hold(plan.cost.pixels):
             rgb = _decode.decode(data, **kwargs)
@@ -225,7 +225,7 @@ class Decoder:
         share = 1.0 if plan.cost.inline else ISOLATED_SHARE
         with self.budget.hold(plan.cost.pixels, share=share):
             if plan.cost.inline:
-                return np.stack([thumbnail(rgb, side) for rgb in _decode.decode_frames(data, indices, **kwargs)])
+                return np.stack(_decode.decode_frames(data, indices, each=lambda rgb: thumbnail(rgb, side), **kwargs))
             return self.sandbox.thumbnails(data, side=side, frames=indices, limits=kwargs,
                                            cost_pixels=plan.cost.pixels)
 

@@ -22,6 +22,7 @@ threads, where they cost nothing extra.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -236,12 +237,11 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             limits = {"max_pixels": int(request["max_pixels"]), "max_scans": int(request["max_scans"]),
                       "draft_size": request.get("draft_size")}
             if "frames" in request:
-                rgbs = _decode.decode_frames(data, tuple(int(i) for i in request["frames"]), **limits)
-                if request["op"] == "prepare":
-                    out = np.stack([preprocess(rgb, int(request["size"])) for rgb in rgbs])
-                else:
-                    out = np.stack([thumbnail(rgb, int(request["side"])) for rgb in rgbs])
-                del rgbs
+                indices = tuple(int(i) for i in request["frames"])
+                size = int(request.get("size") or request.get("side") or 0)
+                shrink = functools.partial(preprocess, size=size) if request["op"] == "prepare" else \
+                    functools.partial(thumbnail, side=size)
+                out = np.stack(_decode.decode_frames(data, indices, each=shrink, **limits))
             else:
                 rgb = _decode.decode(data, **limits)
                 out = preprocess(rgb, int(request["size"])) if request["op"] == "prepare" else _preview(rgb)

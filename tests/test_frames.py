@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nsfw_core import decode
-from nsfw_core.errors import ImageTooLarge
+from nsfw_core.errors import ImageTooLarge, UndecodableImage
 from nsfw_core.frames import GIF_DEFAULT_DELAY_MS, MAX_FRAMES_READ, FrameRef, sample, timeline
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import ROOT
@@ -255,3 +255,139 @@ def test_worst_frame_is_rejudged_under_other_thresholds():
     again = result.under(drawings)
     assert (again.deciding_frame, again.scores, again.verdict) == (0, a, "adult")
     assert np.isclose(again.adult_score, 0.8)
+
+
+# ---------------------------------------------------------------- the walk agrees with the decoder
+
+
+def _hide_next_frame(data: bytes, descriptor: int) -> bytes:
+    """An extension whose first sub-block is empty, right before the image descriptor at ``descriptor``.
+
+    Pillow then reads on, sub-block after sub-block, up to the next empty one: a walker that stops at the
+    empty block (as this service's did) lands inside the next frame's data and never sees the frame.
+    """
+    packed = data[descriptor + 9]
+    table = 3 << ((packed & 7) + 1) if packed & 0x80 else 0
+    skip = 35 + 10 + table + 1 - 3
+    assert skip <= 255
+    trick = b"\x21\xf9\x00" + bytes([33]) + bytes([0x01, skip]) + b"\x00" * 31 + b"\x00"
+    return data[:descriptor] + trick + data[descriptor:]
+
+
+def _descriptors(data: bytes) -> list[int]:
+    """Offsets of the image descriptors of a well-formed GIF."""
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    found = []
+    while pos < len(data) and data[pos] != 0x3B:
+        if data[pos] == 0x21:
+            pos += 2
+            while data[pos]:
+                pos += 1 + data[pos]
+            pos += 1
+        else:
+            found.append(pos)
+            packed = data[pos + 9]
+            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0) + 1
+            while data[pos]:
+                pos += 1 + data[pos]
+            pos += 1
+    return found
+
+
+def _without_local_table(data: bytes, descriptor: int) -> bytes:
+    packed = data[descriptor + 9]
+    if not packed & 0x80:
+        return data
+    table = 3 << ((packed & 7) + 1)
+    return data[:descriptor + 9] + bytes([packed & 0x40]) + data[descriptor + 10 + table:]
+
+
+def test_a_frame_behind_an_empty_extension_block_is_counted_and_judged(api):
+    benign, hidden = photo("skimage_coffee.jpg"), photo("skimage_chelsea.jpg")
+    data = animation("GIF", [benign, hidden], [500, 3000])
+    data = _without_local_table(data, _descriptors(data)[1])
+    data = _hide_next_frame(data, _descriptors(data)[1])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert len(timeline("gif", data)) == 2
+    body = api.post("/predict?detail=1", content=data).json()
+    assert body["deciding_frame"] == 1 and body["verdict"] == "adult", body
+
+
+def test_a_frame_the_walk_misses_makes_the_image_undecodable(monkeypatch):
+    from nsfw_core import frames as frames_module
+
+    data = animation("GIF", flat(3), [100, 100, 100])
+    real = frames_module.scan
+
+    def short(fmt, raw):  # as if the walk had stopped a frame early, or seen a still image
+        found = real(fmt, raw)
+        return frames_module.Scan(frames_module.Timeline(found.timeline.frames[:2]), found.junk)
+
+    monkeypatch.setattr(frames_module, "scan", short)
+    with pytest.raises(UndecodableImage, match="frames that its block structure hides"):
+        decode.decode_frames(data, (0, 1))
+    monkeypatch.setattr(frames_module, "scan", lambda fmt, raw: frames_module.Scan(None))
+    with pytest.raises(UndecodableImage, match="frames that its block structure hides"):
+        decode.decode(data)
+
+
+def test_a_large_canvas_of_tiny_frames_is_not_decoded_inline():
+    bomb = bytearray(_gif_of_many_frames(16, side=1))
+    bomb[6:10] = (2810).to_bytes(2, "little") * 2  # the logical screen: 2810 x 2810
+    plan = decode.plan(bytes(bomb))
+    assert len(plan.timeline) == 16 and not plan.cost.inline  # isolated lane: deadline and memory limit
+
+
+def test_stray_bytes_and_fragmented_blocks_are_refused_before_pillow_walks_them():
+    data = animation("GIF", flat(2), [100, 100])
+    second = _descriptors(data)[1]
+    stray = data[:second] + b"\x00" * (70 << 10) + data[second:]
+    with pytest.raises(UndecodableImage, match="stray bytes between its blocks"):
+        decode.plan(stray)
+    fragmented = data[:second] + b"\x21\x01" + b"\x01\x00" * 210_000 + b"\x00" + data[second:]
+    with pytest.raises(ImageTooLarge, match="more than 200000 data blocks"):
+        decode.plan(fragmented)
+
+
+def test_tiff_pages_are_counted_from_the_ifd_chain_alone():
+    data = animation("TIFF", flat(4), [0] * 4)
+    assert len(timeline("tiff", data)) == Image.open(io.BytesIO(data)).n_frames == 4
+    # an IFD chain that loops back to its first IFD: the pages before the loop
+    first = int.from_bytes(data[4:8], "little")
+    looped = bytearray(data)
+    entries = int.from_bytes(data[first:first + 2], "little")
+    following = first + 2 + entries * 12
+    looped[following:following + 4] = first.to_bytes(4, "little")
+    assert timeline("tiff", bytes(looped)) is None  # one page: a still image
+
+
+def test_apng_frames_are_those_its_actl_declares():
+    data = bytearray(animation("PNG", flat(3), [100, 100, 100]))
+    actl = data.index(b"acTL")
+    data[actl + 4:actl + 8] = (2).to_bytes(4, "big")  # three fcTL chunks, two frames declared
+    import zlib
+
+    data[actl + 12:actl + 16] = zlib.crc32(bytes(data[actl:actl + 12])).to_bytes(4, "big")
+    assert Image.open(io.BytesIO(bytes(data))).n_frames == 2
+    assert len(timeline("png", bytes(data))) == 2
+    assert len(decode.decode_frames(bytes(data), (0, 1))) == 2
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mutated_gifs_are_walked_as_pillow_walks_them(seed):
+    """Random byte changes in a 3-frame GIF: wherever Pillow counts the frames, the walk counts the same."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(animation("GIF", flat(3), [100, 200, 300]))
+    for _ in range(int(rng.integers(1, 6))):
+        data[int(rng.integers(13, len(data)))] = int(rng.integers(0, 256))
+    raw = bytes(data)
+    try:
+        expected = Image.open(io.BytesIO(raw)).n_frames
+    except Exception:
+        pytest.skip("Pillow cannot read this mutation either")
+    try:
+        found = timeline("gif", raw)
+    except ImageTooLarge:
+        return
+    assert (len(found) if found else 1) == expected
