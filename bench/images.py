@@ -17,8 +17,10 @@ SPECS: dict[str, tuple[int, int, str]] = {
     "jpeg_1mp": (1280, 800, "JPEG"),
     "jpeg_12mp": (4000, 3000, "JPEG"),
     "png_1mp": (1280, 800, "PNG"),
+    "gif_16f": (480, 360, "GIF"),  # animated: 16 different frames of 100 ms (issue 17's frames row)
 }
-EXT = {"JPEG": "jpg", "PNG": "png"}
+EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif"}
+GIF_FRAMES = 16
 
 
 def make_image(width: int, height: int, seed: int) -> Image.Image:
@@ -55,6 +57,9 @@ def generate(out_dir: Path) -> dict[str, dict]:
             tmp = path.with_suffix(".tmp")
             if fmt == "JPEG":
                 img.save(tmp, "JPEG", quality=90)
+            elif fmt == "GIF":
+                frames = [img] + [make_image(w, h, seed=2000 + 100 * i + k) for k in range(1, GIF_FRAMES)]
+                img.save(tmp, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
             else:
                 img.save(tmp, "PNG", compress_level=6)
             tmp.replace(path)

@@ -14,7 +14,7 @@ import socketserver
 import sys
 from pathlib import Path
 
-TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif"}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
