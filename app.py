@@ -19,10 +19,11 @@ from typing import Any, AsyncIterator
 import nsfw_core.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
 import streamlit as st
 import streamlit.logger
+from starlette.middleware import Middleware
 from streamlit.runtime.pages_manager import PagesManager
 
-from nsfw_core import api, logs
-from nsfw_core.settings import SettingsError, load_settings
+from nsfw_core import api, logs, uploads
+from nsfw_core.settings import Settings, SettingsError, load_settings
 from nsfw_ui import oidc
 
 ROOT = Path(__file__).resolve().parent
@@ -35,9 +36,11 @@ GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
 PagesManager.uses_pages_directory = False
 
 try:  # OpenID Connect sign-in from NSFW_OIDC_*: Streamlit must see it before it serves (main() reports errors)
-    oidc.install(load_settings().access_config.oidc, os.environ.get("APP_URL"))
+    _loaded = load_settings()
+    _settings: Settings | None = _loaded
+    oidc.install(_loaded.access_config.oidc, os.environ.get("APP_URL"))
 except SettingsError:
-    pass
+    _settings = None
 
 
 
@@ -61,7 +64,10 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
 
 
-app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan)
+# Streamlit's upload endpoint holds files in memory without a total: bounded here (nsfw_core/uploads.py)
+_max_upload_store = (_settings or load_settings({})).max_upload_store_bytes
+app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
+             middleware=[Middleware(uploads.UploadGuard, max_store_bytes=_max_upload_store)])
 
 
 def route_streamlit_logs() -> None:

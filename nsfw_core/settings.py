@@ -165,6 +165,11 @@ class Settings:
     max_bytes: int = setting(
         "NSFW_MAX_BYTES", "10485760", _int(1),
         "Largest image accepted, in bytes (fetched or uploaded); 413 above it.")
+    max_upload_store_bytes: int = setting(
+        "NSFW_MAX_UPLOAD_STORE_BYTES", "134217728", _int(1),
+        "Most bytes the browser app's uploaded files may hold in memory, all sessions together (Streamlit keeps "
+        "each upload in memory while its page uses it); an upload past it is refused with 503 "
+        "upload_store_full, one larger than it with 413 upload_too_large (README \"Security model\").")
     max_pixels: int = setting(
         "NSFW_MAX_PIXELS", "50000000", _int(1),
         "Largest image accepted, in pixels (width x height); 413 above it, checked before decoding. Also "

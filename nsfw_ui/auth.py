@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from nsfw_core import uploads
 from nsfw_core.access import ANONYMOUS, Identity, Permission
 from nsfw_core.errors import NSFWError
 
@@ -35,7 +37,15 @@ def _oidc_claims() -> dict[str, Any] | None:
 
 
 def identity() -> Identity:
-    """Who this browser session is."""
+    """Who this browser session is (and, for the upload guard, whether this session may upload files)."""
+    who = _identity()
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        uploads.note_session(ctx.session_id, context().access.can(who, Permission.CLASSIFY))
+    return who
+
+
+def _identity() -> Identity:
     access = context().access
     local = access.local_visitor(dict(st.context.headers))
     if local is not None:
