@@ -125,6 +125,12 @@ class AttemptLimiter:
     A wrong secret is counted; once ``max_failures`` fall in ``window_s`` seconds, every attempt is
     refused unchecked until the oldest failure leaves the window.  Per process: with N replicas an
     attacker gets N times the rate, which at 5 a minute still leaves a 16-character secret out of reach.
+
+    Global on purpose, and so a denial of service: anyone can keep secret sign-in locked with 5 wrong
+    guesses a minute.  Counting per session or per client would not bound guessing (a new websocket
+    session costs nothing, and behind a proxy every client has the proxy's address), and a higher global
+    limit only makes the lockout cost more guesses.  Sessions already signed in keep their sign-in, and
+    OpenID Connect sign-in is not limited by it; refused attempts are logged (counted, never the secret).
     """
 
     def __init__(self, max_failures: int = 5, window_s: float = 60.0,
@@ -134,6 +140,7 @@ class AttemptLimiter:
         self._clock = clock
         self._failures: deque[float] = deque()
         self._lock = threading.Lock()
+        self.refused = 0  # attempts refused unchecked during the current lockout
 
     def _trim(self, now: float) -> None:
         while self._failures and now - self._failures[0] >= self.window_s:
@@ -146,7 +153,14 @@ class AttemptLimiter:
             self._trim(now)
             if len(self._failures) >= self.max_failures:
                 wait = max(1, int(self.window_s - (now - self._failures[0]) + 0.999))
+                self.refused += 1
+                if self.refused & (self.refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...: counted, no log flood
+                    log.warning("sign-in with a secret refused unchecked: %d failures in %g s; %d attempts "
+                                "refused in this lockout", len(self._failures), self.window_s, self.refused)
                 raise TooManyAttempts(f"too many failed sign-ins: try again in {wait} s", retry_after=wait)
+            if self.refused:
+                log.warning("sign-in lockout over: %d attempts were refused unchecked during it", self.refused)
+                self.refused = 0
 
     def failed(self) -> None:
         with self._lock:

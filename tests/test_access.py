@@ -218,8 +218,19 @@ def test_failed_attempts_are_rate_limited_and_not_logged(caplog):
     with pytest.raises(TooManyAttempts) as err:
         rules.sign_in_with_secret(ADMIN_SECRET)
     assert err.value.details["retry_after"] == 30
+    for _ in range(6):  # 8 refused in all during the lockout: counted, logged at the 1st, 2nd, 4th, 8th (no flood)
+        with pytest.raises(TooManyAttempts):
+            rules.sign_in_with_secret("guess-number-x")
     now[0] = 60.0
     assert rules.sign_in_with_secret(ADMIN_SECRET).role is Role.ADMIN
-    logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "sign-in with a secret failed" in logged
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "refused" in m or "lockout" in m] == [
+        "sign-in with a secret refused unchecked: 3 failures in 60 s; 1 attempts refused in this lockout",
+        "sign-in with a secret refused unchecked: 3 failures in 60 s; 2 attempts refused in this lockout",
+        "sign-in with a secret refused unchecked: 3 failures in 60 s; 4 attempts refused in this lockout",
+        "sign-in with a secret refused unchecked: 3 failures in 60 s; 8 attempts refused in this lockout",
+        "sign-in lockout over: 8 attempts were refused unchecked during it",
+    ]
+    logged = "\n".join(messages)
+    assert logged.count("sign-in with a secret failed") == 3
     assert "guess-number" not in logged and ADMIN_SECRET not in logged
