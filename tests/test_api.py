@@ -82,6 +82,17 @@ def test_predict_url_gives_exactly_the_five_scores_of_the_model(client, images, 
     assert body == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.parametrize("path", REFERENCE_IMAGES, ids=lambda p: p.name)
+def test_predict_answers_are_byte_for_byte_the_originals(client, default_model, settings, path):
+    """The original service's clients parse this exact body: the five keys in this order, compact JSON,
+    Python's shortest float repr, nothing else (no request id, no verdict) whatever v1 and the detail add."""
+    response = client.post("/predict", content=path.read_bytes(), headers={"content-type": "image/jpeg"})
+    probs = default_model.predict(Decoder(settings.decode_limits).prepare(default_model, path.read_bytes())[None])[0]
+    expected = "{" + ",".join(f'"{c}":{float(p)!r}' for c, p in zip(CLASS_NAMES, probs, strict=True)) + "}"
+    assert response.content == expected.encode()
+    assert response.headers["content-type"] == "application/json"
+
+
 def test_upload_raw_and_multipart_give_the_url_answer(client, images):
     by_url = client.post("/predict", params={"url": images.url("/house.jpg")}).json()
     for content_type in ("image/jpeg", "application/octet-stream"):
