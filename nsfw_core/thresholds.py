@@ -257,10 +257,10 @@ class ThresholdHistory:
         except (OSError, ValueError) as exc:
             if self._count(conn) == 0:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                # /health is public: the file's name only; its path and the error go to the log
+                # /health is public: the file's name, not its path (the log has it); what is wrong with it stays
                 self._file_warning = (f"the thresholds file ({os.path.basename(self.file)} in the data folder) is "
-                                      "unreadable, so unusable: not imported; the defaults are in force until "
-                                      "thresholds are saved (details in the server log)")
+                                      f"unreadable ({reason}), so unusable: not imported; the defaults are in force "
+                                      "until thresholds are saved")
                 log.warning("thresholds file %s is unreadable (%s), so unusable: not imported; the defaults are in "
                             "force until thresholds are saved", self.file, reason)
             return

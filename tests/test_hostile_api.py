@@ -148,6 +148,7 @@ def test_bad_thresholds_file_is_not_imported_and_is_a_warning(tmp_path: Path, ma
         active = answers[-1]
         assert (active.thresholds, active.source, active.version) == (Thresholds(), "defaults", None)
         assert words in active.warning and "not imported" in active.warning, active.warning
+        assert str(tmp_path) not in active.warning  # /health is public: the file's name, not its path
         assert history.history() == []
         assert sum("not imported" in r.getMessage() for r in caplog.records) == 1  # logged once
         assert history.save(Thresholds(0.6, 0.8), model="m").warning is None

@@ -155,9 +155,9 @@ def test_an_invalid_thresholds_json_is_not_imported(db):
     (db.data_dir / "thresholds.json").write_text('{"thresholds": 7}')
     h = db.open()
     assert (h.current().version, h.current().thresholds) == (None, DEFAULTS)
-    assert h.current().warning == ("the thresholds file (thresholds.json in the data folder) is unreadable, so "
-                                   "unusable: not imported; the defaults are in force until thresholds are saved "
-                                   "(details in the server log)")
+    assert h.current().warning == ("the thresholds file (thresholds.json in the data folder) is unreadable "
+                                   '(expected a JSON object with a "thresholds" object), so unusable: not '
+                                   "imported; the defaults are in force until thresholds are saved")
     assert h.history() == []
     assert h.save(T1, model="m").warning is None  # saved thresholds are in force: the file no longer matters
 
