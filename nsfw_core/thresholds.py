@@ -29,6 +29,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ from .verdict import (
 )
 
 log = logging.getLogger(__name__)
+_QUOTED_PATH = re.compile(r"'/[^']*'|\"/[^\"]*\"")  # a symbolic link's target in a reason: not for /health
 
 REFRESH_INTERVAL = 0.5  # seconds between checks for a newer version (per process)
 IMPORTED_BY = "thresholds.json import"
@@ -259,7 +261,8 @@ class ThresholdHistory:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 # /health is public: the file's name, not its path (the log has it); what is wrong with it stays
                 self._file_warning = (f"the thresholds file ({os.path.basename(self.file)} in the data folder) is "
-                                      f"unreadable ({reason}), so unusable: not imported; the defaults are in force "
+                                      f"unreadable ({_QUOTED_PATH.sub('<path>', reason)}), so unusable: not "
+                                      "imported; the defaults are in force "
                                       "until thresholds are saved")
                 log.warning("thresholds file %s is unreadable (%s), so unusable: not imported; the defaults are in "
                             "force until thresholds are saved", self.file, reason)
