@@ -17,10 +17,10 @@ from typing import Any
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from nsfw_core import uploads
 from nsfw_core.access import ANONYMOUS, Identity, Permission
 from nsfw_core.errors import NSFWError
 
+from . import uploads
 from .state import context
 
 IDENTITY_KEY = "_nsfw_identity"  # a secret sign-in's Identity; never a widget key

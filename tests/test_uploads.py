@@ -1,4 +1,4 @@
-"""Streamlit's upload endpoint is bounded (nsfw_core/uploads.py): a total in memory for all sessions, a
+"""Streamlit's upload endpoint is bounded (nsfw_ui/uploads.py): a total in memory for all sessions, a
 Content-Length required, and no uploads from a session that may not upload.
 
 Found by a security test: an anonymous client opened a websocket session, made up its own XSRF token
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from nsfw_core import uploads
+from nsfw_ui import uploads
 from nsfw_core.settings import load_settings
 from tests.helpers.appprocess import app_process
 from tests.helpers.paths import ADMIN_SECRET

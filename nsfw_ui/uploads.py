@@ -27,7 +27,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable
 
-from . import requestid
+from nsfw_core import requestid
 
 log = logging.getLogger(__name__)
 
