@@ -42,6 +42,7 @@ from .hashindex import HashIndex, as_rows, distances
 from .phash import HASH_BYTES, split_hex
 from .review.migrations import KNOWN_TABLE, MIGRATIONS, migrate
 from .review.remembered import ADD, COLUMNS, LIST, REMOVE, REVIEW, SELECT, live_entries, remove
+from .refresher import Refresher
 from .review.store import _Pool
 
 log = logging.getLogger(__name__)
@@ -199,9 +200,7 @@ class KnownImages:
         self._refresh_lock = threading.Lock()
         self._prepared = False
         self._loaded = False
-        self._refreshing = False
-        self._checked = float("-inf")
-        self._closed = False
+        self._refresher = Refresher(self.refresh, self.refresh_interval, "nsfw-known-refresh")
         self.warning: str | None = None
 
     def describe(self) -> str:
@@ -243,27 +242,14 @@ class KnownImages:
         if not self._loaded:
             self.refresh()
             return
-        now = time.monotonic()
-        if now - self._checked >= self.refresh_interval and not self._refreshing and not self._closed:
-            with self._lock:
-                start = not self._refreshing
-                self._refreshing = True
-                self._checked = now
-            if start:
-                threading.Thread(target=self._refresh_in_background, name="nsfw-known-refresh", daemon=True).start()
-
-    def _refresh_in_background(self) -> None:
-        try:
-            self.refresh()
-        finally:
-            self._refreshing = False
+        self._refresher.due()
 
     # ------------------------------------------------------------ reading the log
 
     def refresh(self) -> None:
         """Read the log rows added since the last refresh (migrating first, once). Never raises."""
         with self._refresh_lock:
-            self._checked = time.monotonic()
+            self._refresher.checked = time.monotonic()
             try:
                 if not self._prepared:
                     self.backend.recover()
@@ -420,7 +406,7 @@ class KnownImages:
         return out
 
     def close(self) -> None:
-        self._closed = True
+        self._refresher.closed = True
 
 
 def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -> str | None:

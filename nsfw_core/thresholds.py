@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .errors import NSFWError
 from .review.errors import ReviewError
 from .review.migrations import MIGRATIONS, THRESHOLDS_TABLE, migrate
+from .refresher import Refresher
 from .review.store import _Backend, _Pool, _Tx, backend_for
 from .settings import Settings
 from .verdict import (
@@ -145,13 +146,11 @@ class ThresholdHistory:
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._prepared = False
         self._loaded = False  # a refresh has completed (successfully or not)
-        self._refreshing = False
-        self._checked = float("-inf")  # monotonic time of the last refresh attempt's start
+        self._refresher = Refresher(self.refresh, self.refresh_interval, "nsfw-thresholds-refresh")
         self._version: ThresholdVersion | None = None
         self._active = ActiveThresholds(defaults, "defaults", {})
         self._down_since: float | None = None
         self._file_warning: str | None = None  # an invalid thresholds.json, while nothing is saved
-        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "ThresholdHistory":
@@ -173,22 +172,8 @@ class ThresholdHistory:
         if not self._loaded:
             self.refresh()
             return self._active
-        now = time.monotonic()
-        if now - self._checked >= self.refresh_interval and not self._refreshing and not self._closed:
-            with self._lock:
-                start = not self._refreshing
-                self._refreshing = True
-                self._checked = now
-            if start:
-                threading.Thread(target=self._refresh_in_background, name="nsfw-thresholds-refresh",
-                                 daemon=True).start()
+        self._refresher.due()
         return self._active
-
-    def _refresh_in_background(self) -> None:
-        try:
-            self.refresh()
-        finally:
-            self._refreshing = False
 
     def refresh(self) -> ActiveThresholds:
         """Read the version in force now (connecting, migrating and importing first if not done yet).
@@ -196,7 +181,7 @@ class ThresholdHistory:
         Never raises: an unreachable database keeps what is in force, with a warning.
         """
         with self._refresh_lock:
-            self._checked = time.monotonic()
+            self._refresher.checked = time.monotonic()
             try:
                 if not self._prepared:
                     self.backend.recover()  # SQLite: a corrupt database or log is moved aside first
@@ -371,6 +356,6 @@ class ThresholdHistory:
         return [_row(r) for r in rows]
 
     def close(self) -> None:
-        self._closed = True
+        self._refresher.closed = True
         if self._own_pool:
             self._pool.close()
