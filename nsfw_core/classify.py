@@ -15,6 +15,7 @@ scores become a verdict (through :meth:`~nsfw_core.verdict.Thresholds.decide`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -189,8 +190,9 @@ async def classify_url(ctx: Context, url: str, *, lane: Lane | None = None,
     batcher = ctx.require_ready() if lane is None else lane.batcher
     started = time.perf_counter()
     model = None if lane is None else lane.model
-    fetch_s, x, sha, decode_s = await _preparing(ctx, _fetch_and_prepare, ctx, url, model)
-    result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
+    with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
+        fetch_s, x, sha, decode_s = await _preparing(ctx, held, _fetch_and_prepare, ctx, url, model)
+        result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=True, source=result.verdict_source)
     return await _maybe_queue(ctx, result, url, None, x)
 
@@ -205,8 +207,9 @@ async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
     batcher = ctx.require_ready() if lane is None else lane.batcher
     started = time.perf_counter()
     model = None if lane is None else lane.model
-    x, sha, decode_s = await _preparing(ctx, _prepare, ctx, data, model)
-    result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
+    with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
+        x, sha, decode_s = await _preparing(ctx, held, _prepare, ctx, data, model)
+        result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
     ctx.metrics.observe_classification(result, fetched=False, source=result.verdict_source)
     return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data, x)
 
@@ -238,17 +241,27 @@ async def _maybe_queue(ctx: Context, result: Classification, source: str, data: 
     return dataclasses.replace(result, review=ReviewTicket(review_id))
 
 
-async def _preparing(ctx: Context, fn: Callable[..., Any], *args: Any) -> Any:
+async def _preparing(ctx: Context, held: contextlib.ExitStack, fn: Callable[..., Any], *args: Any) -> Any:
     """Run a fetch/decode step in a worker, counted in ``ctx.preparing`` for the batcher.
 
     A cheap image is decoded in the worker; an expensive one (the step hands back an
     :class:`_Isolate`) then waits for the isolated lane on a thread of its own, leaving
-    the workers to cheap images.
+    the workers to cheap images.  An animation (:class:`_Animated`) first takes its sampled
+    frames' places in flight (each frame is an image; ``held`` keeps them until the answer), so a
+    busy server refuses it before decoding, not after.
     """
     ctx.preparing += 1
     try:
         loop = asyncio.get_running_loop()
         *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, requestid.in_context(fn, *args))
+        if isinstance(x, _Animated):
+            held.enter_context(ctx.admission.admit(x.frames - 1))
+            if x.plan.cost.inline:
+                t0 = time.perf_counter()
+                x = await loop.run_in_executor(ctx.executor, requestid.in_context(_decode_inline, ctx, x, sha))
+                decode_s += time.perf_counter() - t0
+            else:
+                x = _Isolate(x.plan, x.data, x.model)
         if isinstance(x, _Isolate):
             x, isolated_s = await _isolated_decode(ctx, x)
             t0 = time.perf_counter()
@@ -278,16 +291,34 @@ async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray 
         ctx.isolated_pending -= 1
 
 
-def _prepare(ctx: Context, data: bytes, chosen: Model | None = None) -> tuple[_Recognised | _Isolate, str, float]:
+def _prepare(ctx: Context, data: bytes, chosen: Model | None = None
+             ) -> tuple[_Recognised | _Isolate | _Animated, str, float]:
     """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
     t0 = time.perf_counter()
     model = chosen or ctx.model()
     plan = ctx.decoder.plan(model, data)
     sha = hashlib.sha256(data).hexdigest()
+    refs = ctx.decoder.sampled(plan)
+    if refs is not None:
+        return _Animated(plan, data, chosen, len(refs)), sha, time.perf_counter() - t0
     if not plan.cost.inline:
         return _Isolate(plan, data, chosen), sha, time.perf_counter() - t0
     x = ctx.decoder.prepare_inline(model, data, plan)
     return _recognise(ctx, x, sha), sha, time.perf_counter() - t0
+
+
+class _Animated(NamedTuple):
+    """An animation, read and checked by a worker: its frames are admitted before they are decoded."""
+
+    plan: Plan
+    data: bytes
+    model: Model | None
+    frames: int  # frames to classify (at most NSFW_MAX_FRAMES)
+
+
+def _decode_inline(ctx: Context, pending: _Animated, sha: str) -> _Recognised:
+    """Worker thread: decode and preprocess a cheap animation's sampled frames."""
+    return _recognise(ctx, ctx.decoder.prepare_inline(pending.model or ctx.model(), pending.data, pending.plan), sha)
 
 
 class _Recognised(NamedTuple):
@@ -304,7 +335,7 @@ def _recognise(ctx: Context, x: np.ndarray | FrameInputs, sha: str) -> _Recognis
 
 
 def _fetch_and_prepare(ctx: Context, url: str, chosen: Model | None = None
-                       ) -> tuple[float, _Recognised | _Isolate, str, float]:
+                       ) -> tuple[float, _Recognised | _Isolate | _Animated, str, float]:
     """Worker thread: fetch (SSRF-safe, capped) then prepare."""
     t0 = time.perf_counter()
     content = ctx.fetch(url)
@@ -317,10 +348,8 @@ async def _finish(ctx: Context, batcher: Any, prepared: _Recognised, sha: str, f
     t0 = time.perf_counter()
     x, match = prepared
     frames = None
-    if isinstance(x, FrameInputs):
-        # each frame is one more image in flight (the request holds one already), batched like any image
-        with ctx.admission.admit(len(x) - 1):
-            rows = await asyncio.gather(*(batcher.predict(f) for f in x.inputs))
+    if isinstance(x, FrameInputs):  # its frames were admitted in flight before decoding (_preparing)
+        rows = await asyncio.gather(*(batcher.predict(f) for f in x.inputs))
         frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row)) for ref, row in zip(x.refs, rows, strict=True)]
         scores = frames[0].scores
     else:
