@@ -171,20 +171,13 @@ def per_request(reps: int) -> dict:
 
 
 def distances() -> dict:
-    import io
-
-    from PIL import Image, ImageDraw
 
     from nsfw_core.decode import decode
+    from tests.helpers.edits import edited_copies
     from nsfw_core.preprocess import preprocess
 
     def model_input(data: bytes) -> np.ndarray:
         return preprocess(decode(data, draft_size=896), 224)
-
-    def jpeg(im: Image.Image, q: int = 90) -> bytes:
-        out = io.BytesIO()
-        im.convert("RGB").save(out, "JPEG", quality=q)
-        return out.getvalue()
 
     worst: dict[str, int] = {}
     stored: dict[Path, list[bytes]] = {}
@@ -199,15 +192,7 @@ def distances() -> dict:
         ours = queried[path]
         if ours is not None:
             canonical.append(phash.distance(full, ours))
-        im = Image.open(io.BytesIO(data)).convert("RGB")
-        w, h = im.size
-        dx, dy = round(w * 0.02), round(h * 0.02)
-        mark = Image.new("RGBA", im.size, (0, 0, 0, 0))
-        ImageDraw.Draw(mark).text((w * 0.05, h * 0.85), "© example.com", fill=(255, 255, 255, 128),
-                                  font_size=max(10, h // 20))
-        for name, copy in (("jpeg_q70", jpeg(im, 70)), ("resized_50", jpeg(im.resize((w // 2, h // 2)))),
-                           ("cropped_2pc", jpeg(im.crop((dx, dy, w - dx, h - dy)))),
-                           ("watermarked", jpeg(Image.alpha_composite(im.convert("RGBA"), mark)))):
+        for name, copy in edited_copies(data).items():
             q = phash.query_hash(model_input(copy))
             if q is not None and stored[path]:
                 worst[name] = max(worst.get(name, 0), min(phash.distance(s, q) for s in stored[path]))

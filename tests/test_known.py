@@ -12,14 +12,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from nsfw_core import phash
 from nsfw_core.hashindex import HashIndex, brute_force
@@ -31,6 +29,7 @@ from nsfw_core.review.store import open_pool
 from nsfw_core.settings import load_settings
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import REFERENCE, ROOT
+from tests.helpers.edits import edited_copies
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
 
@@ -45,23 +44,9 @@ def repository_images() -> list[Path]:
     return [ROOT / n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
 
 
-def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    im.convert("RGB").save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
 def copies(data: bytes) -> dict[str, bytes]:
     """The issue's edits of an image: re-encoded, resized, cropped, lightly watermarked."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = im.size
-    dx, dy = round(w * 0.02), round(h * 0.02)
-    mark = Image.new("RGBA", im.size, (0, 0, 0, 0))
-    ImageDraw.Draw(mark).text((w * 0.05, h * 0.85), "© example.com", fill=(255, 255, 255, 128),
-                              font_size=max(10, h // 20))
-    return {"jpeg q70": _jpeg(im, 70), "resized 50%": _jpeg(im.resize((w // 2, h // 2), Image.Resampling.BILINEAR)),
-            "cropped 2%": _jpeg(im.crop((dx, dy, w - dx, h - dy))),
-            "watermarked": _jpeg(Image.alpha_composite(im.convert("RGBA"), mark))}
+    return edited_copies(data)
 
 
 class _Input:
