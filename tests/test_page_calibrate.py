@@ -15,13 +15,14 @@ from streamlit.testing.v1 import AppTest
 from nsfw_core import calibration as cal
 from nsfw_core import labelsets
 from nsfw_core.classify import classify_sources
-from nsfw_core.context import current, install
+from nsfw_core.context import current
 from nsfw_core.scorecache import CACHE_FILE, ScoreCache
 from nsfw_core.settings import load_settings
 from nsfw_core.thresholds import ThresholdHistory
 from nsfw_core.verdict import THRESHOLDS_FILE, ActiveThresholds
 from tests.helpers.paths import ROOT
 from tests.helpers.signin import signed_in
+from tests.helpers.pages import new_context as fresh_context
 
 # Relative paths given to from_file are resolved against this test file's folder, hence the absolute path.
 PAGE = str(ROOT / "pages" / "calibrate.py")
@@ -37,10 +38,8 @@ def data_dir(tmp_path, monkeypatch):
 
 
 def new_context() -> None:
-    """Drop the process context (the next page run builds one from the environment) and the cached thumbnails."""
-    old = install(None)
-    if old is not None:
-        old.close()
+    """A fresh process context (tests.helpers.pages) and no cached thumbnails."""
+    fresh_context()
     st.cache_data.clear()
 
 

@@ -20,7 +20,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from nsfw_core import classify as classify_module
-from nsfw_core.context import Context, install
+from nsfw_core.context import Context
 from nsfw_core.errors import InvalidURL, TooLarge
 from nsfw_core.model import get_model
 from nsfw_core.pipeline import Decoder
@@ -30,6 +30,7 @@ from nsfw_ui import inputs, widgets
 from tests.helpers.signin import REVIEWER, signed_in
 from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
+from tests.helpers.pages import new_context
 
 PAGE = ROOT / "pages" / "classify.py"
 TIMEOUT = 120
@@ -58,13 +59,6 @@ def images(local_server, page_env):  # noqa: F811 - the fixture imported above
         local_server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
     page_env.setenv("NSFW_ALLOW_PRIVATE_HOSTS", local_server.netloc)
     return local_server
-
-
-def new_context() -> None:
-    """Drop the process context: the next page run builds one from the environment as it is then."""
-    old = install(None)
-    if old is not None:
-        old.close()
 
 
 def expected_scores(name: str) -> dict[str, float]:

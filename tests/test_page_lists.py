@@ -9,10 +9,11 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from nsfw_core.context import current, install
+from nsfw_core.context import current
 from nsfw_core.known import parse_list
 from tests.helpers.paths import ROOT
 from tests.helpers.signin import ADMIN, REVIEWER, signed_in
+from tests.helpers.pages import new_context
 
 PAGE = str(ROOT / "pages" / "lists.py")
 SHA = hashlib.sha256(b"listed").hexdigest()
@@ -27,12 +28,6 @@ def data_dir(tmp_path, monkeypatch):
     new_context()
     yield tmp_path
     new_context()
-
-
-def new_context() -> None:
-    old = install(None)
-    if old is not None:
-        old.close()
 
 
 def run(at: AppTest) -> AppTest:

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from nsfw_core.context import install
 from nsfw_core.review import ReviewQueue
 from nsfw_core.access import Identity, Role
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
 from nsfw_ui.auth import IDENTITY_KEY
 from tests.helpers.signin import ADMIN, REVIEWER, signed_in
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
+from tests.helpers.pages import new_context
 
 PAGE = ROOT / "pages" / "review.py"
 IMAGES = REFERENCE_IMAGES
@@ -40,13 +40,6 @@ def data_dir(monkeypatch, tmp_path):
     new_context()
     yield folder
     new_context()
-
-
-def new_context() -> None:
-    """Drop the process context: the next page run builds one from the environment as it is then."""
-    old = install(None)
-    if old is not None:
-        old.close()
 
 
 @pytest.fixture
