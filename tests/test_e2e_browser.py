@@ -31,6 +31,7 @@ import pytest
 from tests.helpers.browser import chromium
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import image, serve
+from tests.helpers.appprocess import free_port, http_status
 
 SCREENSHOT = ROOT / "docs" / "classify.png"
 CALIBRATE_SCREENSHOT = ROOT / "docs" / "calibrate.png"
@@ -43,22 +44,6 @@ CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
 TOLERANCE = 5e-5 + 1e-4  # shown with 4 decimals; the model may differ in the last float bits
 
 pytestmark = pytest.mark.timeout(600)  # a cap: the first test may install chromium
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 # ---------------------------------------------------------------- fixtures
@@ -100,7 +85,7 @@ def server(images, data_dir) -> Iterator[str]:
     from nsfw_core.thresholds import ThresholdHistory
     from nsfw_core.verdict import Thresholds
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
     env.update(PORT=str(port), NSFW_DATA_DIR=str(data_dir), NSFW_COMPILED_DIR=COMPILED_DIR,
                NSFW_ALLOW_PRIVATE_HOSTS=images.netloc, PYTHONUNBUFFERED="1")
@@ -119,7 +104,7 @@ def server(images, data_dir) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + RUN_SH_START_S
-        while _get(base + "/_stcore/health") != 200:
+        while http_status(base + "/_stcore/health") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the server did not start (exit {proc.poll()}):\n{log_path.read_text()[-4000:]}")
             time.sleep(0.25)

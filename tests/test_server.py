@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import LocalServer, image, serve
+from tests.helpers.appserver import free_port
 
 STARTUP_TIMEOUT = 90.0
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")
@@ -54,10 +54,6 @@ class Server:
         assert "Exception in ASGI application" not in log, log
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

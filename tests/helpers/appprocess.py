@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+from tests.helpers.appserver import free_port
 from tests.helpers.paths import COMPILED_DIR, ROOT
 
 START_S = 60.0  # Streamlit's import and the model's load take ~10 s on a busy machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
