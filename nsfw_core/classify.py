@@ -28,6 +28,7 @@ from . import phash, requestid
 from .decode import Plan
 from .errors import NSFWError, Overloaded
 from .known import Match
+from .labels import ADULT
 from .model import Model, scores_dict
 from .pipeline import FrameInputs, Scored, score_sources
 from .verdict import Thresholds
@@ -144,14 +145,24 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.  A known image
     (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.known`) gets the
     human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
+
+    Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
+    only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
+    image's blurred shading stays within the match distance while showing something else (the security
+    test matched such an image at 26 bits while the model gave it porn 0.745).  Only the exact bytes
+    (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
+    decide what the model left "unknown".
     """
     deciding = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
         scores, deciding = worst.scores, worst.index
+    model_verdict = thresholds.decide(scores)
+    if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
+        match = None
     return Classification(
         scores=scores,
-        verdict=thresholds.decide(scores) if match is None else match.verdict,
+        verdict=model_verdict if match is None else match.verdict,
         adult_score=thresholds.adult_score(scores),
         safe_score=thresholds.safe_score(scores),
         thresholds=thresholds,

@@ -239,6 +239,53 @@ def test_listed_images_get_the_list_verdict_which_wins_over_a_decision(tmp_path)
         pool.close()
 
 
+def _shading_of_a_detail_of_b(a: bytes, b: bytes, radius: float = 6) -> bytes:
+    """Picture ``b`` drawn over the blurred shading of ``a`` (224x224 PNG): it shows b, and PDQ, which sees
+    only coarse shading, puts it near a (the security test's bypass of an allow list)."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    pa = Image.open(io.BytesIO(a)).convert("RGB").resize((224, 224))
+    pb = Image.open(io.BytesIO(b)).convert("RGB").resize((224, 224))
+    low_a = np.asarray(pa.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    high_b = np.asarray(pb, dtype=np.float32) - np.asarray(pb.filter(ImageFilter.GaussianBlur(radius)),
+                                                           dtype=np.float32)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(low_a + high_b, 0, 255).astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_perceptual_match_never_clears_what_the_model_calls_adult(tmp_path):
+    """Drawings play the adult class here (the repository has no adult image): skimage's cat scores drawings
+    0.79.  Its detail over an allow-listed photo's shading is a PDQ match of that photo, yet the model calls
+    it adult: adult it stays.  The exact bytes of a listed image still get the list's verdict."""
+    allowed = (ROOT / "data/demo/photos/skimage_astronaut.jpg").read_bytes()
+    hidden = (ROOT / "data/demo/photos/skimage_chelsea.jpg").read_bytes()
+    forged = _shading_of_a_detail_of_b(allowed, hidden)
+    allowed_pdq = phash.query_hash(model_input(allowed))
+    forged_pdq = phash.query_hash(model_input(forged))
+    assert allowed_pdq is not None and forged_pdq is not None
+    assert phash.distance(allowed_pdq, forged_pdq) <= 31  # the bypass still matches
+    settings = make_settings(tmp_path, adult_classes=("drawings",), safe_classes=("neutral",),
+                             adult_threshold=0.5)
+    pool = open_pool(None, settings.data_dir)
+    try:
+        with running(settings) as client:
+            assert _post(client, forged)["verdict"] == "adult"
+            KnownImages(pool).import_list([ListEntry(None, allowed_pdq.hex(), "allow", "astronaut"),
+                                           ListEntry(hashlib.sha256(forged).hexdigest(), None, "allow")],
+                                          by="admin")
+            exact = _until(client, forged, "list")  # the exact bytes, listed by sha256: the list decides
+            assert (exact["verdict"], exact["match"]["by"]) == ("safe", "sha256")
+            KnownImages(pool).import_list([ListEntry(None, allowed_pdq.hex(), "allow", "astronaut")], by="admin",
+                                          replace=True)
+            body = _until(client, forged, "model")  # once refreshed: the sha256 entry gone, the PDQ entry kept
+            assert (body["verdict"], body["verdict_source"]) == ("adult", "model") and "match" not in body, body.get("match")
+    finally:
+        pool.close()
+
+
 def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
     """Point 5: the calibrate page scores labelled sets with the model itself (score cache -> score_sources)
     and judges the scores under the thresholds it tries; a listed or decided image is scored as the model
