@@ -260,12 +260,18 @@ async def reviews(request: Request) -> Response:
     """GET /v1/reviews/{id}: a review item's status, and the decision once made."""
     ctx, _ = _guard(request)
     raw = request.path_params.get("id", "")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_REVIEW_ID:
+    # ASCII digits only: str.isdigit() also takes "²" (int() then fails: a 500) and other scripts' digits
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_REVIEW_ID:
         raise NotFound(f"no review item {raw[:40]!r}: ids are positive integers")
-    from .review import ItemNotFound
+    from .review import ItemNotFound, ReviewError, ReviewUnavailable
     from .webhooks import review_dict
 
-    item = await asyncio.to_thread(requestid.in_context(lambda: ctx.review_queue.get(int(raw))))
+    try:
+        item = await asyncio.to_thread(requestid.in_context(lambda: ctx.review_queue.get(int(raw))))
+    except ReviewError as exc:  # the database's address and the driver's error go to the log, not the client
+        log.error("GET /v1/reviews/%s: %s", raw, exc.message)
+        raise ReviewUnavailable("the review database is unavailable; retry later (details in the server log)") \
+            from None
     if item is None:
         raise ItemNotFound(f"review item {raw} does not exist (or was purged)", item_id=int(raw))
     return _answer(request, review_dict(item))

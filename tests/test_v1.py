@@ -232,9 +232,25 @@ def test_review_pending_then_decided(client, doc):
 
 
 @pytest.mark.parametrize("path", ["/v1/reviews/999999", "/v1/reviews/0", "/v1/reviews/abc",
-                                  "/v1/reviews/99999999999999999999999"])
+                                  "/v1/reviews/99999999999999999999999",
+                                  # digits to str.isdigit() but not ASCII: "²" and "①" made int() fail (500),
+                                  # Arabic-Indic and fullwidth ones were read as item 1
+                                  "/v1/reviews/%C2%B2", "/v1/reviews/%E2%91%A0", "/v1/reviews/%C2%B9%C2%B2",
+                                  "/v1/reviews/%D9%A1", "/v1/reviews/%EF%BC%91", "/v1/reviews/%F0%9D%9F%8F"])
 def test_unknown_reviews_are_404(client, path):
     error_of(client.get(path), 404, "not_found")
+
+
+def test_an_unavailable_review_database_is_a_503_without_its_address(client, monkeypatch):
+    from nsfw_core.context import current
+    from nsfw_core.review import ReviewUnavailable
+
+    def down(item_id):
+        raise ReviewUnavailable("cannot connect to postgresql://nsfw:***@10.1.2.3:5432/nsfw_review: refused")
+
+    monkeypatch.setattr(current().review_queue, "get", down)
+    body = error_of(client.get("/v1/reviews/1"), 503, "review_unavailable")
+    assert body["message"] == "the review database is unavailable; retry later (details in the server log)"
 
 
 # ---------------------------------------------------------------- /docs
