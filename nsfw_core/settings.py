@@ -382,8 +382,9 @@ class Settings:
         "within the fidelity bound.")
     model_memory_mb: int = setting(
         "NSFW_MODEL_MEMORY_MB", "512", _int(1),
-        "Memory the models loaded on demand by API v1 requests (\"model\") may take together, estimated from "
-        "their float32 weights; beyond it the least recently used is unloaded (never the default model).")
+        "Memory the models loaded on demand by API v1 requests (\"model\") may take together with the default "
+        "one, each counted at three times its compiled file (MobileNetV2Mid 52, MobileNetV2 31, InceptionV3 268 "
+        "MB: measured RSS); beyond it the least recently used is unloaded (never the default model).")
     rate_limit: Any = setting(
         "NSFW_RATE_LIMIT", "", _rate,
         "Requests per API key (per client address without keys) to /v1 and /predict, one budget for both, per "
