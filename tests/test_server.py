@@ -156,6 +156,10 @@ def test_python_app_py_serves_the_api_and_the_ui(tmp_path, images):
         # the Streamlit UI is served by the same process
         page = server.curl(server.url("/"))
         assert "<!doctype html>" in page.lower() and "streamlit" in page.lower()
+        # no other site may frame it (clickjacking), the API's answers neither
+        for path in ("/", "/health"):
+            head = server.curl("-sI", server.url(path)).lower()
+            assert "x-frame-options: sameorigin" in head and "content-security-policy: frame-ancestors 'self'" in head
         assert server.curl(server.url("/_stcore/health")) == "ok"
         kinds = streamlit_session_runs(server.port)
         assert kinds[0] == "new_session" and kinds[-1] == "script_finished"
