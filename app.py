@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import nsfw_core.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
 import streamlit as st
 import streamlit.logger
 from starlette.middleware import Middleware
 from streamlit.runtime.pages_manager import PagesManager
 
-from nsfw_core import api, logs
-from nsfw_core.settings import Settings, SettingsError, load_settings
+import nsfw_core.base.arenas  # noqa: F401 - first: caps malloc arenas before any thread starts
+from nsfw_core.base import logs
+from nsfw_core.base.settings import Settings, SettingsError, load_settings
+from nsfw_core.http import app as api
 from nsfw_ui import framing, oidc, uploads
 
 ROOT = Path(__file__).resolve().parent
@@ -73,7 +74,7 @@ app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
 
 def route_streamlit_logs() -> None:
     """Streamlit gives each logger it sets up (uvicorn's too, and lazily, later) a console handler of its
-    own and stops propagation; hand each to the root handler of :func:`nsfw_core.logs.configure` instead."""
+    own and stops propagation; hand each to the root handler of :func:`nsfw_core.base.logs.configure` instead."""
     original = streamlit.logger.setup_formatter
     if getattr(original, "nsfw_routed", False):
         return

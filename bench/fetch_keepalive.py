@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import nsfw_core.fetch as fetcher
-from nsfw_core.settings import load_settings
+import nsfw_core.images.fetch as fetcher
+from nsfw_core.base.settings import load_settings
 from tests.helpers.servers import RouteHandler, image, serve
 
 BLOCK = 50

@@ -1,4 +1,4 @@
-"""Fuzz ``nsfw_core.decode`` with mutated and structure-aware images, for as long as you like.
+"""Fuzz ``nsfw_core.images.decode`` with mutated and structure-aware images, for as long as you like.
 
     python bench/fuzz_decode.py --iterations 10000 [--seed N] [--mode structure|mutate|both] [--jobs J]
     python bench/fuzz_decode.py --mode M --seed N --iteration I   # replay one case, with its traceback
@@ -26,7 +26,7 @@ The property checked by the run (:func:`bounded_outcome`) is the service's path:
 this process, where the plan and decode together must take at most
 :data:`INLINE_CPU_S` of CPU time and grow the peak RSS by at most
 :data:`MEM_PER_COST_PIXEL` bytes per ``cost.pixels`` plus :data:`MEM_SLACK`;
-otherwise the decode goes through ``nsfw_core.sandbox.Sandbox`` (one child,
+otherwise the decode goes through ``nsfw_core.images.sandbox.Sandbox`` (one child,
 :data:`SANDBOX_TIMEOUT` s), where a ``DecodeTimeout`` is expected, the answer must
 come within the deadline plus :data:`SANDBOX_SLACK_S`, and the child's peak RSS
 obeys the same memory bound.  The peak RSS comes from ``VmHWM`` after resetting it
@@ -69,9 +69,9 @@ if str(ROOT) not in sys.path:
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
-from nsfw_core.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, decode, plan
-from nsfw_core.errors import DecodeTimeout, NSFWError
-from nsfw_core.sandbox import Sandbox
+from nsfw_core.base.errors import DecodeTimeout, NSFWError
+from nsfw_core.images.decode import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, decode, plan
+from nsfw_core.images.sandbox import Sandbox
 from tests.helpers import hostile
 
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"

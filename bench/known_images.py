@@ -38,8 +38,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from nsfw_core import phash
-from nsfw_core.hashindex import HashIndex, brute_force
+from nsfw_core.images import phash
+from nsfw_core.state.hashindex import HashIndex, brute_force
 
 MAX_DISTANCE = 31
 
@@ -93,9 +93,9 @@ def lookup(sizes: list[int], queries: int) -> list[dict]:
 
 def _known_with(entries: int, rng: np.random.Generator, folder: str):
     """A KnownImages on a SQLite file holding ``entries`` remembered decisions (3 hashes each)."""
-    from nsfw_core.known import KnownImages
-    from nsfw_core.review.migrations import KNOWN_TABLE, MIGRATIONS, migrate
-    from nsfw_core.review.store import open_pool
+    from nsfw_core.state.db import open_pool
+    from nsfw_core.state.known import KnownImages
+    from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
 
     pool = open_pool(None, folder)
     with pool.connection() as conn:
@@ -134,8 +134,8 @@ def _repository_images() -> list[Path]:
 
 
 def per_request(reps: int) -> dict:
+    from nsfw_core.base.settings import load_settings
     from nsfw_core.context import Context
-    from nsfw_core.settings import load_settings
 
     rng = np.random.default_rng(5)
     with tempfile.TemporaryDirectory() as folder:
@@ -172,9 +172,9 @@ def per_request(reps: int) -> dict:
 
 def distances() -> dict:
 
-    from nsfw_core.decode import decode
+    from nsfw_core.images.decode import decode
+    from nsfw_core.images.preprocess import preprocess
     from tests.helpers.edits import edited_copies
-    from nsfw_core.preprocess import preprocess
 
     def model_input(data: bytes) -> np.ndarray:
         return preprocess(decode(data, draft_size=896), 224)

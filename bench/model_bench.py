@@ -32,8 +32,8 @@ def main() -> None:
     ap.add_argument("--runtime", default=os.environ.get("NSFW_RUNTIME", "litert"), choices=("litert", "tensorflow"))
     a = ap.parse_args()
 
-    from nsfw_core.decode import decode
-    from nsfw_core.model import get_model
+    from nsfw_core.images.decode import decode
+    from nsfw_core.inference.model import get_model
 
     t0 = time.perf_counter()
     model = get_model(a.model, Path(__file__).resolve().parent.parent / "model", runtime=a.runtime, threads=a.threads,

@@ -184,7 +184,7 @@ def render(res: dict[str, Any]) -> str:
         s = svc.get("settings", {})
         comp = svc.get("compile", {})
         L.append(f"Settings: defaults ({', '.join(f'{k}={v}' for k, v in s.items())}). Compiling the model for "
-                 f"LiteRT first (`python -m nsfw_core.litert`, once per deploy or model change; TensorFlow runs in "
+                 f"LiteRT first (`python -m nsfw_core.inference.litert`, once per deploy or model change; TensorFlow runs in "
                  f"its child process): {comp.get('seconds')} s, peak RSS {comp.get('peak_rss_mib')} MiB. Start-up "
                  f"to /health 200 with the compiled model: {svc.get('startup_s')} s. **Whole-app peak RSS: {svc.get('peak_rss_mib')} MiB** "
                  f"(PSS {svc.get('peak_pss_mib')} MiB, {svc.get('processes')} process). 'inference busy' = share of "

@@ -40,8 +40,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import images as imagegen
 import loadgen
 import report
-from common import (BENCH, PROJECT_PY, ROOT, SCRATCH, CpuMeter, Proc, TreeSampler, free_port,
-                    http_get, log, machine_info, median, run_json, thread_cpu, venv_python, wait_ready)
+from common import (
+    BENCH,
+    PROJECT_PY,
+    ROOT,
+    SCRATCH,
+    CpuMeter,
+    Proc,
+    TreeSampler,
+    free_port,
+    http_get,
+    log,
+    machine_info,
+    median,
+    run_json,
+    thread_cpu,
+    venv_python,
+    wait_ready,
+)
 
 IMAGE_TYPES = list(imagegen.SPECS)  # jpeg_0.3mp, jpeg_1mp, jpeg_12mp, png_1mp
 KEY_IMAGE = "jpeg_1mp"
@@ -53,7 +69,7 @@ LEVER_VALUES = {
 }
 
 sys.path.insert(0, str(ROOT))
-from nsfw_core.settings import SETTINGS
+from nsfw_core.base.settings import SETTINGS
 
 # The service's own defaults, read from its settings table so the grid follows the code.
 DEFAULT_LEVERS = {s.name: s.default for s in SETTINGS if s.name in LEVER_VALUES}
@@ -346,10 +362,10 @@ def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str
 
 
 def precompile() -> dict[str, Any]:
-    """``python -m nsfw_core.litert`` into the run's data dir (a deploy's build step): time and peak RSS."""
+    """``python -m nsfw_core.inference.litert`` into the run's data dir (a deploy's build step): time and peak RSS."""
     shutil.rmtree(SCRATCH / "var" / "compiled", ignore_errors=True)
     t0 = time.perf_counter()
-    proc = Proc("compile", [str(PROJECT_PY), "-m", "nsfw_core.litert"], env={"NSFW_DATA_DIR": str(SCRATCH / "var")})
+    proc = Proc("compile", [str(PROJECT_PY), "-m", "nsfw_core.inference.litert"], env={"NSFW_DATA_DIR": str(SCRATCH / "var")})
     sampler = TreeSampler(proc.pid)
     sampler.start()
     rc = proc.p.wait(timeout=900)

@@ -90,16 +90,16 @@ def imported_from(tree: Path) -> str:
 
 
 def prepare(tree: Path, name: str) -> None:
-    """``python -m nsfw_core.litert`` in ``tree`` into the shared compiled dir (instant when already there)."""
+    """``python -m nsfw_core.inference.litert`` in ``tree`` into the shared compiled dir (instant when already there)."""
     COMPILED_DIR.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = Proc(f"{name}-compile", [str(PROJECT_PY), "-m", "nsfw_core.litert"], cwd=tree,
+    proc = Proc(f"{name}-compile", [str(PROJECT_PY), "-m", "nsfw_core.inference.litert"], cwd=tree,
                 env={"NSFW_COMPILED_DIR": str(COMPILED_DIR)})
     rc = proc.p.wait(timeout=900)
     tail = proc.tail(300).strip().splitlines()
     proc.stop()
     if rc != 0:
-        raise RuntimeError(f"{name}: python -m nsfw_core.litert failed ({rc}): {tail}")
+        raise RuntimeError(f"{name}: python -m nsfw_core.inference.litert failed ({rc}): {tail}")
     log(f"{name}: model ready in {COMPILED_DIR} ({time.perf_counter() - t0:.1f} s; {tail[-1] if tail else ''})")
 
 

@@ -1,7 +1,7 @@
 """nsfw_core: fetch, decode, classify and judge images with GantMan's nsfw_model.
 
 The package is free of any web framework: the Streamlit pages and the
-Starlette API (``nsfw_core.api``) are thin layers over these modules.
+Starlette API (``nsfw_core.http.app``) are thin layers over these modules.
 
 - ``settings``: every setting, read from the environment (``load_settings``).
 - ``errors``: the typed errors, each with an HTTP status and a stable code.

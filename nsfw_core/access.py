@@ -24,7 +24,7 @@ The identity's ``name`` is what saves and review decisions record; a secret sign
 random token made at sign-in (``reviewer (secret, session 3fa2c1)``), so two people with the same
 secret hold their own claims and undo only their own decisions.  Pages hide what a role may not
 use and the actions check again with :meth:`Access.require` (a forged widget message reaches the
-action, not the widget), raising :class:`~nsfw_core.errors.Forbidden`.
+action, not the widget), raising :class:`~nsfw_core.base.errors.Forbidden`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import Forbidden, TooManyAttempts
-from .settings import ROOT, AccessConfig
+from nsfw_core.base.errors import Forbidden, TooManyAttempts
+from nsfw_core.base.settings import ROOT, AccessConfig
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def secrets_toml_auth(paths: Iterable[Path] | None = None) -> bool:
 
 
 class Access:
-    """The access rules of one process, built from :class:`~nsfw_core.settings.AccessConfig`."""
+    """The access rules of one process, built from :class:`~nsfw_core.base.settings.AccessConfig`."""
 
     def __init__(self, config: AccessConfig, *, oidc_from_secrets: bool | None = None,
                  limiter: AttemptLimiter | None = None) -> None:

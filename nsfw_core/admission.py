@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from .errors import Overloaded
+from nsfw_core.base.errors import Overloaded
 
 
 class Admission:
@@ -25,7 +25,7 @@ class Admission:
 
     @contextlib.contextmanager
     def admit(self, images: int) -> Iterator[None]:
-        """Count ``images`` as in flight or refuse with :class:`~nsfw_core.errors.Overloaded`.
+        """Count ``images`` as in flight or refuse with :class:`~nsfw_core.base.errors.Overloaded`.
 
         A batch larger than the limit still runs, alone.
         """

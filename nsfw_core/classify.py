@@ -2,14 +2,14 @@
 
 :class:`Classification` is what the API answers (``to_dict()`` is its detailed JSON),
 what the CLI prints and what the pages show.  :func:`judge` is the only place where
-scores become a verdict (through :meth:`~nsfw_core.verdict.Thresholds.decide`).
+scores become a verdict (through :meth:`~nsfw_core.base.verdict.Thresholds.decide`).
 
 * :func:`classify_url` / :func:`classify_bytes`: the API's path, on the event loop: fetch
   and decode in the context's worker threads (expensive images in the isolated lane),
   the forward pass in the micro-batcher, then the verdict and, when the verdict says
   so, a review item.
 * :func:`classify_sources`: the CLI's and the pages' path, synchronous and batched by
-  itself (:func:`~nsfw_core.pipeline.score_sources`), one :class:`Outcome` per source.
+  itself (:func:`~nsfw_core.inference.pipeline.score_sources`), one :class:`Outcome` per source.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from . import phash, requestid
-from .decode import Plan
-from .errors import NSFWError, Overloaded
-from .known import Match
-from .labels import ADULT
-from .model import Model, scores_dict
-from .pipeline import FrameInputs, Scored, score_sources
-from .verdict import Thresholds
+from nsfw_core.base import requestid
+from nsfw_core.base.errors import NSFWError, Overloaded
+from nsfw_core.base.labels import ADULT
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.images import phash
+from nsfw_core.images.decode import Plan
+from nsfw_core.inference.model import Model, scores_dict
+from nsfw_core.inference.pipeline import FrameInputs, Scored, score_sources
+from nsfw_core.state.known import Match
 
 if TYPE_CHECKING:
-    from .context import Context
+    from nsfw_core.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
 
     An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
     ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.  A known image
-    (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.known`) gets the
+    (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
     human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
 
     Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
@@ -401,7 +402,7 @@ class Outcome:
 
 def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None,
             match: Match | None = None) -> Outcome:
-    """Judge one :class:`~nsfw_core.pipeline.Scored` under ``thresholds`` (a known image: ``match``)."""
+    """Judge one :class:`~nsfw_core.inference.pipeline.Scored` under ``thresholds`` (a known image: ``match``)."""
     if scored.scores is None:
         return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)

@@ -17,12 +17,12 @@ import os
 import sys
 from typing import Any, Sequence, TextIO
 
-from .classify import Outcome, classify_sources
-from .context import Context
-from .errors import NSFWError
-from .labelsets import load_manifest
-from .pipeline import iter_sources
-from .settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
+from nsfw_core.calibration.labelsets import load_manifest
+from nsfw_core.classify import Outcome, classify_sources
+from nsfw_core.context import Context
+from nsfw_core.inference.pipeline import iter_sources
 
 PROGRESS_MIN_ITEMS = 8
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return _remote(args, stdout, stderr)
     note = logging.StreamHandler(stderr)  # "unpacked ..." or "compiling ... for LiteRT" on a model's first use
     note.setFormatter(logging.Formatter("%(message)s"))
-    compiler_log = logging.getLogger("nsfw_core.litert")
+    compiler_log = logging.getLogger("nsfw_core.inference.litert")
     compiler_log.addHandler(note)
     compiler_log.setLevel(logging.INFO)
     try:
@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
 
 def _remote(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """``--server URL``: the same lines, classified by a running service through :mod:`nsfw_core.client`."""
-    from .client import Client, classify_sources as classify_remote
+    from nsfw_core.client import Client
+    from nsfw_core.client import classify_sources as classify_remote
 
     if args.manifest:
         print("error: --manifest is not supported with --server", file=stderr)

@@ -171,7 +171,7 @@ def classify_sources(client: Client, sources: list[str], *, model: str | None = 
     A URL is fetched by the server; a file is read here and sent as base64."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .fetch import is_url
+    from nsfw_core.images.fetch import is_url
 
     def load(path: str) -> bytes:
         with open(path, "rb") as f:

@@ -6,7 +6,7 @@ connections, the decoder (pixel budget and isolated lane), the worker threads, t
 micro-batcher and the admission counters.  Nothing else in the process builds a second one
 of any of these.
 
-* The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.api.make_lifespan`)
+* The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
   and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it
   through :func:`current` (``nsfw_ui.state.context``), so a threshold saved on a page is the
   one the API uses, and both queue into one review database through one pool.
@@ -29,23 +29,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from .admission import Admission
-from .batcher import MicroBatcher
-from .errors import NotReady, NSFWError
-from .fetch import ConnectionPool, fetch
-from .known import KnownImages
-from .metrics import Metrics
-from .model import Model, load
-from .pipeline import Decoder, load_bytes
-from .access import Access
-from .platform import storage_warnings
-from .review import ReviewQueue
-from .review.store import open_pool
-from .settings import Settings, load_settings
-from .thresholds import ThresholdHistory
+from nsfw_core.access import Access
+from nsfw_core.admission import Admission
+from nsfw_core.base.errors import NotReady, NSFWError
+from nsfw_core.base.platform import storage_warnings
+from nsfw_core.base.settings import Settings, load_settings
+from nsfw_core.images.fetch import ConnectionPool, fetch
+from nsfw_core.inference.batcher import MicroBatcher
+from nsfw_core.inference.model import Model, load
+from nsfw_core.inference.pipeline import Decoder, load_bytes
+from nsfw_core.metrics import Metrics
+from nsfw_core.state.db import open_pool
+from nsfw_core.state.known import KnownImages
+from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.thresholds import ThresholdHistory
 
 if TYPE_CHECKING:
-    from .scorecache import ScoreCache
+    from nsfw_core.calibration.scorecache import ScoreCache
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Context:
     def model(self, name: str | None = None) -> Model:
         """The model ``name`` (default NSFW_MODEL), loaded on first use. Raises ModelError.
 
-        Loaded models are immutable and cached process-wide by :mod:`nsfw_core.model`, so
+        Loaded models are immutable and cached process-wide by :mod:`nsfw_core.inference.model`, so
         contexts that tests create side by side share their weights.
         """
         key = name or self.model_config.name
@@ -111,7 +111,7 @@ class Context:
 
     @property
     def known(self) -> KnownImages:
-        """Remembered decisions and hash lists (:mod:`nsfw_core.known`), read from the one database on first use
+        """Remembered decisions and hash lists (:mod:`nsfw_core.state.known`), read from the one database on first use
         and refreshed in the background; every request looks its image up here."""
         known = self._known
         if known is None:
@@ -124,7 +124,9 @@ class Context:
     @property
     def score_cache(self) -> ScoreCache:
         """The on-disk cache of scores for labelled sets (``<data_dir>/score-cache.sqlite``)."""
-        from .scorecache import ScoreCache  # scorecache -> pipeline -> model; only the pages need it
+        from nsfw_core.calibration.scorecache import (
+            ScoreCache,  # scorecache -> pipeline -> model; only the pages need it
+        )
 
         with self._lock:
             if self._score_cache is None:
@@ -226,7 +228,7 @@ class Context:
 
 
 def _app_version() -> str:
-    from . import __version__
+    from nsfw_core import __version__
 
     return __version__
 

@@ -12,7 +12,7 @@ Counted as requests are served (cheap: a lock and an addition per sample):
 * ``nsfw_stage_duration_seconds{stage}``: per classified image, ``fetch`` (URLs only),
   ``decode``, ``inference`` (queue wait and forward pass) and ``total``;
 * ``nsfw_verdicts_total{verdict, source}``: ``source`` is the answer's ``verdict_source``: ``model``,
-  or ``review`` / ``list`` for a known image (a remembered decision, a hash list, :mod:`nsfw_core.known`);
+  or ``review`` / ``list`` for a known image (a remembered decision, a hash list, :mod:`nsfw_core.state.known`);
   the share of ``unknown`` among ``source="model"`` is the model's, which the human verdicts must not
   flatter;
 * ``nsfw_score{class}``: a histogram per class of the model's scores (drift);
@@ -40,11 +40,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
 
 if TYPE_CHECKING:
-    from .classify import Classification
-    from .context import Context
+    from nsfw_core.classify import Classification
+    from nsfw_core.context import Context
 
 STAGES = ("fetch", "decode", "inference", "total")
 SOURCES = ("model",)  # who gave the verdict; "review" and "list" when those exist

@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from nsfw_core.access import ANONYMOUS, Identity, Permission
-from nsfw_core.errors import NSFWError
+from nsfw_core.base.errors import NSFWError
 
 from . import uploads
 from .state import context
@@ -65,7 +65,7 @@ def can(who: Identity, permission: Permission) -> bool:
 
 
 def check(who: Identity, permission: Permission) -> None:
-    """Raise :class:`~nsfw_core.errors.Forbidden` unless ``who`` (checked again now) may ``permission``."""
+    """Raise :class:`~nsfw_core.base.errors.Forbidden` unless ``who`` (checked again now) may ``permission``."""
     access = context().access
     access.require(who, permission)
     access.require(identity(), permission)

@@ -15,8 +15,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from nsfw_core import calibration as cal
-from nsfw_core.verdict import Thresholds
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.calibration import maths as cal
 
 from .widgets import pct
 
@@ -87,7 +87,7 @@ def distribution_chart(df: pd.DataFrame, column: str, title: str, current: float
 
 
 def verdict_chart(table: pd.DataFrame) -> Any:
-    """Heat map of :func:`nsfw_core.calibration.verdict_table`: count and share of the true label per cell."""
+    """Heat map of :func:`nsfw_core.calibration.maths.verdict_table`: count and share of the true label per cell."""
     t = table.copy()
     t["text"] = [f"{c} ({pct(r, 0)})" for c, r in zip(t["count"], t["share_of_truth"], strict=True)]
     base = alt.Chart(t).encode(
@@ -105,7 +105,7 @@ def verdict_chart(table: pd.DataFrame) -> Any:
 
 def tradeoff_chart(sw: pd.DataFrame, m: cal.DecisionMetrics, sug: cal.Suggestion | None) -> Any:
     """Precision of automatic decisions vs share sent to review, one curve per threshold
-    (:func:`nsfw_core.calibration.sweep`), with the current (●) and suggested (◆) operating points."""
+    (:func:`nsfw_core.calibration.maths.sweep`), with the current (●) and suggested (◆) operating points."""
     names = TRADEOFF_CURVES
     data = sw.dropna(subset=["precision"]).copy()
     data["curve"] = data["moving"].map(names)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterable, Literal, Mapping, Protocol
 
+from nsfw_core.base.errors import InvalidURL, TooLarge
 from nsfw_core.context import Context
-from nsfw_core.errors import InvalidURL, TooLarge
-from nsfw_core.fetch import is_url
+from nsfw_core.images.fetch import is_url
 
 CAMERA_NAME = "camera.jpg"
 CAMERA_MIME = "image/jpeg"

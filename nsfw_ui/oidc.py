@@ -22,7 +22,7 @@ from pathlib import Path
 from streamlit import config
 
 from nsfw_core.access import secrets_toml_auth
-from nsfw_core.settings import OIDCConfig
+from nsfw_core.base.settings import OIDCConfig
 
 CALLBACK = "/oauth2callback"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import streamlit as st
 
 from nsfw_core.context import Context, current
-from nsfw_core.model import Model
+from nsfw_core.inference.model import Model
 
 MODEL_SPINNER = "Loading model…"
 

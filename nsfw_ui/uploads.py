@@ -27,7 +27,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable
 
-from nsfw_core import requestid
+from nsfw_core.base import requestid
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from PIL import Image, ImageFilter
 
-from nsfw_core.labels import ADULT, SAFE, UNKNOWN
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 
 BLUR_RADIUS = 28
 BLUR_SIDE = 384  # a blurred preview is at most this many pixels a side

@@ -1,9 +1,9 @@
 """Calibrate thresholds: score a labelled set, move T_adult / T_safe, see what the rule does, save.
 
 Scores come from the process context's on-disk score cache
-(``nsfw_core.scorecache``) and are kept in ``st.session_state`` per (set,
+(``nsfw_core.calibration.scorecache``) and are kept in ``st.session_state`` per (set,
 model), so moving a slider only redoes the arithmetic
-(``nsfw_core.calibration``), never the model.  Saving adds a version to the
+(``nsfw_core.calibration.maths``), never the model.  Saving adds a version to the
 thresholds history in the database that the API and the classify page follow,
 on every instance (the context's ``ThresholdHistory.save``); the history table
 shows who saved what, when and on which set, and can roll back to any version
@@ -21,12 +21,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from nsfw_core import calibration as cal
-from nsfw_core import labelsets
 from nsfw_core.access import Identity, Permission
-from nsfw_core.context import Context
-from nsfw_core.errors import NSFWError
-from nsfw_core.labels import (
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.labels import (
     ADULT,
     CLASS_NAMES,
     DEFAULT_BINARY_MAP,
@@ -36,9 +33,12 @@ from nsfw_core.labels import (
     make_binary_map,
     to_binary,
 )
-from nsfw_core.scorecache import model_key
-from nsfw_core.settings import MODEL_NAMES
-from nsfw_core.verdict import EPSILON, ActiveThresholds, Thresholds
+from nsfw_core.base.settings import MODEL_NAMES
+from nsfw_core.base.verdict import EPSILON, ActiveThresholds, Thresholds
+from nsfw_core.calibration import labelsets
+from nsfw_core.calibration import maths as cal
+from nsfw_core.calibration.scorecache import model_key
+from nsfw_core.context import Context
 from nsfw_ui import auth, charts, state, widgets
 
 SOURCES = {

@@ -24,14 +24,14 @@ import streamlit as st
 from PIL import Image
 
 from nsfw_core.access import Permission
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.labels import CLASS_NAMES, SAFE
+from nsfw_core.base.settings import MODEL_NAMES
+from nsfw_core.base.verdict import ActiveThresholds, Thresholds
 from nsfw_core.classify import Classification, Outcome, classify_sources
 from nsfw_core.context import Context
-from nsfw_core.errors import NSFWError
-from nsfw_core.frames import FrameRef
-from nsfw_core.labels import CLASS_NAMES, SAFE
-from nsfw_core.model import Model
-from nsfw_core.settings import MODEL_NAMES
-from nsfw_core.verdict import ActiveThresholds, Thresholds
+from nsfw_core.images.frames import FrameRef
+from nsfw_core.inference.model import Model
 from nsfw_ui import auth, charts, inputs, state, widgets
 from nsfw_ui.inputs import Input, UploadedFile
 

@@ -1,6 +1,6 @@
 """Hash lists page (admins): import, export and clear the allow/deny lists of known images.
 
-A list is a CSV with the header ``sha256,pdq,label,note`` (:mod:`nsfw_core.known`): each row a sha256
+A list is a CSV with the header ``sha256,pdq,label,note`` (:mod:`nsfw_core.state.known`): each row a sha256
 or a PDQ hash (64 hex digits each) or both, a label (``allow``/``deny``, or ``safe``/``adult``) and a
 note.  An image matching an entry gets the list's verdict (``verdict_source`` "list") on every replica
 within about a second; a list entry wins over a reviewer's remembered decision.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import streamlit as st
 
 from nsfw_core.access import Identity, Permission
-from nsfw_core.errors import NSFWError
-from nsfw_core.known import KnownImages, parse_list
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.state.known import KnownImages, parse_list
 from nsfw_ui import auth, state, widgets
 
 MESSAGE_KEY = "lists_message"

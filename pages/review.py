@@ -1,6 +1,6 @@
 """Review page: a person labels the images the model could not decide, one at a time.
 
-The queue is ``nsfw_core.review.ReviewQueue`` (the process context's, ``nsfw_ui.state.context().review_queue``).
+The queue is ``nsfw_core.state.review.ReviewQueue`` (the process context's, ``nsfw_ui.state.context().review_queue``).
 Only reviewers and admins get this page (:mod:`nsfw_core.access`); decisions are
 recorded under the signed-in identity's name, and every button checks the role
 again on the server.  The page claims the oldest pending item for that name
@@ -30,11 +30,11 @@ import streamlit as st
 from PIL import Image
 
 from nsfw_core.access import Identity, Permission
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.context import Context
-from nsfw_core.errors import NSFWError
-from nsfw_core.known import item_hashes
-from nsfw_core.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
-from nsfw_core.review import Item, ReviewQueue, iso
+from nsfw_core.state.known import item_hashes
+from nsfw_core.state.review import Item, ReviewQueue, iso
 from nsfw_ui import auth, inputs, state, widgets
 
 CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
@@ -91,7 +91,7 @@ def _on_decide(queue: ReviewQueue, who: Identity, item_id: int, label: str) -> N
         auth.check(who, Permission.REVIEW)
         fetched = st.session_state.get(FETCHED_KEY, {}).get(item_id)
         # an item queued without perceptual hashes gets them now (stored bytes, or its URL), so later copies
-        # of the image get this decision too (nsfw_core.known); items queued by the API carry them already
+        # of the image get this decision too (nsfw_core.state.known); items queued by the API carry them already
         hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None)
         queue.decide(item_id, who.name, label, phash=hashes)
         _say("success", f"Item {item_id}: **{label}**.")

@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _empty_fetch_pool():
     """Each test starts and ends without idle keep-alive connections from another test."""
-    from nsfw_core.fetch import POOL
+    from nsfw_core.images.fetch import POOL
 
     POOL.clear()
     yield
@@ -68,7 +68,7 @@ def reference_outputs() -> dict:
 
 @pytest.fixture(scope="session")
 def default_model():
-    from nsfw_core.model import get_model
+    from nsfw_core.inference.model import get_model
 
     return get_model("MobileNetV2Mid", ROOT / "model")
 

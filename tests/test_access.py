@@ -19,8 +19,8 @@ from nsfw_core.access import (
     same_origin,
     secrets_toml_auth,
 )
-from nsfw_core.errors import Forbidden, TooManyAttempts
-from nsfw_core.settings import SettingsError, load_settings
+from nsfw_core.base.errors import Forbidden, TooManyAttempts
+from nsfw_core.base.settings import SettingsError, load_settings
 
 ADMIN_SECRET = "a" * 16 + "-admin"
 REVIEWER_SECRET = "r" * 16 + "-reviewer"

@@ -16,11 +16,12 @@ with warnings.catch_warnings():  # "install httpx2": the httpx-based client stil
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-from nsfw_core import api, openapi
-from nsfw_core.pipeline import Decoder
+from nsfw_core.base.settings import CLASS_NAMES, load_settings
+from nsfw_core.base.verdict import VERDICTS
 from nsfw_core.context import current
-from nsfw_core.settings import CLASS_NAMES, load_settings
-from nsfw_core.verdict import VERDICTS
+from nsfw_core.http import app as api
+from nsfw_core.http import openapi
+from nsfw_core.inference.pipeline import Decoder
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.control_urls import CONTROL_URLS
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES
@@ -417,8 +418,8 @@ def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog
     async def broken(ctx, data: bytes) -> dict:
         raise RuntimeError("surprise")
 
-    monkeypatch.setattr("nsfw_core.api.classify_bytes", broken)
-    with caplog.at_level(logging.ERROR, logger="nsfw_core.api"):
+    monkeypatch.setattr("nsfw_core.http.app.classify_bytes", broken)
+    with caplog.at_level(logging.ERROR, logger="nsfw_core.http.app"):
         body = error_of(client.post("/predict", content=HOUSE), 500, "internal_error")
     assert "surprise" not in body["message"]
     assert any(r.exc_info and "surprise" in str(r.exc_info[1]) for r in caplog.records)
@@ -544,7 +545,7 @@ def test_health_reports_a_corrupt_thresholds_file_as_a_warning(default_model, tm
 
 
 def test_a_saved_thresholds_version_is_in_health_and_the_detailed_answer(default_model, tmp_path):
-    from nsfw_core.verdict import Thresholds
+    from nsfw_core.base.verdict import Thresholds
 
     with running(make_settings(tmp_path)) as c:
         current().thresholds.save(Thresholds(0.65, 0.85), model="MobileNetV2Mid", by="tester")
@@ -614,9 +615,11 @@ def test_url_pattern(url, documented):
 
 def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
     """The pattern promises that such a URL is never 400 invalid_url (it may still be 403, 502 or 504)."""
-    from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
 
-    from nsfw_core import fetch
+    from nsfw_core.images import fetch
 
     defaults = load_settings(environ={})
 

@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from nsfw_core.review import ReviewQueue
-from nsfw_core.settings import CLASS_NAMES
+from nsfw_core.base.settings import CLASS_NAMES
+from nsfw_core.state.review import ReviewQueue
+from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import REFERENCE
 from tests.helpers.servers import image, serve
-from tests.helpers.apiclient import make_settings, running
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from nsfw_core.batcher import MicroBatcher
-from nsfw_core.errors import ModelError, NotReady, Overloaded
+from nsfw_core.base.errors import ModelError, NotReady, Overloaded
+from nsfw_core.inference.batcher import MicroBatcher
 
 
 class FakeModel:

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nsfw_core import calibration as cal
-from nsfw_core import labelsets
-from nsfw_core.settings import CLASS_NAMES
-from nsfw_core.verdict import Thresholds
+from nsfw_core.base.settings import CLASS_NAMES
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.calibration import labelsets
+from nsfw_core.calibration import maths as cal
 
 A = [0.95, 0.80, 0.80, 0.40, 0.10, 0.05, 0.30, 0.10]
 S = [0.05, 0.20, 0.15, 0.60, 0.90, 0.95, 0.70, 0.85]

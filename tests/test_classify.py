@@ -7,13 +7,12 @@ import dataclasses
 import jsonschema
 import pytest
 
-from nsfw_core.classify import (Classification, ModelInfo, Outcome, ReviewTicket, Timings, classify_sources, judge)
+from nsfw_core.base.errors import InvalidURL
+from nsfw_core.base.settings import load_settings
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.classify import Classification, ModelInfo, Outcome, ReviewTicket, Timings, classify_sources, judge
 from nsfw_core.context import Context
-from nsfw_core.errors import InvalidURL
-from nsfw_core.openapi import openapi_document
-from nsfw_core.settings import load_settings
-from nsfw_core.verdict import Thresholds
-
+from nsfw_core.http.openapi import openapi_document
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES
 
 SCORES = {"drawings": 0.05, "hentai": 0.01, "neutral": 0.04, "porn": 0.6, "sexy": 0.3}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -12,7 +12,6 @@ import threading
 import pytest
 
 from nsfw_core.cli import main
-
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
 
 NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
@@ -134,7 +133,7 @@ def test_progress_bar_only_on_a_terminal_and_for_many_files(default_model, tmp_p
 
 
 def test_manifest_rows_are_classified_with_their_labels(default_model, tmp_path):
-    from nsfw_core.review import ReviewQueue
+    from nsfw_core.state.review import ReviewQueue
 
     # The review queue's CSV export is a manifest the CLI reads.
     image = tmp_path / "smile.jpg"

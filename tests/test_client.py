@@ -8,7 +8,6 @@ import threading
 import pytest
 
 from nsfw_core.client import ApiError, Client, classify_sources, retry_after
-
 from tests.helpers.servers import LocalServer, RouteHandler
 
 RESULT = {"request_id": "r", "id": None, "scores": {"drawings": 0.0, "hentai": 0.0, "neutral": 1.0, "porn": 0.0,

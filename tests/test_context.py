@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from nsfw_core import context as context_module
+from nsfw_core.base.errors import NotReady
+from nsfw_core.base.settings import load_settings
 from nsfw_core.context import Context, current, install
-from nsfw_core.errors import NotReady
-from nsfw_core.settings import load_settings
 
 
 @pytest.fixture

@@ -8,10 +8,18 @@ import jsonschema
 import msgspec
 import pytest
 
-from nsfw_core import contract
-from nsfw_core.contract import (BatchRequest, ClassifyRequest, ContractError, InvalidBase64, InvalidJSON,
-                                base64_cap, decode, image_bytes)
-from nsfw_core.errors import TooLarge
+from nsfw_core.base.errors import TooLarge
+from nsfw_core.http import contract
+from nsfw_core.http.contract import (
+    BatchRequest,
+    ClassifyRequest,
+    ContractError,
+    InvalidBase64,
+    InvalidJSON,
+    base64_cap,
+    decode,
+    image_bytes,
+)
 
 
 @pytest.mark.parametrize("raw,field,code", [

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nsfw_core.cpus import available_cpus, cgroup_cpu_quota
+from nsfw_core.base.cpus import available_cpus, cgroup_cpu_quota
 
 AFFINITY = len(os.sched_getaffinity(0))
 

@@ -1,4 +1,4 @@
-"""nsfw_core.decode: formats, modes, orientation, transparency, limits and errors.
+"""nsfw_core.images.decode: formats, modes, orientation, transparency, limits and errors.
 
 Every fixture is generated here with Pillow (or by hand, byte by byte, where
 Pillow refuses to write it), except the reference JPEGs in tests/fixtures.
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from nsfw_core import decode as decode_module
-from nsfw_core.decode import FORMATS, decode, image_info, sniff
-from nsfw_core.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+from nsfw_core.images import decode as decode_module
+from nsfw_core.images.decode import FORMATS, decode, image_info, sniff
 from tests.helpers.paths import ROOT
 
 REFERENCE_JPEGS = sorted((ROOT / "tests" / "fixtures" / "reference").glob("*.jpg"))
@@ -592,8 +592,8 @@ def test_huge_declared_png_is_rejected_before_allocation(monkeypatch: pytest.Mon
 def test_huge_declared_png_keeps_memory_small() -> None:
     script = (
         "import resource, sys\n"
-        "from nsfw_core.decode import decode\n"
-        "from nsfw_core.errors import ImageTooLarge\n"
+        "from nsfw_core.images.decode import decode\n"
+        "from nsfw_core.base.errors import ImageTooLarge\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    decode(sys.stdin.buffer.read())\n"

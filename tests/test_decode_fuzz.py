@@ -1,4 +1,4 @@
-"""Property tests of nsfw_core.decode on mutated real images and on structure-aware hostile files.
+"""Property tests of nsfw_core.images.decode on mutated real images and on structure-aware hostile files.
 
 decode() must return a C-contiguous uint8 (H, W, 3) array or raise an NSFWError with
 status 413, 415 or 422 (not caused by Pillow's own bomb check) -- never anything else.
@@ -19,9 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsfw_core import decode as decode_module
+from nsfw_core.images import decode as decode_module
 from tests.helpers.paths import ROOT
-
 
 
 def _load_fuzzer():

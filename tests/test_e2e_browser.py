@@ -28,10 +28,10 @@ from typing import Iterator
 
 import pytest
 
+from tests.helpers.appprocess import free_port, http_status
 from tests.helpers.browser import chromium
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import image, serve
-from tests.helpers.appprocess import free_port, http_status
 
 SCREENSHOT = ROOT / "docs" / "classify.png"
 CALIBRATE_SCREENSHOT = ROOT / "docs" / "calibrate.png"
@@ -59,9 +59,9 @@ def images() -> Iterator:
 
 @pytest.fixture(scope="module")
 def expected() -> dict[str, dict[str, float]]:
-    from nsfw_core.model import get_model
-    from nsfw_core.pipeline import Decoder
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.inference.model import get_model
+    from nsfw_core.inference.pipeline import Decoder
 
     model = get_model("MobileNetV2Mid", ROOT / "model")
     decoder = Decoder(load_settings().decode_limits)
@@ -80,10 +80,10 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(images, data_dir) -> Iterator[str]:
     """``./run.sh`` on a free port (NSFW_HOST unset: local mode); yields its base URL."""
-    from nsfw_core.review import ReviewQueue
-    from nsfw_core.settings import load_settings
-    from nsfw_core.thresholds import ThresholdHistory
-    from nsfw_core.verdict import Thresholds
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.base.verdict import Thresholds
+    from nsfw_core.state.review import ReviewQueue
+    from nsfw_core.state.thresholds import ThresholdHistory
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
@@ -326,8 +326,8 @@ def test_run_sh_serves_this_machine_only(server):
 
 
 def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
-    from nsfw_core.review import ReviewQueue
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.review import ReviewQueue
 
     driver.get(server + "/review")
     button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]

@@ -1,11 +1,10 @@
-"""nsfw_core.errors: the hierarchy its docstring draws, and the README's table of API error codes."""
+"""nsfw_core.base.errors: the hierarchy its docstring draws, and the README's table of API error codes."""
 
 from __future__ import annotations
 
 import pytest
 
-from nsfw_core import errors
-
+from nsfw_core.base import errors
 from tests.helpers.paths import ROOT
 
 

@@ -1,4 +1,4 @@
-"""nsfw_core.fetch against real servers on 127.0.0.1 (no network beyond loopback)."""
+"""nsfw_core.images.fetch against real servers on 127.0.0.1 (no network beyond loopback)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-import nsfw_core.fetch
-from nsfw_core.errors import (
+import nsfw_core.images.fetch
+from nsfw_core.base.errors import (
     ForbiddenAddress,
     InvalidURL,
     NotAnImage,
@@ -24,8 +24,8 @@ from nsfw_core.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from nsfw_core.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver, validate_url
-from nsfw_core.settings import load_settings
+from nsfw_core.base.settings import load_settings
+from nsfw_core.images.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver, validate_url
 from tests.helpers.servers import (
     LocalServer,
     chunked,
@@ -571,7 +571,7 @@ def test_tls_pins_the_address_and_verifies_the_name(
         fetch(f"https://images.test:{server.port}/cat.png", settings, resolver=resolver)
 
     trusting = ssl.create_default_context(cafile=str(certificate[0]))
-    monkeypatch.setattr(nsfw_core.fetch, "_tls_context", lambda: trusting)
+    monkeypatch.setattr(nsfw_core.images.fetch, "_tls_context", lambda: trusting)
     result = fetch(f"https://images.test:{server.port}/cat.png", settings, resolver=resolver)
     assert result.content == b"tls cat"
     assert server.requests[-1].headers["host"] == f"images.test:{server.port}"
@@ -592,7 +592,7 @@ def test_consecutive_fetches_reuse_one_keep_alive_connection(local_server_factor
     assert [r.content for r in results] == [b"cat"] * 3
     assert (server.connections, len(server.requests)) == (1, 3)
     assert "connection" not in server.requests[0].headers
-    assert nsfw_core.fetch.POOL.idle() == 1
+    assert nsfw_core.images.fetch.POOL.idle() == 1
 
 
 def test_keep_alive_off_opens_one_connection_per_fetch(local_server_factory: Callable[..., LocalServer]) -> None:
@@ -600,7 +600,7 @@ def test_keep_alive_off_opens_one_connection_per_fetch(local_server_factory: Cal
     url = server.route("/cat.png", image(b"cat"))
     for _ in range(2):
         assert fetch(url, allowing(server, fetch_keepalive=False)).content == b"cat"
-    assert server.connections == 2 and nsfw_core.fetch.POOL.idle() == 0
+    assert server.connections == 2 and nsfw_core.images.fetch.POOL.idle() == 0
     assert server.requests[0].headers["connection"] == "close"
 
 
@@ -608,7 +608,7 @@ def test_a_server_that_closes_each_connection_gets_a_fresh_one_each_time(local_s
     url = local_server.route("/cat.png", image(b"cat"))  # answers with "Connection: close"
     for _ in range(2):
         assert fetch(url, allowing(local_server)).content == b"cat"
-    assert local_server.connections == 2 and nsfw_core.fetch.POOL.idle() == 0
+    assert local_server.connections == 2 and nsfw_core.images.fetch.POOL.idle() == 0
 
 
 def test_a_pooled_connection_the_server_dropped_is_replaced_once(local_server_factory: Callable[..., LocalServer]) -> None:
@@ -635,7 +635,7 @@ def test_only_complete_2xx_answers_leave_their_connection_open(local_server_fact
     with pytest.raises(TooLarge):
         fetch(big, allowing(server, max_bytes=1000))
     assert fetch(hop, allowing(server)).content == b"x" * 5000  # the redirect's connection is not kept...
-    assert (server.connections, nsfw_core.fetch.POOL.idle()) == (4, 1)  # ...the final answer's is
+    assert (server.connections, nsfw_core.images.fetch.POOL.idle()) == (4, 1)  # ...the final answer's is
     assert fetch(big, allowing(server)).status == 200
     assert server.connections == 4
 
@@ -648,11 +648,11 @@ def test_a_pooled_connection_is_reused_only_for_an_address_the_fresh_answer_stil
     url = f"http://images.test:{server.port}/cat.png"
     settings = settings_for("images.test")
     assert fetch(url, settings, resolver=resolver_for({"images.test": ["127.0.0.1"]})).content == b"cat"
-    assert nsfw_core.fetch.POOL.idle() == 1
+    assert nsfw_core.images.fetch.POOL.idle() == 1
     # The name now points elsewhere (a rebinding): the pooled socket to 127.0.0.1 must not carry the request.
     with pytest.raises(UpstreamUnreachable):
         fetch(url, settings, resolver=resolver_for({"images.test": ["127.0.0.2"]}))
-    assert len(server.requests) == 1 and nsfw_core.fetch.POOL.idle() == 0
+    assert len(server.requests) == 1 and nsfw_core.images.fetch.POOL.idle() == 0
 
 
 class _Idle:
@@ -670,11 +670,11 @@ class _Idle:
 def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.MonkeyPatch) -> None:
     import ipaddress
 
-    from nsfw_core.fetch import ConnectionPool, PoolLimits
+    from nsfw_core.images.fetch import ConnectionPool, PoolLimits
 
     pool = ConnectionPool(PoolLimits(max_idle=3, max_idle_per_origin=2, idle_seconds=5.0))
     now = [100.0]
-    monkeypatch.setattr(nsfw_core.fetch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(nsfw_core.images.fetch.time, "monotonic", lambda: now[0])
     a = ("http", "a.test", 80)
     conns = [_Idle("10.0.0.1") for _ in range(3)]
     for c in conns:

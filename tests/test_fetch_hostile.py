@@ -13,11 +13,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from nsfw_core.errors import ForbiddenAddress, InputError
-from nsfw_core.fetch import fetch
-from nsfw_core.settings import load_settings
+from nsfw_core.base.errors import ForbiddenAddress, InputError
+from nsfw_core.base.settings import load_settings
+from nsfw_core.images.fetch import fetch
 from tests.helpers.servers import LocalServer, image, redirect, serve
 from tests.helpers.ssrf_cases import CASES, EXPECTED, Case, resolver
+
 
 @pytest.fixture
 def victim() -> Iterator[LocalServer]:

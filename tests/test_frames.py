@@ -1,4 +1,4 @@
-"""nsfw_core.frames and animated images end to end: every sampled frame judged, the worst one decides."""
+"""nsfw_core.images.frames and animated images end to end: every sampled frame judged, the worst one decides."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfw_core import decode
-from nsfw_core.errors import ImageTooLarge, UndecodableImage
-from nsfw_core.frames import GIF_DEFAULT_DELAY_MS, MAX_FRAMES_READ, FrameRef, sample, timeline
+from nsfw_core.base.errors import ImageTooLarge, UndecodableImage
+from nsfw_core.images import decode
+from nsfw_core.images.frames import GIF_DEFAULT_DELAY_MS, MAX_FRAMES_READ, FrameRef, sample, timeline
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import ROOT
 
@@ -243,8 +243,8 @@ def test_a_multi_page_tiff_is_judged_on_its_pages(api):
 
 
 def test_worst_frame_is_rejudged_under_other_thresholds():
+    from nsfw_core.base.verdict import Thresholds
     from nsfw_core.classify import FrameScore, ModelInfo, Timings, judge
-    from nsfw_core.verdict import Thresholds
 
     a = {"drawings": 0.8, "hentai": 0.0, "neutral": 0.1, "porn": 0.05, "sexy": 0.05}
     b = {"drawings": 0.0, "hentai": 0.0, "neutral": 0.6, "porn": 0.3, "sexy": 0.1}
@@ -315,7 +315,7 @@ def test_a_frame_behind_an_empty_extension_block_is_counted_and_judged(api):
 
 
 def test_a_frame_the_walk_misses_makes_the_image_undecodable(monkeypatch):
-    from nsfw_core import frames as frames_module
+    from nsfw_core.images import frames as frames_module
 
     data = animation("GIF", flat(3), [100, 100, 100])
     real = frames_module.scan

@@ -18,8 +18,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers.paths import REFERENCE
 from tests.helpers.appserver import AppServer, app_server
+from tests.helpers.paths import REFERENCE
 
 SMILE = (REFERENCE / "smile.jpg").read_bytes()
 GOOD = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
@@ -128,10 +128,10 @@ BAD_FILES = [  # (name, maker, words in the warning)
 
 @pytest.mark.parametrize("maker,words", [(m, w) for _, m, w in BAD_FILES], ids=[n for n, _, _ in BAD_FILES])
 def test_bad_thresholds_file_is_not_imported_and_is_a_warning(tmp_path: Path, maker, words, caplog) -> None:
-    """An existing install's thresholds.json is imported once into the database (nsfw_core.thresholds);
+    """An existing install's thresholds.json is imported once into the database (nsfw_core.state.thresholds);
     a bad one is not imported, never blocks, and is a warning while no thresholds are saved."""
-    from nsfw_core.thresholds import ThresholdHistory
-    from nsfw_core.verdict import Thresholds
+    from nsfw_core.base.verdict import Thresholds
+    from nsfw_core.state.thresholds import ThresholdHistory
 
     path = tmp_path / "thresholds.json"
     maker(path)
@@ -188,7 +188,7 @@ def test_corrupt_review_database_is_moved_aside_and_predictions_go_on(tmp_path: 
     moved = {p.name.split(".corrupt-")[0]: p for p in data.iterdir() if ".corrupt-" in p.name}
     assert {"review.sqlite", "review.sqlite-wal"} <= set(moved), moved
     assert moved["review.sqlite-wal"].read_bytes() == b"\x37\x7f\x06\x82" + b"\0" * 60
-    errors = [line for line in log.splitlines() if " ERROR nsfw_core.review: " in line]
+    errors = [line for line in log.splitlines() if " ERROR nsfw_core.state.review: " in line]
     assert len(errors) == 2, log[-3000:]
     assert "its write-ahead log was corrupt" in errors[0] and str(moved["review.sqlite-wal"]) in errors[0]
     assert "is corrupt (file is not a database)" in errors[1] and str(moved["review.sqlite"]) in errors[1]

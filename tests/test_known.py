@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nsfw_core import phash
-from nsfw_core.hashindex import HashIndex, brute_force
-from nsfw_core.known import KnownImages, ListEntry, ListError, format_list, parse_list
-from nsfw_core.pipeline import Decoder
-from nsfw_core.preprocess import preprocess
-from nsfw_core.review import ReviewQueue
-from nsfw_core.review.store import open_pool
-from nsfw_core.settings import load_settings
+from nsfw_core.base.settings import load_settings
+from nsfw_core.images import phash
+from nsfw_core.images.preprocess import preprocess
+from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.state.db import open_pool
+from nsfw_core.state.hashindex import HashIndex, brute_force
+from nsfw_core.state.known import KnownImages, ListEntry, ListError, format_list, parse_list
+from nsfw_core.state.review import ReviewQueue
 from tests.helpers.apiclient import make_settings, running
-from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.edits import edited_copies
+from tests.helpers.paths import REFERENCE, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
 
@@ -290,9 +290,9 @@ def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
     """Point 5: the calibrate page scores labelled sets with the model itself (score cache -> score_sources)
     and judges the scores under the thresholds it tries; a listed or decided image is scored as the model
     sees it there, never given the human verdict."""
+    from nsfw_core.base.labels import LabelledItem
     from nsfw_core.classify import classify_sources
     from nsfw_core.context import Context
-    from nsfw_core.labels import LabelledItem
     from tests.helpers.paths import COMPILED_DIR
 
     ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR}))
@@ -318,7 +318,7 @@ def test_an_item_queued_without_hashes_gets_them_when_decided(tmp_path):
     """The review page's fallback: stored upload bytes (or the URL, through the safe fetcher) give the hashes;
     bytes that are not the item's image (the URL serves another one now) give none: sha256 only."""
     from nsfw_core.context import Context
-    from nsfw_core.known import item_hashes
+    from nsfw_core.state.known import item_hashes
     from tests.helpers.paths import COMPILED_DIR
 
     ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR,

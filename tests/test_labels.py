@@ -1,12 +1,12 @@
-"""The label vocabulary (``nsfw_core.labels``) and the modules that re-export it."""
+"""The label vocabulary (``nsfw_core.base.labels``) and the modules that re-export it."""
 
 from __future__ import annotations
 
 import pytest
 
-from nsfw_core import calibration, labels, labelsets, review, settings, verdict
-from nsfw_core.errors import BadRequest
-from nsfw_core.labels import (
+from nsfw_core.base import labels, settings, verdict
+from nsfw_core.base.errors import BadRequest
+from nsfw_core.base.labels import (
     ALIASES,
     BINARY_LABELS,
     CLASS_NAMES,
@@ -23,6 +23,9 @@ from nsfw_core.labels import (
     normalise_label,
     to_binary,
 )
+from nsfw_core.calibration import labelsets
+from nsfw_core.calibration import maths as calibration
+from nsfw_core.state import review
 
 
 def test_names_and_orders() -> None:

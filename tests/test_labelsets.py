@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nsfw_core import labelsets
-from nsfw_core.errors import InputError, InvalidURL, TooLarge
-from nsfw_core.labelsets import LabelledItem, LabelSetError
-from nsfw_core.settings import LabelSetConfig
+from nsfw_core.base.errors import InputError, InvalidURL, TooLarge
+from nsfw_core.base.settings import LabelSetConfig
+from nsfw_core.calibration import labelsets
+from nsfw_core.calibration.labelsets import LabelledItem, LabelSetError
 from tests.helpers.paths import ROOT
 from tests.helpers.threads import within_seconds
-
 
 
 def png(color=(200, 100, 50)) -> bytes:

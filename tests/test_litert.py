@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nsfw_core import litert
-from nsfw_core.cpus import available_cpus
-from nsfw_core.errors import ModelError
-from nsfw_core.model import get_model, load_model
-from nsfw_core.modelfiles import read_verified
-from nsfw_core.pipeline import Decoder
-from nsfw_core.settings import MODEL_NAMES, load_settings
-
+from nsfw_core.base.cpus import available_cpus
+from nsfw_core.base.errors import ModelError
+from nsfw_core.base.settings import MODEL_NAMES, load_settings
+from nsfw_core.inference import litert
+from nsfw_core.inference.model import get_model, load_model
+from nsfw_core.inference.modelfiles import read_verified
+from nsfw_core.inference.pipeline import Decoder
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
 MODEL_DIR = ROOT / "model"
@@ -136,12 +135,12 @@ def refuse_to_compile(*args):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_the_shipped_files_are_current_and_agree_with_tensorflow(name):
     """What ``--ship`` wrote is for today's model files and compiler, and checks out against TensorFlow."""
-    from nsfw_core.modelfiles import dequantise
-    from nsfw_core.tfgraph import build_function
+    from nsfw_core.inference.modelfiles import dequantise
+    from nsfw_core.inference.tfgraph import build_function
 
     doc, blob = read_verified(MODEL_DIR, name)
     entry = SHIPPED["models"][name]
-    assert entry["key"] == litert.cache_key(doc, blob), "stale: run python -m nsfw_core.litert --ship --all"
+    assert entry["key"] == litert.cache_key(doc, blob), "stale: run python -m nsfw_core.inference.litert --ship --all"
     content = litert.shipped(name, MODEL_DIR, entry["key"])
     assert content is not None and len(content) == entry["bytes"] and content[4:8] == b"TFL3"
     size = int(doc["input_size"])
@@ -152,7 +151,7 @@ def test_the_shipped_files_are_current_and_agree_with_tensorflow(name):
 
 
 def test_an_empty_cache_gets_the_shipped_file_without_compiling(tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="nsfw_core.litert")
+    caplog.set_level(logging.INFO, logger="nsfw_core.inference.litert")
     monkeypatch.setattr(litert, "_compile_in_child", refuse_to_compile)
     model = load_model("MobileNetV2Mid", MODEL_DIR, cache_dir=tmp_path)
     [path] = tmp_path.iterdir()
@@ -237,16 +236,16 @@ def test_unknown_runtime_is_refused():
 
 
 def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
-    """``python -m nsfw_core.litert`` fills <data dir>/compiled; a later load never imports TensorFlow."""
+    """``python -m nsfw_core.inference.litert`` fills <data dir>/compiled; a later load never imports TensorFlow."""
     env = dict(os.environ, NSFW_DATA_DIR=str(tmp_path), NSFW_MODEL="MobileNetV2")
-    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.inference.litert"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("MobileNetV2: ready for LiteRT in ")
     assert [p.suffix for p in (tmp_path / "compiled").iterdir()] == [".tflite"]
     script = ("import json, sys\n"
-              "from nsfw_core.model import load_for\n"
-              "from nsfw_core.settings import load_settings\n"
+              "from nsfw_core.inference.model import load_for\n"
+              "from nsfw_core.base.settings import load_settings\n"
               "m = load_for(load_settings())\n"
               "print(json.dumps([m.runtime, 'tensorflow' in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -258,7 +257,7 @@ def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
 def test_importing_the_model_layer_never_imports_tensorflow(tmp_path):
     """A server on LiteRT imports these modules; TensorFlow stays out (from any working directory)."""
     script = ("import json, sys\n"
-              "import nsfw_core.model, nsfw_core.litert, nsfw_core.tfgraph, nsfw_core.runtime\n"
+              "import nsfw_core.inference.model, nsfw_core.inference.litert, nsfw_core.inference.tfgraph, nsfw_core.inference.runtime\n"
               "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -291,7 +290,7 @@ def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatc
 
 def test_precompile_command_reports_an_unknown_model(tmp_path):
     env = dict(os.environ, NSFW_DATA_DIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert", "ResNet"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.inference.litert", "ResNet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: unknown model 'ResNet'; choose one of MobileNetV2Mid, MobileNetV2, "
@@ -305,13 +304,13 @@ def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch, 
     suicide.write_text("#!/bin/sh\nkill -9 $$\n")
     suicide.chmod(0o755)
     monkeypatch.setattr(litert.sys, "executable", str(suicide))
-    with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.litert\)"):
+    with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.inference.litert\)"):
         litert.load_forward("MobileNetV2", MODEL_DIR, doc, blob, cache_dir=tmp_path / "c")
 
 
 def test_precompile_all_models_into_the_shared_folder():
     env = dict(os.environ, NSFW_COMPILED_DIR=COMPILED_DIR)
-    done = subprocess.run([sys.executable, "-m", "nsfw_core.litert", "--all"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "nsfw_core.inference.litert", "--all"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == list(MODEL_NAMES)
@@ -379,7 +378,7 @@ def test_concurrent_callers_get_their_own_answers(compiled_mid):
 
 
 def test_the_served_model_gets_lanes_and_the_others_do_not():
-    from nsfw_core.model import load_for
+    from nsfw_core.inference.model import load_for
 
     settings = load_settings(environ={"NSFW_COMPILED_DIR": str(COMPILED_DIR)})
     served, other = load_for(settings), load_for(settings, "MobileNetV2")

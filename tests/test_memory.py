@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from nsfw_core.memory import limit_malloc_arenas
-
+from nsfw_core.base.memory import limit_malloc_arenas
 from tests.helpers.paths import ROOT
 
 # Eight threads allocate at once, then glibc prints one "Arena N:" block per arena to stderr.
@@ -18,7 +17,7 @@ import ctypes, sys, threading
 if sys.argv[1] == "app":
     import app  # noqa: F401  (the server module caps the arenas at import)
 elif sys.argv[1] == "limit":
-    from nsfw_core.memory import limit_malloc_arenas
+    from nsfw_core.base.memory import limit_malloc_arenas
     assert limit_malloc_arenas()
 
 def work():

@@ -9,8 +9,8 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.context import current
-from nsfw_core.labels import CLASS_NAMES
 from nsfw_core.metrics import Metrics, ReviewProbe
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import REFERENCE

@@ -9,11 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from nsfw_core.errors import ModelError
-from nsfw_core.model import get_model, load, load_for, load_model, resize_bilinear
-from nsfw_core.pipeline import Decoder
-from nsfw_core.settings import CLASS_NAMES, MODEL_NAMES, load_settings
-
+from nsfw_core.base.errors import ModelError
+from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, load_settings
+from nsfw_core.inference.model import get_model, load, load_for, load_model, resize_bilinear
+from nsfw_core.inference.pipeline import Decoder
 from tests.helpers.paths import REFERENCE_IMAGES, ROOT
 
 NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
@@ -100,21 +99,23 @@ LAYERS = {
 def _imported_siblings(path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
-            elif node.module and node.module.startswith("nsfw_core."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nsfw_core."):
+            found.add(node.module.rsplit(".", 1)[1])
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("nsfw_core."))
+            found.update(a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("nsfw_core."))
     return found & set(LAYERS)
+
+
+def _module_path(module: str):
+    found = [p for p in (ROOT / "nsfw_core").rglob(f"{module}.py")]
+    assert len(found) == 1, found
+    return found[0]
 
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
 def test_the_model_modules_import_in_one_direction(module):
-    assert _imported_siblings(ROOT / "nsfw_core" / f"{module}.py") <= LAYERS[module]
+    assert _imported_siblings(_module_path(module)) <= LAYERS[module]
 
 
 def test_resize_bilinear_align_corners_matches_hand_computation():

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from nsfw_core import modelcache
-from nsfw_core.modelcache import MB, ModelCache, ModelUnavailable, estimate_bytes
-
+from nsfw_core.inference import registry as modelcache
+from nsfw_core.inference.registry import MB, ModelCache, ModelUnavailable, estimate_bytes
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import COMPILED_DIR, REFERENCE
 

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 from streamlit import config
 
-from nsfw_core.settings import load_settings
+from nsfw_core.base.settings import load_settings
 from nsfw_ui import oidc
 
 ENV = {

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.paths import ROOT
 from tests.helpers.appserver import app_server
+from tests.helpers.paths import ROOT
 
 MAX_EXAMPLES = 150  # per operation and phase: about 10 s on a 2-core machine
 SEED = 20261201  # fixed, so that a failure reproduces; change it to explore

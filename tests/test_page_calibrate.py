@@ -12,17 +12,17 @@ import streamlit as st
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
-from nsfw_core import calibration as cal
-from nsfw_core import labelsets
+from nsfw_core.base.settings import load_settings
+from nsfw_core.base.verdict import THRESHOLDS_FILE, ActiveThresholds
+from nsfw_core.calibration import labelsets
+from nsfw_core.calibration import maths as cal
+from nsfw_core.calibration.scorecache import CACHE_FILE, ScoreCache
 from nsfw_core.classify import classify_sources
 from nsfw_core.context import current
-from nsfw_core.scorecache import CACHE_FILE, ScoreCache
-from nsfw_core.settings import load_settings
-from nsfw_core.thresholds import ThresholdHistory
-from nsfw_core.verdict import THRESHOLDS_FILE, ActiveThresholds
+from nsfw_core.state.thresholds import ThresholdHistory
+from tests.helpers.pages import new_context as fresh_context
 from tests.helpers.paths import ROOT
 from tests.helpers.signin import signed_in
-from tests.helpers.pages import new_context as fresh_context
 
 # Relative paths given to from_file are resolved against this test file's folder, hence the absolute path.
 PAGE = str(ROOT / "pages" / "calibrate.py")
@@ -274,7 +274,7 @@ def test_uploaded_manifest_and_folder_sources(data_dir, monkeypatch):
 
 
 def test_tune_on_reviewed_items_without_rescoring(data_dir, monkeypatch):
-    from nsfw_core.review import ReviewQueue
+    from nsfw_core.state.review import ReviewQueue
 
     # Decided review items carry the scores the API gave them: two adult, three safe.
     rows = [("adult", 0.9, 0.05), ("porn", 0.8, 0.1), ("safe", 0.1, 0.85), ("neutral", 0.3, 0.6), ("drawings", 0.02, 0.97)]
@@ -312,7 +312,7 @@ def test_reviewed_source_with_nothing_reviewed(data_dir):
 
 
 def test_history_shows_who_saved_what_and_rolls_back(data_dir):
-    from nsfw_core.verdict import Thresholds
+    from nsfw_core.base.verdict import Thresholds
 
     other = ThresholdHistory.from_settings(load_settings())  # another instance saving
     try:

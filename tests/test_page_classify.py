@@ -20,17 +20,17 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from nsfw_core import classify as classify_module
+from nsfw_core.base.errors import InvalidURL, TooLarge
+from nsfw_core.base.settings import CLASS_NAMES, load_settings
+from nsfw_core.base.verdict import Thresholds, ThresholdStore
 from nsfw_core.context import Context
-from nsfw_core.errors import InvalidURL, TooLarge
-from nsfw_core.model import get_model
-from nsfw_core.pipeline import Decoder
-from nsfw_core.settings import CLASS_NAMES, load_settings
-from nsfw_core.verdict import Thresholds, ThresholdStore
+from nsfw_core.inference.model import get_model
+from nsfw_core.inference.pipeline import Decoder
 from nsfw_ui import inputs, widgets
-from tests.helpers.signin import REVIEWER, signed_in
+from tests.helpers.pages import new_context
 from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
-from tests.helpers.pages import new_context
+from tests.helpers.signin import REVIEWER, signed_in
 
 PAGE = ROOT / "pages" / "classify.py"
 TIMEOUT = 120

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from nsfw_core import calibration as cal
+from nsfw_core.base.settings import load_settings
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.calibration import maths as cal
 from nsfw_core.context import Context, current, install
-from nsfw_core.settings import load_settings
-from nsfw_core.verdict import Thresholds
 from nsfw_ui import charts, inputs, state, widgets
 
 SCORES = {"drawings": 0.1, "hentai": 0.0, "neutral": 0.8, "porn": 0.05, "sexy": 0.05}

@@ -10,10 +10,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from nsfw_core.context import current
-from nsfw_core.known import parse_list
+from nsfw_core.state.known import parse_list
+from tests.helpers.pages import new_context
 from tests.helpers.paths import ROOT
 from tests.helpers.signin import ADMIN, REVIEWER, signed_in
-from tests.helpers.pages import new_context
 
 PAGE = str(ROOT / "pages" / "lists.py")
 SHA = hashlib.sha256(b"listed").hexdigest()

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from nsfw_core.review import ReviewQueue
 from nsfw_core.access import Identity, Role
-from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
+from nsfw_core.state.review import ReviewQueue
 from nsfw_ui.auth import IDENTITY_KEY
-from tests.helpers.signin import ADMIN, REVIEWER, signed_in
-from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
 from tests.helpers.pages import new_context
+from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES, ROOT
+from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
+from tests.helpers.signin import ADMIN, REVIEWER, signed_in
 
 PAGE = ROOT / "pages" / "review.py"
 IMAGES = REFERENCE_IMAGES

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nsfw_core.errors import InvalidURL, TooLarge
-from nsfw_core.pipeline import (
+from nsfw_core.base.errors import InvalidURL, TooLarge
+from nsfw_core.base.settings import load_settings
+from nsfw_core.inference.pipeline import (
     ISOLATED_SHARE,
     Decoder,
     PixelBudget,
@@ -19,8 +20,6 @@ from nsfw_core.pipeline import (
     read_file,
     score_sources,
 )
-from nsfw_core.settings import load_settings
-
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES
 from tests.helpers.threads import within_seconds
 

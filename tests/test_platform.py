@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from nsfw_core.platform import ephemeral_disk, storage_warnings, uses_sqlite
-from nsfw_core.settings import SettingsError, load_settings
+from nsfw_core.base.platform import ephemeral_disk, storage_warnings, uses_sqlite
+from nsfw_core.base.settings import SettingsError, load_settings
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import COMPILED_DIR
 
@@ -87,7 +87,7 @@ def test_the_app_spec_attaches_postgresql_and_binds_it():
     (database,) = spec["databases"]
     assert database["engine"] == "PG"
     (web,) = spec["services"]
-    assert web["build_command"] == "python -m nsfw_core.litert --all"
+    assert web["build_command"] == "python -m nsfw_core.inference.litert --all"
     assert web["run_command"] == "python app.py" and web["http_port"] == 8080
     assert web["health_check"]["http_path"] == "/health"
     envs = {e["key"]: e for e in web["envs"]}

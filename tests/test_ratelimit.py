@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nsfw_core.ratelimit import Rate, RateLimited, RateLimiter, parse_rate
-from nsfw_core.settings import SettingsError, load_settings
+from nsfw_core.base.settings import SettingsError, load_settings
+from nsfw_core.http.ratelimit import Rate, RateLimited, RateLimiter, parse_rate
 
 
 @pytest.mark.parametrize("raw,rate", [

@@ -45,9 +45,9 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
-from tests.helpers.paths import REFERENCE
 from tests.helpers import hostile as hostile_images
 from tests.helpers.appserver import AppServer, Reply
+from tests.helpers.paths import REFERENCE
 from tests.helpers.rss import PeakRSS
 from tests.helpers.servers import (
     LocalServer,
@@ -702,7 +702,7 @@ STRUCTURE_CASES: list[tuple[str, Any, int, str | None]] = [
     ("png-50000000x1-palette", lambda: hostile_images.png(50_000_000, 1, colour_type=3), 200, None),
     ("jpeg-20000-scans", lambda: hostile_images.progressive_scans(2048, 20_000), 413, "image_too_large"),
     ("jpeg-90-scans-4096", lambda: hostile_images.progressive_scans(4096, 90), 422, "decode_timeout"),
-    # more frames than the 20,000 an animation may have (nsfw_core.frames): refused before decoding
+    # more frames than the 20,000 an animation may have (nsfw_core.images.frames): refused before decoding
     ("gif-50000-frames", lambda: hostile_images.animated_gif(50_000)[:MAX_BYTES - 1] + b"\x3b", 413,
      "image_too_large"),
     ("webp-300-frames", lambda: hostile_images.animated_webp(300), 200, None),

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from nsfw_core.thresholds import ThresholdHistory
-from nsfw_core.verdict import Thresholds
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.state.thresholds import ThresholdHistory
 from tests.helpers.appserver import AppServer
 from tests.helpers.paths import REFERENCE
 from tests.helpers.tcpproxy import TcpProxy

@@ -36,10 +36,10 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
+from nsfw_core.base.verdict import Thresholds
 from nsfw_core.classify import REVIEW_UNAVAILABLE
-from nsfw_core.review import ReviewQueue
-from nsfw_core.thresholds import ThresholdHistory
-from nsfw_core.verdict import Thresholds
+from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.thresholds import ThresholdHistory
 from tests.helpers.appserver import AppServer
 from tests.helpers.paths import REFERENCE_IMAGES, ROOT, START_POSTGRES
 
@@ -53,7 +53,7 @@ REVIEW_ENV = {"NSFW_REVIEW_VERDICTS": "unknown", "NSFW_REVIEW_STORE_UPLOADS": "t
 
 def _variants() -> list[bytes]:
     """Different pictures (not re-encodings of one another: a copy of a decided image would get the
-    reviewer's verdict, nsfw_core.known), each a JPEG of its own: the reference and the demo photos."""
+    reviewer's verdict, nsfw_core.state.known), each a JPEG of its own: the reference and the demo photos."""
     out = []
     for path in [*REFERENCE_IMAGES, *sorted((ROOT / "data" / "demo" / "photos").glob("skimage_*.jpg"))]:
         with Image.open(path) as im:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from nsfw_core.known import KnownImages, ListEntry
-from nsfw_core.review import ReviewQueue
-from nsfw_core.review.store import open_pool
+from nsfw_core.state.db import open_pool
+from nsfw_core.state.known import KnownImages, ListEntry
+from nsfw_core.state.review import ReviewQueue
 from tests.helpers.appserver import AppServer
 from tests.helpers.paths import REFERENCE
 

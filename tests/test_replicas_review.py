@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from nsfw_core.review import ReviewQueue
+from nsfw_core.state.review import ReviewQueue
 
 SCORES = {"drawings": 0.2, "hentai": 0.2, "neutral": 0.2, "porn": 0.2, "sexy": 0.2}
 PROCESS_TIMEOUT = 60.0
@@ -60,7 +60,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
 
 _REVIEWERS = """
 import json, os, sys, threading, time, traceback
-from nsfw_core.review import ReviewQueue
+from nsfw_core.state.review import ReviewQueue
 url, data_dir, name, threads, gate, log = sys.argv[1] or None, sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
     sys.argv[5], sys.argv[6]
 q = ReviewQueue(url, data_dir=data_dir, lease_seconds=120)
@@ -141,7 +141,7 @@ def test_two_processes_of_eight_reviewers_on_one_sqlite_file(tmp_path):
 
 _HOLDER = """
 import json, sys, time
-from nsfw_core.review import ReviewQueue
+from nsfw_core.state.review import ReviewQueue
 url, data_dir, count, lease = sys.argv[1] or None, sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 q = ReviewQueue(url, data_dir=data_dir)
 held = []

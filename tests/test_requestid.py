@@ -1,4 +1,4 @@
-"""Request ids (nsfw_core.requestid): a sane X-Request-ID is kept, any other replaced; the id comes back
+"""Request ids (nsfw_core.base.requestid): a sane X-Request-ID is kept, any other replaced; the id comes back
 as a header on every API response, in every JSON error body, and on the log lines of the request."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from nsfw_core import requestid
-from nsfw_core.logs import RequestIdFilter
+from nsfw_core.base import requestid
+from nsfw_core.base.logs import RequestIdFilter
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import REFERENCE
 
@@ -124,7 +124,7 @@ def test_log_lines_about_a_request_carry_its_id_batch_items_included(client, cap
     items = [r for r in caplog.records if r.getMessage().startswith("batch item ")]
     assert [(r.request_id, r.item, r.code) for r in items] == [("trace-me", 0, "forbidden_address"),
                                                                ("trace-me", 1, "forbidden_address")]
-    access = [r for r in caplog.records if r.name == "nsfw_core.api.access"]
+    access = [r for r in caplog.records if r.name == "nsfw_core.http.app.access"]
     assert [(r.request_id, r.route, r.status) for r in access] == [("trace-me", "/predict/batch", 200),
                                                                    ("trace-2", "/predict", 403)]
     assert access[0].items == 2 and access[0].item_errors == 2

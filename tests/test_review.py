@@ -1,4 +1,4 @@
-"""The review queue (``nsfw_core.review``), the same cases on SQLite and on PostgreSQL.
+"""The review queue (``nsfw_core.state.review``), the same cases on SQLite and on PostgreSQL.
 
 SQLite runs on a temporary file.  PostgreSQL runs on a real server on
 127.0.0.1: ``NSFW_TEST_DATABASE_URL`` when set (CI service, or
@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from nsfw_core import labelsets
-from nsfw_core.review import (
+from nsfw_core.base.errors import BadRequest
+from nsfw_core.base.settings import CLASS_NAMES, ReviewConfig, load_settings
+from nsfw_core.calibration import labelsets
+from nsfw_core.state.db import _SQLite
+from nsfw_core.state.review import (
     CSV_COLUMNS,
     DB_FILE,
     MIGRATIONS,
@@ -43,11 +46,8 @@ from nsfw_core.review import (
     redact_url,
     should_queue,
 )
-from nsfw_core.errors import BadRequest
-from nsfw_core.review.store import _SQLite
-from nsfw_core.settings import CLASS_NAMES, ReviewConfig, load_settings
-
 from tests.helpers.paths import REFERENCE, ROOT
+
 SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.5, "porn": 0.2, "sexy": 0.2}
 MODEL = "MobileNetV2Mid"
 
@@ -247,7 +247,7 @@ def test_two_reviewers_at_once_never_get_the_same_item(backend):
 
 _WORKER = """
 import json, os, sys, time
-from nsfw_core.review import ReviewQueue
+from nsfw_core.state.review import ReviewQueue
 url, data_dir, name, gate = sys.argv[2] or None, sys.argv[3], sys.argv[4], sys.argv[5]
 scores = {"drawings": 0.2, "hentai": 0.2, "neutral": 0.2, "porn": 0.2, "sexy": 0.2}
 def wait(path):
@@ -508,7 +508,7 @@ def _versions(backend: Backend) -> list[int]:
 
 
 def test_migrations_are_idempotent_and_ordered(backend):
-    from nsfw_core.review import migrate
+    from nsfw_core.state.review import migrate
 
     first = backend.open(migrations=MIGRATIONS[:1])  # an older app created the database
     assert _versions(backend) == [1]
@@ -549,7 +549,7 @@ def test_concurrent_first_open_migrates_once(backend):
 
 
 def test_a_newer_schema_is_refused(backend):
-    from nsfw_core.review import Migration
+    from nsfw_core.state.review import Migration
 
     backend.open(migrations=(*MIGRATIONS, Migration(99, "from the future", ()))).close()
     with pytest.raises(ReviewConfigError, match="newer"):
@@ -562,7 +562,7 @@ def test_a_process_dying_mid_write_loses_nothing_committed(backend):
     q.close()
     code = f"""
 import os, sys
-from nsfw_core.review import ReviewQueue, TABLE
+from nsfw_core.state.review import ReviewQueue, TABLE
 q = ReviewQueue({backend.url!r}, data_dir={str(backend.data_dir)!r})
 with q._tx() as tx:
     tx.run(f"DELETE FROM {{TABLE}}")
@@ -639,7 +639,7 @@ def test_backend_urls(tmp_path):
 
 
 def test_unreachable_postgres_is_a_clear_error():
-    from nsfw_core.review import ReviewUnavailable
+    from nsfw_core.state.review import ReviewUnavailable
 
     with pytest.raises(ReviewUnavailable) as err:
         ReviewQueue("postgresql://u:hunter2@127.0.0.1:1/x?connect_timeout=2")
@@ -707,7 +707,7 @@ def test_a_corrupt_wal_is_moved_aside_not_deleted(tmp_path, caplog, damage):
     else:
         data = bytearray(b"\x5a" * len(data))
     wal.write_bytes(bytes(data))
-    with caplog.at_level("ERROR", logger="nsfw_core.review"):
+    with caplog.at_level("ERROR", logger="nsfw_core.state.review"):
         q = sqlite_queue(crashed)
     [moved] = [p for p in crashed.iterdir() if p.name.startswith(DB_FILE + "-wal.corrupt-")]
     assert moved.read_bytes() == bytes(data)  # kept byte for byte for a person to look at
@@ -750,7 +750,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_started(tmp_path, cap
     (data_dir / (DB_FILE + "-shm")).write_bytes(b"\0" * 32768)  # left over by the crash (SQLite's own: it
     # may delete it when the check's connection closes; if not, it goes aside with the database)
     before = path.read_bytes()
-    with caplog.at_level("ERROR", logger="nsfw_core.review"):
+    with caplog.at_level("ERROR", logger="nsfw_core.state.review"):
         q = sqlite_queue(data_dir)
     moved = aside(data_dir)
     originals = {m.split(".corrupt-")[0]: m for m in moved}
@@ -787,7 +787,7 @@ def test_a_locked_database_is_not_mistaken_for_a_corrupt_one(tmp_path, monkeypat
 def test_move_aside_never_overwrites(tmp_path):
     import datetime as dt
 
-    from nsfw_core.files import move_aside
+    from nsfw_core.base.files import move_aside
 
     when = dt.datetime(2026, 12, 1, 1, 15, 0, tzinfo=dt.timezone.utc)
     for n in range(3):

@@ -1,4 +1,4 @@
-"""nsfw_core.sandbox: isolated decodes with a deadline, a memory cap and a pickle-free reply."""
+"""nsfw_core.images.sandbox: isolated decodes with a deadline, a memory cap and a pickle-free reply."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfw_core import decode
-from nsfw_core.errors import DecodeTimeout, ImageTooLarge, NotAnImage, UndecodableImage
-from nsfw_core.model import resize_bilinear
-from nsfw_core.sandbox import PREVIEW_SIDE, Sandbox, _Child
+from nsfw_core.base.errors import DecodeTimeout, ImageTooLarge, NotAnImage, UndecodableImage
+from nsfw_core.images import decode
+from nsfw_core.images.sandbox import PREVIEW_SIDE, Sandbox, _Child
+from nsfw_core.inference.model import resize_bilinear
 from tests.helpers import hostile
 from tests.helpers.rss import tree_pids
 
@@ -139,7 +139,7 @@ def test_a_child_dies_with_its_server_even_mid_decode(tmp_path) -> None:
     slow = tmp_path / "slow.jpg"
     slow.write_bytes(hostile.progressive_scans(6000, 90))  # about 10 s of decoding
     script = ("import sys, threading, time\n"
-              "from nsfw_core.sandbox import Sandbox\n"
+              "from nsfw_core.images.sandbox import Sandbox\n"
               "box = Sandbox(1, 60.0)\n"
               "threading.Thread(target=box.decode, args=(open(sys.argv[1], 'rb').read(),), "
               f"kwargs={{'limits': {LIMITS!r}, 'cost_pixels': 18_000_000}}, daemon=True).start()\n"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfw_core import pipeline
-from nsfw_core.errors import InvalidURL, NotAnImage
-from nsfw_core.labelsets import LabelledItem
-from nsfw_core.scorecache import CACHE_FILE, ScoreCache, ScoreCacheWarning, model_key
-from nsfw_core.settings import CLASS_NAMES, load_settings
+from nsfw_core.base.errors import InvalidURL, NotAnImage
+from nsfw_core.base.settings import CLASS_NAMES, load_settings
+from nsfw_core.calibration.labelsets import LabelledItem
+from nsfw_core.calibration.scorecache import CACHE_FILE, ScoreCache, ScoreCacheWarning, model_key
+from nsfw_core.inference import pipeline
 from tests.helpers.paths import ROOT
 
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.7, "porn": 0.1, "sexy": 0.05}
@@ -116,7 +116,7 @@ def test_threads(tmp_path):
 
 
 class FakeModel:
-    """Stands in for nsfw_core.model.Model: porn score = the image's mean red / 255."""
+    """Stands in for nsfw_core.inference.model.Model: porn score = the image's mean red / 255."""
 
     name, version, input_size = "Fake", "v1", 4
 

@@ -17,9 +17,9 @@ from typing import Iterator
 
 import pytest
 
+from tests.helpers.appserver import free_port
 from tests.helpers.paths import COMPILED_DIR, REFERENCE, ROOT
 from tests.helpers.servers import LocalServer, image, serve
-from tests.helpers.appserver import free_port
 
 STARTUP_TIMEOUT = 90.0
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nsfw_core.settings import ROOT, SETTINGS, SettingsError, load_settings, markdown_table
+from nsfw_core.base.settings import ROOT, SETTINGS, SettingsError, load_settings, markdown_table
 
 
 def test_defaults():

@@ -76,8 +76,8 @@ def _put_user(base: str, sub: str, claims: dict) -> None:
 
 def _enqueue_one(env: dict[str, str]) -> None:
     """One item in the server's review queue before it starts."""
-    from nsfw_core.review import ReviewQueue
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.review import ReviewQueue
 
     with ReviewQueue.from_settings(load_settings(env)) as queue:
         assert queue.enqueue("c" * 64, "upload:signin.jpg", SCORES, "MobileNetV2Mid", "unknown") == 1
@@ -191,8 +191,8 @@ def _page_not_found(driver) -> bool:
 
 
 def _review_db(env: dict[str, str]):
-    from nsfw_core.review import ReviewQueue
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.review import ReviewQueue
 
     return ReviewQueue.from_settings(load_settings(env))
 
@@ -244,8 +244,8 @@ def test_admin_signs_in_and_saves_thresholds(browser, server, server_env, provid
     thresholds = _health(server)["thresholds"]
     assert (thresholds["version"], thresholds["source"]) == (1, "database"), thresholds
 
-    from nsfw_core.settings import load_settings
-    from nsfw_core.thresholds import ThresholdHistory
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.thresholds import ThresholdHistory
 
     history = ThresholdHistory.from_settings(load_settings(server_env))
     try:

@@ -29,8 +29,8 @@ from typing import Iterator
 import pytest
 
 from tests.helpers.appprocess import app_process
-from tests.helpers.stws import Run, Session, session, text, trigger
 from tests.helpers.paths import ADMIN_SECRET
+from tests.helpers.stws import Run, Session, session, text, trigger
 
 API_KEY = "ws-test-api-key-0123456789"
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
@@ -49,17 +49,17 @@ def health(base: str) -> dict:
 
 
 def review_queue(env: dict[str, str]):
-    from nsfw_core.review import ReviewQueue
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.review import ReviewQueue
 
     return ReviewQueue.from_settings(load_settings(env))
 
 
 def listed(env: dict[str, str], add: list | None = None) -> list:
     """The hash list in the server's database (after adding ``add``)."""
-    from nsfw_core.known import KnownImages
-    from nsfw_core.review.store import open_pool
-    from nsfw_core.settings import load_settings
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.db import open_pool
+    from nsfw_core.state.known import KnownImages
 
     settings = load_settings(env)
     pool = open_pool(settings.database_url or None, settings.data_dir)
@@ -73,8 +73,8 @@ def listed(env: dict[str, str], add: list | None = None) -> list:
 
 
 def saved_versions(env: dict[str, str]) -> list:
-    from nsfw_core.settings import load_settings
-    from nsfw_core.thresholds import ThresholdHistory
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.thresholds import ThresholdHistory
 
     history = ThresholdHistory.from_settings(load_settings(env))
     try:
@@ -184,7 +184,7 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
 
         with review_queue(env) as queue:
             item_id = queue.enqueue("d" * 64, "upload:forged.jpg", SCORES, "MobileNetV2Mid", "unknown")
-        from nsfw_core.known import ListEntry
+        from nsfw_core.state.known import ListEntry
 
         entries = listed(env, [ListEntry("e" * 64, None, "deny", "forged clear must not remove this")])
 

@@ -1,4 +1,4 @@
-"""The magic-byte sniffer (``nsfw_core.sniff``), shared by the decoder and the review queue's export."""
+"""The magic-byte sniffer (``nsfw_core.images.sniff``), shared by the decoder and the review queue's export."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nsfw_core import decode, sniff
-from nsfw_core.review import image_suffix
+from nsfw_core.images import decode, sniff
+from nsfw_core.state.review import image_suffix
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 

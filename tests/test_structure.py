@@ -1,4 +1,4 @@
-"""nsfw_core.structure: decoding cost read from declared structure, and decode.plan's limits."""
+"""nsfw_core.images.structure: decoding cost read from declared structure, and decode.plan's limits."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from nsfw_core import decode, structure
-from nsfw_core.errors import ImageTooLarge, UndecodableImage
+from nsfw_core.base.errors import ImageTooLarge, UndecodableImage
+from nsfw_core.images import decode, structure
 from tests.helpers import hostile
 
 

@@ -1,4 +1,4 @@
-"""The thresholds history (nsfw_core.thresholds) on SQLite and a real PostgreSQL."""
+"""The thresholds history (nsfw_core.state.thresholds) on SQLite and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nsfw_core.review import MIGRATIONS, VERSION_TABLE, ReviewQueue
-from nsfw_core.thresholds import (
-    IMPORTED_BY,
-    ThresholdHistory,
-    ThresholdsUnavailable,
-    ThresholdVersionNotFound,
-)
-from nsfw_core.verdict import Thresholds
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.state.review import MIGRATIONS, VERSION_TABLE, ReviewQueue
+from nsfw_core.state.thresholds import IMPORTED_BY, ThresholdHistory, ThresholdsUnavailable, ThresholdVersionNotFound
 from tests.helpers.tcpproxy import TcpProxy
 
 DEFAULTS = Thresholds(0.7, 0.9)

@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from nsfw_core.base.settings import load_settings
 from nsfw_ui import uploads
-from nsfw_core.settings import load_settings
 from tests.helpers.appprocess import app_process
 from tests.helpers.paths import ADMIN_SECRET
 from tests.helpers.stws import Session, session, text, trigger

@@ -11,9 +11,8 @@ import jsonschema
 import msgspec
 import pytest
 
-from nsfw_core import contract
-from nsfw_core.contract import base64_text_cap
-
+from nsfw_core.http import contract
+from nsfw_core.http.contract import base64_text_cap
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.control_urls import CONTROL_URLS
 from tests.helpers.paths import COMPILED_DIR, REFERENCE
@@ -243,7 +242,7 @@ def test_unknown_reviews_are_404(client, path):
 
 def test_an_unavailable_review_database_is_a_503_without_its_address(client, monkeypatch):
     from nsfw_core.context import current
-    from nsfw_core.review import ReviewUnavailable
+    from nsfw_core.state.review import ReviewUnavailable
 
     def down(item_id):
         raise ReviewUnavailable("cannot connect to postgresql://nsfw:***@10.1.2.3:5432/nsfw_review: refused")
@@ -297,6 +296,6 @@ def test_keys_and_rate_limit(tmp_path):
 
 
 def contract_rate(raw: str):
-    from nsfw_core.ratelimit import parse_rate
+    from nsfw_core.http.ratelimit import parse_rate
 
     return parse_rate(raw)

@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from nsfw_core import webhooks
 from nsfw_core.cli import main as cli_main
-from nsfw_core.contract import base64_text_cap
-from nsfw_core.review import ReviewQueue
-
+from nsfw_core.http.contract import base64_text_cap
+from nsfw_core.state import webhooks
+from nsfw_core.state.review import ReviewQueue
 from tests.helpers.appserver import AppServer, app_server
 from tests.helpers.paths import REFERENCE, REFERENCE_IMAGES
 from tests.helpers.servers import LocalServer, RouteHandler

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from nsfw_core.settings import load_settings
-from nsfw_core.verdict import ADULT, MAX_FILE_BYTES, SAFE, UNKNOWN, Thresholds, ThresholdStore
+from nsfw_core.base.settings import load_settings
+from nsfw_core.base.verdict import ADULT, MAX_FILE_BYTES, SAFE, UNKNOWN, Thresholds, ThresholdStore
 
 
 def scores(drawings=0.0, hentai=0.0, neutral=0.0, porn=0.0, sexy=0.0):
@@ -145,7 +145,7 @@ def test_bad_file_is_rejected_with_a_warning_and_the_defaults_stay(tmp_path, cap
     path = tmp_path / "thresholds.json"
     path.write_bytes(content)
     store = ThresholdStore(path, DEFAULTS)
-    with caplog.at_level(logging.WARNING, logger="nsfw_core.verdict"):
+    with caplog.at_level(logging.WARNING, logger="nsfw_core.base.verdict"):
         for _ in range(3):  # asked again and again (every request), warned once
             active = store.current()
     assert (active.thresholds, active.source) == (DEFAULTS, "defaults")
@@ -166,7 +166,7 @@ def test_bad_file_keeps_the_last_good_thresholds_and_says_so_once_per_change(tmp
 
     write(json.dumps(GOOD))
     assert (store.current().thresholds.adult, store.current().source, store.current().warning) == (0.6, "file", None)
-    with caplog.at_level(logging.WARNING, logger="nsfw_core.verdict"):
+    with caplog.at_level(logging.WARNING, logger="nsfw_core.base.verdict"):
         write(doc(adult=True))
         first = [store.current() for _ in range(5)][-1]
         assert (first.thresholds.adult, first.thresholds.safe, first.source) == (0.6, 0.8, "file")

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from nsfw_core import webhooks
-from nsfw_core.review import ReviewQueue
-from nsfw_core.settings import load_settings
-
+from nsfw_core.base.settings import load_settings
+from nsfw_core.state import webhooks
+from nsfw_core.state.review import ReviewQueue
 from tests.helpers.servers import LocalServer, RouteHandler
 
 SECRET = "whsec-test-0123456789"

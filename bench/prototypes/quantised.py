@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from nsfw_core.model import dequantise, get_model, read_verified  # noqa: E402
-from nsfw_core.pipeline import prepare  # noqa: E402
-from nsfw_core.settings import CLASS_NAMES, load_settings  # noqa: E402
-from nsfw_core.tfgraph import build_function, configure_tensorflow  # noqa: E402
+from nsfw_core.inference.model import dequantise, get_model, read_verified  # noqa: E402
+from nsfw_core.inference.pipeline import prepare  # noqa: E402
+from nsfw_core.base.settings import CLASS_NAMES, load_settings  # noqa: E402
+from nsfw_core.inference.tfgraph import build_function, configure_tensorflow  # noqa: E402
 
 NAME = "MobileNetV2Mid"
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from nsfw_core.model import _axis, resize_bilinear  # noqa: E402
+from nsfw_core.inference.model import _axis, resize_bilinear  # noqa: E402
 
 
 def resize_gather(image: np.ndarray, size: int) -> np.ndarray:
-    """Same result as nsfw_core.model.resize_bilinear, bit for bit; converts only size*size*4 pixels."""
+    """Same result as nsfw_core.inference.model.resize_bilinear, bit for bit; converts only size*size*4 pixels."""
     h, w = image.shape[:2]
     ys, y0, y1 = _axis(h, size)
     xs, x0, x1 = _axis(w, size)
@@ -61,8 +61,8 @@ def main() -> None:
     ap.add_argument("image_dir")
     ap.add_argument("--seconds", type=float, default=1.0)
     a = ap.parse_args()
-    from nsfw_core.pipeline import decode_for
-    from nsfw_core.settings import load_settings
+    from nsfw_core.inference.pipeline import decode_for
+    from nsfw_core.base.settings import load_settings
 
     settings = load_settings({})
 

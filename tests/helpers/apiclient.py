@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from nsfw_core import api
-from nsfw_core.settings import load_settings
+from nsfw_core.base.settings import load_settings
+from nsfw_core.http import app as api
 
 from .paths import ADMIN_SECRET
 

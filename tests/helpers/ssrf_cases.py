@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from nsfw_core.errors import ForbiddenAddress, InputError, InvalidURL, TooManyRedirects
-
+from nsfw_core.base.errors import ForbiddenAddress, InputError, InvalidURL, TooManyRedirects
 
 EXPECTED = {
     InvalidURL: (400, "invalid_url"),

@@ -1,0 +1,326 @@
+"""API v1's typed contract: the request and response models, their validation, their OpenAPI schemas.
+
+The models are :mod:`msgspec` structs (msgspec: small, no dependencies, strict JSON decoding
+straight into typed objects, JSON Schema generation).  One definition serves three purposes:
+
+* validation: :func:`decode` parses a body into a model with strict types (no ``"1"`` for ``1``,
+  no booleans for numbers), unknown fields refused, bounded sizes; every failure is a
+  :class:`ContractError`, 400 with a stable ``code`` and the JSON path of the bad ``field``
+  (``$.image.base64``, ``$.items[3].id``);
+* the OpenAPI document: :func:`schemas` gives the ``components/schemas`` of v1, generated
+  by ``msgspec.json.schema_components`` (limits that are settings, such as the base64 length
+  or the items per batch, are filled in from the settings);
+* the answers: :class:`ClassifyResult` and friends describe what v1 answers; tests validate
+  real answers against the generated schemas.
+
+Sizes are checked before any decoding: the body is read under a byte cap, and a base64 string
+longer than :func:`base64_cap` (the encoded length of ``NSFW_MAX_BYTES`` bytes) is refused
+with 413 ``too_large`` before it is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from nsfw_core.base.errors import InputError, TooLarge
+from nsfw_core.base.labels import VERDICTS
+from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES
+
+MAX_ID_LENGTH = 256  # as /predict/batch
+MAX_ID_NUMBER = 2**53 - 1
+REF_TEMPLATE = "#/components/schemas/{name}"
+
+T = TypeVar("T")
+
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+ClientId = (Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+            | Annotated[int, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)]
+            | Annotated[float, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)] | None)
+ModelName = Literal["MobileNetV2Mid", "MobileNetV2", "InceptionV3"]
+Verdict = Literal["adult", "unknown", "safe"]
+ReviewStatus = Literal["pending", "claimed", "decided"]
+
+assert tuple(ModelName.__args__) == MODEL_NAMES  # type: ignore[attr-defined]
+assert tuple(Verdict.__args__) == tuple(VERDICTS)  # type: ignore[attr-defined]
+
+
+class ContractError(InputError):
+    """A body that does not match the contract: 400, ``code`` invalid_json / invalid_request / invalid_base64."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidJSON(ContractError):
+    code = "invalid_json"
+
+
+class InvalidBase64(ContractError):
+    code = "invalid_base64"
+
+
+class TooManyItems(InputError):
+    status = 413
+    code = "too_many_items"
+
+
+# ---------------------------------------------------------------- requests
+
+
+class Image(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Exactly one of ``url`` (http(s), fetched through the SSRF-safe fetcher) or ``base64`` (the bytes,
+    standard alphabet, padding required; ASCII whitespace and line breaks are ignored)."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    base64: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+
+
+class ThresholdsIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """This request's thresholds (0 to 1) instead of the ones in force; an absent one keeps its value."""
+
+    adult: Fraction | None = None
+    safe: Fraction | None = None
+
+
+class ClassifyRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /v1/classify`` as JSON (the image bytes as the body work too)."""
+
+    image: Image
+    model: ModelName | None = None
+    thresholds: ThresholdsIn | None = None
+    id: ClientId = None
+
+
+class BatchItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    image: Image
+    id: ClientId = None
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /v1/classify/batch``: items (URLs and base64 mixed), one model and thresholds for all."""
+
+    items: list[BatchItem]
+    model: ModelName | None = None
+    thresholds: ThresholdsIn | None = None
+
+
+# ---------------------------------------------------------------- responses
+
+
+class Scores(msgspec.Struct, forbid_unknown_fields=True):
+    drawings: float
+    hentai: float
+    neutral: float
+    porn: float
+    sexy: float
+
+
+assert tuple(Scores.__struct_fields__) == CLASS_NAMES
+
+
+class ThresholdsOut(msgspec.Struct, forbid_unknown_fields=True):
+    adult: float
+    safe: float
+    adult_classes: list[str]
+    safe_classes: list[str]
+    version: int | None  # the thresholds history's version in force; null for the defaults or an override
+    overridden: bool  # true when the request's thresholds were used
+
+
+class ModelOut(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    version: str
+
+
+class TimingsOut(msgspec.Struct, forbid_unknown_fields=True):
+    fetch_ms: float
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class Frame(msgspec.Struct, forbid_unknown_fields=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    time_ms: Annotated[int, msgspec.Meta(ge=0)]
+    scores: Scores
+
+
+class ClassifyResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One image's rich answer: ``/predict?detail=1``'s fields plus the request's and the client's ids."""
+
+    request_id: str
+    id: ClientId
+    scores: Scores
+    verdict: Verdict
+    adult_score: float
+    safe_score: float
+    thresholds: ThresholdsOut
+    model: ModelOut
+    timings: TimingsOut
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    verdict_source: Literal["model", "review", "list"]  # review/list: a known image's human verdict (match)
+    match: dict[str, Any] | None = None  # the known image matched (as /predict?detail=1 gives it)
+    frames: list[Frame] | None = None
+    deciding_frame: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    review_id: int | None = None  # present when the image was queued for human review (null: queueing failed)
+    review_error: str | None = None
+
+
+class ErrorOut(msgspec.Struct):
+    """Every error: a stable ``code``, a message; ``field`` (a JSON path) when the body did not match."""
+
+    code: str
+    message: str
+    request_id: str | None = None
+    field: str | None = None
+
+
+class BatchError(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: ClientId
+    error: ErrorOut
+
+
+class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: str
+    results: list[Any]  # each a ClassifyResult or a BatchError (msgspec unions need tags; the schema says oneOf)
+
+
+class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A review item's state: ``label``, ``decided_by`` and ``decided_at`` (UTC ISO 8601) once decided."""
+
+    id: int
+    status: ReviewStatus
+    verdict: str
+    sha256: str
+    created_at: str
+    label: str | None = None
+    decided_by: str | None = None
+    decided_at: str | None = None
+
+
+class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """What a webhook receives for each decision (``type`` ``review.decided``)."""
+
+    id: str  # the event's id, stable across retries: the receiver's idempotency key
+    type: Literal["review.decided"]
+    created_at: str
+    review: Review
+
+
+REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)
+RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, ErrorOut)
+
+
+# ---------------------------------------------------------------- validation
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def decode(raw: bytes, model: type[T]) -> T:
+    """``raw`` JSON as ``model``, strictly; :class:`ContractError` naming the field otherwise."""
+    try:
+        return msgspec.json.decode(raw, type=model, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _PATH.search(text)
+        field = found.group(1) if found else "$"
+        message = text[:found.start()] if found else text
+        raise ContractError(f"{message} at {field}", field=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+
+
+def check_id(ident: Any, field: str) -> None:
+    """A string id must be valid Unicode (no lone surrogate), or the answer could not carry it."""
+    if isinstance(ident, str):
+        try:
+            ident.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ContractError(f"{field} is not valid Unicode (a lone surrogate)", field=field) from None
+
+
+def base64_cap(max_bytes: int) -> int:
+    """The longest base64 text (without whitespace) of ``max_bytes`` bytes."""
+    return 4 * ((max_bytes + 2) // 3)
+
+
+def base64_text_cap(max_bytes: int) -> int:
+    """What a base64 string may take with line breaks (76-character lines, CRLF) before it is refused."""
+    cap = base64_cap(max_bytes)
+    return cap + 2 * (cap // 76 + 1)
+
+
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_B64_WS = re.compile(r"[ \t\r\n]+")
+_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def image_bytes(text: str, max_bytes: int, field: str) -> bytes:
+    """Decode a base64 image under the byte cap: the length is checked first, before anything is decoded.
+
+    Standard alphabet, padding required, ASCII whitespace ignored; anything else is 400 ``invalid_base64``.
+    """
+    if len(text) > base64_text_cap(max_bytes):
+        raise TooLarge(f"{field} is {len(text)} characters of base64; the image limit is {max_bytes} bytes",
+                       limit=max_bytes, field=field)
+    compact = _B64_WS.sub("", text)
+    if len(compact) > base64_cap(max_bytes):
+        raise TooLarge(f"{field} holds more than {max_bytes} bytes", limit=max_bytes, field=field)
+    if not compact:
+        raise InvalidBase64(f"{field} is empty", field=field)
+    if len(compact) % 4 or not _B64.match(compact):
+        raise InvalidBase64(f"{field} is not valid base64 (standard alphabet, padded to a multiple of 4)",
+                            field=field)
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64(f"{field} is not valid base64", field=field) from None
+    if len(data) > max_bytes:
+        raise TooLarge(f"{field} is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes, field=field)
+    if not data:
+        raise InvalidBase64(f"{field} decodes to no bytes", field=field)
+    return data
+
+
+def check_image(image: Image, field: str) -> None:
+    """Exactly one of url and base64."""
+    if (image.url is None) == (image.base64 is None):
+        raise ContractError(f'{field} needs exactly one of "url" and "base64"', field=field)
+    if image.url is not None:
+        check_id(image.url, f"{field}.url")
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dict[str, Any]:
+    """The ``components/schemas`` of v1, generated from the models, with this server's limits filled in."""
+    _, components = msgspec.json.schema_components(REQUESTS + RESPONSES, ref_template=REF_TEMPLATE)
+    image = components["Image"]
+    image["properties"]["url"]["anyOf"][0]["maxLength"] = max_url_length
+    b64 = image["properties"]["base64"]["anyOf"][0]
+    b64["maxLength"] = base64_text_cap(max_bytes)
+    # the documented form: no whitespace (the API also accepts ASCII whitespace and line breaks)
+    b64["pattern"] = BASE64_PATTERN
+    b64["minLength"] = 4
+    image["oneOf"] = [{"required": ["url"], "properties": {"url": {"type": "string"}}},
+                      {"required": ["base64"], "properties": {"base64": {"type": "string"}}}]
+    image["minProperties"] = 1
+    image["maxProperties"] = 1
+    image["description"] = (image.get("description", "") + f" At most {max_bytes} bytes (NSFW_MAX_BYTES).").strip()
+    components["BatchResponse"]["properties"]["results"]["items"] = {
+        "oneOf": [{"$ref": REF_TEMPLATE.format(name="ClassifyResult")},
+                  {"$ref": REF_TEMPLATE.format(name="BatchError")}]}
+    components["BatchRequest"]["properties"]["items"]["maxItems"] = max_batch_items
+    components["BatchRequest"]["properties"]["items"]["minItems"] = 1
+    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult"):
+        props = components[name]["properties"]
+        if "id" in props:
+            props["id"]["description"] = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} "
+                                          f"characters or a number within +-{MAX_ID_NUMBER}")
+    return components

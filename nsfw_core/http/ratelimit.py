@@ -1,0 +1,136 @@
+"""Rate limits per API key (``NSFW_RATE_LIMIT``): a token bucket per client, in this process.
+
+``NSFW_RATE_LIMIT=20/s;burst=40``: each client (its API key; its address when no keys are
+configured) gets a bucket of ``burst`` requests (default: the rate per second, at least 1) that
+refills at ``20`` per second (``/s``, ``/m`` or ``/h``).  A request that finds the bucket empty
+is answered 429 ``rate_limited`` with ``Retry-After`` (whole seconds until one request is
+allowed).  Every v1 answer carries the IETF draft's headers (draft-ietf-httpapi-ratelimit-headers,
+the ``RateLimit-Limit`` / ``RateLimit-Remaining`` / ``RateLimit-Reset`` form): the burst, what is
+left of it, and the seconds until the bucket is full again.
+
+The buckets live in this process: with several replicas each one counts on its own, so a
+client gets up to ``replicas x`` the limit.  Keys are stored as their SHA-256 digest, never in
+clear; buckets idle long enough to be full again are forgotten (at most :data:`MAX_CLIENTS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import threading
+import time
+from typing import Callable
+
+from nsfw_core.base.errors import InputError
+
+MAX_CLIENTS = 100_000
+_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0,
+          "hour": 3600.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*(?:;\s*burst\s*=\s*(\d+)\s*)?$", re.IGNORECASE)
+
+
+class RateLimited(InputError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str], **details: object) -> None:
+        super().__init__(message, **details)
+        self.http_headers = headers
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """``per_second`` requests per second on average, ``burst`` at once."""
+
+    per_second: float
+    burst: int
+
+    def __str__(self) -> str:
+        return f"{self.per_second:g}/s;burst={self.burst}"
+
+
+def parse_rate(raw: str) -> Rate | None:
+    """``20/s``, ``600/m;burst=50``, ``1000/h``; empty: no limit. ValueError otherwise."""
+    if not raw.strip():
+        return None
+    found = _RATE.match(raw)
+    if found is None or found.group(2).lower() not in _UNITS:
+        raise ValueError("must look like 20/s or 600/m;burst=50 (units s, m, h)")
+    per_second = float(found.group(1)) / _UNITS[found.group(2).lower()]
+    if not per_second > 0:
+        raise ValueError("the rate must be positive")
+    burst = int(found.group(3)) if found.group(3) else max(1, math.ceil(per_second))
+    if burst < 1:
+        raise ValueError("the burst must be at least 1")
+    return Rate(per_second, burst)
+
+
+@dataclasses.dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    remaining: int
+    reset_s: int  # until the bucket is full again
+    retry_after_s: int  # until one request is allowed (0 when allowed)
+
+    def headers(self, rate: Rate) -> dict[str, str]:
+        out = {"RateLimit-Limit": str(rate.burst), "RateLimit-Remaining": str(self.remaining),
+               "RateLimit-Reset": str(self.reset_s)}
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after_s)
+        return out
+
+
+class RateLimiter:
+    """Token buckets by client key; thread-safe; ``clock`` injectable for tests."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._buckets: dict[bytes, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> Decision:
+        """Take one request from ``client``'s bucket (if there is one left)."""
+        key = hashlib.sha256(client.encode("utf-8", "surrogatepass")).digest()
+        now = self.clock()
+        rate = self.rate
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= MAX_CLIENTS:
+                    self._forget_full(now)
+                bucket = self._buckets[key] = _Bucket(float(rate.burst), now)
+            bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.at) * rate.per_second)
+            bucket.at = now
+            allowed = bucket.tokens >= 1.0
+            if allowed:
+                bucket.tokens -= 1.0
+            tokens = bucket.tokens
+        reset = math.ceil((rate.burst - tokens) / rate.per_second)
+        retry = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate.per_second))
+        return Decision(allowed, int(tokens), reset, retry)
+
+    def _forget_full(self, now: float) -> None:
+        rate = self.rate
+        full_after = rate.burst / rate.per_second
+        for key in [k for k, b in self._buckets.items() if now - b.at >= full_after]:
+            del self._buckets[key]
+        while len(self._buckets) >= MAX_CLIENTS:  # all busy: forget the oldest
+            del self._buckets[min(self._buckets, key=lambda k: self._buckets[k].at)]
+
+    def check(self, client: str) -> dict[str, str]:
+        """The headers for an allowed request; :class:`RateLimited` (429) when the bucket is empty."""
+        decision = self.take(client)
+        headers = decision.headers(self.rate)
+        if not decision.allowed:
+            raise RateLimited(f"rate limit exceeded ({self.rate}); retry in {decision.retry_after_s} s", headers,
+                              retry_after=decision.retry_after_s)
+        return headers

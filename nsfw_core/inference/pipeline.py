@@ -1,0 +1,327 @@
+"""bytes -> decoded RGB -> model input -> scores: the steps every front end shares.
+
+The API, the CLI and the pages all decode through one :class:`Decoder` (the process
+context holds it), so the pixel and byte limits, the pixel budget, the isolated lane
+for expensive images and preprocessing are the same everywhere.  The API splits the
+work in two (:meth:`Decoder.plan` and a prepare step in a worker thread, the forward
+pass in the micro-batcher); the CLI and the pages use :func:`score_sources`, which
+batches by itself.  Turning scores into a verdict is :mod:`nsfw_core.classify`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from nsfw_core.base.errors import InvalidURL, NSFWError, TooLarge
+from nsfw_core.base.files import FileTooLarge, read_regular_file
+from nsfw_core.base.settings import DecodeLimits, FetchPolicy
+from nsfw_core.images import decode as _decode
+from nsfw_core.images.fetch import ConnectionPool, fetch, is_url
+from nsfw_core.images.frames import FrameRef, sample
+from nsfw_core.images.phash import query_hash
+from nsfw_core.images.sandbox import Sandbox, thumbnail
+from nsfw_core.inference.model import Model, scores_dict
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+# JPEG draft decoding keeps the shorter side at least this many times the model's
+# input. nsfwjs's align_corners resize point-samples the full image, so a smaller
+# draft (which box-filters) moves borderline images (BENCHMARKS.md, "Figures that used to sit
+# in code comments").
+DRAFT_FACTOR = 4
+# Most of NSFW_DECODE_PIXEL_BUDGET one expensive (isolated) decode may hold, so that cheap
+# images never wait behind it (RELIABILITY.md, "hostile images").
+ISOLATED_SHARE = 0.75
+# Sampled frames whose model inputs differ by less than this (mean absolute difference, inputs in
+# [0, 1]) from the frame kept before them are not classified: the same picture, held longer.
+NEAR_IDENTICAL = 2.0 / 255
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameInputs:
+    """An animation's sampled frames as model inputs, ``(k, S, S, 3)``, with each one's index and time."""
+
+    inputs: np.ndarray
+    refs: tuple[FrameRef, ...]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def distinct_frames(inputs: np.ndarray, refs: tuple[FrameRef, ...]) -> FrameInputs:
+    """Drop each frame that is near-identical to the frame kept before it (the first is always kept)."""
+    keep = [0]
+    for i in range(1, len(refs)):
+        if float(np.abs(inputs[i] - inputs[keep[-1]]).mean()) >= NEAR_IDENTICAL:
+            keep.append(i)
+    return FrameInputs(np.ascontiguousarray(inputs[keep]), tuple(refs[i] for i in keep))
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def read_file(path: str | Path, max_bytes: int) -> bytes:
+    """Read a local image file, applying the same byte cap as uploads.
+
+    Only a regular file is read, and never more than ``max_bytes + 1`` bytes of it
+    (:func:`~nsfw_core.base.files.read_regular_file`): ``/dev/zero`` is refused rather than read
+    without end, a FIFO is refused rather than waited on.  Callers that take paths from
+    someone other than the local user confine them first (the labelled sets:
+    :func:`nsfw_core.calibration.labelsets.item_loader`).
+    """
+    path = Path(path)
+    try:
+        return read_regular_file(path, max_bytes)
+    except FileTooLarge as exc:
+        raise TooLarge(f"{path} is larger than the limit of {max_bytes} bytes", limit=max_bytes) from exc
+    except OSError as exc:
+        raise InvalidURL(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def load_bytes(source: str, policy: FetchPolicy, pool: ConnectionPool | None = None) -> bytes:
+    """The bytes of a URL (through the safe fetcher) or of a local file (CLI and labelled sets)."""
+    if is_url(source):
+        return fetch(source, policy, pool=pool).content
+    return read_file(source, policy.max_bytes)
+
+
+def iter_sources(inputs: Iterable[str]) -> list[str]:
+    """Expand folders (recursively, image suffixes only, sorted); keep files and URLs as given."""
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if not is_url(item) and path.is_dir():
+            out.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(item)
+    return out
+
+
+# ---------------------------------------------------------------- decoding under limits
+
+
+class PixelBudget:
+    """A weighted semaphore on pixels being decoded at once, so memory stays bounded.
+
+    A 50-megapixel image needs several hundred MB while it is decoded; eight
+    worker threads decoding such images together would need gigabytes.  Each
+    decode holds its header's pixel count (capped at the budget, so one image
+    always fits) until it is done; small images share the budget freely.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.capacity = pixels
+        self.free = pixels
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, *, share: float = 1.0) -> Iterator[None]:
+        """Hold ``pixels`` of the budget, capped at ``share`` of it (so one image always fits).
+
+        Expensive images (the isolated lane) hold at most :data:`ISOLATED_SHARE`: whatever
+        they decode, the rest stays free for cheap images, which never wait behind them.
+        """
+        need = max(1, min(pixels, int(self.capacity * share)))
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= need)
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
+class Decoder:
+    """Decoding under :class:`DecodeLimits`: one pixel budget and one isolated lane.
+
+    The process context holds one, shared by the API's workers, the pages and the CLI.
+    Every method reads the headers first (cheap, and it applies the limits: 413/415/422
+    before anything is decoded); a cheap image then decodes in the calling thread, an
+    expensive one in the isolated lane (:class:`~nsfw_core.images.sandbox.Sandbox`).
+    """
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self.budget = PixelBudget(limits.pixel_budget)
+        self.sandbox = Sandbox(limits.processes, limits.timeout)
+
+    def close(self) -> None:
+        """Stop the isolated lane's processes."""
+        self.sandbox.close()
+
+    def draft_size(self, model: Model) -> int | None:
+        """The shorter side a large JPEG is drafted to for ``model`` (None: no drafting)."""
+        return model.input_size * DRAFT_FACTOR if self.limits.jpeg_draft else None
+
+    def _kwargs(self, draft_size: int | None) -> dict[str, Any]:
+        return {"max_pixels": self.limits.max_pixels, "max_scans": self.limits.max_jpeg_scans,
+                "draft_size": draft_size}
+
+    def plan(self, model: Model, data: bytes) -> _decode.Plan:
+        """Read the headers and apply every limit (413/415/422) before anything is decoded."""
+        return _decode.plan(data, **self._kwargs(self.draft_size(model)))
+
+    def decode_for(self, model: Model, data: bytes) -> np.ndarray:
+        """Decode as ``model`` would see it before resizing (for display); see :meth:`preview`."""
+        return self.preview(data, self.draft_size(model))
+
+    def preview(self, data: bytes, draft_size: int | None) -> np.ndarray:
+        """Decode for display, JPEGs drafted to ``draft_size``.
+
+        The decode waits for its cost's share of the pixel budget.  An expensive image
+        decodes in the isolated lane, whose answer is at most ``PREVIEW_SIDE`` pixels a side.
+        """
+        kwargs = self._kwargs(draft_size)
+        plan = _decode.plan(data, **kwargs)
+        share = 1.0 if plan.cost.inline else ISOLATED_SHARE
+        with self.budget.hold(plan.cost.pixels, share=share):
+            if plan.cost.inline:
+                return _decode.decode(data, **kwargs)
+            return self.sandbox.decode(data, limits=kwargs, cost_pixels=plan.cost.pixels)
+
+    def sampled(self, plan: _decode.Plan) -> tuple[FrameRef, ...] | None:
+        """The frames of an animation to classify (at most NSFW_MAX_FRAMES); None for a still image."""
+        return sample(plan.timeline, self.limits.max_frames) if plan.timeline is not None else None
+
+    def prepare_inline(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray | FrameInputs:
+        """Decode a cheap image (``plan.cost.inline``) in this thread and preprocess it.
+
+        An animation gives :class:`FrameInputs`: its sampled frames, near-identical ones dropped.
+        """
+        kwargs = self._kwargs(self.draft_size(model))
+        refs = self.sampled(plan)
+        if refs is not None:
+            with self.budget.hold(plan.cost.pixels):
+                inputs = np.stack(_decode.decode_frames(data, tuple(r.index for r in refs), each=model.preprocess,
+                                                        **kwargs))
+            return distinct_frames(inputs, refs)
+        with self.budget.hold(plan.cost.pixels):
+            rgb = _decode.decode(data, **kwargs)
+        return model.preprocess(rgb)
+
+    def prepare_isolated(self, model: Model, data: bytes, plan: _decode.Plan) -> np.ndarray | FrameInputs:
+        """Decode and preprocess an expensive image in the isolated lane, under NSFW_DECODE_TIMEOUT."""
+        refs = self.sampled(plan)
+        with self.budget.hold(plan.cost.pixels, share=ISOLATED_SHARE):
+            out = self.sandbox.prepare(data, size=model.input_size, limits=self._kwargs(self.draft_size(model)),
+                                       cost_pixels=plan.cost.pixels,
+                                       frames=None if refs is None else tuple(r.index for r in refs))
+        return out if refs is None else distinct_frames(out, refs)
+
+    def thumbnails(self, data: bytes, refs: tuple[FrameRef, ...], side: int) -> np.ndarray:
+        """Frames ``refs`` of an animation as (k, side, side, 3) uint8 thumbnails (the classify page's strip)."""
+        kwargs = self._kwargs(None)
+        plan = _decode.plan(data, **kwargs)
+        indices = tuple(r.index for r in refs)
+        share = 1.0 if plan.cost.inline else ISOLATED_SHARE
+        with self.budget.hold(plan.cost.pixels, share=share):
+            if plan.cost.inline:
+                return np.stack(_decode.decode_frames(data, indices, each=lambda rgb: thumbnail(rgb, side), **kwargs))
+            return self.sandbox.thumbnails(data, side=side, frames=indices, limits=kwargs,
+                                           cost_pixels=plan.cost.pixels)
+
+    def prepare(self, model: Model, data: bytes) -> np.ndarray | FrameInputs:
+        """bytes -> the (S, S, 3) float32 model input, or an animation's :class:`FrameInputs`.
+        Raises the core's typed errors."""
+        plan = self.plan(model, data)
+        if plan.cost.inline:
+            return self.prepare_inline(model, data, plan)
+        return self.prepare_isolated(model, data, plan)
+
+
+# ---------------------------------------------------------------- scoring many sources
+
+
+DEFAULT_ADULT_CLASSES = ("porn", "sexy")  # the settings' default: a Scored's summary scores for an animation
+
+
+def worst_frame(frames: Sequence[tuple[FrameRef, dict[str, float]]],
+                adult_classes: Sequence[str]) -> tuple[FrameRef, dict[str, float]]:
+    """The frame with the highest adult score (the sum of ``adult_classes``); the earliest on a tie."""
+    return max(frames, key=lambda f: (sum(f[1][c] for c in adult_classes), -f[0].index))
+
+
+@dataclasses.dataclass
+class Scored:
+    """The model's scores for one source, or the error that stopped it, with its timings."""
+
+    source: str
+    scores: dict[str, float] | None = None
+    error: NSFWError | None = None
+    sha256: str | None = None
+    load_s: float = 0.0  # reading or fetching the bytes
+    decode_s: float = 0.0  # headers, decode and preprocessing
+    inference_s: float = 0.0  # the forward pass of this source's batch
+    seconds: float = 0.0  # all of it
+    frames: list[tuple[FrameRef, dict[str, float]]] | None = None  # an animation's sampled frames and scores
+    phash: bytes | None = None  # a still image's PDQ hash (``perceptual``), to look it up among known images
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def score_sources(
+    model: Model,
+    sources: Sequence[str],
+    decoder: Decoder,
+    loader: Callable[[str], bytes],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+    perceptual: bool = False,
+) -> list[Scored]:
+    """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
+    per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
+    (:func:`nsfw_core.images.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
+    the calibration page does not)."""
+    results: list[Scored] = []
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        prepared: list[tuple[Scored, np.ndarray | FrameInputs, float]] = []
+        for source in chunk:
+            t0 = time.perf_counter()
+            result = Scored(source)
+            try:
+                data = loader(source)
+                t1 = time.perf_counter()
+                result.load_s = t1 - t0
+                result.sha256 = hashlib.sha256(data).hexdigest()
+                x = decoder.prepare(model, data)
+                if perceptual and isinstance(x, np.ndarray):
+                    result.phash = query_hash(x)
+                result.decode_s = time.perf_counter() - t1
+                prepared.append((result, x, t0))
+            except NSFWError as exc:
+                result.error = exc
+                result.seconds = time.perf_counter() - t0
+            results.append(result)
+        if prepared:
+            t_batch = time.perf_counter()
+            rows = [p[1].inputs if isinstance(p[1], FrameInputs) else p[1][np.newaxis] for p in prepared]
+            probs = model.predict(np.concatenate(rows))
+            now = time.perf_counter()
+            start_row = 0
+            for result, x, t0 in prepared:
+                if isinstance(x, FrameInputs):
+                    result.frames = [(ref, scores_dict(row))
+                                     for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
+                    result.scores = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)[1]
+                    start_row += len(x)
+                else:
+                    result.scores = scores_dict(probs[start_row])
+                    start_row += 1
+                result.inference_s = now - t_batch
+                result.seconds = now - t0
+        if progress is not None:
+            progress(len(chunk))
+    return results

@@ -1,0 +1,436 @@
+"""Known images: reviewers' decisions remembered, and the admins' allow/deny hash lists.
+
+A later copy of a decided image (the same bytes, or a re-encoded, resized, lightly cropped or
+watermarked copy: a PDQ hash within ``NSFW_MATCH_DISTANCE``, :mod:`nsfw_core.images.phash`) gets the human
+verdict instead of the model's (``verdict_source`` "review"), and is not queued again; an image on a
+hash list gets the list's (``verdict_source`` "list").  Both live in the one database
+(``known_images``, :mod:`nsfw_core.state.remembered`), so every replica uses them.
+
+Each process keeps them in memory (:class:`KnownImages`): a dict by sha256 and a multi-index over the
+perceptual hashes (:class:`~nsfw_core.state.hashindex.HashIndex`, exact within the distance; hashes added
+since it was built are compared in full, and the index is rebuilt once they are many).  Like the
+thresholds (:mod:`nsfw_core.state.thresholds`), :meth:`KnownImages.lookup` answers from memory and, when
+its copy is older than ``refresh_interval`` (0.5 s), starts one background refresh that reads the
+log forward from the last id it has; so a decision made through one process is used by the others
+within about a second.  A database that cannot be reached keeps what is in memory, with a warning.
+
+When several entries match, a list entry wins over a remembered decision (lists are the admins'
+policy), then the smaller distance (an exact sha256 match is distance 0), then the newer entry.
+
+Hash lists are CSV files with the header ``sha256,pdq,label,note``: each row gives a sha256 (64 hex
+digits) or a PDQ hash (64 hex digits) or both, a label (``allow`` or ``deny``, or ``safe`` / ``adult``)
+and an optional note.  :func:`parse_list` refuses a malformed file as a whole, naming the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import re
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from nsfw_core.base.errors import BadRequest, NSFWError
+from nsfw_core.base.refresher import Refresher
+from nsfw_core.images.phash import HASH_BYTES, split_hex
+from nsfw_core.state.db import _Pool
+from nsfw_core.state.hashindex import HashIndex, as_rows, distances
+from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
+from nsfw_core.state.remembered import ADD, COLUMNS, LIST, REMOVE, REVIEW, SELECT, live_entries, remove
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = 0.5  # seconds between checks for new log rows (per process)
+READ_BATCH = 50_000  # log rows read per query
+TAIL_MAX = 4096  # hashes compared in full before the index is rebuilt with them
+LIST_COLUMNS = ("sha256", "pdq", "label", "note")
+LIST_LABELS = {"allow": "safe", "safe": "safe", "deny": "adult", "adult": "adult"}
+MAX_LIST_BYTES = 256 * 1024 * 1024
+MAX_NOTE = 500
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ListError(BadRequest):
+    """A hash list that cannot be imported (nothing was imported)."""
+
+    code = "invalid_list"
+
+
+class KnownUnavailable(NSFWError):
+    status = 503
+    code = "known_images_unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """Why an image got a human verdict: the entry it matched and how closely."""
+
+    kind: str  # "review" (a remembered decision) or "list"
+    verdict: str  # "adult" or "safe"
+    label: str  # the reviewer's label, or the list's (allow/deny/adult/safe)
+    by: str  # "sha256" or "pdq"
+    distance: int  # bits of 256 (0 for sha256)
+    entry_id: int
+    review_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.kind, "by": self.by, "distance": self.distance, "label": self.label,
+                "entry_id": self.entry_id, "review_id": self.review_id}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    id: int
+    kind: str
+    sha256: str | None
+    hashes: tuple[bytes, ...]
+    verdict: str
+    label: str
+    note: str
+    review_id: int | None
+    added_by: str
+    added_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ListEntry:
+    """One row of a hash list."""
+
+    sha256: str | None
+    pdq: str | None
+    label: str
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return LIST_LABELS[self.label]
+
+
+def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListEntry]:
+    """A hash-list CSV -> its entries; :class:`ListError` naming the first bad row (nothing is kept)."""
+    if isinstance(text, bytes):
+        if len(text) > max_bytes:
+            raise ListError(f"the list is larger than {max_bytes} bytes")
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ListError(f"the list is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip().lower() for h in next(rows)]
+    except StopIteration:
+        raise ListError("the list is empty: expected a header row sha256,pdq,label,note") from None
+    missing = [c for c in ("label",) if c not in header]
+    if missing or not ({"sha256", "pdq"} & set(header)):
+        raise ListError(f"row 1: the header must name the columns sha256,pdq,label,note (got {','.join(header)!r})")
+    where = {c: header.index(c) for c in LIST_COLUMNS if c in header}
+    out: list[ListEntry] = []
+    for number, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) > len(header):
+            raise ListError(f"row {number}: {len(row)} fields, the header names {len(header)}")
+
+        def cell(name: str, row: list[str] = row) -> str:
+            i = where.get(name)
+            return row[i].strip() if i is not None and i < len(row) else ""
+
+        sha, pdq, label, note = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower(), cell("note")
+        if not sha and not pdq:
+            raise ListError(f"row {number}: neither a sha256 nor a PDQ hash")
+        for name, value in (("sha256", sha), ("PDQ hash", pdq)):
+            if value and not _HEX64.match(value):
+                raise ListError(f"row {number}: {value[:80]!r} is not a {name} (64 hex digits)")
+        if label not in LIST_LABELS:
+            raise ListError(f"row {number}: label {label[:40]!r} is not one of allow, deny, safe, adult")
+        if len(note) > MAX_NOTE:
+            raise ListError(f"row {number}: the note is longer than {MAX_NOTE} characters")
+        out.append(ListEntry(sha or None, pdq or None, label, note))
+    return out
+
+
+def format_list(entries: Iterable[ListEntry]) -> str:
+    """Entries as a hash-list CSV (what :func:`parse_list` reads)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LIST_COLUMNS)
+    for e in entries:
+        writer.writerow([e.sha256 or "", e.pdq or "", e.label, e.note])
+    return buf.getvalue()
+
+
+@dataclasses.dataclass
+class _State:
+    """What one process knows; replaced field by field by the refresh thread (readers take references)."""
+
+    entries: dict[int, Entry]
+    by_sha: dict[str, list[int]]
+    index: tuple[HashIndex, np.ndarray]  # the index and the entry id of each of its rows (swapped together)
+    tail: tuple[np.ndarray, np.ndarray]  # (k, 32) hashes added since the index was built, and their entry ids
+    last_id: int = 0
+
+
+def _no_hashes() -> tuple[np.ndarray, np.ndarray]:
+    return as_rows([]), np.zeros(0, np.int64)
+
+
+def _empty_state() -> _State:
+    return _State({}, {}, (HashIndex(as_rows([])), np.zeros(0, np.int64)), _no_hashes())
+
+
+class KnownImages:
+    """The known images of one process, read from the database's log and refreshed in the background."""
+
+    def __init__(self, pool: _Pool, *, distance: int = 31, refresh_interval: float = REFRESH_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._pool = pool
+        self.backend = pool.backend
+        self.distance = int(distance)
+        self.refresh_interval = float(refresh_interval)
+        self.clock = clock
+        self._state = _empty_state()
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._prepared = False
+        self._loaded = False
+        self._refresher = Refresher(self.refresh, self.refresh_interval, "nsfw-known-refresh")
+        self.warning: str | None = None
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def __len__(self) -> int:
+        return len(self._state.entries)
+
+    @property
+    def hashes(self) -> int:
+        """Perceptual hashes held (index and tail)."""
+        s = self._state
+        return len(s.index[0]) + len(s.tail[0])
+
+    # ------------------------------------------------------------ lookup (every request)
+
+    def lookup(self, sha256: str, phash: bytes | None) -> Match | None:
+        """The best match for an image (its sha256 and query hash, None for none), or None. Never raises."""
+        self._maybe_refresh()
+        s = self._state
+        entries = s.entries
+        found: list[tuple[Entry, str, int]] = [(entries[i], "sha256", 0) for i in s.by_sha.get(sha256, ())
+                                               if i in entries]
+        if phash is not None and len(phash) == HASH_BYTES:
+            (index, owner), (tail, tail_owner) = s.index, s.tail
+            rows, dists = index.search(phash, self.distance)
+            hits = list(zip(owner[rows].tolist(), dists.tolist(), strict=True))
+            if len(tail):
+                d = distances(tail, phash)
+                near = np.flatnonzero(d <= self.distance)
+                hits.extend(zip(tail_owner[near].tolist(), d[near].tolist(), strict=True))
+            found.extend((entries[i], "pdq", int(dist)) for i, dist in hits if i in entries)
+        if not found:
+            return None
+        entry, by, dist = min(found, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
+        return Match(entry.kind, entry.verdict, entry.label, by, dist, entry.id, entry.review_id)
+
+    def _maybe_refresh(self) -> None:
+        if not self._loaded:
+            self.refresh()
+            return
+        self._refresher.due()
+
+    # ------------------------------------------------------------ reading the log
+
+    def refresh(self) -> None:
+        """Read the log rows added since the last refresh (migrating first, once). Never raises."""
+        with self._refresh_lock:
+            self._refresher.checked = time.monotonic()
+            try:
+                if not self._prepared:
+                    self.backend.recover()
+                while True:
+                    with self._pool.connection() as conn:
+                        if not self._prepared:
+                            migrate(self.backend, conn, MIGRATIONS, self.clock)
+                            self._prepared = True
+                        with self.backend.begin(conn, write=False) as tx:
+                            rows = tx.run(f"{SELECT} WHERE id > ? ORDER BY id LIMIT {READ_BATCH}",
+                                          (self._state.last_id,))
+                    self._apply(rows)
+                    if len(rows) < READ_BATCH:
+                        break
+                if len(self._state.tail[0]) > TAIL_MAX:
+                    self._rebuild()
+            except Exception as exc:  # never break prediction
+                reason = exc.message if isinstance(exc, NSFWError) else f"{type(exc).__name__}: {exc}"
+                if self.warning is None:
+                    log.warning("known images: database %s unreachable (%s); keeping the %d entries in memory",
+                                self.describe(), reason[:300], len(self))
+                # /health is public: the database's kind only (the log above has its address and the error)
+                self.warning = (f"the known images database ({self.backend.public_name()}) is unreachable; the "
+                                f"entries in memory stay in force (details in the server log)")
+            else:
+                if self.warning is not None:
+                    log.warning("known images: database %s reachable again", self.describe())
+                self.warning = None
+            self._loaded = True
+
+    def _apply(self, rows: Sequence[tuple]) -> None:
+        if not rows:
+            return
+        s = self._state
+        new_hashes: list[bytes] = []
+        new_owner: list[int] = []
+        for row in rows:
+            v = dict(zip(COLUMNS, row, strict=True))
+            entry_id = int(v["id"])
+            if v["op"] == ADD:
+                entry = Entry(entry_id, v["kind"], v["sha256"] or None, tuple(split_hex(v["hashes"])), v["verdict"],
+                              v["label"], v["note"] or "", None if v["review_id"] is None else int(v["review_id"]),
+                              v["added_by"], float(v["added_at"]))
+                s.entries[entry_id] = entry
+                if entry.sha256:
+                    s.by_sha.setdefault(entry.sha256, []).append(entry_id)
+                for h in entry.hashes:
+                    new_hashes.append(h)
+                    new_owner.append(entry_id)
+            elif v["op"] == REMOVE and v["removes"] is not None:
+                gone = s.entries.pop(int(v["removes"]), None)
+                if gone is not None and gone.sha256:
+                    ids = [i for i in s.by_sha.get(gone.sha256, []) if i != gone.id]
+                    if ids:
+                        s.by_sha[gone.sha256] = ids
+                    else:
+                        s.by_sha.pop(gone.sha256, None)
+            s.last_id = entry_id
+        if new_hashes:
+            tail, tail_owner = s.tail
+            s.tail = (np.concatenate([tail, as_rows(new_hashes)]),
+                      np.concatenate([tail_owner, np.array(new_owner, np.int64)]))
+
+    def _rebuild(self) -> None:
+        """Index every hash of a live entry (removed entries' hashes are dropped here)."""
+        s = self._state
+        (index, owner), (tail, tail_owner) = s.index, s.tail
+        rows = np.concatenate([index.rows, tail])
+        owners = np.concatenate([owner, tail_owner])
+        live = np.isin(owners, np.fromiter(s.entries.keys(), np.int64, len(s.entries)))
+        rows, owners = rows[live], owners[live]
+        # a lookup meanwhile sees the old index and tail together, or the new index and an empty tail
+        self._state = dataclasses.replace(s, index=(HashIndex(rows), owners), tail=_no_hashes())
+
+    # ------------------------------------------------------------ hash lists (the lists page)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection on the database, recovered and migrated first (once)."""
+        if not self._prepared:
+            self.backend.recover()
+        with self._pool.connection() as conn:
+            if not self._prepared:
+                migrate(self.backend, conn, MIGRATIONS, self.clock)
+                self._prepared = True
+            yield conn
+
+    def _write(self, action: Callable[[Any], Any]) -> Any:
+        try:
+            with self._connection() as conn:
+                with self.backend.begin(conn, write=True) as tx:
+                    self.backend.lock_migrations(tx)  # ids visible in order (review.remembered)
+                    result = action(tx)
+        except NSFWError:
+            raise
+        except self.backend.errors as exc:
+            raise KnownUnavailable(f"the database {self.describe()} is unavailable; nothing was changed: "
+                                   f"{exc}") from exc
+        self.refresh()  # in force in this process at once
+        return result
+
+    def import_list(self, entries: Sequence[ListEntry], *, by: str, replace: bool = False) -> dict[str, int]:
+        """Add hash-list entries (an entry with the same hashes as a listed one replaces it); with ``replace``
+        the current list is removed first.  One transaction.  Returns ``{"added", "removed"}``."""
+        now = self.clock()
+
+        def run(tx: Any) -> dict[str, int]:
+            current = tx.run(f"SELECT a.id, a.sha256, a.hashes FROM {KNOWN_TABLE} a WHERE a.op = '{ADD}' AND "
+                             f"a.kind = '{LIST}' AND NOT EXISTS (SELECT 1 FROM {KNOWN_TABLE} r WHERE "
+                             f"r.op = '{REMOVE}' AND r.removes = a.id)")
+            keys = {(e.sha256 or None, e.pdq or "") for e in entries}
+            doomed = [int(i) for i, sha, hashes in current if replace or ((sha or None), hashes or "") in keys]
+            for entry_id in doomed:
+                remove(tx, entry_id, LIST, by, now)
+            tx.cursor.executemany(self.backend.sql(
+                f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, added_by, added_at) "
+                f"VALUES ('{ADD}', '{LIST}', ?, ?, ?, ?, ?, ?, ?)"),
+                [(e.sha256, e.pdq or "", e.verdict, e.label, e.note, by, now) for e in entries])
+            return {"added": len(entries), "removed": len(doomed)}
+
+        return self._write(run)
+
+    def list_entries(self) -> list[ListEntry]:
+        """The hash list as it stands (oldest entry first), from the database."""
+        try:
+            with self._connection() as conn, self.backend.begin(conn, write=False) as tx:
+                ids = [int(r[0]) for r in live_entries(tx, f"a.kind = '{LIST}'")]
+                rows = tx.run(f"{SELECT} WHERE op = '{ADD}' AND kind = '{LIST}' ORDER BY id")
+        except NSFWError:
+            raise
+        except self.backend.errors as exc:
+            raise KnownUnavailable(f"the database {self.describe()} is unavailable: {exc}") from exc
+        wanted = set(ids)
+        out = []
+        for row in rows:
+            v = dict(zip(COLUMNS, row, strict=True))
+            if int(v["id"]) in wanted:
+                out.append(ListEntry(v["sha256"] or None, v["hashes"] or None, v["label"], v["note"] or ""))
+        return out
+
+    def export_list(self) -> str:
+        return format_list(self.list_entries())
+
+    def clear_list(self, *, by: str) -> int:
+        """Remove every hash-list entry; returns how many."""
+        return int(self.import_list([], by=by, replace=True)["removed"])
+
+    def counts(self) -> dict[str, int]:
+        """Entries in memory by kind, and perceptual hashes held."""
+        out = {REVIEW: 0, LIST: 0}
+        for e in list(self._state.entries.values()):
+            out[e.kind] = out.get(e.kind, 0) + 1
+        out["hashes"] = self.hashes
+        return out
+
+    def close(self) -> None:
+        self._refresher.closed = True
+
+
+def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -> str | None:
+    """The perceptual hashes to remember a review item's decision by, for an item that has none (queued
+    before this version, or by a caller without them): from ``data``, the stored upload bytes, or its URL
+    fetched through the context's SSRF-safe fetcher.  None when it has hashes already or when its image
+    cannot be had (the decision is then remembered by sha256 only).  Never raises.
+    """
+    from nsfw_core.images import phash  # the context's decoder and model make the same model input as a request's
+
+    try:
+        if queue.phash(item_id) is not None:
+            return None
+        item = queue.get(item_id)
+        if item is None:
+            return None
+        if data is None:
+            data = item.image if item.image is not None else (ctx.fetch(item.source) if item.is_url else None)
+        if data is None:
+            return None
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            return None  # the URL now serves another image: do not remember it under this decision
+        x = ctx.decoder.prepare(ctx.model(), data)
+        return phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
+    except Exception as exc:  # a fetch or decode error: sha256 only
+        log.info("review item %s: no perceptual hash (%s); its decision is remembered by sha256", item_id, exc)
+        return None

@@ -1,0 +1,144 @@
+"""The database's schema (the review queue and the thresholds history) and how it gets there.
+
+``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
+the ordered list.  Opening a queue applies the missing ones in one transaction
+(under an advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two
+processes starting together migrate once.  A database newer than this code is
+refused (:class:`ReviewConfigError`) rather than written to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+from nsfw_core.state.db import _Backend
+from nsfw_core.state.errors import ReviewConfigError
+
+TABLE = "review_items"
+VERSION_TABLE = "review_schema_version"  # the one database's schema version (review queue and thresholds)
+THRESHOLDS_TABLE = "thresholds_versions"
+OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
+KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]  # {pk}, {blob}, {float} are replaced by the backend's types
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "review items, one open item per image, queue order", (
+        f"""CREATE TABLE {TABLE} (
+            id {{pk}},
+            sha256 TEXT NOT NULL,
+            source TEXT NOT NULL,
+            scores TEXT NOT NULL,
+            model TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            created_at {{float}} NOT NULL,
+            queued_at {{float}} NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'claimed', 'decided', 'skipped')),
+            claimed_by TEXT,
+            lease_until {{float}},
+            decision TEXT,
+            decided_by TEXT,
+            decided_at {{float}},
+            skips INTEGER NOT NULL DEFAULT 0,
+            image {{blob}}
+        )""",
+        # At most one open (pending or claimed) item per image: enqueue's ON CONFLICT target.
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256 ON {TABLE} (sha256) WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_queue ON {TABLE} (status, queued_at, id)",
+    )),
+    Migration(2, "indexes for undo and retention", (
+        f"CREATE INDEX {TABLE}_decided ON {TABLE} (decided_by, decided_at)",
+        f"CREATE INDEX {TABLE}_created ON {TABLE} (created_at)",
+    )),
+    # The thresholds as a versioned history (nsfw_core.state.thresholds): the highest version is in force; a
+    # rollback is a new version copying an old one (rolled_back_from).  Rows are never updated or deleted.
+    Migration(3, "thresholds as a versioned history", (
+        f"""CREATE TABLE {THRESHOLDS_TABLE} (
+            version {{pk}},
+            adult {{float}} NOT NULL,
+            safe {{float}} NOT NULL,
+            adult_classes TEXT NOT NULL,
+            safe_classes TEXT NOT NULL,
+            model TEXT NOT NULL,
+            saved_by TEXT NOT NULL,
+            saved_at {{float}} NOT NULL,
+            tuned_on TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            rolled_back_from INTEGER
+        )""",
+    )),
+    # Remembered decisions and hash lists (nsfw_core.state.known): an append-only log that every process reads
+    # forward by id.  op 'add' adds an entry (kind 'review' or 'list'), op 'remove' ends the entry whose id
+    # is in ``removes``.  ``hashes``: PDQ hashes, hex, comma-separated.  Review items keep the hashes of
+    # their image from the request that queued them (``phash``), for when they are decided.
+    Migration(4, "remembered decisions and hash lists", (
+        f"ALTER TABLE {TABLE} ADD COLUMN phash TEXT",
+        f"""CREATE TABLE {KNOWN_TABLE} (
+            id {{pk}},
+            op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+            kind TEXT NOT NULL CHECK (kind IN ('review', 'list')),
+            sha256 TEXT,
+            hashes TEXT NOT NULL DEFAULT '',
+            verdict TEXT NOT NULL DEFAULT '',
+            label TEXT NOT NULL DEFAULT '',
+            note TEXT NOT NULL DEFAULT '',
+            review_id BIGINT,
+            removes BIGINT,
+            added_by TEXT NOT NULL,
+            added_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {KNOWN_TABLE}_review ON {KNOWN_TABLE} (review_id)",
+        f"CREATE INDEX {KNOWN_TABLE}_removes ON {KNOWN_TABLE} (removes)",
+    )),
+    # API v1's webhooks (nsfw_core.state.webhooks): one row per review decision, written in the decision's own
+    # transaction, delivered (at least once) by a background task that records delivered_at.
+    Migration(5, "webhook outbox", (
+        f"""CREATE TABLE {OUTBOX_TABLE} (
+            id {{pk}},
+            event_id TEXT NOT NULL UNIQUE,
+            item_id BIGINT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at {{float}} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at {{float}} NOT NULL,
+            delivered_at {{float}},
+            last_error TEXT
+        )""",
+        f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
+    )),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def migrate(backend: _Backend, conn: Any, migrations: Sequence[Migration] = MIGRATIONS,
+            clock: Callable[[], float] = time.time) -> list[int]:
+    """Apply the missing migrations in one transaction; returns the versions applied."""
+    known = max((m.version for m in migrations), default=0)
+    with backend.begin(conn, write=True) as tx:
+        backend.lock_migrations(tx)
+        tx.run(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
+               f"description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+        current = tx.one(f"SELECT MAX(version) FROM {VERSION_TABLE}")
+        current_version = (current[0] if current and current[0] is not None else 0)
+        if current_version > known:
+            raise ReviewConfigError(f"the review database ({backend.describe()}) has schema version "
+                                    f"{current_version}, newer than this code's {known}; upgrade the app")
+        applied = []
+        for m in sorted(migrations, key=lambda m: m.version):
+            if m.version <= current_version:
+                continue
+            for statement in m.statements:
+                tx.run(statement.format(**backend.types))
+            tx.run(f"INSERT INTO {VERSION_TABLE} (version, description, applied_at) VALUES (?, ?, ?)",
+                   (m.version, m.description, clock()))
+            applied.append(m.version)
+    return applied

@@ -1,0 +1,229 @@
+"""Webhooks: each review decision POSTed to ``NSFW_WEBHOOK_URL``, signed, retried, never lost.
+
+Outbox: when a decision is recorded (:meth:`~nsfw_core.state.review.ReviewQueue.decide`), the event is
+written to the ``webhook_outbox`` table *in the same transaction* (a decision hook), so a decision
+without its event, or an event without its decision, cannot exist.  A background task
+(:class:`Deliverer`, started with the API) takes due rows, POSTs them and records ``delivered_at``;
+a failure (connection error, timeout, a status other than 2xx) schedules the next attempt with
+exponential backoff (:func:`backoff`: 1 s, 2 s, 4 s ... capped at 10 minutes, with jitter).  Rows
+survive restarts: a server that stops between the decision and the delivery delivers on its next
+start.  Delivery is at least once: a receiver may see an event twice (a crash after its 2xx and
+before ``delivered_at`` was written) and must use the event ``id`` as its idempotency key (also in
+the ``NSFW-Event-Id`` header).  With several replicas each takes rows under a short claim (the
+next attempt time moves forward before the POST; ``SKIP LOCKED`` on PostgreSQL).
+
+Delivery goes through the SSRF-safe fetcher's address checks (:mod:`nsfw_core.images.fetch`): the host's
+addresses must be public unless listed in ``NSFW_ALLOW_PRIVATE_HOSTS``, and the socket is opened to
+the checked address.  Redirects are not followed (a 3xx is a failure).
+
+Signature (like Stripe's): header ``NSFW-Signature: t=<unix seconds>,v1=<hex>`` where ``<hex>`` is
+HMAC-SHA256 with ``NSFW_WEBHOOK_SECRET`` over ``f"{t}.".encode() + body``.  A receiver recomputes it
+over the raw body, compares in constant time, and refuses a ``t`` too far from its clock (replays);
+see :func:`verify`.  Without a secret the header is not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.settings import FetchPolicy
+from nsfw_core.images import fetch as _fetch
+from nsfw_core.state.migrations import OUTBOX_TABLE
+from nsfw_core.state.review.items import Item, iso
+
+if TYPE_CHECKING:
+    from nsfw_core.state.db import _Tx
+    from nsfw_core.state.review import ReviewQueue
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "NSFW-Signature"
+EVENT_HEADER = "NSFW-Event-Id"
+EVENT_TYPE = "review.decided"
+TOLERANCE_S = 300  # how far a receiver should accept t from its clock
+BASE_DELAY_S = 1.0
+MAX_DELAY_S = 600.0
+MAX_ATTEMPTS = 20  # then the row stays undelivered (last_error says why); about 2 hours of tries
+CLAIM_S = 60.0  # a row taken for delivery is not taken again for this long (another replica, a crash)
+POLL_S = 1.0
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The ``NSFW-Signature`` header value for ``body``: ``t=<unix seconds>,v1=<hex HMAC-SHA256>``."""
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = TOLERANCE_S,
+           now: float | None = None) -> bool:
+    """What a receiver does: True when ``header`` signs ``body`` with ``secret`` and ``t`` is recent."""
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        fields.setdefault(key, []).append(value)
+    try:
+        t = int(fields["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, v) for v in fields.get("v1", []))
+
+
+def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before attempt ``attempts + 1``: 1, 2, 4 ... up to 10 minutes, +-20 % jitter."""
+    delay = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** max(0, attempts - 1))
+    return delay * (0.8 + 0.4 * rand())
+
+
+def review_dict(item: Item) -> dict[str, Any]:
+    """An item as API v1 shows it (the contract's ``Review``)."""
+    out: dict[str, Any] = {"id": item.id, "status": "pending" if item.status == "skipped" else item.status,
+                           "verdict": item.verdict, "sha256": item.sha256, "created_at": iso(item.created_at)}
+    if item.status == "decided":
+        out.update(label=item.decision, decided_by=item.decided_by, decided_at=iso(item.decided_at))
+    return out
+
+
+def event_for(item: Item) -> dict[str, Any]:
+    return {"id": f"evt_{uuid.uuid4().hex}", "type": EVENT_TYPE, "created_at": iso(time.time()),
+            "review": review_dict(item)}
+
+
+def outbox_hook(tx: _Tx, item: Item) -> None:
+    """The decision hook: the event into the outbox, in the decision's transaction."""
+    event = event_for(item)
+    now = time.time()
+    tx.run(f"INSERT INTO {OUTBOX_TABLE} (event_id, item_id, payload, created_at, attempts, next_attempt_at) "
+           "VALUES (?, ?, ?, ?, 0, ?)", (event["id"], item.id, json.dumps(event, separators=(",", ":")), now, now))
+
+
+class DeliveryFailed(NSFWError):
+    status = 502
+    code = "webhook_failed"
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str], policy: FetchPolicy,
+         resolver: _fetch.Resolver | None = None) -> int:
+    """POST ``body`` to ``url`` through the fetcher's address checks (pinned address, one deadline,
+    no redirects); the status.  Raises the fetcher's errors (ForbiddenAddress, Upstream*)."""
+    deadline = _fetch._Deadline(policy.timeout)
+    target = _fetch._parse(url, policy)
+    allow = _fetch._AllowList.parse(policy.allow_private_hosts)
+    addresses = _fetch._checked_addresses(target, resolver or _fetch.system_resolver, allow, deadline)
+    cls = _fetch._PinnedHTTPSConnection if target.parts.scheme == "https" else _fetch._PinnedHTTPConnection
+    conn = cls(target.host, target.port, addresses, policy.connect_timeout, deadline)
+    try:
+        conn.request("POST", target.request_path, body=body,
+                     headers={"User-Agent": _fetch.DEFAULT_USER_AGENT, "Content-Type": "application/json",
+                              "Connection": "close", **headers})
+        response = conn.getresponse()
+        response.read(64 * 1024)
+        return response.status
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _fetch._as_upstream_error(exc) from exc
+    finally:
+        conn.close()
+
+
+class Deliverer:
+    """Takes due outbox rows and POSTs them; ``run()`` is the background task, ``deliver_due()`` one pass."""
+
+    def __init__(self, queue: ReviewQueue, url: str, secret: str, policy: FetchPolicy, *,
+                 clock: Callable[[], float] = time.time, resolver: _fetch.Resolver | None = None) -> None:
+        self.queue = queue
+        self.url = url
+        self.secret = secret
+        self.policy = policy
+        self.clock = clock
+        self.resolver = resolver
+        self.wake = asyncio.Event()
+        self.delivered = 0
+        self.failures = 0
+
+    def _take(self) -> tuple[int, str, str, int] | None:
+        """Claim the oldest due row (its next attempt moved CLAIM_S ahead); None when none is due."""
+        now = self.clock()
+        skip = self.queue.backend.skip_locked
+        with self.queue._tx() as tx:
+            row = tx.one(
+                f"UPDATE {OUTBOX_TABLE} SET next_attempt_at = ?, attempts = attempts + 1 WHERE id = "
+                f"(SELECT id FROM {OUTBOX_TABLE} WHERE delivered_at IS NULL AND next_attempt_at <= ? "
+                f"AND attempts < ? ORDER BY id LIMIT 1{skip}) AND delivered_at IS NULL "
+                "RETURNING id, event_id, payload, attempts", (now + CLAIM_S, now, MAX_ATTEMPTS))
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]), int(row[3]))
+
+    def _record(self, row_id: int, attempts: int, error: str | None) -> None:
+        now = self.clock()
+        with self.queue._tx() as tx:
+            if error is None:
+                tx.run(f"UPDATE {OUTBOX_TABLE} SET delivered_at = ?, last_error = NULL WHERE id = ?", (now, row_id))
+            else:
+                tx.run(f"UPDATE {OUTBOX_TABLE} SET next_attempt_at = ?, last_error = ? WHERE id = ?",
+                       (now + backoff(attempts), error[:500], row_id))
+
+    def deliver_one(self) -> bool:
+        """Deliver (or fail) one due row; False when none was due.  Runs in a thread."""
+        taken = self._take()
+        if taken is None:
+            return False
+        row_id, event_id, payload, attempts = taken
+        body = payload.encode()
+        headers = {EVENT_HEADER: event_id}
+        if self.secret:
+            headers[SIGNATURE_HEADER] = sign(self.secret, body, int(self.clock()))
+        error: str | None
+        try:
+            status = post(self.url, body, headers, self.policy, self.resolver)
+            error = None if 200 <= status < 300 else f"the receiver answered {status}"
+        except NSFWError as exc:
+            error = f"{exc.code}: {exc.message}"
+        self._record(row_id, attempts, error)
+        if error is None:
+            self.delivered += 1
+            log.info("webhook %s delivered (attempt %d)", event_id, attempts)
+        else:
+            self.failures += 1
+            log.warning("webhook %s attempt %d failed: %s", event_id, attempts, error)
+        return True
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Deliver up to ``limit`` due rows; how many were tried."""
+        n = 0
+        while n < limit and self.deliver_one():
+            n += 1
+        return n
+
+    async def run(self) -> None:
+        """The background task: a pass whenever woken (a decision) or every POLL_S seconds."""
+        while True:
+            try:
+                await asyncio.to_thread(self.deliver_due)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database down: try again later
+                log.warning("webhook delivery pass failed: %r", exc)
+            try:
+                await asyncio.wait_for(self.wake.wait(), POLL_S)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The outbox rows not delivered yet (tests, operators)."""
+        with self.queue._tx(write=False) as tx:
+            rows = tx.run(f"SELECT event_id, item_id, attempts, last_error FROM {OUTBOX_TABLE} "
+                          "WHERE delivered_at IS NULL ORDER BY id")
+        return [{"event_id": r[0], "item_id": r[1], "attempts": r[2], "last_error": r[3]} for r in rows]
