@@ -141,7 +141,7 @@ def per_request(reps: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         known, pool, _ = _known_with(1000, rng, folder)
         ctx = Context(load_settings(environ={"NSFW_DATA_DIR": folder, "NSFW_MODEL_THREADS": "1"}))
-        model = ctx.model()
+        model = ctx.models.get()
         rows: list[dict[str, Any]] = []
         for path in _repository_images():
             data = path.read_bytes()

@@ -33,10 +33,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from nsfw_core.images.decode import decode
-    from nsfw_core.inference.model import get_model
+    from nsfw_core.inference.model import load_model
 
     t0 = time.perf_counter()
-    model = get_model(a.model, Path(__file__).resolve().parent.parent / "model", runtime=a.runtime, threads=a.threads,
+    model = load_model(a.model, Path(__file__).resolve().parent.parent / "model", runtime=a.runtime, threads=a.threads,
                       lanes=True)  # as the service loads it
     load_s = time.perf_counter() - t0
     rss_load = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

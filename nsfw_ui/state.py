@@ -34,4 +34,4 @@ def model(name: str | None = None) -> Model:
     the load takes a moment (Streamlit delays it), i.e. the first time.
     """
     with st.spinner(MODEL_SPINNER):
-        return context().model(name)
+        return context().models.get(name)

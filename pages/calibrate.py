@@ -254,7 +254,7 @@ def _thumbnail(source: str, model_name: str) -> str | None:
     ctx = state.context()
     try:
         data = labelsets.item_loader(ctx.settings.labelset_config, ctx.fetch)(source)
-        rgb = ctx.decoder.decode_for(ctx.model(model_name), data)
+        rgb = ctx.decoder.decode_for(ctx.models.get(model_name), data)
     except NSFWError:
         return None
     return widgets.data_uri(widgets.blurred(rgb), size=96)

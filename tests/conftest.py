@@ -68,9 +68,9 @@ def reference_outputs() -> dict:
 
 @pytest.fixture(scope="session")
 def default_model():
-    from nsfw_core.inference.model import get_model
+    from tests.helpers.models import model_named
 
-    return get_model("MobileNetV2Mid", ROOT / "model")
+    return model_named("MobileNetV2Mid")
 
 
 @pytest.fixture

@@ -351,7 +351,7 @@ def test_upstream_timeout_is_504(client, images):
 
 def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
     with running(make_settings(tmp_path, queue_size=1, max_batch=1)) as c:
-        batcher = current().batcher
+        batcher = current().models.default_lane().batcher
         real = batcher.model
 
         class Slow:  # only this app's batcher sees it: every forward pass takes 0.5 s
@@ -415,11 +415,11 @@ def test_request_bodies_held_in_memory_are_bounded_before_they_are_read(tmp_path
 
 
 def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
-    async def broken(ctx, data: bytes) -> dict:
+    async def broken(self, data: bytes, **kwargs) -> dict:
         raise RuntimeError("surprise")
 
-    monkeypatch.setattr("nsfw_core.http.app.classify_bytes", broken)
-    with caplog.at_level(logging.ERROR, logger="nsfw_core.http.app"):
+    monkeypatch.setattr("nsfw_core.classify.Classifier.data", broken)
+    with caplog.at_level(logging.ERROR, logger="nsfw_core.http"):
         body = error_of(client.post("/predict", content=HOUSE), 500, "internal_error")
     assert "surprise" not in body["message"]
     assert any(r.exc_info and "surprise" in str(r.exc_info[1]) for r in caplog.records)
@@ -531,7 +531,7 @@ def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, 
     """LiteRT gains nothing from waiting (a lone image runs on all threads), so its batcher never waits; TensorFlow's does."""
     with running(make_settings(tmp_path, runtime=runtime, compiled_dir=COMPILED_DIR)) as c:
         assert c.get("/health").json()["runtime"] == runtime
-        assert current().batcher.max_wait_s == wait_s
+        assert current().models.default_lane().batcher.max_wait_s == wait_s
         answer = c.post("/predict", content=HOUSE, headers={"content-type": "image/jpeg"})
         assert answer.status_code == 200 and set(answer.json()) == set(CLASS_NAMES)
 

@@ -10,7 +10,7 @@ import pytest
 from nsfw_core.base.errors import InvalidURL
 from nsfw_core.base.settings import load_settings
 from nsfw_core.base.verdict import Thresholds
-from nsfw_core.classify import Classification, ModelInfo, Outcome, ReviewTicket, Timings, classify_sources, judge
+from nsfw_core.classify import Classification, ModelInfo, Outcome, ReviewTicket, Timings, judge
 from nsfw_core.context import Context
 from nsfw_core.http.openapi import openapi_document
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES
@@ -88,7 +88,7 @@ def test_classify_sources_gives_one_outcome_per_source_in_order(tmp_path):
     ctx = Context(load_settings(environ={"NSFW_DATA_DIR": str(tmp_path), "NSFW_COMPILED_DIR": COMPILED_DIR}))
     try:
         sources = [str(p) for p in REFERENCE_IMAGES[:3]] + [str(tmp_path / "missing.jpg")]
-        outcomes = classify_sources(ctx, sources, batch_size=2)
+        outcomes = ctx.classifier.sources(sources, batch_size=2)
         assert [o.source for o in outcomes] == sources
         assert [o.ok for o in outcomes] == [True, True, True, False]
         assert outcomes[3].error is not None and outcomes[3].error.code == "invalid_url"

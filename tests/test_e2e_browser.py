@@ -60,10 +60,10 @@ def images() -> Iterator:
 @pytest.fixture(scope="module")
 def expected() -> dict[str, dict[str, float]]:
     from nsfw_core.base.settings import load_settings
-    from nsfw_core.inference.model import get_model
     from nsfw_core.inference.pipeline import Decoder
+    from tests.helpers.models import model_named
 
-    model = get_model("MobileNetV2Mid", ROOT / "model")
+    model = model_named("MobileNetV2Mid")
     decoder = Decoder(load_settings().decode_limits)
     try:
         return {name: model.classify([decoder.decode_for(model, (REFERENCE / name).read_bytes())])[0]

@@ -291,7 +291,6 @@ def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
     and judges the scores under the thresholds it tries; a listed or decided image is scored as the model
     sees it there, never given the human verdict."""
     from nsfw_core.base.labels import LabelledItem
-    from nsfw_core.classify import classify_sources
     from nsfw_core.context import Context
     from tests.helpers.paths import COMPILED_DIR
 
@@ -300,14 +299,14 @@ def test_calibration_scores_images_with_the_model_whatever_is_known(tmp_path):
         house = str(REFERENCE / "house.jpg")
         ctx.known.import_list([ListEntry(hashlib.sha256(HOUSE).hexdigest(), None, "deny")], by="admin")
         assert ctx.known.lookup(hashlib.sha256(HOUSE).hexdigest(), None) is not None
-        [scored] = ctx.score_cache.score_items(ctx.model(), [LabelledItem(house, "neutral", "safe")], ctx.decoder,
+        [scored] = ctx.score_cache.score_items(ctx.models.get(), [LabelledItem(house, "neutral", "safe")], ctx.decoder,
                                                ctx.load_bytes)
-        [model_only] = classify_sources(ctx, [house], known=False)
+        [model_only] = ctx.classifier.sources([house], known=False)
         assert model_only.classification is not None
         assert model_only.classification.verdict_source == "model" and model_only.classification.verdict == "safe"
         assert scored[1] == pytest.approx(model_only.classification.scores)
         # the Classify page and the CLI give the list's verdict, as the API does; the scores stay the model's
-        [listed] = classify_sources(ctx, [house])
+        [listed] = ctx.classifier.sources([house])
         assert listed.classification is not None and listed.classification.verdict_source == "list"
         assert listed.classification.verdict == "adult" and listed.classification.scores == scored[1]
     finally:

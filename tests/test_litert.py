@@ -19,9 +19,10 @@ from nsfw_core.base.cpus import available_cpus
 from nsfw_core.base.errors import ModelError
 from nsfw_core.base.settings import MODEL_NAMES, load_settings
 from nsfw_core.inference import litert
-from nsfw_core.inference.model import get_model, load_model
+from nsfw_core.inference.model import load_model
 from nsfw_core.inference.modelfiles import read_verified
 from nsfw_core.inference.pipeline import Decoder
+from tests.helpers.models import model_named
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
 MODEL_DIR = ROOT / "model"
@@ -41,8 +42,8 @@ def compiled_mid(tmp_path_factory):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_litert_agrees_with_the_tensorflow_runtime(name):
     decoder = Decoder(load_settings(environ={}).decode_limits)
-    lite = get_model(name, MODEL_DIR)
-    tf = get_model(name, MODEL_DIR, runtime="tensorflow")
+    lite = model_named(name)
+    tf = model_named(name, "tensorflow")
     assert (lite.runtime, lite.batches, tf.runtime, tf.batches) == ("litert", False, "tensorflow", True)
     try:
         batch = np.stack([decoder.prepare(lite, p.read_bytes()) for p in REFERENCE_IMAGES])
@@ -91,7 +92,7 @@ def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path, no_sh
     assert bad.read_bytes() == good.read_bytes()  # the conversion is deterministic
     assert stale.exists() and other.exists()  # a repair touches only the broken file
     x = np.random.default_rng(3).random((1, 224, 224, 3), dtype=np.float32)
-    np.testing.assert_allclose(model.predict(x), get_model("MobileNetV2Mid", MODEL_DIR).predict(x), atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), model_named("MobileNetV2Mid").predict(x), atol=1e-6)
 
 
 def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path, no_shipped):
@@ -244,9 +245,9 @@ def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
     assert done.stdout.startswith("MobileNetV2: ready for LiteRT in ")
     assert [p.suffix for p in (tmp_path / "compiled").iterdir()] == [".tflite"]
     script = ("import json, sys\n"
-              "from nsfw_core.inference.model import load_for\n"
+              "from nsfw_core.inference.registry import Batching, ModelRegistry\n"
               "from nsfw_core.base.settings import load_settings\n"
-              "m = load_for(load_settings())\n"
+              "m = ModelRegistry(load_settings().model_config, Batching(8, 2.0, 64), 2**30).get()\n"
               "print(json.dumps([m.runtime, 'tensorflow' in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -378,14 +379,15 @@ def test_concurrent_callers_get_their_own_answers(compiled_mid):
 
 
 def test_the_served_model_gets_lanes_and_the_others_do_not():
-    from nsfw_core.inference.model import load_for
+    from nsfw_core.inference.registry import Batching, ModelRegistry
 
     settings = load_settings(environ={"NSFW_COMPILED_DIR": str(COMPILED_DIR)})
-    served, other = load_for(settings), load_for(settings, "MobileNetV2")
+    registry = ModelRegistry(settings.model_config, Batching(8, 2.0, 64), 2**30)
+    served, other = registry.get(), registry.get("MobileNetV2")
     expected = min(available_cpus(), litert.MAX_LANES) if available_cpus() > 1 else 0
     assert (served.name, served.lanes) == (settings.model, expected)
     assert (other.name, other.lanes) == ("MobileNetV2", 0)
-    assert load_for(settings, settings.model) is served  # the pages share the API's copy
+    assert registry.get(settings.model) is served  # the pages share the API's copy
 
 
 def test_a_failing_lane_fails_the_call_only_after_every_lane_is_done(compiled_mid, monkeypatch):

@@ -17,7 +17,6 @@ from nsfw_core.base.verdict import THRESHOLDS_FILE, ActiveThresholds
 from nsfw_core.calibration import labelsets
 from nsfw_core.calibration import maths as cal
 from nsfw_core.calibration.scorecache import CACHE_FILE, ScoreCache
-from nsfw_core.classify import classify_sources
 from nsfw_core.context import current
 from nsfw_core.state.thresholds import ThresholdHistory
 from tests.helpers.pages import new_context as fresh_context
@@ -174,7 +173,7 @@ def test_zip_upload_suggest_and_save(data_dir):
     assert "ROC curve and AUC cannot be computed" not in texts(at.info)
 
     # The expected suggestion, computed here from the model directly.
-    outcomes = classify_sources(current(), adult + safe)
+    outcomes = current().classifier.sources(adult + safe)
     assert all(o.classification is not None for o in outcomes)
     df = cal.score_frame([o.classification.scores for o in outcomes if o.classification is not None],
                          ["adult"] * 3 + ["safe"] * 4)

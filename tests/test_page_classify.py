@@ -24,9 +24,9 @@ from nsfw_core.base.errors import InvalidURL, TooLarge
 from nsfw_core.base.settings import CLASS_NAMES, load_settings
 from nsfw_core.base.verdict import Thresholds, ThresholdStore
 from nsfw_core.context import Context
-from nsfw_core.inference.model import get_model
 from nsfw_core.inference.pipeline import Decoder
 from nsfw_ui import inputs, widgets
+from tests.helpers.models import model_named
 from tests.helpers.pages import new_context
 from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.servers import image, local_server  # noqa: F401 - pytest fixture
@@ -62,7 +62,7 @@ def images(local_server, page_env):  # noqa: F811 - the fixture imported above
 
 
 def expected_scores(name: str) -> dict[str, float]:
-    model = get_model("MobileNetV2Mid", ROOT / "model")
+    model = model_named("MobileNetV2Mid")
     data = (REFERENCE / name).read_bytes()
     decoder = Decoder(load_settings().decode_limits)
     try:
@@ -234,8 +234,8 @@ def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     settings = load_settings()
     ThresholdStore.from_settings(settings).save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
     calls = []
-    real = classify_module.classify_sources
-    monkeypatch.setattr(classify_module, "classify_sources", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = classify_module.Classifier.sources
+    monkeypatch.setattr(classify_module.Classifier, "sources", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     at = new_page()
     assert "(calibrated for MobileNetV2Mid" in at.markdown[0].value and "≥ 1.00" in at.markdown[0].value

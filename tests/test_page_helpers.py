@@ -57,7 +57,7 @@ def test_context_follows_a_replaced_context(own_context, tmp_path):
 def test_model_comes_from_the_context(own_context, monkeypatch):
     calls: list[str | None] = []
     sentinel = object()
-    monkeypatch.setattr(own_context, "model", lambda name=None: calls.append(name) or sentinel)
+    monkeypatch.setattr(own_context.models, "get", lambda name=None: calls.append(name) or sentinel)
     assert state.model("MobileNetV2") is sentinel
     assert state.model() is sentinel
     assert calls == ["MobileNetV2", None]

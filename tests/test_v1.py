@@ -296,6 +296,6 @@ def test_keys_and_rate_limit(tmp_path):
 
 
 def contract_rate(raw: str):
-    from nsfw_core.http.ratelimit import parse_rate
+    from nsfw_core.base.rates import parse_rate
 
     return parse_rate(raw)

@@ -99,7 +99,7 @@ MIN_SECRET_LENGTH = 16
 
 
 def _rate(raw: str) -> Any:
-    from nsfw_core.http.ratelimit import parse_rate
+    from nsfw_core.base.rates import parse_rate
 
     return parse_rate(raw)
 

@@ -1,4 +1,5 @@
-"""API v1's typed contract: the request and response models, their validation, their OpenAPI schemas.
+"""The API's typed contract, for both generations: the request and response models, their validation,
+their OpenAPI schemas.
 
 The models are :mod:`msgspec` structs (msgspec: small, no dependencies, strict JSON decoding
 straight into typed objects, JSON Schema generation).  One definition serves three purposes:
@@ -13,6 +14,11 @@ straight into typed objects, JSON Schema generation).  One definition serves thr
 * the answers: :class:`ClassifyResult` and friends describe what v1 answers; tests validate
   real answers against the generated schemas.
 
+The original API's ``/predict/batch`` body (a list of URLs, or ``{"items": [...], "detail": bool}``
+with ``{"id", "url"}`` objects) is decoded by the same contract (:class:`PredictBatch`); unknown
+fields stay ignored there, as they always were, and a body that does not match is 400
+``bad_request`` naming the item (:func:`decode_predict_batch`).
+
 Sizes are checked before any decoding: the body is read under a byte cap, and a base64 string
 longer than :func:`base64_cap` (the encoded length of ``NSFW_MAX_BYTES`` bytes) is refused
 with 413 ``too_large`` before it is decoded.
@@ -22,17 +28,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from nsfw_core.base.errors import InputError, TooLarge
+from nsfw_core.base.errors import BadRequest, InputError, TooLarge
 from nsfw_core.base.labels import VERDICTS
 from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES
+from nsfw_core.http.errors import TooManyItems
 
-MAX_ID_LENGTH = 256  # as /predict/batch
-MAX_ID_NUMBER = 2**53 - 1
+MAX_ID_LENGTH = 256  # characters in a client's string id (both generations' batches, v1's id)
+MAX_ID_NUMBER = 2**53 - 1  # a numeric id: within what a JSON number carries exactly everywhere
 REF_TEMPLATE = "#/components/schemas/{name}"
 
 T = TypeVar("T")
@@ -62,11 +71,6 @@ class InvalidJSON(ContractError):
 
 class InvalidBase64(ContractError):
     code = "invalid_base64"
-
-
-class TooManyItems(InputError):
-    status = 413
-    code = "too_many_items"
 
 
 # ---------------------------------------------------------------- requests
@@ -293,6 +297,150 @@ def check_image(image: Image, field: str) -> None:
         raise ContractError(f'{field} needs exactly one of "url" and "base64"', field=field)
     if image.url is not None:
         check_id(image.url, f"{field}.url")
+
+
+# ---------------------------------------------------------------- the original API's batch
+
+URLText = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class PredictBatchItem(msgspec.Struct):
+    """One item of ``/predict/batch``: an image URL and the client's id (other fields are ignored)."""
+
+    url: URLText
+    id: ClientId = None
+
+
+class PredictBatch(msgspec.Struct):
+    """``/predict/batch``'s object form; ``detail`` overrides the ``?detail=`` query flag when given."""
+
+    items: list[PredictBatchItem | URLText]
+    detail: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+PredictBatchBody = PredictBatch | list[PredictBatchItem | URLText]
+ID_RULE = f"a string of at most {MAX_ID_LENGTH} characters or a number between -{MAX_ID_NUMBER} and {MAX_ID_NUMBER}"
+URL_RULE = "a non-empty URL string (or an object with one)"
+BATCH_SHAPE = 'expected {"items": [{"id": ..., "url": ...}, ...]} or a list of URLs'
+
+
+def decode_predict_batch(raw: bytes, max_items: int) -> tuple[list[tuple[Any, str]], bool | None]:
+    """A ``/predict/batch`` body -> ([(id, url), ...], detail or None when the body does not say).
+
+    The whole body is checked before any work starts, so nothing the answer echoes back (ids and
+    urls) can fail to encode after the images were classified.  A body that does not match is 400
+    ``bad_request`` with the first bad item's index in ``item``; over ``max_items`` is 413.
+    """
+    try:
+        body = msgspec.json.decode(raw, type=PredictBatchBody, strict=True)
+    except RecursionError:
+        raise BadRequest("the body is JSON nested too deep") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _explain_batch(raw, exc, max_items) from None
+    items = body.items if isinstance(body, PredictBatch) else body
+    if len(items) > max_items:
+        raise TooManyItems(f"{len(items)} items; at most {max_items} per request", limit=max_items)
+    pairs = [(item.id, item.url) if isinstance(item, PredictBatchItem) else (None, item) for item in items]
+    detail = body.detail if isinstance(body, PredictBatch) and isinstance(body.detail, bool) else None
+    return pairs, detail
+
+
+def _explain_batch(raw: bytes, exc: Exception, max_items: int) -> InputError:
+    """The error for a batch body the contract refused, in the words clients have always read.
+
+    msgspec names the path of what did not match; the body read by Python's lenient JSON parser gives
+    the value there.  Bodies strict JSON refuses but Python reads (NaN, lone surrogates) are walked for
+    the value the contract could not take.
+    """
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        return BadRequest("the body is JSON nested too deep")
+    except json.JSONDecodeError as err:
+        return BadRequest(f"the body is not valid JSON: {err}")
+    except UnicodeDecodeError:
+        return BadRequest("the body is not valid JSON: it is not UTF-8 text")
+    except ValueError:  # an integer literal longer than Python converts
+        return BadRequest("the body is not valid JSON we accept: a number in it is too long")
+    found = _PATH.search(str(exc))
+    path = found.group(1) if found else "$"
+    if isinstance(doc, dict):
+        if "items" not in doc:
+            return BadRequest('the body needs an "items" list')
+        if "detail" in doc and not isinstance(doc["detail"], bool):
+            return BadRequest('"detail" must be true or false')
+        items = doc["items"]
+    else:
+        items = doc
+    if not isinstance(items, list):
+        return BadRequest(BATCH_SHAPE)
+    if len(items) > max_items:
+        return TooManyItems(f"{len(items)} items; at most {max_items} per request", limit=max_items)
+    index = re.search(r"\[(\d+)\]", path)
+    if index is None:  # strict JSON refused a value Python reads: find the first item holding one
+        index_n = next((i for i, item in enumerate(items) if not _strict_json(item)), None)
+        if index_n is None:
+            return BadRequest(f"the body does not match: {exc}")
+        return _explain_item(index_n, items[index_n], None)
+    i = int(index.group(1))
+    field = path.rsplit(".", 1)[1] if path.endswith((".id", ".url")) else None
+    return _explain_item(i, items[i], field)
+
+
+def _explain_item(index: int, item: Any, field: str | None) -> BadRequest:
+    where = f"items[{index}]"
+    if isinstance(item, dict):
+        ident, url = item.get("id"), item.get("url")
+        if field == "id" or (field is None and not _strict_json(ident)):
+            return BadRequest(f"{where}.id must be {ID_RULE}, got {_kind(ident)}", item=index)
+        if "url" not in item:
+            return BadRequest(f'{where} needs a "url"', item=index)
+        where += ".url"
+    else:
+        url = item
+    if isinstance(url, str) and url and not _strict_json(url):
+        return BadRequest(f"{where} has a URL that is not valid Unicode (a lone surrogate)", item=index)
+    what = "an empty string" if url == "" else "a number" if isinstance(url, (int, float)) \
+        and not isinstance(url, bool) and math.isfinite(url) else _kind(url)
+    return BadRequest(f"{where} must be {URL_RULE}, got {what}", item=index)
+
+
+def _strict_json(value: Any) -> bool:
+    """False for what strict JSON cannot carry: non-finite numbers, strings with lone surrogates (nested too)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(_strict_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(_strict_json(k) and _strict_json(v) for k, v in value.items())
+    return True
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for error messages (never the value itself: it may be huge)."""
+    if isinstance(value, str):
+        if len(value) > MAX_ID_LENGTH:
+            return f"a string of {len(value)} characters"
+        return "a string that is not valid Unicode"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a non-finite number"
+    if isinstance(value, (int, float)):
+        return "a number out of range"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 # ---------------------------------------------------------------- OpenAPI

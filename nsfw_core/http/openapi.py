@@ -16,9 +16,8 @@ from nsfw_core.base.requestid import HEADER as REQUEST_ID
 from nsfw_core.base.requestid import MAX_LENGTH as REQUEST_ID_LENGTH
 from nsfw_core.base.settings import CLASS_NAMES, RUNTIMES, Settings, load_settings
 from nsfw_core.classify import ModelInfo, Timings
+from nsfw_core.http.contract import MAX_ID_LENGTH, MAX_ID_NUMBER
 
-MAX_ID_LENGTH = 256  # characters in a batch item's string id
-MAX_ID_NUMBER = 2**53 - 1  # a batch item's numeric id: within what a JSON number carries exactly everywhere
 _JSON_TYPES = {"str": "string", "float": "number", "int": "integer", "bool": "boolean"}
 
 

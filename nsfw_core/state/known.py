@@ -429,7 +429,7 @@ def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -
             return None
         if hashlib.sha256(data).hexdigest() != item.sha256:
             return None  # the URL now serves another image: do not remember it under this decision
-        x = ctx.decoder.prepare(ctx.model(), data)
+        x = ctx.decoder.prepare(ctx.models.get(), data)
         return phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
     except Exception as exc:  # a fetch or decode error: sha256 only
         log.info("review item %s: no perceptual hash (%s); its decision is remembered by sha256", item_id, exc)
