@@ -590,13 +590,21 @@ def test_openapi_says_what_a_batch_item_and_a_url_may_be(client):
     doc = client.get("/openapi.json").json()
     schemas = doc["components"]["schemas"]
     batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    item = batch["oneOf"][1]["properties"]["items"]["items"]["oneOf"][1]
+    body = schemas[batch["$ref"].rsplit("/", 1)[1]]
+    listed, wrapped = body["anyOf"]
+    assert schemas[wrapped["$ref"].rsplit("/", 1)[1]]["properties"]["items"]["maxItems"] == 64
+    url_form, object_form = listed["items"]["anyOf"]
+    item = schemas[object_form["$ref"].rsplit("/", 1)[1]]
     assert item["required"] == ["url"]
-    assert item["properties"]["id"] == schemas["BatchResult"]["properties"]["id"]
-    assert {k: item["properties"]["id"][k] for k in ("type", "maxLength", "minimum", "maximum")} == {
-        "type": ["string", "number", "null"], "maxLength": 256, "minimum": -(2**53 - 1), "maximum": 2**53 - 1}
+    assert item["properties"]["id"]["anyOf"] == schemas["BatchResult"]["properties"]["id"]["anyOf"]
+    forms = {f["type"]: f for f in item["properties"]["id"]["anyOf"]}
+    assert set(forms) == {"string", "integer", "number", "null"}
+    assert forms["string"]["maxLength"] == 256
+    for number in ("integer", "number"):
+        assert (forms[number]["minimum"], forms[number]["maximum"]) == (-(2**53 - 1), 2**53 - 1)
     assert item["properties"]["url"]["type"] == "string" and item["properties"]["url"]["minLength"] == 1
-    assert batch["oneOf"][0]["maxItems"] == 64
+    assert url_form == {"type": "string", "minLength": 1}
+    assert listed["maxItems"] == 64
     url = doc["paths"]["/predict"]["post"]["parameters"][0]
     assert url["name"] == "url" and url["schema"]["minLength"] == 1 and url["schema"]["maxLength"] == 2048
     assert url["schema"]["pattern"] == openapi.URL_PATTERN

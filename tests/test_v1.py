@@ -299,3 +299,26 @@ def contract_rate(raw: str):
     from nsfw_core.base.rates import parse_rate
 
     return parse_rate(raw)
+
+
+# ---------------------------------------------------------------- ?model= with a JSON body (one contract)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/classify", {"image": {"base64": B64}}),
+    ("/v1/classify/batch", {"items": [{"image": {"base64": B64}}]}),
+])
+def test_an_invalid_query_model_is_400_whatever_the_body(client, path, body):
+    error_of(client.post(f"{path}?model=NotAModel", json=body), 400, "invalid_request", "model")
+    error_of(client.post(f"{path}?model=MobileNetV2", json={**body, "model": "InceptionV3"}), 400,
+             "invalid_request", "model")
+
+
+def test_a_query_model_with_a_json_body_is_used(client):
+    r = client.post("/v1/classify?model=MobileNetV2", json={"image": {"base64": B64}})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"]["name"] == "MobileNetV2"
+    same = client.post("/v1/classify?model=MobileNetV2", json={"image": {"base64": B64}, "model": "MobileNetV2"})
+    assert same.json()["scores"] == r.json()["scores"]
+    batch = client.post("/v1/classify/batch?model=MobileNetV2", json={"items": [{"image": {"base64": B64}}]})
+    assert batch.json()["results"][0]["model"]["name"] == "MobileNetV2"

@@ -50,6 +50,7 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 ClientId = (Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
             | Annotated[int, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)]
             | Annotated[float, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)] | None)
+URLText = Annotated[str, msgspec.Meta(min_length=1)]
 ModelName = Literal["MobileNetV2Mid", "MobileNetV2", "InceptionV3"]
 Verdict = Literal["adult", "unknown", "safe"]
 ReviewStatus = Literal["pending", "claimed", "decided"]
@@ -154,39 +155,117 @@ class Frame(msgspec.Struct, forbid_unknown_fields=True):
     scores: Scores
 
 
-class ClassifyResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One image's rich answer: ``/predict?detail=1``'s fields plus the request's and the client's ids."""
+class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
+    """The known image whose human verdict this image got (``verdict_source`` review or list); the scores
+    stay the model's."""
 
-    request_id: str
-    id: ClientId
+    source: Literal["review", "list"]
+    by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE")]
+    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256)")]
+    label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
+    entry_id: int
+    review_id: Annotated[int | None, msgspec.Meta(description="the decided review item (source review)")]
+
+
+class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
+    adult: float
+    safe: float
+    adult_classes: list[str]
+    safe_classes: list[str]
+    version: Annotated[int | None, msgspec.Meta(
+        description="the thresholds history's version in force (null: the defaults or the request's own)")]
+
+
+class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One image's rich answer (``/predict?detail=1``): scores, verdict, how it was reached."""
+
     scores: Scores
     verdict: Verdict
     adult_score: float
     safe_score: float
-    thresholds: ThresholdsOut
+    thresholds: DetailThresholds
     model: ModelOut
     timings: TimingsOut
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-    verdict_source: Literal["model", "review", "list"]  # review/list: a known image's human verdict (match)
-    match: dict[str, Any] | None = None  # the known image matched (as /predict?detail=1 gives it)
-    frames: list[Frame] | None = None
-    deciding_frame: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    review_id: int | None = None  # present when the image was queued for human review (null: queueing failed)
-    review_error: str | None = None
+    verdict_source: Annotated[Literal["model", "review", "list"], msgspec.Meta(
+        description="who decided the verdict: the model; review: a reviewer decided this image or a near copy "
+                    "of it (match says which); list: it is on an admin's allow/deny hash list")]
+    match: MatchOut | msgspec.UnsetType = msgspec.UNSET
+    frames: Annotated[list[Frame], msgspec.Meta(
+        min_length=1, description="an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled frames (at "
+                                  "most NSFW_MAX_FRAMES); the image's scores and verdict are its worst frame's "
+                                  "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
+    deciding_frame: Annotated[int, msgspec.Meta(
+        ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
+    review_id: Annotated[int | None, msgspec.Meta(
+        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS); null when queueing "
+                    "failed")] | msgspec.UnsetType = msgspec.UNSET
+    review_error: Annotated[str, msgspec.Meta(
+        description="why queueing failed (the verdict stands)")] | msgspec.UnsetType = msgspec.UNSET
 
 
-class ErrorOut(msgspec.Struct):
-    """Every error: a stable ``code``, a message; ``field`` (a JSON path) when the body did not match."""
+class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One image's rich answer in API v1: ``/predict?detail=1``'s fields plus the request's and the client's ids."""
+
+    thresholds: ThresholdsOut  # type: ignore[assignment]
+    request_id: str
+    id: ClientId
+
+
+class Error(msgspec.Struct):
+    """Every error: a stable ``code``, a message; ``field`` (a JSON path) when the body did not match; other
+    details by code (``item``, ``limit``, ``allow``...)."""
 
     code: str
     message: str
-    request_id: str | None = None
-    field: str | None = None
+    request_id: Annotated[str, msgspec.Meta(
+        description="the request's id, as in the X-Request-ID response header (absent in a batch item's error)"
+    )] | msgspec.UnsetType = msgspec.UNSET
+    field: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class BatchResult(msgspec.Struct):
+    """One ``/predict/batch`` item: scores and verdict (all of Detail with detail=true), or error."""
+
+    id: ClientId
+    url: URLText
+    scores: Scores | msgspec.UnsetType = msgspec.UNSET
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
+    error: Error | msgspec.UnsetType = msgspec.UNSET
+
+
+class BatchResults(msgspec.Struct, forbid_unknown_fields=True):
+    """``/predict/batch``'s answer: one result per item, in order."""
+
+    results: list[BatchResult]
+
+
+class HealthThresholds(msgspec.Struct):
+    adult: float
+    safe: float
+    adult_classes: list[str]
+    safe_classes: list[str]
+    version: int | None
+    source: str
+
+
+class Health(msgspec.Struct):
+    """``GET /health`` when ready."""
+
+    status: Literal["ok"]
+    model: str
+    version: str
+    runtime: Literal["litert", "tensorflow"]
+    thresholds: HealthThresholds
+    warnings: list[str]
+    batcher: dict[str, Any]
+    in_flight: dict[str, int]
 
 
 class BatchError(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: ClientId
-    error: ErrorOut
+    error: Error
 
 
 class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
@@ -217,7 +296,7 @@ class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 
 REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)
-RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, ErrorOut)
+RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error)
 
 
 # ---------------------------------------------------------------- validation
@@ -300,9 +379,6 @@ def check_image(image: Image, field: str) -> None:
 
 
 # ---------------------------------------------------------------- the original API's batch
-
-URLText = Annotated[str, msgspec.Meta(min_length=1)]
-
 
 class PredictBatchItem(msgspec.Struct):
     """One item of ``/predict/batch``: an image URL and the client's id (other fields are ignored)."""
@@ -447,8 +523,16 @@ def _kind(value: Any) -> str:
 
 
 def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dict[str, Any]:
-    """The ``components/schemas`` of v1, generated from the models, with this server's limits filled in."""
+    """The ``components/schemas`` of API v1's requests and answers, generated from the models, with these limits."""
     _, components = msgspec.json.schema_components(REQUESTS + RESPONSES, ref_template=REF_TEMPLATE)
+    return schema_limits(components, max_bytes=max_bytes, max_url_length=max_url_length,
+                         max_batch_items=max_batch_items)
+
+
+def schema_limits(components: dict[str, Any], *, max_bytes: int, max_url_length: int,
+                  max_batch_items: int) -> dict[str, Any]:
+    """Generated ``components`` with what the structs cannot say filled in: the limits that are settings, and
+    the rules checked in code (exactly one of url and base64; the batch item forms)."""
     image = components["Image"]
     image["properties"]["url"]["anyOf"][0]["maxLength"] = max_url_length
     b64 = image["properties"]["base64"]["anyOf"][0]
@@ -466,9 +550,12 @@ def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dic
                   {"$ref": REF_TEMPLATE.format(name="BatchError")}]}
     components["BatchRequest"]["properties"]["items"]["maxItems"] = max_batch_items
     components["BatchRequest"]["properties"]["items"]["minItems"] = 1
-    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult"):
-        props = components[name]["properties"]
+    if "PredictBatch" in components:
+        components["PredictBatch"]["properties"]["items"]["maxItems"] = max_batch_items
+    id_text = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} characters or a number within "
+               f"+-{MAX_ID_NUMBER}")
+    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult", "PredictBatchItem", "BatchResult"):
+        props = components.get(name, {}).get("properties", {})
         if "id" in props:
-            props["id"]["description"] = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} "
-                                          f"characters or a number within +-{MAX_ID_NUMBER}")
+            props["id"]["description"] = id_text
     return components

@@ -32,7 +32,7 @@ from nsfw_core.state.db import _Pool, _Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
 from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
-from nsfw_core.state.review import export
+from nsfw_core.state.review import export as export
 from nsfw_core.state.review.items import (
     CLAIMED,
     DECIDED,
