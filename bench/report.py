@@ -309,6 +309,10 @@ def render(res: dict[str, Any]) -> str:
 
 HEADER = """# Benchmarks
 
+This file is the raw lab record: every run as it was made, with its command, the earlier runs and
+the side-by-side comparisons. The current figures, by topic, with their machine and date, are in
+the docs: `docs/performance.md`.
+
 How fast the service classifies images, against the model's own ceiling, the
 original stack it replaces and two peers with models on PyPI. One command runs
 everything on one machine with the same images (the ratios are what to read on

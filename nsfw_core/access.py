@@ -224,7 +224,7 @@ class Access:
         out = []
         if not self.sign_in_configured:
             out.append("sign-in is not configured: the calibrate and review pages are locked (set "
-                       "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; README \"Security model\")")
+                       "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; docs/security.md)")
         elif self.oidc and not (self.config.admin_emails or self.config.reviewer_emails) and not self.secrets:
             out.append("OpenID Connect sign-in is configured but NSFW_ADMIN_EMAILS and NSFW_REVIEWER_EMAILS "
                        "are empty: nobody who signs in gets a role")

@@ -1,6 +1,6 @@
 """Sign-in page: OpenID Connect (``st.login``) or a role's secret; who you are once signed in.
 
-Roles and what they may do are :mod:`nsfw_core.access`'s; README "Security model" says how to
+Roles and what they may do are :mod:`nsfw_core.access`'s; docs/security.md says how to
 configure sign-in.  The secret field is a password input in a form that clears on submit; the
 secret is checked on the server in constant time, rate-limited, and never logged or shown.
 """
@@ -56,7 +56,7 @@ def page() -> None:
     if not access.sign_in_configured:
         st.warning("Sign-in is not configured on this server, so the calibrate and review pages are locked. "
                    "The operator sets NSFW_ADMIN_SECRET / NSFW_REVIEWER_SECRET, or an OpenID Connect provider "
-                   "(README \"Security model\").")
+                   "(docs/security.md).")
         return
     if access.oidc and st.button("Sign in with your identity provider", type="primary", key="sign_in_oidc"):
         st.login()

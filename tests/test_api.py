@@ -522,7 +522,7 @@ def test_health_warns_when_sign_in_is_not_configured(tmp_path, caplog):
         body = c.get("/health").json()
     assert body["status"] == "ok"
     assert body["warnings"] == ["sign-in is not configured: the calibrate and review pages are locked (set "
-                                "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; README \"Security model\")"]
+                                "NSFW_ADMIN_SECRET, or OpenID Connect sign-in; docs/security.md)"]
     assert body["warnings"][0] in caplog.text
 
 

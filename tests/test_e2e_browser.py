@@ -1,7 +1,7 @@
 """The browser app in a real headless Chromium, against the real server started by ``./run.sh``.
 
 ``./run.sh`` is the README's local command: it serves 127.0.0.1 in local mode, so the
-person at the browser calibrates and reviews without signing in (README "Security model").
+person at the browser calibrates and reviews without signing in (docs/security.md).
 
 Debian's ``chromium`` and ``chromium-driver`` are used (``scripts/install-browser.sh``
 installs them); Selenium drives ``/usr/bin/chromedriver`` given explicitly, with

@@ -172,7 +172,7 @@ def test_text_logs_of_a_real_server_carry_request_ids_and_never_show_a_query_str
 
 
 def test_under_uvicorn_app_app_the_log_is_set_up_too(tmp_path: Path):
-    """``uvicorn app:app`` (the README's other command) has no ``main()``: the lifespan sets up the log, so
+    """``uvicorn app:app`` (the other command in docs/getting-started.md) has no ``main()``: the lifespan sets up the log, so
     uvicorn's own access line (on by default there) loses /predict's query string as well."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}

@@ -1,6 +1,6 @@
 """Soak test: the real server under a long mix of good and hostile requests.
 
-    python -m tests.soak.soak --requests 10000 --concurrency 64 [--seed 0] [--json out.json]
+    python -m bench.soak.soak --requests 10000 --concurrency 64 [--seed 0] [--json out.json]
 
 Not part of the test suite.  It starts
 
