@@ -40,7 +40,7 @@ import numpy as np
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
-from nsfw_core.state.db import _Pool
+from nsfw_core.state.db import Pool
 from nsfw_core.state.hashindex import HashIndex, as_rows, distances
 from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
 from nsfw_core.state.remembered import ADD, COLUMNS, LIST, REMOVE, REVIEW, SELECT, live_entries, remove
@@ -188,7 +188,7 @@ def _empty_state() -> _State:
 class KnownImages:
     """The known images of one process, read from the database's log and refreshed in the background."""
 
-    def __init__(self, pool: _Pool, *, distance: int = 31, refresh_interval: float = REFRESH_INTERVAL,
+    def __init__(self, pool: Pool, *, distance: int = 31, refresh_interval: float = REFRESH_INTERVAL,
                  clock: Callable[[], float] = time.time) -> None:
         self._pool = pool
         self.backend = pool.backend

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
-from nsfw_core.state.db import _Backend
+from nsfw_core.state.db import Backend
 from nsfw_core.state.errors import ReviewConfigError
 
 TABLE = "review_items"
@@ -119,7 +119,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
-def migrate(backend: _Backend, conn: Any, migrations: Sequence[Migration] = MIGRATIONS,
+def migrate(backend: Backend, conn: Any, migrations: Sequence[Migration] = MIGRATIONS,
             clock: Callable[[], float] = time.time) -> list[int]:
     """Apply the missing migrations in one transaction; returns the versions applied."""
     known = max((m.version for m in migrations), default=0)

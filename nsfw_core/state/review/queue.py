@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from nsfw_core.base.errors import BadRequest
 from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
-from nsfw_core.state.db import _Pool, _Tx, backend_for
+from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
 from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
@@ -90,7 +90,7 @@ class ReviewQueue:
         retention_days: float = DEFAULT_RETENTION_DAYS,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
-        pool: _Pool | None = None,
+        pool: Pool | None = None,
     ) -> None:
         # ``pool``: a pool the caller owns and shares (the process context's one pool on the database);
         # without it the queue opens and closes its own.
@@ -100,10 +100,10 @@ class ReviewQueue:
         self.lease_seconds = float(lease_seconds)
         self.retention_days = float(retention_days)
         self.clock = clock
-        self._pool = _Pool(self.backend) if pool is None else pool
+        self._pool = Pool(self.backend) if pool is None else pool
         self._last_purge = 0.0
         # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.state.webhooks)
-        self.decision_hooks: list[Callable[[_Tx, Item], None]] = []
+        self.decision_hooks: list[Callable[[Tx, Item], None]] = []
         self.backend.recover()
         with self._connection() as conn:
             try:
@@ -153,16 +153,14 @@ class ReviewQueue:
         with self._pool.connection() as conn:
             yield conn
 
-    @contextlib.contextmanager
-    def _tx(self, write: bool = True) -> Iterator[_Tx]:
+    def _tx(self, write: bool = True) -> contextlib.AbstractContextManager[Tx]:
         """One transaction; database errors become :class:`ReviewUnavailable`."""
-        try:
-            with self._pool.connection() as conn, self.backend.begin(conn, write) as tx:
-                yield tx
-        except ReviewError:
-            raise
-        except self.backend.errors as exc:
-            raise self.backend.wrap(exc) from exc
+        return self._pool.transaction(write)
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool of the one database (the webhooks' outbox shares it)."""
+        return self._pool
 
     def _now(self) -> float:
         return float(self.clock())
@@ -229,7 +227,7 @@ class ReviewQueue:
                 (reviewer, until, now, *excluded, now))
         return _item(row) if row is not None else None
 
-    def _conflict(self, tx: _Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
+    def _conflict(self, tx: Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
         row = tx.one(f"SELECT status, claimed_by, decided_by FROM {TABLE} WHERE id = ?", (item_id,))
         if row is None:
             return ItemNotFound(f"review item {item_id} does not exist (purged?)", item_id=item_id)
