@@ -18,7 +18,8 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from nsfw_core.base.errors import NSFWError
-from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.settings import MODEL_NAMES, SettingsError, load_settings
 from nsfw_core.calibration.labelsets import load_manifest
 from nsfw_core.classify import Outcome
 from nsfw_core.context import Context

@@ -120,15 +120,18 @@ class Labelled:
 
     @property
     def a(self) -> np.ndarray:
-        return self.df["adult_score"].to_numpy()
+        values: np.ndarray = self.df["adult_score"].to_numpy()
+        return values
 
     @property
     def s(self) -> np.ndarray:
-        return self.df["safe_score"].to_numpy()
+        values: np.ndarray = self.df["safe_score"].to_numpy()
+        return values
 
     @property
     def y(self) -> np.ndarray:
-        return self.df["truth"].to_numpy()
+        values: np.ndarray = self.df["truth"].to_numpy()
+        return values
 
     @property
     def n(self) -> int:

@@ -71,3 +71,25 @@ def test_the_model_tests_pass_without_tensorflow(slim, tmp_path):
     # every skip is the one TensorFlow comparison, and nothing was compiled (no TensorFlow to compile with)
     assert sorted(p.name.split("-")[0] for p in (checkout / "var" / "compiled").iterdir()) == \
         ["InceptionV3", "MobileNetV2", "MobileNetV2Mid"]
+
+
+def _requirement_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[=<>\[ ;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_the_package_metadata_matches_the_slim_install():
+    """``pip install .`` gets what ./run.sh gets: every direct dependency is pinned in requirements.txt, and
+    TensorFlow only comes with the ``convert`` extra."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {re.split(r"[=<>\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    runtime = _requirement_names((ROOT / "requirements.txt").read_text())
+    assert direct <= runtime, direct - runtime
+    assert not any(d.startswith("tensorflow") for d in direct)
+    assert project["optional-dependencies"]["convert"] == ["tensorflow-cpu"]

@@ -36,8 +36,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from nsfw_core.base.errors import BadRequest, InputError, TooLarge
-from nsfw_core.base.labels import VERDICTS
-from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES
+from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.http.errors import TooManyItems
 
 MAX_ID_LENGTH = 256  # characters in a client's string id (both generations' batches, v1's id)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route, get_route_path
+from starlette.routing import Match, Route
 
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NSFWError
@@ -137,7 +137,7 @@ class ApiLookalike(ApiRoute):
         return any(canonical == p or canonical.startswith(p + "/") for p in self.api_paths)
 
     def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
-        if scope["type"] == "http" and self.looks_like_api(get_route_path(scope)):
+        if scope["type"] == "http" and self.looks_like_api(_route_path(scope)):
             return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
         return Match.NONE, {}
 
@@ -148,3 +148,12 @@ class ApiLookalike(ApiRoute):
         hint = f"; did you mean {known[0]}?" if known else " (API paths are case-sensitive, without a trailing " \
             "slash or ;parameters)"
         return NotFound(f"no API endpoint at {path[:200]}{hint}")
+
+
+def _route_path(scope: Any) -> str:
+    """The request's path below the app's mount point (``root_path``), as Starlette's routes match it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root):]
+    return path

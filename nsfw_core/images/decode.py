@@ -454,8 +454,10 @@ def _tile_to_rgb(img: Image.Image) -> np.ndarray:
 def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     """16-bit greyscale keeps its top byte; float greyscale is clipped to 0..255."""
     if mode == "F":
-        return np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0, 255)).astype(np.uint8)
-    return (np.clip(values, 0, 0xFFFF) >> 8).astype(np.uint8)
+        rounded: np.ndarray = np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0, 255)).astype(np.uint8)
+        return rounded
+    shifted: np.ndarray = (np.clip(values, 0, 0xFFFF) >> 8).astype(np.uint8)
+    return shifted
 
 
 def _on_white(img: Image.Image) -> Image.Image:

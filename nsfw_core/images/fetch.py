@@ -388,7 +388,8 @@ def _call_before_deadline(call: Callable[[], Sequence[str]], deadline: _Deadline
         raise TimeoutError("name resolution timed out")
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    addresses: Sequence[str] = outcome["value"]
+    return addresses
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from nsfw_core.base.errors import ModelError
-from nsfw_core.base.settings import CLASS_NAMES, RUNTIMES, load_settings
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.settings import RUNTIMES, load_settings
 from nsfw_core.images.preprocess import preprocess, resize_bilinear
 from nsfw_core.inference.litert import MAX_LANES, load_forward
 from nsfw_core.inference.modelfiles import check_name, dequantise, read_verified, version

@@ -61,14 +61,14 @@ class Tx:
         self.cursor = cursor
         self.rowcount = 0
 
-    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cursor.execute(self.backend.sql(sql), tuple(params))
         self.rowcount = self.cursor.rowcount
         if self.cursor.description is None:
             return []
         return [tuple(r) for r in self.cursor.fetchall()]
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = self.run(sql, params)
         return rows[0] if rows else None
 
@@ -86,7 +86,7 @@ class Backend:
     def connect(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def begin(self, conn: Any, write: bool) -> contextlib.AbstractContextManager:  # pragma: no cover
+    def begin(self, conn: Any, write: bool) -> contextlib.AbstractContextManager[Tx]:  # pragma: no cover
         raise NotImplementedError
 
     def usable(self, conn: Any) -> bool:
@@ -307,7 +307,7 @@ class Pool:
 
     def __init__(self, backend: Backend, max_idle: int = 4) -> None:
         self.backend = backend
-        self._idle: _queue.LifoQueue = _queue.LifoQueue()
+        self._idle: _queue.LifoQueue[Any] = _queue.LifoQueue()
         self._max_idle = max_idle
         self._closed = False
 

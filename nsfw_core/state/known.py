@@ -280,7 +280,7 @@ class KnownImages:
                 self.warning = None
             self._loaded = True
 
-    def _apply(self, rows: Sequence[tuple]) -> None:
+    def _apply(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         s = self._state
@@ -370,7 +370,8 @@ class KnownImages:
                 [(e.sha256, e.pdq or "", e.verdict, e.label, e.note, by, now) for e in entries])
             return {"added": len(entries), "removed": len(doomed)}
 
-        return self._write(run)
+        counts: dict[str, int] = self._write(run)
+        return counts
 
     def list_entries(self) -> list[ListEntry]:
         """The hash list as it stands (oldest entry first), from the database."""

@@ -48,7 +48,7 @@ def forget_decision(backend: Backend, tx: Tx, item_id: int, by: str, now: float)
         remove(tx, entry_id, REVIEW, by, now)
 
 
-def live_entries(tx: Tx, where: str, params: Sequence[Any] = ()) -> list[tuple]:
+def live_entries(tx: Tx, where: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """The ids of entries added and not removed, matching ``where`` (on the adding row ``a``)."""
     return tx.run(f"SELECT a.id FROM {KNOWN_TABLE} a WHERE a.op = '{ADD}' AND {where} AND NOT EXISTS "
                   f"(SELECT 1 FROM {KNOWN_TABLE} r WHERE r.op = '{REMOVE}' AND r.removes = a.id) ORDER BY a.id",

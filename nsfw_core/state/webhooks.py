@@ -85,7 +85,7 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = TOLERA
 def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
     """Seconds before attempt ``attempts + 1``: 1, 2, 4 ... up to 10 minutes, +-20 % jitter."""
     delay = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** max(0, attempts - 1))
-    return delay * (0.8 + 0.4 * rand())
+    return float(delay * (0.8 + 0.4 * rand()))
 
 
 def review_dict(item: Item) -> dict[str, Any]:

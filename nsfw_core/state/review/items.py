@@ -81,7 +81,7 @@ def check_reviewer(reviewer: Any) -> str:
     """The trimmed reviewer id; :class:`BadRequest` when it is missing or too long."""
     if not isinstance(reviewer, str) or not reviewer.strip():
         raise BadRequest("a reviewer id is required")
-    reviewer = reviewer.strip()
-    if len(reviewer) > MAX_REVIEWER_LENGTH:
+    trimmed: str = reviewer.strip()
+    if len(trimmed) > MAX_REVIEWER_LENGTH:
         raise BadRequest(f"reviewer id longer than {MAX_REVIEWER_LENGTH} characters")
-    return reviewer
+    return trimmed
