@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .emailclaims import ascii_lower, entry_problem
 from .labels import CLASS_NAMES, VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,12 +78,14 @@ def _runtime(raw: str) -> str:
 
 
 def _emails(raw: str) -> tuple[str, ...]:
-    items = tuple(item.lower() for item in _list(raw))
+    """Addresses and @domains, held to the form a provider's address must have to match one
+    (:mod:`nsfw_core.emailclaims`: ASCII, no spaces or control characters, one @), ASCII-lowercased."""
+    items = _list(raw)
     for item in items:
-        local, at, domain = item.rpartition("@")
-        if not at or "." not in domain or any(c.isspace() for c in item) or "@" in local:
-            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain")
-    return items
+        problem = entry_problem(item)
+        if problem is not None:
+            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain ({problem})")
+    return tuple(ascii_lower(item) for item in items)
 
 
 LOG_FORMATS = ("text", "json")
