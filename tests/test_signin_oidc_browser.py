@@ -2,11 +2,14 @@
 
 The provider is ``oidc-provider-mock`` (``python -m oidc_provider_mock``, requirements-dev.txt) on a
 free port of 127.0.0.1: its authorize page asks for a subject and signs in whoever is typed, with
-``email`` = the subject unless ``PUT /users/{sub}`` set other claims.  The server is ``python app.py``
-started as a deployment would be (not local mode, ``NSFW_API_KEYS`` set, no public demo), with the
-``NSFW_OIDC_*`` settings pointing at the provider (app.py hands them to Streamlit as an ``[auth]``
-secrets section) and the allow-lists ``NSFW_ADMIN_EMAILS=admin@example.com``,
-``NSFW_REVIEWER_EMAILS=reviewer@example.com``; no sign-in secret, so the provider is the only way in.
+``email`` = the subject unless ``PUT /users/{sub}`` set other claims (then exactly those: the fixture gives
+each test user ``email_verified: true``, the only value that verifies).  The server is ``python app.py`` of
+the runtime install (a virtualenv of requirements.txt only, tests/helpers/slim.py: a package that only the
+development environment has is missing there, as it would be for users), started as a deployment would be
+(not local mode, ``NSFW_API_KEYS`` set, no public demo), with the ``NSFW_OIDC_*`` settings pointing at the
+provider (app.py hands them to Streamlit as an ``[auth]`` secrets section) and the allow-lists
+``NSFW_ADMIN_EMAILS=admin@example.com,kevin@example.com``, ``NSFW_REVIEWER_EMAILS=@example.com``; no
+sign-in secret, so the provider is the only way in.
 
 Debian's headless Chromium (as tests/test_e2e_browser.py) opens the app at ``http://localhost:PORT``,
 the origin of the redirect URI (``http://localhost:PORT/oauth2callback``, the default): the sign-in
@@ -32,6 +35,7 @@ API_KEY = "signin-test-api-key-0123456789"
 CLIENT_ID = "nsfw-moderation-test"
 CLIENT_SECRET = "oidc-client-secret-0123456789abcdef"
 ADMIN = "admin@example.com"
+KEVIN = "kevin@example.com"  # the second admin: "\u212aevin@example.com" (KELVIN SIGN) lowercases to it
 REVIEWER = "reviewer@example.com"
 REVIEWER_SUB = "rev-0042"  # the reviewer's subject differs from the address: the role comes from `email`
 STRANGER = "stranger@example.org"
@@ -60,6 +64,8 @@ def provider(tmp_path_factory) -> Iterator[str]:
     try:
         process.wait_until(lambda: http_status(base + "/.well-known/openid-configuration") == 200,
                            "oidc-provider-mock", 30)
+        _put_user(base, ADMIN, {"email": ADMIN, "email_verified": True})
+        _put_user(base, STRANGER, {"email": STRANGER, "email_verified": True})
         _put_user(base, REVIEWER_SUB, {"email": REVIEWER, "email_verified": True, "name": "Rita Reviewer"})
         _put_user(base, UNVERIFIED, {"email": ADMIN, "email_verified": False})
         yield base
@@ -84,12 +90,14 @@ def _enqueue_one(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(provider, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
-    """``python app.py`` configured for OpenID Connect; yields (http://localhost:PORT, its environment)."""
-    with app_process(tmp_path_factory.mktemp("app"), prepare=_enqueue_one,
+def app(provider, slim_python, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """``python app.py`` configured for OpenID Connect, run by the runtime install's python (requirements.txt
+    only, tests/helpers/slim.py: what users get); yields (http://localhost:PORT, its environment)."""
+    with app_process(tmp_path_factory.mktemp("app"), prepare=_enqueue_one, python=slim_python,
                      NSFW_OIDC_METADATA_URL=f"{provider}/.well-known/openid-configuration",
                      NSFW_OIDC_CLIENT_ID=CLIENT_ID, NSFW_OIDC_CLIENT_SECRET=CLIENT_SECRET,
-                     NSFW_ADMIN_EMAILS=ADMIN, NSFW_REVIEWER_EMAILS=REVIEWER, NSFW_API_KEYS=API_KEY) as (base, env):
+                     NSFW_ADMIN_EMAILS=f"{ADMIN},{KEVIN}", NSFW_REVIEWER_EMAILS="@example.com",
+                     NSFW_API_KEYS=API_KEY) as (base, env):
         yield base.replace("127.0.0.1", "localhost"), env
 
 
