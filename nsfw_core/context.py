@@ -46,6 +46,7 @@ from .thresholds import ThresholdHistory
 
 if TYPE_CHECKING:
     from .scorecache import ScoreCache
+    from .signin_sessions import SigninSessions
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Context:
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
         self._known: KnownImages | None = None
+        self._signin_sessions: SigninSessions | None = None
         self._models: dict[str, Model] = {}
         self.metrics = Metrics(self, app_version=_app_version())  # this process's registry: GET /metrics
 
@@ -120,6 +122,16 @@ class Context:
                     self._known = KnownImages(self.database, distance=self.settings.match_distance)
                 known = self._known
         return known
+
+    @property
+    def signin_sessions(self) -> SigninSessions:
+        """The browser app's sign-in sessions (:mod:`nsfw_core.signin_sessions`), in the one database."""
+        from .signin_sessions import SigninSessions  # only the browser app's sign-in needs it
+
+        with self._lock:
+            if self._signin_sessions is None:
+                self._signin_sessions = SigninSessions(self.database, self.settings.session_config)
+            return self._signin_sessions
 
     @property
     def score_cache(self) -> ScoreCache:
