@@ -69,7 +69,7 @@ SIGN_IN_IMPORTS = (
     "authlib.integrations.starlette_client", "authlib.integrations.httpx_client", "authlib.jose", "httpx",
     "httpcore", "joserfc.jwt", "joserfc.jwk", "joserfc.errors", "itsdangerous", "starlette.middleware.sessions",
     "streamlit.web.server.starlette.starlette_auth_routes", "streamlit.auth_util",
-    "nsfw_core.emailclaims", "nsfw_ui.oidc",
+    "nsfw_core.emailclaims", "nsfw_core.signin_sessions", "nsfw_core.userinfo", "nsfw_ui.oidc", "nsfw_ui.signin",
 )
 
 
