@@ -352,7 +352,7 @@ class SigninSessions:
                     self._unreachable.clear()
             if failed is None:  # once per session and outage, not at every action
                 log.warning("OpenID Connect sign-in of %s could not be re-checked with the identity provider "
-                            "(last confirmed %.0f s ago; allowed until %.0f s): %s", shown(row.name),
+                            "(last confirmed %.0f s ago; no rights once that reaches %.0f s): %s", shown(row.name),
                             now - row.validated_at, 2 * interval, answer.reason)
         if now - row.validated_at < 2 * interval:
             return OK

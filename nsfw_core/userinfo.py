@@ -3,7 +3,7 @@
 Streamlit keeps the sign-in's access token in its signed cookie (``st.user.tokens["access"]`` once the
 ``[auth]`` section has ``expose_tokens = ["access"]``, as nsfw_ui/oidc.py writes it).  :func:`userinfo`
 sends it to the provider's ``userinfo_endpoint`` (from its discovery document, :func:`endpoint`, read once
-an hour): a provider that revoked the token, or whose user was disabled, answers 401 or 403
+an hour): a provider that revoked the token, or whose user was disabled, answers 401, 403 or 400
 (:class:`Refused`); otherwise it answers the user's claims as they are now (an address no longer verified
 shows there).  A provider that cannot be reached, or answers anything else, raises :class:`Unavailable`.
 Tokens are never logged nor put in an error message.
@@ -11,6 +11,7 @@ Tokens are never logged nor put in an error message.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 TIMEOUT_S = 5.0
 METADATA_TTL_S = 3600.0
 MAX_BYTES = 256 * 1024
+# Answers that refuse the token itself (RFC 6750 3.1: 400 invalid_request, 401 invalid_token, 403
+# insufficient_scope; some providers answer 400 to a revoked token).  Anything else is an outage.
+REFUSALS = (400, 401, 403)
 
 _lock = threading.Lock()
 _endpoints: dict[str, tuple[str, float]] = {}  # metadata URL -> (userinfo endpoint, monotonic time read)
@@ -81,13 +85,27 @@ def endpoint(metadata_url: str) -> str:
     return found
 
 
+def _error_code(reply: Any) -> str:
+    """The OAuth error code of a refusal (``invalid_token``...), from ``WWW-Authenticate`` or the JSON body,
+    as ``", invalid_token"``; "" when there is none that is plainly a code."""
+    found = re.search(r'error="([^"]*)"', reply.headers.get("www-authenticate", ""))
+    code: Any = found.group(1) if found else None
+    if code is None and len(reply.content) <= MAX_BYTES:
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
+        code = body.get("error") if isinstance(body, dict) else None
+    return f", {code}" if isinstance(code, str) and re.fullmatch(r"[a-z_]{1,40}", code) else ""
+
+
 def userinfo(metadata_url: str, access_token: str) -> dict[str, Any]:
     """The user's claims as the provider gives them now; :class:`Refused` when it refuses the token."""
     url = endpoint(metadata_url)
     reply = _get(url, {"Authorization": f"Bearer {access_token}", "Accept": "application/json"})
-    if reply.status_code in (401, 403):
-        raise Refused(f"the identity provider refused this sign-in's access token (HTTP {reply.status_code}: "
-                      "revoked, expired, or the user was disabled)")
+    if reply.status_code in REFUSALS:
+        raise Refused(f"the identity provider refused this sign-in's access token (HTTP {reply.status_code}"
+                      f"{_error_code(reply)}: revoked, expired, or the user was disabled)")
     if reply.status_code != 200:
         raise Unavailable(f"the provider's userinfo endpoint answered HTTP {reply.status_code}")
     return _json(reply, "the provider's userinfo answer")

@@ -109,8 +109,9 @@ def test_userinfo_sends_the_access_token_and_reads_the_claims(provider):
     assert [r.path for r in provider["server"].requests].count("/.well-known/openid-configuration") == 1  # cached
 
 
-@pytest.mark.parametrize(("code", "error"), [(401, "Refused"), (403, "Refused"), (500, "Unavailable"),
-                                             (302, "Unavailable")])
+@pytest.mark.parametrize(("code", "error"), [(401, "Refused"), (403, "Refused"), (400, "Refused"),
+                                             (500, "Unavailable"), (302, "Unavailable"), (404, "Unavailable"),
+                                             (429, "Unavailable")])
 def test_userinfo_refusals_and_failures(provider, code, error):
     from nsfw_core import userinfo
 
@@ -153,6 +154,7 @@ def test_revalidator_ends_what_the_provider_no_longer_vouches_for(provider, monk
         answer = ask()
         assert (answer.outcome, why in answer.reason) == ("refused", True), (now, answer)
     provider["claims"], provider["status"] = {"error": "invalid_token"}, 401
-    assert ask().outcome == "refused"
+    answer = ask()
+    assert answer.outcome == "refused" and "(HTTP 401, invalid_token: revoked" in answer.reason
     provider["status"] = 503
     assert ask().outcome == "unavailable"
