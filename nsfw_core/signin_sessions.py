@@ -56,8 +56,9 @@ SIGNED_OUT = "you signed out (in this tab or another one)"
 _COLUMNS = ("id", "kind", "subject", "name", "role", "issued_at", "last_seen", "validated_at", "ended_at",
             "ended_reason")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {SESSIONS_TABLE}"
-# Claims Streamlit adds to the ID token's in st.user (not the token's), and the tokens it may expose
-_NOT_CLAIMS = frozenset({"tokens"})
+# What Streamlit adds to the ID token's claims in its cookie or in st.user (the cookie's origin, which st.user
+# drops, the tokens it may expose): left out, so the cookie and st.user name the same session
+_NOT_CLAIMS = frozenset({"tokens", "origin", "is_logged_in"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,8 @@ class Revalidation:
 
 
 def oidc_session_id(claims: Mapping[str, Any]) -> str:
-    """The session row of an OpenID Connect sign-in: the SHA-256 of its claims (``st.user`` without tokens)."""
+    """The session row of an OpenID Connect sign-in: the SHA-256 of its claims (``st.user`` or the cookie,
+    without what Streamlit adds)."""
     body = {k: v for k, v in claims.items() if k not in _NOT_CLAIMS}
     text = json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
     return "oidc-" + hashlib.sha256(text.encode()).hexdigest()

@@ -415,12 +415,20 @@ def test_a_second_tab_loses_its_rights_when_the_first_signs_out(browser, server,
         browser.switch_to.window(tab_a)
 
 
-def test_a_cookie_replayed_after_sign_out_is_refused(browser, server, provider):
-    """The sign-in cookie copied before Sign out, set in a fresh browser afterwards: not signed in."""
+@pytest.mark.parametrize("how", ["the Sign out button", "opening /auth/logout"])
+def test_a_cookie_replayed_after_sign_out_is_refused(browser, server, provider, how):
+    """The sign-in cookie copied before signing out, set in a fresh browser afterwards: not signed in."""
     _sign_in(browser, server, provider, ADMIN, f"{ADMIN} · admin")
     copied = [c for c in browser.get_cookies() if c["name"].startswith("_streamlit_user")]
     assert {c["name"] for c in copied} >= {"_streamlit_user", "_streamlit_user_tokens"}, copied
-    _sign_out(browser, server, provider)
+    if how == "the Sign out button":
+        _sign_out(browser, server, provider)
+    else:  # Streamlit's own route, without the page: the server ends the session all the same
+        browser.get(server + "/auth/logout")
+        _wait(browser, lambda d: d.current_url.startswith(provider + "/oauth2/end_session")
+              and _buttons(d, "End session"), "the provider's end-session page did not open")
+        _buttons(browser, "End session")[0].click()
+        _wait(browser, lambda d: d.current_url.startswith(server) and _headings(d), "not back on the app")
     with chromium() as fresh:
         fresh.get(server + "/_stcore/health")
         for cookie in copied:

@@ -71,6 +71,8 @@ def claims(clock: Clock, nonce: str = "n-1", sub: str = "u-1", **more) -> dict:
 def test_the_session_id_is_the_claims_hash_without_the_tokens(clock):
     one = claims(clock)
     assert oidc_session_id(one) == oidc_session_id(one | {"tokens": {"access": "at-1"}})  # exposed or not
+    as_in_the_cookie = one | {"origin": "https://nsfw.example"}  # st.user drops the cookie's origin
+    assert oidc_session_id({k: v for k, v in one.items() if k != "origin"}) == oidc_session_id(as_in_the_cookie)
     assert oidc_session_id(one) != oidc_session_id(claims(clock, nonce="n-2"))  # each sign-in its own
     assert oidc_session_id(one).startswith("oidc-") and "at-1" not in oidc_session_id(one)
 
