@@ -70,7 +70,7 @@ SIGN_IN_IMPORTS = (
     "httpcore", "joserfc.jwt", "joserfc.jwk", "joserfc.errors", "itsdangerous", "starlette.middleware.sessions",
     "streamlit.web.server.starlette.starlette_auth_routes", "streamlit.auth_util",
     "nsfw_core.emailclaims", "nsfw_core.signin_sessions", "nsfw_core.userinfo", "nsfw_ui.oidc", "nsfw_ui.signin",
-    "nsfw_ui.signout",
+    "nsfw_ui.signout", "streamlit.web.server.starlette.starlette_websocket",
 )
 
 
