@@ -8,7 +8,7 @@ its URL, and every page checks the role again itself.
 import streamlit as st
 
 from nsfw_core.access import Permission
-from nsfw_ui import auth, widgets
+from nsfw_ui import auth
 
 st.set_page_config(page_title="NSFW moderation", page_icon="🛡️", layout="wide")
 
@@ -26,5 +26,5 @@ if who.via != "local":
     pages.append(st.Page("pages/account.py", title="Account" if who.signed_in else "Sign in", icon="🔑",
                          url_path="account", default=not pages))
 if who.via != "none":
-    st.sidebar.caption(f"{widgets.md_escape(who.name)} · {who.role.label}")
+    st.sidebar.caption(f"{who.name} · {who.role.label}")
 st.navigation(pages).run()
