@@ -22,7 +22,7 @@ from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES, ROOT,
 
 # Fixtures shared by many modules live in tests/helpers and are registered here, so that no
 # test module imports a fixture (or another test module) to use it.
-pytest_plugins = ["tests.helpers.servers"]
+pytest_plugins = ["tests.helpers.servers", "tests.helpers.slim"]
 
 __all__ = ["COMPILED_DIR", "REFERENCE", "REFERENCE_IMAGES", "ROOT", "START_POSTGRES"]
 

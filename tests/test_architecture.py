@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("state",),
     ("inference",),
     ("images",),
-    ("access", "admission", "ratelimit"),
+    ("access", "admission", "ratelimit", "userinfo"),
     ("base",),
 ]
 TREES = ("nsfw_core", "nsfw_ui", "pages", "bench", "tests")

@@ -232,6 +232,43 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         assert listed(env) == []
 
 
+def test_signing_out_of_a_secret_sign_in_ends_it_for_good(deployed):
+    """Sign out of a secret sign-in: the session is ended in the database, and the same Streamlit session's
+    messages (the Hash lists page's Clear, by its real widget id) change nothing afterwards (issue 31)."""
+    base, env = deployed
+    from nsfw_core.state.known import ListEntry
+
+    entries = listed(env, [ListEntry("f" * 64, None, "deny", "clear after sign-out must not remove this")])
+    before = {row.id for row in _live_sessions(env)}  # the other tests' sign-ins
+    with session(base) as s:
+        pages = _admin_pages(s)
+        clear_list = s.run(page_hash=pages["Hash lists"]).widget("lists_clear")
+        account = s.run(page="account")
+        assert "Signed in as" in account.texts()
+        [live] = [row for row in _live_sessions(env) if row.id not in before]
+        assert (live.kind, live.role) == ("secret", "admin")
+        s.run(page="account", widgets=(trigger(account.widget("sign_out").id),))  # the page reruns itself
+        assert_anonymous(s.run(page="account"))
+        assert live.id not in {row.id for row in _live_sessions(env)}
+        for message in ({"page_hash": pages["Hash lists"], "widgets": (trigger(clear_list.id),)},
+                        {"page": "lists", "widgets": (trigger(clear_list.id),)}):
+            assert_anonymous(s.run(**message))
+    assert entries[-1] in listed(env)
+
+
+def _live_sessions(env: dict[str, str]) -> list:
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.db import open_pool
+    from nsfw_core.state.sessions import SigninSessions
+
+    settings = load_settings(env)
+    pool = open_pool(settings.database_url or None, settings.data_dir)
+    try:
+        return SigninSessions(pool, settings.session_config).live()
+    finally:
+        pool.close()
+
+
 # ---------------------------------------------------------------- local mode
 
 

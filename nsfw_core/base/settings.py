@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from nsfw_core.base.emails import ascii_lower, entry_problem
 from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: nsfw_core/base/settings.py -> ../../..
@@ -77,12 +78,14 @@ def _runtime(raw: str) -> str:
 
 
 def _emails(raw: str) -> tuple[str, ...]:
-    items = tuple(item.lower() for item in _list(raw))
+    """Addresses and @domains, held to the form a provider's address must have to match one
+    (:mod:`nsfw_core.base.emails`: ASCII, no spaces or control characters, one @), ASCII-lowercased."""
+    items = _list(raw)
     for item in items:
-        local, at, domain = item.rpartition("@")
-        if not at or "." not in domain or any(c.isspace() for c in item) or "@" in local:
-            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain")
-    return items
+        problem = entry_problem(item)
+        if problem is not None:
+            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain ({problem})")
+    return tuple(ascii_lower(item) for item in items)
 
 
 LOG_FORMATS = ("text", "json")
@@ -254,7 +257,22 @@ class Settings:
     oidc_cookie_secret: str = setting(
         "NSFW_OIDC_COOKIE_SECRET", "", str,
         "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
-        "Empty: derived from NSFW_OIDC_CLIENT_SECRET.", secret=True)
+        "Empty: derived from NSFW_OIDC_CLIENT_SECRET. Changing it ends every OpenID Connect sign-in "
+        "(README \"Security model\").", secret=True)
+    oidc_revalidate_seconds: int = setting(
+        "NSFW_OIDC_REVALIDATE_SECONDS", "300", _int(0, 86400),
+        "How often an OpenID Connect sign-in is checked again with the provider (its userinfo endpoint, with "
+        "the sign-in's access token), at the session's next action: a token the provider refuses (revoked, "
+        "expired) or claims that no longer give the role end the session. A provider that cannot be reached "
+        "is allowed twice this long. 0: never (a user disabled at the provider keeps access until the "
+        "session's lifetime ends).")
+    session_idle_minutes: float = setting(
+        "NSFW_SESSION_IDLE_MINUTES", "30", _float(0.01, 10080),
+        "A sign-in (OpenID Connect or secret) ends after this many minutes without any action in the browser "
+        "app (README \"Security model\").")
+    session_max_hours: float = setting(
+        "NSFW_SESSION_MAX_HOURS", "12", _float(0.001, 8760),
+        "A sign-in ends this many hours after it began, however active (then sign in again).")
     adult_classes: tuple[str, ...] = setting(
         "NSFW_ADULT_CLASSES", "porn,sexy", _classes,
         "Classes whose scores add up to the adult score.")
@@ -440,6 +458,11 @@ class Settings:
                             cookie_secret=self.oidc_cookie_secret, port=self.port))
 
     @property
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(idle_s=self.session_idle_minutes * 60, max_s=self.session_max_hours * 3600,
+                             revalidate_s=float(self.oidc_revalidate_seconds))
+
+    @property
     def labelset_config(self) -> LabelSetConfig:
         return LabelSetConfig(root=self.labelsets_dir, uploads_dir=str(Path(self.data_dir) / "labelsets"),
                               quota_bytes=self.labelsets_quota_bytes, max_bytes=self.max_bytes)
@@ -566,6 +589,15 @@ class AccessConfig:
     admin_secret: str = dataclasses.field(repr=False)
     reviewer_secret: str = dataclasses.field(repr=False)
     oidc: OIDCConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """How long a sign-in lives (nsfw_core.state.sessions), in seconds; revalidate_s 0: never re-checked."""
+
+    idle_s: float
+    max_s: float
+    revalidate_s: float
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

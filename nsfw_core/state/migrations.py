@@ -21,6 +21,8 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
+REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_error TEXT
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
+    )),
+    # Sign-in sessions (nsfw_core.state.sessions): one row per sign-in, shared by every replica.  ``id`` is a
+    # hash of the ID token's claims (OpenID Connect) or a random token held in the server's memory (a secret
+    # sign-in); ``subject`` is the account (issuer and subject, or the secret's role).  Signing out sets
+    # ended_at; a row of ``signin_revocations`` ends every sign-in of a subject ('*': all) issued before a time.
+    Migration(6, "sign-in sessions and revocations", (
+        f"""CREATE TABLE {SESSIONS_TABLE} (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('oidc', 'secret')),
+            subject TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            issued_at {{float}} NOT NULL,
+            last_seen {{float}} NOT NULL,
+            validated_at {{float}} NOT NULL,
+            ended_at {{float}},
+            ended_reason TEXT
+        )""",
+        f"CREATE INDEX {SESSIONS_TABLE}_subject ON {SESSIONS_TABLE} (subject)",
+        f"CREATE INDEX {SESSIONS_TABLE}_issued ON {SESSIONS_TABLE} (issued_at)",
+        f"""CREATE TABLE {REVOCATIONS_TABLE} (
+            subject TEXT PRIMARY KEY,
+            revoked_before {{float}} NOT NULL,
+            revoked_by TEXT NOT NULL
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -82,11 +82,12 @@ def app_env(data_dir: Path, port: int, **env: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None = None,
+def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None = None, python: str = sys.executable,
                 **env: str) -> Iterator[tuple[str, dict[str, str]]]:
     """``python app.py`` with :func:`app_env`; yields (base URL on 127.0.0.1, its environment) once /health is 200.
 
-    ``prepare`` gets the environment before the server starts (to fill its database, say).
+    ``prepare`` gets the environment before the server starts (to fill its database, say); ``python`` is the
+    interpreter (the runtime install's, tests/helpers/slim.py, to run the server as users get it).
     """
     port = int(env.pop("PORT", 0)) or free_port()
     data_dir = folder / "data"
@@ -94,7 +95,7 @@ def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None =
     environ = app_env(data_dir, port, **env)
     if prepare is not None:
         prepare(environ)
-    server = Process([sys.executable, "app.py"], folder / f"app-{port}.log", environ)
+    server = Process([python, "app.py"], folder / f"app-{port}.log", environ)
     base = f"http://127.0.0.1:{port}"
     try:
         server.wait_until(lambda: http_status(base + "/health") == 200, "python app.py")
