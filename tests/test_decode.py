@@ -25,12 +25,18 @@ from PIL import Image, ImageFile
 
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 from nsfw_core.images import decode as decode_module
-from nsfw_core.images.decode import FORMATS, decode, image_info, sniff
+from nsfw_core.images.decode import DEFAULT_MAX_PIXELS, FORMATS, decode, plan, sniff
 from tests.helpers.paths import ROOT
 
 REFERENCE_JPEGS = sorted((ROOT / "tests" / "fixtures" / "reference").glob("*.jpg"))
 RED = (200, 30, 60)
 ORIENTATION = 0x0112
+
+
+def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
+    """What :func:`plan` reads from the header alone: the format and the displayed size (EXIF orientation applied)."""
+    found = plan(data, max_pixels=max_pixels)
+    return {"format": found.format, "width": found.width, "height": found.height}
 
 
 def encode(img: Image.Image, fmt: str, **params: object) -> bytes:

@@ -25,7 +25,7 @@ from nsfw_core.base.errors import (
     UpstreamUnreachable,
 )
 from nsfw_core.base.settings import load_settings
-from nsfw_core.images.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver, validate_url
+from nsfw_core.images.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver
 from tests.helpers.servers import (
     LocalServer,
     chunked,
@@ -131,11 +131,21 @@ def test_concurrent_fetches(local_server: LocalServer) -> None:
     assert [r.content for r in results] == list(bodies.values())
 
 
-def test_validate_url_returns_the_split_url() -> None:
-    parts = validate_url("HTTPS://Example.COM:8443/a/b?c=d#e", settings_for())
-    assert (parts.scheme, parts.hostname, parts.port, parts.path, parts.query) == ("https", "example.com", 8443, "/a/b", "c=d")
+def test_the_url_is_split_scheme_and_host_normalised(no_connect: list[Any]) -> None:
+    calls: list[tuple[str, int]] = []
+    with pytest.raises(UpstreamUnreachable):  # the test refuses the connection
+        fetch("HTTPS://Example.COM:8443/a/b?c=d#e", settings_for(),
+              resolver=resolver_for({"example.com": [PUBLIC_IP]}, calls))
+    assert calls == [("example.com", 8443)]  # scheme https (capitals accepted), host lower-cased, the port read
+    assert [address[:2] for address in no_connect] == [(PUBLIC_IP, 8443)]
     with pytest.raises(InvalidURL):
-        validate_url("ftp://example.com/", settings_for())
+        fetch("ftp://example.com/", settings_for())
+
+
+def test_the_request_target_is_the_path_and_query_without_the_fragment(local_server: LocalServer) -> None:
+    local_server.route("/a/b", image())
+    fetch(local_server.url("/a/b?c=d#e").replace("http://", "HTTP://"), allowing(local_server))
+    assert local_server.paths() == ["/a/b?c=d"]
 
 
 @pytest.mark.parametrize("url", [None, "", 42])

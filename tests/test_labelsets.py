@@ -58,12 +58,12 @@ def test_default_mapping_is_documented_and_used():
 def test_mapping_is_a_parameter():
     mapping = labelsets.make_binary_map(["porn", "hentai"])  # sexy counts as safe here
     assert mapping["sexy"] == "safe" and mapping["porn"] == "adult"
-    items = [LabelledItem("a.jpg", "sexy", "adult")]
-    assert labelsets.relabel(items, mapping)[0].binary == "safe"
+    manifest = b"path,label\na.jpg,sexy\n"
+    assert labelsets.parse_manifest(manifest, "csv", binary_map=mapping)[0].binary == "safe"
     with pytest.raises(LabelSetError):
         labelsets.make_binary_map(["cats"])
     with pytest.raises(LabelSetError):
-        labelsets.relabel(items, {"porn": "adult"})  # incomplete mapping
+        labelsets.parse_manifest(manifest, "csv", binary_map={"porn": "adult"})  # incomplete mapping
 
 
 # ---------------------------------------------------------------- manifests

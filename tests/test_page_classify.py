@@ -22,9 +22,10 @@ from streamlit.testing.v1 import AppTest
 from nsfw_core import classify as classify_module
 from nsfw_core.base.errors import InvalidURL, TooLarge
 from nsfw_core.base.settings import CLASS_NAMES, load_settings
-from nsfw_core.base.verdict import Thresholds, ThresholdStore
+from nsfw_core.base.verdict import Thresholds
 from nsfw_core.context import Context
 from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.state.thresholds import ThresholdHistory
 from nsfw_ui import inputs, widgets
 from tests.helpers.models import model_named
 from tests.helpers.pages import new_context
@@ -231,8 +232,9 @@ def test_upload_over_the_byte_cap_is_refused(page_env):
 
 def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     # A strict safe threshold, saved like the calibration page does: house.jpg needs review.
-    settings = load_settings()
-    ThresholdStore.from_settings(settings).save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
+    history = ThresholdHistory.from_settings(load_settings())
+    history.save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
+    history.close()
     calls = []
     real = classify_module.Classifier.sources
     monkeypatch.setattr(classify_module.Classifier, "sources", lambda *a, **k: calls.append(1) or real(*a, **k))

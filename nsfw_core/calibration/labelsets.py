@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -89,7 +88,7 @@ from nsfw_core.base.labels import (
     normalise_label,
     to_binary,
 )
-from nsfw_core.base.settings import ROOT, LabelSetConfig, Settings
+from nsfw_core.base.settings import ROOT, LabelSetConfig
 from nsfw_core.images.fetch import is_url
 from nsfw_core.inference.pipeline import IMAGE_SUFFIXES
 
@@ -102,8 +101,7 @@ __all__ = [
     "ZIP_CACHE_FOLDER", "ZIP_MAX_FILES", "ZIP_MAX_FILE_BYTES", "ZIP_MAX_TOTAL_BYTES", "ZIP_QUOTA_BYTES",
     "confined", "demo_set", "extract_zip", "find_manifest", "item_loader", "load_folder", "load_manifest",
     "load_path", "load_score_table", "load_server_path", "load_server_set", "load_zip", "parse_manifest",
-    "read_confined", "readable_roots", "relabel", "server_roots", "summary", "synthetic_set", "zip_cache_dir",
-    "zip_cache_folder",
+    "read_confined", "readable_roots", "server_roots", "summary", "synthetic_set", "zip_cache_folder",
 ]
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.json", "labels.csv", "labels.json")
@@ -122,12 +120,6 @@ MANIFEST_MAX_BYTES = 32 << 20  # a manifest or score table; 5000 rows take well 
 
 
 # ---------------------------------------------------------------- labels
-
-
-def relabel(items: Iterable[LabelledItem], binary_map: Mapping[str, str] | None) -> list[LabelledItem]:
-    """The same items with ``binary`` recomputed under another mapping."""
-    mapping = check_binary_map(binary_map)
-    return [dataclasses.replace(it, binary=to_binary(it.label, mapping)) for it in items]
 
 
 def summary(items: Iterable[LabelledItem]) -> dict[str, int]:
@@ -830,8 +822,3 @@ def load_zip(
 def zip_cache_folder(data_dir: str | Path) -> Path:
     """Where uploaded archives are extracted: ``<data_dir>/labelsets``."""
     return Path(data_dir) / ZIP_CACHE_FOLDER
-
-
-def zip_cache_dir(settings: Settings) -> Path:
-    """:func:`zip_cache_folder` of ``settings.data_dir``; kept until its callers pass the data folder."""
-    return zip_cache_folder(settings.data_dir)
