@@ -495,7 +495,8 @@ def test_resolver_failures(answer: Any, error: type[Exception]) -> None:
     def resolver(host: str, port: int) -> list[str]:
         if isinstance(answer, BaseException):
             raise answer
-        return answer
+        addresses: list[str] = answer
+        return addresses
 
     with pytest.raises(error) as info:
         fetch("http://images.example.com/", settings_for(), resolver=resolver)
@@ -564,7 +565,7 @@ def tls_server(certificate: tuple[Path, Path]) -> Iterator[tuple[LocalServer, li
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     sni: list[str | None] = []
-    context.sni_callback = lambda sock, name, ctx: sni.append(name)  # type: ignore[assignment,misc,return-value]
+    context.sni_callback = lambda sock, name, ctx: sni.append(name)
     with serve(tls=context) as server:
         server.route("/cat.png", image(b"tls cat"))
         yield server, sni
@@ -684,7 +685,7 @@ def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.Monkey
 
     pool = ConnectionPool(PoolLimits(max_idle=3, max_idle_per_origin=2, idle_seconds=5.0))
     now = [100.0]
-    monkeypatch.setattr(nsfw_core.images.fetch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the module the pool reads the clock from
     a = ("http", "a.test", 80)
     conns = [_Idle("10.0.0.1") for _ in range(3)]
     for c in conns:
@@ -697,7 +698,8 @@ def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.Monkey
         now[0] += 1
     assert conns[1].closed and pool.idle() == 3  # three in all: the oldest went
     addresses = [ipaddress.ip_address("10.0.0.1")]
-    assert pool.take(a, addresses) is conns[2]
+    taken: object = pool.take(a, addresses)
+    assert taken is conns[2]
     assert pool.take(a, addresses) is None
     now[0] += 10
     assert pool.take(("http", "b.test", 80), [ipaddress.ip_address("10.0.0.2")]) is None  # expired

@@ -355,7 +355,12 @@ def test_only_regular_files_are_read_and_the_cap_is_on_the_read(server, monkeypa
         os.truncate(f.fileno(), 4 << 30)  # 4 GB, no blocks on disk
     reads: list[int] = []
     real_read = os.read
-    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(TooLarge, match=r"huge\.png is larger than the limit of 1000 bytes"):
         load(str(sparse))
     assert reads == []  # refused from fstat, not a byte read

@@ -237,7 +237,12 @@ def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     history.close()
     calls = []
     real = classify_module.Classifier.sources
-    monkeypatch.setattr(classify_module.Classifier, "sources", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counting_sources(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(classify_module.Classifier, "sources", counting_sources)
 
     at = new_page()
     assert "(calibrated for MobileNetV2Mid" in at.markdown[0].value and "≥ 1.00" in at.markdown[0].value
@@ -248,7 +253,7 @@ def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     def shown() -> str:
         pixels = np.asarray(Image.open(io.BytesIO(media(at.image[0].value[0]))).convert("RGB"), dtype=np.float32)
         near = {name: np.abs(pixels - np.asarray(row[name], dtype=np.float32)).mean() for name in ("preview", "blurred")}
-        return min(near, key=near.get)
+        return min(near, key=lambda name: near[name])
 
     assert at.image[0].proto.imgs[0].alt.startswith("blurred preview")
     assert shown() == "blurred"

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import urllib.request
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -67,7 +67,7 @@ def provider(tmp_path_factory) -> Iterator[str]:
         process.stop()
 
 
-def _put_user(base: str, sub: str, claims: dict) -> None:
+def _put_user(base: str, sub: str, claims: dict[str, Any]) -> None:
     request = urllib.request.Request(f"{base}/users/{sub}", data=json.dumps(claims).encode(), method="PUT",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as reply:
@@ -94,24 +94,24 @@ def app(provider, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def server(app) -> str:
+def server(app: tuple[str, dict[str, str]]) -> str:
     """The app's URL as the browser opens it: on localhost, the redirect URI's origin."""
     return app[0]
 
 
 @pytest.fixture(scope="module")
-def server_env(app) -> dict[str, str]:
+def server_env(app: tuple[str, dict[str, str]]) -> dict[str, str]:
     return app[1]
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator:
+def driver() -> Iterator[Any]:
     with chromium() as browser:
         yield browser
 
 
 @pytest.fixture
-def browser(driver, server) -> Iterator:
+def browser(driver, server) -> Iterator[Any]:
     """The driver, signed out: no cookie of the app's origin (the sign-in cookie is its)."""
     driver.get(server + "/_stcore/health")
     driver.delete_all_cookies()
@@ -134,21 +134,23 @@ def _wait(driver, condition, message: str, timeout: float = WAIT_S):
         raise AssertionError(f"{message} (after {timeout} s at {driver.current_url}):\n{_body(driver)[:3000]}") from None
 
 
-def _css(driver, selector: str) -> list:
+def _css(driver, selector: str) -> list[Any]:
     from selenium.webdriver.common.by import By
 
-    return driver.find_elements(By.CSS_SELECTOR, selector)
+    elements: list[Any] = driver.find_elements(By.CSS_SELECTOR, selector)
+    return elements
 
 
 def _body(driver) -> str:
-    return driver.find_element("css selector", "body").text
+    text: str = driver.find_element("css selector", "body").text
+    return text
 
 
 def _headings(driver) -> list[str]:
     return [h.text for h in _css(driver, "h1")]
 
 
-def _buttons(driver, label: str) -> list:
+def _buttons(driver, label: str) -> list[Any]:
     return [b for b in _css(driver, "button") if b.text == label]
 
 
@@ -197,9 +199,10 @@ def _review_db(env: dict[str, str]):
     return ReviewQueue.from_settings(load_settings(env))
 
 
-def _health(server: str) -> dict:
+def _health(server: str) -> dict[str, Any]:
     with urllib.request.urlopen(server + "/health", timeout=10) as reply:
-        return json.loads(reply.read())
+        body: dict[str, Any] = json.loads(reply.read())
+        return body
 
 
 def _refused(driver, url: str, default_heading: str, refused_heading: str) -> None:

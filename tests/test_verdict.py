@@ -13,16 +13,15 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from nsfw_core.base.files import atomic_write
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.settings import load_settings
 from nsfw_core.base.verdict import (
-    ADULT,
     MAX_FILE_BYTES,
-    SAFE,
-    UNKNOWN,
     Thresholds,
     parse_thresholds_file,
     read_small_regular_file,
@@ -59,7 +58,7 @@ def test_invalid_thresholds(kwargs):
 
 # ------------------------------------------------------------------ the import of an old install's file
 
-GOOD = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+GOOD: dict[str, Any] = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
                        "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
 DEFAULTS = Thresholds(adult=0.75, safe=0.85)
 IMPORT_LOG = "nsfw_core.state.thresholds"

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.labels import CLASS_NAMES as CLASS_NAMES  # re-exported: settings name the classes too
+from nsfw_core.base.labels import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: nsfw_core/base/settings.py -> ../../..
 MODEL_NAMES = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")

@@ -24,7 +24,10 @@ import stat
 from pathlib import Path
 from typing import Any, Mapping
 
-from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.labels import ADULT as ADULT  # re-exported with VERDICTS: the rule's three answers
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.labels import SAFE as SAFE
+from nsfw_core.base.labels import UNKNOWN as UNKNOWN
 from nsfw_core.base.labels import VERDICTS as VERDICTS  # re-exported: callers import the verdicts from here too
 from nsfw_core.base.settings import ThresholdConfig
 

@@ -46,7 +46,9 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 from nsfw_core.images import frames as _frames
 from nsfw_core.images import structure
-from nsfw_core.images.sniff import FORMATS, describe, sniff
+from nsfw_core.images.sniff import FORMATS as FORMATS  # re-exported: the entry points of decoding
+from nsfw_core.images.sniff import describe
+from nsfw_core.images.sniff import sniff as sniff
 
 # A plugin that refuses a file logs it at ERROR ("More samples per pixel than can be decoded"); that
 # is the client's file, answered 415/422, not a server error.
