@@ -126,7 +126,7 @@ def test_local_visitor_without_an_origin_is_local():  # not a browser's websocke
 # ---------------------------------------------------------------- OpenID Connect
 
 
-def verified(email: object) -> dict:
+def verified(email: object) -> dict[str, object]:
     return {"email": email, "email_verified": True}
 
 

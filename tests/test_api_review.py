@@ -64,9 +64,11 @@ def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_pat
             assert uploaded["verdict"] == "unknown" and uploaded["review_id"] != by_url["review_id"]
     with ReviewQueue.from_settings(settings) as queue:
         item = queue.get(by_url["review_id"])
+        assert item is not None
         assert item.source == server.url("/smile.jpg")
         assert item.image is None  # a URL can be fetched again: only uploads keep their bytes
         upload = queue.get(uploaded["review_id"])
+        assert upload is not None
         assert upload.source == "upload" and upload.image == SMILE + b"\0"
 
 

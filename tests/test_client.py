@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ RESULT = {"request_id": "r", "id": None, "scores": {"drawings": 0.0, "hentai": 0
 class Script:
     """Answers (status, headers, body) in turn at one path, the last one for ever; keeps the requests."""
 
-    def __init__(self, server: LocalServer, path: str, answers: list[tuple[int, dict[str, str], dict]]) -> None:
+    def __init__(self, server: LocalServer, path: str, answers: list[tuple[int, dict[str, str], dict[str, Any]]]) -> None:
         self.answers = answers
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()

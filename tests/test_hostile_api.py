@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -22,7 +22,7 @@ from tests.helpers.appserver import AppServer, app_server
 from tests.helpers.paths import REFERENCE
 
 SMILE = (REFERENCE / "smile.jpg").read_bytes()
-GOOD = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+GOOD: dict[str, Any] = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
                        "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
 
 
@@ -136,7 +136,7 @@ def test_bad_thresholds_file_is_not_imported_and_is_a_warning(tmp_path: Path, ma
     path = tmp_path / "thresholds.json"
     maker(path)
     history = ThresholdHistory(None, data_dir=tmp_path, defaults=Thresholds())
-    answers: list = []
+    answers: list[Any] = []
     worker = threading.Thread(target=lambda: answers.extend([history.current(), history.current()]), daemon=True)
     worker.start()
     worker.join(20)

@@ -15,6 +15,7 @@ import hashlib
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,10 +153,11 @@ def test_import_export_round_trips_in_the_database_and_replaces(tmp_path):
 # ---------------------------------------------------------------- through the API
 
 
-def _post(client, data: bytes) -> dict:
+def _post(client, data: bytes) -> dict[str, Any]:
     reply = client.post("/predict?detail=1", content=data, headers=JPEG)
     assert reply.status_code == 200, reply.text
-    return reply.json()
+    body: dict[str, Any] = reply.json()
+    return body
 
 
 def _refreshed(client) -> None:
@@ -166,7 +168,7 @@ def _refreshed(client) -> None:
     current().known.refresh()  # the API's lifespan installed its context in this process
 
 
-def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict:
+def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict[str, Any]:
     """The answer for ``data`` once its verdict_source is ``source`` (the background refresh: within a second)."""
     deadline = time.monotonic() + limit
     while True:

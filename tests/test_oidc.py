@@ -93,7 +93,7 @@ def provider(local_server, monkeypatch):
     state = {"claims": {"sub": "u-1", "email": "admin@example.com", "email_verified": True}, "status": 200}
     local_server.route("/.well-known/openid-configuration",
                        lambda h: _json({"userinfo_endpoint": local_server.url("/userinfo")})(h))
-    local_server.route("/userinfo", lambda h: _json(state["claims"], state["status"])(h))
+    local_server.route("/userinfo", lambda h: _json(state["claims"], int(str(state["status"])))(h))
     state["metadata"] = local_server.url("/.well-known/openid-configuration")
     state["server"] = local_server
     return state

@@ -89,7 +89,8 @@ def plain(markdown: str) -> str:
 
 
 def reviewer(at: AppTest) -> str:
-    return at.session_state[IDENTITY_KEY].name
+    name: str = at.session_state[IDENTITY_KEY].name
+    return name
 
 
 # ---------------------------------------------------------------- the page

@@ -75,7 +75,8 @@ def in_force(server: AppServer) -> tuple[int | None, float, float]:
 def predict(server: AppServer, image: bytes) -> dict[str, Any]:
     reply = server.request("POST", "/predict?detail=1", body=image, headers={"Content-Type": "image/jpeg"})
     assert reply.status == 200, reply
-    return reply.json()
+    body: dict[str, Any] = reply.json()
+    return body
 
 
 def queued(server: AppServer, image: bytes, version: int) -> int:
@@ -172,7 +173,8 @@ def _everything_survives_a_restart(url: str | None, data_dir: Path, start: Calla
             assert queued(replicas[-1], IMAGES[7], 2) == ids[-1] + 1
             assert queued(replicas[0], IMAGES[4], 2) == ids[4]
             # The claim held before the restart is still tina's: she decides it, nobody else can.
-            assert q.claim("rita", 3600).id == ids[4]  # the oldest pending, not tina's item
+            claimed = q.claim("rita", 3600)
+            assert claimed is not None and claimed.id == ids[4]  # the oldest pending, not tina's item
             assert q.decide(ids[3], "tina", "neutral").decided_by == "tina"
             assert q.counts() == {"pending": 4, "claimed": 1, "decided": 3, "total": 8}
         for s in servers:
@@ -270,7 +272,7 @@ def test_the_database_stopped_and_started_while_requests_flow(own_postgres: Clus
             body = reply.json() if reply.status == 200 else reply.body[:300]
             answers.append((t0, time.monotonic(), reply.status, body))
 
-    def queued_since(t: float) -> list[dict]:
+    def queued_since(t: float) -> list[dict[str, Any]]:
         return [b for t0, _, s, b in list(answers) if t0 >= t and s == 200 and isinstance(b["review_id"], int)]
 
     flowing = threading.Thread(target=flow, daemon=True)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -33,13 +34,14 @@ def _reencoded(data: bytes, quality: int = 70) -> bytes:
     return out.getvalue()
 
 
-def detail(server: AppServer, data: bytes) -> dict:
+def detail(server: AppServer, data: bytes) -> dict[str, Any]:
     reply = server.request("POST", "/predict?detail=1", body=data, headers=JPEG)
     assert reply.status == 200, reply
-    return reply.json()
+    body: dict[str, Any] = reply.json()
+    return body
 
 
-def until(server: AppServer, data: bytes, source: str, limit: float) -> tuple[dict, float]:
+def until(server: AppServer, data: bytes, source: str, limit: float) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
     while True:
         body = detail(server, data)

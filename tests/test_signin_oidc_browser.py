@@ -31,7 +31,7 @@ import os
 import sys
 import time
 import urllib.request
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -82,7 +82,7 @@ def provider(tmp_path_factory) -> Iterator[str]:
         process.stop()
 
 
-def _put_user(base: str, sub: str, claims: dict) -> None:
+def _put_user(base: str, sub: str, claims: dict[str, Any]) -> None:
     request = urllib.request.Request(f"{base}/users/{sub}", data=json.dumps(claims).encode(), method="PUT",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as reply:
@@ -111,24 +111,24 @@ def app(provider, slim_python, tmp_path_factory) -> Iterator[tuple[str, dict[str
 
 
 @pytest.fixture(scope="module")
-def server(app) -> str:
+def server(app: tuple[str, dict[str, str]]) -> str:
     """The app's URL as the browser opens it: on localhost, the redirect URI's origin."""
     return app[0]
 
 
 @pytest.fixture(scope="module")
-def server_env(app) -> dict[str, str]:
+def server_env(app: tuple[str, dict[str, str]]) -> dict[str, str]:
     return app[1]
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator:
+def driver() -> Iterator[Any]:
     with chromium() as browser:
         yield browser
 
 
 @pytest.fixture
-def browser(driver, server) -> Iterator:
+def browser(driver, server) -> Iterator[Any]:
     """The driver, signed out: no cookie of the app's origin (the sign-in cookie is its)."""
     driver.get(server + "/_stcore/health")
     driver.delete_all_cookies()
@@ -151,21 +151,23 @@ def _wait(driver, condition, message: str, timeout: float = WAIT_S):
         raise AssertionError(f"{message} (after {timeout} s at {driver.current_url}):\n{_body(driver)[:3000]}") from None
 
 
-def _css(driver, selector: str) -> list:
+def _css(driver, selector: str) -> list[Any]:
     from selenium.webdriver.common.by import By
 
-    return driver.find_elements(By.CSS_SELECTOR, selector)
+    elements: list[Any] = driver.find_elements(By.CSS_SELECTOR, selector)
+    return elements
 
 
 def _body(driver) -> str:
-    return driver.find_element("css selector", "body").text
+    text: str = driver.find_element("css selector", "body").text
+    return text
 
 
 def _headings(driver) -> list[str]:
     return [h.text for h in _css(driver, "h1")]
 
 
-def _buttons(driver, label: str) -> list:
+def _buttons(driver, label: str) -> list[Any]:
     return [b for b in _css(driver, "button") if b.text == label]
 
 
@@ -214,9 +216,10 @@ def _review_db(env: dict[str, str]):
     return ReviewQueue.from_settings(load_settings(env))
 
 
-def _health(server: str) -> dict:
+def _health(server: str) -> dict[str, Any]:
     with urllib.request.urlopen(server + "/health", timeout=10) as reply:
-        return json.loads(reply.read())
+        body: dict[str, Any] = json.loads(reply.read())
+        return body
 
 
 def _refused(driver, url: str, default_heading: str, refused_heading: str) -> None:
@@ -353,6 +356,7 @@ ATTACKS = {
 def test_claims_the_provider_did_not_verify_exactly_give_no_role(browser, server, provider, attack):
     """Each of these signed in as admin (or reviewer, through @example.com) before issue 31."""
     subject, claims, name, said = ATTACKS[attack]
+    assert isinstance(claims, dict) and isinstance(name, str) and isinstance(said, str)
     _put_user(provider, subject, claims)
     _sign_in(browser, server, provider, subject, f"{name} · anonymous")
     assert _nav(browser) == [], "no role: the Account page only (the API is keyed: no Classify)"
@@ -360,7 +364,7 @@ def test_claims_the_provider_did_not_verify_exactly_give_no_role(browser, server
     _locked_out(browser, server)
 
 
-def _list_entries(env: dict[str, str], add: list | None = None) -> list:
+def _list_entries(env: dict[str, str], add: list[Any] | None = None) -> list[Any]:
     """The hash list in the server's database (after adding ``add``)."""
     from nsfw_core.base.settings import load_settings
     from nsfw_core.state.db import open_pool

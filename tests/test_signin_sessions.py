@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ def sessions(pool, clock, *, revalidate_s: float = REVALIDATE_S, **kwargs) -> Si
                           clock=clock, **kwargs)
 
 
-def claims(clock: Clock, nonce: str = "n-1", sub: str = "u-1", **more) -> dict:
+def claims(clock: Clock, nonce: str = "n-1", sub: str = "u-1", **more: Any) -> dict[str, Any]:
     return {"iss": "https://idp.example", "sub": sub, "aud": "app", "iat": int(clock.now), "exp": int(clock.now) + 3600,
             "nonce": nonce, "email": "admin@example.com", "email_verified": True, "provider": "default",
             "origin": "https://nsfw.example", "is_logged_in": True, **more}

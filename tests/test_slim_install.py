@@ -31,7 +31,7 @@ def _size(folder) -> int:
 @pytest.fixture(scope="module")
 def slim(slim_python) -> str:
     """The runtime install's python (tests/helpers/slim.py builds it)."""
-    return slim_python
+    return str(slim_python)
 
 
 def test_tensorflow_is_not_importable_in_the_runtime_install(slim):

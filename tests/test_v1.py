@@ -27,7 +27,7 @@ B64 = base64.b64encode(HOUSE).decode()
 def error_of(response: Any, status: int, code: str, field: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["code"] == code, body
     assert isinstance(body["message"], str) and body["message"]
     assert body["request_id"] == response.headers["x-request-id"]

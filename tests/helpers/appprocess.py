@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from tests.helpers.appserver import free_port
+from tests.helpers.appserver import free_port as free_port  # re-exported for the tests that start processes
 from tests.helpers.paths import COMPILED_DIR, ROOT
 
 START_S = 60.0  # Streamlit's import and the model's load take ~10 s on a busy machine
@@ -29,7 +29,8 @@ def http_status(url: str, timeout: float = 2.0) -> int:
     """The status of GET ``url``; 0 when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return reply.status
+            status: int = reply.status
+            return status
     except urllib.error.HTTPError as exc:
         return exc.code
     except OSError:
