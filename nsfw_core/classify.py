@@ -33,7 +33,7 @@ from nsfw_core.base.labels import ADULT
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
-from nsfw_core.inference.pipeline import FrameInputs, Scored, score_sources
+from nsfw_core.inference.pipeline import FrameInputs, Scored, VideoInfo, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
@@ -91,6 +91,39 @@ class FrameScore:
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """Consecutive sampled frames of a video with the same verdict: from the first one's time to the next
+    segment's (the video's end for the last), and the highest score of each class among them."""
+
+    start_ms: int
+    end_ms: int
+    verdict: str
+    max_scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_ms": self.start_ms, "end_ms": self.end_ms, "verdict": self.verdict,
+                "max_scores": dict(self.max_scores)}
+
+
+def segments(frames: Sequence[FrameScore], thresholds: Thresholds, end_ms: int) -> tuple[Segment, ...]:
+    """A video's timeline: its sampled frames (in time order), each judged under ``thresholds``, merged into
+    runs of the same verdict."""
+    out: list[Segment] = []
+    ordered = sorted(frames, key=lambda f: f.time_ms)
+    for i, frame in enumerate(ordered):
+        verdict = thresholds.decide(frame.scores)
+        if out and out[-1].verdict == verdict:
+            last = out[-1]
+            out[-1] = dataclasses.replace(last, max_scores={c: max(v, frame.scores[c])
+                                                            for c, v in last.max_scores.items()})
+        else:
+            out.append(Segment(frame.time_ms, frame.time_ms, verdict, dict(frame.scores)))
+        following = ordered[i + 1].time_ms if i + 1 < len(ordered) else max(end_ms, frame.time_ms)
+        out[-1] = dataclasses.replace(out[-1], end_ms=following)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
 class Classification:
     """One image's scores, its verdict under the thresholds in force, and how it was reached."""
 
@@ -108,6 +141,15 @@ class Classification:
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
     verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
+    segments: tuple[Segment, ...] | None = None  # a video's timeline
+
+    @property
+    def deciding_time_ms(self) -> int | None:
+        """When the deciding frame is shown (None: a still image)."""
+        if self.frames is None:
+            return None
+        return next((f.time_ms for f in self.frames if f.index == self.deciding_frame), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -127,6 +169,11 @@ class Classification:
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
+            out["deciding_time_ms"] = self.deciding_time_ms
+        if self.video is not None:
+            out["video"] = self.video.to_dict()
+        if self.segments is not None:
+            out["segments"] = [s.to_dict() for s in self.segments]
         if self.review is not None:
             out["review_id"] = self.review.id
             if self.review.error is not None:
@@ -136,12 +183,13 @@ class Classification:
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match)
+                     match=self.match, video=self.video)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
-          frames: Sequence[FrameScore] | None = None, match: Match | None = None) -> Classification:
+          frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+          video: VideoInfo | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
     An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
@@ -177,6 +225,8 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         deciding_frame=deciding,
         verdict_source="model" if match is None else match.kind,
         match=match,
+        video=video,
+        segments=segments(frames, thresholds, video.duration_ms) if video is not None and frames else None,
     )
 
 
@@ -265,7 +315,8 @@ class Classifier:
         thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
         timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
         return judge(scores, thresholds, ModelInfo(lane.model.name, lane.model.version), timings, prepared.sha256,
-                     version, frames=frames, match=prepared.found)
+                     version, frames=frames, match=prepared.found,
+                     video=x.video if isinstance(x, FrameInputs) else None)
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
@@ -360,5 +411,5 @@ def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_ver
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
     frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version, frames=frames, match=match)
+                           scored.sha256 or "", thresholds_version, frames=frames, match=match, video=scored.video)
     return Outcome(scored.source, classification, seconds=scored.seconds)

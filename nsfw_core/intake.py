@@ -13,6 +13,9 @@ two thread pools.  The forward pass and the verdict are :mod:`nsfw_core.classify
   :data:`ISOLATED_QUEUE` per decode process wait there, more get 503 ``overloaded``.
 * An animation first takes its sampled frames' places in flight (each frame is an image),
   so a busy server refuses it before decoding, not after.
+* A video (:func:`~nsfw_core.images.sniff.sniff_video`) goes to the isolated lane whole: its container is
+  read there first (413 for a video longer than NSFW_MAX_VIDEO_SECONDS, before any frame is decoded), its
+  sampled frames take their places in flight, then they are decoded.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from nsfw_core.admission import Admission
 from nsfw_core.base import requestid
 from nsfw_core.images.decode import Plan
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference.model import Model
 from nsfw_core.inference.pipeline import Decoder, FrameInputs
 
@@ -63,6 +67,12 @@ class _Animated(NamedTuple):
     plan: Plan
     data: bytes
     frames: int  # frames to classify (at most NSFW_MAX_FRAMES)
+
+
+class _Video(NamedTuple):
+    """A video: decoded (container read, frames sampled) in the isolated lane."""
+
+    data: bytes
 
 
 class _Ready(NamedTuple):
@@ -110,6 +120,11 @@ class Intake:
                     decode_s += time.perf_counter() - t0
                 else:
                     step = _Isolate(step.plan, step.data)
+            if isinstance(step, _Video):
+                x, isolated_s = await self._video(step, model, held)
+                t0 = time.perf_counter()
+                step = await loop.run_in_executor(self.workers, requestid.in_context(_ready, x, sha, after))
+                decode_s += isolated_s + time.perf_counter() - t0
             if isinstance(step, _Isolate):
                 x, isolated_s = await self._isolated_decode(step, model)
                 t0 = time.perf_counter()
@@ -134,8 +149,25 @@ class Intake:
         finally:
             self.isolated_pending -= 1
 
+    async def _video(self, pending: _Video, model: Model, held: contextlib.ExitStack) -> tuple[Input, float]:
+        """Decode a video in the isolated lane; its frames are admitted in flight once its container is read."""
+        if self.isolated_pending >= self.isolated_limit:
+            raise self.admission.refuse(f"too many expensive images being decoded ({self.isolated_pending} of "
+                                        f"{self.isolated_limit}); retry later")
+        self.isolated_pending += 1
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = time.perf_counter()
+            with self.decoder.video(model, pending.data) as decode:
+                info = await loop.run_in_executor(self.isolated, requestid.in_context(decode.start))
+                held.enter_context(self.admission.admit(max(0, len(info.samples) - 1)))
+                x = await loop.run_in_executor(self.isolated, requestid.in_context(decode.take))
+            return x, time.perf_counter() - t0
+        finally:
+            self.isolated_pending -= 1
+
     def _fetch_and_prepare(self, url: str, model: Model, after: After[R]
-                           ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
+                           ) -> tuple[float, _Ready | _Isolate | _Animated | _Video, str, float]:
         """Worker thread: fetch, then prepare."""
         t0 = time.perf_counter()
         content = self._fetch(url)
@@ -144,13 +176,15 @@ class Intake:
         return fetch_s, step, sha, decode_s
 
     def _prepare_timed(self, data: bytes, model: Model, after: After[R]
-                       ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
+                       ) -> tuple[float, _Ready | _Isolate | _Animated | _Video, str, float]:
         """Worker thread: read the headers (limits), decode a cheap still image and preprocess it; hash the bytes."""
         t0 = time.perf_counter()
+        if sniff_video(data) is not None:
+            return 0.0, _Video(data), hashlib.sha256(data).hexdigest(), time.perf_counter() - t0
         plan = self.decoder.plan(model, data)
         sha = hashlib.sha256(data).hexdigest()
         refs = self.decoder.sampled(plan)
-        step: _Ready | _Isolate | _Animated
+        step: _Ready | _Isolate | _Animated | _Video
         if refs is not None:
             step = _Animated(plan, data, len(refs))
         elif not plan.cost.inline:

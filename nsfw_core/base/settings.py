@@ -348,6 +348,46 @@ class Settings:
         "Most frames of an animated GIF, WebP or PNG (or pages of a TIFF) classified: the first, the last and "
         "those shown at evenly spaced instants; the image gets its worst frame's scores and verdict. Each "
         "frame costs one inference and counts as an image in flight.")
+    video_fps: float = setting(
+        "NSFW_VIDEO_FPS", "1", _float(0.01, 30.0),
+        "Frames of a video (MP4, MOV, WebM, MKV) judged per second of its length: the first frame, then one "
+        "at an unpredictable point of each interval; the video gets its worst frame's scores and verdict, "
+        "and its timeline (segments) in the detailed answer.")
+    max_video_frames: int = setting(
+        "NSFW_MAX_VIDEO_FRAMES", "1800", _int(1, 100000),
+        "Most frames of one video judged; a longer video's frames are spread further apart (1800: 30 minutes "
+        "at NSFW_VIDEO_FPS=1). Each frame costs one inference.")
+    max_video_seconds: float = setting(
+        "NSFW_MAX_VIDEO_SECONDS", "60", _float(0.1, 86400.0),
+        "Longest video a synchronous request (/predict, /v1/classify) takes, in seconds of its frames; a "
+        "longer one is 413 video_too_long: send it as a job (POST /v1/jobs). Its frames count as images in "
+        "flight while it is judged.")
+    max_video_bytes: int = setting(
+        "NSFW_MAX_VIDEO_BYTES", "67108864", _int(1),
+        "Largest video a synchronous request takes, in bytes (uploaded, base64 or fetched); the cap that "
+        "applies is chosen from the first bytes (an image stays under NSFW_MAX_BYTES). A body without "
+        "Content-Length is counted at this size in NSFW_MAX_BODY_BYTES_IN_FLIGHT while it arrives.")
+    max_video_pixels: int = setting(
+        "NSFW_MAX_VIDEO_PIXELS", "8847360", _int(1),
+        "Largest video frame accepted, in pixels (width x height, as the container declares it; 4096x2160 by "
+        "default); 413 above it. The decoding process may use about 96 bytes per pixel of it.")
+    video_timeout: float = setting(
+        "NSFW_VIDEO_TIMEOUT", "60", _float(0.1, 3600.0),
+        "Deadline for decoding a video, in seconds: all of it in a synchronous request, each sampled frame in "
+        "a job (422 decode_timeout: the decoding process is killed).")
+    job_max_bytes: int = setting(
+        "NSFW_JOB_MAX_BYTES", "268435456", _int(1),
+        "Largest video a job (POST /v1/jobs) fetches, in bytes; it is held in memory while the job runs.")
+    job_fetch_timeout: float = setting(
+        "NSFW_JOB_FETCH_TIMEOUT", "120", _float(0.001, 3600.0),
+        "Deadline for fetching a job's video, in seconds.")
+    job_workers: int = setting(
+        "NSFW_JOB_WORKERS", "1", _int(0, 64),
+        "Jobs one instance runs at once (0: this instance runs none; it still accepts them for the others). "
+        "Replicas share the jobs in the database, each job run by one instance at a time.")
+    job_retention_days: int = setting(
+        "NSFW_JOB_RETENTION_DAYS", "7", _int(0),
+        "Finished jobs (and their frames' scores) older than this many days are deleted; 0 keeps them.")
     max_jpeg_scans: int = setting(
         "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
         "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"
@@ -422,14 +462,23 @@ class Settings:
         return FetchPolicy(
             max_bytes=self.max_bytes, timeout=self.fetch_timeout, connect_timeout=self.connect_timeout,
             keepalive=self.fetch_keepalive, max_redirects=self.max_redirects,
-            max_url_length=self.max_url_length, allow_private_hosts=self.allow_private_hosts)
+            max_url_length=self.max_url_length, allow_private_hosts=self.allow_private_hosts,
+            max_video_bytes=self.max_video_bytes)
+
+    @property
+    def job_fetch_policy(self) -> FetchPolicy:
+        """A job's fetch: its video under NSFW_JOB_MAX_BYTES and NSFW_JOB_FETCH_TIMEOUT (images as usual)."""
+        return dataclasses.replace(self.fetch_policy, timeout=self.job_fetch_timeout,
+                                   max_video_bytes=self.job_max_bytes)
 
     @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(
             max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans,
             jpeg_draft=self.jpeg_draft, pixel_budget=self.decode_pixel_budget, timeout=self.decode_timeout,
-            processes=self.decode_processes, max_frames=self.max_frames)
+            processes=self.decode_processes, max_frames=self.max_frames, video_fps=self.video_fps,
+            max_video_frames=self.max_video_frames, max_video_seconds=self.max_video_seconds,
+            max_video_pixels=self.max_video_pixels, video_timeout=self.video_timeout)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -475,7 +524,7 @@ class Settings:
             max_in_flight=self.max_in_flight, max_body_bytes_in_flight=self.max_body_bytes_in_flight,
             max_batch_items=self.max_batch_items, workers=self.workers,
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
-            api_keys=self.api_keys)
+            api_keys=self.api_keys, max_video_bytes=self.max_video_bytes)
 
 
 # ---------------------------------------------------------------- the narrow parts
@@ -495,6 +544,7 @@ class FetchPolicy:
     max_redirects: int
     max_url_length: int
     allow_private_hosts: tuple[str, ...]
+    max_video_bytes: int = 0  # a video's cap, chosen from its first bytes (0: videos under max_bytes too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,6 +559,11 @@ class DecodeLimits:
     timeout: float
     processes: int
     max_frames: int = 16
+    video_fps: float = 1.0
+    max_video_frames: int = 1800
+    max_video_seconds: float = 60.0  # a synchronous request's longest video
+    max_video_pixels: int = 8847360
+    video_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -560,6 +615,12 @@ class ServingLimits:
     batch_wait_ms: float
     queue_size: int
     api_keys: tuple[str, ...]
+    max_video_bytes: int = 0  # a video's byte cap in a request (0: videos under max_bytes too)
+
+    @property
+    def max_body(self) -> int:
+        """The most bytes one image or video in a request may take."""
+        return max(self.max_bytes, self.max_video_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

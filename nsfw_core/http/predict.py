@@ -58,8 +58,9 @@ async def predict(request: Request, ctx: Context) -> Response:
     with ctx.admission.admit(1):  # before the body is read: a flood is refused, not buffered
         if url is None:
             # the body's memory is reserved before it is read and kept until the answer
-            with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
-                image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+            with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
+                image = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
+                                             max_video_bytes=limits.max_video_bytes)
                 result = await ctx.classifier.data(image)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")

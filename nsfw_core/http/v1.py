@@ -28,7 +28,14 @@ from nsfw_core.base.logs import extra_fields, url_for_log
 from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.classify import Classification
-from nsfw_core.http.bodies import BATCH_ITEM_BYTES, MULTIPART_SLACK, expected_body, read_body, uploaded_image
+from nsfw_core.http.bodies import (
+    BATCH_ITEM_BYTES,
+    MULTIPART_SLACK,
+    expected_body,
+    read_body,
+    uploaded_image,
+    within_cap,
+)
 from nsfw_core.http.contract import (
     BatchRequest,
     ClassifyRequest,
@@ -101,7 +108,7 @@ async def classify(request: Request, ctx: Context) -> Response:
     ident: Any = None
     with ctx.admission.admit(1):  # before the body is read, as /predict
         if _json_type(request):
-            cap = base64_text_cap(limits.max_bytes) + limits.max_url_length + JSON_SLACK
+            cap = base64_text_cap(limits.max_body) + limits.max_url_length + JSON_SLACK
             with ctx.admission.hold_body(expected_body(request, cap)):
                 req = decode(await read_body(request, cap, limits.body_timeout), ClassifyRequest)
                 check_image(req.image, "$.image")
@@ -111,8 +118,9 @@ async def classify(request: Request, ctx: Context) -> Response:
                                         field="model")
                 model: str | None = req.model or queried
                 override, ident, url = _thresholds(ctx, req.thresholds), req.id, req.image.url
-                data = None if req.image.base64 is None else image_bytes(req.image.base64, limits.max_bytes,
-                                                                         "$.image.base64")
+                data = None if req.image.base64 is None else within_cap(
+                    image_bytes(req.image.base64, limits.max_body, "$.image.base64"), limits.max_bytes,
+                    limits.max_video_bytes, "$.image.base64")
                 del req  # the base64 text goes before the image is classified
                 if url is not None:
                     info.url = url_for_log(url)
@@ -121,8 +129,9 @@ async def classify(request: Request, ctx: Context) -> Response:
                     assert data is not None
                     result = await ctx.classifier.data(data, model=model, thresholds=override)
         else:
-            with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
-                data = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+            with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
+                data = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
+                                            max_video_bytes=limits.max_video_bytes)
                 result = await ctx.classifier.data(data, model=queried)
     info.verdict, info.timings = result.verdict, result.timings
     return _answer(request, result_dict(result, ident, override is not None))

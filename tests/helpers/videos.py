@@ -1,0 +1,71 @@
+"""Test videos, made here from the images the project ships (PyAV encodes them; nothing is downloaded).
+
+:func:`make` encodes ``seconds`` of video: each shipped image shown for ``hold`` seconds, panning slowly
+(real motion, so the encoder writes real predicted frames), or the frames a caller gives.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers.paths import ROOT
+
+DEMO = sorted((ROOT / "data" / "demo").glob("*/*.jpg"))
+CONTAINERS = {"mp4": "mp4", "mov": "mov", "webm": "webm", "mkv": "matroska"}
+ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp8": "libvpx", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
+
+
+def pictures(paths: Sequence[Path] = tuple(DEMO)) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def panning(images: Sequence[np.ndarray], seconds: float, fps: int, size: tuple[int, int], hold: float):
+    """Frames: image k shown from k*hold to (k+1)*hold seconds (cycling), panning across it."""
+    width, height = size
+    big = [np.asarray(Image.fromarray(im).resize((width + width // 8, height + height // 8))) for im in images]
+    per = max(1, round(hold * fps))
+    for i in range(round(seconds * fps)):
+        k, t = divmod(i, per)
+        im = big[k % len(big)]
+        x = (width // 8) * t // per
+        y = (height // 8) * t // per
+        yield np.ascontiguousarray(im[y:y + height, x:x + width])
+
+
+def make(container: str = "mp4", codec: str = "h264", *, seconds: float = 4.0, fps: int = 10,
+         size: tuple[int, int] = (320, 240), hold: float = 1.0, images: Sequence[np.ndarray] | None = None,
+         frames: Sequence[np.ndarray] | None = None, options: dict[str, str] | None = None,
+         rotation: int | None = None) -> bytes:
+    """A video's bytes (see the module docstring)."""
+    import av
+
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format=CONTAINERS[container])
+    stream = out.add_stream(ENCODERS[codec], rate=Fraction(fps))
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    opts = {"preset": "ultrafast"} if codec in ("h264", "hevc") else {}
+    if codec == "hevc":
+        opts["x265-params"] = "log-level=none"
+    if codec in ("vp8", "vp9"):
+        opts.update({"deadline": "realtime", "cpu-used": "8"})
+    if codec == "av1":
+        opts["preset"] = "12"
+    opts.update(options or {})
+    stream.options = opts
+    if rotation is not None:
+        stream.set_display_rotation(rotation)
+    source = frames if frames is not None else panning(images or pictures(), seconds, fps, size, hold)
+    for pixels in source:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return buf.getvalue()
