@@ -29,7 +29,7 @@ import numpy as np
 
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
-from nsfw_core.base.labels import ADULT
+from nsfw_core.base.labels import ADULT, SAFE
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
@@ -211,6 +211,9 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     model_verdict = thresholds.decide(scores)
     if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
         match = None
+    if match is not None and match.by == "vpdq" and match.verdict != ADULT and frames and any(
+            thresholds.decide(f.scores) != SAFE for i, f in enumerate(frames) if i in match.unmatched):
+        match = None  # a known video's human verdict covers the frames that matched it, not others the model doubts
     return Classification(
         scores=scores,
         verdict=model_verdict if match is None else match.verdict,
@@ -281,6 +284,15 @@ class Classifier:
         self.observe(result, False)
         return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x)
 
+    def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
+        """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
+        return self._lane(name)
+
+    def known_video(self, sha: str, hashes: Sequence[bytes | None]) -> Match | None:
+        """The known video this one is: the same bytes, or most of its frames' PDQ hashes matching a known
+        video's (:meth:`~nsfw_core.state.known.KnownImages.lookup_video`)."""
+        return self.known.lookup_video(sha, hashes)
+
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
         """The default model's lane (503 not_ready until it runs), or another model's, loaded on demand."""
@@ -294,7 +306,10 @@ class Classifier:
             yield other
 
     def _recognise(self, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
-        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
+        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input;
+        a video by sha256 and its frames' PDQ hashes (:meth:`known_video`)."""
+        if isinstance(x, FrameInputs) and x.video is not None:
+            return self.known_video(sha, [phash.query_hash(f) for f in x.inputs])
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
         return self.known.lookup(sha, query)
 
@@ -352,12 +367,14 @@ class ReviewIntake:
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs) -> Classification:
+                     prepared: np.ndarray | FrameInputs | None,
+                     frame_hashes: Sequence[bytes | None] | None = None) -> Classification:
         """Queue the image when its verdict says so (a known image's verdict never does).
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision.  A queue failure (database down) does not fail the prediction: the result carries
-        ``review_error`` instead and the failure is logged.
+        decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's).  A queue
+        failure (database down) does not fail the prediction: the result carries ``review_error`` instead and
+        the failure is logged.
         """
         if result.match is not None or not self.queues(result.verdict):
             return result
@@ -365,9 +382,16 @@ class ReviewIntake:
         def enqueue() -> int:
             queue = self.queue()
             queue.purge_if_due()
-            hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            media = "image"
+            if result.video is not None:
+                media = "video"
+                found = frame_hashes if frame_hashes is not None else (
+                    [phash.query_hash(f) for f in prepared.inputs] if isinstance(prepared, FrameInputs) else [])
+                hashes: str | None = phash.join_hex([h for h in found if h is not None]) or None
+            else:
+                hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
             return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes)
+                                 image_bytes=data, phash=hashes, media=media)
 
         try:
             review_id = await asyncio.get_running_loop().run_in_executor(self.executor,

@@ -12,7 +12,9 @@ settings that part takes, and wires them together:
 * ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
   worker threads, the isolated decode lane and the admission counters;
 * ``classifier`` (:class:`~nsfw_core.classify.Classifier`): the use case, built from the parts above;
-* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task.
+* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task;
+* ``jobs`` (:class:`~nsfw_core.state.jobs.JobStore`) and, in the server, ``job_runner``
+  (:class:`~nsfw_core.jobs.JobRunner`): long videos judged in the background (NSFW_JOB_WORKERS).
 
 The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
 and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it through
@@ -46,12 +48,14 @@ from nsfw_core.intake import Intake
 from nsfw_core.metrics import Metrics, ServingState
 from nsfw_core.ratelimit import RateLimiter
 from nsfw_core.state.db import open_pool
+from nsfw_core.state.jobs import JobStore
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.thresholds import ThresholdHistory
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
+    from nsfw_core.jobs import JobRunner
     from nsfw_core.state.sessions import SigninSessions
     from nsfw_core.state.webhooks import Deliverer
 
@@ -99,8 +103,11 @@ class Context:
                                      load=self.load_bytes, observe=self._observe)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
+        self.jobs = JobStore(self.database)
+        self.job_runner: JobRunner | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
+        self._jobs_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ------------------------------------------------------------ parts opened on first use
@@ -136,6 +143,10 @@ class Context:
     def fetch(self, url: str) -> bytes:
         """The bytes behind ``url``, through the SSRF-safe fetcher and this process's keep-alive pool."""
         return fetch(url, self.fetch_policy, pool=self.connections).content
+
+    def fetch_job(self, url: str) -> bytes:
+        """A job's video: through the SSRF-safe fetcher, under NSFW_JOB_MAX_BYTES and NSFW_JOB_FETCH_TIMEOUT."""
+        return fetch(url, self.settings.job_fetch_policy, pool=self.connections).content
 
     def load_bytes(self, source: str) -> bytes:
         """A URL's bytes (:meth:`fetch`) or a local file's (the CLI and labelled sets), under the byte cap."""
@@ -177,6 +188,19 @@ class Context:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
         await self._start_webhooks()
+        self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        """The video jobs' workers (NSFW_JOB_WORKERS), claiming jobs once the model is ready."""
+        from nsfw_core.jobs import JobRunner
+
+        webhooks = self.webhooks
+        self.job_runner = JobRunner(self.jobs, self.classifier, self.fetch_job, workers=self.settings.job_workers,
+                                    events=webhooks is not None,
+                                    wake=None if webhooks is None else webhooks.wake.set,
+                                    retention_days=self.settings.job_retention_days, ready=lambda: self.ready)
+        if self.settings.job_workers > 0:
+            self._jobs_task = asyncio.get_running_loop().create_task(self.job_runner.run(), name="nsfw-jobs")
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -224,6 +248,14 @@ class Context:
         self._stopping = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
+        if self._jobs_task is not None:
+            self._jobs_task.cancel()
+            try:
+                await self._jobs_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            if self.job_runner is not None:
+                await asyncio.to_thread(self.job_runner.release)
         if self._webhooks_task is not None:
             self._webhooks_task.cancel()
             try:

@@ -160,12 +160,37 @@ class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
     stay the model's."""
 
     source: Literal["review", "list"]
-    by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
-        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE")]
-    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256)")]
+    by: Annotated[Literal["sha256", "pdq", "vpdq"], msgspec.Meta(
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE; vpdq: a video most of whose "
+                    "sampled frames (80 %) match most of a known video's")]
+    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256; "
+                                                                  "vpdq: the median of the matched frames')")]
     label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
     entry_id: int
     review_id: Annotated[int | None, msgspec.Meta(description="the decided review item (source review)")]
+    share: Annotated[float, msgspec.Meta(ge=0, le=1, description="vpdq: the share of this video's sampled frames "
+                                                                 "that matched")] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Segment(msgspec.Struct, forbid_unknown_fields=True):
+    """Consecutive sampled frames of a video with the same verdict."""
+
+    start_ms: Annotated[int, msgspec.Meta(ge=0, description="the first frame's time")]
+    end_ms: Annotated[int, msgspec.Meta(ge=0, description="the next segment's first frame's time (the video's end "
+                                                          "for the last)")]
+    verdict: Verdict
+    max_scores: Annotated[Scores, msgspec.Meta(description="each class's highest score among the segment's frames")]
+
+
+class VideoOut(msgspec.Struct, forbid_unknown_fields=True):
+    """A video: its container and codec as declared, its frame size, what its frames cover."""
+
+    container: Literal["mp4", "mov", "webm", "mkv"]
+    codec: Literal["h264", "hevc", "vp8", "vp9", "av1"]
+    width: Annotated[int, msgspec.Meta(ge=1)]
+    height: Annotated[int, msgspec.Meta(ge=1)]
+    duration_ms: Annotated[int, msgspec.Meta(ge=0)]
+    frames: Annotated[int, msgspec.Meta(ge=1, description="frames in the video stream (not all are judged)")]
 
 
 class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -194,10 +219,19 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     match: MatchOut | msgspec.UnsetType = msgspec.UNSET
     frames: Annotated[list[Frame], msgspec.Meta(
         min_length=1, description="an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled frames (at "
-                                  "most NSFW_MAX_FRAMES); the image's scores and verdict are its worst frame's "
-                                  "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
+                                  "most NSFW_MAX_FRAMES); a video's (NSFW_VIDEO_FPS a second, at most "
+                                  "NSFW_MAX_VIDEO_FRAMES; index: the frame's number in presentation order); the "
+                                  "scores and verdict are the worst frame's (highest adult score)")
+    ] | msgspec.UnsetType = msgspec.UNSET
     deciding_frame: Annotated[int, msgspec.Meta(
         ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
+    deciding_time_ms: Annotated[int, msgspec.Meta(
+        ge=0, description="when the deciding frame is shown")] | msgspec.UnsetType = msgspec.UNSET
+    video: VideoOut | msgspec.UnsetType = msgspec.UNSET
+    segments: Annotated[list[Segment], msgspec.Meta(
+        min_length=1, description="a video's timeline: consecutive sampled frames with the same verdict merged "
+                                  "(Rekognition's segments, Hive's per-frame classes)")] | msgspec.UnsetType = \
+        msgspec.UNSET
     review_id: Annotated[int | None, msgspec.Meta(
         description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS); null when queueing "
                     "failed")] | msgspec.UnsetType = msgspec.UNSET
@@ -211,6 +245,12 @@ class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_
     thresholds: ThresholdsOut  # type: ignore[assignment]
     request_id: str
     id: ClientId
+
+
+class JobResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """A finished job's answer: a video's Detail, with whether the job's own thresholds were used."""
+
+    thresholds: ThresholdsOut  # type: ignore[assignment]
 
 
 class Error(msgspec.Struct):
@@ -295,8 +335,59 @@ class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
     review: Review
 
 
-REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)
-RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error)
+class VideoSource(msgspec.Struct, forbid_unknown_fields=True):
+    """The video, by URL (fetched through the SSRF-safe fetcher, at most NSFW_JOB_MAX_BYTES)."""
+
+    url: URLText
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /v1/jobs``: a video judged in the background (longer than a request takes: NSFW_MAX_VIDEO_SECONDS)."""
+
+    video: VideoSource
+    model: ModelName | None = None
+    thresholds: ThresholdsIn | None = None
+    id: ClientId = None
+
+
+class JobProgress(msgspec.Struct, forbid_unknown_fields=True):
+    frames_done: Annotated[int, msgspec.Meta(ge=0, description="sampled frames judged so far")]
+    frames_total: Annotated[int | None, msgspec.Meta(
+        description="sampled frames to judge (null until the video is fetched and its container read)")]
+
+
+JOB_ID_PATTERN = "^job_[0-9a-f]{32}$"
+JobStatus = Literal["queued", "running", "done", "failed"]
+
+
+class Job(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A video job: its state, its progress, and once done its result (a video's Detail) or once failed its error."""
+
+    id: Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
+    status: JobStatus
+    url: str
+    model: str
+    client_id: ClientId
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: JobProgress
+    result: JobResult | msgspec.UnsetType = msgspec.UNSET
+    error: Error | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """What a webhook receives when a job ends (``type`` ``job.completed``; ``job.status`` done or failed): the job
+    as GET /v1/jobs/{id} shows it, its result without the per-frame scores (the segments are there)."""
+
+    id: str  # the event's id, stable across retries: the receiver's idempotency key
+    type: Literal["job.completed"]
+    created_at: str
+    job: Job
+
+
+REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, JobRequest)
+RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error, Job, JobEvent)
 
 
 # ---------------------------------------------------------------- validation

@@ -51,6 +51,7 @@ class Operation:
     limited: bool = True  # counted against NSFW_RATE_LIMIT (RateLimit-* headers)
     description: str = ""
     media: str = "application/json"  # the 200 answer's media type
+    status: int = 200  # the success status (202: accepted, judged later)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -85,6 +86,17 @@ OPERATIONS: tuple[Operation, ...] = (
                           "naming the field."),
     Operation("/v1/reviews/{id}", "get", "v1Review", "A review item: pending, claimed or decided (label, who, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
+    Operation("/v1/jobs", "post", "v1CreateJob", "Judge a video in the background (a long one): 202 with the job",
+              "Job", (400, 401, 405, 408, 413, 429, 500, 503), body="JobRequest", status=202,
+              description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\"}. The answer "
+                          "is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
+                          "NSFW_JOB_MAX_BYTES), sampled at NSFW_VIDEO_FPS and judged by one instance, resumed "
+                          "after a crash; GET /v1/jobs/{id} gives its progress and result, and with "
+                          "NSFW_WEBHOOK_URL a job.completed event (JobEvent) is POSTed, signed like the review "
+                          "events. A client may have 100 jobs queued or running (429 too_many_jobs beyond)."),
+    Operation("/v1/jobs/{id}", "get", "v1Job", "A video job: queued, running (progress), done (result) or failed",
+              "Job", (401, 404, 405, 429, 500, 503), params=("job_id",),
+              description="With API keys a job is visible to the key that created it only (404 for others)."),
     Operation("/docs", "get", "docs", "This document as a readable page (no asset from the network)", None,
               (), keyed=False, limited=False, media="text/html"),
     Operation("/health", "get", "health", "Readiness: 200 once the model is loaded and warmed up", "Health",
@@ -104,6 +116,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "model": {"name": "model", "in": "query", "required": False, "schema": {"enum": list(MODEL_NAMES)},
               "description": "the model for a raw body (in JSON, \"model\"; both: they must agree); default "
                              "NSFW_MODEL"},
+    "job_id": {"name": "id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": c.JOB_ID_PATTERN},
+               "description": "the id POST /v1/jobs answered"},
     "review_id": {"name": "id", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
                   "description": "the review_id a classification answered"},
@@ -146,8 +161,10 @@ def _errors(statuses: tuple[int, ...], limited: bool) -> dict[str, Any]:
 def _image_body(settings: Settings) -> dict[str, Any]:
     image = {"type": "string", "format": "binary", "minLength": 1,
              "description": "JPEG, PNG, GIF, WebP, BMP or TIFF bytes, at most NSFW_MAX_BYTES "
-                            f"({settings.max_bytes}); other bytes are 415 not_an_image, damaged ones 422, too "
-                            "large 413"}
+                            f"({settings.max_bytes}), or an MP4, MOV, WebM or MKV video (H.264, H.265, VP8, VP9, "
+                            f"AV1) of at most NSFW_MAX_VIDEO_BYTES ({settings.max_video_bytes}) and "
+                            f"NSFW_MAX_VIDEO_SECONDS ({settings.max_video_seconds:g} s; longer: 413 video_too_long, "
+                            "use POST /v1/jobs); other bytes are 415 not_an_image, damaged ones 422, too large 413"}
     binary = {"schema": image}
     multipart = {"schema": {"type": "object", "properties": {"file": image}, "required": ["file"],
                             "description": "the image as a file part named 'file' ('image' is accepted too, "
@@ -169,7 +186,7 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         schema = {"$ref": REF.format(name=op.answer)} if isinstance(op.answer, str) else op.answer
         ok = _json(schema, op.summary, op.limited)
     out: dict[str, Any] = {"summary": op.summary, "operationId": op.operation_id, "parameters": params,
-                           "responses": {"200": ok, **_errors(op.errors, op.limited)}}
+                           "responses": {str(op.status): ok, **_errors(op.errors, op.limited)}}
     if op.description:
         out["description"] = op.description
     if op.keyed:

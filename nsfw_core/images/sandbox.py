@@ -107,47 +107,18 @@ class Sandbox:
         return out
 
     def video(self, data: bytes, request: dict[str, Any], *, timeout: float,
-              total: float | None = None) -> Iterator[VideoReply]:
-        """Probe, plan and decode a video in a child: :class:`VideoReply` items, ``kind`` "info" first
-        (``meta``: what the container declares and the plan), then one "frame" per sampled frame (``meta``:
-        index and time_ms; ``x``: the model input; ``thumb``: a thumbnail when ``request["thumb"]`` asks).
+              total: float | None = None) -> VideoStream:
+        """Probe, plan and decode a video in a child: a :class:`VideoStream` of :class:`VideoReply` items,
+        ``kind`` "info" first (``meta``: what the container declares and the plan), then one "frame" per
+        sampled frame (``meta``: index and time_ms; ``x``: the model input; ``thumb``: a thumbnail when
+        ``request["thumb"]`` asks).
 
         ``request`` holds the video's ``container`` and limits (:func:`nsfw_core.images.video.frames`'s
         arguments, and ``size`` the model input's side).  Each reply must come within ``timeout`` seconds,
-        all of them within ``total`` (None: no total).  Use it in a ``with contextlib.closing(...)``: a
-        consumer that stops early leaves the child mid-stream, and it is killed then.
+        all of them within ``total`` (None: no total).  Close the stream (``with``): one closed before its
+        end (from any thread) kills its child.
         """
-        with self._slots:
-            with self._lock:
-                child = self._idle.pop() if self._idle else None
-            if child is None or child.proc.poll() is not None:
-                child = _Child.start()
-            clean = False
-            try:
-                child.send({**request, "op": "video", "headroom": MIN_HEADROOM}, data, timeout)
-                started = time.monotonic()
-                while True:
-                    deadline = time.monotonic() + timeout
-                    if total is not None:
-                        deadline = min(deadline, started + total)
-                    reply, body = child.receive(deadline)
-                    if not reply.get("ok"):
-                        clean = True
-                        raise _error(reply)
-                    kind = reply.get("kind")
-                    if kind == "end":
-                        clean = True
-                        return
-                    yield _video_reply(reply, body)
-            except DecodeTimeout:
-                self.killed += 1
-                raise
-            finally:
-                if clean:
-                    with self._lock:
-                        self._idle.append(child)
-                else:  # a deadline, a dead child, a malformed reply, or a consumer that stopped mid-stream
-                    child.kill()
+        return VideoStream(self, data, request, timeout, total)
 
     def warm(self) -> None:
         """Start one child ahead of the first isolated decode (it imports numpy and Pillow, which takes a moment)."""
@@ -184,6 +155,109 @@ class Sandbox:
             return result
 
 
+class VideoStream:
+    """One video's replies from a child of ``sandbox`` (see :meth:`Sandbox.video`); iterate, then close."""
+
+    def __init__(self, sandbox: Sandbox, data: bytes, request: dict[str, Any], timeout: float,
+                 total: float | None) -> None:
+        self.sandbox = sandbox
+        self.timeout = timeout
+        self._data: bytes | None = data
+        self._request = request
+        self._total = total
+        self._child: _Child | None = None
+        self._slot = False
+        self._state = "new"  # new, running, clean (ended, the child reusable), closed
+        self._lock = threading.Lock()
+        self._started = 0.0
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[VideoReply]:
+        return self
+
+    def __next__(self) -> VideoReply:
+        if self._state == "new":
+            self._begin()
+        if self._state != "running":
+            raise StopIteration
+        child = self._child
+        assert child is not None
+        deadline = time.monotonic() + self.timeout
+        if self._total is not None:
+            deadline = min(deadline, self._started + self._total)
+        try:
+            reply, body = child.receive(deadline)
+        except DecodeTimeout:
+            self.sandbox.killed += 1
+            self._abandon()
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+        if not reply.get("ok"):
+            self._finish()
+            raise _error(reply)
+        if reply.get("kind") == "end":
+            self._finish()
+            raise StopIteration
+        try:
+            return _video_reply(reply, body)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _begin(self) -> None:
+        self.sandbox._slots.acquire()
+        self._slot = True
+        with self.sandbox._lock:
+            child = self.sandbox._idle.pop() if self.sandbox._idle else None
+        if child is None or child.proc.poll() is not None:
+            child = _Child.start()
+        with self._lock:
+            self._child, self._state = child, "running"
+        data, self._data = self._data, None
+        assert data is not None
+        try:
+            child.send({**self._request, "op": "video", "headroom": MIN_HEADROOM}, data, self.timeout)
+        except BaseException:
+            self._abandon()
+            raise
+        self._started = time.monotonic()
+
+    def _finish(self) -> None:
+        """The stream ended cleanly: the child goes back to the idle ones."""
+        with self._lock:
+            child, self._child, self._state = self._child, None, "clean"
+        if child is not None:
+            with self.sandbox._lock:
+                self.sandbox._idle.append(child)
+        self._release()
+
+    def _abandon(self) -> None:
+        with self._lock:
+            child, self._child, self._state = self._child, None, "closed"
+        if child is not None:
+            child.kill()
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            held, self._slot = self._slot, False
+        if held:
+            self.sandbox._slots.release()
+
+    def close(self) -> None:
+        """Stop: a child still mid-stream is killed (a reader blocked on it gets an error at once)."""
+        if self._state in ("new", "running"):
+            self._abandon()
+        self._data = None
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoReply:
     """One reply of a video's stream (see :meth:`Sandbox.video`)."""
@@ -196,7 +270,8 @@ class VideoReply:
 
 def _error(reply: dict[str, Any]) -> NSFWError:
     cls = _ERRORS.get(str(reply.get("error")), UndecodableImage)
-    details = reply.get("details") if isinstance(reply.get("details"), dict) else {}
+    found = reply.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
     return cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
 
 

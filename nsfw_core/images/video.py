@@ -36,13 +36,14 @@ import logging
 import math
 import struct
 from array import array
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage, VideoTooLong
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Containers by the name :func:`nsfw_core.images.sniff.sniff_video` gives -> FFmpeg's demuxer.
 DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}
@@ -267,7 +268,7 @@ def _demux(box: Any, stream: Any) -> Iterator[Any]:
 
 def frames(data: bytes, container: str, *, max_pixels: int, fps: float, max_frames: int, seed: int,
            max_ms: int | None = None, skip: int = 0,
-           each: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[Declared, Plan] | tuple[Sample, np.ndarray]]:
+           each: Callable[[np.ndarray], T]) -> Iterator[tuple[Declared, Plan] | tuple[Sample, T]]:
     """Open, check, index and plan (the first item: ``(Declared, Plan)``), then each sampled frame as
     ``(Sample, each(rgb))``, in file order.  Raises the core's typed errors; a frame the decoder cannot
     produce is left out, and no frame at all is :class:`UndecodableImage`."""
@@ -295,7 +296,7 @@ def frames(data: bytes, container: str, *, max_pixels: int, fps: float, max_fram
 
 
 def _decode(data: bytes, container: str, chosen: Plan, index: Index, found: Declared,
-            each: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[Sample, np.ndarray]]:
+            each: Callable[[np.ndarray], T]) -> Iterator[tuple[Sample, T]]:
     keys = [i for i in range(len(index)) if index.key[i]]
     ranges = _ranges(chosen.samples, keys)
     wanted = {s.packet: s for s in chosen.samples}
@@ -337,8 +338,8 @@ def _decode_packet(context: Any, packet: Any) -> list[Any]:
         return []
 
 
-def _drain(context: Any, by_pts: dict[int, Sample], found: Declared, each: Callable[[np.ndarray], np.ndarray],
-           *, flush: bool) -> Iterator[tuple[Sample, np.ndarray]]:
+def _drain(context: Any, by_pts: dict[int, Sample], found: Declared, each: Callable[[np.ndarray], T],
+           *, flush: bool) -> Iterator[tuple[Sample, T]]:
     av = _av()
     try:
         pending = list(context.decode(None))
@@ -352,7 +353,7 @@ def _drain(context: Any, by_pts: dict[int, Sample], found: Declared, each: Calla
 
 
 def _take(decoded: list[Any], by_pts: dict[int, Sample], found: Declared,
-          each: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[Sample, np.ndarray]]:
+          each: Callable[[np.ndarray], T]) -> Iterator[tuple[Sample, T]]:
     for frame in decoded:
         sample = by_pts.pop(frame.pts, None) if frame.pts is not None else None
         if sample is None:

@@ -25,11 +25,11 @@ from nsfw_core.base.errors import InvalidURL, NSFWError, TooLarge, UndecodableIm
 from nsfw_core.base.files import FileTooLarge, read_regular_file
 from nsfw_core.base.settings import DecodeLimits, FetchPolicy
 from nsfw_core.images import decode as _decode
+from nsfw_core.images import video as _video
 from nsfw_core.images.fetch import ConnectionPool, fetch, is_url
 from nsfw_core.images.frames import FrameRef, sample
 from nsfw_core.images.phash import query_hash
-from nsfw_core.images import video as _video
-from nsfw_core.images.sandbox import Sandbox, VideoReply, thumbnail
+from nsfw_core.images.sandbox import Sandbox, VideoStream, thumbnail
 from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference.model import Model, scores_dict
 
@@ -94,14 +94,14 @@ class VideoDecode:
     share of the pixel budget; :meth:`take` returns the next decoded frames.  Close it (``with``) to stop.
     """
 
-    def __init__(self, decoder: Decoder, replies: Iterator[VideoReply], budget_pixels: Callable[[VideoInfo], int],
+    def __init__(self, decoder: Decoder, replies: VideoStream, budget_pixels: Callable[[VideoInfo], int],
                  size: int) -> None:
         self._decoder = decoder
         self.size = size
         self._replies = replies
         self._budget_pixels = budget_pixels
         self._stack = contextlib.ExitStack()
-        self._stack.callback(getattr(replies, "close", lambda: None))
+        self._stack.callback(replies.close)
         self.info: VideoInfo | None = None
         self.done = False
 
@@ -319,7 +319,8 @@ class Decoder:
                                            cost_pixels=plan.cost.pixels)
 
     def video(self, model: Model, data: bytes, *, synchronous: bool = True, seed: int | None = None,
-              skip: int = 0, thumbs: int = 0) -> VideoDecode:
+              skip: int = 0, thumbs: int = 0, fps: float | None = None, max_frames: int | None = None
+              ) -> VideoDecode:
         """A video (``data``; :func:`~nsfw_core.images.sniff.sniff_video` names its container) to decode in
         the isolated lane, sampled at NSFW_VIDEO_FPS (at most NSFW_MAX_VIDEO_FRAMES frames).
 
@@ -327,14 +328,17 @@ class Decoder:
         and decoded within NSFW_VIDEO_TIMEOUT in all; otherwise a job's, each frame within it.  ``seed`` picks
         the sample instants (the same seed, the same frames: a job keeps its own); by default one drawn from
         the bytes and this process's key.  ``skip``: frames already judged (a job resumed).  ``thumbs``: the
-        side of a thumbnail sent back with each frame (0: none).
+        side of a thumbnail sent back with each frame (0: none).  ``fps`` and ``max_frames``: a job's own
+        sampling (fixed when it was created), instead of the settings'.
         """
         container = sniff_video(data)
         if container is None:
             raise UndecodableImage("not a video")
         limits = self.limits
-        request = {"container": container, "max_pixels": limits.max_video_pixels, "fps": limits.video_fps,
-                   "max_frames": limits.max_video_frames, "seed": self.seed_for(data) if seed is None else seed,
+        request = {"container": container, "max_pixels": limits.max_video_pixels,
+                   "fps": limits.video_fps if fps is None else fps,
+                   "max_frames": limits.max_video_frames if max_frames is None else max_frames,
+                   "seed": self.seed_for(data) if seed is None else seed,
                    "max_ms": int(limits.max_video_seconds * 1000) if synchronous else None, "skip": skip,
                    "size": model.input_size, "thumb": thumbs}
         replies = self.sandbox.video(data, request, timeout=limits.video_timeout,

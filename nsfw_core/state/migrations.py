@@ -23,6 +23,8 @@ OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
 SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
 REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
+JOBS_TABLE = "video_jobs"  # long videos judged in the background (nsfw_core.state.jobs)
+JOB_FRAMES_TABLE = "video_job_frames"  # each judged frame of a job, kept so that a restart resumes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +143,48 @@ MIGRATIONS: tuple[Migration, ...] = (
             revoked_before {{float}} NOT NULL,
             revoked_by TEXT NOT NULL
         )""",
+    )),
+    # Video jobs (nsfw_core.state.jobs): one row per POST /v1/jobs, claimed by one instance at a time under a lease
+    # (lease_owner, lease_until; SKIP LOCKED on PostgreSQL), its judged frames in video_job_frames so that a
+    # job taken over after a crash goes on from there.  ``media`` tells a review item or a known entry that is a
+    # video (its hashes: one PDQ hash per sampled frame, matched as a whole, nsfw_core.state.known).
+    Migration(11, "video jobs and their frames, videos among review items and known images", (
+        f"""CREATE TABLE {JOBS_TABLE} (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            client TEXT,
+            client_ref TEXT,
+            model TEXT NOT NULL,
+            thresholds TEXT,
+            sampling TEXT NOT NULL,
+            seed BIGINT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            sha256 TEXT,
+            info TEXT,
+            frames_total INTEGER,
+            frames_done INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until {{float}},
+            created_at {{float}} NOT NULL,
+            started_at {{float}},
+            finished_at {{float}}
+        )""",
+        f"CREATE INDEX {JOBS_TABLE}_due ON {JOBS_TABLE} (status, created_at)",
+        f"CREATE INDEX {JOBS_TABLE}_client ON {JOBS_TABLE} (client, status)",
+        f"""CREATE TABLE {JOB_FRAMES_TABLE} (
+            job_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            frame_index INTEGER NOT NULL,
+            time_ms INTEGER NOT NULL,
+            scores TEXT NOT NULL,
+            phash TEXT,
+            PRIMARY KEY (job_id, position)
+        )""",
+        f"ALTER TABLE {TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

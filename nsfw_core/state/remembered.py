@@ -22,7 +22,7 @@ from nsfw_core.state.migrations import KNOWN_TABLE, TABLE
 REVIEW, LIST = "review", "list"
 ADD, REMOVE = "add", "remove"
 COLUMNS = ("id", "op", "kind", "sha256", "hashes", "verdict", "label", "note", "review_id", "removes",
-           "added_by", "added_at")
+           "added_by", "added_at", "media")
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM {KNOWN_TABLE}"
 
 
@@ -36,7 +36,7 @@ def remember_decision(backend: Backend, tx: Tx, item_id: int, label: str, by: st
     if hashes:  # the item keeps them too (a later decision after an undo needs no image)
         tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
-           f"added_at) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, '', id, ?, ? "
+           f"added_at, media) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, '', id, ?, ?, media "
            f"FROM {TABLE} WHERE id = ?",
            (hashes, to_binary(label), label, by, now, int(item_id)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,7 +25,8 @@ def pictures(paths: Sequence[Path] = tuple(DEMO)) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
-def panning(images: Sequence[np.ndarray], seconds: float, fps: int, size: tuple[int, int], hold: float):
+def panning(images: Sequence[np.ndarray], seconds: float, fps: int, size: tuple[int, int],
+            hold: float) -> Iterator[np.ndarray]:
     """Frames: image k shown from k*hold to (k+1)*hold seconds (cycling), panning across it."""
     width, height = size
     big = [np.asarray(Image.fromarray(im).resize((width + width // 8, height + height // 8))) for im in images]
@@ -47,10 +48,10 @@ def make(container: str = "mp4", codec: str = "h264", *, seconds: float = 4.0, f
 
     buf = io.BytesIO()
     out = av.open(buf, "w", format=CONTAINERS[container])
-    stream = out.add_stream(ENCODERS[codec], rate=Fraction(fps))
+    stream: Any = out.add_stream(ENCODERS[codec], rate=Fraction(fps))
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"
-    opts = {"preset": "ultrafast"} if codec in ("h264", "hevc") else {}
+    opts: dict[str, str] = {"preset": "ultrafast"} if codec in ("h264", "hevc") else {}
     if codec == "hevc":
         opts["x265-params"] = "log-level=none"
     if codec in ("vp8", "vp9"):

@@ -174,12 +174,12 @@ class ReviewQueue:
     # ------------------------------------------------------------ writes
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
-                image_bytes: bytes | None = None, phash: str | None = None) -> int:
+                image_bytes: bytes | None = None, phash: str | None = None, media: str = "image") -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
         The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
         image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
-        its decision.
+        its decision; ``media`` "video": a video, its hashes one per sampled frame (matched as a whole).
         """
         sha256 = str(sha256).lower()
         if not _SHA_RE.match(sha256):
@@ -191,6 +191,8 @@ class ReviewQueue:
         # the phash column only when there are hashes: a queue on a schema before version 4 still works
         extra: tuple[str, ...] = (phash,) if phash else ()
         extra_column, extra_value = (", phash", ", ?") if phash else ("", "")
+        if media != "image":  # the media column only for a video: a queue on a schema before version 11 still works
+            extra, extra_column, extra_value = (*extra, media), extra_column + ", media", extra_value + ", ?"
         for _ in range(5):
             with self._tx() as tx:
                 row = tx.one(

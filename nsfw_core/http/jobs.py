@@ -1,0 +1,100 @@
+"""Video jobs over HTTP: ``POST /v1/jobs`` (202 with the job) and ``GET /v1/jobs/{id}`` (its state).
+
+A video longer than a synchronous request takes (NSFW_MAX_VIDEO_SECONDS), or any video a client prefers not
+to wait for, is sent by URL as a job (like Sightengine's and Rekognition's asynchronous video moderation): the
+answer is 202 at once with the job's id (and ``Location``); the job is judged in the background by whichever
+instance claims it (:mod:`nsfw_core.jobs`), and ``GET /v1/jobs/{id}`` gives its status, its progress (frames
+judged of the frames to judge) and, once done, the result with its timeline, or its error; with
+``NSFW_WEBHOOK_URL`` a ``job.completed`` event is POSTed, signed like the review events.
+
+The same first steps as every v1 route (:func:`~nsfw_core.http.guard.guard`: API key, rate limit).  With API
+keys, a job is its key's: another key reads 404, as for a job that does not exist.  Without keys the id
+(128 random bits) is what reading it takes.  A client may have :data:`MAX_OPEN_JOBS` queued or running at once
+(429 ``too_many_jobs`` beyond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from nsfw_core.base import requestid
+from nsfw_core.base.errors import InvalidURL
+from nsfw_core.base.logs import url_for_log
+from nsfw_core.http.bodies import read_body
+from nsfw_core.http.contract import JOB_ID_PATTERN, JobRequest, check_id, decode
+from nsfw_core.http.errors import NotFound
+from nsfw_core.http.guard import guard
+from nsfw_core.http.routing import note
+from nsfw_core.jobs import job_view
+
+if TYPE_CHECKING:
+    from nsfw_core.context import Context
+
+log = logging.getLogger(__name__)
+
+MAX_OPEN_JOBS = 100  # a client's queued and running jobs at once
+BODY_SLACK = 4096  # the JSON around the URL
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def client_of(request: Request, keyed: bool) -> str | None:
+    """Whose job it is: ``key_`` and 16 hex digits of the API key's SHA-256 (never the key); None without keys."""
+    if not keyed:
+        return None
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def _answer(request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status,
+                        headers={**(getattr(request.state, "ratelimit", None) or {}), **(headers or {})})
+
+
+async def create(request: Request, ctx: Context) -> Response:
+    """POST /v1/jobs: ``{"video": {"url": ...}, "model", "thresholds", "id"}`` -> 202 and the queued job."""
+    guard(request, ctx, ready=False)
+    limits = ctx.serving
+    req = decode(await read_body(request, limits.max_url_length + BODY_SLACK, limits.body_timeout), JobRequest)
+    url = req.video.url
+    check_id(url, "$.video.url")
+    check_id(req.id, "$.id")
+    if len(url) > limits.max_url_length:
+        raise InvalidURL(f"the URL is longer than {limits.max_url_length} characters", field="$.video.url")
+    if not url.lower().startswith(("http://", "https://")):
+        raise InvalidURL("the video's URL must be http(s)", field="$.video.url")
+    thresholds = None
+    if req.thresholds is not None:
+        thresholds = {k: v for k, v in (("adult", req.thresholds.adult), ("safe", req.thresholds.safe))
+                      if v is not None} or None
+    model = req.model or ctx.settings.model
+    decode_limits = ctx.settings.decode_limits
+    info = note(request)
+    info.url = url_for_log(url)
+    job = await asyncio.to_thread(requestid.in_context(
+        lambda: ctx.jobs.create(url, client=client_of(request, bool(limits.api_keys)), client_ref=req.id,
+                                model=model, thresholds=thresholds,
+                                sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
+                                max_open=MAX_OPEN_JOBS)))
+    log.info("video job %s queued: %s", job.id, url_for_log(url))
+    if ctx.job_runner is not None:
+        ctx.job_runner.poke.set()
+    return _answer(request, job_view(job), 202, {"Location": f"/v1/jobs/{job.id}"})
+
+
+async def get(request: Request, ctx: Context) -> Response:
+    """GET /v1/jobs/{id}: the job's status, progress, and its result or error once it ended."""
+    guard(request, ctx, ready=False)
+    raw = request.path_params.get("id", "")
+    if not _JOB_ID.match(raw):
+        raise NotFound(f"no job {raw[:60]!r}: job ids are job_ and 32 hex digits")
+    job = await asyncio.to_thread(requestid.in_context(lambda: ctx.jobs.get(raw)))
+    if job is None or (job.client is not None and job.client != client_of(request, bool(ctx.serving.api_keys))):
+        raise NotFound(f"no job {raw} (or it was deleted: NSFW_JOB_RETENTION_DAYS)")
+    return _answer(request, job_view(job))
