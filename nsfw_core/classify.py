@@ -29,7 +29,7 @@ import numpy as np
 
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
-from nsfw_core.base.labels import ADULT, SAFE
+from nsfw_core.base.labels import ADULT
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
@@ -141,15 +141,9 @@ class Classification:
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
     verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    deciding_time_ms: int | None = None  # when the deciding frame is shown (None: a still image)
     video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
     segments: tuple[Segment, ...] | None = None  # a video's timeline
-
-    @property
-    def deciding_time_ms(self) -> int | None:
-        """When the deciding frame is shown (None: a still image)."""
-        if self.frames is None:
-            return None
-        return next((f.time_ms for f in self.frames if f.index == self.deciding_frame), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -204,16 +198,13 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
     decide what the model left "unknown".
     """
-    deciding = None
+    deciding = deciding_time = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
-        scores, deciding = worst.scores, worst.index
+        scores, deciding, deciding_time = worst.scores, worst.index, worst.time_ms
     model_verdict = thresholds.decide(scores)
     if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
         match = None
-    if match is not None and match.by == "vpdq" and match.verdict != ADULT and frames and any(
-            thresholds.decide(f.scores) != SAFE for i, f in enumerate(frames) if i in match.unmatched):
-        match = None  # a known video's human verdict covers the frames that matched it, not others the model doubts
     return Classification(
         scores=scores,
         verdict=model_verdict if match is None else match.verdict,
@@ -226,6 +217,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         thresholds_version=thresholds_version,
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
+        deciding_time_ms=deciding_time,
         verdict_source="model" if match is None else match.kind,
         match=match,
         video=video,

@@ -103,7 +103,7 @@ class Context:
                                      load=self.load_bytes, observe=self._observe)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
-        self.jobs = JobStore(self.database)
+        self.jobs = JobStore(self.database, lease_s=settings.job_lease_seconds)
         self.job_runner: JobRunner | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None

@@ -162,6 +162,8 @@ class JobRunner:
             await self._end(job, None, exc.to_dict())
             return
         self.finished += 1
+        log.info("video job %s done by %s: %s, %d frames", job.id, self.owner, classification.verdict,
+                 len(classification.frames or ()))
         await self._end(job, classification, None)
 
     async def _classify(self, job: Job, started: float) -> Classification:
@@ -170,6 +172,9 @@ class JobRunner:
         fetch_s = time.perf_counter() - t0
         sha = hashlib.sha256(data).hexdigest()
         skip = job.frames_done if job.sha256 in (None, sha) else 0
+        if job.attempts > 1:
+            log.info("video job %s resumed (attempt %d) after %d judged frames%s", job.id, job.attempts, skip,
+                     "" if job.sha256 in (None, sha) else "; the URL serves other bytes now: from the start")
         decoder = self.classifier.intake.decoder
         decode_s = inference_s = 0.0
         async with self.classifier.lane(job.model) as lane:

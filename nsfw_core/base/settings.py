@@ -385,6 +385,11 @@ class Settings:
         "NSFW_JOB_WORKERS", "1", _int(0, 64),
         "Jobs one instance runs at once (0: this instance runs none; it still accepts them for the others). "
         "Replicas share the jobs in the database, each job run by one instance at a time.")
+    job_lease_seconds: float = setting(
+        "NSFW_JOB_LEASE_SECONDS", "30", _float(1.0, 3600.0),
+        "How long an instance holds a running job without renewing its lease (it renews every third of it); a "
+        "job whose instance died is taken over by another (or by the same one restarted) after it, and goes "
+        "on from the frames already judged.")
     job_retention_days: int = setting(
         "NSFW_JOB_RETENTION_DAYS", "7", _int(0),
         "Finished jobs (and their frames' scores) older than this many days are deleted; 0 keeps them.")

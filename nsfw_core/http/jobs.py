@@ -10,7 +10,8 @@ judged of the frames to judge) and, once done, the result with its timeline, or 
 The same first steps as every v1 route (:func:`~nsfw_core.http.guard.guard`: API key, rate limit).  With API
 keys, a job is its key's: another key reads 404, as for a job that does not exist.  Without keys the id
 (128 random bits) is what reading it takes.  A client may have :data:`MAX_OPEN_JOBS` queued or running at once
-(429 ``too_many_jobs`` beyond).
+(429 ``too_many_jobs`` beyond).  A POST retried with the same client ``id`` and URL answers 200 with the job
+the first one made (an idempotent retry), not a second job.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ async def create(request: Request, ctx: Context) -> Response:
     decode_limits = ctx.settings.decode_limits
     info = note(request)
     info.url = url_for_log(url)
-    job = await asyncio.to_thread(requestid.in_context(
-        lambda: ctx.jobs.create(url, client=client_of(request, bool(limits.api_keys)), client_ref=req.id,
+    job, created = await asyncio.to_thread(requestid.in_context(
+        lambda: ctx.jobs.create_once(url, client=client_of(request, bool(limits.api_keys)), client_ref=req.id,
                                 model=model, thresholds=thresholds,
                                 sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
                                 max_open=MAX_OPEN_JOBS)))
+    if not created:  # the same client id and URL again: the job made the first time, not a second one
+        return _answer(request, job_view(job), 200, {"Location": f"/v1/jobs/{job.id}"})
     log.info("video job %s queued: %s", job.id, url_for_log(url))
     if ctx.job_runner is not None:
         ctx.job_runner.poke.set()

@@ -93,7 +93,8 @@ OPERATIONS: tuple[Operation, ...] = (
                           "NSFW_JOB_MAX_BYTES), sampled at NSFW_VIDEO_FPS and judged by one instance, resumed "
                           "after a crash; GET /v1/jobs/{id} gives its progress and result, and with "
                           "NSFW_WEBHOOK_URL a job.completed event (JobEvent) is POSTed, signed like the review "
-                          "events. A client may have 100 jobs queued or running (429 too_many_jobs beyond)."),
+                          "events. A client may have 100 jobs queued or running (429 too_many_jobs beyond). The "
+                          "same client id and URL again: 200 with the job already made."),
     Operation("/v1/jobs/{id}", "get", "v1Job", "A video job: queued, running (progress), done (result) or failed",
               "Job", (401, 404, 405, 429, 500, 503), params=("job_id",),
               description="With API keys a job is visible to the key that created it only (404 for others)."),
@@ -187,6 +188,9 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         ok = _json(schema, op.summary, op.limited)
     out: dict[str, Any] = {"summary": op.summary, "operationId": op.operation_id, "parameters": params,
                            "responses": {str(op.status): ok, **_errors(op.errors, op.limited)}}
+    if op.status != 200:  # accepted: 200 is the answer to an idempotent retry (the same client id and URL)
+        out["responses"]["200"] = {**ok, "description": "The job made by an earlier request with the same client id "
+                                                        "and URL (a retry makes no second job)"}
     if op.description:
         out["description"] = op.description
     if op.keyed:

@@ -665,7 +665,7 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int, max_video_byt
     """The body, capped at ``max_bytes`` (a video at ``max_video_bytes``: the first bytes say which)."""
     declared = response.length  # Content-Length as http.client honours it; None when chunked or absent
     cap, what = max(max_bytes, max_video_bytes), "image"
-    decided = cap == max_bytes
+    decided = max_video_bytes <= 0
     if declared is not None and declared > cap:
         raise TooLarge(f"the image is larger than {cap} bytes (Content-Length {declared})")
     chunks: list[bytes] = []
@@ -683,8 +683,11 @@ def _read_body(response: http.client.HTTPResponse, max_bytes: int, max_video_byt
                 raise TooLarge(f"the {what} is larger than {cap} bytes (Content-Length {declared})")
         if total > cap:
             raise TooLarge(f"the {what} is larger than {cap} bytes")
-    if not decided and total > max_bytes and sniff_video(b"".join(chunks)) is None:
-        raise TooLarge(f"the image is larger than {max_bytes} bytes")
+    if not decided:  # fewer than VIDEO_HEAD bytes came
+        video = sniff_video(b"".join(chunks)) is not None
+        if total > (max_video_bytes if video else max_bytes):
+            raise TooLarge(f"the {'video' if video else 'image'} is larger than "
+                           f"{max_video_bytes if video else max_bytes} bytes")
     if declared is not None and total < declared:
         raise UpstreamError(f"the image host sent {total} of the {declared} bytes it announced")
     return b"".join(chunks)

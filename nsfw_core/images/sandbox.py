@@ -416,7 +416,6 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     from nsfw_core.images.preprocess import preprocess
 
     _decode.decode(_decode_probe())  # import every plugin now, outside any limit
-    _video_warm()
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     while True:
         try:
@@ -492,6 +491,7 @@ def _serve_video(request: dict[str, Any], data: bytes, stdout: BinaryIO, hard: i
     from nsfw_core.images.preprocess import preprocess
 
     size, side = int(request["size"]), int(request.get("thumb") or 0)
+    _video_warm()  # FFmpeg's libraries, on the child's first video (images need none of it)
 
     def each(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return preprocess(rgb, size), (thumbnail(rgb, side) if side else None)

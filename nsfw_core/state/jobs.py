@@ -128,22 +128,38 @@ class JobStore:
     def create(self, url: str, *, client: str | None, client_ref: Any, model: str,
                thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int) -> Job:
         """A queued job; :class:`TooManyJobs` when ``client`` has ``max_open`` queued or running already."""
+        return self.create_once(url, client=client, client_ref=client_ref, model=model, thresholds=thresholds,
+                                sampling=sampling, max_open=max_open)[0]
+
+    def create_once(self, url: str, *, client: str | None, client_ref: Any, model: str,
+                    thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int) -> tuple[Job, bool]:
+        """(the job, True) for a new one; (the job, False) when ``client`` created one with the same
+        ``client_ref`` (not None) and URL before: a retried POST makes no second job."""
         now = self.clock()
         job_id = new_id()
-        seed = secrets.randbits(62)
         with self._tx() as tx:
-            row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND status IN (?, ?)",
-                         (client or "", QUEUED, RUNNING))
-            if row is not None and int(row[0]) >= max_open:
-                raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
-                                  "wait for one to finish", limit=max_open)
-            tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_ref, model, thresholds, sampling, seed, "
-                   "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (job_id, url, client, json.dumps(client_ref), model,
-                    None if thresholds is None else json.dumps(thresholds), json.dumps(sampling), seed, QUEUED, now))
+            same = None
+            if client_ref is not None:
+                same = tx.one(f"SELECT id FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND client_ref = ? "
+                              "AND url = ? ORDER BY created_at DESC LIMIT 1",
+                              (client or "", json.dumps(client_ref), url))
+            if same is not None:
+                job_id, created = str(same[0]), False
+            else:
+                row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND status IN (?, ?)",
+                             (client or "", QUEUED, RUNNING))
+                if row is not None and int(row[0]) >= max_open:
+                    raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
+                                      "wait for one to finish", limit=max_open)
+                tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_ref, model, thresholds, sampling, seed, "
+                       "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, url, client, json.dumps(client_ref), model,
+                        None if thresholds is None else json.dumps(thresholds), json.dumps(sampling),
+                        secrets.randbits(62), QUEUED, now))
+                created = True
         found = self.get(job_id)
         assert found is not None
-        return found
+        return found, created
 
     def get(self, job_id: str) -> Job | None:
         with self._tx(write=False) as tx:
@@ -163,7 +179,15 @@ class JobStore:
         """Take the oldest queued job, or a running one whose lease ran out, under a lease for ``owner``.
 
         A job claimed :data:`MAX_ATTEMPTS` times already fails instead (each claim after the first is a crash of
-        the instance that ran it, or a video that crashed it)."""
+        the instance that ran it, or a video that crashed it), and the next one is claimed."""
+        while True:
+            job = self._claim_one(owner)
+            if job is None or job.attempts <= MAX_ATTEMPTS:
+                return job
+            self.fail(job, owner, {"code": "job_failed", "message": f"the job stopped its instance {MAX_ATTEMPTS} "
+                                   "times (a crash while decoding or judging); it is not tried again"}, event=None)
+
+    def _claim_one(self, owner: str) -> Job | None:
         now = self.clock()
         skip = self.backend.skip_locked
         due = f"(status = '{QUEUED}' OR (status = '{RUNNING}' AND lease_until < ?))"
@@ -173,14 +197,7 @@ class JobStore:
                 f"attempts = attempts + 1, started_at = COALESCE(started_at, ?) WHERE id = "
                 f"(SELECT id FROM {JOBS_TABLE} WHERE {due} ORDER BY created_at, id LIMIT 1{skip}) AND {due} "
                 f"RETURNING {', '.join(_COLUMNS)}", (owner, now + self.lease_s, now, now, now))
-        if row is None:
-            return None
-        job = Job.of(row)
-        if job.attempts > MAX_ATTEMPTS:
-            self.fail(job, owner, {"code": "job_failed", "message": f"the job stopped its instance {MAX_ATTEMPTS} "
-                                   "times (a crash while decoding or judging); it is not tried again"}, event=None)
-            return None
-        return job
+        return None if row is None else Job.of(row)
 
     def renew(self, job: Job, owner: str) -> None:
         """Extend the lease; :class:`JobGone` when another instance holds the job now."""

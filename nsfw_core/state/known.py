@@ -89,7 +89,6 @@ class Match:
     entry_id: int
     review_id: int | None = None
     share: float | None = None  # a video: the share of its sampled frames that matched the known video's
-    unmatched: frozenset[int] = frozenset()  # a video: the positions of its sampled frames that did not
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.kind, "by": self.by, "distance": self.distance, "label": self.label,
@@ -296,12 +295,10 @@ class KnownImages:
             found = vpdq.compare(rows_q, known, self.distance)
             if not found.match:
                 continue
-            matched = {bytes(r.tobytes()) for r, ok in zip(rows_q, found.matched, strict=True) if ok}
-            unmatched = frozenset(i for i, h in enumerate(hashes) if h is None or h not in matched)
             key = (entry.kind != LIST, -found.query_share, -entry.id)
             if best is None or key < best[0]:
                 best = (key, Match(entry.kind, entry.verdict, entry.label, "vpdq", found.distance, entry.id,
-                                   entry.review_id, round(found.query_share, 4), unmatched))
+                                   entry.review_id, round(found.query_share, 4)))
         return None if best is None else best[1]
 
     def _video_index(self, s: _State) -> tuple[HashIndex, np.ndarray]:

@@ -26,13 +26,14 @@ def pictures(paths: Sequence[Path] = tuple(DEMO)) -> list[np.ndarray]:
 
 
 def panning(images: Sequence[np.ndarray], seconds: float, fps: int, size: tuple[int, int],
-            hold: float) -> Iterator[np.ndarray]:
-    """Frames: image k shown from k*hold to (k+1)*hold seconds (cycling), panning across it."""
+            hold: float, pan: bool = True) -> Iterator[np.ndarray]:
+    """Frames: image k shown from k*hold to (k+1)*hold seconds (cycling), panning across it (or still)."""
     width, height = size
     big = [np.asarray(Image.fromarray(im).resize((width + width // 8, height + height // 8))) for im in images]
     per = max(1, round(hold * fps))
     for i in range(round(seconds * fps)):
         k, t = divmod(i, per)
+        t = t if pan else 0
         im = big[k % len(big)]
         x = (width // 8) * t // per
         y = (height // 8) * t // per
@@ -42,7 +43,7 @@ def panning(images: Sequence[np.ndarray], seconds: float, fps: int, size: tuple[
 def make(container: str = "mp4", codec: str = "h264", *, seconds: float = 4.0, fps: int = 10,
          size: tuple[int, int] = (320, 240), hold: float = 1.0, images: Sequence[np.ndarray] | None = None,
          frames: Sequence[np.ndarray] | None = None, options: dict[str, str] | None = None,
-         rotation: int | None = None) -> bytes:
+         rotation: int | None = None, pan: bool = True) -> bytes:
     """A video's bytes (see the module docstring)."""
     import av
 
@@ -62,7 +63,7 @@ def make(container: str = "mp4", codec: str = "h264", *, seconds: float = 4.0, f
     stream.options = opts
     if rotation is not None:
         stream.set_display_rotation(rotation)
-    source = frames if frames is not None else panning(images or pictures(), seconds, fps, size, hold)
+    source = frames if frames is not None else panning(images or pictures(), seconds, fps, size, hold, pan)
     for pixels in source:
         for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")):
             out.mux(packet)
