@@ -326,3 +326,36 @@ def test_api_base_url_and_curl():
         "curl -XPOST 'http://h/predict?url=http%3A%2F%2Fa.example%2Fx%20y.jpg%3Fa%3D1%26b%3D%272%27'",
         "curl -XPOST --data-binary '@my pic.png' -H 'Content-Type: image/png' 'http://h/predict'",
     ]
+
+
+@pytest.mark.slow
+def test_a_video_shows_its_timeline_and_each_segments_deciding_frame_blurred(page_env, media):
+    from tests.helpers import videos
+
+    page_env.setenv("NSFW_SAFE_THRESHOLD", "0.99999")  # nothing is definitely safe: frames blurred
+    clip = videos.make("mp4", "h264", seconds=4, fps=10, size=(160, 120), hold=2.0)
+    at = classify(new_page(), uploads=[("clip.mp4", clip, "video/mp4")])
+    [row] = at.session_state["classify_results"]["rows"]
+    c = row["classification"]
+    assert c is not None and c.video is not None and len(c.frames) == 4 and c.segments
+    # the Altair timeline: the segments shaded and the scores of every sampled frame over time
+    charts = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    def marks(spec: dict) -> list[str]:
+        return [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+                for layer in spec.get("layer", [])]
+
+    assert [marks(spec) for spec in charts if marks(spec) == ["rect", "line", "rule"]], [marks(s) for s in charts]
+    captions = " ".join(cap.value for cap in at.caption)
+    assert "4 frames judged" in captions and "deciding frame" in captions
+    # each segment's deciding frame, blurred until revealed
+    deciding = row["deciding"]
+    assert [f["verdict"] for f in deciding] == [s.verdict for s in c.segments]
+    shown = [img for img in at.image if any(cap.endswith(" s") for cap in img.captions)]
+    assert len(shown) == len(deciding)
+    first = np.asarray(Image.open(io.BytesIO(media(shown[0].value[0]))).convert("RGB"), dtype=np.float32)
+    near = {k: np.abs(first - np.asarray(deciding[0][k], dtype=np.float32)).mean() for k in ("image", "blurred")}
+    assert near["blurred"] < near["image"]
+    at.toggle(key="reveal_0").set_value(True).run()
+    shown = [img for img in at.image if any(cap.endswith(" s") for cap in img.captions)]
+    first = np.asarray(Image.open(io.BytesIO(media(shown[0].value[0]))).convert("RGB"), dtype=np.float32)
+    assert np.abs(first - np.asarray(deciding[0]["image"], dtype=np.float32)).mean() < near["image"]
