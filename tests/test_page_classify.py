@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -340,7 +341,7 @@ def test_a_video_shows_its_timeline_and_each_segments_deciding_frame_blurred(pag
     assert c is not None and c.video is not None and len(c.frames) == 4 and c.segments
     # the Altair timeline: the segments shaded and the scores of every sampled frame over time
     charts = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
-    def marks(spec: dict) -> list[str]:
+    def marks(spec: dict[str, Any]) -> list[str]:
         return [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
                 for layer in spec.get("layer", [])]
 
