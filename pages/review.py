@@ -33,6 +33,7 @@ from nsfw_core.access import Identity, Permission
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.context import Context
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ReviewQueue, iso
 from nsfw_ui import auth, inputs, state, widgets
@@ -170,6 +171,12 @@ def _show_image(ctx: Context, item: Item) -> None:
     if data is None:
         st.info("The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
                 "decide from the scores, or skip.")
+        return
+    if sniff_video(data) is not None:  # a video: played once revealed (nothing of it shows before)
+        if st.toggle("Reveal video", key=f"reveal_{item.id}", help="The video is hidden until you reveal it."):
+            st.video(data)
+        else:
+            st.info(f"Item {item.id} is a video: reveal it to play it.")
         return
     try:
         pixels = ctx.decoder.preview(data, PREVIEW_SIZE)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from nsfw_core.images import video as _video
 from nsfw_core.images.fetch import ConnectionPool, fetch, is_url
 from nsfw_core.images.frames import FrameRef, sample
 from nsfw_core.images.phash import query_hash
-from nsfw_core.images.sandbox import Sandbox, VideoStream, thumbnail
+from nsfw_core.images.sandbox import Sandbox, VideoReply, VideoStream, thumbnail
 from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference.model import Model, scores_dict
 
@@ -46,6 +47,8 @@ ISOLATED_SHARE = 0.75
 # Sampled frames whose model inputs differ by less than this (mean absolute difference, inputs in
 # [0, 1]) from the frame kept before them are not classified: the same picture, held longer.
 NEAR_IDENTICAL = 2.0 / 255
+# A video's decoded frames taken off the decoding child's pipe ahead of the model (600 KB each at 224 x 224).
+PREFETCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,10 @@ class VideoDecode:
     """One video being decoded in the isolated lane, frames handed out as they come (see :meth:`Decoder.video`).
 
     :meth:`start` reads what the container declares and the plan (the video's info), then holds the video's
-    share of the pixel budget; :meth:`take` returns the next decoded frames.  Close it (``with``) to stop.
+    share of the pixel budget and starts a reader thread that takes the decoded frames off the child's pipe
+    into a queue of at most :data:`PREFETCH` frames, so the child decodes while the model judges the frames
+    already out; :meth:`take` returns the next ones.  Close it (``with``) to stop (the child is killed if it
+    is mid-stream).
     """
 
     def __init__(self, decoder: Decoder, replies: VideoStream, budget_pixels: Callable[[VideoInfo], int],
@@ -102,6 +108,9 @@ class VideoDecode:
         self._budget_pixels = budget_pixels
         self._stack = contextlib.ExitStack()
         self._stack.callback(replies.close)
+        self._queue: queue.Queue[VideoReply | BaseException | None] = queue.Queue(PREFETCH)
+        self._reader: threading.Thread | None = None
+        self._closed = threading.Event()
         self.info: VideoInfo | None = None
         self.done = False
 
@@ -112,7 +121,13 @@ class VideoDecode:
         self.close()
 
     def close(self) -> None:
-        self._stack.close()
+        self._closed.set()
+        self._stack.close()  # kills a child mid-stream: a reader blocked on its pipe gets an error at once
+        if self._reader is not None:
+            while self._reader.is_alive():  # unblock a reader waiting for room in the queue
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+            self._reader.join()
 
     def start(self) -> VideoInfo:
         """Blocking: the video's :class:`VideoInfo` (raises the core's typed errors, 413 before decoding)."""
@@ -121,7 +136,20 @@ class VideoDecode:
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         self.info = VideoInfo.of(first.meta)
         self._stack.enter_context(self._decoder.budget.hold(self._budget_pixels(self.info), share=ISOLATED_SHARE))
+        self._reader = threading.Thread(target=self._read, name="nsfw-video-reader", daemon=True)
+        self._reader.start()
         return self.info
+
+    def _read(self) -> None:
+        try:
+            for reply in self._replies:
+                if self._closed.is_set():
+                    return
+                self._queue.put(reply)
+            self._queue.put(None)
+        except BaseException as exc:  # a typed error, a deadline, a killed child: the taker raises it
+            if not self._closed.is_set():
+                self._queue.put(exc)
 
     def take(self, limit: int | None = None) -> FrameInputs:
         """Blocking: the next decoded frames (all that are left without ``limit``), possibly none at the end."""
@@ -129,11 +157,14 @@ class VideoDecode:
         xs: list[np.ndarray] = []
         thumbs: list[np.ndarray] = []
         refs: list[FrameRef] = []
-        while limit is None or len(refs) < limit:
-            reply = next(self._replies, None)
+        while not self.done and (limit is None or len(refs) < limit):
+            reply = self._queue.get()
             if reply is None:
                 self.done = True
                 break
+            if isinstance(reply, BaseException):
+                self.done = True
+                raise reply
             assert reply.x is not None
             xs.append(reply.x)
             if reply.thumb is not None:
