@@ -27,8 +27,9 @@ SECRET = "whsec-server-test-0123456789"
 
 
 def test_v1_endpoints_over_http(tmp_path):
+    # NSFW_MAX_VIDEO_BYTES as NSFW_MAX_BYTES: the JSON body's cap is the larger of the two (a video's base64)
     with app_server(tmp_path, NSFW_REVIEW_VERDICTS="unknown,safe,adult", NSFW_MAX_BYTES="100000",
-                    NSFW_MAX_BATCH_ITEMS="3") as server:
+                    NSFW_MAX_VIDEO_BYTES="100000", NSFW_MAX_BATCH_ITEMS="3") as server:
         ok = server.post_json("/v1/classify", json.dumps({"image": {"base64": B64}, "id": "x"}))
         assert ok.status == 200, ok
         body = ok.json()

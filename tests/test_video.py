@@ -255,6 +255,10 @@ def test_the_api_answers_a_video_by_upload_base64_and_url(tmp_path: Path, clip, 
         detail = client.post("/predict?detail=1", content=clip)
         by_url = client.post("/v1/classify", json={"image": {"url": url}})
         by_b64 = client.post("/v1/classify", json={"image": {"base64": base64.b64encode(clip).decode()}})
+        cut = client.post("/predict", content=clip[: len(clip) // 2])  # the MP4's index (moov) is at its end
+        other = client.post("/predict", content=b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40)
+    assert cut.status_code == 422 and cut.json()["code"] == "undecodable_image"
+    assert other.status_code == 422 and other.json()["code"] == "undecodable_image"
     assert plain.status_code == detail.status_code == by_url.status_code == by_b64.status_code == 200
     d = detail.json()
     assert d["video"] == {"container": "mp4", "codec": "h264", "width": 320, "height": 240, "duration_ms": 5000,

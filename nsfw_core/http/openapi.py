@@ -211,8 +211,13 @@ def schemas(settings: Settings) -> dict[str, Any]:
         if form.get("type") == "array":
             form["maxItems"] = settings.max_batch_items
     body["description"] = "a list of URLs (or items), or {\"items\": [...], \"detail\": bool}"
-    limits = c.schema_limits(components, max_bytes=settings.max_bytes, max_url_length=settings.max_url_length,
+    largest = max(settings.max_bytes, settings.max_video_bytes)  # a video's base64 may be longer than an image's
+    limits = c.schema_limits(components, max_bytes=largest, max_url_length=settings.max_url_length,
                              max_batch_items=settings.max_batch_items)
+    limits["Image"]["description"] = (
+        f"{limits['Image']['description'].rsplit(' At most', 1)[0]} At most {settings.max_bytes} bytes for an image "
+        f"(NSFW_MAX_BYTES), {settings.max_video_bytes} for a video (NSFW_MAX_VIDEO_BYTES); in a batch, "
+        f"{settings.max_bytes} in all.")
     limits["Image"]["properties"]["url"]["anyOf"][0]["pattern"] = URL_PATTERN  # the documented subset
     return limits
 
