@@ -33,6 +33,7 @@ from nsfw_core.http.contract import JOB_ID_PATTERN, JobRequest, check_id, decode
 from nsfw_core.http.errors import NotFound
 from nsfw_core.http.guard import guard
 from nsfw_core.http.routing import note
+from nsfw_core.images.fetch import check_url
 from nsfw_core.jobs import job_view
 
 if TYPE_CHECKING:
@@ -66,10 +67,10 @@ async def create(request: Request, ctx: Context) -> Response:
     url = req.video.url
     check_id(url, "$.video.url")
     check_id(req.id, "$.id")
-    if len(url) > limits.max_url_length:
-        raise InvalidURL(f"the URL is longer than {limits.max_url_length} characters", field="$.video.url")
-    if not url.lower().startswith(("http://", "https://")):
-        raise InvalidURL("the video's URL must be http(s)", field="$.video.url")
+    try:
+        check_url(url, ctx.fetch_policy)  # the fetcher's own syntax checks now; its address checks when fetched
+    except InvalidURL as exc:
+        raise InvalidURL(f"the video's URL: {exc.message}", field="$.video.url") from None
     thresholds = None
     if req.thresholds is not None:
         thresholds = {k: v for k, v in (("adult", req.thresholds.adult), ("safe", req.thresholds.safe))

@@ -219,6 +219,8 @@ def schemas(settings: Settings) -> dict[str, Any]:
         f"(NSFW_MAX_BYTES), {settings.max_video_bytes} for a video (NSFW_MAX_VIDEO_BYTES); in a batch, "
         f"{settings.max_bytes} in all.")
     limits["Image"]["properties"]["url"]["anyOf"][0]["pattern"] = URL_PATTERN  # the documented subset
+    video_url = limits["VideoSource"]["properties"]["url"]
+    video_url.update(pattern=URL_PATTERN, maxLength=settings.max_url_length)
     return limits
 
 

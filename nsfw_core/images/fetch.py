@@ -158,6 +158,12 @@ class _Target:
         return urllib.parse.quote(path, safe=_SAFE_TARGET_CHARS)
 
 
+def check_url(url: str, policy: FetchPolicy) -> None:
+    """:class:`InvalidURL` unless ``url`` is one :func:`fetch` would try (syntax only: no DNS, no address check);
+    for URLs taken now and fetched later (a video job's)."""
+    _parse(url, policy)
+
+
 def _parse(url: str, policy: FetchPolicy) -> _Target:
     if not isinstance(url, str) or not url:
         raise InvalidURL("no URL given")
