@@ -140,7 +140,6 @@ def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0) ->
     order = sorted(range(n), key=lambda i: (index.pts[i], i))  # presentation order
     start = index.pts[order[0]]
     times = [round((index.pts[i] - start) * index.time_base * 1000) for i in order]
-    last = order[-1]
     step = times[-1] - times[-2] if n > 1 else 0
     duration = times[-1] + max(step, 1)
     chosen: list[Sample] = []
@@ -150,7 +149,6 @@ def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0) ->
         if shown not in seen:
             seen.add(shown)
             chosen.append(Sample(shown, times[shown], order[shown]))
-    del last
     samples = tuple(chosen[skip:])
     keys = [i for i in range(n) if index.key[i]]
     return Plan(samples, duration, n, len(keys), sum(hi - lo + 1 for lo, hi in _ranges(samples, keys)))
