@@ -247,7 +247,7 @@ class JobRunner:
             body["thresholds"]["overridden"] = bool(job.thresholds)
         ended = dataclasses.replace(job, status=DONE if result is not None else FAILED, result=body, error=error,
                                     finished_at=time.time())
-        event = event_for(job_view(ended)) if self.events else None
+        event = event_for(job_view(ended), job.client) if self.events else None
         if result is not None:
             assert body is not None
             await asyncio.to_thread(self.store.finish, job, self.owner, body, event)

@@ -196,22 +196,30 @@ def test_a_job_is_judged_over_the_whole_video_and_its_webhook_is_signed(tmp_path
     assert webhooks.verify(SECRET, body, headers["nsfw-signature"])
     event = msgspec.json.decode(body, type=contract.JobEvent)
     assert event.type == "job.completed" and event.job.id == job.id and event.job.status == "done"
+    assert event.client_key_id is not None and event.client_key_id.startswith("key_") \
+        and "client-key" not in body.decode()  # whose job it is, never the key
     assert headers["nsfw-event-id"] == event.id
     assert "frames" not in json.loads(body)["job"]["result"] and json.loads(body)["job"]["result"]["segments"]
 
 
 def test_a_job_that_cannot_fetch_its_video_fails_with_the_typed_error(tmp_path: Path, local_server):
-    settings = make_settings(tmp_path, allow_private_hosts=("*",))
+    clip = videos.make("webm", "vp8", seconds=2, fps=5, size=(64, 48))
+    big = local_server.route("/big.webm", image(clip, "video/webm"))
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), job_max_bytes=len(clip) - 1)
     with running(settings) as client:
         made = client.post("/v1/jobs", json={"video": {"url": local_server.url("/missing.mp4")}})
+        over = client.post("/v1/jobs", json={"video": {"url": big}})
         job_id = made.json()["id"]
         done = until(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "failed" and j, 60,
                      "the job fails")
+        too_big = until(lambda: (j := client.get(f"/v1/jobs/{over.json()['id']}").json())["status"] == "failed"
+                        and j, 60, "the job over NSFW_JOB_MAX_BYTES fails")
         bodies: tuple[dict[str, Any], ...] = (
             {"video": {"url": "ftp://example.com/a.mp4"}}, {"video": {}}, {"video": {"url": "http://x"}, "x": 1})
         bad = [client.post("/v1/jobs", json=body) for body in bodies]
         wrong = client.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"})
     assert done["error"]["code"] == "upstream_error" and "result" not in done
+    assert too_big["error"]["code"] == "too_large"
     assert [r.status_code for r in bad] == [400, 400, 400] and bad[0].json()["code"] == "invalid_url"
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_json"
 

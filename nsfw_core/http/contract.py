@@ -383,6 +383,8 @@ class JobEvent(msgspec.Struct, forbid_unknown_fields=True):
     id: str  # the event's id, stable across retries: the receiver's idempotency key
     type: Literal["job.completed"]
     created_at: str
+    client_key_id: Annotated[str | None, msgspec.Meta(
+        description="the API key that made the job: key_ and 16 hex digits of its SHA-256 (null without keys)")]
     job: Job
 
 

@@ -286,10 +286,12 @@ class TooManyJobs(NSFWError):
     code = "too_many_jobs"
 
 
-def event_for(job: dict[str, Any]) -> dict[str, Any]:
+def event_for(job: dict[str, Any], client: str | None = None) -> dict[str, Any]:
     """The ``job.completed`` event: the job as ``GET /v1/jobs/{id}`` shows it, without the per-frame scores
-    (the timeline's segments are there; the frames are one GET away)."""
+    (the timeline's segments are there; the frames are one GET away); ``client_key_id``: the API key that
+    made it (``key_`` and 16 hex digits of its SHA-256; None without keys), as the review events say."""
     body = dict(job)
     if isinstance(body.get("result"), dict):
         body["result"] = {k: v for k, v in body["result"].items() if k != "frames"}
-    return {"id": f"evt_{uuid.uuid4().hex}", "type": EVENT_TYPE, "created_at": iso(time.time()), "job": body}
+    return {"id": f"evt_{uuid.uuid4().hex}", "type": EVENT_TYPE, "created_at": iso(time.time()),
+            "client_key_id": client, "job": body}
