@@ -327,7 +327,8 @@ class Classifier:
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
-                progress: Callable[[int], None] | None = None, known: bool = True) -> list[Outcome]:
+                progress: Callable[[int], None] | None = None, known: bool = True,
+                long_videos: bool = False) -> list[Outcome]:
         """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
 
         ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
@@ -335,7 +336,7 @@ class Classifier:
         """
         model = self.models.get(model_name)
         scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
-                               progress=progress, perceptual=known)
+                               progress=progress, perceptual=known, long_videos=long_videos)
         active = self.thresholds.current()
         return [outcome(s, model, active.thresholds, active.version,
                         self.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)

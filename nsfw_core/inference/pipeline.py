@@ -205,10 +205,14 @@ def read_file(path: str | Path, max_bytes: int) -> bytes:
 
 
 def load_bytes(source: str, policy: FetchPolicy, pool: ConnectionPool | None = None) -> bytes:
-    """The bytes of a URL (through the safe fetcher) or of a local file (CLI and labelled sets)."""
+    """The bytes of a URL (through the safe fetcher) or of a local file (CLI and labelled sets); a video may
+    take ``policy.max_video_bytes``, an image ``policy.max_bytes``."""
     if is_url(source):
         return fetch(source, policy, pool=pool).content
-    return read_file(source, policy.max_bytes)
+    data = read_file(source, max(policy.max_bytes, policy.max_video_bytes))
+    if len(data) > policy.max_bytes and sniff_video(data) is None:
+        raise TooLarge(f"{source} is larger than the limit of {policy.max_bytes} bytes", limit=policy.max_bytes)
+    return data
 
 
 def iter_sources(inputs: Iterable[str]) -> list[str]:
@@ -383,11 +387,12 @@ class Decoder:
         digest = hashlib.blake2b(data, key=self._seed_key, digest_size=8).digest()
         return int.from_bytes(digest, "little") & ((1 << 62) - 1)
 
-    def prepare(self, model: Model, data: bytes) -> np.ndarray | FrameInputs:
+    def prepare(self, model: Model, data: bytes, *, long_videos: bool = False) -> np.ndarray | FrameInputs:
         """bytes -> the (S, S, 3) float32 model input, or an animation's :class:`FrameInputs`, or a video's
-        (synchronous: under NSFW_MAX_VIDEO_SECONDS).  Raises the core's typed errors."""
+        (under NSFW_MAX_VIDEO_SECONDS unless ``long_videos``: the command line's own files, each frame then
+        within NSFW_VIDEO_TIMEOUT).  Raises the core's typed errors."""
         if sniff_video(data) is not None:
-            with self.video(model, data) as decode:
+            with self.video(model, data, synchronous=not long_videos) as decode:
                 decode.start()
                 return decode.take()
         plan = self.plan(model, data)
@@ -439,11 +444,13 @@ def score_sources(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     perceptual: bool = False,
+    long_videos: bool = False,
 ) -> list[Scored]:
     """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
     per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
     (:func:`nsfw_core.images.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
-    the calibration page does not)."""
+    the calibration page does not).  ``long_videos``: videos of any length (the command line), not only what a
+    request takes."""
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
@@ -456,7 +463,7 @@ def score_sources(
                 t1 = time.perf_counter()
                 result.load_s = t1 - t0
                 result.sha256 = hashlib.sha256(data).hexdigest()
-                x = decoder.prepare(model, data)
+                x = decoder.prepare(model, data, long_videos=long_videos)
                 if perceptual and isinstance(x, np.ndarray):
                     result.phash = query_hash(x)
                 if isinstance(x, FrameInputs) and x.video is not None:
