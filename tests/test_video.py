@@ -133,6 +133,19 @@ def test_a_frame_size_over_the_limit_is_refused_before_decoding():
         _frames(data, max_pixels=640 * 480)
 
 
+def test_a_stream_whose_frames_outgrow_its_header_is_refused_and_the_lane_goes_on(clip):
+    data = videos.outgrowing()  # declares 64x48, then carries 1024x1024 frames
+    sandbox = Sandbox(1, 30)
+    try:
+        with pytest.raises(ImageTooLarge, match="larger than the 64x48"):
+            with sandbox.video(data, {**REQUEST, "container": "mkv", "fps": 5.0}, timeout=30) as stream:
+                list(stream)
+        with sandbox.video(clip, {**REQUEST, "container": "mp4"}, timeout=30) as stream:
+            assert len([r for r in stream if r.kind == "frame"]) == 5
+    finally:
+        sandbox.close()
+
+
 def test_too_many_streams_are_refused():
     import io
 

@@ -71,3 +71,39 @@ def make(container: str = "mp4", codec: str = "h264", *, seconds: float = 4.0, f
         out.mux(packet)
     out.close()
     return buf.getvalue()
+
+
+def outgrowing(small: tuple[int, int] = (64, 48), big: tuple[int, int] = (1024, 1024)) -> bytes:
+    """An MKV whose H.264 stream declares ``small`` frames (its header, its first frames) and then, with a new
+    sequence header in the stream, carries ``big`` ones: a decoder sizing its buffers by the header is wrong."""
+    import av
+
+    def elementary(size: tuple[int, int], n: int) -> bytes:
+        buf = io.BytesIO()
+        out = av.open(buf, "w", format="h264")
+        stream: Any = out.add_stream("libx264", rate=Fraction(5))
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        rng = np.random.default_rng(n)
+        for _ in range(n):
+            pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+        out.close()
+        return buf.getvalue()
+
+    src: Any = av.open(io.BytesIO(elementary(small, 5) + elementary(big, 2)), format="h264")
+    raw = src.streams.video[0]
+    buf = io.BytesIO()
+    out: Any = av.open(buf, "w", format="matroska")
+    stream: Any = out.add_stream("h264", rate=5)
+    stream.width, stream.height = small
+    stream.codec_context.extradata = raw.codec_context.extradata
+    for n, packet in enumerate(p for p in src.demux(raw) if p.size):
+        packet.stream, packet.pts, packet.dts, packet.time_base = stream, n, n, Fraction(1, 5)
+        out.mux(packet)
+    out.close()
+    src.close()
+    return buf.getvalue()
