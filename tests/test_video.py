@@ -414,3 +414,29 @@ def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_a_decode_closed_while_frames_are_prefetched_stops_its_child_and_frees_the_lane(clip):
+    import time
+
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.inference.pipeline import Decoder
+
+    class Model:
+        input_size = 224
+
+    decoder = Decoder(load_settings(environ={}, decode_processes=1).decode_limits)
+    try:
+        long = videos.make("webm", "vp8", seconds=60, fps=5, size=(64, 48))
+        decode = decoder.video(Model, long, synchronous=False)  # type: ignore[arg-type]
+        info = decode.start()
+        assert len(info.samples) == 60 and len(decode.take(2)) == 2
+        t0 = time.monotonic()
+        decode.close()  # mid-stream: the reader thread is taking frames off the child's pipe meanwhile
+        assert time.monotonic() - t0 < 5 and not decoder.sandbox._idle  # killed, not kept
+        assert decoder.budget.free == decoder.budget.capacity  # its share of the pixel budget is back
+        with decoder.video(Model, clip) as again:  # type: ignore[arg-type]
+            again.start()
+            assert len(again.take()) == 5  # the lane's one slot is free again
+    finally:
+        decoder.close()

@@ -251,8 +251,17 @@ class VideoStream:
         if held:
             self.sandbox._slots.release()
 
+    def interrupt(self) -> None:
+        """From another thread than the reader's: kill a child mid-stream (SIGKILL, its pipes left open), so a
+        reader blocked on it gets an error at once; :meth:`close` then releases the pipes and the slot."""
+        with self._lock:
+            child = self._child if self._state == "running" else None
+        if child is not None and child.proc.poll() is None:
+            child.proc.kill()
+
     def close(self) -> None:
-        """Stop: a child still mid-stream is killed (a reader blocked on it gets an error at once)."""
+        """Stop: a child still mid-stream is killed and its slot freed (call it from the reader's thread, or after
+        :meth:`interrupt` once the reader is done)."""
         if self._state in ("new", "running"):
             self._abandon()
         self._data = None

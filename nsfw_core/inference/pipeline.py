@@ -122,12 +122,13 @@ class VideoDecode:
 
     def close(self) -> None:
         self._closed.set()
-        self._stack.close()  # kills a child mid-stream: a reader blocked on its pipe gets an error at once
         if self._reader is not None:
-            while self._reader.is_alive():  # unblock a reader waiting for room in the queue
+            self._replies.interrupt()  # a child mid-stream is killed: the reader blocked on its pipe gets EOF
+            while self._reader.is_alive():  # and one waiting for room in the queue gets it
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.05)
             self._reader.join()
+        self._stack.close()  # the pipes and the slot, once no thread reads them
 
     def start(self) -> VideoInfo:
         """Blocking: the video's :class:`VideoInfo` (raises the core's typed errors, 413 before decoding)."""
