@@ -48,7 +48,8 @@ def _sha(i: int) -> str:
 
 def _rows(rows: list[dict]) -> pa.Table:
     """SCHEMA rows from partial dicts (the required columns filled in)."""
-    base = {"kind": FILE, "model": "MobileNetV2Mid", "model_version": "v1", "scanned_at": NOW, "run_id": "r"}
+    base = {"kind": FILE, "model": "MobileNetV2Mid", "model_version": "v1", "decode": "default", "scanned_at": NOW,
+            "run_id": "r"}
     return pa.Table.from_pylist([{**base, **r} for r in rows], schema=SCHEMA)
 
 
@@ -140,6 +141,7 @@ def test_parts_are_atomic_the_view_keeps_the_latest_row_and_done_follows_the_mod
     assert len(done) == 2
     assert len(ds.done("MobileNetV2Mid", "v1", retry_errors=True)) == 1
     assert len(ds.done("InceptionV3", "v1")) == 0
+    assert len(ds.done("MobileNetV2Mid", "v1", decode="fast")) == 0  # --fast-decode's rows are its own
     # any reader sees the rows (the hidden leftover and _nsfw_scan.json are skipped)
     import pyarrow.dataset as pads
 
@@ -373,6 +375,17 @@ def test_hostile_files_are_error_rows_with_stable_codes_and_the_model_loads_once
         skipping.close()
     finally:
         worker.close()
+
+
+def test_fast_decode_drafts_large_jpegs_to_the_model_input_and_keeps_every_limit(worker_config):
+    fast = ScanWorker(dataclasses.replace(worker_config, decode_mode="fast"))
+    default = ScanWorker(worker_config)
+    try:
+        assert fast.decoder.draft_size(fast.model) == 224 and default.decoder.draft_size(default.model) == 896
+        assert fast.decoder.limits == default.decoder.limits
+    finally:
+        fast.close()
+        default.close()
 
 
 def test_an_interrupted_run_and_its_rerun_leave_each_image_exactly_once(tmp_path, worker_config):

@@ -27,6 +27,7 @@ from nsfw_core.base.settings import MODEL_NAMES, Settings, SettingsError, load_s
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.inference.modelfiles import read_verified, version
 from nsfw_core.scan.dataset import DatasetError, ScanDataset, new_run_id
+from nsfw_core.scan.schema import DEFAULT_DECODE, FAST_DECODE
 from nsfw_core.scan.sources import Reader, SourceError, list_sources, listing_tables
 from nsfw_core.scan.summary import Summary
 from nsfw_core.scan.worker import WorkerConfig, embeddings_supported
@@ -91,6 +92,10 @@ def scan_parser() -> argparse.ArgumentParser:
                    help="with --queue, also queue this share of the model's adult and safe verdicts (0.01: 1 %%)")
     p.add_argument("--no-known", action="store_true",
                    help="the model's verdict for every image (ignore remembered decisions and hash lists)")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="opt-in throughput mode: large JPEGs decoded at the scale nearest the model's input; "
+                        "slightly different scores (BENCHMARKS.md measures how often the verdict agrees), "
+                        "kept apart from the default's rows")
     p.add_argument("--retry-errors", action="store_true",
                    help="scan again images whose stored row is an error of the image itself (not_an_image, ...)")
     ray_group = p.add_argument_group("Ray")
@@ -251,8 +256,10 @@ def _scan(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     code = 0
     try:
         with dataset.locked():
-            done = dataset.done(name, model_version, retry_errors=args.retry_errors)
+            decode = FAST_DECODE if args.fast_decode else DEFAULT_DECODE
+            done = dataset.done(name, model_version, decode=decode, retry_errors=args.retry_errors)
             summary.done_before = len(done)
+            summary.decode = decode
             thresholds, thresholds_version, warning = services.thresholds()
             summary.thresholds_version = thresholds_version
             warnings += [warning] if warning else []
@@ -274,7 +281,7 @@ def _scan(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             config = WorkerConfig(model_name=name, model_version=model_version, model=settings.model_config,
                                   decode=settings.decode_limits, fetch=settings.fetch_policy,
                                   threads=args.threads_per_actor, embeddings=args.embeddings,
-                                  review_hashes=args.queue)
+                                  review_hashes=args.queue, decode_mode=decode)
             per_block = min(args.batch_size * 8, max(args.batch_size, -(-len(listing) // (actors * 4))))
             from nsfw_core.scan.driver import Driver
 
@@ -282,7 +289,8 @@ def _scan(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             driver = Driver(dataset, model=name, model_version=model_version, run_id=new_run_id(),
                             thresholds=thresholds, thresholds_version=thresholds_version, lookup=lookup,
                             queuer=queuer, summary=summary, flush_rows=args.flush_rows,
-                            flush_seconds=args.flush_seconds, progress=bar.update if bar is not None else None)
+                            flush_seconds=args.flush_seconds, progress=bar.update if bar is not None else None,
+                            decode=decode)
             stream = engine.answers(list(listing_tables(listing, per_block)), config, done.keys, actors=actors,
                                     batch_size=args.batch_size, cpus_per_actor=args.threads_per_actor,
                                     memory_per_actor=args.memory_per_actor, max_failed_blocks=args.max_failed_blocks)

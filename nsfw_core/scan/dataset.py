@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from nsfw_core.scan.keys import DoneSet, key
-from nsfw_core.scan.schema import FINAL_ERRORS, FORMAT, SCHEMA
+from nsfw_core.scan.schema import DEFAULT_DECODE, FINAL_ERRORS, FORMAT, SCHEMA
 
 META = "_nsfw_scan.json"
 LOCK = "_lock"
@@ -196,12 +196,14 @@ class ScanDataset:
         """The latest row of each source (see the module docstring), in write order."""
         return latest(self.read(columns))
 
-    def done(self, model: str, model_version: str, *, retry_errors: bool = False) -> DoneSet:
-        """The images a scan with this model version skips (see :mod:`nsfw_core.scan.keys`)."""
-        table = self.view(["source", "sha256", "model", "model_version", "error_code"])
+    def done(self, model: str, model_version: str, *, decode: str = DEFAULT_DECODE,
+             retry_errors: bool = False) -> DoneSet:
+        """The images a scan with this model version and decode mode skips (see :mod:`nsfw_core.scan.keys`)."""
+        table = self.view(["source", "sha256", "model", "model_version", "decode", "error_code"])
         if not table.num_rows:
             return DoneSet()
-        same = pc.and_(pc.equal(table["model"], model), pc.equal(table["model_version"], model_version))
+        same = pc.and_(pc.and_(pc.equal(table["model"], model), pc.equal(table["model_version"], model_version)),
+                       pc.equal(table["decode"], decode))
         errors = table["error_code"]
         ok = pc.is_null(errors)
         if not retry_errors:

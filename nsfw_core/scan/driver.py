@@ -28,12 +28,12 @@ from nsfw_core.base.verdict import Thresholds
 from nsfw_core.scan.dataset import ScanDataset
 from nsfw_core.scan.judge import Lookup, judge
 from nsfw_core.scan.queueing import Queuer
-from nsfw_core.scan.schema import SCHEMA, SKIPPED
+from nsfw_core.scan.schema import DEFAULT_DECODE, SCHEMA, SKIPPED
 from nsfw_core.scan.summary import Summary
 
 
 def to_rows(answers: pa.Table, model: str, model_version: str, run_id: str,
-            scanned_at: _dt.datetime) -> pa.Table:
+            scanned_at: _dt.datetime, decode: str = DEFAULT_DECODE) -> pa.Table:
     """The workers' answers (not skipped) as :data:`~nsfw_core.scan.schema.SCHEMA` rows, before judging."""
     n = answers.num_rows
     scores = answers["scores"]
@@ -41,6 +41,7 @@ def to_rows(answers: pa.Table, model: str, model_version: str, run_id: str,
         "source": answers["source"], "kind": answers["kind"], "label": answers["label"],
         "size": answers["size"], "sha256": answers["sha256"],
         "model": pa.array([model] * n, pa.string()), "model_version": pa.array([model_version] * n, pa.string()),
+        "decode": pa.array([decode] * n, pa.string()),
     }
     for j, c in enumerate(CLASS_NAMES):
         columns[c] = pc.list_element(scores, j) if n else pa.array([], pa.float32())
@@ -62,8 +63,9 @@ class Driver:
                  thresholds: Thresholds, thresholds_version: int | None, lookup: Lookup | None = None,
                  queuer: Queuer | None = None, summary: Summary | None = None, flush_rows: int = 5000,
                  flush_seconds: float = 30.0, progress: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, decode: str = DEFAULT_DECODE) -> None:
         self.dataset = dataset
+        self.decode = decode
         self.model = model
         self.model_version = model_version
         self.run_id = run_id
@@ -102,7 +104,7 @@ class Driver:
         fresh = answers.filter(pc.not_equal(answers["status"], SKIPPED))
         if fresh.num_rows:
             rows = to_rows(fresh, self.model, self.model_version, self.run_id,
-                           _dt.datetime.now(_dt.timezone.utc))
+                           _dt.datetime.now(_dt.timezone.utc), self.decode)
             judged = judge(rows, self.thresholds, self.thresholds_version, self.lookup)
             for name, column in judged.items():
                 rows = rows.set_column(rows.schema.get_field_index(name), name, column)

@@ -16,6 +16,10 @@ from nsfw_core.base.labels import CLASS_NAMES
 FORMAT = 1  # _nsfw_scan.json's "format": bumped when a reader of an older dataset would misread it
 
 FILE, URL, OBJECT = "file", "url", "object"  # a source's kind
+# How images were decoded: the service's way, or --fast-decode (large JPEGs decoded by libjpeg at the scale
+# nearest the model's input, not at least 4x it): scores differ slightly, so each mode has its own rows.
+DEFAULT_DECODE, FAST_DECODE = "default", "fast"
+DECODE_MODES = (DEFAULT_DECODE, FAST_DECODE)
 KINDS = (FILE, URL, OBJECT)
 
 FRAME = pa.struct([("index", pa.int32()), ("time_ms", pa.int64()),
@@ -29,6 +33,7 @@ SCHEMA = pa.schema([
     pa.field("sha256", pa.string()),
     pa.field("model", pa.string(), nullable=False),
     pa.field("model_version", pa.string(), nullable=False),
+    pa.field("decode", pa.string(), nullable=False),  # default, or fast (--fast-decode: JPEGs drafted further)
     *(pa.field(c, pa.float32()) for c in CLASS_NAMES),  # the deciding frame's for an animation
     pa.field("adult_score", pa.float64()),
     pa.field("safe_score", pa.float64()),

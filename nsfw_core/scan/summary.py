@@ -16,6 +16,7 @@ class Summary:
     dataset: str = ""
     model: str = ""
     model_version: str = ""
+    decode: str = "default"
     thresholds_version: int | None = None
     listed: int = 0  # images the sources named
     done_before: int = 0  # images the dataset held for this model version when the scan started
@@ -78,7 +79,7 @@ class Summary:
         lines = [
             f"{'interrupted' if self.interrupted else 'scanned'} {self.processed} of {self.listed} images into "
             f"{self.dataset} in {self.seconds:.1f} s ({self.images_per_second():.1f} images/s)",
-            f"  model {self.model} {self.model_version}; thresholds "
+            f"  model {self.model} {self.model_version} ({self.decode} decode); thresholds "
             f"{'version ' + str(self.thresholds_version) if self.thresholds_version is not None else 'defaults'}",
             f"  scored {self.scored} ({self.model_rows} model inputs), already done {self.skipped}, "
             f"errors {self.errors}" + (f", not answered {self.lost} (scanned again next time)" if self.lost else ""),

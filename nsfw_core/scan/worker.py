@@ -36,7 +36,7 @@ from nsfw_core.images.phash import join_hex, query_hash, stored_hashes
 from nsfw_core.inference.model import Model, load_model
 from nsfw_core.inference.pipeline import Decoder, FrameInputs
 from nsfw_core.scan.keys import DoneSet
-from nsfw_core.scan.schema import FAILED, FILE, SCORED, SKIPPED, WORKER_SCHEMA
+from nsfw_core.scan.schema import DEFAULT_DECODE, FAILED, FAST_DECODE, FILE, SCORED, SKIPPED, WORKER_SCHEMA
 from nsfw_core.scan.sources import Reader
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,16 @@ def embeddings_supported() -> bool:
     return hasattr(Model, EMBEDDINGS_METHOD)
 
 
+class FastDecoder(Decoder):
+    """``--fast-decode``: large JPEGs decoded by libjpeg at the smallest scale (1/2, 1/4, 1/8) whose shorter side
+    still covers the model's input, instead of at least 4x it (the service's ``DRAFT_FACTOR``).  A 1 MP JPEG
+    then decodes at 640x400 instead of 1280x800.  Every limit stays the service's.  Its verdicts are measured
+    against the default's in BENCHMARKS.md (agreement, not speed alone); opt-in only."""
+
+    def draft_size(self, model: Model) -> int | None:
+        return model.input_size if self.limits.jpeg_draft else None
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
     """Everything an actor needs, picklable: the narrow parts of the settings and the scan's options."""
@@ -65,6 +75,7 @@ class WorkerConfig:
     threads: int = 1  # threads of one forward pass in this actor
     embeddings: bool = False
     review_hashes: bool = False  # also the hashes a review decision is remembered by (--queue)
+    decode_mode: str = DEFAULT_DECODE  # or FAST_DECODE (--fast-decode)
     io_threads: int = IO_THREADS
 
 
@@ -84,7 +95,8 @@ class ScanWorker:
         if config.embeddings and not hasattr(self.model, EMBEDDINGS_METHOD):
             raise ModelError(f"{config.model_name} gives no embeddings")
         # One image decodes at a time in an actor, so one isolated-lane process is enough.
-        self.decoder = Decoder(dataclasses.replace(config.decode, processes=1))
+        limits = dataclasses.replace(config.decode, processes=1)
+        self.decoder = FastDecoder(limits) if config.decode_mode == FAST_DECODE else Decoder(limits)
         self.reader = Reader(config.fetch)
         self.done = DoneSet(done if done is not None else np.zeros(0, np.uint64))
         self.name = f"{socket.gethostname()}:{os.getpid()}"
