@@ -174,13 +174,13 @@ def test_a_dataset_is_never_written_into_another_folder_and_one_writer_holds_it(
 
 
 class _Known:
-    """A lookup that answers from a dict, as KnownImages.lookup does."""
+    """A lookup that answers from a dict, as KnownImages.lookup_many does."""
 
     def __init__(self, matches: dict[str, Match]) -> None:
         self.matches = matches
 
-    def __call__(self, sha: str, pdq: bytes | None) -> Match | None:
-        return self.matches.get(sha)
+    def __call__(self, shas, pdqs) -> list[Match | None]:
+        return [self.matches.get(sha) for sha in shas]
 
 
 @pytest.mark.parametrize("thresholds", [Thresholds(), Thresholds(adult=0.5, safe=0.6),
@@ -323,7 +323,7 @@ def test_reverdict_counts_only_the_latest_row_of_each_image_and_applies_hash_lis
     known = KnownImages(pool)
     try:
         known.import_list([ListEntry(_sha(500), None, "deny", "takedown")], by="admin")
-        report = reverdict(ds, Thresholds(), 1, lookup=known.lookup)
+        report = reverdict(ds, Thresholds(), 1, lookup=known.lookup_many)
         assert report.rows == 40
         assert [(c["source"], c["old_verdict"], c["new_verdict"], c["new_verdict_source"]) for c in report.changes] \
             == [("s5", None, ADULT, "list")]
@@ -500,3 +500,31 @@ def test_the_server_and_the_scan_command_without_a_scan_never_load_ray():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_many_lookups_at_once_answer_as_one_lookup_each(tmp_path):
+    """KnownImages.lookup_many (reverdict's: the known hashes searched among the rows') == lookup per row."""
+    rng = np.random.default_rng(5)
+    listed = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes() for _ in range(60)]
+
+    def near(h: bytes, bits: int) -> bytes:
+        a = np.unpackbits(np.frombuffer(h, np.uint8))
+        a[rng.choice(256, bits, replace=False)] ^= 1
+        return np.packbits(a).tobytes()
+
+    pool = open_pool(None, tmp_path)
+    known = KnownImages(pool)
+    try:
+        known.import_list([ListEntry(_sha(i) if i % 3 == 0 else None, h.hex(), ["deny", "allow"][i % 2])
+                           for i, h in enumerate(listed)], by="admin")
+        known.import_list([ListEntry(None, listed[7].hex(), "allow", "changed")], by="admin")  # replaces an entry
+        queries = [(_sha(i) if i % 5 == 0 else _sha(1000 + i),
+                    near(listed[i % 60], int(rng.integers(0, 45))) if i % 4 else None) for i in range(300)]
+        queries += [(None, rng.integers(0, 256, 32, dtype=np.uint8).tobytes()) for _ in range(50)]
+        one_by_one = [known.lookup(s or "", p) for s, p in queries]
+        assert sum(m is not None for m in one_by_one) > 100
+        for batch in (queries, queries[:10]):  # larger than the known hashes (reversed), and smaller
+            assert known.lookup_many([s for s, _ in batch], [p for _, p in batch]) == one_by_one[:len(batch)]
+    finally:
+        known.close()
+        pool.close()

@@ -185,7 +185,7 @@ class _Services:
         known = KnownImages(pool, distance=self.settings.match_distance)
         self._closers += [known, pool]
         known.refresh()
-        return (known.lookup if len(known) else None), known.warning
+        return (known.lookup_many if len(known) else None), known.warning
 
     def queuer(self, audit_share: float) -> Any:
         from nsfw_core.scan.queueing import Queuer

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,8 @@ from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
 from nsfw_core.base.verdict import EPSILON, Thresholds
 from nsfw_core.state.known import Match
 
-Lookup = Callable[[str, "bytes | None"], "Match | None"]
+# KnownImages.lookup_many: each row's match among the known images (sha256, PDQ hash) -> Match or None
+Lookup = Callable[[Sequence["str | None"], Sequence["bytes | None"]], "list[Match | None]"]
 MODEL = "model"
 
 
@@ -82,11 +83,10 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
     match_distance = np.full(n, -1, dtype=np.int64)
     match_entry = np.full(n, -1, dtype=np.int64)
     if lookup is not None:
+        rows = np.flatnonzero(ok)
         shas = table["sha256"].to_pylist()
         pdqs = table["pdq"].to_pylist()
-        for i in np.flatnonzero(ok):
-            sha = shas[i]
-            match = lookup(sha, pdqs[i]) if sha else None
+        for i, match in zip(rows, lookup([shas[i] for i in rows], [pdqs[i] for i in rows]), strict=True):
             if match is None:
                 continue
             if match.by != "sha256" and verdict[i] == ADULT and match.verdict != ADULT:

@@ -238,6 +238,52 @@ class KnownImages:
         entry, by, dist = min(found, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
         return Match(entry.kind, entry.verdict, entry.label, by, dist, entry.id, entry.review_id)
 
+    def lookup_many(self, sha256s: Sequence[str | None], phashes: Sequence[bytes | None]) -> list[Match | None]:
+        """:meth:`lookup` for many images at once (``nsfw-scan``'s stored rows), with the same answers.
+
+        One lookup probes the index of known hashes (a fixed cost, about 0.1 ms); for a batch larger than the
+        known hashes it is cheaper to index the batch's hashes once and search them for each known hash
+        (BENCHMARKS.md, issue 28).  Never raises.
+        """
+        self._maybe_refresh()
+        s = self._state
+        entries = s.entries
+        found: dict[int, list[tuple[Entry, str, int]]] = {}
+        for i, sha in enumerate(sha256s):
+            for e in s.by_sha.get(sha or "", ()):
+                if e in entries:
+                    found.setdefault(i, []).append((entries[e], "sha256", 0))
+        (index, owner), (tail, tail_owner) = s.index, s.tail
+        known_rows = np.concatenate([index.rows, tail])
+        known_owner = np.concatenate([owner, tail_owner])
+        queries = [i for i, p in enumerate(phashes) if p is not None and len(p) == HASH_BYTES]
+        if queries and len(known_rows):
+            if len(known_rows) < len(queries):
+                batch = HashIndex(as_rows([phashes[i] for i in queries]))  # type: ignore[misc]
+                for row, entry_id in zip(known_rows, known_owner.tolist(), strict=True):
+                    if entry_id not in entries:
+                        continue
+                    hit, hit_dist = batch.search(row.tobytes(), self.distance)
+                    for q, d in zip(hit.tolist(), hit_dist.tolist(), strict=True):
+                        found.setdefault(queries[q], []).append((entries[entry_id], "pdq", int(d)))
+            else:
+                for i in queries:
+                    query = phashes[i]
+                    assert query is not None
+                    rows, dists = index.search(query, self.distance)
+                    hits = list(zip(owner[rows].tolist(), dists.tolist(), strict=True))
+                    if len(tail):
+                        d = distances(tail, query)
+                        near = np.flatnonzero(d <= self.distance)
+                        hits.extend(zip(tail_owner[near].tolist(), d[near].tolist(), strict=True))
+                    found.setdefault(i, []).extend((entries[e], "pdq", int(h)) for e, h in hits if e in entries)
+        out: list[Match | None] = [None] * len(sha256s)
+        for i, matches in found.items():
+            if matches:
+                entry, by, bits = min(matches, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
+                out[i] = Match(entry.kind, entry.verdict, entry.label, by, bits, entry.id, entry.review_id)
+        return out
+
     def _maybe_refresh(self) -> None:
         if not self._loaded:
             self.refresh()
