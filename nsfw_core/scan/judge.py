@@ -57,10 +57,11 @@ def decide(adult: np.ndarray, safe: np.ndarray, thresholds: Thresholds) -> np.nd
 
 
 def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: Lookup | None = None,
-          now: _dt.datetime | None = None) -> dict[str, pa.Array]:
+          now: _dt.datetime | None = None, matches: Sequence[Match | None] | None = None) -> dict[str, pa.Array]:
     """The verdict columns for ``table``'s rows (:data:`~nsfw_core.scan.schema.SCHEMA` columns: the five
     scores, ``frames``, ``sha256``, ``pdq``, ``error_code``): scores, adult_score, safe_score, deciding_frame,
-    verdict, verdict_source, match_*, thresholds(_version) and judged_at."""
+    verdict, verdict_source, match_*, thresholds(_version) and judged_at.  Known images: ``lookup`` asks for
+    the rows' matches, or ``matches`` gives them (one per row, looked up before)."""
     n = table.num_rows
     scores = _scores(table)
     ok = np.asarray(pc.is_null(table["error_code"]).to_numpy(zero_copy_only=False), dtype=bool)
@@ -82,11 +83,11 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
     match_by = np.full(n, None, dtype=object)
     match_distance = np.full(n, -1, dtype=np.int64)
     match_entry = np.full(n, -1, dtype=np.int64)
-    if lookup is not None:
-        rows = np.flatnonzero(ok)
-        shas = table["sha256"].to_pylist()
-        pdqs = table["pdq"].to_pylist()
-        for i, match in zip(rows, lookup([shas[i] for i in rows], [pdqs[i] for i in rows]), strict=True):
+    if lookup is not None and matches is None:
+        matches = lookup(table["sha256"].to_pylist(), table["pdq"].to_pylist())
+    if matches is not None:
+        for i in np.flatnonzero(ok):
+            match = matches[int(i)]
             if match is None:
                 continue
             if match.by != "sha256" and verdict[i] == ADULT and match.verdict != ADULT:

@@ -107,10 +107,15 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
     sources = dataset.read(["source"], parts)
     latest = latest_mask(sources)
     bounds = np.cumsum([0] + dataset.row_counts(parts))
+    matches = None
+    if lookup is not None:  # every row at once: the known hashes searched among all the rows' (lookup_many)
+        hashes = dataset.read(["sha256", "pdq"], parts)
+        matches = lookup(hashes["sha256"].to_pylist(), hashes["pdq"].to_pylist())
 
     def one(i: int) -> tuple[pa.Table, pa.Table, bool]:
         old = dataset.read_part(parts[i])
-        judged = judge(old, thresholds, version, lookup)
+        judged = judge(old, thresholds, version,
+                       matches=None if matches is None else matches[int(bounds[i]):int(bounds[i + 1])])
         new = old
         for name, column in judged.items():
             new = new.set_column(new.schema.get_field_index(name), name, column.cast(new.schema.field(name).type))
