@@ -219,11 +219,12 @@ def latest_mask(table: pa.Table) -> np.ndarray:
     """True for each row that is the last of its source in ``table``'s order."""
     if not table.num_rows:
         return np.zeros(0, dtype=bool)
-    last = table.select(["source"]).append_column("_i", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    idx = last.group_by("source").aggregate([("_i", "max")])["_i_max"].to_numpy()
-    mask = np.zeros(table.num_rows, dtype=bool)
-    mask[idx] = True
-    return mask
+    sources = table.column("source")
+    if len(pc.unique(sources)) == table.num_rows:  # the usual case: no image scanned twice
+        return np.ones(table.num_rows, dtype=bool)
+    import pandas as pd  # a hash of the strings: about 0.3 s at a million rows, where pyarrow's group_by takes 5
+
+    return ~pd.Series(sources.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
 
 
 def latest(table: pa.Table) -> pa.Table:

@@ -14,16 +14,17 @@ the second time.
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 import io
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.scan.dataset import ScanDataset, latest_mask
@@ -92,8 +93,20 @@ class Report:
         return buf.getvalue()
 
 
-def _label(value: Any) -> str:
-    return "error" if value is None else str(value)
+@dataclasses.dataclass
+class _Part:
+    """What judging one part gave: its counts and changed rows (latest rows only), and whether it was rewritten."""
+
+    rows: int = 0
+    judged: int = 0
+    transitions: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rewritten: bool = False
+
+
+def _differs(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.Array:
+    """Row by row, null-aware: True where ``a`` and ``b`` differ."""
+    return pc.fill_null(pc.not_equal(pc.fill_null(a, ""), pc.fill_null(b, "")), True)
 
 
 def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None, *, lookup: Lookup | None = None,
@@ -104,60 +117,69 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
     parts = dataset.parts()
     report.parts = len(parts)
     # which rows are the latest of their source, across parts (only they are reported and queued)
-    sources = dataset.read(["source"], parts)
-    latest = latest_mask(sources)
+    latest = latest_mask(dataset.read(["source"], parts))
     bounds = np.cumsum([0] + dataset.row_counts(parts))
     matches = None
     if lookup is not None:  # every row at once: the known hashes searched among all the rows' (lookup_many)
         hashes = dataset.read(["sha256", "pdq"], parts)
         matches = lookup(hashes["sha256"].to_pylist(), hashes["pdq"].to_pylist())
+    queue_lock = threading.Lock()
 
-    def one(i: int) -> tuple[pa.Table, pa.Table, bool]:
+    def one(i: int) -> _Part:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
         old = dataset.read_part(parts[i])
-        judged = judge(old, thresholds, version,
-                       matches=None if matches is None else matches[int(bounds[i]):int(bounds[i + 1])])
+        judged = judge(old, thresholds, version, matches=None if matches is None else matches[lo:hi])
         new = old
         for name, column in judged.items():
             new = new.set_column(new.schema.get_field_index(name), name, column.cast(new.schema.field(name).type))
         same = all(new[c].equals(old[c]) for c in JUDGED_COLUMNS)
-        return old, new, same
-
-    def changed_rows(i: int, old: pa.Table, new: pa.Table) -> None:
-        mask = latest[int(bounds[i]):int(bounds[i + 1])]
-        ov, nv = old["verdict"].to_pylist(), new["verdict"].to_pylist()
-        osrc, nsrc = old["verdict_source"].to_pylist(), new["verdict_source"].to_pylist()
-        src, sha = new["source"].to_pylist(), new["sha256"].to_pylist()
-        adult, safe = new["adult_score"].to_pylist(), new["safe_score"].to_pylist()
-        for r in np.flatnonzero(mask):
-            report.rows += 1
-            report.judged += nv[r] is not None
-            key = (_label(ov[r]), _label(nv[r]))
-            report.transitions[key] = report.transitions.get(key, 0) + 1
-            if ov[r] != nv[r] or osrc[r] != nsrc[r]:
-                report.changed += 1
-                report.changes.append({"source": src[r], "sha256": sha[r], "old_verdict": ov[r], "new_verdict": nv[r],
-                                       "old_verdict_source": osrc[r], "new_verdict_source": nsrc[r],
-                                       "adult_score": adult[r], "safe_score": safe[r]})
+        mask = pa.array(latest[lo:hi])
+        out = _Part()
+        pairs = pa.table({"old": pc.fill_null(old["verdict"], "error"),
+                          "new": pc.fill_null(new["verdict"], "error")}).filter(mask)
+        out.rows = pairs.num_rows
+        out.judged = pairs.num_rows - pc.sum(pc.equal(pairs["new"], "error")).as_py() if pairs.num_rows else 0
+        for row in pairs.group_by(["old", "new"]).aggregate([([], "count_all")]).to_pylist():
+            out.transitions[(row["old"], row["new"])] = row["count_all"]
+        changed = pc.and_(mask, pc.or_(_differs(old["verdict"], new["verdict"]),
+                                       _differs(old["verdict_source"], new["verdict_source"])))
+        if pc.any(changed).as_py():
+            picked = new.filter(changed)
+            before = old.filter(changed)
+            out.changes = [{"source": s, "sha256": h, "old_verdict": ov, "new_verdict": nv, "old_verdict_source": osrc,
+                            "new_verdict_source": nsrc, "adult_score": a, "safe_score": sf}
+                           for s, h, ov, nv, osrc, nsrc, a, sf in zip(
+                               picked["source"].to_pylist(), picked["sha256"].to_pylist(),
+                               before["verdict"].to_pylist(), picked["verdict"].to_pylist(),
+                               before["verdict_source"].to_pylist(), picked["verdict_source"].to_pylist(),
+                               picked["adult_score"].to_pylist(), picked["safe_score"].to_pylist(), strict=True)]
+        if queuer is not None and not dry_run and pc.any(mask).as_py():
+            rows = np.flatnonzero(latest[lo:hi])
+            with queue_lock:  # one enqueue at a time: the queuer counts
+                ids = queuer.enqueue(new.take(pa.array(rows))).to_pylist()
+            full = new["review_id"].to_pylist()
+            for r, review_id in zip(rows.tolist(), ids, strict=True):
+                full[r] = review_id
+            review = pa.array(full, pa.int64())
+            if not review.equals(new["review_id"].combine_chunks()):
+                new = new.set_column(new.schema.get_field_index("review_id"), "review_id", review)
+                same = False
+        if not same and not dry_run:
+            dataset.rewrite_part(parts[i], new)  # in this worker thread: parts are written in parallel
+            out.rewritten = True
+        return out
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, (old, new, same) in enumerate(pool.map(one, range(len(parts)))):
-            changed_rows(i, old, new)
-            if queuer is not None and not dry_run:
-                mask = latest[int(bounds[i]):int(bounds[i + 1])]
-                candidates = new.filter(pa.array(mask))
-                if candidates.num_rows:
-                    ids = np.asarray(queuer.enqueue(candidates).to_pylist(), dtype=object)
-                    full = np.asarray(new["review_id"].to_pylist(), dtype=object)
-                    full[np.flatnonzero(mask)] = ids
-                    review = pa.array(list(full), pa.int64())
-                    if not review.equals(new["review_id"]):
-                        new = new.set_column(new.schema.get_field_index("review_id"), "review_id", review)
-                        same = False
-            if not same and not dry_run:
-                dataset.rewrite_part(parts[i], new)
-                report.parts_rewritten += 1
+        for part in pool.map(one, range(len(parts))):
+            report.rows += part.rows
+            report.judged += part.judged
+            for pair, count in part.transitions.items():
+                report.transitions[pair] = report.transitions.get(pair, 0) + count
+            report.changes.extend(part.changes)
+            report.parts_rewritten += part.rewritten
+    report.changed = len(report.changes)
     if queuer is not None:
         report.queued = queuer.queued
-    report.transitions = dict(collections.OrderedDict(sorted(report.transitions.items())))
+    report.transitions = dict(sorted(report.transitions.items()))
     report.seconds = time.perf_counter() - started
     return report

@@ -38,6 +38,7 @@ class Summary:
     scan_seconds: float = 0.0  # from the first answer to the last (the steady state)
     interrupted: bool = False
     _workers: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
+    _first_rows: int = 0  # rows of the first answer (the steady state is what comes after it)
 
     @property
     def processed(self) -> int:
@@ -47,6 +48,8 @@ class Summary:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     def add_worker_rows(self, rows: pa.Table) -> None:
+        if not self.processed:
+            self._first_rows = rows.num_rows
         status = collections.Counter(rows["status"].to_pylist())
         self.scored += status.get(SCORED, 0)
         self.skipped += status.get(SKIPPED, 0)
@@ -70,7 +73,9 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
         out["images_per_second"] = round(self.images_per_second(), 2)
-        out["scored_per_second"] = round(self.scored / self.scan_seconds, 2) if self.scan_seconds > 0 else 0.0
+        # the steady state: images answered after the first answer, over the time from the first to the last
+        out["steady_per_second"] = (round((self.processed - self._first_rows) / self.scan_seconds, 2)
+                                    if self.scan_seconds > 0 else 0.0)
         out["seconds"] = round(self.seconds, 2)
         out["scan_seconds"] = round(self.scan_seconds, 2)
         return out
