@@ -409,7 +409,7 @@ def main() -> None:
             log(f"repetition {rep + 1}: nsfw-classify --server")
             cells["classify_server"].append(classify_server(url, folder, work / "data", server.pid))
         log("nsfw-scan again on an unchanged catalogue")
-        result["rescan_unchanged"] = scan(folder, work / "ds0", work / "data")
+        result["rescan_unchanged"] = scan(folder, work / "scan0", work / "data")
         result["cells"] = cells
     finally:
         server.stop()
