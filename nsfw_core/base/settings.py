@@ -369,7 +369,8 @@ class Settings:
         "again.")
     review_quota: int = setting(
         "NSFW_REVIEW_QUOTA", "100", _int(0),
-        "Items one API key (one client address without keys) may add to the human review queue per hour; "
+        "Items one API key (without keys: one client address, so behind a proxy every client shares one budget) "
+        "may add to the human review queue per hour; "
         "beyond it images are answered with their verdict and review_error, not queued. 0: no limit. An item "
         "queued only because of the request's own thresholds protects only that key once decided.")
     review_retention_days: int = setting(
