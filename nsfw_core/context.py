@@ -95,7 +95,7 @@ class Context:
                                     on_batch=self.metrics.observe_batch)
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor),
+                                                  self.executor, self.review_config.quota),
                                      load=self.load_bytes, observe=self._observe)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None

@@ -382,8 +382,16 @@ class Settings:
         "ones too; empty turns the queue off.")
     review_store_uploads: bool = setting(
         "NSFW_REVIEW_STORE_UPLOADS", "false", _bool,
-        "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with "
-        "their items.")
+        "Keep queued uploads' bytes in the review database, purged with their items. Without them the reviewer "
+        "decides from the scores and the decision is not remembered for later copies. A URL item's bytes (at "
+        "most NSFW_MAX_BYTES) are always kept: the reviewer sees what was classified, never the URL fetched "
+        "again.")
+    review_quota: int = setting(
+        "NSFW_REVIEW_QUOTA", "100", _int(0),
+        "Items one API key (without keys: one client address, so behind a proxy every client shares one budget) "
+        "may add to the human review queue per hour; "
+        "beyond it images are answered with their verdict and review_error, not queued. 0: no limit. An item "
+        "queued only because of the request's own thresholds protects only that key once decided.")
     review_retention_days: int = setting(
         "NSFW_REVIEW_RETENTION_DAYS", "30", _int(0),
         "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.")
@@ -446,7 +454,8 @@ class Settings:
     def review_config(self) -> ReviewConfig:
         return ReviewConfig(database_url=self.database_url, data_dir=self.data_dir,
                             verdicts=self.review_verdicts, store_uploads=self.review_store_uploads,
-                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
+                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds,
+                            quota=self.review_quota)
 
     @property
     def access_config(self) -> AccessConfig:
@@ -543,6 +552,7 @@ class ReviewConfig:
     store_uploads: bool
     retention_days: int
     lease_seconds: int
+    quota: int = 0  # items per client per hour (NSFW_REVIEW_QUOTA; 0: no limit)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,15 +157,12 @@ class Frame(msgspec.Struct, forbid_unknown_fields=True):
 
 class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
     """The known image whose human verdict this image got (``verdict_source`` review or list); the scores
-    stay the model's."""
+    stay the model's.  No distance and no ids: the answer is not an oracle for another client's items."""
 
     source: Literal["review", "list"]
     by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
-        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE")]
-    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256)")]
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree")]
     label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
-    entry_id: int
-    review_id: Annotated[int | None, msgspec.Meta(description="the decided review item (source review)")]
 
 
 class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -198,11 +195,13 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
                                   "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
     deciding_frame: Annotated[int, msgspec.Meta(
         ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
-    review_id: Annotated[int | None, msgspec.Meta(
-        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS); null when queueing "
-                    "failed")] | msgspec.UnsetType = msgspec.UNSET
+    review_id: Annotated[str | None, msgspec.Meta(
+        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS): this client's review "
+                    "id (unguessable; GET /v1/reviews/{id} with the same API key); null when it was not queued "
+                    "(review_error says why)")] | msgspec.UnsetType = msgspec.UNSET
     review_error: Annotated[str, msgspec.Meta(
-        description="why queueing failed (the verdict stands)")] | msgspec.UnsetType = msgspec.UNSET
+        description="why it was not queued: the queue is unavailable, or the API key's review quota "
+                    "(NSFW_REVIEW_QUOTA) is spent; the verdict stands")] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -274,15 +273,17 @@ class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A review item's state: ``label``, ``decided_by`` and ``decided_at`` (UTC ISO 8601) once decided."""
+    """A review item's state: ``label`` and ``decided_at`` (UTC ISO 8601) once decided; ``decided_by`` only in
+    webhook events (never in an API answer)."""
 
-    id: int
+    id: Annotated[str, msgspec.Meta(description="the review id (rv_ and 22 URL-safe characters)")]
     status: ReviewStatus
     verdict: str
     sha256: str
     created_at: str
     label: str | None = None
-    decided_by: str | None = None
+    decided_by: Annotated[str | None, msgspec.Meta(
+        description="who decided: in webhook events only, never in GET /v1/reviews/{id}")] = None
     decided_at: str | None = None
 
 

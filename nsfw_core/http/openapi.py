@@ -83,7 +83,8 @@ OPERATIONS: tuple[Operation, ...] = (
               description="At most NSFW_MAX_BATCH_ITEMS items (413 too_many_items beyond); base64 images of at "
                           "most NSFW_MAX_BYTES in all. A body that does not match is 400 for the whole request, "
                           "naming the field."),
-    Operation("/v1/reviews/{id}", "get", "v1Review", "A review item: pending, claimed or decided (label, who, when)",
+    Operation("/v1/reviews/{id}", "get", "v1Review",
+              "A review item of this API key: pending, claimed or decided (label, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
     Operation("/docs", "get", "docs", "This document as a readable page (no asset from the network)", None,
               (), keyed=False, limited=False, media="text/html"),
@@ -105,8 +106,8 @@ PARAMS: dict[str, dict[str, Any]] = {
               "description": "the model for a raw body (in JSON, \"model\"; both: they must agree); default "
                              "NSFW_MODEL"},
     "review_id": {"name": "id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                  "description": "the review_id a classification answered"},
+                  "schema": {"type": "string", "pattern": "^rv_[A-Za-z0-9_-]{22}$"},
+                  "description": "the review_id a classification answered (shown only to the same API key)"},
 }
 
 

@@ -23,6 +23,7 @@ OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
 SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
 REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
+TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             revoked_before {{float}} NOT NULL,
             revoked_by TEXT NOT NULL
         )""",
+    )),
+    # Issue 29, what reviewers remember must not be a way in:
+    # - review items keep who queued them (``client``: a hash of the API key, never the key) for the key's
+    #   review quota and for GET /v1/reviews, and whom their decision protects (``audience``: '' everyone,
+    #   else the one client whose per-request thresholds queued it); one open item per image and audience;
+    # - ``matched``: the remembered decision a perceptual match pointed at when the model's view disagreed
+    #   (shown to the reviewer); ``public_id``: the creator's review id (the webhook's);
+    # - remembered decisions keep the decided image's scores and model (a look-alike inherits a decision only
+    #   when the model sees it alike) and their audience;
+    # - review_tickets: the unguessable ids clients get for items, one per client and item.
+    Migration(7, "review items per client, tickets, decided scores, audiences", (
+        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN matched TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN public_id TEXT",
+        f"DROP INDEX {TABLE}_open_sha256",
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256_audience ON {TABLE} (sha256, audience) "
+        f"WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_client ON {TABLE} (client, created_at)",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN scores TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"""CREATE TABLE {TICKETS_TABLE} (
+            ticket TEXT PRIMARY KEY,
+            item_id BIGINT NOT NULL,
+            client TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
