@@ -6,7 +6,7 @@ scripts/setup-venv.sh requirements.txt
 # glibc gives each thread its own malloc arena; two keep RSS flat under load (RELIABILITY.md)
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 # Local use: serve this machine only, and let whoever opens http://localhost:$PORT do everything without
-# signing in (README "Security model"). With NSFW_HOST set (say 0.0.0.0, to serve other machines) local
+# signing in (docs/security.md). With NSFW_HOST set (say 0.0.0.0, to serve other machines) local
 # mode stays off unless asked for, and the operator pages need sign-in, as in a deployment.
 if [ -z "${NSFW_HOST:-}" ]; then
     export NSFW_HOST=127.0.0.1

@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import images as imagegen
+
+IMAGE_TYPES = list(imagegen.SPECS)  # jpeg_0.3mp, jpeg_1mp, jpeg_12mp, png_1mp
+KEY_IMAGE = "jpeg_1mp"  # the image the targets are stated for
+
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 IMAGE_LABELS = {"jpeg_0.3mp": "JPEG 0.3 MP", "jpeg_1mp": "JPEG 1 MP", "jpeg_12mp": "JPEG 12 MP", "png_1mp": "PNG 1 MP"}
 
@@ -304,6 +309,10 @@ def render(res: dict[str, Any]) -> str:
 
 HEADER = """# Benchmarks
 
+This file is the raw lab record: every run as it was made, with its command, the earlier runs and
+the side-by-side comparisons. The current figures, by topic, with their machine and date, are in
+the docs: `docs/performance.md`.
+
 How fast the service classifies images, against the model's own ceiling, the
 original stack it replaces and two peers with models on PyPI. One command runs
 everything on one machine with the same images (the ratios are what to read on
@@ -332,13 +341,87 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     path.write_text(text)
 
 
+# ---------------------------------------------------------------- ratios (bench/run_all.py records them too)
+
+
+def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"per_image": {}}
+    model = res.get("model", {})
+    svc = res.get("service", {}).get("cells", {})
+    orig = res.get("original", {}).get("cells", {})
+    peers = res.get("peers", {})
+    for name in IMAGE_TYPES:
+        row: dict[str, Any] = {}
+        b64 = svc.get(f"{name}/c64", {}).get("rps")
+        row["service_c64_rps"] = b64
+        if b64 and model.get("best"):
+            row["service_c64_over_model_best"] = round(b64 / model["best"], 3)
+        orig_rates = {k: v.get("rps") for k, v in orig.items() if k.startswith(name + "/") and v.get("rps")}
+        if b64 and orig_rates:
+            best_orig_key = max(orig_rates, key=lambda k: orig_rates[k])
+            row["original_best_rps"] = orig_rates[best_orig_key]
+            row["original_best_at"] = best_orig_key.split("/")[1]
+            row["service_c64_over_original_best"] = round(b64 / orig_rates[best_orig_key], 2)
+        b8, o8 = svc.get(f"{name}/c8", {}).get("rps"), orig.get(f"{name}/c8", {}).get("rps")
+        if b8 and o8:
+            row["service_c8_over_original_c8"] = round(b8 / o8, 2)
+        peer_rates = {p: v["images"][name]["best_images_per_s"] for p, v in peers.items()
+                      if v.get("status") == "ok" and name in v.get("images", {})}
+        if b64 and peer_rates:
+            fastest = max(peer_rates, key=lambda p: peer_rates[p])
+            row["fastest_peer"] = fastest
+            row["fastest_peer_images_per_s"] = peer_rates[fastest]
+            row["service_c64_over_fastest_peer"] = round(b64 / peer_rates[fastest], 3)
+        # CPU-normalised: CPU time per image of each stack (robust to other jobs stealing cores)
+        cpu_b = svc.get(f"{name}/c64", {}).get("server_cpu_ms_per_req")
+        row["service_c64_cpu_ms_per_req"] = cpu_b
+        if cpu_b and model.get("best_cpu_ms_per_image"):
+            row["cpu_norm_service_over_model"] = round(model["best_cpu_ms_per_image"] / cpu_b, 3)
+        orig_cpu = [v.get("server_cpu_ms_per_req") for k, v in orig.items()
+                    if k.startswith(name + "/") and v.get("server_cpu_ms_per_req")]
+        if cpu_b and orig_cpu:
+            row["original_min_cpu_ms_per_req"] = min(orig_cpu)
+            row["cpu_norm_service_over_original"] = round(min(orig_cpu) / cpu_b, 2)
+        peer_cpu = {p: min(x for x in (v["images"][name].get("single_cpu_ms_per_image"),
+                                       v["images"][name].get("batch_cpu_ms_per_image")) if x)
+                    for p, v in peers.items() if v.get("status") == "ok" and name in v.get("images", {})}
+        if cpu_b and peer_cpu:
+            cheapest = min(peer_cpu, key=lambda p: peer_cpu[p])
+            row["cheapest_peer_cpu_ms_per_image"] = f"{cheapest} {peer_cpu[cheapest]}"
+            row["cpu_norm_service_over_peer"] = round(peer_cpu[cheapest] / cpu_b, 3)
+        out["per_image"][name] = row
+    key = out["per_image"].get(KEY_IMAGE, {})
+    p50 = svc.get(f"{KEY_IMAGE}/c1", {}).get("p50_ms")
+    rss = res.get("service", {}).get("peak_rss_mib")
+    out["targets"] = [
+        {"what": "(b) c64 / (a) best batch, 1 MP JPEG", "value": key.get("service_c64_over_model_best"),
+         "target": ">= 0.85", "met": _ge(key.get("service_c64_over_model_best"), 0.85),
+         "cpu_norm": key.get("cpu_norm_service_over_model")},
+        {"what": "(b) c64 / (c) best, 1 MP JPEG", "value": key.get("service_c64_over_original_best"),
+         "target": ">= 10", "met": _ge(key.get("service_c64_over_original_best"), 10),
+         "cpu_norm": key.get("cpu_norm_service_over_original")},
+        {"what": "(b) c64 / fastest peer, 1 MP JPEG", "value": key.get("service_c64_over_fastest_peer"),
+         "target": ">= 1", "met": _ge(key.get("service_c64_over_fastest_peer"), 1),
+         "cpu_norm": key.get("cpu_norm_service_over_peer")},
+        {"what": "single-request p50, 1 MP JPEG (c1), ms", "value": p50, "target": "<= 40",
+         "met": None if p50 is None else p50 <= 40},
+        {"what": "whole-app peak RSS (b), MiB", "value": rss, "target": "< 1024",
+         "met": None if rss is None else rss < 1024},
+    ]
+    return out
+
+
+def _ge(v: float | None, t: float) -> bool | None:
+    return None if v is None else v >= t
+
+
+# ---------------------------------------------------------------- main
+
+
 if __name__ == "__main__":
     root = Path(__file__).resolve().parent.parent
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "bench" / "results" / "latest.json"
     data = json.loads(src.read_text())
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run_all import ratios  # recomputed, so a saved run gets any newer ratio
-
     data["ratios"] = ratios(data)
     write_markdown(data, root / "BENCHMARKS.md")
     print(f"BENCHMARKS.md updated from {src}")

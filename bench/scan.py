@@ -45,8 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench scripts import each other by name
 
-from bench.common import SCRATCH, Proc, cpu_seconds, free_port, machine_info, process_tree, rss_bytes, wait_ready
+from common import SCRATCH, Proc, cpu_seconds, free_port, machine_info, process_tree, rss_bytes, wait_ready
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 COMPILED = str(ROOT / "var" / "compiled")
@@ -57,10 +58,9 @@ def log(msg: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def images(n: int) -> Path:
+def make_images(n: int) -> Path:
+    from images import make_image
     from PIL import Image
-
-    from bench.images import make_image
 
     folder = SCRATCH / f"scan-1mp-{n}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,8 @@ def ceiling_child(seconds: float) -> dict[str, Any]:
 def ceiling(seconds: float) -> dict[str, Any]:
     done = subprocess.run([PY, __file__, "--ceiling-child", str(seconds)], env=env(Path(tempfile.gettempdir())),
                           capture_output=True, text=True, timeout=300)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 # ---------------------------------------------------------------- (b) (c) (e) the scan
@@ -381,7 +382,7 @@ def main() -> None:
     result: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "machine": machine_info(), "args": vars(args)}
     log(f"making {args.images} 1 MP JPEGs")
-    folder = images(args.images)
+    folder = make_images(args.images)
     result["image"] = {"size": "1280x800", "quality": 90,
                        "mean_kib": statistics.mean(p.stat().st_size for p in folder.glob("*.jpg")) / 1024}
     work = Path(tempfile.mkdtemp(prefix="scan-bench-"))
@@ -424,7 +425,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     def med(cell: str, key: str) -> float:
-        return statistics.median(c[key] for c in result["cells"][cell])
+        return float(statistics.median(c[key] for c in result["cells"][cell]))
 
     ceiling_ips = med("ceiling", "images_per_second")
     result["medians"] = {

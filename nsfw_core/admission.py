@@ -59,3 +59,8 @@ class Admission:
             yield
         finally:
             self.body_bytes -= nbytes
+
+    def refuse(self, message: str) -> Overloaded:
+        """Count a refusal made elsewhere in the intake (the isolated lane's queue) and give its error."""
+        self.rejected += 1
+        return Overloaded(message)

@@ -4,11 +4,14 @@
 what the CLI prints and what the pages show.  :func:`judge` is the only place where
 scores become a verdict (through :meth:`~nsfw_core.base.verdict.Thresholds.decide`).
 
-* :func:`classify_url` / :func:`classify_bytes`: the API's path, on the event loop: fetch
-  and decode in the context's worker threads (expensive images in the isolated lane),
-  the forward pass in the micro-batcher, then the verdict and, when the verdict says
-  so, a review item.
-* :func:`classify_sources`: the CLI's and the pages' path, synchronous and batched by
+:class:`Classifier` is the use case, built once by the process context from the parts it
+needs (nothing else of the context reaches it):
+
+* :meth:`Classifier.url` / :meth:`Classifier.data`: the API's path, on the event loop: fetch
+  and decode through the :class:`~nsfw_core.intake.Intake` (worker threads, expensive images in
+  the isolated lane), the forward pass in the model's micro-batcher, then the verdict and, when
+  the verdict says so, a review item (:class:`ReviewIntake`).
+* :meth:`Classifier.sources`: the CLI's and the pages' path, synchronous and batched by
   itself (:func:`~nsfw_core.inference.pipeline.score_sources`), one :class:`Outcome` per source.
 """
 
@@ -17,31 +20,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
+import functools
+import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from concurrent.futures import Executor
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
 from nsfw_core.base import requestid
-from nsfw_core.base.errors import NSFWError, Overloaded
-from nsfw_core.base.labels import ADULT
+from nsfw_core.base.errors import NotReady, NSFWError
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
-from nsfw_core.images.decode import Plan
 from nsfw_core.inference.model import Model, scores_dict
 from nsfw_core.inference.pipeline import FrameInputs, Scored, score_sources
-from nsfw_core.state.known import Match
-
-if TYPE_CHECKING:
-    from nsfw_core.context import Context
+from nsfw_core.inference.registry import Lane, ModelRegistry
+from nsfw_core.intake import Intake, Prepared
+from nsfw_core.state.known import KnownImages, Match
+from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.queue import QuotaSpent
+from nsfw_core.state.thresholds import ThresholdHistory
 
 log = logging.getLogger(__name__)
 
 UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
-ISOLATED_QUEUE = 4  # expensive images admitted per decode process (decoding or waiting); 503 beyond
 REVIEW_UNAVAILABLE = "the review queue is unavailable; see the server log"
+STRICTNESS = {SAFE: 0, UNKNOWN: 1, ADULT: 2}
+
+# When the model sees a look-alike "alike" (issue 29, point 2): a perceptual (PDQ) match may clear an image only
+# when the same model scored the decided image, and the new image's adult score (the thresholds' adult classes)
+# is at most MATCH_ADULT_MARGIN above the decided image's: a look-alike is never cleared for being more adult
+# than what the reviewer saw.  Calibrated with bench/lookalikes.py (docs/reliability.md): the edits a decided
+# image must survive (JPEG q70, resized 50 %, cropped 2 %, watermarked) raised the adult score by at most
+# 0.015 (88 copies of 22 images), while every blend of the blend attack that was answered safe raised it by more.
+MATCH_ADULT_MARGIN = 0.03
 
 
 def _ms(seconds: float) -> float:
@@ -70,9 +84,9 @@ class Timings:
 
 @dataclasses.dataclass(frozen=True)
 class ReviewTicket:
-    """What queueing for human review gave: the item's id, or the error that stopped it."""
+    """What queueing for human review gave: the client's review id (unguessable), or the error that stopped it."""
 
-    id: int | None
+    id: str | None
     error: str | None = None
 
 
@@ -106,6 +120,7 @@ class Classification:
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
     verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -134,7 +149,7 @@ class Classification:
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match)
+                     match=self.match or self.near)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
@@ -147,20 +162,32 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
     human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
 
-    Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
-    only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
-    image's blurred shading stays within the match distance while showing something else (the security
-    test matched such an image at 26 bits while the model gave it porn 0.745).  Only the exact bytes
-    (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
-    decide what the model left "unknown".
+    Except where a perceptual (PDQ) match would clear: PDQ sees only an image's coarse shading, so
+    another picture's detail laid over a listed or safe-decided image's blurred shading stays within the
+    match distance while showing something else (the security test matched such an image at 26 bits
+    while the model gave it porn 0.745; issue 29 had 30 % of such blends the model left "unknown" answered
+    safe).  As hash-sharing programmes advise, a perceptual hash alone never clears:
+
+    * a PDQ match never clears an image the model calls adult (only the exact bytes, sha256, may);
+    * a PDQ match may clear what the model left "unknown" only when the model sees the image alike
+      (:func:`sees_alike`: scores from the same model, an adult score at most :data:`MATCH_ADULT_MARGIN`
+      higher than the decided image's), so a hash-list "allow" entry (no scores) never clears
+      by PDQ.  Otherwise the image keeps the model's verdict, and the refused match is kept in ``near``
+      for the reviewer (never in the client's answer).
+
+    A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
     """
     deciding = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
         scores, deciding = worst.scores, worst.index
     model_verdict = thresholds.decide(scores)
-    if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
-        match = None
+    near = None
+    if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
+        if model_verdict == ADULT:
+            match = None
+        elif not sees_alike(scores, match, thresholds, model.name):
+            near, match = match, None
     return Classification(
         scores=scores,
         verdict=model_verdict if match is None else match.verdict,
@@ -175,204 +202,190 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         deciding_frame=deciding,
         verdict_source="model" if match is None else match.kind,
         match=match,
+        near=near,
     )
 
 
-# ---------------------------------------------------------------- the API's path (async)
+def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str) -> bool:
+    """True when the model sees an image as it saw the decided one ``match`` names: scores from the same model,
+    and an adult score at most :data:`MATCH_ADULT_MARGIN` above the decided image's.  False for an entry
+    without scores (a hash list, a decision remembered before issue 29) or from another model."""
+    decided = match.scores
+    if not decided or match.model != model_name or any(c not in decided for c in thresholds.adult_classes):
+        return False
+    return thresholds.adult_score(scores) <= thresholds.adult_score(decided) + MATCH_ADULT_MARGIN
 
 
-class _Isolate(NamedTuple):
-    """An expensive image, read and checked by a worker, to be decoded in the isolated lane."""
 
-    plan: Plan
-    data: bytes
-    model: Model | None = None  # None: the default model
+# ---------------------------------------------------------------- the one use case, on its parts
 
 
-class Lane(NamedTuple):
-    """A model other than the default and the micro-batcher that runs it (:mod:`nsfw_core.models`)."""
+class Classifier:
+    """Classifying images, handed exactly the parts it needs.
 
-    model: Model
-    batcher: Any
-
-
-async def classify_url(ctx: Context, url: str, *, lane: Lane | None = None,
-                       thresholds: Thresholds | None = None) -> Classification:
-    """Fetch ``url`` safely, then classify it; see :func:`classify_bytes`."""
-    batcher = ctx.require_ready() if lane is None else lane.batcher
-    started = time.perf_counter()
-    model = None if lane is None else lane.model
-    with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
-        fetch_s, x, sha, decode_s = await _preparing(ctx, held, _fetch_and_prepare, ctx, url, model)
-        result = await _finish(ctx, batcher, x, sha, fetch_s, decode_s, started, model, thresholds)
-    ctx.metrics.observe_classification(result, fetched=True, source=result.verdict_source)
-    return await _maybe_queue(ctx, result, url, None, x)
-
-
-async def classify_bytes(ctx: Context, data: bytes, *, lane: Lane | None = None,
-                         thresholds: Thresholds | None = None) -> Classification:
-    """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
-
-    ``lane``: another model and its batcher (API v1's per-request model; default: the default model);
-    ``thresholds``: the request's own thresholds instead of the ones in force (version None).
+    ``intake`` fetches and decodes (worker threads, the isolated lane, admission of frames);
+    ``models`` gives each request its model's lane (the default unless a request names another);
+    ``known`` recognises a remembered decision or a hash-list entry; ``thresholds`` is the history
+    whose version in force judges; ``review`` queues what a person must see; ``observe`` counts each
+    classification (the metrics).  :meth:`url` and :meth:`data` are the API's path, on the event loop;
+    :meth:`sources` the CLI's and the pages' path, synchronous and batched by itself.
     """
-    batcher = ctx.require_ready() if lane is None else lane.batcher
-    started = time.perf_counter()
-    model = None if lane is None else lane.model
-    with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
-        x, sha, decode_s = await _preparing(ctx, held, _prepare, ctx, data, model)
-        result = await _finish(ctx, batcher, x, sha, 0.0, decode_s, started, model, thresholds)
-    ctx.metrics.observe_classification(result, fetched=False, source=result.verdict_source)
-    return await _maybe_queue(ctx, result, UPLOAD_SOURCE, data, x)
 
+    def __init__(self, intake: Intake, models: ModelRegistry, known: KnownImages, thresholds: ThresholdHistory,
+                 review: ReviewIntake, load: Callable[[str], bytes],
+                 observe: Callable[[Classification, bool], None] = lambda result, fetched: None) -> None:
+        self.intake = intake
+        self.models = models
+        self.known = known
+        self.thresholds = thresholds
+        self.review = review
+        self.load = load
+        self.observe = observe
 
-async def _maybe_queue(ctx: Context, result: Classification, source: str, data: bytes | None,
-                       prepared: Any = None) -> Classification:
-    """Queue the image for human review when its verdict says so (a known image's verdict never does).
+    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
+                  client: str = "") -> Classification:
+        """Fetch ``url`` safely, then classify it; see :meth:`data`.  A queued URL item keeps the fetched
+        bytes: the reviewer sees what was classified, never what the URL serves later."""
+        started = time.perf_counter()
+        async with self._lane(model) as lane:
+            with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
+                prepared = await self.intake.url(url, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
+        self.observe(result, True)
+        return await self.review.submit(result, url, prepared.data, prepared.x, client=client, private=private)
 
-    The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-    decision.  A queue failure (database down) does not fail the prediction: the result
-    carries ``review_error`` instead and the failure is logged.
-    """
-    if result.match is not None or not ctx.queues(result.verdict):
-        return result
+    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
+                   client: str = "") -> Classification:
+        """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
-    def enqueue() -> int:
-        queue = ctx.review_queue
-        queue.purge_if_due()
-        x = prepared.x if isinstance(prepared, _Recognised) else prepared
-        hashes = phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
-        return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                             image_bytes=data, phash=hashes)
+        ``model``: the name of another model than the default (API v1's per-request model);
+        ``thresholds``: the request's own thresholds instead of the ones in force (version None);
+        ``client``: who asks (a hash of its API key, :func:`nsfw_core.http.guard.client_id`): the decisions
+        only it may use, its review quota and its review ids.
+        """
+        started = time.perf_counter()
+        async with self._lane(model) as lane:
+            with contextlib.ExitStack() as held:
+                prepared = await self.intake.data(data, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
+        self.observe(result, False)
+        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
-    try:
-        review_id = await asyncio.get_running_loop().run_in_executor(ctx.executor, requestid.in_context(enqueue))
-    except Exception as exc:  # any database error; the verdict still stands
-        log.error("could not queue %s for review: %r", result.sha256, exc)
-        return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-    return dataclasses.replace(result, review=ReviewTicket(review_id))
+    @contextlib.asynccontextmanager
+    async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
+        """The default model's lane (503 not_ready until it runs), or another model's, loaded on demand."""
+        if name is None or name == self.models.default:
+            lane = self.models.default_lane()
+            if lane is None or not lane.batcher.running:
+                raise NotReady(f"the service is not ready: {self.models.reason}")
+            yield lane
+            return
+        async with self.models.lane(name) as other:
+            yield other
 
+    def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
+        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
+        query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
+        return self.known.lookup(sha, query, client)
 
-async def _preparing(ctx: Context, held: contextlib.ExitStack, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run a fetch/decode step in a worker, counted in ``ctx.preparing`` for the batcher.
-
-    A cheap image is decoded in the worker; an expensive one (the step hands back an
-    :class:`_Isolate`) then waits for the isolated lane on a thread of its own, leaving
-    the workers to cheap images.  An animation (:class:`_Animated`) first takes its sampled
-    frames' places in flight (each frame is an image; ``held`` keeps them until the answer), so a
-    busy server refuses it before decoding, not after.
-    """
-    ctx.preparing += 1
-    try:
-        loop = asyncio.get_running_loop()
-        *head, x, sha, decode_s = await loop.run_in_executor(ctx.executor, requestid.in_context(fn, *args))
-        if isinstance(x, _Animated):
-            held.enter_context(ctx.admission.admit(x.frames - 1))
-            if x.plan.cost.inline:
-                t0 = time.perf_counter()
-                x = await loop.run_in_executor(ctx.executor, requestid.in_context(_decode_inline, ctx, x, sha))
-                decode_s += time.perf_counter() - t0
-            else:
-                x = _Isolate(x.plan, x.data, x.model)
-        if isinstance(x, _Isolate):
-            x, isolated_s = await _isolated_decode(ctx, x)
-            t0 = time.perf_counter()
-            x = await loop.run_in_executor(ctx.executor, requestid.in_context(_recognise, ctx, x, sha))
-            decode_s += isolated_s + time.perf_counter() - t0
-        return (*head, x, sha, decode_s)
-    finally:
-        ctx.preparing -= 1
-
-
-async def _isolated_decode(ctx: Context, pending: _Isolate) -> tuple[np.ndarray | FrameInputs, float]:
-    """Decode in the isolated lane; 503 overloaded when its queue would be longer than
-    ISOLATED_QUEUE per decode process (so each answer comes within a few deadlines)."""
-    limit = ISOLATED_QUEUE * ctx.decoder.limits.processes
-    if ctx.isolated_pending >= limit:
-        ctx.admission.rejected += 1
-        raise Overloaded(f"too many expensive images being decoded ({ctx.isolated_pending} of {limit}); "
-                         "retry later")
-    ctx.isolated_pending += 1
-    try:
+    async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
+                      override: Thresholds | None) -> tuple[Classification, bool]:
+        """The classification, and whether only the request's own thresholds send it to review (``private``:
+        under the thresholds in force it would not be queued; its decision then protects only this client)."""
         t0 = time.perf_counter()
-        x = await asyncio.get_running_loop().run_in_executor(
-            ctx.isolated, requestid.in_context(ctx.decoder.prepare_isolated, pending.model or ctx.model(),
-                                               pending.data, pending.plan))
-        return x, time.perf_counter() - t0
-    finally:
-        ctx.isolated_pending -= 1
+        x = prepared.x
+        frames = None
+        if isinstance(x, FrameInputs):  # its frames were admitted in flight before decoding (Intake)
+            rows = await asyncio.gather(*(lane.batcher.predict(f) for f in x.inputs))
+            frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row))
+                      for ref, row in zip(x.refs, rows, strict=True)]
+            scores = frames[0].scores
+        else:
+            scores = scores_dict(await lane.batcher.predict(x))
+        inference_s = time.perf_counter() - t0
+        active = self.thresholds.current()
+        thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
+        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
+        info = ModelInfo(lane.model.name, lane.model.version)
+        result = judge(scores, thresholds, info, timings, prepared.sha256, version, frames=frames,
+                       match=prepared.found)
+        private = False
+        if override is not None and self.review.queues(result.verdict):
+            in_force = judge(scores, active.thresholds, info, timings, prepared.sha256, active.version,
+                             frames=frames, match=prepared.found)
+            private = in_force.match is not None or not self.review.queues(in_force.verdict)
+        return result, private
+
+    def sources(self, sources: Sequence[str], *, model_name: str | None = None,
+                loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
+                progress: Callable[[int], None] | None = None, known: bool = True) -> list[Outcome]:
+        """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
+
+        ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
+        the API; False gives the model's verdict for every image.
+        """
+        model = self.models.get(model_name)
+        scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
+                               progress=progress, perceptual=known)
+        active = self.thresholds.current()
+        return [outcome(s, model, active.thresholds, active.version,
+                        self.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
+                for s in scored]
 
 
-def _prepare(ctx: Context, data: bytes, chosen: Model | None = None
-             ) -> tuple[_Recognised | _Isolate | _Animated, str, float]:
-    """Worker thread: read the headers (limits), decode a cheap image and preprocess it; hash the bytes."""
-    t0 = time.perf_counter()
-    model = chosen or ctx.model()
-    plan = ctx.decoder.plan(model, data)
-    sha = hashlib.sha256(data).hexdigest()
-    refs = ctx.decoder.sampled(plan)
-    if refs is not None:
-        return _Animated(plan, data, chosen, len(refs)), sha, time.perf_counter() - t0
-    if not plan.cost.inline:
-        return _Isolate(plan, data, chosen), sha, time.perf_counter() - t0
-    x = ctx.decoder.prepare_inline(model, data, plan)
-    return _recognise(ctx, x, sha), sha, time.perf_counter() - t0
+class ReviewIntake:
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
 
+    ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
+    the answer carries ``review_error``).
+    """
 
-class _Animated(NamedTuple):
-    """An animation, read and checked by a worker: its frames are admitted before they are decoded."""
+    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
+                 quota: int = 0) -> None:
+        self.verdicts = tuple(verdicts)
+        self.queue = queue
+        self.executor = executor
+        self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
 
-    plan: Plan
-    data: bytes
-    model: Model | None
-    frames: int  # frames to classify (at most NSFW_MAX_FRAMES)
+    def queues(self, verdict: str) -> bool:
+        """True when an image with this verdict goes to human review."""
+        return verdict in self.verdicts
 
+    async def submit(self, result: Classification, source: str, data: bytes | None,
+                     prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
+                     ) -> Classification:
+        """Queue the image when its verdict says so (a known image's verdict never does).
 
-def _decode_inline(ctx: Context, pending: _Animated, sha: str) -> _Recognised:
-    """Worker thread: decode and preprocess a cheap animation's sampled frames."""
-    return _recognise(ctx, ctx.decoder.prepare_inline(pending.model or ctx.model(), pending.data, pending.plan), sha)
+        The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
+        decision, and its bytes (``data``: always for a URL, for an upload when NSFW_REVIEW_STORE_UPLOADS
+        is on).  ``client`` gets a review id of its own (unguessable) and spends its hourly quota;
+        ``private``: only the request's own thresholds queue it, so its decision will protect only
+        ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
+        (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
+        instead.
+        """
+        if result.match is not None or not self.queues(result.verdict):
+            return result
+        near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
 
+        def enqueue() -> tuple[int, str]:
+            queue = self.queue()
+            queue.purge_if_due()
+            hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
+                                     result.verdict, image_bytes=data, phash=hashes,
+                                     audience=client if private else "", matched=near, quota=self.quota)
 
-class _Recognised(NamedTuple):
-    """A prepared image and the known image it matched, if any."""
-
-    x: np.ndarray | FrameInputs
-    match: Match | None
-
-
-def _recognise(ctx: Context, x: np.ndarray | FrameInputs, sha: str) -> _Recognised:
-    """Worker thread: look the image up among the known ones, by sha256 and (a still image) PDQ of its model input."""
-    query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
-    return _Recognised(x, ctx.known.lookup(sha, query))
-
-
-def _fetch_and_prepare(ctx: Context, url: str, chosen: Model | None = None
-                       ) -> tuple[float, _Recognised | _Isolate | _Animated, str, float]:
-    """Worker thread: fetch (SSRF-safe, capped) then prepare."""
-    t0 = time.perf_counter()
-    content = ctx.fetch(url)
-    return (time.perf_counter() - t0, *_prepare(ctx, content, chosen))
-
-
-async def _finish(ctx: Context, batcher: Any, prepared: _Recognised, sha: str, fetch_s: float,
-                  decode_s: float, started: float, chosen: Model | None = None,
-                  override: Thresholds | None = None) -> Classification:
-    t0 = time.perf_counter()
-    x, match = prepared
-    frames = None
-    if isinstance(x, FrameInputs):  # its frames were admitted in flight before decoding (_preparing)
-        rows = await asyncio.gather(*(batcher.predict(f) for f in x.inputs))
-        frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row)) for ref, row in zip(x.refs, rows, strict=True)]
-        scores = frames[0].scores
-    else:
-        scores = scores_dict(await batcher.predict(x))
-    inference_s = time.perf_counter() - t0
-    model = chosen or ctx.model()
-    active = ctx.thresholds.current()
-    thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
-    return judge(scores, thresholds, ModelInfo(model.name, model.version),
-                 Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started), sha, version,
-                 frames=frames, match=match)
+        try:
+            _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
+                                                                         requestid.in_context(enqueue))
+        except QuotaSpent as exc:
+            log.info("not queued for review: %s", exc.message)
+            return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
+        except Exception as exc:  # any database error; the verdict still stands
+            log.error("could not queue %s for review: %r", result.sha256, exc)
+            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
+        return dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path
@@ -410,27 +423,3 @@ def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_ver
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
                            scored.sha256 or "", thresholds_version, frames=frames, match=match)
     return Outcome(scored.source, classification, seconds=scored.seconds)
-
-
-def classify_sources(
-    ctx: Context,
-    sources: Sequence[str],
-    *,
-    model_name: str | None = None,
-    loader: Callable[[str], bytes] | None = None,
-    batch_size: int = 16,
-    progress: Callable[[int], None] | None = None,
-    known: bool = True,
-) -> list[Outcome]:
-    """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
-
-    ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
-    the API; False gives the model's verdict for every image.
-    """
-    model = ctx.model(model_name)
-    scored = score_sources(model, sources, ctx.decoder, loader or ctx.load_bytes, batch_size=batch_size,
-                           progress=progress, perceptual=known)
-    active = ctx.thresholds.current()
-    return [outcome(s, model, active.thresholds, active.version,
-                    ctx.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
-            for s in scored]

@@ -18,9 +18,10 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from nsfw_core.base.errors import NSFWError
-from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, SettingsError, load_settings
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.settings import MODEL_NAMES, SettingsError, load_settings
 from nsfw_core.calibration.labelsets import load_manifest
-from nsfw_core.classify import Outcome, classify_sources
+from nsfw_core.classify import Outcome
 from nsfw_core.context import Context
 from nsfw_core.inference.pipeline import iter_sources
 
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 2
     try:
         try:
-            ctx.model(args.model)
+            ctx.models.get(args.model)
         except NSFWError as exc:
             print(f"error: {exc}", file=stderr)
             return 2
@@ -158,7 +159,7 @@ def _run(ctx: Context, args: argparse.Namespace, stdout: TextIO, stderr: TextIO)
         return 1
     bar = _progress(len(sources), stderr)
     try:
-        results = classify_sources(ctx, sources, model_name=args.model, batch_size=args.batch_size,
+        results = ctx.classifier.sources(sources, model_name=args.model, batch_size=args.batch_size,
                                    progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:

@@ -1,22 +1,28 @@
-"""The process context: everything one process holds, created once, shared by every front end.
+"""The process context: the parts one process holds, built once, each handed only what it needs.
 
-One :class:`Context` per process holds the settings, the models, the thresholds in force,
-the review queue and its database pool, the score cache, the fetcher's keep-alive
-connections, the decoder (pixel budget and isolated lane), the worker threads, the
-micro-batcher and the admission counters.  Nothing else in the process builds a second one
-of any of these.
+:class:`Context` is the composition root.  It builds each part from the narrow piece of the
+settings that part takes, and wires them together:
 
-* The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
-  and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it
-  through :func:`current` (``nsfw_ui.state.context``), so a threshold saved on a page is the
-  one the API uses, and both queue into one review database through one pool.
-* Outside the server (``streamlit run``, a notebook) :func:`current` creates it on first use
-  from the environment.
-* The CLI builds its own (``Context(load_settings())``) and closes it when done.
+* ``database``: the one connection pool (NSFW_DATABASE_URL, or SQLite under the data folder),
+  shared by the thresholds history, the known images, the review queue and the webhooks' outbox;
+* ``thresholds`` (:class:`~nsfw_core.state.thresholds.ThresholdHistory`) and ``known``
+  (:class:`~nsfw_core.state.known.KnownImages`): copies in memory, refreshed in the background;
+* ``models`` (:class:`~nsfw_core.inference.registry.ModelRegistry`): every model of the process,
+  loaded once whoever asks (pages, API v1, CLI), within NSFW_MODEL_MEMORY_MB;
+* ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
+  worker threads, the isolated decode lane and the admission counters;
+* ``classifier`` (:class:`~nsfw_core.classify.Classifier`): the use case, built from the parts above;
+* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task.
 
-Lifecycle in the server: :meth:`Context.start` loads the model in a background thread and
-then starts the batcher; until then ``ready`` is False and ``reason`` says why (still
-loading, or the load error).  :meth:`Context.stop` drains and releases everything.
+The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
+and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it through
+:func:`current` (``nsfw_ui.state.context``), so a threshold saved on a page is the one the API uses.
+Outside the server (``streamlit run``, a notebook) :func:`current` creates it on first use; the CLI
+builds its own (``Context(load_settings())``) and closes it when done.
+
+Lifecycle in the server: :meth:`Context.start` loads the default model in the background and then
+starts its batcher; until then ``ready`` is False and ``reason`` says why (still loading, or the
+load error).  :meth:`Context.stop` drains and releases everything.
 """
 
 from __future__ import annotations
@@ -25,20 +31,20 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from nsfw_core.access import Access
 from nsfw_core.admission import Admission
-from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.platform import storage_warnings
 from nsfw_core.base.settings import Settings, load_settings
+from nsfw_core.classify import Classification, Classifier, ReviewIntake
 from nsfw_core.images.fetch import ConnectionPool, fetch
-from nsfw_core.inference.batcher import MicroBatcher
-from nsfw_core.inference.model import Model, load
 from nsfw_core.inference.pipeline import Decoder, load_bytes
-from nsfw_core.metrics import Metrics
+from nsfw_core.inference.registry import Batching, ModelRegistry
+from nsfw_core.intake import Intake
+from nsfw_core.metrics import Metrics, ServingState
+from nsfw_core.ratelimit import RateLimiter
 from nsfw_core.state.db import open_pool
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.review import ReviewQueue
@@ -46,60 +52,58 @@ from nsfw_core.state.thresholds import ThresholdHistory
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
+    from nsfw_core.state.sessions import SigninSessions
+    from nsfw_core.state.webhooks import Deliverer
 
 log = logging.getLogger(__name__)
 
+MB = 1024 * 1024
+
 
 class Context:
-    """Settings, models, thresholds, review queue, pools, budgets and threads of one process."""
+    """The parts of one process; see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.serving = settings.serving_limits
+        serving = self.serving = settings.serving_limits
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
         self.model_config = settings.model_config
         self.access = Access(settings.access_config)
-        # One connection pool on the one database (NSFW_DATABASE_URL), shared by the thresholds history
-        # (read from memory per request) and the review queue. Opening it connects to nothing yet.
-        self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
-        self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
-        self.decoder = Decoder(settings.decode_limits)
-        self.connections = ConnectionPool()
-        self.admission = Admission(self.serving.max_in_flight, self.serving.max_body_bytes_in_flight)
-        self.executor = ThreadPoolExecutor(self.serving.workers, thread_name_prefix="nsfw-worker")
-        # Threads that wait for the isolated decode lane, one per decode process: an expensive image
-        # waits there, never in a worker thread that cheap images need.
-        self.isolated = ThreadPoolExecutor(settings.decode_processes, thread_name_prefix="nsfw-isolated")
-        self.batcher: MicroBatcher | None = None
-        self.reason = "the model is loading"
-        self.preparing = 0  # images being fetched or decoded (they will reach the batcher soon)
-        self.isolated_pending = 0  # expensive images decoding or waiting in the isolated lane
-        self._loader: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
-        self._known: KnownImages | None = None
-        self._models: dict[str, Model] = {}
-        self.metrics = Metrics(self, app_version=_app_version())  # this process's registry: GET /metrics
+        self._signin_sessions: SigninSessions | None = None
+        # One connection pool on the one database; opening it connects to nothing yet.
+        self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
+        self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
+        self.known = KnownImages(self.database, distance=settings.match_distance)
+        self.connections = ConnectionPool()
+        self.decoder = Decoder(settings.decode_limits)
+        self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight)
+        self.executor = ThreadPoolExecutor(serving.workers, thread_name_prefix="nsfw-worker")
+        # Threads that wait for the isolated decode lane, one per decode process: an expensive image
+        # waits there, never in a worker thread that cheap images need.
+        self.isolated = ThreadPoolExecutor(settings.decode_processes, thread_name_prefix="nsfw-isolated")
+        self.intake = Intake(self.decoder, self.fetch, self.admission, workers=self.executor,
+                             isolated=self.isolated)
+        self.metrics = Metrics(self._serving_state, lambda: self.review_queue.pending_stats(),
+                               app_version=_app_version())
+        self.models = ModelRegistry(self.model_config,
+                                    Batching(serving.max_batch, serving.batch_wait_ms, serving.queue_size),
+                                    settings.model_memory_mb * MB, expecting=lambda: self.intake.preparing,
+                                    on_batch=self.metrics.observe_batch)
+        self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
+                                     ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
+                                                  self.executor, self.review_config.quota),
+                                     load=self.load_bytes, observe=self._observe)
+        self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
+        self.webhooks: Deliverer | None = None
+        self._loader: asyncio.Task[None] | None = None
+        self._webhooks_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
-    # ------------------------------------------------------------ resources
-
-    def model(self, name: str | None = None) -> Model:
-        """The model ``name`` (default NSFW_MODEL), loaded on first use. Raises ModelError.
-
-        Loaded models are immutable and cached process-wide by :mod:`nsfw_core.inference.model`, so
-        contexts that tests create side by side share their weights.
-        """
-        key = name or self.model_config.name
-        model = self._models.get(key)
-        if model is None:  # a dict lookup per call: the request path asks for the model several times
-            model = self._models[key] = load(self.model_config, name)
-        return model
-
-    def loaded_model(self) -> Model | None:
-        """The default model if it is loaded, without loading it (/metrics' build info)."""
-        return self._models.get(self.model_config.name)
+    # ------------------------------------------------------------ parts opened on first use
 
     @property
     def review_queue(self) -> ReviewQueue:
@@ -110,32 +114,24 @@ class Context:
             return self._review
 
     @property
-    def known(self) -> KnownImages:
-        """Remembered decisions and hash lists (:mod:`nsfw_core.state.known`), read from the one database on first use
-        and refreshed in the background; every request looks its image up here."""
-        known = self._known
-        if known is None:
-            with self._lock:
-                if self._known is None:
-                    self._known = KnownImages(self.database, distance=self.settings.match_distance)
-                known = self._known
-        return known
+    def signin_sessions(self) -> SigninSessions:
+        """The browser app's sign-in sessions (:mod:`nsfw_core.state.sessions`), in the one database."""
+        from nsfw_core.state.sessions import SigninSessions  # only the browser app's sign-in needs it
+
+        with self._lock:
+            if self._signin_sessions is None:
+                self._signin_sessions = SigninSessions(self.database, self.settings.session_config)
+            return self._signin_sessions
 
     @property
     def score_cache(self) -> ScoreCache:
-        """The on-disk cache of scores for labelled sets (``<data_dir>/score-cache.sqlite``)."""
-        from nsfw_core.calibration.scorecache import (
-            ScoreCache,  # scorecache -> pipeline -> model; only the pages need it
-        )
+        """The on-disk cache of scores for labelled sets (``<data_dir>/score-cache.sqlite``); the pages' only."""
+        from nsfw_core.calibration.scorecache import ScoreCache
 
         with self._lock:
             if self._score_cache is None:
                 self._score_cache = ScoreCache.in_folder(self.settings.data_dir)
             return self._score_cache
-
-    def queues(self, verdict: str) -> bool:
-        """True when an image with this verdict goes to human review (``NSFW_REVIEW_VERDICTS``)."""
-        return verdict in self.review_config.verdicts
 
     def fetch(self, url: str) -> bytes:
         """The bytes behind ``url``, through the SSRF-safe fetcher and this process's keep-alive pool."""
@@ -145,66 +141,96 @@ class Context:
         """A URL's bytes (:meth:`fetch`) or a local file's (the CLI and labelled sets), under the byte cap."""
         return load_bytes(source, self.fetch_policy, self.connections)
 
+    def _observe(self, result: Classification, fetched: bool) -> None:
+        self.metrics.observe_classification(result, fetched=fetched, source=result.verdict_source)
+
+    def _serving_state(self) -> ServingState:
+        lane = self.models.default_lane()
+        model = self.models.loaded_model()
+        return ServingState(
+            ready=self.ready, in_flight=self.admission.in_flight, in_flight_limit=self.admission.limit,
+            preparing=self.intake.preparing, queue_depth=lane.batcher.waiting if lane is not None else 0,
+            queue_limit=self.serving.queue_size, rejected_admission=self.admission.rejected,
+            rejected_queue=lane.batcher.stats.rejected if lane is not None else 0, model=self.model_config.name,
+            model_version=model.version if model is not None else "",
+            runtime=model.runtime if model is not None else self.model_config.runtime)
+
     # ------------------------------------------------------------ lifecycle (the server)
 
     @property
     def ready(self) -> bool:
-        """True once the model is loaded and warmed up and the batcher runs."""
-        return self.batcher is not None and self.batcher.running
+        """True once the default model is loaded and warmed up and its batcher runs."""
+        return self.models.ready and not self._stopping
+
+    @property
+    def reason(self) -> str:
+        """Why the service is not ready ("" when it is)."""
+        return "the service is shutting down" if self._stopping else self.models.reason
 
     def warnings(self) -> list[str]:
         """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
-        known = self._known.warning if self._known is not None else None  # its database unreachable
+        known = self.known.warning  # its database unreachable
         return (storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk)
                 + self.access.warnings() + ([known] if known else []))
 
-    def require_ready(self) -> MicroBatcher:
-        if self.batcher is None or not self.batcher.running:
-            raise NotReady(f"the service is not ready: {self.reason}")
-        return self.batcher
-
     async def start(self) -> None:
-        """Begin loading the model in the background; returns at once."""
+        """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
+        await self._start_webhooks()
 
     async def _load(self) -> None:
-        started = time.perf_counter()
-        # The thresholds in force are read while the model loads (never raises: a database that is down
-        # leaves the defaults, with a warning, until it is back).
-        thresholds = asyncio.get_running_loop().run_in_executor(None, self.thresholds.refresh)
-        # so are the known images (remembered decisions, hash lists: seconds at a million; never raises)
-        known = asyncio.get_running_loop().run_in_executor(None, self.known.refresh)
+        loop = asyncio.get_running_loop()
+        # The thresholds in force and the known images are read while the model loads (neither raises: a
+        # database that is down leaves what is in memory, with a warning, until it is back).
+        thresholds = loop.run_in_executor(None, self.thresholds.refresh)
+        known = loop.run_in_executor(None, self.known.refresh)
         try:
-            model = await asyncio.to_thread(self.model)
-        except NSFWError as exc:
-            self.reason = f"model failed to load: {exc.message}"
-            log.error("%s; /health answers 503 and /predict 503 not_ready", self.reason)
-            return
-        except Exception as exc:  # TensorFlow may raise anything; keep serving /health
-            self.reason = f"model failed to load: {exc!r}"
-            log.exception("model failed to load; /health answers 503")
+            lane = await self.models.start()
+        except Exception:
+            log.exception("%s; /health answers 503 and /predict 503 not_ready", self.models.reason)
             return
         for warning in self.warnings():
             log.warning("%s", warning)
-        s = self.serving
-        wait_s = s.batch_wait_ms / 1000.0 if model.batches else 0.0  # litert: a lone image uses all threads
-        self.batcher = MicroBatcher(model, max_batch=s.max_batch, max_wait_s=wait_s,
-                                    queue_size=s.queue_size, expecting=lambda: self.preparing,
-                                    on_batch=self.metrics.observe_batch)
-        self.batcher.start()
         await asyncio.to_thread(self.decoder.sandbox.warm)
         await thresholds
         await known
-        self.reason = ""
-        log.info("model %s %s ready in %.1f s", model.name, model.version, time.perf_counter() - started)
+        log.info("model %s %s ready in %.1f s", lane.model.name, lane.model.version, lane.model.load_seconds)
+
+    async def _start_webhooks(self) -> None:
+        """With NSFW_WEBHOOK_URL: the outbox hook on every decision, and the background delivery task."""
+        url = self.settings.webhook_url
+        if not url:
+            return
+        from nsfw_core.base.logs import url_for_log
+        from nsfw_core.state.webhooks import Deliverer, outbox_hook
+
+        def hook_up() -> ReviewQueue:
+            queue = self.review_queue
+            if outbox_hook not in queue.decision_hooks:
+                queue.decision_hooks.append(outbox_hook)
+            return queue
+
+        try:
+            queue = await asyncio.to_thread(hook_up)
+        except Exception as exc:  # the database is down: no decisions can be made either
+            log.error("webhooks are off: the review database is unavailable (%r)", exc)
+            return
+        self.webhooks = Deliverer(queue, url, self.settings.webhook_secret, self.fetch_policy)
+        self._webhooks_task = asyncio.get_running_loop().create_task(self.webhooks.run(), name="nsfw-webhooks")
+        log.info("webhooks: review decisions are POSTed to %s", url_for_log(url))
 
     async def stop(self) -> None:
         """Finish queued inferences, then release the threads, processes and connections."""
+        self._stopping = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        if self.batcher is not None:
-            await self.batcher.stop()
-        self.reason = "the service is shutting down"
+        if self._webhooks_task is not None:
+            self._webhooks_task.cancel()
+            try:
+                await self._webhooks_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.models.stop()
         self.close()
 
     def close(self) -> None:
@@ -218,12 +244,11 @@ class Context:
             cache, self._score_cache = self._score_cache, None
         if review is not None:
             review.close()
-        if self._known is not None:
-            self._known.close()
+        self.known.close()
         self.metrics.close()
         self.thresholds.close()
         self.database.close()
-        if cache is not None and hasattr(cache, "close"):
+        if cache is not None:
             cache.close()
 
 
@@ -253,3 +278,4 @@ def install(context: Context | None) -> Context | None:
     with _current_lock:
         previous, _current = _current, context
         return previous
+

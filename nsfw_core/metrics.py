@@ -2,7 +2,9 @@
 
 Each :class:`~nsfw_core.context.Context` holds one :class:`Metrics` with its own
 ``CollectorRegistry`` (not prometheus_client's global one), so apps that tests create
-side by side count separately and nothing leaks from one to the next.
+side by side count separately and nothing leaks from one to the next.  It is handed two
+functions, not the context: ``state`` (a :class:`ServingState` snapshot, read when scraped)
+and ``review`` (the review queue's pending count and oldest item).
 
 Counted as requests are served (cheap: a lock and an addition per sample):
 
@@ -18,7 +20,7 @@ Counted as requests are served (cheap: a lock and an addition per sample):
 * ``nsfw_score{class}``: a histogram per class of the model's scores (drift);
 * ``nsfw_batch_size``: images per forward pass.
 
-Read when scraped, from the context's own counters (:class:`_StateCollector`):
+Read when scraped, from the ``state`` snapshot (:class:`_StateCollector`):
 ``nsfw_ready``, ``nsfw_in_flight_images`` and its limit, ``nsfw_preparing_images``,
 ``nsfw_inference_queue_depth`` and its limit, ``nsfw_overloaded_total{where}``, the review
 queue (``nsfw_review_queue_up``, ``nsfw_review_queue_pending``,
@@ -31,6 +33,7 @@ failed or slow scrape), ``nsfw_build_info{model, version, runtime, app_version}`
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -44,7 +47,6 @@ from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
 
 if TYPE_CHECKING:
     from nsfw_core.classify import Classification
-    from nsfw_core.context import Context
 
 STAGES = ("fetch", "decode", "inference", "total")
 SOURCES = ("model",)  # who gave the verdict; "review" and "list" when those exist
@@ -55,10 +57,28 @@ REVIEW_PROBE_TIMEOUT = 0.5  # seconds a scrape waits for the review database
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class Metrics:
-    """The process's metrics; see the module docstring.  ``ctx`` feeds the scrape-time gauges."""
+@dataclasses.dataclass(frozen=True)
+class ServingState:
+    """What the scrape reads of the serving process at that moment."""
 
-    def __init__(self, ctx: Context | None = None, *, app_version: str = "") -> None:
+    ready: bool
+    in_flight: int
+    in_flight_limit: int
+    preparing: int
+    queue_depth: int
+    queue_limit: int
+    rejected_admission: int
+    rejected_queue: int
+    model: str
+    model_version: str
+    runtime: str
+
+
+class Metrics:
+    """The process's metrics; see the module docstring.  ``state`` and ``review`` feed the scrape-time gauges."""
+
+    def __init__(self, state: Callable[[], ServingState] | None = None,
+                 review: Callable[[], tuple[int, float | None]] | None = None, *, app_version: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("nsfw_http_requests", "API requests answered, by route template and status",
@@ -81,7 +101,7 @@ class Metrics:
         self._stage = {s: self.stage_seconds.labels(s) for s in STAGES}
         self._score = {c: self.scores.labels(c) for c in CLASS_NAMES}
         self._verdict = {(v, s): self.verdicts.labels(v, s) for v in VERDICTS for s in SOURCES}
-        self._state = _StateCollector(ctx, app_version) if ctx is not None else None
+        self._state = _StateCollector(state, review, app_version) if state is not None and review is not None else None
         if self._state is not None:
             r.register(self._state)
         ProcessCollector(registry=r)
@@ -153,33 +173,35 @@ class ReviewProbe:
 
 
 class _StateCollector(Collector):
-    """Gauges and counters read from the context when scraped."""
+    """Gauges and counters read from the serving state when scraped."""
 
-    def __init__(self, ctx: Context, app_version: str) -> None:
-        self.ctx = ctx
+    def __init__(self, state: Callable[[], ServingState], review: Callable[[], tuple[int, float | None]],
+                 app_version: str) -> None:
+        self.state = state
         self.app_version = app_version
-        self.review = ReviewProbe(lambda: ctx.review_queue.pending_stats())
+        self.review = ReviewProbe(review)
 
     def describe(self) -> Iterable[Any]:
         return []  # unchecked: the names are only known when collected
 
     def collect(self) -> Iterable[Any]:
-        ctx = self.ctx
-        batcher = ctx.batcher
-        yield _gauge("nsfw_ready", "1 once the model is loaded and warm (what /health says)", float(ctx.ready))
-        yield _gauge("nsfw_in_flight_images", "Images admitted and not answered yet", ctx.admission.in_flight)
-        yield _gauge("nsfw_in_flight_limit", "NSFW_MAX_IN_FLIGHT", ctx.admission.limit)
-        yield _gauge("nsfw_preparing_images", "Images being fetched or decoded", ctx.preparing)
-        yield _gauge("nsfw_inference_queue_depth", "Images waiting for a forward pass",
-                     batcher.waiting if batcher is not None else 0)
-        yield _gauge("nsfw_inference_queue_limit", "NSFW_QUEUE_SIZE", ctx.serving.queue_size)
+        s = self.state()
+        yield _gauge("nsfw_ready", "1 once the model is loaded and warm (what /health says)", float(s.ready))
+        yield _gauge("nsfw_in_flight_images", "Images admitted and not answered yet", s.in_flight)
+        yield _gauge("nsfw_in_flight_limit", "NSFW_MAX_IN_FLIGHT", s.in_flight_limit)
+        yield _gauge("nsfw_preparing_images", "Images being fetched or decoded", s.preparing)
+        yield _gauge("nsfw_inference_queue_depth", "Images waiting for a forward pass", s.queue_depth)
+        yield _gauge("nsfw_inference_queue_limit", "NSFW_QUEUE_SIZE", s.queue_limit)
         overloaded = CounterMetricFamily("nsfw_overloaded", "Requests refused with 503 overloaded, by where",
                                          labels=["where"])
-        overloaded.add_metric(["admission"], ctx.admission.rejected)
-        overloaded.add_metric(["inference_queue"], batcher.stats.rejected if batcher is not None else 0)
+        overloaded.add_metric(["admission"], s.rejected_admission)
+        overloaded.add_metric(["inference_queue"], s.rejected_queue)
         yield overloaded
         yield from self._review()
-        yield self._build_info()
+        info = InfoMetricFamily("nsfw_build", "The model, its version and runtime, and the app's version")
+        info.add_metric([], {"model": s.model, "version": s.model_version, "runtime": s.runtime,
+                             "app_version": self.app_version})
+        yield info
 
     def _review(self) -> Iterable[Any]:
         read = self.review.read()
@@ -191,16 +213,6 @@ class _StateCollector(Collector):
                      count)
         yield _gauge("nsfw_review_queue_oldest_pending_age_seconds",
                      "Seconds since the oldest waiting review item was created (0 when none waits)", age or 0.0)
-
-    def _build_info(self) -> Any:
-        ctx = self.ctx
-        model = ctx.loaded_model()
-        info = InfoMetricFamily("nsfw_build", "The model, its version and runtime, and the app's version")
-        info.add_metric([], {"model": ctx.model_config.name,
-                             "version": model.version if model is not None else "",
-                             "runtime": model.runtime if model is not None else ctx.model_config.runtime,
-                             "app_version": self.app_version})
-        return info
 
 
 def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:

@@ -6,7 +6,7 @@
 - :func:`url_bytes`: a typed URL's bytes through the context's SSRF-safe fetcher, refusing
   anything that is not an http(s) URL (it is never read as a local path);
 - :func:`input_loader`: a ``loader(source) -> bytes`` for
-  :func:`nsfw_core.classify.classify_sources` over the page's inputs.
+  :meth:`nsfw_core.classify.Classifier.sources` over the page's inputs.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def url_bytes(ctx: Context, url: str) -> bytes:
 
 def input_loader(ctx: Context, items: Mapping[str, str | bytes],
                  keep: dict[str, bytes] | None = None) -> Callable[[str], bytes]:
-    """A ``loader(source)`` for ``classify_sources`` over page inputs.
+    """A ``loader(source)`` for ``Classifier.sources`` over page inputs.
 
     ``items`` maps a source key to either the uploaded ``bytes`` or a URL ``str``.
     When ``keep`` is given, the loaded bytes are stored in it by key (for previews).

@@ -28,7 +28,7 @@ from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import CLASS_NAMES, SAFE
 from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.base.verdict import ActiveThresholds, Thresholds
-from nsfw_core.classify import Classification, Outcome, classify_sources
+from nsfw_core.classify import Classification, Outcome
 from nsfw_core.context import Context
 from nsfw_core.images.frames import FrameRef
 from nsfw_core.inference.model import Model
@@ -115,7 +115,7 @@ def _classify(ctx: Context, items: Sequence[Input], model_name: str) -> Results:
         finally:
             progress.on_loaded()
 
-    outcomes = classify_sources(ctx, sources, model_name=model_name, loader=loader,
+    outcomes = ctx.classifier.sources(sources, model_name=model_name, loader=loader,
                                 batch_size=ctx.serving.max_batch, progress=progress.on_classified)
     progress.bar.empty()
     rows = [_row(ctx, model, item, outcome, loaded.get(outcome.source))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from nsfw_core import context as context_module
@@ -51,7 +53,8 @@ def test_the_context_passes_narrow_settings_to_its_parts(settings):
         assert ctx.executor._max_workers == 3
         assert ctx.decoder.limits == settings.decode_limits
         assert ctx.fetch_policy == settings.fetch_policy
-        assert ctx.queues("unknown") and not ctx.queues("adult") and not ctx.queues("safe")
+        review = ctx.classifier.review
+        assert review.queues("unknown") and not review.queues("adult") and not review.queues("safe")
     finally:
         ctx.close()
 
@@ -84,6 +87,6 @@ def test_not_ready_until_started(settings):
     try:
         assert not ctx.ready
         with pytest.raises(NotReady, match="the model is loading"):
-            ctx.require_ready()
+            asyncio.run(ctx.classifier.data(b"not even an image"))
     finally:
         ctx.close()

@@ -1,4 +1,4 @@
-"""nsfw_core.base.errors: the hierarchy its docstring draws, and the README's table of API error codes."""
+"""nsfw_core.base.errors: the hierarchy its docstring draws, and the API error codes table (docs/http-api.md)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def test_docstring_draws_every_error_with_its_status_and_code(cls):
 
 
 @pytest.mark.parametrize("cls", [c for c in all_errors() if c.status != 500], ids=lambda c: c.__name__)
-def test_readme_lists_every_client_and_upstream_error_code_under_its_status(cls):
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| Status | Codes |"):]
+def test_docs_list_every_client_and_upstream_error_code_under_its_status(cls):
+    page = (ROOT / "docs" / "http-api.md").read_text()
+    table = page[page.index("| Status | Codes |"):]
     row = next(ln for ln in table.splitlines() if ln.startswith(f"| {cls.status}"))
     assert f"`{cls.code}`" in row, (cls.__name__, row)
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +20,10 @@ from nsfw_core.base.cpus import available_cpus
 from nsfw_core.base.errors import ModelError
 from nsfw_core.base.settings import MODEL_NAMES, load_settings
 from nsfw_core.inference import litert
-from nsfw_core.inference.model import get_model, load_model
+from nsfw_core.inference.model import load_model
 from nsfw_core.inference.modelfiles import read_verified
-from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.inference.pipeline import Decoder, FrameInputs
+from tests.helpers.models import model_named
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
 MODEL_DIR = ROOT / "model"
@@ -39,13 +41,19 @@ def compiled_mid(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def still(prepared: np.ndarray | FrameInputs) -> np.ndarray:
+    """The model input of a still image (not an animation's frames)."""
+    assert isinstance(prepared, np.ndarray)
+    return prepared
+
+
 def test_litert_agrees_with_the_tensorflow_runtime(name):
     decoder = Decoder(load_settings(environ={}).decode_limits)
-    lite = get_model(name, MODEL_DIR)
-    tf = get_model(name, MODEL_DIR, runtime="tensorflow")
+    lite = model_named(name)
+    tf = model_named(name, "tensorflow")
     assert (lite.runtime, lite.batches, tf.runtime, tf.batches) == ("litert", False, "tensorflow", True)
     try:
-        batch = np.stack([decoder.prepare(lite, p.read_bytes()) for p in REFERENCE_IMAGES])
+        batch = np.stack([still(decoder.prepare(lite, p.read_bytes())) for p in REFERENCE_IMAGES])
     finally:
         decoder.close()
     np.testing.assert_allclose(lite.predict(batch), tf.predict(batch), atol=1e-4)
@@ -91,7 +99,7 @@ def test_a_corrupt_compiled_file_is_compiled_again(compiled_mid, tmp_path, no_sh
     assert bad.read_bytes() == good.read_bytes()  # the conversion is deterministic
     assert stale.exists() and other.exists()  # a repair touches only the broken file
     x = np.random.default_rng(3).random((1, 224, 224, 3), dtype=np.float32)
-    np.testing.assert_allclose(model.predict(x), get_model("MobileNetV2Mid", MODEL_DIR).predict(x), atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), model_named("MobileNetV2Mid").predict(x), atol=1e-6)
 
 
 def test_a_new_compilation_removes_older_ones_of_the_same_model(tmp_path, no_shipped):
@@ -244,9 +252,9 @@ def test_precompile_command_and_a_server_process_without_tensorflow(tmp_path):
     assert done.stdout.startswith("MobileNetV2: ready for LiteRT in ")
     assert [p.suffix for p in (tmp_path / "compiled").iterdir()] == [".tflite"]
     script = ("import json, sys\n"
-              "from nsfw_core.inference.model import load_for\n"
+              "from nsfw_core.inference.registry import Batching, ModelRegistry\n"
               "from nsfw_core.base.settings import load_settings\n"
-              "m = load_for(load_settings())\n"
+              "m = ModelRegistry(load_settings().model_config, Batching(8, 2.0, 64), 2**30).get()\n"
               "print(json.dumps([m.runtime, 'tensorflow' in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
@@ -268,14 +276,14 @@ def test_importing_the_model_layer_never_imports_tensorflow(tmp_path):
 
 def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatch, no_shipped):
     """The child finds the installed package without PYTHONPATH; relative paths mean what they mean here."""
-    children: list[dict] = []
+    children: list[dict[str, Any]] = []
     real_run = subprocess.run
 
     def spy(cmd, **kwargs):
         children.append(kwargs)
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr(litert.subprocess, "run", spy)
+    monkeypatch.setattr(subprocess, "run", spy)  # the module litert runs the conversion with
     monkeypatch.delenv("PYTHONPATH", raising=False)
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -303,7 +311,7 @@ def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch, 
     suicide = tmp_path / "python"
     suicide.write_text("#!/bin/sh\nkill -9 $$\n")
     suicide.chmod(0o755)
-    monkeypatch.setattr(litert.sys, "executable", str(suicide))
+    monkeypatch.setattr(sys, "executable", str(suicide))  # what litert starts the conversion with
     with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.inference.litert\)"):
         litert.load_forward("MobileNetV2", MODEL_DIR, doc, blob, cache_dir=tmp_path / "c")
 
@@ -378,14 +386,15 @@ def test_concurrent_callers_get_their_own_answers(compiled_mid):
 
 
 def test_the_served_model_gets_lanes_and_the_others_do_not():
-    from nsfw_core.inference.model import load_for
+    from nsfw_core.inference.registry import Batching, ModelRegistry
 
     settings = load_settings(environ={"NSFW_COMPILED_DIR": str(COMPILED_DIR)})
-    served, other = load_for(settings), load_for(settings, "MobileNetV2")
+    registry = ModelRegistry(settings.model_config, Batching(8, 2.0, 64), 2**30)
+    served, other = registry.get(), registry.get("MobileNetV2")
     expected = min(available_cpus(), litert.MAX_LANES) if available_cpus() > 1 else 0
     assert (served.name, served.lanes) == (settings.model, expected)
     assert (other.name, other.lanes) == ("MobileNetV2", 0)
-    assert load_for(settings, settings.model) is served  # the pages share the API's copy
+    assert registry.get(settings.model) is served  # the pages share the API's copy
 
 
 def test_a_failing_lane_fails_the_call_only_after_every_lane_is_done(compiled_mid, monkeypatch):

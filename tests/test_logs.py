@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,8 +124,8 @@ def _requests(server) -> dict[str, str]:
     return {"batch": reply.headers["x-request-id"]}
 
 
-def _check_access(lines: list[dict], batch_id: str) -> None:
-    access = [line for line in lines if line.get("logger") == "nsfw_core.http.app.access"]
+def _check_access(lines: list[dict[str, Any]], batch_id: str) -> None:
+    access = [line for line in lines if line.get("logger") == "nsfw_core.http.access"]
     by_id = {line["request_id"]: line for line in access}
     assert by_id["rid-url"]["route"] == "/predict" and by_id["rid-url"]["status"] == 403
     assert by_id["rid-url"]["code"] == "forbidden_address"
@@ -162,7 +163,7 @@ def test_text_logs_of_a_real_server_carry_request_ids_and_never_show_a_query_str
         text = server.new_log()
     assert SECRET not in text
     assert "token=" not in text and "sig=" not in text
-    access = [line for line in text.splitlines() if " nsfw_core.http.app.access " in line]
+    access = [line for line in text.splitlines() if " nsfw_core.http.access " in line]
     assert any(" [rid-url]: POST /predict 403 " in line and " code=forbidden_address url=127.0.0.1:9#" in line
                for line in access), access
     assert any(" [rid-upload]: POST /predict 200 " in line and " verdict=safe " in line for line in access), access
@@ -172,7 +173,7 @@ def test_text_logs_of_a_real_server_carry_request_ids_and_never_show_a_query_str
 
 
 def test_under_uvicorn_app_app_the_log_is_set_up_too(tmp_path: Path):
-    """``uvicorn app:app`` (the README's other command) has no ``main()``: the lifespan sets up the log, so
+    """``uvicorn app:app`` (the other command in docs/getting-started.md) has no ``main()``: the lifespan sets up the log, so
     uvicorn's own access line (on by default there) loses /predict's query string as well."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
@@ -202,6 +203,6 @@ def test_under_uvicorn_app_app_the_log_is_set_up_too(tmp_path: Path):
     text = log.read_text()
     assert SECRET not in text
     lines = [json.loads(raw) for raw in text.splitlines() if raw.startswith("{")]
-    access = [line for line in lines if line["logger"] == "nsfw_core.http.app.access" and line["route"] == "/predict"]
+    access = [line for line in lines if line["logger"] == "nsfw_core.http.access" and line["route"] == "/predict"]
     assert [(a["request_id"], a["status"]) for a in access] == [("under-uvicorn", 403)]
-    assert any(line["logger"] == "nsfw_core.http.app.access" and line["route"] == "/health" for line in lines)
+    assert any(line["logger"] == "nsfw_core.http.access" and line["route"] == "/health" for line in lines)

@@ -11,8 +11,10 @@ import pytest
 
 from nsfw_core.base.errors import ModelError
 from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, load_settings
-from nsfw_core.inference.model import get_model, load, load_for, load_model, resize_bilinear
+from nsfw_core.inference.model import load_model, resize_bilinear
 from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.inference.registry import Batching, ModelRegistry
+from tests.helpers.models import model_named
 from tests.helpers.paths import REFERENCE_IMAGES, ROOT
 
 NSFWJS_CLASSES = {"Drawing": "drawings", "Hentai": "hentai", "Neutral": "neutral", "Porn": "porn", "Sexy": "sexy"}
@@ -21,7 +23,7 @@ TOLERANCE = 0.01
 
 @pytest.fixture(scope="module", params=MODEL_NAMES)
 def model(request):
-    return get_model(request.param, ROOT / "model")
+    return model_named(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_fidelity_against_nsfwjs(model, reference_outputs, decoders, draft):
         got = dict(zip(CLASS_NAMES, row.tolist(), strict=True))
         for cls in CLASS_NAMES:
             assert abs(got[cls] - expected[cls]) <= TOLERANCE, (model.name, path.name, cls, got[cls], expected[cls])
-        assert max(got, key=got.get) == max(expected, key=expected.get), (model.name, path.name)
+        assert max(got, key=lambda c: got[c]) == max(expected, key=lambda c: expected[c]), (model.name, path.name)
 
 
 def test_batch_equals_single(default_model, decoders):
@@ -64,24 +66,25 @@ def test_predict_rejects_wrong_shape(default_model):
     assert default_model.predict(np.zeros((0, 224, 224, 3), np.float32)).shape == (0, 5)
 
 
-def test_get_model_is_cached(default_model):
-    assert get_model("MobileNetV2Mid", ROOT / "model") is default_model
+def test_model_info(default_model):
     assert default_model.info() == {"name": "MobileNetV2Mid", "version": default_model.version, "input_size": 224}
     assert default_model.version.startswith("nsfwjs@4.4.0+")
 
 
-def test_get_model_defaults_are_the_settings_tables(default_model):
+def test_load_model_defaults_are_the_settings_tables(default_model):
     table = load_settings(environ={}).model_config
     assert default_model.runtime == table.runtime
-    assert get_model("MobileNetV2Mid", ROOT / "model", runtime=table.runtime) is default_model
 
 
-def test_load_takes_the_model_config_and_load_for_wraps_it():
+def test_the_registry_loads_each_model_once_whoever_asks():
     settings = load_settings(environ={})
-    served = load(settings.model_config)
+    registry = ModelRegistry(settings.model_config, Batching(8, 2.0, 64), 1024 * 1024 * 1024)
+    served = registry.get()
     assert served.name == settings.model_config.name
-    assert load_for(settings) is served
-    assert load(settings.model_config, settings.model_config.name) is served
+    assert registry.get(settings.model_config.name) is served
+    other = registry.get("MobileNetV2")
+    assert registry.get("MobileNetV2") is other and registry.loads == 2
+    assert served.lanes > 1 and other.lanes <= 1  # the served model runs a batch on parallel lanes
 
 
 # The modules of the model layer and what each may import from the others (at any depth: a function-level

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from nsfw_core.base.rates import Rate, parse_rate
 from nsfw_core.base.settings import SettingsError, load_settings
-from nsfw_core.http.ratelimit import Rate, RateLimited, RateLimiter, parse_rate
+from nsfw_core.ratelimit import RateLimited, RateLimiter
 
 
 @pytest.mark.parametrize("raw,rate", [

@@ -124,7 +124,7 @@ def test_log_lines_about_a_request_carry_its_id_batch_items_included(client, cap
     items = [r for r in caplog.records if r.getMessage().startswith("batch item ")]
     assert [(r.request_id, r.item, r.code) for r in items] == [("trace-me", 0, "forbidden_address"),
                                                                ("trace-me", 1, "forbidden_address")]
-    access = [r for r in caplog.records if r.name == "nsfw_core.http.app.access"]
+    access = [r for r in caplog.records if r.name == "nsfw_core.http.access"]
     assert [(r.request_id, r.route, r.status) for r in access] == [("trace-me", "/predict/batch", 200),
                                                                    ("trace-2", "/predict", 403)]
     assert access[0].items == 2 and access[0].item_errors == 2

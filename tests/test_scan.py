@@ -10,6 +10,7 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,7 @@ def _sha(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def _rows(rows: list[dict]) -> pa.Table:
+def _rows(rows: list[dict[str, Any]]) -> pa.Table:
     """SCHEMA rows from partial dicts (the required columns filled in)."""
     base = {"kind": FILE, "model": "MobileNetV2Mid", "model_version": "v1", "decode": "default", "scanned_at": NOW,
             "run_id": "r"}
@@ -195,7 +196,7 @@ def test_every_row_gets_the_verdict_the_service_would_give(thresholds):
         if i % 50 == 0:  # exactly on a threshold: "at or above", with the service's float slack
             scores = {"porn": thresholds.adult / 2, "sexy": thresholds.adult / 2, "hentai": 0.0,
                       "neutral": 1 - thresholds.adult, "drawings": 0.0}
-        row = {"source": f"s{i}", "sha256": _sha(i), **scores}
+        row: dict[str, Any] = {"source": f"s{i}", "sha256": _sha(i), **scores}
         if i % 7 == 0:  # an animation: the worst frame under these thresholds decides
             frames = [FrameScore(k * 3, k * 100, _scores(rng)) for k in range(rng.randint(1, 5))]
             expected_frames[i] = frames
@@ -203,8 +204,11 @@ def test_every_row_gets_the_verdict_the_service_would_give(thresholds):
             row["frames"] = [{"index": f.index, "time_ms": f.time_ms, "scores": [f.scores[c] for c in CLASS_NAMES]}
                              for f in frames]
         if i % 5 == 0:
+            # a remembered decision carries the decided image's scores (the service's look-alike rule uses them)
+            decided = _scores(rng) if i % 3 else scores
             matches[_sha(i)] = Match(kinds[i % 2], rng.choice([ADULT, SAFE]), "deny", rng.choice(["sha256", "pdq"]),
-                                     rng.randint(0, 31), i)
+                                     rng.randint(0, 31), i, None, decided if kinds[i % 2] == "review" else None,
+                                     "MobileNetV2Mid")
         if i % 97 == 0:
             row = {"source": f"s{i}", "sha256": _sha(i), "error_code": "not_an_image"}
         rows.append(row)
@@ -216,7 +220,7 @@ def test_every_row_gets_the_verdict_the_service_would_give(thresholds):
             continue
         scores = {c: float(np.float32(row[c])) for c in CLASS_NAMES} if i not in expected_frames else \
             expected_frames[i][0].scores
-        want = service_judge(scores, thresholds, ModelInfo("m", "v"), Timings(0, 0, 0, 0), _sha(i), 4,
+        want = service_judge(scores, thresholds, ModelInfo("MobileNetV2Mid", "v1"), Timings(0, 0, 0, 0), _sha(i), 4,
                              frames=expected_frames.get(i), match=matches.get(_sha(i)))
         assert got["verdict"][i].as_py() == want.verdict, i
         assert got["verdict_source"][i].as_py() == want.verdict_source, i
@@ -262,7 +266,7 @@ def test_queueing_takes_unknowns_and_a_stable_audit_share_at_most_once(tmp_path)
 # ---------------------------------------------------------------- reverdict
 
 
-def _dataset_of_scores(tmp_path, n: int, parts: int = 4) -> tuple[ScanDataset, list[dict]]:
+def _dataset_of_scores(tmp_path: Path, n: int, parts: int = 4) -> tuple[ScanDataset, list[dict[str, Any]]]:
     rng = random.Random(3)
     ds = ScanDataset(str(tmp_path / "ds"))
     ds.create_or_open("test")
@@ -518,7 +522,7 @@ def test_many_lookups_at_once_answer_as_one_lookup_each(tmp_path):
         known.import_list([ListEntry(_sha(i) if i % 3 == 0 else None, h.hex(), ["deny", "allow"][i % 2])
                            for i, h in enumerate(listed)], by="admin")
         known.import_list([ListEntry(None, listed[7].hex(), "allow", "changed")], by="admin")  # replaces an entry
-        queries = [(_sha(i) if i % 5 == 0 else _sha(1000 + i),
+        queries: list[tuple[str | None, bytes | None]] = [(_sha(i) if i % 5 == 0 else _sha(1000 + i),
                     near(listed[i % 60], int(rng.integers(0, 45))) if i % 4 else None) for i in range(300)]
         queries += [(None, rng.integers(0, 256, 32, dtype=np.uint8).tobytes()) for _ in range(50)]
         one_by_one = [known.lookup(s or "", p) for s, p in queries]

@@ -50,7 +50,8 @@ def _scan(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
 
 
 def _rows(dataset: Path | str, filesystem: Any = None) -> list[dict[str, Any]]:
-    return pads.dataset(str(dataset), format="parquet", filesystem=filesystem).to_table().to_pylist()
+    rows: list[dict[str, Any]] = pads.dataset(str(dataset), format="parquet", filesystem=filesystem).to_table().to_pylist()
+    return rows
 
 
 def _parts(dataset: Path) -> list[Path]:
@@ -73,17 +74,17 @@ def _session_processes(sid: int, needle: str) -> list[int]:
     return out
 
 
-def _wait_for(condition, what: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+def _wait_for(condition: Any, what: str, timeout: float = 120.0, proc: subprocess.Popen[str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the scan exited first ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"{what}: the scan exited first ({proc.returncode}): {proc.stderr.read()[-3000:] if proc.stderr else ''}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(0.02)
 
 
-def _kill_session(proc: subprocess.Popen) -> None:
+def _kill_session(proc: subprocess.Popen[str]) -> None:
     """SIGKILL whatever the scan left in its session (Ray's processes die with their driver; this makes sure)."""
     for pid in _session_processes(proc.pid, ""):
         try:

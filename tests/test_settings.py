@@ -1,10 +1,26 @@
-"""Settings parsing and the README's settings table."""
+"""Settings parsing and the settings table of the docs (docs/settings.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from nsfw_core.base.settings import ROOT, SETTINGS, SettingsError, load_settings, markdown_table
+from nsfw_core.base.settings import (
+    ROOT,
+    SETTINGS,
+    SETTINGS_PAGE,
+    TABLE_END,
+    TABLE_START,
+    SettingsError,
+    load_settings,
+    markdown_table,
+    page_with_table,
+)
+
+
+def table_in_page(page: str) -> str:
+    """The generated part of the settings page's text: what lies between its two markers."""
+    start = page.index(TABLE_START) + len(TABLE_START)
+    return page[start:page.index(TABLE_END, start)].strip("\n")
 
 
 def test_defaults():
@@ -33,7 +49,20 @@ def test_bad_values_name_the_variable(name, value):
         load_settings(environ={name: value})
 
 
-def test_readme_settings_table_is_generated_from_the_code():
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme
+def test_the_settings_page_table_is_generated_from_the_code():
+    page = SETTINGS_PAGE.read_text()
+    assert table_in_page(page) == markdown_table(), (
+        "docs/settings.md is out of date: run .venv/bin/python -m nsfw_core.base.settings --write")
+    assert page_with_table(page) == page
     assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_every_setting_has_its_row_on_the_settings_page():
+    rows = table_in_page(SETTINGS_PAGE.read_text()).splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| `{s.name}`" for s in SETTINGS]
+
+
+def test_the_generated_table_replaces_only_what_lies_between_the_markers():
+    page = SETTINGS_PAGE.read_text()
+    stale = page.replace("| `PORT` |", "| `PORT_OLD` |", 1)
+    assert stale != page and page_with_table(stale) == page

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from nsfw_core.inference.model import dequantise, get_model, read_verified  # noqa: E402
+from nsfw_core.inference.model import load_model  # noqa: E402
+from nsfw_core.inference.modelfiles import dequantise, read_verified  # noqa: E402
 from nsfw_core.inference.pipeline import prepare  # noqa: E402
 from nsfw_core.base.settings import CLASS_NAMES, load_settings  # noqa: E402
 from nsfw_core.inference.tfgraph import build_function, configure_tensorflow  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     settings = load_settings(environ={})
-    model = get_model(NAME, ROOT / "model")
+    model = load_model(NAME, ROOT / "model")
     refs = sorted(REFERENCE.glob("*.jpg"))
     expected = json.loads((REFERENCE / "nsfwjs-4.4.0-outputs.json").read_text())[NAME]
     x_ref = np.stack([prepare(model, p.read_bytes(), settings) for p in refs])

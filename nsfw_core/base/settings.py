@@ -1,10 +1,10 @@
 """All settings of the service, read from environment variables.
 
-``SETTINGS`` is the single table (name, default, help); the README's settings
-table is generated from it (``python -m nsfw_core.base.settings``) and a test checks
-that the README matches.  ``load_settings()`` parses the environment into an
-immutable :class:`Settings`; bad values raise :class:`SettingsError` naming the
-variable.
+``SETTINGS`` is the single table (name, default, help); the settings page of the
+docs (``docs/settings.md``) holds the table generated from it (``python -m
+nsfw_core.base.settings --write`` rewrites it) and a test checks that the page
+matches.  ``load_settings()`` parses the environment into an immutable
+:class:`Settings`; bad values raise :class:`SettingsError` naming the variable.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.emails import ascii_lower, entry_problem
+from nsfw_core.base.labels import CLASS_NAMES as CLASS_NAMES  # re-exported: settings name the classes too
+from nsfw_core.base.labels import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: nsfw_core/base/settings.py -> ../../..
 MODEL_NAMES = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")
@@ -77,12 +79,14 @@ def _runtime(raw: str) -> str:
 
 
 def _emails(raw: str) -> tuple[str, ...]:
-    items = tuple(item.lower() for item in _list(raw))
+    """Addresses and @domains, held to the form a provider's address must have to match one
+    (:mod:`nsfw_core.base.emails`: ASCII, no spaces or control characters, one @), ASCII-lowercased."""
+    items = _list(raw)
     for item in items:
-        local, at, domain = item.rpartition("@")
-        if not at or "." not in domain or any(c.isspace() for c in item) or "@" in local:
-            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain")
-    return items
+        problem = entry_problem(item)
+        if problem is not None:
+            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain ({problem})")
+    return tuple(ascii_lower(item) for item in items)
 
 
 LOG_FORMATS = ("text", "json")
@@ -99,7 +103,7 @@ MIN_SECRET_LENGTH = 16
 
 
 def _rate(raw: str) -> Any:
-    from nsfw_core.http.ratelimit import parse_rate
+    from nsfw_core.base.rates import parse_rate
 
     return parse_rate(raw)
 
@@ -169,7 +173,7 @@ class Settings:
         "NSFW_MAX_UPLOAD_STORE_BYTES", "134217728", _int(1),
         "Most bytes the browser app's uploaded files may hold in memory, all sessions together (Streamlit keeps "
         "each upload in memory while its page uses it); an upload past it is refused with 503 "
-        "upload_store_full, one larger than it with 413 upload_too_large (README \"Security model\").")
+        "upload_store_full, one larger than it with 413 upload_too_large (docs/security.md).")
     max_pixels: int = setting(
         "NSFW_MAX_PIXELS", "50000000", _int(1),
         "Largest image accepted, in pixels (width x height); 413 above it, checked before decoding. Also "
@@ -216,7 +220,7 @@ class Settings:
         "NSFW_LOCAL_MODE", "false", _bool,
         "Every visitor of the browser app acts as admin, as 'local', without signing in. For one person on "
         "their own machine: refused unless NSFW_HOST is a loopback address; ./run.sh turns it on when "
-        "NSFW_HOST is not set (README \"Security model\").")
+        "NSFW_HOST is not set (docs/security.md).")
     public_demo: bool = setting(
         "NSFW_PUBLIC_DEMO", "false", _bool,
         "Let visitors who are not signed in use the Classify page although NSFW_API_KEYS is set (without API "
@@ -254,7 +258,22 @@ class Settings:
     oidc_cookie_secret: str = setting(
         "NSFW_OIDC_COOKIE_SECRET", "", str,
         "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
-        "Empty: derived from NSFW_OIDC_CLIENT_SECRET.", secret=True)
+        "Empty: derived from NSFW_OIDC_CLIENT_SECRET. Changing it ends every OpenID Connect sign-in "
+        "(README \"Security model\").", secret=True)
+    oidc_revalidate_seconds: int = setting(
+        "NSFW_OIDC_REVALIDATE_SECONDS", "300", _int(0, 86400),
+        "How often an OpenID Connect sign-in is checked again with the provider (its userinfo endpoint, with "
+        "the sign-in's access token), at the session's next action: a token the provider refuses (revoked, "
+        "expired) or claims that no longer give the role end the session. A provider that cannot be reached "
+        "is allowed twice this long. 0: never (a user disabled at the provider keeps access until the "
+        "session's lifetime ends).")
+    session_idle_minutes: float = setting(
+        "NSFW_SESSION_IDLE_MINUTES", "30", _float(0.01, 10080),
+        "A sign-in (OpenID Connect or secret) ends after this many minutes without any action in the browser "
+        "app (README \"Security model\").")
+    session_max_hours: float = setting(
+        "NSFW_SESSION_MAX_HOURS", "12", _float(0.001, 8760),
+        "A sign-in ends this many hours after it began, however active (then sign in again).")
     adult_classes: tuple[str, ...] = setting(
         "NSFW_ADULT_CLASSES", "porn,sexy", _classes,
         "Classes whose scores add up to the adult score.")
@@ -363,8 +382,16 @@ class Settings:
         "ones too; empty turns the queue off.")
     review_store_uploads: bool = setting(
         "NSFW_REVIEW_STORE_UPLOADS", "false", _bool,
-        "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with "
-        "their items.")
+        "Keep queued uploads' bytes in the review database, purged with their items. Without them the reviewer "
+        "decides from the scores and the decision is not remembered for later copies. A URL item's bytes (at "
+        "most NSFW_MAX_BYTES) are always kept: the reviewer sees what was classified, never the URL fetched "
+        "again.")
+    review_quota: int = setting(
+        "NSFW_REVIEW_QUOTA", "100", _int(0),
+        "Items one API key (without keys: one client address, so behind a proxy every client shares one budget) "
+        "may add to the human review queue per hour; "
+        "beyond it images are answered with their verdict and review_error, not queued. 0: no limit. An item "
+        "queued only because of the request's own thresholds protects only that key once decided.")
     review_retention_days: int = setting(
         "NSFW_REVIEW_RETENTION_DAYS", "30", _int(0),
         "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.")
@@ -427,7 +454,8 @@ class Settings:
     def review_config(self) -> ReviewConfig:
         return ReviewConfig(database_url=self.database_url, data_dir=self.data_dir,
                             verdicts=self.review_verdicts, store_uploads=self.review_store_uploads,
-                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
+                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds,
+                            quota=self.review_quota)
 
     @property
     def access_config(self) -> AccessConfig:
@@ -438,6 +466,11 @@ class Settings:
             oidc=OIDCConfig(metadata_url=self.oidc_metadata_url, client_id=self.oidc_client_id,
                             client_secret=self.oidc_client_secret, redirect_uri=self.oidc_redirect_uri,
                             cookie_secret=self.oidc_cookie_secret, port=self.port))
+
+    @property
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(idle_s=self.session_idle_minutes * 60, max_s=self.session_max_hours * 3600,
+                             revalidate_s=float(self.oidc_revalidate_seconds))
 
     @property
     def labelset_config(self) -> LabelSetConfig:
@@ -519,6 +552,7 @@ class ReviewConfig:
     store_uploads: bool
     retention_days: int
     lease_seconds: int
+    quota: int = 0  # items per client per hour (NSFW_REVIEW_QUOTA; 0: no limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,6 +600,15 @@ class AccessConfig:
     admin_secret: str = dataclasses.field(repr=False)
     reviewer_secret: str = dataclasses.field(repr=False)
     oidc: OIDCConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """How long a sign-in lives (nsfw_core.state.sessions), in seconds; revalidate_s 0: never re-checked."""
+
+    idle_s: float
+    max_s: float
+    revalidate_s: float
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -625,7 +668,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 
 def markdown_table() -> str:
-    """The README's settings table."""
+    """The settings table of the docs' settings page (``docs/settings.md``)."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for s in SETTINGS:
         default = f"`{s.default}`" if s.default else "(empty)"
@@ -633,5 +676,22 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+SETTINGS_PAGE = ROOT / "docs" / "settings.md"
+TABLE_START = "<!-- settings:start (generated by python -m nsfw_core.base.settings --write; do not edit) -->"
+TABLE_END = "<!-- settings:end -->"
+
+
+def page_with_table(page: str) -> str:
+    """The settings page's text with the table between its markers generated anew from ``SETTINGS``."""
+    start = page.index(TABLE_START) + len(TABLE_START)
+    return page[:start] + "\n" + markdown_table() + "\n" + page[page.index(TABLE_END, start):]
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        SETTINGS_PAGE.write_text(page_with_table(SETTINGS_PAGE.read_text()))
+        print(f"{SETTINGS_PAGE.relative_to(ROOT)}: settings table rewritten")
+    else:
+        print(markdown_table())

@@ -35,7 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN, VERDICTS
+from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.labels import VERDICTS as VERDICTS  # re-exported: the verdict table's rows
 from nsfw_core.base.verdict import EPSILON, Thresholds
 
 TRUTH_NAMES = {1: ADULT, 0: SAFE}
@@ -516,7 +517,7 @@ def suggest_thresholds(
     if not _ge(a, 1.0).any():
         candidates.append((1.0, 0, 0))
 
-    best: tuple | None = None
+    best: tuple[tuple[int, float, float, float, float], float, float, int, int, int, int] | None = None
     for t_a, a_dec, a_ok in candidates:
         rest = ~_ge(a, t_a)
         s_dec, s_ok, t_s = _best_prefix(s[rest], y[rest] == 0, target_safe_precision)
@@ -536,7 +537,10 @@ def suggest_thresholds(
                           "of 1.0 whose automatic decision would miss the target precision.")
     _, t_a, t_s, a_dec, a_ok, s_dec, s_ok = best
     review = n - a_dec - s_dec
-    pct = lambda p: f"{100 * p:g} %"  # noqa: E731
+
+    def pct(p: float) -> str:
+        return f"{100 * p:g} %"
+
     if a_dec == 0 and s_dec == 0:
         status = "impossible"
         message = (f"Cannot reach the targets ({pct(target_adult_precision)} adult, {pct(target_safe_precision)} safe) "

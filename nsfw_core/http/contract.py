@@ -1,4 +1,5 @@
-"""API v1's typed contract: the request and response models, their validation, their OpenAPI schemas.
+"""The API's typed contract, for both generations: the request and response models, their validation,
+their OpenAPI schemas.
 
 The models are :mod:`msgspec` structs (msgspec: small, no dependencies, strict JSON decoding
 straight into typed objects, JSON Schema generation).  One definition serves three purposes:
@@ -13,6 +14,11 @@ straight into typed objects, JSON Schema generation).  One definition serves thr
 * the answers: :class:`ClassifyResult` and friends describe what v1 answers; tests validate
   real answers against the generated schemas.
 
+The original API's ``/predict/batch`` body (a list of URLs, or ``{"items": [...], "detail": bool}``
+with ``{"id", "url"}`` objects) is decoded by the same contract (:class:`PredictBatch`); unknown
+fields stay ignored there, as they always were, and a body that does not match is 400
+``bad_request`` naming the item (:func:`decode_predict_batch`).
+
 Sizes are checked before any decoding: the body is read under a byte cap, and a base64 string
 longer than :func:`base64_cap` (the encoded length of ``NSFW_MAX_BYTES`` bytes) is refused
 with 413 ``too_large`` before it is decoded.
@@ -22,17 +28,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from nsfw_core.base.errors import InputError, TooLarge
-from nsfw_core.base.labels import VERDICTS
-from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES
+from nsfw_core.base.errors import BadRequest, InputError, TooLarge
+from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.settings import MODEL_NAMES
+from nsfw_core.http.errors import TooManyItems
 
-MAX_ID_LENGTH = 256  # as /predict/batch
-MAX_ID_NUMBER = 2**53 - 1
+MAX_ID_LENGTH = 256  # characters in a client's string id (both generations' batches, v1's id)
+MAX_ID_NUMBER = 2**53 - 1  # a numeric id: within what a JSON number carries exactly everywhere
 REF_TEMPLATE = "#/components/schemas/{name}"
 
 T = TypeVar("T")
@@ -41,6 +50,7 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 ClientId = (Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
             | Annotated[int, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)]
             | Annotated[float, msgspec.Meta(ge=-MAX_ID_NUMBER, le=MAX_ID_NUMBER)] | None)
+URLText = Annotated[str, msgspec.Meta(min_length=1)]
 ModelName = Literal["MobileNetV2Mid", "MobileNetV2", "InceptionV3"]
 Verdict = Literal["adult", "unknown", "safe"]
 ReviewStatus = Literal["pending", "claimed", "decided"]
@@ -62,11 +72,6 @@ class InvalidJSON(ContractError):
 
 class InvalidBase64(ContractError):
     code = "invalid_base64"
-
-
-class TooManyItems(InputError):
-    status = 413
-    code = "too_many_items"
 
 
 # ---------------------------------------------------------------- requests
@@ -150,39 +155,116 @@ class Frame(msgspec.Struct, forbid_unknown_fields=True):
     scores: Scores
 
 
-class ClassifyResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One image's rich answer: ``/predict?detail=1``'s fields plus the request's and the client's ids."""
+class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
+    """The known image whose human verdict this image got (``verdict_source`` review or list); the scores
+    stay the model's.  No distance and no ids: the answer is not an oracle for another client's items."""
 
-    request_id: str
-    id: ClientId
+    source: Literal["review", "list"]
+    by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree")]
+    label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
+
+
+class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
+    adult: float
+    safe: float
+    adult_classes: list[str]
+    safe_classes: list[str]
+    version: Annotated[int | None, msgspec.Meta(
+        description="the thresholds history's version in force (null: the defaults or the request's own)")]
+
+
+class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One image's rich answer (``/predict?detail=1``): scores, verdict, how it was reached."""
+
     scores: Scores
     verdict: Verdict
     adult_score: float
     safe_score: float
-    thresholds: ThresholdsOut
+    thresholds: DetailThresholds
     model: ModelOut
     timings: TimingsOut
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-    verdict_source: Literal["model", "review", "list"]  # review/list: a known image's human verdict (match)
-    match: dict[str, Any] | None = None  # the known image matched (as /predict?detail=1 gives it)
-    frames: list[Frame] | None = None
-    deciding_frame: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    review_id: int | None = None  # present when the image was queued for human review (null: queueing failed)
-    review_error: str | None = None
+    verdict_source: Annotated[Literal["model", "review", "list"], msgspec.Meta(
+        description="who decided the verdict: the model; review: a reviewer decided this image or a near copy "
+                    "of it (match says which); list: it is on an admin's allow/deny hash list")]
+    match: MatchOut | msgspec.UnsetType = msgspec.UNSET
+    frames: Annotated[list[Frame], msgspec.Meta(
+        min_length=1, description="an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled frames (at "
+                                  "most NSFW_MAX_FRAMES); the image's scores and verdict are its worst frame's "
+                                  "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
+    deciding_frame: Annotated[int, msgspec.Meta(
+        ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
+    review_id: Annotated[str | None, msgspec.Meta(
+        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS): this client's review "
+                    "id (unguessable; GET /v1/reviews/{id} with the same API key); null when it was not queued "
+                    "(review_error says why)")] | msgspec.UnsetType = msgspec.UNSET
+    review_error: Annotated[str, msgspec.Meta(
+        description="why it was not queued: the queue is unavailable, or the API key's review quota "
+                    "(NSFW_REVIEW_QUOTA) is spent; the verdict stands")] | msgspec.UnsetType = msgspec.UNSET
 
 
-class ErrorOut(msgspec.Struct):
-    """Every error: a stable ``code``, a message; ``field`` (a JSON path) when the body did not match."""
+class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One image's rich answer in API v1: ``/predict?detail=1``'s fields plus the request's and the client's ids."""
+
+    thresholds: ThresholdsOut  # type: ignore[assignment]
+    request_id: str
+    id: ClientId
+
+
+class Error(msgspec.Struct):
+    """Every error: a stable ``code``, a message; ``field`` (a JSON path) when the body did not match; other
+    details by code (``item``, ``limit``, ``allow``...)."""
 
     code: str
     message: str
-    request_id: str | None = None
-    field: str | None = None
+    request_id: Annotated[str, msgspec.Meta(
+        description="the request's id, as in the X-Request-ID response header (absent in a batch item's error)"
+    )] | msgspec.UnsetType = msgspec.UNSET
+    field: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class BatchResult(msgspec.Struct):
+    """One ``/predict/batch`` item: scores and verdict (all of Detail with detail=true), or error."""
+
+    id: ClientId
+    url: URLText
+    scores: Scores | msgspec.UnsetType = msgspec.UNSET
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
+    error: Error | msgspec.UnsetType = msgspec.UNSET
+
+
+class BatchResults(msgspec.Struct, forbid_unknown_fields=True):
+    """``/predict/batch``'s answer: one result per item, in order."""
+
+    results: list[BatchResult]
+
+
+class HealthThresholds(msgspec.Struct):
+    adult: float
+    safe: float
+    adult_classes: list[str]
+    safe_classes: list[str]
+    version: int | None
+    source: str
+
+
+class Health(msgspec.Struct):
+    """``GET /health`` when ready."""
+
+    status: Literal["ok"]
+    model: str
+    version: str
+    runtime: Literal["litert", "tensorflow"]
+    thresholds: HealthThresholds
+    warnings: list[str]
+    batcher: dict[str, Any]
+    in_flight: dict[str, int]
 
 
 class BatchError(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     id: ClientId
-    error: ErrorOut
+    error: Error
 
 
 class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
@@ -191,15 +273,17 @@ class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A review item's state: ``label``, ``decided_by`` and ``decided_at`` (UTC ISO 8601) once decided."""
+    """A review item's state: ``label`` and ``decided_at`` (UTC ISO 8601) once decided; ``decided_by`` only in
+    webhook events (never in an API answer)."""
 
-    id: int
+    id: Annotated[str, msgspec.Meta(description="the review id (rv_ and 22 URL-safe characters)")]
     status: ReviewStatus
     verdict: str
     sha256: str
     created_at: str
     label: str | None = None
-    decided_by: str | None = None
+    decided_by: Annotated[str | None, msgspec.Meta(
+        description="who decided: in webhook events only, never in GET /v1/reviews/{id}")] = None
     decided_at: str | None = None
 
 
@@ -213,7 +297,7 @@ class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 
 REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)
-RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, ErrorOut)
+RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error)
 
 
 # ---------------------------------------------------------------- validation
@@ -295,12 +379,161 @@ def check_image(image: Image, field: str) -> None:
         check_id(image.url, f"{field}.url")
 
 
+# ---------------------------------------------------------------- the original API's batch
+
+class PredictBatchItem(msgspec.Struct):
+    """One item of ``/predict/batch``: an image URL and the client's id (other fields are ignored)."""
+
+    url: URLText
+    id: ClientId = None
+
+
+class PredictBatch(msgspec.Struct):
+    """``/predict/batch``'s object form; ``detail`` overrides the ``?detail=`` query flag when given."""
+
+    items: list[PredictBatchItem | URLText]
+    detail: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+PredictBatchBody = PredictBatch | list[PredictBatchItem | URLText]
+ID_RULE = f"a string of at most {MAX_ID_LENGTH} characters or a number between -{MAX_ID_NUMBER} and {MAX_ID_NUMBER}"
+URL_RULE = "a non-empty URL string (or an object with one)"
+BATCH_SHAPE = 'expected {"items": [{"id": ..., "url": ...}, ...]} or a list of URLs'
+
+
+def decode_predict_batch(raw: bytes, max_items: int) -> tuple[list[tuple[Any, str]], bool | None]:
+    """A ``/predict/batch`` body -> ([(id, url), ...], detail or None when the body does not say).
+
+    The whole body is checked before any work starts, so nothing the answer echoes back (ids and
+    urls) can fail to encode after the images were classified.  A body that does not match is 400
+    ``bad_request`` with the first bad item's index in ``item``; over ``max_items`` is 413.
+    """
+    try:
+        body = msgspec.json.decode(raw, type=PredictBatchBody, strict=True)
+    except RecursionError:
+        raise BadRequest("the body is JSON nested too deep") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _explain_batch(raw, exc, max_items) from None
+    items = body.items if isinstance(body, PredictBatch) else body
+    if len(items) > max_items:
+        raise TooManyItems(f"{len(items)} items; at most {max_items} per request", limit=max_items)
+    pairs = [(item.id, item.url) if isinstance(item, PredictBatchItem) else (None, item) for item in items]
+    detail = body.detail if isinstance(body, PredictBatch) and isinstance(body.detail, bool) else None
+    return pairs, detail
+
+
+def _explain_batch(raw: bytes, exc: Exception, max_items: int) -> InputError:
+    """The error for a batch body the contract refused, in the words clients have always read.
+
+    msgspec names the path of what did not match; the body read by Python's lenient JSON parser gives
+    the value there.  Bodies strict JSON refuses but Python reads (NaN, lone surrogates) are walked for
+    the value the contract could not take.
+    """
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        return BadRequest("the body is JSON nested too deep")
+    except json.JSONDecodeError as err:
+        return BadRequest(f"the body is not valid JSON: {err}")
+    except UnicodeDecodeError:
+        return BadRequest("the body is not valid JSON: it is not UTF-8 text")
+    except ValueError:  # an integer literal longer than Python converts
+        return BadRequest("the body is not valid JSON we accept: a number in it is too long")
+    found = _PATH.search(str(exc))
+    path = found.group(1) if found else "$"
+    if isinstance(doc, dict):
+        if "items" not in doc:
+            return BadRequest('the body needs an "items" list')
+        if "detail" in doc and not isinstance(doc["detail"], bool):
+            return BadRequest('"detail" must be true or false')
+        items = doc["items"]
+    else:
+        items = doc
+    if not isinstance(items, list):
+        return BadRequest(BATCH_SHAPE)
+    if len(items) > max_items:
+        return TooManyItems(f"{len(items)} items; at most {max_items} per request", limit=max_items)
+    index = re.search(r"\[(\d+)\]", path)
+    if index is None:  # strict JSON refused a value Python reads: find the first item holding one
+        index_n = next((i for i, item in enumerate(items) if not _strict_json(item)), None)
+        if index_n is None:
+            return BadRequest(f"the body does not match: {exc}")
+        return _explain_item(index_n, items[index_n], None)
+    i = int(index.group(1))
+    field = path.rsplit(".", 1)[1] if path.endswith((".id", ".url")) else None
+    return _explain_item(i, items[i], field)
+
+
+def _explain_item(index: int, item: Any, field: str | None) -> BadRequest:
+    where = f"items[{index}]"
+    if isinstance(item, dict):
+        ident, url = item.get("id"), item.get("url")
+        if field == "id" or (field is None and not _strict_json(ident)):
+            return BadRequest(f"{where}.id must be {ID_RULE}, got {_kind(ident)}", item=index)
+        if "url" not in item:
+            return BadRequest(f'{where} needs a "url"', item=index)
+        where += ".url"
+    else:
+        url = item
+    if isinstance(url, str) and url and not _strict_json(url):
+        return BadRequest(f"{where} has a URL that is not valid Unicode (a lone surrogate)", item=index)
+    what = "an empty string" if url == "" else "a number" if isinstance(url, (int, float)) \
+        and not isinstance(url, bool) and math.isfinite(url) else _kind(url)
+    return BadRequest(f"{where} must be {URL_RULE}, got {what}", item=index)
+
+
+def _strict_json(value: Any) -> bool:
+    """False for what strict JSON cannot carry: non-finite numbers, strings with lone surrogates (nested too)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(_strict_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(_strict_json(k) and _strict_json(v) for k, v in value.items())
+    return True
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for error messages (never the value itself: it may be huge)."""
+    if isinstance(value, str):
+        if len(value) > MAX_ID_LENGTH:
+            return f"a string of {len(value)} characters"
+        return "a string that is not valid Unicode"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a non-finite number"
+    if isinstance(value, (int, float)):
+        return "a number out of range"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
 # ---------------------------------------------------------------- OpenAPI
 
 
 def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dict[str, Any]:
-    """The ``components/schemas`` of v1, generated from the models, with this server's limits filled in."""
+    """The ``components/schemas`` of API v1's requests and answers, generated from the models, with these limits."""
     _, components = msgspec.json.schema_components(REQUESTS + RESPONSES, ref_template=REF_TEMPLATE)
+    return schema_limits(components, max_bytes=max_bytes, max_url_length=max_url_length,
+                         max_batch_items=max_batch_items)
+
+
+def schema_limits(components: dict[str, Any], *, max_bytes: int, max_url_length: int,
+                  max_batch_items: int) -> dict[str, Any]:
+    """Generated ``components`` with what the structs cannot say filled in: the limits that are settings, and
+    the rules checked in code (exactly one of url and base64; the batch item forms)."""
     image = components["Image"]
     image["properties"]["url"]["anyOf"][0]["maxLength"] = max_url_length
     b64 = image["properties"]["base64"]["anyOf"][0]
@@ -318,9 +551,12 @@ def schemas(*, max_bytes: int, max_url_length: int, max_batch_items: int) -> dic
                   {"$ref": REF_TEMPLATE.format(name="BatchError")}]}
     components["BatchRequest"]["properties"]["items"]["maxItems"] = max_batch_items
     components["BatchRequest"]["properties"]["items"]["minItems"] = 1
-    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult"):
-        props = components[name]["properties"]
+    if "PredictBatch" in components:
+        components["PredictBatch"]["properties"]["items"]["maxItems"] = max_batch_items
+    id_text = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} characters or a number within "
+               f"+-{MAX_ID_NUMBER}")
+    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult", "PredictBatchItem", "BatchResult"):
+        props = components.get(name, {}).get("properties", {})
         if "id" in props:
-            props["id"]["description"] = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} "
-                                          f"characters or a number within +-{MAX_ID_NUMBER}")
+            props["id"]["description"] = id_text
     return components

@@ -6,7 +6,7 @@ request body and responses) and each schema, with ``$ref`` links.  Chosen over S
 (``swagger-ui-bundle`` on PyPI was last released in 2023 and ships ~10 MB of JavaScript):
 the page is a few kilobytes, works offline and behind a strict Content-Security-Policy that
 allows inline scripts, and cannot fall behind a bundled UI's security fixes.  No "try it out":
-the curl examples in the README do that.
+the curl examples in docs/http-api.md do that.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class Sandbox:
 class _Child:
     """One ``python -m nsfw_core.images.sandbox`` process and its pipes."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.timeout = 0.0
 

@@ -38,7 +38,7 @@ class BatchModel(Protocol):
 @dataclasses.dataclass
 class _Item:
     x: np.ndarray
-    future: asyncio.Future
+    future: asyncio.Future[np.ndarray]
     request_id: str | None = None  # for the log, should the forward pass fail
 
 
@@ -85,7 +85,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting = 0  # inputs queued and not yet taken into a batch
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nsfw-inference")
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._accepting = False
 
     @property
@@ -124,7 +124,8 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(x, future, requestid.current()))
         self._waiting += 1
-        return await future
+        row: np.ndarray = await future
+        return row
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

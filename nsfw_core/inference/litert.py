@@ -55,7 +55,8 @@ import numpy as np
 from nsfw_core.base.cpus import available_cpus
 from nsfw_core.base.errors import ModelError
 from nsfw_core.base.files import atomic_write
-from nsfw_core.base.settings import CLASS_NAMES, MODEL_NAMES, load_settings
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.settings import MODEL_NAMES, load_settings
 from nsfw_core.inference.modelfiles import check_name, dequantise, read_verified
 from nsfw_core.inference.runtime import starting, warm_up
 from nsfw_core.inference.tfgraph import build_function, configure_tensorflow
@@ -74,14 +75,14 @@ MISSING_PACKAGE = ("the litert runtime needs the ai-edge-litert package (pinned 
                    "install it or set NSFW_RUNTIME=tensorflow")
 
 
-def cache_key(doc: dict, blob: bytes) -> str:
+def cache_key(doc: dict[str, Any], blob: bytes) -> str:
     h = hashlib.sha256(COMPILER.encode())
     h.update(json.dumps(doc, sort_keys=True).encode())
     h.update(blob)
     return h.hexdigest()[:16]
 
 
-def compiled_path(cache_dir: str | Path, name: str, doc: dict, blob: bytes) -> Path:
+def compiled_path(cache_dir: str | Path, name: str, doc: dict[str, Any], blob: bytes) -> Path:
     """Where the compiled form of this exact model lives in ``cache_dir``."""
     return Path(cache_dir) / f"{name}-{cache_key(doc, blob)}.tflite"
 
@@ -215,7 +216,7 @@ def _unpack_or_compile(name: str, model_dir: Path, key: str, out: Path) -> None:
     log.info("unpacked the shipped %s compiled for LiteRT into %s", name, out.parent)
 
 
-def load_forward(name: str, model_dir: Path, doc: dict, blob: bytes, *, cache_dir: Path,
+def load_forward(name: str, model_dir: Path, doc: dict[str, Any], blob: bytes, *, cache_dir: Path,
                  threads: int = 0, lanes: int = 0) -> LiteRTForward:
     """The compiled model's forward pass: from the cache, else the shipped file, else compiled (a child process)."""
     size = int(doc["input_size"])

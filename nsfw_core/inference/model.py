@@ -1,4 +1,4 @@
-"""The nsfw_model networks: the :class:`Model` type, the choice of runtime, and one copy per process.
+"""The nsfw_model networks: the :class:`Model` type and the choice of runtime.
 
 Loading reads and verifies the model's files (:mod:`nsfw_core.inference.modelfiles`), then one
 of two runtimes runs the network:
@@ -11,17 +11,14 @@ of two runtimes runs the network:
 
 Images are prepared as nsfwjs prepares them (:mod:`nsfw_core.images.preprocess`).
 
-Public surface: :func:`load` (cached, one copy per process, from a
-:class:`~nsfw_core.base.settings.ModelConfig`), :func:`load_for` (the same, from the whole
-settings; kept for callers that still pass them), :func:`get_model` (cached, from
-explicit arguments), :func:`load_model` (uncached), :class:`Model` with ``preprocess`` /
-``predict`` / ``classify``, :func:`scores_dict`, and, re-exported from
-:mod:`nsfw_core.images.preprocess`, :func:`resize_bilinear`.
+Public surface: :func:`load_model` (load, verify and warm up one model), :class:`Model` with
+``preprocess`` / ``predict`` / ``classify``, :func:`scores_dict`, and, re-exported from
+:mod:`nsfw_core.images.preprocess`, :func:`resize_bilinear`.  The process keeps each model once, in
+its :class:`~nsfw_core.inference.registry.ModelRegistry` (the context's ``models``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,14 +26,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from nsfw_core.base.errors import ModelError
-from nsfw_core.base.settings import CLASS_NAMES, RUNTIMES, ModelConfig, Settings, load_settings
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.settings import RUNTIMES, load_settings
 from nsfw_core.images.preprocess import preprocess, resize_bilinear
 from nsfw_core.inference.litert import MAX_LANES, load_forward
 from nsfw_core.inference.modelfiles import check_name, dequantise, read_verified, version
 from nsfw_core.inference.runtime import Forward, starting, warm_up
 from nsfw_core.inference.tfgraph import TensorFlowForward
 
-__all__ = ["Model", "get_model", "load", "load_for", "load_model", "resize_bilinear", "scores_dict"]
+__all__ = ["Model", "load_model", "resize_bilinear", "scores_dict"]
 
 
 class Model:
@@ -102,7 +100,7 @@ def scores_dict(row: Sequence[float] | np.ndarray) -> dict[str, float]:
 
 def load_model(name: str, model_dir: str | Path, *, runtime: str | None = None, threads: int = 0,
                cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
-    """Load, verify and warm up one model (uncached; use :func:`load` in the service).
+    """Load, verify and warm up one model (the service keeps it in its registry).
 
     ``runtime`` and ``cache_dir`` (where the ``litert`` runtime keeps compiled models) default
     to the settings table's defaults (``NSFW_RUNTIME``, ``NSFW_COMPILED_DIR``).
@@ -141,40 +139,3 @@ def _table_defaults(runtime: str | None, cache_dir: str | Path | None) -> tuple[
         runtime = table.runtime if runtime is None else runtime
         cache_dir = table.compiled_dir if cache_dir is None else cache_dir
     return runtime, Path(cache_dir)
-
-
-_cache: dict[tuple, Model] = {}
-_cache_lock = threading.Lock()
-
-
-def get_model(name: str, model_dir: str | Path, *, runtime: str | None = None, threads: int = 0,
-              cache_dir: str | Path | None = None, lanes: bool = False) -> Model:
-    """The process-wide copy of a model, loaded on first use (shared by the API and the UI).
-
-    The arguments are :func:`load_model`'s; the copy is shared by callers that name the same
-    model, folder, runtime, threads and lanes.
-    """
-    runtime, cache_dir = _table_defaults(runtime, cache_dir)
-    key = (name, str(Path(model_dir).resolve()), runtime, threads, lanes)
-    with _cache_lock:
-        model = _cache.get(key)
-        if model is None:
-            model = _cache[key] = load_model(name, model_dir, runtime=runtime, threads=threads,
-                                             cache_dir=cache_dir, lanes=lanes)
-        return model
-
-
-def load(config: ModelConfig, name: str | None = None) -> Model:
-    """The process-wide copy of ``name`` (default: the configured model), run as ``config`` says.
-
-    The configured model serves the API, so it gets parallel lanes; the others, which only
-    the pages use, one interpreter each (BENCHMARKS.md, "Lanes": what a lane costs).
-    """
-    name = name or config.name
-    return get_model(name, config.model_dir, runtime=config.runtime, threads=config.threads,
-                     cache_dir=config.compiled_dir, lanes=name == config.name)
-
-
-def load_for(settings: Settings, name: str | None = None) -> Model:
-    """:func:`load` with ``settings.model_config``, for callers that still pass the whole settings."""
-    return load(settings.model_config, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def check_name(name: str) -> None:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
-def read_verified(model_dir: Path, name: str) -> tuple[dict, bytes]:
+def read_verified(model_dir: Path, name: str) -> tuple[dict[str, Any], bytes]:
     """``name``'s model.json (parsed) and weights.bin, both checked against the manifest's sha256."""
     manifest_path = model_dir / "manifest.json"
     try:
@@ -58,12 +59,12 @@ def read_verified(model_dir: Path, name: str) -> tuple[dict, bytes]:
     return doc, blob
 
 
-def version(doc: dict, blob: bytes) -> str:
+def version(doc: dict[str, Any], blob: bytes) -> str:
     """The model's version: its source package, then the first 12 hex digits of its weights' sha256."""
     return f"{doc['source'].split()[0]}+{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def dequantise(doc: dict, blob: bytes) -> dict[str, np.ndarray]:
+def dequantise(doc: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
     """The weights as float32 arrays, by name: ``q * scale + min`` for each entry of the table."""
     raw = np.frombuffer(blob, dtype=np.uint8)
     weights: dict[str, np.ndarray] = {}

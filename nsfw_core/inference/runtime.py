@@ -15,7 +15,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from nsfw_core.base.errors import ModelError
-from nsfw_core.base.settings import CLASS_NAMES
+from nsfw_core.base.labels import CLASS_NAMES
 
 
 class Forward(Protocol):

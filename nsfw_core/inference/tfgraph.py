@@ -48,19 +48,19 @@ def configure_tensorflow(intra_op_threads: int = 0) -> Any:
 # ---------------------------------------------------------------- graph models (TF.js graph-model format)
 
 
-def _attr_str(attr: dict, key: str) -> str:
+def _attr_str(attr: dict[str, Any], key: str) -> str:
     return base64.b64decode(attr[key]["s"]).decode()
 
 
-def _attr_ints(attr: dict, key: str) -> list[int]:
+def _attr_ints(attr: dict[str, Any], key: str) -> list[int]:
     return [int(i) for i in attr[key]["list"].get("i", [])]
 
 
-def _fused_ops(attr: dict) -> list[str]:
+def _fused_ops(attr: dict[str, Any]) -> list[str]:
     return [base64.b64decode(s).decode() for s in attr.get("fused_ops", {}).get("list", {}).get("s", [])]
 
 
-def _build_graph(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Callable:
+def _build_graph(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarray]) -> Callable[..., Any]:
     nodes = topology["node"]
     consts = {n["name"]: tf.constant(weights[n["name"]]) for n in nodes if n["op"] == "Const"}
 
@@ -120,7 +120,7 @@ def _build_graph(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Cal
 # ---------------------------------------------------------------- layers models (Keras functional config)
 
 
-def _fold_batchnorm(layers: list[dict], weights: dict[str, np.ndarray]) -> dict[str, dict]:
+def _fold_batchnorm(layers: list[dict[str, Any]], weights: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """Fold each BatchNormalization that is the sole consumer of a bias-free conv into it.
 
     Returns {conv name: {"kernel", "bias", "bn": bn name}}; those BN layers become identities.
@@ -131,7 +131,7 @@ def _fold_batchnorm(layers: list[dict], weights: dict[str, np.ndarray]) -> dict[
             for inbound in node:
                 consumers.setdefault(inbound[0], []).append(layer["name"])
     by_name = {layer["name"]: layer for layer in layers}
-    folded: dict[str, dict] = {}
+    folded: dict[str, dict[str, Any]] = {}
     for layer in layers:
         kind = layer["class_name"]
         if kind not in ("Conv2D", "DepthwiseConv2D") or layer["config"].get("activation", "linear") != "linear":
@@ -164,7 +164,7 @@ def _apply_activation(tf: Any, x: Any, name: str) -> Any:
     raise ModelError(f"unsupported activation {name}")
 
 
-def _build_layers(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Callable:
+def _build_layers(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarray]) -> Callable[..., Any]:
     config = topology["model_config"]["config"]
     layers = config["layers"]
     folded = _fold_batchnorm(layers, weights)
@@ -173,10 +173,10 @@ def _build_layers(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Ca
     fconst = {k: {"kernel": tf.constant(v["kernel"]), "bias": tf.constant(v["bias"])} for k, v in folded.items()}
     output_name = config["output_layers"][0][0]
 
-    def pad_mode(cfg: dict) -> str:
-        return cfg["padding"].upper()
+    def pad_mode(cfg: dict[str, Any]) -> str:
+        return str(cfg["padding"]).upper()
 
-    def bias_and_activation(out: Any, name: str, cfg: dict) -> Any:
+    def bias_and_activation(out: Any, name: str, cfg: dict[str, Any]) -> Any:
         """A convolution's bias (folded batch norm's, else its own) and activation."""
         if name in fconst:
             out = tf.nn.bias_add(out, fconst[name]["bias"])
@@ -243,7 +243,7 @@ def _build_layers(tf: Any, topology: dict, weights: dict[str, np.ndarray]) -> Ca
     return forward
 
 
-def build_function(doc: dict, weights: dict[str, np.ndarray], *, threads: int = 0) -> Any:
+def build_function(doc: dict[str, Any], weights: dict[str, np.ndarray], *, threads: int = 0) -> Any:
     """The model's forward pass as a traced ``tf.function``: (N, S, S, 3) float32 -> (N, 5)."""
     tf = configure_tensorflow(threads)
     try:
@@ -266,10 +266,11 @@ class TensorFlowForward:
     batches = True  # one forward pass over N images costs less per image than N passes
     lanes = 0
 
-    def __init__(self, doc: dict, weights: dict[str, np.ndarray], *, threads: int = 0) -> None:
+    def __init__(self, doc: dict[str, Any], weights: dict[str, np.ndarray], *, threads: int = 0) -> None:
         self.threads = threads or available_cpus()
         self.function = build_function(doc, weights, threads=self.threads)
         self._tf = configure_tensorflow()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.function(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
+        out: np.ndarray = self.function(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
+        return out

@@ -75,7 +75,7 @@ class ScanDataset:
     # ------------------------------------------------------------ opening
 
     def exists(self) -> bool:
-        return self.fs.get_file_info(self._join(META)).type == pafs.FileType.File
+        return bool(self.fs.get_file_info(self._join(META)).type == pafs.FileType.File)
 
     def create_or_open(self, created_by: str) -> None:
         """Open the dataset, creating it when the folder is missing or empty; refuse any other folder."""
@@ -224,7 +224,8 @@ def latest_mask(table: pa.Table) -> np.ndarray:
         return np.ones(table.num_rows, dtype=bool)
     import pandas as pd  # a hash of the strings: about 0.3 s at a million rows, where pyarrow's group_by takes 5
 
-    return ~pd.Series(sources.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
+    duplicated: np.ndarray = pd.Series(sources.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
+    return ~duplicated
 
 
 def latest(table: pa.Table) -> pa.Table:

@@ -67,7 +67,8 @@ def shutdown() -> None:
 
 
 def cluster_cpus() -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return int(resources.get("CPU", 1))
 
 
 class RayScanWorker(ScanWorker):

@@ -1,17 +1,14 @@
 """Scores -> verdicts for many rows at once, with the service's rules (:func:`nsfw_core.classify.judge`).
 
-The same three rules, vectorised over a table of stored scores (a test checks every row against the
-service's ``judge``):
-
-* the three-state rule of :meth:`~nsfw_core.base.verdict.Thresholds.decide`: the adult score (the adult
-  classes' probabilities added in their order, in float64, as the service adds them) at or above the adult
-  threshold (less :data:`~nsfw_core.base.verdict.EPSILON`) is adult; else the safe score at or above the safe
-  threshold is safe; else unknown;
-* an animation is judged on its worst frame under these thresholds (the highest adult score, the earliest
-  on a tie), whose scores the row gets;
-* a known image (a reviewer's remembered decision, a hash-list entry: :class:`~nsfw_core.state.known.KnownImages`,
-  looked up by sha256 and the stored PDQ hash) gets the human verdict, ``verdict_source`` review or list;
-  except that a PDQ match never clears an image the model calls adult (only sha256 may).
+Still images without a known match (nearly every row) take the three-state rule of
+:meth:`~nsfw_core.base.verdict.Thresholds.decide`, vectorised: the adult score (the adult classes'
+probabilities added in their order, in float64, as the service adds them) at or above the adult threshold
+(less :data:`~nsfw_core.base.verdict.EPSILON`) is adult; else the safe score at or above the safe threshold
+is safe; else unknown.  The few others, animations (judged on their worst frame) and images that match a
+known image (a reviewer's remembered decision or a hash-list entry, looked up by sha256 and the stored PDQ
+hash through :meth:`~nsfw_core.state.known.KnownImages.lookup_many`), go through the service's own
+``judge`` one by one, so the rules on when a match may decide stay in one place.  A test checks every row
+against the service's ``judge``.
 
 Error rows keep null scores and a null verdict.
 """
@@ -65,35 +62,44 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
     n = table.num_rows
     scores = _scores(table)
     ok = np.asarray(pc.is_null(table["error_code"]).to_numpy(zero_copy_only=False), dtype=bool)
-    deciding = np.full(n, -1, dtype=np.int64)
-    frames = table["frames"]
-    for i in np.flatnonzero(np.asarray(pc.is_valid(frames).to_numpy(zero_copy_only=False), dtype=bool) & ok):
-        rows = frames[int(i)].as_py()
-        if not rows:
-            continue
-        worst = max(rows, key=lambda f: (thresholds.adult_score(dict(zip(CLASS_NAMES, f["scores"], strict=True))),
-                                         -f["index"]))
-        scores[i] = np.asarray(worst["scores"], dtype=np.float32)
-        deciding[i] = worst["index"]
-    ok &= ~np.isnan(scores).any(axis=1)  # an error row, or (never written) a row without scores
+    animated = np.asarray(pc.is_valid(table["frames"]).to_numpy(zero_copy_only=False), dtype=bool)
+    ok &= ~np.isnan(scores).any(axis=1) | animated  # an error row, or (never written) a row without scores
+    # still images without a known match: the three-state rule, vectorised
     adult = summed(scores, thresholds.adult_classes)
     safe = summed(scores, thresholds.safe_classes)
     verdict = decide(adult, safe, thresholds)
     source = np.full(n, MODEL, dtype=object)
+    deciding = np.full(n, -1, dtype=np.int64)
     match_by = np.full(n, None, dtype=object)
     match_distance = np.full(n, -1, dtype=np.int64)
     match_entry = np.full(n, -1, dtype=np.int64)
     if lookup is not None and matches is None:
         matches = lookup(table["sha256"].to_pylist(), table["pdq"].to_pylist())
-    if matches is not None:
-        for i in np.flatnonzero(ok):
-            match = matches[int(i)]
-            if match is None:
-                continue
-            if match.by != "sha256" and verdict[i] == ADULT and match.verdict != ADULT:
-                continue  # a perceptual match never clears what the model calls adult
-            verdict[i], source[i], match_by[i] = match.verdict, match.kind, match.by
-            match_distance[i], match_entry[i] = match.distance, match.entry_id
+    # animations and known images (few rows): the service's own judge, so its rules stay in one place
+    special = ok & (animated | (np.array([m is not None for m in matches], dtype=bool) if matches is not None
+                                else np.zeros(n, dtype=bool)))
+    if special.any():
+        from nsfw_core.classify import FrameScore, ModelInfo, Timings
+        from nsfw_core.classify import judge as service_judge
+
+        models, versions, shas = (table[c].to_pylist() for c in ("model", "model_version", "sha256"))
+        frames = table["frames"]
+        for i in np.flatnonzero(special):
+            raw = frames[int(i)].as_py() if animated[i] else None
+            frame_scores = [FrameScore(f["index"], f["time_ms"], dict(zip(CLASS_NAMES, f["scores"], strict=True)))
+                            for f in raw] if raw else None
+            still = dict(zip(CLASS_NAMES, (float(v) for v in scores[i]), strict=True))
+            judged = service_judge(frame_scores[0].scores if frame_scores else still, thresholds,
+                                   ModelInfo(models[i], versions[i]), Timings(0, 0, 0, 0), shas[i] or "", version,
+                                   frames=frame_scores, match=matches[int(i)] if matches is not None else None)
+            scores[i] = np.asarray([judged.scores[c] for c in CLASS_NAMES], dtype=np.float32)
+            adult[i], safe[i] = judged.adult_score, judged.safe_score
+            verdict[i], source[i] = judged.verdict, judged.verdict_source
+            if judged.deciding_frame is not None:
+                deciding[i] = judged.deciding_frame
+            if judged.match is not None:
+                match_by[i], match_distance[i], match_entry[i] = (judged.match.by, judged.match.distance,
+                                                                  judged.match.entry_id)
     verdict[~ok] = None
     source[~ok] = None
     now = now or _dt.datetime.now(_dt.timezone.utc)

@@ -77,7 +77,8 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
     try:
-        return pafs.FileSystem.from_uri(uri)
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        return filesystem, str(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise SourceError(f"{uri}: {exc}") from exc
 

@@ -122,7 +122,7 @@ class ScanWorker:
             return
         if self._io is None:
             self._io = ThreadPoolExecutor(self.config.io_threads, thread_name_prefix="nsfw-scan-read")
-        window: collections.deque[Future] = collections.deque()
+        window: collections.deque[Future[tuple[bytes | NSFWError, float]]] = collections.deque()
         pending = iter(zip(sources, kinds, strict=True))
         for source, kind in pending:
             window.append(self._io.submit(timed, source, kind))

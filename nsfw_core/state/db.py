@@ -11,7 +11,7 @@ One table, ``review_items`` (:mod:`.migrations`), in either
 - PostgreSQL (psycopg 3) for a ``postgresql://`` URL.
 
 Both run the same SQL; only the parameter style (``?`` vs ``%s``, converted in
-:meth:`_Backend.sql`), a few column types and ``FOR UPDATE SKIP LOCKED`` differ.
+:meth:`Backend.sql`), a few column types and ``FOR UPDATE SKIP LOCKED`` differ.
 Connections come from a small pool (Streamlit runs every script run in a new
 thread, so thread-local connections would pile up).  Every write is one
 transaction (SQLite ``BEGIN IMMEDIATE``), so a process dying mid-write leaves
@@ -53,27 +53,27 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
-class _Tx:
+class Tx:
     """One transaction's cursor: ``run`` converts the SQL and returns the rows (if any)."""
 
-    def __init__(self, backend: "_Backend", cursor: Any) -> None:
+    def __init__(self, backend: "Backend", cursor: Any) -> None:
         self.backend = backend
         self.cursor = cursor
         self.rowcount = 0
 
-    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cursor.execute(self.backend.sql(sql), tuple(params))
         self.rowcount = self.cursor.rowcount
         if self.cursor.description is None:
             return []
         return [tuple(r) for r in self.cursor.fetchall()]
 
-    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = self.run(sql, params)
         return rows[0] if rows else None
 
 
-class _Backend:
+class Backend:
     name = ""
     skip_locked = ""  # appended to the claim's inner SELECT
     for_update = ""  # appended to a locking SELECT
@@ -86,7 +86,7 @@ class _Backend:
     def connect(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def begin(self, conn: Any, write: bool) -> contextlib.AbstractContextManager:  # pragma: no cover
+    def begin(self, conn: Any, write: bool) -> contextlib.AbstractContextManager[Tx]:  # pragma: no cover
         raise NotImplementedError
 
     def usable(self, conn: Any) -> bool:
@@ -95,7 +95,7 @@ class _Backend:
     def recover(self) -> None:
         """Before first use: deal with a database left corrupt (SQLite moves it aside)."""
 
-    def lock_migrations(self, tx: _Tx) -> None:
+    def lock_migrations(self, tx: Tx) -> None:
         pass
 
     def wrap(self, exc: BaseException) -> ReviewError:
@@ -111,7 +111,7 @@ class _Backend:
         return {"postgresql": "PostgreSQL", "sqlite": "SQLite"}.get(self.name, "unknown")
 
 
-class _SQLite(_Backend):
+class _SQLite(Backend):
     name = "sqlite"
     types = {"pk": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "float": "DOUBLE PRECISION"}
     errors = (sqlite3.Error,)
@@ -154,11 +154,11 @@ class _SQLite(_Backend):
                 time.sleep(0.01)
 
     @contextlib.contextmanager
-    def begin(self, conn: sqlite3.Connection, write: bool) -> Iterator[_Tx]:
+    def begin(self, conn: sqlite3.Connection, write: bool) -> Iterator[Tx]:
         cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield _Tx(self, cur)
+            yield Tx(self, cur)
         except BaseException:
             try:
                 cur.execute("ROLLBACK")
@@ -254,7 +254,7 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-class _Postgres(_Backend):
+class _Postgres(Backend):
     name = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
@@ -285,29 +285,29 @@ class _Postgres(_Backend):
                                     f"{message}") from None
 
     @contextlib.contextmanager
-    def begin(self, conn: Any, write: bool) -> Iterator[_Tx]:
+    def begin(self, conn: Any, write: bool) -> Iterator[Tx]:
         with conn.transaction():
             with conn.cursor() as cur:
-                yield _Tx(self, cur)
+                yield Tx(self, cur)
 
     def usable(self, conn: Any) -> bool:
         from psycopg.pq import TransactionStatus
 
         return not conn.closed and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE
 
-    def lock_migrations(self, tx: _Tx) -> None:
+    def lock_migrations(self, tx: Tx) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK_KEY,))
 
     def describe(self) -> str:
         return f"PostgreSQL {redact_url(self.url)}"
 
 
-class _Pool:
+class Pool:
     """A few idle connections, handed to one thread at a time."""
 
-    def __init__(self, backend: _Backend, max_idle: int = 4) -> None:
+    def __init__(self, backend: Backend, max_idle: int = 4) -> None:
         self.backend = backend
-        self._idle: _queue.LifoQueue = _queue.LifoQueue()
+        self._idle: _queue.LifoQueue[Any] = _queue.LifoQueue()
         self._max_idle = max_idle
         self._closed = False
 
@@ -338,6 +338,18 @@ class _Pool:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    @contextlib.contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Tx]:
+        """One transaction on a pooled connection; the database's errors become :class:`ReviewUnavailable`
+        (or :class:`ReviewConfigError`), never a driver's exception."""
+        try:
+            with self.connection() as conn, self.backend.begin(conn, write) as tx:
+                yield tx
+        except ReviewError:
+            raise
+        except self.backend.errors as exc:
+            raise self.backend.wrap(exc) from exc
+
     def close(self) -> None:
         self._closed = True
         while True:
@@ -349,15 +361,12 @@ class _Pool:
                 conn.close()
 
 
-Pool = _Pool  # public name: the process context opens one and shares it (review queue, thresholds)
-
-
-def open_pool(url: str | None, data_dir: str | Path | None = None) -> _Pool:
+def open_pool(url: str | None, data_dir: str | Path | None = None) -> Pool:
     """A connection pool on the database of ``NSFW_DATABASE_URL`` (empty: ``<data_dir>/review.sqlite``)."""
-    return _Pool(backend_for(url, data_dir))
+    return Pool(backend_for(url, data_dir))
 
 
-def backend_for(url: str | None, data_dir: str | Path | None = None) -> _Backend:
+def backend_for(url: str | None, data_dir: str | Path | None = None) -> Backend:
     """The backend for ``NSFW_DATABASE_URL`` (empty: ``<data_dir>/review.sqlite``)."""
     url = (url or "").strip()
     if not url:

@@ -39,7 +39,8 @@ def distances(rows: np.ndarray, query: bytes) -> np.ndarray:
     """Hamming distance of ``query`` to each of ``rows`` ((n, 32) uint8), as int32."""
     q = np.frombuffer(query, np.uint64)
     words = rows.view(np.uint64).reshape(-1, 4)
-    return np.bitwise_count(words ^ q).sum(axis=1, dtype=np.int32)
+    out: np.ndarray = np.bitwise_count(words ^ q).sum(axis=1, dtype=np.int32)
+    return out
 
 
 def brute_force(rows: np.ndarray, query: bytes, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +103,8 @@ class HashIndex:
             return np.zeros(0, dtype=np.int32)
         # the concatenation of ids[starts[i]:ends[i]] without a Python loop
         shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        return self._ids[np.arange(total) + shift]
+        ids: np.ndarray = self._ids[np.arange(total) + shift]
+        return ids
 
     def search(self, query: bytes, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """Every row within ``max_distance`` of ``query``: (row numbers, distances), each row once."""

@@ -16,45 +16,48 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from nsfw_core.base.labels import to_binary
-from nsfw_core.state.db import _Backend, _Tx
+from nsfw_core.state.db import Backend, Tx
 from nsfw_core.state.migrations import KNOWN_TABLE, TABLE
 
 REVIEW, LIST = "review", "list"
 ADD, REMOVE = "add", "remove"
 COLUMNS = ("id", "op", "kind", "sha256", "hashes", "verdict", "label", "note", "review_id", "removes",
-           "added_by", "added_at")
+           "added_by", "added_at", "scores", "model", "audience")
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM {KNOWN_TABLE}"
 
 
-def remember_decision(backend: _Backend, tx: _Tx, item_id: int, label: str, by: str, now: float,
+def remember_decision(backend: Backend, tx: Tx, item_id: int, label: str, by: str, now: float,
                       hashes: str | None = None) -> None:
     """Add the decided item ``item_id`` (its sha256 and perceptual hashes) with the verdict its label means.
 
     ``hashes`` (hex, comma-separated) replaces what the item kept from its request (``phash``) when given.
+    The entry keeps the item's scores and model (a look-alike inherits the decision only when the model
+    sees it alike, :func:`nsfw_core.classify.judge`) and its audience (everyone, or the one client whose
+    own thresholds queued it).  The caller checked that the reviewer saw the item's own bytes.
     """
     backend.lock_migrations(tx)
     if hashes:  # the item keeps them too (a later decision after an undo needs no image)
         tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
-           f"added_at) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, '', id, ?, ? "
-           f"FROM {TABLE} WHERE id = ?",
+           f"added_at, scores, model, audience) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, "
+           f"'', id, ?, ?, scores, model, audience FROM {TABLE} WHERE id = ?",
            (hashes, to_binary(label), label, by, now, int(item_id)))
 
 
-def forget_decision(backend: _Backend, tx: _Tx, item_id: int, by: str, now: float) -> None:
+def forget_decision(backend: Backend, tx: Tx, item_id: int, by: str, now: float) -> None:
     """Remove the remembered decision of ``item_id`` (its decision was undone)."""
     backend.lock_migrations(tx)
     for (entry_id,) in live_entries(tx, "a.review_id = ?", (int(item_id),)):
         remove(tx, entry_id, REVIEW, by, now)
 
 
-def live_entries(tx: _Tx, where: str, params: Sequence[Any] = ()) -> list[tuple]:
+def live_entries(tx: Tx, where: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """The ids of entries added and not removed, matching ``where`` (on the adding row ``a``)."""
     return tx.run(f"SELECT a.id FROM {KNOWN_TABLE} a WHERE a.op = '{ADD}' AND {where} AND NOT EXISTS "
                   f"(SELECT 1 FROM {KNOWN_TABLE} r WHERE r.op = '{REMOVE}' AND r.removes = a.id) ORDER BY a.id",
                   params)
 
 
-def remove(tx: _Tx, entry_id: int, kind: str, by: str, now: float) -> None:
+def remove(tx: Tx, entry_id: int, kind: str, by: str, now: float) -> None:
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, removes, added_by, added_at) VALUES ('{REMOVE}', ?, ?, ?, ?)",
            (kind, int(entry_id), by, now))

@@ -46,7 +46,7 @@ from nsfw_core.base.verdict import (
     parse_thresholds_file,
     read_small_regular_file,
 )
-from nsfw_core.state.db import _Backend, _Pool, _Tx, backend_for
+from nsfw_core.state.db import Backend, Pool, Tx, backend_for
 from nsfw_core.state.errors import ReviewError
 from nsfw_core.state.migrations import MIGRATIONS, THRESHOLDS_TABLE, migrate
 
@@ -132,16 +132,16 @@ class ThresholdHistory:
 
     def __init__(self, url: str | None, *, data_dir: str | Path, defaults: Thresholds,
                  refresh_interval: float = REFRESH_INTERVAL, clock: Callable[[], float] = time.time,
-                 pool: _Pool | None = None) -> None:
+                 pool: Pool | None = None) -> None:
         # ``pool``: the process context's one pool on the database, shared with the review queue.
         self._own_pool = pool is None
-        self.backend: _Backend = backend_for(url, data_dir) if pool is None else pool.backend
+        self.backend: Backend = backend_for(url, data_dir) if pool is None else pool.backend
         self.data_dir = Path(data_dir)
         self.file = self.data_dir / THRESHOLDS_FILE
         self.defaults = defaults
         self.refresh_interval = float(refresh_interval)
         self.clock = clock
-        self._pool = _Pool(self.backend) if pool is None else pool
+        self._pool = Pool(self.backend) if pool is None else pool
         self._lock = threading.Lock()  # guards the fields below
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._prepared = False
@@ -271,7 +271,7 @@ class ThresholdHistory:
 
     # ------------------------------------------------------------ writing (the calibrate page)
 
-    def _insert(self, tx: _Tx, thresholds: Thresholds, *, model: str, by: str, tuned_on: Mapping[str, Any],
+    def _insert(self, tx: Tx, thresholds: Thresholds, *, model: str, by: str, tuned_on: Mapping[str, Any],
                 note: str = "", rolled_back_from: int | None = None) -> int:
         row = tx.one(
             f"INSERT INTO {THRESHOLDS_TABLE} (adult, safe, adult_classes, safe_classes, model, saved_by, saved_at, "
@@ -283,7 +283,7 @@ class ThresholdHistory:
         return int(row[0])
 
     @contextlib.contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[_Tx]:
+    def _transaction(self, *, write: bool) -> Iterator[Tx]:
         """One transaction on a pooled connection, the database prepared (recovered, migrated) first."""
         if not self._prepared:
             self.backend.recover()
@@ -293,7 +293,7 @@ class ThresholdHistory:
             with self.backend.begin(conn, write=write) as tx:
                 yield tx
 
-    def _write(self, action: Callable[[_Tx], int]) -> ActiveThresholds:
+    def _write(self, action: Callable[[Tx], int]) -> ActiveThresholds:
         try:
             with self._transaction(write=True) as tx:
                 self.backend.lock_migrations(tx)  # versions are numbered in the order they commit
@@ -328,7 +328,7 @@ class ThresholdHistory:
     def rollback(self, version: int, *, by: str = "") -> ActiveThresholds:
         """A new version with the values of ``version`` (which must exist)."""
 
-        def copy(tx: _Tx) -> int:
+        def copy(tx: Tx) -> int:
             row = tx.one(f"{_SELECT} WHERE version = ?", (int(version),))
             if row is None:
                 raise ThresholdVersionNotFound(f"there is no thresholds version {version}")

@@ -42,7 +42,7 @@ from nsfw_core.state.migrations import OUTBOX_TABLE
 from nsfw_core.state.review.items import Item, iso
 
 if TYPE_CHECKING:
-    from nsfw_core.state.db import _Tx
+    from nsfw_core.state.db import Tx
     from nsfw_core.state.review import ReviewQueue
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,14 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: float = TOLERA
 def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
     """Seconds before attempt ``attempts + 1``: 1, 2, 4 ... up to 10 minutes, +-20 % jitter."""
     delay = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** max(0, attempts - 1))
-    return delay * (0.8 + 0.4 * rand())
+    return float(delay * (0.8 + 0.4 * rand()))
 
 
 def review_dict(item: Item) -> dict[str, Any]:
     """An item as API v1 shows it (the contract's ``Review``)."""
-    out: dict[str, Any] = {"id": item.id, "status": "pending" if item.status == "skipped" else item.status,
+    # the review id the item's creator was given (unguessable; issue 29), the queue's number before that
+    out: dict[str, Any] = {"id": item.public_id or str(item.id),
+                           "status": "pending" if item.status == "skipped" else item.status,
                            "verdict": item.verdict, "sha256": item.sha256, "created_at": iso(item.created_at)}
     if item.status == "decided":
         out.update(label=item.decision, decided_by=item.decided_by, decided_at=iso(item.decided_at))
@@ -102,7 +104,7 @@ def event_for(item: Item) -> dict[str, Any]:
             "review": review_dict(item)}
 
 
-def outbox_hook(tx: _Tx, item: Item) -> None:
+def outbox_hook(tx: Tx, item: Item) -> None:
     """The decision hook: the event into the outbox, in the decision's transaction."""
     event = event_for(item)
     now = time.time()
@@ -157,7 +159,7 @@ class Deliverer:
         """Claim the oldest due row (its next attempt moved CLAIM_S ahead); None when none is due."""
         now = self.clock()
         skip = self.queue.backend.skip_locked
-        with self.queue._tx() as tx:
+        with self.queue.pool.transaction() as tx:
             row = tx.one(
                 f"UPDATE {OUTBOX_TABLE} SET next_attempt_at = ?, attempts = attempts + 1 WHERE id = "
                 f"(SELECT id FROM {OUTBOX_TABLE} WHERE delivered_at IS NULL AND next_attempt_at <= ? "
@@ -167,7 +169,7 @@ class Deliverer:
 
     def _record(self, row_id: int, attempts: int, error: str | None) -> None:
         now = self.clock()
-        with self.queue._tx() as tx:
+        with self.queue.pool.transaction() as tx:
             if error is None:
                 tx.run(f"UPDATE {OUTBOX_TABLE} SET delivered_at = ?, last_error = NULL WHERE id = ?", (now, row_id))
             else:
@@ -223,7 +225,7 @@ class Deliverer:
 
     def pending(self) -> list[dict[str, Any]]:
         """The outbox rows not delivered yet (tests, operators)."""
-        with self.queue._tx(write=False) as tx:
+        with self.queue.pool.transaction(write=False) as tx:
             rows = tx.run(f"SELECT event_id, item_id, attempts, last_error FROM {OUTBOX_TABLE} "
                           "WHERE delivered_at IS NULL ORDER BY id")
         return [{"event_id": r[0], "item_id": r[1], "attempts": r[2], "last_error": r[3]} for r in rows]

@@ -21,18 +21,20 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from nsfw_core.base.errors import BadRequest
+from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
-from nsfw_core.state.db import _Pool, _Tx, backend_for
+from nsfw_core.images.fetch import is_url
+from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
-from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
+from nsfw_core.state.migrations import MIGRATIONS, TABLE, TICKETS_TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
-from nsfw_core.state.review import export
+from nsfw_core.state.review import export as export
 from nsfw_core.state.review.items import (
     CLAIMED,
     DECIDED,
@@ -47,7 +49,23 @@ from nsfw_core.state.review.items import (
 DEFAULT_LEASE_SECONDS = 300
 DEFAULT_RETENTION_DAYS = 30
 PURGE_INTERVAL = 3600.0  # purge_if_due() runs purge() at most this often per queue object
+QUOTA_WINDOW_S = 3600.0  # NSFW_REVIEW_QUOTA counts the items a client added in this window
+TICKET_PREFIX = "rv_"
+TICKET_RE = re.compile(r"^rv_[A-Za-z0-9_-]{22}$")  # rv_ + 128 random bits, URL-safe base64
+TICKETS_VERSION = 7  # the schema version that has clients, audiences and tickets
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class QuotaSpent(NSFWError):
+    """The client added as many items as NSFW_REVIEW_QUOTA allows in the last hour: this one is not queued."""
+
+    status = 429
+    code = "review_quota"
+
+
+def new_ticket() -> str:
+    """An unguessable review id (128 random bits)."""
+    return TICKET_PREFIX + secrets.token_urlsafe(16)
 
 
 def should_queue(verdict: str, config: ReviewConfig) -> bool:
@@ -56,7 +74,8 @@ def should_queue(verdict: str, config: ReviewConfig) -> bool:
 
 
 _COLUMNS = ("id", "sha256", "source", "scores", "model", "verdict", "created_at", "queued_at", "status",
-            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips")
+            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips", "client", "audience",
+            "matched", "public_id")
 _SELECT = ", ".join(_COLUMNS)
 _SELECT_META = _SELECT + ", image IS NOT NULL"
 _SELECT_FULL = _SELECT_META + ", image"
@@ -90,7 +109,7 @@ class ReviewQueue:
         retention_days: float = DEFAULT_RETENTION_DAYS,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
-        pool: _Pool | None = None,
+        pool: Pool | None = None,
     ) -> None:
         # ``pool``: a pool the caller owns and shares (the process context's one pool on the database);
         # without it the queue opens and closes its own.
@@ -100,10 +119,11 @@ class ReviewQueue:
         self.lease_seconds = float(lease_seconds)
         self.retention_days = float(retention_days)
         self.clock = clock
-        self._pool = _Pool(self.backend) if pool is None else pool
+        self._pool = Pool(self.backend) if pool is None else pool
         self._last_purge = 0.0
+        self.schema = max((m.version for m in migrations), default=0)  # an older schema: only enqueue() works
         # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.state.webhooks)
-        self.decision_hooks: list[Callable[[_Tx, Item], None]] = []
+        self.decision_hooks: list[Callable[[Tx, Item], None]] = []
         self.backend.recover()
         with self._connection() as conn:
             try:
@@ -153,16 +173,14 @@ class ReviewQueue:
         with self._pool.connection() as conn:
             yield conn
 
-    @contextlib.contextmanager
-    def _tx(self, write: bool = True) -> Iterator[_Tx]:
+    def _tx(self, write: bool = True) -> contextlib.AbstractContextManager[Tx]:
         """One transaction; database errors become :class:`ReviewUnavailable`."""
-        try:
-            with self._pool.connection() as conn, self.backend.begin(conn, write) as tx:
-                yield tx
-        except ReviewError:
-            raise
-        except self.backend.errors as exc:
-            raise self.backend.wrap(exc) from exc
+        return self._pool.transaction(write)
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool of the one database (the webhooks' outbox shares it)."""
+        return self._pool
 
     def _now(self) -> float:
         return float(self.clock())
@@ -179,16 +197,15 @@ class ReviewQueue:
                 image_bytes: bytes | None = None, phash: str | None = None) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
-        The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
-        image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
+        The bytes are kept when the queue stores uploads (``store_uploads``), and always for a URL (the
+        reviewer sees the bytes that were classified, never the URL fetched again).  ``phash``: the image's
+        perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
         its decision.
         """
-        sha256 = str(sha256).lower()
-        if not _SHA_RE.match(sha256):
-            raise BadRequest(f"not a sha256 hex digest: {sha256[:80]!r}")
-        source = str(source)[:MAX_SOURCE_LENGTH]
-        scores_json = json.dumps(check_scores(scores), sort_keys=True)
-        image = bytes(image_bytes) if (self.store_uploads and image_bytes) else None
+        if self.schema >= TICKETS_VERSION:
+            return self.enqueue_for("", sha256, source, scores, model, verdict, image_bytes=image_bytes,
+                                    phash=phash)[0]
+        sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes)
         now = self._now()
         # the phash column only when there are hashes: a queue on a schema before version 4 still works
         extra: tuple[str, ...] = (phash,) if phash else ()
@@ -210,6 +227,73 @@ class ReviewQueue:
             # (PostgreSQL only) the open item was decided between the two statements: insert again.
         raise ReviewUnavailable("could not enqueue the item (concurrent changes); retry")
 
+    def _checked(self, sha256: str, source: str, scores: Mapping[str, float], image_bytes: bytes | None
+                 ) -> tuple[str, str, str, bytes | None]:
+        sha256 = str(sha256).lower()
+        if not _SHA_RE.match(sha256):
+            raise BadRequest(f"not a sha256 hex digest: {sha256[:80]!r}")
+        source = str(source)[:MAX_SOURCE_LENGTH]
+        scores_json = json.dumps(check_scores(scores), sort_keys=True)
+        keep = image_bytes and (self.store_uploads or is_url(source))
+        return sha256, source, scores_json, (bytes(image_bytes) if keep and image_bytes else None)
+
+    def enqueue_for(self, client: str, sha256: str, source: str, scores: Mapping[str, float], model: str,
+                    verdict: str, *, image_bytes: bytes | None = None, phash: str | None = None, audience: str = "",
+                    matched: str | None = None, quota: int = 0) -> tuple[int, str]:
+        """Queue an image for ``client`` (an API key's hash): ``(item id, the client's review id)``.
+
+        The review id (:func:`new_ticket`) is unguessable and bound to this client: :meth:`ticket` finds the
+        item again only for it.  An image already open for the same ``audience`` is not queued twice: the
+        client joins that item (with a review id of its own; joining costs no quota).  ``audience``: '' (the
+        decision protects every client) or ``client`` (the client's own thresholds queued it: the decision
+        protects only it).  ``quota``: the most items ``client`` may add per hour (0: no limit); beyond it
+        :class:`QuotaSpent` and nothing is queued.  ``matched``: the look-alike the model disagreed with (JSON),
+        shown to the reviewer.  Bytes are kept as :meth:`enqueue` says.
+        """
+        sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes)
+        client, audience = str(client), str(audience)
+        open_ = f"status IN ('{PENDING}', '{CLAIMED}')"
+        for _ in range(5):
+            now = self._now()
+            with self._tx() as tx:
+                row = tx.one(f"SELECT id FROM {TABLE} WHERE sha256 = ? AND audience = ? AND {open_}",
+                             (sha256, audience))
+                ticket = new_ticket()
+                if row is None:
+                    if quota > 0:
+                        added = tx.one(f"SELECT COUNT(*) FROM {TABLE} WHERE client = ? AND created_at > ?",
+                                       (client, now - QUOTA_WINDOW_S))
+                        if added is not None and int(added[0]) >= quota:
+                            raise QuotaSpent(f"this API key added {int(added[0])} items to the review queue in "
+                                             f"the last hour, its quota (NSFW_REVIEW_QUOTA={quota}); this image "
+                                             "was not queued", limit=quota)
+                    row = tx.one(
+                        f"INSERT INTO {TABLE} (sha256, source, scores, model, verdict, created_at, queued_at, "
+                        f"status, skips, image, phash, client, audience, matched, public_id) VALUES "
+                        f"(?, ?, ?, ?, ?, ?, ?, '{PENDING}', 0, ?, ?, ?, ?, ?, ?) "
+                        f"ON CONFLICT (sha256, audience) WHERE {open_} DO NOTHING RETURNING id",
+                        (sha256, source, scores_json, str(model), str(verdict), now, now, image, phash or None,
+                         client, audience, matched, ticket))
+                    if row is None:
+                        continue  # another request queued it meanwhile: join that item
+                item_id = int(row[0])
+                held = tx.one(f"SELECT ticket FROM {TICKETS_TABLE} WHERE item_id = ? AND client = ?",
+                              (item_id, client))
+                if held is not None:
+                    return item_id, str(held[0])
+                tx.run(f"INSERT INTO {TICKETS_TABLE} (ticket, item_id, client, created_at) VALUES (?, ?, ?, ?)",
+                       (ticket, item_id, client, now))
+                return item_id, ticket
+        raise ReviewUnavailable("could not enqueue the item (concurrent changes); retry")
+
+    def ticket(self, ticket: str) -> tuple[int, str] | None:
+        """The item a review id names and the client it was given to, or None (unknown, malformed, purged)."""
+        if not isinstance(ticket, str) or not TICKET_RE.match(ticket):
+            return None
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT item_id, client FROM {TICKETS_TABLE} WHERE ticket = ?", (ticket,))
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def claim(self, reviewer: str, lease_seconds: float | None = None, *,
               exclude: Iterable[int] = ()) -> Item | None:
         """Claim the oldest pending (or lease-expired) item for ``reviewer``; None when none is left.
@@ -229,7 +313,7 @@ class ReviewQueue:
                 (reviewer, until, now, *excluded, now))
         return _item(row) if row is not None else None
 
-    def _conflict(self, tx: _Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
+    def _conflict(self, tx: Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
         row = tx.one(f"SELECT status, claimed_by, decided_by FROM {TABLE} WHERE id = ?", (item_id,))
         if row is None:
             return ItemNotFound(f"review item {item_id} does not exist (purged?)", item_id=item_id)
@@ -242,11 +326,15 @@ class ReviewQueue:
                                   item_id=item_id)
         return ReviewConflict(f"cannot {action} item {item_id} ({status})", item_id=item_id)
 
-    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None) -> Item:
+    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None,
+               seen: str | None = None) -> Item:
         """Record ``label`` for an item claimed by ``reviewer`` (or pending and unclaimed).
 
-        In the same transaction the decision is remembered (:mod:`.remembered`): later copies of the image
-        get it.  ``phash`` replaces the perceptual hashes the item kept from its request.
+        ``seen``: the sha256 of the bytes the reviewer was shown.  Only when it is the item's own (the bytes
+        that were classified) is the decision remembered, in the same transaction (:mod:`.remembered`): later
+        copies of the image get it.  A decision made without seeing the image (an upload whose bytes were not
+        kept, a URL that now serves other bytes) is recorded, and remembered for nothing.  ``phash``
+        replaces the perceptual hashes the item kept from its request.
         """
         reviewer = check_reviewer(reviewer)
         label = check_label(label)
@@ -261,8 +349,9 @@ class ReviewQueue:
                 (label, reviewer, now, item_id, reviewer))
             if row is None:
                 raise self._conflict(tx, item_id, reviewer, "decide")
-            remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
             item = _item(row)
+            if seen is not None and seen == item.sha256:
+                remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
             for hook in self.decision_hooks:
                 hook(tx, item)
         return item
@@ -315,13 +404,19 @@ class ReviewQueue:
             if row is None:
                 return None
             item_id, sha = int(row[0]), row[1]
+            audience = tx.one(f"SELECT audience FROM {TABLE} WHERE id = ?", (item_id,))
             for dup_id, status, claimed_by, lease_until in tx.run(
                     f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
-                    f"WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}'){lock}", (sha,)):
+                    f"WHERE sha256 = ? AND audience = ? AND status IN ('{PENDING}', '{CLAIMED}'){lock}",
+                    (sha, audience[0] if audience else "")):
                 if status == CLAIMED and claimed_by != reviewer and lease_until is not None and lease_until >= now:
                     raise ReviewConflict(f"cannot undo item {item_id}: the same image (item {dup_id}) "
                                          "is being reviewed by another reviewer", item_id=item_id)
                 tx.run(f"DELETE FROM {TABLE} WHERE id = ?", (dup_id,))
+                # the clients that joined the newer copy follow the reverted item (one review id each)
+                tx.run(f"DELETE FROM {TICKETS_TABLE} WHERE item_id = ? AND client IN "
+                       f"(SELECT client FROM {TICKETS_TABLE} WHERE item_id = ?)", (dup_id, item_id))
+                tx.run(f"UPDATE {TICKETS_TABLE} SET item_id = ? WHERE item_id = ?", (item_id, dup_id))
             row = tx.one(
                 f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, "
                 f"decided_by = NULL, decided_at = NULL WHERE id = ? AND status = '{DECIDED}' "
@@ -346,6 +441,9 @@ class ReviewQueue:
             tx.run(f"DELETE FROM {TABLE} WHERE created_at < ? "
                    f"AND NOT (status = '{CLAIMED}' AND lease_until >= ?)", (cutoff, now))
             deleted = max(tx.rowcount, 0)
+            if deleted and self.schema >= TICKETS_VERSION:  # their review ids go with them
+                tx.run(f"DELETE FROM {TICKETS_TABLE} WHERE NOT EXISTS "
+                       f"(SELECT 1 FROM {TABLE} i WHERE i.id = {TICKETS_TABLE}.item_id)")
         self._last_purge = time.monotonic()
         return deleted
 

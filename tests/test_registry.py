@@ -1,5 +1,6 @@
-"""Models on demand: one load per model, LRU within the memory cap, the default never unloaded, a load
-that does not hold up requests for other models; and concurrent v1 requests switching models."""
+"""The model registry: one load per model whoever asks, LRU within the memory cap counted at what loading
+measurably added, the default never unloaded, a load that does not hold up requests for other models; and
+concurrent v1 requests switching models."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import base64
 import concurrent.futures
 import threading
 import time
+from typing import Any
 
 import pytest
 
-from nsfw_core.inference import registry as modelcache
-from nsfw_core.inference.registry import MB, ModelCache, ModelUnavailable, estimate_bytes
+from nsfw_core.inference.registry import MB, Batching, ModelRegistry, ModelUnavailable, estimate_bytes
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import COMPILED_DIR, REFERENCE
 
@@ -29,28 +30,37 @@ class FakeModel:
         self.name, self.version, self.load_seconds = name, "v", 0.0
 
 
+class Loads(list[Any]):
+    """A loader that takes 0.3 s in its thread and counts its loads by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def __call__(self, name, *args, **kwargs):
+        with self.lock:
+            self.append(name)
+        time.sleep(0.3)
+        return FakeModel(name)
+
+
+@pytest.fixture
+def slow_loads():
+    return Loads()
+
+
 class FakeCtx:
     def __init__(self, tmp_path) -> None:
         settings = make_settings(tmp_path)
         self.model_config = settings.model_config
         self.serving = settings.serving_limits
-        self.preparing = 0
 
 
-@pytest.fixture
-def slow_loads(monkeypatch):
-    """load_model replaced: each load takes 0.3 s in its thread, and is counted by name."""
-    loads: list[str] = []
-    lock = threading.Lock()
-
-    def load_model(name, *args, **kwargs):
-        with lock:
-            loads.append(name)
-        time.sleep(0.3)
-        return FakeModel(name)
-
-    monkeypatch.setattr(modelcache, "load_model", load_model)
-    return loads
+def registry(ctx, cap, loads, measure=lambda: None) -> ModelRegistry:
+    """A registry loading with ``loads``; without a measure every model counts at its estimate."""
+    s = ctx.serving
+    return ModelRegistry(ctx.model_config, Batching(s.max_batch, s.batch_wait_ms, s.queue_size), cap,
+                         loader=loads, measure=measure)
 
 
 def sizes(ctx) -> dict[str, int]:
@@ -59,11 +69,11 @@ def sizes(ctx) -> dict[str, int]:
 
 def test_concurrent_first_requests_wait_for_one_load(tmp_path, slow_loads):
     ctx = FakeCtx(tmp_path)
-    cache = ModelCache(ctx, 1024 * MB)
+    cache = registry(ctx, 1024 * MB, slow_loads)
 
     async def use(name):
         async with cache.lane(name) as lane:
-            return lane.model if lane is not None else None
+            return lane.model
 
     async def main():
         models = await asyncio.gather(*(use("MobileNetV2") for _ in range(8)))
@@ -77,9 +87,10 @@ def test_concurrent_first_requests_wait_for_one_load(tmp_path, slow_loads):
 
 def test_loading_one_model_does_not_block_another_or_the_loop(tmp_path, slow_loads):
     ctx = FakeCtx(tmp_path)
-    cache = ModelCache(ctx, 1024 * MB)
+    cache = registry(ctx, 1024 * MB, slow_loads)
 
     async def main():
+        await cache.start()  # the server starts the default model's lane first
         t0 = time.perf_counter()
         ticks = 0
 
@@ -103,17 +114,17 @@ def test_loading_one_model_does_not_block_another_or_the_loop(tmp_path, slow_loa
         return lane, default_s, a, b, ticks
 
     lane, default_s, a, b, ticks = asyncio.run(main())
-    assert lane is None and default_s < 0.1
+    assert lane.model.name == "MobileNetV2Mid" and default_s < 0.1
     assert a < 0.55 and b < 0.55  # loaded side by side, not one after the other (0.6 s)
     assert ticks > 10  # the event loop kept running
-    assert sorted(slow_loads) == ["InceptionV3", "MobileNetV2"]
+    assert sorted(slow_loads) == ["InceptionV3", "MobileNetV2", "MobileNetV2Mid"]
 
 
 def test_lru_eviction_within_the_cap_and_the_default_stays(tmp_path, slow_loads):
     ctx = FakeCtx(tmp_path)
     size = sizes(ctx)
     cap = size["MobileNetV2Mid"] + max(size["MobileNetV2"], size["InceptionV3"]) + 1  # room for one more
-    cache = ModelCache(ctx, cap)
+    cache = registry(ctx, cap, slow_loads)
 
     async def use(name):
         async with cache.lane(name):
@@ -125,25 +136,26 @@ def test_lru_eviction_within_the_cap_and_the_default_stays(tmp_path, slow_loads)
         assert cache.loaded == ["MobileNetV2"]
         await use("InceptionV3")  # no room for both: the least recently used goes
         assert cache.loaded == ["InceptionV3"] and cache.evictions == 1
-        await use("MobileNetV2Mid")  # the default: never loaded here, never evicted
+        await use("MobileNetV2Mid")  # the default: loaded once, never evicted
+        assert cache.loaded == ["InceptionV3"]
         assert cache.used_bytes() <= cap
         await cache.close()
 
     asyncio.run(main())
-    assert slow_loads == ["MobileNetV2", "InceptionV3"]
+    assert slow_loads == ["MobileNetV2", "InceptionV3", "MobileNetV2Mid"]
 
 
 def test_no_room_is_503_model_unavailable(tmp_path, slow_loads):
     ctx = FakeCtx(tmp_path)
     size = sizes(ctx)
-    tight = ModelCache(ctx, size["MobileNetV2Mid"] + size["MobileNetV2"] + 1)
+    tight = registry(ctx, size["MobileNetV2Mid"] + size["MobileNetV2"] + 1, slow_loads)
 
     async def main():
         with pytest.raises(ModelUnavailable) as caught:  # larger than the cap beside the default
             async with tight.lane("InceptionV3"):
                 pass
         assert (caught.value.status, caught.value.code) == (503, "model_unavailable")
-        room_for_one = ModelCache(ctx, size["MobileNetV2Mid"] + size["InceptionV3"] + 1)
+        room_for_one = registry(ctx, size["MobileNetV2Mid"] + size["InceptionV3"] + 1, slow_loads)
         async with room_for_one.lane("MobileNetV2"):  # busy: cannot be evicted
             with pytest.raises(ModelUnavailable):
                 async with room_for_one.lane("InceptionV3"):
@@ -154,6 +166,32 @@ def test_no_room_is_503_model_unavailable(tmp_path, slow_loads):
         await room_for_one.close()
 
     asyncio.run(main())
+
+
+def test_a_loaded_model_counts_what_loading_added_not_the_estimate(tmp_path, slow_loads):
+    ctx = FakeCtx(tmp_path)
+    size = sizes(ctx)
+    rss = iter([100 * MB, 140 * MB, 140 * MB, 150 * MB])  # the default adds 40 MB, MobileNetV2 10 MB
+
+    cache = registry(ctx, 1024 * MB, slow_loads, measure=lambda: next(rss))
+    cache.get()
+    cache.get("MobileNetV2")
+    assert cache.sizes() == {"MobileNetV2Mid": (40 * MB, True), "MobileNetV2": (10 * MB, True)}
+    assert cache.used_bytes() == 50 * MB != size["MobileNetV2Mid"] + size["MobileNetV2"]
+
+
+def test_the_pages_and_the_api_share_one_copy(tmp_path, slow_loads):
+    ctx = FakeCtx(tmp_path)
+    cache = registry(ctx, 1024 * MB, slow_loads)
+
+    async def main():
+        page_copy = await asyncio.to_thread(cache.get, "InceptionV3")  # a page opened it first
+        async with cache.lane("InceptionV3") as lane:
+            assert lane.model is page_copy
+        await cache.close()
+
+    asyncio.run(main())
+    assert slow_loads == ["InceptionV3"]
 
 
 def test_model_switching_under_concurrent_load(tmp_path):
@@ -167,7 +205,7 @@ def test_model_switching_under_concurrent_load(tmp_path):
         assert [a.status_code for a in answers] == [200] * len(names)
         got = [a.json()["model"]["name"] for a in answers]
         assert got == names
-        by_model = {}
+        by_model: dict[str, set[tuple[tuple[str, float], ...]]] = {}
         for name, a in zip(names, answers, strict=True):
             by_model.setdefault(name, set()).add(tuple(sorted(a.json()["scores"].items())))
         assert all(len(v) == 1 for v in by_model.values())  # the same answer every time per model
