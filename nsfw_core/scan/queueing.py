@@ -11,8 +11,9 @@ again, and the queue itself holds one open item per sha256 (a driver killed betw
 its rows finds the open item again, :meth:`~nsfw_core.state.review.ReviewQueue.enqueue`).
 
 The queue's items carry the source, the scores, the model and the verdict, and the image's PDQ hashes
-(its decision is remembered by them); the bytes only with ``NSFW_REVIEW_STORE_UPLOADS`` (read again here,
-for the queued images alone).
+(its decision is remembered by them), and the bytes the queue keeps (read again here, for the queued images
+alone): always for URLs and object URIs, for local files with ``NSFW_REVIEW_STORE_UPLOADS``.  A reviewer sees
+and decides on those bytes only (issue 29).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from nsfw_core.base.labels import CLASS_NAMES, UNKNOWN
+from nsfw_core.images.fetch import is_url
 from nsfw_core.state.review import ReviewQueue
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,8 @@ class Queuer:
         self.queue = queue
         self.verdicts = verdicts
         self.audit_share = audit_share
-        self.reread = reread if queue.store_uploads else None
+        self.reread = reread
+        self.store_uploads = queue.store_uploads
         self.queued = 0
         self.failed = 0
 
@@ -82,7 +85,9 @@ class Queuer:
         for i in np.flatnonzero(pick):
             sha = cols["sha256"][i]
             data = None
-            if self.reread is not None:
+            # the queue keeps a URL's (and an object URI's) bytes always, an upload's or a file's only when it stores
+            # uploads: the bytes a reviewer sees and decides on (what is remembered is the sha256 of those bytes)
+            if self.reread is not None and (self.store_uploads or is_url(cols["source"][i])):
                 try:
                     data = self.reread(cols["source"][i], cols["kind"][i])
                 except Exception as exc:  # the image is gone or unreadable now: queued without its bytes
