@@ -1,4 +1,4 @@
-"""The database's schema (the review queue and the thresholds history) and how it gets there.
+"""The database's schema (the review queue, the thresholds history, the traffic counts) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -21,6 +21,8 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
+TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_error TEXT
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
+    )),
+    # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
+    # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
+    # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
+    # two disagree, until an admin decides); the API's decisions and score histograms counted per UTC day.
+    Migration(9, "audit sampling, double review, traffic counts", (
+        f"ALTER TABLE {TABLE} ADD COLUMN kind TEXT NOT NULL DEFAULT 'review'",
+        f"ALTER TABLE {TABLE} ADD COLUMN probability {{float}} NOT NULL DEFAULT 1.0",
+        f"ALTER TABLE {TABLE} ADD COLUMN reviews_needed INTEGER NOT NULL DEFAULT 1",
+        f"ALTER TABLE {TABLE} ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_kind_created ON {TABLE} (kind, created_at)",
+        f"""CREATE TABLE {VOTES_TABLE} (
+            id {{pk}},
+            item_id BIGINT NOT NULL,
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL,
+            decided_at {{float}} NOT NULL,
+            UNIQUE (item_id, reviewer)
+        )""",
+        f"CREATE INDEX {VOTES_TABLE}_reviewer ON {VOTES_TABLE} (reviewer, decided_at)",
+        f"""CREATE TABLE {TRAFFIC_TABLE} (
+            day TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (day, name)
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

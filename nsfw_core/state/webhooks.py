@@ -89,9 +89,13 @@ def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
 
 
 def review_dict(item: Item) -> dict[str, Any]:
-    """An item as API v1 shows it (the contract's ``Review``)."""
+    """An item as API v1 shows it (the contract's ``Review``); an audit item blind: without the model's verdict."""
     out: dict[str, Any] = {"id": item.id, "status": "pending" if item.status == "skipped" else item.status,
-                           "verdict": item.verdict, "sha256": item.sha256, "created_at": iso(item.created_at)}
+                           "sha256": item.sha256, "created_at": iso(item.created_at)}
+    if item.blind:
+        out["kind"] = item.kind
+    else:
+        out["verdict"] = item.verdict
     if item.status == "decided":
         out.update(label=item.decision, decided_by=item.decided_by, decided_at=iso(item.decided_at))
     return out

@@ -30,8 +30,9 @@ from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
 from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
-from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
+from nsfw_core.state.migrations import MIGRATIONS, TABLE, VOTES_TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
+from nsfw_core.state.review import audit as audit
 from nsfw_core.state.review import export as export
 from nsfw_core.state.review.items import (
     CLAIMED,
@@ -56,7 +57,8 @@ def should_queue(verdict: str, config: ReviewConfig) -> bool:
 
 
 _COLUMNS = ("id", "sha256", "source", "scores", "model", "verdict", "created_at", "queued_at", "status",
-            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips")
+            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips",
+            "kind", "probability", "reviews_needed", "escalated")  # the last four: migration 9 (audit)
 _SELECT = ", ".join(_COLUMNS)
 _SELECT_META = _SELECT + ", image IS NOT NULL"
 _SELECT_FULL = _SELECT_META + ", image"
@@ -67,6 +69,7 @@ def _item(row: Sequence[Any]) -> Item:
     values = dict(zip(_COLUMNS, row, strict=False))  # the image columns, if any, follow
     values["scores"] = json.loads(values["scores"])
     values["id"] = int(values["id"])
+    values["probability"], values["escalated"] = float(values["probability"]), bool(values["escalated"])
     has_image = bool(row[len(_COLUMNS)]) if len(row) > len(_COLUMNS) else False
     image = row[len(_COLUMNS) + 1] if len(row) > len(_COLUMNS) + 1 else None
     return Item(**values, image=bytes(image) if image is not None else None, has_image=has_image)
@@ -174,23 +177,32 @@ class ReviewQueue:
     # ------------------------------------------------------------ writes
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
-                image_bytes: bytes | None = None, phash: str | None = None) -> int:
+                image_bytes: bytes | None = None, phash: str | None = None, *, kind: str = audit.REVIEW,
+                probability: float = 1.0, reviews: int = 1) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
-        The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
-        image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
-        its decision.
+        The bytes are stored only when the queue stores uploads (``store_uploads``), or for an audit item
+        (reviewed blind: there are no scores to decide from).  ``phash``: the image's perceptual hashes (hex,
+        comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with its decision.  ``kind``
+        ``audit``: a sampled automatic verdict, ``probability`` the rate that chose it; ``reviews`` 2: two
+        reviewers decide it independently (:mod:`.audit`).
         """
         sha256 = str(sha256).lower()
         if not _SHA_RE.match(sha256):
             raise BadRequest(f"not a sha256 hex digest: {sha256[:80]!r}")
         source = str(source)[:MAX_SOURCE_LENGTH]
         scores_json = json.dumps(check_scores(scores), sort_keys=True)
-        image = bytes(image_bytes) if (self.store_uploads and image_bytes) else None
+        if kind not in audit.KINDS or not 0 < float(probability) <= 1 or int(reviews) not in (1, 2):
+            raise BadRequest(f"kind {kind!r}, probability {probability!r}, reviews {reviews!r}: not an item's")
+        image = bytes(image_bytes) if ((self.store_uploads or kind == audit.AUDIT) and image_bytes) else None
         now = self._now()
-        # the phash column only when there are hashes: a queue on a schema before version 4 still works
-        extra: tuple[str, ...] = (phash,) if phash else ()
-        extra_column, extra_value = (", phash", ", ?") if phash else ("", "")
+        # columns only when they say something: a queue on a schema before version 4 (phash) or 9 still works
+        optional: dict[str, Any] = {"phash": phash or None, "kind": None if kind == audit.REVIEW else kind,
+                                    "probability": None if probability == 1 else float(probability),
+                                    "reviews_needed": None if reviews == 1 else int(reviews)}
+        given = {k: v for k, v in optional.items() if v is not None}
+        extra: tuple[Any, ...] = tuple(given.values())
+        extra_column, extra_value = "".join(f", {k}" for k in given), ", ?" * len(given)
         for _ in range(5):
             with self._tx() as tx:
                 row = tx.one(
@@ -209,10 +221,11 @@ class ReviewQueue:
         raise ReviewUnavailable("could not enqueue the item (concurrent changes); retry")
 
     def claim(self, reviewer: str, lease_seconds: float | None = None, *,
-              exclude: Iterable[int] = ()) -> Item | None:
+              exclude: Iterable[int] = (), admin: bool = False) -> Item | None:
         """Claim the oldest pending (or lease-expired) item for ``reviewer``; None when none is left.
 
-        ``exclude``: ids this reviewer does not want now (e.g. the ones they skipped).
+        ``exclude``: ids this reviewer does not want now (e.g. the ones they skipped).  Never an item the
+        reviewer has voted on (double review); items two reviewers disagreed on only for an ``admin``, first.
         """
         reviewer = check_reviewer(reviewer)
         now = self._now()
@@ -222,9 +235,10 @@ class ReviewQueue:
         with self._tx() as tx:
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{CLAIMED}', claimed_by = ?, lease_until = ? "
-                f"WHERE id = (SELECT id FROM {TABLE} WHERE {_OPEN}{not_in} ORDER BY queued_at, id LIMIT 1"
-                f"{self.backend.skip_locked}) AND {_OPEN} RETURNING {_SELECT_FULL}",
-                (reviewer, until, now, *excluded, now))
+                f"WHERE id = (SELECT id FROM {TABLE} WHERE {_OPEN}{not_in}{audit.claimable(admin)} "
+                f"ORDER BY {audit.claim_order(admin)} LIMIT 1{self.backend.skip_locked}) AND {_OPEN} "
+                f"RETURNING {_SELECT_FULL}",
+                (reviewer, until, now, *excluded, reviewer, now))
         return _item(row) if row is not None else None
 
     def _conflict(self, tx: Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
@@ -240,17 +254,23 @@ class ReviewQueue:
                                   item_id=item_id)
         return ReviewConflict(f"cannot {action} item {item_id} ({status})", item_id=item_id)
 
-    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None) -> Item:
+    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None,
+               admin: bool = False) -> Item:
         """Record ``label`` for an item claimed by ``reviewer`` (or pending and unclaimed).
 
         In the same transaction the decision is remembered (:mod:`.remembered`): later copies of the image
-        get it.  ``phash`` replaces the perceptual hashes the item kept from its request.
+        get it.  ``phash`` replaces the perceptual hashes the item kept from its request.  An item under
+        double review takes the label as this reviewer's vote (:func:`.audit.vote`): the returned item is
+        ``decided`` only once the votes agree; an escalated one only an ``admin`` decides.
         """
         reviewer = check_reviewer(reviewer)
         label = check_label(label)
         item_id = int(item_id)
         with self._tx() as tx:
             now = self._now()
+            locked = audit.lock(tx, self.backend, item_id)
+            if locked is not None and (locked[0] > 1 or locked[1]):
+                return self._vote(tx, item_id, reviewer, label, now, phash, locked, admin)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{DECIDED}', decision = ?, decided_by = ?, decided_at = ?, "
                 f"claimed_by = NULL, lease_until = NULL "
@@ -264,6 +284,34 @@ class ReviewQueue:
             for hook in self.decision_hooks:
                 hook(tx, item)
         return item
+
+    def _vote(self, tx: Tx, item_id: int, reviewer: str, label: str, now: float, phash: str | None,
+              locked: tuple[int, bool, str, str | None], admin: bool) -> Item:
+        """:meth:`decide` for an item under double review (its row locked)."""
+        needed, escalated, status, claimed_by = locked
+        if not (status == PENDING or (status == CLAIMED and claimed_by == reviewer)):
+            raise self._conflict(tx, item_id, reviewer, "decide")
+        outcome = audit.vote(tx, item_id, reviewer, label, now, needed=needed, escalated=escalated, admin=admin)
+        if outcome.final is None:
+            audit.reopen(tx, item_id, escalated=outcome.escalated or None)
+            row = tx.one(f"SELECT {_SELECT_META} FROM {TABLE} WHERE id = ?", (item_id,))
+            assert row is not None
+            return _item(row)
+        row = tx.one(
+            f"UPDATE {TABLE} SET status = '{DECIDED}', decision = ?, decided_by = ?, decided_at = ?, "
+            f"claimed_by = NULL, lease_until = NULL WHERE id = ? RETURNING {_SELECT_META}",
+            (outcome.final, reviewer, now, item_id))
+        assert row is not None
+        remember_decision(self.backend, tx, item_id, outcome.final, reviewer, now, phash)
+        item = _item(row)
+        for hook in self.decision_hooks:
+            hook(tx, item)
+        return item
+
+    def votes(self, item_id: int) -> list[audit.Vote]:
+        """The double-review votes given on an item (for an admin deciding a disagreement), oldest first."""
+        with self._tx(write=False) as tx:
+            return audit.votes(tx, int(item_id))
 
     def phash(self, item_id: int) -> str | None:
         """The perceptual hashes the item kept from the request that queued it (None: none)."""
@@ -301,25 +349,25 @@ class ReviewQueue:
         by ``reviewer`` with a fresh lease, so it comes straight back to them.  If
         the same image was queued again meanwhile, that newer open copy is
         dropped (the reverted item takes its place); if someone holds a live
-        claim on it, :class:`ReviewConflict`.
+        claim on it, :class:`ReviewConflict`.  A vote under double review is
+        undone the same way (:func:`.audit.undo_vote`): the other reviewer's vote
+        stays, so the item needs one more.
         """
         reviewer = check_reviewer(reviewer)
         now = self._now()
         until = now + self._lease(lease_seconds) if reclaim else None
         lock = self.backend.for_update
         with self._tx() as tx:
-            row = tx.one(f"SELECT id, sha256 FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
-                         f"ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer,))
+            row = tx.one(f"SELECT id, sha256, decided_at FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
+                         f"AND NOT EXISTS (SELECT 1 FROM {VOTES_TABLE} v WHERE v.item_id = {TABLE}.id "
+                         f"AND v.reviewer = ?) ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer, reviewer))
+            voted = audit.latest_vote(tx, reviewer)
+            if voted is not None and (row is None or voted[1] >= float(row[2] or 0.0)):
+                return self._undo_vote(tx, voted[0], reviewer, now, reclaim, until)
             if row is None:
                 return None
             item_id, sha = int(row[0]), row[1]
-            for dup_id, status, claimed_by, lease_until in tx.run(
-                    f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
-                    f"WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}'){lock}", (sha,)):
-                if status == CLAIMED and claimed_by != reviewer and lease_until is not None and lease_until >= now:
-                    raise ReviewConflict(f"cannot undo item {item_id}: the same image (item {dup_id}) "
-                                         "is being reviewed by another reviewer", item_id=item_id)
-                tx.run(f"DELETE FROM {TABLE} WHERE id = ?", (dup_id,))
+            self._drop_open_copies(tx, sha, item_id, reviewer, now)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, "
                 f"decided_by = NULL, decided_at = NULL WHERE id = ? AND status = '{DECIDED}' "
@@ -327,6 +375,38 @@ class ReviewQueue:
                 (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
             if row is not None:
                 forget_decision(self.backend, tx, item_id, reviewer, now)
+        return _item(row) if row is not None else None
+
+    def _drop_open_copies(self, tx: Tx, sha: str, item_id: int, reviewer: str, now: float) -> None:
+        """Before a decided item reopens: delete the open copy of its image queued meanwhile (one open item per
+        image); :class:`ReviewConflict` when another reviewer holds it."""
+        for dup_id, status, claimed_by, lease_until in tx.run(
+                f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
+                f"WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}'){self.backend.for_update}", (sha,)):
+            if status == CLAIMED and claimed_by != reviewer and lease_until is not None and lease_until >= now:
+                raise ReviewConflict(f"cannot undo item {item_id}: the same image (item {dup_id}) "
+                                     "is being reviewed by another reviewer", item_id=item_id)
+            tx.run(f"DELETE FROM {TABLE} WHERE id = ?", (dup_id,))
+            audit.forget_votes(tx, [int(dup_id)])
+
+    def _undo_vote(self, tx: Tx, item_id: int, reviewer: str, now: float, reclaim: bool,
+                   until: float | None) -> Item | None:
+        """:meth:`undo` of a double-review vote: the vote removed, the item open again (claimed with ``reclaim``)."""
+        row = tx.one(f"SELECT status, escalated, claimed_by, lease_until, sha256 FROM {TABLE} WHERE id = ?"
+                     f"{self.backend.for_update}", (item_id,))
+        if row is None:  # purged since: nothing to give back
+            audit.forget_votes(tx, [item_id])
+            return None
+        status, escalated, claimed_by, lease_until, sha = row[0], bool(row[1]), row[2], row[3], row[4]
+        audit.undo_vote(tx, item_id, reviewer, now, status=status, escalated=escalated, claimed_by=claimed_by,
+                        lease_until=lease_until)
+        if status == DECIDED:
+            self._drop_open_copies(tx, sha, item_id, reviewer, now)
+            forget_decision(self.backend, tx, item_id, reviewer, now)
+        row = tx.one(
+            f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, decided_by = NULL, "
+            f"decided_at = NULL, escalated = 0 WHERE id = ? RETURNING {_SELECT_FULL}",
+            (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
         return _item(row) if row is not None else None
 
     def purge(self, older_than_days: float | None = None) -> int:
@@ -344,6 +424,8 @@ class ReviewQueue:
             tx.run(f"DELETE FROM {TABLE} WHERE created_at < ? "
                    f"AND NOT (status = '{CLAIMED}' AND lease_until >= ?)", (cutoff, now))
             deleted = max(tx.rowcount, 0)
+            if deleted:
+                audit.purge_votes(tx)
         self._last_purge = time.monotonic()
         return deleted
 
@@ -406,13 +488,15 @@ class ReviewQueue:
         return [_item(r) for r in rows]
 
     def reviewed_items(self, binary_map: Mapping[str, str] | None = None) -> list[ReviewedItem]:
-        """Decided items, oldest decision first, with their stored scores and model (no re-scoring).
+        """Decided items, oldest decision first, with their stored scores and model (no re-scoring), their
+        kind and the probability that queued them (an audit item stands for ``1 / probability`` images).
 
         ``binary`` follows ``labelsets.DEFAULT_BINARY_MAP`` unless ``binary_map`` is given.
         """
         return [ReviewedItem(source=it.source, label=it.decision or "", binary=to_binary(it.decision or "", binary_map),
                              sha256=it.sha256, scores=it.scores, model=it.model, decided_at=it.decided_at or 0.0,
-                             decided_by=it.decided_by or "", id=it.id, has_image=it.has_image)
+                             decided_by=it.decided_by or "", id=it.id, has_image=it.has_image, kind=it.kind,
+                             probability=it.probability, verdict=it.verdict)
                 for it in self._decided_rows()]
 
     def export_csv(self, image_paths: Mapping[int, str] | None = None) -> str:
