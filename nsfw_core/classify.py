@@ -38,6 +38,7 @@ from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
 from nsfw_core.state.thresholds import ThresholdHistory
 
 log = logging.getLogger(__name__)
@@ -285,16 +286,19 @@ class Classifier:
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
-    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor) -> None:
+    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
+                 audit: AuditPolicy | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
+        self.audit = audit if audit is not None else AuditPolicy({})
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
@@ -302,29 +306,40 @@ class ReviewIntake:
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
                      prepared: np.ndarray | FrameInputs) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
         decision.  A queue failure (database down) does not fail the prediction: the result carries
-        ``review_error`` instead and the failure is logged.
+        ``review_error`` instead and the failure is logged.  An audit item changes nothing in the answer
+        (no ``review_id``, no ``review_error``): the automatic verdict stands.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
 
         def enqueue() -> int:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
             return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes)
+                                 image_bytes=data, phash=hashes, kind=kind, probability=probability,
+                                 reviews=reviews)
 
         try:
             review_id = await asyncio.get_running_loop().run_in_executor(self.executor,
                                                                          requestid.in_context(enqueue))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(review_id))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(review_id))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

@@ -1,0 +1,222 @@
+"""The reviewer API and the evaluation, for the review tools teams already have (issue 25).
+
+* ``POST /v1/reviews/claim``: the next item, held by the key under a lease (NSFW_REVIEW_LEASE_SECONDS): its
+  id, its image (stored bytes in base64, else its URL) and, unless it is an audit item (reviewed blind), the
+  model's verdict and scores; ``{"item": null}`` when nothing is left for this key;
+* ``POST /v1/reviews/{id}/decision`` with ``{"label": "adult" | "safe" | one of the five classes}``: the same
+  rules as the Review page: only the key holding the item (or a pending one) decides it, the decision is
+  remembered (later copies of the image get it) and webhooked, double review takes it as a vote;
+* ``POST /v1/reviews/undo``: the key's latest decision undone, the item back to the key under a new lease;
+* ``GET /v1/evaluation?since=&until=``: :func:`nsfw_core.calibration.production.evaluate` for the window.
+
+Keys: NSFW_REVIEWER_API_KEYS and NSFW_ADMIN_API_KEYS, separate from the clients' NSFW_API_KEYS (a client key
+is refused with 403).  The identity a decision records is the key's id, ``key:<16 hex digits of its
+SHA-256>``, never the key.  An admin key also decides the items two reviewers disagreed on.  Each request
+counts against NSFW_RATE_LIMIT like the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import hashlib
+import hmac
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from nsfw_core.base import requestid
+from nsfw_core.base.errors import Forbidden, Unauthorized
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.http.bodies import read_body
+from nsfw_core.http.contract import ContractError, DecisionRequest, decode
+from nsfw_core.http.errors import NotFound
+from nsfw_core.http.guard import rate_limit
+from nsfw_core.images.sniff import FORMATS, sniff
+from nsfw_core.state.errors import ReviewConflict, ReviewUnavailable
+from nsfw_core.state.review import Item, ItemNotFound, ReviewError, iso
+
+if TYPE_CHECKING:
+    from nsfw_core.context import Context
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_ITEM_ID = 2**63 - 1
+DECISION_BODY_BYTES = 1024
+KEY_ID_PREFIX = "key:"
+
+
+class KeyHolder:
+    """Who a reviewer API request comes from: the key's id (``key:<hex>``) and whether it is an admin key."""
+
+    def __init__(self, name: str, admin: bool) -> None:
+        self.name, self.admin = name, admin
+
+
+def key_id(key: str) -> str:
+    """The id recorded for a key: ``key:`` and the first 16 hex digits of its SHA-256 (never the key)."""
+    return KEY_ID_PREFIX + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _matches(token: bytes, keys: tuple[str, ...]) -> bool:
+    found = False
+    for key in keys:  # no early exit: the time does not depend on which key matches
+        found |= hmac.compare_digest(token, key.encode())
+    return found
+
+
+def holder(request: Request, ctx: Context) -> KeyHolder:
+    """The reviewer or admin key of the request (401 without one, 403 for a client's API key), then its rate
+    limit."""
+    keys = ctx.settings.reviewer_keys
+    if not keys.configured:
+        raise Unauthorized("the reviewer API is off: set NSFW_REVIEWER_API_KEYS (or NSFW_ADMIN_API_KEYS)")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("a reviewer API key is required: send 'Authorization: Bearer <key>'")
+    raw = token.encode("utf-8", "surrogatepass")
+    admin = _matches(raw, keys.admin)
+    reviewer = _matches(raw, keys.reviewer)
+    if not (admin or reviewer):
+        if _matches(raw, ctx.serving.api_keys):
+            raise Forbidden("a client API key cannot review; use a key of NSFW_REVIEWER_API_KEYS")
+        raise Unauthorized("the reviewer API key is not valid")
+    rate_limit(request, ctx)
+    return KeyHolder(key_id(token), admin)
+
+
+async def _db(ctx: Context, work: Callable[[], T], what: str) -> T:
+    """``work`` on a worker thread; a database that is down is 503 without its address or driver error."""
+    try:
+        return await asyncio.to_thread(requestid.in_context(work))
+    except (ItemNotFound, ReviewConflict):
+        raise
+    except ReviewError as exc:
+        log.error("%s: %s", what, exc.message)
+        raise ReviewUnavailable("the review database is unavailable; retry later (details in the server log)") \
+            from None
+
+
+def _answer(request: Request, body: Any) -> JSONResponse:
+    return JSONResponse(body, headers=getattr(request.state, "ratelimit", None))
+
+
+def _item_id(request: Request) -> int:
+    raw = request.path_params.get("id", "")
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_ITEM_ID:
+        raise NotFound(f"no review item {raw[:40]!r}: ids are positive integers")
+    return int(raw)
+
+
+def claimed(item: Item, votes: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The contract's ``ClaimedItem``: an audit item blind (no verdict, scores or model)."""
+    image: dict[str, Any] | None = None
+    if item.image:
+        fmt = sniff(item.image)
+        image = {"base64": base64.b64encode(item.image).decode("ascii"),
+                 "media_type": FORMATS.get(fmt or "", "application/octet-stream")}
+    elif item.is_url:
+        image = {"url": item.source}
+    out: dict[str, Any] = {"id": item.id, "kind": item.kind, "source": item.source,
+                           "created_at": iso(item.created_at), "lease_until": iso(item.lease_until),
+                           "image": image}
+    if not item.blind:
+        out.update(verdict=item.verdict, scores={c: float(item.scores[c]) for c in CLASS_NAMES}, model=item.model)
+    if item.escalated:
+        out["escalated"] = True
+        if votes:
+            out["votes"] = [{"reviewer": r, "label": label} for r, label in votes]
+    return out
+
+
+def _with_votes(ctx: Context, item: Item | None) -> dict[str, Any] | None:
+    if item is None:
+        return None
+    votes = [(v.reviewer, v.label) for v in ctx.review_queue.votes(item.id)] if item.escalated else None
+    return claimed(item, votes)
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+async def claim(request: Request, ctx: Context) -> Response:
+    """POST /v1/reviews/claim: the next item for this key, under a lease."""
+    who = holder(request, ctx)
+
+    def work() -> dict[str, Any] | None:
+        queue = ctx.review_queue
+        queue.purge_if_due()
+        return _with_votes(ctx, queue.claim(who.name, admin=who.admin))
+
+    return _answer(request, {"item": await _db(ctx, work, "POST /v1/reviews/claim")})
+
+
+async def decision(request: Request, ctx: Context) -> Response:
+    """POST /v1/reviews/{id}/decision: this key's label for the item it holds."""
+    who = holder(request, ctx)
+    item_id = _item_id(request)
+    body = decode(await read_body(request, DECISION_BODY_BYTES, ctx.serving.body_timeout), DecisionRequest)
+    from nsfw_core.state.webhooks import review_dict
+
+    def work() -> dict[str, Any]:
+        # items the API queued carry the perceptual hashes their decision is remembered by
+        item = ctx.review_queue.decide(item_id, who.name, body.label, admin=who.admin)
+        outcome = "decided" if item.status == "decided" else "escalated" if item.escalated else "second_review"
+        return {"outcome": outcome, "review": review_dict(item)}
+
+    return _answer(request, await _db(ctx, work, f"POST /v1/reviews/{item_id}/decision"))
+
+
+async def undo(request: Request, ctx: Context) -> Response:
+    """POST /v1/reviews/undo: this key's latest decision undone; the item is this key's again."""
+    who = holder(request, ctx)
+
+    def work() -> dict[str, Any] | None:
+        return _with_votes(ctx, ctx.review_queue.undo(who.name, reclaim=True))
+
+    return _answer(request, {"item": await _db(ctx, work, "POST /v1/reviews/undo")})
+
+
+def parse_time(raw: str, field: str) -> float:
+    """``since`` / ``until``: a UTC date (``2026-12-01``), an ISO 8601 time (UTC when it names no offset) or
+    seconds since the epoch; 400 ``invalid_request`` naming the parameter otherwise."""
+    text = raw.strip()
+    try:
+        if text.replace(".", "", 1).isdigit():
+            value = float(text)
+        else:
+            parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+            value = parsed.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ContractError(f"{field} must be a date (2026-12-01), an ISO 8601 time or seconds since the epoch",
+                            field=field) from None
+    if not math.isfinite(value) or not 0 <= value < 253402300800:  # year 10000
+        raise ContractError(f"{field} is out of range", field=field)
+    return value
+
+
+async def evaluation(request: Request, ctx: Context) -> Response:
+    """GET /v1/evaluation?since=&until=: the automatic decisions' estimated precision, what the unknown items
+    turned out to be, wrong decisions per day, reviewer agreement, by day, score drift."""
+    holder(request, ctx)
+    from nsfw_core.calibration.production import DAY, MAX_DAYS
+
+    now = time.time()
+    params = request.query_params
+    until = parse_time(params["until"], "until") if "until" in params else now
+    since = parse_time(params["since"], "since") if "since" in params else None
+    if since is not None and not since < until:
+        raise ContractError("since must be before until", field="since")
+    if since is not None and until - since > MAX_DAYS * DAY:
+        raise ContractError(f"the window is at most {MAX_DAYS} days", field="since")
+    report = await _db(ctx, lambda: ctx.evaluation(since=since, until=until, now=now), "GET /v1/evaluation")
+    return _answer(request, report)

@@ -1,0 +1,323 @@
+"""Audit items, double review, traffic counts and the evaluation over them (issue 25), on SQLite and PostgreSQL.
+
+- An audit item keeps its bytes whatever NSFW_REVIEW_STORE_UPLOADS says, its probability, and is blind in
+  what the API and the webhooks show (no model verdict);
+- double review: the first vote reopens the item for someone else, agreement decides it, disagreement
+  escalates it to an admin (only an admin claims or decides it, first), two concurrent second votes
+  decide it once, undo takes back one's own vote;
+- traffic counts from two "replicas" add up in the database; a database that is down keeps them;
+- the evaluation's figures are the estimators' on exactly the decided items, and say what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from nsfw_core.base.errors import BadRequest
+from nsfw_core.base.verdict import ActiveThresholds, Thresholds
+from nsfw_core.calibration.evaluation import proportion
+from nsfw_core.calibration.production import evaluate, gauges
+from nsfw_core.state import webhooks
+from nsfw_core.state.db import Pool, backend_for
+from nsfw_core.state.migrations import OUTBOX_TABLE
+from nsfw_core.state.review import ReviewConflict, ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, AuditPolicy
+from nsfw_core.state.traffic import TrafficCounter, day_of
+
+SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.1, "porn": 0.6, "sexy": 0.2}
+MODEL = "MobileNetV2Mid"
+NOW = 1_796_000_000.0  # 2026-11-29
+
+
+def sha(n: object) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request):
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def q(url, tmp_path, clock):
+    queue = ReviewQueue(url, data_dir=tmp_path, clock=clock)
+    yield queue
+    queue.close()
+
+
+def add(q: ReviewQueue, n: object, verdict: str = "unknown", **kw) -> int:
+    return q.enqueue(sha(n), kw.pop("source", f"https://example.com/{n}.jpg"), kw.pop("scores", SCORES), MODEL,
+                     verdict, **kw)
+
+
+# ---------------------------------------------------------------- audit items
+
+
+def test_an_audit_item_keeps_its_bytes_and_its_probability_and_is_shown_blind(q):
+    jpeg = b"\xff\xd8\xff audit"
+    audit_id = add(q, 1, "safe", source="upload", image_bytes=jpeg, kind=AUDIT, probability=0.005)
+    review_id = add(q, 2, source="upload", image_bytes=b"\xff\xd8\xff review")
+    audit, review = q.get(audit_id), q.get(review_id)
+    assert audit.image == jpeg and audit.kind == "audit" and audit.probability == 0.005 and audit.blind
+    assert review.image is None and not review.blind  # uploads' bytes only with NSFW_REVIEW_STORE_UPLOADS
+    shown = webhooks.review_dict(audit)
+    assert shown["kind"] == "audit" and "verdict" not in shown and "safe" not in json.dumps(shown)
+    assert webhooks.review_dict(review)["verdict"] == "unknown" and "kind" not in webhooks.review_dict(review)
+    q.decision_hooks.append(webhooks.outbox_hook)
+    q.decide(audit_id, "r1", "porn")
+    with q.pool.transaction(write=False) as tx:
+        [(payload,)] = tx.run(f"SELECT payload FROM {OUTBOX_TABLE}")
+    event = json.loads(payload)["review"]
+    assert event["kind"] == "audit" and event["label"] == "porn" and "verdict" not in event
+    [reviewed] = q.reviewed_items()
+    assert (reviewed.kind, reviewed.verdict, reviewed.probability, reviewed.weight) == ("audit", "safe", 0.005, 200.0)
+
+
+def test_enqueue_refuses_what_is_not_an_item(q):
+    for kw in ({"kind": "other"}, {"probability": 0.0}, {"probability": 1.5}, {"reviews": 3}):
+        with pytest.raises(BadRequest):
+            add(q, 1, **kw)
+
+
+# ---------------------------------------------------------------- double review
+
+
+def test_two_reviewers_who_agree_decide_an_item(q, clock):
+    item = add(q, 1, reviews=2)
+    assert q.claim("r1").id == item
+    first = q.decide(item, "r1", "porn")
+    assert (first.status, first.claimed_by, first.decision) == ("pending", None, None)
+    assert q.reviewed_items() == []  # one vote decides nothing, and is not remembered
+    assert q.claim("r1") is None  # never the same reviewer twice
+    with pytest.raises(ReviewConflict):
+        q.decide(item, "r1", "porn")
+    clock.now += 5
+    assert q.claim("r2").id == item
+    second = q.decide(item, "r2", "sexy")
+    assert (second.status, second.decision, second.decided_by) == ("decided", "adult", "r2")  # both adult classes
+    assert [(v.reviewer, v.label) for v in q.votes(item)] == [("r1", "porn"), ("r2", "sexy")]
+    other = add(q, 2, reviews=2)
+    q.decide(other, "r1", "neutral")
+    assert q.decide(other, "r3", "neutral").decision == "neutral"  # the same label: that label
+
+
+def test_a_disagreement_goes_to_an_admin_first_and_only_to_an_admin(q, clock):
+    older = add(q, 1)
+    item = add(q, 2, reviews=2)
+    q.decide(item, "r1", "porn")
+    escalated = q.decide(item, "r2", "neutral")
+    assert (escalated.status, escalated.escalated) == ("pending", True)
+    assert q.claim("r3").id == older  # a reviewer never gets it
+    q.release(older, "r3")
+    with pytest.raises(ReviewConflict, match="an admin decides"):
+        q.decide(item, "r3", "safe")
+    claimed = q.claim("boss", admin=True)
+    assert claimed.id == item and claimed.escalated  # before the older item
+    final = q.decide(item, "boss", "safe", admin=True)
+    assert (final.status, final.decision, final.decided_by) == ("decided", "safe", "boss")
+    assert q.claim("boss", admin=True).id == older
+
+
+def _vote(q: ReviewQueue, item: int, who: str, barrier: threading.Barrier, results: list[str]) -> None:
+    barrier.wait()
+    try:
+        results.append(q.decide(item, who, "sexy").status)
+    except ReviewConflict:
+        results.append("conflict")
+
+
+def test_two_concurrent_second_votes_decide_the_item_once(url, tmp_path, clock):
+    queues = [ReviewQueue(url, data_dir=tmp_path, clock=clock) for _ in range(2)]
+    try:
+        for round_ in range(10):
+            item = add(queues[0], round_, reviews=2)
+            queues[0].decide(item, "first", "porn")
+            barrier, results = threading.Barrier(2), []
+            threads = [threading.Thread(target=_vote, args=(queues[i], item, f"second-{i}", barrier, results))
+                       for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(results) == ["conflict", "decided"], results
+            assert len(queues[1].votes(item)) == 2
+    finally:
+        for queue in queues:
+            queue.close()
+
+
+def test_undo_takes_back_ones_own_vote(q, clock):
+    item = add(q, 1, reviews=2)
+    q.decide(item, "r1", "porn")
+    clock.now += 1
+    back = q.undo("r1", reclaim=True)
+    assert (back.id, back.status, back.claimed_by) == (item, "claimed", "r1") and q.votes(item) == []
+    q.decide(item, "r1", "porn")
+    clock.now += 1
+    assert q.decide(item, "r2", "hentai").status == "decided"
+    clock.now += 1
+    again = q.undo("r2")  # the second vote undone: the first stays, the decision goes
+    assert (again.status, again.decision) == ("pending", None)
+    assert [v.reviewer for v in q.votes(item)] == ["r1"] and q.reviewed_items() == []
+    assert q.decide(item, "r2", "neutral").escalated  # changed their mind: a disagreement now
+    clock.now += 1
+    q.decide(item, "boss", "adult", admin=True)
+    with pytest.raises(ReviewConflict, match="an admin has decided"):
+        q.undo("r2")
+    clock.now += 1
+    reopened = q.undo("boss", reclaim=True)  # the admin's own decision: the dispute is open again
+    assert (reopened.status, reopened.claimed_by, reopened.escalated) == ("claimed", "boss", True)
+    assert q.undo("nobody") is None
+
+
+def test_purge_deletes_the_votes_of_purged_items(q, clock):
+    item = add(q, 1, reviews=2)
+    q.decide(item, "r1", "porn")
+    clock.now += 40 * 86400
+    assert q.purge(30) == 1
+    assert q.votes(item) == [] and q.undo("r1") is None
+
+
+# ---------------------------------------------------------------- traffic counts
+
+
+def test_traffic_counts_of_two_replicas_add_up(url, tmp_path, q):
+    pools = [Pool(backend_for(url, tmp_path)) for _ in range(2)]
+    counters = [TrafficCounter(pool, prepare=lambda: q, clock=lambda: NOW) for pool in pools]
+    try:
+        for i, counter in enumerate(counters):
+            for _ in range(3 + i):
+                counter.observe("safe", "model", {"porn": 0.05, "neutral": 0.95})
+            counter.observe("adult", "model", {"porn": 1.0, "neutral": 0.0})
+        threads = [threading.Thread(target=c.flush) for c in counters]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert counters[0].pending == 0 and counters[0].flush() == 0
+        counts = counters[1].read(NOW - 1, NOW)[day_of(NOW)]
+        assert counts["decisions:safe:model"] == 7 and counts["decisions:adult:model"] == 2
+        assert counts["score:porn:0"] == 7 and counts["score:porn:9"] == 2 and counts["score:neutral:9"] == 7
+        assert counters[0].read(NOW + 86400, NOW + 86400) == {}
+    finally:
+        for pool in pools:
+            pool.close()
+
+
+def test_traffic_counts_wait_in_memory_while_the_database_is_down(url, tmp_path, q):
+    down = {"now": True}
+
+    def prepare() -> None:
+        if down["now"]:
+            raise RuntimeError("database down")
+
+    counter = TrafficCounter(q.pool, prepare=prepare, clock=lambda: NOW)
+    counter.observe("unknown", "model", {"porn": 0.5})
+    with pytest.raises(RuntimeError):
+        counter.flush()
+    counter.observe("unknown", "model", {"porn": 0.5})
+    assert counter.pending == 2
+    down["now"] = False
+    counter.flush()
+    assert counter.read()[day_of(NOW)]["decisions:unknown:model"] == 2
+
+
+# ---------------------------------------------------------------- the evaluation over them
+
+
+def test_the_evaluation_is_the_estimators_on_the_decided_items(q, clock):
+    traffic = TrafficCounter(q.pool, prepare=lambda: q, clock=lambda: NOW)
+    for _ in range(400):
+        traffic.observe("adult", "model", {"porn": 0.9, "neutral": 0.1})
+    for _ in range(1600):
+        traffic.observe("safe", "model", {"porn": 0.02, "neutral": 0.98})
+    for _ in range(100):
+        traffic.observe("unknown", "model", {"porn": 0.5, "neutral": 0.5})
+    # adult audited at 10 %: 20 audits, 2 overturned; safe at 1 %: 16 audits, 1 overturned (adult let through)
+    labels = [("adult", "porn")] * 18 + [("adult", "neutral")] * 2 + [("safe", "neutral")] * 15 + [("safe", "porn")]
+    for n, (verdict, label) in enumerate(labels):
+        item = add(q, n, verdict, kind=AUDIT, probability=0.1 if verdict == "adult" else 0.01)
+        q.decide(item, "r1", label)
+    for n, label in enumerate(["porn"] * 3 + ["neutral"] * 7):
+        q.decide(add(q, f"u{n}"), "r1", label)
+    add(q, "waiting", "safe", kind=AUDIT, probability=0.01)
+    for n, (a, b) in enumerate([("porn", "porn"), ("neutral", "neutral"), ("porn", "neutral")]):
+        item = add(q, f"d{n}", reviews=2)
+        q.decide(item, "r1", a)
+        q.decide(item, "r2", b)
+    reference = {"bins": 10, "classes": {"porn": [80, 0, 0, 0, 0, 0, 0, 0, 0, 20],
+                                         "neutral": [20, 0, 0, 0, 0, 0, 0, 0, 0, 80]}, "images": 100}
+    active = ActiveThresholds(Thresholds(), "database", {"tuned_on": {"score_histograms": reference}}, None, 3)
+    policy = AuditPolicy({"adult": 0.1, "safe": 0.01}, double_rate=0.2)
+    report = evaluate(q, traffic, active, policy, ("unknown",), since=NOW - 86400, until=NOW + 60, now=NOW + 60)
+
+    adult, safe = report["automatic"]["adult"], report["automatic"]["safe"]
+    assert (adult["audited"], adult["overturned"], safe["audited"], safe["overturned"]) == (20, 2, 16, 1)
+    expected = proportion([True] * 18 + [False] * 2, [10.0] * 20)
+    assert adult["precision"] == pytest.approx(0.9) and adult["ci95"] == pytest.approx(list(expected.ci95), abs=1e-6)
+    assert safe["pending"] == 1 and adult["decisions"] == 400 and adult["decisions_per_day"] == 400
+    assert adult["wrong_per_day"]["estimate"] == pytest.approx(40.0)  # 10 % of 400 a day
+    assert safe["wrong_per_day"]["estimate"] == pytest.approx(100.0)  # 1 in 16 of 1600 a day
+    assert report["wrong_per_day"]["estimate"] == pytest.approx(140.0)
+    lo, hi = report["wrong_per_day"]["ci95"]
+    assert lo < 140 < hi
+    unknown = report["unknown"]
+    # 10 reviewed once, and the 2 double-reviewed items the reviewers agreed on (the third waits for an admin)
+    assert (unknown["reviewed"], unknown["adult"]["n"], unknown["labels"]) == (12, 4, {"neutral": 8, "porn": 4})
+    agreement = report["agreement"]
+    assert (agreement["items"], agreement["agreed"], agreement["disagreed"], agreement["escalated_open"]) == (3, 2, 1, 1)
+    assert agreement["kappa"]["kappa"] == pytest.approx(0.4)  # po 2/3, pe 4/9
+    assert report["daily"][-1]["decisions"] == {"adult": 400, "unknown": 100, "safe": 1600}
+    drift = report["drift"]["classes"]
+    # production: porn 0.02 for 1600 images (bin 0), 0.5 for 100 (bin 5), 0.9 for 400 (bin 9); reference 80/0/20
+    assert drift["porn"]["production_images"] == 2100 and drift["porn"]["level"] == "act"
+    lo, hi = drift["porn"]["ci95"]
+    assert lo <= drift["porn"]["psi"] <= hi
+    assert [m for m in report["missing"] if "precision" in m] == []
+    named = {(name, tuple(labels.items())) for name, _, labels, _ in gauges(report)}
+    assert ("nsfw_automatic_precision", (("verdict", "adult"),)) in named
+    assert ("nsfw_score_psi", (("class", "porn"),)) in named
+
+
+def test_with_nothing_audited_the_evaluation_says_what_is_missing(q):
+    traffic = TrafficCounter(q.pool, prepare=lambda: q, clock=lambda: NOW)
+    report = evaluate(q, traffic, ActiveThresholds(Thresholds(), "defaults", {}), AuditPolicy({"adult": 0.01}),
+                      ("unknown",), now=NOW)
+    adult = report["automatic"]["adult"]
+    assert adult["precision"] is None and adult["ci95"] is None and adult["wrong_per_day"] is None
+    assert report["wrong_per_day"] is None and report["daily"] == []
+    text = " ".join(report["missing"])
+    assert "audit sampling is on (adult 1 %)" in text and "audit sampling of safe verdicts is off" in text
+    assert "Decide about 73" in text and "NSFW_DOUBLE_REVIEW_RATE" in text and "Calibrate page" in text
+    assert gauges(report) == [("nsfw_audited_items", "Audited automatic decisions decided by a reviewer (the last "
+                                                    "7 days)", {"verdict": v}, 0.0) for v in ("adult", "safe")]
+
+
+def test_a_database_that_never_was_migrated_still_works(tmp_path: Path):
+    """The traffic table arrives with the queue's migrations: a counter whose prepare opens the queue works
+    on a brand-new database."""
+    pool = Pool(backend_for(None, tmp_path))
+    opened: list[ReviewQueue] = []
+    counter = TrafficCounter(pool, prepare=lambda: opened or opened.append(ReviewQueue(None, data_dir=tmp_path,
+                                                                                        pool=pool)))
+    counter.observe("safe", "model", {"porn": 0.0})
+    assert counter.flush() == 2
+    pool.close()
