@@ -39,7 +39,7 @@ from nsfw_core.calibration import labelsets
 from nsfw_core.calibration import maths as cal
 from nsfw_core.calibration.scorecache import model_key
 from nsfw_core.context import Context
-from nsfw_ui import auth, charts, state, widgets
+from nsfw_ui import auth, charts, production, state, widgets
 
 SOURCES = {
     "demo": "Demo set (benign only)",
@@ -71,6 +71,7 @@ class Entry(TypedDict):
     rows: list[ScoreRow]
     model: str | None  # None: precomputed scores (synthetic, reviewed items)
     model_version: str | None
+    weights: Mapping[str, float] | None  # by source: the reviewed items' inverse queueing probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class LoadedSet:
     items: list[LabelledItem]
     description: str
     pre: Mapping[str, dict[str, float]] | None  # precomputed scores by source (no model involved)
+    weights: Mapping[str, float] | None = None  # reviewed items: production images each stands for (issue 25)
 
     @property
     def key(self) -> str:
@@ -115,8 +117,16 @@ class Controls:
 class Labelled:
     """The scored images of a set with their truth, as the calibration maths takes them."""
 
-    df: pd.DataFrame  # source, label, the five scores, adult_score, safe_score, truth (0/1), truth_label
+    df: pd.DataFrame  # source, label, the five scores, adult_score, safe_score, truth (0/1), truth_label[, weight]
     scores: list[dict[str, float]]
+
+    @property
+    def w(self) -> np.ndarray | None:
+        """Each image's weight (production images it stands for), or None: every image counts one."""
+        if "weight" not in self.df.columns:
+            return None
+        values: np.ndarray = self.df["weight"].to_numpy()
+        return values
 
     @property
     def a(self) -> np.ndarray:
@@ -176,8 +186,10 @@ def _load_reviewed(ctx: Context) -> LoadedSet | None:
         return None
     models = sorted({it.model for it in reviewed})
     description = f"reviewed items ({len(reviewed)}, scored by {', '.join(models)})"
-    return LoadedSet("reviewed", [it.labelled() for it in reviewed], description,
-                     {it.source: it.scores for it in reviewed})
+    # each item under its own name (uploads all come from "upload"), weighted by 1 / the probability that queued it
+    items = production.reviewed_labelled(reviewed)
+    return LoadedSet("reviewed", [item for item, _ in items], description,
+                     {item.source: it.scores for item, it in items}, {item.source: it.weight for item, it in items})
 
 
 def _load_manifest() -> LoadedSet | None:
@@ -229,7 +241,7 @@ def _score(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
         pre = loaded.pre
         rows: list[ScoreRow] = [{"source": it.source, "label": it.label, "scores": pre[it.source], "error": None}
                                 for it in loaded.items]
-        entry: Entry = {"key": key, "rows": rows, "model": None, "model_version": None}
+        entry: Entry = {"key": key, "rows": rows, "model": None, "model_version": None, "weights": loaded.weights}
     else:
         model = state.model(model_name)
         bar = st.progress(0.0, text=f"Scoring {len(loaded.items)} images with {model_name}…")
@@ -242,7 +254,8 @@ def _score(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
         bar.empty()
         rows = [{"source": it.source, "label": it.label, "scores": sc,
                  "error": None if err is None else err.to_dict()} for it, sc, err in results]
-        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, ctx.decoder.limits)}
+        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, ctx.decoder.limits),
+                 "weights": None}
     store[key] = entry
     while len(store) > KEEP_SETS:
         store.pop(next(iter(store)))
@@ -266,23 +279,29 @@ def _thumbnail(source: str, model_name: str) -> str | None:
 # ---------------------------------------------------------------- arithmetic for the page
 
 
-def _labelled(rows: Sequence[ScoreRow], controls: Controls, binary_map: Mapping[str, str]) -> Labelled:
-    """The score frame of the scored rows: classes summed as on the sidebar, truth from the labels."""
+def _labelled(rows: Sequence[ScoreRow], controls: Controls, binary_map: Mapping[str, str],
+              weights: Mapping[str, float] | None = None) -> Labelled:
+    """The score frame of the scored rows: classes summed as on the sidebar, truth from the labels (and each
+    row's weight when the set has weights)."""
     scores = [r["scores"] for r in rows if r["scores"] is not None]
     truth = [to_binary(r["label"], binary_map) for r in rows]
     df = cal.score_frame(scores, truth, controls.adult_classes, controls.safe_classes)
     df.insert(0, "source", [r["source"] for r in rows])
     df.insert(1, "label", [r["label"] for r in rows])
     df["truth_label"] = truth
+    if weights is not None:
+        df["weight"] = [float(weights.get(r["source"], 1.0)) for r in rows]
     return Labelled(df, scores)
 
 
-def _adult_point(scores: Sequence[Mapping[str, float]], y: np.ndarray, rule: Thresholds) -> dict[str, float]:
+def _adult_point(scores: Sequence[Mapping[str, float]], y: np.ndarray, rule: Thresholds,
+                 w: np.ndarray | None = None) -> dict[str, float]:
     """The adult score's operating point under ``rule``: its adult verdicts (``Thresholds.decide``)
-    against the truth ``y`` (1: adult) as tpr = recall, fpr and precision (NaN: undefined)."""
+    against the truth ``y`` (1: adult) as tpr = recall, fpr and precision (NaN: undefined); weighted by ``w``."""
     hit = np.array([rule.decide(sc) == ADULT for sc in scores], dtype=bool)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    tp, fp = int((hit & (y == 1)).sum()), int((hit & (y == 0)).sum())
+    ones = np.ones(len(y)) if w is None else w
+    n_pos, n_neg = float(ones[y == 1].sum()), float(ones[y == 0].sum())
+    tp, fp = float(ones[hit & (y == 1)].sum()), float(ones[hit & (y == 0)].sum())
     return {"tpr": tp / n_pos if n_pos else np.nan, "recall": tp / n_pos if n_pos else np.nan,
             "fpr": fp / n_neg if n_neg else np.nan, "precision": tp / (tp + fp) if tp + fp else np.nan}
 
@@ -292,7 +311,8 @@ def _verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
     pivot = table.pivot(index="verdict", columns="truth", values="count").reindex(list(VERDICTS))
     pivot = pivot.reindex(columns=["adult", "safe"])
     rates = table.pivot(index="verdict", columns="truth", values="share_of_truth").reindex(pivot.index)
-    return pd.DataFrame({f"true {c}": [f"{int(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})" for v in pivot.index]
+    return pd.DataFrame({f"true {c}": [f"{production.count_text(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})"
+                                       for v in pivot.index]
                          for c in pivot.columns}, index=[f"verdict {v}" for v in pivot.index])
 
 
@@ -305,9 +325,10 @@ def _suggested(context: tuple[Any, ...]) -> cal.Suggestion | None:
 # ---------------------------------------------------------------- callbacks
 
 
-def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any, ...]) -> None:
+def _on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any, ...],
+                w: np.ndarray | None = None) -> None:
     sug = cal.suggest_thresholds(a, s, y, S.get("cal_target_adult", 99.0) / 100.0,
-                                 S.get("cal_target_safe", 99.0) / 100.0)
+                                 S.get("cal_target_safe", 99.0) / 100.0, weights=w)
     if sug.status in ("ok", "partial") and sug.t_adult is not None and sug.t_safe is not None:
         t_a = cal.snap_threshold(sug.t_adult, a, STEP)
         t_s = cal.snap_threshold(sug.t_safe, s[a < t_a - EPSILON], STEP)
@@ -439,15 +460,16 @@ def _show_metrics(m: cal.DecisionMetrics, controls: Controls, n_adult: int) -> N
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Precision of automatic adult", _pct(m.adult_precision),
               help="Of the images called adult automatically, the share that are truly adult.")
-    c1.caption(m.reasons.get("adult_precision") or f"{m.adult_correct} of {m.adult_decisions} correct")
+    many = production.count_text
+    c1.caption(m.reasons.get("adult_precision") or f"{many(m.adult_correct)} of {many(m.adult_decisions)} correct")
     c2.metric("Precision of automatic safe", _pct(m.safe_precision),
               help="Of the images called safe automatically, the share that are truly safe.")
-    c2.caption(m.reasons.get("safe_precision") or f"{m.safe_correct} of {m.safe_decisions} correct"
+    c2.caption(m.reasons.get("safe_precision") or f"{many(m.safe_correct)} of {many(m.safe_decisions)} correct"
                + (" (no adult samples: trivially 100 %)" if n_adult == 0 else ""))
     c3.metric("Sent to review", _pct(m.review_share))
-    c3.caption(f"{m.review_n} of {m.n} images")
-    c4.metric("Adult images let through as safe", f"{m.missed_adult}" if n_adult else "—")
-    c4.caption(f"{m.false_adult} safe images blocked as adult; adult caught automatically: "
+    c3.caption(f"{many(m.review_n)} of {many(m.n)} images")
+    c4.metric("Adult images let through as safe", many(m.missed_adult) if n_adult else "—")
+    c4.caption(f"{many(m.false_adult)} safe images blocked as adult; adult caught automatically: "
                + (_pct(m.adult_recall) if n_adult else "undefined (no adult samples)"))
 
 
@@ -456,7 +478,7 @@ def _show_suggest(data: Labelled, context: tuple[Any, ...], sug: cal.Suggestion 
     col_a, col_s, col_b = st.columns([1, 1, 1])
     col_a.number_input("Target precision of adult decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_adult")
     col_s.number_input("Target precision of safe decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_safe")
-    col_b.button("Suggest thresholds", on_click=_on_suggest, args=(data.a, data.s, data.y, context),
+    col_b.button("Suggest thresholds", on_click=_on_suggest, args=(data.a, data.s, data.y, context, data.w),
                  type="secondary",
                  help="The thresholds that send the fewest images to review while each kind of automatic "
                       "decision meets its target precision; moves the sliders there.")
@@ -479,6 +501,8 @@ def _save(ctx: Context, who: Identity, controls: Controls, loaded: LoadedSet, en
         "failed": failed, "labels": {k: int(v) for k, v in data.df["label"].value_counts().items()},
         "adult_labels": sorted(controls.adult_labels), "model_version": entry["model_version"],
         "metrics": m.to_dict(),
+        # the set's score histograms: the reference the Evaluate page's score drift (PSI) compares production with
+        "score_histograms": production.reference_histograms(data.scores, data.w, loaded.description),
     }
     if sug is not None:
         tuned_on["suggestion"] = sug.to_dict()
@@ -562,7 +586,7 @@ def _show_distributions(data: Labelled, controls: Controls, shown_sug: cal.Sugge
 
 def _show_verdicts(data: Labelled, controls: Controls) -> None:
     st.subheader("Verdict × true label")
-    table = cal.verdict_table(data.df, (controls.t_adult, controls.t_safe))
+    table = cal.verdict_table(data.df, (controls.t_adult, controls.t_safe))  # weighted by its weight column
     v1, v2 = st.columns([1, 1])
     v1.altair_chart(charts.verdict_chart(table), width="stretch")
     v2.dataframe(_verdict_counts(table))
@@ -572,7 +596,7 @@ def _show_verdicts(data: Labelled, controls: Controls) -> None:
 def _show_tradeoff(data: Labelled, controls: Controls, m: cal.DecisionMetrics,
                    shown_sug: cal.Suggestion | None) -> None:
     st.subheader("Precision vs share sent to review")
-    sw = cal.sweep(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
+    sw = cal.sweep(data.a, data.s, data.y, controls.t_adult, controls.t_safe, weights=data.w)
     if sw["precision"].notna().any():
         st.altair_chart(charts.tradeoff_chart(sw, m, shown_sug), width="stretch")
     st.caption("Each curve moves one threshold over 0…1 with the other fixed at its current value; "
@@ -583,12 +607,12 @@ def _show_tradeoff(data: Labelled, controls: Controls, m: cal.DecisionMetrics,
 
 def _show_curves(data: Labelled, controls: Controls, shown_sug: cal.Suggestion | None) -> None:
     st.subheader("ROC and precision-recall of the adult score")
-    roc, pr = cal.roc_curve(data.a, data.y), cal.pr_curve(data.a, data.y)
+    roc, pr = cal.roc_curve(data.a, data.y, weights=data.w), cal.pr_curve(data.a, data.y, weights=data.w)
     rule = controls.rule()
-    point = _adult_point(data.scores, data.y, rule)
+    point = _adult_point(data.scores, data.y, rule, data.w)
     sug_point = None
     if shown_sug is not None and shown_sug.t_adult is not None:
-        sug_point = _adult_point(data.scores, data.y, dataclasses.replace(rule, adult=shown_sug.t_adult))
+        sug_point = _adult_point(data.scores, data.y, dataclasses.replace(rule, adult=shown_sug.t_adult), data.w)
     r1, r2 = st.columns(2)
     if roc.defined:
         r1.altair_chart(charts.roc_chart(roc, point, sug_point), width="stretch")
@@ -650,15 +674,19 @@ def page() -> None:
     if binary_map is None:
         return
 
-    data = _labelled(rows, controls, binary_map)
+    data = _labelled(rows, controls, binary_map, entry.get("weights"))
     _describe(loaded.description, data)
-    m = cal.decision_metrics(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
+    if data.w is not None:
+        production.describe_weights(ctx, data.df)
+    m = cal.decision_metrics(data.a, data.s, data.y, controls.t_adult, controls.t_safe, weights=data.w)
     context = (entry["key"], tuple(controls.adult_classes), tuple(controls.safe_classes),
                tuple(sorted(controls.adult_labels)))
     sug = _suggested(context)
     shown_sug = sug if sug is not None and sug.t_adult is not None else None
 
     _show_metrics(m, controls, data.n_adult)
+    if data.w is not None:
+        production.per_day_effect(ctx, data.df, controls.t_adult, controls.t_safe)
     _show_suggest(data, context, sug)
     if loaded.kind != "synthetic" and st.button(
             "Save thresholds", type="primary",
