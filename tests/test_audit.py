@@ -321,3 +321,53 @@ def test_a_database_that_never_was_migrated_still_works(tmp_path: Path):
     counter.observe("safe", "model", {"porn": 0.0})
     assert counter.flush() == 2
     pool.close()
+
+
+# ---------------------------------------------------------------- /metrics
+
+
+def test_the_evaluation_gauges_never_hold_up_a_scrape():
+    import time
+
+    from nsfw_core.metrics import Metrics
+
+    def slow() -> list:
+        time.sleep(5.0)
+        return [("nsfw_score_psi", "x", {"class": "porn"}, 0.3)]
+
+    metrics = Metrics(quality=slow)
+    try:
+        started = time.monotonic()
+        text = metrics.exposition().decode()
+        assert time.monotonic() - started < 4.0
+        assert "nsfw_evaluation_up 0.0" in text and "nsfw_score_psi" not in text
+    finally:
+        metrics.close()
+    quick = Metrics(quality=lambda: [("nsfw_automatic_precision", "p", {"verdict": "safe"}, 0.98),
+                                     ("nsfw_automatic_precision", "p", {"verdict": "adult"}, 0.9)])
+    try:
+        text = quick.exposition().decode()
+        assert "nsfw_evaluation_up 1.0" in text
+        assert 'nsfw_automatic_precision{verdict="safe"} 0.98' in text
+        assert 'nsfw_automatic_precision{verdict="adult"} 0.9' in text
+    finally:
+        quick.close()
+
+
+def test_the_api_counts_audits_and_serves_the_gauges(tmp_path):
+    from tests.helpers.apiclient import make_settings, running
+    from tests.helpers.paths import REFERENCE
+
+    house = (REFERENCE / "house.jpg").read_bytes()
+    settings = make_settings(tmp_path, audit_rate=(("adult", 1.0), ("safe", 1.0)))
+    with running(settings) as client:
+        answer = client.post("/predict?detail=1", content=house, headers={"Content-Type": "image/jpeg"}).json()
+        assert answer["verdict"] == "safe" and "review_id" not in answer
+        with ReviewQueue.from_config(settings.review_config) as queue:
+            [item] = queue.items()
+            assert (item.kind, item.probability, item.verdict) == ("audit", 1.0, "safe")
+            queue.decide(item.id, "r1", "neutral")
+        text = client.get("/metrics").text
+    assert 'nsfw_audited_items{verdict="safe"} 1.0' in text
+    assert 'nsfw_automatic_precision{verdict="safe"} 1.0' in text
+    assert "nsfw_evaluation_up 1.0" in text

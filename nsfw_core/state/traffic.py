@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.state.db import Pool
 from nsfw_core.state.migrations import TRAFFIC_TABLE
 
@@ -34,6 +35,7 @@ SCORE_BINS = 10  # equal bins over [0, 1]
 FLUSH_INTERVAL = 5.0  # seconds between flushes of one process
 MAX_PENDING_KEYS = 100_000  # counts kept in memory while the database is down (about 40 days of keys)
 DECISIONS, SCORE = "decisions", "score"
+_score_names: dict[tuple[str, int], str] = {}  # ("porn", 3) -> "score:porn:3", filled below
 
 
 def day_of(ts: float) -> str:
@@ -44,6 +46,11 @@ def day_of(ts: float) -> str:
 def score_bin(score: float, bins: int = SCORE_BINS) -> int:
     """The bin of a score in [0, 1] (1.0 in the last one; out-of-range scores clipped)."""
     return min(max(int(float(score) * bins), 0), bins - 1)
+
+
+# the key of each in-range bin, made once (observe() runs for every classification); a score of 1.0 (bin 10) or
+# out of range goes through score_bin instead
+_score_names.update({(name, b): f"{SCORE}:{name}:{b}" for name in CLASS_NAMES for b in range(SCORE_BINS)})
 
 
 class TrafficCounter:
@@ -62,15 +69,24 @@ class TrafficCounter:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._down = False
+        self._day, self._day_start = "", -1e18  # the UTC day observe() counts under, and when it began
 
     def observe(self, verdict: str, source: str, scores: Mapping[str, float]) -> None:
         """Count one classification (its verdict, who gave it, its scores) under today's date."""
-        day = day_of(self.clock())
+        now = self.clock()
+        day = self._day if self._day_start <= now < self._day_start + 86400.0 else self._new_day(now)
+        names = _score_names
         with self._lock:
             pending = self._pending
             pending[(day, f"{DECISIONS}:{verdict}:{source}")] += 1
             for name, value in scores.items():
-                pending[(day, f"{SCORE}:{name}:{score_bin(value)}")] += 1
+                b = int(value * SCORE_BINS)
+                pending[(day, names.get((name, b)) or f"{SCORE}:{name}:{score_bin(value)}")] += 1
+
+    def _new_day(self, now: float) -> str:
+        self._day_start = now - now % 86400.0
+        self._day = day_of(now)
+        return self._day
 
     @property
     def pending(self) -> int:
