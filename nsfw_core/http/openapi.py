@@ -132,11 +132,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "model": {"name": "model", "in": "query", "required": False, "schema": {"enum": list(MODEL_NAMES)},
               "description": "the model for a raw body (in JSON, \"model\"; both: they must agree); default "
                              "NSFW_MODEL"},
-    "since": {"name": "since", "in": "query", "required": False,
-              "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+    "since": {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
               "description": "start of the window: a UTC date (ISO 8601 times and seconds since the epoch work too)"},
-    "until": {"name": "until", "in": "query", "required": False,
-              "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+    "until": {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
               "description": "end of the window, excluded (default: now)"},
     "review_id": {"name": "id", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
