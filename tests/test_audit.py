@@ -371,3 +371,35 @@ def test_the_api_counts_audits_and_serves_the_gauges(tmp_path):
     assert 'nsfw_audited_items{verdict="safe"} 1.0' in text
     assert 'nsfw_automatic_precision{verdict="safe"} 1.0' in text
     assert "nsfw_evaluation_up 1.0" in text
+
+
+def test_the_reviewer_apis_answers_match_the_openapi_document(tmp_path):
+    import jsonschema
+
+    from tests.helpers.apiclient import make_settings, running
+    from tests.helpers.paths import REFERENCE
+
+    def valid(doc, name, value):
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        jsonschema.validate(value, schema, cls=jsonschema.Draft202012Validator)
+
+    key = {"Authorization": "Bearer " + "k" * 20}
+    settings = make_settings(tmp_path, audit_rate=(("adult", 1.0), ("safe", 1.0)), safe_threshold=0.97,
+                             admin_api_keys=("k" * 20,), double_review_rate=1.0)
+    with running(settings) as client:
+        doc = client.get("/openapi.json").json()
+        for name in ("house.jpg", "smile.jpg"):
+            client.post("/predict", content=(REFERENCE / name).read_bytes(), headers={"Content-Type": "image/jpeg"})
+        claimed = client.post("/v1/reviews/claim", headers=key).json()
+        valid(doc, "Claim", claimed)
+        decided = client.post(f"/v1/reviews/{claimed['item']['id']}/decision", json={"label": "porn"}, headers=key)
+        valid(doc, "DecisionResult", decided.json())
+        assert decided.json()["outcome"] == "second_review"
+        valid(doc, "Claim", client.post("/v1/reviews/undo", headers=key).json())
+        client.post(f"/v1/reviews/{claimed['item']['id']}/decision", json={"label": "porn"}, headers=key)
+        valid(doc, "Review", client.get(f"/v1/reviews/{claimed['item']['id']}").json())
+        valid(doc, "Claim", client.post("/v1/reviews/claim", headers=key).json())
+        evaluation = client.get("/v1/evaluation", headers=key).json()
+        valid(doc, "Evaluation", evaluation)
+        valid(doc, "Evaluation", client.get("/v1/evaluation?since=2026-01-01&until=2026-02-01", headers=key).json())
+    assert doc["paths"]["/v1/reviews/claim"]["post"]["security"] == [{"bearer": []}]
