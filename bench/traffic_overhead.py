@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import statistics
@@ -39,6 +40,11 @@ from nsfw_core.state.traffic import TrafficCounter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCORES = {"drawings": 0.01, "hentai": 0.02, "neutral": 0.9, "porn": 0.03, "sexy": 0.04}
+
+
+def days_ago(now: float, days: int) -> float:
+    """The clock of a counter ``days`` before ``now``."""
+    return now - days * 86400.0
 
 
 def per_call(fn, calls: int) -> float:
@@ -76,7 +82,7 @@ def main() -> None:
 
     now = time.time()
     for day in range(28):  # 28 days of traffic: 2,000 classifications a day
-        day_counter = TrafficCounter(pool, prepare=lambda: queue, clock=lambda d=day: now - d * 86400.0)
+        day_counter = TrafficCounter(pool, prepare=lambda: queue, clock=functools.partial(days_ago, now, day))
         for verdict, n in (("adult", 200), ("unknown", 100), ("safe", 1700)):
             for _ in range(n):
                 day_counter.observe(verdict, "model", SCORES)

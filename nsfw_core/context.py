@@ -57,6 +57,7 @@ from nsfw_core.state.traffic import FLUSH_INTERVAL, TrafficCounter
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
+    from nsfw_core.state.sessions import SigninSessions
     from nsfw_core.state.webhooks import Deliverer
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Context:
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
+        self._signin_sessions: SigninSessions | None = None
         # One connection pool on the one database; opening it connects to nothing yet.
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
@@ -103,7 +105,7 @@ class Context:
         self._quality: tuple[float, list[Any]] | None = None
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor, self.audit),
+                                                  self.executor, self.review_config.quota, self.audit),
                                      load=self.load_bytes, observe=self._observe)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
@@ -121,6 +123,16 @@ class Context:
             if self._review is None:
                 self._review = ReviewQueue.from_config(self.review_config, pool=self.database)
             return self._review
+
+    @property
+    def signin_sessions(self) -> SigninSessions:
+        """The browser app's sign-in sessions (:mod:`nsfw_core.state.sessions`), in the one database."""
+        from nsfw_core.state.sessions import SigninSessions  # only the browser app's sign-in needs it
+
+        with self._lock:
+            if self._signin_sessions is None:
+                self._signin_sessions = SigninSessions(self.database, self.settings.session_config)
+            return self._signin_sessions
 
     @property
     def score_cache(self) -> ScoreCache:

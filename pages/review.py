@@ -15,10 +15,14 @@ An audit item (a random sample of the automatic verdicts, NSFW_AUDIT_RATE) is sh
 the model's verdict nor its scores.  Under double review (NSFW_DOUBLE_REVIEW_RATE) the label is this
 reviewer's vote: the item goes to a second reviewer, and to an admin when the two disagree.
 
-The image comes from the stored bytes when the queue kept them
-(``NSFW_REVIEW_STORE_UPLOADS``), otherwise from its URL through the SSRF-safe
-fetcher (once per item and session; "Fetch again" after an error); an upload
-whose bytes were not kept is reviewed from its scores.
+The image is always the bytes that were classified (issue 29): the stored bytes (a URL
+item's always, an upload's with ``NSFW_REVIEW_STORE_UPLOADS``, an audit item's always); a
+review item queued before the queue kept URL bytes is fetched again through the SSRF-safe
+fetcher and shown only when its sha256 is the item's (once per item and session; "Fetch
+again" after an error); an audit item is never fetched again.  A decision is remembered for
+later copies only when the reviewer was shown those bytes (``seen``); an upload whose bytes
+were not kept is decided from its scores, and remembered for nothing.  A review item whose
+look-alike match the model disagreed with shows that match.
 
 Widget keys: ``reveal_<item id>`` (toggle);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
@@ -28,6 +32,9 @@ hentai, neutral, porn, sexy), K skip, U undo.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pandas as pd
 import streamlit as st
@@ -45,6 +52,7 @@ CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
 SKIPPED_KEY = "review_skipped"  # ids this session skipped
 MESSAGE_KEY = "review_message"  # (kind, text) shown once after a button
 FETCHED_KEY = "review_fetched"  # {item id: bytes or error text}: URL images fetched for this session
+SHOWN_KEY = "review_shown"  # {item id: sha256 of the bytes shown}: what the reviewer saw (the item's own bytes)
 SHORTCUTS = {"adult": "A", "safe": "S", "drawings": "1", "hentai": "2", "neutral": "3", "porn": "4", "sexy": "5",
              "skip": "K", "undo": "U"}
 LABEL_HELP = {"adult": "Adult (binary label)", "safe": "Safe (binary label)",
@@ -94,10 +102,12 @@ def _on_decide(queue: ReviewQueue, who: Identity, item_id: int, label: str) -> N
     try:
         auth.check(who, Permission.REVIEW)
         fetched = st.session_state.get(FETCHED_KEY, {}).get(item_id)
-        # an item queued without perceptual hashes gets them now (stored bytes, or its URL), so later copies
-        # of the image get this decision too (nsfw_core.state.known); items queued by the API carry them already
-        hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None)
-        item = queue.decide(item_id, who.name, label, phash=hashes, admin=who.role >= Role.ADMIN)
+        seen = st.session_state.get(SHOWN_KEY, {}).get(item_id)
+        # an item queued without perceptual hashes gets them now (the bytes shown), so later copies of the
+        # image get this decision too (nsfw_core.state.known); items queued by the API carry them already
+        hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None) \
+            if seen else None
+        item = queue.decide(item_id, who.name, label, phash=hashes, seen=seen, admin=who.role >= Role.ADMIN)
         if item.status == "decided":
             _say("success", f"Item {item_id}: **{label}**.")
         elif item.escalated:
@@ -155,16 +165,25 @@ def _on_reset_skipped() -> None:
 
 
 def _image_bytes(ctx: Context, item: Item) -> tuple[bytes | None, str | None]:
-    """The item's bytes (stored, or fetched once per session from its URL) or an error text."""
+    """The bytes that were classified (stored, or, for a review item queued before URL bytes were kept, fetched
+    once per session from its URL and refused when its sha256 is not the item's) or an error text.  An audit
+    item's bytes are always stored: it is never fetched again."""
     if item.image:
+        if hashlib.sha256(item.image).hexdigest() != item.sha256:
+            return None, ("The stored bytes are not the classified image's (sha256 differs): "
+                          + ("skip it." if item.blind else "decide from the scores."))
         return item.image, None
-    if not item.is_url:
+    if not item.is_url or item.blind:
         return None, None
     fetched = st.session_state.setdefault(FETCHED_KEY, {})
     if item.id not in fetched:
         try:
             fetched.clear()  # keep only the current item's bytes
-            fetched[item.id] = inputs.url_bytes(ctx, item.source)
+            data = inputs.url_bytes(ctx, item.source)
+            fetched[item.id] = data if hashlib.sha256(data).hexdigest() == item.sha256 else (
+                "The URL now serves other bytes than the image that was classified (its sha256 differs), so "
+                "they are not shown: decide from the scores or skip; the decision will not be remembered "
+                "for copies.")
         except NSFWError as exc:
             fetched[item.id] = _error_text(exc)
     value = fetched[item.id]
@@ -178,14 +197,16 @@ def _show_image(ctx: Context, item: Item) -> None:
         st.button("Fetch again", key="refetch", on_click=_on_refetch)
         return
     if data is None:
-        st.info("The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
-                + ("skip it." if item.blind else "decide from the scores, or skip."))
+        st.info("The image was not stored: skip it." if item.blind else
+                "The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
+                "decide from the scores, or skip; the decision will not be remembered for copies.")
         return
     try:
         pixels = ctx.decoder.preview(data, PREVIEW_SIZE)
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
+    st.session_state[SHOWN_KEY] = {item.id: hashlib.sha256(data).hexdigest()}  # the item's own bytes
     revealed = st.toggle("Reveal image", key=f"reveal_{item.id}",
                          help="The image is blurred until you reveal it.")
     if revealed:
@@ -273,9 +294,25 @@ def _show_item(ctx: Context, queue: ReviewQueue, item: Item) -> None:
             st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
                        + skipped)
             st.dataframe(_scores_table(item), hide_index=True)
+            _show_match(item)
         if item.escalated:
             said = ", ".join(f"{_md(v.reviewer)} said **{_md(v.label)}**" for v in queue.votes(item.id))
             st.warning(f"Two reviewers disagreed ({said}): your decision is final.")
+
+
+def _show_match(item: Item) -> None:
+    """A remembered decision this image looks like (PDQ) while the model sees it differently: the reviewer
+    decides, knowing it (issue 29: a perceptual hash alone never clears).  Never for an audit item (blind)."""
+    if not item.matched or item.blind:
+        return
+    try:
+        m = json.loads(item.matched)
+        text = (f"Looks like {'review item ' + str(m['review_id']) if m.get('review_id') else 'a hash-list entry'}"
+                f" ({_md(str(m.get('label', '')))}, {m.get('by', 'pdq')} distance {int(m.get('distance', 0))}),"
+                " but the model sees it differently: decide on what you see.")
+    except (ValueError, TypeError, KeyError):
+        return
+    st.warning(text)
 
 
 def page() -> None:

@@ -6,7 +6,12 @@
   escalates it to an admin (only an admin claims or decides it, first), two concurrent second votes
   decide it once, undo takes back one's own vote;
 - traffic counts from two "replicas" add up in the database; a database that is down keeps them;
-- the evaluation's figures are the estimators' on exactly the decided items, and say what is missing.
+- the evaluation's figures are the estimators' on exactly the decided items, and say what is missing;
+- merged with issue 29: an audit item is the server's sample (no client, no quota spent, its decision
+  protects every client), it is remembered only for the bytes the reviewer saw (double review too), an
+  item without a review id gets one for the reviewer API; through the API: the reviewer API hands the
+  classified bytes and passes what it handed as ``seen``, and who decided is shown to reviewer and admin
+  keys, never to a client key.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +30,11 @@ from nsfw_core.calibration.evaluation import proportion
 from nsfw_core.calibration.production import evaluate, gauges
 from nsfw_core.state import webhooks
 from nsfw_core.state.db import Pool, backend_for
-from nsfw_core.state.migrations import OUTBOX_TABLE
+from nsfw_core.state.known import KnownImages
+from nsfw_core.state.migrations import OUTBOX_TABLE, TABLE
 from nsfw_core.state.review import ReviewConflict, ReviewQueue
 from nsfw_core.state.review.audit import AUDIT, AuditPolicy
+from nsfw_core.state.review.queue import TICKET_RE, QuotaSpent
 from nsfw_core.state.traffic import TrafficCounter, day_of
 
 SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.1, "porn": 0.6, "sexy": 0.2}
@@ -91,6 +99,84 @@ def test_an_audit_item_keeps_its_bytes_and_its_probability_and_is_shown_blind(q)
     assert (reviewed.kind, reviewed.verdict, reviewed.probability, reviewed.weight) == ("audit", "safe", 0.005, 200.0)
 
 
+def test_an_audit_item_is_the_servers_it_spends_no_quota_and_protects_every_client(q):
+    """Sampled by the server, asked for by no client: whoever's request was sampled, the item is queued for no
+    client (no ticket of theirs, nothing counted against NSFW_REVIEW_QUOTA) and its decision protects all."""
+    for n in range(3):  # three audits of client c1's traffic, its quota 1
+        item, ticket = q.enqueue_for("c1", sha(n), "upload", SCORES, MODEL, "safe", image_bytes=b"x%d" % n,
+                                     audience="c1", matched='{"label": "safe"}', quota=1, kind=AUDIT,
+                                     probability=0.01)
+        shown = q.get(item)
+        assert (shown.client, shown.audience, shown.matched, shown.kind) == ("", "", None, "audit")
+        assert q.ticket(ticket) == (item, "") and shown.public_id == ticket  # the server's id, no client's
+    q.enqueue_for("c1", sha("r1"), "upload", SCORES, MODEL, "unknown", quota=1)  # its one review item
+    with pytest.raises(QuotaSpent):
+        q.enqueue_for("c1", sha("r2"), "upload", SCORES, MODEL, "unknown", quota=1)
+    # decided on the bytes the reviewer saw: remembered for everyone (c2 never sent it)
+    claimed = q.claim("r1")
+    assert claimed is not None and claimed.sha256 == sha(0) and claimed.image == b"x0"  # bytes kept: an audit's
+    assert q.decide(claimed.id, "r1", "porn", seen=sha(0)).decision == "porn"
+    known = KnownImages(q.pool)
+    for client in ("c1", "c2", None):
+        match = known.lookup(sha(0), None, client)
+        assert match is not None and match.label == "porn", client
+    known.close()
+
+
+def test_a_decision_is_remembered_only_for_the_bytes_seen_under_double_review_too(q, clock):
+    known = KnownImages(q.pool)
+
+    def remembered(n: str) -> bool:
+        known.refresh()
+        return known.lookup(sha(n), None) is not None
+
+    try:
+        seen_item = add(q, "seen", reviews=2)
+        q.decide(seen_item, "r1", "porn", seen=sha("seen"))  # a vote: nothing decided, nothing remembered
+        assert not remembered("seen")
+        clock.now += 1
+        assert q.decide(seen_item, "r2", "porn", seen=sha("seen")).status == "decided"
+        assert remembered("seen")
+        unseen = add(q, "unseen", reviews=2)
+        q.decide(unseen, "r1", "porn", seen=sha("unseen"))
+        clock.now += 1
+        # the deciding reviewer was not shown the item's own bytes (other bytes)
+        assert q.decide(unseen, "r2", "porn", seen=sha("other")).status == "decided"
+        assert not remembered("unseen")
+        clock.now += 1
+        disputed = add(q, "disputed", reviews=2)
+        q.decide(disputed, "r1", "porn", seen=sha("disputed"))
+        q.decide(disputed, "r2", "neutral", seen=sha("disputed"))
+        assert q.decide(disputed, "boss", "neutral", admin=True).status == "decided"  # without seeing it
+        assert not remembered("disputed")
+    finally:
+        known.close()
+
+
+def test_exports_hold_no_item_a_reviewer_may_still_be_deciding(q, clock):
+    open_audit = add(q, "open", "safe", kind=AUDIT, probability=0.01)
+    voted = add(q, "voted", reviews=2)
+    q.decide(voted, "r1", "porn")  # one vote of two: still open
+    clock.now += 1
+    done = add(q, "done", "adult", kind=AUDIT, probability=0.01)
+    q.decide(done, "r1", "neutral")
+    manifest = q.export_csv()
+    assert sha("done") in manifest and sha("open") not in manifest and sha("voted") not in manifest
+    assert {q.get(open_audit).status, q.get(voted).status} == {"pending"}
+
+
+def test_an_item_without_a_review_id_gets_one_for_the_reviewer_api(q):
+    item = add(q, 1)
+    given = q.get(item).public_id
+    assert given is not None and q.public_id(item) == given  # one already: the same
+    with q.pool.transaction() as tx:  # an item queued before issue 29 (migration 7) has none
+        tx.run(f"UPDATE {TABLE} SET public_id = NULL WHERE id = ?", (item,))
+    new = q.public_id(item)
+    assert TICKET_RE.match(new) and new != given and q.public_id(item) == new
+    assert q.ticket(new) == (item, "")  # bound to no client: GET /v1/reviews answers it to no API key
+    assert webhooks.review_dict(q.get(item))["id"] == new  # the webhooks name it the same
+
+
 def test_enqueue_refuses_what_is_not_an_item(q):
     for kw in ({"kind": "other"}, {"probability": 0.0}, {"probability": 1.5}, {"reviews": 3}):
         with pytest.raises(BadRequest):
@@ -150,7 +236,7 @@ def test_two_concurrent_second_votes_decide_the_item_once(url, tmp_path, clock):
         for round_ in range(10):
             item = add(queues[0], round_, reviews=2)
             queues[0].decide(item, "first", "porn")
-            barrier, results = threading.Barrier(2), []
+            barrier, results = threading.Barrier(2), list[str]()
             threads = [threading.Thread(target=_vote, args=(queues[i], item, f"second-{i}", barrier, results))
                        for i in range(2)]
             for t in threads:
@@ -316,8 +402,11 @@ def test_a_database_that_never_was_migrated_still_works(tmp_path: Path):
     on a brand-new database."""
     pool = Pool(backend_for(None, tmp_path))
     opened: list[ReviewQueue] = []
-    counter = TrafficCounter(pool, prepare=lambda: opened or opened.append(ReviewQueue(None, data_dir=tmp_path,
-                                                                                        pool=pool)))
+    def prepare() -> None:
+        if not opened:
+            opened.append(ReviewQueue(None, data_dir=tmp_path, pool=pool))
+
+    counter = TrafficCounter(pool, prepare=prepare)
     counter.observe("safe", "model", {"porn": 0.0})
     assert counter.flush() == 2
     pool.close()
@@ -331,7 +420,7 @@ def test_the_evaluation_gauges_never_hold_up_a_scrape():
 
     from nsfw_core.metrics import Metrics
 
-    def slow() -> list:
+    def slow() -> list[tuple[str, str, dict[str, str], float]]:
         time.sleep(5.0)
         return [("nsfw_score_psi", "x", {"class": "porn"}, 0.3)]
 
@@ -388,8 +477,10 @@ def test_the_reviewer_apis_answers_match_the_openapi_document(tmp_path):
                              admin_api_keys=("k" * 20,), double_review_rate=1.0)
     with running(settings) as client:
         doc = client.get("/openapi.json").json()
-        for name in ("house.jpg", "smile.jpg"):
-            client.post("/predict", content=(REFERENCE / name).read_bytes(), headers={"Content-Type": "image/jpeg"})
+        answers = [client.post("/predict?detail=1", content=(REFERENCE / name).read_bytes(),
+                               headers={"Content-Type": "image/jpeg"}).json() for name in ("house.jpg", "smile.jpg")]
+        assert "review_id" not in answers[0]  # house: audited, the answer unchanged; smile: queued for review
+        review_id = answers[1]["review_id"]
         claimed = client.post("/v1/reviews/claim", headers=key).json()
         valid(doc, "Claim", claimed)
         decided = client.post(f"/v1/reviews/{claimed['item']['id']}/decision", json={"label": "porn"}, headers=key)
@@ -397,9 +488,97 @@ def test_the_reviewer_apis_answers_match_the_openapi_document(tmp_path):
         assert decided.json()["outcome"] == "second_review"
         valid(doc, "Claim", client.post("/v1/reviews/undo", headers=key).json())
         client.post(f"/v1/reviews/{claimed['item']['id']}/decision", json={"label": "porn"}, headers=key)
-        valid(doc, "Review", client.get(f"/v1/reviews/{claimed['item']['id']}").json())
+        # the audit item's review id is the server's (no client asked for it): GET answers it to no client
+        assert client.get(f"/v1/reviews/{claimed['item']['id']}").status_code == 404
+        valid(doc, "Review", client.get(f"/v1/reviews/{review_id}").json())
         valid(doc, "Claim", client.post("/v1/reviews/claim", headers=key).json())
         evaluation = client.get("/v1/evaluation", headers=key).json()
         valid(doc, "Evaluation", evaluation)
         valid(doc, "Evaluation", client.get("/v1/evaluation?since=2026-01-01&until=2026-02-01", headers=key).json())
     assert doc["paths"]["/v1/reviews/claim"]["post"]["security"] == [{"bearer": []}]
+
+
+def test_through_the_api_audits_spend_no_quota_decisions_follow_what_was_handed_and_who_decided_is_for_reviewers(
+        tmp_path):
+    """In-process API (the model loaded): NSFW_REVIEW_QUOTA=1 with every automatic verdict audited; the reviewer
+    API names items by review id, hands the classified bytes, and passes them as ``seen``; ``decided_by`` for
+    reviewer and admin keys only."""
+    import base64
+    import sqlite3
+
+    from nsfw_core.context import current
+    from nsfw_core.http.reviews import key_id
+    from tests.helpers.apiclient import make_settings, running
+    from tests.helpers.paths import REFERENCE
+
+    client_key, both_key, reviewer = "client-key-0123456789", "client-and-reviewer-0123", "reviewer-key-0123456789"
+    house, smile = (REFERENCE / "house.jpg").read_bytes(), (REFERENCE / "smile.jpg").read_bytes()
+    settings = make_settings(tmp_path, audit_rate=(("adult", 1.0), ("safe", 1.0)), safe_threshold=0.97,
+                             review_quota=1, api_keys=(client_key, both_key), reviewer_api_keys=(both_key, reviewer))
+
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def classify(key: str, image: bytes) -> dict[str, Any]:
+        reply = client.post("/predict?detail=1", content=image, headers={"Content-Type": "image/jpeg", **auth(key)})
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    def remembered(sha256: str) -> int:
+        with sqlite3.connect(tmp_path / "review.sqlite") as db:
+            return int(db.execute("SELECT COUNT(*) FROM known_images WHERE sha256 = ?", (sha256,)).fetchone()[0])
+
+    houses = [house + bytes(i + 1) for i in range(3)]  # the same picture, three sha256s
+    with running(settings) as client:
+        for image in houses:  # three audits of this key's traffic: its quota of 1 is untouched
+            answer = classify(client_key, image)
+            assert answer["verdict"] == "safe" and "review_id" not in answer and "review_error" not in answer
+        mine = classify(client_key, smile)
+        assert mine["verdict"] == "unknown" and TICKET_RE.match(mine["review_id"]), mine
+        spent = classify(client_key, smile + b"\0")
+        assert spent["review_id"] is None and "NSFW_REVIEW_QUOTA" in spent["review_error"]
+        joined = classify(both_key, smile)["review_id"]  # the same item, an id of its own (joining is free)
+        assert TICKET_RE.match(joined) and joined != mine["review_id"]
+
+        queue = current().review_queue
+        old_url = queue.enqueue(sha("old"), "https://example.com/old.jpg", SCORES, MODEL, "unknown")  # no bytes
+        other_bytes = queue.enqueue(sha("other"), "upload", SCORES, MODEL, "safe", image_bytes=b"\xff\xd8 not it",
+                                    kind=AUDIT, probability=0.5)  # bytes that are not the item's sha256's
+        audit_url = queue.enqueue(sha("audit-url"), "https://example.com/a.jpg", SCORES, MODEL, "safe", kind=AUDIT,
+                                  probability=0.5)  # (an audit item always has its bytes: never its URL instead)
+        assert client.post("/v1/reviews/claim", headers=auth(client_key)).status_code == 403
+        handed: dict[str, dict[str, Any]] = {}
+        while (item := client.post("/v1/reviews/claim", headers=auth(reviewer)).json()["item"]) is not None:
+            handed[item["id"]] = item
+            label = "porn" if item["kind"] == "audit" and item["source"] == "upload" else "neutral"
+            decided = client.post(f"/v1/reviews/{item['id']}/decision", json={"label": label}, headers=auth(reviewer))
+            assert decided.status_code == 200, decided.text
+            assert decided.json()["review"]["decided_by"] == key_id(reviewer)  # a reviewer key is told
+        assert len(handed) == 7 and mine["review_id"] in handed
+        # the audits and the review item: the classified bytes, base64; decided on them, so remembered
+        for image in houses:
+            digest = hashlib.sha256(image).hexdigest()
+            [item] = [i for i in handed.values() if i["image"] and i["image"].get("base64")
+                      and hashlib.sha256(base64.b64decode(i["image"]["base64"])).digest().hex() == digest]
+            assert item["kind"] == "audit" and "verdict" not in item and remembered(digest) == 1
+        # the review item is an upload whose bytes were not kept (NSFW_REVIEW_STORE_UPLOADS off): no image handed,
+        # decided from its scores, remembered for nothing
+        assert handed[mine["review_id"]]["image"] is None and "scores" in handed[mine["review_id"]]
+        assert remembered(hashlib.sha256(smile).hexdigest()) == 0
+        # an old URL item gives its URL (not bytes); an audit item without its own bytes gives nothing (no URL):
+        # what the reviewer saw is unknown, so the decisions are recorded and remembered for nothing
+        by_number = {queue.ticket(i)[0]: i for i in handed}  # type: ignore[index]  # item number -> review id
+        assert handed[by_number[old_url]]["image"] == {"url": "https://example.com/old.jpg"}
+        assert handed[by_number[other_bytes]]["image"] is None and handed[by_number[audit_url]]["image"] is None
+        assert queue.get(old_url).decision == "neutral" and queue.get(other_bytes).decision == "porn"  # type: ignore[union-attr]
+        assert remembered(sha("old")) == 0 and remembered(sha("other")) == 0
+        # the audit's decision protects every client: the other key never sent that image
+        current().known.refresh()  # (the server reads new decisions every few seconds)
+        copy = classify(both_key, houses[0])
+        assert (copy["verdict"], copy["verdict_source"]) == ("adult", "review")
+        # who decided: never to the client key; to a key that is a reviewer key too
+        for_client = client.get(f"/v1/reviews/{mine['review_id']}", headers=auth(client_key)).json()
+        assert for_client["status"] == "decided" and "decided_by" not in for_client
+        for_reviewer = client.get(f"/v1/reviews/{joined}", headers=auth(both_key)).json()
+        assert for_reviewer["decided_by"] == key_id(reviewer)
+

@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.timeout(600)  # a cap: the first test may install chrom
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator:
+def images() -> Iterator[Any]:
     with serve() as server:
         for path in REFERENCE.glob("*.jpg"):
             server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
@@ -74,7 +74,8 @@ def expected() -> dict[str, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+    folder: Path = tmp_path_factory.mktemp("data")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def server(images, data_dir) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator:
+def driver() -> Iterator[Any]:
     with chromium() as browser:
         yield browser
 
@@ -177,7 +178,7 @@ def _classify_upload(driver, expected_results: int) -> None:
     pytest.fail("the upload never reached the server")
 
 
-def _results(driver) -> list:
+def _results(driver) -> list[Any]:
     """The heading of each result ("1. glasses.jpg")."""
     return [el for el in _css(driver, '[data-testid="stMarkdownContainer"]') if re.match(r"\d+\. \S", el.text)]
 
@@ -267,7 +268,9 @@ def test_urls_are_classified_in_the_browser(driver, server, images, expected):
     assert "calibrated for MobileNetV2Mid" in driver.page_source
     # The curl box's first command, sent as it is written, answers the same scores.
     curl = _css(driver, '[data-testid="stExpander"] code')[0].get_attribute("textContent")
-    target = re.search(r"^curl -XPOST '([^']+)'$", curl.splitlines()[0]).group(1)
+    found = re.search(r"^curl -XPOST '([^']+)'$", curl.splitlines()[0])
+    assert found is not None, curl
+    target = found.group(1)
     assert target.startswith(server + "/predict?url=")
     with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=30) as reply:
         _assert_scores(json.loads(reply.read()), expected["house.jpg"])

@@ -1,9 +1,12 @@
 """The reviewer API and the evaluation against real servers (``python app.py``), issue 25.
 
 - One server on the SQLite default, every automatic verdict audited (NSFW_AUDIT_RATE=1): the clients'
-  answers are unchanged; reviewer keys claim, decide and undo; an audit item never shows the model's
-  verdict or scores (claim, undo, ``GET /v1/reviews/{id}``); a key is recorded as its id, never itself
-  (answers, log, database); client keys and strangers are refused; ``GET /v1/evaluation`` counts it all.
+  answers are unchanged; reviewer keys claim, decide and undo, naming items by their unguessable review
+  ids (the client's own for an item it queued; the queue's numbers are 404); an audit item never shows the
+  model's verdict or scores (claim, undo) and no client can read it (``GET /v1/reviews/{id}``); a key is
+  recorded as its id, never itself (answers, log, database), and shown to reviewer keys, never to the
+  client key; client keys and strangers are refused; ``GET /v1/evaluation`` counts it all; decisions made
+  on the bytes the API handed are remembered (a copy gets them), for every client when it was an audit.
 - Double review through the API: the second key's disagreement goes to the admin key, with the votes.
 - Two servers on one PostgreSQL, four reviewer keys claiming and deciding at once through both: every
   item is decided exactly once, by the key that claimed it; an undo through the other server works; the
@@ -23,6 +26,7 @@ from typing import Any
 import pytest
 
 from nsfw_core.http.reviews import key_id
+from nsfw_core.state.review.queue import TICKET_RE
 from tests.helpers.appserver import AppServer, Reply, app_server
 from tests.helpers.paths import REFERENCE
 
@@ -31,9 +35,10 @@ pytestmark = pytest.mark.slow
 HOUSE = (REFERENCE / "house.jpg").read_bytes()  # safe score 0.993: "safe" (automatic, audited at rate 1)
 SMILE = (REFERENCE / "smile.jpg").read_bytes()  # safe score 0.962: "unknown" with a safe threshold of 0.97
 CLIENT = "client-key-0123456789"
+OTHER = "other-client-key-0123456789"  # a second client: an audit item's decision protects it too
 R1, R2, R3, R4 = (f"reviewer-key-{i}-0123456789" for i in range(1, 5))
 ADMIN = "admin-key-0123456789abc"
-ENV = {"NSFW_AUDIT_RATE": "1", "NSFW_SAFE_THRESHOLD": "0.97", "NSFW_API_KEYS": CLIENT,
+ENV = {"NSFW_AUDIT_RATE": "1", "NSFW_SAFE_THRESHOLD": "0.97", "NSFW_API_KEYS": f"{CLIENT},{OTHER}",
        "NSFW_REVIEWER_API_KEYS": ",".join((R1, R2, R3, R4)), "NSFW_ADMIN_API_KEYS": ADMIN}
 
 
@@ -46,11 +51,12 @@ def call(server: AppServer, method: str, path: str, key: str | None = None, body
     return server.request(method, path, body=data, headers=headers)
 
 
-def classify(server: AppServer, image: bytes) -> dict[str, Any]:
+def classify(server: AppServer, image: bytes, key: str = CLIENT) -> dict[str, Any]:
     reply = server.request("POST", "/predict?detail=1", body=image,
-                           headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {CLIENT}"})
+                           headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"})
     assert reply.status == 200, reply
-    return reply.json()
+    answer: dict[str, Any] = reply.json()
+    return answer
 
 
 def variants(image: bytes, start: int, count: int) -> list[bytes]:
@@ -62,6 +68,13 @@ def claim(server: AppServer, key: str) -> dict[str, Any] | None:
     reply = call(server, "POST", "/v1/reviews/claim", key)
     assert reply.status == 200, reply
     item: dict[str, Any] | None = reply.json()["item"]
+    return item
+
+
+def held(server: AppServer, key: str) -> dict[str, Any]:
+    """The item a claim gave ``key`` (there must be one)."""
+    item = claim(server, key)
+    assert item is not None
     return item
 
 
@@ -82,19 +95,20 @@ def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
         unknown = [classify(server, img) for img in variants(SMILE, 0, 3)]
         # the clients' answers are unchanged: an audited "safe" carries no review id
         assert all(r["verdict"] == "safe" and "review_id" not in r and "review_error" not in r for r in safe)
-        assert all(r["verdict"] == "unknown" and isinstance(r["review_id"], int) for r in unknown)
+        assert all(r["verdict"] == "unknown" and TICKET_RE.match(r["review_id"]) for r in unknown)
 
         call(server, "POST", "/v1/reviews/claim").error(401, "unauthorized")
         call(server, "POST", "/v1/reviews/claim", CLIENT).error(403, "forbidden")
         call(server, "POST", "/v1/reviews/claim", "not-a-key-at-all-here").error(401, "unauthorized")
         call(server, "GET", "/v1/evaluation", CLIENT).error(403, "forbidden")
 
-        seen: dict[int, dict[str, Any]] = {}
+        seen: dict[str, dict[str, Any]] = {}  # by review id, in the order claimed
         while True:
             reply = call(server, "POST", "/v1/reviews/claim", R1)
             item = reply.json()["item"]
             if item is None:
                 break
+            assert TICKET_RE.match(item["id"]), item["id"]
             seen[item["id"]] = item
             if item["kind"] == "audit":
                 assert_blind(item, reply.body)
@@ -107,27 +121,39 @@ def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
             decided = call(server, "POST", f"/v1/reviews/{item['id']}/decision", R1, {"label": label})
             assert decided.status == 200, decided
             assert decided.json()["outcome"] == "decided"
-            assert decided.json()["review"]["decided_by"] == key_id(R1)
+            assert decided.json()["review"]["id"] == item["id"]
+            assert decided.json()["review"]["decided_by"] == key_id(R1)  # a reviewer key is told who decided
         assert Counter(i["kind"] for i in seen.values()) == {"audit": 6, "review": 3}
         audit_ids = [i for i, item in seen.items() if item["kind"] == "audit"]
+        # a review item is named by the id its client got: the client's and the reviewer API's are one
+        assert {i for i, item in seen.items() if item["kind"] == "review"} == {r["review_id"] for r in unknown}
 
-        # GET /v1/reviews/{id} of an audit item: blind too; deciding it again is a conflict
-        shown = call(server, "GET", f"/v1/reviews/{audit_ids[0]}", CLIENT)
-        assert shown.status == 200 and shown.json()["kind"] == "audit" and "verdict" not in shown.json()
+        # the client reads its items without who decided; an audit item is no client's (404), and blind anyway
+        mine = call(server, "GET", f"/v1/reviews/{unknown[0]['review_id']}", CLIENT)
+        assert mine.status == 200 and mine.json()["label"] == "neutral" and "decided_by" not in mine.json()
+        assert key_id(R1).encode() not in mine.body
+        call(server, "GET", f"/v1/reviews/{audit_ids[0]}", CLIENT).error(404, "not_found")
+        # deciding it again is a conflict, whichever key
         call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", R2, {"label": "safe"}).error(409,
                                                                                                 "review_conflict")
         call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", R2, {"label": "maybe"}).error(
             400, "invalid_request")
-        call(server, "POST", "/v1/reviews/999999/decision", R2, {"label": "safe"}).error(404, "not_found")
+        call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", CLIENT, {"label": "safe"}).error(
+            403, "forbidden")  # a client key never acts on an item, even with its id
+        # the queue's own numbers, and ids no one was given, name nothing
+        for bad in ("1", "999999", "rv_" + "A" * 22, "rv_short"):
+            call(server, "POST", f"/v1/reviews/{bad}/decision", R2, {"label": "safe"}).error(404, "not_found")
+
 
         # undo: R1's latest decision comes back to R1, blind if it is an audit item, and can be decided again
-        last = max(seen)
+        last = list(seen)[-1]
         undone = call(server, "POST", "/v1/reviews/undo", R1)
         item = undone.json()["item"]
         assert item["id"] == last and item["lease_until"]
         if item["kind"] == "audit":
             assert_blind(item, undone.body)
-        assert call(server, "GET", f"/v1/reviews/{last}", CLIENT).json()["status"] == "claimed"
+        else:
+            assert call(server, "GET", f"/v1/reviews/{last}", CLIENT).json()["status"] == "claimed"
         call(server, "POST", f"/v1/reviews/{last}/decision", R2, {"label": "safe"}).error(409, "review_conflict")
         again = call(server, "POST", f"/v1/reviews/{last}/decision", R1, {"label": "sexy"})
         assert again.json()["review"]["label"] == "sexy"
@@ -147,13 +173,23 @@ def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
             400, "invalid_request")
         admin_view = call(server, "GET", "/v1/evaluation?since=2000-01-01&until=2000-01-02", ADMIN).json()
         assert admin_view["automatic"]["safe"]["audited"] == 0 and admin_view["missing"]
+
+        # remembered: a decision on the bytes the API handed; an audit item's protects every client (OTHER
+        # never sent it). Last: until the server has read the decision (every 0.5 s) a copy is audited again
+        deadline = time.monotonic() + 30
+        while True:
+            copy = classify(server, variants(HOUSE, 0, 1)[0], OTHER)  # an audited image (all six look alike)
+            if copy["verdict_source"] == "review" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert copy["verdict_source"] == "review" and copy["match"]["source"] == "review", copy
         log = server.new_log()
 
     # a key is recorded as its id: never the key itself, in the database or the log
     with sqlite3.connect(server.data_dir / "review.sqlite") as db:
         rows = db.execute("SELECT decided_by, claimed_by FROM review_items").fetchall()
     assert {r[0] for r in rows} <= {key_id(R1)} | {None} and all(r[1] is None for r in rows)
-    for key in (R1, R2, ADMIN, CLIENT):
+    for key in (R1, R2, ADMIN, CLIENT, OTHER):
         assert key not in log
         with sqlite3.connect(server.data_dir / "review.sqlite") as db:
             assert not any(key in json.dumps(row) for row in db.execute("SELECT * FROM known_images"))
@@ -162,20 +198,20 @@ def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
 def test_double_review_through_the_api_escalates_a_disagreement_to_the_admin_key(tmp_path: Path) -> None:
     with app_server(tmp_path, **{**ENV, "NSFW_AUDIT_RATE": "0", "NSFW_DOUBLE_REVIEW_RATE": "1"}) as server:
         review_id = classify(server, SMILE)["review_id"]
-        first = claim(server, R1)
+        first = held(server, R1)
         assert first["id"] == review_id
         vote = call(server, "POST", f"/v1/reviews/{review_id}/decision", R1, {"label": "porn"}).json()
         assert vote["outcome"] == "second_review" and vote["review"]["status"] == "pending"
         assert claim(server, R1) is None  # not the same key twice
-        assert claim(server, R2)["id"] == review_id
+        assert held(server, R2)["id"] == review_id
         second = call(server, "POST", f"/v1/reviews/{review_id}/decision", R2, {"label": "neutral"}).json()
         assert second["outcome"] == "escalated"
         assert claim(server, R3) is None  # only an admin gets it
         call(server, "POST", f"/v1/reviews/{review_id}/decision", R3, {"label": "safe"}).error(409, "review_conflict")
-        held = claim(server, ADMIN)
-        assert held["id"] == review_id and held["escalated"] is True
-        assert sorted(v["label"] for v in held["votes"]) == ["neutral", "porn"]
-        assert {v["reviewer"] for v in held["votes"]} == {key_id(R1), key_id(R2)}
+        disputed = held(server, ADMIN)
+        assert disputed["id"] == review_id and disputed["escalated"] is True
+        assert sorted(v["label"] for v in disputed["votes"]) == ["neutral", "porn"]
+        assert {v["reviewer"] for v in disputed["votes"]} == {key_id(R1), key_id(R2)}  # shown to the admin key
         final = call(server, "POST", f"/v1/reviews/{review_id}/decision", ADMIN, {"label": "safe"}).json()
         assert final["outcome"] == "decided" and final["review"]["decided_by"] == key_id(ADMIN)
         agreement = call(server, "GET", "/v1/evaluation", ADMIN).json()["agreement"]
@@ -193,14 +229,15 @@ def test_two_replicas_on_postgresql_decide_each_item_exactly_once(postgres_url: 
         for img in variants(HOUSE, 0, 12):
             assert "review_id" not in classify(a, img)  # audited, answer unchanged
         for img in variants(SMILE, 0, 12):
-            assert isinstance(classify(b, img)["review_id"], int)
+            assert TICKET_RE.match(classify(b, img)["review_id"])
 
-        decided: dict[str, list[int]] = {}
+        decided: dict[str, list[str]] = {}  # review ids, by the key that decided them
         leaks: list[str] = []
         errors: list[str] = []
 
         def review(server: AppServer, key: str) -> None:
-            mine = decided[key] = []
+            mine: list[str] = []
+            decided[key] = mine
             try:
                 while True:
                     reply = call(server, "POST", "/v1/reviews/claim", key)
@@ -232,7 +269,7 @@ def test_two_replicas_on_postgresql_decide_each_item_exactly_once(postgres_url: 
         import psycopg
 
         with psycopg.connect(postgres_url) as conn:
-            rows = conn.execute("SELECT id, status, decided_by, kind FROM review_items").fetchall()
+            rows = conn.execute("SELECT public_id, status, decided_by, kind FROM review_items").fetchall()
         by_id = {i: key for key, ids in decided.items() for i in ids}
         assert len(rows) == 24
         for item_id, status, decided_by, _ in rows:  # once each, by the key that claimed and decided it

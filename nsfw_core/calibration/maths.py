@@ -42,7 +42,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN, VERDICTS
+from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.labels import VERDICTS as VERDICTS  # re-exported: the verdict table's rows
 from nsfw_core.base.verdict import EPSILON, Thresholds
 
 TRUTH_NAMES = {1: ADULT, 0: SAFE}

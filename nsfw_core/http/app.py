@@ -24,7 +24,6 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
-from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from nsfw_core.base.settings import Settings, load_settings
@@ -96,8 +95,3 @@ def make_lifespan(settings: Settings | None = None) -> Callable[[Any], Any]:
 
 
 lifespan = make_lifespan()
-
-
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The API alone as a Starlette app (tests; ``app.py`` mounts the same routes in ``st.App``)."""
-    return Starlette(routes=routes, lifespan=make_lifespan(settings))

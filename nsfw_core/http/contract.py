@@ -157,15 +157,12 @@ class Frame(msgspec.Struct, forbid_unknown_fields=True):
 
 class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
     """The known image whose human verdict this image got (``verdict_source`` review or list); the scores
-    stay the model's."""
+    stay the model's.  No distance and no ids: the answer is not an oracle for another client's items."""
 
     source: Literal["review", "list"]
     by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
-        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE")]
-    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256)")]
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree")]
     label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
-    entry_id: int
-    review_id: Annotated[int | None, msgspec.Meta(description="the decided review item (source review)")]
 
 
 class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -198,11 +195,13 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
                                   "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
     deciding_frame: Annotated[int, msgspec.Meta(
         ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
-    review_id: Annotated[int | None, msgspec.Meta(
-        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS); null when queueing "
-                    "failed")] | msgspec.UnsetType = msgspec.UNSET
+    review_id: Annotated[str | None, msgspec.Meta(
+        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS): this client's review "
+                    "id (unguessable; GET /v1/reviews/{id} with the same API key); null when it was not queued "
+                    "(review_error says why)")] | msgspec.UnsetType = msgspec.UNSET
     review_error: Annotated[str, msgspec.Meta(
-        description="why queueing failed (the verdict stands)")] | msgspec.UnsetType = msgspec.UNSET
+        description="why it was not queued: the queue is unavailable, or the API key's review quota "
+                    "(NSFW_REVIEW_QUOTA) is spent; the verdict stands")] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -274,10 +273,11 @@ class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A review item's state: ``label``, ``decided_by`` and ``decided_at`` (UTC ISO 8601) once decided.  An
-    audit item (``kind`` audit: a sampled automatic verdict) never shows the model's verdict."""
+    """A review item's state: ``label`` and ``decided_at`` (UTC ISO 8601) once decided; ``decided_by`` only to
+    reviewer and admin keys and in webhook events (never to a client key).  An audit item (``kind`` audit: a
+    sampled automatic verdict) never shows the model's verdict."""
 
-    id: int
+    id: Annotated[str, msgspec.Meta(description="the review id (rv_ and 22 URL-safe characters)")]
     status: ReviewStatus
     sha256: str
     created_at: str
@@ -287,7 +287,9 @@ class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     kind: Annotated[Literal["review", "audit"], msgspec.Meta(
         description="audit: a random sample of the automatic verdicts (NSFW_AUDIT_RATE); absent: review")] = "review"
     label: str | None = None
-    decided_by: str | None = None
+    decided_by: Annotated[str | None, msgspec.Meta(
+        description="who decided (a reviewer's name or e-mail address, or key:<hex> for a reviewer API key): "
+                    "shown to reviewer and admin keys and in webhook events, never to a client key")] = None
     decided_at: str | None = None
 
 
@@ -313,8 +315,10 @@ class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ClaimedImage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """The image to review: its stored bytes (``base64`` and ``media_type``), or the ``url`` to fetch it from
-    (a URL item whose bytes were not kept); absent fields do not apply."""
+    """The image to review: the bytes that were classified (``base64`` and ``media_type``), or, only for a
+    review item queued before URL bytes were kept (issue 29), the ``url`` it was fetched from: what it serves
+    now may be another image, so a decision on it is recorded and not remembered for copies.  An audit item
+    always comes with its bytes.  Absent fields do not apply."""
 
     base64: str | msgspec.UnsetType = msgspec.UNSET
     media_type: str | msgspec.UnsetType = msgspec.UNSET
@@ -330,7 +334,8 @@ class ClaimedItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     """A claimed item, held by this key until ``lease_until``.  ``verdict``, ``scores`` and ``model`` only for a
     review item: an audit item is reviewed blind.  ``votes``: the two labels of a disagreement (admins)."""
 
-    id: int
+    id: Annotated[str, msgspec.Meta(description="the item's review id (rv_ and 22 URL-safe characters), for "
+                                                "/v1/reviews/{id}/decision")]
     kind: Literal["review", "audit"]
     source: str
     created_at: str

@@ -1,18 +1,22 @@
 """The reviewer API and the evaluation, for the review tools teams already have (issue 25).
 
 * ``POST /v1/reviews/claim``: the next item, held by the key under a lease (NSFW_REVIEW_LEASE_SECONDS): its
-  id, its image (stored bytes in base64, else its URL) and, unless it is an audit item (reviewed blind), the
-  model's verdict and scores; ``{"item": null}`` when nothing is left for this key;
+  public review id (``rv_...``, unguessable: the id its creator got and the webhooks' id), its image (the
+  bytes that were classified, in base64) and, unless it is an audit item (reviewed blind), the model's
+  verdict and scores; ``{"item": null}`` when nothing is left for this key;
 * ``POST /v1/reviews/{id}/decision`` with ``{"label": "adult" | "safe" | one of the five classes}``: the same
   rules as the Review page: only the key holding the item (or a pending one) decides it, the decision is
-  remembered (later copies of the image get it) and webhooked, double review takes it as a vote;
+  webhooked, and remembered (later copies of the image get it) only when the API handed the reviewer the
+  item's own bytes (``seen``, issue 29); double review takes it as a vote;
 * ``POST /v1/reviews/undo``: the key's latest decision undone, the item back to the key under a new lease;
 * ``GET /v1/evaluation?since=&until=``: :func:`nsfw_core.calibration.production.evaluate` for the window.
 
 Keys: NSFW_REVIEWER_API_KEYS and NSFW_ADMIN_API_KEYS, separate from the clients' NSFW_API_KEYS (a client key
-is refused with 403).  The identity a decision records is the key's id, ``key:<16 hex digits of its
-SHA-256>``, never the key.  An admin key also decides the items two reviewers disagreed on.  Each request
-counts against NSFW_RATE_LIMIT like the others.
+is refused with 403: client keys never act on review items).  A reviewer or admin key may act on any item,
+named by any of its review ids.  The identity a decision records is the key's id, ``key:<16 hex digits of
+its SHA-256>``, never the key.  Reviewer identities (``decided_by``, the votes of a disagreement) are shown
+to reviewer and admin keys only.  An admin key also decides the items two reviewers disagreed on.  Each
+request counts against NSFW_RATE_LIMIT like the others.
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ from nsfw_core.base.errors import Forbidden, Unauthorized
 from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.http.bodies import read_body
 from nsfw_core.http.contract import ContractError, DecisionRequest, decode
-from nsfw_core.http.errors import NotFound
 from nsfw_core.http.guard import rate_limit
 from nsfw_core.images.sniff import FORMATS, sniff
 from nsfw_core.state.errors import ReviewConflict, ReviewUnavailable
+from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ItemNotFound, ReviewError, iso
 
 if TYPE_CHECKING:
@@ -47,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_ITEM_ID = 2**63 - 1
 DECISION_BODY_BYTES = 1024
 KEY_ID_PREFIX = "key:"
 
@@ -69,6 +72,19 @@ def _matches(token: bytes, keys: tuple[str, ...]) -> bool:
     for key in keys:  # no early exit: the time does not depend on which key matches
         found |= hmac.compare_digest(token, key.encode())
     return found
+
+
+def role_of(request: Request, ctx: Context) -> KeyHolder | None:
+    """The reviewer or admin key a request carries, or None (no key, a client key, an unknown one); refuses
+    nothing.  What shows reviewer identities (``decided_by``) to reviewer and admin keys only."""
+    keys = ctx.settings.reviewer_keys
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if not keys.configured or scheme.lower() != "bearer" or not token:
+        return None
+    raw = token.encode("utf-8", "surrogatepass")
+    admin = _matches(raw, keys.admin)
+    return KeyHolder(key_id(token), admin) if admin or _matches(raw, keys.reviewer) else None
 
 
 def holder(request: Request, ctx: Context) -> KeyHolder:
@@ -108,23 +124,36 @@ def _answer(request: Request, body: Any) -> JSONResponse:
     return JSONResponse(body, headers=getattr(request.state, "ratelimit", None))
 
 
-def _item_id(request: Request) -> int:
-    raw = request.path_params.get("id", "")
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_ITEM_ID:
-        raise NotFound(f"no review item {raw[:40]!r}: ids are positive integers")
-    return int(raw)
+def _item_id(ctx: Context, raw: str) -> int:
+    """The item a review id names, whichever client it was given to (a reviewer or admin key may act on any
+    item); 404 for anything else (malformed, unknown, purged, the queue's own numbers)."""
+    found = ctx.review_queue.ticket(raw)
+    if found is None:
+        raise ItemNotFound(f"no review item {raw[:40]!r} (review ids are rv_ and 22 characters)")
+    return found[0]
 
 
-def claimed(item: Item, votes: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """The contract's ``ClaimedItem``: an audit item blind (no verdict, scores or model)."""
+def shown_bytes(item: Item) -> bytes | None:
+    """The bytes the API hands a reviewer: the stored ones, only when they are the bytes that were classified
+    (their sha256 is the item's).  :func:`decision` passes their sha256 as ``seen``."""
+    if item.image and hashlib.sha256(item.image).hexdigest() == item.sha256:
+        return item.image
+    return None
+
+
+def claimed(item: Item, public_id: str, votes: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The contract's ``ClaimedItem``: an audit item blind (no verdict, scores or model).  The image is the bytes
+    that were classified; only a review item queued before URL bytes were kept (issue 29) offers its URL
+    instead (a decision on it is then not remembered: the API handed no bytes); an audit item never does."""
     image: dict[str, Any] | None = None
-    if item.image:
-        fmt = sniff(item.image)
-        image = {"base64": base64.b64encode(item.image).decode("ascii"),
+    data = shown_bytes(item)
+    if data is not None:
+        fmt = sniff(data)
+        image = {"base64": base64.b64encode(data).decode("ascii"),
                  "media_type": FORMATS.get(fmt or "", "application/octet-stream")}
-    elif item.is_url:
+    elif item.is_url and not item.blind and item.image is None:
         image = {"url": item.source}
-    out: dict[str, Any] = {"id": item.id, "kind": item.kind, "source": item.source,
+    out: dict[str, Any] = {"id": public_id, "kind": item.kind, "source": item.source,
                            "created_at": iso(item.created_at), "lease_until": iso(item.lease_until),
                            "image": image}
     if not item.blind:
@@ -140,7 +169,7 @@ def _with_votes(ctx: Context, item: Item | None) -> dict[str, Any] | None:
     if item is None:
         return None
     votes = [(v.reviewer, v.label) for v in ctx.review_queue.votes(item.id)] if item.escalated else None
-    return claimed(item, votes)
+    return claimed(item, ctx.review_queue.public_id(item.id), votes)
 
 
 # ---------------------------------------------------------------- endpoints
@@ -161,17 +190,26 @@ async def claim(request: Request, ctx: Context) -> Response:
 async def decision(request: Request, ctx: Context) -> Response:
     """POST /v1/reviews/{id}/decision: this key's label for the item it holds."""
     who = holder(request, ctx)
-    item_id = _item_id(request)
+    raw = request.path_params.get("id", "")
     body = decode(await read_body(request, DECISION_BODY_BYTES, ctx.serving.body_timeout), DecisionRequest)
     from nsfw_core.state.webhooks import review_dict
 
     def work() -> dict[str, Any]:
-        # items the API queued carry the perceptual hashes their decision is remembered by
-        item = ctx.review_queue.decide(item_id, who.name, body.label, admin=who.admin)
+        queue = ctx.review_queue
+        item_id = _item_id(ctx, raw)
+        queue.public_id(item_id)  # the webhook's and the answer's id (an item queued before issue 29 gets one)
+        held = queue.get(item_id)
+        data = shown_bytes(held) if held is not None else None
+        # seen: the bytes the API hands a reviewer of this item (claimed() hands these and no others); without
+        # them (an upload not kept, an old URL item) the decision is recorded and remembered for nothing
+        seen = hashlib.sha256(data).hexdigest() if data is not None else None
+        # items the API queued carry their perceptual hashes; an older one gets them from the bytes shown
+        hashes = item_hashes(ctx, queue, item_id, data) if data is not None else None
+        item = queue.decide(item_id, who.name, body.label, phash=hashes, seen=seen, admin=who.admin)
         outcome = "decided" if item.status == "decided" else "escalated" if item.escalated else "second_review"
-        return {"outcome": outcome, "review": review_dict(item)}
+        return {"outcome": outcome, "review": review_dict(item)}  # decided_by: a reviewer key asks
 
-    return _answer(request, await _db(ctx, work, f"POST /v1/reviews/{item_id}/decision"))
+    return _answer(request, await _db(ctx, work, f"POST /v1/reviews/{raw[:40]}/decision"))
 
 
 async def undo(request: Request, ctx: Context) -> Response:

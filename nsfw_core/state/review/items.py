@@ -33,6 +33,10 @@ class Item:
     decided_by: str | None
     decided_at: float | None
     skips: int
+    client: str = ""  # who queued it: a hash of the API key (or peer address), never the key ('' before issue 29)
+    audience: str = ""  # whom its decision protects: '' everyone, else that one client (its own thresholds queued it)
+    matched: str | None = None  # JSON: the remembered decision a look-alike match pointed at, the model disagreeing
+    public_id: str | None = None  # the review id its creator got (the webhook's id); None before issue 29
     image: bytes | None = None  # only loaded by get(), claim() and undo()
     has_image: bool = False
     # issue 25 (nsfw_core.state.review.audit): "review" or "audit" (a sampled automatic verdict, shown blind),
