@@ -582,3 +582,23 @@ def test_through_the_api_audits_spend_no_quota_decisions_follow_what_was_handed_
         for_reviewer = client.get(f"/v1/reviews/{joined}", headers=auth(both_key)).json()
         assert for_reviewer["decided_by"] == key_id(reviewer)
 
+
+def test_the_evaluations_window_takes_exactly_the_dates_the_document_allows(tmp_path):
+    """``since``/``until`` are ``format: date`` in the OpenAPI document: every full date is answered (years 1 to
+    9999 included: a default window ending early in year 1 was a 500), anything else is 400 naming the
+    parameter (epoch seconds and ISO times were accepted although the document does not allow them)."""
+    from tests.helpers.apiclient import make_settings, running
+
+    key = {"Authorization": "Bearer " + "k" * 20}
+    with running(make_settings(tmp_path, reviewer_api_keys=("k" * 20,)), wait=False) as client:
+        for query in ("since=0001-01-01&until=0001-12-31", "until=0001-01-01", "until=0001-01-15",
+                      "since=9999-01-01&until=9999-12-31", "until=9999-12-31", "since=2026-02-28&until=2026-03-01"):
+            answer = client.get(f"/v1/evaluation?{query}", headers=key)
+            assert answer.status_code == 200, (query, answer.text)
+        for query, field in (("until=0.5", "until"), ("since=1796083200", "since"), ("until=2026-12-01T00:00:00Z", "until"),
+                             ("since=20261201", "since"), ("until=2026-02-30", "until"), ("since=2026-12-01%0A", "since"),
+                             ("since=%D9%A2%D9%A0%D9%A2%D9%A6-12-01", "since"), ("until=0000-01-01", "until"),
+                             ("since=2026-12-01&until=2026-12-01", "since"), ("since=2025-01-01&until=2026-12-01", "since")):
+            answer = client.get(f"/v1/evaluation?{query}", headers=key)
+            assert (answer.status_code, answer.json()["code"], answer.json().get("field")) == (
+                400, "invalid_request", field), (query, answer.text)

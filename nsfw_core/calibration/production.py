@@ -56,6 +56,7 @@ from nsfw_core.state.traffic import SCORE_BINS, TrafficCounter, day_of, decision
 DAY = 86400.0
 DEFAULT_DAYS = 28  # the window when none is given
 MAX_DAYS = 366
+EARLIEST = -62135596800.0  # 0001-01-01T00:00:00Z: the first day a date (and the traffic's day key) can name
 MIN_DRIFT_IMAGES = 50  # fewer production images than this: the PSI is shown as not enough data
 TARGET_MARGIN = 0.05  # "decide about N audit items for an interval of +-5 points"
 
@@ -119,7 +120,8 @@ def evaluate(queue: ReviewQueue, traffic: TrafficCounter, active: ActiveThreshol
 
     now = time.time() if now is None else float(now)
     until = now if until is None else float(until)
-    since = until - DEFAULT_DAYS * DAY if since is None else float(since)
+    # the default window starts no earlier than the first day a date can name (a window ending early in year 1)
+    since = max(until - DEFAULT_DAYS * DAY, EARLIEST) if since is None else float(since)
     try:
         traffic.flush()  # this process's latest counts too
     except Exception:  # the reads below say what is wrong with the database

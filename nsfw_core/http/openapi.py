@@ -116,8 +116,9 @@ OPERATIONS: tuple[Operation, ...] = (
               "reviewer agreement, score drift", "Evaluation", (400, 401, 403, 405, 429, 500, 503),
               params=("since", "until"), reviewer=True,
               description="For items queued in [since, until) (default: the last 28 days) and the traffic counted "
-                          "on those UTC days. Reviewer and admin keys only. Figures without data are null and "
-                          "'missing' says what is missing."),
+                          "on those UTC days; since must be before until (now when absent) and the window at most "
+                          "366 days, else 400 invalid_request. Reviewer and admin keys only. Figures without data "
+                          "are null and 'missing' says what is missing."),
     Operation("/docs", "get", "docs", "This document as a readable page (no asset from the network)", None,
               (), keyed=False, limited=False, media="text/html"),
     Operation("/health", "get", "health", "Readiness: 200 once the model is loaded and warmed up", "Health",
@@ -138,7 +139,7 @@ PARAMS: dict[str, dict[str, Any]] = {
               "description": "the model for a raw body (in JSON, \"model\"; both: they must agree); default "
                              "NSFW_MODEL"},
     "since": {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
-              "description": "start of the window: a UTC date (ISO 8601 times and seconds since the epoch work too)"},
+              "description": "start of the window: a UTC date, YYYY-MM-DD (default: 28 days before until)"},
     "until": {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
               "description": "end of the window, excluded (default: now)"},
     "review_id": {"name": "id", "in": "path", "required": True,

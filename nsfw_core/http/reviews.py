@@ -27,7 +27,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import logging
-import math
+import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DECISION_BODY_BYTES = 1024
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # GET /v1/evaluation's since and until (ASCII digits only)
 KEY_ID_PREFIX = "key:"
 
 
@@ -223,23 +224,16 @@ async def undo(request: Request, ctx: Context) -> Response:
 
 
 def parse_time(raw: str, field: str) -> float:
-    """``since`` / ``until``: a UTC date (``2026-12-01``), an ISO 8601 time (UTC when it names no offset) or
-    seconds since the epoch; 400 ``invalid_request`` naming the parameter otherwise."""
-    text = raw.strip()
+    """``since`` / ``until``: a UTC date, ``YYYY-MM-DD`` (RFC 3339's full-date, the OpenAPI document's ``format:
+    date``: exactly what the document allows, nothing more), as seconds since the epoch at its UTC midnight;
+    400 ``invalid_request`` naming the parameter otherwise."""
+    if not DATE_RE.fullmatch(raw):
+        raise ContractError(f"{field} must be a UTC date, YYYY-MM-DD (2026-12-01)", field=field)
     try:
-        if text.replace(".", "", 1).isdigit():
-            value = float(text)
-        else:
-            parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=_dt.timezone.utc)
-            value = parsed.timestamp()
-    except (ValueError, OverflowError, OSError):
-        raise ContractError(f"{field} must be a date (2026-12-01), an ISO 8601 time or seconds since the epoch",
-                            field=field) from None
-    if not math.isfinite(value) or not 0 <= value < 253402300800:  # year 10000
-        raise ContractError(f"{field} is out of range", field=field)
-    return value
+        day = _dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ContractError(f"{field} is not a date: {raw[:20]!r}", field=field) from None
+    return _dt.datetime(day.year, day.month, day.day, tzinfo=_dt.timezone.utc).timestamp()
 
 
 async def evaluation(request: Request, ctx: Context) -> Response:
