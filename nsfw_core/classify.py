@@ -40,6 +40,7 @@ from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
 from nsfw_core.state.review.queue import QuotaSpent
 from nsfw_core.state.thresholds import ThresholdHistory
 
@@ -334,18 +335,20 @@ class Classifier:
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
     def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
-                 quota: int = 0) -> None:
+                 quota: int = 0, audit: AuditPolicy | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
         self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+        self.audit = audit if audit is not None else AuditPolicy({})
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
@@ -354,27 +357,42 @@ class ReviewIntake:
     async def submit(self, result: Classification, source: str, data: bytes | None,
                      prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
                      ) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision, and its bytes (``data``: always for a URL, for an upload when NSFW_REVIEW_STORE_UPLOADS
-        is on).  ``client`` gets a review id of its own (unguessable) and spends its hourly quota;
-        ``private``: only the request's own thresholds queue it, so its decision will protect only
-        ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
+        decision, and its bytes (``data``: always for a URL and for an audit item, for an upload when
+        NSFW_REVIEW_STORE_UPLOADS is on).  ``client`` gets a review id of its own (unguessable) and spends its
+        hourly quota; ``private``: only the request's own thresholds queue it, so its decision will protect
+        only ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
         (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
-        instead.
+        instead.  An audit item is the server's sample, not the client's request: it changes nothing in the
+        answer (no ``review_id``, no ``review_error``: the automatic verdict stands), costs the client no
+        quota, and its decision protects every client.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
         near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
 
         def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
+                return queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                         result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                         probability=probability, reviews=reviews)
             return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
                                      result.verdict, image_bytes=data, phash=hashes,
-                                     audience=client if private else "", matched=near, quota=self.quota)
+                                     audience=client if private else "", matched=near, quota=self.quota,
+                                     reviews=reviews)
 
         try:
             _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
@@ -383,9 +401,10 @@ class ReviewIntake:
             log.info("not queued for review: %s", exc.message)
             return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(ticket))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

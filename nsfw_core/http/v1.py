@@ -43,6 +43,7 @@ from nsfw_core.http.contract import (
 from nsfw_core.http.docs import docs_page
 from nsfw_core.http.errors import TooManyItems, as_error
 from nsfw_core.http.guard import client_id, guard
+from nsfw_core.http.reviews import role_of
 from nsfw_core.http.routing import note
 
 if TYPE_CHECKING:
@@ -189,8 +190,9 @@ async def reviews(request: Request, ctx: Context) -> Response:
 
     ``id`` is the review id the classifying answer gave (unguessable, ``rv_`` and 22 characters), and it
     shows the item only to the client it was given to (the same API key; without keys, the same address):
-    any other id, another client's included, is 404.  Who decided is never shown to an API key (reviewer
-    identities, e-mail addresses under OpenID Connect, are for the pages and the operator's webhook).
+    any other id, another client's included, is 404.  Who decided is never shown to a client key (reviewer
+    identities, e-mail addresses under OpenID Connect, are for the pages, the operator's webhook and the
+    reviewer and admin keys: a key that is one of those too sees ``decided_by``).
     """
     guard(request, ctx, ready=False)
     raw = request.path_params.get("id", "")
@@ -215,7 +217,8 @@ async def reviews(request: Request, ctx: Context) -> Response:
         raise ItemNotFound(f"no review item {raw[:40]!r} for this API key (or it was purged)")
     body = review_dict(item)
     body["id"] = raw
-    body.pop("decided_by", None)
+    if role_of(request, ctx) is None:  # a client key (or none): never who decided
+        body.pop("decided_by", None)
     return _answer(request, body)
 
 

@@ -1,4 +1,4 @@
-"""The database's schema (the review queue and the thresholds history) and how it gets there.
+"""The database's schema (the review queue, the thresholds history, the traffic counts) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -24,6 +24,8 @@ KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.s
 SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
 REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
 TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
+VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
+TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +173,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at {{float}} NOT NULL
         )""",
         f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
+    )),
+    # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
+    # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
+    # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
+    # two disagree, until an admin decides); the API's decisions and score histograms counted per UTC day.
+    Migration(9, "audit sampling, double review, traffic counts", (
+        f"ALTER TABLE {TABLE} ADD COLUMN kind TEXT NOT NULL DEFAULT 'review'",
+        f"ALTER TABLE {TABLE} ADD COLUMN probability {{float}} NOT NULL DEFAULT 1.0",
+        f"ALTER TABLE {TABLE} ADD COLUMN reviews_needed INTEGER NOT NULL DEFAULT 1",
+        f"ALTER TABLE {TABLE} ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_kind_created ON {TABLE} (kind, created_at)",
+        f"""CREATE TABLE {VOTES_TABLE} (
+            id {{pk}},
+            item_id BIGINT NOT NULL,
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL,
+            decided_at {{float}} NOT NULL,
+            UNIQUE (item_id, reviewer)
+        )""",
+        f"CREATE INDEX {VOTES_TABLE}_reviewer ON {VOTES_TABLE} (reviewer, decided_at)",
+        f"""CREATE TABLE {TRAFFIC_TABLE} (
+            day TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (day, name)
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
