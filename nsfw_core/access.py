@@ -4,7 +4,7 @@ Three roles, each with everything the one before it has::
 
     anonymous   the Classify page, and only when the API is public (no NSFW_API_KEYS) or the
                 operator opts in with NSFW_PUBLIC_DEMO; nothing else
-    reviewer    + the review queue (claim, decide, skip, undo)
+    reviewer    + the review queue (claim, decide, skip, undo), the Evaluate page
     admin       + calibration (labelled sets, uploaded or on the server), saving and rolling back
                 thresholds, exports of the reviewed items, the allow/deny hash lists
 
@@ -66,6 +66,7 @@ class Permission(enum.Enum):
     SAVE_THRESHOLDS = "save_thresholds"  # save a thresholds version, roll back
     EXPORT = "export"  # download the reviewed items (CSV, ZIP with stored uploads)
     LISTS = "lists"  # import, export and clear the allow/deny hash lists
+    EVALUATE = "evaluate"  # the Evaluate page: the estimated error rate of production's automatic decisions
 
 
 NEEDS: Mapping[Permission, Role] = {
@@ -75,6 +76,7 @@ NEEDS: Mapping[Permission, Role] = {
     Permission.SAVE_THRESHOLDS: Role.ADMIN,
     Permission.EXPORT: Role.ADMIN,
     Permission.LISTS: Role.ADMIN,
+    Permission.EVALUATE: Role.REVIEWER,
 }
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
 import time
 from concurrent.futures import Executor
@@ -29,7 +31,7 @@ import numpy as np
 
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
-from nsfw_core.base.labels import ADULT
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
@@ -38,12 +40,23 @@ from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
+from nsfw_core.state.review.queue import QuotaSpent
 from nsfw_core.state.thresholds import ThresholdHistory
 
 log = logging.getLogger(__name__)
 
 UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
 REVIEW_UNAVAILABLE = "the review queue is unavailable; see the server log"
+STRICTNESS = {SAFE: 0, UNKNOWN: 1, ADULT: 2}
+
+# When the model sees a look-alike "alike" (issue 29, point 2): a perceptual (PDQ) match may clear an image only
+# when the same model scored the decided image, and the new image's adult score (the thresholds' adult classes)
+# is at most MATCH_ADULT_MARGIN above the decided image's: a look-alike is never cleared for being more adult
+# than what the reviewer saw.  Calibrated with bench/lookalikes.py (docs/reliability.md): the edits a decided
+# image must survive (JPEG q70, resized 50 %, cropped 2 %, watermarked) raised the adult score by at most
+# 0.015 (88 copies of 22 images), while every blend of the blend attack that was answered safe raised it by more.
+MATCH_ADULT_MARGIN = 0.03
 
 
 def _ms(seconds: float) -> float:
@@ -72,9 +85,9 @@ class Timings:
 
 @dataclasses.dataclass(frozen=True)
 class ReviewTicket:
-    """What queueing for human review gave: the item's id, or the error that stopped it."""
+    """What queueing for human review gave: the client's review id (unguessable), or the error that stopped it."""
 
-    id: int | None
+    id: str | None
     error: str | None = None
 
 
@@ -144,6 +157,7 @@ class Classification:
     deciding_time_ms: int | None = None  # when the deciding frame is shown (None: a still image)
     video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
     segments: tuple[Segment, ...] | None = None  # a video's timeline
+    near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -177,7 +191,7 @@ class Classification:
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match, video=self.video)
+                     match=self.match or self.near, video=self.video)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
@@ -191,20 +205,38 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
     human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
 
-    Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
-    only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
-    image's blurred shading stays within the match distance while showing something else (the security
-    test matched such an image at 26 bits while the model gave it porn 0.745).  Only the exact bytes
-    (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
-    decide what the model left "unknown".
+    Except where a perceptual (PDQ) match would clear: PDQ sees only an image's coarse shading, so
+    another picture's detail laid over a listed or safe-decided image's blurred shading stays within the
+    match distance while showing something else (the security test matched such an image at 26 bits
+    while the model gave it porn 0.745; issue 29 had 30 % of such blends the model left "unknown" answered
+    safe).  As hash-sharing programmes advise, a perceptual hash alone never clears:
+
+    * a PDQ match never clears an image the model calls adult (only the exact bytes, sha256, may);
+    * a PDQ match may clear what the model left "unknown" only when the model sees the image alike
+      (:func:`sees_alike`: scores from the same model, an adult score at most :data:`MATCH_ADULT_MARGIN`
+      higher than the decided image's), so a hash-list "allow" entry (no scores) never clears
+      by PDQ.  Otherwise the image keeps the model's verdict, and the refused match is kept in ``near``
+      for the reviewer (never in the client's answer).
+
+    A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
+
+    A video (``video``: its frames are ``frames``, judged on the worst as an animation's) gets its timeline
+    (``segments``).  Its perceptual match is vPDQ's (``match.by`` "vpdq": most of its sampled frames and most of
+    the known video's match, :mod:`nsfw_core.state.vpdq`), held to the same rule in that form: a frame-majority
+    match never clears a video the model calls adult, and clears one the model left "unknown" only when the model
+    sees it alike (its worst frame's adult score at most the margin above the decided video's worst frame's).
     """
     deciding = deciding_time = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
         scores, deciding, deciding_time = worst.scores, worst.index, worst.time_ms
     model_verdict = thresholds.decide(scores)
-    if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
-        match = None
+    near = None
+    if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
+        if model_verdict == ADULT:
+            match = None
+        elif not sees_alike(scores, match, thresholds, model.name):
+            near, match = match, None
     return Classification(
         scores=scores,
         verdict=model_verdict if match is None else match.verdict,
@@ -222,7 +254,19 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         match=match,
         video=video,
         segments=segments(frames, thresholds, video.duration_ms) if video is not None and frames else None,
+        near=near,
     )
+
+
+def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str) -> bool:
+    """True when the model sees an image as it saw the decided one ``match`` names: scores from the same model,
+    and an adult score at most :data:`MATCH_ADULT_MARGIN` above the decided image's.  False for an entry
+    without scores (a hash list, a decision remembered before issue 29) or from another model."""
+    decided = match.scores
+    if not decided or match.model != model_name or any(c not in decided for c in thresholds.adult_classes):
+        return False
+    return thresholds.adult_score(scores) <= thresholds.adult_score(decided) + MATCH_ADULT_MARGIN
+
 
 
 # ---------------------------------------------------------------- the one use case, on its parts
@@ -250,40 +294,44 @@ class Classifier:
         self.load = load
         self.observe = observe
 
-    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None
-                  ) -> Classification:
-        """Fetch ``url`` safely, then classify it; see :meth:`data`."""
+    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
+                  client: str = "") -> Classification:
+        """Fetch ``url`` safely, then classify it; see :meth:`data`.  A queued URL item keeps the fetched
+        bytes: the reviewer sees what was classified, never what the URL serves later."""
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
-                prepared = await self.intake.url(url, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                prepared = await self.intake.url(url, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
         self.observe(result, True)
-        return await self.review.submit(result, url, None, prepared.x)
+        return await self.review.submit(result, url, prepared.data, prepared.x, client=client, private=private)
 
-    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None
-                   ) -> Classification:
+    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
+                   client: str = "") -> Classification:
         """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
         ``model``: the name of another model than the default (API v1's per-request model);
-        ``thresholds``: the request's own thresholds instead of the ones in force (version None).
+        ``thresholds``: the request's own thresholds instead of the ones in force (version None);
+        ``client``: who asks (a hash of its API key, :func:`nsfw_core.http.guard.client_id`): the decisions
+        only it may use, its review quota and its review ids.
         """
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:
-                prepared = await self.intake.data(data, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                prepared = await self.intake.data(data, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
         self.observe(result, False)
-        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x)
+        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
     def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
         """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
         return self._lane(name)
 
-    def known_video(self, sha: str, hashes: Sequence[bytes | None]) -> Match | None:
+    def known_video(self, sha: str, hashes: Sequence[bytes | None], client: str | None = None) -> Match | None:
         """The known video this one is: the same bytes, or most of its frames' PDQ hashes matching a known
-        video's (:meth:`~nsfw_core.state.known.KnownImages.lookup_video`)."""
-        return self.known.lookup_video(sha, hashes)
+        video's (:meth:`~nsfw_core.state.known.KnownImages.lookup_video`), among the decisions ``client`` may
+        use."""
+        return self.known.lookup_video(sha, hashes, client)
 
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
@@ -297,16 +345,19 @@ class Classifier:
         async with self.models.lane(name) as other:
             yield other
 
-    def _recognise(self, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
+    def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
         """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input;
-        a video by sha256 and its frames' PDQ hashes (:meth:`known_video`)."""
+        a video by sha256 and its frames' PDQ hashes (:meth:`known_video`).  ``client``: whose decisions count
+        (a decision for one client's own thresholds matches only it)."""
         if isinstance(x, FrameInputs) and x.video is not None:
-            return self.known_video(sha, [phash.query_hash(f) for f in x.inputs])
+            return self.known_video(sha, [phash.query_hash(f) for f in x.inputs], client)
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
-        return self.known.lookup(sha, query)
+        return self.known.lookup(sha, query, client)
 
     async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
-                      override: Thresholds | None) -> Classification:
+                      override: Thresholds | None) -> tuple[Classification, bool]:
+        """The classification, and whether only the request's own thresholds send it to review (``private``:
+        under the thresholds in force it would not be queued; its decision then protects only this client)."""
         t0 = time.perf_counter()
         x = prepared.x
         frames = None
@@ -318,12 +369,25 @@ class Classifier:
         else:
             scores = scores_dict(await lane.batcher.predict(x))
         inference_s = time.perf_counter() - t0
+        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
+        return self.verdict(scores, override, ModelInfo(lane.model.name, lane.model.version), timings,
+                            prepared.sha256, frames=frames, match=prepared.found,
+                            video=x.video if isinstance(x, FrameInputs) else None)
+
+    def verdict(self, scores: dict[str, float], override: Thresholds | None, info: ModelInfo, timings: Timings,
+                sha256: str, *, frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+                video: VideoInfo | None = None) -> tuple[Classification, bool]:
+        """:func:`judge` under the thresholds in force (or ``override``: the request's or the job's own), and
+        whether only ``override`` sends it to review (``private``: its decision then protects only its client)."""
         active = self.thresholds.current()
         thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
-        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
-        return judge(scores, thresholds, ModelInfo(lane.model.name, lane.model.version), timings, prepared.sha256,
-                     version, frames=frames, match=prepared.found,
-                     video=x.video if isinstance(x, FrameInputs) else None)
+        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=match, video=video)
+        private = False
+        if override is not None and self.review.queues(result.verdict):
+            in_force = judge(scores, active.thresholds, info, timings, sha256, active.version, frames=frames,
+                             match=match, video=video)
+            private = in_force.match is not None or not self.review.queues(in_force.verdict)
+        return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
@@ -344,55 +408,84 @@ class Classifier:
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
-    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor) -> None:
+    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
+                 quota: int = 0, audit: AuditPolicy | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
+        self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+        self.audit = audit if audit is not None else AuditPolicy({})
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs | None,
+                     prepared: np.ndarray | FrameInputs | None, *, client: str = "", private: bool = False,
                      frame_hashes: Sequence[bytes | None] | None = None) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's).  A queue
-        failure (database down) does not fail the prediction: the result carries ``review_error`` instead and
-        the failure is logged.
+        decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's), and its
+        bytes (``data``: always for a URL and for an audit item, for an upload when NSFW_REVIEW_STORE_UPLOADS
+        is on; a video's the same: the reviewer sees the video that was classified).  ``client`` gets a review
+        id of its own (unguessable) and spends its hourly quota; ``private``: only the request's own thresholds
+        queue it, so its decision will protect only ``client``.  A refused look-alike (``result.near``) is shown
+        to the reviewer.  A queue failure (database down) or a spent quota does not fail the prediction: the
+        result carries ``review_error`` instead.  An audit item is the server's sample, not the client's
+        request: it changes nothing in the answer (no ``review_id``, no ``review_error``: the automatic verdict
+        stands), costs the client no quota, and its decision protects every client.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
+        near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
 
-        def enqueue() -> int:
+        def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
             media = "image"
-            if result.video is not None:
+            if result.video is not None:  # a video: one PDQ hash a sampled frame, matched as a whole
                 media = "video"
                 found = frame_hashes if frame_hashes is not None else (
                     [phash.query_hash(f) for f in prepared.inputs] if isinstance(prepared, FrameInputs) else [])
                 hashes: str | None = phash.join_hex([h for h in found if h is not None]) or None
             else:
                 hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
-            return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes, media=media)
+            if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
+                return queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                         result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                         probability=probability, reviews=reviews, media=media)
+            return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
+                                     result.verdict, image_bytes=data, phash=hashes,
+                                     audience=client if private else "", matched=near, quota=self.quota,
+                                     reviews=reviews, media=media)
 
         try:
-            review_id = await asyncio.get_running_loop().run_in_executor(self.executor,
+            _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
                                                                          requestid.in_context(enqueue))
+        except QuotaSpent as exc:
+            log.info("not queued for review: %s", exc.message)
+            return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(review_id))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

@@ -14,7 +14,9 @@ settings that part takes, and wires them together:
 * ``classifier`` (:class:`~nsfw_core.classify.Classifier`): the use case, built from the parts above;
 * ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task;
 * ``jobs`` (:class:`~nsfw_core.state.jobs.JobStore`) and, in the server, ``job_runner``
-  (:class:`~nsfw_core.jobs.JobRunner`): long videos judged in the background (NSFW_JOB_WORKERS).
+  (:class:`~nsfw_core.jobs.JobRunner`): long videos judged in the background (NSFW_JOB_WORKERS);
+* ``audit`` (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE) and ``traffic`` (the API's verdicts and scores per day,
+  flushed to the database by a background task), which :meth:`Context.evaluation` reads.
 
 The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
 and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it through
@@ -33,8 +35,9 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsfw_core.access import Access
 from nsfw_core.admission import Admission
@@ -51,7 +54,9 @@ from nsfw_core.state.db import open_pool
 from nsfw_core.state.jobs import JobStore
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AuditPolicy
 from nsfw_core.state.thresholds import ThresholdHistory
+from nsfw_core.state.traffic import FLUSH_INTERVAL, TrafficCounter
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
@@ -92,14 +97,19 @@ class Context:
         self.intake = Intake(self.decoder, self.fetch, self.admission, workers=self.executor,
                              isolated=self.isolated)
         self.metrics = Metrics(self._serving_state, lambda: self.review_queue.pending_stats(),
-                               app_version=_app_version())
+                               app_version=_app_version(), quality=self._quality_gauges)
         self.models = ModelRegistry(self.model_config,
                                     Batching(serving.max_batch, serving.batch_wait_ms, serving.queue_size),
                                     settings.model_memory_mb * MB, expecting=lambda: self.intake.preparing,
                                     on_batch=self.metrics.observe_batch)
+        # issue 25: the audit sample and double review (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE), and the API's
+        # verdicts and scores counted per day in the database (the evaluation's "per day", the score drift)
+        self.audit = AuditPolicy(dict(self.review_config.audit_rates), self.review_config.double_review_rate)
+        self.traffic = TrafficCounter(self.database, prepare=lambda: self.review_queue)
+        self._quality: tuple[float, list[Any]] | None = None
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor),
+                                                  self.executor, self.review_config.quota, self.audit),
                                      load=self.load_bytes, observe=self._observe)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
@@ -108,6 +118,7 @@ class Context:
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
         self._jobs_task: asyncio.Task[None] | None = None
+        self._traffic_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ------------------------------------------------------------ parts opened on first use
@@ -154,6 +165,41 @@ class Context:
 
     def _observe(self, result: Classification, fetched: bool) -> None:
         self.metrics.observe_classification(result, fetched=fetched, source=result.verdict_source)
+        self.traffic.observe(result.verdict, result.verdict_source, result.scores)
+
+    def _observe_job(self, result: Classification) -> None:
+        """A video job's verdict, counted with the API's (metrics, the evaluation's traffic) but not timed."""
+        self.metrics.observe_classification(result, fetched=True, source=result.verdict_source, timed=False)
+        self.traffic.observe(result.verdict, result.verdict_source, result.scores)
+
+    # ------------------------------------------------------------ the evaluation (issue 25)
+
+    def evaluation(self, *, since: float | None = None, until: float | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+        """How the automatic decisions fare in production (:func:`nsfw_core.calibration.production.evaluate`)."""
+        from nsfw_core.calibration.production import evaluate
+
+        return evaluate(self.review_queue, self.traffic, self.thresholds.current(), self.audit,
+                        self.review_config.verdicts, since=since, until=until, now=now)
+
+    def _quality_gauges(self) -> list[Any]:
+        """/metrics' evaluation gauges over the last 7 days, computed at most once a minute per process."""
+        from nsfw_core.calibration.production import DAY, gauges
+
+        now = time.time()
+        held = self._quality
+        if held is None or now - held[0] >= 60.0:
+            held = self._quality = (now, gauges(self.evaluation(since=now - 7 * DAY, until=now, now=now)))
+        return held[1]
+
+    async def _flush_traffic(self) -> None:
+        """Every FLUSH_INTERVAL seconds, the traffic counted in memory into the database."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self.traffic.flush)
+            except Exception:  # logged by the counter once per outage; the counts wait in memory
+                pass
 
     def _serving_state(self) -> ServingState:
         lane = self.models.default_lane()
@@ -187,6 +233,7 @@ class Context:
     async def start(self) -> None:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
+        self._traffic_task = asyncio.get_running_loop().create_task(self._flush_traffic(), name="nsfw-traffic")
         await self._start_webhooks()
         self._start_jobs()
 
@@ -198,7 +245,8 @@ class Context:
         self.job_runner = JobRunner(self.jobs, self.classifier, self.fetch_job, workers=self.settings.job_workers,
                                     events=webhooks is not None,
                                     wake=None if webhooks is None else webhooks.wake.set,
-                                    retention_days=self.settings.job_retention_days, ready=lambda: self.ready)
+                                    retention_days=self.settings.job_retention_days, ready=lambda: self.ready,
+                                    observe=self._observe_job)
         if self.settings.job_workers > 0:
             self._jobs_task = asyncio.get_running_loop().create_task(self.job_runner.run(), name="nsfw-jobs")
 
@@ -256,13 +304,18 @@ class Context:
                 pass
             if self.job_runner is not None:
                 await asyncio.to_thread(self.job_runner.release)
-        if self._webhooks_task is not None:
-            self._webhooks_task.cancel()
-            try:
-                await self._webhooks_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._webhooks_task, self._traffic_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         await self.models.stop()
+        try:
+            await asyncio.to_thread(self.traffic.flush)
+        except Exception as exc:
+            log.warning("traffic counts of the last seconds not saved: %r", exc)
         self.close()
 
     def close(self) -> None:

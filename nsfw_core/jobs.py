@@ -29,7 +29,7 @@ import uuid
 from typing import Any, Callable
 
 from nsfw_core.base.errors import NSFWError, Overloaded
-from nsfw_core.classify import Classification, Classifier, FrameScore, ModelInfo, Timings, judge
+from nsfw_core.classify import Classification, Classifier, FrameScore, ModelInfo, Timings
 from nsfw_core.images.phash import query_hash
 from nsfw_core.inference.model import scores_dict
 from nsfw_core.inference.pipeline import FrameInputs, VideoInfo
@@ -70,12 +70,14 @@ class JobRunner:
     """``workers`` jobs at once from ``store``, judged by ``classifier``'s parts; see the module docstring.
 
     ``fetch`` brings a job's video (the job fetch policy); ``events``: write each job's ``job.completed`` webhook
-    event (NSFW_WEBHOOK_URL is set); ``wake`` nudges the webhooks' delivery after a job ends.
+    event (NSFW_WEBHOOK_URL is set); ``wake`` nudges the webhooks' delivery after a job ends; ``observe`` counts
+    each job's verdict with the API's.
     """
 
     def __init__(self, store: JobStore, classifier: Classifier, fetch: Callable[[str], bytes], *, workers: int,
                  events: bool = False, wake: Callable[[], None] | None = None, retention_days: int = 0,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True,
+                 observe: Callable[[Classification], None] = lambda result: None) -> None:
         self.store = store
         self.classifier = classifier
         self.fetch = fetch
@@ -84,6 +86,7 @@ class JobRunner:
         self.wake = wake
         self.retention_days = retention_days
         self.ready = ready
+        self.observe = observe  # each finished job's verdict (metrics, the evaluation's traffic counts)
         self.owner = owner_name()
         self.poke = asyncio.Event()
         self.finished = 0
@@ -225,20 +228,25 @@ class JobRunner:
         if not stored:
             raise UndecodableImage("no frame of the video could be decoded")
         frames = [FrameScore(f.index, f.time_ms, f.scores) for f in stored]
-        active = self.classifier.thresholds.current()
-        thresholds, version = active.thresholds, active.version
+        override = None
         if job.thresholds:
-            thresholds = dataclasses.replace(thresholds, adult=float(job.thresholds.get("adult", thresholds.adult)),
-                                             safe=float(job.thresholds.get("safe", thresholds.safe)))
-            version = None
+            active = self.classifier.thresholds.current().thresholds
+            override = dataclasses.replace(active, adult=float(job.thresholds.get("adult", active.adult)),
+                                           safe=float(job.thresholds.get("safe", active.safe)))
         hashes = [split_hex(f.phash)[0] if f.phash else None for f in stored]
-        match = await asyncio.to_thread(self.classifier.known_video, sha, hashes)
+        client = job.client or ""
+        # the decisions this client may use (everyone's, and those made for its own thresholds), as a request's
+        match = await asyncio.to_thread(self.classifier.known_video, sha, hashes, client)
         duration = VideoInfo(info.container, info.codec, info.width, info.height,
                              int((job.info or {}).get("duration_ms", info.duration_ms)), info.frames, info.keyframes,
                              info.decoded)
-        result = judge(frames[0].scores, thresholds, model, timings, sha, version, frames=frames, match=match,
-                       video=duration)
-        return await self.classifier.review.submit(result, job.url, None, None, frame_hashes=hashes)
+        result, private = self.classifier.verdict(frames[0].scores, override, model, timings, sha, frames=frames,
+                                                  match=match, video=duration)
+        self.observe(result)  # counted with the API's verdicts (the audit sample below estimates their precision)
+        # a review or audit item keeps the video that was judged (``data``: the reviewer sees those bytes, never
+        # the URL fetched again), with the client's review id, its quota and audience, as a request's
+        return await self.classifier.review.submit(result, job.url, data, None, client=client, private=private,
+                                                   frame_hashes=hashes)
 
     async def _end(self, job: Job, result: Classification | None, error: dict[str, Any] | None) -> None:
         body = None
@@ -247,7 +255,7 @@ class JobRunner:
             body["thresholds"]["overridden"] = bool(job.thresholds)
         ended = dataclasses.replace(job, status=DONE if result is not None else FAILED, result=body, error=error,
                                     finished_at=time.time())
-        event = event_for(job_view(ended), job.client) if self.events else None
+        event = event_for(job_view(ended), job.client_key) if self.events else None
         if result is not None:
             assert body is not None
             await asyncio.to_thread(self.store.finish, job, self.owner, body, event)

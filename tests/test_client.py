@@ -64,7 +64,7 @@ def test_gives_up_after_its_retries_with_the_error(local_server):
 def test_errors_are_not_retried(local_server):
     script = Script(local_server, "/v1/reviews/7", [(404, {}, {"code": "not_found", "message": "gone"})])
     with pytest.raises(ApiError) as caught:
-        Client(local_server.url(""), sleep=lambda s: None).review(7)
+        Client(local_server.url(""), sleep=lambda s: None).review("7")
     assert caught.value.status == 404 and caught.value.code == "not_found"
     assert len(script.got) == 1
 

@@ -224,6 +224,69 @@ def test_a_job_that_cannot_fetch_its_video_fails_with_the_typed_error(tmp_path: 
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_json"
 
 
+def test_a_job_is_its_client_s_and_its_video_goes_to_review_with_its_bytes_and_that_client_s_review_id(
+        tmp_path: Path, local_server):
+    """A job is read by its client only, as a review id is (issue 29): another key, or without keys another
+    address, gets 404 even with the id.  A job whose video the model leaves unknown queues it as a request
+    would: the item keeps the video that was judged (the reviewer sees those bytes) and one PDQ hash a sampled
+    frame, the job's result carries the client's rv_ review id, which that key reads and no other; a job's
+    automatic verdict is sampled for audit like a request's, invisibly (no review id, nothing of the item)."""
+    import nsfw_core.context
+    from nsfw_core.state.review.queue import TICKET_RE
+
+    data = videos.make("mp4", "h264", seconds=6, fps=5, size=(96, 72), hold=2.0)
+    url = local_server.route("/clip.mp4", image(data, "video/mp4"))
+    other = videos.make("webm", "vp8", seconds=3, fps=5, size=(64, 48))  # another video (an open item each)
+    other_url = local_server.route("/other.webm", image(other, "video/webm"))
+    key_a, key_b = "client-key-a-0123456789", "client-key-b-0123456789"
+    as_a, as_b = ({"Authorization": f"Bearer {k}"} for k in (key_a, key_b))
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), api_keys=(key_a, key_b),
+                             adult_threshold=0.99999, safe_threshold=0.99999,  # unknown: queued for review
+                             audit_rate=(("adult", 1.0), ("safe", 1.0)))
+    with running(settings) as client:
+        made = client.post("/v1/jobs", json={"video": {"url": url}}, headers=as_a).json()
+        audited = client.post("/v1/jobs", json={"video": {"url": other_url}, "thresholds": {"safe": 0.0}},
+                              headers=as_a).json()  # its own thresholds: automatic safe, sampled for audit
+        done = until(lambda: (j := client.get(f"/v1/jobs/{made['id']}", headers=as_a).json())["status"] in
+                     ("done", "failed") and j, 120, "the job ends")
+        sampled = until(lambda: (j := client.get(f"/v1/jobs/{audited['id']}", headers=as_a).json())["status"] in
+                        ("done", "failed") and j, 120, "the second job ends")
+        other_key = client.get(f"/v1/jobs/{made['id']}", headers=as_b)
+        review_id = done["result"]["review_id"]
+        mine = client.get(f"/v1/reviews/{review_id}", headers=as_a)
+        theirs = client.get(f"/v1/reviews/{review_id}", headers=as_b)
+        queue = nsfw_core.context.current().review_queue
+        found = queue.ticket(review_id)
+        assert found is not None
+        item = queue.get(found[0])
+        hashes = queue.phash(found[0])
+        items = queue.items()
+        audit = [i for i in items if i.kind == "audit"]
+        audit_bytes = [queue.image(i.id) for i in audit]
+    assert done["status"] == "done" and done["result"]["verdict"] == "unknown", done
+    assert other_key.status_code == 404 and other_key.json()["code"] == "not_found"
+    assert TICKET_RE.match(review_id) and mine.status_code == 200 and mine.json()["status"] == "pending"
+    assert theirs.status_code == 404
+    assert item is not None and item.image == data and item.source == url  # the bytes judged, not the URL again
+    assert hashes is not None and len(hashes.split(",")) >= 4  # one PDQ hash a sampled frame (6 s at 1 a second)
+    assert sampled["status"] == "done" and sampled["result"]["verdict"] == "safe"
+    assert "review_id" not in sampled["result"] and "review_error" not in sampled["result"]
+    assert len(audit) == 1 and audit[0].sha256 == sampled["result"]["sha256"] and audit[0].client == ""
+    assert audit_bytes == [other]  # an audit item keeps the video too
+
+
+def test_without_keys_a_job_is_read_from_its_own_address_only(tmp_path: Path, local_server):
+    from starlette.testclient import TestClient
+
+    clip = videos.make("webm", "vp8", seconds=2, fps=5, size=(64, 48))
+    url = local_server.route("/clip.webm", image(clip, "video/webm"))
+    with running(make_settings(tmp_path, allow_private_hosts=("*",))) as client:
+        job_id = client.post("/v1/jobs", json={"video": {"url": url}}).json()["id"]
+        elsewhere = TestClient(client.app, client=("203.0.113.7", 40000))  # another client address
+        assert elsewhere.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
 # ---------------------------------------------------------------- real servers
 
 

@@ -192,7 +192,9 @@ def test_empty_queue(queue):
 def test_url_items_are_fetched_through_the_safe_fetcher(queue, data_dir, local_server, monkeypatch):  # noqa: F811
     house = (REFERENCE / "house.jpg").read_bytes()
     local_server.route("/house.jpg", image(house, "image/jpeg"))
-    good = queue.enqueue("a" * 64, local_server.url("/house.jpg"), SCORES, "MobileNetV2Mid", "unknown")
+    # an item queued before URL bytes were kept: fetched again, and shown because its sha256 is the item's
+    good = queue.enqueue(hashlib.sha256(house).hexdigest(), local_server.url("/house.jpg"), SCORES, "MobileNetV2Mid",
+                         "unknown")
     missing = queue.enqueue("b" * 64, local_server.url("/missing.jpg"), SCORES, "MobileNetV2Mid", "unknown")
     lost = queue.enqueue("c" * 64, "upload:lost.jpg", SCORES, "MobileNetV2Mid", "unknown")
     # Loopback is forbidden unless allowed.
@@ -227,3 +229,27 @@ def test_a_video_item_is_hidden_until_revealed_then_played(queue, media):
     assert not at.exception
     [player] = at.get("video")
     assert media(player.proto.url) == clip
+
+
+def test_a_video_decided_on_the_page_is_remembered_by_its_frames(queue):
+    """The bytes decided are the bytes remembered (issue 29) for a video too: the page offers the item's own
+    video, so the decision is remembered with its frames' hashes and a copy of most frames gets it."""
+    import numpy as np
+
+    from nsfw_core.state.known import KnownImages
+    from tests.helpers import videos
+
+    clip = videos.make("mp4", "h264", seconds=2, fps=5, size=(64, 48))
+    frames = [np.random.default_rng(3).bytes(32) for _ in range(4)]
+    item_id = queue.enqueue(hashlib.sha256(clip).hexdigest(), "upload", SCORES, "MobileNetV2Mid", "unknown",
+                            image_bytes=clip, phash=",".join(f.hex() for f in frames), media="video")
+    at = new_page()
+    assert shown_id(at) == item_id
+    at = click(at, "label_safe")
+    assert queue.counts()["decided"] == 1
+    known = KnownImages(queue.pool)
+    try:
+        match = known.lookup_video("0" * 64, frames)
+    finally:
+        known.close()
+    assert match is not None and match.by == "vpdq" and match.verdict == "safe" and match.scores == SCORES

@@ -810,3 +810,40 @@ def test_move_aside_never_overwrites(tmp_path):
         assert move_aside(tmp_path / "db", ("", "-wal"), when) == [
             (tmp_path / "db", tmp_path / ("db.corrupt-20261201T011500Z" + ("" if n == 0 else f"-{n + 1}")))]
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"0", b"1", b"2"]
+
+
+# ---------------------------------------------------------------- issue 29: review ids, quotas, audiences
+
+
+def test_review_ids_are_per_client_unguessable_and_go_with_their_items(backend):
+    from nsfw_core.state.review.queue import QuotaSpent
+
+    clock = backend.clock
+    q = backend.open(retention_days=30)
+    item, for_a = q.enqueue_for("A", sha(1), "https://example.com/1.jpg", SCORES, MODEL, "unknown",
+                                image_bytes=b"\xff\xd8\xff url bytes")
+    joined, for_b = q.enqueue_for("B", sha(1), "upload", SCORES, MODEL, "unknown")
+    assert joined == item and for_a != for_b  # one item, one review id per client
+    assert re.fullmatch(r"rv_[A-Za-z0-9_-]{22}", for_a) and q.ticket(for_a) == (item, "A")
+    assert q.ticket(for_b) == (item, "B") and q.ticket(str(item)) is None and q.ticket("rv_" + "A" * 22) is None
+    assert q.enqueue_for("A", sha(1), "upload", SCORES, MODEL, "unknown") == (item, for_a)  # the same again
+    assert q.get(item).image == b"\xff\xd8\xff url bytes" and q.get(item).public_id == for_a  # a URL's bytes kept
+    # one open item per image and audience: A's own thresholds queue a private copy
+    private, _ = q.enqueue_for("A", sha(1), "upload", SCORES, MODEL, "unknown", audience="A")
+    assert private != item and q.get(private).audience == "A"
+    # the quota counts the items a client created in the last hour (joining is free)
+    with pytest.raises(QuotaSpent) as spent:
+        q.enqueue_for("A", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)
+    assert spent.value.status == 429 and "NSFW_REVIEW_QUOTA=2" in spent.value.message
+    assert q.enqueue_for("B", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0
+    assert q.enqueue_for("A", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0  # joins B's: free
+    clock.advance(3601)
+    assert q.enqueue_for("A", sha(3), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0  # a new hour
+    # a decision is remembered only for the bytes the reviewer was shown
+    q.decide(item, "r1", "safe", seen=sha(99))
+    q.decide(private, "r1", "safe", seen=sha(1))
+    with q._tx(write=False) as tx:
+        assert tx.run("SELECT review_id, audience FROM known_images WHERE op = 'add'") == [(private, "A")]
+    clock.advance(31 * 86400)
+    assert q.purge() == 4
+    assert q.ticket(for_a) is None and q.ticket(for_b) is None  # the review ids go with their items

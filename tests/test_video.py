@@ -362,17 +362,21 @@ def test_a_decision_on_a_video_is_remembered_by_its_frames_and_a_reencoded_copy_
         first = client.post("/predict?detail=1", content=original).json()
         assert first["verdict"] == "unknown" and first["verdict_source"] == "model"
         ctx = nsfw_core.context.current()
-        hashes = ctx.review_queue.phash(first["review_id"])
+        found = ctx.review_queue.ticket(first["review_id"])
+        assert found is not None
+        item_id = found[0]
+        hashes = ctx.review_queue.phash(item_id)
         assert hashes is not None and len(hashes.split(",")) >= 8  # one PDQ hash a sampled frame
         before = client.post("/predict?detail=1", content=copy).json()
-        ctx.review_queue.decide(first["review_id"], "alice", "safe")
+        ctx.review_queue.decide(item_id, "alice", "safe", seen=first["sha256"])  # shown the video's own bytes
         ctx.known.refresh()
         again = client.post("/predict?detail=1", content=copy).json()
         unrelated = client.post("/predict?detail=1", content=other).json()
         still = client.post("/predict?detail=1", content=_png(scenes[0])).json()
     assert before["verdict_source"] == "model"
     assert again["verdict"] == "safe" and again["verdict_source"] == "review", again.get("match")
-    assert again["match"]["by"] == "vpdq" and again["match"]["share"] >= 0.8 and again["sha256"] != first["sha256"]
+    # the client learns how it matched and nothing more (issue 29: no distance, no share, no ids)
+    assert again["match"] == {"source": "review", "by": "vpdq", "label": "safe"} and again["sha256"] != first["sha256"]
     assert unrelated["verdict_source"] == "model"
     assert still["verdict_source"] == "model"  # a still image of one of its frames is no copy of the video
 
@@ -404,6 +408,94 @@ def test_hash_lists_take_video_entries_and_give_them_back(tmp_path: Path):
     finally:
         known.close()
         pool.close()
+
+
+def test_a_frame_majority_match_clears_an_unknown_video_only_when_the_model_sees_it_alike_and_for_its_audience(
+        tmp_path: Path):
+    """Issue 29's look-alike rule and audiences in vPDQ form: the decided video's scores (its worst frame's)
+    are remembered with its frames' hashes; a copy matching most frames gets the decision only when its worst
+    frame's adult score is at most MATCH_ADULT_MARGIN above them, never when the model calls it adult, and a
+    decision made for one client's own thresholds matches only that client's videos."""
+    import hashlib
+
+    from nsfw_core.base.verdict import Thresholds
+    from nsfw_core.classify import MATCH_ADULT_MARGIN, FrameScore, ModelInfo, Timings, judge
+    from nsfw_core.inference.pipeline import VideoInfo
+    from nsfw_core.state.known import KnownImages
+    from nsfw_core.state.review import ReviewQueue
+
+    rng = np.random.default_rng(11)
+    clip_hashes = [rng.bytes(32) for _ in range(6)]
+    data = b"\x00\x00\x00\x18ftypisom the decided video's bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    decided = {"drawings": 0.05, "hentai": 0.02, "neutral": 0.6, "porn": 0.13, "sexy": 0.2}  # adult 0.35
+    thresholds = Thresholds(adult=0.7, safe=0.9, adult_classes=("hentai", "porn", "sexy"),
+                            safe_classes=("drawings", "neutral"))
+    model = ModelInfo("MobileNetV2Mid", "1")
+    queue = ReviewQueue(data_dir=tmp_path)
+    known = KnownImages(queue.pool)
+    try:
+        item_id, _ = queue.enqueue_for("client-a", sha, "upload", decided, model.name, "unknown", image_bytes=data,
+                                       phash=",".join(h.hex() for h in clip_hashes), audience="client-a",
+                                       media="video")
+        queue.decide(item_id, "alice", "safe", seen=sha)
+        known.refresh()
+        other_bytes = "1" * 64  # a copy: other bytes, the same frames
+        assert known.lookup_video(other_bytes, clip_hashes, "client-b") is None  # not its audience
+        assert known.lookup_video(other_bytes, clip_hashes) is None
+        match = known.lookup_video(other_bytes, clip_hashes, "client-a")
+        assert match is not None and match.by == "vpdq" and match.verdict == "safe"
+        assert match.scores == decided and match.model == model.name  # what the rule compares with
+    finally:
+        known.close()
+        queue.close()
+
+    def copy(worst_adult: float) -> Any:
+        calm = {"drawings": 0.05, "hentai": 0.0, "neutral": 0.75, "porn": 0.1, "sexy": 0.1}
+        worst = {"drawings": 0.0, "hentai": 0.0, "neutral": 1.0 - worst_adult, "porn": worst_adult / 2,
+                 "sexy": worst_adult / 2}
+        frames = [FrameScore(0, 0, calm), FrameScore(30, 1000, worst), FrameScore(60, 2000, calm)]
+        info = VideoInfo("mp4", "h264", 320, 240, 3000, 90, 1, 3)
+        return judge(calm, thresholds, model, Timings.of(0, 0, 0, 0), other_bytes, frames=frames, match=match,
+                     video=info)
+
+    alike = copy(0.35 + MATCH_ADULT_MARGIN - 0.005)
+    assert alike.verdict == "safe" and alike.verdict_source == "review" and alike.deciding_time_ms == 1000
+    assert alike.to_dict()["match"] == {"source": "review", "by": "vpdq", "label": "safe"} and alike.segments
+    more_adult = copy(0.35 + MATCH_ADULT_MARGIN + 0.1)  # the model leaves it unknown, and sees it more adult
+    assert more_adult.verdict == "unknown" and more_adult.verdict_source == "model" and more_adult.match is None
+    assert more_adult.near == match and "match" not in more_adult.to_dict()  # the reviewer's, never the client's
+    adult = copy(0.9)
+    assert adult.verdict == "adult" and adult.match is None and adult.near is None
+
+
+def test_a_video_s_automatic_verdict_is_audited_with_its_bytes_and_its_decision_remembered(tmp_path: Path):
+    """Issue 25's audit sample takes videos too: the audit item keeps the video (the reviewer API hands it as a
+    video, blind), its frames' hashes, and a decision on it clears a re-encoded copy for every client."""
+    scenes = videos.pictures(videos.DEMO[8:10])
+    original = videos.make("mp4", "h264", seconds=10, fps=10, size=(320, 240), hold=5.0, pan=False, images=scenes)
+    copy = videos.make("webm", "vp9", seconds=10, fps=10, size=(256, 192), hold=5.0, pan=False, images=scenes)
+    client_key, other_key, reviewer = "client-key-0123456789", "other-key-0123456789", "reviewer-key-0123456789"
+    settings = make_settings(tmp_path, adult_threshold=0.99999, safe_threshold=0.0,  # every video automatic safe
+                             audit_rate=(("adult", 1.0), ("safe", 1.0)), api_keys=(client_key, other_key),
+                             reviewer_api_keys=(reviewer,))
+    as_client = {"Authorization": f"Bearer {client_key}"}
+    as_reviewer = {"Authorization": f"Bearer {reviewer}"}
+    with running(settings) as client:
+        first = client.post("/predict?detail=1", content=original, headers=as_client).json()
+        held = client.post("/v1/reviews/claim", headers=as_reviewer).json()["item"]
+        decision = client.post(f"/v1/reviews/{held['id']}/decision", json={"label": "safe"}, headers=as_reviewer)
+        import nsfw_core.context
+
+        nsfw_core.context.current().known.refresh()
+        again = client.post("/predict?detail=1", content=copy,
+                            headers={"Authorization": f"Bearer {other_key}"}).json()
+    assert first["verdict"] == "safe" and "review_id" not in first and "review_error" not in first  # unchanged
+    assert held["kind"] == "audit" and "verdict" not in held and "scores" not in held  # blind
+    assert held["image"]["media_type"] == "video/mp4" and base64.b64decode(held["image"]["base64"]) == original
+    assert decision.status_code == 200 and decision.json()["outcome"] == "decided"
+    assert again["verdict_source"] == "review" and again["match"] == {"source": "review", "by": "vpdq",
+                                                                      "label": "safe"}
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -114,6 +114,34 @@ def _secret(raw: str) -> str:
     return raw
 
 
+AUDITED = ("adult", "safe")  # the automatic verdicts NSFW_AUDIT_RATE samples
+
+
+def _audit_rates(raw: str) -> tuple[tuple[str, float], ...]:
+    """``0.01`` (both automatic verdicts), ``adult=0.02,safe=0.005``, or ``0`` / empty: off; as
+    ``(("adult", rate), ("safe", rate))``."""
+    text = raw.strip()
+    out = {v: 0.0 for v in AUDITED}
+    if text and "=" not in text:
+        rate = _float(0.0, 1.0)(text)
+        out = {v: rate for v in AUDITED}
+    elif text:
+        for part in _list(text):
+            verdict, _, value = part.partition("=")
+            verdict = verdict.strip().lower()
+            if verdict not in AUDITED:
+                raise ValueError(f"{verdict!r}: only the automatic verdicts ({', '.join(AUDITED)}) are audited")
+            out[verdict] = _float(0.0, 1.0)(value)
+    return tuple(out.items())
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = _list(raw)
+    if any(len(k) < MIN_SECRET_LENGTH for k in keys):
+        raise ValueError(f"each key must be at least {MIN_SECRET_LENGTH} characters")
+    return keys
+
+
 def _auto_bool(raw: str) -> bool | None:
     if raw.strip().lower() == "auto":
         return None
@@ -427,14 +455,44 @@ class Settings:
         "ones too; empty turns the queue off.")
     review_store_uploads: bool = setting(
         "NSFW_REVIEW_STORE_UPLOADS", "false", _bool,
-        "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with "
-        "their items.")
+        "Keep queued uploads' bytes in the review database, purged with their items. Without them the reviewer "
+        "decides from the scores and the decision is not remembered for later copies. A URL item's bytes (at "
+        "most NSFW_MAX_BYTES) are always kept: the reviewer sees what was classified, never the URL fetched "
+        "again.")
+    review_quota: int = setting(
+        "NSFW_REVIEW_QUOTA", "100", _int(0),
+        "Items one API key (without keys: one client address, so behind a proxy every client shares one budget) "
+        "may add to the human review queue per hour; "
+        "beyond it images are answered with their verdict and review_error, not queued. 0: no limit. An item "
+        "queued only because of the request's own thresholds protects only that key once decided. Audit items "
+        "(NSFW_AUDIT_RATE: sampled by the server, not asked for) count against no key.")
     review_retention_days: int = setting(
         "NSFW_REVIEW_RETENTION_DAYS", "30", _int(0),
         "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.")
     review_lease_seconds: int = setting(
         "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
         "How long a reviewer holds a claimed item before another reviewer may get it.")
+    audit_rate: tuple[tuple[str, float], ...] = setting(
+        "NSFW_AUDIT_RATE", "adult=0.01,safe=0.002", _audit_rates,
+        "Share of the API's automatic verdicts sent to the review queue as audit items, to measure how often "
+        "they are wrong (the Evaluate page, GET /v1/evaluation): one rate for both (0.01) or per verdict "
+        "(adult=0.02,safe=0.005); 0 turns it off. The client's answer is unchanged; reviewers see audit items "
+        "blind (no verdict, no scores), their bytes are kept whatever NSFW_REVIEW_STORE_UPLOADS says, and "
+        "their decisions protect every client (docs/review.md).")
+    double_review_rate: float = setting(
+        "NSFW_DOUBLE_REVIEW_RATE", "0", _float(0.0, 1.0),
+        "Share of queued items that two different reviewers decide independently, to measure how much "
+        "reviewers agree (Cohen's kappa); when they disagree on adult/safe an admin decides. Needs at least "
+        "two reviewers.")
+    reviewer_api_keys: tuple[str, ...] = setting(
+        "NSFW_REVIEWER_API_KEYS", "", _keys,
+        "Comma-separated keys (at least 16 characters each) of the reviewer API (POST /v1/reviews/claim, "
+        "/v1/reviews/{id}/decision, /v1/reviews/undo) and GET /v1/evaluation; separate from NSFW_API_KEYS. "
+        "A decision records the key's id (a hash), never the key.", secret=True)
+    admin_api_keys: tuple[str, ...] = setting(
+        "NSFW_ADMIN_API_KEYS", "", _keys,
+        "Keys of the reviewer API with the admin role: everything a reviewer key may do, and deciding the "
+        "items two reviewers disagreed on.", secret=True)
     match_distance: int = setting(
         "NSFW_MATCH_DISTANCE", "31", _int(0, 63),
         "Largest PDQ distance (bits of 256) at which an image counts as a copy of a reviewer-decided or "
@@ -500,7 +558,13 @@ class Settings:
     def review_config(self) -> ReviewConfig:
         return ReviewConfig(database_url=self.database_url, data_dir=self.data_dir,
                             verdicts=self.review_verdicts, store_uploads=self.review_store_uploads,
-                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
+                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds,
+                            quota=self.review_quota, audit_rates=self.audit_rate,
+                            double_review_rate=self.double_review_rate)
+
+    @property
+    def reviewer_keys(self) -> ReviewerKeys:
+        return ReviewerKeys(reviewer=self.reviewer_api_keys, admin=self.admin_api_keys)
 
     @property
     def access_config(self) -> AccessConfig:
@@ -603,6 +667,21 @@ class ReviewConfig:
     store_uploads: bool
     retention_days: int
     lease_seconds: int
+    quota: int = 0  # items per client per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+    audit_rates: tuple[tuple[str, float], ...] = ()  # (verdict, NSFW_AUDIT_RATE's rate) pairs
+    double_review_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewerKeys:
+    """The reviewer API's keys, by role (NSFW_REVIEWER_API_KEYS, NSFW_ADMIN_API_KEYS)."""
+
+    reviewer: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    admin: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.reviewer or self.admin)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,11 +7,14 @@ instance claims it (:mod:`nsfw_core.jobs`), and ``GET /v1/jobs/{id}`` gives its 
 judged of the frames to judge) and, once done, the result with its timeline, or its error; with
 ``NSFW_WEBHOOK_URL`` a ``job.completed`` event is POSTed, signed like the review events.
 
-The same first steps as every v1 route (:func:`~nsfw_core.http.guard.guard`: API key, rate limit).  With API
-keys, a job is its key's: another key reads 404, as for a job that does not exist.  Without keys the id
-(128 random bits) is what reading it takes.  A client may have :data:`MAX_OPEN_JOBS` queued or running at once
-(429 ``too_many_jobs`` beyond).  A POST retried with the same client ``id`` and URL answers 200 with the job
-the first one made (an idempotent retry), not a second job.
+The same first steps as every v1 route (:func:`~nsfw_core.http.guard.guard`: API key, rate limit).  A job is
+its client's, as a review id is (issue 29): with API keys its key's, without keys its address's
+(:func:`~nsfw_core.http.guard.client_id`); any other client reads 404, as for a job that does not exist,
+even with the id (128 random bits).  A video the job sends to review gets a review id of that client's, and
+is matched against the decisions that client may use (everyone's, and those made for its own thresholds).
+A client may have :data:`MAX_OPEN_JOBS` queued or running at once (429 ``too_many_jobs`` beyond).  A POST
+retried with the same client ``id`` and URL answers 200 with the job the first one made (an idempotent
+retry), not a second job.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from nsfw_core.base.logs import url_for_log
 from nsfw_core.http.bodies import read_body
 from nsfw_core.http.contract import JOB_ID_PATTERN, JobRequest, check_id, decode
 from nsfw_core.http.errors import NotFound
-from nsfw_core.http.guard import guard
+from nsfw_core.http.guard import client_id, guard
 from nsfw_core.http.routing import note
 from nsfw_core.images.fetch import check_url
 from nsfw_core.jobs import job_view
@@ -80,10 +83,10 @@ async def create(request: Request, ctx: Context) -> Response:
     info = note(request)
     info.url = url_for_log(url)
     job, created = await asyncio.to_thread(requestid.in_context(
-        lambda: ctx.jobs.create_once(url, client=client_of(request, bool(limits.api_keys)), client_ref=req.id,
-                                model=model, thresholds=thresholds,
+        lambda: ctx.jobs.create_once(url, client=client_id(request, ctx), client_ref=req.id, model=model,
+                                thresholds=thresholds,
                                 sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
-                                max_open=MAX_OPEN_JOBS)))
+                                max_open=MAX_OPEN_JOBS, client_key=client_of(request, bool(limits.api_keys)))))
     if not created:  # the same client id and URL again: the job made the first time, not a second one
         return _answer(request, job_view(job), 200, {"Location": f"/v1/jobs/{job.id}"})
     log.info("video job %s queued: %s", job.id, url_for_log(url))
@@ -99,6 +102,6 @@ async def get(request: Request, ctx: Context) -> Response:
     if not _JOB_ID.match(raw):
         raise NotFound(f"no job {raw[:60]!r}: job ids are job_ and 32 hex digits")
     job = await asyncio.to_thread(requestid.in_context(lambda: ctx.jobs.get(raw)))
-    if job is None or (job.client is not None and job.client != client_of(request, bool(ctx.serving.api_keys))):
+    if job is None or job.client != client_id(request, ctx):
         raise NotFound(f"no job {raw} (or it was deleted: NSFW_JOB_RETENTION_DAYS)")
     return _answer(request, job_view(job))

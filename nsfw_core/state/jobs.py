@@ -1,9 +1,11 @@
 """Video jobs in the database: created by ``POST /v1/jobs``, run by one instance at a time, resumable.
 
-A job is a row of ``video_jobs`` (migration 11): the video's URL, who asked (the API key's id, so that only
-they read it), the model and thresholds, the sampling fixed when it was created (frames a second, most
-frames, and the seed of the sample instants: the same frames again after a restart), its status
-(queued, running, done, failed), its progress and, once finished, its result or error.
+A job is a row of ``video_jobs`` (migration 11): the video's URL, who asked (``client``: a hash of the API
+key, else of the peer address, as review items keep it, so that only they read it and the review id it may
+get; ``client_key``: the key's id its webhook event names), the model and thresholds, the sampling fixed
+when it was created (frames a second, most frames, and the seed of the sample instants: the same frames
+again after a restart), its status (queued, running, done, failed), its progress and, once finished, its
+result or error.
 
 Claiming (:meth:`JobStore.claim`): an instance takes the oldest queued job, or a running one whose lease
 ran out (its instance died), in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas never
@@ -36,9 +38,9 @@ LEASE_S = 30.0  # a running job whose instance has not renewed its lease for thi
 MAX_ATTEMPTS = 5  # claims of one job (each crash of an instance running it is one); then it fails
 EVENT_TYPE = "job.completed"
 JOB_ID_PREFIX = "job_"
-_COLUMNS = ("id", "url", "client", "client_ref", "model", "thresholds", "sampling", "seed", "status", "sha256",
-            "info", "frames_total", "frames_done", "result", "error", "attempts", "lease_owner", "lease_until",
-            "created_at", "started_at", "finished_at")
+_COLUMNS = ("id", "url", "client", "client_key", "client_ref", "model", "thresholds", "sampling", "seed", "status",
+            "sha256", "info", "frames_total", "frames_done", "result", "error", "attempts", "lease_owner",
+            "lease_until", "created_at", "started_at", "finished_at")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {JOBS_TABLE}"
 
 
@@ -55,7 +57,8 @@ class Job:
 
     id: str
     url: str
-    client: str | None
+    client: str | None  # who asked: nsfw_core.http.guard.client_id (the API key's hash, else the address's)
+    client_key: str | None  # the API key's id for the webhook event (key_ and 16 hex digits), None without keys
     client_ref: Any  # the client's own id for the job (echoed back)
     model: str
     thresholds: dict[str, float] | None
@@ -99,7 +102,8 @@ class StoredFrame:
 
 
 def new_id() -> str:
-    """An unguessable job id (128 random bits): knowing it is what reading the job takes without API keys."""
+    """An unguessable job id (128 random bits); only the client that made the job reads it (its key, or without
+    keys its address, as review ids: :func:`nsfw_core.http.jobs.get`)."""
     return JOB_ID_PREFIX + secrets.token_hex(16)
 
 
@@ -126,13 +130,15 @@ class JobStore:
     # ------------------------------------------------------------ the API's side
 
     def create(self, url: str, *, client: str | None, client_ref: Any, model: str,
-               thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int) -> Job:
+               thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int,
+               client_key: str | None = None) -> Job:
         """A queued job; :class:`TooManyJobs` when ``client`` has ``max_open`` queued or running already."""
         return self.create_once(url, client=client, client_ref=client_ref, model=model, thresholds=thresholds,
-                                sampling=sampling, max_open=max_open)[0]
+                                sampling=sampling, max_open=max_open, client_key=client_key)[0]
 
     def create_once(self, url: str, *, client: str | None, client_ref: Any, model: str,
-                    thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int) -> tuple[Job, bool]:
+                    thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int,
+                    client_key: str | None = None) -> tuple[Job, bool]:
         """(the job, True) for a new one; (the job, False) when ``client`` created one with the same
         ``client_ref`` (not None) and URL before: a retried POST makes no second job."""
         now = self.clock()
@@ -151,9 +157,9 @@ class JobStore:
                 if row is not None and int(row[0]) >= max_open:
                     raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
                                       "wait for one to finish", limit=max_open)
-                tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_ref, model, thresholds, sampling, seed, "
-                       "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, url, client, json.dumps(client_ref), model,
+                tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_key, client_ref, model, thresholds, "
+                       "sampling, seed, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, url, client, client_key, json.dumps(client_ref), model,
                         None if thresholds is None else json.dumps(thresholds), json.dumps(sampling),
                         secrets.randbits(62), QUEUED, now))
                 created = True

@@ -1,4 +1,4 @@
-"""The database's schema (the review queue and the thresholds history) and how it gets there.
+"""The database's schema (the review queue, the thresholds history, the traffic counts) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -23,6 +23,9 @@ OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
 SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
 REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
+TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
+VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
+TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
 JOBS_TABLE = "video_jobs"  # long videos judged in the background (nsfw_core.state.jobs)
 JOB_FRAMES_TABLE = "video_job_frames"  # each judged frame of a job, kept so that a restart resumes
 
@@ -144,15 +147,74 @@ MIGRATIONS: tuple[Migration, ...] = (
             revoked_by TEXT NOT NULL
         )""",
     )),
+    # Issue 29, what reviewers remember must not be a way in:
+    # - review items keep who queued them (``client``: a hash of the API key, never the key) for the key's
+    #   review quota and for GET /v1/reviews, and whom their decision protects (``audience``: '' everyone,
+    #   else the one client whose per-request thresholds queued it); one open item per image and audience;
+    # - ``matched``: the remembered decision a perceptual match pointed at when the model's view disagreed
+    #   (shown to the reviewer); ``public_id``: the creator's review id (the webhook's);
+    # - remembered decisions keep the decided image's scores and model (a look-alike inherits a decision only
+    #   when the model sees it alike) and their audience;
+    # - review_tickets: the unguessable ids clients get for items, one per client and item.
+    Migration(7, "review items per client, tickets, decided scores, audiences", (
+        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN matched TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN public_id TEXT",
+        f"DROP INDEX {TABLE}_open_sha256",
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256_audience ON {TABLE} (sha256, audience) "
+        f"WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_client ON {TABLE} (client, created_at)",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN scores TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"""CREATE TABLE {TICKETS_TABLE} (
+            ticket TEXT PRIMARY KEY,
+            item_id BIGINT NOT NULL,
+            client TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
+    )),
+    # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
+    # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
+    # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
+    # two disagree, until an admin decides); the API's decisions and score histograms counted per UTC day.
+    Migration(9, "audit sampling, double review, traffic counts", (
+        f"ALTER TABLE {TABLE} ADD COLUMN kind TEXT NOT NULL DEFAULT 'review'",
+        f"ALTER TABLE {TABLE} ADD COLUMN probability {{float}} NOT NULL DEFAULT 1.0",
+        f"ALTER TABLE {TABLE} ADD COLUMN reviews_needed INTEGER NOT NULL DEFAULT 1",
+        f"ALTER TABLE {TABLE} ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_kind_created ON {TABLE} (kind, created_at)",
+        f"""CREATE TABLE {VOTES_TABLE} (
+            id {{pk}},
+            item_id BIGINT NOT NULL,
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL,
+            decided_at {{float}} NOT NULL,
+            UNIQUE (item_id, reviewer)
+        )""",
+        f"CREATE INDEX {VOTES_TABLE}_reviewer ON {VOTES_TABLE} (reviewer, decided_at)",
+        f"""CREATE TABLE {TRAFFIC_TABLE} (
+            day TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (day, name)
+        )""",
+    )),
     # Video jobs (nsfw_core.state.jobs): one row per POST /v1/jobs, claimed by one instance at a time under a lease
     # (lease_owner, lease_until; SKIP LOCKED on PostgreSQL), its judged frames in video_job_frames so that a
-    # job taken over after a crash goes on from there.  ``media`` tells a review item or a known entry that is a
-    # video (its hashes: one PDQ hash per sampled frame, matched as a whole, nsfw_core.state.known).
+    # job taken over after a crash goes on from there.  ``client``: whose job it is, as review items keep it (a
+    # hash of the API key, else of the peer address: only that client reads it and its review id);
+    # ``client_key``: the key's id for the job.completed event (key_ and 16 hex digits of its SHA-256; NULL
+    # without keys).  ``media`` tells a review item or a known entry that is a video (its hashes: one PDQ hash
+    # per sampled frame, matched as a whole, nsfw_core.state.known).
     Migration(11, "video jobs and their frames, videos among review items and known images", (
         f"""CREATE TABLE {JOBS_TABLE} (
             id TEXT PRIMARY KEY,
             url TEXT NOT NULL,
             client TEXT,
+            client_key TEXT,
             client_ref TEXT,
             model TEXT NOT NULL,
             thresholds TEXT,
