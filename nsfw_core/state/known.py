@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
@@ -142,7 +143,8 @@ def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListE
             i = where.get(name)
             return row[i].strip() if i is not None and i < len(row) else ""
 
-        sha, pdq, label, note = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower(), cell("note")
+        sha, pdq, label = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower()
+        note = spreadsheet.unescape(cell("note"))
         if not sha and not pdq:
             raise ListError(f"row {number}: neither a sha256 nor a PDQ hash")
         for name, value in (("sha256", sha), ("PDQ hash", pdq)):
@@ -159,7 +161,7 @@ def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListE
 def format_list(entries: Iterable[ListEntry]) -> str:
     """Entries as a hash-list CSV (what :func:`parse_list` reads)."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = spreadsheet.writer(buf, lineterminator="\n")  # a note like =HYPERLINK(...) written as text
     writer.writerow(LIST_COLUMNS)
     for e in entries:
         writer.writerow([e.sha256 or "", e.pdq or "", e.label, e.note])
