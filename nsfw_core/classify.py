@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT
@@ -310,13 +311,15 @@ class ReviewIntake:
         """
         if result.match is not None or not self.queues(result.verdict):
             return result
+        meter = ratelimit.current()
+        client = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
 
         def enqueue() -> int:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
             return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes)
+                                 image_bytes=data, phash=hashes, client=client)
 
         try:
             review_id = await asyncio.get_running_loop().run_in_executor(self.executor,

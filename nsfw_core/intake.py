@@ -11,8 +11,12 @@ two thread pools.  The forward pass and the verdict are :mod:`nsfw_core.classify
 * An expensive image (its declared cost says so) is checked in a worker, then waits for
   the isolated lane on a thread of its own, leaving the workers to cheap images; at most
   :data:`ISOLATED_QUEUE` per decode process wait there, more get 503 ``overloaded``.
-* An animation first takes its sampled frames' places in flight (each frame is an image),
-  so a busy server refuses it before decoding, not after.
+* What an image costs (:func:`nsfw_core.ratelimit.image_cost`: its frames times the model's relative
+  cost, plus its decoding work) is known once its headers are read: it is charged then to the
+  request's client (:func:`nsfw_core.ratelimit.current`: its rate limit and its share of the machine,
+  429 when a budget refuses), and an image costing more than the one unit its request was admitted
+  with (an animation, an expensive model, a large image) takes the rest of its place in flight
+  before a pixel is decoded, so a busy server refuses it before decoding, not after.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
+from nsfw_core import ratelimit
 from nsfw_core.admission import Admission
 from nsfw_core.base import requestid
 from nsfw_core.images.decode import Plan
@@ -57,12 +62,13 @@ class _Isolate(NamedTuple):
     data: bytes
 
 
-class _Animated(NamedTuple):
-    """An animation, read and checked by a worker: its frames are admitted before they are decoded."""
+class _Admit(NamedTuple):
+    """An image costing more than one unit (an animation, an expensive model, a large image), read and checked
+    by a worker: the rest of its cost is admitted in flight before it is decoded."""
 
     plan: Plan
     data: bytes
-    frames: int  # frames to classify (at most NSFW_MAX_FRAMES)
+    extra: float  # cost units beyond the one its request was admitted with
 
 
 class _Ready(NamedTuple):
@@ -74,13 +80,15 @@ class Intake:
     """Fetching and decoding for the API, on its own threads and counters; see the module docstring."""
 
     def __init__(self, decoder: Decoder, fetch: Callable[[str], bytes], admission: Admission, *,
-                 workers: Executor, isolated: Executor, isolated_queue: int = ISOLATED_QUEUE) -> None:
+                 workers: Executor, isolated: Executor, isolated_queue: int = ISOLATED_QUEUE,
+                 model_cost: Callable[[str], float] = lambda name: 1.0) -> None:
         self.decoder = decoder
         self._fetch = fetch
         self.admission = admission
         self.workers = workers
         self.isolated = isolated
         self.isolated_limit = isolated_queue * decoder.limits.processes
+        self.model_cost = model_cost  # an image through this model, relative to the default (the registry's cost)
         self.preparing = 0  # images being fetched or decoded (they will reach the batcher soon)
         self.isolated_pending = 0  # expensive images decoding or waiting in the isolated lane
 
@@ -101,8 +109,11 @@ class Intake:
             loop = asyncio.get_running_loop()
             fetch_s, step, sha, decode_s = await loop.run_in_executor(
                 self.workers, requestid.in_context(fn, source, model, after))
-            if isinstance(step, _Animated):
-                held.enter_context(self.admission.admit(step.frames - 1))
+            if isinstance(step, _Admit):
+                meter = ratelimit.current()
+                # its first unit came with its request: alone when the client holds nothing but its request's
+                held.enter_context(self.admission.admit(step.extra, meter.client if meter is not None else None,
+                                                        base=meter.admitted if meter is not None else 1.0))
                 if step.plan.cost.inline:
                     t0 = time.perf_counter()
                     step = await loop.run_in_executor(self.workers, requestid.in_context(
@@ -135,7 +146,7 @@ class Intake:
             self.isolated_pending -= 1
 
     def _fetch_and_prepare(self, url: str, model: Model, after: After[R]
-                           ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
+                           ) -> tuple[float, _Ready | _Isolate | _Admit, str, float]:
         """Worker thread: fetch, then prepare."""
         t0 = time.perf_counter()
         content = self._fetch(url)
@@ -144,23 +155,29 @@ class Intake:
         return fetch_s, step, sha, decode_s
 
     def _prepare_timed(self, data: bytes, model: Model, after: After[R]
-                       ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
-        """Worker thread: read the headers (limits), decode a cheap still image and preprocess it; hash the bytes."""
+                       ) -> tuple[float, _Ready | _Isolate | _Admit, str, float]:
+        """Worker thread: read the headers (limits), charge the image's cost, decode a cheap still image and
+        preprocess it; hash the bytes."""
         t0 = time.perf_counter()
         plan = self.decoder.plan(model, data)
-        sha = hashlib.sha256(data).hexdigest()
         refs = self.decoder.sampled(plan)
-        step: _Ready | _Isolate | _Animated
-        if refs is not None:
-            step = _Animated(plan, data, len(refs))
+        units = ratelimit.image_cost(len(refs) if refs is not None else 1, self.model_cost(model.name),
+                                     plan.cost.work)
+        meter = ratelimit.current()
+        if meter is not None:
+            meter.charge(units)  # 429 before a pixel is decoded
+        sha = hashlib.sha256(data).hexdigest()
+        step: _Ready | _Isolate | _Admit
+        if refs is not None or units > 1.0 + 1e-9:
+            step = _Admit(plan, data, units - 1.0)
         elif not plan.cost.inline:
             step = _Isolate(plan, data)
         else:
             step = _ready(self.decoder.prepare_inline(model, data, plan), sha, after)
         return 0.0, step, sha, time.perf_counter() - t0
 
-    def _decode_inline(self, pending: _Animated, model: Model, sha: str, after: After[R]) -> _Ready:
-        """Worker thread: decode and preprocess a cheap animation's sampled frames."""
+    def _decode_inline(self, pending: _Admit, model: Model, sha: str, after: After[R]) -> _Ready:
+        """Worker thread: decode and preprocess a cheap image (an animation's sampled frames) once admitted."""
         return _ready(self.decoder.prepare_inline(model, pending.data, pending.plan), sha, after)
 
 

@@ -286,13 +286,26 @@ class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     decided_at: str | None = None
 
 
-class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
-    """What a webhook receives for each decision (``type`` ``review.decided``)."""
+class Undone(msgspec.Struct, forbid_unknown_fields=True):
+    """The decision an undo took back (``review.undone``)."""
+
+    label: str | None
+    decided_by: str | None
+    decided_at: str
+
+
+class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a webhook receives for each decision (``type`` ``review.decided``) and each undo (``review.undone``:
+    the item is open again; ``undone`` says what was taken back)."""
 
     id: str  # the event's id, stable across retries: the receiver's idempotency key
-    type: Literal["review.decided"]
+    type: Literal["review.decided", "review.undone"]
     created_at: str
     review: Review
+    client_key_id: Annotated[str | None, msgspec.Meta(
+        description="the id of the API key whose request queued the image (key_ + the first 16 hex digits of the "
+                    "key's SHA-256); null without API keys")] = None
+    undone: Undone | msgspec.UnsetType = msgspec.UNSET
 
 
 REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)

@@ -21,6 +21,8 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+BUCKETS_TABLE = "limit_buckets"  # rate limits' token buckets shared by replicas (nsfw_core.state.limits)
+FAILURES_TABLE = "limit_failures"  # failed sign-ins shared by replicas (nsfw_core.state.limits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_error TEXT
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
+    )),
+    # Issue 29, points 5-6 (nsfw_core.state.limits, nsfw_core.state.webhooks): the rate limits' token buckets and
+    # the failed sign-ins, shared by replicas; the API key id of the client whose request queued an item (its
+    # webhook events say whose image it is); the outbox purged by age (created_at) with the review items.
+    Migration(8, "shared rate limits and sign-in failures, the client of a review item", (
+        f"""CREATE TABLE {BUCKETS_TABLE} (
+            bucket TEXT PRIMARY KEY,
+            tokens {{float}} NOT NULL,
+            updated_at {{float}} NOT NULL,
+            full_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {BUCKETS_TABLE}_full ON {BUCKETS_TABLE} (full_at)",
+        f"""CREATE TABLE {FAILURES_TABLE} (
+            id {{pk}},
+            scope TEXT NOT NULL,
+            failed_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {FAILURES_TABLE}_scope ON {FAILURES_TABLE} (scope, failed_at)",
+        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT",
+        f"CREATE INDEX {OUTBOX_TABLE}_created ON {OUTBOX_TABLE} (created_at)",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -30,7 +30,7 @@ from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
 from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
-from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
+from nsfw_core.state.migrations import MIGRATIONS, OUTBOX_TABLE, TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
 from nsfw_core.state.review import export as export
 from nsfw_core.state.review.items import (
@@ -104,6 +104,8 @@ class ReviewQueue:
         self._last_purge = 0.0
         # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.state.webhooks)
         self.decision_hooks: list[Callable[[Tx, Item], None]] = []
+        # Called inside undo()'s transaction with (tx, the item as it is now, the item as it was decided)
+        self.undo_hooks: list[Callable[[Tx, Item, Item], None]] = []
         self.backend.recover()
         with self._connection() as conn:
             try:
@@ -174,12 +176,13 @@ class ReviewQueue:
     # ------------------------------------------------------------ writes
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
-                image_bytes: bytes | None = None, phash: str | None = None) -> int:
+                image_bytes: bytes | None = None, phash: str | None = None, client: str | None = None) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
         The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
         image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
-        its decision.
+        its decision.  ``client``: the API key id of the client whose request queued it (its webhook events
+        carry it).
         """
         sha256 = str(sha256).lower()
         if not _SHA_RE.match(sha256):
@@ -188,9 +191,11 @@ class ReviewQueue:
         scores_json = json.dumps(check_scores(scores), sort_keys=True)
         image = bytes(image_bytes) if (self.store_uploads and image_bytes) else None
         now = self._now()
-        # the phash column only when there are hashes: a queue on a schema before version 4 still works
-        extra: tuple[str, ...] = (phash,) if phash else ()
-        extra_column, extra_value = (", phash", ", ?") if phash else ("", "")
+        # the phash and client columns only when given: a queue on a schema before version 4 (8) still works
+        given = [(column, value) for column, value in (("phash", phash), ("client", client)) if value]
+        extra: tuple[str, ...] = tuple(str(value) for _, value in given)
+        extra_column = "".join(f", {column}" for column, _ in given)
+        extra_value = ", ?" * len(given)
         for _ in range(5):
             with self._tx() as tx:
                 row = tx.one(
@@ -308,11 +313,12 @@ class ReviewQueue:
         until = now + self._lease(lease_seconds) if reclaim else None
         lock = self.backend.for_update
         with self._tx() as tx:
-            row = tx.one(f"SELECT id, sha256 FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
+            row = tx.one(f"SELECT {_SELECT_META} FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
                          f"ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer,))
             if row is None:
                 return None
-            item_id, sha = int(row[0]), row[1]
+            was = _item(row)
+            item_id, sha = was.id, was.sha256
             for dup_id, status, claimed_by, lease_until in tx.run(
                     f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
                     f"WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}'){lock}", (sha,)):
@@ -327,13 +333,16 @@ class ReviewQueue:
                 (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
             if row is not None:
                 forget_decision(self.backend, tx, item_id, reviewer, now)
+                for hook in self.undo_hooks:
+                    hook(tx, _item(row), was)
         return _item(row) if row is not None else None
 
     def purge(self, older_than_days: float | None = None) -> int:
         """Delete items (and their images) created more than ``older_than_days`` ago; returns how many.
 
         Defaults to the queue's retention; 0 or less keeps everything.  Items
-        under a live claim are kept until the claim ends.
+        under a live claim are kept until the claim ends.  The webhooks' outbox rows (delivered or not)
+        created before the same cutoff go too: they hold the images' sha256 and the reviewers' names.
         """
         days = self.retention_days if older_than_days is None else float(older_than_days)
         if not days > 0:
@@ -344,6 +353,7 @@ class ReviewQueue:
             tx.run(f"DELETE FROM {TABLE} WHERE created_at < ? "
                    f"AND NOT (status = '{CLAIMED}' AND lease_until >= ?)", (cutoff, now))
             deleted = max(tx.rowcount, 0)
+            tx.run(f"DELETE FROM {OUTBOX_TABLE} WHERE created_at < ?", (cutoff,))
         self._last_purge = time.monotonic()
         return deleted
 
