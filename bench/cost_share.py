@@ -103,7 +103,8 @@ def run_side(name: str, tree: Path, env: dict[str, str], args: argparse.Namespac
                 attacker_batches[str(status)] += 1
                 if status == 200:
                     for item in json.loads(body)["results"]:
-                        attacker_items["200" if "error" not in item else item["error"]["code"]] += 1
+                        error = item.get("error")
+                        attacker_items["200" if error is None else f"{error['code']} {error.get('limit', '')}".strip()] += 1
                 elif status:
                     attacker_items[f"request {json.loads(body).get('code', status)}"] += 8
 

@@ -1,7 +1,7 @@
 """Admission control: how much work may be in flight at once, and how much of it one client may hold.
 
 Work is counted in cost units (:mod:`nsfw_core.ratelimit`: a photo on the default model is 1, a 16-frame
-GIF on InceptionV3 about 126); beyond ``NSFW_MAX_IN_FLIGHT`` units requests get 503 ``overloaded``, and
+GIF on InceptionV3 about 150); beyond ``NSFW_MAX_IN_FLIGHT`` units requests get 503 ``overloaded``, and
 one client (its API key, its address without keys) may hold at most ``NSFW_KEY_SHARE`` of them: beyond
 its share it gets 429 ``rate_limited`` while the others are still served.
 """

@@ -3,12 +3,12 @@
 **Cost units.**  One unit is what a plain still photo costs: decoding up to :data:`FREE_WORK` pixel passes
 and one forward pass of the default model.  An image costs :func:`image_cost`: its frames times the
 model's relative cost (its CPU time per image over the default model's, ``nsfw_core.inference.registry``:
-InceptionV3 about 8, MobileNetV2 about 0.44), plus one unit per :data:`WORK_PER_UNIT` pixel passes of
+InceptionV3 about 9.4, MobileNetV2 about 0.53), plus one unit per :data:`WORK_PER_UNIT` pixel passes of
 decoding beyond the first :data:`FREE_WORK`.  A request is charged one unit when it arrives (its
 entry: a request that fails early, a wrong body, still costs one), then each image its cost once its
 headers are read (frames and decoding work known, before any pixel is decoded), the entry unit counted
 towards its first image.  So a photo costs 1 as before, a batch of 8 photos 8, a 16-frame GIF sent with
-``model: InceptionV3`` about 126.
+``model: InceptionV3`` about 150.
 
 **Budgets** (:class:`Meter` charges every one of them; the first that refuses answers 429 ``rate_limited``
 with ``Retry-After``, for the request or for one batch item):

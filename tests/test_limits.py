@@ -24,6 +24,7 @@ from nsfw_core.admission import Admission
 from nsfw_core.base.errors import Overloaded, TooManyAttempts
 from nsfw_core.base.rates import Rate
 from nsfw_core.base.settings import SettingsError, load_settings
+from nsfw_core.inference.registry import CPU_MS_PER_IMAGE
 from nsfw_core.ratelimit import MemoryBuckets, RateLimited, RateLimiter, ShareLimiter, image_cost
 from nsfw_core.state.db import open_pool
 from nsfw_core.state.limits import DatabaseBuckets, DatabaseFailures
@@ -59,7 +60,8 @@ def classify(server: AppServer, key: str, data: bytes, model: str | None = None)
 
 def test_cost_units():
     assert image_cost(1, 1.0, 500_000) == 1.0  # a photo on the default model
-    assert image_cost(16, 131.8 / 16.7, 4096) == pytest.approx(126.3, abs=0.1)  # the GIF on InceptionV3
+    inception = CPU_MS_PER_IMAGE["InceptionV3"] / CPU_MS_PER_IMAGE["MobileNetV2Mid"]
+    assert image_cost(16, inception, 4096) == pytest.approx(149.9, abs=0.1)  # the GIF on InceptionV3
     assert image_cost(1, 1.0, 16_000_000) == 15.0  # a 16-megapixel image: its decoding beyond the first 2 MP
     assert image_cost(16, 1.0, 256_065_536) == pytest.approx(270.1, abs=0.1)  # 16 frames of 4000x4000
 
@@ -177,9 +179,9 @@ def test_a_request_costs_its_frames_times_the_models_cost(tmp_path):
         animation = classify(server, KEY_A, gif(16))
         assert animation.status == 200 and len(animation.json()["frames"]) == 16
         assert animation.headers["ratelimit-remaining"] == "13"  # 16 frames: 16 units
-        other = classify(server, KEY_A, SMILE, model="MobileNetV2")  # 0.44 of a unit: the entry's one
+        other = classify(server, KEY_A, SMILE, model="MobileNetV2")  # 0.53 of a unit: the entry's one
         assert other.status == 200 and other.headers["ratelimit-remaining"] == "12"
-        heavy = classify(server, KEY_A, gif(16), model="InceptionV3")  # 126 units: the bucket cannot hold them
+        heavy = classify(server, KEY_A, gif(16), model="InceptionV3")  # 150 units: the bucket cannot hold them
         body = heavy.error(429, "rate_limited")
         assert body["limit"] == "rate" and body["retry_after"] >= 150  # until the bucket holds 29 of the 30 again
 

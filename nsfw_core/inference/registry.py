@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 LOADED_PER_COMPILED_BYTE = 3  # RSS a loaded model adds, per byte of its compiled .tflite (estimate_bytes)
 # CPU milliseconds one image takes through each model on litert, one thread (bench/model_cost.py, the 2-core VM,
-# 2026-12-07): what a request naming the model costs relative to the default one (ModelRegistry.cost)
-CPU_MS_PER_IMAGE = {"MobileNetV2Mid": 16.7, "MobileNetV2": 7.3, "InceptionV3": 131.8}
+# 2026-12-07, median of 4 runs): what a request naming the model costs relative to the default (ModelRegistry.cost)
+CPU_MS_PER_IMAGE = {"MobileNetV2Mid": 16.4, "MobileNetV2": 8.7, "InceptionV3": 153.6}
 
 
 class ModelUnavailable(NSFWError):
