@@ -2,8 +2,8 @@
 
 Work is counted in cost units (:mod:`nsfw_core.ratelimit`: a photo on the default model is 1, a 16-frame
 GIF on InceptionV3 about 150); beyond ``NSFW_MAX_IN_FLIGHT`` units requests get 503 ``overloaded``, and
-one client (its API key, its address without keys) may hold at most ``NSFW_KEY_SHARE`` of them: beyond
-its share it gets 429 ``rate_limited`` while the others are still served.
+one API key may hold at most ``NSFW_KEY_SHARE`` of them (the context passes share 1 without API keys):
+beyond its share it gets 429 ``rate_limited`` while the others are still served.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Iterator
 
 from nsfw_core.base.errors import Overloaded
 from nsfw_core.ratelimit import RateLimited
+
+IMAGE_SHARE = 0.5  # of NSFW_MAX_IN_FLIGHT: the most one image is counted at
 
 
 class Admission:
@@ -29,6 +31,8 @@ class Admission:
         self.in_flight = 0.0
         self.share = share
         self.key_limit = max(1.0, share * limit) if share < 1.0 else float(limit)  # what one client may hold
+        # what one image may count at most (its first unit included): larger ones run when half is free
+        self.image_cap = max(1.0, min(self.key_limit, IMAGE_SHARE * limit))
         self.by_key: dict[str, float] = {}
         self.body_limit = body_bytes
         self.body_bytes = 0  # request bodies being read or held, counted at their declared or largest size
@@ -36,15 +40,23 @@ class Admission:
         self.rejected_share = 0  # refused because their client held its share
 
     @contextlib.contextmanager
-    def admit(self, units: float, key: str | None = None, *, base: float = 0.0) -> Iterator[None]:
+    def admit(self, units: float, key: str | None = None, *, base: float = 0.0, frames: int | None = None
+              ) -> Iterator[None]:
         """Count ``units`` as in flight (for ``key``) or refuse: :class:`Overloaded` when the total would pass
         the limit, :class:`~nsfw_core.ratelimit.RateLimited` when ``key``'s would pass its share.
 
-        ``base``: what the same request holds already (its images' first units, admitted with it).  Work
-        larger than a client's share still runs when the client has nothing else in flight than that (it is
-        counted at the share).
+        A request (its images' first units) larger than the limit (a client's share) is counted at it, and
+        runs alone.  ``frames``: ``units`` is the rest of one image's cost (its first unit admitted with its
+        request), an image of that many frames: each frame beyond the first counts one unit as it always did
+        (more frames than the limit never fit), and what the model's cost adds beyond that is counted up to
+        :attr:`image_cap` for the image, so that an expensive model's animation runs once half the limit is
+        free.  An image runs even beyond its client's share while the client holds nothing but its
+        request's ``base`` units.
         """
-        units = min(float(units), max(0.0, self.key_limit - base) if self.share < 1.0 else self.key_limit)
+        if frames is not None:
+            units = max(min(float(frames - 1), self.key_limit), min(float(units), max(0.0, self.image_cap - 1.0)))
+        else:
+            units = min(float(units), self.key_limit)
         if units <= 0:
             yield
             return

@@ -89,7 +89,10 @@ class Context:
         self.known = KnownImages(self.database, distance=settings.match_distance)
         self.connections = ConnectionPool()
         self.decoder = Decoder(settings.decode_limits)
-        self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight, share=serving.key_share)
+        # A client's share needs clients told apart: by API key. Without keys a client is its address, and behind
+        # a proxy every client has the proxy's: one share for everyone would make one big image refuse them all.
+        share = serving.key_share if serving.api_keys else 1.0
+        self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight, share=share)
         self.executor = ThreadPoolExecutor(serving.workers, thread_name_prefix="nsfw-worker")
         # Threads that wait for the isolated decode lane, one per decode process: an expensive image
         # waits there, never in a worker thread that cheap images need.
@@ -111,7 +114,7 @@ class Context:
         self.limiter = RateLimiter(settings.rate_limit, store=buckets) if settings.rate_limit is not None else None
         self.wrong_keys = RateLimiter(settings.wrong_key_limit, store=buckets, scope="wrong_key", what="wrong keys") \
             if settings.wrong_key_limit is not None and serving.api_keys else None
-        self.share = ShareLimiter(serving.key_share)  # its capacity is measured once the default model is loaded
+        self.share = ShareLimiter(share)  # its capacity is measured once the default model is loaded
         self.webhooks: Deliverer | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None

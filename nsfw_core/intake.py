@@ -14,9 +14,10 @@ two thread pools.  The forward pass and the verdict are :mod:`nsfw_core.classify
 * What an image costs (:func:`nsfw_core.ratelimit.image_cost`: its frames times the model's relative
   cost, plus its decoding work) is known once its headers are read: it is charged then to the
   request's client (:func:`nsfw_core.ratelimit.current`: its rate limit and its share of the machine,
-  429 when a budget refuses), and an image costing more than the one unit its request was admitted
-  with (an animation, an expensive model, a large image) takes the rest of its place in flight
-  before a pixel is decoded, so a busy server refuses it before decoding, not after.
+  429 when a budget refuses), and an image whose forward passes cost more than the one unit its
+  request was admitted with (an animation, an expensive model) takes the rest of its place in flight
+  before a pixel is decoded, so a busy server refuses it before decoding, not after.  (Decoding work
+  is not counted in flight: the isolated lane and the pixel budget bound it.)
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class _Admit(NamedTuple):
     plan: Plan
     data: bytes
     extra: float  # cost units beyond the one its request was admitted with
+    frames: int  # frames to classify (1 for a still image)
 
 
 class _Ready(NamedTuple):
@@ -113,7 +115,8 @@ class Intake:
                 meter = ratelimit.current()
                 # its first unit came with its request: alone when the client holds nothing but its request's
                 held.enter_context(self.admission.admit(step.extra, meter.client if meter is not None else None,
-                                                        base=meter.admitted if meter is not None else 1.0))
+                                                        base=meter.admitted if meter is not None else 1.0,
+                                                        frames=step.frames))
                 if step.plan.cost.inline:
                     t0 = time.perf_counter()
                     step = await loop.run_in_executor(self.workers, requestid.in_context(
@@ -161,15 +164,16 @@ class Intake:
         t0 = time.perf_counter()
         plan = self.decoder.plan(model, data)
         refs = self.decoder.sampled(plan)
-        units = ratelimit.image_cost(len(refs) if refs is not None else 1, self.model_cost(model.name),
-                                     plan.cost.work)
+        # the budgets over time count it all; in flight, its forward passes (decoding is bounded by the
+        # isolated lane and the pixel budget)
+        inference = ratelimit.image_cost(len(refs) if refs is not None else 1, self.model_cost(model.name), 0)
         meter = ratelimit.current()
         if meter is not None:
-            meter.charge(units)  # 429 before a pixel is decoded
+            meter.charge(inference + ratelimit.image_cost(0, 0.0, plan.cost.work))  # 429 before a pixel is decoded
         sha = hashlib.sha256(data).hexdigest()
         step: _Ready | _Isolate | _Admit
-        if refs is not None or units > 1.0 + 1e-9:
-            step = _Admit(plan, data, units - 1.0)
+        if refs is not None or inference > 1.0 + 1e-9:
+            step = _Admit(plan, data, inference - 1.0, len(refs) if refs is not None else 1)
         elif not plan.cost.inline:
             step = _Isolate(plan, data)
         else:

@@ -17,11 +17,11 @@ with ``Retry-After``, for the request or for one batch item):
   address without keys), ``RateLimit-*`` headers on every v1 answer.  The buckets live in the database
   when ``NSFW_DATABASE_URL`` is set (:mod:`nsfw_core.state.limits`), so replicas share them; in this
   process otherwise.
-* The key's share of the machine (:class:`ShareLimiter`, ``NSFW_KEY_SHARE``): a bucket per key that refills
-  at ``share x capacity`` units a second, ``capacity`` being what this machine measured at start-up (the
-  default model's images per second on all its CPUs).  It is work-conserving: a key that is alone uses
-  the whole machine; only while another key has been charged within :data:`ACTIVE_S` does a key's
-  empty bucket refuse it.  Per process (the machine is).
+* The key's share of the machine (:class:`ShareLimiter`, ``NSFW_KEY_SHARE``, with API keys only): a
+  bucket per key that refills at ``share x capacity`` units a second, ``capacity`` being what this
+  machine measured at start-up (the default model's images per second on all its CPUs).  It is
+  work-conserving: a key that is alone uses the whole machine; only while another key has been charged
+  within :data:`ACTIVE_S` does a key's empty bucket refuse it.  Per process (the machine is).
 * In flight (:class:`~nsfw_core.admission.Admission`): one key's cost in flight at most ``share x
   NSFW_MAX_IN_FLIGHT`` units, so one key cannot fill admission and have everyone else answered 503.
 

@@ -377,8 +377,7 @@ def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
 def test_too_many_images_in_flight_is_503_before_the_body_is_read(tmp_path):
     with serve() as slow:
         slow.route("/hang.jpg", hang())
-        settings = make_settings(tmp_path, max_in_flight=2, key_share=1.0,  # one client may fill admission here
-                                 allow_private_hosts=(slow.netloc,), fetch_timeout=1.5)
+        settings = make_settings(tmp_path, max_in_flight=2, allow_private_hosts=(slow.netloc,), fetch_timeout=1.5)
         with running(settings) as c, ThreadPoolExecutor(2) as pool:
             stuck = [pool.submit(c.post, "/predict", params={"url": slow.url("/hang.jpg")}) for _ in range(2)]
             deadline = time.monotonic() + 5

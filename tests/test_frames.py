@@ -218,8 +218,7 @@ def test_frames_count_as_images_in_flight(tmp_path):
     frames = [photo(n) for n in ("skimage_coffee.jpg", "skimage_chelsea.jpg", "skimage_camera.jpg",
                                  "skimage_rocket.jpg", "skimage_astronaut.jpg")]
     data = animation("PNG", frames, [100] * 5)
-    # key_share=1: one client may fill admission (the share per client is tested in test_limits.py)
-    with running(make_settings(tmp_path, max_in_flight=3, key_share=1.0)) as client:
+    with running(make_settings(tmp_path, max_in_flight=3)) as client:
         response = client.post("/predict", content=data)
         assert response.status_code == 503 and response.json()["code"] == "overloaded"
         assert client.post("/predict", content=animation("PNG", frames[:3], [100] * 3)).status_code == 200

@@ -111,22 +111,35 @@ def test_admission_gives_one_client_at_most_its_share():
                 with admission.admit(1, "c"):
                     pass
     assert admission.in_flight == 0 and admission.by_key == {}
-    with admission.admit(400, "a"):  # larger than a share: runs alone, counted at the share
+    with admission.admit(400, "a"):  # a request larger than a share: runs alone, counted at the share
         assert admission.in_flight == 5
-    with admission.admit(1, "a"), admission.admit(125, "a", base=1):  # an image whose first unit came before
-        assert admission.in_flight == 5
+    # an expensive model's image (16 frames, 150 units), its first unit admitted with its request: its frames
+    # counted up to the share (5), it runs while the client holds nothing else
+    with admission.admit(1, "a"), admission.admit(149, "a", base=1, frames=16):
+        assert admission.in_flight == 6
         with pytest.raises(RateLimited):
             with admission.admit(1, "a"):
                 pass
-    with admission.admit(2, "a"):  # a batch of two expensive images: the first runs (counted at the share)...
-        with admission.admit(125, "a", base=2):
-            assert admission.in_flight == 5
+    with admission.admit(2, "a"):  # a batch of two such images: the first runs...
+        with admission.admit(149, "a", base=2, frames=1):
+            assert admission.in_flight == 6
             with pytest.raises(RateLimited):  # ...the second does not fit beside it
-                with admission.admit(125, "a", base=2):
+                with admission.admit(149, "a", base=2, frames=1):
                     pass
         with pytest.raises(RateLimited), admission.admit(1, "b"), admission.admit(1, "a"):
-            with admission.admit(125, "a", base=2):  # not alone: the client holds another request too
+            with admission.admit(149, "a", base=2, frames=1):  # not alone: the client holds another request
                 pass
+    everyone = Admission(128)  # no API keys: no share; an image counts its frames, its model's cost up to half
+    with everyone.admit(1), everyone.admit(149, base=1, frames=16):
+        assert everyone.in_flight == 64
+        with everyone.admit(64):
+            with pytest.raises(Overloaded):
+                with everyone.admit(1):
+                    pass
+    small = Admission(3)  # more frames than the limit never fit, as before
+    with small.admit(1), pytest.raises(Overloaded):
+        with small.admit(4, base=1, frames=5):
+            pass
 
 
 def test_keys_and_secrets_have_a_minimum_length():

@@ -357,14 +357,16 @@ class Settings:
     max_in_flight: int = setting(
         "NSFW_MAX_IN_FLIGHT", "128", _int(1),
         "Work being fetched, decoded or classified at once, in cost units (a photo on the default model is 1; "
-        "each frame counts, times the model's relative cost; batch items count each; docs/security.md); above it "
-        "requests get 503 with Retry-After, before their body is read when they can be counted then.")
+        "batch items count each, each frame one, and what an expensive model adds up to half of this limit; "
+        "docs/http-api.md#rate-limits); above it requests get 503 with Retry-After, before their body is read "
+        "when they can be counted then.")
     key_share: float = setting(
         "NSFW_KEY_SHARE", "0.5", _share,
-        "The share of the machine one client (an API key; an address without keys) may take while others want "
-        "it: at most this fraction of NSFW_MAX_IN_FLIGHT in flight, and of the cost units a second the machine "
-        "measured it can serve at start-up (used only while another client is active: a client alone may use it "
-        "all); beyond it 429 rate_limited. 1: no share limit.")
+        "The share of the machine one API key may take while others want it: at most this fraction of "
+        "NSFW_MAX_IN_FLIGHT in flight, and of the cost units a second the machine measured it can serve at "
+        "start-up (used only while another key is active: a key alone may use it all); beyond it 429 "
+        "rate_limited. Applies with NSFW_API_KEYS only (without keys every client behind a proxy has one "
+        "address). 1: no share limit.")
     max_body_bytes_in_flight: int = setting(
         "NSFW_MAX_BODY_BYTES_IN_FLIGHT", "134217728", _int(1),
         "Request bodies (uploads, batches) held in memory at once, in bytes, counted at their declared or "
