@@ -64,8 +64,8 @@ class _Isolate(NamedTuple):
 
 
 class _Admit(NamedTuple):
-    """An image costing more than one unit (an animation, an expensive model, a large image), read and checked
-    by a worker: the rest of its cost is admitted in flight before it is decoded."""
+    """An image whose forward passes cost more than one unit (an animation, an expensive model), read and
+    checked by a worker: the rest of that cost is admitted in flight before it is decoded."""
 
     plan: Plan
     data: bytes
