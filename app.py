@@ -25,7 +25,7 @@ import nsfw_core.base.arenas  # noqa: F401 - first: caps malloc arenas before an
 from nsfw_core.base import logs
 from nsfw_core.base.settings import Settings, SettingsError, load_settings
 from nsfw_core.http import app as api
-from nsfw_ui import framing, oidc, stmetrics, uploads
+from nsfw_ui import framing, oidc, signout, stmetrics, uploads
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
@@ -72,6 +72,7 @@ _metrics_keys = (_settings.api_keys + (_settings.metrics_token,)) if _settings i
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
              middleware=[Middleware(framing.NoFraming),  # no other site frames the pages (clickjacking)
                          Middleware(stmetrics.MetricsGuard, keys=_metrics_keys),
+                         Middleware(signout.EndSessionOnLogout),  # /auth/logout ends the session on the server
                          Middleware(uploads.UploadGuard, max_store_bytes=_max_upload_store)])
 
 

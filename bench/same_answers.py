@@ -35,8 +35,10 @@ BAD_INPUTS: list[tuple[str, str, bytes, str]] = [
 
 
 def call(port: int, method: str, path: str, body: bytes = b"", ctype: str = "") -> tuple[int, Any]:
+    # the same X-Request-ID to both sides: error bodies echo it, and a random one would differ every time
+    headers = {"X-Request-ID": "same-answers", **({"Content-Type": ctype} if ctype else {})}
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body if method == "POST" else None,
-                                 method=method, headers={"Content-Type": ctype} if ctype else {})
+                                 method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())

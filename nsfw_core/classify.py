@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
 import time
 from concurrent.futures import Executor
@@ -30,7 +32,7 @@ import numpy as np
 from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
-from nsfw_core.base.labels import ADULT
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
@@ -39,12 +41,23 @@ from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
+from nsfw_core.state.review.queue import QuotaSpent
 from nsfw_core.state.thresholds import ThresholdHistory
 
 log = logging.getLogger(__name__)
 
 UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
 REVIEW_UNAVAILABLE = "the review queue is unavailable; see the server log"
+STRICTNESS = {SAFE: 0, UNKNOWN: 1, ADULT: 2}
+
+# When the model sees a look-alike "alike" (issue 29, point 2): a perceptual (PDQ) match may clear an image only
+# when the same model scored the decided image, and the new image's adult score (the thresholds' adult classes)
+# is at most MATCH_ADULT_MARGIN above the decided image's: a look-alike is never cleared for being more adult
+# than what the reviewer saw.  Calibrated with bench/lookalikes.py (docs/reliability.md): the edits a decided
+# image must survive (JPEG q70, resized 50 %, cropped 2 %, watermarked) raised the adult score by at most
+# 0.015 (88 copies of 22 images), while every blend of the blend attack that was answered safe raised it by more.
+MATCH_ADULT_MARGIN = 0.03
 
 
 def _ms(seconds: float) -> float:
@@ -73,9 +86,9 @@ class Timings:
 
 @dataclasses.dataclass(frozen=True)
 class ReviewTicket:
-    """What queueing for human review gave: the item's id, or the error that stopped it."""
+    """What queueing for human review gave: the client's review id (unguessable), or the error that stopped it."""
 
-    id: int | None
+    id: str | None
     error: str | None = None
 
 
@@ -109,6 +122,7 @@ class Classification:
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
     verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -137,7 +151,7 @@ class Classification:
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match)
+                     match=self.match or self.near)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
@@ -150,20 +164,32 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
     human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
 
-    Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
-    only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
-    image's blurred shading stays within the match distance while showing something else (the security
-    test matched such an image at 26 bits while the model gave it porn 0.745).  Only the exact bytes
-    (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
-    decide what the model left "unknown".
+    Except where a perceptual (PDQ) match would clear: PDQ sees only an image's coarse shading, so
+    another picture's detail laid over a listed or safe-decided image's blurred shading stays within the
+    match distance while showing something else (the security test matched such an image at 26 bits
+    while the model gave it porn 0.745; issue 29 had 30 % of such blends the model left "unknown" answered
+    safe).  As hash-sharing programmes advise, a perceptual hash alone never clears:
+
+    * a PDQ match never clears an image the model calls adult (only the exact bytes, sha256, may);
+    * a PDQ match may clear what the model left "unknown" only when the model sees the image alike
+      (:func:`sees_alike`: scores from the same model, an adult score at most :data:`MATCH_ADULT_MARGIN`
+      higher than the decided image's), so a hash-list "allow" entry (no scores) never clears
+      by PDQ.  Otherwise the image keeps the model's verdict, and the refused match is kept in ``near``
+      for the reviewer (never in the client's answer).
+
+    A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
     """
     deciding = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
         scores, deciding = worst.scores, worst.index
     model_verdict = thresholds.decide(scores)
-    if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
-        match = None
+    near = None
+    if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
+        if model_verdict == ADULT:
+            match = None
+        elif not sees_alike(scores, match, thresholds, model.name):
+            near, match = match, None
     return Classification(
         scores=scores,
         verdict=model_verdict if match is None else match.verdict,
@@ -178,7 +204,19 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         deciding_frame=deciding,
         verdict_source="model" if match is None else match.kind,
         match=match,
+        near=near,
     )
+
+
+def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str) -> bool:
+    """True when the model sees an image as it saw the decided one ``match`` names: scores from the same model,
+    and an adult score at most :data:`MATCH_ADULT_MARGIN` above the decided image's.  False for an entry
+    without scores (a hash list, a decision remembered before issue 29) or from another model."""
+    decided = match.scores
+    if not decided or match.model != model_name or any(c not in decided for c in thresholds.adult_classes):
+        return False
+    return thresholds.adult_score(scores) <= thresholds.adult_score(decided) + MATCH_ADULT_MARGIN
+
 
 
 # ---------------------------------------------------------------- the one use case, on its parts
@@ -206,31 +244,34 @@ class Classifier:
         self.load = load
         self.observe = observe
 
-    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None
-                  ) -> Classification:
-        """Fetch ``url`` safely, then classify it; see :meth:`data`."""
+    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
+                  client: str = "") -> Classification:
+        """Fetch ``url`` safely, then classify it; see :meth:`data`.  A queued URL item keeps the fetched
+        bytes: the reviewer sees what was classified, never what the URL serves later."""
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
-                prepared = await self.intake.url(url, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                prepared = await self.intake.url(url, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
         self.observe(result, True)
-        return await self.review.submit(result, url, None, prepared.x)
+        return await self.review.submit(result, url, prepared.data, prepared.x, client=client, private=private)
 
-    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None
-                   ) -> Classification:
+    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
+                   client: str = "") -> Classification:
         """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
         ``model``: the name of another model than the default (API v1's per-request model);
-        ``thresholds``: the request's own thresholds instead of the ones in force (version None).
+        ``thresholds``: the request's own thresholds instead of the ones in force (version None);
+        ``client``: who asks (a hash of its API key, :func:`nsfw_core.http.guard.client_id`): the decisions
+        only it may use, its review quota and its review ids.
         """
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:
-                prepared = await self.intake.data(data, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                prepared = await self.intake.data(data, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds)
         self.observe(result, False)
-        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x)
+        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
@@ -244,13 +285,15 @@ class Classifier:
         async with self.models.lane(name) as other:
             yield other
 
-    def _recognise(self, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
+    def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
         """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
-        return self.known.lookup(sha, query)
+        return self.known.lookup(sha, query, client)
 
     async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
-                      override: Thresholds | None) -> Classification:
+                      override: Thresholds | None) -> tuple[Classification, bool]:
+        """The classification, and whether only the request's own thresholds send it to review (``private``:
+        under the thresholds in force it would not be queued; its decision then protects only this client)."""
         t0 = time.perf_counter()
         x = prepared.x
         frames = None
@@ -265,8 +308,15 @@ class Classifier:
         active = self.thresholds.current()
         thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
         timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
-        return judge(scores, thresholds, ModelInfo(lane.model.name, lane.model.version), timings, prepared.sha256,
-                     version, frames=frames, match=prepared.found)
+        info = ModelInfo(lane.model.name, lane.model.version)
+        result = judge(scores, thresholds, info, timings, prepared.sha256, version, frames=frames,
+                       match=prepared.found)
+        private = False
+        if override is not None and self.review.queues(result.verdict):
+            in_force = judge(scores, active.thresholds, info, timings, prepared.sha256, active.version,
+                             frames=frames, match=prepared.found)
+            private = in_force.match is not None or not self.review.queues(in_force.verdict)
+        return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
@@ -286,48 +336,78 @@ class Classifier:
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
-    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor) -> None:
+    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
+                 quota: int = 0, audit: AuditPolicy | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
+        self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+        self.audit = audit if audit is not None else AuditPolicy({})
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+                     prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
+                     ) -> Classification:
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision.  A queue failure (database down) does not fail the prediction: the result carries
-        ``review_error`` instead and the failure is logged.
+        decision, and its bytes (``data``: always for a URL and for an audit item, for an upload when
+        NSFW_REVIEW_STORE_UPLOADS is on).  ``client`` gets a review id of its own (unguessable) and spends its
+        hourly quota; ``private``: only the request's own thresholds queue it, so its decision will protect
+        only ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
+        (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
+        instead.  An audit item is the server's sample, not the client's request: it changes nothing in the
+        answer (no ``review_id``, no ``review_error``: the automatic verdict stands), costs the client no
+        quota, and its decision protects every client.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
+        near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
         meter = ratelimit.current()
-        client = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
+        key_id = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
 
-        def enqueue() -> int:
+        def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
-            return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes, client=client)
+            if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
+                return queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                         result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                         probability=probability, reviews=reviews)
+            return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
+                                     result.verdict, image_bytes=data, phash=hashes,
+                                     audience=client if private else "", matched=near, quota=self.quota,
+                                     reviews=reviews, key_id=key_id)
 
         try:
-            review_id = await asyncio.get_running_loop().run_in_executor(self.executor,
+            _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
                                                                          requestid.in_context(enqueue))
+        except QuotaSpent as exc:
+            log.info("not queued for review: %s", exc.message)
+            return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(review_id))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

@@ -15,7 +15,9 @@ settings that part takes, and wires them together:
 * ``metrics``, ``access``, the request budgets (:mod:`nsfw_core.ratelimit`: ``limiter``, NSFW_RATE_LIMIT;
   ``wrong_keys``, NSFW_WRONG_KEY_LIMIT; ``share``, NSFW_KEY_SHARE of the capacity measured once the default
   model is loaded), their buckets and the failed sign-ins in the database when NSFW_DATABASE_URL is set
-  (:mod:`nsfw_core.state.limits`: replicas share them), and the webhooks' delivery task.
+  (:mod:`nsfw_core.state.limits`: replicas share them), and the webhooks' delivery task;
+* ``audit`` (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE) and ``traffic`` (the API's verdicts and scores per day,
+  flushed to the database by a background task), which :meth:`Context.evaluation` reads.
 
 The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
 and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it through
@@ -36,7 +38,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,11 +58,14 @@ from nsfw_core.state.db import open_pool
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.limits import DatabaseBuckets, DatabaseFailures
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AuditPolicy
 from nsfw_core.state.thresholds import ThresholdHistory
+from nsfw_core.state.traffic import FLUSH_INTERVAL, TrafficCounter
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
     from nsfw_core.inference.model import Model
+    from nsfw_core.state.sessions import SigninSessions
     from nsfw_core.state.webhooks import Deliverer
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,7 @@ class Context:
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
+        self._signin_sessions: SigninSessions | None = None
         # One connection pool on the one database; opening it connects to nothing yet.
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
         self.access = Access(settings.access_config, limiter=AttemptLimiter(
@@ -100,24 +106,32 @@ class Context:
         self.intake = Intake(self.decoder, self.fetch, self.admission, workers=self.executor,
                              isolated=self.isolated)
         self.metrics = Metrics(self._serving_state, lambda: self.review_queue.pending_stats(),
-                               app_version=_app_version())
+                               app_version=_app_version(), quality=self._quality_gauges)
         self.models = ModelRegistry(self.model_config,
                                     Batching(serving.max_batch, serving.batch_wait_ms, serving.queue_size),
                                     settings.model_memory_mb * MB, expecting=lambda: self.intake.preparing,
                                     on_batch=self.metrics.observe_batch)
+        # issue 25: the audit sample and double review (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE), and the API's
+        # verdicts and scores counted per day in the database (the evaluation's "per day", the score drift)
+        self.audit = AuditPolicy(dict(self.review_config.audit_rates), self.review_config.double_review_rate)
+        self.traffic = TrafficCounter(self.database, prepare=lambda: self.review_queue)
+        self._quality: tuple[float, list[Any]] | None = None
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor),
+                                                  self.executor, self.review_config.quota, self.audit),
                                      load=self.load_bytes, observe=self._observe)
         self.intake.model_cost = self.models.cost
         buckets = DatabaseBuckets(self.database) if shared else MemoryBuckets()
         self.limiter = RateLimiter(settings.rate_limit, store=buckets) if settings.rate_limit is not None else None
+        # wrong keys of every role: the clients' (NSFW_API_KEYS), the metrics token, the reviewer API's keys
+        keyed = bool(serving.api_keys or settings.metrics_token or settings.reviewer_keys.configured)
         self.wrong_keys = RateLimiter(settings.wrong_key_limit, store=buckets, scope="wrong_key", what="wrong keys") \
-            if settings.wrong_key_limit is not None and serving.api_keys else None
+            if settings.wrong_key_limit is not None and keyed else None
         self.share = ShareLimiter(share)  # its capacity is measured once the default model is loaded
         self.webhooks: Deliverer | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
+        self._traffic_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._measuring = False  # True from start() until the capacity is measured (not ready meanwhile)
 
@@ -130,6 +144,16 @@ class Context:
             if self._review is None:
                 self._review = ReviewQueue.from_config(self.review_config, pool=self.database)
             return self._review
+
+    @property
+    def signin_sessions(self) -> SigninSessions:
+        """The browser app's sign-in sessions (:mod:`nsfw_core.state.sessions`), in the one database."""
+        from nsfw_core.state.sessions import SigninSessions  # only the browser app's sign-in needs it
+
+        with self._lock:
+            if self._signin_sessions is None:
+                self._signin_sessions = SigninSessions(self.database, self.settings.session_config)
+            return self._signin_sessions
 
     @property
     def score_cache(self) -> ScoreCache:
@@ -151,6 +175,36 @@ class Context:
 
     def _observe(self, result: Classification, fetched: bool) -> None:
         self.metrics.observe_classification(result, fetched=fetched, source=result.verdict_source)
+        self.traffic.observe(result.verdict, result.verdict_source, result.scores)
+
+    # ------------------------------------------------------------ the evaluation (issue 25)
+
+    def evaluation(self, *, since: float | None = None, until: float | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+        """How the automatic decisions fare in production (:func:`nsfw_core.calibration.production.evaluate`)."""
+        from nsfw_core.calibration.production import evaluate
+
+        return evaluate(self.review_queue, self.traffic, self.thresholds.current(), self.audit,
+                        self.review_config.verdicts, since=since, until=until, now=now)
+
+    def _quality_gauges(self) -> list[Any]:
+        """/metrics' evaluation gauges over the last 7 days, computed at most once a minute per process."""
+        from nsfw_core.calibration.production import DAY, gauges
+
+        now = time.time()
+        held = self._quality
+        if held is None or now - held[0] >= 60.0:
+            held = self._quality = (now, gauges(self.evaluation(since=now - 7 * DAY, until=now, now=now)))
+        return held[1]
+
+    async def _flush_traffic(self) -> None:
+        """Every FLUSH_INTERVAL seconds, the traffic counted in memory into the database."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self.traffic.flush)
+            except Exception:  # logged by the counter once per outage; the counts wait in memory
+                pass
 
     def _serving_state(self) -> ServingState:
         lane = self.models.default_lane()
@@ -189,6 +243,7 @@ class Context:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
         self._measuring = True
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
+        self._traffic_task = asyncio.get_running_loop().create_task(self._flush_traffic(), name="nsfw-traffic")
         await self._start_webhooks()
 
     async def _load(self) -> None:
@@ -249,13 +304,18 @@ class Context:
         self._stopping = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        if self._webhooks_task is not None:
-            self._webhooks_task.cancel()
-            try:
-                await self._webhooks_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._webhooks_task, self._traffic_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         await self.models.stop()
+        try:
+            await asyncio.to_thread(self.traffic.flush)
+        except Exception as exc:
+            log.warning("traffic counts of the last seconds not saved: %r", exc)
         self.close()
 
     def close(self) -> None:

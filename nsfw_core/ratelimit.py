@@ -62,10 +62,14 @@ def digest(client: str) -> bytes:
     return hashlib.sha256(client.encode("utf-8", "surrogatepass")).digest()
 
 
+KEY_ID_PREFIX = "key:"
+
+
 def key_id(api_key: str) -> str:
-    """The name an API key goes by where the key itself must not appear (webhook events, logs):
-    ``key_`` and the first 16 hex digits of its SHA-256 (``printf %s "$KEY" | sha256sum | cut -c1-16``)."""
-    return "key_" + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """The name a key (a client's, a reviewer's, an admin's) goes by where the key itself must not appear (webhook
+    events, recorded decisions, logs): ``key:`` and the first 16 hex digits of its SHA-256
+    (``printf %s "$KEY" | sha256sum | cut -c1-16``)."""
+    return KEY_ID_PREFIX + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class RateLimited(InputError):

@@ -25,7 +25,7 @@ from nsfw_core.base.errors import Overloaded, TooManyAttempts
 from nsfw_core.base.rates import Rate
 from nsfw_core.base.settings import SettingsError, load_settings
 from nsfw_core.inference.registry import CPU_MS_PER_IMAGE
-from nsfw_core.ratelimit import MemoryBuckets, RateLimited, RateLimiter, ShareLimiter, image_cost
+from nsfw_core.ratelimit import Decision, MemoryBuckets, RateLimited, RateLimiter, ShareLimiter, image_cost
 from nsfw_core.state.db import open_pool
 from nsfw_core.state.limits import DatabaseBuckets, DatabaseFailures
 from tests.helpers.appserver import AppServer, app_server
@@ -80,6 +80,11 @@ def test_a_charge_larger_than_the_burst_runs_when_the_bucket_is_full_and_leaves_
     limiter.check("a")
 
 
+def allowed(decision: Decision | None) -> bool:
+    assert decision is not None  # a capacity is set: the share decides
+    return decision.allowed
+
+
 def test_a_share_is_enforced_only_while_another_client_is_active():
     now = [0.0]
     share = ShareLimiter(0.5, clock=lambda: now[0])
@@ -89,14 +94,14 @@ def test_a_share_is_enforced_only_while_another_client_is_active():
         decision = share.take("a", 60.0)
         assert decision is not None and decision.allowed
         now[0] += 0.1
-    assert share.take("b", 1.0).allowed  # b arrives
+    assert allowed(share.take("b", 1.0))  # b arrives
     refused = share.take("a", 60.0)
     assert refused is not None and not refused.allowed and refused.retry_after_s >= 1
     now[0] += 1.0  # a's bucket refilled to its burst: 50 units
-    assert share.take("a", 60.0).allowed  # larger than the burst: runs from a full bucket, then waits
-    assert not share.take("a", 1.0).allowed
+    assert allowed(share.take("a", 60.0))  # larger than the burst: runs from a full bucket, then waits
+    assert not allowed(share.take("a", 1.0))
     now[0] += 5.0  # b went quiet: a may use it all again
-    assert share.take("a", 60.0).allowed
+    assert allowed(share.take("a", 60.0))
 
 
 def test_admission_gives_one_client_at_most_its_share():
@@ -144,7 +149,9 @@ def test_admission_gives_one_client_at_most_its_share():
 
 def test_keys_and_secrets_have_a_minimum_length():
     for name, value in [("NSFW_API_KEYS", "a"), ("NSFW_API_KEYS", f"{KEY_A},short"), ("NSFW_WEBHOOK_SECRET", "x"),
-                        ("NSFW_METRICS_TOKEN", "t" * 15), ("NSFW_ADMIN_SECRET", "s" * 15)]:
+                        ("NSFW_METRICS_TOKEN", "t" * 15), ("NSFW_ADMIN_SECRET", "s" * 15),
+                        # the keys of every role (issue 25's reviewer and admin keys)
+                        ("NSFW_REVIEWER_API_KEYS", "r" * 15), ("NSFW_ADMIN_API_KEYS", f"{KEY_A},{'a' * 15}")]:
         with pytest.raises(SettingsError, match=f"{name}=<secret>: .*at least 16 characters"):
             load_settings({name: value})
     assert load_settings({"NSFW_API_KEYS": f"{KEY_A},{KEY_B}"}).api_keys == (KEY_A, KEY_B)
@@ -180,6 +187,39 @@ def test_wrong_keys_are_limited_per_address_and_a_right_key_still_passes(tmp_pat
         assert server.request("GET", "/v1/reviews/1", headers=bearer(KEY_A)).status == 404  # the right key passes
         metrics = server.request("GET", "/metrics", headers=bearer(KEY_A)).body.decode()
         assert 'nsfw_rate_limited_total{limit="wrong_key"} 2.0' in metrics
+
+
+@pytest.mark.slow
+def test_the_reviewer_api_limits_wrong_keys_and_gives_each_reviewer_key_its_own_budget(tmp_path):
+    """Issue 25's reviewer API under these limits.  Before the merge's fix: a wrong reviewer key was never
+    limited (every guess a 401, and without client keys there was no wrong-key limiter at all), and a reviewer
+    key's calls were counted in its address's bucket, the same as a keyless client's classifications from that
+    address.  And an audit (the server's sample of the client's answer) costs the client nothing."""
+    r1, r2 = "reviewer-key-1-0123456789", "reviewer-key-2-0123456789"
+    env = {"NSFW_REVIEWER_API_KEYS": f"{r1},{r2}", "NSFW_AUDIT_RATE": "1",
+           "NSFW_RATE_LIMIT": "3/h;burst=3", "NSFW_WRONG_KEY_LIMIT": "5/h;burst=5"}
+    with app_server(tmp_path, **env) as server:
+        house = classify(server, "", (REFERENCE / "house.jpg").read_bytes())  # no client keys: public
+        assert house.status == 200 and house.json()["verdict"] == "safe"  # automatic: audited at rate 1
+        assert house.headers["ratelimit-remaining"] == "2"  # one unit: the audit costs the client nothing
+        wrong = [server.request("POST", "/v1/reviews/claim", headers=bearer(f"wrong-{i}-0123456789abc"))
+                 for i in range(5)]
+        assert [r.status for r in wrong] == [401] * 5
+        limited = server.request("POST", "/v1/reviews/claim", headers=bearer("wrong-5-0123456789abc"))
+        assert limited.error(429, "rate_limited")["limit"] == "wrong_key"
+        server.request("POST", "/v1/reviews/claim").error(429, "rate_limited")  # no key is a wrong key too
+        claimed = server.request("POST", "/v1/reviews/claim", headers=bearer(r1))  # a right key still passes
+        assert claimed.status == 200 and claimed.headers["ratelimit-remaining"] == "2"  # r1's own bucket
+        item = claimed.json()["item"]
+        assert item["kind"] == "audit" and "verdict" not in item  # the sampled answer, blind
+        for remaining in ("1", "0"):
+            again = server.request("POST", "/v1/reviews/claim", headers=bearer(r1))
+            assert again.status == 200 and again.headers["ratelimit-remaining"] == remaining
+        assert server.request("POST", "/v1/reviews/claim", headers=bearer(r1)).error(429, "rate_limited")["limit"] \
+            == "rate"
+        assert server.request("GET", "/v1/evaluation", headers=bearer(r2)).status == 200  # r2: a budget of its own
+        again = classify(server, "", SMILE)  # the address's bucket: untouched by the reviewer keys' calls
+        assert again.status == 200 and again.headers["ratelimit-remaining"] == "1"
 
 
 @pytest.mark.slow

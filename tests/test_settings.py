@@ -8,14 +8,21 @@ from nsfw_core.base.settings import (
     ROOT,
     SETTINGS,
     SETTINGS_PAGE,
+    TABLE_END,
+    TABLE_START,
     SettingsError,
     load_settings,
     markdown_table,
     page_with_table,
-    table_in_page,
 )
 
 KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+
+
+def table_in_page(page: str) -> str:
+    """The generated part of the settings page's text: what lies between its two markers."""
+    start = page.index(TABLE_START) + len(TABLE_START)
+    return page[start:page.index(TABLE_END, start)].strip("\n")
 
 
 def test_defaults():

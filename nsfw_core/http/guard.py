@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 from typing import TYPE_CHECKING, Iterator
 
@@ -60,24 +61,40 @@ async def authorize(request: Request, ctx: Context, keys: tuple[str, ...]) -> No
     token = bearer(request)
     if token and matches(token, keys) is not None:
         return
-    limiter = ctx.wrong_keys
-    if limiter is not None:
-        address = "addr:" + (request.client.host if request.client else "")
-        if limiter.shared:
-            await asyncio.to_thread(limiter.check, address)
-        else:
-            limiter.check(address)
+    await wrong_key(request, ctx)
     if not token:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
     raise Unauthorized("the API key is not valid")
 
 
-async def rate_limit(request: Request, ctx: Context) -> dict[str, str] | None:
+async def wrong_key(request: Request, ctx: Context) -> None:
+    """Count a request that brought no right key (none, or a wrong one) against its client address's
+    NSFW_WRONG_KEY_LIMIT: 429 ``rate_limited`` (limit ``wrong_key``) beyond it.  Every route that takes keys
+    calls it before its 401: the API's (client keys), /metrics (the metrics token) and the reviewer API's."""
+    limiter = ctx.wrong_keys
+    if limiter is None:
+        return
+    address = "addr:" + (request.client.host if request.client else "")
+    if limiter.shared:
+        await asyncio.to_thread(limiter.check, address)
+    else:
+        limiter.check(address)
+
+
+async def rate_limit(request: Request, ctx: Context, *, role_key: str | None = None) -> dict[str, str] | None:
     """Make the request's meter and charge its entry unit (NSFW_RATE_LIMIT, NSFW_KEY_SHARE): the RateLimit
-    headers for the answer, or None without a rate limit; 429 ``rate_limited`` beyond a budget."""
-    keyed = bool(ctx.serving.api_keys)
-    client = client_key(request, keyed)
-    meter = ratelimit.Meter(client, ratelimit.key_id(bearer(request)) if keyed else None, ctx.limiter, ctx.share)
+    headers for the answer, or None without a rate limit; 429 ``rate_limited`` beyond a budget.
+
+    ``role_key``: the reviewer or admin key of a reviewer API request, which has a NSFW_RATE_LIMIT budget of its
+    own (one unit a call) and no share of the machine (the share divides the model's capacity among clients;
+    the reviewer API runs no model)."""
+    if role_key is not None:
+        meter = ratelimit.Meter("key:" + role_key, None, ctx.limiter, None)
+    else:
+        keyed = bool(ctx.serving.api_keys)
+        client = client_key(request, keyed)
+        meter = ratelimit.Meter(client, ratelimit.key_id(bearer(request)) if keyed else None, ctx.limiter,
+                                ctx.share)
     ratelimit.bind(meter)
     request.state.meter = meter
     if ctx.limiter is not None and ctx.limiter.shared:
@@ -106,3 +123,10 @@ def admitted(request: Request, ctx: Context, images: int) -> Iterator[None]:
         if meter is not None:
             meter.admitted = float(min(images, ctx.admission.key_limit))
         yield
+
+
+def client_id(request: Request, ctx: Context) -> str:
+    """Who a request is, as the database keeps it (review items, review ids, decisions that protect only
+    it): a hash of :func:`client_key` (the API key, else the peer address), never the key itself."""
+    key = client_key(request, bool(ctx.serving.api_keys))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]

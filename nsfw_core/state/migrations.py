@@ -1,4 +1,4 @@
-"""The database's schema (the review queue and the thresholds history) and how it gets there.
+"""The database's schema (the review queue, the thresholds history, the traffic counts) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -21,6 +21,11 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
+REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
+TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
+VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
+TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
 BUCKETS_TABLE = "limit_buckets"  # rate limits' token buckets shared by replicas (nsfw_core.state.limits)
 FAILURES_TABLE = "limit_failures"  # failed sign-ins shared by replicas (nsfw_core.state.limits)
 
@@ -117,6 +122,60 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
     )),
+    # Sign-in sessions (nsfw_core.state.sessions): one row per sign-in, shared by every replica.  ``id`` is a
+    # hash of the ID token's claims (OpenID Connect) or a random token held in the server's memory (a secret
+    # sign-in); ``subject`` is the account (issuer and subject, or the secret's role).  Signing out sets
+    # ended_at; a row of ``signin_revocations`` ends every sign-in of a subject ('*': all) issued before a time.
+    Migration(6, "sign-in sessions and revocations", (
+        f"""CREATE TABLE {SESSIONS_TABLE} (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('oidc', 'secret')),
+            subject TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            issued_at {{float}} NOT NULL,
+            last_seen {{float}} NOT NULL,
+            validated_at {{float}} NOT NULL,
+            ended_at {{float}},
+            ended_reason TEXT
+        )""",
+        f"CREATE INDEX {SESSIONS_TABLE}_subject ON {SESSIONS_TABLE} (subject)",
+        f"CREATE INDEX {SESSIONS_TABLE}_issued ON {SESSIONS_TABLE} (issued_at)",
+        f"""CREATE TABLE {REVOCATIONS_TABLE} (
+            subject TEXT PRIMARY KEY,
+            revoked_before {{float}} NOT NULL,
+            revoked_by TEXT NOT NULL
+        )""",
+    )),
+    # Issue 29, what reviewers remember must not be a way in:
+    # - review items keep who queued them (``client``: a hash of the API key, never the key) for the key's
+    #   review quota and for GET /v1/reviews, and whom their decision protects (``audience``: '' everyone,
+    #   else the one client whose per-request thresholds queued it); one open item per image and audience;
+    # - ``matched``: the remembered decision a perceptual match pointed at when the model's view disagreed
+    #   (shown to the reviewer); ``public_id``: the creator's review id (the webhook's);
+    # - remembered decisions keep the decided image's scores and model (a look-alike inherits a decision only
+    #   when the model sees it alike) and their audience;
+    # - review_tickets: the unguessable ids clients get for items, one per client and item.
+    Migration(7, "review items per client, tickets, decided scores, audiences", (
+        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN matched TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN public_id TEXT",
+        f"DROP INDEX {TABLE}_open_sha256",
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256_audience ON {TABLE} (sha256, audience) "
+        f"WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_client ON {TABLE} (client, created_at)",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN scores TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"""CREATE TABLE {TICKETS_TABLE} (
+            ticket TEXT PRIMARY KEY,
+            item_id BIGINT NOT NULL,
+            client TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
+    )),
     # Issue 29, points 5-6 (nsfw_core.state.limits, nsfw_core.state.webhooks): the rate limits' token buckets and
     # the failed sign-ins, shared by replicas; the API key id of the client whose request queued an item (its
     # webhook events say whose image it is); the outbox purged by age (created_at) with the review items.
@@ -134,8 +193,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             failed_at {{float}} NOT NULL
         )""",
         f"CREATE INDEX {FAILURES_TABLE}_scope ON {FAILURES_TABLE} (scope, failed_at)",
-        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN client_key TEXT",
         f"CREATE INDEX {OUTBOX_TABLE}_created ON {OUTBOX_TABLE} (created_at)",
+    )),
+    # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
+    # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
+    # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
+    # two disagree, until an admin decides); the API's decisions and score histograms counted per UTC day.
+    Migration(9, "audit sampling, double review, traffic counts", (
+        f"ALTER TABLE {TABLE} ADD COLUMN kind TEXT NOT NULL DEFAULT 'review'",
+        f"ALTER TABLE {TABLE} ADD COLUMN probability {{float}} NOT NULL DEFAULT 1.0",
+        f"ALTER TABLE {TABLE} ADD COLUMN reviews_needed INTEGER NOT NULL DEFAULT 1",
+        f"ALTER TABLE {TABLE} ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_kind_created ON {TABLE} (kind, created_at)",
+        f"""CREATE TABLE {VOTES_TABLE} (
+            id {{pk}},
+            item_id BIGINT NOT NULL,
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL,
+            decided_at {{float}} NOT NULL,
+            UNIQUE (item_id, reviewer)
+        )""",
+        f"CREATE INDEX {VOTES_TABLE}_reviewer ON {VOTES_TABLE} (reviewer, decided_at)",
+        f"""CREATE TABLE {TRAFFIC_TABLE} (
+            day TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (day, name)
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -22,7 +22,7 @@ from nsfw_core.state.migrations import KNOWN_TABLE, TABLE
 REVIEW, LIST = "review", "list"
 ADD, REMOVE = "add", "remove"
 COLUMNS = ("id", "op", "kind", "sha256", "hashes", "verdict", "label", "note", "review_id", "removes",
-           "added_by", "added_at")
+           "added_by", "added_at", "scores", "model", "audience")
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM {KNOWN_TABLE}"
 
 
@@ -31,13 +31,16 @@ def remember_decision(backend: Backend, tx: Tx, item_id: int, label: str, by: st
     """Add the decided item ``item_id`` (its sha256 and perceptual hashes) with the verdict its label means.
 
     ``hashes`` (hex, comma-separated) replaces what the item kept from its request (``phash``) when given.
+    The entry keeps the item's scores and model (a look-alike inherits the decision only when the model
+    sees it alike, :func:`nsfw_core.classify.judge`) and its audience (everyone, or the one client whose
+    own thresholds queued it).  The caller checked that the reviewer saw the item's own bytes.
     """
     backend.lock_migrations(tx)
     if hashes:  # the item keeps them too (a later decision after an undo needs no image)
         tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
-           f"added_at) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, '', id, ?, ? "
-           f"FROM {TABLE} WHERE id = ?",
+           f"added_at, scores, model, audience) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, "
+           f"'', id, ?, ?, scores, model, audience FROM {TABLE} WHERE id = ?",
            (hashes, to_binary(label), label, by, now, int(item_id)))
 
 

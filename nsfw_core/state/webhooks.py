@@ -1,10 +1,12 @@
 """Webhooks: each review decision, and each undo, POSTed to ``NSFW_WEBHOOK_URL``, signed, retried, never lost.
 
-Events: ``review.decided`` when a reviewer decides an item, ``review.undone`` when they take the decision
-back (the item is open again: a receiver that acted on "safe" must stop trusting it; ``undone`` says
-what was taken back).  Each carries ``client_key_id``, the id of the API key whose request queued the
-image (:func:`nsfw_core.ratelimit.key_id`; null without API keys), so a receiver serving several
-clients knows whose image it is.
+Events: ``review.decided`` when a reviewer decides an item (under double review: when the votes agree or an
+admin decides), ``review.undone`` when the decision is taken back (the item is open again: a receiver that
+acted on "safe" must stop trusting it; ``undone`` says what was taken back).  ``review`` names the item by
+its creator's review id (``rv_...``).  Each carries ``client_key_id``, the id of the API key whose request
+queued the image (:func:`nsfw_core.ratelimit.key_id`, the creator's; null without API keys), so a receiver
+serving several clients knows whose image it is.  An audit item's events are blind like the item: no model
+verdict (:func:`review_dict`) and no ``client_key_id`` (the server's sample is no client's).
 
 Outbox: when a decision (an undo) is recorded (:meth:`~nsfw_core.state.review.ReviewQueue.decide`,
 :meth:`~nsfw_core.state.review.ReviewQueue.undo`), the event is written to the ``webhook_outbox`` table
@@ -103,9 +105,19 @@ def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
 
 
 def review_dict(item: Item) -> dict[str, Any]:
-    """An item as API v1 shows it (the contract's ``Review``)."""
-    out: dict[str, Any] = {"id": item.id, "status": "pending" if item.status == "skipped" else item.status,
-                           "verdict": item.verdict, "sha256": item.sha256, "created_at": iso(item.created_at)}
+    """An item as API v1 shows it (the contract's ``Review``); an audit item blind: without the model's verdict.
+
+    ``decided_by`` is here for the webhook events (the operator's); an API answer shows it only to reviewer and
+    admin keys (:mod:`nsfw_core.http.reviews`), never to a client key (:mod:`nsfw_core.http.v1`).
+    """
+    # the review id the item's creator was given (unguessable; issue 29), the queue's number before that
+    out: dict[str, Any] = {"id": item.public_id or str(item.id),
+                           "status": "pending" if item.status == "skipped" else item.status,
+                           "sha256": item.sha256, "created_at": iso(item.created_at)}
+    if item.blind:
+        out["kind"] = item.kind
+    else:
+        out["verdict"] = item.verdict
     if item.status == "decided":
         out.update(label=item.decision, decided_by=item.decided_by, decided_at=iso(item.decided_at))
     return out
@@ -122,8 +134,12 @@ def event_for(item: Item, client: str | None = None, *, kind: str = EVENT_TYPE,
     return event
 
 
-def _client(tx: Tx, item_id: int) -> str | None:
-    row = tx.one(f"SELECT client FROM {TABLE} WHERE id = ?", (item_id,))
+def _client(tx: Tx, item: Item) -> str | None:
+    """The creator's API key id (``client_key``, migration 8); None without keys and for an audit item (the
+    server's sample: as blind in its events as to its reviewers)."""
+    if item.blind:
+        return None
+    row = tx.one(f"SELECT client_key FROM {TABLE} WHERE id = ?", (item.id,))
     return str(row[0]) if row is not None and row[0] else None
 
 
@@ -135,12 +151,12 @@ def _write(tx: Tx, item_id: int, event: dict[str, Any]) -> None:
 
 def outbox_hook(tx: Tx, item: Item) -> None:
     """The decision hook: the ``review.decided`` event into the outbox, in the decision's transaction."""
-    _write(tx, item.id, event_for(item, _client(tx, item.id)))
+    _write(tx, item.id, event_for(item, _client(tx, item)))
 
 
 def undo_hook(tx: Tx, item: Item, was: Item) -> None:
     """The undo hook: the ``review.undone`` event into the outbox, in the undo's transaction."""
-    _write(tx, item.id, event_for(item, _client(tx, item.id), kind=UNDONE_TYPE, undone=was))
+    _write(tx, item.id, event_for(item, _client(tx, item), kind=UNDONE_TYPE, undone=was))
 
 
 def hook_up(queue: ReviewQueue) -> None:
