@@ -234,14 +234,16 @@ def migrate(backend: Backend, conn: Any, migrations: Sequence[Migration] = MIGRA
         backend.lock_migrations(tx)
         tx.run(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
                f"description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-        current = tx.one(f"SELECT MAX(version) FROM {VERSION_TABLE}")
-        current_version = (current[0] if current and current[0] is not None else 0)
+        done = {int(row[0]) for row in tx.run(f"SELECT version FROM {VERSION_TABLE}")}
+        current_version = max(done, default=0)
         if current_version > known:
             raise ReviewConfigError(f"the review database ({backend.describe()}) has schema version "
                                     f"{current_version}, newer than this code's {known}; upgrade the app")
         applied = []
+        # every migration not applied yet, in order, below the newest applied one too: versions are assigned to
+        # branches that merge in any order (9 was merged before 8: a database at 9 still gets 8)
         for m in sorted(migrations, key=lambda m: m.version):
-            if m.version <= current_version:
+            if m.version in done:
                 continue
             for statement in m.statements:
                 tx.run(statement.format(**backend.types))
