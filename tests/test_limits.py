@@ -150,8 +150,9 @@ def test_admission_gives_one_client_at_most_its_share():
 def test_keys_and_secrets_have_a_minimum_length():
     for name, value in [("NSFW_API_KEYS", "a"), ("NSFW_API_KEYS", f"{KEY_A},short"), ("NSFW_WEBHOOK_SECRET", "x"),
                         ("NSFW_METRICS_TOKEN", "t" * 15), ("NSFW_ADMIN_SECRET", "s" * 15),
-                        # the keys of every role (issue 25's reviewer and admin keys)
-                        ("NSFW_REVIEWER_API_KEYS", "r" * 15), ("NSFW_ADMIN_API_KEYS", f"{KEY_A},{'a' * 15}")]:
+                        # the keys of every role (issue 25's reviewer and admin keys) and the sign-in cookie's key
+                        ("NSFW_REVIEWER_API_KEYS", "r" * 15), ("NSFW_ADMIN_API_KEYS", f"{KEY_A},{'a' * 15}"),
+                        ("NSFW_OIDC_COOKIE_SECRET", "c" * 15)]:
         with pytest.raises(SettingsError, match=f"{name}=<secret>: .*at least 16 characters"):
             load_settings({name: value})
     assert load_settings({"NSFW_API_KEYS": f"{KEY_A},{KEY_B}"}).api_keys == (KEY_A, KEY_B)

@@ -299,8 +299,9 @@ class Settings:
         "The service's public URL followed by /oauth2callback, as registered with the provider (empty: "
         "APP_URL + /oauth2callback, else http://localhost:PORT/oauth2callback).")
     oidc_cookie_secret: str = setting(
-        "NSFW_OIDC_COOKIE_SECRET", "", str,
-        "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
+        "NSFW_OIDC_COOKIE_SECRET", "", _secret,
+        "Key that signs the sign-in cookie (at least 16 characters like every secret, 32 random ones recommended; "
+        "the same on every instance). "
         "Empty: derived from NSFW_OIDC_CLIENT_SECRET. Changing it ends every OpenID Connect sign-in "
         "(README \"Security model\").", secret=True)
     oidc_revalidate_seconds: int = setting(
