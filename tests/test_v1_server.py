@@ -172,14 +172,17 @@ def test_events_name_the_client_and_undos_are_sent_and_metered(tmp_path, local_s
                 == 200
         answer = server.request("POST", "/v1/classify", body=json.dumps({"image": {"base64": B64}}).encode(),
                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        review_id = answer.json()["review_id"]
+        review_id = answer.json()["review_id"]  # the client's unguessable id (issue 29): the events' too
         with ReviewQueue(data_dir=server.data_dir) as queue:
             webhooks.hook_up(queue)
-            queue.decide(review_id, "carol", "safe")
+            found = queue.ticket(review_id)
+            assert found is not None
+            queue.decide(found[0], "carol", "safe")
             assert queue.undo("carol") is not None
         receiver.wait(2)
         events = [json.loads(body) for _, _, body in receiver.got]
         assert [e["type"] for e in events] == ["review.decided", "review.undone"]
+        assert {e["review"]["id"] for e in events} == {review_id}
         assert {e["client_key_id"] for e in events} == {key_id(key)} and key not in json.dumps(events)
         assert events[1]["undone"] == {"label": "safe", "decided_by": "carol",
                                        "decided_at": events[0]["review"]["decided_at"]}
