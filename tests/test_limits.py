@@ -188,6 +188,11 @@ def test_wrong_keys_are_limited_per_address_and_a_right_key_still_passes(tmp_pat
         assert server.request("GET", "/v1/reviews/1", headers=bearer(KEY_A)).status == 404  # the right key passes
         metrics = server.request("GET", "/metrics", headers=bearer(KEY_A)).body.decode()
         assert 'nsfw_rate_limited_total{limit="wrong_key"} 2.0' in metrics
+        # /metrics takes keys too, so it answers the same 429, and its contract says so
+        wrong_metrics = server.request("GET", "/metrics", headers=bearer("wrong-6-0123456789abc"))
+        assert wrong_metrics.error(429, "rate_limited")["limit"] == "wrong_key"
+        document = server.request("GET", "/openapi.json").json()
+        assert "429" in document["paths"]["/metrics"]["get"]["responses"]
 
 
 @pytest.mark.slow
