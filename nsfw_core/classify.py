@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
@@ -454,6 +455,8 @@ class ReviewIntake:
             kind, probability = AUDIT, sampled
         reviews = self.audit.reviews()
         near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
+        meter = ratelimit.current()
+        key_id = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
 
         def enqueue() -> tuple[int, str]:
             queue = self.queue()
@@ -473,7 +476,7 @@ class ReviewIntake:
             return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
                                      result.verdict, image_bytes=data, phash=hashes,
                                      audience=client if private else "", matched=near, quota=self.quota,
-                                     reviews=reviews, media=media)
+                                     reviews=reviews, media=media, key_id=key_id)
 
         try:
             _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,

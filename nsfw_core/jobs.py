@@ -7,8 +7,11 @@ fetches its video through the SSRF-safe fetcher (``NSFW_JOB_MAX_BYTES``, ``NSFW_
 in the isolated lane (:meth:`~nsfw_core.inference.pipeline.Decoder.video`: each sampled frame within
 ``NSFW_VIDEO_TIMEOUT``), judges its frames in chunks through the model's micro-batcher (each chunk's frames
 admitted in flight like a request's; a busy server makes the job wait, never fails it) and stores them with the
-progress.  A job taken over after a crash (its lease ran out) skips the frames stored: the same sample instants
-(the job's seed), the same frames, decoded from the keyframe before the first one left.
+progress.  Each chunk is charged to the budgets of the client that made the job (:mod:`nsfw_core.ratelimit`:
+its frames times the model's cost, against NSFW_RATE_LIMIT and the key's share, the same buckets as its
+requests'), before it is judged; a budget that refuses makes the job wait for it, never fails it.  A job
+taken over after a crash (its lease ran out) skips the frames stored: the same sample instants (the job's
+seed), the same frames, decoded from the keyframe before the first one left.
 
 When every frame is judged the video gets its verdict as a request's would (:func:`nsfw_core.classify.judge`:
 the worst frame, the timeline's segments, a known video's human verdict), goes to review when its verdict says
@@ -28,6 +31,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from nsfw_core import ratelimit
 from nsfw_core.base.errors import NSFWError, Overloaded
 from nsfw_core.classify import Classification, Classifier, FrameScore, ModelInfo, Timings
 from nsfw_core.images.phash import query_hash
@@ -71,13 +75,14 @@ class JobRunner:
 
     ``fetch`` brings a job's video (the job fetch policy); ``events``: write each job's ``job.completed`` webhook
     event (NSFW_WEBHOOK_URL is set); ``wake`` nudges the webhooks' delivery after a job ends; ``observe`` counts
-    each job's verdict with the API's.
+    each job's verdict with the API's; ``meter`` gives a job the budgets of the client that made it.
     """
 
     def __init__(self, store: JobStore, classifier: Classifier, fetch: Callable[[str], bytes], *, workers: int,
                  events: bool = False, wake: Callable[[], None] | None = None, retention_days: int = 0,
                  ready: Callable[[], bool] = lambda: True,
-                 observe: Callable[[Classification], None] = lambda result: None) -> None:
+                 observe: Callable[[Classification], None] = lambda result: None,
+                 meter: Callable[[Job], ratelimit.Meter | None] = lambda job: None) -> None:
         self.store = store
         self.classifier = classifier
         self.fetch = fetch
@@ -87,6 +92,7 @@ class JobRunner:
         self.retention_days = retention_days
         self.ready = ready
         self.observe = observe  # each finished job's verdict (metrics, the evaluation's traffic counts)
+        self.meter = meter  # a job's client's budgets (its frames are charged as they are judged)
         self.owner = owner_name()
         self.poke = asyncio.Event()
         self.finished = 0
@@ -155,6 +161,9 @@ class JobRunner:
 
     async def _judge(self, job: Job) -> None:
         started = time.perf_counter()
+        meter = self.meter(job)
+        if meter is not None:  # this task's: its chunks are charged to it, its review item names the key's id
+            ratelimit.bind(meter)
         try:
             classification = await self._classify(job, started)
         except JobGone:
@@ -211,12 +220,23 @@ class JobRunner:
                                    Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started))
 
     async def _score(self, lane: Any, chunk: FrameInputs) -> list[Any]:
-        """The chunk's scores, its frames admitted in flight first (waiting while the server is full)."""
+        """The chunk's scores: its frames times the model's cost charged to the job's client first, then admitted
+        in flight (waiting while a budget refuses or the server is full: a job waits, it is never refused)."""
         admission = self.classifier.intake.admission
+        meter = ratelimit.current()
+        units = ratelimit.image_cost(len(chunk), self.classifier.models.cost(lane.model.name), 0)
+        charged = meter is None
         while True:
             try:
-                with admission.admit(len(chunk)):
+                if not charged:
+                    assert meter is not None
+                    await asyncio.to_thread(meter.charge, units)  # blocking when the buckets are shared
+                    charged = True
+                with admission.admit(units, meter.client if meter is not None else None):
                     return list(await asyncio.gather(*(lane.batcher.predict(x) for x in chunk.inputs)))
+            except ratelimit.RateLimited as exc:
+                wait = exc.details.get("retry_after")
+                await asyncio.sleep(max(BUSY_WAIT_S, float(wait) if isinstance(wait, (int, float)) else 0.0))
             except Overloaded:
                 await asyncio.sleep(BUSY_WAIT_S)
 

@@ -24,6 +24,7 @@ import streamlit as st
 from PIL import Image
 
 from nsfw_core.access import Permission
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import CLASS_NAMES, SAFE
 from nsfw_core.base.settings import MODEL_NAMES
@@ -210,6 +211,11 @@ def _summary(rows: Sequence[Row], thresholds: Thresholds) -> tuple[pd.DataFrame,
     return pd.DataFrame(table, columns=columns), records
 
 
+def results_csv(table: pd.DataFrame) -> bytes:
+    """The summary table as CSV, a source such as ``=HYPERLINK(...)`` written as text (CSV injection)."""
+    return bytes(table.map(spreadsheet.safe_cell).to_csv(index=False).encode())
+
+
 def _show_preview(i: int, row: Row, verdict: str) -> bool:
     """The preview, blurred behind a "Reveal" toggle unless the image is definitely safe; whether it is shown."""
     preview, hidden = row["preview"], row["blurred"]  # both set, or neither
@@ -303,7 +309,7 @@ def _show_summary(rows: Sequence[Row], thresholds: Thresholds) -> None:
                                 "ms": st.column_config.NumberColumn(format="%.0f")})
     c1, c2, _ = st.columns([1, 1, 4])
     with c1:
-        st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="nsfw-results.csv",
+        st.download_button("Download CSV", results_csv(table), file_name="nsfw-results.csv",
                            mime="text/csv", key="download_csv", on_click="ignore")
     with c2:
         st.download_button("Download JSON", (json.dumps(records, indent=2) + "\n").encode(),

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import msgspec
 import pytest
 
+from nsfw_core import ratelimit
 from nsfw_core.http import contract
 from nsfw_core.state import webhooks
 from nsfw_core.state.db import open_pool
@@ -196,8 +197,8 @@ def test_a_job_is_judged_over_the_whole_video_and_its_webhook_is_signed(tmp_path
     assert webhooks.verify(SECRET, body, headers["nsfw-signature"])
     event = msgspec.json.decode(body, type=contract.JobEvent)
     assert event.type == "job.completed" and event.job.id == job.id and event.job.status == "done"
-    assert event.client_key_id is not None and event.client_key_id.startswith("key_") \
-        and "client-key" not in body.decode()  # whose job it is, never the key
+    assert event.client_key_id == ratelimit.key_id("client-key-0123456789") \
+        and "client-key" not in body.decode()  # whose job it is, as the review events name it, never the key
     assert headers["nsfw-event-id"] == event.id
     assert "frames" not in json.loads(body)["job"]["result"] and json.loads(body)["job"]["result"]["segments"]
 
@@ -273,6 +274,29 @@ def test_a_job_is_its_client_s_and_its_video_goes_to_review_with_its_bytes_and_t
     assert "review_id" not in sampled["result"] and "review_error" not in sampled["result"]
     assert len(audit) == 1 and audit[0].sha256 == sampled["result"]["sha256"] and audit[0].client == ""
     assert audit_bytes == [other]  # an audit item keeps the video too
+
+
+def test_a_job_s_frames_are_charged_to_its_key_s_budget_as_they_are_judged(tmp_path: Path, local_server):
+    """Issue 29's cost units for jobs: POST /v1/jobs costs its entry unit, and each judged frame one more (the
+    default model's cost) in the same bucket as the key's requests."""
+    import nsfw_core.context
+    from nsfw_core.base.rates import parse_rate
+
+    data = videos.make("webm", "vp8", seconds=6, fps=5, size=(64, 48))
+    url = local_server.route("/clip.webm", image(data, "video/webm"))
+    key = "client-key-0123456789"
+    auth = {"Authorization": f"Bearer {key}"}
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), api_keys=(key,),
+                             rate_limit=parse_rate("1/h;burst=100"))
+    with running(settings) as client:
+        made = client.post("/v1/jobs", json={"video": {"url": url}}, headers=auth)
+        store = nsfw_core.context.current().jobs
+        done = until(lambda: (j := store.get(made.json()["id"])) is not None and j.status in ("done", "failed")
+                     and j, 120, "the job ends")
+        after = client.get(f"/v1/jobs/{done.id}", headers=auth)
+    assert made.headers["ratelimit-remaining"] == "99"
+    assert done.status == "done" and done.frames_total is not None and done.frames_total >= 5
+    assert after.headers["ratelimit-remaining"] == str(100 - 2 - done.frames_total)
 
 
 def test_without_keys_a_job_is_read_from_its_own_address_only(tmp_path: Path, local_server):

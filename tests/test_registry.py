@@ -210,3 +210,37 @@ def test_model_switching_under_concurrent_load(tmp_path):
             by_model.setdefault(name, set()).add(tuple(sorted(a.json()["scores"].items())))
         assert all(len(v) == 1 for v in by_model.values())  # the same answer every time per model
         assert len({next(iter(v)) for v in by_model.values()}) == 3  # and three different models
+
+
+def test_a_real_load_counts_what_it_added_and_never_less_than_its_file(tmp_path):
+    """Real models, real RSS.  A clean load counts what it measurably added; a load during which other memory
+    was freed (another request's buffers) used to count at that difference, down to 0 bytes, so the model
+    took no room in NSFW_MODEL_MEMORY_MB; it now counts at least its compiled file."""
+    import gc
+
+    import numpy as np
+
+    from nsfw_core.inference.model import load_model
+    from nsfw_core.inference.registry import floor_bytes
+
+    settings = make_settings(tmp_path, compiled_dir=COMPILED_DIR)
+    s = settings.serving_limits
+    ballast: list[np.ndarray] = []
+
+    def freeing_meanwhile(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        ballast.clear()  # 200 MB freed while the model loaded
+        gc.collect()
+        return model
+
+    cache = ModelRegistry(settings.model_config, Batching(s.max_batch, s.batch_wait_ms, s.queue_size), 1024 * MB,
+                          loader=freeing_meanwhile)
+    cache.get()  # the default model: a clean load
+    size, measured = cache.sizes()["MobileNetV2Mid"]
+    assert measured and size >= floor_bytes(settings.model_dir, "MobileNetV2Mid")
+    ballast.append(np.ones(200 * MB // 8))
+    cache.get("MobileNetV2")
+    size, measured = cache.sizes()["MobileNetV2"]
+    floor = floor_bytes(settings.model_dir, "MobileNetV2")
+    assert floor > 10 * 10**6 and measured and size >= floor  # was max(after - before, 0): 0 here
+    assert cache.used_bytes() == sum(n for n, _ in cache.sizes().values())

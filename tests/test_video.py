@@ -498,6 +498,23 @@ def test_a_video_s_automatic_verdict_is_audited_with_its_bytes_and_its_decision_
                                                                       "label": "safe"}
 
 
+def test_a_video_costs_its_sampled_frames_against_its_key_s_rate_limit(tmp_path: Path, clip):
+    """Issue 29's cost units for videos: once its container is read, a request's video is charged its sampled
+    frames times the model's cost (1 for the default model), before a frame is decoded: two 5-frame videos
+    fit a burst of 12, the third is 429."""
+    from nsfw_core.base.rates import parse_rate
+
+    key = "client-key-0123456789"
+    settings = make_settings(tmp_path, api_keys=(key,), rate_limit=parse_rate("1/h;burst=12"))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "video/mp4"}
+    with running(settings) as client:
+        answers = [client.post("/v1/classify", content=clip, headers=headers) for _ in range(3)]
+    first, second, third = answers
+    assert first.status_code == 200 and len(first.json()["frames"]) == 5
+    assert [first.headers["ratelimit-remaining"], second.headers["ratelimit-remaining"]] == ["7", "2"]
+    assert third.status_code == 429 and third.json()["code"] == "rate_limited"
+
+
 def _png(pixels: np.ndarray) -> bytes:
     import io
 

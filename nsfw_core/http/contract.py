@@ -331,13 +331,34 @@ class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     decided_at: str | None = None
 
 
-class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
-    """What a webhook receives for each decision (``type`` ``review.decided``)."""
+class Undone(msgspec.Struct, forbid_unknown_fields=True):
+    """The decision an undo took back (``review.undone``): the reviewer's label, never the model's verdict (an
+    audit item's undo is as blind as its decision)."""
+
+    label: str | None
+    decided_by: str | None
+    decided_at: str
+
+
+class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a webhook receives for each decision (``type`` ``review.decided``) and each undo (``review.undone``:
+    the item is open again; ``undone`` says what was taken back).
+
+    ``review.id`` is the review id the item's creator got (``rv_...``; another client that sent the same image
+    has an id of its own, not shown here).  An audit item (``review.kind`` audit, sampled by the server) is
+    blind in both events, as it is to its reviewers: no model verdict, and no ``client_key_id`` (no client
+    asked for it).  Under double review, a vote that decides nothing sends no event: ``review.decided`` comes
+    when two votes agree or an admin decides a disagreement (``decided_by`` is whoever's vote decided), and
+    ``review.undone`` when that decision is taken back."""
 
     id: str  # the event's id, stable across retries: the receiver's idempotency key
-    type: Literal["review.decided"]
+    type: Literal["review.decided", "review.undone"]
     created_at: str
     review: Review
+    client_key_id: Annotated[str | None, msgspec.Meta(
+        description="the id of the API key whose request queued the image (key: + the first 16 hex digits of the "
+                    "key's SHA-256, the creator's like review.id); null without API keys and for an audit item")] = None
+    undone: Undone | msgspec.UnsetType = msgspec.UNSET
 
 
 class VideoSource(msgspec.Struct, forbid_unknown_fields=True):
@@ -389,7 +410,8 @@ class JobEvent(msgspec.Struct, forbid_unknown_fields=True):
     type: Literal["job.completed"]
     created_at: str
     client_key_id: Annotated[str | None, msgspec.Meta(
-        description="the API key that made the job: key_ and 16 hex digits of its SHA-256 (null without keys)")]
+        description="the API key that made the job: key: and 16 hex digits of its SHA-256, as the review "
+                    "events say (null without keys)")]
     job: Job
 
 

@@ -20,7 +20,6 @@ retry), not a second job.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -28,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import InvalidURL
 from nsfw_core.base.logs import url_for_log
 from nsfw_core.http.bodies import read_body
 from nsfw_core.http.contract import JOB_ID_PATTERN, JobRequest, check_id, decode
 from nsfw_core.http.errors import NotFound
-from nsfw_core.http.guard import client_id, guard
+from nsfw_core.http.guard import bearer, client_id, guard
 from nsfw_core.http.routing import note
 from nsfw_core.images.fetch import check_url
 from nsfw_core.jobs import job_view
@@ -49,22 +49,15 @@ BODY_SLACK = 4096  # the JSON around the URL
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
-def client_of(request: Request, keyed: bool) -> str | None:
-    """Whose job it is: ``key_`` and 16 hex digits of the API key's SHA-256 (never the key); None without keys."""
-    if not keyed:
-        return None
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
 def _answer(request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status,
                         headers={**(getattr(request.state, "ratelimit", None) or {}), **(headers or {})})
 
 
 async def create(request: Request, ctx: Context) -> Response:
-    """POST /v1/jobs: ``{"video": {"url": ...}, "model", "thresholds", "id"}`` -> 202 and the queued job."""
-    guard(request, ctx, ready=False)
+    """POST /v1/jobs: ``{"video": {"url": ...}, "model", "thresholds", "id"}`` -> 202 and the queued job (one cost
+    unit now; its frames are charged to the same client's budgets as they are judged)."""
+    await guard(request, ctx, ready=False)
     limits = ctx.serving
     req = decode(await read_body(request, limits.max_url_length + BODY_SLACK, limits.body_timeout), JobRequest)
     url = req.video.url
@@ -86,7 +79,8 @@ async def create(request: Request, ctx: Context) -> Response:
         lambda: ctx.jobs.create_once(url, client=client_id(request, ctx), client_ref=req.id, model=model,
                                 thresholds=thresholds,
                                 sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
-                                max_open=MAX_OPEN_JOBS, client_key=client_of(request, bool(limits.api_keys)))))
+                                max_open=MAX_OPEN_JOBS,
+                                client_key=ratelimit.key_id(bearer(request)) if limits.api_keys else None)))
     if not created:  # the same client id and URL again: the job made the first time, not a second one
         return _answer(request, job_view(job), 200, {"Location": f"/v1/jobs/{job.id}"})
     log.info("video job %s queued: %s", job.id, url_for_log(url))
@@ -97,7 +91,7 @@ async def create(request: Request, ctx: Context) -> Response:
 
 async def get(request: Request, ctx: Context) -> Response:
     """GET /v1/jobs/{id}: the job's status, progress, and its result or error once it ended."""
-    guard(request, ctx, ready=False)
+    await guard(request, ctx, ready=False)
     raw = request.path_params.get("id", "")
     if not _JOB_ID.match(raw):
         raise NotFound(f"no job {raw[:60]!r}: job ids are job_ and 32 hex digits")

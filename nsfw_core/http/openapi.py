@@ -141,7 +141,7 @@ OPERATIONS: tuple[Operation, ...] = (
               limited=False),
     Operation("/metrics", "get", "metrics",
               "Prometheus metrics (text format); needs a key when NSFW_API_KEYS or NSFW_METRICS_TOKEN is set", None,
-              (401,), limited=False, media="text/plain",
+              (401, 429), limited=False, media="text/plain",
               description="The Prometheus text exposition format (docs/operations.md)."),
 )
 
@@ -190,7 +190,9 @@ def _errors(statuses: tuple[int, ...], limited: bool) -> dict[str, Any]:
     out = {str(s): _json({"$ref": REF.format(name="Error")}, "Error, see code", limited and s != 401)
            for s in statuses}
     if "429" in out:
-        out["429"]["description"] = "Rate limited (NSFW_RATE_LIMIT): retry after Retry-After seconds"
+        out["429"]["description"] = ("Rate limited (NSFW_RATE_LIMIT, a key's share NSFW_KEY_SHARE, or too many wrong "
+                                     "keys from this address, NSFW_WRONG_KEY_LIMIT; the error's limit says which): "
+                                     "retry after Retry-After seconds")
         out["429"]["headers"]["Retry-After"] = {"required": True, "schema": {"type": "string"}}
     if "503" in out:
         out["503"]["description"] = "Not ready, overloaded or a dependency down: retry after Retry-After seconds"

@@ -58,7 +58,7 @@ class Job:
     id: str
     url: str
     client: str | None  # who asked: nsfw_core.http.guard.client_id (the API key's hash, else the address's)
-    client_key: str | None  # the API key's id for the webhook event (key_ and 16 hex digits), None without keys
+    client_key: str | None  # the API key's id for the webhook event (ratelimit.key_id), None without keys
     client_ref: Any  # the client's own id for the job (echoed back)
     model: str
     thresholds: dict[str, float] | None
@@ -295,7 +295,8 @@ class TooManyJobs(NSFWError):
 def event_for(job: dict[str, Any], client: str | None = None) -> dict[str, Any]:
     """The ``job.completed`` event: the job as ``GET /v1/jobs/{id}`` shows it, without the per-frame scores
     (the timeline's segments are there; the frames are one GET away); ``client_key_id``: the API key that
-    made it (``key_`` and 16 hex digits of its SHA-256; None without keys), as the review events say."""
+    made it (:func:`nsfw_core.ratelimit.key_id`: ``key:`` and 16 hex digits of its SHA-256; None without keys), as
+    the review events say."""
     body = dict(job)
     if isinstance(body.get("result"), dict):
         body["result"] = {k: v for k, v in body["result"].items() if k != "frames"}

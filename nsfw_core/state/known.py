@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
@@ -179,7 +180,8 @@ def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListE
             i = where.get(name)
             return row[i].strip() if i is not None and i < len(row) else ""
 
-        sha, pdq, label, note = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower(), cell("note")
+        sha, pdq, label = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower()
+        note = spreadsheet.unescape(cell("note"))
         media = cell(MEDIA_COLUMN).lower() or "image"
         if media not in ("image", "video"):
             raise ListError(f"row {number}: media {media[:40]!r} is not image or video")
@@ -205,7 +207,7 @@ def format_list(entries: Iterable[ListEntry]) -> str:
     entries = list(entries)
     videos = any(e.media == "video" for e in entries)  # the media column only when a video needs it
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = spreadsheet.writer(buf, lineterminator="\n")  # a note like =HYPERLINK(...) written as text
     writer.writerow((*LIST_COLUMNS, MEDIA_COLUMN) if videos else LIST_COLUMNS)
     for e in entries:
         pdq = (e.pdq or "").replace(",", " ") if e.media == "video" else e.pdq or ""
