@@ -265,6 +265,29 @@ def test_an_undo_sends_its_event(any_queue, local_server):
         msgspec.json.decode(body, type=WebhookEvent)  # both match the published contract
 
 
+def test_an_item_s_events_are_delivered_in_order_even_with_parallel_deliveries(any_queue, local_server):
+    """Before: with several deliveries at once an item's review.undone could be taken (and arrive) while its
+    review.decided was still in flight or waiting for a retry, leaving the receiver on the taken-back label."""
+    receiver = Receiver(local_server, [500])
+    first, other = decided(any_queue, 2)
+    assert any_queue.undo("alice") is not None  # the last decision (``other``) taken back: two events for it
+    now = [time.time() + 1]
+    deliverer = webhooks.Deliverer(any_queue, receiver.url, SECRET, policy(), clock=lambda: now[0])
+    taken = [deliverer._take() for _ in range(3)]  # three claims at once, as three deliveries would make
+    payloads = [json.loads(t[2]) for t in taken if t is not None]
+    assert [(p["review"]["id"], p["type"]) for p in payloads] == [(any_queue.public_id(first), "review.decided"),
+                                                                 (any_queue.public_id(other), "review.decided")]
+    assert taken[2] is None  # the undo waits for its decision's delivery
+    now[0] += webhooks.CLAIM_S + 1  # the claims lapse: the decisions are due again, the undo still waits
+    assert deliverer.deliver_one() and deliverer.deliver_one()  # the first fails (500), the second is delivered
+    assert [json.loads(b)["type"] for _, b in receiver.got] == ["review.decided", "review.decided"]
+    now[0] += webhooks.MAX_DELAY_S
+    assert deliverer.deliver_due() == 2
+    kinds = [(json.loads(b)["review"]["id"], json.loads(b)["type"]) for _, b in receiver.got]
+    undone_at = kinds.index((any_queue.public_id(other), "review.undone"))
+    assert (any_queue.public_id(other), "review.decided") in kinds[:undone_at] and deliverer.pending() == []
+
+
 def test_the_outbox_is_purged_with_the_retention(any_queue):
     """Before: delivered or not, outbox rows (sha256, reviewer names) were kept forever."""
     decided(any_queue, 2)

@@ -14,8 +14,10 @@ Outbox: when a decision (an undo) is recorded (:meth:`~nsfw_core.state.review.Re
 cannot exist.  A background task (:class:`Deliverer`, started with the API) runs
 ``NSFW_WEBHOOK_CONCURRENCY`` deliveries at once: each takes a due row, POSTs it and records
 ``delivered_at``; events never tried go before retries, so a receiver that fails (or hangs until the
-deadline) on an old event holds one delivery, not the newer events.  A failure (connection error,
-timeout, a status other than 2xx) schedules that event's next attempt with exponential backoff
+deadline) on an old event holds one delivery, not the newer events.  One item's events are delivered in
+the order they happened: its ``review.undone`` is not sent before its ``review.decided`` was delivered
+(or given up after ``MAX_ATTEMPTS``), so a receiver never ends on a decision that was taken back.  A failure (connection
+error, timeout, a status other than 2xx) schedules that event's next attempt with exponential backoff
 (:func:`backoff`: 1 s, 2 s, 4 s ... capped at 10 minutes, with jitter).  Rows survive restarts: a
 server that stops between the decision and the delivery delivers on its next start; they are deleted,
 delivered or not, with the review items they are about (``NSFW_REVIEW_RETENTION_DAYS``).  Delivery is at
@@ -218,15 +220,19 @@ class Deliverer:
 
     def _take(self) -> tuple[int, str, str, int, float] | None:
         """Claim a due row (its next attempt moved CLAIM_S ahead): events never tried first, then the oldest
-        retry; None when none is due."""
+        retry, but never an item's event while an earlier one of the same item is still to be delivered (in
+        flight or waiting for its retry); None when none is due."""
         now = self.clock()
         skip = self.queue.backend.skip_locked
         with self.queue.pool.transaction() as tx:
             row = tx.one(
                 f"UPDATE {OUTBOX_TABLE} SET next_attempt_at = ?, attempts = attempts + 1 WHERE id = "
-                f"(SELECT id FROM {OUTBOX_TABLE} WHERE delivered_at IS NULL AND next_attempt_at <= ? "
-                f"AND attempts < ? ORDER BY attempts, id LIMIT 1{skip}) AND delivered_at IS NULL "
-                "RETURNING id, event_id, payload, attempts, created_at", (now + CLAIM_S, now, MAX_ATTEMPTS))
+                f"(SELECT o.id FROM {OUTBOX_TABLE} o WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ? "
+                f"AND o.attempts < ? AND NOT EXISTS (SELECT 1 FROM {OUTBOX_TABLE} e WHERE e.item_id = o.item_id "
+                "AND e.id < o.id AND e.delivered_at IS NULL AND e.attempts < ?) "
+                f"ORDER BY o.attempts, o.id LIMIT 1{skip}) AND delivered_at IS NULL "
+                "RETURNING id, event_id, payload, attempts, created_at",
+                (now + CLAIM_S, now, MAX_ATTEMPTS, MAX_ATTEMPTS))
         return None if row is None else (int(row[0]), str(row[1]), str(row[2]), int(row[3]), float(row[4]))
 
     def _record(self, row_id: int, attempts: int, error: str | None) -> None:
