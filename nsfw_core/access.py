@@ -232,6 +232,10 @@ class Access:
     def secrets(self) -> bool:
         return bool(self.config.admin_secret or self.config.reviewer_secret)
 
+    def secret_of(self, role: Role) -> str:
+        """The secret that signs ``role`` in now ("" when that role has none)."""
+        return {Role.ADMIN: self.config.admin_secret, Role.REVIEWER: self.config.reviewer_secret}.get(role, "")
+
     @property
     def sign_in_configured(self) -> bool:
         return self.oidc or self.secrets
