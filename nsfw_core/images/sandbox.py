@@ -358,28 +358,19 @@ class _Child:
     def call(self, request: dict[str, Any], data: bytes, timeout: float) -> np.ndarray | NSFWError:
         """The child's answer: the array, or the typed error it reported. Raises when the child
         misbehaves (deadline, death, malformed reply); the caller then kills it."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.timeout = timeout
         deadline = time.monotonic() + timeout
-        header = json.dumps(request).encode()
-        try:
-            self.proc.stdin.write(_FRAME.pack(len(header), len(data)) + header)
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-        except (OSError, ValueError) as exc:  # a dead child: broken pipe, or a pipe closed by kill()
-            raise UndecodableImage("the isolated decoder is not running") from exc
-        fd = self.proc.stdout.fileno()
-        head_len, body_len = _FRAME.unpack(self._read(fd, _FRAME.size, deadline))
-        if head_len > _MAX_HEADER or body_len > (256 << 20):
-            raise UndecodableImage("the isolated decoder sent back a malformed result")
-        reply = json.loads(self._read(fd, head_len, deadline))
-        body = self._read(fd, body_len, deadline)
+        self.send(request, data, timeout)
+        reply, body = self.receive(deadline)
         if not reply.get("ok"):  # returned, not raised: the child answered cleanly and may be reused
             cls = _ERRORS.get(str(reply.get("error")), UndecodableImage)
-            details = reply.get("details") if isinstance(reply.get("details"), dict) else {}
+            raw = reply.get("details")
+            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
             return cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
         dtype = _DTYPES.get(str(reply.get("dtype")))
-        shape = tuple(int(n) for n in reply.get("shape", ()))
+        try:
+            shape = tuple(int(n) for n in reply.get("shape", ()))
+        except (TypeError, ValueError) as exc:
+            raise UndecodableImage("the isolated decoder sent back a malformed result") from exc
         if dtype is None or len(shape) not in (3, 4) or int(np.prod(shape)) * np.dtype(dtype).itemsize != len(body):
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
