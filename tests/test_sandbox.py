@@ -169,3 +169,22 @@ def test_a_child_dies_with_its_server_even_mid_decode(tmp_path) -> None:
     finally:
         if server.poll() is None:
             server.kill()
+
+
+@pytest.mark.parametrize("reply", [b"{not json", b'["a list"]', b'{"ok": true, "dtype": "uint8", "shape": ["x"]}'])
+def test_a_malformed_reply_from_the_child_is_undecodable_not_a_crash(reply):
+    """A child that answers garbage (a decoder it ran was subverted) is UndecodableImage, which the caller
+    kills it for; before, call() parsed the header itself and a bad one raised a bare ValueError (a 500)."""
+    import struct
+    import subprocess
+    import sys
+
+    frame = struct.pack("<II", len(reply), 0) + reply
+    script = f"import sys; sys.stdin.buffer.read(1); sys.stdout.buffer.write({frame!r}); sys.stdout.flush()"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        with pytest.raises(UndecodableImage, match="malformed"):
+            _Child(proc).call({"op": "decode"}, b"x", 10.0)
+    finally:
+        proc.kill()
+        proc.wait()
