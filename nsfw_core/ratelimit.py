@@ -67,8 +67,13 @@ class RateLimiter:
         self._buckets: dict[bytes, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def take(self, client: str) -> Decision:
-        """Take one request from ``client``'s bucket (if there is one left)."""
+    def take(self, client: str, units: float = 1.0, slack: float = 0.0) -> Decision:
+        """Take ``units`` (one request; an explanation counts its forward passes) from ``client``'s bucket.
+
+        Allowed when the bucket holds them, or, for more units than the burst, when it is full: such a
+        request runs and leaves the bucket in debt (the client then waits for the debt to be refilled).
+        ``slack``: units the same request took already (its entry, counted by the guard): the bucket was
+        full when it holds ``burst - slack``."""
         key = hashlib.sha256(client.encode("utf-8", "surrogatepass")).digest()
         now = self.clock()
         rate = self.rate
@@ -80,25 +85,26 @@ class RateLimiter:
                 bucket = self._buckets[key] = _Bucket(float(rate.burst), now)
             bucket.tokens = min(float(rate.burst), bucket.tokens + (now - bucket.at) * rate.per_second)
             bucket.at = now
-            allowed = bucket.tokens >= 1.0
+            need = min(float(units), max(float(rate.burst) - float(slack), 0.0))
+            allowed = bucket.tokens >= need
             if allowed:
-                bucket.tokens -= 1.0
+                bucket.tokens -= float(units)
             tokens = bucket.tokens
         reset = math.ceil((rate.burst - tokens) / rate.per_second)
-        retry = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate.per_second))
-        return Decision(allowed, int(tokens), reset, retry)
+        retry = 0 if allowed else max(1, math.ceil((need - tokens) / rate.per_second))
+        return Decision(allowed, max(int(tokens), 0), reset, retry)
 
     def _forget_full(self, now: float) -> None:
         rate = self.rate
-        full_after = rate.burst / rate.per_second
-        for key in [k for k, b in self._buckets.items() if now - b.at >= full_after]:
+        # full again (a bucket in debt takes longer: forgetting it early would forgive the debt)
+        for key in [k for k, b in self._buckets.items() if b.tokens + (now - b.at) * rate.per_second >= rate.burst]:
             del self._buckets[key]
         while len(self._buckets) >= MAX_CLIENTS:  # all busy: forget the oldest
             del self._buckets[min(self._buckets, key=lambda k: self._buckets[k].at)]
 
-    def check(self, client: str) -> dict[str, str]:
+    def check(self, client: str, units: float = 1.0, slack: float = 0.0) -> dict[str, str]:
         """The headers for an allowed request; :class:`RateLimited` (429) when the bucket is empty."""
-        decision = self.take(client)
+        decision = self.take(client, units, slack)
         headers = decision.headers(self.rate)
         if not decision.allowed:
             raise RateLimited(f"rate limit exceeded ({self.rate}); retry in {decision.retry_after_s} s", headers,

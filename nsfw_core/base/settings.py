@@ -398,6 +398,18 @@ class Settings:
     review_lease_seconds: int = setting(
         "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
         "How long a reviewer holds a claimed item before another reviewer may get it.")
+    explain_grid: int = setting(
+        "NSFW_EXPLAIN_GRID", "8", _int(2, 16),
+        "Cells per side of the evidence heat-maps (POST /v1/explain and the Review page). An explanation costs "
+        "grid^2 + 1 forward passes, counted as that many images in flight and against the rate limit: 65 for 8 "
+        "(docs/performance.md has the time).")
+    review_grid_size: int = setting(
+        "NSFW_REVIEW_GRID_SIZE", "24", _int(1, 96),
+        "Items one page of the review grid claims and shows at once (blurred thumbnails decided in one action).")
+    evidence_ahead: int = setting(
+        "NSFW_EVIDENCE_AHEAD", "2", _int(0, 32),
+        "Review items whose evidence heat-maps are computed in the background ahead of the reviewers, while "
+        "the Review page is open (0: only when an item is claimed).")
     match_distance: int = setting(
         "NSFW_MATCH_DISTANCE", "31", _int(0, 63),
         "Largest PDQ distance (bits of 256) at which an image counts as a copy of a reviewer-decided or "
@@ -416,7 +428,9 @@ class Settings:
         "NSFW_RATE_LIMIT", "", _rate,
         "Requests per API key (per client address without keys) to /v1 and /predict, one budget for both, per "
         "instance: e.g. 20/s;burst=40 "
-        "(units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond it. Empty: none.")
+        "(units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond it. Empty: none. "
+        "POST /v1/explain counts its forward passes (65 by default): more than the burst runs from a full bucket "
+        "and leaves it in debt.")
     webhook_url: str = setting(
         "NSFW_WEBHOOK_URL", "", str,
         "Each review decision is POSTed here as JSON (signed, retried with backoff, kept in the database's "
@@ -484,7 +498,7 @@ class Settings:
             max_in_flight=self.max_in_flight, max_body_bytes_in_flight=self.max_body_bytes_in_flight,
             max_batch_items=self.max_batch_items, workers=self.workers,
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
-            api_keys=self.api_keys)
+            api_keys=self.api_keys, explain_grid=self.explain_grid)
 
 
 # ---------------------------------------------------------------- the narrow parts
@@ -570,6 +584,7 @@ class ServingLimits:
     batch_wait_ms: float
     queue_size: int
     api_keys: tuple[str, ...]
+    explain_grid: int = 8  # NSFW_EXPLAIN_GRID: cells per side of /v1/explain's heat-maps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ The routes, each in the module of its concern:
 
 * the original API, ``POST /predict`` and ``POST /predict/batch`` (:mod:`nsfw_core.http.predict`);
 * API v1, ``POST /v1/classify``, ``POST /v1/classify/batch``, ``GET /v1/reviews/{id}`` and ``GET /docs``
-  (:mod:`nsfw_core.http.v1`);
+  (:mod:`nsfw_core.http.v1`), and ``POST /v1/explain`` (:mod:`nsfw_core.http.explain`);
 * ``GET /health``, ``GET /metrics``, ``GET /openapi.json`` (:mod:`nsfw_core.http.ops`).
 
 Every path is an :class:`~nsfw_core.http.routing.ApiRoute`: each HTTP method answered in JSON, errors
@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from nsfw_core.base.settings import Settings, load_settings
 from nsfw_core.context import Context, current, install
-from nsfw_core.http import ops, predict, v1
+from nsfw_core.http import explain, ops, predict, v1
 from nsfw_core.http.routing import ApiLookalike, ApiRoute
 
 LOOKALIKE_PREFIXES = ("/predict", "/v1", "/health", "/metrics", "/openapi.json", "/docs")
@@ -40,6 +40,7 @@ def api_routes(context: Callable[[], Context] = current) -> list[ApiRoute]:
         ApiRoute("/predict/{rest:path}", context=context),
         ApiRoute("/v1/classify", {"POST": v1.classify}, context=context),
         ApiRoute("/v1/classify/batch", {"POST": v1.classify_batch}, context=context),
+        ApiRoute("/v1/explain", {"POST": explain.explain}, context=context),
         ApiRoute("/v1/reviews/{id}", {"GET": v1.reviews}, context=context),
         ApiRoute("/docs", {"GET": v1.docs}, context=context),
         ApiRoute("/v1", context=context),
