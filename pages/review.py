@@ -19,7 +19,13 @@ is remembered for later copies only when the reviewer was shown those bytes (``s
 an upload whose bytes were not kept is decided from its scores, and remembered for nothing.
 An item whose look-alike match the model disagreed with shows that match.
 
-Widget keys: ``reveal_<item id>`` (toggle);
+Beside the image (issue 30, :mod:`nsfw_ui.evidence`): where the model found the deciding class (an
+occlusion heat-map, blurred like the image until revealed; another class on request), computed when
+the item is claimed or ahead of that and kept with the item, and the similar past decisions (the
+closest decided items by PDQ, with their decisions, who decided, when, and blurred thumbnails).
+Many obvious items at once: the review grid (``pages/review_grid.py``).
+
+Widget keys: ``reveal_<item id>`` (toggle); ``evidence_class_<item id>`` (selectbox);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
 and ``refetch`` (buttons); ``download_reviewed_csv`` and ``download_reviewed_zip`` (admins only).
 Keyboard shortcuts: A adult, S safe, 1-5 the classes in order (drawings,
@@ -41,7 +47,7 @@ from nsfw_core.base.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.context import Context
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ReviewQueue, iso
-from nsfw_ui import auth, inputs, state, widgets
+from nsfw_ui import auth, evidence, inputs, state, widgets
 
 CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
 SKIPPED_KEY = "review_skipped"  # ids this session skipped
@@ -177,7 +183,7 @@ def _image_bytes(ctx: Context, item: Item) -> tuple[bytes | None, str | None]:
     return (value, None) if isinstance(value, bytes) else (None, value)
 
 
-def _show_image(ctx: Context, item: Item) -> None:
+def _show_image(ctx: Context, queue: ReviewQueue, item: Item) -> None:
     data, error = _image_bytes(ctx, item)
     if error:
         st.error(error)
@@ -201,6 +207,7 @@ def _show_image(ctx: Context, item: Item) -> None:
         st.image(img, caption=f"item {item.id}")
     else:
         st.image(widgets.blurred(pixels), caption=f"item {item.id} (blurred)")
+    evidence.show_overlay(ctx, queue, item, data, pixels, revealed)
 
 
 def _scores_table(item: Item) -> pd.DataFrame:
@@ -261,17 +268,19 @@ def _show_nothing_left(counts: dict[str, int]) -> None:
         st.success("Nothing left to review.")
 
 
-def _show_item(ctx: Context, item: Item) -> None:
-    """The item held: its image (blurred until revealed) beside its source, model, verdict and scores."""
+def _show_item(ctx: Context, queue: ReviewQueue, item: Item) -> None:
+    """The item held: its image (blurred until revealed) and where the model looked, beside its source, model,
+    verdict and scores and the similar past decisions."""
     left_col, right_col = st.columns([3, 2])
     with left_col:
-        _show_image(ctx, item)
+        _show_image(ctx, queue, item)
     with right_col:
         st.markdown(f"**Source:** {_md(item.source)}")
         st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
                    + (f" · skipped {item.skips}×" if item.skips else ""))
         st.dataframe(_scores_table(item), hide_index=True)
         _show_match(item)
+        evidence.show_similar(ctx, queue, item, evidence.revealed(item))
 
 
 def _show_match(item: Item) -> None:
@@ -311,7 +320,8 @@ def page() -> None:
     if item is None:
         _show_nothing_left(counts)
     else:
-        _show_item(ctx, item)
+        _show_item(ctx, queue, item)
+        evidence.prefetch(ctx, queue)  # the next items' evidence, in the background
     _buttons(queue, item, who)
     st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
     if auth.can(who, Permission.EXPORT):
