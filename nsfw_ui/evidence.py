@@ -260,9 +260,10 @@ def show_overlay(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, pixe
     caption = (f"evidence for {chosen} ({where}strongest {top:.2f} nats of log-odds; {e.passes} passes)"
                if top >= overlay.MIN_EVIDENCE else f"no measurable evidence for {chosen}")
     if revealed:
-        st.image(drawn, caption=caption)
+        st.image(drawn, caption=caption, alt=f"evidence for {chosen} over item {item.id}")
     else:
-        st.image(widgets.blurred(drawn), caption=caption + " (blurred)")
+        st.image(widgets.blurred(drawn), caption=caption + " (blurred)",
+                 alt=f"blurred evidence for {chosen} over item {item.id}")
 
 
 def _thumbnail(ctx: Context, queue: ReviewQueue, item_id: int) -> Image.Image | None:
@@ -308,7 +309,8 @@ def show_similar(ctx: Context, queue: ReviewQueue, item: Item, revealed: bool) -
         thumb = _thumbnail(ctx, queue, s.item_id) if s.has_image else None
         if thumb is not None:
             left.image(thumb if revealed else widgets.blurred(thumb, radius=8),
-                       caption=None if revealed else "blurred")
+                       caption=None if revealed else "blurred",
+                       alt=f"{'' if revealed else 'blurred '}thumbnail of decided item {s.item_id}")
         else:
             left.caption("no image kept")
         right.markdown(describe(s))

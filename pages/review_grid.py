@@ -158,7 +158,8 @@ def _grid(ctx: Context, items: list[Item], revealed: bool) -> None:
                     st.caption(f"item {item.id}: cannot be shown")
                 else:
                     st.image(thumb if revealed else widgets.blurred(thumb, radius=10),
-                             caption=f"item {item.id}" + ("" if revealed else " (blurred)"))
+                             caption=f"item {item.id}" + ("" if revealed else " (blurred)"),
+                             alt=f"{'' if revealed else 'blurred '}thumbnail of item {item.id}")
                 st.caption(_leaning(ctx, item))
                 st.checkbox("exception", key=f"grid_pick_{item.id}",
                             help="Leave this one for the one-by-one Review page")

@@ -4,7 +4,8 @@
 input covers it) and a (rows, cols) map of evidence (:mod:`nsfw_core.inference.explain`, nats of
 log-odds; positive = evidence for the class).  Only the positive evidence is drawn, scaled to the
 map's largest value (or to ``scale``), smoothed across cells and coloured from transparent through
-red to yellow; the image under it is dimmed a little so the colours read on any picture.  A map
+red to yellow (below a tenth of the strongest, nothing); the image under it is dimmed a little so the colours
+read on any picture.  A map
 with no positive evidence above :data:`MIN_EVIDENCE` draws nothing but the dimmed image.
 """
 
@@ -18,6 +19,7 @@ from PIL import Image
 MIN_EVIDENCE = 0.01  # nats: below this a map is "nothing measurable"
 DIM = 0.75  # the image's brightness under the map
 MAX_ALPHA = 0.7
+FAINT = 0.1  # evidence below this share of the strongest is not drawn (a faint wash over the whole image says nothing)
 
 
 def _colours(t: np.ndarray) -> np.ndarray:
@@ -46,7 +48,7 @@ def overlay(rgb: np.ndarray | Image.Image, heat: np.ndarray, *, scale: float | N
     # the grid smoothed to the image's size: each cell's value at its centre, bilinear in between
     small = Image.fromarray((t * 255.0).astype(np.uint8), "L")
     up = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
-    alpha = (MAX_ALPHA * np.sqrt(up))[..., None]
+    alpha = (MAX_ALPHA * np.clip((up - FAINT) / (1.0 - FAINT), 0.0, 1.0) ** 0.75)[..., None]
     base = np.asarray(img, dtype=np.float64) / 255.0 * DIM
     out = base * (1.0 - alpha) + _colours(up) * alpha
     return Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
