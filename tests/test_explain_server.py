@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,10 @@ HOUSE = (REFERENCE / "house.jpg").read_bytes()
 GRID = 16  # 257 passes: long enough to leave midway on any machine
 
 
-def _batcher(server) -> dict:
+def _batcher(server) -> dict[str, Any]:
     reply = server.health()
     assert reply.status == 200, reply
-    batcher: dict = reply.json()["batcher"]
+    batcher: dict[str, Any] = reply.json()["batcher"]
     return batcher
 
 
