@@ -21,6 +21,8 @@ if auth.can(who, Permission.CALIBRATE):
 if auth.can(who, Permission.REVIEW):
     pages.append(st.Page("pages/review.py", title="Review queue", icon="🧑‍⚖️"))
     pages.append(st.Page("pages/review_grid.py", title="Review grid", icon="🔲", url_path="review_grid"))
+if auth.can(who, Permission.EVALUATE):
+    pages.append(st.Page("pages/evaluate.py", title="Evaluate production", icon="📈"))
 if auth.can(who, Permission.LISTS):
     pages.append(st.Page("pages/lists.py", title="Hash lists", icon="📋"))
 if who.via != "local":

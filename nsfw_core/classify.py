@@ -29,17 +29,19 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.model import Model, scores_dict
-from nsfw_core.inference.pipeline import FrameInputs, Scored, score_sources
+from nsfw_core.inference.pipeline import FrameInputs, Scored, VideoInfo, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
 from nsfw_core.state.review.queue import QuotaSpent
 from nsfw_core.state.thresholds import ThresholdHistory
 
@@ -103,6 +105,39 @@ class FrameScore:
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """Consecutive sampled frames of a video with the same verdict: from the first one's time to the next
+    segment's (the video's end for the last), and the highest score of each class among them."""
+
+    start_ms: int
+    end_ms: int
+    verdict: str
+    max_scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_ms": self.start_ms, "end_ms": self.end_ms, "verdict": self.verdict,
+                "max_scores": dict(self.max_scores)}
+
+
+def segments(frames: Sequence[FrameScore], thresholds: Thresholds, end_ms: int) -> tuple[Segment, ...]:
+    """A video's timeline: its sampled frames (in time order), each judged under ``thresholds``, merged into
+    runs of the same verdict."""
+    out: list[Segment] = []
+    ordered = sorted(frames, key=lambda f: f.time_ms)
+    for i, frame in enumerate(ordered):
+        verdict = thresholds.decide(frame.scores)
+        if out and out[-1].verdict == verdict:
+            last = out[-1]
+            out[-1] = dataclasses.replace(last, max_scores={c: max(v, frame.scores[c])
+                                                            for c, v in last.max_scores.items()})
+        else:
+            out.append(Segment(frame.time_ms, frame.time_ms, verdict, dict(frame.scores)))
+        following = ordered[i + 1].time_ms if i + 1 < len(ordered) else max(end_ms, frame.time_ms)
+        out[-1] = dataclasses.replace(out[-1], end_ms=following)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
 class Classification:
     """One image's scores, its verdict under the thresholds in force, and how it was reached."""
 
@@ -120,6 +155,9 @@ class Classification:
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
     verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    deciding_time_ms: int | None = None  # when the deciding frame is shown (None: a still image)
+    video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
+    segments: tuple[Segment, ...] | None = None  # a video's timeline
     near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +178,11 @@ class Classification:
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
+            out["deciding_time_ms"] = self.deciding_time_ms
+        if self.video is not None:
+            out["video"] = self.video.to_dict()
+        if self.segments is not None:
+            out["segments"] = [s.to_dict() for s in self.segments]
         if self.review is not None:
             out["review_id"] = self.review.id
             if self.review.error is not None:
@@ -149,12 +192,13 @@ class Classification:
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match or self.near)
+                     match=self.match or self.near, video=self.video)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
-          frames: Sequence[FrameScore] | None = None, match: Match | None = None) -> Classification:
+          frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+          video: VideoInfo | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
     An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
@@ -176,11 +220,17 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
       for the reviewer (never in the client's answer).
 
     A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
+
+    A video (``video``: its frames are ``frames``, judged on the worst as an animation's) gets its timeline
+    (``segments``).  Its perceptual match is vPDQ's (``match.by`` "vpdq": most of its sampled frames and most of
+    the known video's match, :mod:`nsfw_core.state.vpdq`), held to the same rule in that form: a frame-majority
+    match never clears a video the model calls adult, and clears one the model left "unknown" only when the model
+    sees it alike (its worst frame's adult score at most the margin above the decided video's worst frame's).
     """
-    deciding = None
+    deciding = deciding_time = None
     if frames:
         worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
-        scores, deciding = worst.scores, worst.index
+        scores, deciding, deciding_time = worst.scores, worst.index, worst.time_ms
     model_verdict = thresholds.decide(scores)
     near = None
     if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
@@ -200,8 +250,11 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         thresholds_version=thresholds_version,
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
+        deciding_time_ms=deciding_time,
         verdict_source="model" if match is None else match.kind,
         match=match,
+        video=video,
+        segments=segments(frames, thresholds, video.duration_ms) if video is not None and frames else None,
         near=near,
     )
 
@@ -271,6 +324,16 @@ class Classifier:
         self.observe(result, False)
         return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
+    def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
+        """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
+        return self._lane(name)
+
+    def known_video(self, sha: str, hashes: Sequence[bytes | None], client: str | None = None) -> Match | None:
+        """The known video this one is: the same bytes, or most of its frames' PDQ hashes matching a known
+        video's (:meth:`~nsfw_core.state.known.KnownImages.lookup_video`), among the decisions ``client`` may
+        use."""
+        return self.known.lookup_video(sha, hashes, client)
+
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
         """The default model's lane (503 not_ready until it runs), or another model's, loaded on demand."""
@@ -284,7 +347,11 @@ class Classifier:
             yield other
 
     def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
-        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
+        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input;
+        a video by sha256 and its frames' PDQ hashes (:meth:`known_video`).  ``client``: whose decisions count
+        (a decision for one client's own thresholds matches only it)."""
+        if isinstance(x, FrameInputs) and x.video is not None:
+            return self.known_video(sha, [phash.query_hash(f) for f in x.inputs], client)
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
         return self.known.lookup(sha, query, client)
 
@@ -303,22 +370,30 @@ class Classifier:
         else:
             scores = scores_dict(await lane.batcher.predict(x))
         inference_s = time.perf_counter() - t0
+        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
+        return self.verdict(scores, override, ModelInfo(lane.model.name, lane.model.version), timings,
+                            prepared.sha256, frames=frames, match=prepared.found,
+                            video=x.video if isinstance(x, FrameInputs) else None)
+
+    def verdict(self, scores: dict[str, float], override: Thresholds | None, info: ModelInfo, timings: Timings,
+                sha256: str, *, frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+                video: VideoInfo | None = None) -> tuple[Classification, bool]:
+        """:func:`judge` under the thresholds in force (or ``override``: the request's or the job's own), and
+        whether only ``override`` sends it to review (``private``: its decision then protects only its client)."""
         active = self.thresholds.current()
         thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
-        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
-        info = ModelInfo(lane.model.name, lane.model.version)
-        result = judge(scores, thresholds, info, timings, prepared.sha256, version, frames=frames,
-                       match=prepared.found)
+        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=match, video=video)
         private = False
         if override is not None and self.review.queues(result.verdict):
-            in_force = judge(scores, active.thresholds, info, timings, prepared.sha256, active.version,
-                             frames=frames, match=prepared.found)
+            in_force = judge(scores, active.thresholds, info, timings, sha256, active.version, frames=frames,
+                             match=match, video=video)
             private = in_force.match is not None or not self.review.queues(in_force.verdict)
         return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
-                progress: Callable[[int], None] | None = None, known: bool = True) -> list[Outcome]:
+                progress: Callable[[int], None] | None = None, known: bool = True,
+                long_videos: bool = False) -> list[Outcome]:
         """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
 
         ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
@@ -326,7 +401,7 @@ class Classifier:
         """
         model = self.models.get(model_name)
         scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
-                               progress=progress, perceptual=known)
+                               progress=progress, perceptual=known, long_videos=long_videos)
         active = self.thresholds.current()
         return [outcome(s, model, active.thresholds, active.version,
                         self.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
@@ -334,47 +409,74 @@ class Classifier:
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
     def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
-                 quota: int = 0) -> None:
+                 quota: int = 0, audit: AuditPolicy | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
         self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+        self.audit = audit if audit is not None else AuditPolicy({})
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
-                     ) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+                     prepared: np.ndarray | FrameInputs | None, *, client: str = "", private: bool = False,
+                     frame_hashes: Sequence[bytes | None] | None = None) -> Classification:
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision, and its bytes (``data``: always for a URL, for an upload when NSFW_REVIEW_STORE_UPLOADS
-        is on).  ``client`` gets a review id of its own (unguessable) and spends its hourly quota;
-        ``private``: only the request's own thresholds queue it, so its decision will protect only
-        ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
-        (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
-        instead.
+        decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's), and its
+        bytes (``data``: always for a URL and for an audit item, for an upload when NSFW_REVIEW_STORE_UPLOADS
+        is on; a video's the same: the reviewer sees the video that was classified).  ``client`` gets a review
+        id of its own (unguessable) and spends its hourly quota; ``private``: only the request's own thresholds
+        queue it, so its decision will protect only ``client``.  A refused look-alike (``result.near``) is shown
+        to the reviewer.  A queue failure (database down) or a spent quota does not fail the prediction: the
+        result carries ``review_error`` instead.  An audit item is the server's sample, not the client's
+        request: it changes nothing in the answer (no ``review_id``, no ``review_error``: the automatic verdict
+        stands), costs the client no quota, and its decision protects every client.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
         near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
+        meter = ratelimit.current()
+        key_id = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
 
         def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
-            hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            media = "image"
+            if result.video is not None:  # a video: one PDQ hash a sampled frame, matched as a whole
+                media = "video"
+                found = frame_hashes if frame_hashes is not None else (
+                    [phash.query_hash(f) for f in prepared.inputs] if isinstance(prepared, FrameInputs) else [])
+                hashes: str | None = phash.join_hex([h for h in found if h is not None]) or None
+            else:
+                hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
+                return queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                         result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                         probability=probability, reviews=reviews, media=media)
             return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
                                      result.verdict, image_bytes=data, phash=hashes,
-                                     audience=client if private else "", matched=near, quota=self.quota)
+                                     audience=client if private else "", matched=near, quota=self.quota,
+                                     reviews=reviews, media=media, key_id=key_id)
 
         try:
             _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
@@ -383,9 +485,10 @@ class ReviewIntake:
             log.info("not queued for review: %s", exc.message)
             return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(ticket))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path
@@ -421,5 +524,5 @@ def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_ver
     timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
     frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
     classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version, frames=frames, match=match)
+                           scored.sha256 or "", thresholds_version, frames=frames, match=match, video=scored.video)
     return Outcome(scored.source, classification, seconds=scored.seconds)

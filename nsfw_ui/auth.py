@@ -67,7 +67,7 @@ def _identity() -> Identity:
             ended = who.note
     signed = st.session_state.get(IDENTITY_KEY)
     if isinstance(signed, Identity) and signed.via == "secret":
-        status = context().signin_sessions.check_secret(signed.session)
+        status = context().signin_sessions.check_secret(signed.session, signed, access.secret_of(signed.role))
         if status.ok:
             return signed
         if status.ended:  # signed out, or a lifetime ran out: forgotten
@@ -108,7 +108,7 @@ def sign_in_with_secret(secret: str) -> str | None:
     except NSFWError as exc:
         return exc.message
     try:
-        session = context().signin_sessions.start_secret(who)
+        session = context().signin_sessions.start_secret(who, context().access.secret_of(who.role))
     except Exception as exc:  # the database: no session, no sign-in
         log.error("sign-in with the %s secret could not be recorded: %s", who.role.label, type(exc).__name__)
         return "the server cannot record the sign-in right now (its database is unavailable); try again later"

@@ -22,7 +22,7 @@ from nsfw_core.base.labels import ADULT, VERDICTS
 from nsfw_core.base.verdict import EPSILON, Thresholds
 from nsfw_core.calibration import labelsets
 from nsfw_core.calibration import maths as cal
-from nsfw_ui import charts, state, widgets
+from nsfw_ui import charts, production, state, widgets
 from nsfw_ui.calibration_controls import STEP, Controls
 from nsfw_ui.set_scores import Labelled
 
@@ -46,12 +46,14 @@ def thumbnail(source: str, model_name: str) -> str | None:
     return widgets.data_uri(widgets.blurred(rgb), size=96)
 
 
-def adult_point(scores: Sequence[Mapping[str, float]], y: np.ndarray, rule: Thresholds) -> dict[str, float]:
+def adult_point(scores: Sequence[Mapping[str, float]], y: np.ndarray, rule: Thresholds,
+                w: np.ndarray | None = None) -> dict[str, float]:
     """The adult score's operating point under ``rule``: its adult verdicts (``Thresholds.decide``)
-    against the truth ``y`` (1: adult) as tpr = recall, fpr and precision (NaN: undefined)."""
+    against the truth ``y`` (1: adult) as tpr = recall, fpr and precision (NaN: undefined); weighted by ``w``."""
     hit = np.array([rule.decide(sc) == ADULT for sc in scores], dtype=bool)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    tp, fp = int((hit & (y == 1)).sum()), int((hit & (y == 0)).sum())
+    ones = np.ones(len(y)) if w is None else w
+    n_pos, n_neg = float(ones[y == 1].sum()), float(ones[y == 0].sum())
+    tp, fp = float(ones[hit & (y == 1)].sum()), float(ones[hit & (y == 0)].sum())
     return {"tpr": tp / n_pos if n_pos else np.nan, "recall": tp / n_pos if n_pos else np.nan,
             "fpr": fp / n_neg if n_neg else np.nan, "precision": tp / (tp + fp) if tp + fp else np.nan}
 
@@ -61,7 +63,8 @@ def verdict_counts(table: pd.DataFrame) -> pd.DataFrame:
     pivot = table.pivot(index="verdict", columns="truth", values="count").reindex(list(VERDICTS))
     pivot = pivot.reindex(columns=["adult", "safe"])
     rates = table.pivot(index="verdict", columns="truth", values="share_of_truth").reindex(pivot.index)
-    return pd.DataFrame({f"true {c}": [f"{int(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})" for v in pivot.index]
+    return pd.DataFrame({f"true {c}": [f"{production.count_text(pivot.loc[v, c])} ({_pct(rates.loc[v, c], 0)})"
+                                       for v in pivot.index]
                          for c in pivot.columns}, index=[f"verdict {v}" for v in pivot.index])
 
 
@@ -71,9 +74,10 @@ def suggested(context: tuple[Any, ...]) -> cal.Suggestion | None:
     return held["suggestion"] if held and held["context"] == context else None
 
 
-def on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any, ...]) -> None:
+def on_suggest(a: np.ndarray, s: np.ndarray, y: np.ndarray, context: tuple[Any, ...],
+               w: np.ndarray | None = None) -> None:
     sug = cal.suggest_thresholds(a, s, y, S.get("cal_target_adult", 99.0) / 100.0,
-                                 S.get("cal_target_safe", 99.0) / 100.0)
+                                 S.get("cal_target_safe", 99.0) / 100.0, weights=w)
     if sug.status in ("ok", "partial") and sug.t_adult is not None and sug.t_safe is not None:
         t_a = cal.snap_threshold(sug.t_adult, a, STEP)
         t_s = cal.snap_threshold(sug.t_safe, s[a < t_a - EPSILON], STEP)
@@ -108,15 +112,16 @@ def show_metrics(m: cal.DecisionMetrics, controls: Controls, n_adult: int) -> No
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Precision of automatic adult", _pct(m.adult_precision),
               help="Of the images called adult automatically, the share that are truly adult.")
-    c1.caption(m.reasons.get("adult_precision") or f"{m.adult_correct} of {m.adult_decisions} correct")
+    many = production.count_text  # a weighted set's counts are estimates of production images
+    c1.caption(m.reasons.get("adult_precision") or f"{many(m.adult_correct)} of {many(m.adult_decisions)} correct")
     c2.metric("Precision of automatic safe", _pct(m.safe_precision),
               help="Of the images called safe automatically, the share that are truly safe.")
-    c2.caption(m.reasons.get("safe_precision") or f"{m.safe_correct} of {m.safe_decisions} correct"
+    c2.caption(m.reasons.get("safe_precision") or f"{many(m.safe_correct)} of {many(m.safe_decisions)} correct"
                + (" (no adult samples: trivially 100 %)" if n_adult == 0 else ""))
     c3.metric("Sent to review", _pct(m.review_share))
-    c3.caption(f"{m.review_n} of {m.n} images")
-    c4.metric("Adult images let through as safe", f"{m.missed_adult}" if n_adult else "—")
-    c4.caption(f"{m.false_adult} safe images blocked as adult; adult caught automatically: "
+    c3.caption(f"{many(m.review_n)} of {many(m.n)} images")
+    c4.metric("Adult images let through as safe", many(m.missed_adult) if n_adult else "—")
+    c4.caption(f"{many(m.false_adult)} safe images blocked as adult; adult caught automatically: "
                + (_pct(m.adult_recall) if n_adult else "undefined (no adult samples)"))
 
 
@@ -125,7 +130,7 @@ def show_suggest(data: Labelled, context: tuple[Any, ...], sug: cal.Suggestion |
     col_a, col_s, col_b = st.columns([1, 1, 1])
     col_a.number_input("Target precision of adult decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_adult")
     col_s.number_input("Target precision of safe decisions (%)", 50.0, 100.0, 99.0, 0.1, key="cal_target_safe")
-    col_b.button("Suggest thresholds", on_click=on_suggest, args=(data.a, data.s, data.y, context),
+    col_b.button("Suggest thresholds", on_click=on_suggest, args=(data.a, data.s, data.y, context, data.w),
                  type="secondary",
                  help="The thresholds that send the fewest images to review while each kind of automatic "
                       "decision meets its target precision; moves the sliders there.")
@@ -155,7 +160,7 @@ def show_distributions(data: Labelled, controls: Controls, shown_sug: cal.Sugges
 
 def show_verdicts(data: Labelled, controls: Controls) -> None:
     st.subheader("Verdict × true label")
-    table = cal.verdict_table(data.df, (controls.t_adult, controls.t_safe))
+    table = cal.verdict_table(data.df, (controls.t_adult, controls.t_safe))  # weighted by its weight column
     v1, v2 = st.columns([1, 1])
     v1.altair_chart(charts.verdict_chart(table), width="stretch")
     v2.dataframe(verdict_counts(table))
@@ -165,7 +170,7 @@ def show_verdicts(data: Labelled, controls: Controls) -> None:
 def show_tradeoff(data: Labelled, controls: Controls, m: cal.DecisionMetrics,
                    shown_sug: cal.Suggestion | None) -> None:
     st.subheader("Precision vs share sent to review")
-    sw = cal.sweep(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
+    sw = cal.sweep(data.a, data.s, data.y, controls.t_adult, controls.t_safe, weights=data.w)
     if sw["precision"].notna().any():
         st.altair_chart(charts.tradeoff_chart(sw, m, shown_sug), width="stretch")
     st.caption("Each curve moves one threshold over 0…1 with the other fixed at its current value; "
@@ -176,12 +181,12 @@ def show_tradeoff(data: Labelled, controls: Controls, m: cal.DecisionMetrics,
 
 def show_curves(data: Labelled, controls: Controls, shown_sug: cal.Suggestion | None) -> None:
     st.subheader("ROC and precision-recall of the adult score")
-    roc, pr = cal.roc_curve(data.a, data.y), cal.pr_curve(data.a, data.y)
+    roc, pr = cal.roc_curve(data.a, data.y, weights=data.w), cal.pr_curve(data.a, data.y, weights=data.w)
     rule = controls.rule()
-    point = adult_point(data.scores, data.y, rule)
+    point = adult_point(data.scores, data.y, rule, data.w)
     sug_point = None
     if shown_sug is not None and shown_sug.t_adult is not None:
-        sug_point = adult_point(data.scores, data.y, dataclasses.replace(rule, adult=shown_sug.t_adult))
+        sug_point = adult_point(data.scores, data.y, dataclasses.replace(rule, adult=shown_sug.t_adult), data.w)
     r1, r2 = st.columns(2)
     if roc.defined:
         r1.altair_chart(charts.roc_chart(roc, point, sug_point), width="stretch")

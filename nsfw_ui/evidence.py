@@ -63,7 +63,7 @@ class Evidence:
 
 def blind(item: Item) -> bool:
     """An audit item (issue 25): reviewers see neither the model's verdict nor its scores, so no evidence."""
-    return bool(getattr(item, "blind", False))
+    return item.blind
 
 
 def _model(ctx: Context, item: Item) -> Model:

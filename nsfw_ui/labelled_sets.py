@@ -20,6 +20,7 @@ from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import LABELS, LabelledItem
 from nsfw_core.calibration import labelsets
 from nsfw_core.context import Context
+from nsfw_ui import production
 
 SYNTHETIC_NOTE = ("Synthetic scores: made-up numbers with labels and no images, to try the adult side of the page "
                   "(ROC, PR, suggestions). Thresholds tuned on them must not be saved, so saving is off.")
@@ -35,6 +36,7 @@ class LoadedSet:
     pre: Mapping[str, dict[str, float]] | None  # precomputed scores by source (no model involved)
     note: str | None = None  # shown once the set is scored
     savable: bool = True  # thresholds tuned on it may be saved
+    weights: Mapping[str, float] | None = None  # reviewed items: production images each stands for (issue 25)
 
     @property
     def key(self) -> str:
@@ -74,8 +76,11 @@ def _load_reviewed(ctx: Context) -> LoadedSet | None:
         return None
     models = sorted({it.model for it in reviewed})
     description = f"reviewed items ({len(reviewed)}, scored by {', '.join(models)})"
-    return LoadedSet("reviewed", [it.labelled() for it in reviewed], description,
-                     {it.source: it.scores for it in reviewed})
+    # each item under its own name (uploads all come from "upload"), weighted by 1 / the probability that queued it
+    items = production.reviewed_labelled(reviewed)
+    return LoadedSet("reviewed", [item for item, _ in items], description,
+                     {item.source: it.scores for item, it in items},
+                     weights={item.source: it.weight for item, it in items})
 
 
 def _load_manifest(ctx: Context) -> LoadedSet | None:

@@ -5,7 +5,8 @@ through the queue's own :meth:`~nsfw_core.state.review.ReviewQueue.claim` (the s
 locking as the Review page: two reviewers never hold the same item).  Items that do not belong in a
 grid go straight back to their place in the queue: an item shown *blind* (an audit item, issue 25: its
 thumbnail would come with the model's leaning, which a blind reviewer must not see), and an item whose
-classified bytes are not kept (nothing to look at: the Review page decides it from its scores).
+classified bytes are not kept (nothing to look at: the Review page decides it from its scores), and a video
+(issue 27: the Review page plays it; a thumbnail is not the video).
 
 :func:`decide_rest` records the reviewer's one action item by item, exactly as the Review page records a
 decision (:meth:`~nsfw_core.state.review.ReviewQueue.decide` with the reviewer's identity, the item's
@@ -24,6 +25,7 @@ import hashlib
 from typing import Any, Collection, Iterable, Sequence
 
 from nsfw_core.base.errors import NSFWError
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ReviewQueue
 from nsfw_core.state.review import grid as marks
@@ -41,8 +43,9 @@ class Outcome:
 
 
 def fits(item: Item) -> bool:
-    """True when an item may be shown in a grid: not blind (an audit item) and with its own classified bytes."""
-    if getattr(item, "blind", False) or not item.image:
+    """True when an item may be shown in a grid: not blind (an audit item), not a video, and with its own
+    classified bytes."""
+    if item.blind or not item.image or sniff_video(item.image) is not None:
         return False
     return hashlib.sha256(item.image).hexdigest() == item.sha256
 

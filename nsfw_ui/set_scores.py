@@ -4,7 +4,8 @@ Scores come from the process context's on-disk score cache (``nsfw_core.calibrat
 are kept in ``st.session_state`` per (set, model) — the last :data:`KEEP_SETS` — so moving a slider only
 redoes the arithmetic, never the model.  Precomputed scores (synthetic, reviewed items) are taken as
 they come.  :func:`labelled` turns the scored rows into :class:`Labelled`: the classes summed as on
-the sidebar, the truth from the labels.
+the sidebar, the truth from the labels, and for the reviewed items each one's weight (the production
+images it stands for, issue 25: :mod:`nsfw_ui.production`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,23 @@ class Entry(TypedDict):
     rows: list[ScoreRow]
     model: str | None  # None: precomputed scores (synthetic, reviewed items)
     model_version: str | None
+    weights: Mapping[str, float] | None  # by source: the reviewed items' inverse queueing probabilities
 
 
 @dataclasses.dataclass(frozen=True)
 class Labelled:
     """The scored images of a set with their truth, as the calibration maths takes them."""
 
-    df: pd.DataFrame  # source, label, the five scores, adult_score, safe_score, truth (0/1), truth_label
+    df: pd.DataFrame  # source, label, the five scores, adult_score, safe_score, truth (0/1), truth_label[, weight]
     scores: list[dict[str, float]]
+
+    @property
+    def w(self) -> np.ndarray | None:
+        """Each image's weight (production images it stands for), or None: every image counts one."""
+        if "weight" not in self.df.columns:
+            return None
+        values: np.ndarray = self.df["weight"].to_numpy()
+        return values
 
     @property
     def a(self) -> np.ndarray:
@@ -92,7 +102,7 @@ def scores_of(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
         pre = loaded.pre
         rows: list[ScoreRow] = [{"source": it.source, "label": it.label, "scores": pre[it.source], "error": None}
                                 for it in loaded.items]
-        entry: Entry = {"key": key, "rows": rows, "model": None, "model_version": None}
+        entry: Entry = {"key": key, "rows": rows, "model": None, "model_version": None, "weights": loaded.weights}
     else:
         model = state.model(model_name)
         bar = st.progress(0.0, text=f"Scoring {len(loaded.items)} images with {model_name}…")
@@ -105,7 +115,8 @@ def scores_of(ctx: Context, loaded: LoadedSet, model_name: str) -> Entry:
         bar.empty()
         rows = [{"source": it.source, "label": it.label, "scores": sc,
                  "error": None if err is None else err.to_dict()} for it, sc, err in results]
-        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, ctx.decoder.limits)}
+        entry = {"key": key, "rows": rows, "model": model.name, "model_version": model_key(model, ctx.decoder.limits),
+                 "weights": None}
     store[key] = entry
     while len(store) > KEEP_SETS:
         store.pop(next(iter(store)))
@@ -144,12 +155,16 @@ def scored_rows(entry: Entry) -> tuple[list[ScoreRow], list[ScoreRow]] | None:
     return rows, failed
 
 
-def labelled(rows: Sequence[ScoreRow], controls: Controls, binary_map: Mapping[str, str]) -> Labelled:
-    """The score frame of the scored rows: classes summed as on the sidebar, truth from the labels."""
+def labelled(rows: Sequence[ScoreRow], controls: Controls, binary_map: Mapping[str, str],
+             weights: Mapping[str, float] | None = None) -> Labelled:
+    """The score frame of the scored rows: classes summed as on the sidebar, truth from the labels (and each
+    row's weight when the set has weights)."""
     scores = [r["scores"] for r in rows if r["scores"] is not None]
     truth = [to_binary(r["label"], binary_map) for r in rows]
     df = cal.score_frame(scores, truth, controls.adult_classes, controls.safe_classes)
     df.insert(0, "source", [r["source"] for r in rows])
     df.insert(1, "label", [r["label"] for r in rows])
     df["truth_label"] = truth
+    if weights is not None:
+        df["weight"] = [float(weights.get(r["source"], 1.0)) for r in rows]
     return Labelled(df, scores)

@@ -18,7 +18,7 @@ from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.verdict import ActiveThresholds
 from nsfw_core.calibration import maths as cal
 from nsfw_core.context import Context
-from nsfw_ui import auth
+from nsfw_ui import auth, production
 from nsfw_ui.calibration_controls import Controls
 from nsfw_ui.labelled_sets import LoadedSet
 from nsfw_ui.set_scores import Entry, Labelled
@@ -51,6 +51,8 @@ def save(ctx: Context, who: Identity, controls: Controls, loaded: LoadedSet, ent
         "failed": failed, "labels": {k: int(v) for k, v in data.df["label"].value_counts().items()},
         "adult_labels": sorted(controls.adult_labels), "model_version": entry["model_version"],
         "metrics": m.to_dict(),
+        # the set's score histograms: the reference the Evaluate page's score drift (PSI) compares production with
+        "score_histograms": production.reference_histograms(data.scores, data.w, loaded.description),
     }
     if sug is not None:
         tuned_on["suggestion"] = sug.to_dict()

@@ -11,6 +11,10 @@ The page's flow, top to bottom; each step is a helper of ``nsfw_ui``:
 5. the sections on the scored set: metrics, suggestion, distributions, verdicts, trade-off, curves,
    samples (``nsfw_ui.calibration_views``, charts from ``nsfw_ui.charts``), and saving the sliders'
    thresholds as a new version that the API and the classify page follow on every instance.
+
+The reviewed items are weighted by 1 / the probability that queued them (issue 25), so their figures
+estimate production; what the weights mean and the thresholds' effect per day at the counted traffic
+are ``nsfw_ui.production``'s.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ import streamlit as st
 
 from nsfw_core.access import Permission
 from nsfw_core.calibration import maths as cal
-from nsfw_ui import auth, calibration_controls, calibration_views, labelled_sets, set_scores, state, thresholds_history
+from nsfw_ui import (
+    auth,
+    calibration_controls,
+    calibration_views,
+    labelled_sets,
+    production,
+    set_scores,
+    state,
+    thresholds_history,
+)
 
 
 def page() -> None:
@@ -47,15 +60,19 @@ def page() -> None:
     if binary_map is None:
         return
 
-    data = set_scores.labelled(rows, controls, binary_map)
+    data = set_scores.labelled(rows, controls, binary_map, entry.get("weights"))
     calibration_views.describe(loaded.description, data)
-    m = cal.decision_metrics(data.a, data.s, data.y, controls.t_adult, controls.t_safe)
+    if data.w is not None:
+        production.describe_weights(ctx, data.df)
+    m = cal.decision_metrics(data.a, data.s, data.y, controls.t_adult, controls.t_safe, weights=data.w)
     context = (entry["key"], tuple(controls.adult_classes), tuple(controls.safe_classes),
                tuple(sorted(controls.adult_labels)))
     sug = calibration_views.suggested(context)
     shown_sug = sug if sug is not None and sug.t_adult is not None else None
 
     calibration_views.show_metrics(m, controls, data.n_adult)
+    if data.w is not None:
+        production.per_day_effect(ctx, data.df, controls.t_adult, controls.t_safe)
     calibration_views.show_suggest(data, context, sug)
     if loaded.savable and st.button(
             "Save thresholds", type="primary",

@@ -53,6 +53,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _signed_in_secrets():
+    """The role secrets ``tests.helpers.signin.signed_in`` configured for a test, gone after it."""
+    yield
+    from tests.helpers.signin import undo_secrets
+
+    undo_secrets()
+
+
+@pytest.fixture(autouse=True)
 def _empty_fetch_pool():
     """Each test starts and ends without idle keep-alive connections from another test."""
     from nsfw_core.images.fetch import POOL

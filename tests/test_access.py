@@ -36,7 +36,7 @@ ADMIN = Identity("a", Role.ADMIN, "secret")
 
 @pytest.mark.parametrize(("who", "allowed"), [
     (ANONYMOUS, set()),
-    (REVIEWER, {Permission.CLASSIFY, Permission.REVIEW}),
+    (REVIEWER, {Permission.CLASSIFY, Permission.REVIEW, Permission.EVALUATE}),
     (ADMIN, set(Permission)),
 ])
 def test_roles_when_the_api_is_keyed(who, allowed):

@@ -227,7 +227,7 @@ def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, s
           "the calibrate page did not appear")
     nav = _wait(driver, lambda d: [a.text for a in _css(d, '[data-testid="stSidebarNav"] a')], 20, "no navigation")
     assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue",
-                                                       "Review grid", "Hash lists"], nav
+                                                       "Review grid", "Evaluate production", "Hash lists"], nav
 
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
@@ -335,7 +335,8 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
     driver.get(server + "/review")
     button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]
     nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
-    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Review grid", "Hash lists"]  # no Sign in
+    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Review grid", "Evaluate production",
+                   "Hash lists"]  # no Sign in page
     button.click()
     _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
     queue = ReviewQueue.from_config(load_settings({"NSFW_DATA_DIR": str(data_dir)}).review_config)
@@ -442,3 +443,22 @@ def test_the_review_grid_decides_the_rest_in_one_action(driver, server, data_dir
         assert decided[ids[1]].status == "pending"  # the exception, for the one-by-one page
     finally:
         queue.close()
+
+
+def test_a_newcomer_sees_the_evaluate_page_say_what_is_missing(driver, server):
+    """Issue 25: ./run.sh's Evaluate page with nothing audited says what is missing and how to get there, and
+    shows no figure it does not have."""
+    driver.get(server + "/evaluate")
+    _wait(driver, lambda d: any(h.text == "Evaluate production" for h in _css(d, "h1")), SERVER_START_S,
+          "the evaluate page did not appear")
+    _wait(driver, lambda d: "Nothing audited yet" in d.find_element("css selector", "body").text, 30,
+          "the page did not say that nothing is audited")
+    text = driver.find_element("css selector", "body").text
+    assert "NSFW_AUDIT_RATE" in text and "adult 1 %, safe 0.2 %" in text  # on by default, and at what rate
+    assert "Review queue page" in text and "reviewer API" in text  # how to get there
+    metrics = {m.text.splitlines()[0]: m.text.splitlines()[-1] for m in _css(driver, '[data-testid="stMetric"]')}
+    assert metrics["Precision of automatic adult"] == "not enough data yet", metrics
+    assert metrics["Precision of automatic safe"] == "not enough data yet", metrics
+    assert metrics["Wrong automatic decisions per day"] == "not enough data yet", metrics
+    nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
+    assert "Evaluate production" in nav

@@ -158,6 +158,48 @@ def test_api_keys_and_the_rate_limit_count_an_explanation_at_its_real_cost(tmp_p
         error_of(c.post("/v1/explain", content=HOUSE, headers=b), 429, "rate_limited")
 
 
+def _gif() -> bytes:
+    frames = [Image.new("RGB", (96, 96), colour) for colour in ((250, 250, 250), (20, 20, 20), (200, 30, 30))]
+    for i, frame in enumerate(frames):  # something to see in each frame
+        frame.paste((0, 0, 255) if i % 2 else (255, 255, 0), (20 + 10 * i, 20, 60 + 10 * i, 70))
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    return buf.getvalue()
+
+
+def test_an_explanation_is_charged_its_model_runs_times_the_models_cost(tmp_path):
+    """Issue 29's cost units: the passes times the model's relative cost, and an animation's frames scored to find
+    its deciding frame on top; each key's bucket (burst 100) tells what its one request cost."""
+    keys = tuple(f"key-{n}-0123456789abcdef" for n in "abcd")
+    settings = make_settings(tmp_path, compiled_dir=COMPILED_DIR, api_keys=keys,
+                             rate_limit=parse_rate("100/h;burst=100"))
+
+    def remaining(response: Any) -> int:
+        assert response.status_code == 200, response.text
+        return int(response.headers["ratelimit-remaining"])
+
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    from nsfw_core.context import current
+
+    with running(settings) as c:
+        # a still on the default model: 65 passes of cost 1
+        assert remaining(c.post("/v1/explain", content=HOUSE, headers=auth(keys[0]))) == 100 - PASSES
+        # on MobileNetV2, named in the JSON body: 65 passes at its relative cost (0.53; the image's own pass is
+        # within the request's first unit), not 65 units
+        cost = current().models.cost("MobileNetV2")
+        assert 0.4 < cost < 0.7
+        body = {"image": {"base64": B64}, "model": "MobileNetV2"}
+        charged = 1 + (PASSES - 1) * cost
+        assert remaining(c.post("/v1/explain", json=body, headers=auth(keys[1]))) == int(100 - charged)
+        # an animation: its frames (as /v1/classify charges them) and then every pass on its deciding frame
+        gif = _gif()
+        frames = 100 - remaining(c.post("/v1/classify", content=gif, headers=auth(keys[2])))
+        assert frames >= 2
+        assert remaining(c.post("/v1/explain", content=gif, headers=auth(keys[3]))) == 100 - frames - PASSES
+
+
 def test_an_explanation_counts_its_passes_as_images_in_flight(tmp_path):
     from nsfw_core.context import current
 
@@ -196,12 +238,7 @@ def test_a_full_inference_queue_refuses_the_explanation_and_drops_the_passes_it_
 
 
 def test_an_animation_is_explained_on_its_deciding_frame(client):
-    frames = [Image.new("RGB", (96, 96), colour) for colour in ((250, 250, 250), (20, 20, 20), (200, 30, 30))]
-    for i, frame in enumerate(frames):  # something to see in each frame
-        frame.paste((0, 0, 255) if i % 2 else (255, 255, 0), (20 + 10 * i, 20, 60 + 10 * i, 70))
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=200, loop=0)
-    gif = buf.getvalue()
+    gif = _gif()
     classified = client.post("/v1/classify", content=gif).json()
     explained = client.post("/v1/explain", content=gif)
     assert explained.status_code == 200, explained.text

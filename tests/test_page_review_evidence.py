@@ -167,3 +167,29 @@ def test_no_similar_decision_says_so(queue):
     enqueue(queue, PHOTOS[2].read_bytes(), PHOTOS[2].name)
     at = new_page()
     assert any("No decided item looks like this one" in c.value for c in at.caption)
+
+
+def test_an_audit_item_shows_neither_evidence_nor_similar_decisions(queue, monkeypatch):
+    """Issue 25's audit items are reviewed blind: no verdict, no scores, and (issue 30) no evidence map and no
+    similar past decisions either (a copy's earlier decision would anchor the reviewer); nothing computed ahead."""
+    monkeypatch.setenv("NSFW_EVIDENCE_AHEAD", "2")
+    new_context()
+    photo = Image.open(PHOTOS[1])
+    decided_bytes = jpeg(photo, 95)
+    x = np.asarray(photo.convert("RGB").resize((224, 224)), dtype=np.float32) / 255.0
+    decided = queue.enqueue(hashlib.sha256(decided_bytes).hexdigest(), "upload:first.jpg", SCORES,
+                            "MobileNetV2Mid", "unknown", image_bytes=decided_bytes,
+                            phash=phash.join_hex(phash.stored_hashes(x)))
+    queue.decide(decided, "earlier reviewer", "sexy", seen=hashlib.sha256(decided_bytes).hexdigest())
+    copy = jpeg(photo.resize((photo.width // 2, photo.height // 2)), 60)
+    audit = queue.enqueue(hashlib.sha256(copy).hexdigest(), "upload:copy.jpg", SCORES, "MobileNetV2Mid", "safe",
+                          image_bytes=copy, phash=phash.join_hex(phash.stored_hashes(x)), kind="audit",
+                          probability=0.01)
+    at = new_page()
+    assert shown_id(at) == audit
+    texts = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "Similar past decisions" not in texts and "earlier reviewer" not in texts
+    assert not any("evidence" in (im.captions[0] if im.captions else "") for im in at.image)
+    time.sleep(1.0)  # the background thread, had it started, would have picked the audit item
+    assert store.load(queue.pool, audit) is None
+    assert store.missing(queue.pool, 5) == []

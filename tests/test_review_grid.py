@@ -25,6 +25,7 @@ from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.webhooks import outbox_hook
 from nsfw_ui import review_grid
 from nsfw_ui.auth import IDENTITY_KEY
+from tests.helpers import videos
 from tests.helpers.pages import new_context
 from tests.helpers.paths import COMPILED_DIR, ROOT
 from tests.helpers.signin import signed_in
@@ -76,15 +77,21 @@ def queue(request, tmp_path) -> Iterator[ReviewQueue]:
     q.close()
 
 
-def test_items_without_their_bytes_or_shown_blind_never_enter_a_grid(queue):
+def test_items_without_their_bytes_shown_blind_or_videos_never_enter_a_grid(queue):
     ids = fill(queue, 3)
     bare = queue.enqueue("b" * 64, "upload:bare.jpg", SCORES, "MobileNetV2Mid", "unknown")  # no bytes kept
+    seen = picture(99)  # an audit item (issue 25): its bytes kept, shown blind
+    audit = queue.enqueue(hashlib.sha256(seen).hexdigest(), "upload:audit.jpg", SCORES, "MobileNetV2Mid", "safe",
+                          image_bytes=seen, kind="audit", probability=0.01)
+    clip = videos.make(seconds=1.0, fps=4)  # a video item (issue 27): the Review page plays it
+    video = queue.enqueue(hashlib.sha256(clip).hexdigest(), "upload:clip.mp4", SCORES, "MobileNetV2Mid", "unknown",
+                          image_bytes=clip, media="video")
     items, left_out = review_grid.claim_page(queue, "alice", 10)
-    assert [i.id for i in items] == ids and left_out == {bare}
-    assert queue.get(bare).status == "pending"  # back at its place, for the Review page
-    audit = dataclasses.replace(items[0])
-    object.__setattr__(audit, "blind", True)  # an audit item (issue 25: Item.blind)
-    assert review_grid.fits(items[0]) and not review_grid.fits(audit)
+    assert [i.id for i in items] == ids and left_out == {bare, audit, video}
+    for item_id in (bare, audit, video):
+        assert queue.get(item_id).status == "pending"  # back at its place, for the Review page
+    assert queue.get(audit).blind
+    assert review_grid.fits(items[0]) and not review_grid.fits(dataclasses.replace(items[0], kind="audit"))
 
 
 def test_concurrent_reviewers_decide_every_item_once_and_leave_the_exceptions(queue, ctx):

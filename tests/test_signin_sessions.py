@@ -3,6 +3,7 @@ identity provider end, seen by every replica within about a second (issue 31, po
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ IDLE_S, MAX_S, REVALIDATE_S = 600.0, 7200.0, 300.0
 T0 = 1_900_000_000.0
 ADMIN = Identity("admin@example.com", Role.ADMIN, "oidc")
 SECRET_ADMIN = Identity("admin (secret, session a1b2c3)", Role.ADMIN, "secret")
+ADMIN_SECRET = "admin-secret-0123456789"
 
 
 class Clock:
@@ -103,17 +105,38 @@ def test_sign_out_ends_an_oidc_session_for_every_tab_replica_and_copy_of_the_coo
 
 def test_a_secret_sign_in_is_a_session_that_sign_out_ends(database, clock):
     store = sessions(database(), clock)
-    session = store.start_secret(SECRET_ADMIN)
+    session = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
     assert session.startswith("secret-") and len(session) == len("secret-") + 32
-    assert store.check_secret(session).ok
+    assert store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok
     other = sessions(database(), clock)
-    assert other.check_secret(session).ok
+    assert other.check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok
     store.end(session)
-    assert not store.check_secret(session).ok and store.check_secret(session).ended
-    assert not sessions(database(), clock).check_secret(session).ok
+    assert not store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok and store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ended
+    assert not sessions(database(), clock).check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok
     for unknown in ("", "secret-" + "0" * 32):
-        status = store.check_secret(unknown)
+        status = store.check_secret(unknown, SECRET_ADMIN, ADMIN_SECRET)
         assert (status.ok, status.ended) == (False, True)
+
+
+def test_a_resumed_secret_sign_in_keeps_only_the_identity_it_proved(database, clock):
+    """Issue 29, point 7: a browser session resumed with a secret sign-in's identity is checked against the
+    server's row: another name or role is refused, and a changed (or removed) secret ends the sign-ins made
+    with the old one, on every replica."""
+    store = sessions(database(), clock)
+    session = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
+    row, _ = store._read(session, None)
+    assert row is not None and ADMIN_SECRET not in repr(row)  # 32 bits of its hash, never the secret
+    other_name = dataclasses.replace(SECRET_ADMIN, name="admin (secret, session ffffff)")
+    as_reviewer = dataclasses.replace(SECRET_ADMIN, role=Role.REVIEWER)
+    for who in (other_name, as_reviewer):
+        status = store.check_secret(session, who, ADMIN_SECRET)
+        assert (status.ok, status.ended) == (False, True)
+    assert store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok  # refusing a stranger ends nothing
+    rotated = store.check_secret(session, SECRET_ADMIN, "a-new-admin-secret-987654")
+    assert (rotated.ok, rotated.ended) == (False, True) and "secret" in rotated.reason
+    assert not sessions(database(), clock).check_secret(session, SECRET_ADMIN, ADMIN_SECRET).ok  # ended for good
+    removed = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
+    assert not store.check_secret(removed, SECRET_ADMIN, "").ok
 
 
 def test_a_cookie_the_server_never_saw_is_refused_unless_new(database, clock):
@@ -139,9 +162,9 @@ def test_idle_lifetime(database, clock, kind):
     cookie = claims(clock)
 
     def check():
-        return store.check_oidc(cookie, ADMIN) if kind == "oidc" else store.check_secret(session)
+        return store.check_oidc(cookie, ADMIN) if kind == "oidc" else store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET)
 
-    session = store.start_secret(SECRET_ADMIN) if kind == "secret" else ""
+    session = store.start_secret(SECRET_ADMIN, ADMIN_SECRET) if kind == "secret" else ""
     assert check().ok
     for _ in range(5):  # each action extends it (last_seen is written at most every TOUCH_S)
         clock.now += IDLE_S * 0.6
@@ -157,10 +180,10 @@ def test_idle_lifetime(database, clock, kind):
 def test_absolute_lifetime(database, clock, kind):
     store = sessions(database(), clock, cache_s=0, revalidate_s=0)
     cookie = claims(clock)
-    session = store.start_secret(SECRET_ADMIN) if kind == "secret" else ""
+    session = store.start_secret(SECRET_ADMIN, ADMIN_SECRET) if kind == "secret" else ""
 
     def check():
-        return store.check_oidc(cookie, ADMIN) if kind == "oidc" else store.check_secret(session)
+        return store.check_oidc(cookie, ADMIN) if kind == "oidc" else store.check_secret(session, SECRET_ADMIN, ADMIN_SECRET)
 
     assert check().ok
     while clock.now + IDLE_S / 2 < T0 + MAX_S:
@@ -187,12 +210,12 @@ def test_end_all_ends_every_session_and_cookies_not_seen_yet(database, clock):
     seen = claims(clock)
     unseen = claims(clock, nonce="n-unseen", sub="u-2")  # issued, its tab not yet connected
     assert store.check_oidc(seen, ADMIN).ok
-    secret = store.start_secret(SECRET_ADMIN)
+    secret = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
     clock.now += 1
     assert store.end_subject(ALL, "test", "the operator ended all sign-ins") == 2
     assert store.check_oidc(seen, ADMIN).reason == "the operator ended all sign-ins"
     assert not store.check_oidc(unseen, ADMIN).ok
-    assert not store.check_secret(secret).ok
+    assert not store.check_secret(secret, SECRET_ADMIN, ADMIN_SECRET).ok
     clock.now += 1
     assert store.check_oidc(claims(clock, nonce="n-after"), ADMIN).ok  # signing in again works
 
@@ -291,10 +314,10 @@ def test_a_database_that_cannot_be_reached_grants_nothing(database, clock, caplo
     store = sessions(pool, clock)
     cookie = claims(clock)
     assert store.check_oidc(cookie, ADMIN).ok
-    secret = store.start_secret(SECRET_ADMIN)
+    secret = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
     pool.close()
     store._cache.clear()
-    for status in (store.check_oidc(cookie, ADMIN), store.check_secret(secret)):
+    for status in (store.check_oidc(cookie, ADMIN), store.check_secret(secret, SECRET_ADMIN, ADMIN_SECRET)):
         assert (status.ok, status.ended) == (False, False)
         assert status.message == ("Your sign-in cannot be checked right now: the server cannot reach its database. "
                                   "Try again in a moment.")

@@ -227,7 +227,7 @@ def test_review_pending_then_decided(client, doc):
     assert found is not None
     queue.decide(found[0], "bob", "safe")
     done = client.get(f"/v1/reviews/{review_id}").json()
-    # who decided is never shown to an API key (issue 29: reviewer identities are e-mail addresses under OIDC)
+    # who decided is never shown to a client key (issue 29: reviewer identities are e-mail addresses under OIDC)
     assert (done["status"], done["label"]) == ("decided", "safe") and "decided_by" not in done
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", done["decided_at"])
     valid(doc, "Review", done)

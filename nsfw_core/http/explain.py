@@ -9,12 +9,17 @@ one class's map (``?class=``; by default the class the verdict turns on, :func:`
 on the image as the model saw it.
 
 **Cost.**  An explanation is :func:`~nsfw_core.inference.explain.passes` forward passes (65 for 8 x 8),
-run on the model's lanes through its micro-batcher like any classification, so it is counted as that
-many images: in flight (NSFW_MAX_IN_FLIGHT; admitted before the body is read, and an explanation larger
-than the limit runs alone) and against the key's rate limit (:func:`charge`).  An animation's frames
-are scored first and its deciding frame (the worst, as ``/v1/classify`` judges it) is explained; each
-frame is one more image in flight.  While the passes run the request polls whether its client is still
-there; when it is gone, every pass not yet run is cancelled (499 in the access log).
+run on the model's lanes through its micro-batcher like any classification, so it is charged as that many
+images on its model (:mod:`nsfw_core.ratelimit`'s cost units: the passes times the model's relative cost).
+The request's meter (made by the guard) pays for the image as ``/v1/classify`` does (its frames and
+decoding work, charged by the intake once its headers are read), then for the occluded passes
+(:func:`charge`) before they run; a cost larger than the burst runs from a full bucket and leaves it in
+debt.  In flight it holds the passes at the model's cost (:func:`units`), admitted before the body is read
+for the model ``?model=`` names (or the default) and again for a JSON body's model; larger than the limit
+(or the key's share), it is counted at it and runs alone.  An animation's (a video's) frames are scored
+first and its deciding frame (the worst, as ``/v1/classify`` judges it) is explained.  While the passes run
+the request polls whether its client is still there; when it is gone, every pass not yet run is cancelled
+(499 in the access log).
 
 Nothing is queued for review and no known image is looked up: the answer explains the model, not a
 verdict.
@@ -33,6 +38,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import InputError, NotReady
 from nsfw_core.base.labels import CLASS_NAMES
@@ -48,10 +54,11 @@ from nsfw_core.http.contract import (
     decode,
     image_bytes,
 )
-from nsfw_core.http.guard import client_key, guard
+from nsfw_core.http.guard import admitted, guard
 from nsfw_core.http.routing import note
 from nsfw_core.http.v1 import JSON_SLACK
 from nsfw_core.images import overlay
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference import explain as method
 from nsfw_core.inference.model import scores_dict
 from nsfw_core.inference.pipeline import FrameInputs
@@ -82,17 +89,23 @@ def deciding_class(scores: dict[str, float], thresholds: Thresholds) -> str:
                                  thresholds.safe_classes)
 
 
-def charge(request: Request, ctx: Context, units: int) -> None:
-    """Count ``units`` more images against the request's rate limit (the guard counted its first one).
+def units(ctx: Context, model: str | None, passes: int) -> float:
+    """What ``passes`` forward passes of ``model`` (None: the default) cost, in cost units."""
+    return passes * ctx.models.cost(model)
 
-    A charge larger than the burst is allowed from a full bucket and leaves it in debt (NSFW_RATE_LIMIT's
-    help), so an explanation always runs for a key that has waited long enough.  The one place an
-    explanation's cost reaches the rate limit: where the limiter charges requests by their cost, this is
-    the call that tells it."""
-    if ctx.limiter is None or units <= 0:
+
+async def charge(ctx: Context, units: float) -> None:
+    """Charge the request's meter ``units`` more (the occluded passes), with what it paid so far as slack (429
+    when a budget refuses; in a worker thread when the buckets are in the database).  The one place an
+    explanation's passes reach the budgets."""
+    meter = ratelimit.current()
+    if meter is None or units <= 0:
         return
-    headers = ctx.limiter.check(client_key(request, bool(ctx.serving.api_keys)), units=units, slack=1.0)
-    request.state.ratelimit = headers
+    if ctx.limiter is not None and ctx.limiter.shared:
+        await asyncio.get_running_loop().run_in_executor(ctx.executor, requestid.in_context(meter.charge_more,
+                                                                                            units))
+    else:
+        meter.charge_more(units)
 
 
 def _query(request: Request) -> tuple[str | None, str, str | None]:
@@ -145,15 +158,16 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
 
 async def explain(request: Request, ctx: Context) -> Response:
     """POST /v1/explain: one image, by URL or base64 in JSON, or as the body (raw or multipart)."""
-    guard(request, ctx)
+    await guard(request, ctx)
     queried, fmt, wanted = _query(request)
     limits = ctx.serving
     info = note(request)
     grid = limits.explain_grid
-    cost = method.passes(grid)
-    charge(request, ctx, cost - 1)
+    passes = method.passes(grid)
     ident: Any = None
-    with ctx.admission.admit(cost):  # before the body is read, as /v1/classify; larger than the limit: alone
+    with contextlib.ExitStack() as place:
+        # in flight before the body is read, as /v1/classify: its passes at the cost of the model named so far
+        place.enter_context(admitted(request, ctx, units(ctx, queried, passes)))
         if _json_type(request):
             cap = base64_text_cap(limits.max_bytes) + limits.max_url_length + JSON_SLACK
             with ctx.admission.hold_body(expected_body(request, cap)):
@@ -168,6 +182,9 @@ async def explain(request: Request, ctx: Context) -> Response:
                 data = None if req.image.base64 is None else image_bytes(req.image.base64, limits.max_bytes,
                                                                          "$.image.base64")
                 del req
+                if units(ctx, model, passes) != units(ctx, queried, passes):  # the body named another model
+                    place.close()  # given back and taken again at once (the event loop's: nothing in between)
+                    place.enter_context(admitted(request, ctx, units(ctx, model, passes)))
                 if url is not None:
                     info.url = url_for_log(url)
                 result = await _unless_gone(request, _explained(ctx, model, url, data, grid))
@@ -201,17 +218,25 @@ async def _explained(ctx: Context, model: str | None, url: str | None, data: byt
             def nothing(x: Any, sha: str) -> None:
                 return None
 
+            # the image is charged as /v1/classify charges it (its frames, its decoding work); its place in
+            # flight is the explanation's, taken already
             if url is not None:
-                prepared = await ctx.intake.url(url, lane.model, held, nothing)
+                prepared = await ctx.intake.url(url, lane.model, held, nothing, placed=True)
             else:
                 assert data is not None
-                prepared = await ctx.intake.data(data, lane.model, held, nothing)
+                prepared = await ctx.intake.data(data, lane.model, held, nothing, placed=True)
             size = await asyncio.get_running_loop().run_in_executor(
-                ctx.executor, requestid.in_context(_displayed_size, ctx, lane, prepared.data))
+                ctx.executor, requestid.in_context(_displayed_size, ctx, lane, prepared.data, prepared.x))
             t0 = time.perf_counter()
             x, frame = prepared.x, None
+            passes = method.passes(grid)
+            cost = ctx.models.cost(lane.model.name)
             if isinstance(x, FrameInputs):
+                # its frames were charged (scored here first); every pass on the deciding frame is more
+                await charge(ctx, passes * cost)
                 x, frame = await _deciding_frame(lane, x, ctx.thresholds.current().thresholds)
+            else:
+                await charge(ctx, (passes - 1) * cost)  # the image's own pass was charged with it
             explanation = await method.explain_on(lane.batcher.predict, x, name=lane.model.name,
                                                   version=lane.model.version, grid=grid, frame=frame)
     inference_s = time.perf_counter() - t0
@@ -231,8 +256,12 @@ async def _deciding_frame(lane: Lane, frames: FrameInputs, thresholds: Threshold
     return frames.inputs[k], frames.refs[k].index
 
 
-def _displayed_size(ctx: Context, lane: Lane, data: bytes) -> tuple[int, int]:
-    """The image's displayed width and height, from its headers (nothing decoded again)."""
+def _displayed_size(ctx: Context, lane: Lane, data: bytes, x: np.ndarray | FrameInputs) -> tuple[int, int]:
+    """The image's displayed width and height, from its headers (nothing decoded again); a video's, its model
+    input's (its container is read in the isolated lane only)."""
+    if sniff_video(data) is not None:
+        first = x.inputs[0] if isinstance(x, FrameInputs) else x
+        return int(first.shape[1]), int(first.shape[0])
     plan = ctx.decoder.plan(lane.model, data)
     return plan.width, plan.height
 

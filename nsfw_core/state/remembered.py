@@ -22,7 +22,7 @@ from nsfw_core.state.migrations import KNOWN_TABLE, TABLE
 REVIEW, LIST = "review", "list"
 ADD, REMOVE = "add", "remove"
 COLUMNS = ("id", "op", "kind", "sha256", "hashes", "verdict", "label", "note", "review_id", "removes",
-           "added_by", "added_at", "scores", "model", "audience")
+           "added_by", "added_at", "scores", "model", "audience", "media")
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM {KNOWN_TABLE}"
 
 
@@ -39,8 +39,8 @@ def remember_decision(backend: Backend, tx: Tx, item_id: int, label: str, by: st
     if hashes:  # the item keeps them too (a later decision after an undo needs no image)
         tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
-           f"added_at, scores, model, audience) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, ?, "
-           f"'', id, ?, ?, scores, model, audience FROM {TABLE} WHERE id = ?",
+           f"added_at, scores, model, audience, media) SELECT '{ADD}', '{REVIEW}', sha256, COALESCE(?, phash, ''), ?, "
+           f"?, '', id, ?, ?, scores, model, audience, media FROM {TABLE} WHERE id = ?",
            (hashes, to_binary(label), label, by, now, int(item_id)))
 
 

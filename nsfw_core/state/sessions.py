@@ -130,8 +130,14 @@ def oidc_subject(claims: Mapping[str, Any]) -> str:
     return f"oidc {claims.get('iss', '')} {claims.get('sub', '')}"
 
 
-def secret_subject(role: str) -> str:
-    return f"secret {role}"
+def secret_fingerprint(secret: str) -> str:
+    """Which secret a sign-in proved, without keeping it: 32 bits of its SHA-256.  Enough to notice that the
+    role's secret was changed (the sign-ins made with the old one end), far too few to tell the secret."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def secret_subject(role: str, secret: str) -> str:
+    return f"secret {role} {secret_fingerprint(secret)}"
 
 
 def _number(value: Any) -> float | None:
@@ -235,12 +241,13 @@ class SigninSessions:
 
     # ------------------------------------------------------------ starting
 
-    def start_secret(self, who: Identity) -> str:
-        """A new session for a secret sign-in ``who``; its id (keep it in the tab's session state only).
-        Raises when the database cannot be reached (the sign-in is refused)."""
+    def start_secret(self, who: Identity, secret: str) -> str:
+        """A new session for a secret sign-in ``who`` made with ``secret`` (its role's); its id (keep it in the
+        tab's session state only).  Raises when the database cannot be reached (the sign-in is refused)."""
         session_id = "secret-" + secrets.token_hex(16)
         now = self.clock()
-        row = Row(session_id, "secret", secret_subject(who.role.label), who.name, who.role.label, now, now, now)
+        row = Row(session_id, "secret", secret_subject(who.role.label, secret), who.name, who.role.label, now, now,
+                  now)
         self._insert(row)
         self._remember(session_id, row, None)
         return session_id
@@ -255,14 +262,21 @@ class SigninSessions:
 
     # ------------------------------------------------------------ checking
 
-    def check_secret(self, session_id: str) -> Status:
-        """Whether the secret sign-in ``session_id`` may act now (extending its idle lifetime)."""
+    def check_secret(self, session_id: str, who: Identity, secret: str) -> Status:
+        """Whether the secret sign-in ``session_id``, which a browser session resumed as ``who``, may act now
+        (extending its idle lifetime).  It keeps only the identity it proved: the server's row must name the
+        same person and role, made with the role's secret of now (``secret``: "" when the role has none left;
+        a changed or removed secret ends the sign-ins made with the old one)."""
         def check() -> Status:
             if not session_id:
                 return Status(False, "this sign-in is not known to the server", ended=True)
             row, revoked = self._lookup(session_id)
-            if row is None:
+            if row is None or row.kind != "secret":
                 return Status(False, "this sign-in is not known to the server", ended=True)
+            if (row.name, row.role) != (who.name, who.role.label):
+                return Status(False, "this sign-in does not match the identity it was made for", ended=True)
+            if not secret or row.subject != secret_subject(row.role, secret):
+                return self._end_row(row, f"the {row.role} secret it was made with was changed")
             return self._live(row, revoked)
 
         return self._guarded("secret sign-in", check)

@@ -14,6 +14,7 @@ from typing import Any
 
 from nsfw_core.state.db import Pool
 from nsfw_core.state.migrations import TABLE
+from nsfw_core.state.review.audit import AUDIT
 from nsfw_core.state.review.items import CLAIMED, PENDING
 
 MAX_STORED = 64 * 1024  # characters of JSON an item keeps at most (an 8 x 8 explanation is about 3 KB)
@@ -45,11 +46,13 @@ def save(pool: Pool, item_id: int, doc: dict[str, Any], *, sha256: str) -> bool:
 
 def missing(pool: Pool, limit: int, *, exclude: tuple[int, ...] = ()) -> list[int]:
     """Open items (pending or claimed) with stored bytes and no evidence yet, oldest in the queue first:
-    what the background computes ahead of reviewers."""
+    what the background computes ahead of reviewers.  Never an audit item (shown blind, issue 25) nor a video
+    (issue 27: its page plays the video; the evidence is of images and animations)."""
     not_in = f" AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     with pool.transaction(write=False) as tx:
         rows = tx.run(f"SELECT id FROM {TABLE} WHERE status IN ('{PENDING}', '{CLAIMED}') AND evidence IS NULL "
-                      f"AND image IS NOT NULL{not_in} ORDER BY queued_at, id LIMIT ?",
+                      f"AND image IS NOT NULL AND kind <> '{AUDIT}' AND media = 'image'{not_in} "
+                      f"ORDER BY queued_at, id LIMIT ?",
                       (*[int(i) for i in exclude], int(limit)))
     return [int(r[0]) for r in rows]
 
