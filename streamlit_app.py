@@ -20,6 +20,7 @@ if auth.can(who, Permission.CALIBRATE):
     pages.append(st.Page("pages/calibrate.py", title="Calibrate thresholds", icon="🎚️"))
 if auth.can(who, Permission.REVIEW):
     pages.append(st.Page("pages/review.py", title="Review queue", icon="🧑‍⚖️"))
+    pages.append(st.Page("pages/review_grid.py", title="Review grid", icon="🔲", url_path="review_grid"))
 if auth.can(who, Permission.EVALUATE):
     pages.append(st.Page("pages/evaluate.py", title="Evaluate production", icon="📈"))
 if auth.can(who, Permission.LISTS):

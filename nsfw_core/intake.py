@@ -109,18 +109,23 @@ class Intake:
         self.preparing = 0  # images being fetched or decoded (they will reach the batcher soon)
         self.isolated_pending = 0  # expensive images decoding or waiting in the isolated lane
 
-    async def url(self, url: str, model: Model, held: contextlib.ExitStack, after: After[R]) -> Prepared[R]:
+    async def url(self, url: str, model: Model, held: contextlib.ExitStack, after: After[R], *,
+                  placed: bool = False) -> Prepared[R]:
         """Fetch ``url`` (SSRF-safe, capped) and prepare it for ``model``; ``after(x, sha256)`` runs in the
         worker once the input is ready (the known-image lookup).  An animation's frames stay admitted in
-        flight until ``held`` closes."""
-        return await self._preparing(held, self._fetch_and_prepare, url, model, after)
+        flight until ``held`` closes.  ``placed``: the request holds the image's whole place in flight already
+        (``POST /v1/explain`` admits all its forward passes at the model's cost before its body is read), so an
+        expensive model's or an animation's extra units are not admitted again; the image is charged all the
+        same."""
+        return await self._preparing(held, self._fetch_and_prepare, url, model, after, placed)
 
-    async def data(self, data: bytes, model: Model, held: contextlib.ExitStack, after: After[R]) -> Prepared[R]:
+    async def data(self, data: bytes, model: Model, held: contextlib.ExitStack, after: After[R], *,
+                   placed: bool = False) -> Prepared[R]:
         """Prepare image bytes for ``model``; see :meth:`url`."""
-        return await self._preparing(held, self._prepare_timed, data, model, after)
+        return await self._preparing(held, self._prepare_timed, data, model, after, placed)
 
     async def _preparing(self, held: contextlib.ExitStack, fn: Callable[..., Any], source: Any, model: Model,
-                         after: After[R]) -> Prepared[R]:
+                         after: After[R], placed: bool = False) -> Prepared[R]:
         self.preparing += 1
         try:
             loop = asyncio.get_running_loop()
@@ -129,9 +134,10 @@ class Intake:
             if isinstance(step, _Admit):
                 meter = ratelimit.current()
                 # its first unit came with its request: alone when the client holds nothing but its request's
-                held.enter_context(self.admission.admit(step.extra, meter.client if meter is not None else None,
-                                                        base=meter.admitted if meter is not None else 1.0,
-                                                        frames=step.frames))
+                if not placed:
+                    held.enter_context(self.admission.admit(step.extra, meter.client if meter is not None else None,
+                                                            base=meter.admitted if meter is not None else 1.0,
+                                                            frames=step.frames))
                 if step.plan.cost.inline:
                     t0 = time.perf_counter()
                     step = await loop.run_in_executor(self.workers, requestid.in_context(
@@ -140,7 +146,7 @@ class Intake:
                 else:
                     step = _Isolate(step.plan, step.data)
             if isinstance(step, _Video):
-                x, isolated_s = await self._video(step, model, held)
+                x, isolated_s = await self._video(step, model, held, placed)
                 t0 = time.perf_counter()
                 step = await loop.run_in_executor(self.workers, requestid.in_context(_ready, x, sha, after))
                 decode_s += isolated_s + time.perf_counter() - t0
@@ -168,7 +174,8 @@ class Intake:
         finally:
             self.isolated_pending -= 1
 
-    async def _video(self, pending: _Video, model: Model, held: contextlib.ExitStack) -> tuple[Input, float]:
+    async def _video(self, pending: _Video, model: Model, held: contextlib.ExitStack, placed: bool = False
+                     ) -> tuple[Input, float]:
         """Decode a video in the isolated lane; once its container is read, it is charged its sampled frames
         times the model's cost and they are admitted in flight (the first unit came with its request)."""
         if self.isolated_pending >= self.isolated_limit:
@@ -185,9 +192,10 @@ class Intake:
                 meter = ratelimit.current()
                 if meter is not None:  # 429 before a frame is decoded (blocking when the buckets are shared)
                     await loop.run_in_executor(self.workers, requestid.in_context(meter.charge, units))
-                held.enter_context(self.admission.admit(units - 1.0, meter.client if meter is not None else None,
-                                                        base=meter.admitted if meter is not None else 1.0,
-                                                        frames=frames))
+                if not placed:
+                    held.enter_context(self.admission.admit(units - 1.0, meter.client if meter is not None else None,
+                                                            base=meter.admitted if meter is not None else 1.0,
+                                                            frames=frames))
                 x = await loop.run_in_executor(self.isolated, requestid.in_context(decode.take))
             return x, time.perf_counter() - t0
         finally:

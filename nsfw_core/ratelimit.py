@@ -308,6 +308,17 @@ class Meter:
                 self.credit += slack
             raise
 
+    def charge_more(self, units: float) -> None:
+        """Charge ``units`` of work the request does beyond its images (an explanation's occluded forward
+        passes, ``POST /v1/explain``), with everything it paid so far as slack: a request whose whole cost is
+        more than a burst runs from a full bucket and leaves it in debt, as one large image does.  429 when a
+        budget refuses; blocking when the buckets are in the database."""
+        if units <= 1e-9:
+            return
+        with self._lock:
+            slack = self.charged
+        self._charge(units, slack)
+
     def _charge(self, units: float, slack: float) -> dict[str, str] | None:
         headers = None
         if self.limiter is not None:

@@ -25,7 +25,13 @@ were not kept is decided from its scores, and remembered for nothing.  A review 
 look-alike match the model disagreed with shows that match.  A video item (issue 27) is its video,
 played once revealed; a decision on it is remembered by its frames' hashes, as it was classified.
 
-Widget keys: ``reveal_<item id>`` (toggle);
+Beside the image (issue 30, :mod:`nsfw_ui.evidence`): where the model found the deciding class (an
+occlusion heat-map, blurred like the image until revealed; another class on request), computed when
+the item is claimed or ahead of that and kept with the item, and the similar past decisions (the
+closest decided items by PDQ, with their decisions, who decided, when, and blurred thumbnails).
+Many obvious items at once: the review grid (``pages/review_grid.py``).
+
+Widget keys: ``reveal_<item id>`` (toggle); ``evidence_class_<item id>`` (selectbox);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
 and ``refetch`` (buttons); ``download_reviewed_csv`` and ``download_reviewed_zip`` (admins only).
 Keyboard shortcuts: A adult, S safe, 1-5 the classes in order (drawings,
@@ -48,7 +54,7 @@ from nsfw_core.context import Context
 from nsfw_core.images.sniff import sniff_video
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ReviewQueue, iso
-from nsfw_ui import auth, inputs, state, widgets
+from nsfw_ui import auth, evidence, inputs, state, widgets
 
 CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
 SKIPPED_KEY = "review_skipped"  # ids this session skipped
@@ -192,7 +198,7 @@ def _image_bytes(ctx: Context, item: Item) -> tuple[bytes | None, str | None]:
     return (value, None) if isinstance(value, bytes) else (None, value)
 
 
-def _show_image(ctx: Context, item: Item) -> None:
+def _show_image(ctx: Context, queue: ReviewQueue, item: Item) -> None:
     data, error = _image_bytes(ctx, item)
     if error:
         st.error(error)
@@ -224,6 +230,7 @@ def _show_image(ctx: Context, item: Item) -> None:
         st.image(img, caption=f"item {item.id}")
     else:
         st.image(widgets.blurred(pixels), caption=f"item {item.id} (blurred)")
+    evidence.show_overlay(ctx, queue, item, data, pixels, revealed)
 
 
 def _scores_table(item: Item) -> pd.DataFrame:
@@ -288,11 +295,12 @@ def _show_nothing_left(counts: dict[str, int]) -> None:
 
 
 def _show_item(ctx: Context, queue: ReviewQueue, item: Item) -> None:
-    """The item held: its image (blurred until revealed) beside its source, model, verdict and scores; an audit
-    item blind (neither the model's verdict nor its scores: they would anchor the reviewer)."""
+    """The item held: its image (blurred until revealed) and where the model looked, beside its source, model,
+    verdict and scores and the similar past decisions; an audit item blind (neither the model's verdict, its
+    scores, its evidence nor similar past decisions: they would anchor the reviewer)."""
     left_col, right_col = st.columns([3, 2])
     with left_col:
-        _show_image(ctx, item)
+        _show_image(ctx, queue, item)
     with right_col:
         st.markdown(f"**Source:** {_md(item.source)}")
         skipped = f" · skipped {item.skips}×" if item.skips else ""
@@ -304,6 +312,7 @@ def _show_item(ctx: Context, queue: ReviewQueue, item: Item) -> None:
                        + skipped)
             st.dataframe(_scores_table(item), hide_index=True)
             _show_match(item)
+            evidence.show_similar(ctx, queue, item, evidence.revealed(item))
         if item.escalated:
             said = ", ".join(f"{_md(v.reviewer)} said **{_md(v.label)}**" for v in queue.votes(item.id))
             st.warning(f"Two reviewers disagreed ({said}): your decision is final.")
@@ -347,6 +356,7 @@ def page() -> None:
         _show_nothing_left(counts)
     else:
         _show_item(ctx, queue, item)
+        evidence.prefetch(ctx, queue)  # the next items' evidence, in the background
     _buttons(queue, item, who)
     st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
     if auth.can(who, Permission.EXPORT):

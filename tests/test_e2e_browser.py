@@ -227,7 +227,7 @@ def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, s
           "the calibrate page did not appear")
     nav = _wait(driver, lambda d: [a.text for a in _css(d, '[data-testid="stSidebarNav"] a')], 20, "no navigation")
     assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue",
-                                                       "Evaluate production", "Hash lists"], nav
+                                                       "Review grid", "Evaluate production", "Hash lists"], nav
 
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
@@ -335,7 +335,7 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
     driver.get(server + "/review")
     button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]
     nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
-    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Evaluate production",
+    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Review grid", "Evaluate production",
                    "Hash lists"]  # no Sign in page
     button.click()
     _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
@@ -343,6 +343,104 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
     try:
         [item] = queue.items(status="decided")
         assert (item.decision, item.decided_by) == ("safe", "local")
+    finally:
+        queue.close()
+
+
+def _queue(data_dir: Path) -> Any:
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.review import ReviewQueue
+
+    # the bytes kept, as the API keeps a URL item's (an upload's only with NSFW_REVIEW_STORE_UPLOADS)
+    return ReviewQueue.from_config(load_settings({"NSFW_DATA_DIR": str(data_dir)}).review_config, store_uploads=True)
+
+
+def _jpeg(img: Any, quality: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_the_review_page_shows_where_the_model_looked_and_similar_decisions(driver, server, data_dir):
+    """Issue 30: the overlay of the deciding class, blurred like the image until revealed, and the similar past
+    decisions beside the item, in a real browser against ./run.sh."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from nsfw_core.images import phash
+
+    photo = Image.open(ROOT / "data" / "demo" / "photos" / "skimage_chelsea.jpg")
+    decided_bytes = _jpeg(photo, 95)
+    x = np.asarray(photo.convert("RGB").resize((224, 224)), dtype=np.float32) / 255.0
+    queue = _queue(data_dir)
+    try:
+        scores = dict.fromkeys(CLASSES, 0.2)
+        decided = queue.enqueue(hashlib.sha256(decided_bytes).hexdigest(), "upload:cat.jpg", scores,
+                                "MobileNetV2Mid", "unknown", image_bytes=decided_bytes,
+                                phash=phash.join_hex(phash.stored_hashes(x)))
+        queue.decide(decided, "earlier reviewer", "neutral", seen=hashlib.sha256(decided_bytes).hexdigest())
+        copy_bytes = _jpeg(photo.resize((photo.width // 2, photo.height // 2)), 60)
+        copy = queue.enqueue(hashlib.sha256(copy_bytes).hexdigest(), "upload:cat-copy.jpg",
+                             {**scores, "porn": 0.3}, "MobileNetV2Mid", "unknown", image_bytes=copy_bytes)
+    finally:
+        queue.close()
+    driver.get(server + "/review")
+    blurred = f'img[alt="blurred evidence for porn over item {copy}"]'
+    _wait(driver, lambda d: _css(d, blurred), RESULT_S, "no blurred evidence overlay for the item")
+    _wait(driver, lambda d: f"item {decided}:" in d.find_element("css selector", '[data-testid="stMain"]').text, 20,
+          "no similar past decision")
+    text = driver.find_element("css selector", '[data-testid="stMain"]').text
+    line = next(t for t in text.splitlines() if f"item {decided}:" in t)
+    assert "neutral" in line and "earlier reviewer" in line and "PDQ distance" in line, line
+    assert _css(driver, f'img[alt="blurred thumbnail of decided item {decided}"]')
+    # revealing the image reveals the overlay too
+    _css(driver, f".st-key-reveal_{copy} label")[0].click()
+    _wait(driver, lambda d: _css(d, f'img[alt="evidence for porn over item {copy}"]') and not _css(d, blurred), 20,
+          "the overlay stayed blurred")
+    assert _css(driver, f'img[alt="thumbnail of decided item {decided}"]')
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        _save_screenshot(driver, ROOT / "docs" / "review.png")
+    _css(driver, ".st-key-label_safe button")[0].click()
+    _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
+
+
+def test_the_review_grid_decides_the_rest_in_one_action(driver, server, data_dir):
+    """Issue 30: the grid's blurred thumbnails, one exception ticked, the rest marked safe in one click."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    queue = _queue(data_dir)
+    try:
+        ids = []
+        for n, colour in enumerate(((200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40))):
+            img = Image.new("RGB", (80, 60), colour)
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            data = buf.getvalue()
+            ids.append(queue.enqueue(hashlib.sha256(data).hexdigest(), f"upload:g{n}.png",
+                                     dict.fromkeys(CLASSES, 0.2), "MobileNetV2Mid", "unknown", image_bytes=data))
+    finally:
+        queue.close()
+    driver.get(server + "/review_grid")
+    _wait(driver, lambda d: len(_css(d, 'img[alt^="blurred thumbnail of item"]')) == 4, RESULT_S,
+          "the grid did not show the four items blurred")
+    _css(driver, f".st-key-grid_pick_{ids[1]} label")[0].click()
+    _wait(driver, lambda d: "Mark the rest safe (3)" in d.page_source, 20, "the exception was not counted")
+    _css(driver, ".st-key-grid_safe button")[0].click()
+    _wait(driver, lambda d: "3 items decided" in d.page_source, 30, "the grid's action was not recorded")
+    queue = _queue(data_dir)
+    try:
+        decided = {i: queue.get(i) for i in ids}
+        assert [i for i, item in decided.items() if item.status == "decided"] == [ids[0], ids[2], ids[3]]
+        assert all(item.decision == "safe" and item.decided_by == "local" for i, item in decided.items()
+                   if i != ids[1])
+        assert decided[ids[1]].status == "pending"  # the exception, for the one-by-one page
     finally:
         queue.close()
 

@@ -152,7 +152,8 @@ def _admin_pages(s: Session) -> dict[str, str]:
     """Sign ``s`` in as admin; {page title: script hash}."""
     run = _sign_in_with_secret(s)
     assert nav(run) == [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"),
-                        ("evaluate", "Evaluate production"), ("lists", "Hash lists"), ("account", "Account")]
+                        ("review_grid", "Review grid"), ("evaluate", "Evaluate production"), ("lists", "Hash lists"),
+                        ("account", "Account")]
     return {title: page_hash for _, title, page_hash in run.navigation}
 
 
@@ -282,7 +283,7 @@ def local(tmp_path_factory) -> Iterator[str]:
 
 
 ADMIN_NAV = [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"),
-             ("evaluate", "Evaluate production"), ("lists", "Hash lists")]
+             ("review_grid", "Review grid"), ("evaluate", "Evaluate production"), ("lists", "Hash lists")]
 NOT_LOCAL = [  # (Host name, other headers) that must not get local rights
     ("evil.example", {"Origin": "http://evil.example:{port}"}),  # DNS rebinding: the page's own origin
     ("localhost.evil.example", {}),

@@ -518,6 +518,18 @@ class Settings:
         "NSFW_ADMIN_API_KEYS", "", _keys,
         "Keys of the reviewer API with the admin role: everything a reviewer key may do, and deciding the "
         "items two reviewers disagreed on.", secret=True)
+    explain_grid: int = setting(
+        "NSFW_EXPLAIN_GRID", "8", _int(2, 16),
+        "Cells per side of the evidence heat-maps (POST /v1/explain and the Review page). An explanation costs "
+        "grid^2 + 1 forward passes, each charged at the model's cost in flight and against the rate limit: 65 for 8 "
+        "(docs/performance.md has the time).")
+    review_grid_size: int = setting(
+        "NSFW_REVIEW_GRID_SIZE", "24", _int(1, 96),
+        "Items one page of the review grid claims and shows at once (blurred thumbnails decided in one action).")
+    evidence_ahead: int = setting(
+        "NSFW_EVIDENCE_AHEAD", "2", _int(0, 32),
+        "Review items whose evidence heat-maps are computed in the background ahead of the reviewers, while "
+        "the Review page is open (0: only when an item is claimed).")
     match_distance: int = setting(
         "NSFW_MATCH_DISTANCE", "31", _int(0, 63),
         "Largest PDQ distance (bits of 256) at which an image counts as a copy of a reviewer-decided or "
@@ -537,7 +549,8 @@ class Settings:
         "Cost units per API key (per client address without keys) to /v1 and /predict, one budget for both: "
         "e.g. 20/s;burst=40 (units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond "
         "it. A photo on the default model costs 1, a request at least 1, an animation its frames times the "
-        "model's relative cost (docs/security.md). Shared by replicas when NSFW_DATABASE_URL is set, per "
+        "model's relative cost, POST /v1/explain its forward passes (65 by default) times the model's relative "
+        "cost (docs/security.md). Shared by replicas when NSFW_DATABASE_URL is set, per "
         "instance otherwise. Empty: none.")
     webhook_url: str = setting(
         "NSFW_WEBHOOK_URL", "", str,
@@ -627,7 +640,7 @@ class Settings:
             key_share=self.key_share,
             max_batch_items=self.max_batch_items, workers=self.workers,
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
-            api_keys=self.api_keys, max_video_bytes=self.max_video_bytes)
+            api_keys=self.api_keys, max_video_bytes=self.max_video_bytes, explain_grid=self.explain_grid)
 
 
 # ---------------------------------------------------------------- the narrow parts
@@ -734,6 +747,7 @@ class ServingLimits:
     batch_wait_ms: float
     queue_size: int
     api_keys: tuple[str, ...]
+    explain_grid: int = 8  # NSFW_EXPLAIN_GRID: cells per side of /v1/explain's heat-maps
     max_video_bytes: int = 0  # a video's byte cap in a request (0: videos under max_bytes too)
 
     @property

@@ -5,6 +5,7 @@ The routes, each in the module of its concern:
 * the original API, ``POST /predict`` and ``POST /predict/batch`` (:mod:`nsfw_core.http.predict`);
 * API v1, ``POST /v1/classify``, ``POST /v1/classify/batch``, ``GET /v1/reviews/{id}`` and ``GET /docs``
   (:mod:`nsfw_core.http.v1`);
+* ``POST /v1/explain``, evidence heat-maps (:mod:`nsfw_core.http.explain`);
 * video jobs, ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (:mod:`nsfw_core.http.jobs`);
 * the reviewer API, ``POST /v1/reviews/claim``, ``POST /v1/reviews/{id}/decision``, ``POST /v1/reviews/undo``,
   and ``GET /v1/evaluation`` (:mod:`nsfw_core.http.reviews`);
@@ -29,7 +30,7 @@ from starlette.routing import BaseRoute
 
 from nsfw_core.base.settings import Settings, load_settings
 from nsfw_core.context import Context, current, install
-from nsfw_core.http import jobs, ops, predict, reviews, v1
+from nsfw_core.http import explain, jobs, ops, predict, reviews, v1
 from nsfw_core.http.routing import ApiLookalike, ApiRoute
 
 LOOKALIKE_PREFIXES = ("/predict", "/v1", "/health", "/metrics", "/openapi.json", "/docs")
@@ -43,6 +44,7 @@ def api_routes(context: Callable[[], Context] = current) -> list[ApiRoute]:
         ApiRoute("/predict/{rest:path}", context=context),
         ApiRoute("/v1/classify", {"POST": v1.classify}, context=context),
         ApiRoute("/v1/classify/batch", {"POST": v1.classify_batch}, context=context),
+        ApiRoute("/v1/explain", {"POST": explain.explain}, context=context),
         # the reviewer API (issue 25): its fixed paths before /v1/reviews/{id}
         ApiRoute("/v1/reviews/claim", {"POST": reviews.claim}, context=context),
         ApiRoute("/v1/reviews/undo", {"POST": reviews.undo}, context=context),

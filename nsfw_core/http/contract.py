@@ -517,9 +517,72 @@ class Evaluation(msgspec.Struct, forbid_unknown_fields=True):
     missing: list[str]
 
 
-REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, DecisionRequest, JobRequest)
+
+# ---------------------------------------------------------------- POST /v1/explain (issue 30)
+
+ClassName = Literal["drawings", "hentai", "neutral", "porn", "sexy"]
+assert tuple(ClassName.__args__) == CLASS_NAMES  # type: ignore[attr-defined]
+HeatMap = Annotated[list[list[float]], msgspec.Meta(
+    description="rows x cols cells, top row first: how much the class's log-odds fall (nats) when the cell is "
+                "hidden; positive = evidence for the class, negative = evidence against it")]
+
+
+class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /v1/explain`` as JSON (the image bytes as the body work too)."""
+
+    image: Image
+    model: ModelName | None = None
+    class_: Annotated[ClassName | None, msgspec.Meta(
+        description="the class whose map ?format=png draws (default: the deciding class)")] = \
+        msgspec.field(default=None, name="class")
+    id: ClientId = None
+
+
+class ExplainMethod(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[Literal["occlusion"], msgspec.Meta(
+        description="each cell hidden in turn (one forward pass each) and the fall of each class's log-odds")]
+    fill: Annotated[str, msgspec.Meta(description="what a hidden cell is painted in: the image's median colour")]
+    units: str
+
+
+class Grid(msgspec.Struct, forbid_unknown_fields=True):
+    rows: Annotated[int, msgspec.Meta(ge=1)]
+    cols: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class HeatMaps(msgspec.Struct, forbid_unknown_fields=True):
+    drawings: HeatMap
+    hentai: HeatMap
+    neutral: HeatMap
+    porn: HeatMap
+    sexy: HeatMap
+
+
+class ExplainResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """Where the model found each class: its scores and a heat-map per class over a grid of cells."""
+
+    request_id: str
+    id: ClientId
+    model: ModelOut
+    scores: Scores
+    method: ExplainMethod
+    grid: Grid
+    passes: Annotated[int, msgspec.Meta(ge=1, description="forward passes the explanation took (its cost in images)")]
+    heatmaps: HeatMaps
+    class_: Annotated[ClassName, msgspec.Meta(
+        description="the deciding class: the highest-scoring adult class when the model's verdict under the "
+                    "thresholds in force is adult or unknown, else the highest-scoring safe class (or the "
+                    "requested one)")] = msgspec.field(name="class")
+    frame: Annotated[int, msgspec.Meta(
+        ge=0, description="an animation's: the frame explained, its deciding frame")] | msgspec.UnsetType = \
+        msgspec.UNSET
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    timings: TimingsOut
+
+
+REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, DecisionRequest, JobRequest, ExplainRequest)
 RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error, Claim,
-                               DecisionResult, Evaluation, Job, JobEvent)
+                               DecisionResult, Evaluation, Job, JobEvent, ExplainResult)
 
 
 # ---------------------------------------------------------------- validation
@@ -777,7 +840,8 @@ def schema_limits(components: dict[str, Any], *, max_bytes: int, max_url_length:
         components["PredictBatch"]["properties"]["items"]["maxItems"] = max_batch_items
     id_text = (f"the client's id, echoed back: a string of at most {MAX_ID_LENGTH} characters or a number within "
                f"+-{MAX_ID_NUMBER}")
-    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult", "PredictBatchItem", "BatchResult"):
+    for name in ("ClassifyRequest", "BatchItem", "BatchError", "ClassifyResult", "PredictBatchItem", "BatchResult",
+                 "ExplainRequest", "ExplainResult"):
         props = components.get(name, {}).get("properties", {})
         if "id" in props:
             props["id"]["description"] = id_text

@@ -114,7 +114,7 @@ def client_key(request: Request, keyed: bool) -> str:
 
 
 @contextlib.contextmanager
-def admitted(request: Request, ctx: Context, images: int) -> Iterator[None]:
+def admitted(request: Request, ctx: Context, images: float) -> Iterator[None]:
     """Admit a guarded request's ``images`` (one unit each, its client's share included; 503 / 429), and tell
     its meter, so that one of its images costing more may still run while the client has nothing else in
     flight."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.base.requestid import HEADER as REQUEST_ID
 from nsfw_core.base.requestid import MAX_LENGTH as REQUEST_ID_LENGTH
 from nsfw_core.base.settings import MODEL_NAMES, Settings, load_settings
@@ -51,6 +52,7 @@ class Operation:
     limited: bool = True  # counted against NSFW_RATE_LIMIT (RateLimit-* headers)
     description: str = ""
     media: str = "application/json"  # the 200 answer's media type
+    alternative: dict[str, Any] | None = None  # other media types the 200 answer may take (by a parameter)
     status: int = 200  # the success status (202: accepted, judged later)
     reviewer: bool = False  # needs a reviewer API key (NSFW_REVIEWER_API_KEYS / NSFW_ADMIN_API_KEYS), always
 
@@ -85,6 +87,18 @@ OPERATIONS: tuple[Operation, ...] = (
               description="At most NSFW_MAX_BATCH_ITEMS items (413 too_many_items beyond); base64 images of at "
                           "most NSFW_MAX_BYTES in all. A body that does not match is 400 for the whole request, "
                           "naming the field."),
+    Operation("/v1/explain", "post", "v1Explain",
+              "Where the model found each class: a heat-map per class over a grid, or the overlay as PNG",
+              "ExplainResult", IMAGE_ERRORS, params=("model", "format", "class"), body="ExplainRequest",
+              description="The same image forms as /v1/classify (JSON with image.url or image.base64, or the "
+                          "bytes as the body with ?model=). Occlusion with the image's median colour, in log-odds "
+                          "(docs/http-api.md): NSFW_EXPLAIN_GRID cells a side, grid^2 + 1 forward passes (65 for "
+                          "8), charged as that many images on its model (cost units: the passes times the "
+                          "model's relative cost), in flight and against the key's budgets. "
+                          "An animation is explained on its deciding frame (frame). ?format=png answers the "
+                          "overlay of one class's map (?class=, default the deciding class) as image/png, with "
+                          "the class in X-Explain-Class.",
+              alternative={"image/png": {"schema": {"type": "string", "format": "binary"}}}),
     Operation("/v1/reviews/{id}", "get", "v1Review",
               "A review item of this API key: pending, claimed or decided (label, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
@@ -151,6 +165,11 @@ PARAMS: dict[str, dict[str, Any]] = {
     "model": {"name": "model", "in": "query", "required": False, "schema": {"enum": list(MODEL_NAMES)},
               "description": "the model for a raw body (in JSON, \"model\"; both: they must agree); default "
                              "NSFW_MODEL"},
+    "format": {"name": "format", "in": "query", "required": False,
+               "schema": {"enum": ["json", "png"], "default": "json"},
+               "description": "json: the heat-maps; png: the overlay of one class's map on the image (image/png)"},
+    "class": {"name": "class", "in": "query", "required": False, "schema": {"enum": list(CLASS_NAMES)},
+              "description": "the class whose map ?format=png draws; default the deciding class"},
     "job_id": {"name": "id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": c.JOB_ID_PATTERN},
                "description": "the id POST /v1/jobs answered"},
@@ -220,12 +239,15 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
                           f"{REQUEST_ID_LENGTH} characters of A-Z a-z 0-9 . _ : - (else replaced by a new one, "
                           "never refused)"}
     params = [_url_param(settings) if p == "url" else PARAMS[p] for p in op.params] + [rid]
+    ok: dict[str, Any]
     if op.answer is None:
         ok = {"description": op.description or op.summary, "content": {op.media: {"schema": {"type": "string"}}},
               "headers": _headers(False)}
     else:
         schema = {"$ref": REF.format(name=op.answer)} if isinstance(op.answer, str) else op.answer
         ok = _json(schema, op.summary, op.limited)
+        if op.alternative:
+            ok["content"].update(op.alternative)
     out: dict[str, Any] = {"summary": op.summary, "operationId": op.operation_id, "parameters": params,
                            "responses": {str(op.status): ok, **_errors(op.errors, op.limited)}}
     if op.status != 200:  # accepted: 200 is the answer to an idempotent retry (the same client id and URL)

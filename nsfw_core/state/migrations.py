@@ -270,6 +270,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
         f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
     )),
+    # Issue 30, reviewers see why: an item keeps the evidence heat-maps of its image (JSON,
+    # nsfw_core.inference.explain), computed once when it is first claimed or ahead of that in the background
+    # (nsfw_core.state.review.evidence); similar past decisions are found by the decided items' PDQ hashes (the
+    # phash column of version 4) with the index on (status, decided_at) for reading them forward; an item a
+    # review grid's reviewer ticked as an exception is kept for one-by-one review (``one_by_one``: no grid
+    # shows it again, nsfw_core.state.review.grid).
+    Migration(13, "evidence heat-maps kept with review items, items set aside for one-by-one review", (
+        f"ALTER TABLE {TABLE} ADD COLUMN evidence TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN one_by_one INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_decided_at ON {TABLE} (status, decided_at)",
+    )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
