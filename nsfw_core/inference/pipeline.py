@@ -264,6 +264,10 @@ class Scored:
     seconds: float = 0.0  # all of it
     frames: list[tuple[FrameRef, dict[str, float]]] | None = None  # an animation's sampled frames and scores
     phash: bytes | None = None  # a still image's PDQ hash (``perceptual``), to look it up among known images
+    # The embedding from the same forward pass (nsfw_core.inference.embeddings): a still image's (D,), an
+    # animation's worst frame's; ``frame_embeddings``: an animation's (k, D), one row per frame in ``frames``.
+    embedding: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    frame_embeddings: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -308,17 +312,21 @@ def score_sources(
         if prepared:
             t_batch = time.perf_counter()
             rows = [p[1].inputs if isinstance(p[1], FrameInputs) else p[1][np.newaxis] for p in prepared]
-            probs = model.predict(np.concatenate(rows))
+            probs, features = model.predict_with_embeddings(np.concatenate(rows))
             now = time.perf_counter()
             start_row = 0
             for result, x, t0 in prepared:
                 if isinstance(x, FrameInputs):
                     result.frames = [(ref, scores_dict(row))
                                      for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
-                    result.scores = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)[1]
+                    worst = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)
+                    result.scores = worst[1]
+                    result.frame_embeddings = features[start_row:start_row + len(x)]
+                    result.embedding = result.frame_embeddings[result.frames.index(worst)]
                     start_row += len(x)
                 else:
                     result.scores = scores_dict(probs[start_row])
+                    result.embedding = features[start_row]
                     start_row += 1
                 result.inference_s = now - t_batch
                 result.seconds = now - t0
