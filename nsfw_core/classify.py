@@ -3,6 +3,11 @@
 :class:`Classification` is what the API answers (``to_dict()`` is its detailed JSON),
 what the CLI prints and what the pages show.  :func:`judge` is the only place where
 scores become a verdict (through :meth:`~nsfw_core.base.verdict.Thresholds.decide`).
+The image's embedding (:mod:`nsfw_core.inference.embeddings`), from the forward pass that gave the
+scores, reaches :func:`judge` (``embedding=``; an animation's, each frame's on ``FrameScore.embedding``):
+an adapter in force (:mod:`nsfw_core.state.adapters`) turns it into the adult score, an example set
+(:mod:`nsfw_core.state.examples`) may decide by it, and whatever else needs it can read it there.  It is
+not part of the answer; :meth:`Classifier.url` / :meth:`Classifier.data` keep it with a queued review item.
 
 :class:`Classifier` is the use case, built once by the process context from the parts it
 needs (nothing else of the context reaches it):
@@ -32,10 +37,13 @@ from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
+from nsfw_core.inference.embeddings import ExampleMatch
 from nsfw_core.inference.model import Model, scores_dict
-from nsfw_core.inference.pipeline import FrameInputs, Scored, score_sources
+from nsfw_core.inference.pipeline import FrameInputs, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
+from nsfw_core.state.adapters import Adapters, AdapterVersion
+from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.thresholds import ThresholdHistory
@@ -80,14 +88,20 @@ class ReviewTicket:
 
 @dataclasses.dataclass(frozen=True)
 class FrameScore:
-    """One sampled frame of an animation: its index, when it is first shown, and the model's scores."""
+    """One sampled frame of an animation: its index, when it is first shown, the model's scores and embedding,
+    and, once judged under an adapter, the adapter's adult score."""
 
     index: int
     time_ms: int
     scores: dict[str, float]
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    adapter_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "time_ms": self.time_ms, "scores": dict(self.scores)}
+        out: dict[str, Any] = {"index": self.index, "time_ms": self.time_ms, "scores": dict(self.scores)}
+        if self.adapter_score is not None:
+            out["adult_score"] = self.adapter_score
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +120,12 @@ class Classification:
     thresholds_version: int | None = None  # the thresholds history's version (None: the defaults)
     frames: tuple[FrameScore, ...] | None = None  # an animation's sampled frames (None: a still image)
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
-    verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
+    verdict_source: str = "model"  # who decided: "model", "review" / "list" (a known image), "examples"
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    # The adapter in force that gave adult_score (None: the base model's summed classes) and the example set
+    # that decided the verdict (verdict_source "examples").
+    adapter: AdapterVersion | None = dataclasses.field(default=None, compare=False, repr=False)
+    example: ExampleMatch | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -124,6 +142,10 @@ class Classification:
         }
         if self.match is not None:
             out["match"] = self.match.to_dict()
+        if self.adapter is not None:
+            out["adapter"] = self.adapter.ref
+        if self.example is not None:
+            out["example"] = self.example.to_dict()
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
@@ -134,20 +156,33 @@ class Classification:
         return out
 
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
-        """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
+        """The same scores judged under other thresholds (the pages re-judge when thresholds change); an adapter
+        that gave the adult score still gives it (``thresholds`` then apply to its score)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match)
+                     match=self.match, adapter=self.adapter, example=self.example,
+                     adapter_score=self.adult_score if self.adapter is not None and not self.frames else None)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
-          frames: Sequence[FrameScore] | None = None, match: Match | None = None) -> Classification:
+          frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+          embedding: np.ndarray | None = None, adapter: AdapterVersion | None = None,
+          example: ExampleMatch | None = None, adapter_score: float | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
-    An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
-    ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.  A known image
-    (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
-    human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
+    The adult score is the sum of ``thresholds``' adult classes, or, with ``adapter`` (the adapter in force,
+    :mod:`nsfw_core.state.adapters`) and the image's ``embedding``, the adapter's probability; the safe score
+    is then one minus it, and ``thresholds``' values apply to these two scores (the five class scores stay
+    the model's).  An animation (``frames``, each with its embedding) is judged on its worst frame, the one
+    with the highest adult score (the earliest on a tie): the image gets that frame's scores and verdict.
+
+    Who decides, first to last: a known image (``match``: a reviewer's remembered decision or a hash-list
+    entry, :mod:`nsfw_core.state.known`) gets the human verdict, ``verdict_source`` "review" or "list"; an
+    image that matched an example set (``example``, :mod:`nsfw_core.state.examples`) gets the set's verdict,
+    ``verdict_source`` "examples"; otherwise the model's (or the adapter's) verdict stands.
+
+    ``adapter_score`` (and a frame's ``adapter_score``): the adapter's score already computed (re-judging
+    under other thresholds, :meth:`Classification.under`).
 
     Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
     only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
@@ -157,17 +192,45 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     decide what the model left "unknown".
     """
     deciding = None
+    if adapter is not None:
+        readable = [f.adapter_score is not None or f.embedding is not None for f in frames] if frames else \
+            [adapter_score is not None or embedding is not None]
+        if not all(readable):
+            adapter = None  # no embedding to read: the base model judges
     if frames:
-        worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
+        if adapter is not None:
+            frames = [f if f.adapter_score is not None else dataclasses.replace(
+                f, adapter_score=adapter.score(f.embedding, f.scores))  # type: ignore[arg-type]
+                for f in frames]
+        else:
+            frames = [f if f.adapter_score is None else dataclasses.replace(f, adapter_score=None) for f in frames]
+        worst = max(frames, key=lambda f: (f.adapter_score if f.adapter_score is not None
+                                           else thresholds.adult_score(f.scores), -f.index))
         scores, deciding = worst.scores, worst.index
-    model_verdict = thresholds.decide(scores)
+        adult_score = worst.adapter_score
+    elif adapter is not None:
+        adult_score = adapter_score if adapter_score is not None else adapter.score(embedding, scores)  # type: ignore[arg-type]
+    else:
+        adult_score = None
+    if adult_score is None:
+        adult_score, safe_score = thresholds.adult_score(scores), thresholds.safe_score(scores)
+        model_verdict = thresholds.decide(scores)
+    else:
+        safe_score = 1.0 - adult_score
+        model_verdict = thresholds.decide_scores(adult_score, safe_score)
     if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
         match = None
+    if match is not None:
+        verdict, source, example = match.verdict, match.kind, None
+    elif example is not None:
+        verdict, source = example.verdict, "examples"
+    else:
+        verdict, source = model_verdict, "model"
     return Classification(
         scores=scores,
-        verdict=model_verdict if match is None else match.verdict,
-        adult_score=thresholds.adult_score(scores),
-        safe_score=thresholds.safe_score(scores),
+        verdict=verdict,
+        adult_score=adult_score,
+        safe_score=safe_score,
         thresholds=thresholds,
         model=model,
         timings=timings,
@@ -175,8 +238,10 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         thresholds_version=thresholds_version,
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
-        verdict_source="model" if match is None else match.kind,
+        verdict_source=source,
         match=match,
+        adapter=adapter,
+        example=example,
     )
 
 
@@ -190,13 +255,15 @@ class Classifier:
     ``models`` gives each request its model's lane (the default unless a request names another);
     ``known`` recognises a remembered decision or a hash-list entry; ``thresholds`` is the history
     whose version in force judges; ``review`` queues what a person must see; ``observe`` counts each
-    classification (the metrics).  :meth:`url` and :meth:`data` are the API's path, on the event loop;
-    :meth:`sources` the CLI's and the pages' path, synchronous and batched by itself.
+    classification (the metrics); ``adapters`` gives the adapter in force per model and ``examples``
+    the example sets (None: neither is used).  :meth:`url` and :meth:`data` are the API's path, on the
+    event loop; :meth:`sources` the CLI's and the pages' path, synchronous and batched by itself.
     """
 
     def __init__(self, intake: Intake, models: ModelRegistry, known: KnownImages, thresholds: ThresholdHistory,
                  review: ReviewIntake, load: Callable[[str], bytes],
-                 observe: Callable[[Classification, bool], None] = lambda result, fetched: None) -> None:
+                 observe: Callable[[Classification, bool], None] = lambda result, fetched: None, *,
+                 adapters: Adapters | None = None, examples: ExampleSets | None = None) -> None:
         self.intake = intake
         self.models = models
         self.known = known
@@ -204,32 +271,50 @@ class Classifier:
         self.review = review
         self.load = load
         self.observe = observe
+        self.adapters = adapters
+        self.examples = examples
 
-    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None
-                  ) -> Classification:
+    async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
+                  adapter: bool = True) -> Classification:
         """Fetch ``url`` safely, then classify it; see :meth:`data`."""
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
                 prepared = await self.intake.url(url, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                result, embedding = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, True)
-        return await self.review.submit(result, url, None, prepared.x)
+        return await self.review.submit(result, url, None, prepared.x, embedding)
 
-    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None
-                   ) -> Classification:
+    async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
+                   adapter: bool = True) -> Classification:
         """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
         ``model``: the name of another model than the default (API v1's per-request model);
-        ``thresholds``: the request's own thresholds instead of the ones in force (version None).
+        ``thresholds``: the request's own thresholds instead of the ones in force (version None); with an
+        adapter in force they apply to its score (:meth:`thresholds_in_force` gives the ones they replace);
+        ``adapter``: False judges with the base model even when an adapter is in force.
         """
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:
                 prepared = await self.intake.data(data, lane.model, held, self._recognise)
-                result = await self._finish(lane, prepared, started, thresholds)
+                result, embedding = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, False)
-        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x)
+        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, embedding)
+
+    def adapter_for(self, model: Model, wanted: bool = True) -> AdapterVersion | None:
+        """The adapter in force for ``model`` (trained on its version), unless not ``wanted``."""
+        if not wanted or self.adapters is None:
+            return None
+        return self.adapters.current(model.name, model.version)
+
+    def thresholds_in_force(self, model: str | None = None, adapter: bool = True) -> Thresholds:
+        """The thresholds a request for ``model`` (default: the default model) is judged with: the adapter's in
+        force when there is one (and ``adapter``), else the thresholds history's version in force."""
+        base = self.thresholds.current().thresholds
+        loaded = self.models.loaded_model(model)
+        found = self.adapter_for(loaded, adapter) if loaded is not None else None
+        return found.thresholds(base) if found is not None else base
 
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
@@ -249,39 +334,82 @@ class Classifier:
         return self.known.lookup(sha, query)
 
     async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
-                      override: Thresholds | None) -> Classification:
+                      override: Thresholds | None, use_adapter: bool = True
+                      ) -> tuple[Classification, np.ndarray | None]:
+        """The forward pass and the verdict; with the image's embedding (an animation's deciding frame's)."""
         t0 = time.perf_counter()
         x = prepared.x
         frames = None
+        embedding = None
         if isinstance(x, FrameInputs):  # its frames were admitted in flight before decoding (Intake)
-            rows = await asyncio.gather(*(lane.batcher.predict(f) for f in x.inputs))
-            frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row))
+            rows = await asyncio.gather(*(lane.batcher.infer(f) for f in x.inputs))
+            frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row.probs), row.embedding)
                       for ref, row in zip(x.refs, rows, strict=True)]
             scores = frames[0].scores
+            if all(row.embedding is not None for row in rows):
+                embeddings = np.stack([row.embedding for row in rows])  # type: ignore[misc]
+            else:
+                embeddings = None
         else:
-            scores = scores_dict(await lane.batcher.predict(x))
+            row = await lane.batcher.infer(x)
+            scores, embedding = scores_dict(row.probs), row.embedding
+            embeddings = None if embedding is None else embedding[None]
         inference_s = time.perf_counter() - t0
+        result = self._judged(lane.model, scores, frames, embedding, embeddings, prepared.found, override,
+                              use_adapter, Timings.of(prepared.fetch_s, prepared.decode_s, inference_s,
+                                                      time.perf_counter() - started), prepared.sha256)
+        if frames is not None and embeddings is not None and result.deciding_frame is not None:
+            embedding = next(f.embedding for f in frames if f.index == result.deciding_frame)
+        return result, embedding
+
+    def _judged(self, model: Model, scores: dict[str, float], frames: list[FrameScore] | None,
+                embedding: np.ndarray | None, embeddings: np.ndarray | None, found: Match | None,
+                override: Thresholds | None, use_adapter: bool, timings: Timings, sha256: str) -> Classification:
+        """The verdict: the adapter in force (unless not ``use_adapter``) and its thresholds, or the thresholds
+        history's; an example set's match; the known image ``found``."""
         active = self.thresholds.current()
-        thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
-        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
-        return judge(scores, thresholds, ModelInfo(lane.model.name, lane.model.version), timings, prepared.sha256,
-                     version, frames=frames, match=prepared.found)
+        adapter = self.adapter_for(model, use_adapter)
+        if override is not None:
+            thresholds, version = override, None
+        elif adapter is not None:
+            thresholds, version = adapter.thresholds(active.thresholds), None
+        else:
+            thresholds, version = active.thresholds, active.version
+        example = None
+        if self.examples is not None and found is None:
+            example = self.examples.match(model.name, model.version, embeddings)
+        return judge(scores, thresholds, ModelInfo(model.name, model.version), timings, sha256, version,
+                     frames=frames, match=found, embedding=embedding, adapter=adapter, example=example)
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
-                progress: Callable[[int], None] | None = None, known: bool = True) -> list[Outcome]:
+                progress: Callable[[int], None] | None = None, known: bool = True,
+                adapter: bool = True) -> list[Outcome]:
         """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
 
-        ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
-        the API; False gives the model's verdict for every image.
+        ``known``: a known image (a reviewer's remembered decision, a hash list, an example set) gets the human
+        verdict, as in the API; False gives the model's verdict for every image.  ``adapter``: the adapter in
+        force judges, as in the API (False: the base model).
         """
         model = self.models.get(model_name)
         scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
-                               progress=progress, perceptual=known)
-        active = self.thresholds.current()
-        return [outcome(s, model, active.thresholds, active.version,
-                        self.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
-                for s in scored]
+                               progress=progress, perceptual=known, embeddings=True)
+        out = []
+        for s in scored:
+            if s.scores is None:
+                out.append(Outcome(s.source, error=s.error, seconds=s.seconds))
+                continue
+            found = self.known.lookup(s.sha256, s.phash) if known and s.sha256 else None
+            frames = None if s.frames is None else [
+                FrameScore(ref.index, ref.time_ms, sc, None if s.frame_embeddings is None else s.frame_embeddings[i])
+                for i, (ref, sc) in enumerate(s.frames)]
+            embeddings = s.frame_embeddings if s.frames is not None else (
+                None if s.embedding is None else s.embedding[None])
+            timings = Timings.of(s.load_s, s.decode_s, s.inference_s, s.seconds)
+            result = self._judged(model, s.scores if frames is None else frames[0].scores, frames, s.embedding,
+                                  embeddings if known else None, found, None, adapter, timings, s.sha256 or "")
+            out.append(Outcome(s.source, result, seconds=s.seconds))
+        return out
 
 
 class ReviewIntake:
@@ -291,18 +419,23 @@ class ReviewIntake:
     the answer carries ``review_error``).
     """
 
-    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor) -> None:
+    def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
+                 adapters: Adapters | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
+        self.adapters = adapters  # keeps each queued image's embedding, for training adapters on reviewed items
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs) -> Classification:
+                     prepared: np.ndarray | FrameInputs, embedding: np.ndarray | None = None) -> Classification:
         """Queue the image when its verdict says so (a known image's verdict never does).
+
+        ``embedding``: the image's (an animation's deciding frame's), kept with the item so that a decided item
+        can train an adapter (:mod:`nsfw_core.state.adapters`).
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
         decision.  A queue failure (database down) does not fail the prediction: the result carries
@@ -315,8 +448,14 @@ class ReviewIntake:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
-            return queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                 image_bytes=data, phash=hashes)
+            item_id = queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
+                                    image_bytes=data, phash=hashes)
+            if self.adapters is not None and embedding is not None:
+                try:
+                    self.adapters.save_item_embedding(item_id, result.model.name, result.model.version, embedding)
+                except Exception as exc:  # the item is queued; only its use for training an adapter is lost
+                    log.warning("review item %s: its embedding could not be kept (%r)", item_id, exc)
+            return item_id
 
         try:
             review_id = await asyncio.get_running_loop().run_in_executor(self.executor,
@@ -351,14 +490,3 @@ class Outcome:
         return {"source": self.source, "scores": dict(self.classification.scores),
                 "verdict": self.classification.verdict}
 
-
-def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None,
-            match: Match | None = None) -> Outcome:
-    """Judge one :class:`~nsfw_core.inference.pipeline.Scored` under ``thresholds`` (a known image: ``match``)."""
-    if scored.scores is None:
-        return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
-    timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
-    frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
-    classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version, frames=frames, match=match)
-    return Outcome(scored.source, classification, seconds=scored.seconds)

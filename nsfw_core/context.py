@@ -5,8 +5,10 @@ settings that part takes, and wires them together:
 
 * ``database``: the one connection pool (NSFW_DATABASE_URL, or SQLite under the data folder),
   shared by the thresholds history, the known images, the review queue and the webhooks' outbox;
-* ``thresholds`` (:class:`~nsfw_core.state.thresholds.ThresholdHistory`) and ``known``
-  (:class:`~nsfw_core.state.known.KnownImages`): copies in memory, refreshed in the background;
+* ``thresholds`` (:class:`~nsfw_core.state.thresholds.ThresholdHistory`), ``known``
+  (:class:`~nsfw_core.state.known.KnownImages`), ``adapters`` (:class:`~nsfw_core.state.adapters.Adapters`,
+  the adapter in force per model) and ``examples`` (:class:`~nsfw_core.state.examples.ExampleSets`): copies
+  in memory, refreshed in the background;
 * ``models`` (:class:`~nsfw_core.inference.registry.ModelRegistry`): every model of the process,
   loaded once whoever asks (pages, API v1, CLI), within NSFW_MODEL_MEMORY_MB;
 * ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
@@ -45,7 +47,9 @@ from nsfw_core.inference.registry import Batching, ModelRegistry
 from nsfw_core.intake import Intake
 from nsfw_core.metrics import Metrics, ServingState
 from nsfw_core.ratelimit import RateLimiter
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.db import open_pool
+from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.thresholds import ThresholdHistory
@@ -76,6 +80,8 @@ class Context:
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
         self.known = KnownImages(self.database, distance=settings.match_distance)
+        self.adapters = Adapters(self.database)
+        self.examples = ExampleSets(self.database)
         self.connections = ConnectionPool()
         self.decoder = Decoder(settings.decode_limits)
         self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight)
@@ -93,8 +99,9 @@ class Context:
                                     on_batch=self.metrics.observe_batch)
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor),
-                                     load=self.load_bytes, observe=self._observe)
+                                                  self.executor, adapters=self.adapters),
+                                     load=self.load_bytes, observe=self._observe, adapters=self.adapters,
+                                     examples=self.examples)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
         self._loader: asyncio.Task[None] | None = None
@@ -158,8 +165,9 @@ class Context:
     def warnings(self) -> list[str]:
         """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
         known = self.known.warning  # its database unreachable
+        policy = [w for w in (self.adapters.warning, self.examples.warning) if w]
         return (storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk)
-                + self.access.warnings() + ([known] if known else []))
+                + self.access.warnings() + ([known] if known else []) + policy)
 
     async def start(self) -> None:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
@@ -172,6 +180,8 @@ class Context:
         # database that is down leaves what is in memory, with a warning, until it is back).
         thresholds = loop.run_in_executor(None, self.thresholds.refresh)
         known = loop.run_in_executor(None, self.known.refresh)
+        adapters = loop.run_in_executor(None, self.adapters.refresh)
+        examples = loop.run_in_executor(None, self.examples.refresh)
         try:
             lane = await self.models.start()
         except Exception:
@@ -182,6 +192,8 @@ class Context:
         await asyncio.to_thread(self.decoder.sandbox.warm)
         await thresholds
         await known
+        await adapters
+        await examples
         log.info("model %s %s ready in %.1f s", lane.model.name, lane.model.version, lane.model.load_seconds)
 
     async def _start_webhooks(self) -> None:
@@ -233,6 +245,8 @@ class Context:
         if review is not None:
             review.close()
         self.known.close()
+        self.adapters.close()
+        self.examples.close()
         self.metrics.close()
         self.thresholds.close()
         self.database.close()

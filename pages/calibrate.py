@@ -39,7 +39,7 @@ from nsfw_core.calibration import labelsets
 from nsfw_core.calibration import maths as cal
 from nsfw_core.calibration.scorecache import model_key
 from nsfw_core.context import Context
-from nsfw_ui import auth, charts, state, widgets
+from nsfw_ui import adapter_panel, auth, charts, state, widgets
 
 SOURCES = {
     "demo": "Demo set (benign only)",
@@ -639,6 +639,8 @@ def page() -> None:
     controls = _sidebar(active.thresholds, ctx.settings.model)
 
     chosen = _choose_and_score(ctx, controls.model_name)
+    adapter_panel.render(ctx, who, controls.model_name, controls.adult_labels,  # issue 26: the Adapter part
+                         None if chosen is None else (chosen[0].kind, chosen[0].items, chosen[0].description))
     if chosen is None:
         return
     loaded, entry = chosen

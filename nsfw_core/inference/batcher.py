@@ -82,9 +82,6 @@ class MicroBatcher:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
         self.model = model
-        # a model that gives embeddings (nsfw_core.inference.model.Model) gives them from the same pass
-        self._both: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = getattr(
-            model, "predict_with_embeddings", None)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -206,6 +203,9 @@ class MicroBatcher:
     def _forward(self, xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Runs in the inference thread: stack and predict (with the embeddings when the model gives them)."""
         batch = np.stack(xs)
-        if self._both is not None:
-            return self._both(batch)
+        # a model that gives embeddings (nsfw_core.inference.model.Model) gives them from the same pass
+        both: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = getattr(
+            self.model, "predict_with_embeddings", None)
+        if both is not None:
+            return both(batch)
         return self.model.predict(batch), None

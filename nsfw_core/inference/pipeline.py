@@ -283,11 +283,14 @@ def score_sources(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     perceptual: bool = False,
+    embeddings: bool = False,
 ) -> list[Scored]:
     """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
     per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
     (:func:`nsfw_core.images.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
-    the calibration page does not)."""
+    the calibration page does not).  ``embeddings``: also keep each image's embedding from the same forward
+    pass (``Model.predict_with_embeddings``: adapters, example sets)."""
+    both = getattr(model, "predict_with_embeddings", None) if embeddings else None
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
@@ -312,7 +315,8 @@ def score_sources(
         if prepared:
             t_batch = time.perf_counter()
             rows = [p[1].inputs if isinstance(p[1], FrameInputs) else p[1][np.newaxis] for p in prepared]
-            probs, features = model.predict_with_embeddings(np.concatenate(rows))
+            stacked = np.concatenate(rows)
+            probs, features = both(stacked) if both is not None else (model.predict(stacked), None)
             now = time.perf_counter()
             start_row = 0
             for result, x, t0 in prepared:
@@ -321,12 +325,14 @@ def score_sources(
                                      for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
                     worst = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)
                     result.scores = worst[1]
-                    result.frame_embeddings = features[start_row:start_row + len(x)]
-                    result.embedding = result.frame_embeddings[result.frames.index(worst)]
+                    if features is not None:
+                        result.frame_embeddings = features[start_row:start_row + len(x)]
+                        result.embedding = result.frame_embeddings[result.frames.index(worst)]
                     start_row += len(x)
                 else:
                     result.scores = scores_dict(probs[start_row])
-                    result.embedding = features[start_row]
+                    if features is not None:
+                        result.embedding = features[start_row]
                     start_row += 1
                 result.inference_s = now - t_batch
                 result.seconds = now - t0

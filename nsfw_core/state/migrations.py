@@ -21,6 +21,11 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+# Adapters and example sets (issue 26; nsfw_core.state.adapters, nsfw_core.state.examples)
+ADAPTER_VERSIONS_TABLE = "adapter_versions"  # every adapter trained, with its head and report; never changed
+ADAPTER_PUBLICATIONS_TABLE = "adapter_publications"  # which adapter is in force per model: an append-only log
+EXAMPLE_SETS_TABLE = "example_sets"  # example sets added and removed: an append-only log
+REVIEW_EMBEDDINGS_TABLE = "review_embeddings"  # a queued item's embedding, from the request that queued it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +119,64 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_error TEXT
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
+    )),
+    # ---- issue 26: adapters and example sets (nsfw_core.state.adapters, nsfw_core.state.examples) ----
+    # adapter_versions: one row per training (name, version), never updated: the head (coefficients as JSON,
+    # never a pickle), the thresholds chosen on held-out scores, the report, the data's hash, who and when.
+    # adapter_publications: append-only; the newest row of a model says which adapter is in force for it
+    # (name NULL: the base model).  example_sets: append-only like known_images (op add / remove).
+    # review_embeddings: the embedding of a queued item's image (float16, base64), from its request.
+    Migration(10, "adapters, example sets and the embeddings of queued items", (
+        f"""CREATE TABLE {ADAPTER_VERSIONS_TABLE} (
+            id {{pk}},
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            head TEXT NOT NULL,
+            t_adult {{float}} NOT NULL,
+            t_safe {{float}} NOT NULL,
+            report TEXT NOT NULL,
+            dataset_sha256 TEXT NOT NULL,
+            examples INTEGER NOT NULL,
+            publishable INTEGER NOT NULL,
+            trained_by TEXT NOT NULL,
+            trained_at {{float}} NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            UNIQUE (name, version)
+        )""",
+        f"""CREATE TABLE {ADAPTER_PUBLICATIONS_TABLE} (
+            id {{pk}},
+            model TEXT NOT NULL,
+            name TEXT,
+            version INTEGER,
+            action TEXT NOT NULL CHECK (action IN ('publish', 'rollback', 'withdraw')),
+            published_by TEXT NOT NULL,
+            published_at {{float}} NOT NULL,
+            note TEXT NOT NULL DEFAULT ''
+        )""",
+        f"CREATE INDEX {ADAPTER_PUBLICATIONS_TABLE}_model ON {ADAPTER_PUBLICATIONS_TABLE} (model, id)",
+        f"""CREATE TABLE {EXAMPLE_SETS_TABLE} (
+            id {{pk}},
+            op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+            name TEXT NOT NULL,
+            verdict TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            model_version TEXT NOT NULL DEFAULT '',
+            threshold {{float}},
+            vectors TEXT NOT NULL DEFAULT '',
+            report TEXT NOT NULL DEFAULT '{{{{}}}}',
+            removes BIGINT,
+            added_by TEXT NOT NULL,
+            added_at {{float}} NOT NULL
+        )""",
+        f"""CREATE TABLE {REVIEW_EMBEDDINGS_TABLE} (
+            item_id BIGINT PRIMARY KEY,
+            model TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            embedding TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
