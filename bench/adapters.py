@@ -13,9 +13,10 @@ Run with the project's venv (training needs requirements-adapters.txt)::
   rounds interleaved; CPU seconds per image (``time.thread_time`` around set_tensor + invoke + get_tensor of
   every output), medians of the rounds.
 * ``api``: the service in-process (Starlette's TestClient on the real app, the model's lanes as served):
-  ``POST /v1/classify`` with a base64 JPEG, alternating ``"adapter": false`` and the adapter in force (one
-  trained on generated images and published), and, before it is published, the base model; the process's CPU
-  seconds per request (``time.process_time``, every thread), medians of rounds of 20 requests.
+  ``POST /v1/classify`` with a base64 JPEG.  Each round withdraws the adapter (one trained on generated
+  images) and measures the base model, then publishes it and measures, in a random order, the adapter in
+  force and ``"adapter": false``; the process's CPU seconds per request (``time.process_time``, every
+  thread), medians of the rounds (``--per-round`` requests each).
 * ``policy``: a policy the five classes cannot express, on real images: Debian's openclipart-png (8,100 clip
   art PNGs in category folders) and the gnome/plasma wallpapers (photographs), plus the repository's own
   images.  Block: clip art of *people* (the ``people`` folder); allow: everything else.  The images are split
@@ -80,11 +81,17 @@ def cpu(args: argparse.Namespace) -> None:
         interp.allocate_tensors()
         return interp, interp.get_input_details()[0]["index"], [o["index"] for o in interp.get_output_details()]
 
-    sides = {"one output (before)": interpreter(old), "two outputs (probabilities + embedding)": interpreter(new)}
+    newer = interpreter(new)
+    probs_only = (newer[0], newer[1], [o for o in newer[2]
+                                       if tuple(newer[0].get_tensor(o).shape) == (1, 5)] or newer[2][:1])
+    sides = {"one output (before)": interpreter(old), "two outputs (probabilities + embedding)": newer,
+             "two outputs, probabilities read only": probs_only}
     per_image: dict[str, list[float]] = {k: [] for k in sides}
     agree = []
-    for _ in range(args.rounds):
-        for label, (interp, i, outs) in sides.items():
+    order = np.random.default_rng(26)
+    for _ in range(args.rounds):  # the arms in a new random order each round (no arm always runs first)
+        for label in order.permutation(list(sides)).tolist():
+            interp, i, outs = sides[label]
             t0 = time.thread_time()
             for x in inputs:
                 interp.set_tensor(i, x)
@@ -94,15 +101,17 @@ def cpu(args: argparse.Namespace) -> None:
             del got
     for x in inputs:
         rows = []
-        for interp, i, outs in sides.values():
+        for interp, i, outs in list(sides.values())[:2]:
             interp.set_tensor(i, x)
             interp.invoke()
             rows.append(next(interp.get_tensor(o) for o in outs if interp.get_tensor(o).shape == (1, 5)))
         agree.append(float(np.abs(rows[0] - rows[1]).max()))
     medians = {k: statistics.median(v) * 1000 for k, v in per_image.items()}
-    before, after = medians.values()
+    before, after, _ = medians.values()
+    spread = {k: [round(min(v) * 1000, 3), round(max(v) * 1000, 3)] for k, v in per_image.items()}
     _save("cpu", {"model": name, "images": len(inputs), "rounds": args.rounds, "threads": 1,
-                  "cpu_ms_per_image_median": medians, "ratio_after_over_before": after / before,
+                  "cpu_ms_per_image_median": medians, "cpu_ms_per_image_min_max": spread,
+                  "ratio_after_over_before": after / before,
                   "max_probability_difference": max(agree), "unit": "CPU ms per image (thread time)"})
 
 
@@ -131,38 +140,78 @@ def api(args: argparse.Namespace) -> None:
                              base=ctx.thresholds.current().thresholds)
     ctx.close()
 
-    def rounds(client, bodies: dict[str, dict], n_rounds: int, per_round: int) -> dict[str, list[float]]:
-        cpu: dict[str, list[float]] = {k: [] for k in bodies}
-        for _ in range(n_rounds):
-            for label, body in bodies.items():
-                t0 = time.process_time()
-                for _ in range(per_round):
-                    reply = client.post("/v1/classify", json=body)
-                    assert reply.status_code == 200, reply.text
-                cpu[label].append((time.process_time() - t0) / per_round)
-        return cpu
+    def measure(client, body: dict, per_round: int) -> float:
+        t0 = time.process_time()
+        for _ in range(per_round):
+            reply = client.post("/v1/classify", json=body)
+            assert reply.status_code == 200, reply.text
+        return (time.process_time() - t0) / per_round
 
+    plain = {"image": {"base64": payload}}
+    base_body = {"image": {"base64": payload}, "adapter": False}
+    arms = ("no adapter published", "adapter in force", "adapter published, \"adapter\": false")
+    cpu: dict[str, list[float]] = {k: [] for k in arms}
     with running(settings) as client:
         for _ in range(20):  # warm
-            client.post("/v1/classify", json={"image": {"base64": payload}})
-        before = rounds(client, {"no adapter published": {"image": {"base64": payload}}}, args.rounds, 20)
+            client.post("/v1/classify", json=plain)
         store = Adapters(open_pool(None, tmp / "data"))
         saved = store.save(name="bench", model=model.name, model_version=model.version, head=trained.head,
                            t_adult=trained.t_adult, t_safe=trained.t_safe, report=trained.report,
                            dataset_sha256=trained.dataset_sha256, examples=len(examples),
                            publishable=trained.publishable, by="bench")
-        store.publish(saved.name, by="bench")
-        time.sleep(1.5)
-        check = client.post("/v1/classify", json={"image": {"base64": payload}}).json()
-        assert check.get("adapter") == {"name": "bench", "version": 1}, check
-        after = rounds(client, {"adapter in force": {"image": {"base64": payload}},
-                                "adapter published, \"adapter\": false": {"image": {"base64": payload},
-                                                                         "adapter": False}}, args.rounds, 20)
-    medians = {k: statistics.median(v) * 1000 for k, v in {**before, **after}.items()}
-    _save("api", {"request": "POST /v1/classify, base64 JPEG 512x512 (smile.jpg), one client, in-process",
-                  "rounds": args.rounds, "requests_per_round": 20, "cpu_ms_per_request_median": medians,
+        for _ in range(args.rounds):  # each round: withdrawn, then published; the arms side by side
+            store.withdraw(model.name, by="bench")
+            time.sleep(1.5)
+            assert "adapter" not in client.post("/v1/classify", json=plain).json()
+            cpu[arms[0]].append(measure(client, plain, args.per_round))
+            store.publish(saved.name, by="bench")
+            time.sleep(1.5)
+            assert client.post("/v1/classify", json=plain).json().get("adapter") == {"name": "bench", "version": 1}
+            for label, body in sorted(((arms[1], plain), (arms[2], base_body)), key=lambda _: np.random.random()):
+                cpu[label].append(measure(client, body, args.per_round))
+    medians = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
+    micro = _judge_micro(trained.head, model.embedding_size)
+    _save("api", {"judge_us": micro, "request": "POST /v1/classify, base64 JPEG (tests/fixtures/reference/smile.jpg), one client, "
+                             "in-process",
+                  "rounds": args.rounds, "requests_per_round": args.per_round, "cpu_ms_per_request_median": medians,
                   "ratio_adapter_over_base": medians["adapter in force"] /
-                  medians["adapter published, \"adapter\": false"]})
+                  medians["adapter published, \"adapter\": false"],
+                  "per_round_ratio_in_force_over_false": _spread(
+                      [a / b for a, b in zip(cpu[arms[1]], cpu[arms[2]], strict=True)]),
+                  "per_round_ratio_in_force_over_none": _spread(
+                      [a / b for a, b in zip(cpu[arms[1]], cpu[arms[0]], strict=True)])})
+
+
+def _spread(ratios: list[float]) -> dict[str, float]:
+    """Median, quartiles and a 95 % bootstrap interval of the median of per-round ratios."""
+    rng = np.random.default_rng(0)
+    boots = [float(np.median(rng.choice(ratios, len(ratios)))) for _ in range(2000)]
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"median": round(float(np.median(ratios)), 4), "quartiles": [round(float(q1), 4), round(float(q3), 4)],
+            "median_interval_95": [round(float(np.percentile(boots, 2.5)), 4),
+                                   round(float(np.percentile(boots, 97.5)), 4)]}
+
+
+def _judge_micro(head, dim: int) -> dict[str, float]:
+    """Microseconds per call of judge() without and with an adapter (its head's dot product and sigmoid)."""
+    from nsfw_core.base.verdict import Thresholds
+    from nsfw_core.classify import ModelInfo, Timings, judge
+    from nsfw_core.state.adapters import AdapterVersion
+
+    scores = {"drawings": 0.5, "hentai": 0.0, "neutral": 0.48, "porn": 0.01, "sexy": 0.01}
+    embedding = np.random.default_rng(0).random(dim).astype(np.float32)
+    adapter = AdapterVersion("bench", 1, "m", "v", head, 0.7, 0.9, {}, "", 0, True, "bench", 0.0)
+    info, timings, t = ModelInfo("m", "v"), Timings.of(0, 0, 0, 0), Thresholds()
+    out = {}
+    for label, kwargs in (("base", {}), ("adapter", {"embedding": embedding, "adapter": adapter})):
+        runs = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                judge(scores, t, info, timings, "0" * 64, **kwargs)
+            runs.append((time.perf_counter() - t0) / 2000 * 1e6)
+        out[label] = round(statistics.median(runs), 2)
+    return out
 
 
 # ---------------------------------------------------------------- policy: real images
@@ -313,7 +362,8 @@ def main() -> None:
     c.add_argument("--model", default="MobileNetV2Mid")
     c.add_argument("--rounds", type=int, default=15)
     a = sub.add_parser("api")
-    a.add_argument("--rounds", type=int, default=9)
+    a.add_argument("--rounds", type=int, default=15)
+    a.add_argument("--per-round", type=int, default=20)
     p = sub.add_parser("policy")
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "bench-adapters"))
     args = ap.parse_args()

@@ -312,8 +312,10 @@ class Classifier:
         """The thresholds a request for ``model`` (default: the default model) is judged with: the adapter's in
         force when there is one (and ``adapter``), else the thresholds history's version in force."""
         base = self.thresholds.current().thresholds
-        loaded = self.models.loaded_model(model)
-        found = self.adapter_for(loaded, adapter) if loaded is not None else None
+        if not adapter or self.adapters is None:
+            return base
+        loaded = self.models.loaded_model(model)  # not loaded yet: the adapter in force for its name
+        found = self.adapters.current(model or self.models.default, loaded.version if loaded is not None else None)
         return found.thresholds(base) if found is not None else base
 
     @contextlib.asynccontextmanager

@@ -194,6 +194,8 @@ class Context:
         await known
         await adapters
         await examples
+        self.adapters.keep_fresh()  # in force within a second of a publication, even after a quiet spell
+        self.examples.keep_fresh()
         log.info("model %s %s ready in %.1f s", lane.model.name, lane.model.version, lane.model.load_seconds)
 
     async def _start_webhooks(self) -> None:

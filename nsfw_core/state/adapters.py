@@ -17,8 +17,10 @@ an earlier published adapter (by default the one published before the one in for
 Replicas agree: :meth:`Adapters.current` answers from memory and, when its copy is older than
 ``refresh_interval`` (0.5 s), starts one background refresh that reads the log forward from the last id
 it has; a new adapter in force is read (its head parsed and checked) in that refresh, never on a
-request.  So an adapter published through one process is used by every other within about a second
-(the issue's bound is 2 s).  A database that cannot be reached keeps what is in force, with a warning.
+request.  The server also refreshes every 0.5 s without waiting for a request (:meth:`Adapters.keep_fresh`),
+so the first request after a quiet spell is not judged under an old copy.  So an adapter published
+through one process is used by every other within about a second (the issue's bound is 2 s).  A
+database that cannot be reached keeps what is in force, with a warning.
 An adapter is applied only to the model version it was trained on (a changed model file makes it
 stale: the base model judges, with a warning).
 
@@ -450,6 +452,14 @@ class Adapters:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (item_id) DO NOTHING",
             (int(item_id), model, model_version, text, self.clock())), write=True)
 
+    def item_embedding(self, item_id: int) -> tuple[str, str, np.ndarray] | None:
+        """Review item ``item_id``'s kept embedding with the model and model version that made it (None: none
+        kept); e.g. a remembered decision's (``Match.review_id``), to compare with a request's embedding."""
+        row = self._run(lambda tx: tx.one(f"SELECT model, model_version, embedding FROM {REVIEW_EMBEDDINGS_TABLE} "
+                                          "WHERE item_id = ?", (int(item_id),)), write=False)
+        vector = None if row is None else decode_embedding(row[2])
+        return None if row is None or vector is None else (row[0], row[1], vector)
+
     def item_embeddings(self, model: str, model_version: str) -> dict[int, tuple[np.ndarray, bytes | None]]:
         """The embeddings of the review items still in the queue, queued by ``model`` at ``model_version``, each
         with the item's PDQ hash (the whole image's, None when it has none): ``{item id: (embedding, hash)}``."""
@@ -471,6 +481,11 @@ class Adapters:
                 ph = None
             out[int(item_id)] = (vector, ph)
         return out
+
+    def keep_fresh(self) -> None:
+        """Refresh every 0.5 s in the background, requests or not (the server): a publication made elsewhere is
+        in force here within about a second even for the first request after a quiet spell."""
+        self._refresher.keep_fresh()
 
     def close(self) -> None:
         self._refresher.closed = True

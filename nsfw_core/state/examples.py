@@ -210,5 +210,10 @@ class ExampleSets:
         self.refresh()
         return removed
 
+    def keep_fresh(self) -> None:
+        """Refresh every 0.5 s in the background, requests or not (the server): a publication made elsewhere is
+        in force here within about a second even for the first request after a quiet spell."""
+        self._refresher.keep_fresh()
+
     def close(self) -> None:
         self._refresher.closed = True
