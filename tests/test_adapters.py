@@ -302,8 +302,11 @@ def test_versions_publish_and_roll_back_on_every_replica(policy, database):
     seen_by_b(("other", 1))
     with pytest.raises(Exception, match="was never published"):
         a.rollback(policy["model"], by="admin", to=("stripes", 9))
-    b.rollback(policy["model"], by="admin", base=True)
-    assert a.current(policy["model"]) is None or time.sleep(1) or a.current(policy["model"]) is None
+    b.rollback(policy["model"], by="admin", base=True)  # through the other replica: a follows
+    deadline = time.monotonic() + 2.0
+    while a.current(policy["model"]) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     log = a.publications(policy["model"])
     assert [p.action for p in log][:2] == ["rollback", "rollback"] and log[-1].action == "publish"
     # an adapter trained on another version of the model is never applied to this one
@@ -431,6 +434,10 @@ def test_the_api_judges_with_the_published_adapter_and_predict_stays_the_same(po
         assert "adapter" not in no and no["adult_score"] == base["adult_score"]
         conflict = client.post("/v1/classify?adapter=true", json={"image": {"base64": b64(image)}, "adapter": False})
         assert conflict.status_code == 400 and conflict.json()["field"] == "adapter"
+        for bad in ("/predict?adapter=maybe", "/predict?adapter="):
+            assert client.post(bad, content=image, headers=PNG).json()["code"] == "bad_request"
+        not_bool = client.post("/v1/classify", json={"image": {"base64": b64(image)}, "adapter": "no"})
+        assert not_bool.status_code == 400 and not_bool.json()["field"] == "$.adapter"
         # /predict's plain answer is byte for byte what it was
         assert client.post("/predict", content=image, headers=PNG).content == plain_before
         # the request's own thresholds apply to the adapter's score
