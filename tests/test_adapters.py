@@ -571,3 +571,35 @@ def test_the_cli_trains_publishes_lists_and_rolls_back(policy, tmp_path, monkeyp
     assert [s["name"] for s in json.loads(out)["example_sets"]] == ["stripes"]
     assert run_cli("examples", "remove", "stripes")[0] == 0
     assert json.loads(run_cli("examples", "list")[1])["example_sets"] == []
+
+
+def test_applying_an_adapter_needs_no_scikit_learn(tmp_path):
+    """The server's side (the store, judge(), the whole app) imports and applies an adapter with scikit-learn
+    blocked: only training needs it."""
+    import subprocess
+
+    code = """
+import sys
+sys.modules["sklearn"] = None  # any import of it now fails
+import numpy as np
+import nsfw_core.http.app, nsfw_core.context, nsfw_ui.adapter_panel  # the server, the pages
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.classify import ModelInfo, Timings, judge
+from nsfw_core.inference.embeddings import AdapterHead
+from nsfw_core.state.adapters import Adapters
+from nsfw_core.state.db import open_pool
+store = Adapters(open_pool(None, sys.argv[1]))
+head = AdapterHead(4, np.array([3.0, 0, 0, 0, 0, 0, 0, 0, 0]), -1.0)
+store.save(name="x", model="m", model_version="v", head=head, t_adult=0.7, t_safe=0.9, report={"gate": {}},
+           dataset_sha256="0" * 64, examples=40, publishable=True, by="t")
+store.publish("x", by="t")
+adapter = store.current("m", "v")
+result = judge({"drawings": 1.0, "hentai": 0.0, "neutral": 0.0, "porn": 0.0, "sexy": 0.0},
+               adapter.thresholds(Thresholds()), ModelInfo("m", "v"), Timings.of(0, 0, 0, 0), "0" * 64,
+               embedding=np.array([1.0, 0, 0, 0]), adapter=adapter)
+print(result.verdict, round(result.adult_score, 4), "sklearn" in sys.modules and sys.modules["sklearn"] is not None)
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["adult", "0.8808", "False"]
