@@ -25,7 +25,7 @@ import nsfw_core.base.arenas  # noqa: F401 - first: caps malloc arenas before an
 from nsfw_core.base import logs
 from nsfw_core.base.settings import Settings, SettingsError, load_settings
 from nsfw_core.http import app as api
-from nsfw_ui import framing, oidc, uploads
+from nsfw_ui import framing, oidc, signout, uploads
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
@@ -69,6 +69,7 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
 _max_upload_store = (_settings or load_settings({})).max_upload_store_bytes
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
              middleware=[Middleware(framing.NoFraming),  # no other site frames the pages (clickjacking)
+                         Middleware(signout.EndSessionOnLogout),  # /auth/logout ends the session on the server
                          Middleware(uploads.UploadGuard, max_store_bytes=_max_upload_store)])
 
 

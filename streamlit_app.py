@@ -20,6 +20,8 @@ if auth.can(who, Permission.CALIBRATE):
     pages.append(st.Page("pages/calibrate.py", title="Calibrate thresholds", icon="🎚️"))
 if auth.can(who, Permission.REVIEW):
     pages.append(st.Page("pages/review.py", title="Review queue", icon="🧑‍⚖️"))
+if auth.can(who, Permission.EVALUATE):
+    pages.append(st.Page("pages/evaluate.py", title="Evaluate production", icon="📈"))
 if auth.can(who, Permission.LISTS):
     pages.append(st.Page("pages/lists.py", title="Hash lists", icon="📋"))
 if who.via != "local":

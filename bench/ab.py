@@ -15,10 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import images as imagegen
+import report
 import run_all
 from common import BENCH, log, machine_info, median
 
@@ -29,11 +31,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--image", default=run_all.KEY_IMAGE, choices=list(imagegen.SPECS))
+    ap.add_argument("--image", default=report.KEY_IMAGE, choices=list(imagegen.SPECS))
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ab.json", help="where the summary goes")
     a = ap.parse_args()
     b_env = dict(s.split("=", 1) for s in a.settings)
-    rows: dict[str, list[dict]] = {"A": [], "B": []}
+    rows: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     with run_all.image_server() as (facts, img_port, others):
         for i in range(a.rounds):
             for side, env in (("A", {}), ("B", b_env)):

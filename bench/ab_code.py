@@ -28,10 +28,12 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import images as imagegen
+import report
 import run_all
 import worktree as wt
 from common import BENCH, ROOT, log, machine_info, median
@@ -54,8 +56,8 @@ def main() -> None:
     ap.add_argument("--warm", type=float, default=3.0, help="warm-up seconds per round, not measured (default 3)")
     ap.add_argument("--drain", type=float, default=30.0,
                     help="seconds the requests in flight at the end may take to finish (default 30)")
-    ap.add_argument("--image", default=run_all.KEY_IMAGE, choices=list(imagegen.SPECS),
-                    help=f"image served to both sides (default {run_all.KEY_IMAGE})")
+    ap.add_argument("--image", default=report.KEY_IMAGE, choices=list(imagegen.SPECS),
+                    help=f"image served to both sides (default {report.KEY_IMAGE})")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra server setting for both sides (repeatable)")
     ap.add_argument("--out", type=Path, default=BENCH / "results" / "ab_code.json",
@@ -67,7 +69,7 @@ def main() -> None:
     started = dt.datetime.now(dt.timezone.utc)
     machine = machine_info()
     new_rev = wt.describe_checkout(ROOT)
-    rows: dict[str, list[dict]] = {s: [] for s in SIDES}
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
     with wt.sigterm_as_interrupt(), wt.worktree(a.baseline) as (base_tree, base_sha), \
             tempfile.TemporaryDirectory(prefix="nsfw-ab-code-") as tmp:
         trees = {"baseline": base_tree, "new": ROOT}

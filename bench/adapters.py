@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,7 +55,7 @@ CLIPART = "/usr/share/openclipart/png"
 WALLPAPERS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
 
 
-def _save(what: str, doc: dict) -> None:
+def _save(what: str, doc: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"adapters-{what}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(json.dumps(doc, indent=1, default=str))
@@ -76,7 +77,7 @@ def cpu(args: argparse.Namespace) -> None:
         sorted((ROOT / "data" / "demo").rglob("*.jpg"))
     inputs = [preprocess(decode(p.read_bytes()), 224)[None].astype(np.float32) for p in images]
 
-    def interpreter(content: bytes) -> tuple:
+    def interpreter(content: bytes) -> tuple[Any, ...]:
         interp = Interpreter(model_content=content, num_threads=1)
         interp.allocate_tensors()
         return interp, interp.get_input_details()[0]["index"], [o["index"] for o in interp.get_output_details()]
@@ -140,15 +141,15 @@ def api(args: argparse.Namespace) -> None:
                              base=ctx.thresholds.current().thresholds)
     ctx.close()
 
-    def measure(client, body: dict, per_round: int) -> float:
+    def measure(client: Any, body: dict[str, Any], per_round: int) -> float:
         t0 = time.process_time()
         for _ in range(per_round):
             reply = client.post("/v1/classify", json=body)
             assert reply.status_code == 200, reply.text
         return (time.process_time() - t0) / per_round
 
-    plain = {"image": {"base64": payload}}
-    base_body = {"image": {"base64": payload}, "adapter": False}
+    plain: dict[str, Any] = {"image": {"base64": payload}}
+    base_body: dict[str, Any] = {"image": {"base64": payload}, "adapter": False}
     arms = ("no adapter published", "adapter in force", "adapter published, \"adapter\": false")
     cpu: dict[str, list[float]] = {k: [] for k in arms}
     with running(settings) as client:
@@ -182,7 +183,7 @@ def api(args: argparse.Namespace) -> None:
                       [a / b for a, b in zip(cpu[arms[1]], cpu[arms[0]], strict=True)])})
 
 
-def _spread(ratios: list[float]) -> dict[str, float]:
+def _spread(ratios: list[float]) -> dict[str, Any]:
     """Median, quartiles and a 95 % bootstrap interval of the median of per-round ratios."""
     rng = np.random.default_rng(0)
     boots = [float(np.median(rng.choice(ratios, len(ratios)))) for _ in range(2000)]
@@ -192,7 +193,7 @@ def _spread(ratios: list[float]) -> dict[str, float]:
                                    round(float(np.percentile(boots, 97.5)), 4)]}
 
 
-def _judge_micro(head, dim: int) -> dict[str, float]:
+def _judge_micro(head: Any, dim: int) -> dict[str, float]:
     """Microseconds per call of judge() without and with an adapter (its head's dot product and sigmoid)."""
     from nsfw_core.base.verdict import Thresholds
     from nsfw_core.classify import ModelInfo, Timings, judge
@@ -203,7 +204,9 @@ def _judge_micro(head, dim: int) -> dict[str, float]:
     adapter = AdapterVersion("bench", 1, "m", "v", head, 0.7, 0.9, {}, "", 0, True, "bench", 0.0)
     info, timings, t = ModelInfo("m", "v"), Timings.of(0, 0, 0, 0), Thresholds()
     out = {}
-    for label, kwargs in (("base", {}), ("adapter", {"embedding": embedding, "adapter": adapter})):
+    arms: tuple[tuple[str, dict[str, Any]], ...] = (("base", {}), ("adapter", {"embedding": embedding,
+                                                                               "adapter": adapter}))
+    for label, kwargs in arms:
         runs = []
         for _ in range(7):
             t0 = time.perf_counter()
@@ -283,7 +286,7 @@ def policy(args: argparse.Namespace) -> None:
     }
     report = trained.report
     held = report["held_out"]
-    doc: dict = {
+    doc: dict[str, Any] = {
         "images": len(pairs), "embedded": len(examples), "failed": len(failed),
         "failed_codes": sorted({f["code"] for f in failed}), "embedding_s": round(embed_s, 1),
         "policy": "block clip art of people (openclipart-png's people folder); allow all other clip art, the "
@@ -328,7 +331,7 @@ def policy(args: argparse.Namespace) -> None:
     _save("policy", doc)
 
 
-def _mirrored(ctx, model, examples, n: int) -> list:
+def _mirrored(ctx: Any, model: Any, examples: Any, n: int) -> list[Any]:
     from PIL import Image, ImageOps
 
     from nsfw_core.base.labels import LabelledItem

@@ -35,7 +35,8 @@ def log(msg: str) -> None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def median(xs: Iterable[float]) -> float | None:
@@ -207,10 +208,10 @@ class CpuMeter:
         self.srv0 = self.server.cpu() if self.server else 0.0
         self.oth0 = {k: cpu_seconds(p) for k, p in self.others.items()}
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.t0
         busy1, _ = system_cpu()
-        out = {
+        out: dict[str, Any] = {
             "wall_s": round(wall, 3),
             "server_cores": round(((self.server.cpu() if self.server else 0.0) - self.srv0) / wall, 3),
             "client_cores": round((time.process_time() - self.self0) / wall, 3),
@@ -356,4 +357,5 @@ def run_json(argv: list[str], env: dict[str, str] | None = None, timeout: float 
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"{argv[1] if len(argv) > 1 else argv[0]} failed ({r.returncode}):\n"
                            f"{r.stdout[-1500:]}\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result

@@ -14,6 +14,7 @@ time, so the gain on a real network is larger (a TCP and a TLS handshake,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import ssl
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,6 +65,7 @@ def main() -> None:
                     help="the server sets TCP_NODELAY, as nginx does on keep-alive connections; Python's "
                          "http.server does not, and its TLS answers then wait for delayed ACKs on reused connections")
     a = ap.parse_args()
+    patches = contextlib.ExitStack()  # in force for the whole run (a script's)
     if a.server_nodelay:
         plain_setup = RouteHandler.setup
 
@@ -69,20 +73,20 @@ def main() -> None:
             handler.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             plain_setup(handler)
 
-        RouteHandler.setup = setup  # type: ignore[method-assign]
+        patches.enter_context(mock.patch.object(RouteHandler, "setup", setup))
     resolver = lambda host, port: ["127.0.0.1"]  # noqa: E731
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = self_signed(Path(tmp))
         server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server_ctx.load_cert_chain(cert, key)
         trusting = ssl.create_default_context(cafile=str(cert))
-        fetcher._tls_context = lambda: trusting  # this run only
+        patches.enter_context(mock.patch.object(fetcher, "_tls_context", lambda: trusting))  # this run only
         for scheme, tls in (("http", None), ("https", server_ctx)):
             with serve(tls=tls, keep_alive=True) as server:
                 server.route("/img.jpg", image(BODY, "image/jpeg"))
                 url = f"{scheme}://images.test:{server.port}/img.jpg"
-                rows = {}
+                rows: dict[str, list[dict[str, float]]] = {}
                 for keepalive in (True, False, True, False):
                     s = load_settings(environ={}, allow_private_hosts=("images.test",), fetch_keepalive=keepalive).fetch_policy
                     rows.setdefault("on" if keepalive else "off", []).append(measure(url, s, resolver, a.fetches))

@@ -61,6 +61,7 @@ import traceback
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -82,7 +83,7 @@ INTERESTING = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00", b"\xff\xff", b"\
                b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x01", b"\x01\x00")
 DRAFT_SIZES = (None, None, 224)
 
-Mutation = tuple  # one of ("flip", pos, xor) | ("truncate", pos) | ("insert", pos, bytes) | ...
+Mutation = tuple[Any, ...]  # one of ("flip", pos, xor) | ("truncate", pos) | ("insert", pos, bytes) | ...
 
 
 # --- corpus ------------------------------------------------------------------------------------
@@ -163,11 +164,13 @@ def apply_mutation(data: bytes, mutation: Mutation, corpus: dict[str, bytes]) ->
             return data
         return data[:pos] + bytes([data[pos] ^ mutation[2]]) + data[pos + 1 :]
     if kind == "overwrite":
-        return data[:pos] + mutation[2] + data[pos + len(mutation[2]) :]
+        patch: bytes = mutation[2]
+        return data[:pos] + patch + data[pos + len(patch) :]
     if kind == "truncate":
         return data[:pos]
     if kind == "insert":
-        return data[:pos] + mutation[2] + data[pos:]
+        inserted: bytes = mutation[2]
+        return data[:pos] + inserted + data[pos:]
     if kind == "delete":
         return data[:pos] + data[pos + mutation[2] :]
     if kind == "splice":
@@ -279,7 +282,7 @@ def _dims(rng: random.Random, max_side: int = 65535) -> tuple[int, int]:
     return (w, h) if rng.random() < 0.5 else (h, w)
 
 
-def _pick(rng: random.Random, common: tuple, rare: tuple, p_rare: float = 0.15) -> object:
+def _pick(rng: random.Random, common: tuple[int, ...], rare: tuple[int, ...], p_rare: float = 0.15) -> int:
     return rng.choice(rare) if rare and rng.random() < p_rare else rng.choice(common)
 
 
@@ -287,7 +290,7 @@ def _pick(rng: random.Random, common: tuple, rare: tuple, p_rare: float = 0.15) 
 _TIFF_LAYOUTS = sorted(TiffImagePlugin.OPEN_INFO)
 
 
-def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
+def gen_tiff(rng: random.Random) -> tuple[dict[str, Any], bytes]:
     w, h = _dims(rng, 1 << 20)
     known = rng.choice(_TIFF_LAYOUTS) if rng.random() < 0.7 else None
     if known is not None:  # a layout Pillow decodes: the rest of the structure is what is hostile
@@ -307,7 +310,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
         th = _pick(rng, (16, 64, 256, 512, 1024, 4096, 16384, 46000), (rng.randint(1, 70000), 65536, 1 << 20))
         across, down = -(-w // tw), -(-h // th)
         seg_bytes = -(-tw * (bits if planar == 2 else spp_bits) // 8) * th
-        layout = {"tile": (tw, th)}
+        layout: dict[str, Any] = {"tile": (tw, th)}
     else:
         rps = _pick(rng, (h, h, 1, rng.randint(1, h), 16, 8192), (0xFFFFFFFF, 65535, 0, h + 1))
         across, down = 1, -(-h // max(rps, 1))
@@ -334,7 +337,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
         blob = rng.randbytes(len(blob))
     short_or_long = lambda v: 3 if v <= 0xFFFF and rng.random() < 0.5 else 4  # noqa: E731
     off = hostile.TIFF_DATA_OFFSET
-    entries: list[tuple[int, int, list]] = [
+    entries: list[tuple[int, int, list[Any]]] = [
         (256, short_or_long(w), [w]), (257, short_or_long(h), [h]),
         (258, 3, list(known[4]) if known else [bits] * (max(samples, 1) if rng.random() < 0.8 else 1)),
         (259, 3, [compression]), (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [planar]),
@@ -345,7 +348,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
                     (324, 4, [off] * count), (325, 4, [len(blob)] * count)]
     else:
         entries += [(273, 4, [off] * count), (278, 4, [layout["rows_per_strip"]]), (279, 4, [len(blob)] * count)]
-    extras: dict = {}
+    extras: dict[str, Any] = {}
     if known is not None:
         extras["layout"] = known
         if known[2] != (1,):
@@ -395,7 +398,7 @@ def gen_tiff(rng: random.Random) -> tuple[dict, bytes]:
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
-def gen_png(rng: random.Random) -> tuple[dict, bytes]:
+def gen_png(rng: random.Random) -> tuple[dict[str, Any], bytes]:
     w, h = _dims(rng, MAX_PIXELS + 10)
     if rng.random() < 0.02:
         w, h = rng.choice(((1 << 31, 1), (1, 1 << 31), (0, 16), (16, 0), ((1 << 32) - 1, 1)))
@@ -427,7 +430,7 @@ def gen_png(rng: random.Random) -> tuple[dict, bytes]:
     return desc, data
 
 
-def gen_jpeg(rng: random.Random) -> tuple[dict, bytes]:
+def gen_jpeg(rng: random.Random) -> tuple[dict[str, Any], bytes]:
     w, h = _dims(rng, 65535)
     if rng.random() < 0.02:
         w, h = rng.choice(((0, 16), (16, 0)))
@@ -453,7 +456,7 @@ def gen_jpeg(rng: random.Random) -> tuple[dict, bytes]:
     return desc, data
 
 
-def gen_gif(rng: random.Random) -> tuple[dict, bytes]:
+def gen_gif(rng: random.Random) -> tuple[dict[str, Any], bytes]:
     screen = _dims(rng, 65535)
     frames_n = _pick(rng, (1, 1, 2, 3, rng.randint(4, 100)), (rng.randint(100, 20_000),), 0.15)
     if rng.random() < 0.7:
@@ -491,7 +494,7 @@ def _webp_bitstream(w: int, h: int, lossless: bool) -> bytes:
     return _BITSTREAMS[key]
 
 
-def gen_webp(rng: random.Random) -> tuple[dict, bytes]:
+def gen_webp(rng: random.Random) -> tuple[dict[str, Any], bytes]:
     canvas = _dims(rng, 1 << 24)
     animated = rng.random() < 0.7
     frames_n = _pick(rng, (1, 1, 2, 3, rng.randint(4, 50)), (rng.randint(50, 5000),), 0.15) if animated else 1
@@ -522,7 +525,7 @@ def gen_webp(rng: random.Random) -> tuple[dict, bytes]:
 GENERATORS = {"tiff": gen_tiff, "png": gen_png, "jpeg": gen_jpeg, "gif": gen_gif, "webp": gen_webp}
 
 
-def structure_case(seed: int, iteration: int) -> tuple[str, dict, bytes, int | None]:
+def structure_case(seed: int, iteration: int) -> tuple[str, dict[str, Any], bytes, int | None]:
     """Family, description, bytes and draft size of one structure-aware iteration."""
     rng = random.Random(f"structure:{seed}:{iteration}")
     family = rng.choice(FAMILIES)
@@ -538,7 +541,7 @@ def kind_of(mode: str, iteration: int) -> str:
     return mode
 
 
-def build_case(mode: str, seed: int, iteration: int, corpus: dict[str, bytes]) -> tuple[str, str, dict, bytes, int | None]:
+def build_case(mode: str, seed: int, iteration: int, corpus: dict[str, bytes]) -> tuple[str, str, dict[str, Any], bytes, int | None]:
     """(kind, label, description, bytes, draft size) of iteration ``iteration``."""
     kind = kind_of(mode, iteration)
     if kind == "structure":
@@ -560,6 +563,7 @@ SANDBOX_SLACK_S = 1.0
 _LIMITS = {"max_pixels": DEFAULT_MAX_PIXELS, "max_scans": DEFAULT_MAX_SCANS}
 _SANDBOX_MEMLIMIT = "more memory than its declared size allows"
 
+_malloc_trim: Callable[[int], Any] | None
 try:
     _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
 except (OSError, AttributeError):  # pragma: no cover - not glibc
@@ -629,10 +633,10 @@ class Checker:
             idle = getattr(self._sandbox, "_idle", [])
         return idle[0].proc.pid if idle else None
 
-    def check(self, data: bytes, draft_size: int | None) -> tuple[str, object, dict]:
+    def check(self, data: bytes, draft_size: int | None) -> tuple[str, object, dict[str, Any]]:
         """(outcome, detail, figures); outcome as in :data:`OUTCOMES`, detail an exception or a text when unexpected."""
-        limits = {**_LIMITS, "draft_size": draft_size}
-        fig: dict = {"path": "plan"}
+        limits: dict[str, Any] = {**_LIMITS, "draft_size": draft_size}
+        fig: dict[str, Any] = {"path": "plan"}
         gc.collect()
         if _malloc_trim is not None:
             _malloc_trim(0)
@@ -670,7 +674,7 @@ class Checker:
         return self._decode_isolated(data, limits, cost.pixels, fig)
 
     @staticmethod
-    def _decode_inline(data: bytes, limits: dict) -> tuple[str, object]:
+    def _decode_inline(data: bytes, limits: dict[str, Any]) -> tuple[str, object]:
         try:
             arr = decode(data, **limits)
         except NSFWError as exc:
@@ -683,8 +687,9 @@ class Checker:
         problem = array_problem(arr)
         return ("unexpected", problem) if problem else ("ok", None)
 
-    def _decode_isolated(self, data: bytes, limits: dict, cost_pixels: int, fig: dict) -> tuple[str, object, dict]:
+    def _decode_isolated(self, data: bytes, limits: dict[str, Any], cost_pixels: int, fig: dict[str, Any]) -> tuple[str, object, dict[str, Any]]:
         pid = self._ready_child()
+        assert self._sandbox is not None  # _ready_child made it
         child_base = _reset_peak(pid) if pid else None
         self._sandbox.timeout = self.sandbox_timeout
         wall0 = time.perf_counter()
@@ -717,8 +722,8 @@ class Checker:
         return result, detail, fig
 
     @staticmethod
-    def _bounds(result: str, detail: object, fig: dict, cost_pixels: int, cpu: float, cpu_bound: float
-                ) -> tuple[str, object, dict]:
+    def _bounds(result: str, detail: object, fig: dict[str, Any], cost_pixels: int, cpu: float, cpu_bound: float
+                ) -> tuple[str, object, dict[str, Any]]:
         if result == "unexpected":
             return result, detail, fig
         if cpu > cpu_bound:
@@ -731,7 +736,7 @@ class Checker:
 
 
 def bounded_outcome(data: bytes, draft_size: int | None = None, checker: Checker | None = None
-                    ) -> tuple[str, object, dict]:
+                    ) -> tuple[str, object, dict[str, Any]]:
     """:meth:`Checker.check` with a throwaway checker when none is given."""
     if checker is not None:
         return checker.check(data, draft_size)
@@ -757,7 +762,7 @@ def _detail_text(detail: object) -> str:
     return "" if detail is None else str(detail)
 
 
-def _mib(n: object) -> str:
+def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
@@ -821,7 +826,7 @@ class _Job:
 
     def __init__(self, mode: str, seed: int, start: int, stop: int) -> None:
         self.mode, self.seed, self.next, self.stop = mode, seed, start, stop
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.buf = b""
         self.last_seen = time.monotonic()
         self.spawn()
@@ -851,7 +856,8 @@ def _run_workers(mode: str, seed: int, iterations: int, jobs: int, hang_s: float
     running = [_Job(mode, seed, bounds[j], bounds[j + 1]) for j in range(jobs) if bounds[j] < bounds[j + 1]]
     try:
         while any(job.proc is not None for job in running):
-            live = {job.proc.stdout.fileno(): job for job in running if job.proc is not None}
+            live = {job.proc.stdout.fileno(): job for job in running
+                    if job.proc is not None and job.proc.stdout is not None}  # stdout is always a pipe
             ready = select.select(list(live), [], [], 1.0)[0]
             for fd in ready:
                 job = live[fd]
@@ -865,6 +871,7 @@ def _run_workers(mode: str, seed: int, iterations: int, jobs: int, hang_s: float
                         job.next = record["i"] + 1
                         yield record
                     continue
+                assert job.proc is not None  # it was live
                 code = job.proc.wait()
                 if job.next < job.stop:  # died on case job.next
                     yield _lost(mode, job.next, f"the worker died on this case (exit status {code})")
@@ -881,7 +888,7 @@ def _run_workers(mode: str, seed: int, iterations: int, jobs: int, hang_s: float
             job.kill()
 
 
-def _lost(mode: str, iteration: int, why: str) -> dict:
+def _lost(mode: str, iteration: int, why: str) -> dict[str, Any]:
     kind = kind_of(mode, iteration)
     return {"i": iteration, "kind": kind, "label": kind, "outcome": "unexpected", "detail": why, "fig": {},
             "bytes": None}
@@ -892,11 +899,11 @@ def run(mode: str, seed: int, iterations: int, corpus: dict[str, bytes], *, jobs
     counts: collections.Counter[str] = collections.Counter()
     by_label: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     by_path: collections.Counter[str] = collections.Counter()
-    failures: list[dict] = []
-    memlimits: list[dict] = []
-    timeouts: list[dict] = []
-    slowest: dict[str, tuple] = {}
-    worst_mem: dict[str, tuple] = {}
+    failures: list[dict[str, Any]] = []
+    memlimits: list[dict[str, Any]] = []
+    timeouts: list[dict[str, Any]] = []
+    slowest: dict[str, tuple[Any, ...]] = {}
+    worst_mem: dict[str, tuple[Any, ...]] = {}
     start = time.perf_counter()
     records = _iter_cases(mode, seed, range(iterations), corpus) if in_process else \
         _run_workers(mode, seed, iterations, jobs, hang_s)

@@ -176,6 +176,7 @@ def measure(cls: str, side: str, tree: Path, body: bytes | None, small: bytes, a
         end = t0 + a.lead + a.seconds
 
         def upload_loop() -> None:
+            assert body is not None  # started only with a hostile body
             c = Client(port, a.timeout)
             try:
                 for _ in range(MAX_PER_CLIENT):
@@ -228,11 +229,12 @@ def measure(cls: str, side: str, tree: Path, body: bytes | None, small: bytes, a
                             "ok_p50_ms": ms(percentile(lat, 50)), "ok_p99_ms": ms(percentile(lat, 99)),
                             "ok_mean_ms": ms(sum(lat) / len(lat) if lat else None)}
         if body:
-            secs = sorted(s for _, s, _ in hostile_rows)
+            answer_s = sorted(s for _, s, _ in hostile_rows)
+            answer_p50 = percentile(answer_s, 50)  # None when there is none
             res["hostile"] = {"sent": len(hostile_rows), "answers": counts([o for o, _, _ in hostile_rows]),
-                              "answer_s_min": round(secs[0], 2) if secs else None,
-                              "answer_s_p50": round(percentile(secs, 50), 2) if secs else None,
-                              "answer_s_max": round(secs[-1], 2) if secs else None}
+                              "answer_s_min": round(answer_s[0], 2) if answer_s else None,
+                              "answer_s_p50": round(answer_p50, 2) if answer_p50 is not None else None,
+                              "answer_s_max": round(answer_s[-1], 2) if answer_s else None}
         res["peak_rss_mib"] = round(sampler.cell_peak / MIB, 1)
         res["peak_over_idle_mib"] = round((sampler.cell_peak - idle) / MIB, 1)
         res["processes_max"] = sampler.procs
@@ -312,7 +314,7 @@ def main() -> None:
     env = dict(s.split("=", 1) for s in a.env)
     started = dt.datetime.now(dt.timezone.utc)
     small = small_png()
-    bodies = {c: (CLASSES[c][1]() if CLASSES[c][1] else None) for c in classes}
+    bodies = {c: (make() if (make := CLASSES[c][1]) else None) for c in classes}
     out: dict[str, Any] = {
         "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "bench/hostile_latency.py", *sys.argv[1:]]),
@@ -330,16 +332,17 @@ def main() -> None:
     with wt.sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="nsfw-hostile-") as tmp_s:
         tmp = Path(tmp_s)
         with (wt.worktree(a.baseline) if "before" in sides else _no_tree()) as (base_tree, base_sha):
-            trees = {"before": base_tree, "after": ROOT}
-            if base_sha:
+            trees = {"after": ROOT} if base_tree is None else {"before": base_tree, "after": ROOT}
+            if base_sha and base_tree is not None:
                 out["before"] = {"rev": a.baseline, "commit": base_sha, "imports": wt.imported_from(base_tree)}
             out["after"]["imports"] = wt.imported_from(ROOT)
             for s in sides:
                 wt.prepare(trees[s], f"hostile-{s}")
             for cls in classes:
                 for side in sides:
+                    hostile_body = bodies[cls]
                     log(f"{cls} / {side}: {CLASSES[cls][0]}"
-                        + (f", {len(bodies[cls])} bytes, {a.inflight} in flight" if bodies[cls] else "")
+                        + (f", {len(hostile_body)} bytes, {a.inflight} in flight" if hostile_body else "")
                         + f", {a.seconds:g} s")
                     try:
                         r = measure(cls, side, trees[side], bodies[cls], small, a, env, tmp)

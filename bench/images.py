@@ -7,6 +7,7 @@ in JPEG q90), unlike flat synthetic images, so decode times are realistic.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -46,10 +47,10 @@ def make_image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def generate(out_dir: Path) -> dict[str, dict]:
+def generate(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Write every image of SPECS into ``out_dir`` (reused when already there); returns facts per image."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    facts: dict[str, dict] = {}
+    facts: dict[str, dict[str, Any]] = {}
     for i, (name, (w, h, fmt)) in enumerate(SPECS.items()):
         path = out_dir / f"{name}.{EXT[fmt]}"
         if not path.exists():

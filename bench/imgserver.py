@@ -53,7 +53,8 @@ class Server(http.server.ThreadingHTTPServer):
 
     def server_bind(self) -> None:  # skip the reverse DNS lookup of HTTPServer.server_bind
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]  # an (address, port) pair: the server is IPv4
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients going away is expected

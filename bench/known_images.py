@@ -60,7 +60,7 @@ def _queries(rows: np.ndarray, count: int, rng: np.random.Generator) -> list[byt
     return out
 
 
-def lookup(sizes: list[int], queries: int) -> list[dict]:
+def lookup(sizes: list[int], queries: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(17)
     results = []
     for n in sizes:
@@ -112,7 +112,7 @@ def _known_with(entries: int, rng: np.random.Generator, folder: str):
     return known, pool, time.perf_counter() - t0
 
 
-def known_lookup(entries: int, queries: int) -> dict:
+def known_lookup(entries: int, queries: int) -> dict[str, Any]:
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory() as folder:
         known, pool, load_s = _known_with(entries, rng, folder)
@@ -133,7 +133,7 @@ def _repository_images() -> list[Path]:
     return [ROOT / n for n in names if n.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".webp"))]
 
 
-def per_request(reps: int) -> dict:
+def per_request(reps: int) -> dict[str, Any]:
     from nsfw_core.base.settings import load_settings
     from nsfw_core.context import Context
 
@@ -170,7 +170,7 @@ def per_request(reps: int) -> dict:
             "rows": rows}
 
 
-def distances() -> dict:
+def distances() -> dict[str, Any]:
 
     from nsfw_core.images.decode import decode
     from nsfw_core.images.preprocess import preprocess

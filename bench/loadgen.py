@@ -24,7 +24,7 @@ import itertools
 import json
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from common import percentile
 
@@ -107,6 +107,7 @@ async def run_load(host: str, port: int, path_fn: PathFn, *, method: str = "POST
                     try:
                         if await conn.ensure():
                             stats["connects"] += 1
+                        assert conn.reader is not None and conn.writer is not None  # ensure() connected
                         conn.writer.write(request_bytes(path_fn(next(counter))))
                         status, headers, body = await asyncio.wait_for(_read_response(conn.reader), timeout)
                     except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.TimeoutError,
@@ -182,7 +183,7 @@ _CANNED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 
 class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport
+        self.t = cast(asyncio.Transport, transport)  # a stream server's transport writes
         self.buf = b""
 
     def data_received(self, data: bytes) -> None:

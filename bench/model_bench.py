@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,7 +42,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     rss_load = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     x1 = model.preprocess(decode(Path(a.image).read_bytes()))
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for b in [int(s) for s in a.batches.split(",")]:
         batch = np.ascontiguousarray(np.broadcast_to(x1, (b, *x1.shape)), dtype=np.float32)
         model.predict(batch)  # first call at this shape

@@ -358,7 +358,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
             row["service_c64_over_model_best"] = round(b64 / model["best"], 3)
         orig_rates = {k: v.get("rps") for k, v in orig.items() if k.startswith(name + "/") and v.get("rps")}
         if b64 and orig_rates:
-            best_orig_key = max(orig_rates, key=orig_rates.get)
+            best_orig_key = max(orig_rates, key=lambda k: orig_rates[k])
             row["original_best_rps"] = orig_rates[best_orig_key]
             row["original_best_at"] = best_orig_key.split("/")[1]
             row["service_c64_over_original_best"] = round(b64 / orig_rates[best_orig_key], 2)
@@ -368,7 +368,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         peer_rates = {p: v["images"][name]["best_images_per_s"] for p, v in peers.items()
                       if v.get("status") == "ok" and name in v.get("images", {})}
         if b64 and peer_rates:
-            fastest = max(peer_rates, key=peer_rates.get)
+            fastest = max(peer_rates, key=lambda p: peer_rates[p])
             row["fastest_peer"] = fastest
             row["fastest_peer_images_per_s"] = peer_rates[fastest]
             row["service_c64_over_fastest_peer"] = round(b64 / peer_rates[fastest], 3)
@@ -386,7 +386,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
                                        v["images"][name].get("batch_cpu_ms_per_image")) if x)
                     for p, v in peers.items() if v.get("status") == "ok" and name in v.get("images", {})}
         if cpu_b and peer_cpu:
-            cheapest = min(peer_cpu, key=peer_cpu.get)
+            cheapest = min(peer_cpu, key=lambda p: peer_cpu[p])
             row["cheapest_peer_cpu_ms_per_image"] = f"{cheapest} {peer_cpu[cheapest]}"
             row["cpu_norm_service_over_peer"] = round(peer_cpu[cheapest] / cpu_b, 3)
         out["per_image"][name] = row

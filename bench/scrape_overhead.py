@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from common import PROJECT_PY, ROOT, Proc, cpu_seconds, free_port, machine_info, percentile, wait_ready
 from images import make_image
@@ -72,7 +73,7 @@ def scraper(port: int, interval: float, stop: threading.Event, durations: list[f
     conn.close()
 
 
-def phase(port: int, body: bytes, concurrency: int, seconds: float, scrape_every: float | None) -> dict:
+def phase(port: int, body: bytes, concurrency: int, seconds: float, scrape_every: float | None) -> dict[str, Any]:
     stop = threading.Event()
     latencies: list[float] = []
     errors: list[int] = []
@@ -92,7 +93,7 @@ def phase(port: int, body: bytes, concurrency: int, seconds: float, scrape_every
             "scrape_durations": durations, "scrape_sizes": sizes}
 
 
-def cpu_per_scrape(port: int, pid: int, n: int) -> dict:
+def cpu_per_scrape(port: int, pid: int, n: int) -> dict[str, Any]:
     """The server's CPU time per scrape, without load: n scrapes back to back, less the CPU the idle
     server used over the same wall time (robust to other jobs on the machine, unlike latencies)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -110,11 +111,14 @@ def cpu_per_scrape(port: int, pid: int, n: int) -> dict:
             "share_of_one_core_at_1s_interval": round(per, 4)}
 
 
-def summary(phases: list[dict]) -> dict:
+def summary(phases: list[dict[str, Any]]) -> dict[str, Any]:
     lat = sorted(x for p in phases for x in p["latencies"])
     seconds = sum(p["seconds"] for p in phases)
+    p99 = percentile(lat, 99)
+    if p99 is None:
+        raise statistics.StatisticsError("no request was answered in any phase")
     return {"requests": len(lat), "errors": sum(p["errors"] for p in phases),
-            "median_ms": round(statistics.median(lat) * 1000, 2), "p99_ms": round(percentile(lat, 99) * 1000, 2),
+            "median_ms": round(statistics.median(lat) * 1000, 2), "p99_ms": round(p99 * 1000, 2),
             "req_per_s": round(len(lat) / seconds, 2),
             "per_phase_median_ms": [round(statistics.median(p["latencies"]) * 1000, 2) for p in phases]}
 
@@ -135,7 +139,7 @@ def main() -> None:
     try:
         wait_ready(server, f"http://127.0.0.1:{port}/health")
         phase(port, body, args.concurrency, 3.0, None)  # warm-up
-        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
         for _ in range(args.rounds):
             for condition in ("off", "on"):
                 runs[condition].append(phase(port, body, args.concurrency, args.phase,

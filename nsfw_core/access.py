@@ -4,7 +4,7 @@ Three roles, each with everything the one before it has::
 
     anonymous   the Classify page, and only when the API is public (no NSFW_API_KEYS) or the
                 operator opts in with NSFW_PUBLIC_DEMO; nothing else
-    reviewer    + the review queue (claim, decide, skip, undo)
+    reviewer    + the review queue (claim, decide, skip, undo), the Evaluate page
     admin       + calibration (labelled sets, uploaded or on the server), saving and rolling back
                 thresholds, exports of the reviewed items, the allow/deny hash lists, adapters and
                 example sets (train, publish, roll back)
@@ -16,8 +16,9 @@ sent about itself:
 - **local mode** (``NSFW_LOCAL_MODE``, only with a loopback ``NSFW_HOST``; ``./run.sh`` sets both):
   the person at ``http://localhost:8080`` is admin ``local``.  A request whose ``Host`` is not a
   loopback name (DNS rebinding) or that carries proxy headers gets no local rights;
-- **OpenID Connect** (Streamlit's ``st.login``): the provider's verified e-mail address, matched
-  against ``NSFW_ADMIN_EMAILS`` / ``NSFW_REVIEWER_EMAILS`` (addresses or ``@domains``);
+- **OpenID Connect** (Streamlit's ``st.login``): the provider's verified e-mail address (``email_verified``
+  the boolean true), in the exact form it asserted it (:mod:`nsfw_core.base.emails`), matched against
+  ``NSFW_ADMIN_EMAILS`` / ``NSFW_REVIEWER_EMAILS`` (addresses or ``@domains``);
 - **a per-role secret** (``NSFW_ADMIN_SECRET`` / ``NSFW_REVIEWER_SECRET``) for deployments without
   an identity provider: compared in constant time, failed attempts rate-limited, never logged.
 
@@ -42,6 +43,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from nsfw_core.base.emails import asserted_email, shown_text
 from nsfw_core.base.errors import Forbidden, TooManyAttempts
 from nsfw_core.base.settings import ROOT, AccessConfig
 
@@ -66,6 +68,7 @@ class Permission(enum.Enum):
     EXPORT = "export"  # download the reviewed items (CSV, ZIP with stored uploads)
     LISTS = "lists"  # import, export and clear the allow/deny hash lists
     ADAPTERS = "adapters"  # train, publish and roll back adapters; add and remove example sets
+    EVALUATE = "evaluate"  # the Evaluate page: the estimated error rate of production's automatic decisions
 
 
 NEEDS: Mapping[Permission, Role] = {
@@ -76,6 +79,7 @@ NEEDS: Mapping[Permission, Role] = {
     Permission.EXPORT: Role.ADMIN,
     Permission.LISTS: Role.ADMIN,
     Permission.ADAPTERS: Role.ADMIN,
+    Permission.EVALUATE: Role.REVIEWER,
 }
 
 
@@ -86,6 +90,11 @@ class Identity:
     name: str
     role: Role
     via: str  # "none", "local", "oidc" or "secret"
+    # Why this identity has less than it might (an address the provider did not verify, a sign-in that
+    # ended): said on the Sign in page.  Not part of the identity's equality.
+    note: str = dataclasses.field(default="", compare=False)
+    # The sign-in session a secret sign-in holds (nsfw_core.state.sessions), "" for the others
+    session: str = dataclasses.field(default="", compare=False, repr=False)
 
     @property
     def signed_in(self) -> bool:
@@ -171,8 +180,9 @@ class AttemptLimiter:
 
 
 def _matches(email: str, entries: Iterable[str]) -> bool:
-    email = email.strip().lower()
-    domain = email.rpartition("@")[2]
+    """Whether ``email`` (plain and ASCII-lowercased: :func:`nsfw_core.base.emails.asserted_email`) is one of
+    the addresses or in one of the ``@domains`` of ``entries``, exactly: no trimming, no other folding."""
+    domain = email.partition("@")[2]
     for entry in entries:
         if entry.startswith("@"):
             if domain == entry[1:]:
@@ -260,6 +270,7 @@ class Access:
         return LOCAL
 
     def role_for_email(self, email: str) -> Role:
+        """The role of a plain, ASCII-lowercased address (:func:`nsfw_core.base.emails.asserted_email`)."""
         if _matches(email, self.config.admin_emails):
             return Role.ADMIN
         if _matches(email, self.config.reviewer_emails):
@@ -267,12 +278,14 @@ class Access:
         return Role.ANONYMOUS
 
     def from_oidc(self, claims: Mapping[str, Any]) -> Identity:
-        """The identity of an OpenID Connect user (``st.user``): role by verified e-mail address."""
-        email = claims.get("email")
-        name = email if isinstance(email, str) and email else f"oidc:{claims.get('sub', '?')}"
-        verified = claims.get("email_verified", True)  # absent: the provider vouches for what it sends
-        role = self.role_for_email(email) if isinstance(email, str) and verified is not False else Role.ANONYMOUS
-        return Identity(name[:200], role, "oidc")
+        """The identity of an OpenID Connect user (``st.user``): role by the e-mail address the provider
+        verified, in the exact form it asserted it (:func:`nsfw_core.base.emails.asserted_email`); an address
+        it did not verify, or one that is not plain ASCII with one @, gives no role and says why (``note``)."""
+        email = asserted_email(claims)
+        name = email.name or f"oidc:{shown_text(claims.get('sub', '?'))}"
+        if email.address is not None:
+            return Identity(name[:200], self.role_for_email(email.address), "oidc")
+        return Identity(name[:200], Role.ANONYMOUS, "oidc", note=f"No role: {email.problem}.")
 
     def sign_in_with_secret(self, attempt: str) -> Identity:
         """The role whose secret ``attempt`` is; :class:`Forbidden` when none, after the rate limit."""

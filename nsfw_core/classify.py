@@ -6,8 +6,9 @@ scores become a verdict (through :meth:`~nsfw_core.base.verdict.Thresholds.decid
 The image's embedding (:mod:`nsfw_core.inference.embeddings`), from the forward pass that gave the
 scores, reaches :func:`judge` (``embedding=``; an animation's, each frame's on ``FrameScore.embedding``):
 an adapter in force (:mod:`nsfw_core.state.adapters`) turns it into the adult score, an example set
-(:mod:`nsfw_core.state.examples`) may decide by it, and whatever else needs it can read it there.  It is
-not part of the answer; :meth:`Classifier.url` / :meth:`Classifier.data` keep it with a queued review item.
+(:mod:`nsfw_core.state.examples`) may decide by it, and a look-alike of a remembered decision must lie near
+the decided image's.  It is not part of the answer (``Classification.embedding`` keeps it); a queued review or
+audit item keeps it (:class:`ReviewIntake`), and so does the decision once remembered.
 
 :class:`Classifier` is the use case, built once by the process context from the parts it
 needs (nothing else of the context reaches it):
@@ -25,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import json
 import logging
 import time
 from concurrent.futures import Executor
@@ -34,10 +37,10 @@ import numpy as np
 
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
-from nsfw_core.base.labels import ADULT
+from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
-from nsfw_core.inference.embeddings import ExampleMatch
+from nsfw_core.inference.embeddings import ExampleMatch, embedding_distance
 from nsfw_core.inference.model import Model, scores_dict
 from nsfw_core.inference.pipeline import FrameInputs, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
@@ -46,12 +49,28 @@ from nsfw_core.state.adapters import Adapters, AdapterVersion
 from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
+from nsfw_core.state.review.queue import QuotaSpent
 from nsfw_core.state.thresholds import ThresholdHistory
 
 log = logging.getLogger(__name__)
 
 UPLOAD_SOURCE = "upload"  # the review item's source for images sent in the request body
 REVIEW_UNAVAILABLE = "the review queue is unavailable; see the server log"
+STRICTNESS = {SAFE: 0, UNKNOWN: 1, ADULT: 2}
+
+# When the model sees a look-alike "alike" (issue 29, point 2): a perceptual (PDQ) match may clear an image only
+# when the same model scored the decided image, and the new image's adult score (the thresholds' adult classes)
+# is at most MATCH_ADULT_MARGIN above the decided image's: a look-alike is never cleared for being more adult
+# than what the reviewer saw.  Calibrated with bench/lookalikes.py (docs/reliability.md): the edits a decided
+# image must survive (JPEG q70, resized 50 %, cropped 2 %, watermarked) raised the adult score by at most
+# 0.015 (88 copies of 22 images), while every blend of the blend attack that was answered safe raised it by more.
+MATCH_ADULT_MARGIN = 0.03
+# And where both images' embeddings exist (issue 26: remembered decisions keep the decided image's), the look-alike's
+# must lie within MATCH_EMBEDDING_DISTANCE of the decided image's (one minus their cosine,
+# :func:`~nsfw_core.inference.embeddings.embedding_distance`).  Calibrated with bench/lookalikes.py on the same
+# edited copies (docs/reliability.md).
+MATCH_EMBEDDING_DISTANCE = 0.25
 
 
 def _ms(seconds: float) -> float:
@@ -80,9 +99,9 @@ class Timings:
 
 @dataclasses.dataclass(frozen=True)
 class ReviewTicket:
-    """What queueing for human review gave: the item's id, or the error that stopped it."""
+    """What queueing for human review gave: the client's review id (unguessable), or the error that stopped it."""
 
-    id: int | None
+    id: str | None
     error: str | None = None
 
 
@@ -126,6 +145,10 @@ class Classification:
     # that decided the verdict (verdict_source "examples").
     adapter: AdapterVersion | None = dataclasses.field(default=None, compare=False, repr=False)
     example: ExampleMatch | None = None
+    near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
+    # The image's embedding (an animation's deciding frame's), from the forward pass that gave the scores: kept
+    # with a queued review item, compared with a look-alike's; never part of the answer.
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -159,7 +182,8 @@ class Classification:
         """The same scores judged under other thresholds (the pages re-judge when thresholds change); an adapter
         that gave the adult score still gives it (``thresholds`` then apply to its score)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match, adapter=self.adapter, example=self.example,
+                     match=self.match or self.near, adapter=self.adapter, example=self.example,
+                     embedding=self.embedding,
                      adapter_score=self.adult_score if self.adapter is not None and not self.frames else None)
 
 
@@ -170,26 +194,39 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
           example: ExampleMatch | None = None, adapter_score: float | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
-    The adult score is the sum of ``thresholds``' adult classes, or, with ``adapter`` (the adapter in force,
-    :mod:`nsfw_core.state.adapters`) and the image's ``embedding``, the adapter's probability; the safe score
-    is then one minus it, and ``thresholds``' values apply to these two scores (the five class scores stay
-    the model's).  An animation (``frames``, each with its embedding) is judged on its worst frame, the one
-    with the highest adult score (the earliest on a tie): the image gets that frame's scores and verdict.
+    The model's view: the adult score is the sum of ``thresholds``' adult classes, or, with ``adapter`` (the
+    adapter in force, :mod:`nsfw_core.state.adapters`) and the image's ``embedding``, the adapter's probability;
+    the safe score is then one minus it, and ``thresholds``' values apply to these two scores (the five class
+    scores stay the model's).  An animation (``frames``, each with its embedding) is judged on its worst frame,
+    the one with the highest adult score (the earliest on a tie): the image gets that frame's scores, verdict
+    and embedding.  ``adapter_score`` (and a frame's ``adapter_score``): the adapter's score already computed
+    (re-judging under other thresholds, :meth:`Classification.under`).
 
-    Who decides, first to last: a known image (``match``: a reviewer's remembered decision or a hash-list
-    entry, :mod:`nsfw_core.state.known`) gets the human verdict, ``verdict_source`` "review" or "list"; an
-    image that matched an example set (``example``, :mod:`nsfw_core.state.examples`) gets the set's verdict,
-    ``verdict_source`` "examples"; otherwise the model's (or the adapter's) verdict stands.
+    Who decides, first to last (docs/review.md, "Who decides"):
 
-    ``adapter_score`` (and a frame's ``adapter_score``): the adapter's score already computed (re-judging
-    under other thresholds, :meth:`Classification.under`).
+    1. a known image (``match``: a reviewer's remembered decision or a hash-list entry,
+       :mod:`nsfw_core.state.known`, already limited to the client's audience by the lookup) gets the human
+       verdict, ``verdict_source`` "review" or "list", within the look-alike rule below;
+    2. an image that matched an example set (``example``, :mod:`nsfw_core.state.examples`) gets the set's
+       verdict, ``verdict_source`` "examples";
+    3. the adapter's verdict when one is in force, else the model's (``verdict_source`` "model").
 
-    Except one case: a perceptual (PDQ) match never clears an image the model calls adult.  PDQ sees
-    only an image's coarse shading, so another picture's detail laid over a listed or safe-decided
-    image's blurred shading stays within the match distance while showing something else (the security
-    test matched such an image at 26 bits while the model gave it porn 0.745).  Only the exact bytes
-    (sha256) may turn a model's "adult" into "safe"; a PDQ match may still make a verdict stricter, or
-    decide what the model left "unknown".
+    The look-alike rule: PDQ sees only an image's coarse shading, so another picture's detail laid over a
+    listed or safe-decided image's blurred shading stays within the match distance while showing something
+    else (the security test matched such an image at 26 bits while the model gave it porn 0.745; issue 29 had
+    30 % of such blends the model left "unknown" answered safe).  As hash-sharing programmes advise, a
+    perceptual hash alone never clears:
+
+    * a PDQ match never clears an image the model (or the adapter) calls adult, nor one an example set
+      blocks (only the exact bytes, sha256, may);
+    * a PDQ match may clear what the model left "unknown" only when the model sees the image alike
+      (:func:`sees_alike`: scores from the same model; the score the verdict uses, the adapter's when one is
+      in force, at most :data:`MATCH_ADULT_MARGIN` above the decided image's; and where both images'
+      embeddings exist, within :data:`MATCH_EMBEDDING_DISTANCE` of each other), so a hash-list "allow" entry
+      (no scores) never clears by PDQ.  Otherwise the match is refused: the next in the order decides, and
+      the refused match is kept in ``near`` for the reviewer (never in the client's answer).
+
+    A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
     """
     deciding = None
     if adapter is not None:
@@ -208,6 +245,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
                                            else thresholds.adult_score(f.scores), -f.index))
         scores, deciding = worst.scores, worst.index
         adult_score = worst.adapter_score
+        embedding = worst.embedding
     elif adapter is not None:
         adult_score = adapter_score if adapter_score is not None else adapter.score(embedding, scores)  # type: ignore[arg-type]
     else:
@@ -218,8 +256,16 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     else:
         safe_score = 1.0 - adult_score
         model_verdict = thresholds.decide_scores(adult_score, safe_score)
-    if match is not None and match.by != "sha256" and model_verdict == ADULT and match.verdict != ADULT:
-        match = None
+    near = None
+    if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
+        if model_verdict == ADULT:
+            match = None
+        elif not sees_alike(scores, match, thresholds, model.name, model_version=model.version,
+                            embedding=embedding, adapter=adapter, adult_score=adult_score):
+            near, match = match, None
+    if match is not None and match.by != "sha256" and example is not None \
+            and STRICTNESS[match.verdict] < STRICTNESS[example.verdict]:
+        match = None  # an example set that blocks is not cleared by a perceptual match either
     if match is not None:
         verdict, source, example = match.verdict, match.kind, None
     elif example is not None:
@@ -242,7 +288,42 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         match=match,
         adapter=adapter,
         example=example,
+        near=near,
+        embedding=embedding,
     )
+
+
+def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str, *,
+               model_version: str | None = None, embedding: np.ndarray | None = None,
+               adapter: AdapterVersion | None = None, adult_score: float | None = None) -> bool:
+    """True when the model sees an image as it saw the decided one ``match`` names; False for an entry without
+    scores (a hash list, a decision remembered before issue 29) or from another model.  All of:
+
+    * the adult score the verdict uses at most :data:`MATCH_ADULT_MARGIN` above the decided image's: the
+      thresholds' adult classes summed, or with ``adapter`` in force (``adult_score``, its score of this
+      image) the adapter's score of the decided image, which needs the decided image's embedding from the
+      model version the adapter reads (none kept: not alike, as fails closed);
+    * where both embeddings exist (``embedding``: this image's, from ``model_version``; the match's, from the
+      same version), at most :data:`MATCH_EMBEDDING_DISTANCE` apart (:func:`embedding_distance`).  A decision
+      that keeps an embedding which could not be read now is not alike.
+    """
+    decided = match.scores
+    if not decided or match.model != model_name or any(c not in decided for c in thresholds.adult_classes):
+        return False
+    if match.embedded and match.embedding is None:
+        return False  # the decided image's embedding exists but could not be read: fail closed
+    same_version = match.embedding is not None and (model_version is None or match.model_version == model_version)
+    if adapter is not None:
+        if not (same_version and match.model_version == adapter.model_version) or match.embedding is None:
+            return False
+        mine = adult_score if adult_score is not None else adapter.score(embedding, scores)  # type: ignore[arg-type]
+        if mine > adapter.score(match.embedding, decided) + MATCH_ADULT_MARGIN:
+            return False
+    elif thresholds.adult_score(scores) > thresholds.adult_score(decided) + MATCH_ADULT_MARGIN:
+        return False
+    if embedding is not None and same_version and match.embedding is not None:
+        return embedding_distance(embedding, match.embedding) <= MATCH_EMBEDDING_DISTANCE
+    return True
 
 
 # ---------------------------------------------------------------- the one use case, on its parts
@@ -275,32 +356,35 @@ class Classifier:
         self.examples = examples
 
     async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
-                  adapter: bool = True) -> Classification:
-        """Fetch ``url`` safely, then classify it; see :meth:`data`."""
+                  client: str = "", adapter: bool = True) -> Classification:
+        """Fetch ``url`` safely, then classify it; see :meth:`data`.  A queued URL item keeps the fetched
+        bytes: the reviewer sees what was classified, never what the URL serves later."""
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
-                prepared = await self.intake.url(url, lane.model, held, self._recognise)
-                result, embedding = await self._finish(lane, prepared, started, thresholds, adapter)
+                prepared = await self.intake.url(url, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, True)
-        return await self.review.submit(result, url, None, prepared.x, embedding)
+        return await self.review.submit(result, url, prepared.data, prepared.x, client=client, private=private)
 
     async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
-                   adapter: bool = True) -> Classification:
+                   client: str = "", adapter: bool = True) -> Classification:
         """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
         ``model``: the name of another model than the default (API v1's per-request model);
         ``thresholds``: the request's own thresholds instead of the ones in force (version None); with an
         adapter in force they apply to its score (:meth:`thresholds_in_force` gives the ones they replace);
+        ``client``: who asks (a hash of its API key, :func:`nsfw_core.http.guard.client_id`): the decisions
+        only it may use, its review quota and its review ids;
         ``adapter``: False judges with the base model even when an adapter is in force.
         """
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:
-                prepared = await self.intake.data(data, lane.model, held, self._recognise)
-                result, embedding = await self._finish(lane, prepared, started, thresholds, adapter)
+                prepared = await self.intake.data(data, lane.model, held, functools.partial(self._recognise, client))
+                result, private = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, False)
-        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, embedding)
+        return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
     def adapter_for(self, model: Model, wanted: bool = True) -> AdapterVersion | None:
         """The adapter in force for ``model`` (trained on its version), unless not ``wanted``."""
@@ -330,15 +414,16 @@ class Classifier:
         async with self.models.lane(name) as other:
             yield other
 
-    def _recognise(self, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
+    def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
         """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
-        return self.known.lookup(sha, query)
+        return self.known.lookup(sha, query, client)
 
     async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
-                      override: Thresholds | None, use_adapter: bool = True
-                      ) -> tuple[Classification, np.ndarray | None]:
-        """The forward pass and the verdict; with the image's embedding (an animation's deciding frame's)."""
+                      override: Thresholds | None, use_adapter: bool = True) -> tuple[Classification, bool]:
+        """The forward pass and the verdict (the result keeps the image's embedding, an animation's deciding
+        frame's), and whether only the request's own choices send it to review (``private``: judged as the
+        server judges by default it would not be queued; its decision then protects only this client)."""
         t0 = time.perf_counter()
         x = prepared.x
         frames = None
@@ -357,20 +442,22 @@ class Classifier:
             scores, embedding = scores_dict(row.probs), row.embedding
             embeddings = None if embedding is None else embedding[None]
         inference_s = time.perf_counter() - t0
-        result = self._judged(lane.model, scores, frames, embedding, embeddings, prepared.found, override,
-                              use_adapter, Timings.of(prepared.fetch_s, prepared.decode_s, inference_s,
-                                                      time.perf_counter() - started), prepared.sha256)
-        if frames is not None and embeddings is not None and result.deciding_frame is not None:
-            embedding = next(f.embedding for f in frames if f.index == result.deciding_frame)
-        return result, embedding
+        result, private = self._judged(lane.model, scores, frames, embedding, embeddings, prepared.found, override,
+                                       use_adapter, Timings.of(prepared.fetch_s, prepared.decode_s, inference_s,
+                                                               time.perf_counter() - started), prepared.sha256)
+        return result, private
 
     def _judged(self, model: Model, scores: dict[str, float], frames: list[FrameScore] | None,
                 embedding: np.ndarray | None, embeddings: np.ndarray | None, found: Match | None,
-                override: Thresholds | None, use_adapter: bool, timings: Timings, sha256: str) -> Classification:
+                override: Thresholds | None, use_adapter: bool, timings: Timings, sha256: str
+                ) -> tuple[Classification, bool]:
         """The verdict: the adapter in force (unless not ``use_adapter``) and its thresholds, or the thresholds
-        history's; an example set's match; the known image ``found``."""
+        history's; the known image ``found``; an example set's match.  And ``private``: the request's own
+        thresholds (``override``) or its ``adapter: false`` queue it for review where the server's defaults (the
+        adapter in force and its thresholds, else the thresholds in force) would not."""
         active = self.thresholds.current()
-        adapter = self.adapter_for(model, use_adapter)
+        in_force = self.adapter_for(model)
+        adapter = in_force if use_adapter else None
         if override is not None:
             thresholds, version = override, None
         elif adapter is not None:
@@ -378,10 +465,19 @@ class Classifier:
         else:
             thresholds, version = active.thresholds, active.version
         example = None
-        if self.examples is not None and found is None:
+        if self.examples is not None:  # consulted even when a known image matched: a refused look-alike falls to it
             example = self.examples.match(model.name, model.version, embeddings)
-        return judge(scores, thresholds, ModelInfo(model.name, model.version), timings, sha256, version,
-                     frames=frames, match=found, embedding=embedding, adapter=adapter, example=example)
+        info = ModelInfo(model.name, model.version)
+        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=found,
+                       embedding=embedding, adapter=adapter, example=example)
+        private = False
+        if (override is not None or adapter is not in_force) and self.review.queues(result.verdict):
+            default_thresholds, default_version = ((in_force.thresholds(active.thresholds), None) if in_force
+                                                  else (active.thresholds, active.version))
+            by_default = judge(scores, default_thresholds, info, timings, sha256, default_version, frames=frames,
+                               match=found, embedding=embedding, adapter=in_force, example=example)
+            private = by_default.verdict_source != "model" or not self.review.queues(by_default.verdict)
+        return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
@@ -408,24 +504,27 @@ class Classifier:
             embeddings = s.frame_embeddings if s.frames is not None else (
                 None if s.embedding is None else s.embedding[None])
             timings = Timings.of(s.load_s, s.decode_s, s.inference_s, s.seconds)
-            result = self._judged(model, s.scores if frames is None else frames[0].scores, frames, s.embedding,
-                                  embeddings if known else None, found, None, adapter, timings, s.sha256 or "")
+            result, _ = self._judged(model, s.scores if frames is None else frames[0].scores, frames, s.embedding,
+                                     embeddings if known else None, found, None, adapter, timings, s.sha256 or "")
             out.append(Outcome(s.source, result, seconds=s.seconds))
         return out
 
 
 class ReviewIntake:
-    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop.
+    """What goes to human review: the verdicts NSFW_REVIEW_VERDICTS names, queued off the event loop, and
+    a random sample of the automatic ones as audit items (``audit``: NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE).
 
     ``queue`` opens the review queue on first use (its database may be down: the verdict still stands,
     the answer carries ``review_error``).
     """
 
     def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
-                 adapters: Adapters | None = None) -> None:
+                 quota: int = 0, audit: AuditPolicy | None = None, adapters: Adapters | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
+        self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+        self.audit = audit if audit is not None else AuditPolicy({})
         self.adapters = adapters  # keeps each queued image's embedding, for training adapters on reviewed items
 
     def queues(self, verdict: str) -> bool:
@@ -433,39 +532,67 @@ class ReviewIntake:
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs, embedding: np.ndarray | None = None) -> Classification:
-        """Queue the image when its verdict says so (a known image's verdict never does).
+                     prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
+                     ) -> Classification:
+        """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
+        when the sample draws its automatic verdict.
 
         ``embedding``: the image's (an animation's deciding frame's), kept with the item so that a decided item
         can train an adapter (:mod:`nsfw_core.state.adapters`).
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision.  A queue failure (database down) does not fail the prediction: the result carries
-        ``review_error`` instead and the failure is logged.
+        decision, and its bytes (``data``: always for a URL and for an audit item, for an upload when
+        NSFW_REVIEW_STORE_UPLOADS is on).  ``client`` gets a review id of its own (unguessable) and spends its
+        hourly quota; ``private``: only the request's own thresholds queue it, so its decision will protect
+        only ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
+        (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
+        instead.  An audit item is the server's sample, not the client's request: it changes nothing in the
+        answer (no ``review_id``, no ``review_error``: the automatic verdict stands), costs the client no
+        quota, and its decision protects every client.
         """
-        if result.match is not None or not self.queues(result.verdict):
+        if result.match is not None:
             return result
+        kind, probability = REVIEW, 1.0
+        if not self.queues(result.verdict):
+            sampled = self.audit.sample(result.verdict)
+            if sampled is None:
+                return result
+            kind, probability = AUDIT, sampled
+        reviews = self.audit.reviews()
+        near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
 
-        def enqueue() -> int:
+        def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
             hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
-            item_id = queue.enqueue(result.sha256, source, result.scores, result.model.name, result.verdict,
-                                    image_bytes=data, phash=hashes)
-            if self.adapters is not None and embedding is not None:
-                try:
-                    self.adapters.save_item_embedding(item_id, result.model.name, result.model.version, embedding)
+            if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
+                queued = queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                           result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                           probability=probability, reviews=reviews)
+            else:
+                queued = queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
+                                           result.verdict, image_bytes=data, phash=hashes,
+                                           audience=client if private else "", matched=near, quota=self.quota,
+                                           reviews=reviews)
+            if self.adapters is not None and result.embedding is not None:
+                try:  # a review item and an audit item alike: either may train an adapter once decided
+                    self.adapters.save_item_embedding(queued[0], result.model.name, result.model.version,
+                                                      result.embedding)
                 except Exception as exc:  # the item is queued; only its use for training an adapter is lost
-                    log.warning("review item %s: its embedding could not be kept (%r)", item_id, exc)
-            return item_id
+                    log.warning("review item %s: its embedding could not be kept (%r)", queued[0], exc)
+            return queued
 
         try:
-            review_id = await asyncio.get_running_loop().run_in_executor(self.executor,
+            _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
                                                                          requestid.in_context(enqueue))
+        except QuotaSpent as exc:
+            log.info("not queued for review: %s", exc.message)
+            return dataclasses.replace(result, review=ReviewTicket(None, exc.message))
         except Exception as exc:  # any database error; the verdict still stands
-            log.error("could not queue %s for review: %r", result.sha256, exc)
-            return dataclasses.replace(result, review=ReviewTicket(None, REVIEW_UNAVAILABLE))
-        return dataclasses.replace(result, review=ReviewTicket(review_id))
+            log.error("could not queue %s for %s: %r", result.sha256, kind, exc)
+            return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(None,
+                                                                                                REVIEW_UNAVAILABLE))
+        return result if kind == AUDIT else dataclasses.replace(result, review=ReviewTicket(ticket))
 
 
 # ---------------------------------------------------------------- the CLI's and the pages' path

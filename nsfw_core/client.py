@@ -107,8 +107,11 @@ class Client:
             body["thresholds"] = dict(thresholds)
         return list(self._request("POST", "/v1/classify/batch", body)["results"])
 
-    def review(self, review_id: int) -> dict[str, Any]:
-        return self._request("GET", f"/v1/reviews/{int(review_id)}")
+    def review(self, review_id: str) -> dict[str, Any]:
+        """The review item a classification's ``review_id`` names (only the key that got it may ask)."""
+        from urllib.parse import quote
+
+        return self._request("GET", f"/v1/reviews/{quote(str(review_id), safe='')}")
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")

@@ -14,7 +14,9 @@ settings that part takes, and wires them together:
 * ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
   worker threads, the isolated decode lane and the admission counters;
 * ``classifier`` (:class:`~nsfw_core.classify.Classifier`): the use case, built from the parts above;
-* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task.
+* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task;
+* ``audit`` (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE) and ``traffic`` (the API's verdicts and scores per day,
+  flushed to the database by a background task), which :meth:`Context.evaluation` reads.
 
 The server (``app.py``) creates it in the API's lifespan (:func:`nsfw_core.http.app.make_lifespan`)
 and :func:`install`\\ s it; the Streamlit pages, running in the same process, reach it through
@@ -33,8 +35,9 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsfw_core.access import Access
 from nsfw_core.admission import Admission
@@ -52,10 +55,13 @@ from nsfw_core.state.db import open_pool
 from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.audit import AuditPolicy
 from nsfw_core.state.thresholds import ThresholdHistory
+from nsfw_core.state.traffic import FLUSH_INTERVAL, TrafficCounter
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
+    from nsfw_core.state.sessions import SigninSessions
     from nsfw_core.state.webhooks import Deliverer
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,7 @@ class Context:
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
+        self._signin_sessions: SigninSessions | None = None
         # One connection pool on the one database; opening it connects to nothing yet.
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
@@ -92,20 +99,27 @@ class Context:
         self.intake = Intake(self.decoder, self.fetch, self.admission, workers=self.executor,
                              isolated=self.isolated)
         self.metrics = Metrics(self._serving_state, lambda: self.review_queue.pending_stats(),
-                               app_version=_app_version())
+                               app_version=_app_version(), quality=self._quality_gauges)
         self.models = ModelRegistry(self.model_config,
                                     Batching(serving.max_batch, serving.batch_wait_ms, serving.queue_size),
                                     settings.model_memory_mb * MB, expecting=lambda: self.intake.preparing,
                                     on_batch=self.metrics.observe_batch)
+        # issue 25: the audit sample and double review (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE), and the API's
+        # verdicts and scores counted per day in the database (the evaluation's "per day", the score drift)
+        self.audit = AuditPolicy(dict(self.review_config.audit_rates), self.review_config.double_review_rate)
+        self.traffic = TrafficCounter(self.database, prepare=lambda: self.review_queue)
+        self._quality: tuple[float, list[Any]] | None = None
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor, adapters=self.adapters),
+                                                  self.executor, self.review_config.quota, self.audit,
+                                                  adapters=self.adapters),
                                      load=self.load_bytes, observe=self._observe, adapters=self.adapters,
                                      examples=self.examples)
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
         self.webhooks: Deliverer | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
+        self._traffic_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ------------------------------------------------------------ parts opened on first use
@@ -117,6 +131,16 @@ class Context:
             if self._review is None:
                 self._review = ReviewQueue.from_config(self.review_config, pool=self.database)
             return self._review
+
+    @property
+    def signin_sessions(self) -> SigninSessions:
+        """The browser app's sign-in sessions (:mod:`nsfw_core.state.sessions`), in the one database."""
+        from nsfw_core.state.sessions import SigninSessions  # only the browser app's sign-in needs it
+
+        with self._lock:
+            if self._signin_sessions is None:
+                self._signin_sessions = SigninSessions(self.database, self.settings.session_config)
+            return self._signin_sessions
 
     @property
     def score_cache(self) -> ScoreCache:
@@ -138,6 +162,36 @@ class Context:
 
     def _observe(self, result: Classification, fetched: bool) -> None:
         self.metrics.observe_classification(result, fetched=fetched, source=result.verdict_source)
+        self.traffic.observe(result.verdict, result.verdict_source, result.scores)
+
+    # ------------------------------------------------------------ the evaluation (issue 25)
+
+    def evaluation(self, *, since: float | None = None, until: float | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+        """How the automatic decisions fare in production (:func:`nsfw_core.calibration.production.evaluate`)."""
+        from nsfw_core.calibration.production import evaluate
+
+        return evaluate(self.review_queue, self.traffic, self.thresholds.current(), self.audit,
+                        self.review_config.verdicts, since=since, until=until, now=now)
+
+    def _quality_gauges(self) -> list[Any]:
+        """/metrics' evaluation gauges over the last 7 days, computed at most once a minute per process."""
+        from nsfw_core.calibration.production import DAY, gauges
+
+        now = time.time()
+        held = self._quality
+        if held is None or now - held[0] >= 60.0:
+            held = self._quality = (now, gauges(self.evaluation(since=now - 7 * DAY, until=now, now=now)))
+        return held[1]
+
+    async def _flush_traffic(self) -> None:
+        """Every FLUSH_INTERVAL seconds, the traffic counted in memory into the database."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self.traffic.flush)
+            except Exception:  # logged by the counter once per outage; the counts wait in memory
+                pass
 
     def _serving_state(self) -> ServingState:
         lane = self.models.default_lane()
@@ -172,6 +226,7 @@ class Context:
     async def start(self) -> None:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
+        self._traffic_task = asyncio.get_running_loop().create_task(self._flush_traffic(), name="nsfw-traffic")
         await self._start_webhooks()
 
     async def _load(self) -> None:
@@ -226,13 +281,18 @@ class Context:
         self._stopping = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        if self._webhooks_task is not None:
-            self._webhooks_task.cancel()
-            try:
-                await self._webhooks_task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._webhooks_task, self._traffic_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         await self.models.stop()
+        try:
+            await asyncio.to_thread(self.traffic.flush)
+        except Exception as exc:
+            log.warning("traffic counts of the last seconds not saved: %r", exc)
         self.close()
 
     def close(self) -> None:

@@ -40,14 +40,16 @@ After = Callable[[Input, str], R]
 
 
 class Prepared(NamedTuple, Generic[R]):
-    """An image ready for the forward pass: its model input(s), sha256, what ``after`` gave, and the time
-    fetching and decoding took."""
+    """An image ready for the forward pass: its model input(s), sha256, what ``after`` gave, the time
+    fetching and decoding took, and its bytes (a fetched URL's are kept until the answer, at most
+    NSFW_MAX_BYTES: the review queue stores what was classified)."""
 
     x: Input
     sha256: str
     found: R
     fetch_s: float
     decode_s: float
+    data: bytes
 
 
 class _Isolate(NamedTuple):
@@ -99,7 +101,7 @@ class Intake:
         self.preparing += 1
         try:
             loop = asyncio.get_running_loop()
-            fetch_s, step, sha, decode_s = await loop.run_in_executor(
+            fetch_s, step, sha, decode_s, data = await loop.run_in_executor(
                 self.workers, requestid.in_context(fn, source, model, after))
             if isinstance(step, _Animated):
                 held.enter_context(self.admission.admit(step.frames - 1))
@@ -116,7 +118,7 @@ class Intake:
                 step = await loop.run_in_executor(self.workers, requestid.in_context(_ready, x, sha, after))
                 decode_s += isolated_s + time.perf_counter() - t0
             assert isinstance(step, _Ready)
-            return Prepared(step.x, sha, step.found, fetch_s, decode_s)
+            return Prepared(step.x, sha, step.found, fetch_s, decode_s, data)
         finally:
             self.preparing -= 1
 
@@ -135,16 +137,16 @@ class Intake:
             self.isolated_pending -= 1
 
     def _fetch_and_prepare(self, url: str, model: Model, after: After[R]
-                           ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
+                           ) -> tuple[float, _Ready | _Isolate | _Animated, str, float, bytes]:
         """Worker thread: fetch, then prepare."""
         t0 = time.perf_counter()
         content = self._fetch(url)
         fetch_s = time.perf_counter() - t0
-        _, step, sha, decode_s = self._prepare_timed(content, model, after)
-        return fetch_s, step, sha, decode_s
+        _, step, sha, decode_s, _ = self._prepare_timed(content, model, after)
+        return fetch_s, step, sha, decode_s, content
 
     def _prepare_timed(self, data: bytes, model: Model, after: After[R]
-                       ) -> tuple[float, _Ready | _Isolate | _Animated, str, float]:
+                       ) -> tuple[float, _Ready | _Isolate | _Animated, str, float, bytes]:
         """Worker thread: read the headers (limits), decode a cheap still image and preprocess it; hash the bytes."""
         t0 = time.perf_counter()
         plan = self.decoder.plan(model, data)
@@ -157,7 +159,7 @@ class Intake:
             step = _Isolate(plan, data)
         else:
             step = _ready(self.decoder.prepare_inline(model, data, plan), sha, after)
-        return 0.0, step, sha, time.perf_counter() - t0
+        return 0.0, step, sha, time.perf_counter() - t0, data
 
     def _decode_inline(self, pending: _Animated, model: Model, sha: str, after: After[R]) -> _Ready:
         """Worker thread: decode and preprocess a cheap animation's sampled frames."""

@@ -28,7 +28,11 @@ queue (``nsfw_review_queue_up``, ``nsfw_review_queue_pending``,
 ``nsfw_review_queue_oldest_pending_age_seconds``: one indexed query, bounded by
 :data:`REVIEW_PROBE_TIMEOUT`, so a database that is down or slow gives ``up 0`` and never a
 failed or slow scrape), ``nsfw_build_info{model, version, runtime, app_version}``, and the
-``process_*`` metrics.  ``docs/operations.md`` has the PromQL.
+``process_*`` metrics; and, when the context hands ``quality``, the evaluation's gauges (issue 25):
+``nsfw_automatic_precision{verdict}`` and its ``_lower`` bound, ``nsfw_audited_items{verdict}``,
+``nsfw_wrong_automatic_per_day{verdict}``, ``nsfw_score_psi{class}`` and ``nsfw_score_drift_images{class}``
+(the last 7 days, from the database: the same on every replica), with ``nsfw_evaluation_up``.
+``docs/operations.md`` has the PromQL and alert examples.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -49,12 +53,15 @@ from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
 if TYPE_CHECKING:
     from nsfw_core.classify import Classification
 
+T = TypeVar("T")
 STAGES = ("fetch", "decode", "inference", "total")
 SOURCES = ("model",)  # who gave the verdict; "review" and "list" when those exist
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 REVIEW_PROBE_TIMEOUT = 0.5  # seconds a scrape waits for the review database
+QUALITY_PROBE_TIMEOUT = 2.0  # seconds a scrape waits for the evaluation (computed at most once a minute)
+Gauge = tuple[str, str, dict[str, str], float]  # name, help, labels, value
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -79,7 +86,8 @@ class Metrics:
     """The process's metrics; see the module docstring.  ``state`` and ``review`` feed the scrape-time gauges."""
 
     def __init__(self, state: Callable[[], ServingState] | None = None,
-                 review: Callable[[], tuple[int, float | None]] | None = None, *, app_version: str = "") -> None:
+                 review: Callable[[], tuple[int, float | None]] | None = None, *, app_version: str = "",
+                 quality: Callable[[], list[Gauge]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("nsfw_http_requests", "API requests answered, by route template and status",
@@ -105,6 +113,9 @@ class Metrics:
         self._state = _StateCollector(state, review, app_version) if state is not None and review is not None else None
         if self._state is not None:
             r.register(self._state)
+        self._quality = _QualityCollector(quality) if quality is not None else None
+        if self._quality is not None:
+            r.register(self._quality)
         ProcessCollector(registry=r)
 
     # ------------------------------------------------------------ counted as it happens
@@ -138,10 +149,38 @@ class Metrics:
     def close(self) -> None:
         if self._state is not None:
             self._state.review.close()
+        if self._quality is not None:
+            self._quality.probe.close()
 
     def exposition(self) -> bytes:
         """The text format of everything (call it off the event loop: the review probe may wait)."""
         return generate_latest(self.registry)
+
+
+class Probe(Generic[T]):
+    """A query run at most once at a time on its own thread, waited for at most ``timeout`` seconds: a
+    database that hangs leaves the scrape without its figures, never hanging or failing it."""
+
+    def __init__(self, query: Callable[[], T], timeout: float, name: str) -> None:
+        self.query = query
+        self.timeout = timeout
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pending: concurrent.futures.Future[T] | None = None
+        self._lock = threading.Lock()
+
+    def result(self) -> T | None:
+        """The query's answer, or None when it failed or did not answer in time."""
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = self._executor.submit(self.query)
+            future = self._pending
+        try:
+            return future.result(timeout=self.timeout)
+        except Exception:  # down, slow, misconfigured: the scrape still answers
+            return None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ReviewProbe:
@@ -153,24 +192,18 @@ class ReviewProbe:
         self.query = query
         self.timeout = timeout
         self.clock = clock
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nsfw-metrics-review")
-        self._pending: concurrent.futures.Future[tuple[int, float | None]] | None = None
-        self._lock = threading.Lock()
+        self._probe: Probe[tuple[int, float | None]] = Probe(query, timeout, "nsfw-metrics-review")
 
     def read(self) -> tuple[int, float | None] | None:
         """(pending items, age in seconds of the oldest or None), or None when the database did not answer."""
-        with self._lock:
-            if self._pending is None or self._pending.done():
-                self._pending = self._executor.submit(self.query)
-            future = self._pending
-        try:
-            count, oldest = future.result(timeout=self.timeout)
-        except Exception:  # down, slow, misconfigured: the scrape still answers
+        found = self._probe.result()
+        if found is None:
             return None
+        count, oldest = found
         return count, (max(0.0, self.clock() - oldest) if oldest is not None else None)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._probe.close()
 
 
 class _StateCollector(Collector):
@@ -214,6 +247,30 @@ class _StateCollector(Collector):
                      count)
         yield _gauge("nsfw_review_queue_oldest_pending_age_seconds",
                      "Seconds since the oldest waiting review item was created (0 when none waits)", age or 0.0)
+
+
+class _QualityCollector(Collector):
+    """The evaluation's gauges (issue 25): the estimated precision of the automatic verdicts, the expected wrong
+    decisions per day and the score drift (PSI) per class, over the last 7 days, read through a
+    :class:`Probe` (the context caches the evaluation for a minute); ``nsfw_evaluation_up`` says whether
+    this scrape got them."""
+
+    def __init__(self, quality: Callable[[], list[Gauge]]) -> None:
+        self.probe: Probe[list[Gauge]] = Probe(quality, QUALITY_PROBE_TIMEOUT, "nsfw-metrics-quality")
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        gauges = self.probe.result()
+        yield _gauge("nsfw_evaluation_up", "1 when this scrape got the evaluation's gauges", float(gauges is not None))
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, help, labels, value in gauges or []:
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(name, help, labels=sorted(labels))
+            family.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from families.values()
 
 
 def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:

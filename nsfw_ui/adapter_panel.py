@@ -3,7 +3,8 @@ roll back, and example sets (issue 26).  Admins only (``Permission.ADAPTERS``).
 
 The page calls :func:`render` once, with the labelled set it has loaded (or None): training embeds that set's
 images (through the score cache, so a second training reads no image again) and, if asked, the review queue's
-decided items (their embeddings were kept when they were queued), trains with
+decided items (their embeddings were kept when they were queued; each weighted by 1 / the probability that
+queued it, issue 25's audit sample, as the page's reviewed-items figures are), trains with
 :func:`nsfw_core.calibration.adapters.train` and stores a new version.  Its report shows the adapter and the
 base model side by side on held-out images (ROC curves, AUC with intervals, precision at the target recall,
 the share sent to review at the target precisions, verdict x truth); publishing is refused when the report did
@@ -30,6 +31,7 @@ from nsfw_core.context import Context
 from nsfw_core.state.adapters import AdapterVersion
 
 from . import auth
+from .labelled_sets import LoadedSet
 from .widgets import pct
 
 S = st.session_state
@@ -37,8 +39,8 @@ CAN_TRAIN_ON = ("demo", "reviewed", "manifest", "folder", "zip")  # the syntheti
 
 
 def render(ctx: Context, who: Identity, model_name: str, adult_labels: Sequence[str],
-           chosen: tuple[str, Sequence[LabelledItem], str] | None) -> None:
-    """The Adapter part, for ``model_name``'s embeddings; ``chosen``: the page's set (kind, items, description)."""
+           chosen: LoadedSet | None) -> None:
+    """The Adapter part, for ``model_name``'s embeddings; ``chosen``: the page's labelled set (None: none yet)."""
     if not auth.can(who, Permission.ADAPTERS):
         return
     with st.expander("Adapter: teach it your policy", expanded=bool(S.get("adapter_open"))):
@@ -66,7 +68,7 @@ def _in_force(ctx: Context, model_name: str) -> None:
 
 
 def _train(ctx: Context, who: Identity, model_name: str, adult_labels: Sequence[str],
-           chosen: tuple[str, Sequence[LabelledItem], str] | None) -> None:
+           chosen: LoadedSet | None) -> None:
     st.subheader("Train")
     if not training.sklearn_available():
         st.info(f"Training is not enabled in this install: {training.INSTALL_HINT}. Adapters trained elsewhere "
@@ -80,10 +82,10 @@ def _train(ctx: Context, who: Identity, model_name: str, adult_labels: Sequence[
     c2.number_input("Target recall (%)", 50.0, 100.0, 90.0, 1.0, key="adapter_target_recall")
     c3.checkbox("Also the reviewed items", key="adapter_reviewed",
                 help="Decided review items whose embedding was kept when they were queued.")
-    usable = chosen is not None and chosen[0] in CAN_TRAIN_ON
+    usable = chosen is not None and chosen.kind in CAN_TRAIN_ON
     if chosen is not None and not usable:
         st.caption("The synthetic set has no images: choose a set with images, or train on the reviewed items alone.")
-    what = (f"the {chosen[2]}" if usable and chosen is not None else "") + \
+    what = (f"the {chosen.description}" if usable and chosen is not None else "") + \
         (" and " if usable and S.get("adapter_reviewed") else "") + \
         ("the reviewed items" if S.get("adapter_reviewed") else "")
     if st.button("Train adapter", disabled=not what, help=f"Train on {what or 'nothing yet'}; the figures come from "
@@ -102,14 +104,14 @@ def _train(ctx: Context, who: Identity, model_name: str, adult_labels: Sequence[
 
 
 def _run_training(ctx: Context, who: Identity, model_name: str, adult_labels: Sequence[str],
-                  chosen: tuple[str, Sequence[LabelledItem], str] | None) -> AdapterVersion:
+                  chosen: LoadedSet | None) -> AdapterVersion:
     model = ctx.models.get(model_name)
     binary_map = make_binary_map(adult_labels)
     examples: list[training.Example] = []
     failed: list[dict[str, Any]] = []
     missing = 0
-    if chosen is not None and chosen[0] != "reviewed":
-        items = [LabelledItem(it.source, it.label, to_binary(it.label, binary_map)) for it in chosen[1]]
+    if chosen is not None and chosen.kind != "reviewed":
+        items = [LabelledItem(it.source, it.label, to_binary(it.label, binary_map)) for it in chosen.items]
         bar = st.progress(0.0, text=f"Embedding {len(items)} images…")
         loader = labelsets.item_loader(ctx.settings.labelset_config, ctx.fetch)
 
@@ -119,9 +121,10 @@ def _run_training(ctx: Context, who: Identity, model_name: str, adult_labels: Se
         results = ctx.score_cache.embed_items(model, items, ctx.decoder, loader, progress)
         bar.empty()
         examples, failed = training.examples_from_set(results)
-    if S.get("adapter_reviewed") or (chosen is not None and chosen[0] == "reviewed"):
-        got, missing = training.examples_from_reviewed(ctx.review_queue.reviewed_items(binary_map),
-                                                       ctx.adapters.item_embeddings(model.name, model.version))
+    if S.get("adapter_reviewed") or (chosen is not None and chosen.kind == "reviewed"):
+        reviewed = ctx.review_queue.reviewed_items(binary_map)  # each weighted 1 / the probability that queued it
+        got, missing = training.examples_from_reviewed(reviewed, ctx.adapters.item_embeddings(model.name,
+                                                                                              model.version))
         examples += got
     targets = training.Targets(float(S.get("adapter_target_recall", 90.0)) / 100.0,
                                float(S.get("cal_target_adult", 99.0)) / 100.0,
@@ -131,7 +134,7 @@ def _run_training(ctx: Context, who: Identity, model_name: str, adult_labels: Se
                                  base=ctx.thresholds.current().thresholds, targets=targets,
                                  distance=ctx.settings.match_distance)
     report = {**trained.report, "failed_count": len(failed), "reviewed_without_embedding": missing,
-              "source": chosen[2] if chosen is not None else "reviewed items"}
+              "source": chosen.description if chosen is not None else "reviewed items"}
     return ctx.adapters.save(name=str(S.get("adapter_name") or "policy"), model=model.name,
                              model_version=model.version, head=trained.head, t_adult=trained.t_adult,
                              t_safe=trained.t_safe, report=report, dataset_sha256=trained.dataset_sha256,
@@ -278,7 +281,7 @@ def _row(v: AdapterVersion) -> dict[str, Any]:
 
 
 def _example_sets(ctx: Context, who: Identity, model_name: str,
-                  chosen: tuple[str, Sequence[LabelledItem], str] | None, adult_labels: Sequence[str]) -> None:
+                  chosen: LoadedSet | None, adult_labels: Sequence[str]) -> None:
     st.subheader("Example sets")
     st.caption("A few example images of something to block (or allow) now, without training: an image whose "
                "embedding is within the set's similarity threshold of one example gets the set's verdict "
@@ -303,14 +306,15 @@ def _example_sets(ctx: Context, who: Identity, model_name: str,
     uploads = st.file_uploader("Example images", accept_multiple_files=True, key="examples_images",
                                type=["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"])
     background = "the demo set (data/demo)"
-    if chosen is not None and chosen[0] in CAN_TRAIN_ON and chosen[0] != "reviewed":
+    if chosen is not None and chosen.kind in CAN_TRAIN_ON and chosen.kind != "reviewed":
         background = st.radio("Background (images that are not what the set is for)",
-                              (background, f"the {chosen[2]}'s images of the other truth"), key="examples_background")
+                              (background, f"the {chosen.description}'s images of the other truth"),
+                              key="examples_background")
     if st.button("Add example set", disabled=not uploads or not S.get("examples_name")):
         try:
             auth.check(who, Permission.ADAPTERS)
             verdict = ADULT if S.get("examples_action") == "blocked" else SAFE
-            other = [it for it in (chosen[1] if chosen is not None else [])
+            other = [it for it in (chosen.items if chosen is not None else [])
                      if to_binary(it.label, make_binary_map(adult_labels)) != verdict]
             use_chosen = background != "the demo set (data/demo)" and bool(other)
             stored = _add_set(ctx, who, model_name, verdict, uploads or [], other if use_chosen else None)

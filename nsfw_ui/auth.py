@@ -4,6 +4,9 @@
 websocket's HTTP request carried them), Streamlit's ``st.user`` (OpenID Connect, signed cookie)
 and a secret sign-in kept in ``st.session_state[IDENTITY_KEY]``.  That key is set only by
 :func:`sign_in_with_secret`, never by a widget, so a forged widget message cannot set it.
+Both kinds of sign-in count only while their server-side session is live
+(:mod:`nsfw_core.state.sessions`: not signed out in any tab or replica, within the idle and absolute
+lifetimes, still accepted by the identity provider); :func:`sign_out` ends it everywhere.
 
 Pages call :func:`require` first (it stops the script for a visitor without the role) and
 :func:`check` again right before an action, since an action runs from a callback or a rerun
@@ -12,6 +15,8 @@ that a client can trigger with a forged message.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import streamlit as st
@@ -20,18 +25,20 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from nsfw_core.access import ANONYMOUS, Identity, Permission
 from nsfw_core.base.errors import NSFWError
 
-from . import uploads
+from . import signin, uploads
 from .state import context
 
 IDENTITY_KEY = "_nsfw_identity"  # a secret sign-in's Identity; never a widget key
+log = logging.getLogger(__name__)
 
 
 def _oidc_claims() -> dict[str, Any] | None:
+    """``st.user`` of a signed-in visitor (the ID token's claims, and ``tokens``: never shown or logged)."""
     try:
         user = st.user
         if not user.is_logged_in:
             return None
-        return user.to_dict()
+        return dict(user.to_dict())
     except Exception:  # no auth configured, or no session (bare script run)
         return None
 
@@ -50,14 +57,23 @@ def _identity() -> Identity:
     local = access.local_visitor(dict(st.context.headers))
     if local is not None:
         return local
+    ended = ""
     if access.oidc:
         claims = _oidc_claims()
         if claims is not None:
-            return access.from_oidc(claims)
+            who = signin.oidc_identity(access, context().signin_sessions, claims)
+            if who.via == "oidc":
+                return who
+            ended = who.note
     signed = st.session_state.get(IDENTITY_KEY)
     if isinstance(signed, Identity) and signed.via == "secret":
-        return signed
-    return ANONYMOUS
+        status = context().signin_sessions.check_secret(signed.session)
+        if status.ok:
+            return signed
+        if status.ended:  # signed out, or a lifetime ran out: forgotten
+            st.session_state.pop(IDENTITY_KEY, None)
+        ended = status.message
+    return dataclasses.replace(ANONYMOUS, note=ended) if ended else ANONYMOUS
 
 
 def can(who: Identity, permission: Permission) -> bool:
@@ -76,19 +92,42 @@ def require(permission: Permission) -> Identity:
     who = identity()
     if not can(who, permission):
         st.warning("This page needs signing in with the right role. Use the Sign in page.")
+        if who.note:
+            st.info(who.note)
         st.stop()
     return who
 
 
 def sign_in_with_secret(secret: str) -> str | None:
-    """Sign this session in with a role's secret; the error message, or None when signed in."""
+    """Sign this session in with a role's secret; the error message, or None when signed in.
+
+    The sign-in is a session of its own (:mod:`nsfw_core.state.sessions`), ended by :func:`sign_out`,
+    by its idle and absolute lifetimes, or by the operator."""
     try:
-        st.session_state[IDENTITY_KEY] = context().access.sign_in_with_secret(secret)
+        who = context().access.sign_in_with_secret(secret)
     except NSFWError as exc:
         return exc.message
+    try:
+        session = context().signin_sessions.start_secret(who)
+    except Exception as exc:  # the database: no session, no sign-in
+        log.error("sign-in with the %s secret could not be recorded: %s", who.role.label, type(exc).__name__)
+        return "the server cannot record the sign-in right now (its database is unavailable); try again later"
+    st.session_state[IDENTITY_KEY] = dataclasses.replace(who, session=session)
     return None
 
 
 def sign_out() -> None:
-    """Forget a secret sign-in; an OpenID Connect one ends with ``st.logout()`` (the page does it)."""
-    st.session_state.pop(IDENTITY_KEY, None)
+    """End this visitor's sign-in on the server, for every tab and replica: the OpenID Connect session of
+    ``st.user`` (the page then calls ``st.logout()`` to delete the cookie and pass by the provider) and a
+    secret sign-in.  A database error is logged; the sign-in is forgotten here all the same."""
+    sessions = context().signin_sessions
+    claims = _oidc_claims() if context().access.oidc else None
+    signed = st.session_state.pop(IDENTITY_KEY, None)
+    try:
+        if claims is not None:
+            signin.end_oidc_session(sessions, claims)
+        if isinstance(signed, Identity) and signed.session:
+            sessions.end(signed.session)
+    except Exception as exc:
+        log.error("signing out could not end the session in the database (%s): a copy of the sign-in cookie "
+                  "stays valid until its idle lifetime ends", type(exc).__name__)

@@ -69,12 +69,15 @@ def threshold_rules(current: float, suggested: float | None) -> pd.DataFrame:
 
 
 def distribution_chart(df: pd.DataFrame, column: str, title: str, current: float, suggested: float | None) -> Any:
-    """Stacked histogram of ``column`` (0…1, bins of 0.05) by ``truth_label``, with the threshold lines."""
+    """Stacked histogram of ``column`` (0…1, bins of 0.05) by ``truth_label``, with the threshold lines; with a
+    ``weight`` column each image counts its weight (estimated production images)."""
+    amount = "sum(weight):Q" if "weight" in df.columns else "count():Q"
+    label = "images (estimated in production)" if "weight" in df.columns else "images"
     bars = alt.Chart(df).mark_bar(opacity=0.8).encode(
         x=alt.X(f"{column}:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title=title),
-        y=alt.Y("count():Q", stack=True, title="images"),
+        y=alt.Y(amount, stack=True, title=label),
         color=alt.Color("truth_label:N", scale=TRUTH_COLORS, title="true label"),
-        tooltip=[alt.Tooltip("truth_label:N", title="true label"), alt.Tooltip("count():Q", title="images")],
+        tooltip=[alt.Tooltip("truth_label:N", title="true label"), alt.Tooltip(amount, title=label, format=",.0f")],
     )
     rules = alt.Chart(threshold_rules(current, suggested)).mark_rule(strokeWidth=2.5).encode(
         x="x:Q",
@@ -189,3 +192,61 @@ def point_layer(point: AdultPoint, sug_point: AdultPoint | None, x: str, y: str)
         fillOpacity=alt.FillOpacity("what:N", scale=alt.Scale(domain=kinds, range=[1.0, 0.0]), legend=None),
         tooltip=["what", alt.Tooltip(f"{x}:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".3f")],
     )
+
+
+# ---------------------------------------------------------------- the evaluate page (issue 25)
+
+VERDICT_COLORS = alt.Scale(domain=["adult", "unknown", "safe"], range=["#d62728", "#9aa0a6", "#2ca02c"])
+PSI_LEVELS = (0.1, 0.25)  # watch, act
+
+
+def precision_by_day_chart(daily: list[dict[str, Any]]) -> Any:
+    """Per UTC day and automatic verdict, the estimated precision (●) and its 95 % interval (bar), from the
+    evaluation's ``daily`` rows; days without audited items are left out."""
+    rows = [{"day": d["day"], "verdict": v, "precision": d[v]["precision"], "lo": d[v]["ci95"][0],
+             "hi": d[v]["ci95"][1], "audited": d[v]["audited"], "overturned": d[v]["overturned"]}
+            for d in daily for v in ("adult", "safe") if d.get(v, {}).get("audited")]
+    df = pd.DataFrame(rows, columns=["day", "verdict", "precision", "lo", "hi", "audited", "overturned"])
+    base = alt.Chart(df).encode(
+        x=alt.X("day:T", title="day (UTC)"),
+        color=alt.Color("verdict:N", scale=VERDICT_COLORS, title="automatic verdict"),
+        xOffset=alt.XOffset("verdict:N"),
+        tooltip=["day:T", "verdict", alt.Tooltip("precision:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
+                 alt.Tooltip("hi:Q", format=".1%"), "audited", "overturned"],
+    )
+    bars = base.mark_rule(strokeWidth=2).encode(y=alt.Y("lo:Q", title="precision (95 % interval)",
+                                                       axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+                                               y2="hi:Q")
+    points = base.mark_point(filled=True, size=60).encode(y="precision:Q")
+    return (bars + points).properties(height=260)
+
+
+def decisions_by_day_chart(daily: list[dict[str, Any]]) -> Any:
+    """Per UTC day, the verdicts the API gave (the model's own), stacked."""
+    rows = [{"day": d["day"], "verdict": v, "images": d["decisions"].get(v, 0)} for d in daily
+            for v in ("adult", "unknown", "safe")]
+    df = pd.DataFrame(rows, columns=["day", "verdict", "images"])
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("day:T", title="day (UTC)"),
+        y=alt.Y("images:Q", stack=True, title="verdicts"),
+        color=alt.Color("verdict:N", scale=VERDICT_COLORS, title="verdict"),
+        tooltip=["day:T", "verdict", "images"],
+    ).properties(height=220)
+
+
+def psi_chart(classes: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Per class, the PSI of production's scores against the labelled set (bar) with its interval, and the
+    0.1 (watch) and 0.25 (act) lines."""
+    rows = [{"class": c, "psi": d["psi"], "lo": (d["ci95"] or [None, None])[0], "hi": (d["ci95"] or [None, None])[1],
+             "level": d["level"], "images": d["production_images"]} for c, d in classes.items() if d["psi"] is not None]
+    df = pd.DataFrame(rows, columns=["class", "psi", "lo", "hi", "level", "images"])
+    base = alt.Chart(df).encode(x=alt.X("class:N", title=None))
+    bars = base.mark_bar(opacity=0.8).encode(
+        y=alt.Y("psi:Q", title="PSI (production vs labelled set)"),
+        tooltip=["class", alt.Tooltip("psi:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f"), "level", "images"])
+    whiskers = base.mark_rule(color="black").encode(y="lo:Q", y2="hi:Q")
+    lines = alt.Chart(pd.DataFrame({"psi": list(PSI_LEVELS), "line": ["watch (0.1)", "act (0.25)"]})).mark_rule(
+        strokeDash=[5, 4]).encode(y="psi:Q", color=alt.Color("line:N", scale=alt.Scale(range=["#e6a700", "#d62728"]),
+                                                              title=None))
+    return (bars + whiskers + lines).properties(height=220)

@@ -44,13 +44,18 @@ def cookie_secret(oidc: OIDCConfig) -> str:
 
 
 def auth_section(oidc: OIDCConfig, app_url: str | None) -> str:
-    """The ``[auth]`` TOML section for ``oidc`` (values as JSON strings, which TOML reads as basic strings)."""
-    values = {
+    """The ``[auth]`` TOML section for ``oidc`` (values as JSON strings, which TOML reads as basic strings).
+
+    ``expose_tokens = ["access"]`` puts the sign-in's access token in ``st.user.tokens`` (server side only,
+    never sent to the browser), for re-checking the sign-in at the provider's userinfo endpoint
+    (nsfw_ui/signin.py)."""
+    values: dict[str, object] = {
         "redirect_uri": redirect_uri(oidc, app_url),
         "cookie_secret": cookie_secret(oidc),
         "client_id": oidc.client_id,
         "client_secret": oidc.client_secret,
         "server_metadata_url": oidc.metadata_url,
+        "expose_tokens": ["access"],
     }
     return "[auth]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 

@@ -3,7 +3,7 @@
 Every page gets what it uses from :func:`context`, the process's one
 :class:`nsfw_core.context.Context` (the one the API's lifespan installed when the
 server runs, else the one created on first use).  No page builds settings, a
-``ThresholdStore``, a ``ReviewQueue``, a ``ScoreCache`` or a model of its own, so
+``ThresholdHistory``, a ``ReviewQueue``, a ``ScoreCache`` or a model of its own, so
 a threshold saved on the calibration page is the one the API judges with, and
 the review page and the API share one queue and one database pool.
 

@@ -19,16 +19,18 @@ ROLE_TEXT = {
 }
 
 
-def _signed_in(name: str, role: str, via: str) -> None:
+def _signed_in(name: str, role: str, via: str, note: str) -> None:
     st.success(f"Signed in as **{widgets.md_escape(name)}**, role **{role}**: you may {ROLE_TEXT[role]}.")
-    if role == "anonymous":
+    if note:  # why the provider's answer gives no role (an address it did not verify, or not plain)
+        st.warning(widgets.md_escape(note))
+    elif role == "anonymous":
         st.info("Your account has no role here. An admin can add your address (or your domain) to "
                 "NSFW_ADMIN_EMAILS or NSFW_REVIEWER_EMAILS.")
     if st.button("Sign out", key="sign_out"):
+        auth.sign_out()  # the session ends on the server: every tab, every replica, any copy of the cookie
         if via == "oidc":
             st.logout()
         else:
-            auth.sign_out()
             st.rerun()
 
 
@@ -51,8 +53,10 @@ def page() -> None:
         st.info("Local mode: everyone who opens this server at http://localhost is admin, without signing in.")
         return
     if who.signed_in:
-        _signed_in(who.name, who.role.label, who.via)
+        _signed_in(who.name, who.role.label, who.via, who.note)
         return
+    if who.note:  # a sign-in that ended (signed out elsewhere, a lifetime, the provider) or cannot be checked
+        st.warning(widgets.md_escape(who.note))
     if not access.sign_in_configured:
         st.warning("Sign-in is not configured on this server, so the calibrate and review pages are locked. "
                    "The operator sets NSFW_ADMIN_SECRET / NSFW_REVIEWER_SECRET, or an OpenID Connect provider "

@@ -11,10 +11,18 @@ of the five classes, ``skip`` (the item goes to the end of the queue and this
 session does not see it again until "review skipped items again"), or
 ``undo`` (the latest decision of this reviewer comes back to them).
 
-The image comes from the stored bytes when the queue kept them
-(``NSFW_REVIEW_STORE_UPLOADS``), otherwise from its URL through the SSRF-safe
-fetcher (once per item and session; "Fetch again" after an error); an upload
-whose bytes were not kept is reviewed from its scores.
+An audit item (a random sample of the automatic verdicts, NSFW_AUDIT_RATE) is shown blind: neither
+the model's verdict nor its scores.  Under double review (NSFW_DOUBLE_REVIEW_RATE) the label is this
+reviewer's vote: the item goes to a second reviewer, and to an admin when the two disagree.
+
+The image is always the bytes that were classified (issue 29): the stored bytes (a URL
+item's always, an upload's with ``NSFW_REVIEW_STORE_UPLOADS``, an audit item's always); a
+review item queued before the queue kept URL bytes is fetched again through the SSRF-safe
+fetcher and shown only when its sha256 is the item's (once per item and session; "Fetch
+again" after an error); an audit item is never fetched again.  A decision is remembered for
+later copies only when the reviewer was shown those bytes (``seen``); an upload whose bytes
+were not kept is decided from its scores, and remembered for nothing.  A review item whose
+look-alike match the model disagreed with shows that match.
 
 Widget keys: ``reveal_<item id>`` (toggle);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
@@ -25,11 +33,14 @@ hentai, neutral, porn, sexy), K skip, U undo.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from nsfw_core.access import Identity, Permission
+from nsfw_core.access import Identity, Permission, Role
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.context import Context
@@ -41,6 +52,7 @@ CURRENT_KEY = "review_current"  # (item id, reviewer id it was claimed under)
 SKIPPED_KEY = "review_skipped"  # ids this session skipped
 MESSAGE_KEY = "review_message"  # (kind, text) shown once after a button
 FETCHED_KEY = "review_fetched"  # {item id: bytes or error text}: URL images fetched for this session
+SHOWN_KEY = "review_shown"  # {item id: sha256 of the bytes shown}: what the reviewer saw (the item's own bytes)
 SHORTCUTS = {"adult": "A", "safe": "S", "drawings": "1", "hentai": "2", "neutral": "3", "porn": "4", "sexy": "5",
              "skip": "K", "undo": "U"}
 LABEL_HELP = {"adult": "Adult (binary label)", "safe": "Safe (binary label)",
@@ -61,7 +73,7 @@ def _say(kind: str, text: str) -> None:
 # ---------------------------------------------------------------- the current item
 
 
-def _current(queue: ReviewQueue, reviewer: str) -> Item | None:
+def _current(queue: ReviewQueue, reviewer: str, admin: bool = False) -> Item | None:
     """The item this session holds (still claimed by it), else the next one claimed now."""
     held = st.session_state.get(CURRENT_KEY)
     if held is not None:
@@ -78,7 +90,7 @@ def _current(queue: ReviewQueue, reviewer: str) -> Item | None:
             if item is not None and item.status != "decided":
                 _say("warning", f"Item {item_id} was given to another reviewer after your lease ran out.")
         st.session_state[CURRENT_KEY] = None
-    item = queue.claim(reviewer, exclude=st.session_state.get(SKIPPED_KEY, set()))
+    item = queue.claim(reviewer, exclude=st.session_state.get(SKIPPED_KEY, set()), admin=admin)
     st.session_state[CURRENT_KEY] = (item.id, reviewer) if item is not None else None
     return item
 
@@ -90,11 +102,19 @@ def _on_decide(queue: ReviewQueue, who: Identity, item_id: int, label: str) -> N
     try:
         auth.check(who, Permission.REVIEW)
         fetched = st.session_state.get(FETCHED_KEY, {}).get(item_id)
-        # an item queued without perceptual hashes gets them now (stored bytes, or its URL), so later copies
-        # of the image get this decision too (nsfw_core.state.known); items queued by the API carry them already
-        hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None)
-        queue.decide(item_id, who.name, label, phash=hashes)
-        _say("success", f"Item {item_id}: **{label}**.")
+        seen = st.session_state.get(SHOWN_KEY, {}).get(item_id)
+        # an item queued without perceptual hashes gets them now (the bytes shown), so later copies of the
+        # image get this decision too (nsfw_core.state.known); items queued by the API carry them already
+        hashes = item_hashes(state.context(), queue, item_id, fetched if isinstance(fetched, bytes) else None) \
+            if seen else None
+        item = queue.decide(item_id, who.name, label, phash=hashes, seen=seen, admin=who.role >= Role.ADMIN)
+        if item.status == "decided":
+            _say("success", f"Item {item_id}: **{label}**.")
+        elif item.escalated:
+            _say("info", f"Item {item_id}: your label **{label}** disagrees with another reviewer's: an admin decides.")
+        else:
+            _say("success", f"Item {item_id}: your label **{label}** is recorded; a second reviewer decides it too "
+                            "(double review).")
     except NSFWError as exc:
         _say("warning", _error_text(exc))
     st.session_state[CURRENT_KEY] = None
@@ -145,16 +165,25 @@ def _on_reset_skipped() -> None:
 
 
 def _image_bytes(ctx: Context, item: Item) -> tuple[bytes | None, str | None]:
-    """The item's bytes (stored, or fetched once per session from its URL) or an error text."""
+    """The bytes that were classified (stored, or, for a review item queued before URL bytes were kept, fetched
+    once per session from its URL and refused when its sha256 is not the item's) or an error text.  An audit
+    item's bytes are always stored: it is never fetched again."""
     if item.image:
+        if hashlib.sha256(item.image).hexdigest() != item.sha256:
+            return None, ("The stored bytes are not the classified image's (sha256 differs): "
+                          + ("skip it." if item.blind else "decide from the scores."))
         return item.image, None
-    if not item.is_url:
+    if not item.is_url or item.blind:
         return None, None
     fetched = st.session_state.setdefault(FETCHED_KEY, {})
     if item.id not in fetched:
         try:
             fetched.clear()  # keep only the current item's bytes
-            fetched[item.id] = inputs.url_bytes(ctx, item.source)
+            data = inputs.url_bytes(ctx, item.source)
+            fetched[item.id] = data if hashlib.sha256(data).hexdigest() == item.sha256 else (
+                "The URL now serves other bytes than the image that was classified (its sha256 differs), so "
+                "they are not shown: decide from the scores or skip; the decision will not be remembered "
+                "for copies.")
         except NSFWError as exc:
             fetched[item.id] = _error_text(exc)
     value = fetched[item.id]
@@ -168,14 +197,16 @@ def _show_image(ctx: Context, item: Item) -> None:
         st.button("Fetch again", key="refetch", on_click=_on_refetch)
         return
     if data is None:
-        st.info("The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
-                "decide from the scores, or skip.")
+        st.info("The image was not stored: skip it." if item.blind else
+                "The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
+                "decide from the scores, or skip; the decision will not be remembered for copies.")
         return
     try:
         pixels = ctx.decoder.preview(data, PREVIEW_SIZE)
     except NSFWError as exc:
         st.error(_error_text(exc))
         return
+    st.session_state[SHOWN_KEY] = {item.id: hashlib.sha256(data).hexdigest()}  # the item's own bytes
     revealed = st.toggle("Reveal image", key=f"reveal_{item.id}",
                          help="The image is blurred until you reveal it.")
     if revealed:
@@ -240,20 +271,48 @@ def _show_nothing_left(counts: dict[str, int]) -> None:
     if counts["pending"] and skipped:
         st.info(f"Only items you skipped are left ({len(skipped)}).")
         st.button("Review skipped items again", key="reset_skipped", on_click=_on_reset_skipped)
+    elif counts["pending"]:
+        st.success(f"Nothing left for you: {counts['pending']} waiting for another reviewer (double review) or "
+                   "for an admin (two reviewers disagreed).")
     else:
         st.success("Nothing left to review.")
 
 
-def _show_item(ctx: Context, item: Item) -> None:
-    """The item held: its image (blurred until revealed) beside its source, model, verdict and scores."""
+def _show_item(ctx: Context, queue: ReviewQueue, item: Item) -> None:
+    """The item held: its image (blurred until revealed) beside its source, model, verdict and scores; an audit
+    item blind (neither the model's verdict nor its scores: they would anchor the reviewer)."""
     left_col, right_col = st.columns([3, 2])
     with left_col:
         _show_image(ctx, item)
     with right_col:
         st.markdown(f"**Source:** {_md(item.source)}")
-        st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
-                   + (f" · skipped {item.skips}×" if item.skips else ""))
-        st.dataframe(_scores_table(item), hide_index=True)
+        skipped = f" · skipped {item.skips}×" if item.skips else ""
+        if item.blind:
+            st.caption(f"queued {iso(item.created_at)}{skipped}")
+            st.info("Decide from the image alone: the model's verdict and scores are hidden for this item.")
+        else:
+            st.caption(f"model {_md(item.model)} · verdict {_md(item.verdict)} · queued {iso(item.created_at)}"
+                       + skipped)
+            st.dataframe(_scores_table(item), hide_index=True)
+            _show_match(item)
+        if item.escalated:
+            said = ", ".join(f"{_md(v.reviewer)} said **{_md(v.label)}**" for v in queue.votes(item.id))
+            st.warning(f"Two reviewers disagreed ({said}): your decision is final.")
+
+
+def _show_match(item: Item) -> None:
+    """A remembered decision this image looks like (PDQ) while the model sees it differently: the reviewer
+    decides, knowing it (issue 29: a perceptual hash alone never clears).  Never for an audit item (blind)."""
+    if not item.matched or item.blind:
+        return
+    try:
+        m = json.loads(item.matched)
+        text = (f"Looks like {'review item ' + str(m['review_id']) if m.get('review_id') else 'a hash-list entry'}"
+                f" ({_md(str(m.get('label', '')))}, {m.get('by', 'pdq')} distance {int(m.get('distance', 0))}),"
+                " but the model sees it differently: decide on what you see.")
+    except (ValueError, TypeError, KeyError):
+        return
+    st.warning(text)
 
 
 def page() -> None:
@@ -268,7 +327,7 @@ def page() -> None:
     reviewer = who.name
     try:
         queue.purge_if_due()
-        item = _current(queue, reviewer)
+        item = _current(queue, reviewer, admin=who.role >= Role.ADMIN)
         counts = queue.counts()
     except NSFWError as exc:
         st.error(_error_text(exc))
@@ -278,7 +337,7 @@ def page() -> None:
     if item is None:
         _show_nothing_left(counts)
     else:
-        _show_item(ctx, item)
+        _show_item(ctx, queue, item)
     _buttons(queue, item, who)
     st.caption("Shortcuts: " + " · ".join(f"{k} {v}" for k, v in SHORTCUTS.items()))
     if auth.can(who, Permission.EXPORT):

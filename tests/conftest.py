@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -22,7 +23,7 @@ from tests.helpers.paths import COMPILED_DIR, REFERENCE, REFERENCE_IMAGES, ROOT,
 
 # Fixtures shared by many modules live in tests/helpers and are registered here, so that no
 # test module imports a fixture (or another test module) to use it.
-pytest_plugins = ["tests.helpers.servers"]
+pytest_plugins = ["tests.helpers.servers", "tests.helpers.slim"]
 
 __all__ = ["COMPILED_DIR", "REFERENCE", "REFERENCE_IMAGES", "ROOT", "START_POSTGRES"]
 
@@ -62,8 +63,9 @@ def _empty_fetch_pool():
 
 
 @pytest.fixture(scope="session")
-def reference_outputs() -> dict:
-    return json.loads((REFERENCE / "nsfwjs-4.4.0-outputs.json").read_text())
+def reference_outputs() -> dict[str, Any]:
+    outputs: dict[str, Any] = json.loads((REFERENCE / "nsfwjs-4.4.0-outputs.json").read_text())
+    return outputs
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ ADMIN = Identity("a", Role.ADMIN, "secret")
 
 @pytest.mark.parametrize(("who", "allowed"), [
     (ANONYMOUS, set()),
-    (REVIEWER, {Permission.CLASSIFY, Permission.REVIEW}),
+    (REVIEWER, {Permission.CLASSIFY, Permission.REVIEW, Permission.EVALUATE}),
     (ADMIN, set(Permission)),
 ])
 def test_roles_when_the_api_is_keyed(who, allowed):
@@ -126,20 +126,80 @@ def test_local_visitor_without_an_origin_is_local():  # not a browser's websocke
 # ---------------------------------------------------------------- OpenID Connect
 
 
+def verified(email: object) -> dict[str, object]:
+    return {"email": email, "email_verified": True}
+
+
 def test_roles_from_email_allow_lists():
     rules = access(True, NSFW_ADMIN_EMAILS="boss@example.com", NSFW_REVIEWER_EMAILS="@example.com, eve@other.org")
     assert rules.from_oidc({"email": "Boss@Example.com", "email_verified": True}) == \
         Identity("Boss@Example.com", Role.ADMIN, "oidc")
-    assert rules.from_oidc({"email": "ann@example.com"}).role is Role.REVIEWER
-    assert rules.from_oidc({"email": "eve@other.org"}).role is Role.REVIEWER
-    assert rules.from_oidc({"email": "mallory@other.org"}).role is Role.ANONYMOUS
-    assert rules.from_oidc({"email": "ann@sub.example.com"}).role is Role.ANONYMOUS  # the domain, exactly
-    assert rules.from_oidc({"email": "boss@example.com.evil.org"}).role is Role.ANONYMOUS
+    assert rules.from_oidc(verified("ann@example.com")).role is Role.REVIEWER
+    assert rules.from_oidc(verified("eve@other.org")).role is Role.REVIEWER
+    assert rules.from_oidc(verified("mallory@other.org")).role is Role.ANONYMOUS
+    assert rules.from_oidc(verified("ann@sub.example.com")).role is Role.ANONYMOUS  # the domain, exactly
+    assert rules.from_oidc(verified("boss@example.com.evil.org")).role is Role.ANONYMOUS
     assert rules.from_oidc({"email": "boss@example.com", "email_verified": False}).role is Role.ANONYMOUS
     assert rules.from_oidc({"sub": "123"}) == Identity("oidc:123", Role.ANONYMOUS, "oidc")
 
 
-@pytest.mark.parametrize("bad", ["alice", "alice@", "@", "a@b", "a b@example.com", "a@b@example.com"])
+# What held before issue 31 and must keep holding: plain ASCII case-insensitively, nothing else folded
+@pytest.mark.parametrize(("email", "role"), [
+    ("BOSS@EXAMPLE.COM", Role.ADMIN), ("boss+tag@example.com", Role.REVIEWER),  # +tag: another address
+    ("boss\uff20example.com", Role.ANONYMOUS),  # FULLWIDTH COMMERCIAL AT
+    ("boss@ex\u0430mple.com", Role.ANONYMOUS),  # CYRILLIC SMALL LETTER A in the domain
+    ("boss@example.com.", Role.ANONYMOUS), ("ann@example.com.", Role.ANONYMOUS),  # trailing dot
+    ("ann@evilexample.com", Role.ANONYMOUS), ("ann@example.com.evil.org", Role.ANONYMOUS),  # domain suffix tricks
+])
+def test_only_plain_ascii_is_folded(email, role):
+    rules = access(True, NSFW_ADMIN_EMAILS="boss@example.com", NSFW_REVIEWER_EMAILS="@example.com")
+    assert rules.from_oidc(verified(email)).role is role
+
+
+@pytest.mark.parametrize("flag", [None, "true", "false", "True", "yes", "no", 1, 0, "1", [], {}, [True]])
+def test_only_a_boolean_true_email_verified_verifies(flag):
+    """Absent, a string (some providers send "true"/"false"), a number, None: not verified, no role."""
+    rules = access(True, NSFW_ADMIN_EMAILS="admin@example.com", NSFW_REVIEWER_EMAILS="@example.com")
+    claims = {"sub": "s-1", "email": "admin@example.com"} | ({} if flag is None else {"email_verified": flag})
+    who = rules.from_oidc(claims)
+    assert (who.name, who.role, who.via) == ("admin@example.com", Role.ANONYMOUS, "oidc")
+    assert "email_verified true (a JSON boolean)" in who.note
+    assert rules.from_oidc(claims | {"email_verified": None}).role is Role.ANONYMOUS
+    assert rules.from_oidc(claims | {"email_verified": True}).role is Role.ADMIN
+
+
+@pytest.mark.parametrize("email", [
+    "\u212aevin@example.com",  # KELVIN SIGN: "\u212aevin".lower() == "kevin"
+    "admin@example.com\u00a0", "\u00a0admin@example.com", "admin@example.com\u2003", "admin@example.com\u3000",
+    "admin@example.com\u200b", "admin@example.com\ufeff", "admin@example.com\u2028",  # zero-width, BOM, LS
+    " admin@example.com", "admin@example.com ", "admin@example.com\t", "admin@example.com\n",
+    "admin@example.com\r\n", "admin@example.com\x00", "admin@example.com\x7f", "admin@example.com\x0b",
+    "\nadmin@example.com", "admin @example.com",
+    "x@evil.org@example.com", "admin@example.com@evil.org", "@example.com", "admin@", "admin",
+    "ADMİN@example.com",  # LATIN CAPITAL LETTER I WITH DOT ABOVE
+    "admin@EXAMPLE.CO\u041c",  # CYRILLIC CAPITAL EM
+])
+def test_an_address_not_in_the_exact_plain_form_gets_no_role(email):
+    rules = access(True, NSFW_ADMIN_EMAILS="admin@example.com,kevin@example.com", NSFW_REVIEWER_EMAILS="@example.com")
+    who = rules.from_oidc({"sub": "s-2", "email": email, "email_verified": True})
+    assert (who.role, who.via) == (Role.ANONYMOUS, "oidc"), email
+    assert who.note.startswith("No role: the e-mail address your identity provider sent, ") and \
+        "is not a plain address: it " in who.note
+    # what is shown is printable ASCII: no newline, control character or look-alike letter reaches the page
+    assert who.name.isascii() and who.name.isprintable() and "\n" not in who.note and who.note.isascii()
+
+
+@pytest.mark.parametrize("email", [None, 42, ["admin@example.com"], {"a": 1}, ""])
+def test_a_missing_or_non_string_email_gets_no_role(email):
+    rules = access(True, NSFW_ADMIN_EMAILS="admin@example.com", NSFW_REVIEWER_EMAILS="@example.com")
+    claims = {"sub": "s-3", "email_verified": True} | ({} if email is None else {"email": email})
+    who = rules.from_oidc(claims)
+    assert (who.name, who.role) == ("oidc:s-3", Role.ANONYMOUS)
+    assert who.note == "No role: your identity provider sent no e-mail address."
+
+
+@pytest.mark.parametrize("bad", ["alice", "alice@", "@", "a@b", "a b@example.com", "a@b@example.com",
+                                 "\u212aevin@example.com", "admin@ex\u0430mple.com", "a\tb@example.com"])
 def test_bad_allow_list_entries_are_refused(bad):
     with pytest.raises(SettingsError, match="NSFW_ADMIN_EMAILS"):
         load_settings({"NSFW_ADMIN_EMAILS": bad})

@@ -127,7 +127,7 @@ def test_a_head_round_trips_as_json_and_anything_else_is_refused():
     e, p = rng.random((4, 8)), rng.dirichlet(np.ones(5), 4)
     np.testing.assert_allclose(again.score_many(e, p), 1 / (1 + np.exp(-(np.hstack([e, p]) @ head.weights + 0.25))))
     good = json.loads(head.to_json())
-    hostile = [
+    hostile: list[str | bytes] = [
         b"\x80\x04K\x01.",  # a pickle
         json.dumps({**good, "format": "pickle"}),
         json.dumps({**good, "dim": 9}),  # weights of another size
@@ -287,18 +287,22 @@ def test_versions_publish_and_roll_back_on_every_replica(policy, database):
             time.sleep(0.05)
 
     a.publish("stripes", 1, by="admin")
-    assert a.current(policy["model"]).ref == {"name": "stripes", "version": 1}  # here at once
+    here = a.current(policy["model"])
+    assert here is not None and here.ref == {"name": "stripes", "version": 1}  # here at once
     seen_by_b(("stripes", 1))
     a.publish("stripes", by="admin")  # the newest version
     seen_by_b(("stripes", 2))
     a.publish("other", by="admin")
     seen_by_b(("other", 1))
-    assert a.rollback(policy["model"], by="admin").ref == {"name": "stripes", "version": 2}
+    back = a.rollback(policy["model"], by="admin")
+    assert back is not None and back.ref == {"name": "stripes", "version": 2}
     seen_by_b(("stripes", 2))
-    assert a.rollback(policy["model"], by="admin").ref == {"name": "stripes", "version": 1}
+    back = a.rollback(policy["model"], by="admin")
+    assert back is not None and back.ref == {"name": "stripes", "version": 1}
     assert a.rollback(policy["model"], by="admin") is None  # before the first publication: the base model
     seen_by_b(None)
-    assert a.rollback(policy["model"], by="admin", to=("other", 1)).ref == {"name": "other", "version": 1}
+    back = a.rollback(policy["model"], by="admin", to=("other", 1))
+    assert back is not None and back.ref == {"name": "other", "version": 1}
     seen_by_b(("other", 1))
     with pytest.raises(Exception, match="was never published"):
         a.rollback(policy["model"], by="admin", to=("stripes", 9))
@@ -380,9 +384,11 @@ def test_example_sets_block_any_frame_and_allow_only_every_frame():
     center = np.zeros(3)
     block = ExampleSet("b", "adult", 0.9, center, np.array([[1.0, 0, 0]]))
     allow = ExampleSet("a", "safe", 0.9, center, np.array([[0, 1.0, 0]]))
-    assert match_examples([(1, block), (2, allow)], np.array([[0, 1.0, 0], [1.0, 0.01, 0]])).name == "b"
+    blocked = match_examples([(1, block), (2, allow)], np.array([[0, 1.0, 0], [1.0, 0.01, 0]]))
+    assert blocked is not None and blocked.name == "b"
     assert match_examples([(2, allow)], np.array([[0, 1.0, 0], [0.0, 0.2, 1.0]])) is None
-    assert match_examples([(2, allow)], np.array([[0, 1.0, 0.1]])).name == "a"
+    allowed = match_examples([(2, allow)], np.array([[0, 1.0, 0.1]]))
+    assert allowed is not None and allowed.name == "a"
     assert ExampleSet.from_json(block.to_json(), name="b", verdict="adult", threshold=0.9).threshold == 0.9
     with pytest.raises(ValueError):
         ExampleSet.from_json(block.to_json(), name="b", verdict="maybe", threshold=0.9)
@@ -465,19 +471,26 @@ def test_an_animation_is_judged_on_its_worst_frame_under_the_adapter(policy, tmp
 def test_a_queued_image_keeps_its_embedding_and_reviewed_items_train_an_adapter(policy, tmp_path):
     settings = make_settings(tmp_path / "data", review_verdicts=("unknown", "safe", "adult"))
     with running(settings) as client:
-        ids = {}
+        answered: dict[str, str] = {}
         for seed in range(25):
             for kind, draw in (("striped", striped), ("blobs", blobs)):
                 body = client.post("/predict?detail=1", content=draw(5000 + seed), headers=PNG).json()
-                ids[body["review_id"]] = "adult" if kind == "striped" else "safe"
+                answered[body["review_id"]] = "adult" if kind == "striped" else "safe"
         ctx = current()  # the server's context (the lifespan installed it)
         queue, model = ctx.review_queue, ctx.models.get()
+        ids: dict[int, str] = {}
+        for review_id, label in answered.items():  # an answer's review id (issue 29) names its item
+            found = queue.ticket(review_id)
+            assert found is not None
+            ids[found[0]] = label
         for item_id, label in ids.items():
             queue.decide(item_id, "rev", label)
         kept = ctx.adapters.item_embeddings(model.name, model.version)
         assert set(kept) == set(ids) and all(v.shape == (1792,) for v, _ in kept.values())
         first = next(iter(ids))
-        name, version, vector = ctx.adapters.item_embedding(first)
+        kept_first = ctx.adapters.item_embedding(first)
+        assert kept_first is not None
+        name, version, vector = kept_first
         assert (name, version) == (model.name, model.version) and np.array_equal(vector, kept[first][0])
         direct = model.predict_with_embeddings(model.preprocess(np.asarray(Image.open(io.BytesIO(
             striped(5000))).convert("RGB")))[None])[1][0]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,16 +26,17 @@ UNSEEN = striped(777_777)
 pytestmark = pytest.mark.slow
 
 
-def cli(env: dict[str, str], *argv: str) -> dict:
+def cli(env: dict[str, str], *argv: str) -> dict[str, Any]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NSFW_")}
     environ.update(NSFW_COMPILED_DIR=COMPILED_DIR, **env)
     done = subprocess.run([sys.executable, "-m", "nsfw_core", *argv], cwd=ROOT, env=environ, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
 
 
-def until(server: AppServer, want: dict | None, limit: float, since: float) -> float:
+def until(server: AppServer, want: dict[str, Any] | None, limit: float, since: float) -> float:
     """Seconds from ``since`` to the start of the first request whose answer names adapter ``want``."""
     while True:
         started = time.monotonic()

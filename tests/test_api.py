@@ -9,6 +9,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
@@ -21,6 +22,7 @@ from nsfw_core.base.verdict import VERDICTS
 from nsfw_core.context import current
 from nsfw_core.http import app as api
 from nsfw_core.http import openapi
+from nsfw_core.http.routing import ApiRoute
 from nsfw_core.inference.pipeline import Decoder
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.control_urls import CONTROL_URLS
@@ -37,7 +39,7 @@ def error_of(response: Any, status_code: int, code: str) -> dict[str, Any]:
     """Assert the status, the JSON error shape and the code; return the body."""
     assert response.status_code == status_code, response.text
     assert response.headers["content-type"] == "application/json"
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert isinstance(body["message"], str) and body["message"]
     assert body["code"] == code, body
     return body
@@ -88,7 +90,9 @@ def test_predict_answers_are_byte_for_byte_the_originals(client, default_model, 
     """The original service's clients parse this exact body: the five keys in this order, compact JSON,
     Python's shortest float repr, nothing else (no request id, no verdict) whatever v1 and the detail add."""
     response = client.post("/predict", content=path.read_bytes(), headers={"content-type": "image/jpeg"})
-    probs = default_model.predict(Decoder(settings.decode_limits).prepare(default_model, path.read_bytes())[None])[0]
+    prepared = Decoder(settings.decode_limits).prepare(default_model, path.read_bytes())
+    assert isinstance(prepared, np.ndarray)  # a still image
+    probs = default_model.predict(prepared[None])[0]
     expected = "{" + ",".join(f'"{c}":{float(p)!r}' for c, p in zip(CLASS_NAMES, probs, strict=True)) + "}"
     assert response.content == expected.encode()
     assert response.headers["content-type"] == "application/json"
@@ -351,7 +355,9 @@ def test_upstream_timeout_is_504(client, images):
 
 def test_full_inference_queue_is_503_with_retry_after(default_model, tmp_path):
     with running(make_settings(tmp_path, queue_size=1, max_batch=1)) as c:
-        batcher = current().models.default_lane().batcher
+        lane = current().models.default_lane()
+        assert lane is not None
+        batcher = lane.batcher
         real = batcher.model
 
         class Slow:  # only this app's batcher sees it: every forward pass takes 0.5 s
@@ -415,7 +421,7 @@ def test_request_bodies_held_in_memory_are_bounded_before_they_are_read(tmp_path
 
 
 def test_unexpected_exception_is_json_500_and_logged(client, monkeypatch, caplog):
-    async def broken(self, data: bytes, **kwargs) -> dict:
+    async def broken(self, data: bytes, **kwargs) -> dict[str, Any]:
         raise RuntimeError("surprise")
 
     monkeypatch.setattr("nsfw_core.classify.Classifier.data", broken)
@@ -474,11 +480,11 @@ def test_other_paths_are_not_taken_for_the_api(path):
     assert not api.lookalike.looks_like_api(path)
 
 
-def bad_requests(route: api.ApiRoute) -> list[tuple[str, str, dict[str, Any]]]:
+def bad_requests(route: ApiRoute) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, request kwargs) that must fail with a 4xx for ``route``."""
     if not route.handlers:
         return [("GET", route.path.replace("{rest:path}", "unknown"), {})]
-    cases = [("PUT", route.path, {})]  # no API route takes PUT
+    cases: list[tuple[str, str, dict[str, Any]]] = [("PUT", route.path, {})]  # no API route takes PUT
     if "POST" in route.handlers:
         cases.append(("POST", route.path, {"content": b"{not json", "params": {"detail": "maybe"}}))
         cases.append(("POST", route.path, {}))
@@ -486,7 +492,7 @@ def bad_requests(route: api.ApiRoute) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def test_every_api_route_answers_bad_requests_with_the_error_shape(client):
-    api_routes = [r for r in api.routes if isinstance(r, api.ApiRoute)]
+    api_routes = [r for r in api.routes if isinstance(r, ApiRoute)]
     assert len(api_routes) == len(api.routes)
     checked = 0
     for route in api_routes:
@@ -531,7 +537,8 @@ def test_runtime_setting_picks_the_runtime_and_the_batchers_wait(default_model, 
     """LiteRT gains nothing from waiting (a lone image runs on all threads), so its batcher never waits; TensorFlow's does."""
     with running(make_settings(tmp_path, runtime=runtime, compiled_dir=COMPILED_DIR)) as c:
         assert c.get("/health").json()["runtime"] == runtime
-        assert current().models.default_lane().batcher.max_wait_s == wait_s
+        lane = current().models.default_lane()
+        assert lane is not None and lane.batcher.max_wait_s == wait_s
         answer = c.post("/predict", content=HOUSE, headers={"content-type": "image/jpeg"})
         assert answer.status_code == 200 and set(answer.json()) == set(CLASS_NAMES)
 
@@ -576,7 +583,7 @@ def test_openapi_describes_exactly_the_routes(client):
     doc = client.get("/openapi.json").json()
     assert doc["openapi"] == "3.1.0"
     documented = {path: {m.upper() for m in ops} for path, ops in doc["paths"].items()}
-    routed = {r.path: set(r.handlers) - {"HEAD"} for r in api.routes if isinstance(r, api.ApiRoute) and r.handlers}
+    routed = {r.path: set(r.handlers) - {"HEAD"} for r in api.routes if isinstance(r, ApiRoute) and r.handlers}
     assert documented == routed
     for ops in doc["paths"].values():
         for op in ops.values():
@@ -629,7 +636,7 @@ def test_every_url_the_document_calls_valid_passes_the_fetchers_syntax_checks():
 
     from nsfw_core.images import fetch
 
-    defaults = load_settings(environ={})
+    defaults = load_settings(environ={}).fetch_policy
 
     @hsettings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.from_regex(openapi.URL_PATTERN, fullmatch=True))

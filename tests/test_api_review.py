@@ -35,7 +35,7 @@ def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path, databa
     with running(settings) as client:
         first = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
         assert first["verdict"] == "unknown"
-        assert isinstance(first["review_id"], int)
+        assert isinstance(first["review_id"], str) and first["review_id"].startswith("rv_")  # unguessable
         again = client.post("/predict?detail=1", content=SMILE, headers=JPEG).json()
         assert again["review_id"] == first["review_id"]  # same image, still pending: not queued twice
         plain = client.post("/predict", content=SMILE, headers=JPEG).json()
@@ -45,14 +45,15 @@ def test_unknown_verdicts_are_queued_once_and_safe_ones_are_not(tmp_path, databa
     items = queue_items(settings)
     assert len(items) == 1
     item = items[0]
-    assert item.id == first["review_id"]
+    with ReviewQueue.from_settings(settings) as queue:
+        assert queue.ticket(first["review_id"]) == (item.id, item.client)
     assert item.sha256 == hashlib.sha256(SMILE).hexdigest()
     assert item.source == "upload" and item.verdict == "unknown" and item.model == "MobileNetV2Mid"
     assert item.scores == pytest.approx(first["scores"])
     assert item.status == "pending"
 
 
-def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_path, database_url):
+def test_url_items_keep_their_url_and_bytes_and_uploads_are_stored_when_configured(tmp_path, database_url):
     settings_kw = {"safe_threshold": 0.97, "review_store_uploads": True, "database_url": database_url}
     with serve() as server:
         server.route("/smile.jpg", image(SMILE, "image/jpeg"))
@@ -63,10 +64,15 @@ def test_url_items_keep_their_url_and_uploads_are_stored_when_configured(tmp_pat
             uploaded = client.post("/predict?detail=1", content=SMILE + b"\0", headers=JPEG).json()
             assert uploaded["verdict"] == "unknown" and uploaded["review_id"] != by_url["review_id"]
     with ReviewQueue.from_settings(settings) as queue:
-        item = queue.get(by_url["review_id"])
+        by_url_ticket, uploaded_ticket = queue.ticket(by_url["review_id"]), queue.ticket(uploaded["review_id"])
+        assert by_url_ticket is not None and uploaded_ticket is not None
+        item = queue.get(by_url_ticket[0])
+        assert item is not None
         assert item.source == server.url("/smile.jpg")
-        assert item.image is None  # a URL can be fetched again: only uploads keep their bytes
-        upload = queue.get(uploaded["review_id"])
+        # the bytes that were classified (issue 29): the reviewer never sees what the URL serves later
+        assert item.image == SMILE
+        upload = queue.get(uploaded_ticket[0])
+        assert upload is not None
         assert upload.source == "upload" and upload.image == SMILE + b"\0"
 
 
@@ -81,7 +87,7 @@ def test_queue_off_and_adult_verdicts(tmp_path, database_url):
                           database_url=database_url)
     with running(adult) as client:
         body = client.post("/predict?detail=1", content=HOUSE, headers=JPEG).json()
-        assert body["verdict"] == "adult" and isinstance(body["review_id"], int)
+        assert body["verdict"] == "adult" and body["review_id"].startswith("rv_")
 
 
 def test_a_broken_queue_does_not_fail_the_prediction(tmp_path):

@@ -203,8 +203,10 @@ def test_a_lone_input_does_not_wait_when_nothing_else_is_coming():
     async def main() -> tuple[float, float]:
         timings = []
         for expecting in (0, 1):
-            batcher = MicroBatcher(FakeModel(), max_batch=8, max_wait_s=0.5, queue_size=8,
-                                   expecting=lambda n=expecting: n)
+            def expected(n: int = expecting) -> int:
+                return n
+
+            batcher = MicroBatcher(FakeModel(), max_batch=8, max_wait_s=0.5, queue_size=8, expecting=expected)
             batcher.start()
             started = time.perf_counter()
             assert (await batcher.predict(x(2.0))).tolist() == row(2.0)

@@ -251,16 +251,16 @@ def test_perfect_and_reversed_separation():
 
 def test_roc_and_pr_undefined_for_missing_classes():
     roc = cal.roc_curve([0.1, 0.2], [0, 0])
-    assert not roc.defined and nan(roc.auc) and "no adult samples" in roc.reason
+    assert not roc.defined and nan(roc.auc) and "no adult samples" in (roc.reason or "")
     roc = cal.roc_curve([0.1, 0.2], ["adult", "adult"])
-    assert not roc.defined and "no safe samples" in roc.reason
-    assert "empty" in cal.roc_curve([], []).reason
+    assert not roc.defined and "no safe samples" in (roc.reason or "")
+    assert "empty" in (cal.roc_curve([], []).reason or "")
     pr = cal.pr_curve([0.1, 0.2], [0, 0])
-    assert not pr.defined and nan(pr.average_precision) and "no adult samples" in pr.reason
+    assert not pr.defined and nan(pr.average_precision) and "no adult samples" in (pr.reason or "")
     # Only adult samples: PR is defined but trivial (precision 1 everywhere), with a note.
     pr = cal.pr_curve([0.3, 0.3, 0.9], [1, 1, 1])
     assert pr.defined and list(pr.precision) == [1.0, 1.0, 1.0] and list(pr.recall) == [0.0, 1 / 3, 1.0]
-    assert pr.average_precision == 1.0 and "no safe samples" in pr.note
+    assert pr.average_precision == 1.0 and "no safe samples" in (pr.note or "")
 
 
 def test_pr_by_hand():
@@ -303,6 +303,7 @@ def test_suggest_75_percent_uses_the_rule_order():
     #   best 4 at .70 -> review 8-1-4 = 3. So T_adult = .40 wins with nothing to review.
     assert (sug.t_adult, sug.t_safe, sug.review_n) == (0.40, 0.70, 0)
     assert sug.adult_precision == 0.75 and sug.safe_precision == 0.75
+    assert sug.t_adult is not None and sug.t_safe is not None
     m = cal.decision_metrics(A, S, Y, sug.t_adult, sug.t_safe)
     assert (m.adult_precision, m.safe_precision, m.review_n) == (0.75, 0.75, 0)
 
@@ -358,6 +359,7 @@ def test_suggest_is_optimal_against_brute_force():
                (m.safe_decisions == 0 or m.safe_precision >= ts - 1e-12):
                 best = m.review_n if best is None else min(best, m.review_n)
         assert sug.review_n == best
+        assert sug.t_adult is not None and sug.t_safe is not None
         m = cal.decision_metrics(a, s, y, sug.t_adult, sug.t_safe)
         assert m.review_n == sug.review_n
 
@@ -366,6 +368,7 @@ def test_suggestion_on_the_synthetic_set_meets_its_targets():
     a, s, y = synthetic()
     sug = cal.suggest_thresholds(a, s, y, 0.95, 0.95)
     assert sug.status == "ok"
+    assert sug.t_adult is not None and sug.t_safe is not None
     m = cal.decision_metrics(a, s, y, sug.t_adult, sug.t_safe)
     assert m.adult_precision >= 0.95 and m.safe_precision >= 0.95
     assert m.review_n == sug.review_n and m.adult_precision == sug.adult_precision

@@ -19,6 +19,7 @@ SCORES = {"drawings": 0.05, "hentai": 0.01, "neutral": 0.04, "porn": 0.6, "sexy"
 MODEL = ModelInfo("MobileNetV2Mid", "abc123")
 TIMINGS = Timings.of(0.001, 0.0021, 0.00347, 0.0071)
 SHA = "0" * 64
+TICKET = "rv_" + "Ab0-_" * 4 + "xy"  # a review id's shape (nsfw_core.state.review.queue.new_ticket)
 
 
 def _detail_validator() -> jsonschema.Draft202012Validator:
@@ -53,14 +54,14 @@ def test_to_dict_is_the_api_detail_in_its_documented_order():
     assert versioned.to_dict()["thresholds"] == {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
                                                  "safe_classes": ["neutral", "drawings"], "version": 4}
     assert versioned.under(Thresholds(0.5, 0.8), 5).to_dict()["thresholds"]["version"] == 5
-    queued = dataclasses.replace(result, review=ReviewTicket(17)).to_dict()
-    assert list(queued)[-1] == "review_id" and queued["review_id"] == 17
+    queued = dataclasses.replace(result, review=ReviewTicket(TICKET)).to_dict()
+    assert list(queued)[-1] == "review_id" and queued["review_id"] == TICKET
     failed = dataclasses.replace(result, review=ReviewTicket(None, "down")).to_dict()
     assert (failed["review_id"], failed["review_error"]) == (None, "down")
 
 
 @pytest.mark.parametrize("version", [None, 7])
-@pytest.mark.parametrize("review", [None, ReviewTicket(3), ReviewTicket(None, "the queue is down")])
+@pytest.mark.parametrize("review", [None, ReviewTicket(TICKET), ReviewTicket(None, "the queue is down")])
 def test_every_shape_of_to_dict_validates_against_the_openapi_detail(review, version):
     body = dataclasses.replace(judge(SCORES, Thresholds(), MODEL, TIMINGS, "ab" * 32, version),
                                review=review).to_dict()
@@ -74,7 +75,10 @@ def test_the_openapi_detail_lists_exactly_the_fields_of_classification():
     def named(prop):  # a property that is another schema of the document
         return schemas[prop["$ref"].rsplit("/", 1)[1]]["properties"]
 
-    fields = {f.name for f in dataclasses.fields(Classification)} - {"review", "thresholds_version"}
+    # near: a look-alike the model disagreed with, for the reviewer only (issue 29: never in an answer);
+    # embedding: the image's, kept with a queued item and compared with a look-alike's (issue 26: never answered)
+    fields = {f.name for f in dataclasses.fields(Classification)} - {"review", "thresholds_version", "near",
+                                                                     "embedding"}
     assert set(props) == fields | {"review_id", "review_error"}
     assert "version" in named(props["thresholds"])  # thresholds_version is rendered there
     assert set(named(props["timings"])) == {f.name for f in dataclasses.fields(Timings)}

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_fifos_devices_and_proc_files_neither_block_nor_read_without_end(tmp_pat
     os.mkfifo(fifo)
     (tmp_path / "labels.csv").write_text(f"path,label\n{fifo},neutral\n/dev/zero,neutral\n")
     os.mkfifo(tmp_path / "pipe.csv")
-    done: dict = {}
+    done: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: done.update(result=run([str(fifo), "/dev/zero", "/proc/self/environ",
                                                                       "--manifest", str(tmp_path / "labels.csv")])),
                               daemon=True)

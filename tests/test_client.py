@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ RESULT = {"request_id": "r", "id": None, "scores": {"drawings": 0.0, "hentai": 0
 class Script:
     """Answers (status, headers, body) in turn at one path, the last one for ever; keeps the requests."""
 
-    def __init__(self, server: LocalServer, path: str, answers: list[tuple[int, dict[str, str], dict]]) -> None:
+    def __init__(self, server: LocalServer, path: str, answers: list[tuple[int, dict[str, str], dict[str, Any]]]) -> None:
         self.answers = answers
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
@@ -63,7 +64,7 @@ def test_gives_up_after_its_retries_with_the_error(local_server):
 def test_errors_are_not_retried(local_server):
     script = Script(local_server, "/v1/reviews/7", [(404, {}, {"code": "not_found", "message": "gone"})])
     with pytest.raises(ApiError) as caught:
-        Client(local_server.url(""), sleep=lambda s: None).review(7)
+        Client(local_server.url(""), sleep=lambda s: None).review("7")
     assert caught.value.status == 404 and caught.value.code == "not_found"
     assert len(script.got) == 1
 

@@ -18,19 +18,28 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, ImageFile
 
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 from nsfw_core.images import decode as decode_module
-from nsfw_core.images.decode import FORMATS, decode, image_info, sniff
+from nsfw_core.images.decode import DEFAULT_MAX_PIXELS, FORMATS, decode, plan, sniff
 from tests.helpers.paths import ROOT
+from tests.helpers.pillow import frame_count
 
 REFERENCE_JPEGS = sorted((ROOT / "tests" / "fixtures" / "reference").glob("*.jpg"))
 RED = (200, 30, 60)
 ORIENTATION = 0x0112
+
+
+def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
+    """What :func:`plan` reads from the header alone: the format and the displayed size (EXIF orientation applied)."""
+    found = plan(data, max_pixels=max_pixels)
+    return {"format": found.format, "width": found.width, "height": found.height}
 
 
 def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
@@ -133,7 +142,7 @@ def test_formats_table() -> None:
         ("TIFF", {"compression": "jpeg"}, 4),
     ],
 )
-def test_each_format_decodes_to_shape_and_colour(fmt: str, params: dict, tolerance: int) -> None:
+def test_each_format_decodes_to_shape_and_colour(fmt: str, params: dict[str, Any], tolerance: int) -> None:
     data = encode(Image.new("RGB", (24, 16), RED), fmt, **params)
     arr = decode(data)
     assert_rgb_array(arr, (16, 24))
@@ -344,7 +353,8 @@ def test_premultiplied_rgba_tiff() -> None:
     unassociated = b"\x52\x01\x03\x00\x01\x00\x00\x00\x02\x00"
     assert data.count(unassociated) == 1
     data = data.replace(unassociated, unassociated[:-2] + b"\x01\x00")
-    assert Image.open(io.BytesIO(data)).tile[0].args[0] == "RGBa"
+    args = Image.open(io.BytesIO(data)).tile[0].args
+    assert isinstance(args, tuple) and args[0] == "RGBa"
     assert_close(decode(data)[0, 0], (255, 127, 127), 1)  # premultiplied red at 50%: pink on white
 
 
@@ -354,14 +364,14 @@ def test_premultiplied_rgba_tiff() -> None:
 def test_animated_gif_gives_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    assert Image.open(io.BytesIO(data)).n_frames == 3
+    assert frame_count(data) == 3
     assert decode(data)[4, 4].tolist() == [255, 0, 0]
 
 
 def test_animated_webp_gives_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0))]
     data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True, duration=50)
-    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert frame_count(data) == 2
     assert decode(data)[4, 4].tolist() == [255, 0, 0]
 
 
@@ -410,7 +420,7 @@ def test_exif_orientation_keeps_palette_and_transparency() -> None:
 def test_mpo_gives_first_frame_and_honours_draft() -> None:
     frames = [Image.new("RGB", (800, 600), (255, 0, 0)), Image.new("RGB", (800, 600), (0, 255, 0))]
     data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
-    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert frame_count(data) == 2
     assert_close(decode(data)[300, 400], (255, 0, 0), 2)
     assert decode(data, draft_size=100).shape == (150, 200, 3)
     assert image_info(data) == {"format": "jpeg", "width": 800, "height": 600}
@@ -665,7 +675,7 @@ def test_huge_declared_webp_canvas_is_rejected_before_opening(monkeypatch: pytes
 
 
 @pytest.mark.parametrize("params", [{}, {"lossless": True}], ids=["lossy", "lossless"])
-def test_webp_header_size_matches_pillow(params: dict) -> None:
+def test_webp_header_size_matches_pillow(params: dict[str, Any]) -> None:
     data = encode(Image.new("RGB", (123, 45), RED), "WEBP", **params)
     with pytest.raises(ImageTooLarge) as info:
         decode(data, max_pixels=123 * 45 - 1)
@@ -798,16 +808,17 @@ def photo_like(width: int, height: int, *, mode: str = "RGB", seed: int = 0) -> 
     return img.convert(mode) if mode != "RGB" else img
 
 
-def decode_both(data: bytes, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+def decode_both(data: bytes, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(fast path, Pillow path) for the same bytes; fails if the fast path did not run."""
     calls = []
-    real = decode_module._simplejpeg.decode_jpeg
+    real = simplejpeg.decode_jpeg  # the module decode's fast path calls
 
     def counting(*args: object, **kw: object) -> np.ndarray:
         calls.append(1)
-        return real(*args, **kw)
+        out: np.ndarray = real(*args, **kw)
+        return out
 
-    monkeypatch.setattr(decode_module._simplejpeg, "decode_jpeg", counting)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", counting)
     fast = decode(data, **kwargs)
     assert calls, "the fast path did not run"
     monkeypatch.setattr(decode_module, "_simplejpeg", None)
@@ -816,7 +827,7 @@ def decode_both(data: bytes, monkeypatch: pytest.MonkeyPatch, **kwargs: object) 
     return fast, slow
 
 
-JPEG_VARIANTS = {
+JPEG_VARIANTS: dict[str, dict[str, Any]] = {
     "4:2:0": {"subsampling": 2},
     "4:2:2": {"subsampling": 1},
     "4:4:4": {"subsampling": 0},
@@ -867,7 +878,7 @@ def test_cmyk_jpeg_takes_the_pillow_path(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("simplejpeg must not see a CMYK JPEG")
 
-    monkeypatch.setattr(decode_module._simplejpeg, "decode_jpeg", refuse)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
     arr = decode(encode(Image.new("CMYK", (20, 10), (0, 255, 255, 0)), "JPEG"))
     assert_close(arr[5, 10], (255, 0, 0), 8)
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+from typing import Any
+from unittest import mock
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nsfw_core.base.errors import NSFWError
 from nsfw_core.images import decode as decode_module
 from tests.helpers.paths import ROOT
 
@@ -63,7 +67,7 @@ def test_seed_corpus_decodes() -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning", "error::PIL.Image.DecompressionBombWarning")
 @FUZZ_SETTINGS
 @given(name=st.sampled_from(NAMES), edits=mutations, draft_size=st.sampled_from(fuzz.DRAFT_SIZES))
-def test_mutated_images_decode_or_raise_typed_errors(name: str, edits: list, draft_size: int | None) -> None:
+def test_mutated_images_decode_or_raise_typed_errors(name: str, edits: list[Any], draft_size: int | None) -> None:
     data = fuzz.mutated(name, edits, CORPUS)
     result, detail = fuzz.outcome(data, draft_size)
     if isinstance(detail, BaseException):
@@ -89,27 +93,23 @@ def test_early_size_reader_agrees_with_pillow(fmt: str, data: st.DataObject) -> 
 JPEG_NAMES = [n for n in NAMES if decode_module.sniff(CORPUS[n]) == "jpeg"]
 
 
-def _decoded_or_status(data: bytes, draft_size: int | None) -> object:
+def _decoded_or_status(data: bytes, draft_size: int | None) -> np.ndarray | int:
     try:
         return decode_module.decode(data, draft_size=draft_size)
-    except decode_module.NSFWError as exc:
+    except NSFWError as exc:
         return exc.status
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @FUZZ_SETTINGS
 @given(name=st.sampled_from(JPEG_NAMES), edits=mutations, draft_size=st.sampled_from(fuzz.DRAFT_SIZES))
-def test_fast_jpeg_path_agrees_with_pillow_on_damaged_files(name: str, edits: list, draft_size: int | None) -> None:
+def test_fast_jpeg_path_agrees_with_pillow_on_damaged_files(name: str, edits: list[Any], draft_size: int | None) -> None:
     """simplejpeg's path must give Pillow's pixels, or Pillow's error, for any damaged JPEG."""
     data = fuzz.mutated(name, edits, CORPUS)
     fast = _decoded_or_status(data, draft_size)
-    simplejpeg = decode_module._simplejpeg
-    assert simplejpeg is not None
-    decode_module._simplejpeg = None  # the Pillow path (no fixture: hypothesis reruns the body)
-    try:
+    assert vars(decode_module)["_simplejpeg"] is not None
+    with mock.patch.object(decode_module, "_simplejpeg", None):  # the Pillow path (hypothesis reruns the body)
         slow = _decoded_or_status(data, draft_size)
-    finally:
-        decode_module._simplejpeg = simplejpeg
     if isinstance(fast, int) or isinstance(slow, int):
         assert fast == slow
     else:

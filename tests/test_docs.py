@@ -14,6 +14,7 @@ import subprocess
 import sys
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -77,7 +78,8 @@ def anchors(path: Path) -> tuple[set[str], set[str]]:
     """The anchors of a Markdown file's headings, as GitHub makes them and as the site makes them."""
     github: dict[str, int] = {}
     site: dict[str, int] = {}
-    out_github, out_site = set(), set()
+    out_github: set[str] = set()
+    out_site: set[str] = set()
     for _, line in prose_lines(path):
         m = HEADING.match(line)
         if not m:
@@ -126,8 +128,8 @@ def test_the_site_needs_no_network() -> None:
 
 
 def test_every_page_is_in_the_navigation() -> None:
-    def pages(nav: list) -> list[str]:
-        out = []
+    def pages(nav: list[Any]) -> list[str]:
+        out: list[str] = []
         for entry in nav:
             for value in (entry.values() if isinstance(entry, dict) else [entry]):
                 out.extend(pages(value) if isinstance(value, list) else [value])

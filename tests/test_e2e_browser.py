@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.timeout(600)  # a cap: the first test may install chrom
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator:
+def images() -> Iterator[Any]:
     with serve() as server:
         for path in REFERENCE.glob("*.jpg"):
             server.route(f"/{path.name}", image(path.read_bytes(), "image/jpeg"))
@@ -74,7 +74,8 @@ def expected() -> dict[str, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+    folder: Path = tmp_path_factory.mktemp("data")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def server(images, data_dir) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator:
+def driver() -> Iterator[Any]:
     with chromium() as browser:
         yield browser
 
@@ -177,7 +178,7 @@ def _classify_upload(driver, expected_results: int) -> None:
     pytest.fail("the upload never reached the server")
 
 
-def _results(driver) -> list:
+def _results(driver) -> list[Any]:
     """The heading of each result ("1. glasses.jpg")."""
     return [el for el in _css(driver, '[data-testid="stMarkdownContainer"]') if re.match(r"\d+\. \S", el.text)]
 
@@ -226,7 +227,7 @@ def test_a_page_opened_first_on_a_fresh_server_has_the_apps_navigation(driver, s
           "the calibrate page did not appear")
     nav = _wait(driver, lambda d: [a.text for a in _css(d, '[data-testid="stSidebarNav"] a')], 20, "no navigation")
     assert [item.splitlines()[-1] for item in nav] == ["Classify", "Calibrate thresholds", "Review queue",
-                                                       "Hash lists"], nav
+                                                       "Evaluate production", "Hash lists"], nav
 
 
 def test_upload_is_classified_in_the_browser(driver, server, expected):
@@ -267,7 +268,9 @@ def test_urls_are_classified_in_the_browser(driver, server, images, expected):
     assert "calibrated for MobileNetV2Mid" in driver.page_source
     # The curl box's first command, sent as it is written, answers the same scores.
     curl = _css(driver, '[data-testid="stExpander"] code')[0].get_attribute("textContent")
-    target = re.search(r"^curl -XPOST '([^']+)'$", curl.splitlines()[0]).group(1)
+    found = re.search(r"^curl -XPOST '([^']+)'$", curl.splitlines()[0])
+    assert found is not None, curl
+    target = found.group(1)
     assert target.startswith(server + "/predict?url=")
     with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=30) as reply:
         _assert_scores(json.loads(reply.read()), expected["house.jpg"])
@@ -332,7 +335,8 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
     driver.get(server + "/review")
     button = _wait(driver, lambda d: _css(d, ".st-key-label_safe button"), SERVER_START_S, "no review buttons")[0]
     nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
-    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Hash lists"]  # no Sign in page
+    assert nav == ["Classify", "Calibrate thresholds", "Review queue", "Evaluate production",
+                   "Hash lists"]  # no Sign in page
     button.click()
     _wait(driver, lambda d: "Nothing left to review" in d.page_source, 30, "the decision was not recorded")
     queue = ReviewQueue.from_config(load_settings({"NSFW_DATA_DIR": str(data_dir)}).review_config)
@@ -341,3 +345,22 @@ def test_the_local_user_reviews_without_signing_in(driver, server, data_dir):
         assert (item.decision, item.decided_by) == ("safe", "local")
     finally:
         queue.close()
+
+
+def test_a_newcomer_sees_the_evaluate_page_say_what_is_missing(driver, server):
+    """Issue 25: ./run.sh's Evaluate page with nothing audited says what is missing and how to get there, and
+    shows no figure it does not have."""
+    driver.get(server + "/evaluate")
+    _wait(driver, lambda d: any(h.text == "Evaluate production" for h in _css(d, "h1")), SERVER_START_S,
+          "the evaluate page did not appear")
+    _wait(driver, lambda d: "Nothing audited yet" in d.find_element("css selector", "body").text, 30,
+          "the page did not say that nothing is audited")
+    text = driver.find_element("css selector", "body").text
+    assert "NSFW_AUDIT_RATE" in text and "adult 1 %, safe 0.2 %" in text  # on by default, and at what rate
+    assert "Review queue page" in text and "reviewer API" in text  # how to get there
+    metrics = {m.text.splitlines()[0]: m.text.splitlines()[-1] for m in _css(driver, '[data-testid="stMetric"]')}
+    assert metrics["Precision of automatic adult"] == "not enough data yet", metrics
+    assert metrics["Precision of automatic safe"] == "not enough data yet", metrics
+    assert metrics["Wrong automatic decisions per day"] == "not enough data yet", metrics
+    nav = [a.text.splitlines()[-1] for a in _css(driver, '[data-testid="stSidebarNav"] a')]
+    assert "Evaluate production" in nav

@@ -25,7 +25,7 @@ from nsfw_core.base.errors import (
     UpstreamUnreachable,
 )
 from nsfw_core.base.settings import load_settings
-from nsfw_core.images.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver, validate_url
+from nsfw_core.images.fetch import DEFAULT_USER_AGENT, FetchResult, fetch, system_resolver
 from tests.helpers.servers import (
     LocalServer,
     chunked,
@@ -131,11 +131,21 @@ def test_concurrent_fetches(local_server: LocalServer) -> None:
     assert [r.content for r in results] == list(bodies.values())
 
 
-def test_validate_url_returns_the_split_url() -> None:
-    parts = validate_url("HTTPS://Example.COM:8443/a/b?c=d#e", settings_for())
-    assert (parts.scheme, parts.hostname, parts.port, parts.path, parts.query) == ("https", "example.com", 8443, "/a/b", "c=d")
+def test_the_url_is_split_scheme_and_host_normalised(no_connect: list[Any]) -> None:
+    calls: list[tuple[str, int]] = []
+    with pytest.raises(UpstreamUnreachable):  # the test refuses the connection
+        fetch("HTTPS://Example.COM:8443/a/b?c=d#e", settings_for(),
+              resolver=resolver_for({"example.com": [PUBLIC_IP]}, calls))
+    assert calls == [("example.com", 8443)]  # scheme https (capitals accepted), host lower-cased, the port read
+    assert [address[:2] for address in no_connect] == [(PUBLIC_IP, 8443)]
     with pytest.raises(InvalidURL):
-        validate_url("ftp://example.com/", settings_for())
+        fetch("ftp://example.com/", settings_for())
+
+
+def test_the_request_target_is_the_path_and_query_without_the_fragment(local_server: LocalServer) -> None:
+    local_server.route("/a/b", image())
+    fetch(local_server.url("/a/b?c=d#e").replace("http://", "HTTP://"), allowing(local_server))
+    assert local_server.paths() == ["/a/b?c=d"]
 
 
 @pytest.mark.parametrize("url", [None, "", 42])
@@ -485,7 +495,8 @@ def test_resolver_failures(answer: Any, error: type[Exception]) -> None:
     def resolver(host: str, port: int) -> list[str]:
         if isinstance(answer, BaseException):
             raise answer
-        return answer
+        addresses: list[str] = answer
+        return addresses
 
     with pytest.raises(error) as info:
         fetch("http://images.example.com/", settings_for(), resolver=resolver)
@@ -554,7 +565,7 @@ def tls_server(certificate: tuple[Path, Path]) -> Iterator[tuple[LocalServer, li
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     sni: list[str | None] = []
-    context.sni_callback = lambda sock, name, ctx: sni.append(name)  # type: ignore[assignment,misc,return-value]
+    context.sni_callback = lambda sock, name, ctx: sni.append(name)
     with serve(tls=context) as server:
         server.route("/cat.png", image(b"tls cat"))
         yield server, sni
@@ -674,7 +685,7 @@ def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.Monkey
 
     pool = ConnectionPool(PoolLimits(max_idle=3, max_idle_per_origin=2, idle_seconds=5.0))
     now = [100.0]
-    monkeypatch.setattr(nsfw_core.images.fetch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the module the pool reads the clock from
     a = ("http", "a.test", 80)
     conns = [_Idle("10.0.0.1") for _ in range(3)]
     for c in conns:
@@ -687,7 +698,8 @@ def test_pool_limits_close_the_oldest_and_the_expired(monkeypatch: pytest.Monkey
         now[0] += 1
     assert conns[1].closed and pool.idle() == 3  # three in all: the oldest went
     addresses = [ipaddress.ip_address("10.0.0.1")]
-    assert pool.take(a, addresses) is conns[2]
+    taken: object = pool.take(a, addresses)
+    assert taken is conns[2]
     assert pool.take(a, addresses) is None
     now[0] += 10
     assert pool.take(("http", "b.test", 80), [ipaddress.ip_address("10.0.0.2")]) is None  # expired

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,14 +11,22 @@ from PIL import Image
 
 from nsfw_core.base.errors import ImageTooLarge, UndecodableImage
 from nsfw_core.images import decode
-from nsfw_core.images.frames import GIF_DEFAULT_DELAY_MS, MAX_FRAMES_READ, FrameRef, sample, timeline
+from nsfw_core.images.frames import GIF_DEFAULT_DELAY_MS, MAX_FRAMES_READ, FrameRef, Timeline, sample, timeline
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.paths import ROOT
+from tests.helpers.pillow import frame_count
 
 DEMO = ROOT / "data" / "demo" / "photos"
 SIDE = 128
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 DURATIONS = [10, 500, 3000, 40, 200]
+
+
+def animated(fmt: str, data: bytes, img: Any = None) -> Timeline:
+    """The timeline of an animated image (:func:`timeline` gives None for a still one)."""
+    found = timeline(fmt, data, img)
+    assert found is not None
+    return found
 
 
 def photo(name: str) -> Image.Image:
@@ -52,15 +61,15 @@ def test_timeline_reads_every_frame_and_its_display_time(fmt):
 
 def test_an_apng_default_image_outside_the_animation_is_frame_0():
     data = animation("PNG", flat(), DURATIONS[1:] + [100], default_image=True)
-    assert Image.open(io.BytesIO(data)).n_frames == 5
-    tl = timeline("png", data)
+    assert frame_count(data) == 5
+    tl = animated("png", data)
     assert [(f.index, f.start_ms, f.duration_ms) for f in tl.frames] == \
         [(0, 0, 0), (1, 0, 500), (2, 500, 3000), (3, 3500, 40), (4, 3540, 200)]
 
 
 def test_tiff_pages_are_frames():
     data = animation("TIFF", flat(3), [0, 0, 0])
-    tl = timeline("tiff", data, decode._open(data, "tiff"))
+    tl = animated("tiff", data, decode._open(data, "tiff"))
     assert [(f.index, f.start_ms) for f in tl.frames] == [(0, 0), (1, 1000), (2, 2000)]
 
 
@@ -97,7 +106,7 @@ def _gif_of_many_frames(frames: int, side: int = 4) -> bytes:
 
 
 def test_too_many_frames_are_refused_before_decoding():
-    assert len(timeline("gif", _gif_of_many_frames(MAX_FRAMES_READ))) == MAX_FRAMES_READ
+    assert len(animated("gif", _gif_of_many_frames(MAX_FRAMES_READ))) == MAX_FRAMES_READ
     with pytest.raises(ImageTooLarge, match=f"more than {MAX_FRAMES_READ} frames"):
         decode.plan(_gif_of_many_frames(MAX_FRAMES_READ + 1))
 
@@ -106,7 +115,7 @@ def test_too_many_frames_are_refused_before_decoding():
 
 
 def test_sampling_takes_first_last_and_the_frames_on_screen_longest():
-    tl = timeline("png", animation("PNG", flat(), DURATIONS))
+    tl = animated("png", animation("PNG", flat(), DURATIONS))
     assert sample(tl, 16) == tuple(FrameRef(i, s) for i, s in [(0, 0), (1, 10), (2, 510), (3, 3510), (4, 3550)])
     assert [r.index for r in sample(tl, 3)] == [0, 2, 4]  # the 3 s frame, besides the first and the last
     assert [r.index for r in sample(tl, 1)] == [0]
@@ -116,14 +125,14 @@ def test_a_long_frame_among_many_short_ones_is_sampled():
     durations = [20] * 300
     durations[137] = 6000  # shown for 6 s among 300 frames of 20 ms
     frames = [Image.new("RGB", (8, 8), (i % 256, 0, 0)) for i in range(300)]
-    tl = timeline("png", animation("PNG", frames, durations))
+    tl = animated("png", animation("PNG", frames, durations))
     picked = [r.index for r in sample(tl, 4)]
     assert picked[0] == 0 and picked[-1] == 299 and 137 in picked and len(picked) <= 4
 
 
 def test_a_10_ms_frame_between_long_ones_is_sampled():
     frames = [photo("skimage_coffee.jpg"), photo("skimage_chelsea.jpg"), photo("skimage_coffee.jpg")]
-    tl = timeline("webp", animation("WEBP", frames, [2000, 10, 2000]))
+    tl = animated("webp", animation("WEBP", frames, [2000, 10, 2000]))
     assert [r.index for r in sample(tl, 16)] == [0, 1, 2]
 
 
@@ -161,11 +170,12 @@ def api(tmp_path_factory):
         yield client
 
 
-def _alone(client, frame: Image.Image, fmt: str) -> dict:
+def _alone(client, frame: Image.Image, fmt: str) -> dict[str, Any]:
     """The detail answer for one frame, as the same format decodes it."""
     buf = io.BytesIO()
     frame.save(buf, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
-    return client.post("/predict?detail=1", content=buf.getvalue()).json()
+    body: dict[str, Any] = client.post("/predict?detail=1", content=buf.getvalue()).json()
+    return body
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
@@ -199,7 +209,7 @@ def test_near_identical_frames_are_classified_once(api):
     dotted = benign.copy()
     dotted.putpixel((5, 5), (255, 0, 0))
     data = animation("PNG", [benign, brighter, dotted, other], [500, 500, 500, 500])
-    assert len(timeline("png", data)) == 4
+    assert len(animated("png", data)) == 4
     body = api.post("/predict?detail=1", content=data).json()
     assert [f["index"] for f in body["frames"]] == [0, 3]
 
@@ -308,8 +318,8 @@ def test_a_frame_behind_an_empty_extension_block_is_counted_and_judged(api):
     data = animation("GIF", [benign, hidden], [500, 3000])
     data = _without_local_table(data, _descriptors(data)[1])
     data = _hide_next_frame(data, _descriptors(data)[1])
-    assert Image.open(io.BytesIO(data)).n_frames == 2
-    assert len(timeline("gif", data)) == 2
+    assert frame_count(data) == 2
+    assert len(animated("gif", data)) == 2
     body = api.post("/predict?detail=1", content=data).json()
     assert body["deciding_frame"] == 1 and body["verdict"] == "adult", body
 
@@ -322,6 +332,7 @@ def test_a_frame_the_walk_misses_makes_the_image_undecodable(monkeypatch):
 
     def short(fmt, raw):  # as if the walk had stopped a frame early, or seen a still image
         found = real(fmt, raw)
+        assert found.timeline is not None
         return frames_module.Scan(frames_module.Timeline(found.timeline.frames[:2]), found.junk)
 
     monkeypatch.setattr(frames_module, "scan", short)
@@ -336,7 +347,7 @@ def test_a_large_canvas_of_tiny_frames_is_not_decoded_inline():
     bomb = bytearray(_gif_of_many_frames(16, side=1))
     bomb[6:10] = (2810).to_bytes(2, "little") * 2  # the logical screen: 2810 x 2810
     plan = decode.plan(bytes(bomb))
-    assert len(plan.timeline) == 16 and not plan.cost.inline  # isolated lane: deadline and memory limit
+    assert plan.timeline is not None and len(plan.timeline) == 16 and not plan.cost.inline  # isolated lane: deadline and memory limit
 
 
 def test_stray_bytes_and_fragmented_blocks_are_refused_before_pillow_walks_them():
@@ -352,7 +363,7 @@ def test_stray_bytes_and_fragmented_blocks_are_refused_before_pillow_walks_them(
 
 def test_tiff_pages_are_counted_from_the_ifd_chain_alone():
     data = animation("TIFF", flat(4), [0] * 4)
-    assert len(timeline("tiff", data)) == Image.open(io.BytesIO(data)).n_frames == 4
+    assert len(animated("tiff", data)) == frame_count(data) == 4
     # an IFD chain that loops back to its first IFD: the pages before the loop
     first = int.from_bytes(data[4:8], "little")
     looped = bytearray(data)
@@ -369,8 +380,8 @@ def test_apng_frames_are_those_its_actl_declares():
     import zlib
 
     data[actl + 12:actl + 16] = zlib.crc32(bytes(data[actl:actl + 12])).to_bytes(4, "big")
-    assert Image.open(io.BytesIO(bytes(data))).n_frames == 2
-    assert len(timeline("png", bytes(data))) == 2
+    assert frame_count(bytes(data)) == 2
+    assert len(animated("png", bytes(data))) == 2
     assert len(decode.decode_frames(bytes(data), (0, 1))) == 2
 
 
@@ -383,7 +394,7 @@ def test_mutated_gifs_are_walked_as_pillow_walks_them(seed):
         data[int(rng.integers(13, len(data)))] = int(rng.integers(0, 256))
     raw = bytes(data)
     try:
-        expected = Image.open(io.BytesIO(raw)).n_frames
+        expected = frame_count(raw)
     except Exception:
         pytest.skip("Pillow cannot read this mutation either")
     try:

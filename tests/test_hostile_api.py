@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -22,7 +22,7 @@ from tests.helpers.appserver import AppServer, app_server
 from tests.helpers.paths import REFERENCE
 
 SMILE = (REFERENCE / "smile.jpg").read_bytes()
-GOOD = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
+GOOD: dict[str, Any] = {"thresholds": {"adult": 0.6, "safe": 0.8, "adult_classes": ["porn", "sexy"],
                        "safe_classes": ["neutral", "drawings"]}, "model": "MobileNetV2Mid"}
 
 
@@ -136,7 +136,7 @@ def test_bad_thresholds_file_is_not_imported_and_is_a_warning(tmp_path: Path, ma
     path = tmp_path / "thresholds.json"
     maker(path)
     history = ThresholdHistory(None, data_dir=tmp_path, defaults=Thresholds())
-    answers: list = []
+    answers: list[Any] = []
     worker = threading.Thread(target=lambda: answers.extend([history.current(), history.current()]), daemon=True)
     worker.start()
     worker.join(20)
@@ -183,7 +183,7 @@ def test_corrupt_review_database_is_moved_aside_and_predictions_go_on(tmp_path: 
     with app_server(tmp_path, NSFW_REVIEW_VERDICTS="adult,unknown,safe") as server:
         first = server.request("POST", "/predict?detail=1", body=SMILE, headers={"Content-Type": "image/jpeg"})
         assert first.status == 200, first
-        assert isinstance(first.json()["review_id"], int) and "review_error" not in first.json()
+        assert first.json()["review_id"].startswith("rv_") and "review_error" not in first.json()
         log = server.new_log()
     moved = {p.name.split(".corrupt-")[0]: p for p in data.iterdir() if ".corrupt-" in p.name}
     assert {"review.sqlite", "review.sqlite-wal"} <= set(moved), moved

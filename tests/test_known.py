@@ -15,6 +15,7 @@ import hashlib
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from nsfw_core.state.hashindex import HashIndex, brute_force
 from nsfw_core.state.known import KnownImages, ListEntry, ListError, format_list, parse_list
 from nsfw_core.state.review import ReviewQueue
 from tests.helpers.apiclient import make_settings, running
-from tests.helpers.edits import edited_copies
+from tests.helpers.edits import detail_over_shading, edited_copies
 from tests.helpers.paths import REFERENCE, ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlette.exceptions.StarletteDeprecationWarning")
@@ -152,10 +153,11 @@ def test_import_export_round_trips_in_the_database_and_replaces(tmp_path):
 # ---------------------------------------------------------------- through the API
 
 
-def _post(client, data: bytes) -> dict:
+def _post(client, data: bytes) -> dict[str, Any]:
     reply = client.post("/predict?detail=1", content=data, headers=JPEG)
     assert reply.status_code == 200, reply.text
-    return reply.json()
+    body: dict[str, Any] = reply.json()
+    return body
 
 
 def _refreshed(client) -> None:
@@ -166,7 +168,7 @@ def _refreshed(client) -> None:
     current().known.refresh()  # the API's lifespan installed its context in this process
 
 
-def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict:
+def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict[str, Any]:
     """The answer for ``data`` once its verdict_source is ``source`` (the background refresh: within a second)."""
     deadline = time.monotonic() + limit
     while True:
@@ -177,26 +179,37 @@ def _until(client, data: bytes, source: str, limit: float = 5.0) -> dict:
 
 
 def test_copies_of_a_decided_image_get_the_decision_and_no_other_image_does(tmp_path):
-    settings = make_settings(tmp_path, safe_threshold=0.97)
+    """The reviewer saw the stored upload (NSFW_REVIEW_STORE_UPLOADS): the decision is remembered.  The answers
+    name the match's kind, how it matched and its label, and nothing else (issue 29: no distance, no ids);
+    the server's own lookup says which entry and how far."""
+    from nsfw_core.context import current
+
+    settings = make_settings(tmp_path, safe_threshold=0.97, review_store_uploads=True)
     with running(settings) as client:
         first = _post(client, SMILE)
         assert first["verdict"] == "unknown" and first["verdict_source"] == "model"
         with ReviewQueue.from_settings(settings) as queue:
-            assert queue.phash(first["review_id"]) is not None  # its hashes came with it from the request
-            queue.decide(first["review_id"], "alice", "porn")  # five-class label: adult by the binary map
+            found = queue.ticket(first["review_id"])
+            assert found is not None
+            item_id = found[0]
+            assert queue.phash(item_id) is not None  # its hashes came with it from the request
+            shown = queue.get(item_id).image  # type: ignore[union-attr]
+            assert shown == SMILE  # what the reviewer sees is what was classified
+            # five-class label: adult by the binary map
+            queue.decide(item_id, "alice", "porn", seen=hashlib.sha256(shown).hexdigest())
         _refreshed(client)
         same = _post(client, SMILE)
         assert same["verdict"] == "adult" and same["verdict_source"] == "review"
-        assert same["match"] == {"source": "review", "by": "sha256", "distance": 0, "label": "porn",
-                                 "entry_id": same["match"]["entry_id"], "review_id": first["review_id"]}
+        assert same["match"] == {"source": "review", "by": "sha256", "label": "porn"}
         assert "review_id" not in same  # not queued again
         assert same["scores"] == pytest.approx(first["scores"])  # the scores stay the model's
         for name, data in copies(SMILE).items():
             body = _post(client, data)
             assert body["verdict_source"] == "review", name
             assert body["verdict"] == "adult" and "review_id" not in body, name
-            assert body["match"]["by"] == "pdq" and 0 <= body["match"]["distance"] <= 31, (name, body["match"])
-            assert body["match"]["review_id"] == first["review_id"], name
+            assert body["match"] == {"source": "review", "by": "pdq", "label": "porn"}, (name, body["match"])
+            match = current().known.lookup(hashlib.sha256(data).hexdigest(), phash.query_hash(model_input(data)))
+            assert match is not None and match.review_id == item_id and 0 <= match.distance <= 31, (name, match)
         smile_sha = hashlib.sha256(SMILE).hexdigest()
         others = [p for p in repository_images() if p.name not in ("smile.jpg", "nsfwjs_smile.jpg")]
         assert len(others) >= 20
@@ -205,9 +218,9 @@ def test_copies_of_a_decided_image_get_the_decision_and_no_other_image_does(tmp_
         # the demo copy of the same photo (same pixels, another file) is a copy, and matches
         assert _post(client, (ROOT / "data/demo/photos/nsfwjs_smile.jpg").read_bytes())["verdict_source"] == "review"
         with ReviewQueue.from_settings(settings) as queue:
-            assert [it.id for it in queue.items() if it.sha256 == smile_sha] == [first["review_id"]]
+            assert [it.id for it in queue.items() if it.sha256 == smile_sha] == [item_id]
             undone = queue.undo("alice")
-            assert undone is not None and undone.id == first["review_id"]
+            assert undone is not None and undone.id == item_id
         forgotten = _until(client, SMILE, "model")
         assert forgotten["verdict_source"] == "model" and forgotten["verdict"] == "unknown"
 
@@ -232,7 +245,7 @@ def test_listed_images_get_the_list_verdict_which_wins_over_a_decision(tmp_path)
             with ReviewQueue.from_settings(settings) as queue:
                 item = queue.enqueue(hashlib.sha256(HOUSE).hexdigest(), "upload", house["scores"], "m", "unknown",
                                      phash=phash.join_hex([house_pdq]))
-                queue.decide(item, "bob", "safe")
+                queue.decide(item, "bob", "safe", seen=hashlib.sha256(HOUSE).hexdigest())
             time.sleep(1.2)
             assert _post(client, HOUSE)["verdict_source"] == "list"
     finally:
@@ -242,18 +255,7 @@ def test_listed_images_get_the_list_verdict_which_wins_over_a_decision(tmp_path)
 def _shading_of_a_detail_of_b(a: bytes, b: bytes, radius: float = 6) -> bytes:
     """Picture ``b`` drawn over the blurred shading of ``a`` (224x224 PNG): it shows b, and PDQ, which sees
     only coarse shading, puts it near a (the security test's bypass of an allow list)."""
-    import io
-
-    from PIL import Image, ImageFilter
-
-    pa = Image.open(io.BytesIO(a)).convert("RGB").resize((224, 224))
-    pb = Image.open(io.BytesIO(b)).convert("RGB").resize((224, 224))
-    low_a = np.asarray(pa.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
-    high_b = np.asarray(pb, dtype=np.float32) - np.asarray(pb.filter(ImageFilter.GaussianBlur(radius)),
-                                                           dtype=np.float32)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(low_a + high_b, 0, 255).astype(np.uint8)).save(out, "PNG")
-    return out.getvalue()
+    return detail_over_shading(a, b, radius)
 
 
 def test_a_perceptual_match_never_clears_what_the_model_calls_adult(tmp_path):
@@ -331,7 +333,7 @@ def test_an_item_queued_without_hashes_gets_them_when_decided(tmp_path):
         assert item_hashes(ctx, queue, item, HOUSE) is None  # not this item's image
         hashes = item_hashes(ctx, queue, item)
         assert hashes is not None and len(phash.split_hex(hashes)) == 3
-        queue.decide(item, "alice", "safe", phash=hashes)
+        queue.decide(item, "alice", "safe", phash=hashes, seen=sha)
         ctx.known.refresh()
         match = ctx.known.lookup("0" * 64, phash.query_hash(model_input(copies(SMILE)["resized 50%"])))
         assert match is not None and match.review_id == item and match.verdict == "safe" and match.by == "pdq"

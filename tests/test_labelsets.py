@@ -19,7 +19,7 @@ from PIL import Image
 
 from nsfw_core.base.errors import InputError, InvalidURL, TooLarge
 from nsfw_core.base.settings import LabelSetConfig
-from nsfw_core.calibration import labelsets
+from nsfw_core.calibration import archives, confined, labelsets
 from nsfw_core.calibration.labelsets import LabelledItem, LabelSetError
 from tests.helpers.paths import ROOT
 from tests.helpers.threads import within_seconds
@@ -58,12 +58,12 @@ def test_default_mapping_is_documented_and_used():
 def test_mapping_is_a_parameter():
     mapping = labelsets.make_binary_map(["porn", "hentai"])  # sexy counts as safe here
     assert mapping["sexy"] == "safe" and mapping["porn"] == "adult"
-    items = [LabelledItem("a.jpg", "sexy", "adult")]
-    assert labelsets.relabel(items, mapping)[0].binary == "safe"
+    manifest = b"path,label\na.jpg,sexy\n"
+    assert labelsets.parse_manifest(manifest, "csv", binary_map=mapping)[0].binary == "safe"
     with pytest.raises(LabelSetError):
         labelsets.make_binary_map(["cats"])
     with pytest.raises(LabelSetError):
-        labelsets.relabel(items, {"porn": "adult"})  # incomplete mapping
+        labelsets.parse_manifest(manifest, "csv", binary_map={"porn": "adult"})  # incomplete mapping
 
 
 # ---------------------------------------------------------------- manifests
@@ -184,7 +184,7 @@ def test_zip_with_label_folders_inside_a_wrapping_folder(tmp_path):
                      "__MACOSX/myset/porn/._a.png": b"junk"})
     items = labelsets.load_zip(data, tmp_path / "cache")
     assert [(Path(i.source).name, i.binary) for i in items] == [("a.png", "adult"), ("b.png", "safe")]
-    folder = tmp_path / "cache" / labelsets.hashlib.sha256(data).hexdigest()
+    folder = tmp_path / "cache" / hashlib.sha256(data).hexdigest()
     assert all(Path(i.source).is_relative_to(folder) for i in items)
     assert not (folder / "myset" / "readme.txt").exists()  # only images and manifests are extracted
     # The same archive is extracted once and read again from the cache.
@@ -355,7 +355,12 @@ def test_only_regular_files_are_read_and_the_cap_is_on_the_read(server, monkeypa
         os.truncate(f.fileno(), 4 << 30)  # 4 GB, no blocks on disk
     reads: list[int] = []
     real_read = os.read
-    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(TooLarge, match=r"huge\.png is larger than the limit of 1000 bytes"):
         load(str(sparse))
     assert reads == []  # refused from fstat, not a byte read
@@ -369,7 +374,7 @@ def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(server):
     (root / "s" / "neutral").rename(root / "s" / "old")
     (root / "s" / "neutral").symlink_to(outside / "neutral")
     with pytest.raises(OSError) as err:
-        labelsets._read_beneath(root, checked, 1000)
+        confined.read_beneath(root, checked, 1000)
     assert err.value.errno in (errno.ELOOP, errno.ENOTDIR)
 
 
@@ -490,7 +495,7 @@ def test_extracted_archives_share_a_quota_and_the_least_recently_used_go_first(t
     assert labelsets.extract_zip(a, cache, quota_bytes=2500) == folder_a  # a hit is a use: b is now the oldest
     folder_c = labelsets.extract_zip(c, cache, quota_bytes=2500)
     assert _archives(cache) == {folder_a.name, folder_c.name}
-    assert labelsets._tree_bytes(cache) <= 2500
+    assert archives._tree_bytes(cache) <= 2500
     (cache / "my-own-set").mkdir()  # not an archive: never counted nor evicted
     os.utime(folder_a, (1000, 1000))
     labelsets.extract_zip(b, cache, quota_bytes=2500)
@@ -521,7 +526,7 @@ def test_in_progress_extractions_count_and_stale_leftovers_go(tmp_path):
     (cache / ".evict-old").mkdir()
     labelsets.extract_zip(_archive("a"), cache, quota_bytes=2500)
     assert sorted(p.name for p in cache.iterdir() if p.name != ".lock") == [hashlib.sha256(_archive("a")).hexdigest()]
-    labelsets._remove(cache / "vanished")  # already evicted by another process: no error
+    archives._remove(cache / "vanished")  # already evicted by another process: no error
 
 
 def _patch_sizes(data: bytes, declared: int) -> bytes:
@@ -544,7 +549,7 @@ def test_an_archive_that_lies_about_its_size(tmp_path):
     assert zipfile.ZipFile(io.BytesIO(small)).infolist()[0].file_size == 100
     with pytest.raises(LabelSetError, match=r"^cannot extract 'neutral/bomb.png'"):
         labelsets.extract_zip(small, cache, quota_bytes=2500)
-    assert labelsets._tree_bytes(cache) == 0 and _archives(cache) == set()
+    assert archives._tree_bytes(cache) == 0 and _archives(cache) == set()
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp")]
     large = _patch_sizes(buf.getvalue(), 10_000_000)  # declares more than the quota: refused up front
     with pytest.raises(LabelSetError, match="expands to 10000000 bytes, more than the 2500 bytes"):
@@ -581,4 +586,4 @@ def test_two_processes_sharing_the_folder_stay_within_the_quota(tmp_path):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert len(_archives(cache)) <= 2 and labelsets._tree_bytes(cache) <= 2500
+    assert len(_archives(cache)) <= 2 and archives._tree_bytes(cache) <= 2500

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from nsfw_core.base.settings import MODEL_NAMES, load_settings
 from nsfw_core.inference import litert
 from nsfw_core.inference.model import load_model
 from nsfw_core.inference.modelfiles import read_verified
-from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.inference.pipeline import Decoder, FrameInputs
 from tests.helpers.models import model_named
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
 
@@ -40,13 +41,19 @@ def compiled_mid(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def still(prepared: np.ndarray | FrameInputs) -> np.ndarray:
+    """The model input of a still image (not an animation's frames)."""
+    assert isinstance(prepared, np.ndarray)
+    return prepared
+
+
 def test_litert_agrees_with_the_tensorflow_runtime(name):
     decoder = Decoder(load_settings(environ={}).decode_limits)
     lite = model_named(name)
     tf = model_named(name, "tensorflow")
     assert (lite.runtime, lite.batches, tf.runtime, tf.batches) == ("litert", False, "tensorflow", True)
     try:
-        batch = np.stack([decoder.prepare(lite, p.read_bytes()) for p in REFERENCE_IMAGES])
+        batch = np.stack([still(decoder.prepare(lite, p.read_bytes())) for p in REFERENCE_IMAGES])
     finally:
         decoder.close()
     np.testing.assert_allclose(lite.predict(batch), tf.predict(batch), atol=1e-4)
@@ -269,14 +276,14 @@ def test_importing_the_model_layer_never_imports_tensorflow(tmp_path):
 
 def test_the_compiler_child_runs_from_any_working_directory(tmp_path, monkeypatch, no_shipped):
     """The child finds the installed package without PYTHONPATH; relative paths mean what they mean here."""
-    children: list[dict] = []
+    children: list[dict[str, Any]] = []
     real_run = subprocess.run
 
     def spy(cmd, **kwargs):
         children.append(kwargs)
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr(litert.subprocess, "run", spy)
+    monkeypatch.setattr(subprocess, "run", spy)  # the module litert runs the conversion with
     monkeypatch.delenv("PYTHONPATH", raising=False)
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -304,7 +311,7 @@ def test_a_compiler_killed_by_the_kernel_suggests_memory(tmp_path, monkeypatch, 
     suicide = tmp_path / "python"
     suicide.write_text("#!/bin/sh\nkill -9 $$\n")
     suicide.chmod(0o755)
-    monkeypatch.setattr(litert.sys, "executable", str(suicide))
+    monkeypatch.setattr(sys, "executable", str(suicide))  # what litert starts the conversion with
     with pytest.raises(ModelError, match=r"killed by signal 9 \(out of memory\? .*python -m nsfw_core.inference.litert\)"):
         litert.load_forward("MobileNetV2", MODEL_DIR, doc, blob, cache_dir=tmp_path / "c")
 

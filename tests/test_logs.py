@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,7 +124,7 @@ def _requests(server) -> dict[str, str]:
     return {"batch": reply.headers["x-request-id"]}
 
 
-def _check_access(lines: list[dict], batch_id: str) -> None:
+def _check_access(lines: list[dict[str, Any]], batch_id: str) -> None:
     access = [line for line in lines if line.get("logger") == "nsfw_core.http.access"]
     by_id = {line["request_id"]: line for line in access}
     assert by_id["rid-url"]["route"] == "/predict" and by_id["rid-url"]["status"] == 403

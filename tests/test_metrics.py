@@ -25,19 +25,22 @@ KEY = "k" * 20
 TOKEN = "metrics-token-0123456789"
 
 
-def scrape(client: Any, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # {(sample name, sorted labels): value}
+
+
+def scrape(client: Any, **headers: str) -> Samples:
     """/metrics parsed by prometheus_client's own parser: {(sample name, sorted labels): value}."""
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
-    samples = {}
+    samples: Samples = {}
     for family in text_string_to_metric_families(response.text):
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return samples
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 

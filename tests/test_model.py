@@ -44,7 +44,7 @@ def test_fidelity_against_nsfwjs(model, reference_outputs, decoders, draft):
         got = dict(zip(CLASS_NAMES, row.tolist(), strict=True))
         for cls in CLASS_NAMES:
             assert abs(got[cls] - expected[cls]) <= TOLERANCE, (model.name, path.name, cls, got[cls], expected[cls])
-        assert max(got, key=got.get) == max(expected, key=expected.get), (model.name, path.name)
+        assert max(got, key=lambda c: got[c]) == max(expected, key=lambda c: expected[c]), (model.name, path.name)
 
 
 def test_batch_equals_single(default_model, decoders):

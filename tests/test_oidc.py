@@ -52,6 +52,7 @@ def test_auth_section_is_toml_that_reads_back_exactly():
         "client_id": "nsfw-app",
         "client_secret": 'se"cret\\with\nodd characters',
         "server_metadata_url": "https://idp.example/.well-known/openid-configuration",
+        "expose_tokens": ["access"],  # st.user.tokens["access"]: re-checking the sign-in at the provider
     }
 
 
@@ -70,3 +71,90 @@ def test_install_does_nothing_when_not_configured_or_a_secrets_file_has_auth(sec
     config.set_option("secrets.files", [str(own)])
     assert oidc.install(settings()) is None
     assert config.get_option("secrets.files") == [str(own)]
+
+
+# ---------------------------------------------------------------- asking the provider again (issue 31)
+
+
+def _json(body: object, code: int = 200):
+    import json as _j
+
+    from tests.helpers.servers import send
+
+    return send(_j.dumps(body).encode(), "application/json", code)
+
+
+@pytest.fixture
+def provider(local_server, monkeypatch):
+    """A provider's discovery document and userinfo endpoint on a local server; ``claims`` is what it answers."""
+    from nsfw_core import userinfo
+
+    monkeypatch.setattr(userinfo, "_endpoints", {})
+    state = {"claims": {"sub": "u-1", "email": "admin@example.com", "email_verified": True}, "status": 200}
+    local_server.route("/.well-known/openid-configuration",
+                       lambda h: _json({"userinfo_endpoint": local_server.url("/userinfo")})(h))
+    local_server.route("/userinfo", lambda h: _json(state["claims"], int(str(state["status"])))(h))
+    state["metadata"] = local_server.url("/.well-known/openid-configuration")
+    state["server"] = local_server
+    return state
+
+
+def test_userinfo_sends_the_access_token_and_reads_the_claims(provider):
+    from nsfw_core import userinfo
+
+    assert userinfo.userinfo(provider["metadata"], "at-secret-1") == provider["claims"]
+    [_, asked] = provider["server"].requests
+    assert asked.path == "/userinfo" and asked.headers["authorization"] == "Bearer at-secret-1"
+    userinfo.userinfo(provider["metadata"], "at-secret-1")
+    assert [r.path for r in provider["server"].requests].count("/.well-known/openid-configuration") == 1  # cached
+
+
+@pytest.mark.parametrize(("code", "error"), [(401, "Refused"), (403, "Refused"), (400, "Refused"),
+                                             (500, "Unavailable"), (302, "Unavailable"), (404, "Unavailable"),
+                                             (429, "Unavailable")])
+def test_userinfo_refusals_and_failures(provider, code, error):
+    from nsfw_core import userinfo
+
+    provider["status"] = code
+    with pytest.raises(getattr(userinfo, error)) as err:
+        userinfo.userinfo(provider["metadata"], "at-secret-2")
+    assert "at-secret-2" not in str(err.value) and f"HTTP {code}" in str(err.value)
+
+
+def test_userinfo_of_a_provider_that_cannot_be_reached(monkeypatch):
+    from nsfw_core import userinfo
+    from tests.helpers.appserver import free_port
+
+    monkeypatch.setattr(userinfo, "_endpoints", {})
+    with pytest.raises(userinfo.Unavailable) as err:
+        userinfo.userinfo(f"http://127.0.0.1:{free_port()}/.well-known/openid-configuration", "at-secret-3")
+    assert "at-secret-3" not in str(err.value)
+
+
+def test_revalidator_ends_what_the_provider_no_longer_vouches_for(provider, monkeypatch):
+    from nsfw_core.access import Access, Role
+    from nsfw_ui import signin
+
+    monkeypatch.setattr(signin, "metadata_url", lambda _provider: provider["metadata"])
+    rules = Access(load_settings({"NSFW_ADMIN_EMAILS": "admin@example.com",
+                                  "NSFW_REVIEWER_EMAILS": "@example.com"}).access_config, oidc_from_secrets=True)
+    claims = {"sub": "u-1", "email": "admin@example.com", "email_verified": True, "provider": "default"}
+    who = rules.from_oidc(claims)
+    assert who.role is Role.ADMIN
+    assert signin.revalidator(rules, claims, who, {}) is None  # no access token exposed: cannot ask
+    ask = signin.revalidator(rules, claims, who, {"access": "at-4"})
+    assert ask is not None and ask().outcome == "ok"
+    for now, why in [
+        ({"sub": "u-1", "email": "admin@example.com", "email_verified": False}, "no longer gives this address"),
+        ({"sub": "u-1", "email": "admin@example.com"}, "no longer gives this address the admin role"),
+        ({"sub": "u-1", "email": "other@example.com", "email_verified": True}, "address at the identity provider changed"),
+        ({"sub": "u-2", "email": "admin@example.com", "email_verified": True}, "answered for another user"),
+    ]:
+        provider["claims"] = now
+        answer = ask()
+        assert (answer.outcome, why in answer.reason) == ("refused", True), (now, answer)
+    provider["claims"], provider["status"] = {"error": "invalid_token"}, 401
+    answer = ask()
+    assert answer.outcome == "refused" and "(HTTP 401, invalid_token: revoked" in answer.reason
+    provider["status"] = 503
+    assert ask().outcome == "unavailable"

@@ -17,6 +17,11 @@ JSON Schema cannot express:
 
 ``tests/helpers/openapi_hooks.py`` keeps positive ``POST /predict`` cases to
 exactly one of ``?url=`` and a body.
+
+Every request carries one API key that is a client key and a reviewer key too (NSFW_API_KEYS,
+NSFW_REVIEWER_API_KEYS), so the reviewer API and ``GET /v1/evaluation`` are exercised rather than all
+401 (which schemathesis reports as "Authentication failed"), and ``ignored_auth`` checks that every
+keyed operation refuses a request without it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tests.helpers.paths import ROOT
 
 MAX_EXAMPLES = 150  # per operation and phase: about 10 s on a 2-core machine
 SEED = 20261201  # fixed, so that a failure reproduces; change it to explore
+KEY = "conformance-key-0123456789"  # a client key and a reviewer key
 CONFIG = """\
 [checks.not_a_server_error]
 expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
@@ -59,12 +65,15 @@ pytestmark = pytest.mark.skipif(schemathesis_cli() is None, reason="schemathesis
 def test_schemathesis_all_checks_find_nothing(tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    with app_server(tmp_path, NSFW_FETCH_TIMEOUT="2") as server:
+    cli = schemathesis_cli()
+    assert cli is not None  # the module is skipped otherwise
+    with app_server(tmp_path, NSFW_FETCH_TIMEOUT="2", NSFW_API_KEYS=KEY, NSFW_REVIEWER_API_KEYS=KEY) as server:
         env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.helpers.openapi_hooks",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         done = subprocess.run(
-            [schemathesis_cli(), "--config-file", str(config), "--no-color", "run",
-             f"{server.base_url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
+            [cli, "--config-file", str(config), "--no-color", "run",
+             f"{server.base_url}/openapi.json", "--header", f"Authorization: Bearer {KEY}",
+             "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
              "--seed", str(SEED), "--generation-database", "none", "--request-timeout", "20",
              "--report", "junit", "--report-dir", str(tmp_path / "report")],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

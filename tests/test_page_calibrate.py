@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import streamlit as st
@@ -59,7 +60,7 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
-def saved(data_dir: Path) -> dict:
+def saved(data_dir: Path) -> dict[str, Any]:
     """The newest version in the thresholds history (the database under ``data_dir``), as a dict."""
     history = ThresholdHistory.from_settings(load_settings())
     try:
@@ -80,7 +81,14 @@ def in_force() -> ActiveThresholds:
         history.close()
 
 
-def roc_points(at: AppTest) -> dict[str, dict]:
+def slider(at: AppTest, key: str) -> float:
+    """A slider's value (the page's sliders hold one number)."""
+    value = at.slider(key=key).value
+    assert isinstance(value, float)
+    return value
+
+
+def roc_points(at: AppTest) -> dict[str, dict[str, Any]]:
     """The operating points drawn on the ROC chart, by kind ("current T_adult", "suggested T_adult")."""
     [chart] = [c for c in at.get("vega_lite_chart") if str(json.loads(c.proto.spec).get("title")).startswith("ROC")]
     frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
@@ -127,7 +135,7 @@ def test_demo_set_move_suggest_save(data_dir):
     # What the API reads:
     active = in_force()
     assert (active.source, active.version, active.warning) == ("database", 1, None)
-    assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.55), pytest.approx(0.65))
+    assert (active.thresholds.adult, active.thresholds.safe) == pytest.approx((0.55, 0.65))
 
     # A fresh session starts from the saved thresholds.
     again = run(signed_in(AppTest.from_file(PAGE, default_timeout=180)))
@@ -182,7 +190,8 @@ def test_zip_upload_suggest_and_save(data_dir):
     assert expected.ok
 
     click(at, "Suggest thresholds")
-    t_a, t_s = at.slider(key="cal_t_adult").value, at.slider(key="cal_t_safe").value
+    t_a, t_s = slider(at, "cal_t_adult"), slider(at, "cal_t_safe")
+    assert expected.t_adult is not None and expected.t_safe is not None
     assert abs(t_a - expected.t_adult) < STEP and abs(t_s - expected.t_safe) < STEP
     m = cal.decision_metrics(a, s, y, t_a, t_s)
     assert m.review_n == expected.review_n  # the sliders make the suggested decisions
@@ -194,7 +203,7 @@ def test_zip_upload_suggest_and_save(data_dir):
     assert (doc["tuned_on"]["images"], doc["tuned_on"]["adult"], doc["tuned_on"]["safe"]) == (7, 3, 4)
     assert doc["tuned_on"]["source"] == "zip set.zip" and doc["tuned_on"]["suggestion"]["status"] == expected.status
     active = in_force().thresholds
-    assert (active.adult, active.safe) == (pytest.approx(t_a), pytest.approx(t_s))
+    assert (active.adult, active.safe) == pytest.approx((t_a, t_s))
 
 
 def test_synthetic_scores_suggest_moves_the_sliders(data_dir):
@@ -214,7 +223,8 @@ def test_synthetic_scores_suggest_moves_the_sliders(data_dir):
     run(at)
     click(at, "Suggest thresholds")
     expected = cal.suggest_thresholds(a, s, y, 0.95, 0.99)
-    t_a, t_s = at.slider(key="cal_t_adult").value, at.slider(key="cal_t_safe").value
+    t_a, t_s = slider(at, "cal_t_adult"), slider(at, "cal_t_safe")
+    assert expected.t_adult is not None and expected.t_safe is not None
     assert abs(t_a - expected.t_adult) < STEP and abs(t_s - expected.t_safe) < STEP
     assert cal.decision_metrics(a, s, y, t_a, t_s).review_n == expected.review_n
     assert "Suggestion (ok)" in texts(at.success)
@@ -300,7 +310,7 @@ def test_tune_on_reviewed_items_without_rescoring(data_dir, monkeypatch):
     assert doc["thresholds"]["adult"] == pytest.approx(0.8) and doc["thresholds"]["safe"] == pytest.approx(0.6)
     assert doc["tuned_on"]["source"].startswith("reviewed items (5")
     active = in_force()
-    assert (active.thresholds.adult, active.thresholds.safe) == (pytest.approx(0.8), pytest.approx(0.6))
+    assert (active.thresholds.adult, active.thresholds.safe) == pytest.approx((0.8, 0.6))
 
 
 def test_reviewed_source_with_nothing_reviewed(data_dir):
@@ -376,7 +386,7 @@ def test_uploaded_manifest_names_only_urls_and_files_under_the_root(data_dir):
 # ---------------------------------------------------------------- the Adapter part (issue 26)
 
 
-def _policy_folder(data_dir, monkeypatch) -> Path:
+def _policy_folder(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from tests.helpers.policy import write_set
 
     sets = data_dir / "sets"
@@ -405,7 +415,8 @@ def test_adapter_part_trains_shows_both_side_by_side_publishes_and_rolls_back(da
     click(at, "Publish stripes v1")
     assert "Published stripes v1" in texts(at.success)
     ctx = current()
-    assert ctx.adapters.current("MobileNetV2Mid").ref == {"name": "stripes", "version": 1}
+    in_force = ctx.adapters.current("MobileNetV2Mid")
+    assert in_force is not None and in_force.ref == {"name": "stripes", "version": 1}
     assert ctx.adapters.get("stripes", 1).trained_by == "admin (secret, session a1b2c3)"
     run(at)
     assert "In force for MobileNetV2Mid: adapter **stripes v1**" in texts(at.caption)

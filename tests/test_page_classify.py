@@ -22,9 +22,10 @@ from streamlit.testing.v1 import AppTest
 from nsfw_core import classify as classify_module
 from nsfw_core.base.errors import InvalidURL, TooLarge
 from nsfw_core.base.settings import CLASS_NAMES, load_settings
-from nsfw_core.base.verdict import Thresholds, ThresholdStore
+from nsfw_core.base.verdict import Thresholds
 from nsfw_core.context import Context
 from nsfw_core.inference.pipeline import Decoder
+from nsfw_core.state.thresholds import ThresholdHistory
 from nsfw_ui import inputs, widgets
 from tests.helpers.models import model_named
 from tests.helpers.pages import new_context
@@ -231,11 +232,17 @@ def test_upload_over_the_byte_cap_is_refused(page_env):
 
 def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     # A strict safe threshold, saved like the calibration page does: house.jpg needs review.
-    settings = load_settings()
-    ThresholdStore.from_settings(settings).save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
+    history = ThresholdHistory.from_settings(load_settings())
+    history.save(Thresholds(adult=0.7, safe=0.999), model="MobileNetV2Mid")
+    history.close()
     calls = []
     real = classify_module.Classifier.sources
-    monkeypatch.setattr(classify_module.Classifier, "sources", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counting_sources(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(classify_module.Classifier, "sources", counting_sources)
 
     at = new_page()
     assert "(calibrated for MobileNetV2Mid" in at.markdown[0].value and "≥ 1.00" in at.markdown[0].value
@@ -246,7 +253,7 @@ def test_review_images_are_blurred_until_revealed(images, media, monkeypatch):
     def shown() -> str:
         pixels = np.asarray(Image.open(io.BytesIO(media(at.image[0].value[0]))).convert("RGB"), dtype=np.float32)
         near = {name: np.abs(pixels - np.asarray(row[name], dtype=np.float32)).mean() for name in ("preview", "blurred")}
-        return min(near, key=near.get)
+        return min(near, key=lambda name: near[name])
 
     assert at.image[0].proto.imgs[0].alt.startswith("blurred preview")
     assert shown() == "blurred"

@@ -57,7 +57,12 @@ def test_context_follows_a_replaced_context(own_context, tmp_path):
 def test_model_comes_from_the_context(own_context, monkeypatch):
     calls: list[str | None] = []
     sentinel = object()
-    monkeypatch.setattr(own_context.models, "get", lambda name=None: calls.append(name) or sentinel)
+
+    def get(name=None):
+        calls.append(name)
+        return sentinel
+
+    monkeypatch.setattr(own_context.models, "get", get)
     assert state.model("MobileNetV2") is sentinel
     assert state.model() is sentinel
     assert calls == ["MobileNetV2", None]
@@ -111,7 +116,9 @@ def test_data_uri():
     assert uri.startswith(prefix)
     img = Image.open(io.BytesIO(base64.b64decode(uri[len(prefix):])))
     assert img.format == "JPEG" and img.mode == "RGB" and img.size == (96, 48)
-    r, g, b = img.getpixel((48, 24))
+    pixel = img.getpixel((48, 24))
+    assert isinstance(pixel, tuple)
+    r, g, b = pixel
     assert r > 240 and g < 15 and b < 15
 
 
@@ -172,7 +179,8 @@ def test_collect_inputs_in_order():
 def layer_data(spec: dict[str, Any], layer: int) -> list[dict[str, Any]]:
     """The rows a layer of a chart's spec draws (its own data, else the chart's)."""
     data = spec["layer"][layer].get("data") or spec["data"]
-    return spec["datasets"][data["name"]]
+    rows: list[dict[str, Any]] = spec["datasets"][data["name"]]
+    return rows
 
 
 def test_scores_chart_colours_what_each_class_counts_toward():

@@ -84,15 +84,22 @@ def test_iter_sources_walks_folders_and_keeps_urls(tmp_path):
 def test_score_sources_batches_and_keeps_order(default_model, decoder, monkeypatch):
     calls = []
     real = default_model.predict
-    monkeypatch.setattr(default_model, "predict", lambda batch: calls.append(len(batch)) or real(batch))
+
+    def counting_predict(batch):
+        calls.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(default_model, "predict", counting_predict)
     sources = [str(p) for p in REFERENCE_IMAGES] + ["missing.jpg"]
     policy = load_settings(environ={}).fetch_policy
     results = score_sources(default_model, sources, decoder, lambda s: load_bytes(s, policy), batch_size=3)
     assert [r.source for r in results] == sources
     assert calls == [3, 1]  # the missing file takes no slot in a forward pass
-    assert all(r.ok for r in results[:4]) and results[4].error.code == "invalid_url"
+    error = results[4].error
+    assert all(r.ok for r in results[:4]) and error is not None and error.code == "invalid_url"
     assert results[0].sha256 and len(results[0].sha256) == 64
-    assert sum(results[0].scores.values()) == pytest.approx(1.0, abs=1e-5)
+    scores = results[0].scores
+    assert scores is not None and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_an_expensive_decode_leaves_a_share_of_the_budget_to_cheap_images() -> None:
@@ -143,7 +150,12 @@ def test_read_file_caps_the_read_not_the_stat(tmp_path, monkeypatch):
         os.truncate(f.fileno(), 4 << 30)  # 4 GB, no blocks on disk
     reads: list[int] = []
     real_read = os.read
-    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+
+    def counting_read(fd: int, n: int) -> bytes:
+        reads.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(TooLarge, match=r"huge\.jpg is larger than the limit of 10485760 bytes"):
         load_bytes(str(sparse), load_settings({}).fetch_policy)
     assert reads == []  # refused from fstat of the opened file, nothing read
@@ -153,7 +165,7 @@ def test_read_file_caps_the_read_not_the_stat(tmp_path, monkeypatch):
     reads.clear()
     real_fstat = os.fstat
     monkeypatch.setattr(os, "fstat", lambda fd: _shrunk(real_fstat(fd)))  # a size that lies, as /proc's do
-    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real_read(fd, n))
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(TooLarge):
         read_file(grows, 4)
     assert sum(reads) <= 5  # the read stops at the cap + 1

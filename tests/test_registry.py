@@ -9,6 +9,7 @@ import base64
 import concurrent.futures
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ class FakeModel:
         self.name, self.version, self.load_seconds = name, "v", 0.0
 
 
-class Loads(list):
+class Loads(list[Any]):
     """A loader that takes 0.3 s in its thread and counts its loads by name."""
 
     def __init__(self) -> None:
@@ -204,7 +205,7 @@ def test_model_switching_under_concurrent_load(tmp_path):
         assert [a.status_code for a in answers] == [200] * len(names)
         got = [a.json()["model"]["name"] for a in answers]
         assert got == names
-        by_model = {}
+        by_model: dict[str, set[tuple[tuple[str, float], ...]]] = {}
         for name, a in zip(names, answers, strict=True):
             by_model.setdefault(name, set()).add(tuple(sorted(a.json()["scores"].items())))
         assert all(len(v) == 1 for v in by_model.values())  # the same answer every time per model

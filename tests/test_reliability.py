@@ -161,7 +161,7 @@ class AppProcess(AppServer):
     def health(self) -> Reply:
         return self.request("GET", "/health", timeout=10)
 
-    def wait(self, ready: bool = True) -> None:
+    def wait(self, ready: bool = True) -> AppProcess:
         """Until /health is 200 (``ready``), or 503 with the model load failure (not ``ready``)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
@@ -169,9 +169,9 @@ class AppProcess(AppServer):
             with contextlib.suppress(OSError, http.client.HTTPException):
                 reply = self.health()
                 if ready and reply.status == 200:
-                    return
+                    return self
                 if not ready and reply.status == 503 and "failed" in reply.json().get("reason", ""):
-                    return
+                    return self
             time.sleep(0.1)
         state = "ready" if ready else "failed"
         pytest.fail(f"{self.name}: not {state} in {STARTUP_TIMEOUT} s:\n{self.log.read_text()}")

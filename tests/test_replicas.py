@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.state.thresholds import ThresholdHistory
@@ -35,10 +36,11 @@ def in_force(server: AppServer) -> tuple[int | None, float, float]:
     return t["version"], t["adult"], t["safe"]
 
 
-def detail(server: AppServer) -> dict:
+def detail(server: AppServer) -> dict[str, Any]:
     reply = server.request("POST", "/predict?detail=1", body=SMILE, headers={"Content-Type": "image/jpeg"})
     assert reply.status == 200, reply
-    return reply.json()["thresholds"]
+    thresholds: dict[str, Any] = reply.json()["thresholds"]
+    return thresholds
 
 
 def wait_for(servers: list[AppServer], version: int, limit: float) -> float:
@@ -85,7 +87,7 @@ def test_two_servers_on_one_postgresql_agree_survive_restarts_and_outages(postgr
 
         # 3. B's database goes away while requests flow.
         statuses: list[int] = []
-        versions: list[int | None] = []
+        versions: list[int] = []
         stop = threading.Event()
 
         def flow() -> None:

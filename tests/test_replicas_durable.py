@@ -75,16 +75,28 @@ def in_force(server: AppServer) -> tuple[int | None, float, float]:
 def predict(server: AppServer, image: bytes) -> dict[str, Any]:
     reply = server.request("POST", "/predict?detail=1", body=image, headers={"Content-Type": "image/jpeg"})
     assert reply.status == 200, reply
-    return reply.json()
+    body: dict[str, Any] = reply.json()
+    return body
 
 
-def queued(server: AppServer, image: bytes, version: int) -> int:
-    """POST ``image``; it must be judged "unknown" under ``version`` and queued: its review id."""
+def queued(server: AppServer, image: bytes, version: int) -> str:
+    """POST ``image``; it must be judged "unknown" under ``version`` and queued: its review id (a string,
+    issue 29; :meth:`ReviewQueue.ticket` gives the item)."""
     body = predict(server, image)
     assert body["verdict"] == "unknown" and body["thresholds"]["version"] == version, body
     assert body["sha256"] == hashlib.sha256(image).hexdigest()
-    assert isinstance(body["review_id"], int) and "review_error" not in body, body
-    return body["review_id"]
+    assert is_review_id(body["review_id"]) and "review_error" not in body, body
+    return str(body["review_id"])
+
+
+def is_review_id(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("rv_") and len(value) == 25
+
+
+def item_of(q: ReviewQueue, review_id: str) -> int:
+    found = q.ticket(review_id)
+    assert found is not None, review_id
+    return found[0]
 
 
 def metric(server: AppServer, name: str) -> float:
@@ -125,7 +137,9 @@ def _everything_survives_a_restart(url: str | None, data_dir: Path, start: Calla
             assert in_force(s) == (2, 0.999, 1.0)
 
         # Seven images queued through the replicas in turn (the eighth is kept for after the restart).
-        ids = [queued(replicas[n % len(replicas)], image, 2) for n, image in enumerate(IMAGES[:7])]
+        tickets = [queued(replicas[n % len(replicas)], image, 2) for n, image in enumerate(IMAGES[:7])]
+        with ReviewQueue(url, data_dir=data_dir) as q:
+            ids = [item_of(q, t) for t in tickets]
         assert ids == list(range(1, 8)), ids
 
         with ReviewQueue(url, data_dir=data_dir) as q:
@@ -169,10 +183,11 @@ def _everything_survives_a_restart(url: str | None, data_dir: Path, start: Calla
             assert {i: q.image(i) for i in ids} == uploads
 
             # A new image gets the next id; an image still pending is not queued twice.
-            assert queued(replicas[-1], IMAGES[7], 2) == ids[-1] + 1
-            assert queued(replicas[0], IMAGES[4], 2) == ids[4]
+            assert item_of(q, queued(replicas[-1], IMAGES[7], 2)) == ids[-1] + 1
+            assert item_of(q, queued(replicas[0], IMAGES[4], 2)) == ids[4]
             # The claim held before the restart is still tina's: she decides it, nobody else can.
-            assert q.claim("rita", 3600).id == ids[4]  # the oldest pending, not tina's item
+            claimed = q.claim("rita", 3600)
+            assert claimed is not None and claimed.id == ids[4]  # the oldest pending, not tina's item
             assert q.decide(ids[3], "tina", "neutral").decided_by == "tina"
             assert q.counts() == {"pending": 4, "claimed": 1, "decided": 3, "total": 8}
         for s in servers:
@@ -270,8 +285,8 @@ def test_the_database_stopped_and_started_while_requests_flow(own_postgres: Clus
             body = reply.json() if reply.status == 200 else reply.body[:300]
             answers.append((t0, time.monotonic(), reply.status, body))
 
-    def queued_since(t: float) -> list[dict]:
-        return [b for t0, _, s, b in list(answers) if t0 >= t and s == 200 and isinstance(b["review_id"], int)]
+    def queued_since(t: float) -> list[dict[str, Any]]:
+        return [b for t0, _, s, b in list(answers) if t0 >= t and s == 200 and is_review_id(b["review_id"])]
 
     flowing = threading.Thread(target=flow, daemon=True)
     try:
@@ -311,11 +326,11 @@ def test_the_database_stopped_and_started_while_requests_flow(own_postgres: Clus
         before = [b for t0, t1, _, b in answers if t1 < stopping]
         during = [b for t0, t1, _, b in answers if t0 >= down and t1 < starting]
         after = [b for t0, _, _, b in answers if t0 >= back]
-        assert before and all(isinstance(b["review_id"], int) and "review_error" not in b for b in before)
+        assert before and all(is_review_id(b["review_id"]) and "review_error" not in b for b in before)
         assert len(during) >= 5
         for b in during:  # answered, judged, not queued
             assert b["review_id"] is None and b["review_error"] == REVIEW_UNAVAILABLE, b
-        assert after and all(isinstance(b["review_id"], int) and "review_error" not in b for b in after), after
+        assert after and all(is_review_id(b["review_id"]) and "review_error" not in b for b in after), after
         # The queue itself survived the restart: each image still has its one pending item.
         ids = {b["sha256"]: b["review_id"] for b in before}
         assert len(ids) == 3 and all(ids[b["sha256"]] == b["review_id"] for b in after)

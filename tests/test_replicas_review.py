@@ -38,7 +38,7 @@ def _enqueue(q: ReviewQueue, count: int) -> list[int]:
     return ids
 
 
-def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+def _finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int, str]]:
     """Wait for the processes (bounded), kill any left, and return (exit code, stderr) of each."""
     out = []
     deadline = time.monotonic() + PROCESS_TIMEOUT
@@ -104,6 +104,7 @@ def _reviewers_decide_everything_once(url: str | None, data_dir: Path, tmp_path:
              for i in range(processes)]
     try:
         for p in procs:  # every process has its queue open before any reviewer starts
+            assert p.stdout is not None and p.stderr is not None  # pipes
             assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.poll() is not None else "no ready"
         gate.touch()
     finally:
@@ -158,6 +159,7 @@ def _leases_of_a_killed_process_expire(url: str | None, data_dir: Path, count: i
         ids = _enqueue(q, count)
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, url or "", str(data_dir), str(count), str(lease)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stderr is not None  # pipes
     try:
         line = holder.stdout.readline()
         assert line, holder.stderr.read() if holder.poll() is not None else "the holder printed nothing"

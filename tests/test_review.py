@@ -23,6 +23,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -103,7 +104,8 @@ def backend(request, tmp_path):
 
 @pytest.fixture
 def q(backend) -> ReviewQueue:
-    return backend.open()
+    queue: ReviewQueue = backend.open()
+    return queue
 
 
 def add(q: ReviewQueue, n: int | str, source: str | None = None, image: bytes | None = None, **kw) -> int:
@@ -266,6 +268,12 @@ print(json.dumps(claimed), flush=True)
 """
 
 
+def _pipes(p: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
+    """A worker's stdout and stderr (both pipes)."""
+    assert p.stdout is not None and p.stderr is not None
+    return p.stdout, p.stderr
+
+
 def test_separate_processes_enqueue_and_claim_without_races(backend, tmp_path):
     gate = str(tmp_path / "gate")
     backend.open().close()  # schema ready (concurrent first opens are tested above)
@@ -274,20 +282,20 @@ def test_separate_processes_enqueue_and_claim_without_races(backend, tmp_path):
              for i in range(3)]
     try:
         Path(gate + ".enqueue").touch()
-        enqueued = [json.loads(p.stdout.readline() or "null") for p in procs]
-        assert all(e is not None for e in enqueued), [p.stderr.read() for p in procs]
+        enqueued = [json.loads(_pipes(p)[0].readline() or "null") for p in procs]
+        assert all(e is not None for e in enqueued), [_pipes(p)[1].read() for p in procs]
         assert enqueued[0] == enqueued[1] == enqueued[2] and len(set(enqueued[0])) == 30  # each image once
         Path(gate + ".claim").touch()
-        claimed = [json.loads(p.stdout.readline() or "null") for p in procs]
-        assert all(c is not None for c in claimed), [p.stderr.read() for p in procs]
+        claimed = [json.loads(_pipes(p)[0].readline() or "null") for p in procs]
+        assert all(c is not None for c in claimed), [_pipes(p)[1].read() for p in procs]
     finally:
         for p in procs:
             try:
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-            p.stdout.close()
-            p.stderr.close()
+            _pipes(p)[0].close()
+            _pipes(p)[1].close()
     got = [i for c in claimed for i in c]
     assert sorted(got) == sorted(enqueued[0])  # every item claimed exactly once across processes
 
@@ -503,6 +511,7 @@ def _versions(backend: Backend) -> list[int]:
             return [r[0] for r in conn.execute(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
     import psycopg
 
+    assert backend.url is not None  # PostgreSQL
     with psycopg.connect(backend.url) as conn:
         return [r[0] for r in conn.execute(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
 
@@ -624,11 +633,17 @@ def test_from_settings(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def _sqlite_path(url: str, data_dir: Path) -> Path:
+    backend = backend_for(url, data_dir)
+    assert isinstance(backend, _SQLite)
+    return backend.path
+
+
 def test_backend_urls(tmp_path):
-    assert backend_for("", tmp_path).path == tmp_path / DB_FILE
-    assert backend_for("sqlite:////abs/q.db", tmp_path).path == Path("/abs/q.db")
-    assert backend_for("sqlite:///abs/q.db", tmp_path).path == Path("/abs/q.db")
-    assert backend_for("sqlite:rel/q.db", tmp_path).path == tmp_path / "rel" / "q.db"
+    assert _sqlite_path("", tmp_path) == tmp_path / DB_FILE
+    assert _sqlite_path("sqlite:////abs/q.db", tmp_path) == Path("/abs/q.db")
+    assert _sqlite_path("sqlite:///abs/q.db", tmp_path) == Path("/abs/q.db")
+    assert _sqlite_path("sqlite:rel/q.db", tmp_path) == tmp_path / "rel" / "q.db"
     assert backend_for("postgresql://u:secret@db:5432/x").name == "postgresql"
     assert backend_for("postgres://u@db/x").sql("a = ? AND b = ?") == "a = %s AND b = %s"
     with pytest.raises(ReviewConfigError) as err:
@@ -795,3 +810,40 @@ def test_move_aside_never_overwrites(tmp_path):
         assert move_aside(tmp_path / "db", ("", "-wal"), when) == [
             (tmp_path / "db", tmp_path / ("db.corrupt-20261201T011500Z" + ("" if n == 0 else f"-{n + 1}")))]
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"0", b"1", b"2"]
+
+
+# ---------------------------------------------------------------- issue 29: review ids, quotas, audiences
+
+
+def test_review_ids_are_per_client_unguessable_and_go_with_their_items(backend):
+    from nsfw_core.state.review.queue import QuotaSpent
+
+    clock = backend.clock
+    q = backend.open(retention_days=30)
+    item, for_a = q.enqueue_for("A", sha(1), "https://example.com/1.jpg", SCORES, MODEL, "unknown",
+                                image_bytes=b"\xff\xd8\xff url bytes")
+    joined, for_b = q.enqueue_for("B", sha(1), "upload", SCORES, MODEL, "unknown")
+    assert joined == item and for_a != for_b  # one item, one review id per client
+    assert re.fullmatch(r"rv_[A-Za-z0-9_-]{22}", for_a) and q.ticket(for_a) == (item, "A")
+    assert q.ticket(for_b) == (item, "B") and q.ticket(str(item)) is None and q.ticket("rv_" + "A" * 22) is None
+    assert q.enqueue_for("A", sha(1), "upload", SCORES, MODEL, "unknown") == (item, for_a)  # the same again
+    assert q.get(item).image == b"\xff\xd8\xff url bytes" and q.get(item).public_id == for_a  # a URL's bytes kept
+    # one open item per image and audience: A's own thresholds queue a private copy
+    private, _ = q.enqueue_for("A", sha(1), "upload", SCORES, MODEL, "unknown", audience="A")
+    assert private != item and q.get(private).audience == "A"
+    # the quota counts the items a client created in the last hour (joining is free)
+    with pytest.raises(QuotaSpent) as spent:
+        q.enqueue_for("A", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)
+    assert spent.value.status == 429 and "NSFW_REVIEW_QUOTA=2" in spent.value.message
+    assert q.enqueue_for("B", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0
+    assert q.enqueue_for("A", sha(2), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0  # joins B's: free
+    clock.advance(3601)
+    assert q.enqueue_for("A", sha(3), "upload", SCORES, MODEL, "unknown", quota=2)[0] > 0  # a new hour
+    # a decision is remembered only for the bytes the reviewer was shown
+    q.decide(item, "r1", "safe", seen=sha(99))
+    q.decide(private, "r1", "safe", seen=sha(1))
+    with q._tx(write=False) as tx:
+        assert tx.run("SELECT review_id, audience FROM known_images WHERE op = 'add'") == [(private, "A")]
+    clock.advance(31 * 86400)
+    assert q.purge() == 4
+    assert q.ticket(for_a) is None and q.ticket(for_b) is None  # the review ids go with their items

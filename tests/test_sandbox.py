@@ -148,6 +148,7 @@ def test_a_child_dies_with_its_server_even_mid_decode(tmp_path) -> None:
               "time.sleep(60)\n")
     server = subprocess.Popen([sys.executable, "-c", script, str(slow)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
+        assert server.stdout is not None  # a pipe
         assert server.stdout.readline().strip() == "decoding"
         children = tree_pids(server.pid)[1:]  # started from a thread: any task's children
         assert len(children) == 1

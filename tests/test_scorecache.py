@@ -22,6 +22,12 @@ from tests.helpers.paths import ROOT
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.7, "porn": 0.1, "sexy": 0.05}
 
 
+def scored(scores: dict[str, float] | None) -> dict[str, float]:
+    """Scores that must be there (a hit, a scored item)."""
+    assert scores is not None
+    return scores
+
+
 def test_miss_then_hit(tmp_path):
     cache = ScoreCache(tmp_path / "c.sqlite")
     assert cache.get("abc", "M@1") is None
@@ -30,7 +36,7 @@ def test_miss_then_hit(tmp_path):
     assert cache.get("abc", "M@2") is None  # another model version is another key
     assert cache.get("abd", "M@1") is None
     cache.put("abc", "M@1", {**SCORES, "porn": 0.2})  # replaces
-    assert cache.get("abc", "M@1")["porn"] == 0.2
+    assert scored(cache.get("abc", "M@1"))["porn"] == 0.2
     assert len(cache) == 1 and cache.warning is None
 
 
@@ -40,7 +46,7 @@ def test_survives_a_restart(tmp_path):
     first.put_many([(f"sha{i}", {**SCORES, "porn": i / 100}) for i in range(50)], "M@1")
     first.close()
     second = ScoreCache(path)
-    assert second.get("sha42", "M@1")["porn"] == 0.42
+    assert scored(second.get("sha42", "M@1"))["porn"] == 0.42
     assert len(second.get_many([f"sha{i}" for i in range(60)], "M@1")) == 50
     assert second.warning is None
 
@@ -79,6 +85,7 @@ def test_wrong_schema_and_bad_rows(tmp_path):
     cache.put("x", "M@1", SCORES)
     # a row that is not a score dict is treated as a miss
     with cache._lock:
+        assert cache._conn is not None
         cache._conn.execute("INSERT INTO scores VALUES ('y', 'M@1', '[1, 2]', 0)")
     assert cache.get("y", "M@1") is None and cache.get("x", "M@1") == SCORES
 
@@ -100,7 +107,7 @@ def test_threads(tmp_path):
         try:
             for i in range(40):
                 cache.put(f"{k}-{i}", "M@1", {**SCORES, "porn": i / 100})
-                assert cache.get(f"{k}-{i}", "M@1")["porn"] == i / 100
+                assert scored(cache.get(f"{k}-{i}", "M@1"))["porn"] == i / 100
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -166,7 +173,7 @@ def test_score_items_classifies_only_misses(tmp_path, reading):
     seen = []
     out = cache.score_items(model, items, decoder, loader, progress=lambda done, total: seen.append((done, total)))
     assert [o[0] for o in out] == items
-    assert out[0][1]["porn"] == pytest.approx(0.2) and out[1][1]["porn"] == pytest.approx(0.4)
+    assert scored(out[0][1])["porn"] == pytest.approx(0.2) and scored(out[1][1])["porn"] == pytest.approx(0.4)
     assert out[3][1] == out[0][1]  # same bytes, same scores
     assert isinstance(out[2][2], InvalidURL) and out[2][1] is None
     assert isinstance(out[4][2], NotAnImage) and out[4][1] is None

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs the 
 class Server:
     """A running ``python app.py`` on 127.0.0.1:``port``."""
 
-    def __init__(self, process: subprocess.Popen, port: int, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.process = process
         self.port = port
         self.log = log
@@ -97,15 +97,16 @@ def images() -> Iterator[LocalServer]:
         yield server
 
 
-def streamlit_session_runs(port: int) -> list[str]:
+def streamlit_session_runs(port: int) -> list[str | None]:
     """Open Streamlit's websocket like a browser, ask for a script run; the ForwardMsg types received."""
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
     from websockets.sync.client import connect
+    from websockets.typing import Origin, Subprotocol
 
-    kinds: list[str] = []
-    with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
-                 origin=f"http://127.0.0.1:{port}", open_timeout=10) as ws:
+    kinds: list[str | None] = []
+    with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=[Subprotocol("streamlit")],
+                 origin=Origin(f"http://127.0.0.1:{port}"), open_timeout=10) as ws:
         assert ws.subprotocol == "streamlit"
         rerun = BackMsg()
         rerun.rerun_script.query_string = ""

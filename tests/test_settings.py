@@ -8,12 +8,19 @@ from nsfw_core.base.settings import (
     ROOT,
     SETTINGS,
     SETTINGS_PAGE,
+    TABLE_END,
+    TABLE_START,
     SettingsError,
     load_settings,
     markdown_table,
     page_with_table,
-    table_in_page,
 )
+
+
+def table_in_page(page: str) -> str:
+    """The generated part of the settings page's text: what lies between its two markers."""
+    start = page.index(TABLE_START) + len(TABLE_START)
+    return page[start:page.index(TABLE_END, start)].strip("\n")
 
 
 def test_defaults():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -43,9 +43,10 @@ ASKED_PAGES = ("", "classify", "calibrate", "review", "lists", "account")
 pytestmark = pytest.mark.timeout(300)
 
 
-def health(base: str) -> dict:
+def health(base: str) -> dict[str, Any]:
     with urllib.request.urlopen(base + "/health", timeout=10) as reply:
-        return json.loads(reply.read())
+        body: dict[str, Any] = json.loads(reply.read())
+        return body
 
 
 def review_queue(env: dict[str, str]):
@@ -55,7 +56,7 @@ def review_queue(env: dict[str, str]):
     return ReviewQueue.from_settings(load_settings(env))
 
 
-def listed(env: dict[str, str], add: list | None = None) -> list:
+def listed(env: dict[str, str], add: list[Any] | None = None) -> list[Any]:
     """The hash list in the server's database (after adding ``add``)."""
     from nsfw_core.base.settings import load_settings
     from nsfw_core.state.db import open_pool
@@ -72,7 +73,7 @@ def listed(env: dict[str, str], add: list | None = None) -> list:
         pool.close()
 
 
-def saved_versions(env: dict[str, str]) -> list:
+def saved_versions(env: dict[str, str]) -> list[Any]:
     from nsfw_core.base.settings import load_settings
     from nsfw_core.state.thresholds import ThresholdHistory
 
@@ -188,7 +189,7 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
 
         entries = listed(env, [ListEntry("e" * 64, None, "deny", "forged clear must not remove this")])
 
-        forged = [
+        forged: list[dict[str, Any]] = [
             {"page_hash": pages["Calibrate thresholds"], "widgets": (trigger(save.id),)},
             {"page": "calibrate", "widgets": (trigger(save.id),)},
             {"widgets": (trigger(save.id),)},
@@ -230,6 +231,44 @@ def test_forged_widget_messages_from_an_anonymous_session_change_nothing(deploye
         cleared = admin.run(page_hash=pages["Hash lists"], widgets=(trigger(clear_list.id),))
         assert "1 entries removed" in cleared.texts(), cleared.texts()[-2000:]
         assert listed(env) == []
+
+
+def test_signing_out_of_a_secret_sign_in_ends_it_for_good(deployed):
+    """Sign out of a secret sign-in: the session is ended in the database, and the same Streamlit session's
+    messages (the Hash lists page's Clear, by its real widget id) change nothing afterwards (issue 31)."""
+    base, env = deployed
+    from nsfw_core.state.known import ListEntry
+
+    entries = listed(env, [ListEntry("f" * 64, None, "deny", "clear after sign-out must not remove this")])
+    before = {row.id for row in _live_sessions(env)}  # the other tests' sign-ins
+    with session(base) as s:
+        pages = _admin_pages(s)
+        clear_list = s.run(page_hash=pages["Hash lists"]).widget("lists_clear")
+        account = s.run(page="account")
+        assert "Signed in as" in account.texts()
+        [live] = [row for row in _live_sessions(env) if row.id not in before]
+        assert (live.kind, live.role) == ("secret", "admin")
+        s.run(page="account", widgets=(trigger(account.widget("sign_out").id),))  # the page reruns itself
+        assert_anonymous(s.run(page="account"))
+        assert live.id not in {row.id for row in _live_sessions(env)}
+        messages: list[dict[str, Any]] = [{"page_hash": pages["Hash lists"], "widgets": (trigger(clear_list.id),)},
+                                          {"page": "lists", "widgets": (trigger(clear_list.id),)}]
+        for message in messages:
+            assert_anonymous(s.run(**message))
+    assert entries[-1] in listed(env)
+
+
+def _live_sessions(env: dict[str, str]) -> list[Any]:
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.state.db import open_pool
+    from nsfw_core.state.sessions import SigninSessions
+
+    settings = load_settings(env)
+    pool = open_pool(settings.database_url or None, settings.data_dir)
+    try:
+        return SigninSessions(pool, settings.session_config).live()
+    finally:
+        pool.close()
 
 
 # ---------------------------------------------------------------- local mode

@@ -17,17 +17,11 @@ import subprocess
 import pytest
 
 from tests.helpers.paths import ROOT
+from tests.helpers.slim import SLIM
 
-SLIM = ROOT / ".venv-slim"
 MAX_VENV_BYTES = 700 * 1000 * 1000
-TEST_TOOLS = ("pytest", "pluggy", "iniconfig", "pytest-timeout", "Pygments")
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _pins(names: tuple[str, ...]) -> list[str]:
-    text = (ROOT / "requirements-dev.txt").read_text() + (ROOT / "requirements-convert.txt").read_text()
-    return [m.group(0) for name in names for m in [re.search(rf"^{re.escape(name)}==\S+", text, re.M)] if m]
 
 
 def _size(folder) -> int:
@@ -35,14 +29,9 @@ def _size(folder) -> int:
 
 
 @pytest.fixture(scope="module")
-def slim() -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    subprocess.run(["bash", "scripts/setup-venv.sh", "requirements.txt"], cwd=ROOT, env={**env, "VENV": str(SLIM)},
-                   check=True, timeout=900)
-    python = str(SLIM / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    *_pins(TEST_TOOLS)], check=True, timeout=600)
-    return python
+def slim(slim_python) -> str:
+    """The runtime install's python (tests/helpers/slim.py builds it)."""
+    return str(slim_python)
 
 
 def test_tensorflow_is_not_importable_in_the_runtime_install(slim):
@@ -71,6 +60,26 @@ def test_the_model_tests_pass_without_tensorflow(slim, tmp_path):
     # every skip is the one TensorFlow comparison, and nothing was compiled (no TensorFlow to compile with)
     assert sorted(p.name.split("-")[0] for p in (checkout / "var" / "compiled").iterdir()) == \
         ["InceptionV3", "MobileNetV2", "MobileNetV2Mid"]
+
+
+# What the server imports only when someone signs in (Streamlit's auth routes, Authlib's Starlette client and the
+# HTTP client it uses, the cookie signing, the ID token checks) and the service's own sign-in modules: a module
+# that only the development environment has would pass every in-process test and fail the first real sign-in.
+SIGN_IN_IMPORTS = (
+    "authlib.integrations.starlette_client", "authlib.integrations.httpx_client", "authlib.jose", "httpx",
+    "httpcore", "joserfc.jwt", "joserfc.jwk", "joserfc.errors", "itsdangerous", "starlette.middleware.sessions",
+    "streamlit.web.server.starlette.starlette_auth_routes", "streamlit.auth_util",
+    "nsfw_core.base.emails", "nsfw_core.state.sessions", "nsfw_core.userinfo", "nsfw_ui.oidc", "nsfw_ui.signin",
+    "nsfw_ui.signout", "streamlit.web.server.starlette.starlette_websocket",
+)
+
+
+def test_the_sign_in_modules_import_in_the_runtime_install(slim):
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\nprint('ok')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSFW_") and k != "PYTHONPATH"}
+    done = subprocess.run([slim, "-c", code, *SIGN_IN_IMPORTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def _requirement_names(text: str) -> set[str]:

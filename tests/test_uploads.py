@@ -40,7 +40,7 @@ class Downstream:
         self.calls: list[str] = []
         self.held = 0
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.calls.append(scope["path"])
         size = int(dict(scope["headers"]).get(b"content-length", b"0"))
         self.held += size
@@ -48,13 +48,13 @@ class Downstream:
         await send({"type": "http.response.body", "body": b""})
 
 
-def call(guard: uploads.UploadGuard, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict, bytes]:
-    sent: list[dict] = []
+def call(guard: uploads.UploadGuard, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any], bytes]:
+    sent: list[dict[str, Any]] = []
 
-    async def receive() -> dict:
+    async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:
+    async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path,
@@ -73,7 +73,7 @@ def guarded() -> Iterator[tuple[uploads.UploadGuard, Downstream]]:
     yield uploads.UploadGuard(down, 1000, held=lambda: down.held, registry=registry), down
 
 
-def refused(reply: tuple[int, dict, bytes], status: int, code: str) -> dict:
+def refused(reply: tuple[int, dict[str, Any], bytes], status: int, code: str) -> dict[str, Any]:
     got, headers, body = reply
     assert got == status, reply
     assert headers["content-type"] == "application/json"
@@ -153,8 +153,9 @@ def put_file(base: str, session_id: str, size: int, *, chunked: bool = False) ->
 def session_id(s: Session) -> str:
     run = s.run()
     [new] = run.of("new_session")
-    assert re.fullmatch(r"[0-9a-f-]{36}", new.initialize.session_id), new.initialize.session_id
-    return new.initialize.session_id
+    sid: str = new.initialize.session_id
+    assert re.fullmatch(r"[0-9a-f-]{36}", sid), sid
+    return sid
 
 
 def error(reply: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:

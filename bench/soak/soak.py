@@ -137,8 +137,8 @@ def upstream_main(conn: Any) -> None:
 class Spec:
     kind: str
     raw: bytes  # the whole request, ready to write
-    expect: frozenset  # of (status, code or None)
-    batch_expect: tuple = ()  # per item: set of codes (None: scores) for /predict/batch
+    expect: frozenset[Any]  # of (status, code or None)
+    batch_expect: tuple[Any, ...] = ()  # per item: set of codes (None: scores) for /predict/batch
 
 
 def request_bytes(method: str, target: str, body: bytes = b"", content_type: str | None = None) -> bytes:
@@ -169,7 +169,7 @@ def build_kinds(up: dict[str, Any]) -> dict[str, tuple[float, list[Spec]]]:
     small_png = generated_images()["small.png"]
     rnd = random.Random(1).randbytes(20_000)
 
-    def spec(kind: str, raw: bytes, *expect: tuple[int, str | None], batch: tuple = ()) -> Spec:
+    def spec(kind: str, raw: bytes, *expect: tuple[int, str | None], batch: tuple[Any, ...] = ()) -> Spec:
         if raw.startswith(b"POST /predict"):  # any prediction may be shed: NSFW_MAX_IN_FLIGHT, NSFW_QUEUE_SIZE
             expect = (*expect, OVERLOADED)
         return Spec(kind, raw, frozenset(expect), batch)
@@ -184,7 +184,7 @@ def build_kinds(up: dict[str, Any]) -> dict[str, tuple[float, list[Spec]]]:
     ]
     invalid_urls = ["file:///etc/passwd", f"http://user:pw@127.0.0.1:{victim}/", "gopher://x/", "http://[::1",
                     "http://example.com/" + "a" * 2100, f"http://127.0.0.1:{victim}/\r\nX: 1"]
-    batch_items = [(base + "/img/smile.jpg", {None, "overloaded"}), (base + "/img/small.png", {None, "overloaded"}),
+    batch_items: list[tuple[str, set[str | None]]] = [(base + "/img/smile.jpg", {None, "overloaded"}), (base + "/img/small.png", {None, "overloaded"}),
                    (base + "/img/glasses.jpg", {None, "overloaded"}), (base + "/bad/404", {"upstream_error"}),
                    (base + "/bad/page.html", {"not_an_image"}), (f"http://127.1:{victim}/", {"forbidden_address"}),
                    ("ftp://x/", {"invalid_url"}), (base + "/go/victim", {"forbidden_address"})]
@@ -350,14 +350,14 @@ def proc_probe(pid: int) -> dict[str, float]:
 @dataclasses.dataclass
 class Tally:
     completed: int = 0
-    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    by_kind: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    latency: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
-    unexpected: list = dataclasses.field(default_factory=list)
+    statuses: collections.Counter[Any] = dataclasses.field(default_factory=collections.Counter[Any])
+    by_kind: dict[str, Any] = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter[Any]))
+    latency: dict[str, Any] = dataclasses.field(default_factory=lambda: collections.defaultdict(list[Any]))
+    unexpected: list[Any] = dataclasses.field(default_factory=list)
     unexpected_5xx: int = 0
-    batch_items: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    batch_items: collections.Counter[Any] = dataclasses.field(default_factory=collections.Counter[Any])
     batch_items_unexpected_5xx: int = 0
-    transport_errors: list = dataclasses.field(default_factory=list)
+    transport_errors: list[Any] = dataclasses.field(default_factory=list)
     stale_retries: int = 0
 
 
@@ -467,7 +467,8 @@ def percentile(values: list[float], q: float) -> float:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -482,7 +483,7 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def start_server(up: dict[str, Any], tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, int, Path]:
+def start_server(up: dict[str, Any], tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NSFW_", "STREAMLIT_"))}
     env.update(PORT=str(port), NSFW_HOST="127.0.0.1", NSFW_DATA_DIR=str(tmp / "data"),
@@ -547,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_cpu = proc_probe(up["pid"])["cpu_s"] - upstream_cpu0
         server_cpu = result["samples"]["end"]["cpu_s"] - idle["cpu_s"]
         process.send_signal(signal.SIGTERM)
+        exit_code: int | str
         try:
             exit_code = process.wait(timeout=30)
         except subprocess.TimeoutExpired:

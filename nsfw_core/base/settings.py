@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.emails import ascii_lower, entry_problem
+from nsfw_core.base.labels import CLASS_NAMES as CLASS_NAMES  # re-exported: settings name the classes too
+from nsfw_core.base.labels import VERDICTS
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: nsfw_core/base/settings.py -> ../../..
 MODEL_NAMES = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")
@@ -77,12 +79,14 @@ def _runtime(raw: str) -> str:
 
 
 def _emails(raw: str) -> tuple[str, ...]:
-    items = tuple(item.lower() for item in _list(raw))
+    """Addresses and @domains, held to the form a provider's address must have to match one
+    (:mod:`nsfw_core.base.emails`: ASCII, no spaces or control characters, one @), ASCII-lowercased."""
+    items = _list(raw)
     for item in items:
-        local, at, domain = item.rpartition("@")
-        if not at or "." not in domain or any(c.isspace() for c in item) or "@" in local:
-            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain")
-    return items
+        problem = entry_problem(item)
+        if problem is not None:
+            raise ValueError(f"{item!r} is neither an e-mail address nor an @domain ({problem})")
+    return tuple(ascii_lower(item) for item in items)
 
 
 LOG_FORMATS = ("text", "json")
@@ -108,6 +112,34 @@ def _secret(raw: str) -> str:
     if raw and len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
     return raw
+
+
+AUDITED = ("adult", "safe")  # the automatic verdicts NSFW_AUDIT_RATE samples
+
+
+def _audit_rates(raw: str) -> tuple[tuple[str, float], ...]:
+    """``0.01`` (both automatic verdicts), ``adult=0.02,safe=0.005``, or ``0`` / empty: off; as
+    ``(("adult", rate), ("safe", rate))``."""
+    text = raw.strip()
+    out = {v: 0.0 for v in AUDITED}
+    if text and "=" not in text:
+        rate = _float(0.0, 1.0)(text)
+        out = {v: rate for v in AUDITED}
+    elif text:
+        for part in _list(text):
+            verdict, _, value = part.partition("=")
+            verdict = verdict.strip().lower()
+            if verdict not in AUDITED:
+                raise ValueError(f"{verdict!r}: only the automatic verdicts ({', '.join(AUDITED)}) are audited")
+            out[verdict] = _float(0.0, 1.0)(value)
+    return tuple(out.items())
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = _list(raw)
+    if any(len(k) < MIN_SECRET_LENGTH for k in keys):
+        raise ValueError(f"each key must be at least {MIN_SECRET_LENGTH} characters")
+    return keys
 
 
 def _auto_bool(raw: str) -> bool | None:
@@ -254,7 +286,22 @@ class Settings:
     oidc_cookie_secret: str = setting(
         "NSFW_OIDC_COOKIE_SECRET", "", str,
         "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
-        "Empty: derived from NSFW_OIDC_CLIENT_SECRET.", secret=True)
+        "Empty: derived from NSFW_OIDC_CLIENT_SECRET. Changing it ends every OpenID Connect sign-in "
+        "(README \"Security model\").", secret=True)
+    oidc_revalidate_seconds: int = setting(
+        "NSFW_OIDC_REVALIDATE_SECONDS", "300", _int(0, 86400),
+        "How often an OpenID Connect sign-in is checked again with the provider (its userinfo endpoint, with "
+        "the sign-in's access token), at the session's next action: a token the provider refuses (revoked, "
+        "expired) or claims that no longer give the role end the session. A provider that cannot be reached "
+        "is allowed twice this long. 0: never (a user disabled at the provider keeps access until the "
+        "session's lifetime ends).")
+    session_idle_minutes: float = setting(
+        "NSFW_SESSION_IDLE_MINUTES", "30", _float(0.01, 10080),
+        "A sign-in (OpenID Connect or secret) ends after this many minutes without any action in the browser "
+        "app (README \"Security model\").")
+    session_max_hours: float = setting(
+        "NSFW_SESSION_MAX_HOURS", "12", _float(0.001, 8760),
+        "A sign-in ends this many hours after it began, however active (then sign in again).")
     adult_classes: tuple[str, ...] = setting(
         "NSFW_ADULT_CLASSES", "porn,sexy", _classes,
         "Classes whose scores add up to the adult score.")
@@ -363,14 +410,44 @@ class Settings:
         "ones too; empty turns the queue off.")
     review_store_uploads: bool = setting(
         "NSFW_REVIEW_STORE_UPLOADS", "false", _bool,
-        "Keep queued images' bytes in the review database (uploads have no URL to fetch again); purged with "
-        "their items.")
+        "Keep queued uploads' bytes in the review database, purged with their items. Without them the reviewer "
+        "decides from the scores and the decision is not remembered for later copies. A URL item's bytes (at "
+        "most NSFW_MAX_BYTES) are always kept: the reviewer sees what was classified, never the URL fetched "
+        "again.")
+    review_quota: int = setting(
+        "NSFW_REVIEW_QUOTA", "100", _int(0),
+        "Items one API key (without keys: one client address, so behind a proxy every client shares one budget) "
+        "may add to the human review queue per hour; "
+        "beyond it images are answered with their verdict and review_error, not queued. 0: no limit. An item "
+        "queued only because of the request's own thresholds protects only that key once decided. Audit items "
+        "(NSFW_AUDIT_RATE: sampled by the server, not asked for) count against no key.")
     review_retention_days: int = setting(
         "NSFW_REVIEW_RETENTION_DAYS", "30", _int(0),
         "Review items (and stored images) older than this many days are deleted; 0 keeps them forever.")
     review_lease_seconds: int = setting(
         "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
         "How long a reviewer holds a claimed item before another reviewer may get it.")
+    audit_rate: tuple[tuple[str, float], ...] = setting(
+        "NSFW_AUDIT_RATE", "adult=0.01,safe=0.002", _audit_rates,
+        "Share of the API's automatic verdicts sent to the review queue as audit items, to measure how often "
+        "they are wrong (the Evaluate page, GET /v1/evaluation): one rate for both (0.01) or per verdict "
+        "(adult=0.02,safe=0.005); 0 turns it off. The client's answer is unchanged; reviewers see audit items "
+        "blind (no verdict, no scores), their bytes are kept whatever NSFW_REVIEW_STORE_UPLOADS says, and "
+        "their decisions protect every client (docs/review.md).")
+    double_review_rate: float = setting(
+        "NSFW_DOUBLE_REVIEW_RATE", "0", _float(0.0, 1.0),
+        "Share of queued items that two different reviewers decide independently, to measure how much "
+        "reviewers agree (Cohen's kappa); when they disagree on adult/safe an admin decides. Needs at least "
+        "two reviewers.")
+    reviewer_api_keys: tuple[str, ...] = setting(
+        "NSFW_REVIEWER_API_KEYS", "", _keys,
+        "Comma-separated keys (at least 16 characters each) of the reviewer API (POST /v1/reviews/claim, "
+        "/v1/reviews/{id}/decision, /v1/reviews/undo) and GET /v1/evaluation; separate from NSFW_API_KEYS. "
+        "A decision records the key's id (a hash), never the key.", secret=True)
+    admin_api_keys: tuple[str, ...] = setting(
+        "NSFW_ADMIN_API_KEYS", "", _keys,
+        "Keys of the reviewer API with the admin role: everything a reviewer key may do, and deciding the "
+        "items two reviewers disagreed on.", secret=True)
     match_distance: int = setting(
         "NSFW_MATCH_DISTANCE", "31", _int(0, 63),
         "Largest PDQ distance (bits of 256) at which an image counts as a copy of a reviewer-decided or "
@@ -427,7 +504,13 @@ class Settings:
     def review_config(self) -> ReviewConfig:
         return ReviewConfig(database_url=self.database_url, data_dir=self.data_dir,
                             verdicts=self.review_verdicts, store_uploads=self.review_store_uploads,
-                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds)
+                            retention_days=self.review_retention_days, lease_seconds=self.review_lease_seconds,
+                            quota=self.review_quota, audit_rates=self.audit_rate,
+                            double_review_rate=self.double_review_rate)
+
+    @property
+    def reviewer_keys(self) -> ReviewerKeys:
+        return ReviewerKeys(reviewer=self.reviewer_api_keys, admin=self.admin_api_keys)
 
     @property
     def access_config(self) -> AccessConfig:
@@ -438,6 +521,11 @@ class Settings:
             oidc=OIDCConfig(metadata_url=self.oidc_metadata_url, client_id=self.oidc_client_id,
                             client_secret=self.oidc_client_secret, redirect_uri=self.oidc_redirect_uri,
                             cookie_secret=self.oidc_cookie_secret, port=self.port))
+
+    @property
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(idle_s=self.session_idle_minutes * 60, max_s=self.session_max_hours * 3600,
+                             revalidate_s=float(self.oidc_revalidate_seconds))
 
     @property
     def labelset_config(self) -> LabelSetConfig:
@@ -519,6 +607,21 @@ class ReviewConfig:
     store_uploads: bool
     retention_days: int
     lease_seconds: int
+    quota: int = 0  # items per client per hour (NSFW_REVIEW_QUOTA; 0: no limit)
+    audit_rates: tuple[tuple[str, float], ...] = ()  # (verdict, NSFW_AUDIT_RATE's rate) pairs
+    double_review_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewerKeys:
+    """The reviewer API's keys, by role (NSFW_REVIEWER_API_KEYS, NSFW_ADMIN_API_KEYS)."""
+
+    reviewer: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    admin: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.reviewer or self.admin)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,6 +669,15 @@ class AccessConfig:
     admin_secret: str = dataclasses.field(repr=False)
     reviewer_secret: str = dataclasses.field(repr=False)
     oidc: OIDCConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """How long a sign-in lives (nsfw_core.state.sessions), in seconds; revalidate_s 0: never re-checked."""
+
+    idle_s: float
+    max_s: float
+    revalidate_s: float
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -636,12 +748,6 @@ def markdown_table() -> str:
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
 TABLE_START = "<!-- settings:start (generated by python -m nsfw_core.base.settings --write; do not edit) -->"
 TABLE_END = "<!-- settings:end -->"
-
-
-def table_in_page(page: str) -> str:
-    """The generated part of the settings page's text: what lies between its two markers."""
-    start = page.index(TABLE_START) + len(TABLE_START)
-    return page[start:page.index(TABLE_END, start)].strip("\n")
 
 
 def page_with_table(page: str) -> str:

@@ -1,44 +1,35 @@
-"""The three-state rule (adult / unknown / safe) and the saved thresholds file.
-
-Since issue 15 the thresholds in force live in the database (:mod:`nsfw_core.state.thresholds`); the
-file below is what older installs saved, imported once into that history.  :class:`ThresholdStore`
-and :func:`parse_thresholds_file` remain for that import and for reading such files.
+"""The three-state rule (adult / unknown / safe) and the reading of an old install's thresholds file.
 
 Rule: the *adult score* is the sum of the adult classes' probabilities (porn +
 sexy by default); at or above ``adult`` it is "adult".  Otherwise the *safe
 score* (neutral + drawings by default) at or above ``safe`` gives "safe".
 Everything else is "unknown": a human reviews it.
 
-:class:`ThresholdStore` keeps the thresholds chosen on the calibration page in
-a JSON file (written atomically) and re-reads it when it changes, so the API
-and the UI follow a new calibration without a restart.  A missing file means
-the defaults from the settings.  Anything else that is not a valid file (see
-:func:`parse_thresholds_file`: not a regular file, over :data:`MAX_FILE_BYTES`,
-not UTF-8, not JSON, nested too deep, a threshold that is not a number in
-[0, 1], unknown or overlapping classes...) is rejected: the last good
-thresholds read from the file stay in force (the defaults if there were none),
-with a warning that the UI and ``/health`` show, logged once per change of the
-file.  Reading never blocks (a FIFO is refused before it is opened, and opened
-non-blocking anyway) and never raises.
+The thresholds in force live in the database (:mod:`nsfw_core.state.thresholds`, since issue 15).
+Older installs saved them in ``<data_dir>/thresholds.json``, which that history imports once:
+:func:`read_small_regular_file` reads it (never blocking: a FIFO is refused before it is opened,
+and opened non-blocking anyway) and :func:`parse_thresholds_file` checks it (not over
+:data:`MAX_FILE_BYTES`, UTF-8, JSON, not nested too deep, thresholds that are numbers in [0, 1],
+known and non-overlapping classes...).  The history also runs every save through
+:func:`parse_thresholds_file`, so what it stores is what a file could hold.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import logging
 import math
 import os
 import stat
-import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from nsfw_core.base.files import atomic_write
-from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.labels import ADULT as ADULT  # re-exported with VERDICTS: the rule's three answers
+from nsfw_core.base.labels import CLASS_NAMES
+from nsfw_core.base.labels import SAFE as SAFE
+from nsfw_core.base.labels import UNKNOWN as UNKNOWN
 from nsfw_core.base.labels import VERDICTS as VERDICTS  # re-exported: callers import the verdicts from here too
-from nsfw_core.base.settings import Settings, ThresholdConfig
+from nsfw_core.base.settings import ThresholdConfig
 
 THRESHOLDS_FILE = "thresholds.json"
 # Sums of class probabilities carry float rounding (0.6 + 0.3 < 0.9 in binary):
@@ -46,8 +37,6 @@ THRESHOLDS_FILE = "thresholds.json"
 # threshold in decimal lands on the threshold's side.
 EPSILON = 1e-9
 MAX_FILE_BYTES = 64 * 1024  # a saved file is under 2 KiB; more than this is not one of ours
-
-log = logging.getLogger(__name__)
 
 
 def _is_number(value: Any) -> bool:
@@ -94,12 +83,6 @@ class Thresholds:
                 "adult_classes": list(self.adult_classes), "safe_classes": list(self.safe_classes)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Thresholds":
-        return cls(adult=data["adult"], safe=data["safe"],
-                   adult_classes=tuple(data.get("adult_classes", cls.adult_classes)),
-                   safe_classes=tuple(data.get("safe_classes", cls.safe_classes)))
-
-    @classmethod
     def from_config(cls, config: ThresholdConfig) -> "Thresholds":
         """The default thresholds from the settings (NSFW_ADULT_THRESHOLD, ...)."""
         return cls(adult=config.adult_threshold, safe=config.safe_threshold,
@@ -108,13 +91,13 @@ class Thresholds:
 
 @dataclasses.dataclass(frozen=True)
 class ActiveThresholds:
-    """What is in force now, where it came from, and any warning about the file."""
+    """What is in force now, where it came from, and any warning (the database, an old file)."""
 
     thresholds: Thresholds
-    source: str  # "defaults", "database" (nsfw_core.state.thresholds) or "file" (ThresholdStore)
+    source: str  # "defaults" or "database" (nsfw_core.state.thresholds)
     saved: dict[str, Any]  # metadata stored with them (model, date, who, tuning set summary)
     warning: str | None = None
-    version: int | None = None  # the history's version in force (None: the defaults, or a file)
+    version: int | None = None  # the history's version in force (None: the defaults)
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -204,89 +187,3 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
-
-
-class ThresholdStore:
-    """The thresholds file shared by the API and the pages; safe to use from many threads."""
-
-    def __init__(self, path: str | Path, defaults: Thresholds) -> None:
-        self.path = Path(path)
-        self.defaults = defaults
-        self._lock = threading.Lock()
-        self._stamp: tuple[Any, ...] | None = None
-        self._active = ActiveThresholds(defaults, "defaults", {})
-        self._good: ActiveThresholds | None = None  # the last valid file read, kept when it turns bad
-
-    @classmethod
-    def from_config(cls, config: ThresholdConfig) -> "ThresholdStore":
-        return cls(Path(config.data_dir) / THRESHOLDS_FILE, Thresholds.from_config(config))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "ThresholdStore":
-        """Shorthand for ``from_config(settings.threshold_config)`` (tests, scripts)."""
-        return cls.from_config(settings.threshold_config)
-
-    def _file_stamp(self) -> tuple[Any, ...] | None:
-        """What identifies this version of the file (None: there is no file, not even a dangling link)."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            try:
-                st = os.lstat(self.path)  # a dangling symlink is a file to warn about, not a missing one
-            except OSError:
-                return None
-            return ("link", st.st_dev, st.st_ino, st.st_mtime_ns)
-        return (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-    def current(self) -> ActiveThresholds:
-        """The thresholds in force, re-reading the file only when it changed."""
-        stamp = self._file_stamp()
-        with self._lock:
-            if stamp != self._stamp:
-                if stamp is None:  # no file: the defaults, and they are what a bad file falls back to from now on
-                    self._good = None
-                    self._active = ActiveThresholds(self.defaults, "defaults", {})
-                else:
-                    self._active = self._read()
-                self._stamp = stamp
-            return self._active
-
-    def _read(self) -> ActiveThresholds:
-        """Read and check the file (lock held); never raises.  Logs once per change of the file."""
-        try:
-            thresholds, saved = parse_thresholds_file(read_small_regular_file(self.path, MAX_FILE_BYTES))
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            kept = self._good
-            if kept is not None:
-                warning = (f"thresholds file {self.path} is unreadable ({reason}); keeping the last good "
-                           f"thresholds read from it")
-                active = dataclasses.replace(kept, warning=warning)
-            else:
-                warning = f"thresholds file {self.path} is unreadable ({reason}); using the defaults"
-                active = ActiveThresholds(self.defaults, "defaults", {}, warning)
-            log.warning("%s", warning)
-            return active
-        except Exception as exc:  # a thresholds file must never break prediction
-            warning = f"thresholds file {self.path} could not be read ({type(exc).__name__}); using the defaults"
-            log.exception("%s", warning)
-            return ActiveThresholds(self.defaults, "defaults", {}, warning)
-        self._good = ActiveThresholds(thresholds, "file", saved)
-        if self._stamp is not None and self._active.warning:
-            log.warning("thresholds file %s is valid again: adult %g, safe %g", self.path,
-                        thresholds.adult, thresholds.safe)
-        return self._good
-
-    def save(self, thresholds: Thresholds, *, model: str,
-             tuned_on: Mapping[str, Any] | None = None) -> ActiveThresholds:
-        """Write ``thresholds`` atomically; ValueError (and nothing written) if the file would not be valid."""
-        doc = {
-            "thresholds": thresholds.to_dict(),
-            "model": model,
-            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tuned_on": dict(tuned_on or {}),
-        }
-        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        parse_thresholds_file(data)  # overlapping classes, say: refused here rather than ignored when read
-        atomic_write(self.path, data)
-        return self.current()

@@ -4,9 +4,10 @@ An *adapter* is a logistic regression (scikit-learn's) over an image's embedding
 probabilities (:class:`~nsfw_core.inference.embeddings.AdapterHead`), trained on the operator's labels:
 a labelled set (every source the Calibrate page reads: manifests, folders, ZIPs, the demo set) and the
 reviewed items of the review queue (their embeddings are kept from the request that queued them), each
-example with an optional weight (the audit sample's inverse-probability weights, when the audit issue
-gives them; 1 otherwise).  "adult" means what the platform blocks, "safe" what it allows: the labels are
-the policy, whatever the five classes say.
+example with a weight: a reviewed item weighs 1 / the probability that queued it (issue 25's audit sample:
+an automatic verdict sampled at rate r stands for 1/r production images), every other example 1.  "adult"
+means what the platform blocks, "safe" what it allows: the labels are the policy, whatever the five classes
+say.
 
 Proof before publishing (:func:`train`): the examples are split into near-duplicate groups (PDQ hashes
 within ``NSFW_MATCH_DISTANCE``, and equal bytes), then into ``folds`` folds, stratified, a group never on
@@ -162,8 +163,10 @@ def examples_from_set(results: Iterable[tuple[LabelledItem, Embedded | None, NSF
 def examples_from_reviewed(items: Iterable[Any], embeddings: Mapping[int, tuple[np.ndarray, bytes | None]],
                            weights: Mapping[int, float] | None = None) -> tuple[list[Example], int]:
     """Decided review items (``ReviewedItem``) with a kept embedding, as examples; and how many had none (queued
-    before adapters existed, or by another model or model version).  ``weights``: an item's weight by id (the
-    audit sample's inverse-probability weights); 1 for the others."""
+    before adapters existed, or by another model or model version).  Each weighs what the item stands for in
+    production (``ReviewedItem.weight``: 1 / the probability that queued it, so an audit item sampled at 1 %
+    counts 100 and an item NSFW_REVIEW_VERDICTS queued counts 1), unless ``weights`` gives an item's weight
+    by id."""
     examples: list[Example] = []
     missing = 0
     for item in items:
@@ -172,7 +175,8 @@ def examples_from_reviewed(items: Iterable[Any], embeddings: Mapping[int, tuple[
             missing += 1
             continue
         vector, ph = found
-        weight = float((weights or {}).get(int(item.id), 1.0))
+        weight = float(weights[int(item.id)]) if weights is not None and int(item.id) in weights \
+            else float(getattr(item, "weight", 1.0))
         examples.append(Example(item.sha256, 1 if item.binary == ADULT else 0, vector, item.scores, ph,
                                 weight, item.source, "reviewed"))
     return examples, missing

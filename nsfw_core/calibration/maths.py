@@ -23,6 +23,13 @@ Vocabulary used by the page and the saved metrics:
 
 Anything that cannot be computed (no decision of that kind, no adult samples,
 an empty set, …) is ``nan`` together with a reason string, never a silent 0.
+
+Weights (issue 25): every function that counts images takes optional ``weights``, one per image: an
+image then counts as that many.  The review queue's decided items weighted by the inverse of the
+probability that queued them (an audit item sampled at 1 % stands for 100 automatic decisions, an
+"unknown" item for itself) estimate production, so the curves, metrics and suggestions computed with
+those weights are estimates of what the rule does on the traffic the service sees.  Without weights
+(``None``) every image counts one, exactly as before.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN, VERDICTS
+from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.labels import VERDICTS as VERDICTS  # re-exported: the verdict table's rows
 from nsfw_core.base.verdict import EPSILON, Thresholds
 
 TRUTH_NAMES = {1: ADULT, 0: SAFE}
@@ -83,6 +91,31 @@ def _arrays(adult: Any, safe: Any, truth: Any) -> tuple[np.ndarray, np.ndarray, 
     return a, s, y
 
 
+def as_weights(weights: Any, n: int) -> np.ndarray | None:
+    """``weights`` as a float array of length ``n`` (None stays None: every image counts one)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n:
+        raise ValueError(f"weights must have one value per image ({len(w)} for {n})")
+    if n and (not np.isfinite(w).all() or (w <= 0).any()):
+        raise ValueError("weights must be positive and finite")
+    return w
+
+
+def _count(mask: np.ndarray, w: np.ndarray | None, axis: int | None = None) -> Any:
+    """How many images ``mask`` holds: a count, or the sum of their weights."""
+    if w is None:
+        return mask.sum(axis=axis)
+    ww = w if mask.ndim == 1 else w[:, None]
+    return (mask * ww).sum(axis=axis)
+
+
+def _n(x: Any, w: np.ndarray | None) -> Any:
+    """A count as an int without weights, a float (rounded to 1e-9) with them."""
+    return int(x) if w is None else round(float(x), 9)
+
+
 def score_frame(
     scores: Sequence[Mapping[str, float]],
     truth: Sequence[Any],
@@ -123,7 +156,7 @@ def _split(thresholds: Thresholds | tuple[float, float]) -> tuple[float, float]:
     return float(t_adult), float(t_safe)
 
 
-def _ratio(num: int, den: int) -> float:
+def _ratio(num: float, den: float) -> float:
     return num / den if den else NAN
 
 
@@ -139,17 +172,18 @@ def verdict_table(df: pd.DataFrame, thresholds: Thresholds | tuple[float, float]
     ``share_of_verdict`` (count / images with that verdict: for the automatic
     verdicts, their precision or error rate).  A share whose denominator is 0
     is NaN.  Only the thresholds' numbers are used (the class sums are the
-    frame's columns).
+    frame's columns).  With a ``weight`` column, counts are sums of weights.
     """
     t_adult, t_safe = _split(thresholds)
     a, s, y = _arrays(df["adult_score"], df["safe_score"], df["truth"])
+    w = as_weights(df["weight"].to_numpy(), len(y)) if "weight" in df.columns else None
     v = verdicts(a, s, t_adult, t_safe)
     rows = []
     for verdict in VERDICTS:
-        n_verdict = int((v == verdict).sum())
+        n_verdict = _n(_count(v == verdict, w), w)
         for code in (1, 0):
-            n_truth = int((y == code).sum())
-            count = int(((v == verdict) & (y == code)).sum())
+            n_truth = _n(_count(y == code, w), w)
+            count = _n(_count((v == verdict) & (y == code), w), w)
             rows.append({"verdict": verdict, "truth": TRUTH_NAMES[code], "count": count,
                          "share_of_truth": _ratio(count, n_truth), "share_of_verdict": _ratio(count, n_verdict)})
     return pd.DataFrame(rows)
@@ -170,20 +204,21 @@ class DecisionMetrics:
 
     t_adult: float
     t_safe: float
-    n: int
-    n_adult: int  # truly adult images
-    n_safe: int  # truly safe images
-    adult_decisions: int  # verdict "adult"
-    adult_correct: int  # ... that are truly adult
-    safe_decisions: int  # verdict "safe"
-    safe_correct: int  # ... that are truly safe
-    review_n: int  # verdict "unknown"
+    # counts of images; with weights, sums of weights (floats): estimated production images
+    n: float
+    n_adult: float  # truly adult images
+    n_safe: float  # truly safe images
+    adult_decisions: float  # verdict "adult"
+    adult_correct: float  # ... that are truly adult
+    safe_decisions: float  # verdict "safe"
+    safe_correct: float  # ... that are truly safe
+    review_n: float  # verdict "unknown"
     adult_precision: float
     safe_precision: float
     review_share: float
     adult_recall: float  # truly adult images decided "adult" automatically / truly adult
-    missed_adult: int  # truly adult images decided "safe" (the costly error)
-    false_adult: int  # truly safe images decided "adult"
+    missed_adult: float  # truly adult images decided "safe" (the costly error)
+    false_adult: float  # truly safe images decided "adult"
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> why it is NaN
     notes: list[str] = dataclasses.field(default_factory=list)  # caveats about defined numbers
 
@@ -192,16 +227,19 @@ class DecisionMetrics:
         return _json_able(self)
 
 
-def decision_metrics(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float) -> DecisionMetrics:
-    """Precision of the automatic adult and safe decisions, the share sent to review, and counts."""
+def decision_metrics(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float, *,
+                     weights: Any = None) -> DecisionMetrics:
+    """Precision of the automatic adult and safe decisions, the share sent to review, and counts (sums of
+    ``weights`` when given)."""
     a, s, y = _arrays(adult, safe, truth)
+    w = as_weights(weights, len(y))
     v = verdicts(a, s, t_adult, t_safe)
-    n, n_adult = len(y), int(y.sum())
-    n_safe = n - n_adult
+    n, n_adult = _n(_count(np.ones(len(y), dtype=bool), w), w), _n(_count(y == 1, w), w)
+    n_safe = _n(n - n_adult, w)
     is_a, is_s = v == ADULT, v == SAFE
-    adult_dec, safe_dec = int(is_a.sum()), int(is_s.sum())
-    adult_ok = int((is_a & (y == 1)).sum())
-    safe_ok = int((is_s & (y == 0)).sum())
+    adult_dec, safe_dec = _n(_count(is_a, w), w), _n(_count(is_s, w), w)
+    adult_ok = _n(_count(is_a & (y == 1), w), w)
+    safe_ok = _n(_count(is_s & (y == 0), w), w)
     reasons: dict[str, str] = {}
     notes: list[str] = []
     if n == 0:
@@ -223,10 +261,10 @@ def decision_metrics(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: 
     return DecisionMetrics(
         t_adult=float(t_adult), t_safe=float(t_safe), n=n, n_adult=n_adult, n_safe=n_safe,
         adult_decisions=adult_dec, adult_correct=adult_ok, safe_decisions=safe_dec, safe_correct=safe_ok,
-        review_n=n - adult_dec - safe_dec,
+        review_n=_n(n - adult_dec - safe_dec, w),
         adult_precision=_ratio(adult_ok, adult_dec), safe_precision=_ratio(safe_ok, safe_dec),
         review_share=_ratio(n - adult_dec - safe_dec, n), adult_recall=_ratio(adult_ok, n_adult),
-        missed_adult=int((is_s & (y == 1)).sum()), false_adult=int((is_a & (y == 0)).sum()),
+        missed_adult=_n(_count(is_s & (y == 1), w), w), false_adult=_n(_count(is_a & (y == 0), w), w),
         reasons=reasons, notes=notes,
     )
 
@@ -238,7 +276,7 @@ DEFAULT_GRID = np.round(np.linspace(0.0, 1.0, 101), 10)
 
 
 def sweep(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float,
-          grid: Sequence[float] | None = None) -> pd.DataFrame:
+          grid: Sequence[float] | None = None, *, weights: Any = None) -> pd.DataFrame:
     """Precision vs share sent to review while one threshold moves and the other stays put.
 
     Two families of rows: ``moving == "T_adult"`` (T_safe fixed at ``t_safe``;
@@ -247,11 +285,12 @@ def sweep(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float,
     (default 0, 0.01, …, 1) always includes the current thresholds, so the
     operating point lies on both curves.  Columns: moving, threshold, t_adult,
     t_safe, precision, decisions, adult_precision, safe_precision,
-    review_share, review_n.
+    review_share, review_n (sums of ``weights`` when given).
     """
     a, s, y = _arrays(adult, safe, truth)
+    w = as_weights(weights, len(y))
     base = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64)
-    n = len(y)
+    n = len(y) if w is None else float(w.sum())
     frames = []
     for moving in ("T_adult", "T_safe"):
         current = t_adult if moving == "T_adult" else t_safe
@@ -261,15 +300,15 @@ def sweep(adult: Any, safe: Any, truth: Any, t_adult: float, t_safe: float,
             is_s = ~is_a & _ge(s, t_safe)[:, None]
             ta_col, ts_col = ts, np.full(len(ts), float(t_safe))
         else:
-            is_a = np.broadcast_to(_ge(a, t_adult)[:, None], (n, len(ts)))
+            is_a = np.broadcast_to(_ge(a, t_adult)[:, None], (len(y), len(ts)))
             is_s = ~is_a & _ge(s[:, None], ts[None, :])
             ta_col, ts_col = np.full(len(ts), float(t_adult)), ts
         truly = (y == 1)[:, None]
-        a_dec, s_dec = is_a.sum(axis=0), is_s.sum(axis=0)
-        a_ok, s_ok = (is_a & truly).sum(axis=0), (is_s & ~truly).sum(axis=0)
+        a_dec, s_dec = _count(is_a, w, 0), _count(is_s, w, 0)
+        a_ok, s_ok = _count(is_a & truly, w, 0), _count(is_s & ~truly, w, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            a_prec = np.where(a_dec > 0, a_ok / np.maximum(a_dec, 1), np.nan)
-            s_prec = np.where(s_dec > 0, s_ok / np.maximum(s_dec, 1), np.nan)
+            a_prec = np.where(a_dec > 0, a_ok / np.where(a_dec > 0, a_dec, 1), np.nan)
+            s_prec = np.where(s_dec > 0, s_ok / np.where(s_dec > 0, s_dec, 1), np.nan)
         review = n - a_dec - s_dec
         frames.append(pd.DataFrame({
             "moving": moving, "threshold": ts, "t_adult": ta_col, "t_safe": ts_col,
@@ -298,14 +337,16 @@ def _tie_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, ends
 
 
-def _cumulative(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cumulative(scores: np.ndarray, positive: np.ndarray,
+                weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each distinct threshold (descending, a tie group's lowest value): cumulative TP and FP
-    counted "at or above" it."""
+    counted "at or above" it (sums of ``weights`` when given)."""
     order, ends = _tie_groups(scores)
     pos = positive[order].astype(np.int64)
-    tp = np.cumsum(pos)[ends]
-    fp = np.cumsum(1 - pos)[ends]
-    return scores[order][ends], tp, fp
+    if weights is None:
+        return scores[order][ends], np.cumsum(pos)[ends], np.cumsum(1 - pos)[ends]
+    w = weights[order]
+    return scores[order][ends], np.cumsum(w * pos)[ends], np.cumsum(w * (1 - pos))[ends]
 
 
 def auc(x: Any, y: Any) -> float:
@@ -369,7 +410,7 @@ def _class_reason(n_pos: int, n_neg: int, need_neg: bool = True) -> str | None:
     return None
 
 
-def roc_curve(scores: Any, truth: Any) -> RocCurve:
+def roc_curve(scores: Any, truth: Any, *, weights: Any = None) -> RocCurve:
     """ROC of "adult score at or above t" for every distinct score t.
 
     Tied scores form one step (a diagonal segment when they mix classes), so
@@ -379,18 +420,21 @@ def roc_curve(scores: Any, truth: Any) -> RocCurve:
     """
     x = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = as_truth(truth)
+    w = as_weights(weights, len(y))
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     reason = _class_reason(n_pos, n_neg)
     if reason:
         return RocCurve(_empty(), _empty(), _empty(), NAN, reason)
-    thr, tp, fp = _cumulative(x, y == 1)
+    if w is not None:
+        n_pos, n_neg = float(w[y == 1].sum()), float(w[y == 0].sum())  # type: ignore[assignment]
+    thr, tp, fp = _cumulative(x, y == 1, w)
     tpr = np.concatenate([[0.0], tp / n_pos])
     fpr = np.concatenate([[0.0], fp / n_neg])
     thresholds = np.concatenate([[np.inf], thr])
     return RocCurve(fpr, tpr, thresholds, auc(fpr, tpr))
 
 
-def pr_curve(scores: Any, truth: Any) -> PrCurve:
+def pr_curve(scores: Any, truth: Any, *, weights: Any = None) -> PrCurve:
     """Precision and recall of "adult score at or above t" for every distinct score t.
 
     Undefined without adult samples.  Without safe samples precision is 1
@@ -398,11 +442,14 @@ def pr_curve(scores: Any, truth: Any) -> PrCurve:
     """
     x = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = as_truth(truth)
+    w = as_weights(weights, len(y))
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     reason = _class_reason(n_pos, n_neg, need_neg=False)
     if reason:
         return PrCurve(_empty(), _empty(), _empty(), NAN, reason)
-    thr, tp, fp = _cumulative(x, y == 1)
+    if w is not None:
+        n_pos = float(w[y == 1].sum())  # type: ignore[assignment]
+    thr, tp, fp = _cumulative(x, y == 1, w)
     recall = tp / n_pos
     precision = tp / (tp + fp)
     ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
@@ -434,10 +481,10 @@ class Suggestion:
     adult_precision: float = NAN
     safe_precision: float = NAN
     review_share: float = NAN
-    review_n: int = 0
-    adult_decisions: int = 0
-    safe_decisions: int = 0
-    n: int = 0
+    review_n: float = 0  # counts; sums of weights (estimated production images) when suggested with weights
+    adult_decisions: float = 0
+    safe_decisions: float = 0
+    n: float = 0
 
     @property
     def ok(self) -> bool:
@@ -450,21 +497,26 @@ class Suggestion:
 _TOL = 1e-12  # precision comparisons: 99/100 must meet 0.99
 
 
-def _best_prefix(values: np.ndarray, good: np.ndarray, target: float) -> tuple[int, int, float]:
+def _best_prefix(values: np.ndarray, good: np.ndarray, target: float,
+                 weights: np.ndarray | None = None) -> tuple[float, float, float]:
     """Largest tie-respecting "at or above t" set meeting ``target`` precision.
 
-    Returns (count, correct, threshold); (0, 0, nan) when no non-empty set qualifies.
+    Returns (count, correct, threshold) (counts: sums of ``weights`` when given); (0, 0, nan) when no
+    non-empty set qualifies.
     """
     if len(values) == 0:
         return 0, 0, NAN
     order, ends = _tie_groups(values)
-    counts = np.arange(1, len(values) + 1)[ends]
-    correct = np.cumsum(good[order].astype(np.int64))[ends]
+    w = np.ones(len(values), dtype=np.int64) if weights is None else weights[order]
+    counts = np.cumsum(w)[ends]
+    correct = np.cumsum(w * good[order].astype(np.int64))[ends]
     ok = correct >= (target - _TOL) * counts
     if not ok.any():
         return 0, 0, NAN
     k = int(np.flatnonzero(ok)[-1])  # the largest qualifying set
-    return int(counts[k]), int(correct[k]), float(values[order][ends][k])
+    if weights is None:
+        return int(counts[k]), int(correct[k]), float(values[order][ends][k])
+    return float(counts[k]), float(correct[k]), float(values[order][ends][k])
 
 
 def suggest_thresholds(
@@ -475,6 +527,7 @@ def suggest_thresholds(
     target_safe_precision: float = 0.99,
     *,
     max_candidates: int = 4000,
+    weights: Any = None,
 ) -> Suggestion:
     """(T_adult, T_safe) sending the fewest images to review while each automatic decision
     meets its target precision.
@@ -488,43 +541,49 @@ def suggest_thresholds(
     decision meets its target vacuously.  Ties in the review count go to the
     higher adult precision, then the higher safe precision, then the higher
     thresholds.  With more than ``max_candidates`` distinct adult scores, an
-    evenly spaced subset of them (by rank) is tried.
+    evenly spaced subset of them (by rank) is tried.  With ``weights``, every
+    count is a sum of weights (estimated production images).
     """
     a, s, y = _arrays(adult, safe, truth)
-    n, n_adult = len(y), int(y.sum())
+    w = as_weights(weights, len(y))
+    n_images, n_adult_images = len(y), int(y.sum())
+    n: float = n_images if w is None else float(w.sum())
     suggestion = functools.partial(Suggestion, target_adult_precision=target_adult_precision,
                                    target_safe_precision=target_safe_precision, n=n)
-    if n == 0:
+    if n_images == 0:
         return suggestion("undefined", "The set is empty.")
-    if n_adult == 0:
+    if n_adult_images == 0:
         return suggestion("undefined", "The set has no adult samples: the precision of safe decisions against "
                           "adult images cannot be measured, so no thresholds can be suggested.")
-    if n_adult == n:
+    if n_adult_images == n_images:
         return suggestion("undefined", "The set has no safe samples: the precision of adult decisions against "
                           "safe images cannot be measured, so no thresholds can be suggested.")
 
     order, ends = _tie_groups(a)
     group_thr = a[order][ends]  # descending distinct adult thresholds (tie group minima)
-    group_cnt = np.arange(1, n + 1)[ends]
-    group_tp = np.cumsum(y[order].astype(np.int64))[ends]
+    ordered_w = np.ones(n_images, dtype=np.int64) if w is None else w[order]
+    group_cnt = np.cumsum(ordered_w)[ends]
+    group_tp = np.cumsum(ordered_w * y[order].astype(np.int64))[ends]
     feasible = group_tp >= (target_adult_precision - _TOL) * group_cnt
     idx = np.flatnonzero(feasible)
     if len(idx) > max_candidates:
         idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_candidates).round().astype(int))]
     # (t_adult, adult decisions, correct adult decisions)
-    candidates: list[tuple[float, int, int]] = [(float(group_thr[k]), int(group_cnt[k]), int(group_tp[k])) for k in idx]
+    candidates: list[tuple[float, float, float]] = [(float(group_thr[k]), _n(group_cnt[k], w), _n(group_tp[k], w))
+                                                    for k in idx]
     if not _ge(a, 1.0).any():
         candidates.append((1.0, 0, 0))
 
-    best: tuple[tuple[int, float, float, float, float], float, float, int, int, int, int] | None = None
+    best: tuple[tuple[float, float, float, float, float], float, float, float, float, float, float] | None = None
     for t_a, a_dec, a_ok in candidates:
         rest = ~_ge(a, t_a)
-        s_dec, s_ok, t_s = _best_prefix(s[rest], y[rest] == 0, target_safe_precision)
+        s_dec, s_ok, t_s = _best_prefix(s[rest], y[rest] == 0, target_safe_precision,
+                                        None if w is None else w[rest])
         if s_dec == 0:
             if _ge(s[rest], 1.0).any():
                 continue  # "no safe decisions" cannot be expressed with T_safe <= 1
             t_s = 1.0
-        review = n - a_dec - s_dec
+        review = _n(n - a_dec - s_dec, w)
         a_prec = a_ok / a_dec if a_dec else 1.0
         s_prec = s_ok / s_dec if s_dec else 1.0
         key = (review, -a_prec, -s_prec, -t_a, -t_s)
@@ -535,10 +594,13 @@ def suggest_thresholds(
         return suggestion("impossible", "No pair of thresholds in [0, 1] meets the targets: some images have scores "
                           "of 1.0 whose automatic decision would miss the target precision.")
     _, t_a, t_s, a_dec, a_ok, s_dec, s_ok = best
-    review = n - a_dec - s_dec
+    review = _n(n - a_dec - s_dec, w)
 
     def pct(p: float) -> str:
         return f"{100 * p:g} %"
+
+    def many(x: float) -> str:  # a count, or an estimate of production images
+        return f"{x:g}" if w is None else f"about {x:,.0f}"
 
     if a_dec == 0 and s_dec == 0:
         status = "impossible"
@@ -548,11 +610,13 @@ def suggest_thresholds(
         status = "partial"
         kind, target = ("adult", target_adult_precision) if a_dec == 0 else ("safe", target_safe_precision)
         message = (f"No {kind} threshold reaches {pct(target)} precision on this set: the suggestion makes no "
-                   f"automatic {kind} decisions (T_{kind} = 1.0) and sends {review} of {n} images to review.")
+                   f"automatic {kind} decisions (T_{kind} = 1.0) and sends {many(review)} of {many(n)} images to "
+                   "review.")
     else:
         status = "ok"
-        message = (f"T_adult = {t_a:.6g}, T_safe = {t_s:.6g}: {a_dec} automatic adult and {s_dec} automatic safe "
-                   f"decisions; {review} of {n} images ({100 * review / n:.1f} %) go to review.")
+        message = (f"T_adult = {t_a:.6g}, T_safe = {t_s:.6g}: {many(a_dec)} automatic adult and {many(s_dec)} "
+                   f"automatic safe decisions; {many(review)} of {many(n)} images ({100 * review / n:.1f} %) go to "
+                   "review.")
     return suggestion(status, message, t_adult=t_a, t_safe=t_s,
                       adult_precision=_ratio(a_ok, a_dec), safe_precision=_ratio(s_ok, s_dec),
                       review_share=review / n, review_n=review, adult_decisions=a_dec, safe_decisions=s_dec)

@@ -5,6 +5,8 @@ The routes, each in the module of its concern:
 * the original API, ``POST /predict`` and ``POST /predict/batch`` (:mod:`nsfw_core.http.predict`);
 * API v1, ``POST /v1/classify``, ``POST /v1/classify/batch``, ``GET /v1/reviews/{id}`` and ``GET /docs``
   (:mod:`nsfw_core.http.v1`);
+* the reviewer API, ``POST /v1/reviews/claim``, ``POST /v1/reviews/{id}/decision``, ``POST /v1/reviews/undo``,
+  and ``GET /v1/evaluation`` (:mod:`nsfw_core.http.reviews`);
 * ``GET /health``, ``GET /metrics``, ``GET /openapi.json`` (:mod:`nsfw_core.http.ops`).
 
 Every path is an :class:`~nsfw_core.http.routing.ApiRoute`: each HTTP method answered in JSON, errors
@@ -22,12 +24,11 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
-from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from nsfw_core.base.settings import Settings, load_settings
 from nsfw_core.context import Context, current, install
-from nsfw_core.http import ops, predict, v1
+from nsfw_core.http import ops, predict, reviews, v1
 from nsfw_core.http.routing import ApiLookalike, ApiRoute
 
 LOOKALIKE_PREFIXES = ("/predict", "/v1", "/health", "/metrics", "/openapi.json", "/docs")
@@ -41,6 +42,11 @@ def api_routes(context: Callable[[], Context] = current) -> list[ApiRoute]:
         ApiRoute("/predict/{rest:path}", context=context),
         ApiRoute("/v1/classify", {"POST": v1.classify}, context=context),
         ApiRoute("/v1/classify/batch", {"POST": v1.classify_batch}, context=context),
+        # the reviewer API (issue 25): its fixed paths before /v1/reviews/{id}
+        ApiRoute("/v1/reviews/claim", {"POST": reviews.claim}, context=context),
+        ApiRoute("/v1/reviews/undo", {"POST": reviews.undo}, context=context),
+        ApiRoute("/v1/reviews/{id}/decision", {"POST": reviews.decision}, context=context),
+        ApiRoute("/v1/evaluation", {"GET": reviews.evaluation}, context=context),
         ApiRoute("/v1/reviews/{id}", {"GET": v1.reviews}, context=context),
         ApiRoute("/docs", {"GET": v1.docs}, context=context),
         ApiRoute("/v1", context=context),
@@ -89,8 +95,3 @@ def make_lifespan(settings: Settings | None = None) -> Callable[[Any], Any]:
 
 
 lifespan = make_lifespan()
-
-
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The API alone as a Starlette app (tests; ``app.py`` mounts the same routes in ``st.App``)."""
-    return Starlette(routes=routes, lifespan=make_lifespan(settings))

@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from nsfw_core.base.errors import BadRequest, InputError, TooLarge
-from nsfw_core.base.labels import CLASS_NAMES, VERDICTS
+from nsfw_core.base.labels import CLASS_NAMES, DECISION_LABELS, VERDICTS
 from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.http.errors import TooManyItems
 
@@ -184,15 +184,12 @@ class ExampleOut(msgspec.Struct, forbid_unknown_fields=True):
 
 class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
     """The known image whose human verdict this image got (``verdict_source`` review or list); the scores
-    stay the model's."""
+    stay the model's.  No distance and no ids: the answer is not an oracle for another client's items."""
 
     source: Literal["review", "list"]
     by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
-        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE")]
-    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ distance in bits of 256 (0 for sha256)")]
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree")]
     label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
-    entry_id: int
-    review_id: Annotated[int | None, msgspec.Meta(description="the decided review item (source review)")]
 
 
 class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -229,11 +226,13 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
                                   "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
     deciding_frame: Annotated[int, msgspec.Meta(
         ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
-    review_id: Annotated[int | None, msgspec.Meta(
-        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS); null when queueing "
-                    "failed")] | msgspec.UnsetType = msgspec.UNSET
+    review_id: Annotated[str | None, msgspec.Meta(
+        description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS): this client's review "
+                    "id (unguessable; GET /v1/reviews/{id} with the same API key); null when it was not queued "
+                    "(review_error says why)")] | msgspec.UnsetType = msgspec.UNSET
     review_error: Annotated[str, msgspec.Meta(
-        description="why queueing failed (the verdict stands)")] | msgspec.UnsetType = msgspec.UNSET
+        description="why it was not queued: the queue is unavailable, or the API key's review quota "
+                    "(NSFW_REVIEW_QUOTA) is spent; the verdict stands")] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -305,15 +304,23 @@ class BatchResponse(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A review item's state: ``label``, ``decided_by`` and ``decided_at`` (UTC ISO 8601) once decided."""
+    """A review item's state: ``label`` and ``decided_at`` (UTC ISO 8601) once decided; ``decided_by`` only to
+    reviewer and admin keys and in webhook events (never to a client key).  An audit item (``kind`` audit: a
+    sampled automatic verdict) never shows the model's verdict."""
 
-    id: int
+    id: Annotated[str, msgspec.Meta(description="the review id (rv_ and 22 URL-safe characters)")]
     status: ReviewStatus
-    verdict: str
     sha256: str
     created_at: str
+    verdict: Annotated[str, msgspec.Meta(
+        description="the model's verdict that sent it to review (absent for an audit item: reviewed blind)"
+    )] | msgspec.UnsetType = msgspec.UNSET
+    kind: Annotated[Literal["review", "audit"], msgspec.Meta(
+        description="audit: a random sample of the automatic verdicts (NSFW_AUDIT_RATE); absent: review")] = "review"
     label: str | None = None
-    decided_by: str | None = None
+    decided_by: Annotated[str | None, msgspec.Meta(
+        description="who decided (a reviewer's name or e-mail address, or key:<hex> for a reviewer API key): "
+                    "shown to reviewer and admin keys and in webhook events, never to a client key")] = None
     decided_at: str | None = None
 
 
@@ -326,8 +333,110 @@ class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
     review: Review
 
 
-REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest)
-RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error)
+# ---------------------------------------------------------------- the reviewer API and the evaluation (issue 25)
+
+Label = Literal["adult", "safe", "drawings", "hentai", "neutral", "porn", "sexy"]
+assert tuple(Label.__args__) == DECISION_LABELS  # type: ignore[attr-defined]
+
+
+class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/reviews/{id}/decision``: the reviewer's label."""
+
+    label: Label
+
+
+class ClaimedImage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The image to review: the bytes that were classified (``base64`` and ``media_type``), or, only for a
+    review item queued before URL bytes were kept (issue 29), the ``url`` it was fetched from: what it serves
+    now may be another image, so a decision on it is recorded and not remembered for copies.  An audit item
+    always comes with its bytes.  Absent fields do not apply."""
+
+    base64: str | msgspec.UnsetType = msgspec.UNSET
+    media_type: str | msgspec.UnsetType = msgspec.UNSET
+    url: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class VoteOut(msgspec.Struct, forbid_unknown_fields=True):
+    reviewer: str
+    label: str
+
+
+class ClaimedItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A claimed item, held by this key until ``lease_until``.  ``verdict``, ``scores`` and ``model`` only for a
+    review item: an audit item is reviewed blind.  ``votes``: the two labels of a disagreement (admins)."""
+
+    id: Annotated[str, msgspec.Meta(description="the item's review id (rv_ and 22 URL-safe characters), for "
+                                                "/v1/reviews/{id}/decision")]
+    kind: Literal["review", "audit"]
+    source: str
+    created_at: str
+    lease_until: str
+    image: ClaimedImage | None
+    verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
+    scores: Scores | msgspec.UnsetType = msgspec.UNSET
+    model: str | msgspec.UnsetType = msgspec.UNSET
+    escalated: bool = False
+    votes: list[VoteOut] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Claim(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/reviews/claim`` and ``/v1/reviews/undo``: the item now held, or null (nothing to review, or
+    nothing to undo)."""
+
+    item: ClaimedItem | None
+
+
+class DecisionResult(msgspec.Struct, forbid_unknown_fields=True):
+    """What a decision did: ``decided``; ``second_review`` (double review: another reviewer decides too);
+    ``escalated`` (the two reviewers disagreed: an admin decides)."""
+
+    outcome: Literal["decided", "second_review", "escalated"]
+    review: Review
+
+
+Interval = Annotated[list[float | None], msgspec.Meta(min_length=2, max_length=2)]
+
+
+class PerDay(msgspec.Struct, forbid_unknown_fields=True):
+    estimate: float | None
+    ci95: Interval
+
+
+class AutomaticOut(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One automatic verdict's audit: ``overturned`` of ``audited`` items a reviewer labelled otherwise, the
+    estimated ``precision`` and its 95 % interval (null without audited items)."""
+
+    audited: int
+    overturned: int
+    precision: float | None
+    ci95: Interval | None
+    effective_sample: float
+    pending: int
+    audit_rate: float
+    decisions: int
+    decisions_per_day: float | None
+    wrong_per_day: PerDay | None
+    note: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Evaluation(msgspec.Struct, forbid_unknown_fields=True):
+    """``GET /v1/evaluation``: how the automatic decisions fare in production (docs/review.md).  Figures without
+    data are null; ``missing`` says what is missing and how to get it."""
+
+    window: dict[str, Any]
+    sampling: dict[str, Any]
+    automatic: dict[str, AutomaticOut]
+    wrong_per_day: dict[str, Any] | None
+    unknown: dict[str, Any]
+    agreement: dict[str, Any]
+    daily: list[dict[str, Any]]
+    drift: dict[str, Any]
+    missing: list[str]
+
+
+REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, DecisionRequest)
+RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error, Claim,
+                               DecisionResult, Evaluation)
 
 
 # ---------------------------------------------------------------- validation

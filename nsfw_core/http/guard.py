@@ -8,6 +8,7 @@ share one bucket per key) and refuses while the model is not ready (503 ``not_re
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import TYPE_CHECKING
 
@@ -58,3 +59,10 @@ def client_key(request: Request, keyed: bool) -> str:
     if keyed:
         return "key:" + request.headers.get("authorization", "").partition(" ")[2].strip()
     return "addr:" + (request.client.host if request.client else "")
+
+
+def client_id(request: Request, ctx: Context) -> str:
+    """Who a request is, as the database keeps it (review items, review ids, decisions that protect only
+    it): a hash of :func:`client_key` (the API key, else the peer address), never the key itself."""
+    key = client_key(request, bool(ctx.serving.api_keys))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]

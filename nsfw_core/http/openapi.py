@@ -51,6 +51,7 @@ class Operation:
     limited: bool = True  # counted against NSFW_RATE_LIMIT (RateLimit-* headers)
     description: str = ""
     media: str = "application/json"  # the 200 answer's media type
+    reviewer: bool = False  # needs a reviewer API key (NSFW_REVIEWER_API_KEYS / NSFW_ADMIN_API_KEYS), always
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -85,8 +86,41 @@ OPERATIONS: tuple[Operation, ...] = (
               description="At most NSFW_MAX_BATCH_ITEMS items (413 too_many_items beyond); base64 images of at "
                           "most NSFW_MAX_BYTES in all. A body that does not match is 400 for the whole request, "
                           "naming the field."),
-    Operation("/v1/reviews/{id}", "get", "v1Review", "A review item: pending, claimed or decided (label, who, when)",
+    Operation("/v1/reviews/{id}", "get", "v1Review",
+              "A review item of this API key: pending, claimed or decided (label, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
+    Operation("/v1/reviews/claim", "post", "v1ReviewClaim",
+              "Reviewer API: claim the next item under a lease (an audit item without the model's verdict or scores)",
+              "Claim", (401, 403, 405, 429, 500, 503), reviewer=True, body=None,
+              description="The item this key now holds until lease_until (NSFW_REVIEW_LEASE_SECONDS): its review id "
+                          "(rv_..., the id its client got and the webhooks' id), its image (the bytes that were "
+                          "classified, in base64; only a review item queued before URL bytes were kept gives its "
+                          "URL), and, unless it is an audit item (reviewed blind), the model's verdict and scores; "
+                          "{\"item\": null} when nothing is left for this key. Needs a key of "
+                          "NSFW_REVIEWER_API_KEYS or NSFW_ADMIN_API_KEYS (a client key is 403)."),
+    Operation("/v1/reviews/undo", "post", "v1ReviewUndo",
+              "Reviewer API: undo this key's latest decision (the item comes back to this key)", "Claim",
+              (401, 403, 405, 409, 429, 500, 503), reviewer=True, body=None,
+              description="{\"item\": null} when this key has nothing to undo; 409 when another reviewer holds "
+                          "the item (or an admin has decided the disagreement it was part of)."),
+    Operation("/v1/reviews/{id}/decision", "post", "v1ReviewDecision",
+              "Reviewer API: decide an item this key holds (or a pending one)", "DecisionResult",
+              (400, 401, 403, 404, 405, 408, 409, 413, 429, 500, 503), params=("review_id",),
+              body="DecisionRequest", reviewer=True,
+              description="Any of the item's review ids names it. The label is sent to the webhook, and "
+                          "remembered (later copies of the image get it) when this API handed the item's own "
+                          "bytes. The answer names who decided (reviewer and admin keys only). "
+                          "Under double review the label is this key's vote: outcome second_review (another "
+                          "reviewer decides too) or escalated (the two disagree: an admin key decides). 409 when "
+                          "another reviewer holds the item or it is decided already."),
+    Operation("/v1/evaluation", "get", "v1Evaluation",
+              "How the automatic decisions fare in production: precision from audits, wrong decisions per day, "
+              "reviewer agreement, score drift", "Evaluation", (400, 401, 403, 405, 429, 500, 503),
+              params=("since", "until"), reviewer=True,
+              description="For items queued in [since, until) (default: the last 28 days) and the traffic counted "
+                          "on those UTC days; since must be before until (now when absent) and the window at most "
+                          "366 days, else 400 invalid_request. Reviewer and admin keys only. Figures without data "
+                          "are null and 'missing' says what is missing."),
     Operation("/docs", "get", "docs", "This document as a readable page (no asset from the network)", None,
               (), keyed=False, limited=False, media="text/html"),
     Operation("/health", "get", "health", "Readiness: 200 once the model is loaded and warmed up", "Health",
@@ -110,9 +144,13 @@ PARAMS: dict[str, dict[str, Any]] = {
                 "description": "false: judge with the base model even when an adapter is in force (the five scores "
                                "are the base model's either way; with an adapter, adult_score is the adapter's); "
                                "in v1's JSON, \"adapter\": false (both: they must agree)"},
+    "since": {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+              "description": "start of the window: a UTC date, YYYY-MM-DD (default: 28 days before until)"},
+    "until": {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+              "description": "end of the window, excluded (default: now)"},
     "review_id": {"name": "id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                  "description": "the review_id a classification answered"},
+                  "schema": {"type": "string", "pattern": "^rv_[A-Za-z0-9_-]{22}$"},
+                  "description": "the review_id a classification answered (shown only to the same API key)"},
 }
 
 
@@ -178,7 +216,9 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
                            "responses": {"200": ok, **_errors(op.errors, op.limited)}}
     if op.description:
         out["description"] = op.description
-    if op.keyed:
+    if op.reviewer:
+        out["security"] = [{"bearer": []}]  # a reviewer or admin API key, always
+    elif op.keyed:
         out["security"] = [{}, {"bearer": []}]  # optional: required only when NSFW_API_KEYS is set
     if op.body == "image":
         out["requestBody"] = {"required": op.body_required, "content": _image_body(settings)}

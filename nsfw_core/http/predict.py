@@ -37,7 +37,7 @@ from nsfw_core.http.bodies import (
 )
 from nsfw_core.http.contract import decode_predict_batch
 from nsfw_core.http.errors import as_error
-from nsfw_core.http.guard import guard
+from nsfw_core.http.guard import client_id, guard
 from nsfw_core.http.routing import note
 
 if TYPE_CHECKING:
@@ -62,13 +62,13 @@ async def predict(request: Request, ctx: Context) -> Response:
             # the body's memory is reserved before it is read and kept until the answer
             with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
                 image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
-                result = await ctx.classifier.data(image, adapter=adapter)
+                result = await ctx.classifier.data(image, client=client_id(request, ctx), adapter=adapter)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
         elif not url:
             raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
         else:
-            result = await ctx.classifier.url(url, adapter=adapter)
+            result = await ctx.classifier.url(url, client=client_id(request, ctx), adapter=adapter)
     info.verdict, info.timings = result.verdict, result.timings
     return JSONResponse(result.to_dict() if detail else result.scores, headers=headers)
 
@@ -87,7 +87,8 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     info = note(request)
     info.items = len(items)
     with ctx.admission.admit(len(items)):
-        results = await asyncio.gather(*(_item(ctx, index, ident, url, detail, adapter)
+        client = client_id(request, ctx)
+        results = await asyncio.gather(*(_item(ctx, index, ident, url, detail, client, adapter)
                                          for index, (ident, url) in enumerate(items)))
     info.item_errors = sum(1 for r in results if "error" in r)
     tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
@@ -95,12 +96,13 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     return JSONResponse({"results": results}, headers=headers)
 
 
-async def _item(ctx: Context, index: int, ident: Any, url: str, detail: bool, adapter: bool = True) -> dict[str, Any]:
+async def _item(ctx: Context, index: int, ident: Any, url: str, detail: bool, client: str,
+                adapter: bool = True) -> dict[str, Any]:
     """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or
     ``{"id", "url", "error"}``.  A failed item is counted and logged (with the request's id)."""
     out: dict[str, Any] = {"id": ident, "url": url}
     try:
-        result = await ctx.classifier.url(url, adapter=adapter)
+        result = await ctx.classifier.url(url, client=client, adapter=adapter)
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
         out["error"] = err.to_dict()

@@ -41,8 +41,9 @@ from nsfw_core.http.contract import (
     image_bytes,
 )
 from nsfw_core.http.docs import docs_page
-from nsfw_core.http.errors import NotFound, TooManyItems, as_error
-from nsfw_core.http.guard import guard
+from nsfw_core.http.errors import TooManyItems, as_error
+from nsfw_core.http.guard import client_id, guard
+from nsfw_core.http.reviews import role_of
 from nsfw_core.http.routing import note
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON_SLACK = 4096  # room for the JSON around one image (model, thresholds, id)
-MAX_REVIEW_ID = 2**63 - 1
 
 
 # ---------------------------------------------------------------- helpers
@@ -126,17 +126,20 @@ async def classify(request: Request, ctx: Context) -> Response:
                 data = None if req.image.base64 is None else image_bytes(req.image.base64, limits.max_bytes,
                                                                          "$.image.base64")
                 del req  # the base64 text goes before the image is classified
+                client = client_id(request, ctx)
                 if url is not None:
                     info.url = url_for_log(url)
-                    result = await ctx.classifier.url(url, model=model, thresholds=override, adapter=adapter)
+                    result = await ctx.classifier.url(url, model=model, thresholds=override, client=client,
+                                                      adapter=adapter)
                 else:
                     assert data is not None
-                    result = await ctx.classifier.data(data, model=model, thresholds=override, adapter=adapter)
+                    result = await ctx.classifier.data(data, model=model, thresholds=override, client=client,
+                                                       adapter=adapter)
         else:
             adapter = _adapter_wanted(request, None)
             with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
                 data = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
-                result = await ctx.classifier.data(data, model=queried, adapter=adapter)
+                result = await ctx.classifier.data(data, model=queried, client=client_id(request, ctx), adapter=adapter)
     info.verdict, info.timings = result.verdict, result.timings
     return _answer(request, result_dict(result, ident, override is not None))
 
@@ -170,8 +173,9 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
         del req
         info = note(request)
         info.items = len(work)
+        client = client_id(request, ctx)
         with ctx.admission.admit(len(work)):
-            results = await asyncio.gather(*(_batch_item(ctx, model, override, adapter, i, ident, url, data)
+            results = await asyncio.gather(*(_batch_item(ctx, model, override, adapter, i, ident, url, data, client)
                                              for i, (ident, url, data) in enumerate(work)))
     info.item_errors = sum(1 for r in results if "error" in r)
     tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
@@ -180,13 +184,13 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
 
 
 async def _batch_item(ctx: Context, model: str | None, override: Thresholds | None, adapter: bool, index: int,
-                      ident: Any, url: str | None, data: bytes | None) -> dict[str, Any]:
+                      ident: Any, url: str | None, data: bytes | None, client: str) -> dict[str, Any]:
     try:
         if url is not None:
-            result = await ctx.classifier.url(url, model=model, thresholds=override, adapter=adapter)
+            result = await ctx.classifier.url(url, model=model, thresholds=override, client=client, adapter=adapter)
         else:
             assert data is not None
-            result = await ctx.classifier.data(data, model=model, thresholds=override, adapter=adapter)
+            result = await ctx.classifier.data(data, model=model, thresholds=override, client=client, adapter=adapter)
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
         ctx.metrics.observe_error(err.code)
@@ -198,24 +202,40 @@ async def _batch_item(ctx: Context, model: str | None, override: Thresholds | No
 
 
 async def reviews(request: Request, ctx: Context) -> Response:
-    """GET /v1/reviews/{id}: a review item's status, and the decision once made."""
+    """GET /v1/reviews/{id}: a review item's status, and the decision once made.
+
+    ``id`` is the review id the classifying answer gave (unguessable, ``rv_`` and 22 characters), and it
+    shows the item only to the client it was given to (the same API key; without keys, the same address):
+    any other id, another client's included, is 404.  Who decided is never shown to a client key (reviewer
+    identities, e-mail addresses under OpenID Connect, are for the pages, the operator's webhook and the
+    reviewer and admin keys: a key that is one of those too sees ``decided_by``).
+    """
     guard(request, ctx, ready=False)
     raw = request.path_params.get("id", "")
-    # ASCII digits only: str.isdigit() also takes "²" (int() then fails: a 500) and other scripts' digits
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_REVIEW_ID:
-        raise NotFound(f"no review item {raw[:40]!r}: ids are positive integers")
     from nsfw_core.state.review import ItemNotFound, ReviewError, ReviewUnavailable
     from nsfw_core.state.webhooks import review_dict
 
+    client = client_id(request, ctx)
+
+    def read() -> Any:
+        found = ctx.review_queue.ticket(raw)
+        if found is None or found[1] != client:
+            return None
+        return ctx.review_queue.get(found[0])
+
     try:
-        item = await asyncio.to_thread(requestid.in_context(lambda: ctx.review_queue.get(int(raw))))
+        item = await asyncio.to_thread(requestid.in_context(read))
     except ReviewError as exc:  # the database's address and the driver's error go to the log, not the client
-        log.error("GET /v1/reviews/%s: %s", raw, exc.message)
+        log.error("GET /v1/reviews/%s: %s", raw[:80], exc.message)
         raise ReviewUnavailable("the review database is unavailable; retry later (details in the server log)") \
             from None
     if item is None:
-        raise ItemNotFound(f"review item {raw} does not exist (or was purged)", item_id=int(raw))
-    return _answer(request, review_dict(item))
+        raise ItemNotFound(f"no review item {raw[:40]!r} for this API key (or it was purged)")
+    body = review_dict(item)
+    body["id"] = raw
+    if role_of(request, ctx) is None:  # a client key (or none): never who decided
+        body.pop("decided_by", None)
+    return _answer(request, body)
 
 
 async def docs(request: Request, ctx: Context) -> Response:

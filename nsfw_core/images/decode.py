@@ -1,7 +1,6 @@
 """Turn untrusted image bytes into an RGB ``uint8`` array, or a typed error.
 
-The only entry points are :func:`sniff`, :func:`plan`, :func:`image_info`, :func:`decode` and
-:func:`decode_frames`.
+The only entry points are :func:`sniff`, :func:`plan`, :func:`decode` and :func:`decode_frames`.
 
 * The format comes from the magic bytes (never from a Content-Type) and must be
   one of :data:`FORMATS`; anything else is :class:`NotAnImage` (415).
@@ -47,7 +46,9 @@ from PIL import ExifTags, Image, ImageFile, ImageOps
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
 from nsfw_core.images import frames as _frames
 from nsfw_core.images import structure
-from nsfw_core.images.sniff import FORMATS, describe, sniff
+from nsfw_core.images.sniff import FORMATS as FORMATS  # re-exported: the entry points of decoding
+from nsfw_core.images.sniff import describe
+from nsfw_core.images.sniff import sniff as sniff
 
 # A plugin that refuses a file logs it at ERROR ("More samples per pixel than can be decoded"); that
 # is the client's file, answered 415/422, not a server error.
@@ -94,15 +95,6 @@ def plan(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = 
     fmt = _require_format(data)
     with _typed_errors(fmt):
         return _open_checked(data, fmt, max_pixels, max_scans, draft_size)[1]
-
-
-def image_info(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str | int]:
-    """Format and displayed size (EXIF orientation applied) read from the header only.
-
-    Raises the same errors as :func:`decode` for the header: 415, 413, 422.
-    """
-    found = plan(data, max_pixels=max_pixels)
-    return {"format": found.format, "width": found.width, "height": found.height}
 
 
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_scans: int = DEFAULT_MAX_SCANS,

@@ -129,11 +129,6 @@ def fetch(url: str, policy: FetchPolicy, *, resolver: Resolver | None = None,
     )
 
 
-def validate_url(url: str, policy: FetchPolicy) -> urllib.parse.SplitResult:
-    """Syntax checks only (no DNS): scheme, credentials, length, host and port; raises InvalidURL."""
-    return _parse(url, policy).parts
-
-
 def system_resolver(host: str, port: int) -> list[str]:
     """The addresses of ``host`` from the system resolver (``socket.getaddrinfo``)."""
     try:

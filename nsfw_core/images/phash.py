@@ -29,7 +29,6 @@ from functools import lru_cache
 import numpy as np
 
 HASH_BYTES = 32  # 256 bits
-HASH_HEX = HASH_BYTES * 2
 MIN_QUALITY = 50  # PDQ's advice: hashes of lower quality are not reliable for matching
 STORED_CROPS = (0.02, 0.04)  # a decided image is also stored cropped by these shares on each side
 
@@ -88,13 +87,6 @@ def luma64(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_u8(x: np.ndarray) -> np.ndarray:
-    """A model input (S, S, 3) float32 in [0, 1] -> the same pixels as C-contiguous uint8."""
-    out = np.empty(x.shape, dtype=np.uint8)
-    np.multiply(x, 255.0, out=out, casting="unsafe")  # truncation; both sides of a match do the same
-    return out
-
-
 def pdq(pixels: np.ndarray) -> tuple[bytes, int]:
     """PDQ of (H, W, 3) uint8 pixels: the 32-byte hash (standard hex order when ``.hex()``'d) and its quality."""
     bits, quality = _pdq().compute(np.ascontiguousarray(pixels))  # type: ignore[attr-defined]
@@ -117,14 +109,6 @@ def stored_hashes(x: np.ndarray) -> list[bytes]:
         if quality >= MIN_QUALITY and digest not in out:
             out.append(digest)
     return out
-
-
-def parse_hex(text: str) -> bytes:
-    """A 64-digit hex PDQ hash -> 32 bytes; ValueError otherwise."""
-    text = text.strip().lower()
-    if len(text) != HASH_HEX:
-        raise ValueError(f"a PDQ hash is {HASH_HEX} hex digits, not {len(text)}")
-    return bytes.fromhex(text)
 
 
 def join_hex(hashes: list[bytes]) -> str:

@@ -231,3 +231,31 @@ def match_examples(sets: Sequence[tuple[int, ExampleSet]], frames: np.ndarray) -
         if best is None or key < best[0]:
             best = (key, ExampleMatch(ex.name, ex.verdict, sim, ex.threshold, set_id))
     return None if best is None else best[1]
+
+
+def encode_embedding(embedding: np.ndarray) -> str:
+    """An embedding as the database keeps a queued item's: float16, base64 (3.5 KB for 1792 values)."""
+    return base64.b64encode(np.asarray(embedding, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_embedding(text: str) -> np.ndarray | None:
+    """:func:`encode_embedding`'s inverse; None for anything that is not one."""
+    try:
+        values = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f2").astype(np.float32)
+    except (ValueError, TypeError):
+        return None
+    return values if values.size and np.isfinite(values).all() else None
+
+
+def embedding_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """How far apart two images' embeddings are: one minus the cosine of the raw vectors (0: the same direction;
+    the features are non-negative, so at most 1).  Vectors of different sizes (another model) are 1; a zero
+    vector is 1 from everything.  What a look-alike must stay within (:data:`nsfw_core.classify`'s
+    MATCH_EMBEDDING_DISTANCE)."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        return 1.0
+    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+    if not norms > 0 or not math.isfinite(norms):
+        return 1.0
+    return float(min(1.0, max(0.0, 1.0 - float(x @ y) / norms)))

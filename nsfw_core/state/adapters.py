@@ -30,7 +30,6 @@ item stores its image's embedding, so a reviewed item can train an adapter witho
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as _dt
 import json
@@ -44,7 +43,7 @@ import numpy as np
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.base.verdict import Thresholds
-from nsfw_core.inference.embeddings import AdapterHead
+from nsfw_core.inference.embeddings import AdapterHead, decode_embedding, encode_embedding
 from nsfw_core.state.db import Pool, Tx
 from nsfw_core.state.errors import ReviewError
 from nsfw_core.state.migrations import (
@@ -183,20 +182,6 @@ def _pub_row(row: Sequence[Any]) -> Publication:
     return Publication(id=int(v["id"]), model=v["model"], name=v["name"],
                        version=None if v["version"] is None else int(v["version"]), action=v["action"],
                        published_by=v["published_by"], published_at=float(v["published_at"]), note=v["note"] or "")
-
-
-def encode_embedding(embedding: np.ndarray) -> str:
-    """An embedding as the database keeps a queued item's: float16, base64 (3.5 KB for 1792 values)."""
-    return base64.b64encode(np.asarray(embedding, dtype="<f2").tobytes()).decode("ascii")
-
-
-def decode_embedding(text: str) -> np.ndarray | None:
-    """:func:`encode_embedding`'s inverse; None for anything that is not one."""
-    try:
-        values = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f2").astype(np.float32)
-    except (ValueError, TypeError):
-        return None
-    return values if values.size and np.isfinite(values).all() else None
 
 
 class Adapters:

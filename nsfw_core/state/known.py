@@ -24,11 +24,13 @@ and an optional note.  :func:`parse_list` refuses a malformed file as a whole, n
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import re
 import threading
@@ -40,10 +42,21 @@ import numpy as np
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
+from nsfw_core.inference.embeddings import decode_embedding
 from nsfw_core.state.db import Pool
 from nsfw_core.state.hashindex import HashIndex, as_rows, distances
 from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
-from nsfw_core.state.remembered import ADD, COLUMNS, LIST, REMOVE, REVIEW, SELECT, live_entries, remove
+from nsfw_core.state.remembered import (
+    ADD,
+    COLUMNS,
+    LIST,
+    REMOVE,
+    REVIEW,
+    SELECT,
+    decided_embedding,
+    live_entries,
+    remove,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,7 @@ LIST_COLUMNS = ("sha256", "pdq", "label", "note")
 LIST_LABELS = {"allow": "safe", "safe": "safe", "deny": "adult", "adult": "adult"}
 MAX_LIST_BYTES = 256 * 1024 * 1024
 MAX_NOTE = 500
+EMBEDDINGS_CACHED = 1024  # decided images' embeddings kept in memory (7 KB each), the most recently matched
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -79,10 +93,23 @@ class Match:
     distance: int  # bits of 256 (0 for sha256)
     entry_id: int
     review_id: int | None = None
+    scores: dict[str, float] | None = None  # the model's scores of the decided image (None: a list entry)
+    model: str = ""  # the model that gave them
+    # issue 26: the decided image's embedding and the model version that made it; ``embedded``: the entry keeps
+    # one (read from the database for a perceptual match only; None with ``embedded`` when it could not be read)
+    model_version: str = ""
+    embedded: bool = False
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """What a client is told (issue 29: no oracle): the kind of entry, how it matched, its label; never the
+        distance nor the ids of the entry and of the decided item (another client's)."""
+        return {"source": self.kind, "by": self.by, "label": self.label}
+
+    def for_reviewer(self) -> dict[str, Any]:
+        """All of it but the scores, for the review page (a look-alike the model disagreed with)."""
         return {"source": self.kind, "by": self.by, "distance": self.distance, "label": self.label,
-                "entry_id": self.entry_id, "review_id": self.review_id}
+                "verdict": self.verdict, "entry_id": self.entry_id, "review_id": self.review_id}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +124,25 @@ class Entry:
     review_id: int | None
     added_by: str
     added_at: float
+    scores: dict[str, float] | None = None  # a remembered decision's: the decided image's scores
+    model: str = ""
+    audience: str = ""  # '' everyone; else the one client the decision protects
+    model_version: str = ""  # the model version of the decided image's embedding (issue 26)
+    embedded: bool = False  # the database keeps the decided image's embedding (KnownImages.decided_embedding)
+
+    def match(self, by: str, distance: int) -> Match:
+        return Match(self.kind, self.verdict, self.label, by, distance, self.id, self.review_id, self.scores,
+                     self.model, self.model_version, self.embedded)
+
+
+def _scores(text: Any) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +248,8 @@ class KnownImages:
         self._loaded = False
         self._refresher = Refresher(self.refresh, self.refresh_interval, "nsfw-known-refresh")
         self.warning: str | None = None
+        self._embeddings: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._embedding_lock = threading.Lock()
 
     def describe(self) -> str:
         return self.backend.describe()
@@ -217,13 +265,22 @@ class KnownImages:
 
     # ------------------------------------------------------------ lookup (every request)
 
-    def lookup(self, sha256: str, phash: bytes | None) -> Match | None:
-        """The best match for an image (its sha256 and query hash, None for none), or None. Never raises."""
+    def lookup(self, sha256: str, phash: bytes | None, client: str | None = None) -> Match | None:
+        """The best match for an image (its sha256 and query hash, None for none), or None. Never raises.
+
+        ``client``: who asks (a hash of its API key); a decision on an item that a client's own thresholds
+        queued protects only that client, so other clients (and ``None``) never match it.
+        """
         self._maybe_refresh()
         s = self._state
         entries = s.entries
+
+        def visible(i: int) -> bool:
+            entry = entries.get(i)
+            return entry is not None and (not entry.audience or entry.audience == client)
+
         found: list[tuple[Entry, str, int]] = [(entries[i], "sha256", 0) for i in s.by_sha.get(sha256, ())
-                                               if i in entries]
+                                               if visible(i)]
         if phash is not None and len(phash) == HASH_BYTES:
             (index, owner), (tail, tail_owner) = s.index, s.tail
             rows, dists = index.search(phash, self.distance)
@@ -232,11 +289,89 @@ class KnownImages:
                 d = distances(tail, phash)
                 near = np.flatnonzero(d <= self.distance)
                 hits.extend(zip(tail_owner[near].tolist(), d[near].tolist(), strict=True))
-            found.extend((entries[i], "pdq", int(dist)) for i, dist in hits if i in entries)
+            found.extend((entries[i], "pdq", int(dist)) for i, dist in hits if visible(i))
         if not found:
             return None
         entry, by, dist = min(found, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
-        return Match(entry.kind, entry.verdict, entry.label, by, dist, entry.id, entry.review_id)
+        return self._with_embedding(entry.match(by, dist))
+
+    def lookup_many(self, sha256s: Sequence[str | None], phashes: Sequence[bytes | None],
+                    client: str | None = None) -> list[Match | None]:
+        """:meth:`lookup` for many images at once (``nsfw-scan``'s stored rows), with the same answers.
+
+        One lookup probes the index of known hashes (a fixed cost, about 0.1 ms); for a batch larger than the
+        known hashes it is cheaper to index the batch's hashes once and search them for each known hash
+        (BENCHMARKS.md, issue 28).  Never raises.
+        """
+        self._maybe_refresh()
+        s = self._state
+        entries = s.entries
+
+        def visible(i: int) -> bool:  # as in lookup: a decision for one client's audience only matches it
+            entry = entries.get(i)
+            return entry is not None and (not entry.audience or entry.audience == client)
+
+        found: dict[int, list[tuple[Entry, str, int]]] = {}
+        for i, sha in enumerate(sha256s):
+            for e in s.by_sha.get(sha or "", ()):
+                if visible(e):
+                    found.setdefault(i, []).append((entries[e], "sha256", 0))
+        (index, owner), (tail, tail_owner) = s.index, s.tail
+        known_rows = np.concatenate([index.rows, tail])
+        known_owner = np.concatenate([owner, tail_owner])
+        queries = [i for i, p in enumerate(phashes) if p is not None and len(p) == HASH_BYTES]
+        if queries and len(known_rows):
+            if len(known_rows) < len(queries):
+                batch = HashIndex(as_rows([phashes[i] for i in queries]))  # type: ignore[misc]
+                for row, entry_id in zip(known_rows, known_owner.tolist(), strict=True):
+                    if not visible(entry_id):
+                        continue
+                    hit, hit_dist = batch.search(row.tobytes(), self.distance)
+                    for q, d in zip(hit.tolist(), hit_dist.tolist(), strict=True):
+                        found.setdefault(queries[q], []).append((entries[entry_id], "pdq", int(d)))
+            else:
+                for i in queries:
+                    query = phashes[i]
+                    assert query is not None
+                    rows, dists = index.search(query, self.distance)
+                    hits = list(zip(owner[rows].tolist(), dists.tolist(), strict=True))
+                    if len(tail):
+                        d = distances(tail, query)
+                        near = np.flatnonzero(d <= self.distance)
+                        hits.extend(zip(tail_owner[near].tolist(), d[near].tolist(), strict=True))
+                    found.setdefault(i, []).extend((entries[e], "pdq", int(h)) for e, h in hits if visible(e))
+        out: list[Match | None] = [None] * len(sha256s)
+        for i, matches in found.items():
+            if matches:
+                entry, by, bits = min(matches, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
+                out[i] = self._with_embedding(entry.match(by, bits))
+        return out
+
+    def _with_embedding(self, match: Match) -> Match:
+        """A perceptual match of a decision that keeps its image's embedding, with the embedding (read from the
+        database once, then from a small cache): a look-alike must be near it (:func:`nsfw_core.classify.judge`).
+        When it cannot be read the match says so (``embedded`` without an embedding), and judging fails closed."""
+        if match.by == "sha256" or not match.embedded:
+            return match
+        with self._embedding_lock:
+            cached = self._embeddings.get(match.entry_id)
+            if cached is not None:
+                self._embeddings.move_to_end(match.entry_id)
+        if cached is None:
+            try:
+                with self._connection() as conn, self.backend.begin(conn, write=False) as tx:
+                    text, _version = decided_embedding(tx, match.entry_id)
+            except Exception as exc:  # never break prediction: the look-alike then goes to the model's verdict
+                log.warning("known images: the embedding of entry %s could not be read (%r)", match.entry_id, exc)
+                return match
+            cached = decode_embedding(text)
+            if cached is None:
+                return match
+            with self._embedding_lock:
+                self._embeddings[match.entry_id] = cached
+                while len(self._embeddings) > EMBEDDINGS_CACHED:
+                    self._embeddings.popitem(last=False)
+        return dataclasses.replace(match, embedding=cached)
 
     def _maybe_refresh(self) -> None:
         if not self._loaded:
@@ -292,7 +427,8 @@ class KnownImages:
             if v["op"] == ADD:
                 entry = Entry(entry_id, v["kind"], v["sha256"] or None, tuple(split_hex(v["hashes"])), v["verdict"],
                               v["label"], v["note"] or "", None if v["review_id"] is None else int(v["review_id"]),
-                              v["added_by"], float(v["added_at"]))
+                              v["added_by"], float(v["added_at"]), _scores(v["scores"]), v["model"] or "",
+                              v["audience"] or "", v["model_version"] or "", bool(v["embedded"]))
                 s.entries[entry_id] = entry
                 if entry.sha256:
                     s.by_sha.setdefault(entry.sha256, []).append(entry_id)
@@ -412,9 +548,11 @@ class KnownImages:
 
 def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -> str | None:
     """The perceptual hashes to remember a review item's decision by, for an item that has none (queued
-    before this version, or by a caller without them): from ``data``, the stored upload bytes, or its URL
-    fetched through the context's SSRF-safe fetcher.  None when it has hashes already or when its image
-    cannot be had (the decision is then remembered by sha256 only).  Never raises.
+    before this version, or by a caller without them): from ``data`` (the bytes the reviewer was shown) or
+    the stored bytes, and only when they are the item's own (their sha256 is the item's); its URL is never
+    fetched again here (what it serves now may be another image: issue 29, finding 1).  None when it has
+    hashes already or when its image cannot be had (the decision is then remembered by sha256 only).
+    Never raises.
     """
     from nsfw_core.images import phash  # the context's decoder and model make the same model input as a request's
 
@@ -425,13 +563,13 @@ def item_hashes(ctx: Any, queue: Any, item_id: int, data: bytes | None = None) -
         if item is None:
             return None
         if data is None:
-            data = item.image if item.image is not None else (ctx.fetch(item.source) if item.is_url else None)
+            data = item.image
         if data is None:
             return None
         if hashlib.sha256(data).hexdigest() != item.sha256:
-            return None  # the URL now serves another image: do not remember it under this decision
+            return None  # not the bytes that were classified: do not remember them under this decision
         x = ctx.decoder.prepare(ctx.models.get(), data)
         return phash.join_hex(phash.stored_hashes(x)) if isinstance(x, np.ndarray) else None
-    except Exception as exc:  # a fetch or decode error: sha256 only
+    except Exception as exc:  # a decode error: sha256 only
         log.info("review item %s: no perceptual hash (%s); its decision is remembered by sha256", item_id, exc)
         return None

@@ -1,4 +1,4 @@
-"""The database's schema (the review queue and the thresholds history) and how it gets there.
+"""The database's schema (the review queue, the thresholds history, the traffic counts) and how it gets there.
 
 ``review_schema_version`` records the applied versions; :data:`MIGRATIONS` is
 the ordered list.  Opening a queue applies the missing ones in one transaction
@@ -21,6 +21,11 @@ VERSION_TABLE = "review_schema_version"  # the one database's schema version (re
 THRESHOLDS_TABLE = "thresholds_versions"
 OUTBOX_TABLE = "webhook_outbox"  # API v1's webhook events until delivered (nsfw_core.state.webhooks)
 KNOWN_TABLE = "known_images"  # remembered decisions and hash lists (nsfw_core.state.known), an append-only log
+SESSIONS_TABLE = "signin_sessions"  # the browser app's sign-in sessions (nsfw_core.state.sessions)
+REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ended before a time
+TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
+VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
+TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
 # Adapters and example sets (issue 26; nsfw_core.state.adapters, nsfw_core.state.examples)
 ADAPTER_VERSIONS_TABLE = "adapter_versions"  # every adapter trained, with its head and report; never changed
 ADAPTER_PUBLICATIONS_TABLE = "adapter_publications"  # which adapter is in force per model: an append-only log
@@ -120,13 +125,93 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX {OUTBOX_TABLE}_due ON {OUTBOX_TABLE} (delivered_at, next_attempt_at)",
     )),
+    # Sign-in sessions (nsfw_core.state.sessions): one row per sign-in, shared by every replica.  ``id`` is a
+    # hash of the ID token's claims (OpenID Connect) or a random token held in the server's memory (a secret
+    # sign-in); ``subject`` is the account (issuer and subject, or the secret's role).  Signing out sets
+    # ended_at; a row of ``signin_revocations`` ends every sign-in of a subject ('*': all) issued before a time.
+    Migration(6, "sign-in sessions and revocations", (
+        f"""CREATE TABLE {SESSIONS_TABLE} (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('oidc', 'secret')),
+            subject TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            issued_at {{float}} NOT NULL,
+            last_seen {{float}} NOT NULL,
+            validated_at {{float}} NOT NULL,
+            ended_at {{float}},
+            ended_reason TEXT
+        )""",
+        f"CREATE INDEX {SESSIONS_TABLE}_subject ON {SESSIONS_TABLE} (subject)",
+        f"CREATE INDEX {SESSIONS_TABLE}_issued ON {SESSIONS_TABLE} (issued_at)",
+        f"""CREATE TABLE {REVOCATIONS_TABLE} (
+            subject TEXT PRIMARY KEY,
+            revoked_before {{float}} NOT NULL,
+            revoked_by TEXT NOT NULL
+        )""",
+    )),
+    # Issue 29, what reviewers remember must not be a way in:
+    # - review items keep who queued them (``client``: a hash of the API key, never the key) for the key's
+    #   review quota and for GET /v1/reviews, and whom their decision protects (``audience``: '' everyone,
+    #   else the one client whose per-request thresholds queued it); one open item per image and audience;
+    # - ``matched``: the remembered decision a perceptual match pointed at when the model's view disagreed
+    #   (shown to the reviewer); ``public_id``: the creator's review id (the webhook's);
+    # - remembered decisions keep the decided image's scores and model (a look-alike inherits a decision only
+    #   when the model sees it alike) and their audience;
+    # - review_tickets: the unguessable ids clients get for items, one per client and item.
+    Migration(7, "review items per client, tickets, decided scores, audiences", (
+        f"ALTER TABLE {TABLE} ADD COLUMN client TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {TABLE} ADD COLUMN matched TEXT",
+        f"ALTER TABLE {TABLE} ADD COLUMN public_id TEXT",
+        f"DROP INDEX {TABLE}_open_sha256",
+        f"CREATE UNIQUE INDEX {TABLE}_open_sha256_audience ON {TABLE} (sha256, audience) "
+        f"WHERE status IN ('pending', 'claimed')",
+        f"CREATE INDEX {TABLE}_client ON {TABLE} (client, created_at)",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN scores TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+        f"""CREATE TABLE {TICKETS_TABLE} (
+            ticket TEXT PRIMARY KEY,
+            item_id BIGINT NOT NULL,
+            client TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
+    )),
+    # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
+    # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
+    # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
+    # two disagree, until an admin decides); the API's decisions and score histograms counted per UTC day.
+    Migration(9, "audit sampling, double review, traffic counts", (
+        f"ALTER TABLE {TABLE} ADD COLUMN kind TEXT NOT NULL DEFAULT 'review'",
+        f"ALTER TABLE {TABLE} ADD COLUMN probability {{float}} NOT NULL DEFAULT 1.0",
+        f"ALTER TABLE {TABLE} ADD COLUMN reviews_needed INTEGER NOT NULL DEFAULT 1",
+        f"ALTER TABLE {TABLE} ADD COLUMN escalated INTEGER NOT NULL DEFAULT 0",
+        f"CREATE INDEX {TABLE}_kind_created ON {TABLE} (kind, created_at)",
+        f"""CREATE TABLE {VOTES_TABLE} (
+            id {{pk}},
+            item_id BIGINT NOT NULL,
+            reviewer TEXT NOT NULL,
+            label TEXT NOT NULL,
+            decided_at {{float}} NOT NULL,
+            UNIQUE (item_id, reviewer)
+        )""",
+        f"CREATE INDEX {VOTES_TABLE}_reviewer ON {VOTES_TABLE} (reviewer, decided_at)",
+        f"""CREATE TABLE {TRAFFIC_TABLE} (
+            day TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (day, name)
+        )""",
+    )),
     # ---- issue 26: adapters and example sets (nsfw_core.state.adapters, nsfw_core.state.examples) ----
     # adapter_versions: one row per training (name, version), never updated: the head (coefficients as JSON,
     # never a pickle), the thresholds chosen on held-out scores, the report, the data's hash, who and when.
     # adapter_publications: append-only; the newest row of a model says which adapter is in force for it
     # (name NULL: the base model).  example_sets: append-only like known_images (op add / remove).
     # review_embeddings: the embedding of a queued item's image (float16, base64), from its request.
-    Migration(10, "adapters, example sets and the embeddings of queued items", (
+    Migration(10, "adapters, example sets, the embeddings of queued items and of remembered decisions", (
         f"""CREATE TABLE {ADAPTER_VERSIONS_TABLE} (
             id {{pk}},
             name TEXT NOT NULL,
@@ -177,6 +262,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             embedding TEXT NOT NULL,
             created_at {{float}} NOT NULL
         )""",
+        # a remembered decision keeps the decided image's embedding (and the model version that made it) beside
+        # its scores: a look-alike inherits the decision only when its embedding is near (nsfw_core.classify)
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN embedding TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model_version TEXT NOT NULL DEFAULT ''",
     )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -89,9 +89,19 @@ def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
 
 
 def review_dict(item: Item) -> dict[str, Any]:
-    """An item as API v1 shows it (the contract's ``Review``)."""
-    out: dict[str, Any] = {"id": item.id, "status": "pending" if item.status == "skipped" else item.status,
-                           "verdict": item.verdict, "sha256": item.sha256, "created_at": iso(item.created_at)}
+    """An item as API v1 shows it (the contract's ``Review``); an audit item blind: without the model's verdict.
+
+    ``decided_by`` is here for the webhook events (the operator's); an API answer shows it only to reviewer and
+    admin keys (:mod:`nsfw_core.http.reviews`), never to a client key (:mod:`nsfw_core.http.v1`).
+    """
+    # the review id the item's creator was given (unguessable; issue 29), the queue's number before that
+    out: dict[str, Any] = {"id": item.public_id or str(item.id),
+                           "status": "pending" if item.status == "skipped" else item.status,
+                           "sha256": item.sha256, "created_at": iso(item.created_at)}
+    if item.blind:
+        out["kind"] = item.kind
+    else:
+        out["verdict"] = item.verdict
     if item.status == "decided":
         out.update(label=item.decision, decided_by=item.decided_by, decided_at=iso(item.decided_at))
     return out

@@ -1,4 +1,5 @@
-"""The API in-process: Starlette's TestClient on ``api.create_app(settings)`` (lifespan run)."""
+"""The API in-process: Starlette's TestClient on the API's routes alone (lifespan run); ``app.py`` mounts the
+same routes and lifespan in ``st.App``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
+
+from starlette.applications import Starlette
 
 from nsfw_core.base.settings import load_settings
 from nsfw_core.http import app as api
@@ -30,8 +33,8 @@ def make_settings(tmp: Path, **overrides: Any) -> Any:
 
 @contextlib.contextmanager
 def running(settings: Any, *, wait: bool = True) -> Iterator[TestClient]:
-    """A TestClient on ``api.create_app(settings)``, lifespan started, model ready if ``wait``."""
-    with TestClient(api.create_app(settings)) as client:
+    """A TestClient on the API with ``settings``, lifespan started, model ready if ``wait``."""
+    with TestClient(Starlette(routes=api.routes, lifespan=api.make_lifespan(settings))) as client:
         deadline = time.monotonic() + READY_TIMEOUT
         while wait and client.get("/health").status_code != 200:
             assert time.monotonic() < deadline, client.get("/health").json()

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from tests.helpers.appserver import free_port
+from tests.helpers.appserver import free_port as free_port  # re-exported for the tests that start processes
 from tests.helpers.paths import COMPILED_DIR, ROOT
 
 START_S = 60.0  # Streamlit's import and the model's load take ~10 s on a busy machine
@@ -29,7 +29,8 @@ def http_status(url: str, timeout: float = 2.0) -> int:
     """The status of GET ``url``; 0 when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return reply.status
+            status: int = reply.status
+            return status
     except urllib.error.HTTPError as exc:
         return exc.code
     except OSError:
@@ -82,11 +83,12 @@ def app_env(data_dir: Path, port: int, **env: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None = None,
+def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None = None, python: str = sys.executable,
                 **env: str) -> Iterator[tuple[str, dict[str, str]]]:
     """``python app.py`` with :func:`app_env`; yields (base URL on 127.0.0.1, its environment) once /health is 200.
 
-    ``prepare`` gets the environment before the server starts (to fill its database, say).
+    ``prepare`` gets the environment before the server starts (to fill its database, say); ``python`` is the
+    interpreter (the runtime install's, tests/helpers/slim.py, to run the server as users get it).
     """
     port = int(env.pop("PORT", 0)) or free_port()
     data_dir = folder / "data"
@@ -94,7 +96,7 @@ def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None =
     environ = app_env(data_dir, port, **env)
     if prepare is not None:
         prepare(environ)
-    server = Process([sys.executable, "app.py"], folder / f"app-{port}.log", environ)
+    server = Process([python, "app.py"], folder / f"app-{port}.log", environ)
     base = f"http://127.0.0.1:{port}"
     try:
         server.wait_until(lambda: http_status(base + "/health") == 200, "python app.py")

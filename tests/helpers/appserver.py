@@ -29,7 +29,8 @@ STARTUP_TIMEOUT = 90.0
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Reply:
@@ -43,7 +44,7 @@ class Reply:
         """Assert a JSON error with this status and code; return the body."""
         assert self.status == status_code, (self.status, self.body[:300])
         assert self.headers.get("content-type") == "application/json", self.headers
-        body = self.json()
+        body: dict[str, Any] = self.json()
         assert body["code"] == code, body
         assert isinstance(body["message"], str) and body["message"], body
         return body

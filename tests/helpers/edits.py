@@ -1,13 +1,16 @@
-"""The edits of issue 17 that a decided image must survive: re-encoded, resized, cropped, watermarked.
+"""The edits of issue 17 that a decided image must survive: re-encoded, resized, cropped, watermarked; and the
+look-alikes of issue 29 that must not inherit its decision: another picture's detail over its shading, alpha blends.
 
-Shared by tests/test_known.py and bench/known_images.py (which measures how far each edit moves the hash).
+Shared by tests/test_known.py, tests/test_lookalikes.py, bench/known_images.py (which measures how far each edit
+moves the hash) and bench/lookalikes.py (the blend attack).
 """
 
 from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 
 def jpeg(im: Image.Image, quality: int = 90) -> bytes:
@@ -27,3 +30,27 @@ def edited_copies(data: bytes) -> dict[str, bytes]:
     return {"jpeg q70": jpeg(im, 70), "resized 50%": jpeg(im.resize((w // 2, h // 2), Image.Resampling.BILINEAR)),
             "cropped 2%": jpeg(im.crop((dx, dy, w - dx, h - dy))),
             "watermarked": jpeg(Image.alpha_composite(im.convert("RGBA"), mark))}
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def detail_over_shading(a: bytes, b: bytes, radius: float = 6, gain: float = 1.0) -> bytes:
+    """Picture ``b``'s detail (``gain`` times what a Gaussian blur of ``radius`` removes) drawn over the blurred
+    shading of ``a`` (224x224 PNG): it shows b, and PDQ, which sees only coarse shading, puts it near a."""
+    pa = Image.open(io.BytesIO(a)).convert("RGB").resize((224, 224))
+    pb = Image.open(io.BytesIO(b)).convert("RGB").resize((224, 224))
+    low_a = np.asarray(pa.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    high_b = np.asarray(pb, dtype=np.float32) - np.asarray(pb.filter(ImageFilter.GaussianBlur(radius)),
+                                                           dtype=np.float32)
+    return png(low_a + gain * high_b)
+
+
+def alpha_blend(a: bytes, b: bytes, alpha: float) -> bytes:
+    """``(1 - alpha) * a + alpha * b`` at 224x224 (PNG)."""
+    pa = np.asarray(Image.open(io.BytesIO(a)).convert("RGB").resize((224, 224)), dtype=np.float32)
+    pb = np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((224, 224)), dtype=np.float32)
+    return png((1 - alpha) * pa + alpha * pb)

@@ -38,7 +38,7 @@ import struct
 import sys
 import threading
 import zlib
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pytest
 
@@ -119,13 +119,14 @@ class _Server(http.server.ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup: skip it.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]  # (address, port): IPv4 or IPv6
+        self.server_name, self.server_port = str(host), int(port)
 
     def verify_request(self, request: object, client_address: object) -> bool:
         self.owner.count_connection()
         return True
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients going away (the fetcher cuts big or slow bodies, rejects certificates) is expected."""
         if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             super().handle_error(request, client_address)

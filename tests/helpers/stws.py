@@ -98,7 +98,7 @@ class Session:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
 
-    def run(self, *, page: str = "", page_hash: str = "", widgets: tuple = (), timeout: float = RUN_S) -> Run:
+    def run(self, *, page: str = "", page_hash: str = "", widgets: tuple[Any, ...] = (), timeout: float = RUN_S) -> Run:
         """Ask for a run of ``page`` (URL path) or ``page_hash`` with ``widgets``; its messages.
 
         A run that ends early for a rerun (``st.rerun``) is followed by the next, all in one :class:`Run`.
@@ -135,10 +135,11 @@ class Session:
 def session(base: str, host: str | None = None, headers: dict[str, str] | None = None) -> Iterator[Session]:
     """A websocket to the server at ``base`` whose handshake says ``Host: host`` (default: the real one)."""
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     address = base.removeprefix("http://")
     ip, port = address.rsplit(":", 1)
     sock = socket.create_connection((ip, int(port)), timeout=10)
-    with connect(f"ws://{host or address}/_stcore/stream", sock=sock, subprotocols=["streamlit"],
+    with connect(f"ws://{host or address}/_stcore/stream", sock=sock, subprotocols=[Subprotocol("streamlit")],
                  additional_headers=headers, max_size=None, open_timeout=10, close_timeout=5) as ws:
         yield Session(ws)

@@ -21,7 +21,9 @@ Modules, one job each (everything public is importable from here):
 - :mod:`.migrations`: the schema and its versions;
 - :mod:`.queue`: :class:`ReviewQueue` (enqueue, claim, decide, skip, undo, purge, reads) and
   :func:`should_queue`;
-- :mod:`.export`: the decided items as a manifest CSV or a ZIP with the stored images.
+- :mod:`.export`: the decided items as a manifest CSV or a ZIP with the stored images;
+- :mod:`.audit`: audit items (a random sample of the automatic verdicts, reviewed blind, with the
+  probability that chose them) and double review (votes, agreement, escalation to an admin).
 
 Labels (what a reviewer may decide, and their adult/safe truth) are :mod:`nsfw_core.base.labels`'.
 """

@@ -33,12 +33,27 @@ class Item:
     decided_by: str | None
     decided_at: float | None
     skips: int
+    client: str = ""  # who queued it: a hash of the API key (or peer address), never the key ('' before issue 29)
+    audience: str = ""  # whom its decision protects: '' everyone, else that one client (its own thresholds queued it)
+    matched: str | None = None  # JSON: the remembered decision a look-alike match pointed at, the model disagreeing
+    public_id: str | None = None  # the review id its creator got (the webhook's id); None before issue 29
     image: bytes | None = None  # only loaded by get(), claim() and undo()
     has_image: bool = False
+    # issue 25 (nsfw_core.state.review.audit): "review" or "audit" (a sampled automatic verdict, shown blind),
+    # the probability that queued it, the reviewers it needs (2: double review), two reviewers disagreed
+    kind: str = "review"
+    probability: float = 1.0
+    reviews_needed: int = 1
+    escalated: bool = False
 
     @property
     def is_url(self) -> bool:
         return is_url(self.source)
+
+    @property
+    def blind(self) -> bool:
+        """An audit item: reviewers never see the model's verdict or scores."""
+        return self.kind == "audit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +70,14 @@ class ReviewedItem:
     decided_by: str
     id: int
     has_image: bool
+    kind: str = "review"  # "audit": a sampled automatic verdict (nsfw_core.state.review.audit)
+    probability: float = 1.0  # the probability that queued it
+    verdict: str = ""  # the model's verdict when it was queued
+
+    @property
+    def weight(self) -> float:
+        """How many production images it stands for: the inverse of the probability that queued it."""
+        return 1.0 / self.probability if self.probability > 0 else 1.0
 
     def labelled(self) -> LabelledItem:
         """The same as a ``labelsets.LabelledItem``."""

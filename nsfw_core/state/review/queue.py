@@ -21,17 +21,20 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from nsfw_core.base.errors import BadRequest
+from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
+from nsfw_core.images.fetch import is_url
 from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
-from nsfw_core.state.migrations import MIGRATIONS, TABLE, Migration, migrate
+from nsfw_core.state.migrations import MIGRATIONS, TABLE, TICKETS_TABLE, VOTES_TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
+from nsfw_core.state.review import audit as audit
 from nsfw_core.state.review import export as export
 from nsfw_core.state.review.items import (
     CLAIMED,
@@ -47,7 +50,29 @@ from nsfw_core.state.review.items import (
 DEFAULT_LEASE_SECONDS = 300
 DEFAULT_RETENTION_DAYS = 30
 PURGE_INTERVAL = 3600.0  # purge_if_due() runs purge() at most this often per queue object
+QUOTA_WINDOW_S = 3600.0  # NSFW_REVIEW_QUOTA counts the items a client added in this window
+TICKET_PREFIX = "rv_"
+TICKET_RE = re.compile(r"^rv_[A-Za-z0-9_-]{22}$")  # rv_ + 128 random bits, URL-safe base64
+TICKETS_VERSION = 7  # the schema version that has clients, audiences and tickets
+AUDIT_VERSION = 9  # the schema version that has audit items, double-review votes and traffic counts
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class QuotaSpent(NSFWError):
+    """The client added as many items as NSFW_REVIEW_QUOTA allows in the last hour: this one is not queued."""
+
+    status = 429
+    code = "review_quota"
+
+
+def new_ticket() -> str:
+    """An unguessable review id (128 random bits)."""
+    return TICKET_PREFIX + secrets.token_urlsafe(16)
+
+
+def _check_kind(kind: str, probability: float, reviews: int) -> None:
+    if kind not in audit.KINDS or not 0 < float(probability) <= 1 or int(reviews) not in (1, 2):
+        raise BadRequest(f"kind {kind!r}, probability {probability!r}, reviews {reviews!r}: not an item's")
 
 
 def should_queue(verdict: str, config: ReviewConfig) -> bool:
@@ -56,7 +81,9 @@ def should_queue(verdict: str, config: ReviewConfig) -> bool:
 
 
 _COLUMNS = ("id", "sha256", "source", "scores", "model", "verdict", "created_at", "queued_at", "status",
-            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips")
+            "claimed_by", "lease_until", "decision", "decided_by", "decided_at", "skips", "client", "audience",
+            "matched", "public_id",  # migration 7 (issue 29)
+            "kind", "probability", "reviews_needed", "escalated")  # migration 9 (issue 25: audit, double review)
 _SELECT = ", ".join(_COLUMNS)
 _SELECT_META = _SELECT + ", image IS NOT NULL"
 _SELECT_FULL = _SELECT_META + ", image"
@@ -67,6 +94,7 @@ def _item(row: Sequence[Any]) -> Item:
     values = dict(zip(_COLUMNS, row, strict=False))  # the image columns, if any, follow
     values["scores"] = json.loads(values["scores"])
     values["id"] = int(values["id"])
+    values["probability"], values["escalated"] = float(values["probability"]), bool(values["escalated"])
     has_image = bool(row[len(_COLUMNS)]) if len(row) > len(_COLUMNS) else False
     image = row[len(_COLUMNS) + 1] if len(row) > len(_COLUMNS) + 1 else None
     return Item(**values, image=bytes(image) if image is not None else None, has_image=has_image)
@@ -102,6 +130,7 @@ class ReviewQueue:
         self.clock = clock
         self._pool = Pool(self.backend) if pool is None else pool
         self._last_purge = 0.0
+        self.schema = max((m.version for m in migrations), default=0)  # an older schema: only enqueue() works
         # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.state.webhooks)
         self.decision_hooks: list[Callable[[Tx, Item], None]] = []
         self.backend.recover()
@@ -174,19 +203,22 @@ class ReviewQueue:
     # ------------------------------------------------------------ writes
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
-                image_bytes: bytes | None = None, phash: str | None = None) -> int:
+                image_bytes: bytes | None = None, phash: str | None = None, *, kind: str = audit.REVIEW,
+                probability: float = 1.0, reviews: int = 1) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
-        The bytes are stored only when the queue stores uploads (``store_uploads``).  ``phash``: the
-        image's perceptual hashes (hex, comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with
-        its decision.
+        The bytes are kept when the queue stores uploads (``store_uploads``), always for a URL (the reviewer
+        sees the bytes that were classified, never the URL fetched again) and always for an audit item
+        (reviewed blind: there are no scores to decide from).  ``phash``: the image's perceptual hashes (hex,
+        comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with its decision.  ``kind``
+        ``audit``: a sampled automatic verdict, ``probability`` the rate that chose it; ``reviews`` 2: two
+        reviewers decide it independently (:mod:`.audit`).
         """
-        sha256 = str(sha256).lower()
-        if not _SHA_RE.match(sha256):
-            raise BadRequest(f"not a sha256 hex digest: {sha256[:80]!r}")
-        source = str(source)[:MAX_SOURCE_LENGTH]
-        scores_json = json.dumps(check_scores(scores), sort_keys=True)
-        image = bytes(image_bytes) if (self.store_uploads and image_bytes) else None
+        if self.schema >= TICKETS_VERSION:
+            return self.enqueue_for("", sha256, source, scores, model, verdict, image_bytes=image_bytes,
+                                    phash=phash, kind=kind, probability=probability, reviews=reviews)[0]
+        _check_kind(kind, probability, reviews)
+        sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes, kind)
         now = self._now()
         # the phash column only when there are hashes: a queue on a schema before version 4 still works
         extra: tuple[str, ...] = (phash,) if phash else ()
@@ -208,11 +240,116 @@ class ReviewQueue:
             # (PostgreSQL only) the open item was decided between the two statements: insert again.
         raise ReviewUnavailable("could not enqueue the item (concurrent changes); retry")
 
+    def _checked(self, sha256: str, source: str, scores: Mapping[str, float], image_bytes: bytes | None,
+                 kind: str = audit.REVIEW) -> tuple[str, str, str, bytes | None]:
+        sha256 = str(sha256).lower()
+        if not _SHA_RE.match(sha256):
+            raise BadRequest(f"not a sha256 hex digest: {sha256[:80]!r}")
+        source = str(source)[:MAX_SOURCE_LENGTH]
+        scores_json = json.dumps(check_scores(scores), sort_keys=True)
+        keep = image_bytes and (self.store_uploads or is_url(source) or kind == audit.AUDIT)
+        return sha256, source, scores_json, (bytes(image_bytes) if keep and image_bytes else None)
+
+    def enqueue_for(self, client: str, sha256: str, source: str, scores: Mapping[str, float], model: str,
+                    verdict: str, *, image_bytes: bytes | None = None, phash: str | None = None, audience: str = "",
+                    matched: str | None = None, quota: int = 0, kind: str = audit.REVIEW, probability: float = 1.0,
+                    reviews: int = 1) -> tuple[int, str]:
+        """Queue an image for ``client`` (an API key's hash): ``(item id, the client's review id)``.
+
+        The review id (:func:`new_ticket`) is unguessable and bound to this client: :meth:`ticket` finds the
+        item again only for it.  An image already open for the same ``audience`` is not queued twice: the
+        client joins that item (with a review id of its own; joining costs no quota).  ``audience``: '' (the
+        decision protects every client) or ``client`` (the client's own thresholds queued it: the decision
+        protects only it).  ``quota``: the most items ``client`` may add per hour (0: no limit); beyond it
+        :class:`QuotaSpent` and nothing is queued.  ``matched``: the look-alike the model disagreed with (JSON),
+        shown to the reviewer.  Bytes are kept as :meth:`enqueue` says.
+
+        ``kind`` ``audit`` (issue 25, :mod:`.audit`): a sample the server drew, asked for by no client, so it is
+        queued for the server (``client`` ''; the requester gets no review id), counts against no quota, and
+        its decision protects every client (``audience`` ''); it shows no look-alike (reviewed blind).
+        ``probability``: the rate that chose it; ``reviews`` 2: two reviewers decide it independently.
+        """
+        _check_kind(kind, probability, reviews)
+        sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes, kind)
+        client, audience = str(client), str(audience)
+        if kind == audit.AUDIT:
+            client, audience, quota, matched = "", "", 0, None
+        # migration 9's columns only when they say something: a queue on a schema before version 9 still works
+        optional = {"kind": None if kind == audit.REVIEW else kind,
+                    "probability": None if probability == 1 else float(probability),
+                    "reviews_needed": None if reviews == 1 else int(reviews)}
+        given = {k: v for k, v in optional.items() if v is not None}
+        extra: tuple[Any, ...] = tuple(given.values())
+        extra_column, extra_value = "".join(f", {k}" for k in given), ", ?" * len(given)
+        open_ = f"status IN ('{PENDING}', '{CLAIMED}')"
+        for _ in range(5):
+            now = self._now()
+            with self._tx() as tx:
+                row = tx.one(f"SELECT id FROM {TABLE} WHERE sha256 = ? AND audience = ? AND {open_}",
+                             (sha256, audience))
+                ticket = new_ticket()
+                if row is None:
+                    if quota > 0:
+                        added = tx.one(f"SELECT COUNT(*) FROM {TABLE} WHERE client = ? AND created_at > ?",
+                                       (client, now - QUOTA_WINDOW_S))
+                        if added is not None and int(added[0]) >= quota:
+                            raise QuotaSpent(f"this API key added {int(added[0])} items to the review queue in "
+                                             f"the last hour, its quota (NSFW_REVIEW_QUOTA={quota}); this image "
+                                             "was not queued", limit=quota)
+                    row = tx.one(
+                        f"INSERT INTO {TABLE} (sha256, source, scores, model, verdict, created_at, queued_at, "
+                        f"status, skips, image, phash, client, audience, matched, public_id{extra_column}) VALUES "
+                        f"(?, ?, ?, ?, ?, ?, ?, '{PENDING}', 0, ?, ?, ?, ?, ?, ?{extra_value}) "
+                        f"ON CONFLICT (sha256, audience) WHERE {open_} DO NOTHING RETURNING id",
+                        (sha256, source, scores_json, str(model), str(verdict), now, now, image, phash or None,
+                         client, audience, matched, ticket, *extra))
+                    if row is None:
+                        continue  # another request queued it meanwhile: join that item
+                item_id = int(row[0])
+                held = tx.one(f"SELECT ticket FROM {TICKETS_TABLE} WHERE item_id = ? AND client = ?",
+                              (item_id, client))
+                if held is not None:
+                    return item_id, str(held[0])
+                tx.run(f"INSERT INTO {TICKETS_TABLE} (ticket, item_id, client, created_at) VALUES (?, ?, ?, ?)",
+                       (ticket, item_id, client, now))
+                return item_id, ticket
+        raise ReviewUnavailable("could not enqueue the item (concurrent changes); retry")
+
+    def ticket(self, ticket: str) -> tuple[int, str] | None:
+        """The item a review id names and the client it was given to, or None (unknown, malformed, purged)."""
+        if not isinstance(ticket, str) or not TICKET_RE.match(ticket):
+            return None
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT item_id, client FROM {TICKETS_TABLE} WHERE ticket = ?", (ticket,))
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def public_id(self, item_id: int) -> str:
+        """The item's public review id (the one its creator got, the webhooks' and the reviewer API's); an item
+        without one (queued before issue 29) gets one now, bound to no client (GET /v1/reviews answers it to
+        no API key).  :class:`ItemNotFound` when the item is gone."""
+        item_id = int(item_id)
+        for _ in range(5):
+            with self._tx() as tx:
+                row = tx.one(f"SELECT public_id FROM {TABLE} WHERE id = ?", (item_id,))
+                if row is None:
+                    raise ItemNotFound(f"review item {item_id} does not exist (purged?)", item_id=item_id)
+                if row[0]:
+                    return str(row[0])
+                ticket = new_ticket()
+                if tx.one(f"UPDATE {TABLE} SET public_id = ? WHERE id = ? AND public_id IS NULL RETURNING id",
+                          (ticket, item_id)) is not None:
+                    tx.run(f"INSERT INTO {TICKETS_TABLE} (ticket, item_id, client, created_at) VALUES (?, ?, '', ?)",
+                           (ticket, item_id, self._now()))
+                    return ticket
+            # another process gave it one meanwhile: read it
+        raise ReviewUnavailable("could not give the item a review id (concurrent changes); retry")
+
     def claim(self, reviewer: str, lease_seconds: float | None = None, *,
-              exclude: Iterable[int] = ()) -> Item | None:
+              exclude: Iterable[int] = (), admin: bool = False) -> Item | None:
         """Claim the oldest pending (or lease-expired) item for ``reviewer``; None when none is left.
 
-        ``exclude``: ids this reviewer does not want now (e.g. the ones they skipped).
+        ``exclude``: ids this reviewer does not want now (e.g. the ones they skipped).  Never an item the
+        reviewer has voted on (double review); items two reviewers disagreed on only for an ``admin``, first.
         """
         reviewer = check_reviewer(reviewer)
         now = self._now()
@@ -222,9 +359,10 @@ class ReviewQueue:
         with self._tx() as tx:
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{CLAIMED}', claimed_by = ?, lease_until = ? "
-                f"WHERE id = (SELECT id FROM {TABLE} WHERE {_OPEN}{not_in} ORDER BY queued_at, id LIMIT 1"
-                f"{self.backend.skip_locked}) AND {_OPEN} RETURNING {_SELECT_FULL}",
-                (reviewer, until, now, *excluded, now))
+                f"WHERE id = (SELECT id FROM {TABLE} WHERE {_OPEN}{not_in}{audit.claimable(admin)} "
+                f"ORDER BY {audit.claim_order(admin)} LIMIT 1{self.backend.skip_locked}) AND {_OPEN} "
+                f"RETURNING {_SELECT_FULL}",
+                (reviewer, until, now, *excluded, reviewer, now))
         return _item(row) if row is not None else None
 
     def _conflict(self, tx: Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
@@ -240,17 +378,27 @@ class ReviewQueue:
                                   item_id=item_id)
         return ReviewConflict(f"cannot {action} item {item_id} ({status})", item_id=item_id)
 
-    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None) -> Item:
+    def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None,
+               seen: str | None = None, admin: bool = False) -> Item:
         """Record ``label`` for an item claimed by ``reviewer`` (or pending and unclaimed).
 
-        In the same transaction the decision is remembered (:mod:`.remembered`): later copies of the image
-        get it.  ``phash`` replaces the perceptual hashes the item kept from its request.
+        ``seen``: the sha256 of the bytes the reviewer was shown.  Only when it is the item's own (the bytes
+        that were classified) is the decision remembered, in the same transaction (:mod:`.remembered`): later
+        copies of the image get it.  A decision made without seeing the image (an upload whose bytes were not
+        kept, a URL that now serves other bytes) is recorded, and remembered for nothing.  ``phash``
+        replaces the perceptual hashes the item kept from its request.  An item under double review takes
+        the label as this reviewer's vote (:func:`.audit.vote`): the returned item is ``decided`` only once
+        the votes agree (remembered by the same rule, for the reviewer whose vote decides it); an escalated
+        one only an ``admin`` decides.
         """
         reviewer = check_reviewer(reviewer)
         label = check_label(label)
         item_id = int(item_id)
         with self._tx() as tx:
             now = self._now()
+            locked = audit.lock(tx, self.backend, item_id)
+            if locked is not None and (locked[0] > 1 or locked[1]):
+                return self._vote(tx, item_id, reviewer, label, now, phash, seen, locked, admin)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{DECIDED}', decision = ?, decided_by = ?, decided_at = ?, "
                 f"claimed_by = NULL, lease_until = NULL "
@@ -259,11 +407,41 @@ class ReviewQueue:
                 (label, reviewer, now, item_id, reviewer))
             if row is None:
                 raise self._conflict(tx, item_id, reviewer, "decide")
-            remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
             item = _item(row)
+            if seen is not None and seen == item.sha256:
+                remember_decision(self.backend, tx, item_id, label, reviewer, now, phash)
             for hook in self.decision_hooks:
                 hook(tx, item)
         return item
+
+    def _vote(self, tx: Tx, item_id: int, reviewer: str, label: str, now: float, phash: str | None,
+              seen: str | None, locked: tuple[int, bool, str, str | None], admin: bool) -> Item:
+        """:meth:`decide` for an item under double review (its row locked)."""
+        needed, escalated, status, claimed_by = locked
+        if not (status == PENDING or (status == CLAIMED and claimed_by == reviewer)):
+            raise self._conflict(tx, item_id, reviewer, "decide")
+        outcome = audit.vote(tx, item_id, reviewer, label, now, needed=needed, escalated=escalated, admin=admin)
+        if outcome.final is None:
+            audit.reopen(tx, item_id, escalated=outcome.escalated or None)
+            row = tx.one(f"SELECT {_SELECT_META} FROM {TABLE} WHERE id = ?", (item_id,))
+            assert row is not None
+            return _item(row)
+        row = tx.one(
+            f"UPDATE {TABLE} SET status = '{DECIDED}', decision = ?, decided_by = ?, decided_at = ?, "
+            f"claimed_by = NULL, lease_until = NULL WHERE id = ? RETURNING {_SELECT_META}",
+            (outcome.final, reviewer, now, item_id))
+        assert row is not None
+        item = _item(row)
+        if seen is not None and seen == item.sha256:
+            remember_decision(self.backend, tx, item_id, outcome.final, reviewer, now, phash)
+        for hook in self.decision_hooks:
+            hook(tx, item)
+        return item
+
+    def votes(self, item_id: int) -> list[audit.Vote]:
+        """The double-review votes given on an item (for an admin deciding a disagreement), oldest first."""
+        with self._tx(write=False) as tx:
+            return audit.votes(tx, int(item_id))
 
     def phash(self, item_id: int) -> str | None:
         """The perceptual hashes the item kept from the request that queued it (None: none)."""
@@ -301,25 +479,25 @@ class ReviewQueue:
         by ``reviewer`` with a fresh lease, so it comes straight back to them.  If
         the same image was queued again meanwhile, that newer open copy is
         dropped (the reverted item takes its place); if someone holds a live
-        claim on it, :class:`ReviewConflict`.
+        claim on it, :class:`ReviewConflict`.  A vote under double review is
+        undone the same way (:func:`.audit.undo_vote`): the other reviewer's vote
+        stays, so the item needs one more.
         """
         reviewer = check_reviewer(reviewer)
         now = self._now()
         until = now + self._lease(lease_seconds) if reclaim else None
         lock = self.backend.for_update
         with self._tx() as tx:
-            row = tx.one(f"SELECT id, sha256 FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
-                         f"ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer,))
+            row = tx.one(f"SELECT id, sha256, decided_at FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
+                         f"AND NOT EXISTS (SELECT 1 FROM {VOTES_TABLE} v WHERE v.item_id = {TABLE}.id "
+                         f"AND v.reviewer = ?) ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer, reviewer))
+            voted = audit.latest_vote(tx, reviewer)
+            if voted is not None and (row is None or voted[1] >= float(row[2] or 0.0)):
+                return self._undo_vote(tx, voted[0], reviewer, now, reclaim, until)
             if row is None:
                 return None
             item_id, sha = int(row[0]), row[1]
-            for dup_id, status, claimed_by, lease_until in tx.run(
-                    f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
-                    f"WHERE sha256 = ? AND status IN ('{PENDING}', '{CLAIMED}'){lock}", (sha,)):
-                if status == CLAIMED and claimed_by != reviewer and lease_until is not None and lease_until >= now:
-                    raise ReviewConflict(f"cannot undo item {item_id}: the same image (item {dup_id}) "
-                                         "is being reviewed by another reviewer", item_id=item_id)
-                tx.run(f"DELETE FROM {TABLE} WHERE id = ?", (dup_id,))
+            self._drop_open_copies(tx, sha, item_id, reviewer, now)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, "
                 f"decided_by = NULL, decided_at = NULL WHERE id = ? AND status = '{DECIDED}' "
@@ -327,6 +505,44 @@ class ReviewQueue:
                 (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
             if row is not None:
                 forget_decision(self.backend, tx, item_id, reviewer, now)
+        return _item(row) if row is not None else None
+
+    def _drop_open_copies(self, tx: Tx, sha: str, item_id: int, reviewer: str, now: float) -> None:
+        """Before a decided item reopens: delete the open copy of its image queued meanwhile for the same
+        audience (one open item per image and audience); :class:`ReviewConflict` when another reviewer holds
+        it.  The clients that joined the copy follow the reverted item (one review id each)."""
+        audience = tx.one(f"SELECT audience FROM {TABLE} WHERE id = ?", (item_id,))
+        for dup_id, status, claimed_by, lease_until in tx.run(
+                f"SELECT id, status, claimed_by, lease_until FROM {TABLE} "
+                f"WHERE sha256 = ? AND audience = ? AND status IN ('{PENDING}', '{CLAIMED}'){self.backend.for_update}",
+                (sha, audience[0] if audience else "")):
+            if status == CLAIMED and claimed_by != reviewer and lease_until is not None and lease_until >= now:
+                raise ReviewConflict(f"cannot undo item {item_id}: the same image (item {dup_id}) "
+                                     "is being reviewed by another reviewer", item_id=item_id)
+            tx.run(f"DELETE FROM {TABLE} WHERE id = ?", (dup_id,))
+            audit.forget_votes(tx, [int(dup_id)])
+            tx.run(f"DELETE FROM {TICKETS_TABLE} WHERE item_id = ? AND client IN "
+                   f"(SELECT client FROM {TICKETS_TABLE} WHERE item_id = ?)", (dup_id, item_id))
+            tx.run(f"UPDATE {TICKETS_TABLE} SET item_id = ? WHERE item_id = ?", (item_id, dup_id))
+
+    def _undo_vote(self, tx: Tx, item_id: int, reviewer: str, now: float, reclaim: bool,
+                   until: float | None) -> Item | None:
+        """:meth:`undo` of a double-review vote: the vote removed, the item open again (claimed with ``reclaim``)."""
+        row = tx.one(f"SELECT status, escalated, claimed_by, lease_until, sha256 FROM {TABLE} WHERE id = ?"
+                     f"{self.backend.for_update}", (item_id,))
+        if row is None:  # purged since: nothing to give back
+            audit.forget_votes(tx, [item_id])
+            return None
+        status, escalated, claimed_by, lease_until, sha = row[0], bool(row[1]), row[2], row[3], row[4]
+        audit.undo_vote(tx, item_id, reviewer, now, status=status, escalated=escalated, claimed_by=claimed_by,
+                        lease_until=lease_until)
+        if status == DECIDED:
+            self._drop_open_copies(tx, sha, item_id, reviewer, now)
+            forget_decision(self.backend, tx, item_id, reviewer, now)
+        row = tx.one(
+            f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, decided_by = NULL, "
+            f"decided_at = NULL, escalated = 0 WHERE id = ? RETURNING {_SELECT_FULL}",
+            (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
         return _item(row) if row is not None else None
 
     def purge(self, older_than_days: float | None = None) -> int:
@@ -344,6 +560,11 @@ class ReviewQueue:
             tx.run(f"DELETE FROM {TABLE} WHERE created_at < ? "
                    f"AND NOT (status = '{CLAIMED}' AND lease_until >= ?)", (cutoff, now))
             deleted = max(tx.rowcount, 0)
+            if deleted and self.schema >= TICKETS_VERSION:  # their review ids go with them
+                tx.run(f"DELETE FROM {TICKETS_TABLE} WHERE NOT EXISTS "
+                       f"(SELECT 1 FROM {TABLE} i WHERE i.id = {TICKETS_TABLE}.item_id)")
+            if deleted and self.schema >= AUDIT_VERSION:  # and their double-review votes
+                audit.purge_votes(tx)
         self._last_purge = time.monotonic()
         return deleted
 
@@ -406,13 +627,15 @@ class ReviewQueue:
         return [_item(r) for r in rows]
 
     def reviewed_items(self, binary_map: Mapping[str, str] | None = None) -> list[ReviewedItem]:
-        """Decided items, oldest decision first, with their stored scores and model (no re-scoring).
+        """Decided items, oldest decision first, with their stored scores and model (no re-scoring), their
+        kind and the probability that queued them (an audit item stands for ``1 / probability`` images).
 
         ``binary`` follows ``labelsets.DEFAULT_BINARY_MAP`` unless ``binary_map`` is given.
         """
         return [ReviewedItem(source=it.source, label=it.decision or "", binary=to_binary(it.decision or "", binary_map),
                              sha256=it.sha256, scores=it.scores, model=it.model, decided_at=it.decided_at or 0.0,
-                             decided_by=it.decided_by or "", id=it.id, has_image=it.has_image)
+                             decided_by=it.decided_by or "", id=it.id, has_image=it.has_image, kind=it.kind,
+                             probability=it.probability, verdict=it.verdict)
                 for it in self._decided_rows()]
 
     def export_csv(self, image_paths: Mapping[int, str] | None = None) -> str:

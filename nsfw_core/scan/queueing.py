@@ -1,0 +1,105 @@
+"""``--queue``: put the images a scan judged unknown, and an audit share of the rest, into the review queue.
+
+Which rows: those the *model* judged (a known image already has a human verdict, as in the API) whose
+verdict is one the service sends to review (``NSFW_REVIEW_VERDICTS``, ``unknown`` by default), plus, with
+``--audit-share P``, a random share P of the model's adult and safe verdicts, for a person to check that
+the thresholds hold on this catalogue.  The audit draw is a function of the image's sha256, so the same
+images are drawn on every run.
+
+At most once per image: a row that was queued keeps its ``review_id`` in the dataset and is never queued
+again, and the queue itself holds one open item per sha256 (a driver killed between queueing and writing
+its rows finds the open item again, :meth:`~nsfw_core.state.review.ReviewQueue.enqueue`).
+
+The queue's items carry the source, the scores, the model and the verdict, and the image's PDQ hashes
+(its decision is remembered by them), and the bytes the queue keeps (read again here, for the queued images
+alone): always for URLs and object URIs, for local files with ``NSFW_REVIEW_STORE_UPLOADS``.  A reviewer sees
+and decides on those bytes only (issue 29).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from nsfw_core.base.labels import CLASS_NAMES, UNKNOWN
+from nsfw_core.images.fetch import is_url
+from nsfw_core.state.review import ReviewQueue
+
+log = logging.getLogger(__name__)
+
+AUDIT_SALT = b"nsfw-scan audit"
+
+
+def audited(sha256: str, share: float) -> bool:
+    """Whether the image with this sha256 is in an audit share ``share`` (the same answer on every run)."""
+    if share <= 0:
+        return False
+    draw = int.from_bytes(hashlib.blake2b(AUDIT_SALT + sha256.encode(), digest_size=8).digest(), "little")
+    return draw < share * 2**64
+
+
+def wanted(table: pa.Table, verdicts: tuple[str, ...] = (UNKNOWN,), audit_share: float = 0.0) -> np.ndarray:
+    """True for the rows to queue: model-judged, not queued before, a verdict to review or audited."""
+    verdict = table["verdict"].to_pylist()
+    source = table["verdict_source"].to_pylist()
+    review = table["review_id"].to_pylist() if "review_id" in table.column_names else [None] * table.num_rows
+    sha = table["sha256"].to_pylist()
+    out = np.zeros(table.num_rows, dtype=bool)
+    for i in range(table.num_rows):
+        if source[i] != "model" or review[i] is not None or not sha[i] or verdict[i] is None:
+            continue
+        out[i] = verdict[i] in verdicts or audited(sha[i], audit_share)
+    return out
+
+
+class Queuer:
+    """Queues rows into one :class:`ReviewQueue`; ``reread(source, kind)`` gives the bytes to store."""
+
+    def __init__(self, queue: ReviewQueue, verdicts: tuple[str, ...], audit_share: float = 0.0,
+                 reread: Callable[[str, str], bytes] | None = None) -> None:
+        self.queue = queue
+        self.verdicts = verdicts
+        self.audit_share = audit_share
+        self.reread = reread
+        self.store_uploads = queue.store_uploads
+        self.queued = 0
+        self.failed = 0
+
+    def enqueue(self, table: pa.Table, hashes: list[Any] | None = None) -> pa.Array:
+        """``table``'s ``review_id`` column after queueing what :func:`wanted` picks (the others unchanged).
+
+        ``hashes``: each row's PDQ hashes to remember a decision by (the worker's ``review_hashes``).
+        A database error is logged and leaves the row unqueued (a later reverdict --queue retries it).
+        """
+        ids = (table["review_id"].to_pylist() if "review_id" in table.column_names
+               else [None] * table.num_rows)
+        pick = wanted(table, self.verdicts, self.audit_share)
+        if not pick.any():
+            return pa.array(ids, pa.int64())
+        cols = {c: table[c].to_pylist() for c in ("sha256", "source", "kind", "model", "verdict", *CLASS_NAMES)}
+        pdq = table["pdq"].to_pylist()
+        for i in np.flatnonzero(pick):
+            sha = cols["sha256"][i]
+            data = None
+            # the queue keeps a URL's (and an object URI's) bytes always, an upload's or a file's only when it stores
+            # uploads: the bytes a reviewer sees and decides on (what is remembered is the sha256 of those bytes)
+            if self.reread is not None and (self.store_uploads or is_url(cols["source"][i])):
+                try:
+                    data = self.reread(cols["source"][i], cols["kind"][i])
+                except Exception as exc:  # the image is gone or unreadable now: queued without its bytes
+                    log.info("could not read %s again to store it with its review item: %s", cols["source"][i], exc)
+                if data is not None and hashlib.sha256(data).hexdigest() != sha:
+                    data = None  # it changed since it was scored
+            phash = (hashes[i] if hashes is not None and hashes[i] else None) or (pdq[i].hex() if pdq[i] else None)
+            try:
+                ids[i] = self.queue.enqueue(sha, cols["source"][i], {c: cols[c][i] for c in CLASS_NAMES},
+                                            cols["model"][i], cols["verdict"][i], image_bytes=data, phash=phash)
+                self.queued += 1
+            except Exception as exc:  # any database error: the row stays unqueued, the scan goes on
+                self.failed += 1
+                log.error("could not queue %s for review: %r", cols["source"][i], exc)
+        return pa.array(ids, pa.int64())

@@ -1,0 +1,296 @@
+"""The reviewer API and the evaluation against real servers (``python app.py``), issue 25.
+
+- One server on the SQLite default, every automatic verdict audited (NSFW_AUDIT_RATE=1): the clients'
+  answers are unchanged; reviewer keys claim, decide and undo, naming items by their unguessable review
+  ids (the client's own for an item it queued; the queue's numbers are 404); an audit item never shows the
+  model's verdict or scores (claim, undo) and no client can read it (``GET /v1/reviews/{id}``); a key is
+  recorded as its id, never itself (answers, log, database), and shown to reviewer keys, never to the
+  client key; client keys and strangers are refused; ``GET /v1/evaluation`` counts it all; decisions made
+  on the bytes the API handed are remembered (a copy gets them), for every client when it was an audit.
+- Double review through the API: the second key's disagreement goes to the admin key, with the votes.
+- Two servers on one PostgreSQL, four reviewer keys claiming and deciding at once through both: every
+  item is decided exactly once, by the key that claimed it; an undo through the other server works; the
+  traffic counted by one server is in the other's evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nsfw_core.http.reviews import key_id
+from nsfw_core.state.review.queue import TICKET_RE
+from tests.helpers.appserver import AppServer, Reply, app_server
+from tests.helpers.paths import REFERENCE
+
+pytestmark = pytest.mark.slow
+
+HOUSE = (REFERENCE / "house.jpg").read_bytes()  # safe score 0.993: "safe" (automatic, audited at rate 1)
+SMILE = (REFERENCE / "smile.jpg").read_bytes()  # safe score 0.962: "unknown" with a safe threshold of 0.97
+CLIENT = "client-key-0123456789"
+OTHER = "other-client-key-0123456789"  # a second client: an audit item's decision protects it too
+R1, R2, R3, R4 = (f"reviewer-key-{i}-0123456789" for i in range(1, 5))
+ADMIN = "admin-key-0123456789abc"
+ENV = {"NSFW_AUDIT_RATE": "1", "NSFW_SAFE_THRESHOLD": "0.97", "NSFW_API_KEYS": f"{CLIENT},{OTHER}",
+       "NSFW_REVIEWER_API_KEYS": ",".join((R1, R2, R3, R4)), "NSFW_ADMIN_API_KEYS": ADMIN}
+
+
+def call(server: AppServer, method: str, path: str, key: str | None = None, body: Any = None) -> Reply:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    return server.request(method, path, body=data, headers=headers)
+
+
+def classify(server: AppServer, image: bytes, key: str = CLIENT) -> dict[str, Any]:
+    reply = server.request("POST", "/predict?detail=1", body=image,
+                           headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"})
+    assert reply.status == 200, reply
+    answer: dict[str, Any] = reply.json()
+    return answer
+
+
+def variants(image: bytes, start: int, count: int) -> list[bytes]:
+    """Copies that decode the same but have their own sha256 (a byte after the JPEG's end)."""
+    return [image + bytes([0]) * (i + 1) for i in range(start, start + count)]
+
+
+def claim(server: AppServer, key: str) -> dict[str, Any] | None:
+    reply = call(server, "POST", "/v1/reviews/claim", key)
+    assert reply.status == 200, reply
+    item: dict[str, Any] | None = reply.json()["item"]
+    return item
+
+
+def held(server: AppServer, key: str) -> dict[str, Any]:
+    """The item a claim gave ``key`` (there must be one)."""
+    item = claim(server, key)
+    assert item is not None
+    return item
+
+
+def assert_blind(item: dict[str, Any], raw: bytes | None = None) -> None:
+    """An audit item shows neither the model's verdict nor its scores nor its model."""
+    assert item["kind"] == "audit"
+    assert not {"verdict", "scores", "model"} & set(item), item.keys()
+    if raw is not None:
+        assert b"scores" not in raw and b"verdict" not in raw and b"neutral" not in raw
+
+
+# ---------------------------------------------------------------- one server, SQLite
+
+
+def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
+    with app_server(tmp_path, **ENV) as server:
+        safe = [classify(server, img) for img in variants(HOUSE, 0, 6)]
+        unknown = [classify(server, img) for img in variants(SMILE, 0, 3)]
+        # the clients' answers are unchanged: an audited "safe" carries no review id
+        assert all(r["verdict"] == "safe" and "review_id" not in r and "review_error" not in r for r in safe)
+        assert all(r["verdict"] == "unknown" and TICKET_RE.match(r["review_id"]) for r in unknown)
+
+        call(server, "POST", "/v1/reviews/claim").error(401, "unauthorized")
+        call(server, "POST", "/v1/reviews/claim", CLIENT).error(403, "forbidden")
+        call(server, "POST", "/v1/reviews/claim", "not-a-key-at-all-here").error(401, "unauthorized")
+        call(server, "GET", "/v1/evaluation", CLIENT).error(403, "forbidden")
+
+        seen: dict[str, dict[str, Any]] = {}  # by review id, in the order claimed
+        while True:
+            reply = call(server, "POST", "/v1/reviews/claim", R1)
+            item = reply.json()["item"]
+            if item is None:
+                break
+            assert TICKET_RE.match(item["id"]), item["id"]
+            seen[item["id"]] = item
+            if item["kind"] == "audit":
+                assert_blind(item, reply.body)
+                assert item["image"]["media_type"] == "image/jpeg" and item["image"]["base64"]
+                label = "porn" if len([i for i in seen.values() if i["kind"] == "audit"]) == 1 else "neutral"
+            else:
+                assert item["verdict"] == "unknown" and set(item["scores"]) == {
+                    "drawings", "hentai", "neutral", "porn", "sexy"}
+                label = "neutral"
+            decided = call(server, "POST", f"/v1/reviews/{item['id']}/decision", R1, {"label": label})
+            assert decided.status == 200, decided
+            assert decided.json()["outcome"] == "decided"
+            assert decided.json()["review"]["id"] == item["id"]
+            assert decided.json()["review"]["decided_by"] == key_id(R1)  # a reviewer key is told who decided
+        assert Counter(i["kind"] for i in seen.values()) == {"audit": 6, "review": 3}
+        audit_ids = [i for i, item in seen.items() if item["kind"] == "audit"]
+        # a review item is named by the id its client got: the client's and the reviewer API's are one
+        assert {i for i, item in seen.items() if item["kind"] == "review"} == {r["review_id"] for r in unknown}
+
+        # the client reads its items without who decided; an audit item is no client's (404), and blind anyway
+        mine = call(server, "GET", f"/v1/reviews/{unknown[0]['review_id']}", CLIENT)
+        assert mine.status == 200 and mine.json()["label"] == "neutral" and "decided_by" not in mine.json()
+        assert key_id(R1).encode() not in mine.body
+        call(server, "GET", f"/v1/reviews/{audit_ids[0]}", CLIENT).error(404, "not_found")
+        # deciding it again is a conflict, whichever key
+        call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", R2, {"label": "safe"}).error(409,
+                                                                                                "review_conflict")
+        call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", R2, {"label": "maybe"}).error(
+            400, "invalid_request")
+        call(server, "POST", f"/v1/reviews/{audit_ids[0]}/decision", CLIENT, {"label": "safe"}).error(
+            403, "forbidden")  # a client key never acts on an item, even with its id
+        # the queue's own numbers, and ids no one was given, name nothing
+        for bad in ("1", "999999", "rv_" + "A" * 22, "rv_short"):
+            call(server, "POST", f"/v1/reviews/{bad}/decision", R2, {"label": "safe"}).error(404, "not_found")
+
+
+        # undo: R1's latest decision comes back to R1, blind if it is an audit item, and can be decided again
+        last = list(seen)[-1]
+        undone = call(server, "POST", "/v1/reviews/undo", R1)
+        item = undone.json()["item"]
+        assert item["id"] == last and item["lease_until"]
+        if item["kind"] == "audit":
+            assert_blind(item, undone.body)
+        else:
+            assert call(server, "GET", f"/v1/reviews/{last}", CLIENT).json()["status"] == "claimed"
+        call(server, "POST", f"/v1/reviews/{last}/decision", R2, {"label": "safe"}).error(409, "review_conflict")
+        again = call(server, "POST", f"/v1/reviews/{last}/decision", R1, {"label": "sexy"})
+        assert again.json()["review"]["label"] == "sexy"
+        assert call(server, "POST", "/v1/reviews/undo", R2).json() == {"item": None}
+
+        # the evaluation: 6 automatic "safe" audited, 1 overturned (porn)
+        report = call(server, "GET", "/v1/evaluation", R2)
+        assert report.status == 200, report
+        body = report.json()
+        safe_block = body["automatic"]["safe"]
+        overturned = 1 + (last in audit_ids)  # the undone item was relabelled sexy
+        assert (safe_block["audited"], safe_block["overturned"]) == (6, overturned)
+        assert safe_block["precision"] == pytest.approx((6 - overturned) / 6)
+        assert safe_block["decisions"] == 6 and body["unknown"]["decisions"] == 3
+        assert call(server, "GET", "/v1/evaluation?since=2026-13-01", R2).error(400, "invalid_request")
+        assert call(server, "GET", "/v1/evaluation?since=2026-12-01&until=2026-11-01", R2).error(
+            400, "invalid_request")
+        admin_view = call(server, "GET", "/v1/evaluation?since=2000-01-01&until=2000-01-02", ADMIN).json()
+        assert admin_view["automatic"]["safe"]["audited"] == 0 and admin_view["missing"]
+
+        # remembered: a decision on the bytes the API handed; an audit item's protects every client (OTHER
+        # never sent it). Last: until the server has read the decision (every 0.5 s) a copy is audited again
+        deadline = time.monotonic() + 30
+        while True:
+            copy = classify(server, variants(HOUSE, 0, 1)[0], OTHER)  # an audited image (all six look alike)
+            if copy["verdict_source"] == "review" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert copy["verdict_source"] == "review" and copy["match"]["source"] == "review", copy
+        log = server.new_log()
+
+    # a key is recorded as its id: never the key itself, in the database or the log
+    with sqlite3.connect(server.data_dir / "review.sqlite") as db:
+        rows = db.execute("SELECT decided_by, claimed_by FROM review_items").fetchall()
+    assert {r[0] for r in rows} <= {key_id(R1)} | {None} and all(r[1] is None for r in rows)
+    for key in (R1, R2, ADMIN, CLIENT, OTHER):
+        assert key not in log
+        with sqlite3.connect(server.data_dir / "review.sqlite") as db:
+            assert not any(key in json.dumps(row) for row in db.execute("SELECT * FROM known_images"))
+
+
+def test_double_review_through_the_api_escalates_a_disagreement_to_the_admin_key(tmp_path: Path) -> None:
+    with app_server(tmp_path, **{**ENV, "NSFW_AUDIT_RATE": "0", "NSFW_DOUBLE_REVIEW_RATE": "1"}) as server:
+        review_id = classify(server, SMILE)["review_id"]
+        first = held(server, R1)
+        assert first["id"] == review_id
+        vote = call(server, "POST", f"/v1/reviews/{review_id}/decision", R1, {"label": "porn"}).json()
+        assert vote["outcome"] == "second_review" and vote["review"]["status"] == "pending"
+        assert claim(server, R1) is None  # not the same key twice
+        assert held(server, R2)["id"] == review_id
+        second = call(server, "POST", f"/v1/reviews/{review_id}/decision", R2, {"label": "neutral"}).json()
+        assert second["outcome"] == "escalated"
+        assert claim(server, R3) is None  # only an admin gets it
+        call(server, "POST", f"/v1/reviews/{review_id}/decision", R3, {"label": "safe"}).error(409, "review_conflict")
+        disputed = held(server, ADMIN)
+        assert disputed["id"] == review_id and disputed["escalated"] is True
+        assert sorted(v["label"] for v in disputed["votes"]) == ["neutral", "porn"]
+        assert {v["reviewer"] for v in disputed["votes"]} == {key_id(R1), key_id(R2)}  # shown to the admin key
+        final = call(server, "POST", f"/v1/reviews/{review_id}/decision", ADMIN, {"label": "safe"}).json()
+        assert final["outcome"] == "decided" and final["review"]["decided_by"] == key_id(ADMIN)
+        agreement = call(server, "GET", "/v1/evaluation", ADMIN).json()["agreement"]
+        assert (agreement["items"], agreement["disagreed"], agreement["escalated_open"]) == (1, 1, 0)
+
+
+# ---------------------------------------------------------------- two replicas, PostgreSQL
+
+
+def test_two_replicas_on_postgresql_decide_each_item_exactly_once(postgres_url: str, tmp_path: Path) -> None:
+    env = {**ENV, "NSFW_DATABASE_URL": postgres_url}
+    servers = [AppServer(tmp_path / "a", **env), AppServer(tmp_path / "b", **env)]
+    try:
+        a, b = (s.wait() for s in servers)
+        for img in variants(HOUSE, 0, 12):
+            assert "review_id" not in classify(a, img)  # audited, answer unchanged
+        for img in variants(SMILE, 0, 12):
+            assert TICKET_RE.match(classify(b, img)["review_id"])
+
+        decided: dict[str, list[str]] = {}  # review ids, by the key that decided them
+        leaks: list[str] = []
+        errors: list[str] = []
+
+        def review(server: AppServer, key: str) -> None:
+            mine: list[str] = []
+            decided[key] = mine
+            try:
+                while True:
+                    reply = call(server, "POST", "/v1/reviews/claim", key)
+                    item = reply.json()["item"]
+                    if item is None:
+                        return
+                    if item["kind"] == "audit" and ({"verdict", "scores", "model"} & set(item)
+                                                    or b"scores" in reply.body):
+                        leaks.append(reply.body.decode()[:200])
+                    answer = call(server, "POST", f"/v1/reviews/{item['id']}/decision", key, {"label": "neutral"})
+                    if answer.status != 200:
+                        errors.append(f"{key[:14]} {item['id']}: {answer.status} {answer.body[:200]!r}")
+                    else:
+                        mine.append(item["id"])
+            except Exception as exc:  # reported below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=review, args=(server, key))
+                   for server, key in ((a, R1), (a, R2), (b, R3), (b, R4))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and not leaks, (errors, leaks)
+        all_ids = [i for ids in decided.values() for i in ids]
+        assert len(all_ids) == 24 and len(set(all_ids)) == 24, Counter(all_ids).most_common(3)
+        assert sum(1 for ids in decided.values() if ids) > 1  # the work was shared
+
+        import psycopg
+
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute("SELECT public_id, status, decided_by, kind FROM review_items").fetchall()
+        by_id = {i: key for key, ids in decided.items() for i in ids}
+        assert len(rows) == 24
+        for item_id, status, decided_by, _ in rows:  # once each, by the key that claimed and decided it
+            assert status == "decided" and decided_by == key_id(by_id[item_id])
+        assert Counter(kind for *_, kind in rows) == {"audit": 12, "review": 12}
+
+        # an undo through the other replica: R1 decided through A, undoes through B
+        latest = decided[R1][-1]
+        undone = call(b, "POST", "/v1/reviews/undo", R1).json()["item"]
+        assert undone["id"] == latest
+        assert call(a, "POST", f"/v1/reviews/{latest}/decision", R1, {"label": "porn"}).json()["outcome"] == "decided"
+
+        # the traffic one replica counted is in the other's evaluation (flushed every few seconds)
+        deadline = time.monotonic() + 30
+        while True:
+            report = call(a, "GET", "/v1/evaluation", R2).json()
+            if report["unknown"]["decisions"] == 12 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert report["unknown"]["decisions"] == 12 and report["automatic"]["safe"]["decisions"] == 12
+        assert report["automatic"]["safe"]["audited"] == 12
+    finally:
+        for s in servers:
+            s.stop()

@@ -1,0 +1,534 @@
+"""nsfw-scan's parts without Ray (the fast loop): sources, resume keys, the dataset, verdicts, queueing,
+reverdict, the per-actor worker and the driver.  tests/test_scan_ray.py runs the whole command on Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nsfw_core.base.errors import ForbiddenAddress, InvalidURL, TooLarge
+from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
+from nsfw_core.base.settings import load_settings
+from nsfw_core.base.verdict import Thresholds
+from nsfw_core.classify import FrameScore, ModelInfo, Timings
+from nsfw_core.classify import judge as service_judge
+from nsfw_core.inference.modelfiles import read_verified, version
+from nsfw_core.scan import cli
+from nsfw_core.scan.dataset import DatasetError, ScanDataset, latest, new_run_id
+from nsfw_core.scan.driver import Driver, to_rows
+from nsfw_core.scan.judge import judge
+from nsfw_core.scan.keys import DoneSet, key
+from nsfw_core.scan.queueing import Queuer, audited, wanted
+from nsfw_core.scan.reverdict import reverdict
+from nsfw_core.scan.schema import FAILED, FILE, OBJECT, SCHEMA, SCORED, SKIPPED, URL, WORKER_SCHEMA
+from nsfw_core.scan.sources import Reader, SourceError, list_sources, listing_tables
+from nsfw_core.scan.worker import ScanWorker, WorkerConfig
+from nsfw_core.state.db import open_pool
+from nsfw_core.state.known import KnownImages, ListEntry, Match
+from nsfw_core.state.review import ReviewQueue
+from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES, ROOT
+from tests.helpers.scanfiles import catalogue
+
+NOW = _dt.datetime(2026, 12, 7, tzinfo=_dt.timezone.utc)
+
+
+def _sha(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def _rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """SCHEMA rows from partial dicts (the required columns filled in)."""
+    base = {"kind": FILE, "model": "MobileNetV2Mid", "model_version": "v1", "decode": "default", "scanned_at": NOW,
+            "run_id": "r"}
+    return pa.Table.from_pylist([{**base, **r} for r in rows], schema=SCHEMA)
+
+
+def _scores(rng: random.Random) -> dict[str, float]:
+    raw = [rng.random() ** 3 for _ in CLASS_NAMES]
+    total = sum(raw)
+    return {c: float(np.float32(v / total)) for c, v in zip(CLASS_NAMES, raw, strict=True)}
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_sources_walk_folders_read_manifests_and_url_lists(tmp_path, monkeypatch):
+    photos = tmp_path / "cat" / "photos"
+    (photos / "nested").mkdir(parents=True)
+    for name in ("b.jpg", "a.PNG", "nested/c.webp", "notes.txt", ".hidden.jpg"):
+        (photos / name).write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "outside.jpg").write_bytes(b"x")
+    (photos / "link").symlink_to(tmp_path / "elsewhere")  # a link to a folder is not followed
+    manifest = tmp_path / "set.csv"
+    manifest.write_text("path,label\ncat/photos/b.jpg,porn\nhttps://example.com/m.jpg,neutral\n")
+    urls = tmp_path / "urls.txt"
+    urls.write_text("# images of the week\nhttps://example.com/u.jpg\n\ns3://bucket/k.jpg\nnot/a/url.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    listed = list(list_sources(["cat/photos", "https://example.com/m.jpg"], manifests=[str(manifest)],
+                               url_lists=[str(urls)]))
+    got = [(Path(i.source).relative_to(tmp_path).as_posix() if i.kind == FILE else i.source, i.kind, i.label)
+           for i in listed]
+    assert got == [
+        ("cat/photos/a.PNG", FILE, None), ("cat/photos/b.jpg", FILE, None), ("cat/photos/nested/c.webp", FILE, None),
+        ("https://example.com/m.jpg", URL, None),  # named twice: once, the first time
+        ("https://example.com/u.jpg", URL, None), ("s3://bucket/k.jpg", OBJECT, None),
+        ("not/a/url.jpg", URL, None),  # a URL list is never read as local paths: an invalid_url row
+    ]
+    assert all(Path(i.source).is_absolute() for i in listed if i.kind == FILE)
+    tables = list(listing_tables(iter(listed), 3))
+    assert [t.num_rows for t in tables] == [3, 3, 1]
+    with pytest.raises(SourceError, match="missing"):
+        list(list_sources([str(tmp_path / "missing")]))
+
+
+def test_the_reader_keeps_the_byte_cap_and_the_fetchers_rules(tmp_path):
+    policy = dataclasses.replace(load_settings(environ={}).fetch_policy, max_bytes=100)
+    reader = Reader(policy)
+    (tmp_path / "big.jpg").write_bytes(b"x" * 101)
+    (tmp_path / "ok.jpg").write_bytes(b"x" * 100)
+    assert reader.read(str(tmp_path / "ok.jpg"), FILE) == b"x" * 100
+    with pytest.raises(TooLarge):
+        reader.read(str(tmp_path / "big.jpg"), FILE)
+    with pytest.raises(ForbiddenAddress):  # the SSRF-safe fetcher: no loopback unless allowed
+        reader.read("http://127.0.0.1:9/a.jpg", URL)
+    with pytest.raises(InvalidURL):
+        reader.read("not/a/url.jpg", URL)
+    with pytest.raises(InvalidURL):  # nothing but http(s) is fetched
+        reader.read("file:///etc/passwd", URL)
+
+
+# ---------------------------------------------------------------- resume keys and the dataset
+
+
+def test_the_done_set_holds_exactly_its_keys():
+    done = DoneSet.of([("a", _sha(1)), ("b", _sha(2))])
+    assert ("a", _sha(1)) in done and ("b", _sha(2)) in done
+    assert ("a", _sha(2)) not in done and ("c", _sha(1)) not in done
+    assert len(done) == 2 and ("a", _sha(1)) not in DoneSet()
+    assert DoneSet(done.keys).keys.tolist() == sorted({key("a", _sha(1)), key("b", _sha(2))})
+
+
+def test_parts_are_atomic_the_view_keeps_the_latest_row_and_done_follows_the_model_version(tmp_path):
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    run = new_run_id(NOW)
+    ds.write_part(_rows([{"source": "a", "sha256": _sha(1), "porn": 0.1},
+                         {"source": "b", "sha256": _sha(2), "error_code": "not_an_image"},
+                         {"source": "c", "sha256": _sha(3), "error_code": "upstream_timeout"},
+                         {"source": "d", "sha256": None, "error_code": "too_large"},
+                         {"source": "e", "sha256": _sha(5), "model_version": "v0"}]), run, 0)
+    ds.write_part(_rows([{"source": "a", "sha256": _sha(11)}]), run, 1)  # a's bytes changed: a newer row
+    (tmp_path / "ds" / ".part-x.parquet.tmp").write_bytes(b"half a file")  # what a killed writer leaves
+    assert ds.parts() == [f"part-{run}-000000.parquet", f"part-{run}-000001.parquet"]
+    view = ds.view(["source", "sha256"])
+    assert view["source"].to_pylist() == ["b", "c", "d", "e", "a"]
+    assert view.filter(pa.compute.equal(view["source"], "a"))["sha256"].to_pylist() == [_sha(11)]
+    done = ds.done("MobileNetV2Mid", "v1")
+    # a: latest bytes only; b: its error is the image's own (final); c: a timeout is retried; d: no sha256;
+    # e: another model version
+    assert ("a", _sha(11)) in done and ("a", _sha(1)) not in done and ("b", _sha(2)) in done
+    assert len(done) == 2
+    assert len(ds.done("MobileNetV2Mid", "v1", retry_errors=True)) == 1
+    assert len(ds.done("InceptionV3", "v1")) == 0
+    assert len(ds.done("MobileNetV2Mid", "v1", decode="fast")) == 0  # --fast-decode's rows are its own
+    # any reader sees the rows (the hidden leftover and _nsfw_scan.json are skipped)
+    import pyarrow.dataset as pads
+
+    assert pads.dataset(str(tmp_path / "ds"), format="parquet").to_table().num_rows == 6
+
+
+def test_a_dataset_is_never_written_into_another_folder_and_one_writer_holds_it(tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.docx").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not empty"):
+        ScanDataset(str(tmp_path / "busy")).create_or_open("test")
+    with pytest.raises(DatasetError, match="not an nsfw-scan dataset"):
+        ScanDataset(str(tmp_path / "busy")).check()
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    ds.create_or_open("test")  # opening again is fine
+    (tmp_path / "ds" / "_nsfw_scan.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(DatasetError, match="newer"):
+        ds.check()
+    (tmp_path / "ds" / "_nsfw_scan.json").write_text(json.dumps({"format": 1}))
+    with ds.locked():
+        with pytest.raises(DatasetError, match="in use"):
+            with ScanDataset(str(tmp_path / "ds")).locked():
+                pass
+    with ScanDataset(str(tmp_path / "ds")).locked():  # released
+        pass
+
+
+# ---------------------------------------------------------------- verdicts: the service's rules
+
+
+class _Known:
+    """A lookup that answers from a dict, as KnownImages.lookup_many does."""
+
+    def __init__(self, matches: dict[str, Match]) -> None:
+        self.matches = matches
+
+    def __call__(self, shas, pdqs) -> list[Match | None]:
+        return [self.matches.get(sha) for sha in shas]
+
+
+@pytest.mark.parametrize("thresholds", [Thresholds(), Thresholds(adult=0.5, safe=0.6),
+                                        Thresholds(adult=0.3, safe=0.95, adult_classes=("porn", "hentai", "sexy"),
+                                                   safe_classes=("neutral",))])
+def test_every_row_gets_the_verdict_the_service_would_give(thresholds):
+    rng = random.Random(7)
+    rows, expected_frames, matches = [], {}, {}
+    kinds = ["review", "list"]
+    for i in range(600):
+        scores = _scores(rng)
+        if i % 50 == 0:  # exactly on a threshold: "at or above", with the service's float slack
+            scores = {"porn": thresholds.adult / 2, "sexy": thresholds.adult / 2, "hentai": 0.0,
+                      "neutral": 1 - thresholds.adult, "drawings": 0.0}
+        row: dict[str, Any] = {"source": f"s{i}", "sha256": _sha(i), **scores}
+        if i % 7 == 0:  # an animation: the worst frame under these thresholds decides
+            frames = [FrameScore(k * 3, k * 100, _scores(rng)) for k in range(rng.randint(1, 5))]
+            expected_frames[i] = frames
+            row.update({c: None for c in CLASS_NAMES})
+            row["frames"] = [{"index": f.index, "time_ms": f.time_ms, "scores": [f.scores[c] for c in CLASS_NAMES]}
+                             for f in frames]
+        if i % 5 == 0:
+            # a remembered decision carries the decided image's scores (the service's look-alike rule uses them)
+            decided = _scores(rng) if i % 3 else scores
+            matches[_sha(i)] = Match(kinds[i % 2], rng.choice([ADULT, SAFE]), "deny", rng.choice(["sha256", "pdq"]),
+                                     rng.randint(0, 31), i, None, decided if kinds[i % 2] == "review" else None,
+                                     "MobileNetV2Mid")
+        if i % 97 == 0:
+            row = {"source": f"s{i}", "sha256": _sha(i), "error_code": "not_an_image"}
+        rows.append(row)
+    table = _rows(rows)
+    got = judge(table, thresholds, 4, _Known(matches), now=NOW)
+    for i, row in enumerate(rows):
+        if "error_code" in row:
+            assert got["verdict"][i].as_py() is None and got["porn"][i].as_py() is None
+            continue
+        scores = {c: float(np.float32(row[c])) for c in CLASS_NAMES} if i not in expected_frames else \
+            expected_frames[i][0].scores
+        want = service_judge(scores, thresholds, ModelInfo("MobileNetV2Mid", "v1"), Timings(0, 0, 0, 0), _sha(i), 4,
+                             frames=expected_frames.get(i), match=matches.get(_sha(i)))
+        assert got["verdict"][i].as_py() == want.verdict, i
+        assert got["verdict_source"][i].as_py() == want.verdict_source, i
+        assert got["adult_score"][i].as_py() == want.adult_score and got["safe_score"][i].as_py() == want.safe_score
+        assert [got[c][i].as_py() for c in CLASS_NAMES] == [want.scores[c] for c in CLASS_NAMES]
+        assert got["deciding_frame"][i].as_py() == want.deciding_frame
+        assert got["match_by"][i].as_py() == (want.match.by if want.match else None)
+    assert set(got["thresholds_version"].to_pylist()) == {4}
+
+
+# ---------------------------------------------------------------- queueing
+
+
+def test_queueing_takes_unknowns_and_a_stable_audit_share_at_most_once(tmp_path):
+    rows = [{"source": f"s{i}", "sha256": _sha(i), "verdict": [UNKNOWN, SAFE, ADULT][i % 3], "verdict_source": "model",
+             "porn": 0.2, "sexy": 0.1, "hentai": 0.0, "neutral": 0.6, "drawings": 0.1} for i in range(300)]
+    rows[0]["verdict_source"] = "list"  # a known image already has a human verdict: never queued
+    rows.append({"source": "bad", "sha256": _sha(999), "error_code": "not_an_image"})
+    table = _rows(rows)
+    pick = wanted(table, (UNKNOWN,), 0.1)
+    unknowns = {i for i in range(300) if i % 3 == 0 and i != 0}
+    audit = {i for i in range(300) if i % 3 and audited(_sha(i), 0.1)}
+    assert set(np.flatnonzero(pick).tolist()) == unknowns | audit
+    assert 5 <= len(audit) <= 40  # about 10 % of 200
+    assert audit == {i for i in range(300) if i % 3 and audited(_sha(i), 0.1)}  # the same draw every time
+    assert not any(audited(_sha(i), 0.0) for i in range(300)) and all(audited(_sha(i), 1.0) for i in range(300))
+    queue = ReviewQueue(None, data_dir=tmp_path)
+    try:
+        queuer = Queuer(queue, (UNKNOWN,), 0.1)
+        ids = queuer.enqueue(table)
+        assert queue.counts()["pending"] == len(unknowns | audit) == queuer.queued
+        assert sorted(i for i, v in enumerate(ids.to_pylist()) if v is not None) == sorted(unknowns | audit)
+        again = table.set_column(table.schema.get_field_index("review_id"), "review_id", ids)
+        assert Queuer(queue, (UNKNOWN,), 0.1).enqueue(again).equals(ids)  # rows with a review id: not again
+        assert queue.counts()["pending"] == len(unknowns | audit)
+        # a driver killed after queueing but before writing: the same images again find their open items
+        assert Queuer(queue, (UNKNOWN,), 0.1).enqueue(table).equals(ids)
+        assert queue.counts()["total"] == len(unknowns | audit)
+    finally:
+        queue.close()
+
+
+# ---------------------------------------------------------------- reverdict
+
+
+def _dataset_of_scores(tmp_path: Path, n: int, parts: int = 4) -> tuple[ScanDataset, list[dict[str, Any]]]:
+    rng = random.Random(3)
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    rows = [{"source": f"s{i}", "sha256": _sha(i), **_scores(rng)} for i in range(n)]
+    rows[1] = {"source": "s1", "sha256": _sha(1), "error_code": "not_an_image"}
+    table = _rows(rows)
+    for name, column in judge(table, Thresholds(), 1, now=NOW).items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    run = new_run_id(NOW)
+    step = -(-n // parts)
+    for k in range(parts):
+        ds.write_part(table.slice(k * step, step), run, k)
+    return ds, rows
+
+
+def test_reverdict_rejudges_stored_scores_reports_the_changes_and_is_idempotent(tmp_path):
+    ds, rows = _dataset_of_scores(tmp_path, 2000)
+    before = {name: (tmp_path / "ds" / name).read_bytes() for name in ds.parts()}
+    new = Thresholds(adult=0.5, safe=0.6)
+    dry = reverdict(ds, new, 2, dry_run=True)
+    assert {name: (tmp_path / "ds" / name).read_bytes() for name in ds.parts()} == before  # nothing written
+    report = reverdict(ds, new, 2)
+    expected: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if "error_code" in row:
+            pair = ("error", "error")
+        else:
+            scores = {c: float(np.float32(row[c])) for c in CLASS_NAMES}
+            pair = (Thresholds().decide(scores), new.decide(scores))
+        expected[pair] = expected.get(pair, 0) + 1
+    assert report.transitions == expected == dry.transitions
+    changed = sum(c for (o, n), c in expected.items() if o != n)
+    assert report.changed == changed == len(report.changes) > 0 and report.rows == 2000 and report.judged == 1999
+    assert report.parts_rewritten == 4
+    view = ds.view()
+    assert set(view["thresholds_version"].to_pylist()) == {2}
+    by_source = dict(zip(view["source"].to_pylist(), view["verdict"].to_pylist(), strict=True))
+    for change in report.changes:
+        assert by_source[change["source"]] == change["new_verdict"]
+    assert view["porn"].equals(_rows(rows)["porn"])  # the scores are the scan's, untouched
+    csv_text = report.changes_csv()
+    assert csv_text.splitlines()[0].startswith("source,sha256,old_verdict,new_verdict") and \
+        len(csv_text.splitlines()) == changed + 1
+    again = reverdict(ds, new, 2)
+    assert again.changed == 0 and again.parts_rewritten == 0
+    back = reverdict(ds, Thresholds(), 1)
+    assert back.changed == changed and ds.view()["verdict"].equals(
+        pa.chunked_array([judge(_rows(rows), Thresholds(), 1, now=NOW)["verdict"]]))
+
+
+def test_reverdict_counts_only_the_latest_row_of_each_image_and_applies_hash_lists(tmp_path):
+    ds, rows = _dataset_of_scores(tmp_path, 40, parts=2)
+    # s5 was scanned again later (its bytes changed): its old row is hidden
+    newer = _rows([{"source": "s5", "sha256": _sha(500), "porn": 0.0, "sexy": 0.0, "hentai": 0.0, "neutral": 1.0,
+                    "drawings": 0.0}])
+    ds.write_part(newer, new_run_id(NOW + _dt.timedelta(days=1)), 0)
+    pool = open_pool(None, tmp_path)
+    known = KnownImages(pool)
+    try:
+        known.import_list([ListEntry(_sha(500), None, "deny", "takedown")], by="admin")
+        report = reverdict(ds, Thresholds(), 1, lookup=known.lookup_many)
+        assert report.rows == 40
+        assert [(c["source"], c["old_verdict"], c["new_verdict"], c["new_verdict_source"]) for c in report.changes] \
+            == [("s5", None, ADULT, "list")]
+        latest_rows = latest(ds.read(["source", "verdict", "verdict_source", "match_by"]))
+        s5 = latest_rows.filter(pa.compute.equal(latest_rows["source"], "s5")).to_pylist()
+        assert s5 == [{"source": "s5", "verdict": ADULT, "verdict_source": "list", "match_by": "sha256", "_order": 40}]
+    finally:
+        known.close()
+        pool.close()
+
+
+# ---------------------------------------------------------------- the worker and the driver, without Ray
+
+
+@pytest.fixture(scope="module")
+def worker_config() -> WorkerConfig:
+    settings = load_settings(environ={"NSFW_COMPILED_DIR": COMPILED_DIR})
+    name = settings.model_config.name
+    return WorkerConfig(model_name=name, model_version=version(*read_verified(ROOT / "model", name)),
+                        model=settings.model_config, decode=settings.decode_limits, fetch=settings.fetch_policy)
+
+
+def test_hostile_files_are_error_rows_with_stable_codes_and_the_model_loads_once(tmp_path, worker_config):
+    expected = catalogue(tmp_path)
+    loads = ScanWorker.loads
+    worker = ScanWorker(worker_config)
+    try:
+        answers = [worker(t) for t in listing_tables(list_sources([str(tmp_path)]), 5)]
+        assert ScanWorker.loads == loads + 1  # once per actor, not per batch (6 batches here)
+        rows = {r["source"]: r for t in answers for r in t.to_pylist()}
+        assert {s: r["error_code"] for s, r in rows.items()} == expected
+        assert all(r["status"] == (SCORED if expected[s] is None else FAILED) for s, r in rows.items())
+        assert all(r["model_rows"] == 0 for s, r in rows.items() if expected[s] is not None)
+        gif = rows[str(tmp_path / "odd" / "frames.gif")]
+        assert gif["frames"] and gif["scores"] is None and gif["pdq"] is None  # animations: sha256 only
+        house = rows[next(s for s in rows if s.endswith("reference-house.jpg"))]
+        assert house["sha256"] == hashlib.sha256((ROOT / "tests/fixtures/reference/house.jpg").read_bytes()).hexdigest()
+        assert len(house["pdq"]) == 32 and house["size"] == (ROOT / "tests/fixtures/reference/house.jpg").stat().st_size
+        # the reference scores (nsfwjs 4.4.0's own outputs, within 0.01)
+        reference = json.loads((ROOT / "tests/fixtures/reference/nsfwjs-4.4.0-outputs.json").read_text())
+        ref = [reference["MobileNetV2Mid"]["house.jpg"][k] for k in ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")]
+        assert all(abs(got - want) < 0.01 for got, want in zip(house["scores"], ref, strict=True))
+        # what the dataset holds is skipped before decoding, after reading and hashing
+        done = np.array([key(s, r["sha256"]) for s, r in rows.items() if r["sha256"]], dtype=np.uint64)
+        skipping = ScanWorker(worker_config, done)
+        again = [r for t in listing_tables(list_sources([str(tmp_path)]), 50) for r in skipping(t).to_pylist()]
+        assert {r["status"] for r in again if r["sha256"]} == {SKIPPED}
+        assert sum(r["model_rows"] for r in again) == 0
+        skipping.close()
+    finally:
+        worker.close()
+
+
+def test_fast_decode_drafts_large_jpegs_to_the_model_input_and_keeps_every_limit(worker_config):
+    fast = ScanWorker(dataclasses.replace(worker_config, decode_mode="fast"))
+    default = ScanWorker(worker_config)
+    try:
+        assert fast.decoder.draft_size(fast.model) == 224 and default.decoder.draft_size(default.model) == 896
+        assert fast.decoder.limits == default.decoder.limits
+    finally:
+        fast.close()
+        default.close()
+
+
+def test_an_interrupted_run_and_its_rerun_leave_each_image_exactly_once(tmp_path, worker_config):
+    photos = catalogue(tmp_path / "cat")
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    listing = list(list_sources([str(tmp_path / "cat")]))
+    worker = ScanWorker(worker_config)
+
+    def interrupted(tables):
+        for n, table in enumerate(tables):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield worker(table)
+
+    def driver() -> Driver:
+        return Driver(ds, model=worker_config.model_name, model_version=worker_config.model_version,
+                      run_id=new_run_id(), thresholds=Thresholds(), thresholds_version=None, flush_rows=4)
+
+    first = driver()
+    with pytest.raises(KeyboardInterrupt):
+        first.consume(interrupted(listing_tables(listing, 4)))
+    assert first.summary.rows_written == 12 == ds.view().num_rows  # Ctrl-C wrote what was answered
+    done = ds.done(worker_config.model_name, worker_config.model_version)
+    second = driver()
+    skipping = ScanWorker(worker_config, done.keys)
+    summary = second.consume(skipping(t) for t in listing_tables(listing, 4))
+    assert summary.skipped == 12 and summary.scored + summary.errors == len(photos) - 12
+    table = ds.read()
+    assert sorted(table["source"].to_pylist()) == sorted(photos)  # each image exactly once
+    codes = dict(zip(table["source"].to_pylist(), table["error_code"].to_pylist(), strict=True))
+    assert codes == photos
+    worker.close()
+    skipping.close()
+
+
+def test_worker_answers_become_schema_rows():
+    answers = pa.Table.from_pylist([
+        {"source": "a", "kind": FILE, "status": SCORED, "size": 3, "sha256": _sha(1), "scores": [0.1, 0.2, 0.3, 0.3, 0.1],
+         "pdq": b"\x01" * 32, "model_rows": 1, "worker": "h:1", "model_loads": 1},
+        {"source": "b", "kind": URL, "status": FAILED, "error_code": "upstream_timeout", "error_message": "slow",
+         "model_rows": 0, "worker": "h:1", "model_loads": 1},
+    ], schema=WORKER_SCHEMA)
+    rows = to_rows(answers, "MobileNetV2Mid", "v1", "run", NOW)
+    assert rows.schema == SCHEMA
+    assert rows.column("porn").to_pylist()[0] == pytest.approx(0.3) and rows.column("porn").to_pylist()[1] is None
+    buf = io.BytesIO()
+    pq.write_table(rows, buf)
+    assert pq.read_table(io.BytesIO(buf.getvalue())).schema.equals(SCHEMA)
+
+
+# ---------------------------------------------------------------- the command's refusals
+
+
+def test_embeddings_and_adapters_are_refused_until_the_models_give_embeddings(tmp_path, capsys):
+    assert cli.main([str(REFERENCE_IMAGES[0]), "--out", str(tmp_path / "ds"), "--embeddings"]) == 2
+    assert "no embeddings yet" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "adapter.json"]) == 2
+    assert "no adapter support yet" in capsys.readouterr().err
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adult", "0.5"]) == 2
+    assert cli.main([str(REFERENCE_IMAGES[0]), "--out", str(tmp_path / "x"), "--audit-share", "0.1"]) == 2
+    assert "--audit-share needs --queue" in capsys.readouterr().err
+    assert cli.main(["reverdict", str(tmp_path / "nothing")]) == 2
+    assert "not an nsfw-scan dataset" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- Ray stays out of the service
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_scan_engine_imports_ray():
+    files = [*(ROOT / "nsfw_core").rglob("*.py"), *(ROOT / "nsfw_ui").rglob("*.py"), *(ROOT / "pages").rglob("*.py"),
+             ROOT / "app.py", ROOT / "streamlit_app.py"]
+    importers = sorted(str(p.relative_to(ROOT)) for p in files if any(n.split(".")[0] == "ray" for n in _imports(p)))
+    assert importers == ["nsfw_core/scan/engine.py"]
+    # nothing outside the scan package imports the scan package (so nothing there can reach Ray)
+    outside = sorted(str(p.relative_to(ROOT)) for p in files if "nsfw_core/scan/" not in p.as_posix()
+                     and any(n.startswith("nsfw_core.scan") for n in _imports(p)))
+    assert outside == []
+    # the service's install has no Ray; the scan extra does
+    service = (ROOT / "requirements.txt").read_text().lower()
+    assert "ray" not in {line.split("==")[0].split("[")[0].strip() for line in service.splitlines()}
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("ray")]
+    assert project["optional-dependencies"]["scan"] == ["ray[data]"]
+    assert project["scripts"]["nsfw-scan"] == "nsfw_core.scan.cli:main"
+
+
+@pytest.mark.slow
+def test_the_server_and_the_scan_command_without_a_scan_never_load_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, app, nsfw_core.http.app, nsfw_core.context, nsfw_core.cli, nsfw_core.scan.cli, "
+            "nsfw_core.scan.reverdict, nsfw_core.scan.driver; print(sorted(m for m in sys.modules if m == 'ray' "
+            "or m.startswith('ray.')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_many_lookups_at_once_answer_as_one_lookup_each(tmp_path):
+    """KnownImages.lookup_many (reverdict's: the known hashes searched among the rows') == lookup per row."""
+    rng = np.random.default_rng(5)
+    listed = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes() for _ in range(60)]
+
+    def near(h: bytes, bits: int) -> bytes:
+        a = np.unpackbits(np.frombuffer(h, np.uint8))
+        a[rng.choice(256, bits, replace=False)] ^= 1
+        return np.packbits(a).tobytes()
+
+    pool = open_pool(None, tmp_path)
+    known = KnownImages(pool)
+    try:
+        known.import_list([ListEntry(_sha(i) if i % 3 == 0 else None, h.hex(), ["deny", "allow"][i % 2])
+                           for i, h in enumerate(listed)], by="admin")
+        known.import_list([ListEntry(None, listed[7].hex(), "allow", "changed")], by="admin")  # replaces an entry
+        queries: list[tuple[str | None, bytes | None]] = [(_sha(i) if i % 5 == 0 else _sha(1000 + i),
+                    near(listed[i % 60], int(rng.integers(0, 45))) if i % 4 else None) for i in range(300)]
+        queries += [(None, rng.integers(0, 256, 32, dtype=np.uint8).tobytes()) for _ in range(50)]
+        one_by_one = [known.lookup(s or "", p) for s, p in queries]
+        assert sum(m is not None for m in one_by_one) > 100
+        for batch in (queries, queries[:10]):  # larger than the known hashes (reversed), and smaller
+            assert known.lookup_many([s for s, _ in batch], [p for _, p in batch]) == one_by_one[:len(batch)]
+    finally:
+        known.close()
+        pool.close()
