@@ -616,3 +616,100 @@ print(result.verdict, round(result.adult_score, 4), "sklearn" in sys.modules and
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["adult", "0.8808", "False"]
+
+
+# ---------------------------------------------------------------- with issue 25's audits and issue 29's audiences
+
+
+def test_reviewed_items_train_weighted_by_what_they_stand_for_in_production(policy, tmp_path, monkeypatch):
+    """An audit item queued at rate r stands for 1/r production images (issue 25): training on the reviewed items
+    (the CLI here; the Calibrate page calls the same examples_from_reviewed) weighs each so, as the page's
+    reviewed-items figures are weighted."""
+    from nsfw_core.state.review import ReviewQueue
+    from nsfw_core.state.review.audit import AUDIT, REVIEW
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("NSFW_DATA_DIR", str(data))
+    queue = ReviewQueue(None, data_dir=data)
+    pool = open_pool(None, data)
+    store = Adapters(pool)
+    expected: dict[int, float] = {}
+    try:
+        for i, example in enumerate(policy["train"]):
+            audited = i % 3 == 0
+            probability = (0.01 if example.truth else 0.002) if audited else 1.0
+            verdict = ("adult" if example.truth else "safe") if audited else "unknown"
+            item = queue.enqueue(example.sha256, f"upload:{i}", dict(example.scores), policy["model"], verdict,
+                                 kind=AUDIT if audited else REVIEW, probability=probability)
+            store.save_item_embedding(item, policy["model"], policy["version"], example.embedding)
+            queue.decide(item, "rev", "adult" if example.truth else "safe")
+            expected[item] = 1 / probability
+        examples, missing = training.examples_from_reviewed(queue.reviewed_items(),
+                                                            store.item_embeddings(policy["model"], policy["version"]))
+        assert missing == 0 and sorted(e.weight for e in examples) == pytest.approx(sorted(expected.values()))
+        assert {round(e.weight) for e in examples} == {1, 100, 500}
+        # weights given by id still win (a caller's own weighting)
+        again, _ = training.examples_from_reviewed(queue.reviewed_items(),
+                                                   store.item_embeddings(policy["model"], policy["version"]),
+                                                   weights={item: 1.0 for item in expected})
+        assert {e.weight for e in again} == {1.0}
+    finally:
+        store.close()
+        queue.close()
+        pool.close()
+    code, out, err = run_cli("adapter", "train", "--reviewed", "--name", "weighted")
+    assert code == 0, err
+    report = json.loads(out)["report"]
+    assert report["weighted"] and report["weight_sum"] == pytest.approx(sum(expected.values()))
+
+
+def test_review_and_audit_items_keep_their_embedding_with_their_bytes_and_probability(policy, tmp_path):
+    """Every queued item keeps its image's embedding: those NSFW_REVIEW_VERDICTS queue (with issue 29's bytes and
+    review id) and issue 25's audit sample (kind "audit", the probability that drew it, its bytes)."""
+    settings = make_settings(tmp_path / "data", audit_rate=(("adult", 1.0), ("safe", 1.0)),
+                             review_store_uploads=True)
+    with running(settings) as client:
+        answers = [client.post("/predict?detail=1", content=draw(9100 + k), headers=PNG).json()
+                   for k in range(3) for draw in (striped, blobs)]
+        ctx = current()
+        queue, model = ctx.review_queue, ctx.models.get()
+        items = {it.sha256: it for it in queue.items()}
+        assert len(items) == len(answers)  # each image queued: for review (unknown) or audited (adult, safe)
+        kinds = set()
+        for answer in answers:
+            item = items[answer["sha256"]]
+            full = queue.get(item.id)
+            assert full is not None and full.image is not None  # the bytes that were classified
+            kept = ctx.adapters.item_embedding(item.id)
+            assert kept is not None and kept[:2] == (model.name, model.version)
+            if answer["verdict"] == "unknown":
+                assert item.kind == "review" and "review_id" in answer
+            else:
+                assert (item.kind, item.probability) == ("audit", 1.0) and "review_id" not in answer
+            kinds.add(item.kind)
+        assert "audit" in kinds, [a["verdict"] for a in answers]  # the sample drew automatic verdicts
+
+
+def test_asking_for_the_base_model_queues_privately_what_the_adapter_would_not(policy, tmp_path):
+    """Issue 29's audiences with issue 26: an item that only the request's own choice ("adapter": false) sends to
+    review protects only that client once decided, as one queued by its own thresholds does."""
+    settings = make_settings(tmp_path / "data", safe_threshold=0.999)
+    store = Adapters(open_pool(None, tmp_path / "data"))
+    store.publish(save(store, policy, trained(policy)).name, by="test")
+    with running(settings) as client:
+        by_adapter, by_base = None, None
+        for seed in range(7000, 7040):  # an image the adapter allows and the base model leaves unknown
+            image = blobs(seed)
+            with_adapter = client.post("/v1/classify", json={"image": {"base64": b64(image)}}).json()
+            if with_adapter.get("adapter") and with_adapter["verdict"] == "safe":
+                base = client.post("/v1/classify", json={"image": {"base64": b64(image)}, "adapter": False}).json()
+                if base["verdict"] == "unknown":
+                    by_adapter, by_base = with_adapter, base
+                    break
+        assert by_adapter is not None and by_base is not None, "no image the adapter allows and the base leaves"
+        assert "review_id" not in by_adapter and "review_id" in by_base
+        queue = current().review_queue
+        found = queue.ticket(by_base["review_id"])
+        assert found is not None
+        item = queue.get(found[0])
+        assert item is not None and item.audience == found[1] != ""  # protects only the client that asked
