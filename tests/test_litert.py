@@ -40,13 +40,13 @@ def compiled_mid(tmp_path_factory):
     return cache, litert.compiled_path(cache, "MobileNetV2Mid", doc, blob), model
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
 def still(prepared: np.ndarray | FrameInputs) -> np.ndarray:
     """The model input of a still image (not an animation's frames)."""
     assert isinstance(prepared, np.ndarray)
     return prepared
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_litert_agrees_with_the_tensorflow_runtime(name):
     decoder = Decoder(load_settings(environ={}).decode_limits)
     lite = model_named(name)
