@@ -25,7 +25,7 @@ import nsfw_core.base.arenas  # noqa: F401 - first: caps malloc arenas before an
 from nsfw_core.base import logs
 from nsfw_core.base.settings import Settings, SettingsError, load_settings
 from nsfw_core.http import app as api
-from nsfw_ui import framing, oidc, signout, uploads
+from nsfw_ui import framing, oidc, signout, stmetrics, uploads
 
 ROOT = Path(__file__).resolve().parent
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests get this long after SIGTERM
@@ -67,8 +67,11 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
 
 # Streamlit's upload endpoint holds files in memory without a total: bounded here (nsfw_ui/uploads.py)
 _max_upload_store = (_settings or load_settings({})).max_upload_store_bytes
+# Streamlit's /_stcore/metrics follows /metrics' rule (nsfw_ui/stmetrics.py)
+_metrics_keys = (_settings.api_keys + (_settings.metrics_token,)) if _settings is not None else ()
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
              middleware=[Middleware(framing.NoFraming),  # no other site frames the pages (clickjacking)
+                         Middleware(stmetrics.MetricsGuard, keys=_metrics_keys),
                          Middleware(signout.EndSessionOnLogout),  # /auth/logout ends the session on the server
                          Middleware(uploads.UploadGuard, max_store_bytes=_max_upload_store)])
 

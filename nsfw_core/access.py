@@ -41,7 +41,7 @@ import time
 import tomllib
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from nsfw_core.base.emails import asserted_email, shown_text
 from nsfw_core.base.errors import Forbidden, TooManyAttempts
@@ -135,8 +135,8 @@ class AttemptLimiter:
     """Failed sign-ins allowed per sliding window, for the whole process (every session together).
 
     A wrong secret is counted; once ``max_failures`` fall in ``window_s`` seconds, every attempt is
-    refused unchecked until the oldest failure leaves the window.  Per process: with N replicas an
-    attacker gets N times the rate, which at 5 a minute still leaves a 16-character secret out of reach.
+    refused unchecked until the oldest failure leaves the window.  With ``NSFW_DATABASE_URL`` the failures
+    are counted in the database (``store``), so replicas share the count; per process otherwise.
 
     Global on purpose, and so a denial of service: anyone can keep secret sign-in locked with 5 wrong
     guesses a minute.  Counting per session or per client would not bound guessing (a new websocket
@@ -146,29 +146,33 @@ class AttemptLimiter:
     """
 
     def __init__(self, max_failures: int = 5, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, store: FailureStore | None = None) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
-        self._clock = clock
+        self._clock = clock  # wall-clock seconds with a shared store (replicas compare their times)
         self._failures: deque[float] = deque()
+        self._store = store  # the database's (nsfw_core.state.limits), shared by replicas; None: this process
         self._lock = threading.Lock()
         self.refused = 0  # attempts refused unchecked during the current lockout
 
-    def _trim(self, now: float) -> None:
+    def _recent(self, now: float) -> list[float]:
+        if self._store is not None:
+            return self._store.since(now - self.window_s, self.max_failures)
         while self._failures and now - self._failures[0] >= self.window_s:
             self._failures.popleft()
+        return list(self._failures)
 
     def check(self) -> None:
         """Raise :class:`TooManyAttempts` while the window is full."""
         with self._lock:
             now = self._clock()
-            self._trim(now)
-            if len(self._failures) >= self.max_failures:
-                wait = max(1, int(self.window_s - (now - self._failures[0]) + 0.999))
+            recent = self._recent(now)
+            if len(recent) >= self.max_failures:
+                wait = max(1, int(self.window_s - (now - recent[0]) + 0.999))
                 self.refused += 1
                 if self.refused & (self.refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...: counted, no log flood
                     log.warning("sign-in with a secret refused unchecked: %d failures in %g s; %d attempts "
-                                "refused in this lockout", len(self._failures), self.window_s, self.refused)
+                                "refused in this lockout", len(recent), self.window_s, self.refused)
                 raise TooManyAttempts(f"too many failed sign-ins: try again in {wait} s", retry_after=wait)
             if self.refused:
                 log.warning("sign-in lockout over: %d attempts were refused unchecked during it", self.refused)
@@ -176,7 +180,18 @@ class AttemptLimiter:
 
     def failed(self) -> None:
         with self._lock:
-            self._failures.append(self._clock())
+            if self._store is not None:
+                self._store.add(self._clock())
+            else:
+                self._failures.append(self._clock())
+
+
+class FailureStore(Protocol):
+    """Where :class:`AttemptLimiter` keeps its failures when replicas share them (``nsfw_core.state.limits``)."""
+
+    def add(self, at: float) -> None: ...
+
+    def since(self, after: float, limit: int) -> list[float]: ...
 
 
 def _matches(email: str, entries: Iterable[str]) -> bool:

@@ -35,6 +35,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
@@ -42,7 +43,7 @@ from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
 from nsfw_core.inference.embeddings import ExampleMatch, embedding_distance
 from nsfw_core.inference.model import Model, scores_dict
-from nsfw_core.inference.pipeline import FrameInputs, score_sources
+from nsfw_core.inference.pipeline import FrameInputs, VideoInfo, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
 from nsfw_core.state.adapters import Adapters, AdapterVersion
@@ -126,6 +127,41 @@ class FrameScore:
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+    """Consecutive sampled frames of a video with the same verdict: from the first one's time to the next
+    segment's (the video's end for the last), and the highest score of each class among them."""
+
+    start_ms: int
+    end_ms: int
+    verdict: str
+    max_scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_ms": self.start_ms, "end_ms": self.end_ms, "verdict": self.verdict,
+                "max_scores": dict(self.max_scores)}
+
+
+def segments(frames: Sequence[FrameScore], thresholds: Thresholds, end_ms: int) -> tuple[Segment, ...]:
+    """A video's timeline: its sampled frames (in time order), each judged under ``thresholds`` (on its
+    ``adapter_score`` when an adapter judged the video, as :func:`judge` does), merged into runs of the same
+    verdict."""
+    out: list[Segment] = []
+    ordered = sorted(frames, key=lambda f: f.time_ms)
+    for i, frame in enumerate(ordered):
+        verdict = thresholds.decide(frame.scores) if frame.adapter_score is None else \
+            thresholds.decide_scores(frame.adapter_score, 1.0 - frame.adapter_score)
+        if out and out[-1].verdict == verdict:
+            last = out[-1]
+            out[-1] = dataclasses.replace(last, max_scores={c: max(v, frame.scores[c])
+                                                            for c, v in last.max_scores.items()})
+        else:
+            out.append(Segment(frame.time_ms, frame.time_ms, verdict, dict(frame.scores)))
+        following = ordered[i + 1].time_ms if i + 1 < len(ordered) else max(end_ms, frame.time_ms)
+        out[-1] = dataclasses.replace(out[-1], end_ms=following)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
 class Classification:
     """One image's scores, its verdict under the thresholds in force, and how it was reached."""
 
@@ -147,6 +183,9 @@ class Classification:
     # that decided the verdict (verdict_source "examples").
     adapter: AdapterVersion | None = dataclasses.field(default=None, compare=False, repr=False)
     example: ExampleMatch | None = None
+    deciding_time_ms: int | None = None  # when the deciding frame is shown (None: a still image)
+    video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
+    segments: tuple[Segment, ...] | None = None  # a video's timeline
     near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
     # The image's embedding (an animation's deciding frame's), from the forward pass that gave the scores: kept
     # with a queued review item, compared with a look-alike's; never part of the answer.
@@ -174,6 +213,11 @@ class Classification:
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
+            out["deciding_time_ms"] = self.deciding_time_ms
+        if self.video is not None:
+            out["video"] = self.video.to_dict()
+        if self.segments is not None:
+            out["segments"] = [s.to_dict() for s in self.segments]
         if self.review is not None:
             out["review_id"] = self.review.id
             if self.review.error is not None:
@@ -185,7 +229,7 @@ class Classification:
         that gave the adult score still gives it (``thresholds`` then apply to its score)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
                      match=self.match or self.near, adapter=self.adapter, example=self.example,
-                     embedding=self.embedding,
+                     embedding=self.embedding, video=self.video,
                      adapter_score=self.adult_score if self.adapter is not None and not self.frames else None)
 
 
@@ -193,7 +237,8 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
           sha256: str, thresholds_version: int | None = None, *,
           frames: Sequence[FrameScore] | None = None, match: Match | None = None,
           embedding: np.ndarray | None = None, adapter: AdapterVersion | None = None,
-          example: ExampleMatch | None = None, adapter_score: float | None = None) -> Classification:
+          example: ExampleMatch | None = None, adapter_score: float | None = None,
+          video: VideoInfo | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
     The model's view: the adult score is the sum of ``thresholds``' adult classes, or, with ``adapter`` (the
@@ -229,8 +274,14 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
       the refused match is kept in ``near`` for the reviewer (never in the client's answer).
 
     A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
+
+    A video (``video``: its frames are ``frames``, judged on the worst as an animation's) gets its timeline
+    (``segments``).  Its perceptual match is vPDQ's (``match.by`` "vpdq": most of its sampled frames and most of
+    the known video's match, :mod:`nsfw_core.state.vpdq`), held to the same rule in that form: a frame-majority
+    match never clears a video the model calls adult, and clears one the model left "unknown" only when the model
+    sees it alike (its worst frame's adult score at most the margin above the decided video's worst frame's).
     """
-    deciding = None
+    deciding = deciding_time = None
     if adapter is not None:
         readable = [f.adapter_score is not None or f.embedding is not None for f in frames] if frames else \
             [adapter_score is not None or embedding is not None]
@@ -245,7 +296,7 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
             frames = [f if f.adapter_score is None else dataclasses.replace(f, adapter_score=None) for f in frames]
         worst = max(frames, key=lambda f: (f.adapter_score if f.adapter_score is not None
                                            else thresholds.adult_score(f.scores), -f.index))
-        scores, deciding = worst.scores, worst.index
+        scores, deciding, deciding_time = worst.scores, worst.index, worst.time_ms
         adult_score = worst.adapter_score
         embedding = worst.embedding
     elif adapter is not None:
@@ -286,10 +337,13 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         thresholds_version=thresholds_version,
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
+        deciding_time_ms=deciding_time,
         verdict_source=source,
         match=match,
         adapter=adapter,
         example=example,
+        video=video,
+        segments=segments(frames, thresholds, video.duration_ms) if video is not None and frames else None,
         near=near,
         embedding=embedding,
     )
@@ -388,7 +442,7 @@ class Classifier:
         self.observe(result, False)
         return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
-    def adapter_for(self, model: Model, wanted: bool = True) -> AdapterVersion | None:
+    def adapter_for(self, model: Model | ModelInfo, wanted: bool = True) -> AdapterVersion | None:
         """The adapter in force for ``model`` (trained on its version), unless not ``wanted``."""
         if not wanted or self.adapters is None:
             return None
@@ -403,6 +457,15 @@ class Classifier:
         loaded = self.models.loaded_model(model)  # not loaded yet: the adapter in force for its name
         found = self.adapters.current(model or self.models.default, loaded.version if loaded is not None else None)
         return found.thresholds(base) if found is not None else base
+    def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
+        """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
+        return self._lane(name)
+
+    def known_video(self, sha: str, hashes: Sequence[bytes | None], client: str | None = None) -> Match | None:
+        """The known video this one is: the same bytes, or most of its frames' PDQ hashes matching a known
+        video's (:meth:`~nsfw_core.state.known.KnownImages.lookup_video`), among the decisions ``client`` may
+        use."""
+        return self.known.lookup_video(sha, hashes, client)
 
     @contextlib.asynccontextmanager
     async def _lane(self, name: str | None) -> AsyncIterator[Lane]:
@@ -417,7 +480,11 @@ class Classifier:
             yield other
 
     def _recognise(self, client: str, x: np.ndarray | FrameInputs, sha: str) -> Match | None:
-        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input."""
+        """Worker thread: the known image this one is, by sha256 and (a still image) PDQ of its model input;
+        a video by sha256 and its frames' PDQ hashes (:meth:`known_video`).  ``client``: whose decisions count
+        (a decision for one client's own thresholds matches only it)."""
+        if isinstance(x, FrameInputs) and x.video is not None:
+            return self.known_video(sha, [phash.query_hash(f) for f in x.inputs], client)
         query = phash.query_hash(x) if isinstance(x, np.ndarray) else None
         return self.known.lookup(sha, query, client)
 
@@ -444,21 +511,28 @@ class Classifier:
             scores, embedding = scores_dict(row.probs), row.embedding
             embeddings = None if embedding is None else embedding[None]
         inference_s = time.perf_counter() - t0
-        result, private = self._judged(lane.model, scores, frames, embedding, embeddings, prepared.found, override,
-                                       use_adapter, Timings.of(prepared.fetch_s, prepared.decode_s, inference_s,
-                                                               time.perf_counter() - started), prepared.sha256)
-        return result, private
+        timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
+        return self.verdict(scores, override, ModelInfo(lane.model.name, lane.model.version), timings,
+                            prepared.sha256, frames=frames, match=prepared.found,
+                            video=x.video if isinstance(x, FrameInputs) else None, embedding=embedding,
+                            embeddings=embeddings, use_adapter=use_adapter)
 
-    def _judged(self, model: Model, scores: dict[str, float], frames: list[FrameScore] | None,
-                embedding: np.ndarray | None, embeddings: np.ndarray | None, found: Match | None,
-                override: Thresholds | None, use_adapter: bool, timings: Timings, sha256: str
-                ) -> tuple[Classification, bool]:
-        """The verdict: the adapter in force (unless not ``use_adapter``) and its thresholds, or the thresholds
-        history's; the known image ``found``; an example set's match.  And ``private``: the request's own
-        thresholds (``override``) or its ``adapter: false`` queue it for review where the server's defaults (the
-        adapter in force and its thresholds, else the thresholds in force) would not."""
+    def verdict(self, scores: dict[str, float], override: Thresholds | None, info: ModelInfo, timings: Timings,
+                sha256: str, *, frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+                video: VideoInfo | None = None, embedding: np.ndarray | None = None,
+                embeddings: np.ndarray | None = None, use_adapter: bool = True) -> tuple[Classification, bool]:
+        """:func:`judge` under the thresholds in force: the adapter in force for ``info``'s model (unless not
+        ``use_adapter``) and its thresholds, else the thresholds history's; or ``override`` (the request's or the
+        job's own).  The known image ``match``; an example set's match (``embeddings``: the image's, one row, or
+        its frames').  And ``private``: the request's own thresholds (``override``) or its ``adapter: false``
+        queue it for review where the server's defaults (the adapter in force and its thresholds, else the
+        thresholds in force) would not; its decision then protects only its client.
+
+        Without embeddings to read (a video job's frames are stored without them) no adapter judges: the base
+        model, under the thresholds history's version in force (never the adapter's thresholds on base scores)."""
         active = self.thresholds.current()
-        in_force = self.adapter_for(model)
+        readable = all(f.embedding is not None for f in frames) if frames else embedding is not None
+        in_force = self.adapter_for(info) if readable else None
         adapter = in_force if use_adapter else None
         if override is not None:
             thresholds, version = override, None
@@ -468,23 +542,22 @@ class Classifier:
             thresholds, version = active.thresholds, active.version
         example = None
         if self.examples is not None:  # consulted even when a known image matched: a refused look-alike falls to it
-            example = self.examples.match(model.name, model.version, embeddings)
-        info = ModelInfo(model.name, model.version)
-        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=found,
-                       embedding=embedding, adapter=adapter, example=example)
+            example = self.examples.match(info.name, info.version, embeddings)
+        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=match,
+                       embedding=embedding, adapter=adapter, example=example, video=video)
         private = False
         if (override is not None or adapter is not in_force) and self.review.queues(result.verdict):
             default_thresholds, default_version = ((in_force.thresholds(active.thresholds), None) if in_force
                                                   else (active.thresholds, active.version))
             by_default = judge(scores, default_thresholds, info, timings, sha256, default_version, frames=frames,
-                               match=found, embedding=embedding, adapter=in_force, example=example)
+                               match=match, embedding=embedding, adapter=in_force, example=example, video=video)
             private = by_default.verdict_source != "model" or not self.review.queues(by_default.verdict)
         return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
                 progress: Callable[[int], None] | None = None, known: bool = True,
-                adapter: bool = True) -> list[Outcome]:
+                adapter: bool = True, long_videos: bool = False) -> list[Outcome]:
         """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
 
         ``known``: a known image (a reviewer's remembered decision, a hash list, an example set) gets the human
@@ -493,8 +566,9 @@ class Classifier:
         """
         model = self.models.get(model_name)
         scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
-                               progress=progress, perceptual=known, embeddings=True)
+                               progress=progress, perceptual=known, embeddings=True, long_videos=long_videos)
         out = []
+        info = ModelInfo(model.name, model.version)
         for s in scored:
             if s.scores is None:
                 out.append(Outcome(s.source, error=s.error, seconds=s.seconds))
@@ -506,8 +580,9 @@ class Classifier:
             embeddings = s.frame_embeddings if s.frames is not None else (
                 None if s.embedding is None else s.embedding[None])
             timings = Timings.of(s.load_s, s.decode_s, s.inference_s, s.seconds)
-            result, _ = self._judged(model, s.scores if frames is None else frames[0].scores, frames, s.embedding,
-                                     embeddings if known else None, found, None, adapter, timings, s.sha256 or "")
+            result, _ = self.verdict(s.scores if frames is None else frames[0].scores, None, info, timings,
+                                     s.sha256 or "", frames=frames, match=found, video=s.video, embedding=s.embedding,
+                                     embeddings=embeddings if known else None, use_adapter=adapter)
             out.append(Outcome(s.source, result, seconds=s.seconds))
         return out
 
@@ -534,8 +609,8 @@ class ReviewIntake:
         return verdict in self.verdicts
 
     async def submit(self, result: Classification, source: str, data: bytes | None,
-                     prepared: np.ndarray | FrameInputs, *, client: str = "", private: bool = False
-                     ) -> Classification:
+                     prepared: np.ndarray | FrameInputs | None, *, client: str = "", private: bool = False,
+                     frame_hashes: Sequence[bytes | None] | None = None) -> Classification:
         """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
         when the sample draws its automatic verdict.
 
@@ -543,14 +618,15 @@ class ReviewIntake:
         can train an adapter (:mod:`nsfw_core.state.adapters`).
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
-        decision, and its bytes (``data``: always for a URL and for an audit item, for an upload when
-        NSFW_REVIEW_STORE_UPLOADS is on).  ``client`` gets a review id of its own (unguessable) and spends its
-        hourly quota; ``private``: only the request's own thresholds queue it, so its decision will protect
-        only ``client``.  A refused look-alike (``result.near``) is shown to the reviewer.  A queue failure
-        (database down) or a spent quota does not fail the prediction: the result carries ``review_error``
-        instead.  An audit item is the server's sample, not the client's request: it changes nothing in the
-        answer (no ``review_id``, no ``review_error``: the automatic verdict stands), costs the client no
-        quota, and its decision protects every client.
+        decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's), and its
+        bytes (``data``: always for a URL and for an audit item, for an upload when NSFW_REVIEW_STORE_UPLOADS
+        is on; a video's the same: the reviewer sees the video that was classified).  ``client`` gets a review
+        id of its own (unguessable) and spends its hourly quota; ``private``: only the request's own thresholds
+        queue it, so its decision will protect only ``client``.  A refused look-alike (``result.near``) is shown
+        to the reviewer.  A queue failure (database down) or a spent quota does not fail the prediction: the
+        result carries ``review_error`` instead.  An audit item is the server's sample, not the client's
+        request: it changes nothing in the answer (no ``review_id``, no ``review_error``: the automatic verdict
+        stands), costs the client no quota, and its decision protects every client.
         """
         if result.match is not None:
             return result
@@ -562,20 +638,29 @@ class ReviewIntake:
             kind, probability = AUDIT, sampled
         reviews = self.audit.reviews()
         near = None if result.near is None else json.dumps(result.near.for_reviewer(), sort_keys=True)
+        meter = ratelimit.current()
+        key_id = meter.key_id if meter is not None else None  # whose image it is (the webhook events say)
 
         def enqueue() -> tuple[int, str]:
             queue = self.queue()
             queue.purge_if_due()
-            hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
+            media = "image"
+            if result.video is not None:  # a video: one PDQ hash a sampled frame, matched as a whole
+                media = "video"
+                found = frame_hashes if frame_hashes is not None else (
+                    [phash.query_hash(f) for f in prepared.inputs] if isinstance(prepared, FrameInputs) else [])
+                hashes: str | None = phash.join_hex([h for h in found if h is not None]) or None
+            else:
+                hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
             if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
                 queued = queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
                                            result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
-                                           probability=probability, reviews=reviews)
+                                           probability=probability, reviews=reviews, media=media)
             else:
                 queued = queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
                                            result.verdict, image_bytes=data, phash=hashes,
                                            audience=client if private else "", matched=near, quota=self.quota,
-                                           reviews=reviews)
+                                           reviews=reviews, media=media, key_id=key_id)
             if self.adapters is not None and result.embedding is not None:
                 try:  # a review item and an audit item alike: either may train an adapter once decided
                     self.adapters.save_item_embedding(queued[0], result.model.name, result.model.version,

@@ -169,7 +169,7 @@ def _run(ctx: Context, args: argparse.Namespace, stdout: TextIO, stderr: TextIO)
     bar = _progress(len(sources), stderr)
     try:
         results = ctx.classifier.sources(sources, model_name=args.model, batch_size=args.batch_size,
-                                   progress=bar.update if bar is not None else None)
+                                   progress=bar.update if bar is not None else None, long_videos=True)
     finally:
         if bar is not None:
             bar.close()

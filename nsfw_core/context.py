@@ -14,7 +14,12 @@ settings that part takes, and wires them together:
 * ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
   worker threads, the isolated decode lane and the admission counters;
 * ``classifier`` (:class:`~nsfw_core.classify.Classifier`): the use case, built from the parts above;
-* ``metrics``, ``access``, ``limiter`` (NSFW_RATE_LIMIT), and the webhooks' delivery task;
+* ``metrics``, ``access``, the request budgets (:mod:`nsfw_core.ratelimit`: ``limiter``, NSFW_RATE_LIMIT;
+  ``wrong_keys``, NSFW_WRONG_KEY_LIMIT; ``share``, NSFW_KEY_SHARE of the capacity measured once the default
+  model is loaded), their buckets and the failed sign-ins in the database when NSFW_DATABASE_URL is set
+  (:mod:`nsfw_core.state.limits`: replicas share them), and the webhooks' delivery task;
+* ``jobs`` (:class:`~nsfw_core.state.jobs.JobStore`) and, in the server, ``job_runner``
+  (:class:`~nsfw_core.jobs.JobRunner`): long videos judged in the background (NSFW_JOB_WORKERS);
 * ``audit`` (NSFW_AUDIT_RATE, NSFW_DOUBLE_REVIEW_RATE) and ``traffic`` (the API's verdicts and scores per day,
   flushed to the database by a background task), which :meth:`Context.evaluation` reads.
 
@@ -39,8 +44,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from nsfw_core.access import Access
+import numpy as np
+
+from nsfw_core import ratelimit
+from nsfw_core.access import Access, AttemptLimiter
 from nsfw_core.admission import Admission
+from nsfw_core.base.cpus import available_cpus
 from nsfw_core.base.platform import storage_warnings
 from nsfw_core.base.settings import Settings, load_settings
 from nsfw_core.classify import Classification, Classifier, ReviewIntake
@@ -49,11 +58,13 @@ from nsfw_core.inference.pipeline import Decoder, load_bytes
 from nsfw_core.inference.registry import Batching, ModelRegistry
 from nsfw_core.intake import Intake
 from nsfw_core.metrics import Metrics, ServingState
-from nsfw_core.ratelimit import RateLimiter
+from nsfw_core.ratelimit import MemoryBuckets, RateLimiter, ShareLimiter
 from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.db import open_pool
 from nsfw_core.state.examples import ExampleSets
+from nsfw_core.state.jobs import Job, JobStore
 from nsfw_core.state.known import KnownImages
+from nsfw_core.state.limits import DatabaseBuckets, DatabaseFailures
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review.audit import AuditPolicy
 from nsfw_core.state.thresholds import ThresholdHistory
@@ -61,6 +72,8 @@ from nsfw_core.state.traffic import FLUSH_INTERVAL, TrafficCounter
 
 if TYPE_CHECKING:
     from nsfw_core.calibration.scorecache import ScoreCache
+    from nsfw_core.inference.model import Model
+    from nsfw_core.jobs import JobRunner
     from nsfw_core.state.sessions import SigninSessions
     from nsfw_core.state.webhooks import Deliverer
 
@@ -78,20 +91,25 @@ class Context:
         self.fetch_policy = settings.fetch_policy
         self.review_config = settings.review_config
         self.model_config = settings.model_config
-        self.access = Access(settings.access_config)
+        shared = bool(settings.database_url.strip())  # replicas share limits through NSFW_DATABASE_URL
         self._lock = threading.Lock()
         self._review: ReviewQueue | None = None
         self._score_cache: ScoreCache | None = None
         self._signin_sessions: SigninSessions | None = None
         # One connection pool on the one database; opening it connects to nothing yet.
         self.database = open_pool(self.review_config.database_url or None, self.review_config.data_dir)
+        self.access = Access(settings.access_config, limiter=AttemptLimiter(
+            clock=time.time, store=DatabaseFailures(self.database, "signin")) if shared else None)
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
         self.known = KnownImages(self.database, distance=settings.match_distance)
         self.adapters = Adapters(self.database)
         self.examples = ExampleSets(self.database)
         self.connections = ConnectionPool()
         self.decoder = Decoder(settings.decode_limits)
-        self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight)
+        # A client's share needs clients told apart: by API key. Without keys a client is its address, and behind
+        # a proxy every client has the proxy's: one share for everyone would make one big image refuse them all.
+        share = serving.key_share if serving.api_keys else 1.0
+        self.admission = Admission(serving.max_in_flight, serving.max_body_bytes_in_flight, share=share)
         self.executor = ThreadPoolExecutor(serving.workers, thread_name_prefix="nsfw-worker")
         # Threads that wait for the isolated decode lane, one per decode process: an expensive image
         # waits there, never in a worker thread that cheap images need.
@@ -115,12 +133,23 @@ class Context:
                                                   adapters=self.adapters),
                                      load=self.load_bytes, observe=self._observe, adapters=self.adapters,
                                      examples=self.examples)
-        self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
+        self.intake.model_cost = self.models.cost
+        buckets = DatabaseBuckets(self.database) if shared else MemoryBuckets()
+        self.limiter = RateLimiter(settings.rate_limit, store=buckets) if settings.rate_limit is not None else None
+        # wrong keys of every role: the clients' (NSFW_API_KEYS), the metrics token, the reviewer API's keys
+        keyed = bool(serving.api_keys or settings.metrics_token or settings.reviewer_keys.configured)
+        self.wrong_keys = RateLimiter(settings.wrong_key_limit, store=buckets, scope="wrong_key", what="wrong keys") \
+            if settings.wrong_key_limit is not None and keyed else None
+        self.share = ShareLimiter(share)  # its capacity is measured once the default model is loaded
         self.webhooks: Deliverer | None = None
+        self.jobs = JobStore(self.database, lease_s=settings.job_lease_seconds)
+        self.job_runner: JobRunner | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None
+        self._jobs_task: asyncio.Task[None] | None = None
         self._traffic_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._measuring = False  # True from start() until the capacity is measured (not ready meanwhile)
 
     # ------------------------------------------------------------ parts opened on first use
 
@@ -156,12 +185,27 @@ class Context:
         """The bytes behind ``url``, through the SSRF-safe fetcher and this process's keep-alive pool."""
         return fetch(url, self.fetch_policy, pool=self.connections).content
 
+    def fetch_job(self, url: str) -> bytes:
+        """A job's video: through the SSRF-safe fetcher, under NSFW_JOB_MAX_BYTES and NSFW_JOB_FETCH_TIMEOUT."""
+        return fetch(url, self.settings.job_fetch_policy, pool=self.connections).content
+
     def load_bytes(self, source: str) -> bytes:
         """A URL's bytes (:meth:`fetch`) or a local file's (the CLI and labelled sets), under the byte cap."""
         return load_bytes(source, self.fetch_policy, self.connections)
 
     def _observe(self, result: Classification, fetched: bool) -> None:
         self.metrics.observe_classification(result, fetched=fetched, source=result.verdict_source)
+        self.traffic.observe(result.verdict, result.verdict_source, result.scores)
+
+    def _job_meter(self, job: Job) -> ratelimit.Meter:
+        """A video job's meter: the budgets of the client that made it (the same buckets as its requests',
+        :func:`nsfw_core.ratelimit.client_budget`), nothing paid at entry (POST /v1/jobs paid its unit)."""
+        return ratelimit.Meter(ratelimit.client_budget(job.client or ""), job.client_key, self.limiter, self.share,
+                               entry=0.0)
+
+    def _observe_job(self, result: Classification) -> None:
+        """A video job's verdict, counted with the API's (metrics, the evaluation's traffic) but not timed."""
+        self.metrics.observe_classification(result, fetched=True, source=result.verdict_source, timed=False)
         self.traffic.observe(result.verdict, result.verdict_source, result.scores)
 
     # ------------------------------------------------------------ the evaluation (issue 25)
@@ -208,13 +252,17 @@ class Context:
 
     @property
     def ready(self) -> bool:
-        """True once the default model is loaded and warmed up and its batcher runs."""
-        return self.models.ready and not self._stopping
+        """True once the default model is loaded and warmed up, the capacity measured, and its batcher runs."""
+        return self.models.ready and not self._measuring and not self._stopping
 
     @property
     def reason(self) -> str:
         """Why the service is not ready ("" when it is)."""
-        return "the service is shutting down" if self._stopping else self.models.reason
+        if self._stopping:
+            return "the service is shutting down"
+        if self.models.ready and self._measuring:
+            return "measuring the machine's capacity"
+        return self.models.reason
 
     def warnings(self) -> list[str]:
         """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
@@ -225,9 +273,24 @@ class Context:
 
     async def start(self) -> None:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
+        self._measuring = True
         self._loader = asyncio.get_running_loop().create_task(self._load(), name="nsfw-model-load")
         self._traffic_task = asyncio.get_running_loop().create_task(self._flush_traffic(), name="nsfw-traffic")
         await self._start_webhooks()
+        self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        """The video jobs' workers (NSFW_JOB_WORKERS), claiming jobs once the model is ready."""
+        from nsfw_core.jobs import JobRunner
+
+        webhooks = self.webhooks
+        self.job_runner = JobRunner(self.jobs, self.classifier, self.fetch_job, workers=self.settings.job_workers,
+                                    events=webhooks is not None,
+                                    wake=None if webhooks is None else webhooks.wake.set,
+                                    retention_days=self.settings.job_retention_days, ready=lambda: self.ready,
+                                    observe=self._observe_job, meter=self._job_meter)
+        if self.settings.job_workers > 0:
+            self._jobs_task = asyncio.get_running_loop().create_task(self.job_runner.run(), name="nsfw-jobs")
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -240,8 +303,19 @@ class Context:
         try:
             lane = await self.models.start()
         except Exception:
+            self._measuring = False
             log.exception("%s; /health answers 503 and /predict 503 not_ready", self.models.reason)
             return
+        try:  # before the first request: measured on an idle machine, and counted from the start
+            capacity = await asyncio.to_thread(measure_capacity, lane.model, self.serving.max_batch)
+            self.share.set_capacity(capacity)
+            log.info("capacity: %.0f cost units a second (%d CPUs); one client's share (NSFW_KEY_SHARE=%g) is %.0f "
+                     "while others are active", capacity, available_cpus(), self.share.share,
+                     self.share.share * capacity)
+        except Exception:  # never keep the server from serving: the share limit stays off
+            log.exception("could not measure the capacity; NSFW_KEY_SHARE limits only what is in flight")
+        finally:
+            self._measuring = False
         for warning in self.warnings():
             log.warning("%s", warning)
         await asyncio.to_thread(self.decoder.sandbox.warm)
@@ -259,20 +333,21 @@ class Context:
         if not url:
             return
         from nsfw_core.base.logs import url_for_log
-        from nsfw_core.state.webhooks import Deliverer, outbox_hook
+        from nsfw_core.state.webhooks import Deliverer, hook_up
 
-        def hook_up() -> ReviewQueue:
+        def hooked() -> ReviewQueue:
             queue = self.review_queue
-            if outbox_hook not in queue.decision_hooks:
-                queue.decision_hooks.append(outbox_hook)
+            hook_up(queue)
             return queue
 
         try:
-            queue = await asyncio.to_thread(hook_up)
+            queue = await asyncio.to_thread(hooked)
         except Exception as exc:  # the database is down: no decisions can be made either
             log.error("webhooks are off: the review database is unavailable (%r)", exc)
             return
-        self.webhooks = Deliverer(queue, url, self.settings.webhook_secret, self.fetch_policy)
+        self.webhooks = Deliverer(queue, url, self.settings.webhook_secret, self.fetch_policy,
+                                  concurrency=self.settings.webhook_concurrency, observe=self.metrics.observe_webhook)
+        self.metrics.watch_webhooks(self.webhooks.backlog)
         self._webhooks_task = asyncio.get_running_loop().create_task(self.webhooks.run(), name="nsfw-webhooks")
         log.info("webhooks: review decisions are POSTed to %s", url_for_log(url))
 
@@ -281,6 +356,14 @@ class Context:
         self._stopping = True
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
+        if self._jobs_task is not None:
+            self._jobs_task.cancel()
+            try:
+                await self._jobs_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            if self.job_runner is not None:
+                await asyncio.to_thread(self.job_runner.release)
         for task in (self._webhooks_task, self._traffic_task):
             if task is not None:
                 task.cancel()
@@ -314,6 +397,18 @@ class Context:
         self.database.close()
         if cache is not None:
             cache.close()
+
+
+def measure_capacity(model: Model, batch: int = 8, rounds: int = 3) -> float:
+    """What this machine serves, in cost units a second: the CPUs this process may use over the CPU time one
+    image takes through ``model`` (the default: one unit), the best of ``rounds`` batches."""
+    x = np.zeros((batch, model.input_size, model.input_size, 3), np.float32)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        model.predict(x)
+        best = min(best, (time.process_time() - t0) / batch)
+    return available_cpus() / max(best, 1e-4)
 
 
 def _app_version() -> str:

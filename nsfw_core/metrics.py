@@ -19,7 +19,11 @@ Counted as requests are served (cheap: a lock and an addition per sample):
   the share of ``unknown`` among ``source="model"`` is the model's, which the human verdicts must not
   flatter;
 * ``nsfw_score{class}``: a histogram per class of the model's scores (drift);
-* ``nsfw_batch_size``: images per forward pass.
+* ``nsfw_batch_size``: images per forward pass;
+* ``nsfw_webhook_deliveries_total{result}`` (``delivered`` / ``failed``: each attempt) and
+  ``nsfw_webhook_delivery_lag_seconds``: from the decision (or undo) to its event's delivery;
+* ``nsfw_rate_limited_total{limit}``: requests and batch items refused 429 by a budget
+  (``rate``: NSFW_RATE_LIMIT, ``share``: NSFW_KEY_SHARE, ``in_flight``, ``wrong_key``).
 
 Read when scraped, from the ``state`` snapshot (:class:`_StateCollector`):
 ``nsfw_ready``, ``nsfw_in_flight_images`` and its limit, ``nsfw_preparing_images``,
@@ -27,7 +31,9 @@ Read when scraped, from the ``state`` snapshot (:class:`_StateCollector`):
 queue (``nsfw_review_queue_up``, ``nsfw_review_queue_pending``,
 ``nsfw_review_queue_oldest_pending_age_seconds``: one indexed query, bounded by
 :data:`REVIEW_PROBE_TIMEOUT`, so a database that is down or slow gives ``up 0`` and never a
-failed or slow scrape), ``nsfw_build_info{model, version, runtime, app_version}``, and the
+failed or slow scrape), with webhooks the outbox's backlog (``nsfw_webhook_backlog``,
+``nsfw_webhook_oldest_undelivered_age_seconds``: the lag the next delivery will have, probed the same
+way), ``nsfw_build_info{model, version, runtime, app_version}``, and the
 ``process_*`` metrics; and, when the context hands ``quality``, the evaluation's gauges (issue 25):
 ``nsfw_automatic_precision{verdict}`` and its ``_lower`` bound, ``nsfw_audited_items{verdict}``,
 ``nsfw_wrong_automatic_per_day{verdict}``, ``nsfw_score_psi{class}`` and ``nsfw_score_drift_images{class}``
@@ -59,6 +65,8 @@ SOURCES = ("model",)  # who gave the verdict; "review" and "list" when those exi
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0)
+LIMITS = ("rate", "share", "in_flight", "wrong_key")
 REVIEW_PROBE_TIMEOUT = 0.5  # seconds a scrape waits for the review database
 QUALITY_PROBE_TIMEOUT = 2.0  # seconds a scrape waits for the evaluation (computed at most once a minute)
 Gauge = tuple[str, str, dict[str, str], float]  # name, help, labels, value
@@ -70,7 +78,7 @@ class ServingState:
     """What the scrape reads of the serving process at that moment."""
 
     ready: bool
-    in_flight: int
+    in_flight: float  # cost units (nsfw_core.ratelimit)
     in_flight_limit: int
     preparing: int
     queue_depth: int
@@ -106,6 +114,17 @@ class Metrics:
                                 ["class"], buckets=SCORE_BUCKETS, registry=r)
         self.batch_size = Histogram("nsfw_batch_size", "Images per forward pass of the micro-batcher",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.webhook_deliveries = Counter("nsfw_webhook_deliveries", "Webhook delivery attempts, by result",
+                                          ["result"], registry=r)
+        self.webhook_lag = Histogram("nsfw_webhook_delivery_lag_seconds",
+                                     "Seconds from a decision (or undo) to its webhook event's delivery",
+                                     buckets=LAG_BUCKETS, registry=r)
+        self.rate_limited = Counter("nsfw_rate_limited", "Requests and batch items refused 429 rate_limited, by "
+                                    "budget (rate, share, in_flight, wrong_key)", ["limit"], registry=r)
+        for result in ("delivered", "failed"):
+            self.webhook_deliveries.labels(result)
+        for limit in LIMITS:
+            self.rate_limited.labels(limit)
         # Children resolved once: the hot path does no label lookups, and every series exists from the start.
         self._stage = {s: self.stage_seconds.labels(s) for s in STAGES}
         self._score = {c: self.scores.labels(c) for c in CLASS_NAMES}
@@ -124,16 +143,23 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
 
-    def observe_error(self, code: str) -> None:
+    def observe_error(self, code: str, limit: str | None = None) -> None:
+        """An error answered (a request's or a batch item's); ``limit``: which budget refused a 429."""
         self.errors.labels(code).inc()
+        if code == "rate_limited":
+            self.rate_limited.labels(limit if limit in LIMITS else "rate").inc()
 
-    def observe_classification(self, result: Classification, *, fetched: bool, source: str = "model") -> None:
+    def observe_classification(self, result: Classification, *, fetched: bool, source: str = "model",
+                               timed: bool = True) -> None:
+        """Count a verdict and its scores; ``timed``: and its stages' times (not a video job's: its minutes are
+        no request's latency)."""
         t = result.timings
-        if fetched:
-            self._stage["fetch"].observe(t.fetch_ms / 1000.0)
-        self._stage["decode"].observe(t.decode_ms / 1000.0)
-        self._stage["inference"].observe(t.inference_ms / 1000.0)
-        self._stage["total"].observe(t.total_ms / 1000.0)
+        if timed:
+            if fetched:
+                self._stage["fetch"].observe(t.fetch_ms / 1000.0)
+            self._stage["decode"].observe(t.decode_ms / 1000.0)
+            self._stage["inference"].observe(t.inference_ms / 1000.0)
+            self._stage["total"].observe(t.total_ms / 1000.0)
         child = self._verdict.get((result.verdict, source))
         (child or self.verdicts.labels(result.verdict, source)).inc()
         for name, score in result.scores.items():
@@ -144,11 +170,24 @@ class Metrics:
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
 
+    def observe_webhook(self, delivered: bool, lag_s: float | None) -> None:
+        """One delivery attempt (from a delivery thread); ``lag_s`` once delivered."""
+        self.webhook_deliveries.labels("delivered" if delivered else "failed").inc()
+        if lag_s is not None:
+            self.webhook_lag.observe(lag_s)
+
+    def watch_webhooks(self, backlog: Callable[[], tuple[int, float | None]]) -> None:
+        """Report the webhooks' outbox backlog at each scrape (once the deliveries start)."""
+        if self._state is not None:
+            self._state.webhooks = ReviewProbe(backlog)
+
     # ------------------------------------------------------------ the scrape
 
     def close(self) -> None:
         if self._state is not None:
             self._state.review.close()
+            if self._state.webhooks is not None:
+                self._state.webhooks.close()
         if self._quality is not None:
             self._quality.probe.close()
 
@@ -214,6 +253,7 @@ class _StateCollector(Collector):
         self.state = state
         self.app_version = app_version
         self.review = ReviewProbe(review)
+        self.webhooks: ReviewProbe | None = None
 
     def describe(self) -> Iterable[Any]:
         return []  # unchecked: the names are only known when collected
@@ -221,8 +261,9 @@ class _StateCollector(Collector):
     def collect(self) -> Iterable[Any]:
         s = self.state()
         yield _gauge("nsfw_ready", "1 once the model is loaded and warm (what /health says)", float(s.ready))
-        yield _gauge("nsfw_in_flight_images", "Images admitted and not answered yet", s.in_flight)
-        yield _gauge("nsfw_in_flight_limit", "NSFW_MAX_IN_FLIGHT", s.in_flight_limit)
+        yield _gauge("nsfw_in_flight_images", "Work admitted and not answered yet, in cost units (a photo on the "
+                     "default model is 1)", s.in_flight)
+        yield _gauge("nsfw_in_flight_limit", "NSFW_MAX_IN_FLIGHT (cost units)", s.in_flight_limit)
         yield _gauge("nsfw_preparing_images", "Images being fetched or decoded", s.preparing)
         yield _gauge("nsfw_inference_queue_depth", "Images waiting for a forward pass", s.queue_depth)
         yield _gauge("nsfw_inference_queue_limit", "NSFW_QUEUE_SIZE", s.queue_limit)
@@ -232,6 +273,7 @@ class _StateCollector(Collector):
         overloaded.add_metric(["inference_queue"], s.rejected_queue)
         yield overloaded
         yield from self._review()
+        yield from self._webhooks()
         info = InfoMetricFamily("nsfw_build", "The model, its version and runtime, and the app's version")
         info.add_metric([], {"model": s.model, "version": s.model_version, "runtime": s.runtime,
                              "app_version": self.app_version})
@@ -247,6 +289,15 @@ class _StateCollector(Collector):
                      count)
         yield _gauge("nsfw_review_queue_oldest_pending_age_seconds",
                      "Seconds since the oldest waiting review item was created (0 when none waits)", age or 0.0)
+
+    def _webhooks(self) -> Iterable[Any]:
+        read = self.webhooks.read() if self.webhooks is not None else None
+        if read is None:
+            return
+        count, age = read
+        yield _gauge("nsfw_webhook_backlog", "Webhook events not delivered yet (and still to be tried)", count)
+        yield _gauge("nsfw_webhook_oldest_undelivered_age_seconds",
+                     "Seconds since the oldest undelivered webhook event was written (0 when none waits)", age or 0.0)
 
 
 class _QualityCollector(Collector):

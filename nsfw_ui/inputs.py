@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Literal, Mapping, Protocol
 from nsfw_core.base.errors import InvalidURL, TooLarge
 from nsfw_core.context import Context
 from nsfw_core.images.fetch import is_url
+from nsfw_core.images.sniff import sniff_video
 
 CAMERA_NAME = "camera.jpg"
 CAMERA_MIME = "image/jpeg"
@@ -65,8 +66,11 @@ def collect_inputs(urls_text: str | None, uploads: Iterable[UploadedFile] | None
     return items
 
 
-def upload_bytes(data: bytes, max_bytes: int) -> bytes:
-    """Bytes of an uploaded file under the service's byte cap (the API applies the same cap)."""
+def upload_bytes(data: bytes, max_bytes: int, max_video_bytes: int = 0) -> bytes:
+    """Bytes of an uploaded file under the service's byte cap (the API applies the same cap; a video's is
+    ``max_video_bytes``)."""
+    if max_video_bytes and sniff_video(data) is not None:
+        max_bytes = max_video_bytes
     if len(data) > max_bytes:
         raise TooLarge(f"the upload is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
     return data
@@ -93,7 +97,7 @@ def input_loader(ctx: Context, items: Mapping[str, str | bytes],
     def load(source: str) -> bytes:
         value = items[source]
         if isinstance(value, (bytes, bytearray)):
-            data = upload_bytes(bytes(value), ctx.serving.max_bytes)
+            data = upload_bytes(bytes(value), ctx.serving.max_bytes, ctx.serving.max_video_bytes)
         else:
             data = url_bytes(ctx, value)
         if keep is not None:

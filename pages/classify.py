@@ -1,4 +1,4 @@
-"""Classify page: image URLs, uploads or a camera snapshot -> scores and a verdict each.
+"""Classify page: image URLs, uploads or a camera snapshot -> scores and a verdict each; a video's timeline.
 
 Everything goes through the process context (``nsfw_ui.state.context``): the
 SSRF-safe fetcher, the decoder with its limits, the process-wide model and the
@@ -24,6 +24,7 @@ import streamlit as st
 from PIL import Image
 
 from nsfw_core.access import Permission
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import CLASS_NAMES, SAFE
 from nsfw_core.base.settings import MODEL_NAMES
@@ -32,10 +33,10 @@ from nsfw_core.classify import Classification, Outcome
 from nsfw_core.context import Context
 from nsfw_core.images.frames import FrameRef
 from nsfw_core.inference.model import Model
-from nsfw_ui import auth, charts, inputs, state, widgets
+from nsfw_ui import auth, charts, inputs, state, timeline, widgets
 from nsfw_ui.inputs import Input, UploadedFile
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"]
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "mp4", "mov", "webm", "mkv"]
 RESULTS_KEY = "classify_results"
 REVEAL_PREFIX = "reveal_"
 PREVIEW_SIZE = 384
@@ -57,6 +58,7 @@ class Row(TypedDict):
     preview: Image.Image | None
     blurred: Image.Image | None
     frames: list[FrameThumb] | None  # an animation's sampled frames, for the strip
+    deciding: list[timeline.DecidingFrame] | None  # a video's segments' deciding frames
 
 
 class FrameThumb(TypedDict):
@@ -140,7 +142,12 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
     """The session's record of one input: its outcome and, when it was classified, its previews."""
     preview = hidden = None
     strip = None
-    if outcome.ok and data is not None:
+    deciding = None
+    video = outcome.classification is not None and outcome.classification.video is not None
+    if video and data is not None and outcome.classification is not None:
+        active = ctx.thresholds.current().thresholds
+        deciding = timeline.deciding_frames(ctx, model, data, outcome.classification, active)
+    elif outcome.ok and data is not None:
         try:
             preview = Image.fromarray(ctx.decoder.decode_for(model, data))
             preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
@@ -158,6 +165,7 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
         "preview": preview,
         "blurred": hidden,
         "frames": strip,
+        "deciding": deciding,
     }
 
 
@@ -203,6 +211,11 @@ def _summary(rows: Sequence[Row], thresholds: Thresholds) -> tuple[pd.DataFrame,
     return pd.DataFrame(table, columns=columns), records
 
 
+def results_csv(table: pd.DataFrame) -> bytes:
+    """The summary table as CSV, a source such as ``=HYPERLINK(...)`` written as text (CSV injection)."""
+    return bytes(table.map(spreadsheet.safe_cell).to_csv(index=False).encode())
+
+
 def _show_preview(i: int, row: Row, verdict: str) -> bool:
     """The preview, blurred behind a "Reveal" toggle unless the image is definitely safe; whether it is shown."""
     preview, hidden = row["preview"], row["blurred"]  # both set, or neither
@@ -231,6 +244,30 @@ def _show_frames(row: Row, deciding: int | None, revealed: bool) -> None:
             caption=f"{mark}frame {frame['index']} · {frame['time_ms']} ms")
 
 
+def _show_video(i: int, row: Row, c: Classification) -> bool:
+    """A video's facts, and the toggle that reveals its deciding frames unless it is definitely safe."""
+    assert c.video is not None
+    st.caption(f"{c.video.container.upper()} · {c.video.codec} · {c.video.width}x{c.video.height} · "
+               f"{c.video.duration_ms / 1000:.1f} s · {len(c.frames or ())} frames judged")
+    return c.verdict == SAFE or st.toggle("Reveal", key=f"{REVEAL_PREFIX}{i}",
+                                          help="The frames are blurred because the video may be adult content.")
+
+
+def _show_timeline(row: Row, c: Classification, thresholds: Thresholds, revealed: bool) -> None:
+    """The scores over time with the segments shaded, and each segment's deciding frame (blurred until revealed)."""
+    st.altair_chart(timeline.timeline_chart(c, thresholds), width="stretch")
+    segments = c.segments or ()
+    st.caption(f"{len(segments)} segment{'s' if len(segments) != 1 else ''}; the video gets its worst frame's "
+               f"verdict (at {(c.deciding_time_ms or 0) / 1000:.1f} s). Each segment's deciding frame:")
+    shown = row.get("deciding") or []
+    if shown:
+        columns = st.columns(min(len(shown), FRAMES_PER_ROW))
+        for k, frame in enumerate(shown):
+            columns[k % FRAMES_PER_ROW].image(
+                frame["image"] if revealed else frame["blurred"], width="stretch",
+                caption=f"{widgets.VERDICT_LABELS[frame['verdict']]} · {frame['time_ms'] / 1000:.1f} s")
+
+
 def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
     with st.container(border=True):
         st.markdown(f"**{i + 1}. {widgets.md_escape(row['source'])}**")
@@ -241,13 +278,16 @@ def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
         c = row["classification"].under(thresholds)
         left, right = st.columns([1, 2])
         with left:
-            revealed = _show_preview(i, row, c.verdict)
+            revealed = _show_video(i, row, c) if c.video is not None else _show_preview(i, row, c.verdict)
         with right:
             st.markdown(f":{VERDICT_COLORS[c.verdict]}[**{widgets.VERDICT_LABELS[c.verdict]}**] · "
                         f"adult score {c.adult_score:.4f} · safe score {c.safe_score:.4f} · {row['ms']:.0f} ms")
             st.altair_chart(charts.scores_chart(c.scores, thresholds), width="stretch")
             st.caption(widgets.format_scores(c.scores))
-        _show_frames(row, c.deciding_frame, revealed)
+        if c.video is not None:
+            _show_timeline(row, c, thresholds, revealed)
+        else:
+            _show_frames(row, c.deciding_frame, revealed)
 
 
 def _show_results(results: Results, thresholds: Thresholds) -> None:
@@ -269,7 +309,7 @@ def _show_summary(rows: Sequence[Row], thresholds: Thresholds) -> None:
                                 "ms": st.column_config.NumberColumn(format="%.0f")})
     c1, c2, _ = st.columns([1, 1, 4])
     with c1:
-        st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="nsfw-results.csv",
+        st.download_button("Download CSV", results_csv(table), file_name="nsfw-results.csv",
                            mime="text/csv", key="download_csv", on_click="ignore")
     with c2:
         st.download_button("Download JSON", (json.dumps(records, indent=2) + "\n").encode(),

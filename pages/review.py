@@ -22,7 +22,8 @@ fetcher and shown only when its sha256 is the item's (once per item and session;
 again" after an error); an audit item is never fetched again.  A decision is remembered for
 later copies only when the reviewer was shown those bytes (``seen``); an upload whose bytes
 were not kept is decided from its scores, and remembered for nothing.  A review item whose
-look-alike match the model disagreed with shows that match.
+look-alike match the model disagreed with shows that match.  A video item (issue 27) is its video,
+played once revealed; a decision on it is remembered by its frames' hashes, as it was classified.
 
 Widget keys: ``reveal_<item id>`` (toggle);
 ``label_<label>`` for each label, ``skip``, ``undo`` and ``reset_skipped``
@@ -44,6 +45,7 @@ from nsfw_core.access import Identity, Permission, Role
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.labels import BINARY_LABELS, CLASS_NAMES, DECISION_LABELS
 from nsfw_core.context import Context
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ReviewQueue, iso
 from nsfw_ui import auth, inputs, state, widgets
@@ -200,6 +202,13 @@ def _show_image(ctx: Context, item: Item) -> None:
         st.info("The image was not stored: skip it." if item.blind else
                 "The image was not stored (NSFW_REVIEW_STORE_UPLOADS is off) and has no URL: "
                 "decide from the scores, or skip; the decision will not be remembered for copies.")
+        return
+    if sniff_video(data) is not None:  # a video: played once revealed (nothing of it shows before)
+        st.session_state[SHOWN_KEY] = {item.id: hashlib.sha256(data).hexdigest()}  # the item's own bytes
+        if st.toggle("Reveal video", key=f"reveal_{item.id}", help="The video is hidden until you reveal it."):
+            st.video(data)
+        else:
+            st.info(f"Item {item.id} is a video: reveal it to play it.")
         return
     try:
         pixels = ctx.decoder.preview(data, PREVIEW_SIZE)

@@ -21,7 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("http",),
     ("context",),
     ("metrics",),
-    ("classify",),
+    ("classify", "jobs"),
     ("intake",),
     ("calibration",),
     ("state",),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -15,6 +16,7 @@ from nsfw_core.classify import (
     MATCH_ADULT_MARGIN,
     MATCH_EMBEDDING_DISTANCE,
     Classification,
+    FrameScore,
     ModelInfo,
     Outcome,
     ReviewTicket,
@@ -24,6 +26,7 @@ from nsfw_core.classify import (
 from nsfw_core.context import Context
 from nsfw_core.http.openapi import openapi_document
 from nsfw_core.inference.embeddings import AdapterHead, ExampleMatch, embedding_distance
+from nsfw_core.inference.pipeline import VideoInfo
 from nsfw_core.state.adapters import AdapterVersion
 from nsfw_core.state.known import Match
 from tests.helpers.paths import COMPILED_DIR, REFERENCE_IMAGES
@@ -222,3 +225,70 @@ def test_under_an_adapter_a_look_alike_is_compared_on_the_adapters_score():
     for match in (_decided(None), _decided(decided_e, version="old")):
         judged = judge(UNKNOWN_SCORES, rule, MODEL, TIMINGS, SHA, match=match, embedding=decided_e, adapter=adapter)
         assert judged.verdict_source == "model", match
+
+
+# ---------------------------------------------------------------- issue 26 with issue 27's videos
+
+
+def _frames(firsts: list[float], scores: dict[str, float] = UNKNOWN_SCORES) -> list[FrameScore]:
+    """Video frames one second apart, each with an embedding whose first value gives _adapter()'s score."""
+    out = []
+    for i, first in enumerate(firsts):
+        e = np.full(16, 0.5, np.float32)
+        e[0] = first
+        out.append(FrameScore(i, i * 1000, dict(scores), e))
+    return out
+
+
+def test_a_video_under_an_adapter_is_judged_on_its_frames_adapter_scores():
+    """The adapter scores every frame: the worst by its score decides (not the base model's worst, here the
+    first frame on a tie of the five scores), and the timeline's segments are judged on it too."""
+    adapter = _adapter()
+    rule = adapter.thresholds(Thresholds())  # adult 0.7, safe 0.6 on the adapter's score
+    video = VideoInfo("mp4", "h264", 320, 240, 3000, 90, 3, 3)
+    frames = _frames([0.2, 0.9, 0.3])  # adapter scores 0.03, 1.0, 0.05: safe, adult, safe
+    judged = judge(UNKNOWN_SCORES, rule, MODEL, TIMINGS, SHA, frames=frames, adapter=adapter, video=video)
+    assert (judged.verdict, judged.deciding_frame, judged.deciding_time_ms) == ("adult", 1, 1000)
+    assert judged.segments is not None
+    assert [(s.start_ms, s.end_ms, s.verdict) for s in judged.segments] == [
+        (0, 1000, "safe"), (1000, 2000, "adult"), (2000, 3000, "safe")]
+    base = judge(UNKNOWN_SCORES, Thresholds(), MODEL, TIMINGS, SHA, frames=frames, video=video)
+    assert base.segments is not None and [s.verdict for s in base.segments] == ["unknown"]
+    assert (base.verdict, base.deciding_frame) == ("unknown", 0)
+
+
+def test_a_known_video_never_clears_under_an_adapter_and_keeps_the_margin_without_one():
+    """A vPDQ match keeps no embedding (a known video has none): under an adapter the decided video's score is
+    unknown, so the match is refused (fails closed); with the base model the margin alone applies, as before."""
+    adapter = _adapter()
+    video = VideoInfo("mp4", "h264", 320, 240, 2000, 60, 2, 2)
+    frames = _frames([0.5, 0.5])  # adapter score 0.5: unknown under 0.7 / 0.6
+    known = Match("review", "safe", "neutral", "vpdq", 12, 7, 7, UNKNOWN_SCORES, "MobileNetV2Mid", share=0.9)
+    under = judge(UNKNOWN_SCORES, adapter.thresholds(Thresholds()), MODEL, TIMINGS, SHA, frames=frames,
+                  match=known, adapter=adapter, video=video)
+    assert (under.verdict, under.verdict_source, under.near) == ("unknown", "model", known)
+    base = judge(UNKNOWN_SCORES, Thresholds(), MODEL, TIMINGS, SHA, frames=frames, match=known, video=video)
+    assert (base.verdict, base.verdict_source) == ("safe", "review")
+
+
+def test_frames_without_embeddings_are_judged_by_the_model_under_the_thresholds_in_force():
+    """A video job's frames are stored without embeddings: Classifier.verdict then uses neither the adapter nor
+    its thresholds (the adapter's thresholds on the base model's summed classes would be neither rule)."""
+    import types
+
+    from nsfw_core.classify import Classifier
+
+    adapter = dataclasses.replace(_adapter(), t_adult=0.2, t_safe=0.99)  # its thresholds would call these adult
+    active = types.SimpleNamespace(thresholds=Thresholds(), version=3)
+    stub: Any = types.SimpleNamespace  # only the parts verdict() reads
+    classifier = Classifier(None, None, None, stub(current=lambda: active),  # type: ignore[arg-type]
+                            stub(queues=lambda verdict: verdict == "unknown"), lambda s: b"",
+                            adapters=stub(current=lambda name, version: adapter))
+    frames = [FrameScore(i, i * 1000, dict(UNKNOWN_SCORES)) for i in range(3)]
+    result, private = classifier.verdict(UNKNOWN_SCORES, None, MODEL, TIMINGS, SHA, frames=frames)
+    assert (result.verdict, result.thresholds, result.thresholds_version, result.adapter) == (
+        "unknown", Thresholds(), 3, None)
+    assert not private
+    with_embeddings = _frames([0.5, 0.5, 0.5])
+    judged, _ = classifier.verdict(UNKNOWN_SCORES, None, MODEL, TIMINGS, SHA, frames=with_embeddings)
+    assert judged.adapter is adapter and judged.thresholds_version is None  # embeddings: the adapter judges

@@ -171,3 +171,19 @@ def test_first_use_of_a_model_says_it_is_unpacked(tmp_path):
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "unpacked" not in again.stderr
     assert json.loads(again.stdout)["scores"] == json.loads(first.stdout)["scores"]
+
+
+@pytest.mark.slow
+def test_a_long_video_file_is_judged_over_its_whole_length_in_process(default_model, tmp_path, monkeypatch):
+    from tests.helpers import videos
+
+    for name in [k for k in os.environ if k.startswith("NSFW_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NSFW_MAX_VIDEO_SECONDS", "5")  # a request's limit: not the command line's
+    clip = tmp_path / "long.webm"
+    clip.write_bytes(videos.make("webm", "vp8", seconds=12, fps=2, size=(64, 48)))
+    code, out, err = run(["--format", "json", str(clip)])
+    assert code == 0, err
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert row["source"] == str(clip) and row["verdict"] in ("adult", "unknown", "safe") and "error" not in row

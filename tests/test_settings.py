@@ -16,6 +16,8 @@ from nsfw_core.base.settings import (
     page_with_table,
 )
 
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+
 
 def table_in_page(page: str) -> str:
     """The generated part of the settings page's text: what lies between its two markers."""
@@ -35,10 +37,11 @@ def test_defaults():
 
 def test_environment_values_are_parsed():
     s = load_settings(environ={"PORT": "9000", "NSFW_ALLOW_PRIVATE_HOSTS": " 127.0.0.1:8000, localhost ,",
-                               "NSFW_API_KEYS": "a,b", "NSFW_JPEG_DRAFT": "false", "NSFW_DATA_DIR": "/tmp/x"})
+                               "NSFW_API_KEYS": f"{KEY_A},{KEY_B}", "NSFW_JPEG_DRAFT": "false",
+                               "NSFW_DATA_DIR": "/tmp/x"})
     assert s.port == 9000
     assert s.allow_private_hosts == ("127.0.0.1:8000", "localhost")
-    assert s.api_keys == ("a", "b") and s.jpeg_draft is False and s.data_dir == "/tmp/x"
+    assert s.api_keys == (KEY_A, KEY_B) and s.jpeg_draft is False and s.data_dir == "/tmp/x"
 
 
 @pytest.mark.parametrize("name,value", [("PORT", "abc"), ("PORT", "70000"), ("NSFW_MODEL", "ResNet"),

@@ -51,7 +51,7 @@ UNVERIFIED = "unverified-0007"  # claims admin@example.com with email_verified f
 SCORES = {"drawings": 0.1, "hentai": 0.05, "neutral": 0.45, "porn": 0.25, "sexy": 0.15}
 SIGN_IN = "Sign in with your identity provider"
 REVALIDATE_S = 2  # the server asks the provider again about a sign-in this often (NSFW_OIDC_REVALIDATE_SECONDS)
-ALL_PAGES = ["Classify", "Calibrate thresholds", "Review queue", "Hash lists", "Account"]
+ALL_PAGES = ["Classify", "Calibrate thresholds", "Review queue", "Evaluate production", "Hash lists", "Account"]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -280,7 +280,7 @@ def test_admin_signs_in_and_saves_thresholds(browser, server, server_env, provid
 def test_reviewer_reviews_but_cannot_calibrate(browser, server, server_env, provider):
     version_before = _health(server)["thresholds"]["version"]
     _sign_in(browser, server, provider, REVIEWER_SUB, f"{REVIEWER} · reviewer")
-    _wait(browser, lambda d: _nav(d) == ["Classify", "Review queue", "Account"], "not the reviewer's pages")
+    _wait(browser, lambda d: _nav(d) == ["Classify", "Review queue", "Evaluate production", "Account"], "not the reviewer's pages")
 
     browser.get(server + "/review")
     _wait(browser, lambda d: "Review queue" in _headings(d) and f"you are {REVIEWER}" in _body(d)

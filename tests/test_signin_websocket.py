@@ -38,7 +38,7 @@ OPERATOR_LABELS = {"Save thresholds", "Roll back", "Re-score", "Suggest threshol
                    "Undo last decision", "Review skipped items again"}
 # The only widgets of an anonymous visitor: the secret form of the Sign in page
 ANONYMOUS_WIDGET_KEYS = {"sign_in_secret_value", "FormSubmitter:sign_in_secret-Sign in"}
-ASKED_PAGES = ("", "classify", "calibrate", "review", "lists", "account")
+ASKED_PAGES = ("", "classify", "calibrate", "review", "evaluate", "lists", "account")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -127,7 +127,7 @@ def test_anonymous_session_sees_no_operator_widget_on_any_page(deployed):
         for page in ASKED_PAGES:
             run = anonymous.run(page=page)
             assert_anonymous(run)
-            if page in ("classify", "calibrate", "review", "lists"):
+            if page in ("classify", "calibrate", "review", "evaluate", "lists"):
                 assert run.page_not_found, page
         default = anonymous.run()
         [(_, _, account_hash)] = default.navigation
@@ -152,7 +152,7 @@ def _admin_pages(s: Session) -> dict[str, str]:
     """Sign ``s`` in as admin; {page title: script hash}."""
     run = _sign_in_with_secret(s)
     assert nav(run) == [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"),
-                        ("lists", "Hash lists"), ("account", "Account")]
+                        ("evaluate", "Evaluate production"), ("lists", "Hash lists"), ("account", "Account")]
     return {title: page_hash for _, title, page_hash in run.navigation}
 
 
@@ -281,7 +281,8 @@ def local(tmp_path_factory) -> Iterator[str]:
         yield base
 
 
-ADMIN_NAV = [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"), ("lists", "Hash lists")]
+ADMIN_NAV = [("", "Classify"), ("calibrate", "Calibrate thresholds"), ("review", "Review queue"),
+             ("evaluate", "Evaluate production"), ("lists", "Hash lists")]
 NOT_LOCAL = [  # (Host name, other headers) that must not get local rights
     ("evil.example", {"Origin": "http://evil.example:{port}"}),  # DNS rebinding: the page's own origin
     ("localhost.evil.example", {}),

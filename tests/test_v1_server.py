@@ -27,8 +27,9 @@ SECRET = "whsec-server-test-0123456789"
 
 
 def test_v1_endpoints_over_http(tmp_path):
+    # NSFW_MAX_VIDEO_BYTES as NSFW_MAX_BYTES: the JSON body's cap is the larger of the two (a video's base64)
     with app_server(tmp_path, NSFW_REVIEW_VERDICTS="unknown,safe,adult", NSFW_MAX_BYTES="100000",
-                    NSFW_MAX_BATCH_ITEMS="3") as server:
+                    NSFW_MAX_VIDEO_BYTES="100000", NSFW_MAX_BATCH_ITEMS="3") as server:
         ok = server.post_json("/v1/classify", json.dumps({"image": {"base64": B64}, "id": "x"}))
         assert ok.status == 200, ok
         body = ok.json()
@@ -66,9 +67,9 @@ def test_cli_server_classifies_a_folder_through_the_rate_limit(tmp_path):
     for path in REFERENCE_IMAGES:
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    with app_server(tmp_path, NSFW_API_KEYS="cli-key", NSFW_RATE_LIMIT="2/s;burst=2") as server:
+    with app_server(tmp_path, NSFW_API_KEYS="cli-key-0123456789", NSFW_RATE_LIMIT="2/s;burst=2") as server:
         out, err = io.StringIO(), io.StringIO()
-        code = cli_main(["--server", server.base_url, "--api-key", "cli-key", "--concurrency", "3", str(folder)],
+        code = cli_main(["--server", server.base_url, "--api-key", "cli-key-0123456789", "--concurrency", "3", str(folder)],
                         stdout=out, stderr=err)
         rows = [json.loads(line) for line in out.getvalue().splitlines()]
         assert code == 1, err.getvalue()  # the broken file
@@ -148,3 +149,50 @@ def test_webhook_survives_a_failing_receiver_and_a_restart(tmp_path, local_serve
     assert {json.loads(b)["id"] for _, _, b in receiver.got} == {event["id"]}  # one event, the same id each try
     with ReviewQueue(data_dir=tmp_path / "data") as queue:
         assert webhooks.Deliverer(queue, receiver.url, SECRET, None).pending() == []  # type: ignore[arg-type]
+
+
+def test_events_name_the_client_and_undos_are_sent_and_metered(tmp_path, local_server):
+    """Issue 29, points 6-7, on the real server: each event carries the id of the API key whose request queued
+    the image; an undo sends review.undone; /metrics counts deliveries and their lag; Streamlit's own
+    /_stcore/metrics is behind /metrics' rule (before: public, saying when reviewers were working)."""
+    from nsfw_core.ratelimit import key_id
+
+    key, token = "server-api-key-0123456789", "metrics-token-0123456789"
+    receiver = Receiver(local_server)
+    receiver.status = 200
+    env = {"NSFW_API_KEYS": key, "NSFW_METRICS_TOKEN": token, "NSFW_WEBHOOK_URL": receiver.url,
+           "NSFW_WEBHOOK_SECRET": SECRET, "NSFW_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
+           "NSFW_REVIEW_VERDICTS": "unknown,safe,adult"}
+    with app_server(tmp_path, **env) as server:
+        for path in ("/_stcore/metrics", "/_stcore/metrics/", "/_STCORE/metrics"):
+            server.request("GET", path).error(401, "unauthorized")
+        server.request("GET", "/_stcore/metrics", headers={"Authorization": "Bearer wrong-0123456789abcdef"}).error(
+            401, "unauthorized")
+        for allowed in (key, token):
+            assert server.request("GET", "/_stcore/metrics", headers={"Authorization": f"Bearer {allowed}"}).status \
+                == 200
+        answer = server.request("POST", "/v1/classify", body=json.dumps({"image": {"base64": B64}}).encode(),
+                                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        review_id = answer.json()["review_id"]  # the client's unguessable id (issue 29): the events' too
+        with ReviewQueue(data_dir=server.data_dir) as queue:
+            webhooks.hook_up(queue)
+            found = queue.ticket(review_id)
+            assert found is not None
+            queue.decide(found[0], "carol", "safe")
+            assert queue.undo("carol") is not None
+        receiver.wait(2)
+        events = [json.loads(body) for _, _, body in receiver.got]
+        assert [e["type"] for e in events] == ["review.decided", "review.undone"]
+        assert {e["review"]["id"] for e in events} == {review_id}
+        assert {e["client_key_id"] for e in events} == {key_id(key)} and key not in json.dumps(events)
+        assert events[1]["undone"] == {"label": "safe", "decided_by": "carol",
+                                       "decided_at": events[0]["review"]["decided_at"]}
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = server.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"}).body.decode()
+            if 'nsfw_webhook_deliveries_total{result="delivered"} 2.0' in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert 'nsfw_webhook_deliveries_total{result="delivered"} 2.0' in metrics
+        assert "nsfw_webhook_delivery_lag_seconds_count 2.0" in metrics
+        assert "nsfw_webhook_backlog 0.0" in metrics and "nsfw_webhook_oldest_undelivered_age_seconds 0.0" in metrics

@@ -9,6 +9,7 @@ Hierarchy::
     │   ├── TooManyRedirects       400 too_many_redirects: redirect chain over the limit or a loop
     │   ├── TooLarge               413 too_large: body over the byte cap
     │   ├── ImageTooLarge          413 image_too_large: more pixels, decoder memory or JPEG scans than the limits
+    │   │   └── VideoTooLong       413 video_too_long: longer than a synchronous request takes (use a job)
     │   ├── NotAnImage             415 not_an_image: the bytes are not a supported image format
     │   ├── UndecodableImage       422 undecodable_image: an image format, but truncated or corrupt
     │   ├── DecodeTimeout          422 decode_timeout: decoding took longer than NSFW_DECODE_TIMEOUT
@@ -84,6 +85,12 @@ class TooLarge(InputError):
 class ImageTooLarge(InputError):
     status = 413
     code = "image_too_large"
+
+
+class VideoTooLong(ImageTooLarge):
+    """A video longer than NSFW_MAX_VIDEO_SECONDS in a synchronous request: send it as a job instead."""
+
+    code = "video_too_long"
 
 
 class NotAnImage(InputError):

@@ -114,6 +114,20 @@ def _secret(raw: str) -> str:
     return raw
 
 
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = _list(raw)
+    if any(len(k) < MIN_SECRET_LENGTH for k in keys):
+        raise ValueError(f"each key must be at least {MIN_SECRET_LENGTH} characters (one is shorter)")
+    return keys
+
+
+def _share(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0.0 < value <= 1.0:
+        raise ValueError("must be a fraction above 0 and at most 1")
+    return value
+
+
 AUDITED = ("adult", "safe")  # the automatic verdicts NSFW_AUDIT_RATE samples
 
 
@@ -133,13 +147,6 @@ def _audit_rates(raw: str) -> tuple[tuple[str, float], ...]:
                 raise ValueError(f"{verdict!r}: only the automatic verdicts ({', '.join(AUDITED)}) are audited")
             out[verdict] = _float(0.0, 1.0)(value)
     return tuple(out.items())
-
-
-def _keys(raw: str) -> tuple[str, ...]:
-    keys = _list(raw)
-    if any(len(k) < MIN_SECRET_LENGTH for k in keys):
-        raise ValueError(f"each key must be at least {MIN_SECRET_LENGTH} characters")
-    return keys
 
 
 def _auto_bool(raw: str) -> bool | None:
@@ -232,8 +239,16 @@ class Settings:
         "Comma-separated host or host:port entries that may be fetched although loopback or private; * allows"
         " all. For development and tests only.")
     api_keys: tuple[str, ...] = setting(
-        "NSFW_API_KEYS", "", _list,
-        "Comma-separated API keys; when set, /predict requires 'Authorization: Bearer <key>'.", secret=True)
+        "NSFW_API_KEYS", "", _keys,
+        "Comma-separated API keys, each at least 16 characters (the server refuses to start otherwise); when set, "
+        "/predict and /v1 require 'Authorization: Bearer <key>'. Wrong keys are limited per client address "
+        "(NSFW_WRONG_KEY_LIMIT).", secret=True)
+    wrong_key_limit: Any = setting(
+        "NSFW_WRONG_KEY_LIMIT", "30/m;burst=30", _rate,
+        "Wrong keys allowed per client address (the peer; a reverse proxy's own address behind one), of every "
+        "kind together (NSFW_API_KEYS, NSFW_METRICS_TOKEN, the reviewer API's keys): beyond it a request with a "
+        "wrong or missing key is answered 429 rate_limited instead of 401 (a right key still passes). "
+        "Shared by replicas through NSFW_DATABASE_URL. Empty: no limit.")
     metrics_token: str = setting(
         "NSFW_METRICS_TOKEN", "", _secret,
         "A bearer token for GET /metrics alone (at least 16 characters), for the Prometheus scraper. When it "
@@ -284,8 +299,9 @@ class Settings:
         "The service's public URL followed by /oauth2callback, as registered with the provider (empty: "
         "APP_URL + /oauth2callback, else http://localhost:PORT/oauth2callback).")
     oidc_cookie_secret: str = setting(
-        "NSFW_OIDC_COOKIE_SECRET", "", str,
-        "Key that signs the sign-in cookie (at least 32 random characters; the same on every instance). "
+        "NSFW_OIDC_COOKIE_SECRET", "", _secret,
+        "Key that signs the sign-in cookie (at least 16 characters like every secret, 32 random ones recommended; "
+        "the same on every instance). "
         "Empty: derived from NSFW_OIDC_CLIENT_SECRET. Changing it ends every OpenID Connect sign-in "
         "(README \"Security model\").", secret=True)
     oidc_revalidate_seconds: int = setting(
@@ -376,14 +392,68 @@ class Settings:
         "Most frames of an animated GIF, WebP or PNG (or pages of a TIFF) classified: the first, the last and "
         "those shown at evenly spaced instants; the image gets its worst frame's scores and verdict. Each "
         "frame costs one inference and counts as an image in flight.")
+    video_fps: float = setting(
+        "NSFW_VIDEO_FPS", "1", _float(0.01, 30.0),
+        "Frames of a video (MP4, MOV, WebM, MKV) judged per second of its length: the first frame, then one "
+        "at an unpredictable point of each interval; the video gets its worst frame's scores and verdict, "
+        "and its timeline (segments) in the detailed answer.")
+    max_video_frames: int = setting(
+        "NSFW_MAX_VIDEO_FRAMES", "1800", _int(1, 100000),
+        "Most frames of one video judged; a longer video's frames are spread further apart (1800: 30 minutes "
+        "at NSFW_VIDEO_FPS=1). Each frame costs one inference.")
+    max_video_seconds: float = setting(
+        "NSFW_MAX_VIDEO_SECONDS", "60", _float(0.1, 86400.0),
+        "Longest video a synchronous request (/predict, /v1/classify) takes, in seconds of its frames; a "
+        "longer one is 413 video_too_long: send it as a job (POST /v1/jobs). Its frames count as images in "
+        "flight while it is judged.")
+    max_video_bytes: int = setting(
+        "NSFW_MAX_VIDEO_BYTES", "67108864", _int(1),
+        "Largest video a synchronous request takes, in bytes (uploaded, base64 or fetched); the cap that "
+        "applies is chosen from the first bytes (an image stays under NSFW_MAX_BYTES). A body without "
+        "Content-Length is counted at this size in NSFW_MAX_BODY_BYTES_IN_FLIGHT while it arrives.")
+    max_video_pixels: int = setting(
+        "NSFW_MAX_VIDEO_PIXELS", "8847360", _int(1),
+        "Largest video frame accepted, in pixels (width x height, as the container declares it; 4096x2160 by "
+        "default); 413 above it. The decoding process may use about 96 bytes per pixel of it.")
+    video_timeout: float = setting(
+        "NSFW_VIDEO_TIMEOUT", "60", _float(0.1, 3600.0),
+        "Deadline for decoding a video, in seconds: all of it in a synchronous request, each sampled frame in "
+        "a job (422 decode_timeout: the decoding process is killed).")
+    job_max_bytes: int = setting(
+        "NSFW_JOB_MAX_BYTES", "268435456", _int(1),
+        "Largest video a job (POST /v1/jobs) fetches, in bytes; it is held in memory while the job runs.")
+    job_fetch_timeout: float = setting(
+        "NSFW_JOB_FETCH_TIMEOUT", "120", _float(0.001, 3600.0),
+        "Deadline for fetching a job's video, in seconds.")
+    job_workers: int = setting(
+        "NSFW_JOB_WORKERS", "1", _int(0, 64),
+        "Jobs one instance runs at once (0: this instance runs none; it still accepts them for the others). "
+        "Replicas share the jobs in the database, each job run by one instance at a time.")
+    job_lease_seconds: float = setting(
+        "NSFW_JOB_LEASE_SECONDS", "30", _float(1.0, 3600.0),
+        "How long an instance holds a running job without renewing its lease (it renews every third of it); a "
+        "job whose instance died is taken over by another (or by the same one restarted) after it, and goes "
+        "on from the frames already judged.")
+    job_retention_days: int = setting(
+        "NSFW_JOB_RETENTION_DAYS", "7", _int(0),
+        "Finished jobs (and their frames' scores) older than this many days are deleted; 0 keeps them.")
     max_jpeg_scans: int = setting(
         "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
         "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"
         " whole image, and ordinary encoders write about 10.")
     max_in_flight: int = setting(
         "NSFW_MAX_IN_FLIGHT", "128", _int(1),
-        "Images being fetched, decoded or classified at once (batch items count one each); above it requests "
-        "get 503 with Retry-After before their body is read.")
+        "Work being fetched, decoded or classified at once, in cost units (a photo on the default model is 1; "
+        "batch items count each, each frame one, and what an expensive model adds up to half of this limit; "
+        "docs/http-api.md#rate-limits); above it requests get 503 with Retry-After, before their body is read "
+        "when they can be counted then.")
+    key_share: float = setting(
+        "NSFW_KEY_SHARE", "0.5", _share,
+        "The share of the machine one API key may take while others want it: at most this fraction of "
+        "NSFW_MAX_IN_FLIGHT in flight, and of the cost units a second the machine measured it can serve at "
+        "start-up (used only while another key is active: a key alone may use it all); beyond it 429 "
+        "rate_limited. Applies with NSFW_API_KEYS only (without keys every client behind a proxy has one "
+        "address). 1: no share limit.")
     max_body_bytes_in_flight: int = setting(
         "NSFW_MAX_BODY_BYTES_IN_FLIGHT", "134217728", _int(1),
         "Request bodies (uploads, batches) held in memory at once, in bytes, counted at their declared or "
@@ -464,30 +534,47 @@ class Settings:
         "MB: measured RSS); beyond it the least recently used is unloaded (never the default model).")
     rate_limit: Any = setting(
         "NSFW_RATE_LIMIT", "", _rate,
-        "Requests per API key (per client address without keys) to /v1 and /predict, one budget for both, per "
-        "instance: e.g. 20/s;burst=40 "
-        "(units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond it. Empty: none.")
+        "Cost units per API key (per client address without keys) to /v1 and /predict, one budget for both: "
+        "e.g. 20/s;burst=40 (units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond "
+        "it. A photo on the default model costs 1, a request at least 1, an animation its frames times the "
+        "model's relative cost (docs/security.md). Shared by replicas when NSFW_DATABASE_URL is set, per "
+        "instance otherwise. Empty: none.")
     webhook_url: str = setting(
         "NSFW_WEBHOOK_URL", "", str,
-        "Each review decision is POSTed here as JSON (signed, retried with backoff, kept in the database's "
+        "Each review decision, and each undo of one, is POSTed here as JSON (signed, retried with backoff, kept "
+        "in the database's "
         "outbox until delivered); fetched like images, so private addresses need NSFW_ALLOW_PRIVATE_HOSTS.")
     webhook_secret: str = setting(
-        "NSFW_WEBHOOK_SECRET", "", str,
-        "Key of the webhooks' HMAC-SHA256 signature (header NSFW-Signature: t=<unix time>,v1=<hex>).", secret=True)
+        "NSFW_WEBHOOK_SECRET", "", _secret,
+        "Key of the webhooks' HMAC-SHA256 signature (header NSFW-Signature: t=<unix time>,v1=<hex>), at least 16 "
+        "characters.", secret=True)
+    webhook_concurrency: int = setting(
+        "NSFW_WEBHOOK_CONCURRENCY", "4", _int(1, 64),
+        "Webhook deliveries in progress at once (per instance): a receiver that hangs on one event holds one of "
+        "them, the others go on; events not tried yet go before retries.")
 
     @property
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(
             max_bytes=self.max_bytes, timeout=self.fetch_timeout, connect_timeout=self.connect_timeout,
             keepalive=self.fetch_keepalive, max_redirects=self.max_redirects,
-            max_url_length=self.max_url_length, allow_private_hosts=self.allow_private_hosts)
+            max_url_length=self.max_url_length, allow_private_hosts=self.allow_private_hosts,
+            max_video_bytes=self.max_video_bytes)
+
+    @property
+    def job_fetch_policy(self) -> FetchPolicy:
+        """A job's fetch: its video under NSFW_JOB_MAX_BYTES and NSFW_JOB_FETCH_TIMEOUT (images as usual)."""
+        return dataclasses.replace(self.fetch_policy, timeout=self.job_fetch_timeout,
+                                   max_video_bytes=self.job_max_bytes)
 
     @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(
             max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_jpeg_scans=self.max_jpeg_scans,
             jpeg_draft=self.jpeg_draft, pixel_budget=self.decode_pixel_budget, timeout=self.decode_timeout,
-            processes=self.decode_processes, max_frames=self.max_frames)
+            processes=self.decode_processes, max_frames=self.max_frames, video_fps=self.video_fps,
+            max_video_frames=self.max_video_frames, max_video_seconds=self.max_video_seconds,
+            max_video_pixels=self.max_video_pixels, video_timeout=self.video_timeout)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -537,9 +624,10 @@ class Settings:
         return ServingLimits(
             max_bytes=self.max_bytes, max_url_length=self.max_url_length, body_timeout=self.body_timeout,
             max_in_flight=self.max_in_flight, max_body_bytes_in_flight=self.max_body_bytes_in_flight,
+            key_share=self.key_share,
             max_batch_items=self.max_batch_items, workers=self.workers,
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms, queue_size=self.queue_size,
-            api_keys=self.api_keys)
+            api_keys=self.api_keys, max_video_bytes=self.max_video_bytes)
 
 
 # ---------------------------------------------------------------- the narrow parts
@@ -559,6 +647,7 @@ class FetchPolicy:
     max_redirects: int
     max_url_length: int
     allow_private_hosts: tuple[str, ...]
+    max_video_bytes: int = 0  # a video's cap, chosen from its first bytes (0: videos under max_bytes too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,6 +662,11 @@ class DecodeLimits:
     timeout: float
     processes: int
     max_frames: int = 16
+    video_fps: float = 1.0
+    max_video_frames: int = 1800
+    max_video_seconds: float = 60.0  # a synchronous request's longest video
+    max_video_pixels: int = 8847360
+    video_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -633,12 +727,19 @@ class ServingLimits:
     body_timeout: float
     max_in_flight: int
     max_body_bytes_in_flight: int
+    key_share: float
     max_batch_items: int
     workers: int
     max_batch: int
     batch_wait_ms: float
     queue_size: int
     api_keys: tuple[str, ...]
+    max_video_bytes: int = 0  # a video's byte cap in a request (0: videos under max_bytes too)
+
+    @property
+    def max_body(self) -> int:
+        """The most bytes one image or video in a request may take."""
+        return max(self.max_bytes, self.max_video_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

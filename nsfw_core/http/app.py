@@ -5,6 +5,7 @@ The routes, each in the module of its concern:
 * the original API, ``POST /predict`` and ``POST /predict/batch`` (:mod:`nsfw_core.http.predict`);
 * API v1, ``POST /v1/classify``, ``POST /v1/classify/batch``, ``GET /v1/reviews/{id}`` and ``GET /docs``
   (:mod:`nsfw_core.http.v1`);
+* video jobs, ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (:mod:`nsfw_core.http.jobs`);
 * the reviewer API, ``POST /v1/reviews/claim``, ``POST /v1/reviews/{id}/decision``, ``POST /v1/reviews/undo``,
   and ``GET /v1/evaluation`` (:mod:`nsfw_core.http.reviews`);
 * ``GET /health``, ``GET /metrics``, ``GET /openapi.json`` (:mod:`nsfw_core.http.ops`).
@@ -28,7 +29,7 @@ from starlette.routing import BaseRoute
 
 from nsfw_core.base.settings import Settings, load_settings
 from nsfw_core.context import Context, current, install
-from nsfw_core.http import ops, predict, reviews, v1
+from nsfw_core.http import jobs, ops, predict, reviews, v1
 from nsfw_core.http.routing import ApiLookalike, ApiRoute
 
 LOOKALIKE_PREFIXES = ("/predict", "/v1", "/health", "/metrics", "/openapi.json", "/docs")
@@ -48,6 +49,8 @@ def api_routes(context: Callable[[], Context] = current) -> list[ApiRoute]:
         ApiRoute("/v1/reviews/{id}/decision", {"POST": reviews.decision}, context=context),
         ApiRoute("/v1/evaluation", {"GET": reviews.evaluation}, context=context),
         ApiRoute("/v1/reviews/{id}", {"GET": v1.reviews}, context=context),
+        ApiRoute("/v1/jobs", {"POST": jobs.create}, context=context),
+        ApiRoute("/v1/jobs/{id}", {"GET": jobs.get}, context=context),
         ApiRoute("/docs", {"GET": v1.docs}, context=context),
         ApiRoute("/v1", context=context),
         ApiRoute("/v1/{rest:path}", context=context),

@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from nsfw_core.base.errors import BadRequest, InvalidURL, RequestTimeout, TooLarge
+from nsfw_core.images.sniff import sniff_video
 
 MULTIPART_SLACK = 64 * 1024  # room for the multipart headers and boundaries around the file
 BATCH_ITEM_BYTES = 512  # JSON room per batch item besides its URL
@@ -74,8 +75,26 @@ async def read_body(request: Request, max_bytes: int, timeout: float, *, slack: 
     return bytes(body)
 
 
-async def uploaded_image(request: Request, max_bytes: int, timeout: float) -> bytes:
-    """The image sent in the body: raw bytes, or the ``file``/``image`` field of a multipart form."""
+def within_cap(data: bytes, max_bytes: int, max_video_bytes: int, field: str | None = None) -> bytes:
+    """``data`` when it is an image of at most ``max_bytes`` or a video (its first bytes say so) of at most
+    ``max_video_bytes``; 413 ``too_large`` otherwise."""
+    if sniff_video(data) is not None:
+        if len(data) <= max_video_bytes:
+            return data
+        raise TooLarge(f"the video is {len(data)} bytes; the limit is {max_video_bytes} (NSFW_MAX_VIDEO_BYTES)",
+                       limit=max_video_bytes, field=field)
+    if len(data) <= max_bytes:
+        return data
+    raise TooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes, field=field)
+
+
+async def uploaded_image(request: Request, max_bytes: int, timeout: float, *, max_video_bytes: int = 0) -> bytes:
+    """The image sent in the body: raw bytes, or the ``file``/``image`` field of a multipart form.
+
+    A video may take up to ``max_video_bytes`` (its first bytes say it is one), an image ``max_bytes``."""
+    if max_video_bytes > 0:
+        data = await uploaded_image(request, max(max_bytes, max_video_bytes), timeout)
+        return within_cap(data, max_bytes, max_video_bytes)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         data = await read_body(request, max_bytes, timeout)
         if not data:

@@ -187,9 +187,32 @@ class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
     stay the model's.  No distance and no ids: the answer is not an oracle for another client's items."""
 
     source: Literal["review", "list"]
-    by: Annotated[Literal["sha256", "pdq"], msgspec.Meta(
-        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree")]
+    by: Annotated[Literal["sha256", "pdq", "vpdq"], msgspec.Meta(
+        description="the same bytes, or a PDQ hash within NSFW_MATCH_DISTANCE whose model scores agree; vpdq: a "
+                    "video most of whose sampled frames (80 %) match most of a known video's, its worst frame "
+                    "scored alike")]
     label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, adult)")]
+
+
+class Segment(msgspec.Struct, forbid_unknown_fields=True):
+    """Consecutive sampled frames of a video with the same verdict."""
+
+    start_ms: Annotated[int, msgspec.Meta(ge=0, description="the first frame's time")]
+    end_ms: Annotated[int, msgspec.Meta(ge=0, description="the next segment's first frame's time (the video's end "
+                                                          "for the last)")]
+    verdict: Verdict
+    max_scores: Annotated[Scores, msgspec.Meta(description="each class's highest score among the segment's frames")]
+
+
+class VideoOut(msgspec.Struct, forbid_unknown_fields=True):
+    """A video: its container and codec as declared, its frame size, what its frames cover."""
+
+    container: Literal["mp4", "mov", "webm", "mkv"]
+    codec: Literal["h264", "hevc", "vp8", "vp9", "av1"]
+    width: Annotated[int, msgspec.Meta(ge=1)]
+    height: Annotated[int, msgspec.Meta(ge=1)]
+    duration_ms: Annotated[int, msgspec.Meta(ge=0)]
+    frames: Annotated[int, msgspec.Meta(ge=1, description="frames in the video stream (not all are judged)")]
 
 
 class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -222,10 +245,19 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     example: ExampleOut | msgspec.UnsetType = msgspec.UNSET
     frames: Annotated[list[Frame], msgspec.Meta(
         min_length=1, description="an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled frames (at "
-                                  "most NSFW_MAX_FRAMES); the image's scores and verdict are its worst frame's "
-                                  "(highest adult score)")] | msgspec.UnsetType = msgspec.UNSET
+                                  "most NSFW_MAX_FRAMES); a video's (NSFW_VIDEO_FPS a second, at most "
+                                  "NSFW_MAX_VIDEO_FRAMES; index: the frame's number in presentation order); the "
+                                  "scores and verdict are the worst frame's (highest adult score)")
+    ] | msgspec.UnsetType = msgspec.UNSET
     deciding_frame: Annotated[int, msgspec.Meta(
         ge=0, description="the index of the frame whose scores the image got")] | msgspec.UnsetType = msgspec.UNSET
+    deciding_time_ms: Annotated[int, msgspec.Meta(
+        ge=0, description="when the deciding frame is shown")] | msgspec.UnsetType = msgspec.UNSET
+    video: VideoOut | msgspec.UnsetType = msgspec.UNSET
+    segments: Annotated[list[Segment], msgspec.Meta(
+        min_length=1, description="a video's timeline: consecutive sampled frames with the same verdict merged "
+                                  "(Rekognition's segments, Hive's per-frame classes)")] | msgspec.UnsetType = \
+        msgspec.UNSET
     review_id: Annotated[str | None, msgspec.Meta(
         description="present when the verdict is sent to human review (NSFW_REVIEW_VERDICTS): this client's review "
                     "id (unguessable; GET /v1/reviews/{id} with the same API key); null when it was not queued "
@@ -241,6 +273,12 @@ class ClassifyResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_
     thresholds: ThresholdsOut  # type: ignore[assignment]
     request_id: str
     id: ClientId
+
+
+class JobResult(Detail, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """A finished job's answer: a video's Detail, with whether the job's own thresholds were used."""
+
+    thresholds: ThresholdsOut  # type: ignore[assignment]
 
 
 class Error(msgspec.Struct):
@@ -324,13 +362,89 @@ class Review(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     decided_at: str | None = None
 
 
-class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True):
-    """What a webhook receives for each decision (``type`` ``review.decided``)."""
+class Undone(msgspec.Struct, forbid_unknown_fields=True):
+    """The decision an undo took back (``review.undone``): the reviewer's label, never the model's verdict (an
+    audit item's undo is as blind as its decision)."""
+
+    label: str | None
+    decided_by: str | None
+    decided_at: str
+
+
+class WebhookEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a webhook receives for each decision (``type`` ``review.decided``) and each undo (``review.undone``:
+    the item is open again; ``undone`` says what was taken back).
+
+    ``review.id`` is the review id the item's creator got (``rv_...``; another client that sent the same image
+    has an id of its own, not shown here).  An audit item (``review.kind`` audit, sampled by the server) is
+    blind in both events, as it is to its reviewers: no model verdict, and no ``client_key_id`` (no client
+    asked for it).  Under double review, a vote that decides nothing sends no event: ``review.decided`` comes
+    when two votes agree or an admin decides a disagreement (``decided_by`` is whoever's vote decided), and
+    ``review.undone`` when that decision is taken back."""
 
     id: str  # the event's id, stable across retries: the receiver's idempotency key
-    type: Literal["review.decided"]
+    type: Literal["review.decided", "review.undone"]
     created_at: str
     review: Review
+    client_key_id: Annotated[str | None, msgspec.Meta(
+        description="the id of the API key whose request queued the image (key: + the first 16 hex digits of the "
+                    "key's SHA-256, the creator's like review.id); null without API keys and for an audit item")] = None
+    undone: Undone | msgspec.UnsetType = msgspec.UNSET
+
+
+class VideoSource(msgspec.Struct, forbid_unknown_fields=True):
+    """The video, by URL (fetched through the SSRF-safe fetcher, at most NSFW_JOB_MAX_BYTES)."""
+
+    url: URLText
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``POST /v1/jobs``: a video judged in the background (longer than a request takes: NSFW_MAX_VIDEO_SECONDS)."""
+
+    video: VideoSource
+    model: ModelName | None = None
+    thresholds: ThresholdsIn | None = None
+    id: ClientId = None
+
+
+class JobProgress(msgspec.Struct, forbid_unknown_fields=True):
+    frames_done: Annotated[int, msgspec.Meta(ge=0, description="sampled frames judged so far")]
+    frames_total: Annotated[int | None, msgspec.Meta(
+        description="sampled frames to judge (null until the video is fetched and its container read)")]
+
+
+JOB_ID_PATTERN = "^job_[0-9a-f]{32}$"
+JobStatus = Literal["queued", "running", "done", "failed"]
+
+
+class Job(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A video job: its state, its progress, and once done its result (a video's Detail) or once failed its error."""
+
+    id: Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
+    status: JobStatus
+    url: str
+    model: str
+    client_id: ClientId
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: JobProgress
+    result: JobResult | msgspec.UnsetType = msgspec.UNSET
+    error: Error | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """What a webhook receives when a job ends (``type`` ``job.completed``; ``job.status`` done or failed): the job
+    as GET /v1/jobs/{id} shows it, its result without the per-frame scores (the segments are there)."""
+
+    id: str  # the event's id, stable across retries: the receiver's idempotency key
+    type: Literal["job.completed"]
+    created_at: str
+    client_key_id: Annotated[str | None, msgspec.Meta(
+        description="the API key that made the job: key: and 16 hex digits of its SHA-256, as the review "
+                    "events say (null without keys)")]
+    job: Job
+
 
 
 # ---------------------------------------------------------------- the reviewer API and the evaluation (issue 25)
@@ -434,9 +548,9 @@ class Evaluation(msgspec.Struct, forbid_unknown_fields=True):
     missing: list[str]
 
 
-REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, DecisionRequest)
+REQUESTS: tuple[type, ...] = (ClassifyRequest, BatchRequest, DecisionRequest, JobRequest)
 RESPONSES: tuple[type, ...] = (ClassifyResult, BatchError, BatchResponse, Review, WebhookEvent, Error, Claim,
-                               DecisionResult, Evaluation)
+                               DecisionResult, Evaluation, Job, JobEvent)
 
 
 # ---------------------------------------------------------------- validation

@@ -51,6 +51,7 @@ class Operation:
     limited: bool = True  # counted against NSFW_RATE_LIMIT (RateLimit-* headers)
     description: str = ""
     media: str = "application/json"  # the 200 answer's media type
+    status: int = 200  # the success status (202: accepted, judged later)
     reviewer: bool = False  # needs a reviewer API key (NSFW_REVIEWER_API_KEYS / NSFW_ADMIN_API_KEYS), always
 
 
@@ -89,6 +90,18 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("/v1/reviews/{id}", "get", "v1Review",
               "A review item of this API key: pending, claimed or decided (label, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
+    Operation("/v1/jobs", "post", "v1CreateJob", "Judge a video in the background (a long one): 202 with the job",
+              "Job", (400, 401, 405, 408, 413, 429, 500, 503), body="JobRequest", status=202,
+              description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\"}. The answer "
+                          "is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
+                          "NSFW_JOB_MAX_BYTES), sampled at NSFW_VIDEO_FPS and judged by one instance, resumed "
+                          "after a crash; GET /v1/jobs/{id} gives its progress and result, and with "
+                          "NSFW_WEBHOOK_URL a job.completed event (JobEvent) is POSTed, signed like the review "
+                          "events. A client may have 100 jobs queued or running (429 too_many_jobs beyond). The "
+                          "same client id and URL again: 200 with the job already made."),
+    Operation("/v1/jobs/{id}", "get", "v1Job", "A video job: queued, running (progress), done (result) or failed",
+              "Job", (401, 404, 405, 429, 500, 503), params=("job_id",),
+              description="With API keys a job is visible to the key that created it only (404 for others)."),
     Operation("/v1/reviews/claim", "post", "v1ReviewClaim",
               "Reviewer API: claim the next item under a lease (an audit item without the model's verdict or scores)",
               "Claim", (401, 403, 405, 429, 500, 503), reviewer=True, body=None,
@@ -130,7 +143,7 @@ OPERATIONS: tuple[Operation, ...] = (
               limited=False),
     Operation("/metrics", "get", "metrics",
               "Prometheus metrics (text format); needs a key when NSFW_API_KEYS or NSFW_METRICS_TOKEN is set", None,
-              (401,), limited=False, media="text/plain",
+              (401, 429), limited=False, media="text/plain",
               description="The Prometheus text exposition format (docs/operations.md)."),
 )
 
@@ -144,6 +157,9 @@ PARAMS: dict[str, dict[str, Any]] = {
                 "description": "false: judge with the base model even when an adapter is in force (the five scores "
                                "are the base model's either way; with an adapter, adult_score is the adapter's); "
                                "in v1's JSON, \"adapter\": false (both: they must agree)"},
+    "job_id": {"name": "id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": c.JOB_ID_PATTERN},
+               "description": "the id POST /v1/jobs answered"},
     "since": {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
               "description": "start of the window: a UTC date, YYYY-MM-DD (default: 28 days before until)"},
     "until": {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
@@ -180,7 +196,9 @@ def _errors(statuses: tuple[int, ...], limited: bool) -> dict[str, Any]:
     out = {str(s): _json({"$ref": REF.format(name="Error")}, "Error, see code", limited and s != 401)
            for s in statuses}
     if "429" in out:
-        out["429"]["description"] = "Rate limited (NSFW_RATE_LIMIT): retry after Retry-After seconds"
+        out["429"]["description"] = ("Rate limited (NSFW_RATE_LIMIT, a key's share NSFW_KEY_SHARE, or too many wrong "
+                                     "keys from this address, NSFW_WRONG_KEY_LIMIT; the error's limit says which): "
+                                     "retry after Retry-After seconds")
         out["429"]["headers"]["Retry-After"] = {"required": True, "schema": {"type": "string"}}
     if "503" in out:
         out["503"]["description"] = "Not ready, overloaded or a dependency down: retry after Retry-After seconds"
@@ -190,8 +208,10 @@ def _errors(statuses: tuple[int, ...], limited: bool) -> dict[str, Any]:
 def _image_body(settings: Settings) -> dict[str, Any]:
     image = {"type": "string", "format": "binary", "minLength": 1,
              "description": "JPEG, PNG, GIF, WebP, BMP or TIFF bytes, at most NSFW_MAX_BYTES "
-                            f"({settings.max_bytes}); other bytes are 415 not_an_image, damaged ones 422, too "
-                            "large 413"}
+                            f"({settings.max_bytes}), or an MP4, MOV, WebM or MKV video (H.264, H.265, VP8, VP9, "
+                            f"AV1) of at most NSFW_MAX_VIDEO_BYTES ({settings.max_video_bytes}) and "
+                            f"NSFW_MAX_VIDEO_SECONDS ({settings.max_video_seconds:g} s; longer: 413 video_too_long, "
+                            "use POST /v1/jobs); other bytes are 415 not_an_image, damaged ones 422, too large 413"}
     binary = {"schema": image}
     multipart = {"schema": {"type": "object", "properties": {"file": image}, "required": ["file"],
                             "description": "the image as a file part named 'file' ('image' is accepted too, "
@@ -213,7 +233,10 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         schema = {"$ref": REF.format(name=op.answer)} if isinstance(op.answer, str) else op.answer
         ok = _json(schema, op.summary, op.limited)
     out: dict[str, Any] = {"summary": op.summary, "operationId": op.operation_id, "parameters": params,
-                           "responses": {"200": ok, **_errors(op.errors, op.limited)}}
+                           "responses": {str(op.status): ok, **_errors(op.errors, op.limited)}}
+    if op.status != 200:  # accepted: 200 is the answer to an idempotent retry (the same client id and URL)
+        out["responses"]["200"] = {**ok, "description": "The job made by an earlier request with the same client id "
+                                                        "and URL (a retry makes no second job)"}
     if op.description:
         out["description"] = op.description
     if op.reviewer:
@@ -236,9 +259,16 @@ def schemas(settings: Settings) -> dict[str, Any]:
         if form.get("type") == "array":
             form["maxItems"] = settings.max_batch_items
     body["description"] = "a list of URLs (or items), or {\"items\": [...], \"detail\": bool}"
-    limits = c.schema_limits(components, max_bytes=settings.max_bytes, max_url_length=settings.max_url_length,
+    largest = max(settings.max_bytes, settings.max_video_bytes)  # a video's base64 may be longer than an image's
+    limits = c.schema_limits(components, max_bytes=largest, max_url_length=settings.max_url_length,
                              max_batch_items=settings.max_batch_items)
+    limits["Image"]["description"] = (
+        f"{limits['Image']['description'].rsplit(' At most', 1)[0]} At most {settings.max_bytes} bytes for an image "
+        f"(NSFW_MAX_BYTES), {settings.max_video_bytes} for a video (NSFW_MAX_VIDEO_BYTES); in a batch, "
+        f"{settings.max_bytes} in all.")
     limits["Image"]["properties"]["url"]["anyOf"][0]["pattern"] = URL_PATTERN  # the documented subset
+    video_url = limits["VideoSource"]["properties"]["url"]
+    video_url.update(pattern=URL_PATTERN, maxLength=settings.max_url_length)
     return limits
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -42,7 +43,7 @@ async def health(request: Request, ctx: Context) -> Response:
         "thresholds": {**active.thresholds.to_dict(), "source": active.source, "version": active.version},
         "warnings": ([active.warning] if active.warning else []) + ctx.warnings(),
         "batcher": {**batcher.stats.to_dict(), "waiting": batcher.waiting},
-        "in_flight": {"images": ctx.admission.in_flight, "limit": ctx.admission.limit,
+        "in_flight": {"images": math.ceil(ctx.admission.in_flight), "limit": ctx.admission.limit,  # cost units
                       "rejected": ctx.admission.rejected},
     })
 
@@ -56,6 +57,6 @@ async def metrics(request: Request, ctx: Context) -> Response:
     """GET /metrics: the Prometheus text format; with NSFW_API_KEYS or NSFW_METRICS_TOKEN set, a key or the
     token is required."""
     token = ctx.settings.metrics_token
-    authorize(request, ctx.serving.api_keys + ((token,) if token else ()))
+    await authorize(request, ctx, ctx.serving.api_keys + ((token,) if token else ()))
     body = await asyncio.to_thread(ctx.metrics.exposition)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -37,7 +37,7 @@ from nsfw_core.http.bodies import (
 )
 from nsfw_core.http.contract import decode_predict_batch
 from nsfw_core.http.errors import as_error
-from nsfw_core.http.guard import client_id, guard
+from nsfw_core.http.guard import admitted, client_id, guard
 from nsfw_core.http.routing import note
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 async def predict(request: Request, ctx: Context) -> Response:
     """POST /predict: one image by ``?url=`` or in the body."""
-    headers = guard(request, ctx)
+    headers = await guard(request, ctx)
     limits = ctx.serving
     detail = flag(request, "detail")
     adapter = flag(request, "adapter", default=True)
@@ -57,11 +57,12 @@ async def predict(request: Request, ctx: Context) -> Response:
     if url:
         info.url = url_for_log(url)
     result: Classification
-    with ctx.admission.admit(1):  # before the body is read: a flood is refused, not buffered
+    with admitted(request, ctx, 1):  # before the body is read: a flood is refused, not buffered
         if url is None:
             # the body's memory is reserved before it is read and kept until the answer
-            with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
-                image = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+            with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
+                image = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
+                                             max_video_bytes=limits.max_video_bytes)
                 result = await ctx.classifier.data(image, client=client_id(request, ctx), adapter=adapter)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
@@ -75,7 +76,7 @@ async def predict(request: Request, ctx: Context) -> Response:
 
 async def predict_batch(request: Request, ctx: Context) -> Response:
     """POST /predict/batch: many URLs, one result (or error) each, in order."""
-    headers = guard(request, ctx)
+    headers = await guard(request, ctx)
     limits = ctx.serving
     queried = flag(request, "detail")
     adapter = flag(request, "adapter", default=True)
@@ -86,7 +87,7 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     detail = queried if detail is None else detail
     info = note(request)
     info.items = len(items)
-    with ctx.admission.admit(len(items)):
+    with admitted(request, ctx, len(items)):
         client = client_id(request, ctx)
         results = await asyncio.gather(*(_item(ctx, index, ident, url, detail, client, adapter)
                                          for index, (ident, url) in enumerate(items)))
@@ -106,7 +107,7 @@ async def _item(ctx: Context, index: int, ident: Any, url: str, detail: bool, cl
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
         out["error"] = err.to_dict()
-        ctx.metrics.observe_error(err.code)
+        ctx.metrics.observe_error(err.code, err.details.get("limit"))
         log.info("batch item %d: %s %d %s url=%s", index, err.code, err.status, err.message, url_for_log(url),
                  extra=extra_fields(item=index, code=err.code, status=err.status, url=url_for_log(url)))
         return out

@@ -16,7 +16,9 @@ is refused with 403: client keys never act on review items).  A reviewer or admi
 named by any of its review ids.  The identity a decision records is the key's id, ``key:<16 hex digits of
 its SHA-256>``, never the key.  Reviewer identities (``decided_by``, the votes of a disagreement) are shown
 to reviewer and admin keys only.  An admin key also decides the items two reviewers disagreed on.  Each
-request counts against NSFW_RATE_LIMIT like the others.
+request counts against NSFW_RATE_LIMIT like the others, one unit in a bucket of its key's (no share of the
+machine: that divides the model's capacity among client keys); a missing or wrong key counts against
+NSFW_WRONG_KEY_LIMIT per client address (429 beyond it) like a wrong client key.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import Forbidden, Unauthorized
 from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.http.bodies import read_body
 from nsfw_core.http.contract import ContractError, DecisionRequest, decode
-from nsfw_core.http.guard import rate_limit
-from nsfw_core.images.sniff import FORMATS, sniff
+from nsfw_core.http.guard import bearer, rate_limit, wrong_key
+from nsfw_core.images.sniff import FORMATS, VIDEO_FORMATS, sniff, sniff_video
 from nsfw_core.state.errors import ReviewConflict, ReviewUnavailable
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ItemNotFound, ReviewError, iso
@@ -53,7 +56,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DECISION_BODY_BYTES = 1024
 DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # GET /v1/evaluation's since and until (ASCII digits only)
-KEY_ID_PREFIX = "key:"
 
 
 class KeyHolder:
@@ -64,8 +66,9 @@ class KeyHolder:
 
 
 def key_id(key: str) -> str:
-    """The id recorded for a key: ``key:`` and the first 16 hex digits of its SHA-256 (never the key)."""
-    return KEY_ID_PREFIX + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """The id recorded for a key: ``key:`` and the first 16 hex digits of its SHA-256 (never the key), the rule of
+    :func:`nsfw_core.ratelimit.key_id` (a client key's id in the webhook events)."""
+    return ratelimit.key_id(key)
 
 
 def _matches(token: bytes, keys: tuple[str, ...]) -> bool:
@@ -88,24 +91,29 @@ def role_of(request: Request, ctx: Context) -> KeyHolder | None:
     return KeyHolder(key_id(token), admin) if admin or _matches(raw, keys.reviewer) else None
 
 
-def holder(request: Request, ctx: Context) -> KeyHolder:
+async def holder(request: Request, ctx: Context) -> KeyHolder:
     """The reviewer or admin key of the request (401 without one, 403 for a client's API key), then its rate
-    limit."""
+    limit.
+
+    Every 401 counts against the client address's NSFW_WRONG_KEY_LIMIT first (429 beyond it), as the API's do:
+    a reviewer key opens every item's bytes, so guessing one is limited like guessing a client key.  A client's
+    key (403) is a right key in the wrong place, not a guess: not counted.  A right key's calls count against
+    NSFW_RATE_LIMIT in a bucket of that key's, one unit each, and never against a client's share."""
     keys = ctx.settings.reviewer_keys
     if not keys.configured:
         raise Unauthorized("the reviewer API is off: set NSFW_REVIEWER_API_KEYS (or NSFW_ADMIN_API_KEYS)")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("a reviewer API key is required: send 'Authorization: Bearer <key>'")
+    token = bearer(request)
     raw = token.encode("utf-8", "surrogatepass")
-    admin = _matches(raw, keys.admin)
-    reviewer = _matches(raw, keys.reviewer)
+    admin = bool(token) and _matches(raw, keys.admin)
+    reviewer = bool(token) and _matches(raw, keys.reviewer)
     if not (admin or reviewer):
-        if _matches(raw, ctx.serving.api_keys):
+        if token and _matches(raw, ctx.serving.api_keys):
             raise Forbidden("a client API key cannot review; use a key of NSFW_REVIEWER_API_KEYS")
+        await wrong_key(request, ctx)
+        if not token:
+            raise Unauthorized("a reviewer API key is required: send 'Authorization: Bearer <key>'")
         raise Unauthorized("the reviewer API key is not valid")
-    rate_limit(request, ctx)
+    await rate_limit(request, ctx, role_key=token)
     return KeyHolder(key_id(token), admin)
 
 
@@ -149,9 +157,9 @@ def claimed(item: Item, public_id: str, votes: list[tuple[str, str]] | None = No
     image: dict[str, Any] | None = None
     data = shown_bytes(item)
     if data is not None:
-        fmt = sniff(data)
-        image = {"base64": base64.b64encode(data).decode("ascii"),
-                 "media_type": FORMATS.get(fmt or "", "application/octet-stream")}
+        fmt, video = sniff(data), sniff_video(data)  # a video item (issue 27): its container's media type
+        media_type = VIDEO_FORMATS[video] if video is not None else FORMATS.get(fmt or "", "application/octet-stream")
+        image = {"base64": base64.b64encode(data).decode("ascii"), "media_type": media_type}
     elif item.is_url and not item.blind and item.image is None:
         image = {"url": item.source}
     out: dict[str, Any] = {"id": public_id, "kind": item.kind, "source": item.source,
@@ -178,7 +186,7 @@ def _with_votes(ctx: Context, item: Item | None) -> dict[str, Any] | None:
 
 async def claim(request: Request, ctx: Context) -> Response:
     """POST /v1/reviews/claim: the next item for this key, under a lease."""
-    who = holder(request, ctx)
+    who = await holder(request, ctx)
 
     def work() -> dict[str, Any] | None:
         queue = ctx.review_queue
@@ -190,7 +198,7 @@ async def claim(request: Request, ctx: Context) -> Response:
 
 async def decision(request: Request, ctx: Context) -> Response:
     """POST /v1/reviews/{id}/decision: this key's label for the item it holds."""
-    who = holder(request, ctx)
+    who = await holder(request, ctx)
     raw = request.path_params.get("id", "")
     body = decode(await read_body(request, DECISION_BODY_BYTES, ctx.serving.body_timeout), DecisionRequest)
     from nsfw_core.state.webhooks import review_dict
@@ -215,7 +223,7 @@ async def decision(request: Request, ctx: Context) -> Response:
 
 async def undo(request: Request, ctx: Context) -> Response:
     """POST /v1/reviews/undo: this key's latest decision undone; the item is this key's again."""
-    who = holder(request, ctx)
+    who = await holder(request, ctx)
 
     def work() -> dict[str, Any] | None:
         return _with_votes(ctx, ctx.review_queue.undo(who.name, reclaim=True))
@@ -239,7 +247,7 @@ def parse_time(raw: str, field: str) -> float:
 async def evaluation(request: Request, ctx: Context) -> Response:
     """GET /v1/evaluation?since=&until=: the automatic decisions' estimated precision, what the unknown items
     turned out to be, wrong decisions per day, reviewer agreement, by day, score drift."""
-    holder(request, ctx)
+    await holder(request, ctx)
     from nsfw_core.calibration.production import DAY, MAX_DAYS
 
     now = time.time()

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.logs import extra_fields
@@ -43,6 +44,7 @@ class AccessNote:
     items: int | None = None  # batch: items, failed items and verdicts
     item_errors: int | None = None
     verdicts: str | None = None
+    limit: str | None = None  # the budget that refused a 429 rate_limited
 
 
 def note(request: Request) -> AccessNote:
@@ -70,7 +72,8 @@ class ApiRoute(Route):
 
     async def dispatch(self, request: Request) -> Response:
         started = time.perf_counter()
-        with requestid.bound(requestid.choose(request.headers.get(requestid.HEADER))) as rid:
+        with requestid.bound(requestid.choose(request.headers.get(requestid.HEADER))) as rid, \
+                ratelimit.request_scope():
             try:
                 handler = self.handlers.get(request.method)
                 if handler is None:
@@ -79,6 +82,7 @@ class ApiRoute(Route):
             except Exception as exc:  # every error is answered in JSON
                 err = as_error(exc)
                 note(request).code = err.code
+                note(request).limit = err.details.get("limit")
                 response = error_response(err)
             response.headers[requestid.HEADER] = rid
             self._account(request, response.status_code, time.perf_counter() - started)
@@ -97,7 +101,7 @@ class ApiRoute(Route):
         metrics = self._context().metrics
         metrics.observe_request(self.path, status, seconds)
         if info.code is not None:
-            metrics.observe_error(info.code)
+            metrics.observe_error(info.code, info.limit)
         timings = dataclasses.asdict(info.timings) if info.timings is not None else {}
         if info.url is None:
             timings.pop("fetch_ms", None)  # an upload: nothing was fetched

@@ -28,7 +28,15 @@ from nsfw_core.base.logs import extra_fields, url_for_log
 from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.classify import Classification
-from nsfw_core.http.bodies import BATCH_ITEM_BYTES, MULTIPART_SLACK, expected_body, flag, read_body, uploaded_image
+from nsfw_core.http.bodies import (
+    BATCH_ITEM_BYTES,
+    MULTIPART_SLACK,
+    expected_body,
+    flag,
+    read_body,
+    uploaded_image,
+    within_cap,
+)
 from nsfw_core.http.contract import (
     BatchRequest,
     ClassifyRequest,
@@ -42,7 +50,7 @@ from nsfw_core.http.contract import (
 )
 from nsfw_core.http.docs import docs_page
 from nsfw_core.http.errors import TooManyItems, as_error
-from nsfw_core.http.guard import client_id, guard
+from nsfw_core.http.guard import admitted, client_id, guard
 from nsfw_core.http.reviews import role_of
 from nsfw_core.http.routing import note
 
@@ -104,15 +112,15 @@ def _query_model(request: Request) -> str | None:
 
 async def classify(request: Request, ctx: Context) -> Response:
     """POST /v1/classify: one image, by URL or base64 in JSON, or as the body (raw or multipart)."""
-    guard(request, ctx)
+    await guard(request, ctx)
     queried = _query_model(request)
     limits = ctx.serving
     info = note(request)
     override: Thresholds | None = None
     ident: Any = None
-    with ctx.admission.admit(1):  # before the body is read, as /predict
+    with admitted(request, ctx, 1):  # before the body is read, as /predict
         if _json_type(request):
-            cap = base64_text_cap(limits.max_bytes) + limits.max_url_length + JSON_SLACK
+            cap = base64_text_cap(limits.max_body) + limits.max_url_length + JSON_SLACK
             with ctx.admission.hold_body(expected_body(request, cap)):
                 req = decode(await read_body(request, cap, limits.body_timeout), ClassifyRequest)
                 check_image(req.image, "$.image")
@@ -123,8 +131,9 @@ async def classify(request: Request, ctx: Context) -> Response:
                 model: str | None = req.model or queried
                 adapter = _adapter_wanted(request, req.adapter)
                 override, ident, url = _thresholds(ctx, req.thresholds, model, adapter), req.id, req.image.url
-                data = None if req.image.base64 is None else image_bytes(req.image.base64, limits.max_bytes,
-                                                                         "$.image.base64")
+                data = None if req.image.base64 is None else within_cap(
+                    image_bytes(req.image.base64, limits.max_body, "$.image.base64"), limits.max_bytes,
+                    limits.max_video_bytes, "$.image.base64")
                 del req  # the base64 text goes before the image is classified
                 client = client_id(request, ctx)
                 if url is not None:
@@ -137,8 +146,9 @@ async def classify(request: Request, ctx: Context) -> Response:
                                                        adapter=adapter)
         else:
             adapter = _adapter_wanted(request, None)
-            with ctx.admission.hold_body(expected_body(request, limits.max_bytes + MULTIPART_SLACK)):
-                data = await uploaded_image(request, limits.max_bytes, limits.body_timeout)
+            with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
+                data = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
+                                            max_video_bytes=limits.max_video_bytes)
                 result = await ctx.classifier.data(data, model=queried, client=client_id(request, ctx), adapter=adapter)
     info.verdict, info.timings = result.verdict, result.timings
     return _answer(request, result_dict(result, ident, override is not None))
@@ -146,7 +156,7 @@ async def classify(request: Request, ctx: Context) -> Response:
 
 async def classify_batch(request: Request, ctx: Context) -> Response:
     """POST /v1/classify/batch: many images (URLs and base64 mixed), one result or error each, in order."""
-    guard(request, ctx)
+    await guard(request, ctx)
     queried = _query_model(request)
     limits = ctx.serving
     cap = limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES) + base64_text_cap(limits.max_bytes)
@@ -174,7 +184,7 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
         info = note(request)
         info.items = len(work)
         client = client_id(request, ctx)
-        with ctx.admission.admit(len(work)):
+        with admitted(request, ctx, len(work)):
             results = await asyncio.gather(*(_batch_item(ctx, model, override, adapter, i, ident, url, data, client)
                                              for i, (ident, url, data) in enumerate(work)))
     info.item_errors = sum(1 for r in results if "error" in r)
@@ -193,7 +203,7 @@ async def _batch_item(ctx: Context, model: str | None, override: Thresholds | No
             result = await ctx.classifier.data(data, model=model, thresholds=override, client=client, adapter=adapter)
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
-        ctx.metrics.observe_error(err.code)
+        ctx.metrics.observe_error(err.code, err.details.get("limit"))
         shown = url_for_log(url) if url is not None else "base64"
         log.info("v1 batch item %d: %s %d %s image=%s", index, err.code, err.status, err.message, shown,
                  extra=extra_fields(item=index, code=err.code, status=err.status, url=shown))
@@ -210,7 +220,7 @@ async def reviews(request: Request, ctx: Context) -> Response:
     identities, e-mail addresses under OpenID Connect, are for the pages, the operator's webhook and the
     reviewer and admin keys: a key that is one of those too sees ``decided_by``).
     """
-    guard(request, ctx, ready=False)
+    await guard(request, ctx, ready=False)
     raw = request.path_params.get("id", "")
     from nsfw_core.state.review import ItemNotFound, ReviewError, ReviewUnavailable
     from nsfw_core.state.webhooks import review_dict

@@ -14,7 +14,8 @@ at 169.254.169.254, admin ports on localhost, private subnets).  So:
 * redirects are followed by hand and each hop is checked like the first;
 * one deadline covers the whole fetch (DNS, every hop, the body) and is
   enforced on every ``recv``, so a server trickling bytes cannot hold a worker;
-* the body is capped at ``policy.max_bytes`` while streaming;
+* the body is capped at ``policy.max_bytes`` while streaming (a video's at ``policy.max_video_bytes``,
+  the cap chosen from the first bytes: :func:`nsfw_core.images.sniff.sniff_video`);
 * a connection is kept alive for the next fetch (:data:`POOL`) only after a
   2xx answer whose body was read to its end, and it is reused only for the
   same scheme, host name and port *and* when the fresh DNS answer, checked
@@ -56,6 +57,7 @@ from nsfw_core.base.errors import (
     UpstreamUnreachable,
 )
 from nsfw_core.base.settings import FetchPolicy
+from nsfw_core.images.sniff import sniff_video
 
 DEFAULT_USER_AGENT = "nsfw-service/1.0"
 REQUEST_HEADERS = {
@@ -154,6 +156,12 @@ class _Target:
         if self.parts.query:
             path += "?" + self.parts.query
         return urllib.parse.quote(path, safe=_SAFE_TARGET_CHARS)
+
+
+def check_url(url: str, policy: FetchPolicy) -> None:
+    """:class:`InvalidURL` unless ``url`` is one :func:`fetch` would try (syntax only: no DNS, no address check);
+    for URLs taken now and fetched later (a video job's)."""
+    _parse(url, policy)
 
 
 def _parse(url: str, policy: FetchPolicy) -> _Target:
@@ -626,7 +634,7 @@ def _exchange_on(connection: _PinnedHTTPConnection, origin: tuple[str, str, int]
         connection.request("GET", target.request_path, headers=headers)
         response = connection.getresponse()
         try:
-            reply = _read_reply(response, policy.max_bytes)
+            reply = _read_reply(response, policy.max_bytes, policy.max_video_bytes)
             # reusable only when the body was read to its end and the server keeps the connection open
             keep = (policy.keepalive and reply.location is None and response.isclosed()
                     and not response.will_close)
@@ -640,7 +648,7 @@ def _exchange_on(connection: _PinnedHTTPConnection, origin: tuple[str, str, int]
             connection.close()
 
 
-def _read_reply(response: http.client.HTTPResponse, max_bytes: int) -> _Reply:
+def _read_reply(response: http.client.HTTPResponse, max_bytes: int, max_video_bytes: int = 0) -> _Reply:
     status = response.status
     content_type = response.getheader("Content-Type")
     if status in REDIRECT_STATUSES:
@@ -653,20 +661,39 @@ def _read_reply(response: http.client.HTTPResponse, max_bytes: int) -> _Reply:
     encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise NotAnImage(f"the image host sent a {encoding}-encoded body; only unencoded images are accepted")
-    return _Reply(status, content_type, None, _read_body(response, max_bytes))
+    return _Reply(status, content_type, None, _read_body(response, max_bytes, max_video_bytes))
 
 
-def _read_body(response: http.client.HTTPResponse, max_bytes: int) -> bytes:
+VIDEO_HEAD = 64  # bytes read before the cap is chosen: enough for sniff_video
+
+
+def _read_body(response: http.client.HTTPResponse, max_bytes: int, max_video_bytes: int = 0) -> bytes:
+    """The body, capped at ``max_bytes`` (a video at ``max_video_bytes``: the first bytes say which)."""
     declared = response.length  # Content-Length as http.client honours it; None when chunked or absent
-    if declared is not None and declared > max_bytes:
-        raise TooLarge(f"the image is larger than {max_bytes} bytes (Content-Length {declared})")
+    cap, what = max(max_bytes, max_video_bytes), "image"
+    decided = max_video_bytes <= 0
+    if declared is not None and declared > cap:
+        raise TooLarge(f"the image is larger than {cap} bytes (Content-Length {declared})")
     chunks: list[bytes] = []
     total = 0
-    while chunk := response.read(min(CHUNK_SIZE, max_bytes + 1 - total)):
+    while chunk := response.read(min(CHUNK_SIZE, cap + 1 - total)):
         total += len(chunk)
-        if total > max_bytes:
-            raise TooLarge(f"the image is larger than {max_bytes} bytes")
         chunks.append(chunk)
+        if not decided and total >= VIDEO_HEAD:
+            decided = True
+            if sniff_video(b"".join(chunks)[:VIDEO_HEAD]) is not None:
+                cap, what = max_video_bytes, "video"
+            else:
+                cap = max_bytes
+            if declared is not None and declared > cap:
+                raise TooLarge(f"the {what} is larger than {cap} bytes (Content-Length {declared})")
+        if total > cap:
+            raise TooLarge(f"the {what} is larger than {cap} bytes")
+    if not decided:  # fewer than VIDEO_HEAD bytes came
+        video = sniff_video(b"".join(chunks)) is not None
+        if total > (max_video_bytes if video else max_bytes):
+            raise TooLarge(f"the {'video' if video else 'image'} is larger than "
+                           f"{max_video_bytes if video else max_bytes} bytes")
     if declared is not None and total < declared:
         raise UpstreamError(f"the image host sent {total} of the {declared} bytes it announced")
     return b"".join(chunks)

@@ -16,12 +16,19 @@ large or progressive images, every TIFF) therefore run in one of at most
   as a JSON header plus raw array bytes: no pickle crosses the boundary, so a
   compromised decoder cannot run code in the server.
 
+A video (:meth:`Sandbox.video`, :mod:`nsfw_core.images.video`) is one request and a stream of replies:
+what its container declares and the frames planned, then each sampled frame's model input (and
+thumbnail) as soon as it is decoded, then the end.  The child's memory limit is set from the declared
+frame size once the container is open (a smaller one covers opening it); every reply must come within
+the video's deadline, so a decoder that spins is killed like an image's.
+
 Cheap decodes (the common case: ordinary JPEGs and PNGs) stay in the worker
 threads, where they cost nothing extra.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -33,15 +40,23 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from nsfw_core.base.errors import DecodeTimeout, ImageTooLarge, NotAnImage, NSFWError, UndecodableImage
+from nsfw_core.base.errors import (
+    DecodeTimeout,
+    ImageTooLarge,
+    NotAnImage,
+    NSFWError,
+    UndecodableImage,
+    VideoTooLong,
+)
 
 _FRAME = struct.Struct("<II")  # header length, payload length
 _MAX_HEADER = 1 << 16
-_ERRORS: dict[str, type[NSFWError]] = {cls.__name__: cls for cls in (ImageTooLarge, NotAnImage, UndecodableImage)}
+_ERRORS: dict[str, type[NSFWError]] = {cls.__name__: cls for cls in (ImageTooLarge, NotAnImage, UndecodableImage,
+                                                                      VideoTooLong)}
 _DTYPES = {"float32": np.float32, "uint8": np.uint8}
 # Address space a child may add on top of what it uses idle, per pixel of declared cost, and at
 # least: decoding holds the decoder's buffers, Pillow's image (4 bytes a pixel) and the RGB array.
@@ -91,6 +106,20 @@ class Sandbox:
             raise UndecodableImage("the isolated decoder sent back a malformed result")
         return out
 
+    def video(self, data: bytes, request: dict[str, Any], *, timeout: float,
+              total: float | None = None) -> VideoStream:
+        """Probe, plan and decode a video in a child: a :class:`VideoStream` of :class:`VideoReply` items,
+        ``kind`` "info" first (``meta``: what the container declares and the plan), then one "frame" per
+        sampled frame (``meta``: index and time_ms; ``x``: the model input; ``thumb``: a thumbnail when
+        ``request["thumb"]`` asks).
+
+        ``request`` holds the video's ``container`` and limits (:func:`nsfw_core.images.video.frames`'s
+        arguments, and ``size`` the model input's side).  Each reply must come within ``timeout`` seconds,
+        all of them within ``total`` (None: no total).  Close the stream (``with``): one closed before its
+        end (from any thread) kills its child.
+        """
+        return VideoStream(self, data, request, timeout, total)
+
     def warm(self) -> None:
         """Start one child ahead of the first isolated decode (it imports numpy and Pillow, which takes a moment)."""
         with self._lock:
@@ -126,6 +155,152 @@ class Sandbox:
             return result
 
 
+class VideoStream:
+    """One video's replies from a child of ``sandbox`` (see :meth:`Sandbox.video`); iterate, then close."""
+
+    def __init__(self, sandbox: Sandbox, data: bytes, request: dict[str, Any], timeout: float,
+                 total: float | None) -> None:
+        self.sandbox = sandbox
+        self.timeout = timeout
+        self._data: bytes | None = data
+        self._request = request
+        self._total = total
+        self._child: _Child | None = None
+        self._slot = False
+        self._state = "new"  # new, running, clean (ended, the child reusable), closed
+        self._lock = threading.Lock()
+        self._started = 0.0
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[VideoReply]:
+        return self
+
+    def __next__(self) -> VideoReply:
+        if self._state == "new":
+            self._begin()
+        if self._state != "running":
+            raise StopIteration
+        child = self._child
+        assert child is not None
+        deadline = time.monotonic() + self.timeout
+        if self._total is not None:
+            deadline = min(deadline, self._started + self._total)
+        try:
+            reply, body = child.receive(deadline)
+        except DecodeTimeout:
+            self.sandbox.killed += 1
+            self._abandon()
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+        if not reply.get("ok"):
+            self._finish()
+            raise _error(reply)
+        if reply.get("kind") == "end":
+            self._finish()
+            raise StopIteration
+        try:
+            return _video_reply(reply, body)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _begin(self) -> None:
+        self.sandbox._slots.acquire()
+        self._slot = True
+        with self.sandbox._lock:
+            child = self.sandbox._idle.pop() if self.sandbox._idle else None
+        if child is None or child.proc.poll() is not None:
+            child = _Child.start()
+        with self._lock:
+            self._child, self._state = child, "running"
+        data, self._data = self._data, None
+        assert data is not None
+        try:
+            child.send({**self._request, "op": "video", "headroom": MIN_HEADROOM}, data, self.timeout)
+        except BaseException:
+            self._abandon()
+            raise
+        self._started = time.monotonic()
+
+    def _finish(self) -> None:
+        """The stream ended cleanly: the child goes back to the idle ones."""
+        with self._lock:
+            child, self._child, self._state = self._child, None, "clean"
+        if child is not None:
+            with self.sandbox._lock:
+                self.sandbox._idle.append(child)
+        self._release()
+
+    def _abandon(self) -> None:
+        with self._lock:
+            child, self._child, self._state = self._child, None, "closed"
+        if child is not None:
+            child.kill()
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            held, self._slot = self._slot, False
+        if held:
+            self.sandbox._slots.release()
+
+    def interrupt(self) -> None:
+        """From another thread than the reader's: kill a child mid-stream (SIGKILL, its pipes left open), so a
+        reader blocked on it gets an error at once; :meth:`close` then releases the pipes and the slot."""
+        with self._lock:
+            child = self._child if self._state == "running" else None
+        if child is not None and child.proc.poll() is None:
+            child.proc.kill()
+
+    def close(self) -> None:
+        """Stop: a child still mid-stream is killed and its slot freed (call it from the reader's thread, or after
+        :meth:`interrupt` once the reader is done)."""
+        if self._state in ("new", "running"):
+            self._abandon()
+        self._data = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoReply:
+    """One reply of a video's stream (see :meth:`Sandbox.video`)."""
+
+    kind: str  # "info" or "frame"
+    meta: dict[str, Any]
+    x: np.ndarray | None = None  # a frame's model input, (S, S, 3) float32
+    thumb: np.ndarray | None = None  # a frame's thumbnail, (side, side, 3) uint8
+
+
+def _error(reply: dict[str, Any]) -> NSFWError:
+    cls = _ERRORS.get(str(reply.get("error")), UndecodableImage)
+    found = reply.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
+    return cls(str(reply.get("message", "the image could not be decoded"))[:500], **details)
+
+
+def _video_reply(reply: dict[str, Any], body: bytes) -> VideoReply:
+    kind = reply.get("kind")
+    meta = reply.get("meta") if isinstance(reply.get("meta"), dict) else None
+    if kind == "info" and meta is not None and not body:
+        return VideoReply("info", meta)
+    if kind != "frame" or meta is None:
+        raise UndecodableImage("the isolated decoder sent back a malformed result")
+    shapes = [tuple(int(n) for n in reply.get("shape", ())), tuple(int(n) for n in reply.get("thumb", ()) or ())]
+    sizes = [int(np.prod(shapes[0])) * 4, int(np.prod(shapes[1])) if shapes[1] else 0]
+    if len(shapes[0]) != 3 or shapes[0][2] != 3 or sizes[0] + sizes[1] != len(body) or \
+            (shapes[1] and (len(shapes[1]) != 3 or shapes[1][2] != 3)):
+        raise UndecodableImage("the isolated decoder sent back a malformed result")
+    x = np.frombuffer(body, np.float32, count=sizes[0] // 4).reshape(shapes[0]).copy()
+    thumb = np.frombuffer(body, np.uint8, offset=sizes[0]).reshape(shapes[1]).copy() if shapes[1] else None
+    return VideoReply("frame", meta, x, thumb)
+
+
 class _Child:
     """One ``python -m nsfw_core.images.sandbox`` process and its pipes."""
 
@@ -152,6 +327,33 @@ class _Child:
                 except OSError:
                     pass
         self.proc.wait()
+
+    def send(self, request: dict[str, Any], data: bytes, timeout: float) -> None:
+        """Write one request (the reply is read by :meth:`receive`)."""
+        assert self.proc.stdin is not None
+        self.timeout = timeout
+        header = json.dumps(request).encode()
+        try:
+            self.proc.stdin.write(_FRAME.pack(len(header), len(data)) + header)
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:  # a dead child: broken pipe, or a pipe closed by kill()
+            raise UndecodableImage("the isolated decoder is not running") from exc
+
+    def receive(self, deadline: float) -> tuple[dict[str, Any], bytes]:
+        """One reply: its JSON header and its body.  Raises when the child misbehaves."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        head_len, body_len = _FRAME.unpack(self._read(fd, _FRAME.size, deadline))
+        if head_len > _MAX_HEADER or body_len > (256 << 20):
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        try:
+            reply = json.loads(self._read(fd, head_len, deadline))
+        except ValueError as exc:
+            raise UndecodableImage("the isolated decoder sent back a malformed result") from exc
+        if not isinstance(reply, dict):
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        return reply, self._read(fd, body_len, deadline)
 
     def call(self, request: dict[str, Any], data: bytes, timeout: float) -> np.ndarray | NSFWError:
         """The child's answer: the array, or the typed error it reported. Raises when the child
@@ -231,6 +433,9 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             data = _read_exact(stdin, body_len)
         except EOFError:
             return
+        if request.get("op") == "video":
+            _serve_video(request, data, stdout, hard)
+            continue
         limit = _address_space() + int(request["headroom"])
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
         try:
@@ -259,6 +464,77 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         header = json.dumps(reply, default=str).encode()
         stdout.write(_FRAME.pack(len(header), len(body)) + header + body)
         stdout.flush()
+
+
+def _video_warm() -> None:
+    try:
+        from nsfw_core.images import video
+
+        video._av()  # FFmpeg's libraries mapped now, outside any limit
+    except ImportError:  # pragma: no cover - PyAV is pinned in requirements.txt
+        pass
+
+
+def _limit(headroom: int, hard: int) -> None:
+    limit = _address_space() + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _send(stdout: BinaryIO, reply: dict[str, Any], body: bytes = b"") -> None:
+    header = json.dumps(reply, default=str).encode()
+    stdout.write(_FRAME.pack(len(header), len(body)) + header + body)
+    stdout.flush()
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MemoryError):
+        return {"ok": False, "error": "ImageTooLarge",
+                "message": "decoding the video needed more memory than its declared frame size allows"}
+    assert isinstance(exc, NSFWError)
+    return {"ok": False, "error": type(exc).__name__, "message": exc.message, "details": exc.details}
+
+
+def _serve_video(request: dict[str, Any], data: bytes, stdout: BinaryIO, hard: int) -> None:
+    """One video: the "info" reply, a "frame" reply per sampled frame, then "end" (or an error reply)."""
+    from nsfw_core.images import video
+    from nsfw_core.images.preprocess import preprocess
+
+    size, side = int(request["size"]), int(request.get("thumb") or 0)
+    _video_warm()  # FFmpeg's libraries, on the child's first video (images need none of it)
+
+    def each(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return preprocess(rgb, size), (thumbnail(rgb, side) if side else None)
+
+    _limit(int(request["headroom"]), hard)
+    try:
+        stream = video.frames(
+            data, str(request["container"]), max_pixels=int(request["max_pixels"]), fps=float(request["fps"]),
+            max_frames=int(request["max_frames"]), seed=int(request["seed"]),
+            max_ms=None if request.get("max_ms") is None else int(request["max_ms"]), skip=int(request.get("skip", 0)),
+            each=each)
+        head = next(stream)
+        found, plan = head[0], head[1]
+        assert isinstance(found, video.Declared) and isinstance(plan, video.Plan)
+        _limit(max(MIN_HEADROOM, video.BYTES_PER_PIXEL * found.width * found.height), hard)
+        _send(stdout, {"ok": True, "kind": "info", "meta": {
+            **found.to_dict(), "duration_ms": plan.duration_ms, "packets": plan.packets, "keyframes": plan.keyframes,
+            "decoded": plan.decoded, "samples": [[s.index, s.time_ms] for s in plan.samples]}})
+        for sample, out in stream:
+            assert isinstance(sample, video.Sample) and isinstance(out, tuple)
+            x, thumb = out
+            meta = {"index": sample.index, "time_ms": sample.time_ms}
+            body = np.ascontiguousarray(x, dtype=np.float32).tobytes()
+            reply: dict[str, Any] = {"ok": True, "kind": "frame", "meta": meta, "shape": list(x.shape)}
+            if thumb is not None:
+                reply["thumb"] = list(thumb.shape)
+                body += np.ascontiguousarray(thumb, dtype=np.uint8).tobytes()
+            _send(stdout, reply, body)
+        final: dict[str, Any] = {"ok": True, "kind": "end"}
+    except (MemoryError, NSFWError) as exc:
+        final = _failure(exc)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    _send(stdout, final)
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 - :func:`sniff`: the key of :data:`FORMATS` the bytes announce, or None.  The decoder accepts only
   these formats (:mod:`nsfw_core.images.decode`); the review queue's export names stored images by them.
 - :func:`suffix`: the usual file suffix for those bytes (:data:`SUFFIXES`), or None.
+- :func:`sniff_video`: the key of :data:`VIDEO_FORMATS` for the video containers the service decodes
+  (:mod:`nsfw_core.images.video`), or None.
 - :func:`describe`: a short guess at what bytes that are no supported image are, for a 415 message.
 """
 
@@ -29,6 +31,20 @@ SUFFIXES: dict[str, str] = {
     "bmp": ".bmp",
     "tiff": ".tif",
 }
+
+#: The video containers decoded (nsfw_core.images.video) and their media types.
+VIDEO_FORMATS: dict[str, str] = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+}
+# ISO base media brands of still images (HEIF, AVIF): an "ftyp" box with one of these is no video.
+_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
+                           b"avis", b"mif2", b"jpeg", b"avci"})
+# The top-level atoms an old QuickTime file (no "ftyp") starts with.
+_QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+_EBML = b"\x1a\x45\xdf\xa3"
 
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
@@ -60,6 +76,20 @@ def sniff(data: bytes) -> str | None:
     for magic, fmt in _SIGNATURES:
         if data.startswith(magic):
             return fmt
+    return None
+
+
+def sniff_video(data: bytes) -> str | None:
+    """The key of :data:`VIDEO_FORMATS` that the first bytes of ``data`` announce, else ``None``."""
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in _IMAGE_BRANDS:
+            return None
+        return "mov" if brand == b"qt  " else "mp4"
+    if data[4:8] in _QUICKTIME_ATOMS and int.from_bytes(data[:4], "big") >= 8:
+        return "mov"
+    if data.startswith(_EBML):
+        return "webm" if b"webm" in data[:64] else "mkv"
     return None
 
 

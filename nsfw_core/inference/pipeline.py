@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -20,17 +22,20 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nsfw_core.base.errors import InvalidURL, NSFWError, TooLarge
+from nsfw_core.base.errors import InvalidURL, NSFWError, TooLarge, UndecodableImage
 from nsfw_core.base.files import FileTooLarge, read_regular_file
 from nsfw_core.base.settings import DecodeLimits, FetchPolicy
 from nsfw_core.images import decode as _decode
+from nsfw_core.images import video as _video
 from nsfw_core.images.fetch import ConnectionPool, fetch, is_url
 from nsfw_core.images.frames import FrameRef, sample
 from nsfw_core.images.phash import query_hash
-from nsfw_core.images.sandbox import Sandbox, thumbnail
+from nsfw_core.images.sandbox import Sandbox, VideoReply, VideoStream, thumbnail
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference.model import Model, scores_dict
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".mp4", ".mov", ".webm",
+                  ".mkv")
 # JPEG draft decoding keeps the shorter side at least this many times the model's
 # input. nsfwjs's align_corners resize point-samples the full image, so a smaller
 # draft (which box-filters) moves borderline images (BENCHMARKS.md, "Figures that used to sit
@@ -42,17 +47,132 @@ ISOLATED_SHARE = 0.75
 # Sampled frames whose model inputs differ by less than this (mean absolute difference, inputs in
 # [0, 1]) from the frame kept before them are not classified: the same picture, held longer.
 NEAR_IDENTICAL = 2.0 / 255
+# A video's decoded frames taken off the decoding child's pipe ahead of the model (600 KB each at 224 x 224).
+PREFETCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameInputs:
-    """An animation's sampled frames as model inputs, ``(k, S, S, 3)``, with each one's index and time."""
+    """An animation's sampled frames as model inputs, ``(k, S, S, 3)``, with each one's index and time;
+    a video's (``video``: what its container declares and its real duration, :class:`VideoInfo`)."""
 
     inputs: np.ndarray
     refs: tuple[FrameRef, ...]
+    video: VideoInfo | None = None
+    thumbs: np.ndarray | None = None  # (k, side, side, 3) uint8 when asked for
 
     def __len__(self) -> int:
         return len(self.refs)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """A video as its container declares it, and what its packets really cover."""
+
+    container: str
+    codec: str
+    width: int
+    height: int
+    duration_ms: int  # what the frames cover
+    frames: int  # the video stream's frames (packets)
+    keyframes: int
+    decoded: int  # frames fed to the decoder (the groups of pictures holding a sampled frame)
+    samples: tuple[tuple[int, int], ...] = ()  # (index, time_ms) of each frame planned
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> VideoInfo:
+        return cls(str(meta["container"]), str(meta["codec"]), int(meta["width"]), int(meta["height"]),
+                   int(meta["duration_ms"]), int(meta["packets"]), int(meta["keyframes"]), int(meta["decoded"]),
+                   tuple((int(i), int(t)) for i, t in meta.get("samples", ())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"container": self.container, "codec": self.codec, "width": self.width, "height": self.height,
+                "duration_ms": self.duration_ms, "frames": self.frames}
+
+
+class VideoDecode:
+    """One video being decoded in the isolated lane, frames handed out as they come (see :meth:`Decoder.video`).
+
+    :meth:`start` reads what the container declares and the plan (the video's info), then holds the video's
+    share of the pixel budget and starts a reader thread that takes the decoded frames off the child's pipe
+    into a queue of at most :data:`PREFETCH` frames, so the child decodes while the model judges the frames
+    already out; :meth:`take` returns the next ones.  Close it (``with``) to stop (the child is killed if it
+    is mid-stream).
+    """
+
+    def __init__(self, decoder: Decoder, replies: VideoStream, budget_pixels: Callable[[VideoInfo], int],
+                 size: int) -> None:
+        self._decoder = decoder
+        self.size = size
+        self._replies = replies
+        self._budget_pixels = budget_pixels
+        self._stack = contextlib.ExitStack()
+        self._stack.callback(replies.close)
+        self._queue: queue.Queue[VideoReply | BaseException | None] = queue.Queue(PREFETCH)
+        self._reader: threading.Thread | None = None
+        self._closed = threading.Event()
+        self.info: VideoInfo | None = None
+        self.done = False
+
+    def __enter__(self) -> VideoDecode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._reader is not None:
+            self._replies.interrupt()  # a child mid-stream is killed: the reader blocked on its pipe gets EOF
+            while self._reader.is_alive():  # and one waiting for room in the queue gets it
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+            self._reader.join()
+        self._stack.close()  # the pipes and the slot, once no thread reads them
+
+    def start(self) -> VideoInfo:
+        """Blocking: the video's :class:`VideoInfo` (raises the core's typed errors, 413 before decoding)."""
+        first = next(self._replies, None)
+        if first is None or first.kind != "info":
+            raise UndecodableImage("the isolated decoder sent back a malformed result")
+        self.info = VideoInfo.of(first.meta)
+        self._stack.enter_context(self._decoder.budget.hold(self._budget_pixels(self.info), share=ISOLATED_SHARE))
+        self._reader = threading.Thread(target=self._read, name="nsfw-video-reader", daemon=True)
+        self._reader.start()
+        return self.info
+
+    def _read(self) -> None:
+        try:
+            for reply in self._replies:
+                if self._closed.is_set():
+                    return
+                self._queue.put(reply)
+            self._queue.put(None)
+        except BaseException as exc:  # a typed error, a deadline, a killed child: the taker raises it
+            if not self._closed.is_set():
+                self._queue.put(exc)
+
+    def take(self, limit: int | None = None) -> FrameInputs:
+        """Blocking: the next decoded frames (all that are left without ``limit``), possibly none at the end."""
+        assert self.info is not None, "start() first"
+        xs: list[np.ndarray] = []
+        thumbs: list[np.ndarray] = []
+        refs: list[FrameRef] = []
+        while not self.done and (limit is None or len(refs) < limit):
+            reply = self._queue.get()
+            if reply is None:
+                self.done = True
+                break
+            if isinstance(reply, BaseException):
+                self.done = True
+                raise reply
+            assert reply.x is not None
+            xs.append(reply.x)
+            if reply.thumb is not None:
+                thumbs.append(reply.thumb)
+            refs.append(FrameRef(int(reply.meta["index"]), int(reply.meta["time_ms"])))
+        inputs = np.stack(xs) if xs else np.zeros((0, self.size, self.size, 3), np.float32)
+        return FrameInputs(inputs, tuple(refs), self.info, np.stack(thumbs) if thumbs else None)
 
 
 def distinct_frames(inputs: np.ndarray, refs: tuple[FrameRef, ...]) -> FrameInputs:
@@ -86,10 +206,14 @@ def read_file(path: str | Path, max_bytes: int) -> bytes:
 
 
 def load_bytes(source: str, policy: FetchPolicy, pool: ConnectionPool | None = None) -> bytes:
-    """The bytes of a URL (through the safe fetcher) or of a local file (CLI and labelled sets)."""
+    """The bytes of a URL (through the safe fetcher) or of a local file (CLI and labelled sets); a video may
+    take ``policy.max_video_bytes``, an image ``policy.max_bytes``."""
     if is_url(source):
         return fetch(source, policy, pool=pool).content
-    return read_file(source, policy.max_bytes)
+    data = read_file(source, max(policy.max_bytes, policy.max_video_bytes))
+    if len(data) > policy.max_bytes and sniff_video(data) is None:
+        raise TooLarge(f"{source} is larger than the limit of {policy.max_bytes} bytes", limit=policy.max_bytes)
+    return data
 
 
 def iter_sources(inputs: Iterable[str]) -> list[str]:
@@ -153,6 +277,7 @@ class Decoder:
         self.limits = limits
         self.budget = PixelBudget(limits.pixel_budget)
         self.sandbox = Sandbox(limits.processes, limits.timeout)
+        self._seed_key = os.urandom(16)
 
     def close(self) -> None:
         """Stop the isolated lane's processes."""
@@ -229,9 +354,48 @@ class Decoder:
             return self.sandbox.thumbnails(data, side=side, frames=indices, limits=kwargs,
                                            cost_pixels=plan.cost.pixels)
 
-    def prepare(self, model: Model, data: bytes) -> np.ndarray | FrameInputs:
-        """bytes -> the (S, S, 3) float32 model input, or an animation's :class:`FrameInputs`.
-        Raises the core's typed errors."""
+    def video(self, model: Model, data: bytes, *, synchronous: bool = True, seed: int | None = None,
+              skip: int = 0, thumbs: int = 0, fps: float | None = None, max_frames: int | None = None
+              ) -> VideoDecode:
+        """A video (``data``; :func:`~nsfw_core.images.sniff.sniff_video` names its container) to decode in
+        the isolated lane, sampled at NSFW_VIDEO_FPS (at most NSFW_MAX_VIDEO_FRAMES frames).
+
+        ``synchronous``: a request's video, at most NSFW_MAX_VIDEO_SECONDS long (413 video_too_long beyond)
+        and decoded within NSFW_VIDEO_TIMEOUT in all; otherwise a job's, each frame within it.  ``seed`` picks
+        the sample instants (the same seed, the same frames: a job keeps its own); by default one drawn from
+        the bytes and this process's key.  ``skip``: frames already judged (a job resumed).  ``thumbs``: the
+        side of a thumbnail sent back with each frame (0: none).  ``fps`` and ``max_frames``: a job's own
+        sampling (fixed when it was created), instead of the settings'.
+        """
+        container = sniff_video(data)
+        if container is None:
+            raise UndecodableImage("not a video")
+        limits = self.limits
+        request = {"container": container, "max_pixels": limits.max_video_pixels,
+                   "fps": limits.video_fps if fps is None else fps,
+                   "max_frames": limits.max_video_frames if max_frames is None else max_frames,
+                   "seed": self.seed_for(data) if seed is None else seed,
+                   "max_ms": int(limits.max_video_seconds * 1000) if synchronous else None, "skip": skip,
+                   "size": model.input_size, "thumb": thumbs}
+        replies = self.sandbox.video(data, request, timeout=limits.video_timeout,
+                                     total=limits.video_timeout if synchronous else None)
+        return VideoDecode(self, replies, lambda info: info.width * info.height * _video.BUDGET_PER_PIXEL,
+                           model.input_size)
+
+    def seed_for(self, data: bytes) -> int:
+        """The sample instants' seed for ``data``: the same bytes, the same frames in this process; unknown
+        to a sender (a key drawn when the process started), so no sender can place content between them."""
+        digest = hashlib.blake2b(data, key=self._seed_key, digest_size=8).digest()
+        return int.from_bytes(digest, "little") & ((1 << 62) - 1)
+
+    def prepare(self, model: Model, data: bytes, *, long_videos: bool = False) -> np.ndarray | FrameInputs:
+        """bytes -> the (S, S, 3) float32 model input, or an animation's :class:`FrameInputs`, or a video's
+        (under NSFW_MAX_VIDEO_SECONDS unless ``long_videos``: the command line's own files, each frame then
+        within NSFW_VIDEO_TIMEOUT).  Raises the core's typed errors."""
+        if sniff_video(data) is not None:
+            with self.video(model, data, synchronous=not long_videos) as decode:
+                decode.start()
+                return decode.take()
         plan = self.plan(model, data)
         if plan.cost.inline:
             return self.prepare_inline(model, data, plan)
@@ -268,6 +432,8 @@ class Scored:
     # animation's worst frame's; ``frame_embeddings``: an animation's (k, D), one row per frame in ``frames``.
     embedding: np.ndarray | None = dataclasses.field(default=None, repr=False)
     frame_embeddings: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    video: VideoInfo | None = None  # a video's container, size and duration
+    frame_hashes: tuple[bytes | None, ...] | None = None  # a video's frames' PDQ hashes (``perceptual``)
 
     @property
     def ok(self) -> bool:
@@ -284,12 +450,14 @@ def score_sources(
     progress: Callable[[int], None] | None = None,
     perceptual: bool = False,
     embeddings: bool = False,
+    long_videos: bool = False,
 ) -> list[Scored]:
     """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
     per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
     (:func:`nsfw_core.images.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
     the calibration page does not).  ``embeddings``: also keep each image's embedding from the same forward
-    pass (``Model.predict_with_embeddings``: adapters, example sets)."""
+    pass (``Model.predict_with_embeddings``: adapters, example sets).  ``long_videos``: videos of any length
+    (the command line), not only what a request takes."""
     both = getattr(model, "predict_with_embeddings", None) if embeddings else None
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
@@ -303,9 +471,13 @@ def score_sources(
                 t1 = time.perf_counter()
                 result.load_s = t1 - t0
                 result.sha256 = hashlib.sha256(data).hexdigest()
-                x = decoder.prepare(model, data)
+                x = decoder.prepare(model, data, long_videos=long_videos)
                 if perceptual and isinstance(x, np.ndarray):
                     result.phash = query_hash(x)
+                if isinstance(x, FrameInputs) and x.video is not None:
+                    result.video = x.video
+                    if perceptual:
+                        result.frame_hashes = tuple(query_hash(f) for f in x.inputs)
                 result.decode_s = time.perf_counter() - t1
                 prepared.append((result, x, t0))
             except NSFWError as exc:
@@ -320,7 +492,9 @@ def score_sources(
             now = time.perf_counter()
             start_row = 0
             for result, x, t0 in prepared:
-                if isinstance(x, FrameInputs):
+                if isinstance(x, FrameInputs) and len(x) == 0:
+                    result.error, result.scores = UndecodableImage("no frame of the video could be decoded"), None
+                elif isinstance(x, FrameInputs):
                     result.frames = [(ref, scores_dict(row))
                                      for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
                     worst = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)

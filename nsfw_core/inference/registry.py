@@ -12,7 +12,9 @@ is held once.
 
 Memory: a model about to load is counted at :func:`estimate_bytes` (three times its compiled
 file), then, once loaded, at what loading measurably added to the process's resident memory
-(when no other load ran at the same time; the estimate otherwise).  When one more would pass
+(when no other load ran at the same time; the estimate otherwise), and never at less than its
+compiled file (:func:`floor_bytes`: LiteRT holds the flatbuffer, and the warm-up has touched it all),
+so memory that other threads freed during the load cannot make a model count as free.  When one more would pass
 ``NSFW_MODEL_MEMORY_MB``, the least recently used idle models are unloaded first (their batchers
 drained and stopped); if that cannot make room (the others are serving requests, or the model
 alone is larger than the cap beside the default), the request is answered 503 ``model_unavailable``.
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 LOADED_PER_COMPILED_BYTE = 3  # RSS a loaded model adds, per byte of its compiled .tflite (estimate_bytes)
+# CPU milliseconds one image takes through each model on litert, one thread (bench/model_cost.py, the 2-core VM,
+# 2026-12-07, median of 4 runs): what a request naming the model costs relative to the default (ModelRegistry.cost)
+CPU_MS_PER_IMAGE = {"MobileNetV2Mid": 16.4, "MobileNetV2": 8.7, "InceptionV3": 153.6}
 
 
 class ModelUnavailable(NSFWError):
@@ -87,6 +92,11 @@ def estimate_bytes(model_dir: str | Path, name: str) -> int:
         return 12 * (Path(model_dir) / name / "weights.bin").stat().st_size
     except OSError:
         return 0
+
+
+def floor_bytes(model_dir: str | Path, name: str) -> int:
+    """The least a loaded model is counted at: its compiled file (a third of :func:`estimate_bytes`)."""
+    return estimate_bytes(model_dir, name) // LOADED_PER_COMPILED_BYTE
 
 
 def rss_bytes() -> int | None:
@@ -164,6 +174,13 @@ class ModelRegistry:
     def estimate(self, name: str) -> int:
         return estimate_bytes(self.config.model_dir, name)
 
+    def cost(self, name: str | None) -> float:
+        """What one image through model ``name`` costs relative to the default model (its CPU time per image
+        over the default's, :data:`CPU_MS_PER_IMAGE`); 1 for the default or a model not in the table."""
+        name = name or self.default
+        mine, default = CPU_MS_PER_IMAGE.get(name), CPU_MS_PER_IMAGE.get(self.default)
+        return mine / default if mine and default else 1.0
+
     def _entry(self, name: str) -> _Entry:
         check_name(name)
         with self._lock:
@@ -202,7 +219,10 @@ class ModelRegistry:
         with self._lock:
             clean = name not in self._overlapped and before is not None and after is not None
             self._overlapped.discard(name)
-            size = max(after - before, 0) if clean and before is not None and after is not None else self.estimate(name)
+            if clean and before is not None and after is not None:
+                size = max(after - before, floor_bytes(cfg.model_dir, name))
+            else:
+                size = self.estimate(name)
             entry = self._entries[name] = _Entry(model, size, clean)
             self.loads += 1
         log.info("model %s %s loaded in %.1f s, %s %d MB (%d MB of NSFW_MODEL_MEMORY_MB=%d in use)", name,

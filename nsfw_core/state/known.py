@@ -17,9 +17,15 @@ within about a second.  A database that cannot be reached keeps what is in memor
 When several entries match, a list entry wins over a remembered decision (lists are the admins'
 policy), then the smaller distance (an exact sha256 match is distance 0), then the newer entry.
 
+A video's entry (``media`` "video") holds one PDQ hash per sampled frame and matches only a video, as a
+whole (:meth:`KnownImages.lookup_video`, :mod:`nsfw_core.state.vpdq`: 80 % of each side's frames within the
+match distance); its frames never match a still image, nor a still image's hash a video.
+
 Hash lists are CSV files with the header ``sha256,pdq,label,note``: each row gives a sha256 (64 hex
 digits) or a PDQ hash (64 hex digits) or both, a label (``allow`` or ``deny``, or ``safe`` / ``adult``)
-and an optional note.  :func:`parse_list` refuses a malformed file as a whole, naming the row.
+and an optional note.  An optional fifth column ``media`` says ``video`` for a video's entry: its ``pdq``
+cell then holds its sampled frames' hashes separated by spaces (at most :data:`MAX_VIDEO_HASHES`).
+:func:`parse_list` refuses a malformed file as a whole, naming the row.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
 from nsfw_core.inference.embeddings import decode_embedding
+from nsfw_core.state import vpdq
 from nsfw_core.state.db import Pool
 from nsfw_core.state.hashindex import HashIndex, as_rows, distances
 from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
@@ -64,6 +72,8 @@ REFRESH_INTERVAL = 0.5  # seconds between checks for new log rows (per process)
 READ_BATCH = 50_000  # log rows read per query
 TAIL_MAX = 4096  # hashes compared in full before the index is rebuilt with them
 LIST_COLUMNS = ("sha256", "pdq", "label", "note")
+MEDIA_COLUMN = "media"  # optional: "image" (the default) or "video"
+MAX_VIDEO_HASHES = 100_000  # frames' hashes in one video entry
 LIST_LABELS = {"allow": "safe", "safe": "safe", "deny": "adult", "adult": "adult"}
 MAX_LIST_BYTES = 256 * 1024 * 1024
 MAX_NOTE = 500
@@ -89,8 +99,8 @@ class Match:
     kind: str  # "review" (a remembered decision) or "list"
     verdict: str  # "adult" or "safe"
     label: str  # the reviewer's label, or the list's (allow/deny/adult/safe)
-    by: str  # "sha256" or "pdq"
-    distance: int  # bits of 256 (0 for sha256)
+    by: str  # "sha256", "pdq" or "vpdq" (a video's frames)
+    distance: int  # bits of 256 (0 for sha256; a video: the median of its matched frames')
     entry_id: int
     review_id: int | None = None
     scores: dict[str, float] | None = None  # the model's scores of the decided image (None: a list entry)
@@ -100,16 +110,20 @@ class Match:
     model_version: str = ""
     embedded: bool = False
     embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    share: float | None = None  # a video: the share of its sampled frames that matched the known video's
 
     def to_dict(self) -> dict[str, Any]:
         """What a client is told (issue 29: no oracle): the kind of entry, how it matched, its label; never the
-        distance nor the ids of the entry and of the decided item (another client's)."""
+        distance, a video's matched share, nor the ids of the entry and of the decided item (another client's)."""
         return {"source": self.kind, "by": self.by, "label": self.label}
 
     def for_reviewer(self) -> dict[str, Any]:
         """All of it but the scores, for the review page (a look-alike the model disagreed with)."""
-        return {"source": self.kind, "by": self.by, "distance": self.distance, "label": self.label,
-                "verdict": self.verdict, "entry_id": self.entry_id, "review_id": self.review_id}
+        out: dict[str, Any] = {"source": self.kind, "by": self.by, "distance": self.distance, "label": self.label,
+                               "verdict": self.verdict, "entry_id": self.entry_id, "review_id": self.review_id}
+        if self.share is not None:
+            out["share"] = self.share
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +143,7 @@ class Entry:
     audience: str = ""  # '' everyone; else the one client the decision protects
     model_version: str = ""  # the model version of the decided image's embedding (issue 26)
     embedded: bool = False  # the database keeps the decided image's embedding (KnownImages.decided_embedding)
+    media: str = "image"  # "video": ``hashes`` are its sampled frames', matched as a whole
 
     def match(self, by: str, distance: int) -> Match:
         return Match(self.kind, self.verdict, self.label, by, distance, self.id, self.review_id, self.scores,
@@ -150,9 +165,10 @@ class ListEntry:
     """One row of a hash list."""
 
     sha256: str | None
-    pdq: str | None
+    pdq: str | None  # a video's: its frames' hashes, comma-separated (as the database keeps them)
     label: str
     note: str = ""
+    media: str = "image"
 
     @property
     def verdict(self) -> str:
@@ -176,7 +192,7 @@ def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListE
     missing = [c for c in ("label",) if c not in header]
     if missing or not ({"sha256", "pdq"} & set(header)):
         raise ListError(f"row 1: the header must name the columns sha256,pdq,label,note (got {','.join(header)!r})")
-    where = {c: header.index(c) for c in LIST_COLUMNS if c in header}
+    where = {c: header.index(c) for c in (*LIST_COLUMNS, MEDIA_COLUMN) if c in header}
     out: list[ListEntry] = []
     for number, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
@@ -188,27 +204,39 @@ def parse_list(text: str | bytes, max_bytes: int = MAX_LIST_BYTES) -> list[ListE
             i = where.get(name)
             return row[i].strip() if i is not None and i < len(row) else ""
 
-        sha, pdq, label, note = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower(), cell("note")
+        sha, pdq, label = cell("sha256").lower(), cell("pdq").lower(), cell("label").lower()
+        note = spreadsheet.unescape(cell("note"))
+        media = cell(MEDIA_COLUMN).lower() or "image"
+        if media not in ("image", "video"):
+            raise ListError(f"row {number}: media {media[:40]!r} is not image or video")
         if not sha and not pdq:
             raise ListError(f"row {number}: neither a sha256 nor a PDQ hash")
-        for name, value in (("sha256", sha), ("PDQ hash", pdq)):
+        frames = pdq.split() if media == "video" else [pdq] if pdq else []
+        if len(frames) > MAX_VIDEO_HASHES:
+            raise ListError(f"row {number}: more than {MAX_VIDEO_HASHES} frame hashes")
+        for name, value in (("sha256", sha), *(("PDQ hash", f) for f in frames)):
             if value and not _HEX64.match(value):
                 raise ListError(f"row {number}: {value[:80]!r} is not a {name} (64 hex digits)")
+        pdq = ",".join(dict.fromkeys(frames))
         if label not in LIST_LABELS:
             raise ListError(f"row {number}: label {label[:40]!r} is not one of allow, deny, safe, adult")
         if len(note) > MAX_NOTE:
             raise ListError(f"row {number}: the note is longer than {MAX_NOTE} characters")
-        out.append(ListEntry(sha or None, pdq or None, label, note))
+        out.append(ListEntry(sha or None, pdq or None, label, note, media))
     return out
 
 
 def format_list(entries: Iterable[ListEntry]) -> str:
     """Entries as a hash-list CSV (what :func:`parse_list` reads)."""
+    entries = list(entries)
+    videos = any(e.media == "video" for e in entries)  # the media column only when a video needs it
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LIST_COLUMNS)
+    writer = spreadsheet.writer(buf, lineterminator="\n")  # a note like =HYPERLINK(...) written as text
+    writer.writerow((*LIST_COLUMNS, MEDIA_COLUMN) if videos else LIST_COLUMNS)
     for e in entries:
-        writer.writerow([e.sha256 or "", e.pdq or "", e.label, e.note])
+        pdq = (e.pdq or "").replace(",", " ") if e.media == "video" else e.pdq or ""
+        writer.writerow([e.sha256 or "", pdq, e.label, e.note, e.media] if videos else
+                        [e.sha256 or "", pdq, e.label, e.note])
     return buf.getvalue()
 
 
@@ -221,6 +249,8 @@ class _State:
     index: tuple[HashIndex, np.ndarray]  # the index and the entry id of each of its rows (swapped together)
     tail: tuple[np.ndarray, np.ndarray]  # (k, 32) hashes added since the index was built, and their entry ids
     last_id: int = 0
+    videos: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # video entry -> its frames' rows
+    video_index: tuple[HashIndex, np.ndarray] | None = None  # every video frame and its entry (None: to build)
 
 
 def _no_hashes() -> tuple[np.ndarray, np.ndarray]:
@@ -372,6 +402,58 @@ class KnownImages:
                 while len(self._embeddings) > EMBEDDINGS_CACHED:
                     self._embeddings.popitem(last=False)
         return dataclasses.replace(match, embedding=cached)
+    def lookup_video(self, sha256: str, hashes: Sequence[bytes | None], client: str | None = None) -> Match | None:
+        """The best match for a video: an entry with its sha256, or a known video most of whose frames and most
+        of this one's match (``hashes``: the sampled frames' PDQ hashes, in order; None for a frame too flat to
+        hash).  ``client`` as in :meth:`lookup`: a decision made for one client's own thresholds matches only
+        it.  The match carries the decided video's scores (its worst frame's) and model: whether the model sees
+        the copy alike is :func:`nsfw_core.classify.judge`'s rule.  Never raises."""
+        self._maybe_refresh()
+        s = self._state
+
+        def visible(entry: Entry | None) -> bool:
+            return entry is not None and (not entry.audience or entry.audience == client)
+
+        exact = [s.entries[i] for i in s.by_sha.get(sha256, ()) if visible(s.entries.get(i))]
+        if exact:
+            entry = min(exact, key=lambda e: (e.kind != LIST, -e.id))
+            return Match(entry.kind, entry.verdict, entry.label, "sha256", 0, entry.id, entry.review_id,
+                         entry.scores, entry.model)
+        query = [h for h in hashes if h is not None and len(h) == HASH_BYTES]
+        if not query or not s.videos:
+            return None
+        index, owner = self._video_index(s)
+        candidates: set[int] = set()
+        for h in dict.fromkeys(query):
+            rows, _ = index.search(h, self.distance)
+            candidates.update(owner[rows].tolist())
+        rows_q = vpdq.as_words(query)
+        best: tuple[tuple[bool, float, int], Match] | None = None
+        for entry_id in candidates:
+            candidate = s.entries.get(entry_id)
+            known = s.videos.get(entry_id)
+            if candidate is None or known is None or not visible(candidate):
+                continue
+            entry = candidate
+            found = vpdq.compare(rows_q, known, self.distance)
+            if not found.match:
+                continue
+            key = (entry.kind != LIST, -found.query_share, -entry.id)
+            if best is None or key < best[0]:
+                best = (key, Match(entry.kind, entry.verdict, entry.label, "vpdq", found.distance, entry.id,
+                                   entry.review_id, entry.scores, entry.model, share=round(found.query_share, 4)))
+        return None if best is None else best[1]
+
+    def _video_index(self, s: _State) -> tuple[HashIndex, np.ndarray]:
+        built = s.video_index
+        if built is None:
+            rows = [r for r in s.videos.values()]
+            owners = [np.full(len(r), i, np.int64) for i, r in s.videos.items()]
+            words = np.concatenate(rows) if rows else np.zeros((0, 4), np.uint64)
+            built = (HashIndex(as_rows([w.tobytes() for w in words])),
+                     np.concatenate(owners) if owners else np.zeros(0, np.int64))
+            s.video_index = built
+        return built
 
     def _maybe_refresh(self) -> None:
         if not self._loaded:
@@ -428,15 +510,22 @@ class KnownImages:
                 entry = Entry(entry_id, v["kind"], v["sha256"] or None, tuple(split_hex(v["hashes"])), v["verdict"],
                               v["label"], v["note"] or "", None if v["review_id"] is None else int(v["review_id"]),
                               v["added_by"], float(v["added_at"]), _scores(v["scores"]), v["model"] or "",
-                              v["audience"] or "", v["model_version"] or "", bool(v["embedded"]))
+                              v["audience"] or "", v["model_version"] or "", bool(v["embedded"]),
+                              v.get("media") or "image")
                 s.entries[entry_id] = entry
                 if entry.sha256:
                     s.by_sha.setdefault(entry.sha256, []).append(entry_id)
+                if entry.media == "video":  # matched as a whole, never frame by frame against still images
+                    s.videos[entry_id] = vpdq.as_words(list(entry.hashes))
+                    s.video_index = None
+                    continue
                 for h in entry.hashes:
                     new_hashes.append(h)
                     new_owner.append(entry_id)
             elif v["op"] == REMOVE and v["removes"] is not None:
                 gone = s.entries.pop(int(v["removes"]), None)
+                if gone is not None and s.videos.pop(gone.id, None) is not None:
+                    s.video_index = None
                 if gone is not None and gone.sha256:
                     ids = [i for i in s.by_sha.get(gone.sha256, []) if i != gone.id]
                     if ids:
@@ -501,9 +590,9 @@ class KnownImages:
             for entry_id in doomed:
                 remove(tx, entry_id, LIST, by, now)
             tx.cursor.executemany(self.backend.sql(
-                f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, added_by, added_at) "
-                f"VALUES ('{ADD}', '{LIST}', ?, ?, ?, ?, ?, ?, ?)"),
-                [(e.sha256, e.pdq or "", e.verdict, e.label, e.note, by, now) for e in entries])
+                f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, added_by, added_at, "
+                f"media) VALUES ('{ADD}', '{LIST}', ?, ?, ?, ?, ?, ?, ?, ?)"),
+                [(e.sha256, e.pdq or "", e.verdict, e.label, e.note, by, now, e.media) for e in entries])
             return {"added": len(entries), "removed": len(doomed)}
 
         counts: dict[str, int] = self._write(run)
@@ -524,7 +613,8 @@ class KnownImages:
         for row in rows:
             v = dict(zip(COLUMNS, row, strict=True))
             if int(v["id"]) in wanted:
-                out.append(ListEntry(v["sha256"] or None, v["hashes"] or None, v["label"], v["note"] or ""))
+                out.append(ListEntry(v["sha256"] or None, v["hashes"] or None, v["label"], v["note"] or "",
+                                     v["media"] or "image"))
         return out
 
     def export_list(self) -> str:

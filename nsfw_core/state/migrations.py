@@ -31,6 +31,10 @@ ADAPTER_VERSIONS_TABLE = "adapter_versions"  # every adapter trained, with its h
 ADAPTER_PUBLICATIONS_TABLE = "adapter_publications"  # which adapter is in force per model: an append-only log
 EXAMPLE_SETS_TABLE = "example_sets"  # example sets added and removed: an append-only log
 REVIEW_EMBEDDINGS_TABLE = "review_embeddings"  # a queued item's embedding, from the request that queued it
+JOBS_TABLE = "video_jobs"  # long videos judged in the background (nsfw_core.state.jobs)
+JOB_FRAMES_TABLE = "video_job_frames"  # each judged frame of a job, kept so that a restart resumes
+BUCKETS_TABLE = "limit_buckets"  # rate limits' token buckets shared by replicas (nsfw_core.state.limits)
+FAILURES_TABLE = "limit_failures"  # failed sign-ins shared by replicas (nsfw_core.state.limits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +183,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX {TICKETS_TABLE}_item ON {TICKETS_TABLE} (item_id, client)",
     )),
+    # Issue 29, points 5-6 (nsfw_core.state.limits, nsfw_core.state.webhooks): the rate limits' token buckets and
+    # the failed sign-ins, shared by replicas; the API key id of the client whose request queued an item (its
+    # webhook events say whose image it is); the outbox purged by age (created_at) with the review items.
+    Migration(8, "shared rate limits and sign-in failures, the client of a review item", (
+        f"""CREATE TABLE {BUCKETS_TABLE} (
+            bucket TEXT PRIMARY KEY,
+            tokens {{float}} NOT NULL,
+            updated_at {{float}} NOT NULL,
+            full_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {BUCKETS_TABLE}_full ON {BUCKETS_TABLE} (full_at)",
+        f"""CREATE TABLE {FAILURES_TABLE} (
+            id {{pk}},
+            scope TEXT NOT NULL,
+            failed_at {{float}} NOT NULL
+        )""",
+        f"CREATE INDEX {FAILURES_TABLE}_scope ON {FAILURES_TABLE} (scope, failed_at)",
+        f"ALTER TABLE {TABLE} ADD COLUMN client_key TEXT",
+        f"CREATE INDEX {OUTBOX_TABLE}_created ON {OUTBOX_TABLE} (created_at)",
+    )),
     # Issue 25 (nsfw_core.state.review.audit, nsfw_core.state.traffic): audit items (a random sample of the automatic
     # verdicts, ``kind`` 'audit') with the probability that queued them (1 for what NSFW_REVIEW_VERDICTS queues);
     # double review (``reviews_needed`` 2: each reviewer's label in ``review_votes``; ``escalated`` 1 when the
@@ -267,6 +291,52 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN embedding TEXT NOT NULL DEFAULT ''",
         f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model_version TEXT NOT NULL DEFAULT ''",
     )),
+    # Video jobs (nsfw_core.state.jobs): one row per POST /v1/jobs, claimed by one instance at a time under a lease
+    # (lease_owner, lease_until; SKIP LOCKED on PostgreSQL), its judged frames in video_job_frames so that a
+    # job taken over after a crash goes on from there.  ``client``: whose job it is, as review items keep it (a
+    # hash of the API key, else of the peer address: only that client reads it and its review id);
+    # ``client_key``: the key's id for the job.completed event (key: and 16 hex digits of its SHA-256; NULL
+    # without keys).  ``media`` tells a review item or a known entry that is a video (its hashes: one PDQ hash
+    # per sampled frame, matched as a whole, nsfw_core.state.known).
+    Migration(11, "video jobs and their frames, videos among review items and known images", (
+        f"""CREATE TABLE {JOBS_TABLE} (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            client TEXT,
+            client_key TEXT,
+            client_ref TEXT,
+            model TEXT NOT NULL,
+            thresholds TEXT,
+            sampling TEXT NOT NULL,
+            seed BIGINT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            sha256 TEXT,
+            info TEXT,
+            frames_total INTEGER,
+            frames_done INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until {{float}},
+            created_at {{float}} NOT NULL,
+            started_at {{float}},
+            finished_at {{float}}
+        )""",
+        f"CREATE INDEX {JOBS_TABLE}_due ON {JOBS_TABLE} (status, created_at)",
+        f"CREATE INDEX {JOBS_TABLE}_client ON {JOBS_TABLE} (client, status)",
+        f"""CREATE TABLE {JOB_FRAMES_TABLE} (
+            job_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            frame_index INTEGER NOT NULL,
+            time_ms INTEGER NOT NULL,
+            scores TEXT NOT NULL,
+            phash TEXT,
+            PRIMARY KEY (job_id, position)
+        )""",
+        f"ALTER TABLE {TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
+    )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -279,14 +349,16 @@ def migrate(backend: Backend, conn: Any, migrations: Sequence[Migration] = MIGRA
         backend.lock_migrations(tx)
         tx.run(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, "
                f"description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-        current = tx.one(f"SELECT MAX(version) FROM {VERSION_TABLE}")
-        current_version = (current[0] if current and current[0] is not None else 0)
+        done = {int(row[0]) for row in tx.run(f"SELECT version FROM {VERSION_TABLE}")}
+        current_version = max(done, default=0)
         if current_version > known:
             raise ReviewConfigError(f"the review database ({backend.describe()}) has schema version "
                                     f"{current_version}, newer than this code's {known}; upgrade the app")
         applied = []
+        # every migration not applied yet, in order, below the newest applied one too: versions are assigned to
+        # branches that merge in any order (9 was merged before 8: a database at 9 still gets 8)
         for m in sorted(migrations, key=lambda m: m.version):
-            if m.version <= current_version:
+            if m.version in done:
                 continue
             for statement in m.statements:
                 tx.run(statement.format(**backend.types))

@@ -22,7 +22,7 @@ from nsfw_core.state.migrations import KNOWN_TABLE, REVIEW_EMBEDDINGS_TABLE, TAB
 REVIEW, LIST = "review", "list"
 ADD, REMOVE = "add", "remove"
 COLUMNS = ("id", "op", "kind", "sha256", "hashes", "verdict", "label", "note", "review_id", "removes",
-           "added_by", "added_at", "scores", "model", "audience", "model_version", "embedded")
+           "added_by", "added_at", "scores", "model", "audience", "media", "model_version", "embedded")
 # every process holds the entries in memory: a decided image's embedding (3.5 KB) stays in the database, read
 # when a look-alike needs it (KnownImages.lookup); the memory holds whether there is one
 SELECT = (f"SELECT {', '.join(COLUMNS[:-1])}, CASE WHEN embedding = '' THEN 0 ELSE 1 END AS embedded "
@@ -43,8 +43,8 @@ def remember_decision(backend: Backend, tx: Tx, item_id: int, label: str, by: st
     if hashes:  # the item keeps them too (a later decision after an undo needs no image)
         tx.run(f"UPDATE {TABLE} SET phash = ? WHERE id = ?", (hashes, int(item_id)))
     tx.run(f"INSERT INTO {KNOWN_TABLE} (op, kind, sha256, hashes, verdict, label, note, review_id, added_by, "
-           f"added_at, scores, model, audience, embedding, model_version) SELECT '{ADD}', '{REVIEW}', r.sha256, "
-           f"COALESCE(?, r.phash, ''), ?, ?, '', r.id, ?, ?, r.scores, r.model, r.audience, "
+           f"added_at, scores, model, audience, media, embedding, model_version) SELECT '{ADD}', '{REVIEW}', "
+           f"r.sha256, COALESCE(?, r.phash, ''), ?, ?, '', r.id, ?, ?, r.scores, r.model, r.audience, r.media, "
            f"COALESCE(e.embedding, ''), COALESCE(e.model_version, '') FROM {TABLE} r "
            f"LEFT JOIN {REVIEW_EMBEDDINGS_TABLE} e ON e.item_id = r.id AND e.model = r.model WHERE r.id = ?",
            (hashes, to_binary(label), label, by, now, int(item_id)))

@@ -7,11 +7,11 @@ hand them the decided items.
 
 from __future__ import annotations
 
-import csv
 import io
 import zipfile
 from typing import Callable, Iterable, Mapping
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.images.sniff import suffix
 from nsfw_core.state.review.items import Item, iso
@@ -30,7 +30,7 @@ def manifest_csv(items: Iterable[Item], paths: Mapping[int, str]) -> str:
     ``path`` is ``paths[item id]`` when given, else the item's source; ``decided_at`` in UTC ISO 8601.
     """
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = spreadsheet.writer(buf, lineterminator="\n")  # formulas written as text (CSV injection)
     writer.writerow(CSV_COLUMNS)
     for it in items:
         writer.writerow([paths.get(it.id, it.source), it.decision, it.sha256, it.model,

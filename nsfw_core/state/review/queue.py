@@ -32,7 +32,7 @@ from nsfw_core.base.settings import ReviewConfig, Settings
 from nsfw_core.images.fetch import is_url
 from nsfw_core.state.db import Pool, Tx, backend_for
 from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
-from nsfw_core.state.migrations import MIGRATIONS, TABLE, TICKETS_TABLE, VOTES_TABLE, Migration, migrate
+from nsfw_core.state.migrations import MIGRATIONS, OUTBOX_TABLE, TABLE, TICKETS_TABLE, VOTES_TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
 from nsfw_core.state.review import audit as audit
 from nsfw_core.state.review import export as export
@@ -54,7 +54,9 @@ QUOTA_WINDOW_S = 3600.0  # NSFW_REVIEW_QUOTA counts the items a client added in 
 TICKET_PREFIX = "rv_"
 TICKET_RE = re.compile(r"^rv_[A-Za-z0-9_-]{22}$")  # rv_ + 128 random bits, URL-safe base64
 TICKETS_VERSION = 7  # the schema version that has clients, audiences and tickets
+KEY_ID_VERSION = 8  # the schema version that has the API key id of an item's creator (client_key)
 AUDIT_VERSION = 9  # the schema version that has audit items, double-review votes and traffic counts
+MEDIA = ("image", "video")  # what an item holds (migration 11: videos, issue 27)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -133,6 +135,8 @@ class ReviewQueue:
         self.schema = max((m.version for m in migrations), default=0)  # an older schema: only enqueue() works
         # Called inside decide()'s transaction with (tx, decided item): the webhooks' outbox (nsfw_core.state.webhooks)
         self.decision_hooks: list[Callable[[Tx, Item], None]] = []
+        # Called inside undo()'s transaction with (tx, the item as it is now, the item as it was decided)
+        self.undo_hooks: list[Callable[[Tx, Item, Item], None]] = []
         self.backend.recover()
         with self._connection() as conn:
             try:
@@ -204,7 +208,7 @@ class ReviewQueue:
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
                 image_bytes: bytes | None = None, phash: str | None = None, *, kind: str = audit.REVIEW,
-                probability: float = 1.0, reviews: int = 1) -> int:
+                probability: float = 1.0, reviews: int = 1, media: str = "image") -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
         The bytes are kept when the queue stores uploads (``store_uploads``), always for a URL (the reviewer
@@ -212,12 +216,17 @@ class ReviewQueue:
         (reviewed blind: there are no scores to decide from).  ``phash``: the image's perceptual hashes (hex,
         comma-separated, :func:`nsfw_core.images.phash.join_hex`), remembered with its decision.  ``kind``
         ``audit``: a sampled automatic verdict, ``probability`` the rate that chose it; ``reviews`` 2: two
-        reviewers decide it independently (:mod:`.audit`).
+        reviewers decide it independently (:mod:`.audit`).  ``media`` "video": a video, its hashes one per
+        sampled frame (matched as a whole, :mod:`nsfw_core.state.vpdq`), its bytes kept by the same rules.
         """
         if self.schema >= TICKETS_VERSION:
             return self.enqueue_for("", sha256, source, scores, model, verdict, image_bytes=image_bytes,
-                                    phash=phash, kind=kind, probability=probability, reviews=reviews)[0]
+                                    phash=phash, kind=kind, probability=probability, reviews=reviews,
+                                    media=media)[0]
         _check_kind(kind, probability, reviews)
+        if media != "image":
+            raise ReviewUnavailable(f"a video needs the review database at schema version 11 (this queue: "
+                                    f"{self.schema})")
         sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes, kind)
         now = self._now()
         # the phash column only when there are hashes: a queue on a schema before version 4 still works
@@ -253,7 +262,7 @@ class ReviewQueue:
     def enqueue_for(self, client: str, sha256: str, source: str, scores: Mapping[str, float], model: str,
                     verdict: str, *, image_bytes: bytes | None = None, phash: str | None = None, audience: str = "",
                     matched: str | None = None, quota: int = 0, kind: str = audit.REVIEW, probability: float = 1.0,
-                    reviews: int = 1) -> tuple[int, str]:
+                    reviews: int = 1, media: str = "image", key_id: str | None = None) -> tuple[int, str]:
         """Queue an image for ``client`` (an API key's hash): ``(item id, the client's review id)``.
 
         The review id (:func:`new_ticket`) is unguessable and bound to this client: :meth:`ticket` finds the
@@ -268,16 +277,24 @@ class ReviewQueue:
         queued for the server (``client`` ''; the requester gets no review id), counts against no quota, and
         its decision protects every client (``audience`` ''); it shows no look-alike (reviewed blind).
         ``probability``: the rate that chose it; ``reviews`` 2: two reviewers decide it independently.
+        ``media`` "video": a video (issue 27; ``phash`` holds one hash per sampled frame).
+        ``key_id``: the id of the API key whose request queued it (:func:`nsfw_core.ratelimit.key_id`), which its
+        webhook events carry as ``client_key_id`` (the creator's, like the event's review id); none for an
+        audit item (the server's).
         """
         _check_kind(kind, probability, reviews)
+        if media not in MEDIA:
+            raise BadRequest(f"media {str(media)[:40]!r} is not one of {', '.join(MEDIA)}")
         sha256, source, scores_json, image = self._checked(sha256, source, scores, image_bytes, kind)
         client, audience = str(client), str(audience)
         if kind == audit.AUDIT:
-            client, audience, quota, matched = "", "", 0, None
-        # migration 9's columns only when they say something: a queue on a schema before version 9 still works
-        optional = {"kind": None if kind == audit.REVIEW else kind,
+            client, audience, quota, matched, key_id = "", "", 0, None, None
+        # migration 8's, 9's and 11's columns only when they say something: a queue on an older schema still works
+        optional = {"client_key": str(key_id) if key_id and self.schema >= KEY_ID_VERSION else None,
+                    "kind": None if kind == audit.REVIEW else kind,
                     "probability": None if probability == 1 else float(probability),
-                    "reviews_needed": None if reviews == 1 else int(reviews)}
+                    "reviews_needed": None if reviews == 1 else int(reviews),
+                    "media": None if media == "image" else media}  # migration 11's, only for a video
         given = {k: v for k, v in optional.items() if v is not None}
         extra: tuple[Any, ...] = tuple(given.values())
         extra_column, extra_value = "".join(f", {k}" for k in given), ", ?" * len(given)
@@ -488,15 +505,16 @@ class ReviewQueue:
         until = now + self._lease(lease_seconds) if reclaim else None
         lock = self.backend.for_update
         with self._tx() as tx:
-            row = tx.one(f"SELECT id, sha256, decided_at FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
+            row = tx.one(f"SELECT {_SELECT_META} FROM {TABLE} WHERE decided_by = ? AND status = '{DECIDED}' "
                          f"AND NOT EXISTS (SELECT 1 FROM {VOTES_TABLE} v WHERE v.item_id = {TABLE}.id "
                          f"AND v.reviewer = ?) ORDER BY decided_at DESC, id DESC LIMIT 1{lock}", (reviewer, reviewer))
+            was = _item(row) if row is not None else None  # as it was decided (the review.undone event says)
             voted = audit.latest_vote(tx, reviewer)
-            if voted is not None and (row is None or voted[1] >= float(row[2] or 0.0)):
+            if voted is not None and (was is None or voted[1] >= float(was.decided_at or 0.0)):
                 return self._undo_vote(tx, voted[0], reviewer, now, reclaim, until)
-            if row is None:
+            if was is None:
                 return None
-            item_id, sha = int(row[0]), row[1]
+            item_id, sha = was.id, was.sha256
             self._drop_open_copies(tx, sha, item_id, reviewer, now)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, "
@@ -505,6 +523,8 @@ class ReviewQueue:
                 (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
             if row is not None:
                 forget_decision(self.backend, tx, item_id, reviewer, now)
+                for hook in self.undo_hooks:
+                    hook(tx, _item(row), was)
         return _item(row) if row is not None else None
 
     def _drop_open_copies(self, tx: Tx, sha: str, item_id: int, reviewer: str, now: float) -> None:
@@ -528,12 +548,13 @@ class ReviewQueue:
     def _undo_vote(self, tx: Tx, item_id: int, reviewer: str, now: float, reclaim: bool,
                    until: float | None) -> Item | None:
         """:meth:`undo` of a double-review vote: the vote removed, the item open again (claimed with ``reclaim``)."""
-        row = tx.one(f"SELECT status, escalated, claimed_by, lease_until, sha256 FROM {TABLE} WHERE id = ?"
-                     f"{self.backend.for_update}", (item_id,))
+        row = tx.one(f"SELECT {_SELECT_META} FROM {TABLE} WHERE id = ?{self.backend.for_update}", (item_id,))
         if row is None:  # purged since: nothing to give back
             audit.forget_votes(tx, [item_id])
             return None
-        status, escalated, claimed_by, lease_until, sha = row[0], bool(row[1]), row[2], row[3], row[4]
+        was = _item(row)
+        status, escalated, claimed_by, lease_until, sha = (was.status, was.escalated, was.claimed_by,
+                                                           was.lease_until, was.sha256)
         audit.undo_vote(tx, item_id, reviewer, now, status=status, escalated=escalated, claimed_by=claimed_by,
                         lease_until=lease_until)
         if status == DECIDED:
@@ -543,13 +564,17 @@ class ReviewQueue:
             f"UPDATE {TABLE} SET status = ?, claimed_by = ?, lease_until = ?, decision = NULL, decided_by = NULL, "
             f"decided_at = NULL, escalated = 0 WHERE id = ? RETURNING {_SELECT_FULL}",
             (CLAIMED if reclaim else PENDING, reviewer if reclaim else None, until, item_id))
+        if row is not None and status == DECIDED:  # a decision the webhooks told is taken back: they tell that too
+            for hook in self.undo_hooks:
+                hook(tx, _item(row), was)
         return _item(row) if row is not None else None
 
     def purge(self, older_than_days: float | None = None) -> int:
         """Delete items (and their images) created more than ``older_than_days`` ago; returns how many.
 
         Defaults to the queue's retention; 0 or less keeps everything.  Items
-        under a live claim are kept until the claim ends.
+        under a live claim are kept until the claim ends.  The webhooks' outbox rows (delivered or not)
+        created before the same cutoff go too: they hold the images' sha256 and the reviewers' names.
         """
         days = self.retention_days if older_than_days is None else float(older_than_days)
         if not days > 0:
@@ -565,6 +590,7 @@ class ReviewQueue:
                        f"(SELECT 1 FROM {TABLE} i WHERE i.id = {TICKETS_TABLE}.item_id)")
             if deleted and self.schema >= AUDIT_VERSION:  # and their double-review votes
                 audit.purge_votes(tx)
+            tx.run(f"DELETE FROM {OUTBOX_TABLE} WHERE created_at < ?", (cutoff,))
         self._last_purge = time.monotonic()
         return deleted
 

@@ -1,0 +1,373 @@
+"""Video jobs (issue 27, point 5): in the database, claimed once, resumed after a crash, signed webhooks.
+
+The store on SQLite and PostgreSQL; the runner in-process; a real ``python app.py`` killed (SIGKILL) mid-job
+and started again; two replicas on one PostgreSQL sharing jobs.  Videos are made by PyAV here.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import pytest
+
+from nsfw_core import ratelimit
+from nsfw_core.http import contract
+from nsfw_core.state import webhooks
+from nsfw_core.state.db import open_pool
+from nsfw_core.state.jobs import DONE, QUEUED, RUNNING, JobGone, JobStore, StoredFrame
+from nsfw_core.state.migrations import OUTBOX_TABLE
+from tests.helpers import videos
+from tests.helpers.apiclient import make_settings, running
+from tests.helpers.appserver import AppServer
+from tests.helpers.servers import LocalServer, RouteHandler, image
+
+pytestmark = pytest.mark.slow
+
+SECRET = "job-webhook-secret-0123"
+SCORES = {"drawings": 0.1, "hentai": 0.1, "neutral": 0.6, "porn": 0.1, "sexy": 0.1}
+SAMPLING = {"fps": 1.0, "max_frames": 1800}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    pool = open_pool(url, tmp_path)
+    clock = Clock()
+    s = JobStore(pool, clock=clock, lease_s=30)
+    s.clock_ = clock  # type: ignore[attr-defined]
+    yield s
+    pool.close()
+
+
+def until(condition: Callable[[], Any], limit: float, what: str) -> Any:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {limit} s")
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_replicas_never_claim_the_same_job(store):
+    made = [store.create(f"https://example.com/{i}.mp4", client=None, client_ref=i, model="MobileNetV2Mid",
+                         thresholds=None, sampling=SAMPLING, max_open=100).id for i in range(12)]
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def take(owner: str) -> None:
+        while (job := store.claim(owner)) is not None:
+            with lock:
+                claimed.append((owner, job.id))
+
+    threads = [threading.Thread(target=take, args=(f"instance-{n}",)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(j for _, j in claimed) == sorted(made)  # each job once
+    assert all(store.get(j).attempts == 1 and store.get(j).status == RUNNING for j in made)
+
+
+def test_a_lost_lease_stores_nothing_and_the_next_instance_goes_on_from_the_stored_frames(store):
+    job = store.create("https://example.com/a.mp4", client="key_1", client_ref=None, model="MobileNetV2Mid",
+                       thresholds={"adult": 0.5}, sampling=SAMPLING, max_open=100)
+    first = store.claim("a")
+    assert first is not None and first.id == job.id and store.claim("b") is None
+    first = store.start(first, "a", sha256="ab" * 32, info={"duration_ms": 9000}, total=9)
+    store.save_frames(first, "a", [StoredFrame(i, i * 30, i * 1000, SCORES, None) for i in range(4)])
+    store.clock_.now += 31  # "a" died: its lease ran out
+    second = store.claim("b")
+    assert second is not None and second.id == job.id and second.attempts == 2 and second.frames_done == 4
+    with pytest.raises(JobGone):
+        store.save_frames(first, "a", [StoredFrame(4, 120, 4000, SCORES, None)])
+    store.save_frames(second, "b", [StoredFrame(i, i * 30, i * 1000, SCORES, None) for i in range(4, 9)])
+    assert [f.position for f in store.frames(job.id)] == list(range(9))
+    with pytest.raises(JobGone):
+        store.finish(first, "a", {"verdict": "safe"}, None)
+    store.finish(second, "b", {"verdict": "safe"}, {"id": "evt_1", "type": "job.completed"})
+    done = store.get(job.id)
+    assert done is not None and done.status == DONE and done.result == {"verdict": "safe"}
+    assert done.thresholds == {"adult": 0.5} and done.client == "key_1"
+    with store.pool.transaction(write=False) as tx:  # the event, written with the result
+        rows = tx.run(f"SELECT event_id, item_id FROM {OUTBOX_TABLE}")
+    assert rows == [("evt_1", 0)]
+
+
+def test_a_stopping_server_puts_its_jobs_back_and_other_bytes_start_again(store):
+    job = store.create("https://example.com/a.mp4", client=None, client_ref=None, model="MobileNetV2Mid",
+                       thresholds=None, sampling=SAMPLING, max_open=100)
+    taken = store.claim("a")
+    assert taken is not None
+    taken = store.start(taken, "a", sha256="ab" * 32, info={}, total=5)
+    store.save_frames(taken, "a", [StoredFrame(0, 0, 0, SCORES)])
+    assert store.release("a") == 1 and store.get(job.id).status == QUEUED
+    again = store.claim("b")
+    assert again is not None and again.frames_done == 1
+    again = store.start(again, "b", sha256="cd" * 32, info={}, total=5)  # the URL serves another video now
+    assert again.frames_done == 0 and store.frames(job.id) == []
+
+
+def test_a_client_has_a_bounded_number_of_open_jobs_and_a_video_that_crashes_instances_fails(store):
+    from nsfw_core.state.jobs import MAX_ATTEMPTS, TooManyJobs
+
+    for i in range(3):
+        store.create(f"https://example.com/{i}.mp4", client="key_x", client_ref=None, model="MobileNetV2Mid",
+                     thresholds=None, sampling=SAMPLING, max_open=3)
+    with pytest.raises(TooManyJobs):
+        store.create("https://example.com/4.mp4", client="key_x", client_ref=None, model="MobileNetV2Mid",
+                     thresholds=None, sampling=SAMPLING, max_open=3)
+    store.create("https://example.com/5.mp4", client="key_y", client_ref=None, model="MobileNetV2Mid",
+                 thresholds=None, sampling=SAMPLING, max_open=3)  # another client's count
+    first = store.claim("a")
+    assert first is not None
+    for n in range(MAX_ATTEMPTS - 1):
+        store.clock_.now += 31
+        assert store.claim(f"b{n}") is not None
+    store.clock_.now += 31
+    following = store.claim("c")  # the first job failed instead of being claimed a sixth time
+    assert following is not None and following.id != first.id
+    failed = store.get(first.id)
+    assert failed is not None and failed.status == "failed" and failed.error["code"] == "job_failed"
+
+
+# ---------------------------------------------------------------- the runner, in-process
+
+
+class Receiver:
+    def __init__(self, server: LocalServer) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.url = server.route("/hook", self.respond)
+
+    def respond(self, handler: RouteHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        self.got.append(({k.lower(): v for k, v in handler.headers.items()}, body))
+        handler.start(200, [("Content-Length", "0")])
+
+
+def test_a_job_is_judged_over_the_whole_video_and_its_webhook_is_signed(tmp_path: Path, local_server):
+    data = videos.make("webm", "vp9", seconds=75, fps=2, size=(96, 72), hold=5.0)
+    url = local_server.route("/long.webm", image(data, "video/webm"))
+    receiver = Receiver(local_server)
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), webhook_url=receiver.url, webhook_secret=SECRET,
+                             api_keys=("client-key-0123456789",))
+    auth = {"Authorization": "Bearer client-key-0123456789"}
+    with running(settings) as client:
+        sync = client.post("/predict", content=data, headers=auth)
+        made = client.post("/v1/jobs", json={"video": {"url": url}, "id": 7, "thresholds": {"safe": 0.5}},
+                           headers=auth)
+        assert made.status_code == 202, made.text
+        job = msgspec.json.decode(made.content, type=contract.Job)
+        assert made.headers["location"] == f"/v1/jobs/{job.id}" and job.status == "queued" and job.client_id == 7
+        retried = client.post("/v1/jobs", json={"video": {"url": url}, "id": 7, "thresholds": {"safe": 0.5}},
+                              headers=auth)
+        assert retried.status_code == 200 and retried.json()["id"] == job.id  # a retry: no second job
+        done = until(lambda: (j := client.get(f"/v1/jobs/{job.id}", headers=auth).json())["status"] in
+                     ("done", "failed") and j, 120, "the job ends")
+        assert client.get(f"/v1/jobs/{job.id}").status_code == 401
+        assert client.get("/v1/jobs/job_" + "0" * 32, headers=auth).status_code == 404
+        until(lambda: receiver.got, 30, "the webhook")
+    assert sync.status_code == 413 and sync.json()["code"] == "video_too_long"  # 75 s: a job's
+    answer = msgspec.json.decode(json.dumps(done).encode(), type=contract.Job)  # the contract's shape
+    assert answer.status == "done" and answer.result is not msgspec.UNSET
+    result = done["result"]
+    assert done["progress"] == {"frames_done": 75, "frames_total": 75} and len(result["frames"]) == 75
+    assert result["video"]["duration_ms"] == 75000 and result["segments"][-1]["end_ms"] == 75000
+    assert result["thresholds"]["safe"] == 0.5 and result["thresholds"]["overridden"] is True
+    times = [f["time_ms"] for f in result["frames"]]
+    assert [t // 1000 for t in times] == list(range(75))  # one frame in each second, the whole length
+    headers, body = receiver.got[0]
+    assert webhooks.verify(SECRET, body, headers["nsfw-signature"])
+    event = msgspec.json.decode(body, type=contract.JobEvent)
+    assert event.type == "job.completed" and event.job.id == job.id and event.job.status == "done"
+    assert event.client_key_id == ratelimit.key_id("client-key-0123456789") \
+        and "client-key" not in body.decode()  # whose job it is, as the review events name it, never the key
+    assert headers["nsfw-event-id"] == event.id
+    assert "frames" not in json.loads(body)["job"]["result"] and json.loads(body)["job"]["result"]["segments"]
+
+
+def test_a_job_that_cannot_fetch_its_video_fails_with_the_typed_error(tmp_path: Path, local_server):
+    clip = videos.make("webm", "vp8", seconds=2, fps=5, size=(64, 48))
+    big = local_server.route("/big.webm", image(clip, "video/webm"))
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), job_max_bytes=len(clip) - 1)
+    with running(settings) as client:
+        made = client.post("/v1/jobs", json={"video": {"url": local_server.url("/missing.mp4")}})
+        over = client.post("/v1/jobs", json={"video": {"url": big}})
+        job_id = made.json()["id"]
+        done = until(lambda: (j := client.get(f"/v1/jobs/{job_id}").json())["status"] == "failed" and j, 60,
+                     "the job fails")
+        too_big = until(lambda: (j := client.get(f"/v1/jobs/{over.json()['id']}").json())["status"] == "failed"
+                        and j, 60, "the job over NSFW_JOB_MAX_BYTES fails")
+        bodies: tuple[dict[str, Any], ...] = (
+            {"video": {"url": "ftp://example.com/a.mp4"}}, {"video": {}}, {"video": {"url": "http://x"}, "x": 1})
+        bad = [client.post("/v1/jobs", json=body) for body in bodies]
+        wrong = client.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"})
+    assert done["error"]["code"] == "upstream_error" and "result" not in done
+    assert too_big["error"]["code"] == "too_large"
+    assert [r.status_code for r in bad] == [400, 400, 400] and bad[0].json()["code"] == "invalid_url"
+    assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_json"
+
+
+def test_a_job_is_its_client_s_and_its_video_goes_to_review_with_its_bytes_and_that_client_s_review_id(
+        tmp_path: Path, local_server):
+    """A job is read by its client only, as a review id is (issue 29): another key, or without keys another
+    address, gets 404 even with the id.  A job whose video the model leaves unknown queues it as a request
+    would: the item keeps the video that was judged (the reviewer sees those bytes) and one PDQ hash a sampled
+    frame, the job's result carries the client's rv_ review id, which that key reads and no other; a job's
+    automatic verdict is sampled for audit like a request's, invisibly (no review id, nothing of the item)."""
+    import nsfw_core.context
+    from nsfw_core.state.review.queue import TICKET_RE
+
+    data = videos.make("mp4", "h264", seconds=6, fps=5, size=(96, 72), hold=2.0)
+    url = local_server.route("/clip.mp4", image(data, "video/mp4"))
+    other = videos.make("webm", "vp8", seconds=3, fps=5, size=(64, 48))  # another video (an open item each)
+    other_url = local_server.route("/other.webm", image(other, "video/webm"))
+    key_a, key_b = "client-key-a-0123456789", "client-key-b-0123456789"
+    as_a, as_b = ({"Authorization": f"Bearer {k}"} for k in (key_a, key_b))
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), api_keys=(key_a, key_b),
+                             adult_threshold=0.99999, safe_threshold=0.99999,  # unknown: queued for review
+                             audit_rate=(("adult", 1.0), ("safe", 1.0)))
+    with running(settings) as client:
+        made = client.post("/v1/jobs", json={"video": {"url": url}}, headers=as_a).json()
+        audited = client.post("/v1/jobs", json={"video": {"url": other_url}, "thresholds": {"safe": 0.0}},
+                              headers=as_a).json()  # its own thresholds: automatic safe, sampled for audit
+        done = until(lambda: (j := client.get(f"/v1/jobs/{made['id']}", headers=as_a).json())["status"] in
+                     ("done", "failed") and j, 120, "the job ends")
+        sampled = until(lambda: (j := client.get(f"/v1/jobs/{audited['id']}", headers=as_a).json())["status"] in
+                        ("done", "failed") and j, 120, "the second job ends")
+        other_key = client.get(f"/v1/jobs/{made['id']}", headers=as_b)
+        review_id = done["result"]["review_id"]
+        mine = client.get(f"/v1/reviews/{review_id}", headers=as_a)
+        theirs = client.get(f"/v1/reviews/{review_id}", headers=as_b)
+        queue = nsfw_core.context.current().review_queue
+        found = queue.ticket(review_id)
+        assert found is not None
+        item = queue.get(found[0])
+        hashes = queue.phash(found[0])
+        items = queue.items()
+        audit = [i for i in items if i.kind == "audit"]
+        audit_bytes = [queue.image(i.id) for i in audit]
+    assert done["status"] == "done" and done["result"]["verdict"] == "unknown", done
+    assert other_key.status_code == 404 and other_key.json()["code"] == "not_found"
+    assert TICKET_RE.match(review_id) and mine.status_code == 200 and mine.json()["status"] == "pending"
+    assert theirs.status_code == 404
+    assert item is not None and item.image == data and item.source == url  # the bytes judged, not the URL again
+    assert hashes is not None and len(hashes.split(",")) >= 4  # one PDQ hash a sampled frame (6 s at 1 a second)
+    assert sampled["status"] == "done" and sampled["result"]["verdict"] == "safe"
+    assert "review_id" not in sampled["result"] and "review_error" not in sampled["result"]
+    assert len(audit) == 1 and audit[0].sha256 == sampled["result"]["sha256"] and audit[0].client == ""
+    assert audit_bytes == [other]  # an audit item keeps the video too
+
+
+def test_a_job_s_frames_are_charged_to_its_key_s_budget_as_they_are_judged(tmp_path: Path, local_server):
+    """Issue 29's cost units for jobs: POST /v1/jobs costs its entry unit, and each judged frame one more (the
+    default model's cost) in the same bucket as the key's requests."""
+    import nsfw_core.context
+    from nsfw_core.base.rates import parse_rate
+
+    data = videos.make("webm", "vp8", seconds=6, fps=5, size=(64, 48))
+    url = local_server.route("/clip.webm", image(data, "video/webm"))
+    key = "client-key-0123456789"
+    auth = {"Authorization": f"Bearer {key}"}
+    settings = make_settings(tmp_path, allow_private_hosts=("*",), api_keys=(key,),
+                             rate_limit=parse_rate("1/h;burst=100"))
+    with running(settings) as client:
+        made = client.post("/v1/jobs", json={"video": {"url": url}}, headers=auth)
+        store = nsfw_core.context.current().jobs
+        done = until(lambda: (j := store.get(made.json()["id"])) is not None and j.status in ("done", "failed")
+                     and j, 120, "the job ends")
+        after = client.get(f"/v1/jobs/{done.id}", headers=auth)
+    assert made.headers["ratelimit-remaining"] == "99"
+    assert done.status == "done" and done.frames_total is not None and done.frames_total >= 5
+    assert after.headers["ratelimit-remaining"] == str(100 - 2 - done.frames_total)
+
+
+def test_without_keys_a_job_is_read_from_its_own_address_only(tmp_path: Path, local_server):
+    from starlette.testclient import TestClient
+
+    clip = videos.make("webm", "vp8", seconds=2, fps=5, size=(64, 48))
+    url = local_server.route("/clip.webm", image(clip, "video/webm"))
+    with running(make_settings(tmp_path, allow_private_hosts=("*",))) as client:
+        job_id = client.post("/v1/jobs", json={"video": {"url": url}}).json()["id"]
+        elsewhere = TestClient(client.app, client=("203.0.113.7", 40000))  # another client address
+        assert elsewhere.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+# ---------------------------------------------------------------- real servers
+
+
+def _job(server: AppServer, job_id: str) -> dict[str, Any]:
+    reply = server.request("GET", f"/v1/jobs/{job_id}")
+    assert reply.status == 200, reply
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def test_a_server_killed_mid_job_resumes_it_from_the_frames_it_judged(tmp_path: Path, local_server):
+    data = videos.make("mp4", "h264", seconds=120, fps=4, size=(128, 96), hold=4.0)
+    url = local_server.route("/long.mp4", image(data, "video/mp4"))
+    env = {"NSFW_ALLOW_PRIVATE_HOSTS": "*", "NSFW_VIDEO_FPS": "2", "NSFW_JOB_LEASE_SECONDS": "3"}
+    first = AppServer(tmp_path / "one", **env).wait()
+    try:
+        made = first.post_json("/v1/jobs", json.dumps({"video": {"url": url}}))
+        assert made.status == 202, made
+        job_id = made.json()["id"]
+        progress = until(lambda: (d := _job(first, job_id)["progress"]["frames_done"]) >= 32 and d, 240,
+                         "some frames judged")
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    assert progress < 240
+    second = AppServer(tmp_path / "one", **env).wait()  # the same data folder: the same SQLite database
+    try:
+        done = until(lambda: (j := _job(second, job_id))["status"] in ("done", "failed") and j, 300, "the job ends")
+        log = second.log.read_text(errors="replace")
+    finally:
+        second.stop()
+    assert done["status"] == "done" and done["progress"] == {"frames_done": 240, "frames_total": 240}
+    resumed = [line for line in log.splitlines() if f"video job {job_id} resumed (attempt 2) after" in line]
+    assert resumed, log[-3000:]
+    kept = int(resumed[0].split(" after ")[1].split()[0])
+    assert kept >= progress  # the frames judged before the kill were kept, not judged again
+    assert [f["time_ms"] // 500 for f in done["result"]["frames"]] == list(range(240))
+
+
+def test_two_replicas_on_postgresql_share_jobs_and_do_each_once(tmp_path: Path, local_server, postgres_url):
+    clips = [videos.make("webm", "vp8", seconds=20 + 5 * i, fps=2, size=(64, 48), hold=2.0) for i in range(4)]
+    urls = [local_server.route(f"/v{i}.webm", image(c, "video/webm")) for i, c in enumerate(clips)]
+    env = {"NSFW_ALLOW_PRIVATE_HOSTS": "*", "NSFW_DATABASE_URL": postgres_url, "NSFW_VIDEO_FPS": "2"}
+    servers = [AppServer(tmp_path / name, **env) for name in ("a", "b")]
+    try:
+        for s in servers:
+            s.wait()
+        ids = [servers[i % 2].post_json("/v1/jobs", json.dumps({"video": {"url": u}})).json()["id"]
+               for i, u in enumerate(urls)]
+        finished = until(lambda: all(_job(servers[0], j)["status"] == "done" for j in ids), 300, "all jobs done")
+        assert finished
+        jobs = [_job(servers[1], j) for j in ids]  # either replica reads every job
+        logs = [s.log.read_text(errors="replace") for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    for i, (job_id, job) in enumerate(zip(ids, jobs, strict=True)):
+        assert job["progress"]["frames_done"] == job["progress"]["frames_total"] == 2 * (20 + 5 * i)
+        runs = sum(log.count(f"video job {job_id} done by") for log in logs)
+        assert runs == 1, (job_id, runs)  # judged by one replica, once
