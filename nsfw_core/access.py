@@ -6,7 +6,8 @@ Three roles, each with everything the one before it has::
                 operator opts in with NSFW_PUBLIC_DEMO; nothing else
     reviewer    + the review queue (claim, decide, skip, undo), the Evaluate page
     admin       + calibration (labelled sets, uploaded or on the server), saving and rolling back
-                thresholds, exports of the reviewed items, the allow/deny hash lists
+                thresholds, exports of the reviewed items, the allow/deny hash lists, adapters and
+                example sets (train, publish, roll back)
 
 An :class:`Identity` is decided on the server from one of three things, never from the peer
 address (behind a reverse proxy every visitor comes from 127.0.0.1) and never from what the page
@@ -66,6 +67,7 @@ class Permission(enum.Enum):
     SAVE_THRESHOLDS = "save_thresholds"  # save a thresholds version, roll back
     EXPORT = "export"  # download the reviewed items (CSV, ZIP with stored uploads)
     LISTS = "lists"  # import, export and clear the allow/deny hash lists
+    ADAPTERS = "adapters"  # train, publish and roll back adapters; add and remove example sets
     EVALUATE = "evaluate"  # the Evaluate page: the estimated error rate of production's automatic decisions
 
 
@@ -76,6 +78,7 @@ NEEDS: Mapping[Permission, Role] = {
     Permission.SAVE_THRESHOLDS: Role.ADMIN,
     Permission.EXPORT: Role.ADMIN,
     Permission.LISTS: Role.ADMIN,
+    Permission.ADAPTERS: Role.ADMIN,
     Permission.EVALUATE: Role.REVIEWER,
 }
 

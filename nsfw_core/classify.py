@@ -3,6 +3,12 @@
 :class:`Classification` is what the API answers (``to_dict()`` is its detailed JSON),
 what the CLI prints and what the pages show.  :func:`judge` is the only place where
 scores become a verdict (through :meth:`~nsfw_core.base.verdict.Thresholds.decide`).
+The image's embedding (:mod:`nsfw_core.inference.embeddings`), from the forward pass that gave the
+scores, reaches :func:`judge` (``embedding=``; an animation's, each frame's on ``FrameScore.embedding``):
+an adapter in force (:mod:`nsfw_core.state.adapters`) turns it into the adult score, an example set
+(:mod:`nsfw_core.state.examples`) may decide by it, and a look-alike of a remembered decision must lie near
+the decided image's.  It is not part of the answer (``Classification.embedding`` keeps it); a queued review or
+audit item keeps it (:class:`ReviewIntake`), and so does the decision once remembered.
 
 :class:`Classifier` is the use case, built once by the process context from the parts it
 needs (nothing else of the context reaches it):
@@ -35,10 +41,13 @@ from nsfw_core.base.errors import NotReady, NSFWError
 from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.images import phash
+from nsfw_core.inference.embeddings import ExampleMatch, embedding_distance
 from nsfw_core.inference.model import Model, scores_dict
-from nsfw_core.inference.pipeline import FrameInputs, Scored, VideoInfo, score_sources
+from nsfw_core.inference.pipeline import FrameInputs, VideoInfo, score_sources
 from nsfw_core.inference.registry import Lane, ModelRegistry
 from nsfw_core.intake import Intake, Prepared
+from nsfw_core.state.adapters import Adapters, AdapterVersion
+from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.known import KnownImages, Match
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review.audit import AUDIT, REVIEW, AuditPolicy
@@ -58,6 +67,13 @@ STRICTNESS = {SAFE: 0, UNKNOWN: 1, ADULT: 2}
 # image must survive (JPEG q70, resized 50 %, cropped 2 %, watermarked) raised the adult score by at most
 # 0.015 (88 copies of 22 images), while every blend of the blend attack that was answered safe raised it by more.
 MATCH_ADULT_MARGIN = 0.03
+# And where both images' embeddings exist (issue 26: remembered decisions keep the decided image's), the look-alike's
+# must lie within MATCH_EMBEDDING_DISTANCE of the decided image's (one minus their cosine,
+# :func:`~nsfw_core.inference.embeddings.embedding_distance`).  Calibrated with bench/lookalikes.py on the same
+# edited copies (docs/reliability.md): they moved the embedding by at most 0.213 (a copy resized to 50 %; JPEG q70
+# 0.029, cropped 0.059, watermarked 0.038), while every detail blend answered safe before issue 29 lay at 0.43 or
+# more.  The alpha blends lie nearer (from 0.12): there the adult-score rule is what refuses them.
+MATCH_EMBEDDING_DISTANCE = 0.3
 
 
 def _ms(seconds: float) -> float:
@@ -94,14 +110,20 @@ class ReviewTicket:
 
 @dataclasses.dataclass(frozen=True)
 class FrameScore:
-    """One sampled frame of an animation: its index, when it is first shown, and the model's scores."""
+    """One sampled frame of an animation: its index, when it is first shown, the model's scores and embedding,
+    and, once judged under an adapter, the adapter's adult score."""
 
     index: int
     time_ms: int
     scores: dict[str, float]
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    adapter_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "time_ms": self.time_ms, "scores": dict(self.scores)}
+        out: dict[str, Any] = {"index": self.index, "time_ms": self.time_ms, "scores": dict(self.scores)}
+        if self.adapter_score is not None:
+            out["adult_score"] = self.adapter_score
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,12 +142,14 @@ class Segment:
 
 
 def segments(frames: Sequence[FrameScore], thresholds: Thresholds, end_ms: int) -> tuple[Segment, ...]:
-    """A video's timeline: its sampled frames (in time order), each judged under ``thresholds``, merged into
-    runs of the same verdict."""
+    """A video's timeline: its sampled frames (in time order), each judged under ``thresholds`` (on its
+    ``adapter_score`` when an adapter judged the video, as :func:`judge` does), merged into runs of the same
+    verdict."""
     out: list[Segment] = []
     ordered = sorted(frames, key=lambda f: f.time_ms)
     for i, frame in enumerate(ordered):
-        verdict = thresholds.decide(frame.scores)
+        verdict = thresholds.decide(frame.scores) if frame.adapter_score is None else \
+            thresholds.decide_scores(frame.adapter_score, 1.0 - frame.adapter_score)
         if out and out[-1].verdict == verdict:
             last = out[-1]
             out[-1] = dataclasses.replace(last, max_scores={c: max(v, frame.scores[c])
@@ -153,12 +177,19 @@ class Classification:
     thresholds_version: int | None = None  # the thresholds history's version (None: the defaults)
     frames: tuple[FrameScore, ...] | None = None  # an animation's sampled frames (None: a still image)
     deciding_frame: int | None = None  # the frame whose scores and verdict the image got (its worst)
-    verdict_source: str = "model"  # who decided the verdict: "model", or "review" / "list" (a known image)
+    verdict_source: str = "model"  # who decided: "model", "review" / "list" (a known image), "examples"
     match: Match | None = None  # the remembered decision or hash-list entry the image matched
+    # The adapter in force that gave adult_score (None: the base model's summed classes) and the example set
+    # that decided the verdict (verdict_source "examples").
+    adapter: AdapterVersion | None = dataclasses.field(default=None, compare=False, repr=False)
+    example: ExampleMatch | None = None
     deciding_time_ms: int | None = None  # when the deciding frame is shown (None: a still image)
     video: VideoInfo | None = None  # a video: its container, size and duration (its frames are ``frames``)
     segments: tuple[Segment, ...] | None = None  # a video's timeline
     near: Match | None = None  # a look-alike match refused because the model disagrees (shown to reviewers only)
+    # The image's embedding (an animation's deciding frame's), from the forward pass that gave the scores: kept
+    # with a queued review item, compared with a look-alike's; never part of the answer.
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The API's detailed answer (``/predict?detail=1``); the OpenAPI schema ``Detail`` describes it."""
@@ -175,6 +206,10 @@ class Classification:
         }
         if self.match is not None:
             out["match"] = self.match.to_dict()
+        if self.adapter is not None:
+            out["adapter"] = self.adapter.ref
+        if self.example is not None:
+            out["example"] = self.example.to_dict()
         if self.frames is not None:
             out["frames"] = [f.to_dict() for f in self.frames]
             out["deciding_frame"] = self.deciding_frame
@@ -190,34 +225,53 @@ class Classification:
         return out
 
     def under(self, thresholds: Thresholds, version: int | None = None) -> Classification:
-        """The same scores judged under other thresholds (the pages re-judge when thresholds change)."""
+        """The same scores judged under other thresholds (the pages re-judge when thresholds change); an adapter
+        that gave the adult score still gives it (``thresholds`` then apply to its score)."""
         return judge(self.scores, thresholds, self.model, self.timings, self.sha256, version, frames=self.frames,
-                     match=self.match or self.near, video=self.video)
+                     match=self.match or self.near, adapter=self.adapter, example=self.example,
+                     embedding=self.embedding, video=self.video,
+                     adapter_score=self.adult_score if self.adapter is not None and not self.frames else None)
 
 
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
           frames: Sequence[FrameScore] | None = None, match: Match | None = None,
+          embedding: np.ndarray | None = None, adapter: AdapterVersion | None = None,
+          example: ExampleMatch | None = None, adapter_score: float | None = None,
           video: VideoInfo | None = None) -> Classification:
     """Scores -> a :class:`Classification`: the one place a verdict is decided.
 
-    An animation (``frames``) is judged on its worst frame, the one with the highest adult score under
-    ``thresholds`` (the earliest on a tie): the image gets that frame's scores and verdict.  A known image
-    (``match``: a reviewer's remembered decision or a hash-list entry, :mod:`nsfw_core.state.known`) gets the
-    human verdict instead, ``verdict_source`` "review" or "list"; its scores stay the model's.
+    The model's view: the adult score is the sum of ``thresholds``' adult classes, or, with ``adapter`` (the
+    adapter in force, :mod:`nsfw_core.state.adapters`) and the image's ``embedding``, the adapter's probability;
+    the safe score is then one minus it, and ``thresholds``' values apply to these two scores (the five class
+    scores stay the model's).  An animation (``frames``, each with its embedding) is judged on its worst frame,
+    the one with the highest adult score (the earliest on a tie): the image gets that frame's scores, verdict
+    and embedding.  ``adapter_score`` (and a frame's ``adapter_score``): the adapter's score already computed
+    (re-judging under other thresholds, :meth:`Classification.under`).
 
-    Except where a perceptual (PDQ) match would clear: PDQ sees only an image's coarse shading, so
-    another picture's detail laid over a listed or safe-decided image's blurred shading stays within the
-    match distance while showing something else (the security test matched such an image at 26 bits
-    while the model gave it porn 0.745; issue 29 had 30 % of such blends the model left "unknown" answered
-    safe).  As hash-sharing programmes advise, a perceptual hash alone never clears:
+    Who decides, first to last (docs/review.md, "Who decides"):
 
-    * a PDQ match never clears an image the model calls adult (only the exact bytes, sha256, may);
+    1. a known image (``match``: a reviewer's remembered decision or a hash-list entry,
+       :mod:`nsfw_core.state.known`, already limited to the client's audience by the lookup) gets the human
+       verdict, ``verdict_source`` "review" or "list", within the look-alike rule below;
+    2. an image that matched an example set (``example``, :mod:`nsfw_core.state.examples`) gets the set's
+       verdict, ``verdict_source`` "examples";
+    3. the adapter's verdict when one is in force, else the model's (``verdict_source`` "model").
+
+    The look-alike rule: PDQ sees only an image's coarse shading, so another picture's detail laid over a
+    listed or safe-decided image's blurred shading stays within the match distance while showing something
+    else (the security test matched such an image at 26 bits while the model gave it porn 0.745; issue 29 had
+    30 % of such blends the model left "unknown" answered safe).  As hash-sharing programmes advise, a
+    perceptual hash alone never clears:
+
+    * a PDQ match never clears an image the model (or the adapter) calls adult, nor one an example set
+      blocks (only the exact bytes, sha256, may);
     * a PDQ match may clear what the model left "unknown" only when the model sees the image alike
-      (:func:`sees_alike`: scores from the same model, an adult score at most :data:`MATCH_ADULT_MARGIN`
-      higher than the decided image's), so a hash-list "allow" entry (no scores) never clears
-      by PDQ.  Otherwise the image keeps the model's verdict, and the refused match is kept in ``near``
-      for the reviewer (never in the client's answer).
+      (:func:`sees_alike`: scores from the same model; the score the verdict uses, the adapter's when one is
+      in force, at most :data:`MATCH_ADULT_MARGIN` above the decided image's; and where both images'
+      embeddings exist, within :data:`MATCH_EMBEDDING_DISTANCE` of each other), so a hash-list "allow" entry
+      (no scores) never clears by PDQ.  Otherwise the match is refused: the next in the order decides, and
+      the refused match is kept in ``near`` for the reviewer (never in the client's answer).
 
     A PDQ match may always make a verdict stricter (an adult decision or a "deny" entry): that fails closed.
 
@@ -228,21 +282,54 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
     sees it alike (its worst frame's adult score at most the margin above the decided video's worst frame's).
     """
     deciding = deciding_time = None
+    if adapter is not None:
+        readable = [f.adapter_score is not None or f.embedding is not None for f in frames] if frames else \
+            [adapter_score is not None or embedding is not None]
+        if not all(readable):
+            adapter = None  # no embedding to read: the base model judges
     if frames:
-        worst = max(frames, key=lambda f: (thresholds.adult_score(f.scores), -f.index))
+        if adapter is not None:
+            frames = [f if f.adapter_score is not None else dataclasses.replace(
+                f, adapter_score=adapter.score(f.embedding, f.scores))  # type: ignore[arg-type]
+                for f in frames]
+        else:
+            frames = [f if f.adapter_score is None else dataclasses.replace(f, adapter_score=None) for f in frames]
+        worst = max(frames, key=lambda f: (f.adapter_score if f.adapter_score is not None
+                                           else thresholds.adult_score(f.scores), -f.index))
         scores, deciding, deciding_time = worst.scores, worst.index, worst.time_ms
-    model_verdict = thresholds.decide(scores)
+        adult_score = worst.adapter_score
+        embedding = worst.embedding
+    elif adapter is not None:
+        adult_score = adapter_score if adapter_score is not None else adapter.score(embedding, scores)  # type: ignore[arg-type]
+    else:
+        adult_score = None
+    if adult_score is None:
+        adult_score, safe_score = thresholds.adult_score(scores), thresholds.safe_score(scores)
+        model_verdict = thresholds.decide(scores)
+    else:
+        safe_score = 1.0 - adult_score
+        model_verdict = thresholds.decide_scores(adult_score, safe_score)
     near = None
     if match is not None and match.by != "sha256" and STRICTNESS[match.verdict] < STRICTNESS[model_verdict]:
         if model_verdict == ADULT:
             match = None
-        elif not sees_alike(scores, match, thresholds, model.name):
+        elif not sees_alike(scores, match, thresholds, model.name, model_version=model.version,
+                            embedding=embedding, adapter=adapter, adult_score=adult_score):
             near, match = match, None
+    if match is not None and match.by != "sha256" and example is not None \
+            and STRICTNESS[match.verdict] < STRICTNESS[example.verdict]:
+        match = None  # an example set that blocks is not cleared by a perceptual match either
+    if match is not None:
+        verdict, source, example = match.verdict, match.kind, None
+    elif example is not None:
+        verdict, source = example.verdict, "examples"
+    else:
+        verdict, source = model_verdict, "model"
     return Classification(
         scores=scores,
-        verdict=model_verdict if match is None else match.verdict,
-        adult_score=thresholds.adult_score(scores),
-        safe_score=thresholds.safe_score(scores),
+        verdict=verdict,
+        adult_score=adult_score,
+        safe_score=safe_score,
         thresholds=thresholds,
         model=model,
         timings=timings,
@@ -251,23 +338,48 @@ def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, ti
         frames=tuple(frames) if frames else None,
         deciding_frame=deciding,
         deciding_time_ms=deciding_time,
-        verdict_source="model" if match is None else match.kind,
+        verdict_source=source,
         match=match,
+        adapter=adapter,
+        example=example,
         video=video,
         segments=segments(frames, thresholds, video.duration_ms) if video is not None and frames else None,
         near=near,
+        embedding=embedding,
     )
 
 
-def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str) -> bool:
-    """True when the model sees an image as it saw the decided one ``match`` names: scores from the same model,
-    and an adult score at most :data:`MATCH_ADULT_MARGIN` above the decided image's.  False for an entry
-    without scores (a hash list, a decision remembered before issue 29) or from another model."""
+def sees_alike(scores: dict[str, float], match: Match, thresholds: Thresholds, model_name: str, *,
+               model_version: str | None = None, embedding: np.ndarray | None = None,
+               adapter: AdapterVersion | None = None, adult_score: float | None = None) -> bool:
+    """True when the model sees an image as it saw the decided one ``match`` names; False for an entry without
+    scores (a hash list, a decision remembered before issue 29) or from another model.  All of:
+
+    * the adult score the verdict uses at most :data:`MATCH_ADULT_MARGIN` above the decided image's: the
+      thresholds' adult classes summed, or with ``adapter`` in force (``adult_score``, its score of this
+      image) the adapter's score of the decided image, which needs the decided image's embedding from the
+      model version the adapter reads (none kept: not alike, as fails closed);
+    * where both embeddings exist (``embedding``: this image's, from ``model_version``; the match's, from the
+      same version), at most :data:`MATCH_EMBEDDING_DISTANCE` apart (:func:`embedding_distance`).  A decision
+      that keeps an embedding which could not be read now is not alike.
+    """
     decided = match.scores
     if not decided or match.model != model_name or any(c not in decided for c in thresholds.adult_classes):
         return False
-    return thresholds.adult_score(scores) <= thresholds.adult_score(decided) + MATCH_ADULT_MARGIN
-
+    if match.embedded and match.embedding is None:
+        return False  # the decided image's embedding exists but could not be read: fail closed
+    same_version = match.embedding is not None and (model_version is None or match.model_version == model_version)
+    if adapter is not None:
+        if not (same_version and match.model_version == adapter.model_version) or match.embedding is None:
+            return False
+        mine = adult_score if adult_score is not None else adapter.score(embedding, scores)  # type: ignore[arg-type]
+        if mine > adapter.score(match.embedding, decided) + MATCH_ADULT_MARGIN:
+            return False
+    elif thresholds.adult_score(scores) > thresholds.adult_score(decided) + MATCH_ADULT_MARGIN:
+        return False
+    if embedding is not None and same_version and match.embedding is not None:
+        return embedding_distance(embedding, match.embedding) <= MATCH_EMBEDDING_DISTANCE
+    return True
 
 
 # ---------------------------------------------------------------- the one use case, on its parts
@@ -280,13 +392,15 @@ class Classifier:
     ``models`` gives each request its model's lane (the default unless a request names another);
     ``known`` recognises a remembered decision or a hash-list entry; ``thresholds`` is the history
     whose version in force judges; ``review`` queues what a person must see; ``observe`` counts each
-    classification (the metrics).  :meth:`url` and :meth:`data` are the API's path, on the event loop;
-    :meth:`sources` the CLI's and the pages' path, synchronous and batched by itself.
+    classification (the metrics); ``adapters`` gives the adapter in force per model and ``examples``
+    the example sets (None: neither is used).  :meth:`url` and :meth:`data` are the API's path, on the
+    event loop; :meth:`sources` the CLI's and the pages' path, synchronous and batched by itself.
     """
 
     def __init__(self, intake: Intake, models: ModelRegistry, known: KnownImages, thresholds: ThresholdHistory,
                  review: ReviewIntake, load: Callable[[str], bytes],
-                 observe: Callable[[Classification, bool], None] = lambda result, fetched: None) -> None:
+                 observe: Callable[[Classification, bool], None] = lambda result, fetched: None, *,
+                 adapters: Adapters | None = None, examples: ExampleSets | None = None) -> None:
         self.intake = intake
         self.models = models
         self.known = known
@@ -294,36 +408,55 @@ class Classifier:
         self.review = review
         self.load = load
         self.observe = observe
+        self.adapters = adapters
+        self.examples = examples
 
     async def url(self, url: str, *, model: str | None = None, thresholds: Thresholds | None = None,
-                  client: str = "") -> Classification:
+                  client: str = "", adapter: bool = True) -> Classification:
         """Fetch ``url`` safely, then classify it; see :meth:`data`.  A queued URL item keeps the fetched
         bytes: the reviewer sees what was classified, never what the URL serves later."""
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:  # an animation's frames are held in flight until answered
                 prepared = await self.intake.url(url, lane.model, held, functools.partial(self._recognise, client))
-                result, private = await self._finish(lane, prepared, started, thresholds)
+                result, private = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, True)
         return await self.review.submit(result, url, prepared.data, prepared.x, client=client, private=private)
 
     async def data(self, data: bytes, *, model: str | None = None, thresholds: Thresholds | None = None,
-                   client: str = "") -> Classification:
+                   client: str = "", adapter: bool = True) -> Classification:
         """Classify image bytes: scores, verdict, thresholds, model, timings and sha256.
 
         ``model``: the name of another model than the default (API v1's per-request model);
-        ``thresholds``: the request's own thresholds instead of the ones in force (version None);
+        ``thresholds``: the request's own thresholds instead of the ones in force (version None); with an
+        adapter in force they apply to its score (:meth:`thresholds_in_force` gives the ones they replace);
         ``client``: who asks (a hash of its API key, :func:`nsfw_core.http.guard.client_id`): the decisions
-        only it may use, its review quota and its review ids.
+        only it may use, its review quota and its review ids;
+        ``adapter``: False judges with the base model even when an adapter is in force.
         """
         started = time.perf_counter()
         async with self._lane(model) as lane:
             with contextlib.ExitStack() as held:
                 prepared = await self.intake.data(data, lane.model, held, functools.partial(self._recognise, client))
-                result, private = await self._finish(lane, prepared, started, thresholds)
+                result, private = await self._finish(lane, prepared, started, thresholds, adapter)
         self.observe(result, False)
         return await self.review.submit(result, UPLOAD_SOURCE, data, prepared.x, client=client, private=private)
 
+    def adapter_for(self, model: Model | ModelInfo, wanted: bool = True) -> AdapterVersion | None:
+        """The adapter in force for ``model`` (trained on its version), unless not ``wanted``."""
+        if not wanted or self.adapters is None:
+            return None
+        return self.adapters.current(model.name, model.version)
+
+    def thresholds_in_force(self, model: str | None = None, adapter: bool = True) -> Thresholds:
+        """The thresholds a request for ``model`` (default: the default model) is judged with: the adapter's in
+        force when there is one (and ``adapter``), else the thresholds history's version in force."""
+        base = self.thresholds.current().thresholds
+        if not adapter or self.adapters is None:
+            return base
+        loaded = self.models.loaded_model(model)  # not loaded yet: the adapter in force for its name
+        found = self.adapters.current(model or self.models.default, loaded.version if loaded is not None else None)
+        return found.thresholds(base) if found is not None else base
     def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
         """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
         return self._lane(name)
@@ -356,56 +489,102 @@ class Classifier:
         return self.known.lookup(sha, query, client)
 
     async def _finish(self, lane: Lane, prepared: Prepared[Match | None], started: float,
-                      override: Thresholds | None) -> tuple[Classification, bool]:
-        """The classification, and whether only the request's own thresholds send it to review (``private``:
-        under the thresholds in force it would not be queued; its decision then protects only this client)."""
+                      override: Thresholds | None, use_adapter: bool = True) -> tuple[Classification, bool]:
+        """The forward pass and the verdict (the result keeps the image's embedding, an animation's deciding
+        frame's), and whether only the request's own choices send it to review (``private``: judged as the
+        server judges by default it would not be queued; its decision then protects only this client)."""
         t0 = time.perf_counter()
         x = prepared.x
         frames = None
+        embedding = None
         if isinstance(x, FrameInputs):  # its frames were admitted in flight before decoding (Intake)
-            rows = await asyncio.gather(*(lane.batcher.predict(f) for f in x.inputs))
-            frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row))
+            rows = await asyncio.gather(*(lane.batcher.infer(f) for f in x.inputs))
+            frames = [FrameScore(ref.index, ref.time_ms, scores_dict(row.probs), row.embedding)
                       for ref, row in zip(x.refs, rows, strict=True)]
             scores = frames[0].scores
+            if all(row.embedding is not None for row in rows):
+                embeddings = np.stack([row.embedding for row in rows])  # type: ignore[misc]
+            else:
+                embeddings = None
         else:
-            scores = scores_dict(await lane.batcher.predict(x))
+            row = await lane.batcher.infer(x)
+            scores, embedding = scores_dict(row.probs), row.embedding
+            embeddings = None if embedding is None else embedding[None]
         inference_s = time.perf_counter() - t0
         timings = Timings.of(prepared.fetch_s, prepared.decode_s, inference_s, time.perf_counter() - started)
         return self.verdict(scores, override, ModelInfo(lane.model.name, lane.model.version), timings,
                             prepared.sha256, frames=frames, match=prepared.found,
-                            video=x.video if isinstance(x, FrameInputs) else None)
+                            video=x.video if isinstance(x, FrameInputs) else None, embedding=embedding,
+                            embeddings=embeddings, use_adapter=use_adapter)
 
     def verdict(self, scores: dict[str, float], override: Thresholds | None, info: ModelInfo, timings: Timings,
                 sha256: str, *, frames: Sequence[FrameScore] | None = None, match: Match | None = None,
-                video: VideoInfo | None = None) -> tuple[Classification, bool]:
-        """:func:`judge` under the thresholds in force (or ``override``: the request's or the job's own), and
-        whether only ``override`` sends it to review (``private``: its decision then protects only its client)."""
+                video: VideoInfo | None = None, embedding: np.ndarray | None = None,
+                embeddings: np.ndarray | None = None, use_adapter: bool = True) -> tuple[Classification, bool]:
+        """:func:`judge` under the thresholds in force: the adapter in force for ``info``'s model (unless not
+        ``use_adapter``) and its thresholds, else the thresholds history's; or ``override`` (the request's or the
+        job's own).  The known image ``match``; an example set's match (``embeddings``: the image's, one row, or
+        its frames').  And ``private``: the request's own thresholds (``override``) or its ``adapter: false``
+        queue it for review where the server's defaults (the adapter in force and its thresholds, else the
+        thresholds in force) would not; its decision then protects only its client.
+
+        Without embeddings to read (a video job's frames are stored without them) no adapter judges: the base
+        model, under the thresholds history's version in force (never the adapter's thresholds on base scores)."""
         active = self.thresholds.current()
-        thresholds, version = (active.thresholds, active.version) if override is None else (override, None)
-        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=match, video=video)
+        readable = all(f.embedding is not None for f in frames) if frames else embedding is not None
+        in_force = self.adapter_for(info) if readable else None
+        adapter = in_force if use_adapter else None
+        if override is not None:
+            thresholds, version = override, None
+        elif adapter is not None:
+            thresholds, version = adapter.thresholds(active.thresholds), None
+        else:
+            thresholds, version = active.thresholds, active.version
+        example = None
+        if self.examples is not None:  # consulted even when a known image matched: a refused look-alike falls to it
+            example = self.examples.match(info.name, info.version, embeddings)
+        result = judge(scores, thresholds, info, timings, sha256, version, frames=frames, match=match,
+                       embedding=embedding, adapter=adapter, example=example, video=video)
         private = False
-        if override is not None and self.review.queues(result.verdict):
-            in_force = judge(scores, active.thresholds, info, timings, sha256, active.version, frames=frames,
-                             match=match, video=video)
-            private = in_force.match is not None or not self.review.queues(in_force.verdict)
+        if (override is not None or adapter is not in_force) and self.review.queues(result.verdict):
+            default_thresholds, default_version = ((in_force.thresholds(active.thresholds), None) if in_force
+                                                  else (active.thresholds, active.version))
+            by_default = judge(scores, default_thresholds, info, timings, sha256, default_version, frames=frames,
+                               match=match, embedding=embedding, adapter=in_force, example=example, video=video)
+            private = by_default.verdict_source != "model" or not self.review.queues(by_default.verdict)
         return result, private
 
     def sources(self, sources: Sequence[str], *, model_name: str | None = None,
                 loader: Callable[[str], bytes] | None = None, batch_size: int = 16,
                 progress: Callable[[int], None] | None = None, known: bool = True,
-                long_videos: bool = False) -> list[Outcome]:
+                adapter: bool = True, long_videos: bool = False) -> list[Outcome]:
         """Classify paths or URLs (or keys ``loader`` reads) with the thresholds in force; errors per item.
 
-        ``known``: a known image (a reviewer's remembered decision, a hash list) gets the human verdict, as in
-        the API; False gives the model's verdict for every image.
+        ``known``: a known image (a reviewer's remembered decision, a hash list, an example set) gets the human
+        verdict, as in the API; False gives the model's verdict for every image.  ``adapter``: the adapter in
+        force judges, as in the API (False: the base model).
         """
         model = self.models.get(model_name)
         scored = score_sources(model, sources, self.intake.decoder, loader or self.load, batch_size=batch_size,
-                               progress=progress, perceptual=known, long_videos=long_videos)
-        active = self.thresholds.current()
-        return [outcome(s, model, active.thresholds, active.version,
-                        self.known.lookup(s.sha256, s.phash) if known and s.sha256 and s.scores is not None else None)
-                for s in scored]
+                               progress=progress, perceptual=known, embeddings=True, long_videos=long_videos)
+        out = []
+        info = ModelInfo(model.name, model.version)
+        for s in scored:
+            if s.scores is None:
+                out.append(Outcome(s.source, error=s.error, seconds=s.seconds))
+                continue
+            found = self.known.lookup(s.sha256, s.phash) if known and s.sha256 else None
+            frames = None if s.frames is None else [
+                FrameScore(ref.index, ref.time_ms, sc, None if s.frame_embeddings is None else s.frame_embeddings[i])
+                for i, (ref, sc) in enumerate(s.frames)]
+            embeddings = s.frame_embeddings if s.frames is not None else (
+                None if s.embedding is None else s.embedding[None])
+            timings = Timings.of(s.load_s, s.decode_s, s.inference_s, s.seconds)
+            result, _ = self.verdict(s.scores if frames is None else frames[0].scores, None, info, timings,
+                                     s.sha256 or "", frames=frames, match=found, video=s.video, embedding=s.embedding,
+                                     embeddings=embeddings if known else None, use_adapter=adapter)
+            out.append(Outcome(s.source, result, seconds=s.seconds))
+        return out
 
 
 class ReviewIntake:
@@ -417,12 +596,13 @@ class ReviewIntake:
     """
 
     def __init__(self, verdicts: Sequence[str], queue: Callable[[], ReviewQueue], executor: Executor,
-                 quota: int = 0, audit: AuditPolicy | None = None) -> None:
+                 quota: int = 0, audit: AuditPolicy | None = None, adapters: Adapters | None = None) -> None:
         self.verdicts = tuple(verdicts)
         self.queue = queue
         self.executor = executor
         self.quota = int(quota)  # items one client may add per hour (NSFW_REVIEW_QUOTA; 0: no limit)
         self.audit = audit if audit is not None else AuditPolicy({})
+        self.adapters = adapters  # keeps each queued image's embedding, for training adapters on reviewed items
 
     def queues(self, verdict: str) -> bool:
         """True when an image with this verdict goes to human review."""
@@ -433,6 +613,9 @@ class ReviewIntake:
                      frame_hashes: Sequence[bytes | None] | None = None) -> Classification:
         """Queue the image when its verdict says so (a known image's verdict never does), or as an audit item
         when the sample draws its automatic verdict.
+
+        ``embedding``: the image's (an animation's deciding frame's), kept with the item so that a decided item
+        can train an adapter (:mod:`nsfw_core.state.adapters`).
 
         The item keeps the image's perceptual hashes (``prepared``: the model input), remembered with its
         decision; a video's, its frames' (from ``prepared``'s frames, or ``frame_hashes``: a job's), and its
@@ -470,13 +653,21 @@ class ReviewIntake:
             else:
                 hashes = phash.join_hex(phash.stored_hashes(prepared)) if isinstance(prepared, np.ndarray) else None
             if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
-                return queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
-                                         result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
-                                         probability=probability, reviews=reviews, media=media)
-            return queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
-                                     result.verdict, image_bytes=data, phash=hashes,
-                                     audience=client if private else "", matched=near, quota=self.quota,
-                                     reviews=reviews, media=media, key_id=key_id)
+                queued = queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
+                                           result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
+                                           probability=probability, reviews=reviews, media=media)
+            else:
+                queued = queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
+                                           result.verdict, image_bytes=data, phash=hashes,
+                                           audience=client if private else "", matched=near, quota=self.quota,
+                                           reviews=reviews, media=media, key_id=key_id)
+            if self.adapters is not None and result.embedding is not None:
+                try:  # a review item and an audit item alike: either may train an adapter once decided
+                    self.adapters.save_item_embedding(queued[0], result.model.name, result.model.version,
+                                                      result.embedding)
+                except Exception as exc:  # the item is queued; only its use for training an adapter is lost
+                    log.warning("review item %s: its embedding could not be kept (%r)", queued[0], exc)
+            return queued
 
         try:
             _, ticket = await asyncio.get_running_loop().run_in_executor(self.executor,
@@ -515,14 +706,3 @@ class Outcome:
         return {"source": self.source, "scores": dict(self.classification.scores),
                 "verdict": self.classification.verdict}
 
-
-def outcome(scored: Scored, model: Model, thresholds: Thresholds, thresholds_version: int | None = None,
-            match: Match | None = None) -> Outcome:
-    """Judge one :class:`~nsfw_core.inference.pipeline.Scored` under ``thresholds`` (a known image: ``match``)."""
-    if scored.scores is None:
-        return Outcome(scored.source, error=scored.error, seconds=scored.seconds)
-    timings = Timings.of(scored.load_s, scored.decode_s, scored.inference_s, scored.seconds)
-    frames = None if scored.frames is None else [FrameScore(ref.index, ref.time_ms, s) for ref, s in scored.frames]
-    classification = judge(scored.scores, thresholds, ModelInfo(model.name, model.version), timings,
-                           scored.sha256 or "", thresholds_version, frames=frames, match=match, video=scored.video)
-    return Outcome(scored.source, classification, seconds=scored.seconds)

@@ -5,8 +5,10 @@ settings that part takes, and wires them together:
 
 * ``database``: the one connection pool (NSFW_DATABASE_URL, or SQLite under the data folder),
   shared by the thresholds history, the known images, the review queue and the webhooks' outbox;
-* ``thresholds`` (:class:`~nsfw_core.state.thresholds.ThresholdHistory`) and ``known``
-  (:class:`~nsfw_core.state.known.KnownImages`): copies in memory, refreshed in the background;
+* ``thresholds`` (:class:`~nsfw_core.state.thresholds.ThresholdHistory`), ``known``
+  (:class:`~nsfw_core.state.known.KnownImages`), ``adapters`` (:class:`~nsfw_core.state.adapters.Adapters`,
+  the adapter in force per model) and ``examples`` (:class:`~nsfw_core.state.examples.ExampleSets`): copies
+  in memory, refreshed in the background;
 * ``models`` (:class:`~nsfw_core.inference.registry.ModelRegistry`): every model of the process,
   loaded once whoever asks (pages, API v1, CLI), within NSFW_MODEL_MEMORY_MB;
 * ``intake`` (:class:`~nsfw_core.intake.Intake`): fetching and decoding for the API, with the
@@ -57,7 +59,9 @@ from nsfw_core.inference.registry import Batching, ModelRegistry
 from nsfw_core.intake import Intake
 from nsfw_core.metrics import Metrics, ServingState
 from nsfw_core.ratelimit import MemoryBuckets, RateLimiter, ShareLimiter
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.db import open_pool
+from nsfw_core.state.examples import ExampleSets
 from nsfw_core.state.jobs import Job, JobStore
 from nsfw_core.state.known import KnownImages
 from nsfw_core.state.limits import DatabaseBuckets, DatabaseFailures
@@ -98,6 +102,8 @@ class Context:
             clock=time.time, store=DatabaseFailures(self.database, "signin")) if shared else None)
         self.thresholds = ThresholdHistory.from_settings(settings, pool=self.database)
         self.known = KnownImages(self.database, distance=settings.match_distance)
+        self.adapters = Adapters(self.database)
+        self.examples = ExampleSets(self.database)
         self.connections = ConnectionPool()
         self.decoder = Decoder(settings.decode_limits)
         # A client's share needs clients told apart: by API key. Without keys a client is its address, and behind
@@ -123,8 +129,10 @@ class Context:
         self._quality: tuple[float, list[Any]] | None = None
         self.classifier = Classifier(self.intake, self.models, self.known, self.thresholds,
                                      ReviewIntake(self.review_config.verdicts, lambda: self.review_queue,
-                                                  self.executor, self.review_config.quota, self.audit),
-                                     load=self.load_bytes, observe=self._observe)
+                                                  self.executor, self.review_config.quota, self.audit,
+                                                  adapters=self.adapters),
+                                     load=self.load_bytes, observe=self._observe, adapters=self.adapters,
+                                     examples=self.examples)
         self.intake.model_cost = self.models.cost
         buckets = DatabaseBuckets(self.database) if shared else MemoryBuckets()
         self.limiter = RateLimiter(settings.rate_limit, store=buckets) if settings.rate_limit is not None else None
@@ -259,8 +267,9 @@ class Context:
     def warnings(self) -> list[str]:
         """What an operator should know about this configuration (/health ``warnings``, the start-up log)."""
         known = self.known.warning  # its database unreachable
+        policy = [w for w in (self.adapters.warning, self.examples.warning) if w]
         return (storage_warnings(os.environ, self.settings.database_url, self.settings.ephemeral_disk)
-                + self.access.warnings() + ([known] if known else []))
+                + self.access.warnings() + ([known] if known else []) + policy)
 
     async def start(self) -> None:
         """Begin loading the model in the background, and start the webhooks' delivery; returns at once."""
@@ -289,6 +298,8 @@ class Context:
         # database that is down leaves what is in memory, with a warning, until it is back).
         thresholds = loop.run_in_executor(None, self.thresholds.refresh)
         known = loop.run_in_executor(None, self.known.refresh)
+        adapters = loop.run_in_executor(None, self.adapters.refresh)
+        examples = loop.run_in_executor(None, self.examples.refresh)
         try:
             lane = await self.models.start()
         except Exception:
@@ -310,6 +321,10 @@ class Context:
         await asyncio.to_thread(self.decoder.sandbox.warm)
         await thresholds
         await known
+        await adapters
+        await examples
+        self.adapters.keep_fresh()  # in force within a second of a publication, even after a quiet spell
+        self.examples.keep_fresh()
         log.info("model %s %s ready in %.1f s", lane.model.name, lane.model.version, lane.model.load_seconds)
 
     async def _start_webhooks(self) -> None:
@@ -375,6 +390,8 @@ class Context:
         if review is not None:
             review.close()
         self.known.close()
+        self.adapters.close()
+        self.examples.close()
         self.metrics.close()
         self.thresholds.close()
         self.database.close()

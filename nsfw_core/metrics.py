@@ -14,7 +14,8 @@ Counted as requests are served (cheap: a lock and an addition per sample):
 * ``nsfw_stage_duration_seconds{stage}``: per classified image, ``fetch`` (URLs only),
   ``decode``, ``inference`` (queue wait and forward pass) and ``total``;
 * ``nsfw_verdicts_total{verdict, source}``: ``source`` is the answer's ``verdict_source``: ``model``,
-  or ``review`` / ``list`` for a known image (a remembered decision, a hash list, :mod:`nsfw_core.state.known`);
+  or ``review`` / ``list`` for a known image (a remembered decision, a hash list, :mod:`nsfw_core.state.known`),
+  ``examples`` for an image like an example set's (:mod:`nsfw_core.state.examples`);
   the share of ``unknown`` among ``source="model"`` is the model's, which the human verdicts must not
   flatter;
 * ``nsfw_score{class}``: a histogram per class of the model's scores (drift);

@@ -10,7 +10,9 @@ The page's flow, top to bottom; each step is a helper of ``nsfw_ui``:
    (``nsfw_ui.set_scores``);
 5. the sections on the scored set: metrics, suggestion, distributions, verdicts, trade-off, curves,
    samples (``nsfw_ui.calibration_views``, charts from ``nsfw_ui.charts``), and saving the sliders'
-   thresholds as a new version that the API and the classify page follow on every instance.
+   thresholds as a new version that the API and the classify page follow on every instance;
+6. for admins, the Adapter part: train an adapter on the chosen set and/or the reviewed items, compare it with
+   the base model, publish, roll back, example sets (``nsfw_ui.adapter_panel``).
 
 The reviewed items are weighted by 1 / the probability that queued them (issue 25), so their figures
 estimate production; what the weights mean and the thresholds' effect per day at the counted traffic
@@ -24,6 +26,7 @@ import streamlit as st
 from nsfw_core.access import Permission
 from nsfw_core.calibration import maths as cal
 from nsfw_ui import (
+    adapter_panel,
     auth,
     calibration_controls,
     calibration_views,
@@ -45,6 +48,7 @@ def page() -> None:
     controls = calibration_controls.sidebar(active.thresholds, ctx.settings.model)
 
     loaded = labelled_sets.choose(ctx)
+    adapter_panel.render(ctx, who, controls.model_name, controls.adult_labels, loaded)  # issue 26: admins only
     if loaded is None:
         return
     entry = set_scores.score_set(ctx, loaded, controls.model_name)

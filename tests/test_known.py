@@ -15,7 +15,7 @@ import hashlib
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -360,3 +360,55 @@ def test_an_unreachable_database_keeps_what_is_known_and_health_says_so(tmp_path
         assert not [w for w in ctx.warnings() if str(tmp_path) in w or ".db" in w], ctx.warnings()
     finally:
         ctx.close()
+
+
+def test_a_remembered_decision_keeps_the_decided_images_embedding_for_its_look_alikes(tmp_path, monkeypatch):
+    """Issue 26 with issue 29's look-alike rule: the decided image's embedding (kept with its review item from the
+    request) is remembered with the decision; a perceptual match reads it (the exact bytes need not); a copy is
+    still cleared; and when the embedding cannot be read, a look-alike is not cleared (fails closed)."""
+    import contextlib
+
+    from nsfw_core.context import current
+    from nsfw_core.inference.embeddings import decode_embedding
+    from nsfw_core.state.migrations import KNOWN_TABLE
+
+    settings = make_settings(tmp_path, safe_threshold=0.97, review_store_uploads=True)
+    smile_sha = hashlib.sha256(SMILE).hexdigest()
+    copy = copies(SMILE)["jpeg q70"]
+    with running(settings) as client:
+        first = _post(client, SMILE)
+        assert first["verdict"] == "unknown"
+        ctx = current()
+        queue = ctx.review_queue
+        found = queue.ticket(first["review_id"])
+        assert found is not None
+        kept = ctx.adapters.item_embedding(found[0])
+        assert kept is not None and kept[0] == "MobileNetV2Mid"
+        queue.decide(found[0], "alice", "safe", seen=smile_sha)
+        _refreshed(client)
+        with ctx.database.connection() as conn:
+            rows = conn.execute(f"SELECT embedding, model_version FROM {KNOWN_TABLE} WHERE review_id = ? AND "
+                                "op = 'add'", (found[0],)).fetchall()
+        assert len(rows) == 1 and rows[0][1] == kept[1]
+        remembered_vector = decode_embedding(rows[0][0])
+        assert remembered_vector is not None and np.array_equal(remembered_vector, kept[2])
+        exact = ctx.known.lookup(smile_sha, None)
+        assert exact is not None and exact.by == "sha256" and exact.embedded and exact.embedding is None
+        match = ctx.known.lookup(hashlib.sha256(copy).hexdigest(), phash.query_hash(model_input(copy)))
+        assert match is not None and match.by == "pdq" and match.model_version == kept[1]
+        assert match.embedding is not None and np.array_equal(match.embedding, kept[2])
+        cleared = _post(client, copy)
+        assert (cleared["verdict"], cleared["verdict_source"]) == ("safe", "review")
+
+        @contextlib.contextmanager
+        def unreachable() -> Iterator[Any]:
+            raise OSError("the database is away")
+            yield
+
+        ctx.known._embeddings.clear()
+        monkeypatch.setattr(ctx.known, "_connection", unreachable)
+        unread = ctx.known.lookup(hashlib.sha256(copy).hexdigest(), phash.query_hash(model_input(copy)))
+        assert unread is not None and unread.embedded and unread.embedding is None
+        refused = _post(client, copy)
+        assert (refused["verdict"], refused["verdict_source"]) == ("unknown", "model")
+        assert _post(client, SMILE)["verdict_source"] == "review"  # the exact bytes need no embedding

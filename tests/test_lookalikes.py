@@ -169,8 +169,17 @@ def test_a_lookalike_inherits_safe_only_when_the_model_sees_it_alike(server, mon
     with ReviewQueue(data_dir=server.data_dir) as queue:
         item_id = queue.ticket(decided["review_id"])[0]  # type: ignore[index]
         queue.decide(item_id, "alice@example.com", "safe", seen=hashlib.sha256(HOUSE).hexdigest())
+    pool = open_pool(None, server.data_dir)
+    try:  # issue 26: the decision keeps the decided image's embedding (from its request), for the look-alike rule
+        with pool.transaction(write=False) as tx:
+            kept = tx.run(f"SELECT embedding, model_version FROM {KNOWN_TABLE} WHERE op = 'add' AND review_id = ?",
+                          (item_id,))
+    finally:
+        pool.close()
+    assert len(kept) == 1 and len(base64.b64decode(kept[0][0])) == 2 * 1792 and kept[0][1]
 
-    # a re-encoded copy: the model sees it alike, it is cleared, and the answer names no distance and no ids
+    # a re-encoded copy: the model sees it alike (its scores and its embedding), it is cleared, and the answer
+    # names no distance and no ids
     copy = until_source(server, KEY_B, edited_copies(HOUSE)["jpeg q70"], "review")
     assert copy["verdict"] == "safe" and copy["match"] == {"source": "review", "by": "pdq", "label": "safe"}
 

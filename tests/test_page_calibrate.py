@@ -381,3 +381,72 @@ def test_uploaded_manifest_names_only_urls_and_files_under_the_root(data_dir):
                             f"line 7: path '~/x' leaves the labelled-sets folder {root}. ")
     assert "root:" not in error and "[project]" not in error  # no file contents
     assert "images scored" not in texts(at.markdown)
+
+
+# ---------------------------------------------------------------- the Adapter part (issue 26)
+
+
+def _policy_folder(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tests.helpers.policy import write_set
+
+    sets = data_dir / "sets"
+    monkeypatch.setenv("NSFW_LABELSETS_DIR", str(sets))
+    new_context()
+    write_set(sets / "stripes", 25, 25)
+    return sets / "stripes"
+
+
+@pytest.mark.slow
+def test_adapter_part_trains_shows_both_side_by_side_publishes_and_rolls_back(data_dir, monkeypatch):
+    folder = _policy_folder(data_dir, monkeypatch)
+    at = run(signed_in(AppTest.from_file(PAGE, default_timeout=300)))
+    at.radio(key="cal_source").set_value("folder")
+    run(at)
+    at.text_input(key="cal_folder").set_value(str(folder))
+    run(at)
+    assert "50 images scored" in texts(at.markdown)
+    assert "No adapter in force for MobileNetV2Mid" in texts(at.caption)
+    at.text_input(key="adapter_name").set_value("stripes")
+    click(at, "Train adapter")
+    shown = texts(at.markdown)
+    assert "50 examples (25 adult, 25 safe)" in shown and "Publishable." in shown
+    [table] = [d.value for d in at.dataframe if list(getattr(d.value, "columns", [])) == ["base model", "adapter"]]
+    assert "ROC AUC" in table.index and "verdict adult: true adult / true safe" in table.index
+    click(at, "Publish stripes v1")
+    assert "Published stripes v1" in texts(at.success)
+    ctx = current()
+    in_force = ctx.adapters.current("MobileNetV2Mid")
+    assert in_force is not None and in_force.ref == {"name": "stripes", "version": 1}
+    assert ctx.adapters.get("stripes", 1).trained_by == "admin (secret, session a1b2c3)"
+    run(at)
+    assert "In force for MobileNetV2Mid: adapter **stripes v1**" in texts(at.caption)
+    click(at, "Roll back")
+    assert "the base model now judges MobileNetV2Mid" in texts(at.success)
+    assert current().adapters.current("MobileNetV2Mid") is None
+
+
+@pytest.mark.slow
+def test_adapter_part_refuses_to_publish_on_too_few_images(data_dir, monkeypatch):
+    from tests.helpers.policy import write_set
+
+    sets = data_dir / "sets"
+    monkeypatch.setenv("NSFW_LABELSETS_DIR", str(sets))
+    new_context()
+    write_set(sets / "few", 8, 8)
+    at = run(signed_in(AppTest.from_file(PAGE, default_timeout=300)))
+    at.radio(key="cal_source").set_value("folder")
+    run(at)
+    at.text_input(key="cal_folder").set_value(str(sets / "few"))
+    run(at)
+    click(at, "Train adapter")
+    assert "Publishing is refused: only 8 adult (block) examples: at least 20 are needed" in texts(at.error)
+    assert not [b for b in at.button if b.label.startswith("Publish ")]
+
+
+def test_adapter_part_says_how_to_enable_training_without_scikit_learn(data_dir, monkeypatch):
+    from nsfw_core.calibration import adapters as training
+
+    monkeypatch.setattr(training, "sklearn_available", lambda: False)
+    at = run(signed_in(AppTest.from_file(PAGE, default_timeout=180)))
+    assert "pip install -r requirements-adapters.txt" in texts(at.info)
+    assert not [b for b in at.button if b.label == "Train adapter"]

@@ -555,6 +555,35 @@ def test_a_version_merged_after_a_newer_one_is_still_applied(backend):
     assert q.counts()["pending"] == 2
 
 
+def test_migration_10_is_applied_to_a_database_main_migrated_to_11(backend):
+    """Issue 26's migration 10 (adapters, example sets, embeddings) reached main after 8, 9 and 11 (videos): a
+    database main migrated is at 1-9 and 11.  Opening it applies 10, and both sides' columns work together: a
+    decided video item is remembered with its media (11) and its deciding frame's embedding (10)."""
+    import numpy as np
+
+    from nsfw_core.state.adapters import Adapters
+    from nsfw_core.state.known import KnownImages
+
+    without_10 = tuple(m for m in MIGRATIONS if m.version != 10)
+    first = backend.open(migrations=without_10)
+    add(first, 1)
+    first.close()
+    assert 10 not in _versions(backend) and 11 in _versions(backend)
+    q = backend.open()
+    assert _versions(backend) == [m.version for m in MIGRATIONS]
+    item, _ = q.enqueue_for("c", sha(2), "upload", SCORES, MODEL, "unknown", phash="ab" * 32, media="video",
+                            key_id="key:0123456789abcdef")
+    embedding = np.linspace(-1.0, 1.0, 1792, dtype=np.float32)
+    Adapters(q.pool).save_item_embedding(item, MODEL, "v1", embedding)
+    q.decide(item, "rev", "neutral", seen=sha(2))
+    match = KnownImages(q.pool).lookup(sha(2), None)
+    assert match is not None and (match.review_id, match.embedded, match.model_version) == (item, True, "v1")
+    with q._tx(write=False) as tx:
+        assert tx.one("SELECT media, embedding <> '' FROM known_images WHERE review_id = ?", (item,)) in (
+            ("video", 1), ("video", True))
+    assert q.counts()["pending"] == 1
+
+
 def test_concurrent_first_open_migrates_once(backend):
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)

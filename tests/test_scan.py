@@ -23,6 +23,7 @@ from nsfw_core.base.settings import load_settings
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.classify import FrameScore, ModelInfo, Timings
 from nsfw_core.classify import judge as service_judge
+from nsfw_core.inference.embeddings import AdapterHead
 from nsfw_core.inference.modelfiles import read_verified, version
 from nsfw_core.scan import cli
 from nsfw_core.scan.dataset import DatasetError, ScanDataset, latest, new_run_id
@@ -30,10 +31,11 @@ from nsfw_core.scan.driver import Driver, to_rows
 from nsfw_core.scan.judge import judge
 from nsfw_core.scan.keys import DoneSet, key
 from nsfw_core.scan.queueing import Queuer, audited, wanted
-from nsfw_core.scan.reverdict import reverdict
+from nsfw_core.scan.reverdict import NoEmbeddings, reverdict
 from nsfw_core.scan.schema import FAILED, FILE, OBJECT, SCHEMA, SCORED, SKIPPED, URL, WORKER_SCHEMA
 from nsfw_core.scan.sources import Reader, SourceError, list_sources, listing_tables
 from nsfw_core.scan.worker import ScanWorker, WorkerConfig
+from nsfw_core.state.adapters import Adapters, AdapterVersion
 from nsfw_core.state.db import open_pool
 from nsfw_core.state.known import KnownImages, ListEntry, Match
 from nsfw_core.state.review import ReviewQueue
@@ -444,18 +446,235 @@ def test_worker_answers_become_schema_rows():
 # ---------------------------------------------------------------- the command's refusals
 
 
-def test_embeddings_and_adapters_are_refused_until_the_models_give_embeddings(tmp_path, capsys):
-    assert cli.main([str(REFERENCE_IMAGES[0]), "--out", str(tmp_path / "ds"), "--embeddings"]) == 2
-    assert "no embeddings yet" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+def test_the_commands_refusals(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path / "data"))
     ds = ScanDataset(str(tmp_path / "ds"))
     ds.create_or_open("test")
-    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "adapter.json"]) == 2
-    assert "no adapter support yet" in capsys.readouterr().err
     assert cli.main(["reverdict", str(tmp_path / "ds"), "--adult", "0.5"]) == 2
     assert cli.main([str(REFERENCE_IMAGES[0]), "--out", str(tmp_path / "x"), "--audit-share", "0.1"]) == 2
     assert "--audit-share needs --queue" in capsys.readouterr().err
     assert cli.main(["reverdict", str(tmp_path / "nothing")]) == 2
     assert "not an nsfw-scan dataset" in capsys.readouterr().err
+    # --adapter names an adapter of the database: an unknown one, a malformed name, one that failed its proof
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "nope@x"]) == 2
+    assert "expected NAME or NAME@VERSION" in capsys.readouterr().err
+    pool = open_pool(None, tmp_path / "data")
+    store = Adapters(pool)
+    try:
+        _store_adapter(store, "failed", publishable=False)
+        _store_adapter(store, "proved")
+    finally:
+        store.close()
+        pool.close()
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "failed"]) == 2
+    assert "did not pass its held-out proof" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- embeddings and adapters (issue 26)
+
+DIM = 8
+
+
+def _head(seed: int = 11) -> AdapterHead:
+    rng = np.random.default_rng(seed)
+    return AdapterHead(DIM, rng.normal(0, 1.5, DIM + len(CLASS_NAMES)), -0.2)
+
+
+def _store_adapter(store: Adapters, name: str, *, publishable: bool = True, version: str = "v1") -> AdapterVersion:
+    return store.save(name=name, model="MobileNetV2Mid", model_version=version, head=_head(), t_adult=0.6,
+                      t_safe=0.7, report={}, dataset_sha256="0" * 64, examples=40, publishable=publishable, by="test")
+
+
+def _adapter(version: str = "v1") -> AdapterVersion:
+    return AdapterVersion("policy", 3, "MobileNetV2Mid", version, _head(), 0.6, 0.7, {}, "0" * 64, 40, True, "test",
+                          0.0)
+
+
+def test_embeddings_are_the_models_own_and_kept_for_still_images(tmp_path, worker_config):
+    expected = catalogue(tmp_path)
+    worker = ScanWorker(dataclasses.replace(worker_config, embeddings=True))
+    plain = ScanWorker(worker_config)
+    try:
+        rows = {r["source"]: r for t in listing_tables(list_sources([str(tmp_path)]), 5) for r in worker(t).to_pylist()}
+        without = {r["source"]: r for t in listing_tables(list_sources([str(tmp_path)]), 5)
+                   for r in plain(t).to_pylist()}
+        model = worker.model
+        stills = [s for s, r in rows.items() if expected[s] is None and r["frames"] is None]
+        assert stills and all(len(rows[s]["embedding"]) == model.embedding_size for s in stills)
+        assert all(rows[s]["embedding"] is None for s in rows if s not in stills)  # errors, animations: none
+        assert all(without[s]["embedding"] is None for s in without)  # only with --embeddings
+        for s in stills[:3]:  # the same forward pass as Model.predict_with_embeddings, and the same scores
+            x = worker.decoder.prepare(model, Path(s).read_bytes())
+            assert isinstance(x, np.ndarray)
+            probs, vectors = model.predict_with_embeddings(x[None])
+            assert np.abs(np.asarray(rows[s]["embedding"]) - vectors[0]).max() <= 1e-4 * max(1.0, vectors[0].max())
+            assert rows[s]["scores"] == pytest.approx(without[s]["scores"], abs=1e-6)
+            assert rows[s]["scores"] == pytest.approx(probs[0].tolist(), abs=1e-6)
+    finally:
+        worker.close()
+        plain.close()
+
+
+def _embedded_rows(n: int, seed: int = 9) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    rng = random.Random(seed)
+    vectors = np.random.default_rng(seed).random((n, DIM)).astype(np.float32)
+    rows: list[dict[str, Any]] = []
+    kept: dict[int, np.ndarray] = {}
+    for i in range(n):
+        row: dict[str, Any] = {"source": f"s{i}", "sha256": _sha(i), **_scores(rng)}
+        if i % 4:  # most rows kept an embedding (--embeddings)
+            row["embedding"] = vectors[i].tolist()
+            kept[i] = vectors[i]
+        if i % 11 == 0:  # scanned by another version of the model: not the adapter's
+            row["model_version"] = "v0"
+        if i % 13 == 0:  # an animation keeps no embedding: the base model's rule
+            frames = [FrameScore(k, k * 100, _scores(rng)) for k in range(3)]
+            row.update({c: None for c in CLASS_NAMES})
+            row.pop("embedding", None)
+            kept.pop(i, None)
+            row["frames"] = [{"index": f.index, "time_ms": f.time_ms, "scores": [f.scores[c] for c in CLASS_NAMES]}
+                             for f in frames]
+        if i % 29 == 0:
+            row = {"source": f"s{i}", "sha256": _sha(i), "error_code": "not_an_image"}
+            kept.pop(i, None)
+        rows.append(row)
+    return rows, kept
+
+
+def test_an_adapter_judges_the_rows_with_an_embedding_as_the_service_would():
+    rows, kept = _embedded_rows(400)
+    adapter, base = _adapter(), Thresholds()
+    rng = random.Random(2)
+    matches: dict[str, Match] = {}
+    for i in range(0, 400, 6):  # remembered decisions, some with the decided image's embedding
+        decided = {c: float(np.float32(v)) for c, v in _scores(rng).items()}
+        near = kept.get(i)
+        embedding = None if near is None or i % 12 else (near + (0.01 if i % 24 else 0.5)).astype(np.float32)
+        matches[_sha(i)] = Match("review", SAFE, "neutral", "pdq", 20, i, i, decided, "MobileNetV2Mid", "v1",
+                                 embedding is not None, embedding)
+    table = _rows(rows)
+    got = judge(table, base, 4, _Known(matches), now=NOW, adapter=adapter)
+    judged_by_adapter = 0
+    for i, row in enumerate(rows):
+        if "error_code" in row:
+            assert got["verdict"][i].as_py() is None
+            continue
+        frames = None if "frames" not in row else [
+            FrameScore(f["index"], f["time_ms"], dict(zip(CLASS_NAMES, f["scores"], strict=True))) for f in row["frames"]]
+        scores = frames[0].scores if frames else {c: float(np.float32(row[c])) for c in CLASS_NAMES}
+        mine = i in kept and row.get("model_version", "v1") == "v1"
+        want = service_judge(scores, adapter.thresholds(base) if mine else base,
+                             ModelInfo("MobileNetV2Mid", row.get("model_version", "v1")), Timings(0, 0, 0, 0), _sha(i),
+                             None if mine else 4, frames=frames, match=matches.get(_sha(i)),
+                             embedding=kept.get(i), adapter=adapter if mine else None)
+        assert got["verdict"][i].as_py() == want.verdict, i
+        assert got["verdict_source"][i].as_py() == want.verdict_source, i
+        assert got["adult_score"][i].as_py() == pytest.approx(want.adult_score, abs=1e-9), i
+        assert got["safe_score"][i].as_py() == pytest.approx(want.safe_score, abs=1e-9), i
+        assert got["thresholds_version"][i].as_py() == (None if mine else 4)
+        named = json.loads(got["thresholds"][i].as_py())
+        assert named.get("adapter") == (adapter.ref if mine else None)
+        assert (named["adult"], named["safe"]) == ((0.6, 0.7) if mine else (base.adult, base.safe))
+        judged_by_adapter += mine
+    assert 200 < judged_by_adapter < 300
+    # the adapter changed verdicts: the rows it judged are not all judged as the base model judges them
+    plain = judge(table, base, 4, now=NOW)
+    assert plain["verdict"].to_pylist() != got["verdict"].to_pylist()
+
+
+def test_a_look_alike_needs_its_embedding_near_the_decided_images(tmp_path):
+    """The scan's rows with embeddings get the service's embedding bound: a PDQ match that would clear an unknown
+    (the adult score no higher than the decided image's) is refused when the embeddings lie far apart."""
+    scores = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.6, "porn": 0.2, "sexy": 0.1}  # unknown by default
+    assert Thresholds().decide(scores) == UNKNOWN
+    e = np.random.default_rng(1).random(DIM).astype(np.float32)
+    rows = [{"source": f"s{i}", "sha256": _sha(i), **scores, "embedding": e.tolist()} for i in range(3)]
+    near_e, far_e = e + np.float32(0.001), np.random.default_rng(2).random(DIM).astype(np.float32)
+    matches = {_sha(0): Match("review", SAFE, "neutral", "pdq", 20, 1, 1, scores, "MobileNetV2Mid", "v1", True, near_e),
+               _sha(1): Match("review", SAFE, "neutral", "pdq", 20, 2, 2, scores, "MobileNetV2Mid", "v1", True, far_e),
+               _sha(2): Match("review", SAFE, "neutral", "pdq", 20, 3, 3, scores, "MobileNetV2Mid", "v1", True, None)}
+    got = judge(_rows(rows), Thresholds(), 1, _Known(matches), now=NOW)
+    # near: the remembered decision; far: the model's unknown; an embedding that could not be read: fails closed
+    assert got["verdict"].to_pylist() == [SAFE, UNKNOWN, UNKNOWN]
+    assert got["verdict_source"].to_pylist() == ["review", "model", "model"]
+
+
+def test_reverdict_with_an_adapter_applies_it_from_stored_embeddings_or_refuses(tmp_path, monkeypatch, capsys):
+    # a dataset scanned without --embeddings: refused, nothing written
+    ds, _ = _dataset_of_scores(tmp_path, 40, parts=2)
+    before = {name: (tmp_path / "ds" / name).read_bytes() for name in ds.parts()}
+    with pytest.raises(NoEmbeddings, match="scan with --embeddings"):
+        reverdict(ds, Thresholds(), 1, adapter=_adapter())
+    assert {name: (tmp_path / "ds" / name).read_bytes() for name in ds.parts()} == before
+    monkeypatch.setenv("NSFW_DATA_DIR", str(tmp_path / "data"))
+    pool = open_pool(None, tmp_path / "data")
+    store = Adapters(pool)
+    try:
+        stored = _store_adapter(store, "policy")
+    finally:
+        store.close()
+        pool.close()
+    assert cli.main(["reverdict", str(tmp_path / "ds"), "--adapter", "policy", "--json"]) == 2
+    assert "keeps no embeddings of MobileNetV2Mid v1" in capsys.readouterr().err
+    assert {name: (tmp_path / "ds" / name).read_bytes() for name in ds.parts()} == before
+    # a dataset with embeddings: the adapter judges the rows that kept one of its model version
+    rows, kept = _embedded_rows(120)
+    ds2 = ScanDataset(str(tmp_path / "ds2"))
+    ds2.create_or_open("test")
+    table = _rows(rows)
+    for name, column in judge(table, Thresholds(), None, now=NOW).items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    ds2.write_part(table, new_run_id(NOW), 0)
+    assert cli.main(["reverdict", str(tmp_path / "ds2"), "--adapter", "policy@1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    mine = [i for i in kept if rows[i].get("model_version", "v1") == "v1"]
+    assert report["adapter"] == {**stored.ref, "thresholds": {"adult": 0.6, "safe": 0.7}}
+    assert report["by_adapter"] == len(mine) and report["changed"] > 0
+    view = ds2.view()
+    expected = judge(_rows(rows), Thresholds(), None, now=NOW, adapter=stored)
+    assert view["verdict"].to_pylist() == expected["verdict"].to_pylist()
+    assert sum("adapter" in json.loads(t) for t in view["thresholds"].to_pylist() if t) == len(mine)
+    # its thresholds given on the command line apply to its score
+    assert cli.main(["reverdict", str(tmp_path / "ds2"), "--adapter", "policy", "--adult", "0.99", "--safe", "0.01",
+                     "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["adapter"]["thresholds"] == {"adult": 0.99, "safe": 0.01}
+    view = ds2.view()
+    by_row = dict(zip(view["source"].to_pylist(), view["verdict"].to_pylist(), strict=True))
+    adult_scores = dict(zip(view["source"].to_pylist(), view["adult_score"].to_pylist(), strict=True))
+    for i in mine:
+        assert by_row[f"s{i}"] == (ADULT if adult_scores[f"s{i}"] >= 0.99 - 1e-9 else SAFE)
+
+
+def test_queued_rows_keep_their_embedding(tmp_path):
+    rows, kept = _embedded_rows(60)
+    for row in rows:
+        if "error_code" not in row:
+            row["verdict"], row["verdict_source"] = UNKNOWN, "model"
+        if "frames" in row:  # judged, an animation's row has its deciding frame's scores
+            row.update(zip(CLASS_NAMES, row["frames"][0]["scores"], strict=True))
+    table = _rows(rows)
+    pool = open_pool(None, tmp_path)
+    queue, store = ReviewQueue(None, data_dir=tmp_path), Adapters(pool)
+    try:
+        ids = Queuer(queue, (UNKNOWN,), keep_embedding=store.save_item_embedding).enqueue(table).to_pylist()
+        for i, item_id in enumerate(ids):
+            if "error_code" in rows[i]:
+                assert item_id is None
+                continue
+            assert item_id is not None
+            found = store.item_embedding(item_id)
+            if i in kept:
+                assert found is not None and found[:2] == ("MobileNetV2Mid", rows[i].get("model_version", "v1"))
+                assert np.abs(found[2] - kept[i]).max() < 1e-3  # float16, as the service keeps a request's
+            else:
+                assert found is None
+    finally:
+        store.close()
+        queue.close()
+        pool.close()
 
 
 # ---------------------------------------------------------------- Ray stays out of the service

@@ -235,3 +235,62 @@ def test_queue_the_unknowns_once_then_reverdict_a_new_threshold_version(tmp_path
         assert queue.counts()["total"] == len(unknown)
     finally:
         queue.close()
+
+
+def test_embeddings_are_stored_and_reverdict_applies_an_adapter_to_them(tmp_path):
+    """Issue 26 on Ray: --embeddings stores each still image's embedding; reverdict --adapter judges those rows with
+    an adapter of the database, from the stored embeddings, as the scan's judge (checked against the service's
+    own) does; a dataset without embeddings is refused."""
+    import numpy as np
+
+    from nsfw_core.base.labels import CLASS_NAMES
+    from nsfw_core.inference.embeddings import AdapterHead
+    from nsfw_core.scan.judge import judge
+    from nsfw_core.state.adapters import Adapters
+    from nsfw_core.state.db import open_pool
+
+    data = tmp_path / "data"
+    env = _env(data)
+    catalogue_dir = ROOT / "data" / "demo"
+    code, first, err = _scan(env, str(catalogue_dir), "--out", str(tmp_path / "plain"))
+    assert code == 0, err
+    code, first, err = _scan(env, str(catalogue_dir), "--out", str(tmp_path / "ds"), "--embeddings")
+    assert code == 0, err
+    rows = _rows(tmp_path / "ds")
+    stills = [r for r in rows if r["error_code"] is None and r["frames"] is None]
+    assert len(stills) == len(rows) >= 18
+    assert all(len(r["embedding"]) == 1792 and min(r["embedding"]) >= 0 for r in stills)  # pooled ReLU6 features
+    assert all(r["embedding"] is None for r in _rows(tmp_path / "plain"))  # only with --embeddings
+    rng = np.random.default_rng(26)
+    weights = np.concatenate([rng.normal(0, 0.05, 1792), np.zeros(len(CLASS_NAMES))])
+    pool = open_pool(None, data)
+    store = Adapters(pool)
+    try:
+        adapter = store.save(name="demo", model=first["model"], model_version=first["model_version"],
+                             head=AdapterHead(1792, weights, 0.0), t_adult=0.6, t_safe=0.45, report={},
+                             dataset_sha256="0" * 64, examples=40, publishable=True, by="test")
+    finally:
+        store.close()
+        pool.close()
+    command = [sys.executable, "-m", "nsfw_core.scan.cli", "reverdict"]
+    refused = subprocess.run([*command, str(tmp_path / "plain"), "--adapter", "demo"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "keeps no embeddings" in refused.stderr
+    done = subprocess.run([*command, str(tmp_path / "ds"), "--adapter", "demo@1", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["adapter"]["name"] == "demo" and report["by_adapter"] == len(stills)
+    after = _rows(tmp_path / "ds")
+    assert all(json.loads(r["thresholds"])["adapter"] == {"name": "demo", "version": 1} for r in after)
+    assert all(r["thresholds_version"] is None for r in after)
+    import pyarrow as pa
+
+    from nsfw_core.scan.schema import SCHEMA
+
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    expected = judge(table, Thresholds(), None, adapter=adapter)
+    by_source = {r["source"]: (r["verdict"], r["adult_score"]) for r in after}
+    for source, verdict, adult in zip(table["source"].to_pylist(), expected["verdict"].to_pylist(),
+                                      expected["adult_score"].to_pylist(), strict=True):
+        assert by_source[source][0] == verdict and abs(by_source[source][1] - adult) < 1e-9, source

@@ -68,9 +68,13 @@ class Thresholds:
         return float(sum(scores[c] for c in self.safe_classes))
 
     def decide(self, scores: Mapping[str, float]) -> str:
-        if self.adult_score(scores) >= self.adult - EPSILON:
+        return self.decide_scores(self.adult_score(scores), self.safe_score(scores))
+
+    def decide_scores(self, adult_score: float, safe_score: float) -> str:
+        """The rule on an adult and a safe score already made (an adapter's score and one minus it)."""
+        if adult_score >= self.adult - EPSILON:
             return ADULT
-        if self.safe_score(scores) >= self.safe - EPSILON:
+        if safe_score >= self.safe - EPSILON:
             return SAFE
         return UNKNOWN
 

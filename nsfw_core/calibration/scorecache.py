@@ -1,4 +1,4 @@
-"""Class scores cached on disk, keyed by (sha256 of the image bytes, model key).
+"""Class scores (and embeddings) cached on disk, keyed by (sha256 of the image bytes, model key).
 
 The calibration page scores the same labelled sets again and again (another
 model, another session, after a restart); this cache makes that a matter of
@@ -9,6 +9,8 @@ reading and hashing the files.  Storage is one SQLite file
   version carries a hash of the weights) plus ``+draft`` when large JPEGs are
   decoded in draft mode, which changes the scores slightly.
 - Thread-safe: one connection, used under a lock.
+- :meth:`ScoreCache.embed_items` keeps, in a second table, what training an adapter needs of each image
+  (:mod:`nsfw_core.calibration.adapters`): its scores, its embedding (float16) and its PDQ hash.
 - A corrupt or unreadable file never stops the page: it is moved aside
   (``*.corrupt-<UTC time>``, :func:`files.move_aside`) and a fresh cache is started, with a warning
   (``warnings.warn`` and :attr:`ScoreCache.warning`); if even that fails the
@@ -17,6 +19,7 @@ reading and hashing the files.  Storage is one SQLite file
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -26,6 +29,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.files import move_aside
@@ -45,6 +50,29 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (sha256, model_key)
 ) WITHOUT ROWID
 """
+
+
+_EMBEDDINGS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    sha256    TEXT NOT NULL,
+    model_key TEXT NOT NULL,
+    scores    TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    phash     BLOB,
+    created   REAL NOT NULL,
+    PRIMARY KEY (sha256, model_key)
+) WITHOUT ROWID
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """One image as an adapter is trained on it: its sha256, the model's scores, its embedding and PDQ hash."""
+
+    sha256: str
+    scores: dict[str, float]
+    embedding: np.ndarray  # (D,) float32
+    phash: bytes | None
 
 
 class ScoreCacheWarning(UserWarning):
@@ -97,6 +125,7 @@ class ScoreCache:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
+            conn.execute(_EMBEDDINGS_SCHEMA)
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {row}")
@@ -289,6 +318,106 @@ class ScoreCache:
                         out.append((item, dict(scored.scores), None))
                     else:
                         out.append((item, None, scored.error))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        return out
+
+    # ------------------------------------------------------------ embeddings (training adapters)
+
+    def _get_embedded(self, shas: Sequence[str], key: str) -> dict[str, Embedded]:
+        out: dict[str, Embedded] = {}
+        with self._lock:
+            for start in range(0, len(shas), 500):
+                chunk = list(shas[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                try:
+                    rows = self._db().execute(f"SELECT sha256, scores, embedding, phash FROM embeddings WHERE "
+                                              f"model_key = ? AND sha256 IN ({marks})", [key, *chunk]).fetchall()
+                except sqlite3.Error as exc:
+                    self._reset_after(exc)
+                    return {}
+                for sha, text, blob, ph in rows:
+                    try:
+                        scores = json.loads(text)
+                        vector = np.frombuffer(blob, dtype="<f2").astype(np.float32)
+                    except (ValueError, TypeError):
+                        continue
+                    if _valid_scores(scores) and vector.size and np.isfinite(vector).all():
+                        out[sha] = Embedded(sha, {c: float(scores[c]) for c in CLASS_NAMES}, vector,
+                                            bytes(ph) if ph else None)
+        return out
+
+    def _put_embedded(self, entries: Sequence[Embedded], key: str) -> None:
+        now = time.time()
+        rows = [(e.sha256, key, json.dumps({c: float(e.scores[c]) for c in CLASS_NAMES}, sort_keys=True),
+                 np.asarray(e.embedding, dtype="<f2").tobytes(), e.phash, now) for e in entries]
+        if not rows:
+            return
+        with self._lock:
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self._reset_after(exc)
+
+    def embed_items(
+        self,
+        model: Any,
+        items: Sequence[Any],
+        decoder: pipeline.Decoder,
+        loader: Callable[[str], bytes],
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        batch_size: int = 16,
+    ) -> list[tuple[Any, Embedded | None, NSFWError | None]]:
+        """Each item's :class:`Embedded` (scores, embedding, PDQ hash), in order, or the error that stopped it;
+        as :meth:`score_items` does (bytes read with ``loader`` and hashed, hits used as they are, misses
+        through the pipeline in batches and stored).  An animation gives its worst frame's embedding and no hash.
+        """
+        key = model_key(model, decoder.limits)
+        total = len(items)
+        out: list[tuple[Any, Embedded | None, NSFWError | None]] = []
+        done = 0
+        for start in range(0, total, CHUNK):
+            chunk = items[start:start + CHUNK]
+            read: list[tuple[Any, str, NSFWError | None]] = []
+            blobs: dict[str, bytes] = {}
+            for item in chunk:
+                try:
+                    data = loader(item.source)
+                except NSFWError as exc:
+                    read.append((item, "", exc))
+                    continue
+                digest = sha256(data)
+                blobs.setdefault(digest, data)
+                read.append((item, digest, None))
+            cached = self._get_embedded(list(blobs), key)
+            misses = [d for d in blobs if d not in cached]
+            errors: dict[str, NSFWError | None] = {}
+            if misses:
+                results = pipeline.score_sources(model, misses, decoder, blobs.__getitem__, batch_size=batch_size,
+                                                 perceptual=True, embeddings=True)
+                # as stored (float16), so an image trains the same whether it was cached or not
+                fresh = [Embedded(r.source, dict(r.scores), np.asarray(r.embedding, dtype="<f2").astype(np.float32),
+                                  r.phash)
+                         for r in results if r.scores is not None and r.embedding is not None]
+                self._put_embedded(fresh, key)
+                cached.update({e.sha256: e for e in fresh})
+                errors = {r.source: r.error for r in results if r.scores is None}
+            for item, digest, error in read:
+                if error is not None:
+                    out.append((item, None, error))
+                elif digest in cached:
+                    out.append((item, cached[digest], None))
+                else:
+                    out.append((item, None, errors.get(digest)))
             done += len(chunk)
             if progress is not None:
                 progress(done, total)

@@ -24,10 +24,10 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
-def flag(request: Request, name: str) -> bool:
-    """A boolean query parameter (1/0, true/false, yes/no, on/off; absent is false, empty is 400)."""
+def flag(request: Request, name: str, default: bool = False) -> bool:
+    """A boolean query parameter (1/0, true/false, yes/no, on/off; absent is ``default``, empty is 400)."""
     if name not in request.query_params:
-        return False
+        return default
     value = request.query_params[name].strip().lower()
     if value in TRUE_WORDS:
         return True

@@ -92,6 +92,10 @@ class ThresholdsIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     safe: Fraction | None = None
 
 
+AdapterFlag = Annotated[bool | None, msgspec.Meta(
+    description="false: judge with the base model even when an adapter is in force (default: the adapter in force)")]
+
+
 class ClassifyRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """``POST /v1/classify`` as JSON (the image bytes as the body work too)."""
 
@@ -99,6 +103,7 @@ class ClassifyRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
     model: ModelName | None = None
     thresholds: ThresholdsIn | None = None
     id: ClientId = None
+    adapter: AdapterFlag = None
 
 
 class BatchItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -112,6 +117,7 @@ class BatchRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     items: list[BatchItem]
     model: ModelName | None = None
     thresholds: ThresholdsIn | None = None
+    adapter: AdapterFlag = None
 
 
 # ---------------------------------------------------------------- responses
@@ -133,7 +139,7 @@ class ThresholdsOut(msgspec.Struct, forbid_unknown_fields=True):
     safe: float
     adult_classes: list[str]
     safe_classes: list[str]
-    version: int | None  # the thresholds history's version in force; null for the defaults or an override
+    version: int | None  # the thresholds history's version in force; null: the defaults, an override, an adapter's
     overridden: bool  # true when the request's thresholds were used
 
 
@@ -149,10 +155,31 @@ class TimingsOut(msgspec.Struct, forbid_unknown_fields=True):
     total_ms: float
 
 
-class Frame(msgspec.Struct, forbid_unknown_fields=True):
+class Frame(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     index: Annotated[int, msgspec.Meta(ge=0)]
     time_ms: Annotated[int, msgspec.Meta(ge=0)]
     scores: Scores
+    adult_score: Annotated[float, msgspec.Meta(
+        ge=0.0, le=1.0, description="the adapter's adult score of this frame (only when an adapter is in force)"
+    )] | msgspec.UnsetType = msgspec.UNSET
+
+
+class AdapterOut(msgspec.Struct, forbid_unknown_fields=True):
+    """The adapter in force that gave ``adult_score`` (its probability; ``safe_score`` is one minus it) and whose
+    thresholds judged; the five ``scores`` stay the base model's."""
+
+    name: str
+    version: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ExampleOut(msgspec.Struct, forbid_unknown_fields=True):
+    """The example set whose verdict the image got (``verdict_source`` examples)."""
+
+    set: str
+    verdict: Verdict
+    similarity: Annotated[float, msgspec.Meta(description="the image's highest similarity to one of the set's "
+                                                          "examples (centred cosine)")]
+    threshold: Annotated[float, msgspec.Meta(description="the set's threshold: at or above it, the set decides")]
 
 
 class MatchOut(msgspec.Struct, forbid_unknown_fields=True):
@@ -194,7 +221,8 @@ class DetailThresholds(msgspec.Struct, forbid_unknown_fields=True):
     adult_classes: list[str]
     safe_classes: list[str]
     version: Annotated[int | None, msgspec.Meta(
-        description="the thresholds history's version in force (null: the defaults or the request's own)")]
+        description="the thresholds history's version in force (null: the defaults, the request's own, or the "
+                    "adapter's in force, which 'adapter' names)")]
 
 
 class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -208,10 +236,13 @@ class Detail(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     model: ModelOut
     timings: TimingsOut
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-    verdict_source: Annotated[Literal["model", "review", "list"], msgspec.Meta(
-        description="who decided the verdict: the model; review: a reviewer decided this image or a near copy "
-                    "of it (match says which); list: it is on an admin's allow/deny hash list")]
+    verdict_source: Annotated[Literal["model", "review", "list", "examples"], msgspec.Meta(
+        description="who decided the verdict: the model (or the adapter in force, 'adapter'); review: a reviewer "
+                    "decided this image or a near copy of it (match says which); list: it is on an admin's "
+                    "allow/deny hash list; examples: it is like an example of an admin's example set ('example')")]
     match: MatchOut | msgspec.UnsetType = msgspec.UNSET
+    adapter: AdapterOut | msgspec.UnsetType = msgspec.UNSET
+    example: ExampleOut | msgspec.UnsetType = msgspec.UNSET
     frames: Annotated[list[Frame], msgspec.Meta(
         min_length=1, description="an animated GIF, WebP or PNG, or a multi-page TIFF: its sampled frames (at "
                                   "most NSFW_MAX_FRAMES); a video's (NSFW_VIDEO_FPS a second, at most "

@@ -60,11 +60,12 @@ class Operation:
 OPERATIONS: tuple[Operation, ...] = (
     Operation("/predict", "post", "predict", "Classify one image (by URL or uploaded)",
               {"oneOf": [{"$ref": REF.format(name="Scores")}, {"$ref": REF.format(name="Detail")}]},
-              IMAGE_ERRORS, params=("url", "detail"), body="image", body_required=False,
+              IMAGE_ERRORS, params=("url", "detail", "adapter"), body="image", body_required=False,
               description="The five probabilities, or Detail with detail=true. Send ?url= or the image as the "
                           "body (raw bytes, or multipart/form-data with a 'file' part), not both (400)."),
     Operation("/predict/batch", "post", "predictBatch", "Classify many image URLs; errors are reported per item",
-              "BatchResults", (400, 401, 405, 408, 413, 429, 500, 503), params=("detail",), body="PredictBatchBody",
+              "BatchResults", (400, 401, 405, 408, 413, 429, 500, 503), params=("detail", "adapter"),
+              body="PredictBatchBody",
               description="A list of URLs, or {\"items\": [{\"id\", \"url\"} or URL, ...], \"detail\": bool}. An "
                           "item that does not match (an id of another type, a url that is not a non-empty string) "
                           "makes the whole request 400 bad_request, with the item's index in 'item'; over "
@@ -72,7 +73,7 @@ OPERATIONS: tuple[Operation, ...] = (
                           "that item's error, not the request's."),
     Operation("/v1/classify", "post", "v1Classify",
               "Classify one image: a URL or base64 in JSON, or the bytes as the body",
-              "ClassifyResult", IMAGE_ERRORS, params=("model",), body="ClassifyRequest",
+              "ClassifyResult", IMAGE_ERRORS, params=("model", "adapter"), body="ClassifyRequest",
               description="JSON: {\"image\": {\"url\": ...} or {\"base64\": ...}, \"model\", \"thresholds\", "
                           "\"id\"}. base64 longer than NSFW_MAX_BYTES allows is refused (413) before it is "
                           "decoded; invalid base64 is 400 invalid_base64; a body that does not match the contract "
@@ -83,7 +84,8 @@ OPERATIONS: tuple[Operation, ...] = (
                           "that contradicts the body's, is 400."),
     Operation("/v1/classify/batch", "post", "v1ClassifyBatch",
               "Classify many images (URLs and base64 mixed); errors per item, in order",
-              "BatchResponse", (400, 401, 405, 408, 413, 429, 500, 503), params=("model",), body="BatchRequest",
+              "BatchResponse", (400, 401, 405, 408, 413, 429, 500, 503), params=("model", "adapter"),
+              body="BatchRequest",
               description="At most NSFW_MAX_BATCH_ITEMS items (413 too_many_items beyond); base64 images of at "
                           "most NSFW_MAX_BYTES in all. A body that does not match is 400 for the whole request, "
                           "naming the field."),
@@ -170,6 +172,10 @@ PARAMS: dict[str, dict[str, Any]] = {
                "description": "json: the heat-maps; png: the overlay of one class's map on the image (image/png)"},
     "class": {"name": "class", "in": "query", "required": False, "schema": {"enum": list(CLASS_NAMES)},
               "description": "the class whose map ?format=png draws; default the deciding class"},
+    "adapter": {"name": "adapter", "in": "query", "required": False, "schema": {"type": "boolean", "default": True},
+                "description": "false: judge with the base model even when an adapter is in force (the five scores "
+                               "are the base model's either way; with an adapter, adult_score is the adapter's); "
+                               "in v1's JSON, \"adapter\": false (both: they must agree)"},
     "job_id": {"name": "id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": c.JOB_ID_PATTERN},
                "description": "the id POST /v1/jobs answered"},

@@ -3,7 +3,8 @@
 * ``POST /predict?url=<image URL>``: the five class probabilities,
   ``{"drawings", "hentai", "neutral", "porn", "sexy"}``.  Instead of ``url`` the body may carry the
   image (raw bytes, or ``multipart/form-data`` with a ``file`` or ``image`` field).  ``detail=1``
-  gives the rich answer (verdict, scores, thresholds, model, timings, sha256).
+  gives the rich answer (verdict, scores, thresholds, model, timings, sha256).  ``adapter=false``: the base
+  model judges even when an adapter is in force (the five scores are always the base model's).
 * ``POST /predict/batch``: ``{"items": [{"id", "url"}, ...], "detail": bool}`` or a plain list of
   URLs -> ``{"results": [...]}`` in order, errors per item.  The body is decoded by the typed
   contract (:func:`~nsfw_core.http.contract.decode_predict_batch`), as API v1's are.
@@ -50,6 +51,7 @@ async def predict(request: Request, ctx: Context) -> Response:
     headers = await guard(request, ctx)
     limits = ctx.serving
     detail = flag(request, "detail")
+    adapter = flag(request, "adapter", default=True)
     url = request.query_params.get("url")
     info = note(request)
     if url:
@@ -61,13 +63,13 @@ async def predict(request: Request, ctx: Context) -> Response:
             with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
                 image = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
                                              max_video_bytes=limits.max_video_bytes)
-                result = await ctx.classifier.data(image, client=client_id(request, ctx))
+                result = await ctx.classifier.data(image, client=client_id(request, ctx), adapter=adapter)
         elif has_body(request):
             raise BadRequest("send either ?url= or an image in the body, not both")
         elif not url:
             raise InvalidURL("missing url: pass ?url=<image URL> or send the image in the request body")
         else:
-            result = await ctx.classifier.url(url, client=client_id(request, ctx))
+            result = await ctx.classifier.url(url, client=client_id(request, ctx), adapter=adapter)
     info.verdict, info.timings = result.verdict, result.timings
     return JSONResponse(result.to_dict() if detail else result.scores, headers=headers)
 
@@ -77,6 +79,7 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     headers = await guard(request, ctx)
     limits = ctx.serving
     queried = flag(request, "detail")
+    adapter = flag(request, "adapter", default=True)
     limit = limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES)
     with ctx.admission.hold_body(expected_body(request, limit)):
         body = await read_body(request, limit, limits.body_timeout)
@@ -86,7 +89,7 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     info.items = len(items)
     with admitted(request, ctx, len(items)):
         client = client_id(request, ctx)
-        results = await asyncio.gather(*(_item(ctx, index, ident, url, detail, client)
+        results = await asyncio.gather(*(_item(ctx, index, ident, url, detail, client, adapter)
                                          for index, (ident, url) in enumerate(items)))
     info.item_errors = sum(1 for r in results if "error" in r)
     tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
@@ -94,12 +97,13 @@ async def predict_batch(request: Request, ctx: Context) -> Response:
     return JSONResponse({"results": results}, headers=headers)
 
 
-async def _item(ctx: Context, index: int, ident: Any, url: str, detail: bool, client: str) -> dict[str, Any]:
+async def _item(ctx: Context, index: int, ident: Any, url: str, detail: bool, client: str,
+                adapter: bool = True) -> dict[str, Any]:
     """One checked batch entry -> ``{"id", "url", "scores", "verdict"}`` (or the detail) or
     ``{"id", "url", "error"}``.  A failed item is counted and logged (with the request's id)."""
     out: dict[str, Any] = {"id": ident, "url": url}
     try:
-        result = await ctx.classifier.url(url, client=client)
+        result = await ctx.classifier.url(url, client=client, adapter=adapter)
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
         out["error"] = err.to_dict()

@@ -32,6 +32,7 @@ from nsfw_core.http.bodies import (
     BATCH_ITEM_BYTES,
     MULTIPART_SLACK,
     expected_body,
+    flag,
     read_body,
     uploaded_image,
     within_cap,
@@ -68,12 +69,23 @@ def _answer(request: Request, body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=getattr(request.state, "ratelimit", None))
 
 
-def _thresholds(ctx: Context, wanted: ThresholdsIn | None) -> Thresholds | None:
+def _thresholds(ctx: Context, wanted: ThresholdsIn | None, model: str | None = None,
+                adapter: bool = True) -> Thresholds | None:
+    """The request's thresholds: the ones in force (the adapter's when one is) with the values it gives."""
     if wanted is None or (wanted.adult is None and wanted.safe is None):
         return None
-    active = ctx.thresholds.current().thresholds
+    active = ctx.classifier.thresholds_in_force(model, adapter)
     return dataclasses.replace(active, adult=active.adult if wanted.adult is None else wanted.adult,
                                safe=active.safe if wanted.safe is None else wanted.safe)
+
+
+def _adapter_wanted(request: Request, body: bool | None) -> bool:
+    """``"adapter": false`` in the body, or ``?adapter=false``: the base model judges (they must agree)."""
+    queried = flag(request, "adapter", default=True) if "adapter" in request.query_params else None
+    if queried is not None and body is not None and queried != body:
+        raise ContractError(f"?adapter={str(queried).lower()} contradicts the body's adapter {str(body).lower()}; "
+                            "send one", field="adapter")
+    return queried if queried is not None else (True if body is None else body)
 
 
 def result_dict(result: Classification, ident: Any, overridden: bool) -> dict[str, Any]:
@@ -117,7 +129,8 @@ async def classify(request: Request, ctx: Context) -> Response:
                     raise ContractError(f"?model={queried} contradicts the body's model {req.model}; send one",
                                         field="model")
                 model: str | None = req.model or queried
-                override, ident, url = _thresholds(ctx, req.thresholds), req.id, req.image.url
+                adapter = _adapter_wanted(request, req.adapter)
+                override, ident, url = _thresholds(ctx, req.thresholds, model, adapter), req.id, req.image.url
                 data = None if req.image.base64 is None else within_cap(
                     image_bytes(req.image.base64, limits.max_body, "$.image.base64"), limits.max_bytes,
                     limits.max_video_bytes, "$.image.base64")
@@ -125,15 +138,18 @@ async def classify(request: Request, ctx: Context) -> Response:
                 client = client_id(request, ctx)
                 if url is not None:
                     info.url = url_for_log(url)
-                    result = await ctx.classifier.url(url, model=model, thresholds=override, client=client)
+                    result = await ctx.classifier.url(url, model=model, thresholds=override, client=client,
+                                                      adapter=adapter)
                 else:
                     assert data is not None
-                    result = await ctx.classifier.data(data, model=model, thresholds=override, client=client)
+                    result = await ctx.classifier.data(data, model=model, thresholds=override, client=client,
+                                                       adapter=adapter)
         else:
+            adapter = _adapter_wanted(request, None)
             with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
                 data = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
                                             max_video_bytes=limits.max_video_bytes)
-                result = await ctx.classifier.data(data, model=queried, client=client_id(request, ctx))
+                result = await ctx.classifier.data(data, model=queried, client=client_id(request, ctx), adapter=adapter)
     info.verdict, info.timings = result.verdict, result.timings
     return _answer(request, result_dict(result, ident, override is not None))
 
@@ -162,13 +178,14 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
             data = None if item.image.base64 is None else image_bytes(item.image.base64, limits.max_bytes,
                                                                       f"{where}.image.base64")
             work.append((item.id, item.image.url, data))
-        model, override = req.model or queried, _thresholds(ctx, req.thresholds)
+        model, adapter = req.model or queried, _adapter_wanted(request, req.adapter)
+        override = _thresholds(ctx, req.thresholds, model, adapter)
         del req
         info = note(request)
         info.items = len(work)
         client = client_id(request, ctx)
         with admitted(request, ctx, len(work)):
-            results = await asyncio.gather(*(_batch_item(ctx, model, override, i, ident, url, data, client)
+            results = await asyncio.gather(*(_batch_item(ctx, model, override, adapter, i, ident, url, data, client)
                                              for i, (ident, url, data) in enumerate(work)))
     info.item_errors = sum(1 for r in results if "error" in r)
     tally = collections.Counter(r["verdict"] for r in results if "verdict" in r)
@@ -176,14 +193,14 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
     return _answer(request, {"request_id": requestid.current(), "results": results})
 
 
-async def _batch_item(ctx: Context, model: str | None, override: Thresholds | None, index: int, ident: Any,
-                      url: str | None, data: bytes | None, client: str) -> dict[str, Any]:
+async def _batch_item(ctx: Context, model: str | None, override: Thresholds | None, adapter: bool, index: int,
+                      ident: Any, url: str | None, data: bytes | None, client: str) -> dict[str, Any]:
     try:
         if url is not None:
-            result = await ctx.classifier.url(url, model=model, thresholds=override, client=client)
+            result = await ctx.classifier.url(url, model=model, thresholds=override, client=client, adapter=adapter)
         else:
             assert data is not None
-            result = await ctx.classifier.data(data, model=model, thresholds=override, client=client)
+            result = await ctx.classifier.data(data, model=model, thresholds=override, client=client, adapter=adapter)
     except Exception as exc:  # one bad item must not fail the others
         err = as_error(exc)
         ctx.metrics.observe_error(err.code, err.details.get("limit"))

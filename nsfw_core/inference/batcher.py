@@ -1,7 +1,8 @@
 """An asyncio micro-batcher: many concurrent requests, few forward passes.
 
 Each request enqueues one preprocessed input with :meth:`MicroBatcher.predict`
-and awaits its row of probabilities.  One background task takes the first
+and awaits its row of probabilities (:meth:`MicroBatcher.infer`: with the image's embedding from the
+same forward pass, when the model gives embeddings).  One background task takes the first
 waiting input, gathers more for at most ``max_wait_s`` (or until it holds
 ``max_batch``), stacks them and runs ``model.predict`` in a single dedicated
 thread, so forward passes never overlap and never block the event loop.
@@ -19,7 +20,7 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,10 +36,17 @@ class BatchModel(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+class Inference(NamedTuple):
+    """One input's forward pass: its (5,) probabilities and its (D,) embedding (None: the model gives none)."""
+
+    probs: np.ndarray
+    embedding: np.ndarray | None
+
+
 @dataclasses.dataclass
 class _Item:
     x: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Inference]
     request_id: str | None = None  # for the log, should the forward pass fail
 
 
@@ -115,6 +123,10 @@ class MicroBatcher:
 
     async def predict(self, x: np.ndarray) -> np.ndarray:
         """One (S, S, 3) float32 input -> its (5,) probabilities, computed in some batch."""
+        return (await self.infer(x)).probs
+
+    async def infer(self, x: np.ndarray) -> Inference:
+        """One (S, S, 3) float32 input -> its probabilities and embedding, computed in some batch."""
         if not self._accepting:
             raise NotReady("the inference queue is not running")
         if self._waiting >= self.queue_size:
@@ -124,8 +136,8 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(x, future, requestid.current()))
         self._waiting += 1
-        row: np.ndarray = await future
-        return row
+        result: Inference = await future
+        return result
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,7 +180,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            probs = await loop.run_in_executor(self._executor, self._forward, [i.x for i in batch])
+            probs, features = await loop.run_in_executor(self._executor, self._forward, [i.x for i in batch])
         except Exception as exc:
             error = exc if isinstance(exc, NSFWError) else ModelError(f"inference failed: {exc}")
             if not isinstance(exc, NSFWError):
@@ -184,10 +196,16 @@ class MicroBatcher:
         self.stats.busy_seconds += time.perf_counter() - started
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        for item, row in zip(batch, probs, strict=False):
+        for k, item in enumerate(batch[:len(probs)]):
             if not item.future.done():
-                item.future.set_result(row)
+                item.future.set_result(Inference(probs[k], None if features is None else features[k]))
 
-    def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
-        """Runs in the inference thread: stack and predict."""
-        return self.model.predict(np.stack(xs))
+    def _forward(self, xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Runs in the inference thread: stack and predict (with the embeddings when the model gives them)."""
+        batch = np.stack(xs)
+        # a model that gives embeddings (nsfw_core.inference.model.Model) gives them from the same pass
+        both: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = getattr(
+            self.model, "predict_with_embeddings", None)
+        if both is not None:
+            return both(batch)
+        return self.model.predict(batch), None

@@ -63,8 +63,11 @@ from nsfw_core.inference.tfgraph import build_function, configure_tensorflow
 
 log = logging.getLogger(__name__)
 
-COMPILER = "tflite-1"  # part of every cache key: change it when the builder or the conversion changes
+# part of every cache key: change it when the builder or the conversion changes.  tflite-2: the embedding
+# (the pooled features the head reads) is a second output of the compiled model.
+COMPILER = "tflite-2"
 MAX_COMPILE_DIFF = 1e-4  # largest |LiteRT - TensorFlow| probability accepted when compiling
+MAX_EMBEDDING_DIFF = 1e-3  # largest |LiteRT - TensorFlow| embedding value, relative to the largest value
 COMPILE_TIMEOUT_S = 600.0
 MAX_LANES = 4  # each lane holds its own packed weights (BENCHMARKS.md: what a lane costs)
 SHIPPED_DIR = "compiled"  # under the model folder
@@ -90,6 +93,10 @@ def compiled_path(cache_dir: str | Path, name: str, doc: dict[str, Any], blob: b
 class LiteRTForward:
     """(N, S, S, 3) float32 -> (N, classes) through LiteRT interpreters, one image per invoke.
 
+    The compiled model has two outputs, told apart by their shapes: the probabilities (1, classes) and
+    the embedding (1, D); :meth:`with_embeddings` gives both from the same invoke, ``__call__`` the
+    probabilities.
+
     One interpreter runs a lone image on all ``threads`` (lowest latency).  With
     ``lanes``, a batch of several images is shared out among that many more
     interpreters ("lanes", ``threads`` split between them, one each on a 2-core
@@ -103,6 +110,7 @@ class LiteRTForward:
 
     runtime = "litert"
     batches = False  # one image per invoke: a batch costs no less per image than its images one by one
+    embedding_size = 0  # D, read from the compiled model's outputs
 
     def __init__(self, *, path: Path | None = None, content: bytes | None = None, threads: int = 0,
                  input_size: int, lanes: int = 0) -> None:
@@ -125,48 +133,62 @@ class LiteRTForward:
             if self._lanes else None
         self._lock = threading.Lock()
 
-    def _open(self, threads: int) -> tuple[Any, int, int]:
+    def _open(self, threads: int) -> tuple[Any, int, int, int]:
         try:
             interp = self._interpreter_class(num_threads=threads, **self._kwargs)
             inp = interp.get_input_details()[0]
             interp.resize_tensor_input(inp["index"], [1, self._size, self._size, 3])
             interp.allocate_tensors()
-            out = interp.get_output_details()[0]
+            outs = interp.get_output_details()
         except (ValueError, RuntimeError, IndexError) as exc:
             raise ModelError(f"LiteRT cannot load the compiled model {self._source or '(in memory)'}: {exc}") from exc
-        if inp["dtype"] != np.float32 or tuple(out["shape"]) != (1, len(CLASS_NAMES)):
-            raise ModelError(f"compiled model {self._source} has input {inp['dtype']} and output shape {out['shape']}")
-        return interp, inp["index"], out["index"]
+        shapes = [tuple(int(d) for d in o["shape"]) for o in outs]
+        probs = [o for o, shape in zip(outs, shapes, strict=True) if shape == (1, len(CLASS_NAMES))]
+        features = [o for o, shape in zip(outs, shapes, strict=True) if len(shape) == 2 and shape[0] == 1
+                    and shape[1] > len(CLASS_NAMES)]
+        if inp["dtype"] != np.float32 or len(outs) != 2 or len(probs) != 1 or len(features) != 1:
+            raise ModelError(f"compiled model {self._source} has input {inp['dtype']} and output shapes {shapes}; "
+                             f"expected probabilities (1, {len(CLASS_NAMES)}) and an embedding (1, D)")
+        self.embedding_size = shapes[outs.index(features[0])][1]
+        return interp, inp["index"], probs[0]["index"], features[0]["index"]
 
     @staticmethod
-    def _run(lane: tuple[Any, int, int], batch: np.ndarray, out: np.ndarray) -> None:
-        interp, i, o = lane
+    def _run(lane: tuple[Any, int, int, int], batch: np.ndarray, out: tuple[np.ndarray, np.ndarray]) -> None:
+        interp, i, o, e = lane
+        probs, features = out
         for k in range(batch.shape[0]):
             interp.set_tensor(i, batch[k:k + 1])
             interp.invoke()
-            out[k] = interp.get_tensor(o)[0]
+            probs[k] = interp.get_tensor(o)[0]
+            features[k] = interp.get_tensor(e)[0]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.with_embeddings(batch)[0]
+
+    def with_embeddings(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) float32 -> ((N, classes) probabilities, (N, D) embeddings), each image in one invoke."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = batch.shape[0]
-        out = np.empty((n, len(CLASS_NAMES)), dtype=np.float32)
+        probs = np.empty((n, len(CLASS_NAMES)), dtype=np.float32)
+        features = np.empty((n, self.embedding_size), dtype=np.float32)
         with self._lock:
             if n < 2 or self._pool is None:
-                self._run(self._wide, batch, out)
-                return out
+                self._run(self._wide, batch, (probs, features))
+                return probs, features
             # Contiguous shares, one per lane; the calling thread runs the first.
             bounds = np.linspace(0, n, min(n, self.lanes) + 1).astype(int)
             # Fewer images than lanes: the spare lanes get no share (zip stops at the shortest).
             shares = [(lane, slice(a, b)) for lane, a, b in zip(self._lanes, bounds[:-1], bounds[1:], strict=False)]
-            futures = [self._pool.submit(self._run, lane, batch[part], out[part]) for lane, part in shares[1:]]
+            futures = [self._pool.submit(self._run, lane, batch[part], (probs[part], features[part]))
+                       for lane, part in shares[1:]]
             lane, part = shares[0]
             try:
-                self._run(lane, batch[part], out[part])
+                self._run(lane, batch[part], (probs[part], features[part]))
             finally:  # never release the lock while a lane still runs
                 wait(futures)
             for future in futures:
                 future.result()
-        return out
+        return probs, features
 
 
 def _shipped_manifest(model_dir: Path) -> dict[str, Any]:
@@ -288,10 +310,16 @@ def _compile_in_child(name: str, model_dir: Path, out: Path) -> None:
 def compile_to(name: str, model_dir: Path, out: Path) -> float:
     """Build the TensorFlow function, convert it, check it, write ``out``; returns the largest difference.
 
-    Runs in the child process: it imports TensorFlow.
+    Runs in the child process: it imports TensorFlow.  Both outputs are checked: the probabilities
+    against :data:`MAX_COMPILE_DIFF`, the embedding against :data:`MAX_EMBEDDING_DIFF` of its largest value.
     """
+    return _compile_checked(name, model_dir, out)[0]
+
+
+def _compile_checked(name: str, model_dir: Path, out: Path) -> tuple[float, float, int]:
+    """:func:`compile_to`, also returning the embedding's relative difference and its size."""
     doc, blob = read_verified(model_dir, name)
-    fn = build_function(doc, dequantise(doc, blob))
+    fn = build_function(doc, dequantise(doc, blob), embeddings=True)
     tf = configure_tensorflow()
     try:
         content = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
@@ -299,12 +327,20 @@ def compile_to(name: str, model_dir: Path, out: Path) -> float:
         raise ModelError(f"TensorFlow Lite conversion of {name} failed: {exc}") from exc
     size = int(doc["input_size"])
     x = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
-    diff = float(np.abs(LiteRTForward(content=content, threads=1, input_size=size)(x) - fn(x).numpy()).max())
+    lite = LiteRTForward(content=content, threads=1, input_size=size)
+    probs, features = lite.with_embeddings(x)
+    want_probs, want_features = (t.numpy() for t in fn(x))
+    diff = float(np.abs(probs - want_probs).max())
     if not diff <= MAX_COMPILE_DIFF:
         raise ModelError(f"compiled {name} differs from TensorFlow by {diff:.2e} (limit {MAX_COMPILE_DIFF:.0e})")
+    scale = max(float(np.abs(want_features).max()), 1e-6)
+    feature_diff = float(np.abs(features - want_features).max()) / scale
+    if not feature_diff <= MAX_EMBEDDING_DIFF:
+        raise ModelError(f"the compiled {name}'s embedding differs from TensorFlow's by {feature_diff:.2e} of its "
+                         f"largest value (limit {MAX_EMBEDDING_DIFF:.0e})")
     atomic_write(out, content)
     out.chmod(0o644)  # a cache, not a secret: a build user and a run user may differ
-    return diff
+    return diff, feature_diff, lite.embedding_size
 
 
 def ship(name: str, model_dir: Path) -> dict[str, Any]:
@@ -319,21 +355,23 @@ def ship(name: str, model_dir: Path) -> dict[str, Any]:
     folder.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nsfw-ship-") as tmp:
         out = Path(tmp) / f"{name}.tflite"
-        diff = compile_to(name, model_dir, out)
+        diff, feature_diff, dim = _compile_checked(name, model_dir, out)
         content = out.read_bytes()
     import tensorflow as tf  # compile_to imported it already
 
     key = cache_key(doc, blob)
     entry = {"key": key, "file": f"{name}.tflite.xz", "sha256": hashlib.sha256(content).hexdigest(),
              "bytes": len(content), "max_diff_vs_tensorflow": diff, "compiler": COMPILER,
-             "tensorflow": tf.__version__}
+             "tensorflow": tf.__version__, "embedding_size": dim,
+             "max_embedding_diff_vs_tensorflow": feature_diff}
     manifest = _shipped_manifest(model_dir) or {"format": SHIPPED_FORMAT, "models": {}}
     old = manifest["models"].get(name, {})
     if old.get("sha256") != entry["sha256"] or shipped(name, model_dir, key) is None:
         atomic_write(folder / entry["file"], lzma.compress(content, format=lzma.FORMAT_XZ, preset=9))
         (folder / entry["file"]).chmod(0o644)  # committed to the repository: readable by every user
     else:
-        entry = {**entry, "max_diff_vs_tensorflow": old.get("max_diff_vs_tensorflow", diff)}
+        entry = {**entry, "max_diff_vs_tensorflow": old.get("max_diff_vs_tensorflow", diff),
+                 "max_embedding_diff_vs_tensorflow": old.get("max_embedding_diff_vs_tensorflow", feature_diff)}
     manifest["models"][name] = entry
     manifest["models"] = dict(sorted(manifest["models"].items()))
     atomic_write(folder / SHIPPED_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())

@@ -12,7 +12,7 @@ of two runtimes runs the network:
 Images are prepared as nsfwjs prepares them (:mod:`nsfw_core.images.preprocess`).
 
 Public surface: :func:`load_model` (load, verify and warm up one model), :class:`Model` with
-``preprocess`` / ``predict`` / ``classify``, :func:`scores_dict`, and, re-exported from
+``preprocess`` / ``predict`` / ``predict_with_embeddings`` / ``classify``, :func:`scores_dict`, and, re-exported from
 :mod:`nsfw_core.images.preprocess`, :func:`resize_bilinear`.  The process keeps each model once, in
 its :class:`~nsfw_core.inference.registry.ModelRegistry` (the context's ``models``).
 """
@@ -53,6 +53,7 @@ class Model:
         self.version = version
         self._forward = forward
         self.load_seconds = 0.0
+        self._embedding_size = 0  # known once asked (one inference of a blank image)
 
     @property
     def runtime(self) -> str:
@@ -76,11 +77,28 @@ class Model:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) float32 -> (N, 5) class probabilities."""
+        return self.predict_with_embeddings(batch)[0]
+
+    def predict_with_embeddings(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) float32 -> ((N, 5) class probabilities, (N, D) embeddings) from the same forward pass.
+
+        The embedding is the pooled feature vector the model's classification head reads
+        (:data:`embedding_size` values; :mod:`nsfw_core.inference.embeddings` says what reads it).
+        """
         if batch.ndim != 4 or batch.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"batch must be (N, {self.input_size}, {self.input_size}, 3), got {batch.shape}")
         if batch.shape[0] == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return self._forward(batch)
+            return (np.zeros((0, len(self.classes)), dtype=np.float32),
+                    np.zeros((0, self.embedding_size), dtype=np.float32))
+        return self._forward.with_embeddings(batch)
+
+    @property
+    def embedding_size(self) -> int:
+        """D, the length of one embedding (1792 for MobileNetV2Mid, 1280 MobileNetV2, 2048 InceptionV3)."""
+        if not self._embedding_size:
+            blank = np.zeros((1, self.input_size, self.input_size, 3), dtype=np.float32)
+            self._embedding_size = int(self._forward.with_embeddings(blank)[1].shape[1])
+        return self._embedding_size
 
     def classify(self, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
         """Decoded RGB images -> one {class: probability} dict each."""

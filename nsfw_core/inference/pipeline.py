@@ -428,6 +428,10 @@ class Scored:
     seconds: float = 0.0  # all of it
     frames: list[tuple[FrameRef, dict[str, float]]] | None = None  # an animation's sampled frames and scores
     phash: bytes | None = None  # a still image's PDQ hash (``perceptual``), to look it up among known images
+    # The embedding from the same forward pass (nsfw_core.inference.embeddings): a still image's (D,), an
+    # animation's worst frame's; ``frame_embeddings``: an animation's (k, D), one row per frame in ``frames``.
+    embedding: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    frame_embeddings: np.ndarray | None = dataclasses.field(default=None, repr=False)
     video: VideoInfo | None = None  # a video's container, size and duration
     frame_hashes: tuple[bytes | None, ...] | None = None  # a video's frames' PDQ hashes (``perceptual``)
 
@@ -445,13 +449,16 @@ def score_sources(
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
     perceptual: bool = False,
+    embeddings: bool = False,
     long_videos: bool = False,
 ) -> list[Scored]:
     """Score paths, URLs or keys (whatever ``loader`` reads) in batches; one :class:`Scored`
     per source, in order, errors per item.  ``perceptual``: also hash each still image's model input
     (:func:`nsfw_core.images.phash.query_hash`; the Classify page and the CLI look images up among the known ones,
-    the calibration page does not).  ``long_videos``: videos of any length (the command line), not only what a
-    request takes."""
+    the calibration page does not).  ``embeddings``: also keep each image's embedding from the same forward
+    pass (``Model.predict_with_embeddings``: adapters, example sets).  ``long_videos``: videos of any length
+    (the command line), not only what a request takes."""
+    both = getattr(model, "predict_with_embeddings", None) if embeddings else None
     results: list[Scored] = []
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
@@ -480,7 +487,8 @@ def score_sources(
         if prepared:
             t_batch = time.perf_counter()
             rows = [p[1].inputs if isinstance(p[1], FrameInputs) else p[1][np.newaxis] for p in prepared]
-            probs = model.predict(np.concatenate(rows))
+            stacked = np.concatenate(rows)
+            probs, features = both(stacked) if both is not None else (model.predict(stacked), None)
             now = time.perf_counter()
             start_row = 0
             for result, x, t0 in prepared:
@@ -489,10 +497,16 @@ def score_sources(
                 elif isinstance(x, FrameInputs):
                     result.frames = [(ref, scores_dict(row))
                                      for ref, row in zip(x.refs, probs[start_row:start_row + len(x)], strict=True)]
-                    result.scores = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)[1]
+                    worst = worst_frame(result.frames, DEFAULT_ADULT_CLASSES)
+                    result.scores = worst[1]
+                    if features is not None:
+                        result.frame_embeddings = features[start_row:start_row + len(x)]
+                        result.embedding = result.frame_embeddings[result.frames.index(worst)]
                     start_row += len(x)
                 else:
                     result.scores = scores_dict(probs[start_row])
+                    if features is not None:
+                        result.embedding = features[start_row]
                     start_row += 1
                 result.inference_s = now - t_batch
                 result.seconds = now - t0

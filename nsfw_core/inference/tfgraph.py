@@ -4,7 +4,14 @@
 MobileNetV2Mid, a Keras functional model for MobileNetV2 and InceptionV3.
 :func:`build_function` turns one, with its dequantised weights, into a traced
 ``tf.function`` with a variable batch dimension (batch normalisation folded
-into the convolutions).  :class:`TensorFlowForward` runs it as the
+into the convolutions).
+
+Embeddings: each network ends in a global average pool over its last feature map, flattened, then its
+classification head (one dense layer for MobileNetV2Mid; 256, 128 and 5 units for MobileNetV2 and
+InceptionV3).  The pooled vector the head reads (1792, 1280 and 2048 values) is the image's *embedding*:
+``build_function(..., embeddings=True)`` returns it beside the probabilities, from the same pass
+(:func:`embedding_source` names where it is taken).  It is what adapters and example sets read
+(:mod:`nsfw_core.inference.embeddings`).  :class:`TensorFlowForward` runs it as the
 ``tensorflow`` runtime; :mod:`nsfw_core.inference.litert` converts it for the ``litert``
 runtime.  TensorFlow is imported only by :func:`configure_tensorflow`, when
 called: importing this module never loads it, so a server on LiteRT never does.
@@ -76,7 +83,9 @@ def _build_graph(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarra
                 raise ModelError(f"unsupported fused op {op}")
         return x
 
-    def forward(x: Any) -> Any:
+    features = embedding_source(topology, "graph")
+
+    def forward(x: Any) -> tuple[Any, Any]:
         values: dict[str, Any] = dict(consts)
         for n in nodes:
             op, attr = n["op"], n.get("attr", {})
@@ -112,7 +121,7 @@ def _build_graph(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarra
             else:
                 raise ModelError(f"unsupported graph op {op} in node {n['name']}")
             values[n["name"]] = out
-        return values["Identity"]
+        return values["Identity"], values[features]
 
     return forward
 
@@ -172,6 +181,7 @@ def _build_layers(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarr
     const = {k: tf.constant(v) for k, v in weights.items()}
     fconst = {k: {"kernel": tf.constant(v["kernel"]), "bias": tf.constant(v["bias"])} for k, v in folded.items()}
     output_name = config["output_layers"][0][0]
+    features = embedding_source(topology, "layers")
 
     def pad_mode(cfg: dict[str, Any]) -> str:
         return str(cfg["padding"]).upper()
@@ -184,7 +194,7 @@ def _build_layers(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarr
             out = tf.nn.bias_add(out, const[f"{name}/bias"])
         return _apply_activation(tf, out, cfg["activation"])
 
-    def forward(x: Any) -> Any:
+    def forward(x: Any) -> tuple[Any, Any]:
         values: dict[str, Any] = {}
         for layer in layers:
             kind, name, cfg = layer["class_name"], layer["name"], layer["config"]
@@ -226,8 +236,10 @@ def _build_layers(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarr
                 out = tf.nn.max_pool2d(ins[0], cfg["pool_size"], cfg["strides"], pad_mode(cfg))
             elif kind == "AveragePooling2D":
                 out = tf.nn.avg_pool2d(ins[0], cfg["pool_size"], cfg["strides"], pad_mode(cfg))
-            elif kind == "Flatten":
-                out = tf.reshape(ins[0], [tf.shape(ins[0])[0], -1])
+            elif kind == "Flatten":  # static inner size: the compiled model's embedding output has a fixed shape
+                inner = ins[0].shape[1:]
+                width = int(np.prod(inner)) if inner.is_fully_defined() else -1
+                out = tf.reshape(ins[0], [tf.shape(ins[0])[0], width])
             elif kind == "Dense":
                 out = tf.matmul(ins[0], const[f"{name}/kernel"])
                 if cfg["use_bias"]:
@@ -238,13 +250,32 @@ def _build_layers(tf: Any, topology: dict[str, Any], weights: dict[str, np.ndarr
             else:
                 raise ModelError(f"unsupported layer {kind} ({name})")
             values[name] = out
-        return values[output_name]
+        return values[output_name], values[features]
 
     return forward
 
 
-def build_function(doc: dict[str, Any], weights: dict[str, np.ndarray], *, threads: int = 0) -> Any:
-    """The model's forward pass as a traced ``tf.function``: (N, S, S, 3) float32 -> (N, 5)."""
+def embedding_source(topology: dict[str, Any], kind: str) -> str:
+    """The node (graph) or layer (layers) whose output is the embedding: the first dense layer's input.
+
+    The first dense layer of the head reads the flattened global average pool (MobileNetV2Mid's
+    ``feature_vector/SpatialSqueeze``, the others' ``flatten_1``); that vector is the embedding.
+    """
+    if kind == "graph":
+        for node in topology["node"]:
+            if node["op"] == "_FusedMatMul":
+                return str(node["input"][0].split(":")[0])
+        raise ModelError("the graph has no dense layer to take the embedding from")
+    for layer in topology["model_config"]["config"]["layers"]:
+        if layer["class_name"] == "Dense":
+            return str(layer["inbound_nodes"][0][0][0])
+    raise ModelError("the model has no dense layer to take the embedding from")
+
+
+def build_function(doc: dict[str, Any], weights: dict[str, np.ndarray], *, threads: int = 0,
+                   embeddings: bool = False) -> Any:
+    """The model's forward pass as a traced ``tf.function``: (N, S, S, 3) float32 -> (N, 5), or with
+    ``embeddings`` the pair ((N, 5) probabilities, (N, D) embeddings) from the same pass."""
     tf = configure_tensorflow(threads)
     try:
         builder = _build_graph if doc["kind"] == "graph" else _build_layers
@@ -253,7 +284,9 @@ def build_function(doc: dict[str, Any], weights: dict[str, np.ndarray], *, threa
         raise ModelError(f"model topology is inconsistent: {exc!r}") from exc
     size = int(doc["input_size"])
     spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    return tf.function(forward, input_signature=[spec], jit_compile=False)
+    if embeddings:
+        return tf.function(forward, input_signature=[spec], jit_compile=False)
+    return tf.function(lambda x: forward(x)[0], input_signature=[spec], jit_compile=False)
 
 
 class TensorFlowForward:
@@ -268,9 +301,13 @@ class TensorFlowForward:
 
     def __init__(self, doc: dict[str, Any], weights: dict[str, np.ndarray], *, threads: int = 0) -> None:
         self.threads = threads or available_cpus()
-        self.function = build_function(doc, weights, threads=self.threads)
+        self.function = build_function(doc, weights, threads=self.threads, embeddings=True)
         self._tf = configure_tensorflow()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.function(self._tf.convert_to_tensor(batch, dtype=self._tf.float32)).numpy()
-        return out
+        return self.with_embeddings(batch)[0]
+
+    def with_embeddings(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) float32 -> ((N, classes) probabilities, (N, D) embeddings), one pass."""
+        probs, features = self.function(self._tf.convert_to_tensor(batch, dtype=self._tf.float32))
+        return np.asarray(probs.numpy(), dtype=np.float32), np.asarray(features.numpy(), dtype=np.float32)

@@ -30,16 +30,12 @@ from nsfw_core.scan.dataset import DatasetError, ScanDataset, new_run_id
 from nsfw_core.scan.schema import DEFAULT_DECODE, FAST_DECODE
 from nsfw_core.scan.sources import Reader, SourceError, list_sources, listing_tables
 from nsfw_core.scan.summary import Summary
-from nsfw_core.scan.worker import WorkerConfig, embeddings_supported
+from nsfw_core.scan.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
 
 NO_RAY = ("nsfw-scan needs Ray, which the service's install leaves out: pip install -r requirements-scan.txt "
           "(or pip install '.[scan]')")
-NO_EMBEDDINGS = ("--embeddings: the models give no embeddings yet (their penultimate features come with issue 26); "
-                 "nothing was scanned")
-NO_ADAPTER = ("--adapter: no adapter support yet: an adapter scores stored embeddings, and no model gives "
-              "embeddings yet (issue 26); nothing was changed")
 
 
 def _size(raw: str) -> int:
@@ -84,7 +80,8 @@ def scan_parser() -> argparse.ArgumentParser:
                    help="a file of URLs, one a line (# comments); fetched by the service's SSRF-safe fetcher")
     p.add_argument("--model", choices=MODEL_NAMES, help="model (default: NSFW_MODEL)")
     p.add_argument("--embeddings", action="store_true",
-                   help="also store the model's penultimate features (refused until the models give them)")
+                   help="also store each still image's embedding (the features the model's head reads, from the "
+                        "same forward pass): what reverdict --adapter applies an adapter to")
     p.add_argument("--queue", action="store_true",
                    help="put the images judged unknown (NSFW_REVIEW_VERDICTS) into the review queue of "
                         "NSFW_DATABASE_URL, at most once per image")
@@ -133,7 +130,10 @@ def reverdict_parser() -> argparse.ArgumentParser:
                        help="a saved thresholds version (default: the version in force)")
     which.add_argument("--adult", type=float, help="an adult threshold of your own (with --safe)")
     p.add_argument("--safe", type=float, help="a safe threshold of your own (with --adult)")
-    p.add_argument("--adapter", metavar="PATH", help="a published adapter over stored embeddings (not supported yet)")
+    p.add_argument("--adapter", metavar="NAME[@VERSION]",
+                   help="judge the rows that kept an embedding (nsfw-scan --embeddings) with this adapter of the "
+                        "database (nsfw-classify adapter list; default: its newest version), one that passed its "
+                        "held-out proof, under its thresholds (or --adult/--safe on its score)")
     p.add_argument("--no-known", action="store_true", help="ignore remembered decisions and hash lists")
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     p.add_argument("--changes", metavar="FILE", help="write every changed row here (CSV)")
@@ -187,6 +187,26 @@ class _Services:
         known.refresh()
         return (known.lookup_many if len(known) else None), known.warning
 
+    def adapter(self, text: str) -> Any:
+        """The adapter ``NAME[@VERSION]`` of the database (its newest version when none is given); ValueError when
+        the name is malformed, and NSFWError (not found, the database down) or ValueError when it never passed
+        the held-out proof that publishing asks."""
+        from nsfw_core.state.adapters import Adapters
+        from nsfw_core.state.db import open_pool
+
+        name, _, version = text.partition("@")
+        if not name or (version and not version.isdigit()):
+            raise ValueError(f"--adapter {text!r}: expected NAME or NAME@VERSION")
+        config = self.settings.review_config
+        pool = open_pool(config.database_url or None, config.data_dir)
+        store = Adapters(pool)
+        self._closers += [store, pool]
+        found = store.get(name, int(version) if version else None)
+        if not found.publishable:
+            raise ValueError(f"adapter {found.name} v{found.version} did not pass its held-out proof (publishing "
+                             f"is refused), so it is not applied either")
+        return found
+
     def queuer(self, audit_share: float) -> Any:
         from nsfw_core.scan.queueing import Queuer
         from nsfw_core.state.review import ReviewQueue
@@ -196,7 +216,14 @@ class _Services:
         self._closers.append(queue)
         reader = Reader(self.settings.fetch_policy)
         self._closers.append(reader)
-        return Queuer(queue, config.verdicts or (UNKNOWN,), audit_share, reread=reader.read)
+        from nsfw_core.state.adapters import Adapters
+        from nsfw_core.state.db import open_pool
+
+        pool = open_pool(config.database_url or None, config.data_dir)
+        store = Adapters(pool)  # a row's embedding (--embeddings) goes with its item
+        self._closers += [store, pool]
+        return Queuer(queue, config.verdicts or (UNKNOWN,), audit_share, reread=reader.read,
+                      keep_embedding=store.save_item_embedding)
 
     def close(self) -> None:
         for closer in reversed(self._closers):
@@ -219,9 +246,6 @@ def _progress(total: int, stream: TextIO) -> Any:
 
 def _scan(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     started = time.perf_counter()
-    if args.embeddings and not embeddings_supported():
-        print(f"error: {NO_EMBEDDINGS}", file=stderr)
-        return 2
     if not args.sources and not args.manifest and not args.urls:
         print("error: give at least one SOURCE, --manifest or --urls", file=stderr)
         return 2
@@ -331,9 +355,6 @@ def _scan(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 def _reverdict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from nsfw_core.scan.reverdict import reverdict
 
-    if args.adapter:
-        print(f"error: {NO_ADAPTER}", file=stderr)
-        return 2
     if (args.adult is None) != (args.safe is None):
         print("error: --adult and --safe go together", file=stderr)
         return 2
@@ -349,11 +370,17 @@ def _reverdict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return 2
     services = _Services(settings)
     try:
+        adapter = services.adapter(args.adapter) if args.adapter else None
+        adapter_thresholds = None
         if args.adult is not None:
             defaults = Thresholds.from_config(settings.threshold_config)
-            thresholds = Thresholds(adult=args.adult, safe=args.safe, adult_classes=defaults.adult_classes,
-                                    safe_classes=defaults.safe_classes)
-            thresholds_version, warning = None, None
+            given = Thresholds(adult=args.adult, safe=args.safe, adult_classes=defaults.adult_classes,
+                               safe_classes=defaults.safe_classes)
+            if adapter is not None:  # they apply to the adapter's score; rows without an embedding: those in force
+                adapter_thresholds = given
+                thresholds, thresholds_version, warning = services.thresholds(None)
+            else:
+                thresholds, thresholds_version, warning = given, None, None
         else:
             thresholds, thresholds_version, warning = services.thresholds(args.thresholds_version)
         if warning:
@@ -366,7 +393,7 @@ def _reverdict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         queuer = services.queuer(args.audit_share) if args.queue else None
         with dataset.locked():
             report = reverdict(dataset, thresholds, thresholds_version, lookup=lookup, queuer=queuer,
-                               dry_run=args.dry_run)
+                               dry_run=args.dry_run, adapter=adapter, adapter_thresholds=adapter_thresholds)
     except (ValueError, NSFWError) as exc:
         print(f"error: {exc}", file=stderr)
         return 2

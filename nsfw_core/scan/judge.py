@@ -10,6 +10,13 @@ hash through :meth:`~nsfw_core.state.known.KnownImages.lookup_many`), go through
 ``judge`` one by one, so the rules on when a match may decide stay in one place.  A test checks every row
 against the service's ``judge``.
 
+With an adapter (``reverdict --adapter``, issue 26) the rows that kept an embedding (``nsfw-scan
+--embeddings``, still images) are judged as the service judges under that adapter: its probability over the
+embedding and the five scores is the adult score, one minus it the safe score, under the adapter's thresholds
+(or the ones given instead, applied to its score); their ``thresholds`` column names the adapter and their
+``thresholds_version`` is null, as a detail answer's is.  Rows without an embedding (animations, images
+scanned without ``--embeddings``) keep the base model's rule under ``thresholds``.
+
 Error rows keep null scores and a null verdict.
 """
 
@@ -25,6 +32,7 @@ import pyarrow.compute as pc
 
 from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
 from nsfw_core.base.verdict import EPSILON, Thresholds
+from nsfw_core.state.adapters import AdapterVersion
 from nsfw_core.state.known import Match
 
 # KnownImages.lookup_many: each row's match among the known images (sha256, PDQ hash) -> Match or None
@@ -53,12 +61,29 @@ def decide(adult: np.ndarray, safe: np.ndarray, thresholds: Thresholds) -> np.nd
                     np.where(safe >= thresholds.safe - EPSILON, SAFE, UNKNOWN)).astype(object)
 
 
+def embeddings_of(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows kept an embedding of ``dim`` values (a bool mask), and those embeddings ((k, dim) float32)."""
+    if "embedding" not in table.column_names or not table.num_rows:
+        return np.zeros(table.num_rows, dtype=bool), np.zeros((0, dim), np.float32)
+    column = table["embedding"]
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    has = np.asarray(lengths == dim, dtype=bool)
+    if not has.any():
+        return has, np.zeros((0, dim), np.float32)
+    kept = column.filter(pa.array(has)).combine_chunks()
+    values = kept.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    return has, values
+
+
 def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: Lookup | None = None,
-          now: _dt.datetime | None = None, matches: Sequence[Match | None] | None = None) -> dict[str, pa.Array]:
+          now: _dt.datetime | None = None, matches: Sequence[Match | None] | None = None,
+          adapter: AdapterVersion | None = None, adapter_thresholds: Thresholds | None = None
+          ) -> dict[str, pa.Array]:
     """The verdict columns for ``table``'s rows (:data:`~nsfw_core.scan.schema.SCHEMA` columns: the five
-    scores, ``frames``, ``sha256``, ``pdq``, ``error_code``): scores, adult_score, safe_score, deciding_frame,
-    verdict, verdict_source, match_*, thresholds(_version) and judged_at.  Known images: ``lookup`` asks for
-    the rows' matches, or ``matches`` gives them (one per row, looked up before)."""
+    scores, ``frames``, ``sha256``, ``pdq``, ``embedding``, ``error_code``): scores, adult_score, safe_score,
+    deciding_frame, verdict, verdict_source, match_*, thresholds(_version) and judged_at.  Known images:
+    ``lookup`` asks for the rows' matches, or ``matches`` gives them (one per row, looked up before).
+    ``adapter``: judges the rows with an embedding, under ``adapter_thresholds`` (default: its own)."""
     n = table.num_rows
     scores = _scores(table)
     ok = np.asarray(pc.is_null(table["error_code"]).to_numpy(zero_copy_only=False), dtype=bool)
@@ -68,6 +93,21 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
     adult = summed(scores, thresholds.adult_classes)
     safe = summed(scores, thresholds.safe_classes)
     verdict = decide(adult, safe, thresholds)
+    by_adapter = np.zeros(n, dtype=bool)
+    if adapter is not None:  # the rows that kept an embedding: the adapter's score under its thresholds
+        adapter_thresholds = adapter_thresholds or adapter.thresholds(thresholds)
+        has, kept = embeddings_of(table, adapter.head.dim)
+        vectors = np.zeros((n, adapter.head.dim), np.float32)
+        vectors[has] = kept
+        same_model = np.asarray(pc.and_(pc.equal(table["model"], adapter.model),
+                                        pc.equal(table["model_version"], adapter.model_version))
+                                .to_numpy(zero_copy_only=False), dtype=bool) if n else np.zeros(0, dtype=bool)
+        # an adapter reads the embeddings of the model version it was trained on only
+        by_adapter = has & same_model & ok & ~animated
+        if by_adapter.any():
+            adult[by_adapter] = adapter.head.score_many(vectors[by_adapter], scores[by_adapter].astype(np.float64))
+            safe[by_adapter] = 1.0 - adult[by_adapter]
+            verdict[by_adapter] = decide(adult[by_adapter], safe[by_adapter], adapter_thresholds)
     source = np.full(n, MODEL, dtype=object)
     deciding = np.full(n, -1, dtype=np.int64)
     match_by = np.full(n, None, dtype=object)
@@ -89,9 +129,13 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
             frame_scores = [FrameScore(f["index"], f["time_ms"], dict(zip(CLASS_NAMES, f["scores"], strict=True)))
                             for f in raw] if raw else None
             still = dict(zip(CLASS_NAMES, (float(v) for v in scores[i]), strict=True))
-            judged = service_judge(frame_scores[0].scores if frame_scores else still, thresholds,
-                                   ModelInfo(models[i], versions[i]), Timings(0, 0, 0, 0), shas[i] or "", version,
-                                   frames=frame_scores, match=matches[int(i)] if matches is not None else None)
+            mine = bool(by_adapter[i])
+            judged = service_judge(frame_scores[0].scores if frame_scores else still,
+                                   adapter_thresholds if mine and adapter_thresholds is not None else thresholds,
+                                   ModelInfo(models[i], versions[i]), Timings(0, 0, 0, 0), shas[i] or "",
+                                   None if mine else version, frames=frame_scores,
+                                   match=matches[int(i)] if matches is not None else None,
+                                   embedding=_embedding(table, int(i)), adapter=adapter if mine else None)
             scores[i] = np.asarray([judged.scores[c] for c in CLASS_NAMES], dtype=np.float32)
             adult[i], safe[i] = judged.adult_score, judged.safe_score
             verdict[i], source[i] = judged.verdict, judged.verdict_source
@@ -114,8 +158,26 @@ def judge(table: pa.Table, thresholds: Thresholds, version: int | None, lookup: 
         "match_by": pa.array(match_by, pa.string()),
         "match_distance": pa.array(match_distance, pa.int32(), mask=match_distance < 0),
         "match_entry": pa.array(match_entry, pa.int64(), mask=match_entry < 0),
-        "thresholds_version": pa.array([version] * n, pa.int64()),
-        "thresholds": pa.array([json.dumps(thresholds.to_dict(), sort_keys=True)] * n, pa.string()),
+        "thresholds_version": pa.array([None if mine else version for mine in by_adapter.tolist()], pa.int64()),
+        "thresholds": pa.array(_thresholds_column(thresholds, by_adapter, adapter, adapter_thresholds), pa.string()),
         "judged_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
     })
     return out
+
+
+def _thresholds_column(thresholds: Thresholds, by_adapter: np.ndarray, adapter: AdapterVersion | None,
+                       adapter_thresholds: Thresholds | None) -> list[str]:
+    """Each row's thresholds as JSON; a row the adapter judged names it (``"adapter": {"name", "version"}``)."""
+    base = json.dumps(thresholds.to_dict(), sort_keys=True)
+    if adapter is None or adapter_thresholds is None or not by_adapter.any():
+        return [base] * len(by_adapter)
+    mine = json.dumps({**adapter_thresholds.to_dict(), "adapter": adapter.ref}, sort_keys=True)
+    return [mine if m else base for m in by_adapter.tolist()]
+
+
+def _embedding(table: pa.Table, i: int) -> np.ndarray | None:
+    """Row ``i``'s embedding (None: it kept none): a look-alike's must lie near the decided image's."""
+    if "embedding" not in table.column_names:
+        return None
+    values = table["embedding"][i].as_py()
+    return np.asarray(values, dtype=np.float32) if values else None

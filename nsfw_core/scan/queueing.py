@@ -13,7 +13,9 @@ its rows finds the open item again, :meth:`~nsfw_core.state.review.ReviewQueue.e
 The queue's items carry the source, the scores, the model and the verdict, and the image's PDQ hashes
 (its decision is remembered by them), and the bytes the queue keeps (read again here, for the queued images
 alone): always for URLs and object URIs, for local files with ``NSFW_REVIEW_STORE_UPLOADS``.  A reviewer sees
-and decides on those bytes only (issue 29).
+and decides on those bytes only (issue 29).  A row that kept its embedding (``--embeddings``) gives it to its
+item, as the service's requests do (issue 26): a decided item can then train an adapter, and its remembered
+decision keeps it for the look-alike rule.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class Queuer:
     """Queues rows into one :class:`ReviewQueue`; ``reread(source, kind)`` gives the bytes to store."""
 
     def __init__(self, queue: ReviewQueue, verdicts: tuple[str, ...], audit_share: float = 0.0,
-                 reread: Callable[[str, str], bytes] | None = None) -> None:
+                 reread: Callable[[str, str], bytes] | None = None,
+                 keep_embedding: Callable[[int, str, str, np.ndarray], None] | None = None) -> None:
         self.queue = queue
+        self.keep_embedding = keep_embedding  # (item id, model, model version, embedding): Adapters.save_item_embedding
         self.verdicts = verdicts
         self.audit_share = audit_share
         self.reread = reread
@@ -82,6 +86,8 @@ class Queuer:
             return pa.array(ids, pa.int64())
         cols = {c: table[c].to_pylist() for c in ("sha256", "source", "kind", "model", "verdict", *CLASS_NAMES)}
         pdq = table["pdq"].to_pylist()
+        versions = table["model_version"].to_pylist() if "model_version" in table.column_names else None
+        embeddings = table["embedding"] if "embedding" in table.column_names else None
         for i in np.flatnonzero(pick):
             sha = cols["sha256"][i]
             data = None
@@ -102,4 +108,12 @@ class Queuer:
             except Exception as exc:  # any database error: the row stays unqueued, the scan goes on
                 self.failed += 1
                 log.error("could not queue %s for review: %r", cols["source"][i], exc)
+                continue
+            vector = embeddings[int(i)].as_py() if embeddings is not None else None
+            item_id = ids[i]
+            if self.keep_embedding is not None and vector and versions is not None and item_id is not None:
+                try:
+                    self.keep_embedding(int(item_id), cols["model"][i], versions[i], np.asarray(vector, np.float32))
+                except Exception as exc:  # the item is queued; only its use for training an adapter is lost
+                    log.warning("review item %s: its embedding could not be kept (%r)", ids[i], exc)
         return pa.array(ids, pa.int64())

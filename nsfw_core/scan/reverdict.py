@@ -10,6 +10,11 @@ threshold change over a million rows is a few seconds of Parquet and numpy (BENC
 What changed is counted over the dataset's latest row per source (the rows a reader sees), per old and
 new verdict, and listed (``--changes FILE``).  Running it twice with the same thresholds changes nothing
 the second time.
+
+``--adapter NAME[@VERSION]`` (issue 26) judges the rows that kept an embedding (``nsfw-scan --embeddings``)
+with that adapter, from the stored embeddings and scores, as the service would with it in force
+(:mod:`nsfw_core.scan.judge`); a dataset that kept no embedding of the adapter's model version is refused
+(:class:`NoEmbeddings`) before anything is read again or written.
 """
 
 from __future__ import annotations
@@ -31,14 +36,27 @@ from nsfw_core.scan.dataset import ScanDataset, latest_mask
 from nsfw_core.scan.judge import Lookup, judge
 from nsfw_core.scan.queueing import Queuer
 from nsfw_core.scan.schema import VERDICT_COLUMNS
+from nsfw_core.state.adapters import AdapterVersion
 
 CHANGE_COLUMNS = ("source", "sha256", "old_verdict", "new_verdict", "old_verdict_source", "new_verdict_source",
                   "adult_score", "safe_score")
 JUDGED_COLUMNS = tuple(c for c in VERDICT_COLUMNS if c not in ("judged_at", "review_id"))
 
 
-class AdapterUnsupported(ValueError):
-    """``--adapter``: adapters score stored embeddings, which no model gives yet (issue 26)."""
+class NoEmbeddings(ValueError):
+    """``--adapter`` on a dataset without the embeddings the adapter reads: nothing to apply it to."""
+
+
+def has_embeddings(dataset: ScanDataset, parts: list[str], model: str, model_version: str) -> bool:
+    """Whether a row of these parts kept an embedding and was scanned by ``model`` at ``model_version``
+    (reading one part at a time, and stopping at the first)."""
+    for part in parts:
+        table = dataset.read(["model", "model_version", "embedding"], [part])
+        kept = pc.and_(pc.is_valid(table["embedding"]), pc.and_(pc.equal(table["model"], model),
+                                                                  pc.equal(table["model_version"], model_version)))
+        if table.num_rows and pc.any(kept).as_py():
+            return True
+    return False
 
 
 @dataclasses.dataclass
@@ -57,6 +75,8 @@ class Report:
     queued: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    adapter: dict[str, Any] | None = None  # the adapter applied ({"name", "version"}), with --adapter
+    by_adapter: int = 0  # latest rows the adapter judged (they kept an embedding of its model version)
 
     def to_dict(self, with_changes: bool = False) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("transitions",
@@ -81,6 +101,11 @@ class Report:
             lines.append(f"  {change['source']}: {change['old_verdict']} -> {change['new_verdict']}")
         if len(self.changes) > limit:
             lines.append(f"  ... and {len(self.changes) - limit} more (--changes FILE lists them all)")
+        if self.adapter is not None:
+            lines.append(f"  adapter {self.adapter['name']} v{self.adapter['version']} (adult "
+                         f"{self.adapter['thresholds']['adult']}, safe {self.adapter['thresholds']['safe']} on its "
+                         f"score) judged {self.by_adapter} of the {self.judged}; the others kept no embedding of "
+                         "its model version: the base model's rule")
         if self.queued:
             lines.append(f"  queued for review: {self.queued}")
         return "\n".join(lines)
@@ -99,6 +124,7 @@ class _Part:
 
     rows: int = 0
     judged: int = 0
+    by_adapter: int = 0
     transitions: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     rewritten: bool = False
@@ -110,12 +136,25 @@ def _differs(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.Array:
 
 
 def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None, *, lookup: Lookup | None = None,
-              queuer: Queuer | None = None, dry_run: bool = False, workers: int = 4) -> Report:
-    """Judge every row again; rewrite the parts that changed (not with ``dry_run``); report the changes."""
+              queuer: Queuer | None = None, dry_run: bool = False, workers: int = 4,
+              adapter: AdapterVersion | None = None, adapter_thresholds: Thresholds | None = None) -> Report:
+    """Judge every row again; rewrite the parts that changed (not with ``dry_run``); report the changes.
+
+    ``adapter``: judges the rows that kept an embedding of its model version, under ``adapter_thresholds``
+    (default: its own); :class:`NoEmbeddings` when no row did (nothing is changed)."""
     started = time.perf_counter()
-    report = Report(dataset.uri, thresholds.to_dict(), version, lookup is not None, dry_run=dry_run)
+    if adapter is not None:
+        adapter_thresholds = adapter_thresholds or adapter.thresholds(thresholds)
+    report = Report(dataset.uri, thresholds.to_dict(), version, lookup is not None, dry_run=dry_run,
+                    adapter=None if adapter is None or adapter_thresholds is None else {
+                        **adapter.ref, "thresholds": {"adult": adapter_thresholds.adult,
+                                                      "safe": adapter_thresholds.safe}})
     parts = dataset.parts()
     report.parts = len(parts)
+    if adapter is not None and not has_embeddings(dataset, parts, adapter.model, adapter.model_version):
+        raise NoEmbeddings(f"{dataset.uri} keeps no embeddings of {adapter.model} {adapter.model_version}, which "
+                           f"adapter {adapter.name} v{adapter.version} reads: scan with --embeddings first; "
+                           "nothing was changed")
     # which rows are the latest of their source, across parts (only they are reported and queued)
     latest = latest_mask(dataset.read(["source"], parts))
     bounds = np.cumsum([0] + dataset.row_counts(parts))
@@ -128,7 +167,8 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
     def one(i: int) -> _Part:
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         old = dataset.read_part(parts[i])
-        judged = judge(old, thresholds, version, matches=None if matches is None else matches[lo:hi])
+        judged = judge(old, thresholds, version, matches=None if matches is None else matches[lo:hi],
+                       adapter=adapter, adapter_thresholds=adapter_thresholds)
         new = old
         for name, column in judged.items():
             new = new.set_column(new.schema.get_field_index(name), name, column.cast(new.schema.field(name).type))
@@ -138,6 +178,9 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
         pairs = pa.table({"old": pc.fill_null(old["verdict"], "error"),
                           "new": pc.fill_null(new["verdict"], "error")}).filter(mask)
         out.rows = pairs.num_rows
+        if adapter is not None:  # latest rows whose thresholds name the adapter
+            named = pc.fill_null(pc.match_substring(judged["thresholds"], '"adapter"'), False)
+            out.by_adapter = int(pc.sum(pc.and_(mask, named)).as_py() or 0)
         out.judged = pairs.num_rows - pc.sum(pc.equal(pairs["new"], "error")).as_py() if pairs.num_rows else 0
         for row in pairs.group_by(["old", "new"]).aggregate([([], "count_all")]).to_pylist():
             out.transitions[(row["old"], row["new"])] = row["count_all"]
@@ -173,6 +216,7 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
         for part in pool.map(one, range(len(parts))):
             report.rows += part.rows
             report.judged += part.judged
+            report.by_adapter += part.by_adapter
             for pair, count in part.transitions.items():
                 report.transitions[pair] = report.transitions.get(pair, 0) + count
             report.changes.extend(part.changes)

@@ -41,16 +41,7 @@ from nsfw_core.scan.sources import Reader
 
 log = logging.getLogger(__name__)
 
-# The seam for embeddings (issue 26): a model that can give its penultimate features offers
-# ``predict_with_embeddings(batch) -> (probabilities (N, 5), features (N, D))``.  None does yet, so
-# ``--embeddings`` is refused (nsfw_core.scan.cli) and the column stays null.
-EMBEDDINGS_METHOD = "predict_with_embeddings"
 IO_THREADS = 8  # reads in flight per actor for URLs and objects (local files are read one at a time)
-
-
-def embeddings_supported() -> bool:
-    """Whether the models can give embeddings (the :data:`EMBEDDINGS_METHOD` seam)."""
-    return hasattr(Model, EMBEDDINGS_METHOD)
 
 
 class FastDecoder(Decoder):
@@ -92,8 +83,6 @@ class ScanWorker:
         if self.model.version != config.model_version:
             raise ModelError(f"this worker's {config.model_name} is version {self.model.version}, the scan's "
                              f"{config.model_version}: every node must have the same model files")
-        if config.embeddings and not hasattr(self.model, EMBEDDINGS_METHOD):
-            raise ModelError(f"{config.model_name} gives no embeddings")
         # One image decodes at a time in an actor, so one isolated-lane process is enough.
         limits = dataclasses.replace(config.decode, processes=1)
         self.decoder = FastDecoder(limits) if config.decode_mode == FAST_DECODE else Decoder(limits)
@@ -187,7 +176,8 @@ class ScanWorker:
         batch = np.concatenate(inputs)
         features: np.ndarray | None = None
         if self.config.embeddings:
-            probs, features = getattr(self.model, EMBEDDINGS_METHOD)(batch)
+            # --embeddings: the features the model's head reads, from the same forward pass (issue 26)
+            probs, features = self.model.predict_with_embeddings(batch)
         else:
             probs = self.model.predict(batch)
         start = 0

@@ -30,6 +30,7 @@ cell then holds its sampled frames' hashes separated by spaces (at most :data:`M
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -48,11 +49,22 @@ from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import BadRequest, NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
+from nsfw_core.inference.embeddings import decode_embedding
 from nsfw_core.state import vpdq
 from nsfw_core.state.db import Pool
 from nsfw_core.state.hashindex import HashIndex, as_rows, distances
 from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
-from nsfw_core.state.remembered import ADD, COLUMNS, LIST, REMOVE, REVIEW, SELECT, live_entries, remove
+from nsfw_core.state.remembered import (
+    ADD,
+    COLUMNS,
+    LIST,
+    REMOVE,
+    REVIEW,
+    SELECT,
+    decided_embedding,
+    live_entries,
+    remove,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +77,7 @@ MAX_VIDEO_HASHES = 100_000  # frames' hashes in one video entry
 LIST_LABELS = {"allow": "safe", "safe": "safe", "deny": "adult", "adult": "adult"}
 MAX_LIST_BYTES = 256 * 1024 * 1024
 MAX_NOTE = 500
+EMBEDDINGS_CACHED = 1024  # decided images' embeddings kept in memory (7 KB each), the most recently matched
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -92,6 +105,11 @@ class Match:
     review_id: int | None = None
     scores: dict[str, float] | None = None  # the model's scores of the decided image (None: a list entry)
     model: str = ""  # the model that gave them
+    # issue 26: the decided image's embedding and the model version that made it; ``embedded``: the entry keeps
+    # one (read from the database for a perceptual match only; None with ``embedded`` when it could not be read)
+    model_version: str = ""
+    embedded: bool = False
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     share: float | None = None  # a video: the share of its sampled frames that matched the known video's
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +141,13 @@ class Entry:
     scores: dict[str, float] | None = None  # a remembered decision's: the decided image's scores
     model: str = ""
     audience: str = ""  # '' everyone; else the one client the decision protects
+    model_version: str = ""  # the model version of the decided image's embedding (issue 26)
+    embedded: bool = False  # the database keeps the decided image's embedding (KnownImages.decided_embedding)
     media: str = "image"  # "video": ``hashes`` are its sampled frames', matched as a whole
+
+    def match(self, by: str, distance: int) -> Match:
+        return Match(self.kind, self.verdict, self.label, by, distance, self.id, self.review_id, self.scores,
+                     self.model, self.model_version, self.embedded)
 
 
 def _scores(text: Any) -> dict[str, float] | None:
@@ -254,6 +278,8 @@ class KnownImages:
         self._loaded = False
         self._refresher = Refresher(self.refresh, self.refresh_interval, "nsfw-known-refresh")
         self.warning: str | None = None
+        self._embeddings: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._embedding_lock = threading.Lock()
 
     def describe(self) -> str:
         return self.backend.describe()
@@ -297,8 +323,7 @@ class KnownImages:
         if not found:
             return None
         entry, by, dist = min(found, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
-        return Match(entry.kind, entry.verdict, entry.label, by, dist, entry.id, entry.review_id, entry.scores,
-                     entry.model)
+        return self._with_embedding(entry.match(by, dist))
 
     def lookup_many(self, sha256s: Sequence[str | None], phashes: Sequence[bytes | None],
                     client: str | None = None) -> list[Match | None]:
@@ -349,10 +374,34 @@ class KnownImages:
         for i, matches in found.items():
             if matches:
                 entry, by, bits = min(matches, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
-                out[i] = Match(entry.kind, entry.verdict, entry.label, by, bits, entry.id, entry.review_id,
-                               entry.scores, entry.model)
+                out[i] = self._with_embedding(entry.match(by, bits))
         return out
 
+    def _with_embedding(self, match: Match) -> Match:
+        """A perceptual match of a decision that keeps its image's embedding, with the embedding (read from the
+        database once, then from a small cache): a look-alike must be near it (:func:`nsfw_core.classify.judge`).
+        When it cannot be read the match says so (``embedded`` without an embedding), and judging fails closed."""
+        if match.by == "sha256" or not match.embedded:
+            return match
+        with self._embedding_lock:
+            cached = self._embeddings.get(match.entry_id)
+            if cached is not None:
+                self._embeddings.move_to_end(match.entry_id)
+        if cached is None:
+            try:
+                with self._connection() as conn, self.backend.begin(conn, write=False) as tx:
+                    text, _version = decided_embedding(tx, match.entry_id)
+            except Exception as exc:  # never break prediction: the look-alike then goes to the model's verdict
+                log.warning("known images: the embedding of entry %s could not be read (%r)", match.entry_id, exc)
+                return match
+            cached = decode_embedding(text)
+            if cached is None:
+                return match
+            with self._embedding_lock:
+                self._embeddings[match.entry_id] = cached
+                while len(self._embeddings) > EMBEDDINGS_CACHED:
+                    self._embeddings.popitem(last=False)
+        return dataclasses.replace(match, embedding=cached)
     def lookup_video(self, sha256: str, hashes: Sequence[bytes | None], client: str | None = None) -> Match | None:
         """The best match for a video: an entry with its sha256, or a known video most of whose frames and most
         of this one's match (``hashes``: the sampled frames' PDQ hashes, in order; None for a frame too flat to
@@ -392,7 +441,7 @@ class KnownImages:
             key = (entry.kind != LIST, -found.query_share, -entry.id)
             if best is None or key < best[0]:
                 best = (key, Match(entry.kind, entry.verdict, entry.label, "vpdq", found.distance, entry.id,
-                                   entry.review_id, entry.scores, entry.model, round(found.query_share, 4)))
+                                   entry.review_id, entry.scores, entry.model, share=round(found.query_share, 4)))
         return None if best is None else best[1]
 
     def _video_index(self, s: _State) -> tuple[HashIndex, np.ndarray]:
@@ -461,7 +510,8 @@ class KnownImages:
                 entry = Entry(entry_id, v["kind"], v["sha256"] or None, tuple(split_hex(v["hashes"])), v["verdict"],
                               v["label"], v["note"] or "", None if v["review_id"] is None else int(v["review_id"]),
                               v["added_by"], float(v["added_at"]), _scores(v["scores"]), v["model"] or "",
-                              v["audience"] or "", v.get("media") or "image")
+                              v["audience"] or "", v["model_version"] or "", bool(v["embedded"]),
+                              v.get("media") or "image")
                 s.entries[entry_id] = entry
                 if entry.sha256:
                     s.by_sha.setdefault(entry.sha256, []).append(entry_id)

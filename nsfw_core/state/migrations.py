@@ -26,6 +26,11 @@ REVOCATIONS_TABLE = "signin_revocations"  # sign-ins of an account, or all, ende
 TICKETS_TABLE = "review_tickets"  # the unguessable review ids handed to clients, each bound to one client (issue 29)
 VOTES_TABLE = "review_votes"  # double review: each reviewer's own label (nsfw_core.state.review.audit)
 TRAFFIC_TABLE = "traffic_counts"  # the API's decisions and score histograms per UTC day (nsfw_core.state.traffic)
+# Adapters and example sets (issue 26; nsfw_core.state.adapters, nsfw_core.state.examples)
+ADAPTER_VERSIONS_TABLE = "adapter_versions"  # every adapter trained, with its head and report; never changed
+ADAPTER_PUBLICATIONS_TABLE = "adapter_publications"  # which adapter is in force per model: an append-only log
+EXAMPLE_SETS_TABLE = "example_sets"  # example sets added and removed: an append-only log
+REVIEW_EMBEDDINGS_TABLE = "review_embeddings"  # a queued item's embedding, from the request that queued it
 JOBS_TABLE = "video_jobs"  # long videos judged in the background (nsfw_core.state.jobs)
 JOB_FRAMES_TABLE = "video_job_frames"  # each judged frame of a job, kept so that a restart resumes
 BUCKETS_TABLE = "limit_buckets"  # rate limits' token buckets shared by replicas (nsfw_core.state.limits)
@@ -223,6 +228,68 @@ MIGRATIONS: tuple[Migration, ...] = (
             count BIGINT NOT NULL,
             PRIMARY KEY (day, name)
         )""",
+    )),
+    # ---- issue 26: adapters and example sets (nsfw_core.state.adapters, nsfw_core.state.examples) ----
+    # adapter_versions: one row per training (name, version), never updated: the head (coefficients as JSON,
+    # never a pickle), the thresholds chosen on held-out scores, the report, the data's hash, who and when.
+    # adapter_publications: append-only; the newest row of a model says which adapter is in force for it
+    # (name NULL: the base model).  example_sets: append-only like known_images (op add / remove).
+    # review_embeddings: the embedding of a queued item's image (float16, base64), from its request.
+    Migration(10, "adapters, example sets, the embeddings of queued items and of remembered decisions", (
+        f"""CREATE TABLE {ADAPTER_VERSIONS_TABLE} (
+            id {{pk}},
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            head TEXT NOT NULL,
+            t_adult {{float}} NOT NULL,
+            t_safe {{float}} NOT NULL,
+            report TEXT NOT NULL,
+            dataset_sha256 TEXT NOT NULL,
+            examples INTEGER NOT NULL,
+            publishable INTEGER NOT NULL,
+            trained_by TEXT NOT NULL,
+            trained_at {{float}} NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            UNIQUE (name, version)
+        )""",
+        f"""CREATE TABLE {ADAPTER_PUBLICATIONS_TABLE} (
+            id {{pk}},
+            model TEXT NOT NULL,
+            name TEXT,
+            version INTEGER,
+            action TEXT NOT NULL CHECK (action IN ('publish', 'rollback', 'withdraw')),
+            published_by TEXT NOT NULL,
+            published_at {{float}} NOT NULL,
+            note TEXT NOT NULL DEFAULT ''
+        )""",
+        f"CREATE INDEX {ADAPTER_PUBLICATIONS_TABLE}_model ON {ADAPTER_PUBLICATIONS_TABLE} (model, id)",
+        f"""CREATE TABLE {EXAMPLE_SETS_TABLE} (
+            id {{pk}},
+            op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+            name TEXT NOT NULL,
+            verdict TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            model_version TEXT NOT NULL DEFAULT '',
+            threshold {{float}},
+            vectors TEXT NOT NULL DEFAULT '',
+            report TEXT NOT NULL DEFAULT '{{{{}}}}',
+            removes BIGINT,
+            added_by TEXT NOT NULL,
+            added_at {{float}} NOT NULL
+        )""",
+        f"""CREATE TABLE {REVIEW_EMBEDDINGS_TABLE} (
+            item_id BIGINT PRIMARY KEY,
+            model TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            embedding TEXT NOT NULL,
+            created_at {{float}} NOT NULL
+        )""",
+        # a remembered decision keeps the decided image's embedding (and the model version that made it) beside
+        # its scores: a look-alike inherits the decision only when its embedding is near (nsfw_core.classify)
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN embedding TEXT NOT NULL DEFAULT ''",
+        f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN model_version TEXT NOT NULL DEFAULT ''",
     )),
     # Video jobs (nsfw_core.state.jobs): one row per POST /v1/jobs, claimed by one instance at a time under a lease
     # (lease_owner, lease_until; SKIP LOCKED on PostgreSQL), its judged frames in video_job_frames so that a

@@ -5,10 +5,10 @@ an image in the body (both, or neither, is 400, as the document's description
 of ``url`` says).  So a positive case there that carries both keeps only the
 body, and a positive case with neither is not sent.  Likewise v1's ``?model=``
 and a JSON body's ``"model"`` must agree when both are given (a contradiction is
-400): a positive case that carries both keeps only the body's.  ``GET /v1/evaluation``'s
-window must run forwards (``since`` before ``until``, which defaults to now) and span at most 366 days
-(400 otherwise, as its description says): a positive case with another window is not sent.  Negative
-cases are left as they are: the API refuses them either way.
+400): a positive case that carries both keeps only the body's; the same for ``?adapter=`` and ``"adapter"``.
+``GET /v1/evaluation``'s window must run forwards (``since`` before ``until``, which defaults to now) and span
+at most 366 days (400 otherwise, as its description says): a positive case with another window is not sent.
+Negative cases are left as they are: the API refuses them either way.
 """
 
 from __future__ import annotations
@@ -68,16 +68,17 @@ def filter_case(ctx: Any, case: Any) -> bool:
     return not _positive_predict(case) or _has_url(case) or _has_body(case)
 
 
-def _positive_v1_with_two_models(case: Any) -> bool:
+def _positive_v1_with_two_models(case: Any, name: str = "model") -> bool:
     return (case.operation.path.startswith(("/v1/classify", "/v1/explain")) and case.meta is not None
-            and case.meta.generation.mode.is_positive and isinstance(case.query, dict) and "model" in case.query
-            and isinstance(case.body, dict) and "model" in case.body)
+            and case.meta.generation.mode.is_positive and isinstance(case.query, dict) and name in case.query
+            and isinstance(case.body, dict) and name in case.body)
 
 
 @schemathesis.hook
 def map_case(ctx: Any, case: Any) -> Any:
     if _positive_predict(case) and _has_url(case) and _has_body(case):
         case.query = {k: v for k, v in case.query.items() if k != "url"}
-    if _positive_v1_with_two_models(case):
-        case.query = {k: v for k, v in case.query.items() if k != "model"}
+    for name in ("model", "adapter"):
+        if _positive_v1_with_two_models(case, name):
+            case.query = {k: v for k, v in case.query.items() if k != name}
     return case
