@@ -156,7 +156,8 @@ def test_read_file_caps_the_read_not_the_stat(tmp_path, monkeypatch):
         return real_read(fd, n)
 
     monkeypatch.setattr(os, "read", counting_read)
-    with pytest.raises(TooLarge, match=r"huge\.jpg is larger than the limit of 10485760 bytes"):
+    with pytest.raises(TooLarge, match=r"huge\.jpg is larger than the limit of 67108864 bytes for a video "
+                                       r"\(10485760 for an image\)"):
         load_bytes(str(sparse), load_settings({}).fetch_policy)
     assert reads == []  # refused from fstat of the opened file, nothing read
     monkeypatch.undo()

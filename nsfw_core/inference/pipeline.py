@@ -210,7 +210,14 @@ def load_bytes(source: str, policy: FetchPolicy, pool: ConnectionPool | None = N
     take ``policy.max_video_bytes``, an image ``policy.max_bytes``."""
     if is_url(source):
         return fetch(source, policy, pool=pool).content
-    data = read_file(source, max(policy.max_bytes, policy.max_video_bytes))
+    cap = max(policy.max_bytes, policy.max_video_bytes)
+    try:
+        data = read_file(source, cap)
+    except TooLarge as exc:  # past both caps: say both (what the file is was not read)
+        if cap == policy.max_bytes:
+            raise
+        raise TooLarge(f"{source} is larger than the limit of {cap} bytes for a video ({policy.max_bytes} for an "
+                       "image)", limit=cap) from exc
     if len(data) > policy.max_bytes and sniff_video(data) is None:
         raise TooLarge(f"{source} is larger than the limit of {policy.max_bytes} bytes", limit=policy.max_bytes)
     return data
