@@ -25,6 +25,7 @@ import nsfw_core.base.arenas  # noqa: F401 - first: caps malloc arenas before an
 from nsfw_core.base import logs
 from nsfw_core.base.settings import Settings, SettingsError, load_settings
 from nsfw_core.http import app as api
+from nsfw_core.http.routing import StreamlitRefused
 from nsfw_ui import framing, oidc, signout, stmetrics, uploads
 
 ROOT = Path(__file__).resolve().parent
@@ -71,6 +72,8 @@ _max_upload_store = (_settings or load_settings({})).max_upload_store_bytes
 _metrics_keys = (_settings.api_keys + (_settings.metrics_token,)) if _settings is not None else ()
 app = st.App(ROOT / "streamlit_app.py", routes=api.routes, lifespan=lifespan,
              middleware=[Middleware(framing.NoFraming),  # no other site frames the pages (clickjacking)
+                         # API paths Streamlit's path check refuses: the API's JSON 404, not a bare "Bad Request"
+                         Middleware(StreamlitRefused, lookalike=api.lookalike),
                          Middleware(stmetrics.MetricsGuard, keys=_metrics_keys),
                          Middleware(signout.EndSessionOnLogout),  # /auth/logout ends the session on the server
                          Middleware(uploads.UploadGuard, max_store_bytes=_max_upload_store)])

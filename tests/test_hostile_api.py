@@ -193,3 +193,46 @@ def test_corrupt_review_database_is_moved_aside_and_predictions_go_on(tmp_path: 
     assert "its write-ahead log was corrupt" in errors[0] and str(moved["review.sqlite-wal"]) in errors[0]
     assert "is corrupt (file is not a database)" in errors[1] and str(moved["review.sqlite"]) in errors[1]
     assert "Traceback" not in log
+
+
+# ------------------------------------------------------------------ paths Streamlit's path check refuses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,path", [
+    ("POST", "//v1/classify"),  # a client's base URL with a trailing slash
+    ("POST", "//predict"),
+    ("GET", "/v1/jobs/%00"),
+    ("GET", "/v1/jobs/.."),
+    ("POST", "/v1/reviews/../claim"),
+    ("POST", "/v1/reviews/a%5C..%5Cb/decision"),
+    ("GET", "/health/.."),
+    ("GET", "/v1/reviews/%00"),
+])
+def test_a_path_streamlit_finds_unsafe_is_a_json_error_on_the_api(server: AppServer, method: str, path: str) -> None:
+    """Streamlit's path check (NUL bytes, '..' segments, a leading '//') answered these API paths with a bare
+    text/plain "Bad Request" before the API saw them: no JSON, no code, no request id."""
+    reply = server.request(method, path, body=b"{}" if method == "POST" else None)
+    body = reply.error(404, "not_found")
+    assert reply.headers.get("x-request-id") == body["request_id"], reply.headers
+    assert_healthy_and_quiet(server)
+
+
+@pytest.mark.slow
+def test_a_doubled_slash_is_told_the_path_it_meant(server: AppServer) -> None:
+    reply = server.request("POST", "//v1/classify", body=b"{}")
+    assert "did you mean /v1/classify?" in reply.error(404, "not_found")["message"]
+
+
+@pytest.mark.parametrize("path", ["//v1/classify", "/v1/jobs/\x00", "/v1/jobs/..", "/v1/reviews/a\\..\\b/decision",
+                                  "\\\\v1/classify", "/\\v1/classify", "/v1/classify", "/v1/jobs/job_..x",
+                                  "/predict;x", "/health/", "/v1/reviews/.../claim", "/c:/v1", "/v1/a:b"])
+def test_the_api_knows_which_paths_streamlit_refuses(path: str) -> None:
+    """The middleware's rule is Streamlit's (if Streamlit changes it, this fails and the rule follows)."""
+    from streamlit.path_security import is_unsafe_path_pattern
+
+    from nsfw_core.http.routing import streamlit_refuses
+
+    relative = path.lstrip("/")
+    refused = path.startswith(("//", "\\\\")) or bool(relative and is_unsafe_path_pattern(relative))
+    assert streamlit_refuses(path) == refused

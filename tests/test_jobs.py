@@ -148,6 +148,30 @@ def test_a_client_has_a_bounded_number_of_open_jobs_and_a_video_that_crashes_ins
     assert failed is not None and failed.status == "failed" and failed.error["code"] == "job_failed"
 
 
+def test_a_client_id_retried_with_another_model_or_thresholds_is_a_conflict_not_the_first_job(store):
+    """A retry (same client id and URL) answers the job the first POST made; the same id and URL with another
+    model or thresholds is not a retry: before, it silently answered that first job, judged with what the
+    first POST asked for."""
+    from nsfw_core.state.jobs import JobConflict
+
+    url = "https://example.com/a.mp4"
+    first, made = store.create_once(url, client="key_x", client_ref="post-42", model="MobileNetV2Mid",
+                                    thresholds={"safe": 0.5}, sampling=SAMPLING, max_open=3)
+    again, made_again = store.create_once(url, client="key_x", client_ref="post-42", model="MobileNetV2Mid",
+                                          thresholds={"safe": 0.5}, sampling=SAMPLING, max_open=3)
+    assert made and not made_again and again.id == first.id
+    for model, thresholds in (("InceptionV3", {"safe": 0.5}), ("MobileNetV2Mid", None),
+                              ("MobileNetV2Mid", {"safe": 0.6})):
+        with pytest.raises(JobConflict) as refused:
+            store.create_once(url, client="key_x", client_ref="post-42", model=model, thresholds=thresholds,
+                              sampling=SAMPLING, max_open=3)
+        assert refused.value.status == 409 and refused.value.code == "job_conflict"
+        assert refused.value.details["job_id"] == first.id
+    other, made_other = store.create_once(url, client="key_y", client_ref="post-42", model="InceptionV3",
+                                          thresholds=None, sampling=SAMPLING, max_open=3)
+    assert made_other and other.id != first.id  # another client's ids are its own
+
+
 # ---------------------------------------------------------------- the runner, in-process
 
 
@@ -179,6 +203,9 @@ def test_a_job_is_judged_over_the_whole_video_and_its_webhook_is_signed(tmp_path
         retried = client.post("/v1/jobs", json={"video": {"url": url}, "id": 7, "thresholds": {"safe": 0.5}},
                               headers=auth)
         assert retried.status_code == 200 and retried.json()["id"] == job.id  # a retry: no second job
+        conflict = client.post("/v1/jobs", json={"video": {"url": url}, "id": 7, "thresholds": {"safe": 0.6}},
+                               headers=auth)  # not a retry: other thresholds
+        assert conflict.status_code == 409 and conflict.json()["code"] == "job_conflict", conflict.text
         done = until(lambda: (j := client.get(f"/v1/jobs/{job.id}", headers=auth).json())["status"] in
                      ("done", "failed") and j, 120, "the job ends")
         assert client.get(f"/v1/jobs/{job.id}").status_code == 401

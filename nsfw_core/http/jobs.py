@@ -14,7 +14,7 @@ even with the id (128 random bits).  A video the job sends to review gets a revi
 is matched against the decisions that client may use (everyone's, and those made for its own thresholds).
 A client may have :data:`MAX_OPEN_JOBS` queued or running at once (429 ``too_many_jobs`` beyond).  A POST
 retried with the same client ``id`` and URL answers 200 with the job the first one made (an idempotent
-retry), not a second job.
+retry), not a second job; with another model or thresholds it is 409 ``job_conflict``, not that job.
 """
 
 from __future__ import annotations

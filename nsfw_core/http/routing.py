@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
@@ -123,7 +124,8 @@ class ApiRoute(Route):
 
 class ApiLookalike(ApiRoute):
     """A JSON 404 for paths that look like the API's but are not one of its paths: another case
-    (``/PREDICT``), a trailing slash (``/health/``), ``;parameters`` (``/predict;x``).
+    (``/PREDICT``), a trailing slash (``/health/``), ``;parameters`` (``/predict;x``), a doubled slash
+    (``//v1/classify``: a base URL that ends in ``/``).
 
     Without it Starlette answered ``/health/`` with a bare redirect (no JSON, no X-Request-ID) and
     ``/PREDICT`` fell through to Streamlit's HTML page.  Listed after the API's routes, so it only
@@ -137,7 +139,7 @@ class ApiLookalike(ApiRoute):
         self.known_paths = paths
 
     def looks_like_api(self, path: str) -> bool:
-        canonical = path.split(";", 1)[0].rstrip("/").lower() or "/"
+        canonical = _canonical(path) or "/"
         return any(canonical == p or canonical.startswith(p + "/") for p in self.api_paths)
 
     def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
@@ -147,11 +149,47 @@ class ApiLookalike(ApiRoute):
 
     def _no_handler(self, request: Request) -> NSFWError:
         path = request.url.path
-        canonical = path.split(";", 1)[0].rstrip("/").lower()
+        canonical = _canonical(path)
         known = [p for p in self.known_paths if p.lower() == canonical]
         hint = f"; did you mean {known[0]}?" if known else " (API paths are case-sensitive, without a trailing " \
             "slash or ;parameters)"
         return NotFound(f"no API endpoint at {path[:200]}{hint}")
+
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+def _canonical(path: str) -> str:
+    """``path`` without ``;parameters``, doubled and trailing slashes, in lower case."""
+    return _SLASHES.sub("/", path.split(";", 1)[0]).rstrip("/").lower()
+
+
+class StreamlitRefused:
+    """ASGI middleware of ``app.py``'s ``st.App`` (outside Streamlit's own): an API path that Streamlit's path
+    check refuses (a NUL byte, a ``..`` segment, a leading ``//`` or backslash: ``PathSecurityMiddleware``) goes
+    to ``lookalike``, the API's JSON 404, instead of Streamlit's bare text/plain "Bad Request" (no code, no
+    request id).  Other paths, the UI's, keep Streamlit's check."""
+
+    def __init__(self, app: Any, lookalike: ApiLookalike) -> None:
+        self.app = app
+        self.lookalike = lookalike
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and streamlit_refuses(_route_path(scope)) \
+                and self.lookalike.looks_like_api(_route_path(scope)):
+            await self.lookalike.handle(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def streamlit_refuses(path: str) -> bool:
+    """Whether Streamlit's path check refuses ``path``: a leading ``//`` or ``\\\\``, then
+    ``streamlit.path_security.is_unsafe_path_pattern`` on it without its leading slashes (a NUL byte, a rooted
+    backslash, a drive letter, a ``..`` segment)."""
+    relative = path.lstrip("/")
+    return (path.startswith(("//", "\\\\")) or "\x00" in path or relative.startswith("\\")
+            or (len(relative) >= 2 and relative[0].isascii() and relative[0].isalpha() and relative[1] == ":")
+            or ".." in relative.replace("\\", "/").split("/"))
 
 
 def _route_path(scope: Any) -> str:

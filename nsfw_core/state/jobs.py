@@ -140,17 +140,23 @@ class JobStore:
                     thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int,
                     client_key: str | None = None) -> tuple[Job, bool]:
         """(the job, True) for a new one; (the job, False) when ``client`` created one with the same
-        ``client_ref`` (not None) and URL before: a retried POST makes no second job."""
+        ``client_ref`` (not None) and URL before: a retried POST makes no second job.  :class:`JobConflict` when
+        that job was made with another model or thresholds (not a retry: the first job would answer what the
+        first POST asked for)."""
         now = self.clock()
         job_id = new_id()
         with self._tx() as tx:
             same = None
             if client_ref is not None:
-                same = tx.one(f"SELECT id FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND client_ref = ? "
-                              "AND url = ? ORDER BY created_at DESC LIMIT 1",
+                same = tx.one(f"SELECT id, model, thresholds FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? "
+                              "AND client_ref = ? AND url = ? ORDER BY created_at DESC LIMIT 1",
                               (client or "", json.dumps(client_ref), url))
             if same is not None:
                 job_id, created = str(same[0]), False
+                if same[1] != model or (json.loads(same[2]) if same[2] is not None else None) != thresholds:
+                    raise JobConflict(f"the id {json.dumps(client_ref)[:80]} was used with this URL for job {job_id}, "
+                                      "with another model or thresholds; send another id for another job",
+                                      job_id=job_id)
             else:
                 row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND status IN (?, ?)",
                              (client or "", QUEUED, RUNNING))
@@ -290,6 +296,13 @@ class JobStore:
 class TooManyJobs(NSFWError):
     status = 429
     code = "too_many_jobs"
+
+
+class JobConflict(NSFWError):
+    """A client id and URL sent again with another model or thresholds than the job they made."""
+
+    status = 409
+    code = "job_conflict"
 
 
 def event_for(job: dict[str, Any], client: str | None = None) -> dict[str, Any]:
