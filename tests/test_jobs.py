@@ -86,6 +86,27 @@ def test_replicas_never_claim_the_same_job(store):
     assert all(store.get(j).attempts == 1 and store.get(j).status == RUNNING for j in made)
 
 
+def test_clients_take_turns_instead_of_one_client_s_queue_going_first(store):
+    """Before: jobs were claimed oldest first across clients, so a client that queued its 100 jobs (each up
+    to NSFW_JOB_FETCH_TIMEOUT) held the worker for hours before anyone else's job started."""
+    def make(client: str, n: int) -> list[str]:
+        ids = []
+        for i in range(n):
+            store.clock_.now += 1
+            ids.append(store.create(f"https://example.com/{client}/{i}.mp4", client=client, client_ref=None,
+                                    model="MobileNetV2Mid", thresholds=None, sampling=SAMPLING, max_open=100).id)
+        return ids
+
+    busy = make("busy", 4)
+    quiet = make("quiet", 2)
+    late = make("late", 1)
+    order = []
+    while (job := store.claim("worker")) is not None:
+        order.append(job.id)
+        store.clock_.now += 1  # each job runs a while (within the 30 s lease: none is claimed twice)
+    assert order == [busy[0], quiet[0], late[0], busy[1], quiet[1], busy[2], busy[3]]
+
+
 def test_a_lost_lease_stores_nothing_and_the_next_instance_goes_on_from_the_stored_frames(store):
     job = store.create("https://example.com/a.mp4", client="key_1", client_ref=None, model="MobileNetV2Mid",
                        thresholds={"adult": 0.5}, sampling=SAMPLING, max_open=100)
@@ -137,14 +158,15 @@ def test_a_client_has_a_bounded_number_of_open_jobs_and_a_video_that_crashes_ins
     store.create("https://example.com/5.mp4", client="key_y", client_ref=None, model="MobileNetV2Mid",
                  thresholds=None, sampling=SAMPLING, max_open=3)  # another client's count
     first = store.claim("a")
-    assert first is not None
-    for n in range(MAX_ATTEMPTS - 1):
+    assert first is not None and first.client == "key_x"
+    for n in range(4 * MAX_ATTEMPTS):  # every lease runs out (crashes): jobs are claimed again, clients in turn
+        now = store.get(first.id)
+        if now is None or now.status == "failed":
+            break
         store.clock_.now += 31
-        assert store.claim(f"b{n}") is not None
-    store.clock_.now += 31
-    following = store.claim("c")  # the first job failed instead of being claimed a sixth time
-    assert following is not None and following.id != first.id
-    failed = store.get(first.id)
+        claimed = store.claim(f"b{n}")
+        assert claimed is not None and (claimed.id != first.id or claimed.attempts <= MAX_ATTEMPTS)
+    failed = store.get(first.id)  # the first job failed instead of being claimed a sixth time
     assert failed is not None and failed.status == "failed" and failed.error["code"] == "job_failed"
 
 

@@ -188,7 +188,10 @@ class JobStore:
     # ------------------------------------------------------------ the runner's side
 
     def claim(self, owner: str) -> Job | None:
-        """Take the oldest queued job, or a running one whose lease ran out, under a lease for ``owner``.
+        """Take a queued job, or a running one whose lease ran out, under a lease for ``owner``: the oldest job of
+        the client served longest ago (whose latest lease, taken or renewed, ended earliest; never served
+        first), so one client's hundred queued jobs take turns with everyone else's instead of going first, and
+        a client whose job is running waits for the others (the index of migration 15 keeps that a lookup).
 
         A job claimed :data:`MAX_ATTEMPTS` times already fails instead (each claim after the first is a crash of
         the instance that ran it, or a video that crashed it), and the next one is claimed."""
@@ -202,13 +205,20 @@ class JobStore:
     def _claim_one(self, owner: str) -> Job | None:
         now = self.clock()
         skip = self.backend.skip_locked
-        due = f"(status = '{QUEUED}' OR (status = '{RUNNING}' AND lease_until < ?))"
+
+        def due(t: str) -> str:
+            return f"({t}status = '{QUEUED}' OR ({t}status = '{RUNNING}' AND {t}lease_until < ?))"
+
+        # the client served longest ago first (the end of its latest lease: a claim or a renewal; 0: never),
+        # then its oldest job
+        last_start = f"COALESCE((SELECT MAX(s.lease_until) FROM {JOBS_TABLE} s WHERE s.client = j.client), 0)"
         with self._tx() as tx:
             row = tx.one(
                 f"UPDATE {JOBS_TABLE} SET status = '{RUNNING}', lease_owner = ?, lease_until = ?, "
                 f"attempts = attempts + 1, started_at = COALESCE(started_at, ?) WHERE id = "
-                f"(SELECT id FROM {JOBS_TABLE} WHERE {due} ORDER BY created_at, id LIMIT 1{skip}) AND {due} "
-                f"RETURNING {', '.join(_COLUMNS)}", (owner, now + self.lease_s, now, now, now))
+                f"(SELECT j.id FROM {JOBS_TABLE} j WHERE {due('j.')} ORDER BY {last_start}, j.created_at, j.id "
+                f"LIMIT 1{skip}) AND {due('')} RETURNING {', '.join(_COLUMNS)}",
+                (owner, now + self.lease_s, now, now, now))
         return None if row is None else Job.of(row)
 
     def renew(self, job: Job, owner: str) -> None:

@@ -348,6 +348,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {TABLE} ADD COLUMN one_by_one INTEGER NOT NULL DEFAULT 0",
         f"CREATE INDEX {TABLE}_decided_at ON {TABLE} (status, decided_at)",
     )),
+    # Jobs take turns by client: a worker claims the oldest job of the client whose latest lease ended
+    # earliest (nsfw_core.state.jobs.JobStore.claim); this index makes "when was this client last served"
+    # a lookup rather than a scan of its jobs.
+    Migration(15, "video jobs claimed in turn by client", (
+        f"CREATE INDEX {JOBS_TABLE}_client_lease ON {JOBS_TABLE} (client, lease_until)",
+    )),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
