@@ -528,8 +528,9 @@ class Classifier:
         queue it for review where the server's defaults (the adapter in force and its thresholds, else the
         thresholds in force) would not; its decision then protects only its client.
 
-        Without embeddings to read (a video job's frames are stored without them) no adapter judges: the base
-        model, under the thresholds history's version in force (never the adapter's thresholds on base scores)."""
+        Without embeddings to read (a video job's frames stored before migration 12 have none) no adapter judges:
+        the base model, under the thresholds history's version in force (never the adapter's thresholds on base
+        scores)."""
         active = self.thresholds.current()
         readable = all(f.embedding is not None for f in frames) if frames else embedding is not None
         in_force = self.adapter_for(info) if readable else None

@@ -13,9 +13,12 @@ requests'), before it is judged; a budget that refuses makes the job wait for it
 taken over after a crash (its lease ran out) skips the frames stored: the same sample instants (the job's
 seed), the same frames, decoded from the keyframe before the first one left.
 
-When every frame is judged the video gets its verdict as a request's would (:func:`nsfw_core.classify.judge`:
-the worst frame, the timeline's segments, a known video's human verdict), goes to review when its verdict says
-so, and the job's result is stored with its ``job.completed`` event (webhooks on) in one transaction.
+Each frame is stored with its embedding from the same forward pass (float16).  When every frame is judged the
+video gets its verdict as a request's would (:meth:`nsfw_core.classify.Classifier.verdict`: a known video's
+human verdict first, then an example set, then the adapter in force for the job's model, named in the result's
+``adapter``, unless the job asked for the base model, else the model; the worst frame, the timeline's
+segments), goes to review when its verdict says so, and the job's result is stored with its ``job.completed``
+event (webhooks on) in one transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import socket
 import time
 import uuid
 from typing import Any, Callable
+
+import numpy as np
 
 from nsfw_core import ratelimit
 from nsfw_core.base.errors import NSFWError, Overloaded
@@ -208,8 +213,8 @@ class JobRunner:
                     rows = await self._score(lane, chunk)
                     hashes = await asyncio.to_thread(_hashes, chunk)
                     inference_s += time.perf_counter() - t1
-                    stored = [StoredFrame(position + i, ref.index, ref.time_ms, scores_dict(row),
-                                          None if h is None else h.hex())
+                    stored = [StoredFrame(position + i, ref.index, ref.time_ms, scores_dict(row.probs),
+                                          None if h is None else h.hex(), row.embedding)
                               for i, (ref, row, h) in enumerate(zip(chunk.refs, rows, hashes, strict=True))]
                     await asyncio.to_thread(self.store.save_frames, job, self.owner, stored)
                     position += len(stored)
@@ -220,8 +225,9 @@ class JobRunner:
                                    Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started))
 
     async def _score(self, lane: Any, chunk: FrameInputs) -> list[Any]:
-        """The chunk's scores: its frames times the model's cost charged to the job's client first, then admitted
-        in flight (waiting while a budget refuses or the server is full: a job waits, it is never refused)."""
+        """The chunk's forward passes (each frame's probabilities and embedding): its frames times the model's cost
+        charged to the job's client first, then admitted in flight (waiting while a budget refuses or the server
+        is full: a job waits, it is never refused)."""
         admission = self.classifier.intake.admission
         meter = ratelimit.current()
         units = ratelimit.image_cost(len(chunk), self.classifier.models.cost(lane.model.name), 0)
@@ -233,7 +239,7 @@ class JobRunner:
                     await asyncio.to_thread(meter.charge, units)  # blocking when the buckets are shared
                     charged = True
                 with admission.admit(units, meter.client if meter is not None else None):
-                    return list(await asyncio.gather(*(lane.batcher.predict(x) for x in chunk.inputs)))
+                    return list(await asyncio.gather(*(lane.batcher.infer(x) for x in chunk.inputs)))
             except ratelimit.RateLimited as exc:
                 wait = exc.details.get("retry_after")
                 await asyncio.sleep(max(BUSY_WAIT_S, float(wait) if isinstance(wait, (int, float)) else 0.0))
@@ -247,12 +253,19 @@ class JobRunner:
 
         if not stored:
             raise UndecodableImage("no frame of the video could be decoded")
-        frames = [FrameScore(f.index, f.time_ms, f.scores) for f in stored]
+        frames = [FrameScore(f.index, f.time_ms, f.scores, f.embedding) for f in stored]
+        # each frame's embedding, kept with it (float16): the adapter in force judges the job as it judges a
+        # request's video (unless the job asked for the base model), an example set may decide it; a frame stored
+        # without one (before migration 12) leaves the whole job to the base model
+        embeddings = np.stack([f.embedding for f in stored]) if all(  # type: ignore[misc]
+            f.embedding is not None for f in stored) else None
         override = None
-        if job.thresholds:
+        if job.thresholds:  # the job's own values over the ones it is judged with (the adapter's, as a request's)
             active = self.classifier.thresholds.current().thresholds
-            override = dataclasses.replace(active, adult=float(job.thresholds.get("adult", active.adult)),
-                                           safe=float(job.thresholds.get("safe", active.safe)))
+            adapter = self.classifier.adapter_for(model, job.adapter) if embeddings is not None else None
+            base = adapter.thresholds(active) if adapter is not None else active
+            override = dataclasses.replace(base, adult=float(job.thresholds.get("adult", base.adult)),
+                                           safe=float(job.thresholds.get("safe", base.safe)))
         hashes = [split_hex(f.phash)[0] if f.phash else None for f in stored]
         client = job.client or ""
         # the decisions this client may use (everyone's, and those made for its own thresholds), as a request's
@@ -261,7 +274,8 @@ class JobRunner:
                              int((job.info or {}).get("duration_ms", info.duration_ms)), info.frames, info.keyframes,
                              info.decoded)
         result, private = self.classifier.verdict(frames[0].scores, override, model, timings, sha, frames=frames,
-                                                  match=match, video=duration)
+                                                  match=match, video=duration, embeddings=embeddings,
+                                                  use_adapter=job.adapter)
         self.observe(result)  # counted with the API's verdicts (the audit sample below estimates their precision)
         # a review or audit item keeps the video that was judged (``data``: the reviewer sees those bytes, never
         # the URL fetched again), with the client's review id, its quota and audience, as a request's

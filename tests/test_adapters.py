@@ -9,11 +9,13 @@ scikit-learn are real.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -37,6 +39,7 @@ from tests.helpers.apiclient import make_settings, running
 from tests.helpers.edits import edited_copies
 from tests.helpers.paths import REFERENCE, ROOT
 from tests.helpers.policy import blobs, striped, write_set
+from tests.helpers.servers import image
 
 MODEL = ModelInfo("MobileNetV2Mid", "v")
 TIMINGS = Timings.of(0, 0, 0, 0)
@@ -524,6 +527,114 @@ def test_an_example_set_blocks_images_like_its_examples(policy, tmp_path):
             time.sleep(0.05)
 
 
+def _clip(pictures: list[bytes], hold_s: int = 2, fps: int = 2) -> bytes:
+    """An H.264 video showing each picture still for ``hold_s`` seconds, lossless (qp 0): a frame sampled anywhere
+    in one second is the same picture, whichever instants a request or a job samples."""
+    from tests.helpers import videos
+
+    frames: list[np.ndarray] = []
+    for data in pictures:
+        frames += [np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))] * (hold_s * fps)
+    return videos.make("mp4", "h264", fps=fps, size=(256, 256), frames=frames, options={"qp": "0"})
+
+
+def _job_done(client, body: dict[str, Any]) -> dict[str, Any]:
+    made = client.post("/v1/jobs", json=body)
+    assert made.status_code == 202, made.text
+    deadline = time.monotonic() + 180
+    while (job := client.get(f"/v1/jobs/{made.json()['id']}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "done", job
+    from nsfw_core.http import contract
+
+    msgspec.convert(job, contract.Job)  # the contract's shape, "adapter" included
+    out: dict[str, Any] = job
+    return out
+
+
+@pytest.mark.slow
+def test_a_video_job_is_judged_by_the_adapter_in_force_as_a_request_s_video_is(policy, tmp_path, local_server):
+    """Issue 26 point 4, "frames use it", for video jobs (they were judged by the base model: their frames were
+    stored without embeddings).  A video showing allowed, striped (blocked by the policy), allowed pictures:
+
+    * its job is judged by the published adapter on each frame's stored embedding, named in the result
+      (``"adapter": {"name", "version"}``) with the adapter's thresholds, the striped frames adult, the allowed
+      ones not: the same frames' adult scores (within float16's rounding), verdict, deciding picture and
+      timeline as the same video classified in a request;
+    * the job's own thresholds apply to the adapter's score (the value it leaves is the adapter's);
+    * ``"adapter": false`` asks for the base model: no adapter named, no frame's adapter score, the base
+      model's scores and verdict as a request with ``?adapter=false`` gets; anything but a boolean is 400;
+    * who decides keeps its order: a video of striped pictures an allow example set covers is cleared by the
+      set (``verdict_source`` "examples") over the adapter, and the same pictures in another video a hash list
+      denies by its sha256 are the list's (``"list"``) over the set."""
+    from nsfw_core.state.known import KnownImages, ListEntry
+
+    def seed(example: training.Example) -> int:
+        return int(Path(example.source).stem.split("-")[1])
+
+    data = tmp_path / "data"
+    store = Adapters(open_pool(None, data))
+    saved = save(store, policy, trained(policy))
+    store.publish(saved.name, by="test")
+    stripes = [e for e in policy["train"] if e.truth == 1][:3]
+    allow_set, _ = training.build_example_set(
+        "our-stripes", "safe", np.stack([e.embedding for e in stripes]),
+        np.stack([e.embedding for e in policy["train"] if e.truth == 0]), false_match=0.05)
+    ExampleSets(open_pool(None, data)).add(allow_set, model=policy["model"], model_version=policy["version"],
+                                           report={}, by="admin")
+    video = _clip([blobs(4242), striped(4242), blobs(4243)])  # never trained on, no example set covers it
+    covered = _clip([striped(seed(e)) for e in stripes])  # the allow set's own pictures
+    denied = _clip([striped(seed(e)) for e in reversed(stripes)])  # the same pictures, other bytes
+    denied_sha = hashlib.sha256(denied).hexdigest()
+    KnownImages(open_pool(None, data)).import_list([ListEntry(denied_sha, None, "deny", media="video")], by="admin")
+    urls = {name: local_server.route(f"/{name}.mp4", image(clip, "video/mp4"))
+            for name, clip in (("video", video), ("covered", covered), ("denied", denied))}
+    with running(make_settings(data, allow_private_hosts=("*",))) as client:
+        request = client.post("/predict?detail=1", content=video, headers={"Content-Type": "video/mp4"}).json()
+        request_base = client.post("/predict?detail=1&adapter=false", content=video,
+                                   headers={"Content-Type": "video/mp4"}).json()
+        job = _job_done(client, {"video": {"url": urls["video"]}})["result"]
+        job_base = _job_done(client, {"video": {"url": urls["video"]}, "adapter": False, "id": 2})["result"]
+        strict = _job_done(client, {"video": {"url": urls["video"]}, "thresholds": {"adult": 1.0}, "id": 3})["result"]
+        by_set = _job_done(client, {"video": {"url": urls["covered"]}})["result"]
+        by_list = _job_done(client, {"video": {"url": urls["denied"]}})["result"]
+        not_bool = client.post("/v1/jobs", json={"video": {"url": urls["video"]}, "adapter": "no"})
+    assert request["adapter"] == {"name": "stripes", "version": 1} and request["verdict"] == "adult"
+    assert job["adapter"] == {"name": "stripes", "version": 1}
+    assert (job["verdict"], job["verdict_source"]) == ("adult", "model")
+    assert (job["thresholds"]["adult"], job["thresholds"]["safe"], job["thresholds"]["version"]) == (
+        saved.t_adult, saved.t_safe, None)
+    assert job["safe_score"] == pytest.approx(1 - job["adult_score"])
+    # the job's own thresholds apply to the adapter's score; the value it leaves is the adapter's, as a request's
+    assert (strict["adapter"]["name"], strict["thresholds"]["adult"], strict["thresholds"]["safe"]) == (
+        "stripes", 1.0, saved.t_safe) and strict["thresholds"]["overridden"] and strict["verdict"] != "adult"
+
+    def per_second(result: dict[str, Any]) -> list[float]:
+        return [f["adult_score"] for f in sorted(result["frames"], key=lambda f: f["time_ms"])]
+
+    assert [f["time_ms"] // 1000 for f in sorted(job["frames"], key=lambda f: f["time_ms"])] == list(range(6))
+    assert per_second(job) == pytest.approx(per_second(request), abs=0.01)  # float16 embeddings: the same scores
+    assert min(per_second(job)[2:4]) > saved.t_adult and max(per_second(job)[:2] + per_second(job)[4:]) < 0.5
+    assert job["adult_score"] == pytest.approx(request["adult_score"], abs=0.01)
+    assert job["deciding_time_ms"] // 2000 == request["deciding_time_ms"] // 2000 == 1  # the striped picture
+    assert [s["verdict"] for s in job["segments"]] == [s["verdict"] for s in request["segments"]]
+    assert [s["verdict"] for s in job["segments"]][1] == "adult" and job["segments"][0]["verdict"] != "adult"
+    # the base model on request, as a request's ?adapter=false
+    assert "adapter" not in job_base and "adapter" not in request_base
+    assert all("adult_score" not in f for f in job_base["frames"])
+    assert job_base["verdict"] == request_base["verdict"] and job_base["adult_score"] == pytest.approx(
+        request_base["adult_score"], abs=1e-4)
+    assert job_base["adult_score"] < saved.t_adult < job["adult_score"]
+    assert not_bool.status_code == 400 and not_bool.json()["field"] == "$.adapter"
+    # who decides: a hash list, then an example set, then the adapter
+    assert by_set["adapter"]["name"] == "stripes" and min(f["adult_score"] for f in by_set["frames"]) > saved.t_adult
+    assert (by_set["verdict"], by_set["verdict_source"], by_set["example"]["set"]) == ("safe", "examples",
+                                                                                       "our-stripes")
+    assert (by_list["verdict"], by_list["verdict_source"], by_list["match"]["by"]) == ("adult", "list", "sha256")
+    assert "example" not in by_list
+
+
 def test_the_openapi_document_describes_adapters():
     from nsfw_core.http.openapi import openapi_document
 
@@ -532,6 +643,7 @@ def test_the_openapi_document_describes_adapters():
     assert set(schemas["AdapterOut"]["properties"]) == {"name", "version"}
     assert "examples" in schemas["ClassifyResult"]["properties"]["verdict_source"]["enum"]
     assert "adapter" in schemas["ClassifyRequest"]["properties"]
+    assert schemas["JobRequest"]["properties"]["adapter"] == schemas["ClassifyRequest"]["properties"]["adapter"]
     names = {p["name"] for p in doc["paths"]["/predict"]["post"]["parameters"]}
     assert "adapter" in names
 

@@ -189,9 +189,87 @@ def test_a_client_id_retried_with_another_model_or_thresholds_is_a_conflict_not_
                               sampling=SAMPLING, max_open=3)
         assert refused.value.status == 409 and refused.value.code == "job_conflict"
         assert refused.value.details["job_id"] == first.id
+    with pytest.raises(JobConflict):  # the same request asking for the base model is another job too
+        store.create_once(url, client="key_x", client_ref="post-42", model="MobileNetV2Mid",
+                          thresholds={"safe": 0.5}, sampling=SAMPLING, max_open=3, adapter=False)
     other, made_other = store.create_once(url, client="key_y", client_ref="post-42", model="InceptionV3",
                                           thresholds=None, sampling=SAMPLING, max_open=3)
     assert made_other and other.id != first.id  # another client's ids are its own
+
+
+def test_a_job_s_frames_keep_their_embeddings_in_float16_and_its_choice_of_the_base_model(store):
+    """Issue 26 point 4 for jobs: each judged frame keeps its embedding (float16, 2 bytes a value: 3,584 bytes a
+    frame of the default model's 1,792), read back as the same float16 numbers; a frame without one reads None;
+    a job made with ``adapter=False`` says so.  A 10-minute video sampled at 1 frame a second keeps 600 of them:
+    2.1 MB in all (NSFW_MAX_VIDEO_FRAMES' default 1,800: 6.5 MB)."""
+    import numpy as np
+
+    from nsfw_core.state.migrations import JOB_FRAMES_TABLE
+
+    rng = np.random.default_rng(26)
+    job = store.create("https://example.com/ten-minutes.mp4", client=None, client_ref=None, model="MobileNetV2Mid",
+                       thresholds=None, sampling=SAMPLING, max_open=100)
+    store.clock_.now += 1  # claimed after the first
+    base = store.create("https://example.com/b.mp4", client=None, client_ref=None, model="MobileNetV2Mid",
+                        thresholds=None, sampling=SAMPLING, max_open=100, adapter=False)
+    assert job.adapter is True and base.adapter is False and store.get(base.id).adapter is False
+    taken = store.claim("a")
+    assert taken is not None and taken.id == job.id
+    taken = store.start(taken, "a", sha256="ab" * 32, info={"duration_ms": 600_000}, total=600)
+    vectors = (rng.random((600, 1792), dtype=np.float32) * 6.0).astype(np.float32)  # ReLU6 features
+    for start in range(0, 600, 16):
+        store.save_frames(taken, "a", [StoredFrame(i, i * 30, i * 1000, SCORES, None, vectors[i])
+                                       for i in range(start, min(start + 16, 600))])
+    frames = store.frames(job.id)
+    assert len(frames) == 600 and all(f.embedding is not None and f.embedding.dtype == np.float16 for f in frames)
+    np.testing.assert_array_equal(np.stack([f.embedding for f in frames]), vectors.astype(np.float16))
+    with store.pool.transaction(write=False) as tx:
+        sizes = tx.run(f"SELECT MIN(LENGTH(embedding)), MAX(LENGTH(embedding)), SUM(LENGTH(embedding)) "
+                       f"FROM {JOB_FRAMES_TABLE} WHERE job_id = ?", (job.id,))
+    assert tuple(int(v) for v in sizes[0]) == (3584, 3584, 600 * 3584)  # 2.15 MB for ten minutes
+    other = store.claim("a")
+    assert other is not None and other.id == base.id and other.adapter is False
+    other = store.start(other, "a", sha256="cd" * 32, info={}, total=1)
+    store.save_frames(other, "a", [StoredFrame(0, 0, 0, SCORES)])  # a model that gives no embedding
+    assert [f.embedding for f in store.frames(base.id)] == [None]
+
+
+def test_migration_12_is_applied_to_a_database_main_migrated_to_13_and_older_frames_read_without_embeddings(
+        request, tmp_path):
+    """Migration 12 (this change) reaches main after 13 (issue 30): a database at 1-11 and 13 gets 12 when a job
+    store opens it.  A job stored before (its frames without embeddings) reads as asking for the adapter, its
+    frames' embeddings None (the base model judges it: classify.Classifier.verdict); new frames keep theirs."""
+    import numpy as np
+
+    from nsfw_core.state.migrations import MIGRATIONS, VERSION_TABLE, migrate
+
+    for kind in ("sqlite", "postgresql"):
+        url = request.getfixturevalue("postgres_url") if kind == "postgresql" else None
+        pool = open_pool(url, tmp_path / kind)
+        try:
+            with pool.connection() as conn:
+                assert 12 not in migrate(pool.backend, conn, tuple(m for m in MIGRATIONS if m.version != 12))
+            with pool.transaction() as tx:  # a job main's code stored: no adapter column, no embeddings
+                tx.run("INSERT INTO video_jobs (id, url, client, client_ref, model, sampling, seed, status, "
+                       "frames_done, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       ("job_" + "1" * 32, "https://example.com/old.mp4", None, "null", "MobileNetV2Mid",
+                        json.dumps(SAMPLING), 5, QUEUED, 1, 1_800_000_000.0))
+                tx.run("INSERT INTO video_job_frames (job_id, position, frame_index, time_ms, scores, phash) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", ("job_" + "1" * 32, 0, 0, 0, json.dumps(SCORES), None))
+                versions = [int(r[0]) for r in tx.run(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
+            assert 13 in versions and 12 not in versions, kind
+            jobs = JobStore(pool, clock=Clock())
+            old = jobs.get("job_" + "1" * 32)  # opening the store applied 12
+            with pool.transaction(write=False) as tx:
+                versions = [int(r[0]) for r in tx.run(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")]
+            assert versions == sorted(m.version for m in MIGRATIONS), kind
+            assert old is not None and old.adapter is True and [f.embedding for f in jobs.frames(old.id)] == [None]
+            taken = jobs.claim("a")
+            assert taken is not None and taken.id == old.id
+            jobs.save_frames(taken, "a", [StoredFrame(1, 30, 1000, SCORES, None, np.ones(1792, np.float32))])
+            assert [f.embedding is None for f in jobs.frames(old.id)] == [True, False], kind
+        finally:
+            pool.close()
 
 
 # ---------------------------------------------------------------- the runner, in-process

@@ -405,6 +405,7 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     model: ModelName | None = None
     thresholds: ThresholdsIn | None = None
     id: ClientId = None
+    adapter: AdapterFlag = None
 
 
 class JobProgress(msgspec.Struct, forbid_unknown_fields=True):

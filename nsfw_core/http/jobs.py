@@ -55,8 +55,9 @@ def _answer(request: Request, body: Any, status: int = 200, headers: dict[str, s
 
 
 async def create(request: Request, ctx: Context) -> Response:
-    """POST /v1/jobs: ``{"video": {"url": ...}, "model", "thresholds", "id"}`` -> 202 and the queued job (one cost
-    unit now; its frames are charged to the same client's budgets as they are judged)."""
+    """POST /v1/jobs: ``{"video": {"url": ...}, "model", "thresholds", "id", "adapter"}`` -> 202 and the queued job
+    (one cost unit now; its frames are charged to the same client's budgets as they are judged).  ``"adapter":
+    false`` judges it with the base model even when an adapter is in force when it is judged."""
     await guard(request, ctx, ready=False)
     limits = ctx.serving
     req = decode(await read_body(request, limits.max_url_length + BODY_SLACK, limits.body_timeout), JobRequest)
@@ -80,7 +81,8 @@ async def create(request: Request, ctx: Context) -> Response:
                                 thresholds=thresholds,
                                 sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
                                 max_open=MAX_OPEN_JOBS,
-                                client_key=ratelimit.key_id(bearer(request)) if limits.api_keys else None)))
+                                client_key=ratelimit.key_id(bearer(request)) if limits.api_keys else None,
+                                adapter=req.adapter is not False)))
     if not created:  # the same client id and URL again: the job made the first time, not a second one
         return _answer(request, job_view(job), 200, {"Location": f"/v1/jobs/{job.id}"})
     log.info("video job %s queued: %s", job.id, url_for_log(url))

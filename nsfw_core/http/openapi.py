@@ -106,14 +106,16 @@ OPERATIONS: tuple[Operation, ...] = (
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
     Operation("/v1/jobs", "post", "v1CreateJob", "Judge a video in the background (a long one): 202 with the job",
               "Job", (400, 401, 405, 408, 409, 413, 429, 500, 503), body="JobRequest", status=202,
-              description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\"}. The answer "
-                          "is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
+              description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\", \"adapter\"}. "
+                          "The answer is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
                           "NSFW_JOB_MAX_BYTES), sampled at NSFW_VIDEO_FPS and judged by one instance, resumed "
                           "after a crash; GET /v1/jobs/{id} gives its progress and result, and with "
                           "NSFW_WEBHOOK_URL a job.completed event (JobEvent) is POSTed, signed like the review "
                           "events. A client may have 100 jobs queued or running (429 too_many_jobs beyond). The "
                           "same client id and URL again: 200 with the job already made (409 job_conflict when "
-                          "that job has another model or thresholds)."),
+                          "that job has another model or thresholds). The job is judged by the adapter in force "
+                          "for its model when its frames are all judged (the result's 'adapter' names it), as a "
+                          "request's video is; \"adapter\": false asks for the base model."),
     Operation("/v1/jobs/{id}", "get", "v1Job", "A video job: queued, running (progress), done (result) or failed",
               "Job", (401, 404, 405, 429, 500, 503), params=("job_id",),
               description="With API keys a job is visible to the key that created it only (404 for others)."),

@@ -210,6 +210,9 @@ class ExampleMatch:
                 "threshold": round(self.threshold, 4)}
 
 
+MATCH_CHUNK = 256  # frames compared at once: a long video job's 1,800 frames never all in float64 at once
+
+
 def match_examples(sets: Sequence[tuple[int, ExampleSet]], frames: np.ndarray) -> ExampleMatch | None:
     """The example set that decides an image whose (k, dim) ``frames`` embeddings are given (one row for a
     still image), or None.
@@ -218,12 +221,14 @@ def match_examples(sets: Sequence[tuple[int, ExampleSet]], frames: np.ndarray) -
     when every frame is.  Block wins over allow; among sets of one kind, the highest margin over its
     threshold wins.
     """
-    frames = np.atleast_2d(np.asarray(frames, dtype=np.float64))
+    frames = np.atleast_2d(np.asarray(frames))  # float16 from a video job's frames: converted a chunk at a time
+    if not frames.shape[0]:
+        return None
     best: tuple[tuple[int, float], ExampleMatch] | None = None
     for set_id, ex in sets:
         if ex.dim != frames.shape[1]:
             continue
-        sims = ex.similarity(frames)
+        sims = np.concatenate([ex.similarity(frames[i:i + MATCH_CHUNK]) for i in range(0, len(frames), MATCH_CHUNK)])
         sim = float(sims.max() if ex.verdict == ADULT else sims.min())
         if sim < ex.threshold:
             continue
@@ -245,6 +250,24 @@ def decode_embedding(text: str) -> np.ndarray | None:
     except (ValueError, TypeError):
         return None
     return values if values.size and np.isfinite(values).all() else None
+
+
+def embedding_bytes(embedding: np.ndarray) -> bytes:
+    """An embedding as a video job's frame keeps it: float16, little-endian, raw (3,584 bytes for 1,792 values:
+    :func:`encode_embedding`'s numbers without base64's third more)."""
+    return np.asarray(embedding, dtype="<f2").tobytes()
+
+
+def embedding_from_bytes(raw: bytes | memoryview | None) -> np.ndarray | None:
+    """:func:`embedding_bytes`' inverse, kept float16 (half the memory of float32: a job's frames are read at
+    once; every use computes in float64); None for anything that is not one."""
+    if raw is None:
+        return None
+    data = bytes(raw)
+    if not data or len(data) % 2:
+        return None
+    values = np.frombuffer(data, dtype="<f2")
+    return values if np.isfinite(values).all() else None
 
 
 def embedding_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,15 +4,17 @@ A job is a row of ``video_jobs`` (migration 11): the video's URL, who asked (``c
 key, else of the peer address, as review items keep it, so that only they read it and the review id it may
 get; ``client_key``: the key's id its webhook event names), the model and thresholds, the sampling fixed
 when it was created (frames a second, most frames, and the seed of the sample instants: the same frames
-again after a restart), its status (queued, running, done, failed), its progress and, once finished, its
-result or error.
+again after a restart), whether it asked for the base model (``adapter``, migration 12), its status (queued,
+running, done, failed), its progress and, once finished, its result or error.
 
 Claiming (:meth:`JobStore.claim`): an instance takes the oldest queued job, or a running one whose lease
 ran out (its instance died), in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas never
 take the same row; SQLite serialises writers), and holds it under a lease it renews
-(:meth:`JobStore.renew`) while it works.  Each judged frame is stored (``video_job_frames``) with the
-progress, under the lease (:meth:`JobStore.save_frames`): an instance that lost its lease stores nothing
-more, and the instance that took the job over goes on from the frames already stored.  Finishing writes
+(:meth:`JobStore.renew`) while it works.  Each judged frame is stored (``video_job_frames``) with its
+embedding (migration 12: float16, 3,584 bytes a frame of the default model; the adapter in force and the
+example sets read them when the job is judged, as a request's video's) and the progress, under the lease
+(:meth:`JobStore.save_frames`): an instance that lost its lease stores nothing more, and the instance that
+took the job over goes on from the frames already stored.  Finishing writes
 the result and, with webhooks on, the ``job.completed`` event into the webhook outbox in the same
 transaction (:mod:`nsfw_core.state.webhooks` delivers it, signed like the review events).
 """
@@ -27,7 +29,10 @@ import time
 import uuid
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from nsfw_core.base.errors import NSFWError
+from nsfw_core.inference.embeddings import embedding_bytes, embedding_from_bytes
 from nsfw_core.state.db import Pool, Tx
 from nsfw_core.state.migrations import JOB_FRAMES_TABLE, JOBS_TABLE, MIGRATIONS, OUTBOX_TABLE, migrate
 from nsfw_core.state.review.items import iso
@@ -40,7 +45,7 @@ EVENT_TYPE = "job.completed"
 JOB_ID_PREFIX = "job_"
 _COLUMNS = ("id", "url", "client", "client_key", "client_ref", "model", "thresholds", "sampling", "seed", "status",
             "sha256", "info", "frames_total", "frames_done", "result", "error", "attempts", "lease_owner",
-            "lease_until", "created_at", "started_at", "finished_at")
+            "lease_until", "created_at", "started_at", "finished_at", "adapter")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {JOBS_TABLE}"
 
 
@@ -77,6 +82,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    adapter: bool = True  # False: the job asked for the base model ("adapter": false), not the adapter in force
 
     @classmethod
     def of(cls, row: Sequence[Any]) -> Job:
@@ -87,18 +93,22 @@ class Job:
             v[name] = float(v[name]) if v[name] is not None else None
         v["seed"], v["frames_done"], v["attempts"] = int(v["seed"]), int(v["frames_done"]), int(v["attempts"])
         v["frames_total"] = int(v["frames_total"]) if v["frames_total"] is not None else None
+        v["adapter"] = bool(v["adapter"]) if v["adapter"] is not None else True
         return cls(**v)
 
 
 @dataclasses.dataclass(frozen=True)
 class StoredFrame:
-    """A judged frame of a job: its place among the sampled frames, its index and time, scores and PDQ hash."""
+    """A judged frame of a job: its place among the sampled frames, its index and time, scores and PDQ hash, and
+    its embedding from the forward pass that scored it (float16 as stored, :func:`embedding_bytes`; None for a
+    frame stored before migration 12, or by a model that gives none)."""
 
     position: int
     index: int
     time_ms: int
     scores: dict[str, float]
     phash: str | None = None  # hex, None when PDQ's quality was too low
+    embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def new_id() -> str:
@@ -131,31 +141,34 @@ class JobStore:
 
     def create(self, url: str, *, client: str | None, client_ref: Any, model: str,
                thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int,
-               client_key: str | None = None) -> Job:
+               client_key: str | None = None, adapter: bool = True) -> Job:
         """A queued job; :class:`TooManyJobs` when ``client`` has ``max_open`` queued or running already."""
         return self.create_once(url, client=client, client_ref=client_ref, model=model, thresholds=thresholds,
-                                sampling=sampling, max_open=max_open, client_key=client_key)[0]
+                                sampling=sampling, max_open=max_open, client_key=client_key, adapter=adapter)[0]
 
     def create_once(self, url: str, *, client: str | None, client_ref: Any, model: str,
                     thresholds: dict[str, float] | None, sampling: dict[str, Any], max_open: int,
-                    client_key: str | None = None) -> tuple[Job, bool]:
+                    client_key: str | None = None, adapter: bool = True) -> tuple[Job, bool]:
         """(the job, True) for a new one; (the job, False) when ``client`` created one with the same
         ``client_ref`` (not None) and URL before: a retried POST makes no second job.  :class:`JobConflict` when
-        that job was made with another model or thresholds (not a retry: the first job would answer what the
-        first POST asked for)."""
+        that job was made with another model, thresholds or adapter choice (not a retry: the first job would
+        answer what the first POST asked for).  ``adapter``: False judges the job with the base model even when an adapter is
+        in force."""
         now = self.clock()
         job_id = new_id()
         with self._tx() as tx:
             same = None
             if client_ref is not None:
-                same = tx.one(f"SELECT id, model, thresholds FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? "
+                same = tx.one(f"SELECT id, model, thresholds, adapter FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? "
                               "AND client_ref = ? AND url = ? ORDER BY created_at DESC LIMIT 1",
                               (client or "", json.dumps(client_ref), url))
             if same is not None:
                 job_id, created = str(same[0]), False
-                if same[1] != model or (json.loads(same[2]) if same[2] is not None else None) != thresholds:
+                if (same[1] != model or (json.loads(same[2]) if same[2] is not None else None) != thresholds
+                        or bool(same[3]) != adapter):
                     raise JobConflict(f"the id {json.dumps(client_ref)[:80]} was used with this URL for job {job_id}, "
-                                      "with another model or thresholds; send another id for another job",
+                                      "with another model, thresholds or adapter choice; send another id for "
+                                      "another job",
                                       job_id=job_id)
             else:
                 row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND status IN (?, ?)",
@@ -164,10 +177,10 @@ class JobStore:
                     raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
                                       "wait for one to finish", limit=max_open)
                 tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_key, client_ref, model, thresholds, "
-                       "sampling, seed, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "sampling, seed, status, created_at, adapter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, url, client, client_key, json.dumps(client_ref), model,
                         None if thresholds is None else json.dumps(thresholds), json.dumps(sampling),
-                        secrets.randbits(62), QUEUED, now))
+                        secrets.randbits(62), QUEUED, now, 1 if adapter else 0))
                 created = True
         found = self.get(job_id)
         assert found is not None
@@ -179,11 +192,12 @@ class JobStore:
         return Job.of(row) if row is not None else None
 
     def frames(self, job_id: str) -> list[StoredFrame]:
-        """The job's judged frames, in order."""
+        """The job's judged frames, in order, each with its embedding (float16; None where none was kept)."""
         with self._tx(write=False) as tx:
-            rows = tx.run(f"SELECT position, frame_index, time_ms, scores, phash FROM {JOB_FRAMES_TABLE} "
+            rows = tx.run(f"SELECT position, frame_index, time_ms, scores, phash, embedding FROM {JOB_FRAMES_TABLE} "
                           "WHERE job_id = ? ORDER BY position", (job_id,))
-        return [StoredFrame(int(p), int(i), int(t), json.loads(s), h) for p, i, t, s, h in rows]
+        return [StoredFrame(int(p), int(i), int(t), json.loads(s), h, embedding_from_bytes(e))
+                for p, i, t, s, h, e in rows]
 
     # ------------------------------------------------------------ the runner's side
 
@@ -254,9 +268,10 @@ class JobStore:
         with self._tx() as tx:
             self._renew(tx, job.id, owner)
             tx.cursor.executemany(self.backend.sql(
-                f"INSERT INTO {JOB_FRAMES_TABLE} (job_id, position, frame_index, time_ms, scores, phash) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, position) DO NOTHING"),
-                [(job.id, f.position, f.index, f.time_ms, json.dumps(f.scores), f.phash) for f in frames])
+                f"INSERT INTO {JOB_FRAMES_TABLE} (job_id, position, frame_index, time_ms, scores, phash, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, position) DO NOTHING"),
+                [(job.id, f.position, f.index, f.time_ms, json.dumps(f.scores), f.phash,
+                  None if f.embedding is None else embedding_bytes(f.embedding)) for f in frames])
             tx.run(f"UPDATE {JOBS_TABLE} SET frames_done = (SELECT COUNT(*) FROM {JOB_FRAMES_TABLE} WHERE job_id = ?) "
                    "WHERE id = ?", (job.id, job.id))
 

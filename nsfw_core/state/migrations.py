@@ -337,6 +337,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
         f"ALTER TABLE {KNOWN_TABLE} ADD COLUMN media TEXT NOT NULL DEFAULT 'image'",
     )),
+    # Issue 26, point 4 for video jobs ("frames use it"): each judged frame of a job keeps its embedding from the
+    # forward pass that scored it (float16, little-endian, raw: 2 bytes a value, 3,584 bytes for the default
+    # model's 1,792; NULL for frames stored before), so that the job's verdict is the adapter's in force when it
+    # is judged, as a request's video is, and an example set may decide it.  ``adapter``: 0 when the job asked
+    # for the base model (``"adapter": false``).
+    Migration(12, "the embeddings of video jobs' frames, a job's choice of the base model", (
+        f"ALTER TABLE {JOB_FRAMES_TABLE} ADD COLUMN embedding {{blob}}",
+        f"ALTER TABLE {JOBS_TABLE} ADD COLUMN adapter INTEGER NOT NULL DEFAULT 1",
+    )),
     # Issue 30, reviewers see why: an item keeps the evidence heat-maps of its image (JSON,
     # nsfw_core.inference.explain), computed once when it is first claimed or ahead of that in the background
     # (nsfw_core.state.review.evidence); similar past decisions are found by the decided items' PDQ hashes (the
