@@ -10,8 +10,9 @@ deciding frame, the one the verdict was judged on, and is drawn over that frame.
 *blind* (an audit item, issue 25: no verdict, no scores) shows no evidence either: the map is the model's.
 
 **Similar past decisions** (:func:`show_similar`): the decided items closest to this one
-(:mod:`nsfw_core.state.review.similar`: by PDQ today, by embedding once items have one), each with its
-decision, who decided and when, and a blurred thumbnail of its kept bytes.
+(:mod:`nsfw_core.state.review.similar`: by PDQ, and by embedding where the item and decided items keep one of
+the same model version), each with its decision, who decided and when, how close it is and by what, and a
+blurred thumbnail of its kept bytes.
 
 Pure helpers (no Streamlit calls) are :func:`item_evidence`, :func:`frame_base`, :func:`similar_items` and
 :func:`prefetch`; the ``show_*`` functions draw.
@@ -41,7 +42,15 @@ from nsfw_core.inference.pipeline import FrameInputs
 from nsfw_core.state.db import Pool
 from nsfw_core.state.review import Item, ReviewQueue, iso
 from nsfw_core.state.review import evidence as store
-from nsfw_core.state.review.similar import PdqFinder, Similar, similar_decisions
+from nsfw_core.state.review.similar import (
+    MAX_DISTANCE,
+    MAX_EMBEDDING_DISTANCE,
+    EmbeddingFinder,
+    Finder,
+    PdqFinder,
+    Similar,
+    similar_decisions,
+)
 from nsfw_ui import widgets
 
 log = logging.getLogger(__name__)
@@ -193,17 +202,18 @@ def prefetch(ctx: Context, queue: ReviewQueue) -> bool:
 # ---------------------------------------------------------------- similar past decisions
 
 
-_finders: weakref.WeakKeyDictionary[Pool, PdqFinder] = weakref.WeakKeyDictionary()
+_finders: weakref.WeakKeyDictionary[Pool, list[Finder]] = weakref.WeakKeyDictionary()
 _finders_lock = threading.Lock()
 
 
-def finders(queue: ReviewQueue) -> list[PdqFinder]:
-    """The finders of similar decided items on the queue's database (one per process and database)."""
+def finders(queue: ReviewQueue) -> list[Finder]:
+    """The finders of similar decided items on the queue's database (one of each per process and database): by PDQ,
+    then by embedding."""
     with _finders_lock:
         found = _finders.get(queue.pool)
         if found is None:
-            found = _finders[queue.pool] = PdqFinder(queue.pool)
-    return [found]
+            found = _finders[queue.pool] = [PdqFinder(queue.pool), EmbeddingFinder(queue.pool)]
+    return list(found)
 
 
 def similar_items(queue: ReviewQueue, item: Item, count: int = 4) -> list[Similar]:
@@ -288,6 +298,8 @@ def describe(s: Similar) -> str:
         close = "the same picture (PDQ 0)"
     elif s.by == "pdq":
         close = f"PDQ distance {int(s.distance)} of 256"
+    elif s.by == "embedding":
+        close = f"embedding distance {s.distance:.3f} (one minus the cosine)"
     else:
         close = f"{s.by} distance {s.distance:.3f}"
     return (f"item {s.item_id}: **{_md(s.decision)}** by {_md(s.decided_by)}, {iso(s.decided_at)} · {close}")
@@ -302,7 +314,8 @@ def show_similar(ctx: Context, queue: ReviewQueue, item: Item, revealed: bool) -
         st.caption(f"Similar past decisions are unavailable: {_md(exc.message)}")
         return
     if not found:
-        st.caption("No decided item looks like this one (PDQ distance up to 64 of 256).")
+        st.caption(f"No decided item looks like this one (PDQ distance up to {MAX_DISTANCE} of 256, embedding "
+                   f"distance up to {MAX_EMBEDDING_DISTANCE:g} with the same model).")
         return
     for s in found:
         left, right = st.columns([1, 3])

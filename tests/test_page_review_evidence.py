@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from nsfw_core.images import phash
 from nsfw_core.inference import explain
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review import evidence as store
 from nsfw_ui.auth import IDENTITY_KEY
@@ -159,6 +160,26 @@ def test_similar_past_decisions_are_shown_beside_the_item(queue, media):
     line = next(m.value for m in at.markdown if f"item {decided}:" in m.value)
     assert "**sexy**" in line and "earlier reviewer" in line and "PDQ distance" in line
     assert queue.get(decided).decided_at is not None
+    thumbs = [im for im in at.image if im.captions and im.captions[0] == "blurred"]
+    assert thumbs and max(Image.open(io.BytesIO(media(thumbs[0].value[0]))).size) <= 128
+
+
+def test_similar_past_decisions_by_embedding_are_shown_beside_the_pdq_ones(queue, media):
+    """A decided item with no PDQ hash is found by its embedding (of the same model version as the item's):
+    shown with its decision, who decided, the embedding distance and a blurred thumbnail."""
+    rng = np.random.default_rng(7)
+    e = rng.uniform(0.0, 6.0, 1792).astype(np.float32)
+    store_ = Adapters(queue.pool)
+    decided_bytes = jpeg(Image.open(PHOTOS[3]), 95)
+    decided = enqueue(queue, decided_bytes, "decided.jpg")  # queued without hashes: PDQ cannot find it
+    store_.save_item_embedding(decided, "MobileNetV2Mid", "v1", e)
+    queue.decide(decided, "embedding reviewer", "hentai", seen=hashlib.sha256(decided_bytes).hexdigest())
+    looking = enqueue(queue, PHOTOS[4].read_bytes(), PHOTOS[4].name)
+    store_.save_item_embedding(looking, "MobileNetV2Mid", "v1", e + rng.normal(0.0, 0.2, 1792).astype(np.float32))
+    at = new_page()
+    assert shown_id(at) == looking
+    line = next(m.value for m in at.markdown if f"item {decided}:" in m.value)
+    assert "**hentai**" in line and "embedding reviewer" in line and "embedding distance 0.0" in line
     thumbs = [im for im in at.image if im.captions and im.captions[0] == "blurred"]
     assert thumbs and max(Image.open(io.BytesIO(media(thumbs[0].value[0]))).size) <= 128
 
