@@ -37,10 +37,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nsfw_core.inference.embeddings import embedding_distance, encode_embedding  # noqa: E402
-from nsfw_core.state.migrations import REVIEW_EMBEDDINGS_TABLE, TABLE  # noqa: E402
-from nsfw_core.state.review import ReviewQueue  # noqa: E402
-from nsfw_core.state.review.similar import (  # noqa: E402
+from nsfw_core.inference.embeddings import embedding_distance, encode_embedding
+from nsfw_core.state.migrations import REVIEW_EMBEDDINGS_TABLE, TABLE
+from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.similar import (
     MAX_EMBEDDING_DISTANCE,
     EmbeddingFinder,
     PdqFinder,
