@@ -166,6 +166,20 @@ def test_evidence_is_kept_with_its_item_and_goes_with_it(queue):
     assert store.load(queue.pool, item_id) is None
 
 
+def test_a_video_keeps_its_deciding_frames_time_and_only_then_is_computed_ahead(queue):
+    """Migration 14: a video item keeps when its deciding frame is shown; the background computes the evidence of a
+    video that keeps it (one frame decoded), never of one queued without it, nor of an image's (no such time)."""
+    kept = queue.enqueue(hashlib.sha256(b"v1").hexdigest(), "upload:v1.mp4", SCORES, MODEL, "unknown",
+                         image_bytes=b"v1", media="video", deciding_ms=2_500)
+    bare = queue.enqueue(hashlib.sha256(b"v2").hexdigest(), "upload:v2.mp4", SCORES, MODEL, "unknown",
+                         image_bytes=b"v2", media="video")
+    image = queue.enqueue(hashlib.sha256(b"i").hexdigest(), "upload:i.jpg", SCORES, MODEL, "unknown",
+                          image_bytes=b"i", deciding_ms=7)
+    assert (store.deciding_ms(queue.pool, kept), store.deciding_ms(queue.pool, bare)) == (2_500, None)
+    assert store.deciding_ms(queue.pool, image) is None  # kept for videos only
+    assert store.missing(queue.pool, 10) == [kept, image]
+
+
 # ---------------------------------------------------------------- by embedding (issue 26's, kept per queued item)
 
 DIM = 1792
@@ -189,15 +203,17 @@ def _embedded(queue: ReviewQueue, name: str, vector: np.ndarray | None, *, model
 
 
 def test_decided_items_are_found_by_embedding_of_the_same_model_version_only(queue):
-    e = _vector(1)
-    near = e + np.random.default_rng(2).normal(0.0, 0.3, DIM).astype(np.float32)  # an edited copy's
+    half = slice(None, DIM // 2)
+    e = _vector(1, half)
+    near = np.clip(e + np.random.default_rng(2).normal(0.0, 0.3, DIM).astype(np.float32), 0.0, None)  # a copy's
+    near[DIM // 2:] = 0.0
     same = _embedded(queue, "same", e)
     other_version = _embedded(queue, "v2", e, version="v2")  # the same vector, another model version
     other_model = _embedded(queue, "other-model", e, model="MobileNetV2")  # the same numbers, another model
     unrelated = _embedded(queue, "far", _vector(3, slice(DIM // 2, None)))  # features the query has none of
     for item_id in (same, other_version, other_model, unrelated):
         queue.decide(item_id, "alice", "porn")
-    looking = _embedded(queue, "looking", np.where(np.arange(DIM) < DIM // 2, near, 0.0))
+    looking = _embedded(queue, "looking", near)
     finder = EmbeddingFinder(queue.pool)
     found = similar_decisions(queue.pool, looking, [PdqFinder(queue.pool), finder])
     assert [(s.item_id, s.by, s.decision, s.decided_by) for s in found] == [(same, "embedding", "porn", "alice")]
