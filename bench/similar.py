@@ -129,7 +129,8 @@ def distances() -> dict[str, Any]:
         def embed(data: bytes) -> np.ndarray:
             x = ctx.decoder.prepare(model, data)
             assert isinstance(x, np.ndarray)
-            return model.predict_with_embeddings(x[np.newaxis])[1][0]
+            out: np.ndarray = model.predict_with_embeddings(x[np.newaxis])[1][0]
+            return out
 
         paths = sorted((DEMO / "photos").glob("*.jpg")) + sorted((DEMO / "drawings").glob("*.jpg"))
         base = {p.name: embed(p.read_bytes()) for p in paths}

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from nsfw_core.images import phash
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review import evidence as store
-from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.review.similar import (
     MAX_DISTANCE,
     MAX_EMBEDDING_DISTANCE,
