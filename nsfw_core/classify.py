@@ -656,12 +656,14 @@ class ReviewIntake:
             if kind == AUDIT:  # the server's sample: for no client, no quota, protecting everyone, blind
                 queued = queue.enqueue_for("", result.sha256, source, result.scores, result.model.name,
                                            result.verdict, image_bytes=data, phash=hashes, kind=AUDIT,
-                                           probability=probability, reviews=reviews, media=media)
+                                           probability=probability, reviews=reviews, media=media,
+                                           deciding_ms=result.deciding_time_ms)
             else:
                 queued = queue.enqueue_for(client, result.sha256, source, result.scores, result.model.name,
                                            result.verdict, image_bytes=data, phash=hashes,
                                            audience=client if private else "", matched=near, quota=self.quota,
-                                           reviews=reviews, media=media, key_id=key_id)
+                                           reviews=reviews, media=media, key_id=key_id,
+                                           deciding_ms=result.deciding_time_ms)
             if self.adapters is not None and result.embedding is not None:
                 try:  # a review item and an audit item alike: either may train an adapter once decided
                     self.adapters.save_item_embedding(queued[0], result.model.name, result.model.version,

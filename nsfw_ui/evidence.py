@@ -5,13 +5,18 @@
 ahead of that by one background thread per process (:func:`prefetch`, ``NSFW_EVIDENCE_AHEAD`` items), and
 kept with the item (:mod:`nsfw_core.state.review.evidence`), so any replica and any later claim shows
 them at once.  The page draws the deciding class's map over the image (another class on request),
-blurred like the image until the reviewer reveals it.  For an animation (or a video) the map is of its
-deciding frame, the one the verdict was judged on, and is drawn over that frame.  An item shown
+blurred like the image until the reviewer reveals it.  For an animation the map is of its deciding frame,
+the one the verdict was judged on, and is drawn over that frame.  For a video too: the item keeps when its
+deciding frame is shown (migration 14), and that one frame is decoded alone in the isolated lane
+(:meth:`~nsfw_core.inference.pipeline.Decoder.video_frame`: its group of pictures, within NSFW_VIDEO_TIMEOUT and
+the pixel budget); a video queued before that is decoded and scored again as a request would (its deciding frame
+found as an animation's).  An item shown
 *blind* (an audit item, issue 25: no verdict, no scores) shows no evidence either: the map is the model's.
 
 **Similar past decisions** (:func:`show_similar`): the decided items closest to this one
-(:mod:`nsfw_core.state.review.similar`: by PDQ today, by embedding once items have one), each with its
-decision, who decided and when, and a blurred thumbnail of its kept bytes.
+(:mod:`nsfw_core.state.review.similar`: by PDQ, and by embedding where the item and decided items keep one of
+the same model version), each with its decision, who decided and when, how close it is and by what, and a
+blurred thumbnail of its kept bytes.
 
 Pure helpers (no Streamlit calls) are :func:`item_evidence`, :func:`frame_base`, :func:`similar_items` and
 :func:`prefetch`; the ``show_*`` functions draw.
@@ -35,13 +40,22 @@ from nsfw_core.base.labels import CLASS_NAMES
 from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.context import Context
 from nsfw_core.images import overlay, phash
+from nsfw_core.images.sniff import sniff_video
 from nsfw_core.inference import explain
 from nsfw_core.inference.model import Model, scores_dict
 from nsfw_core.inference.pipeline import FrameInputs
 from nsfw_core.state.db import Pool
 from nsfw_core.state.review import Item, ReviewQueue, iso
 from nsfw_core.state.review import evidence as store
-from nsfw_core.state.review.similar import PdqFinder, Similar, similar_decisions
+from nsfw_core.state.review.similar import (
+    MAX_DISTANCE,
+    MAX_EMBEDDING_DISTANCE,
+    EmbeddingFinder,
+    Finder,
+    PdqFinder,
+    Similar,
+    similar_decisions,
+)
 from nsfw_ui import widgets
 
 log = logging.getLogger(__name__)
@@ -49,6 +63,7 @@ log = logging.getLogger(__name__)
 EVIDENCE_KEY = "evidence_cache"  # {item id: Evidence} this session has shown
 THUMBS_KEY = "evidence_thumbs"  # {item id: thumbnail} of similar decided items
 THUMB_SIDE = 128
+VIDEO_SIDE = 384  # a video's deciding frame (its 224 x 224 model input) is drawn this large
 WAIT_S = 30.0  # how long the page waits for the background thread computing the same item
 _md = widgets.md_escape
 
@@ -122,7 +137,25 @@ def item_evidence(ctx: Context, queue: ReviewQueue, item: Item, data: bytes) -> 
         mine.set()
 
 
+def _video_frame(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, model: Model
+                 ) -> tuple[np.ndarray, int] | None:
+    """A video item's deciding frame (its model input and index), decoded alone; None when the item does not keep
+    its time (queued before migration 14) or is not a video."""
+    if sniff_video(data) is None:
+        return None
+    at = store.deciding_ms(queue.pool, item.id)
+    if at is None:
+        return None
+    ref, x = ctx.decoder.video_frame(model, data, at)
+    return x, ref.index
+
+
 def _compute(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, model: Model, grid: int) -> Evidence:
+    alone = _video_frame(ctx, queue, item, data, model)
+    if alone is not None:
+        found = explain.explain(model, alone[0], grid=grid, name=model.name, version=model.version, frame=alone[1])
+        store.save(queue.pool, item.id, found.to_stored(), sha256=item.sha256)
+        return Evidence(found, alone[0])
     prepared = ctx.decoder.prepare(model, data)
     if isinstance(prepared, np.ndarray):  # its hashes, for similar past decisions (an item queued without them)
         store.keep_hashes(queue.pool, item.id, item.sha256, phash.join_hex(phash.stored_hashes(prepared)))
@@ -132,8 +165,11 @@ def _compute(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, model: M
     return Evidence(found, x if frame is not None else None)
 
 
-def frame_base(ctx: Context, item: Item, data: bytes, frame: int) -> np.ndarray | None:
-    """The model input of an animation's frame ``frame`` (to draw its evidence on), or None."""
+def frame_base(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, frame: int) -> np.ndarray | None:
+    """The model input of an animation's or a video's frame ``frame`` (to draw its evidence on), or None."""
+    alone = _video_frame(ctx, queue, item, data, _model(ctx, item))
+    if alone is not None:
+        return alone[0] if alone[1] == frame else None
     prepared = ctx.decoder.prepare(_model(ctx, item), data)
     if not isinstance(prepared, FrameInputs):
         return None
@@ -193,17 +229,18 @@ def prefetch(ctx: Context, queue: ReviewQueue) -> bool:
 # ---------------------------------------------------------------- similar past decisions
 
 
-_finders: weakref.WeakKeyDictionary[Pool, PdqFinder] = weakref.WeakKeyDictionary()
+_finders: weakref.WeakKeyDictionary[Pool, list[Finder]] = weakref.WeakKeyDictionary()
 _finders_lock = threading.Lock()
 
 
-def finders(queue: ReviewQueue) -> list[PdqFinder]:
-    """The finders of similar decided items on the queue's database (one per process and database)."""
+def finders(queue: ReviewQueue) -> list[Finder]:
+    """The finders of similar decided items on the queue's database (one of each per process and database): by PDQ,
+    then by embedding."""
     with _finders_lock:
         found = _finders.get(queue.pool)
         if found is None:
-            found = _finders[queue.pool] = PdqFinder(queue.pool)
-    return [found]
+            found = _finders[queue.pool] = [PdqFinder(queue.pool), EmbeddingFinder(queue.pool)]
+    return list(found)
 
 
 def similar_items(queue: ReviewQueue, item: Item, count: int = 4) -> list[Similar]:
@@ -224,10 +261,10 @@ def deciding_class(ctx: Context, item: Item) -> str:
     return explain.deciding_class(item.scores, item.verdict, thresholds.adult_classes, thresholds.safe_classes)
 
 
-def show_overlay(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, pixels: np.ndarray,
+def show_overlay(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, pixels: np.ndarray | None,
                  revealed: bool) -> None:
-    """The item's evidence for its deciding class (or the one chosen) drawn over the image, blurred unless
-    ``revealed``; computed now if no one has yet."""
+    """The item's evidence for its deciding class (or the one chosen) drawn over the image (``pixels``; None for
+    a video: over its deciding frame), blurred unless ``revealed``; computed now if no one has yet."""
     if blind(item):
         return
     cache = _cache()
@@ -237,7 +274,7 @@ def show_overlay(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, pixe
             with st.spinner("Finding where the model looked…"):
                 found = item_evidence(ctx, queue, item, data)
                 if found.explanation.frame is not None and found.frame_input is None:
-                    found = Evidence(found.explanation, frame_base(ctx, item, data, found.explanation.frame))
+                    found = Evidence(found.explanation, frame_base(ctx, queue, item, data, found.explanation.frame))
         except NSFWError as exc:
             st.caption(f"No evidence map: {_md(exc.message)}")
             return
@@ -249,10 +286,15 @@ def show_overlay(ctx: Context, queue: ReviewQueue, item: Item, data: bytes, pixe
                           key=f"evidence_class_{item.id}",
                           help="Where the model found this class: the cells whose hiding lowers the class's "
                                "log-odds most (occlusion). The deciding class is chosen first.")
-    base: Image.Image = Image.fromarray(pixels)
     if e.frame is not None and found.frame_input is not None:
         frame = Image.fromarray(np.clip(found.frame_input * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
-        base = frame.resize(base.size, Image.Resampling.BILINEAR)
+        base = frame.resize(Image.fromarray(pixels).size if pixels is not None else (VIDEO_SIDE, VIDEO_SIDE),
+                            Image.Resampling.BILINEAR)
+    elif pixels is not None:
+        base = Image.fromarray(pixels)
+    else:
+        st.caption("No evidence map: the video's deciding frame could not be decoded again.")
+        return
     base.thumbnail((512, 512))
     drawn = overlay.overlay(base, e.heatmaps[chosen])
     top = float(np.max(e.heatmaps[chosen]))
@@ -288,6 +330,8 @@ def describe(s: Similar) -> str:
         close = "the same picture (PDQ 0)"
     elif s.by == "pdq":
         close = f"PDQ distance {int(s.distance)} of 256"
+    elif s.by == "embedding":
+        close = f"embedding distance {s.distance:.3f} (one minus the cosine)"
     else:
         close = f"{s.by} distance {s.distance:.3f}"
     return (f"item {s.item_id}: **{_md(s.decision)}** by {_md(s.decided_by)}, {iso(s.decided_at)} · {close}")
@@ -302,7 +346,8 @@ def show_similar(ctx: Context, queue: ReviewQueue, item: Item, revealed: bool) -
         st.caption(f"Similar past decisions are unavailable: {_md(exc.message)}")
         return
     if not found:
-        st.caption("No decided item looks like this one (PDQ distance up to 64 of 256).")
+        st.caption(f"No decided item looks like this one (PDQ distance up to {MAX_DISTANCE} of 256, embedding "
+                   f"distance up to {MAX_EMBEDDING_DISTANCE:g} with the same model).")
         return
     for s in found:
         left, right = st.columns([1, 3])

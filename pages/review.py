@@ -211,10 +211,12 @@ def _show_image(ctx: Context, queue: ReviewQueue, item: Item) -> None:
         return
     if sniff_video(data) is not None:  # a video: played once revealed (nothing of it shows before)
         st.session_state[SHOWN_KEY] = {item.id: hashlib.sha256(data).hexdigest()}  # the item's own bytes
-        if st.toggle("Reveal video", key=f"reveal_{item.id}", help="The video is hidden until you reveal it."):
+        revealed = st.toggle("Reveal video", key=f"reveal_{item.id}", help="The video is hidden until you reveal it.")
+        if revealed:
             st.video(data)
         else:
             st.info(f"Item {item.id} is a video: reveal it to play it.")
+        evidence.show_overlay(ctx, queue, item, data, None, revealed)  # over its deciding frame, blurred till then
         return
     try:
         pixels = ctx.decoder.preview(data, PREVIEW_SIZE)

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from nsfw_core.images import phash
 from nsfw_core.inference import explain
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review import evidence as store
 from nsfw_ui.auth import IDENTITY_KEY
@@ -143,6 +144,48 @@ def test_an_animation_shows_the_evidence_of_its_deciding_frame(queue):
     assert f"frame {kept.frame}" in at.image[1].captions[0]
 
 
+def test_a_video_shows_the_evidence_of_its_deciding_frame_decoded_alone(queue, media, monkeypatch):
+    """A video item keeps when its deciding frame is shown (migration 14): its evidence is of that frame, decoded
+    alone (the decoder asked for that one instant, never the sampled frames), drawn over it, blurred until the
+    video is revealed, kept with the item; a new session draws it from what the item keeps."""
+    from nsfw_core.inference.pipeline import Decoder
+    from tests.helpers import videos
+
+    asked: list[int | None] = []
+    real = Decoder.video
+
+    def spied(self, model, data, **kwargs):
+        asked.append(kwargs.get("at_ms"))
+        return real(self, model, data, **kwargs)
+
+    monkeypatch.setattr(Decoder, "video", spied)
+    counting = Counting(monkeypatch)
+    data = videos.make("mp4", "h264", seconds=4, fps=10, size=(160, 120), hold=1.0, pan=False,
+                       images=videos.pictures(PHOTOS[:4]))
+    item_id = queue.enqueue(hashlib.sha256(data).hexdigest(), "upload:clip.mp4", SCORES, "MobileNetV2Mid", "unknown",
+                            image_bytes=data, media="video", deciding_ms=2_150)
+    at = new_page()
+    assert shown_id(at) == item_id
+    doc = store.load(queue.pool, item_id)
+    kept = explain.from_stored(doc or {})
+    assert kept is not None and kept.frame == 21  # the frame on screen at 2.15 s (10 frames a second)
+    assert asked == [2_150]  # that one frame, and no other decode
+    [drawn] = [im for im in at.image if im.captions and "evidence" in im.captions[0]]
+    assert "frame 21" in drawn.captions[0] and drawn.captions[0].endswith("(blurred)")
+    assert max(Image.open(io.BytesIO(media(drawn.value[0]))).size) <= 384
+    at.toggle(key=f"reveal_{item_id}").set_value(True).run()
+    assert not at.exception
+    [drawn] = [im for im in at.image if im.captions and "evidence" in im.captions[0]]
+    assert "(blurred)" not in drawn.captions[0]
+    queue.release(item_id, at.session_state[IDENTITY_KEY].name)
+    new_context()
+    again = new_page()
+    assert shown_id(again) == item_id
+    assert [im for im in again.image if im.captions and "frame 21" in im.captions[0]]
+    assert counting.calls == 1 and store.load(queue.pool, item_id) == doc  # computed once, kept with the item
+    assert asked == [2_150, 2_150]  # the frame to draw it on: decoded alone again
+
+
 def test_similar_past_decisions_are_shown_beside_the_item(queue, media):
     photo = Image.open(PHOTOS[1])
     decided_bytes = jpeg(photo, 95)
@@ -159,6 +202,26 @@ def test_similar_past_decisions_are_shown_beside_the_item(queue, media):
     line = next(m.value for m in at.markdown if f"item {decided}:" in m.value)
     assert "**sexy**" in line and "earlier reviewer" in line and "PDQ distance" in line
     assert queue.get(decided).decided_at is not None
+    thumbs = [im for im in at.image if im.captions and im.captions[0] == "blurred"]
+    assert thumbs and max(Image.open(io.BytesIO(media(thumbs[0].value[0]))).size) <= 128
+
+
+def test_similar_past_decisions_by_embedding_are_shown_beside_the_pdq_ones(queue, media):
+    """A decided item with no PDQ hash is found by its embedding (of the same model version as the item's):
+    shown with its decision, who decided, the embedding distance and a blurred thumbnail."""
+    rng = np.random.default_rng(7)
+    e = rng.uniform(0.0, 6.0, 1792).astype(np.float32)
+    store_ = Adapters(queue.pool)
+    decided_bytes = jpeg(Image.open(PHOTOS[3]), 95)
+    decided = enqueue(queue, decided_bytes, "decided.jpg")  # queued without hashes: PDQ cannot find it
+    store_.save_item_embedding(decided, "MobileNetV2Mid", "v1", e)
+    queue.decide(decided, "embedding reviewer", "hentai", seen=hashlib.sha256(decided_bytes).hexdigest())
+    looking = enqueue(queue, PHOTOS[4].read_bytes(), PHOTOS[4].name)
+    store_.save_item_embedding(looking, "MobileNetV2Mid", "v1", e + rng.normal(0.0, 0.2, 1792).astype(np.float32))
+    at = new_page()
+    assert shown_id(at) == looking
+    line = next(m.value for m in at.markdown if f"item {decided}:" in m.value)
+    assert "**hentai**" in line and "embedding reviewer" in line and "embedding distance 0.0" in line
     thumbs = [im for im in at.image if im.captions and im.captions[0] == "blurred"]
     assert thumbs and max(Image.open(io.BytesIO(media(thumbs[0].value[0]))).size) <= 128
 

@@ -12,9 +12,16 @@ import pytest
 from PIL import Image
 
 from nsfw_core.images import phash
+from nsfw_core.state.adapters import Adapters
 from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review import evidence as store
-from nsfw_core.state.review.similar import MAX_DISTANCE, PdqFinder, similar_decisions
+from nsfw_core.state.review.similar import (
+    MAX_DISTANCE,
+    MAX_EMBEDDING_DISTANCE,
+    EmbeddingFinder,
+    PdqFinder,
+    similar_decisions,
+)
 from tests.helpers.paths import ROOT
 
 SCORES = {"drawings": 0.05, "hentai": 0.05, "neutral": 0.5, "porn": 0.2, "sexy": 0.2}
@@ -157,3 +164,74 @@ def test_evidence_is_kept_with_its_item_and_goes_with_it(queue):
     assert store.load(queue.pool, item_id) == doc  # a decided item keeps it
     queue.purge(older_than_days=1e-9)
     assert store.load(queue.pool, item_id) is None
+
+
+def test_a_video_keeps_its_deciding_frames_time_and_only_then_is_computed_ahead(queue):
+    """Migration 14: a video item keeps when its deciding frame is shown; the background computes the evidence of a
+    video that keeps it (one frame decoded), never of one queued without it, nor of an image's (no such time)."""
+    kept = queue.enqueue(hashlib.sha256(b"v1").hexdigest(), "upload:v1.mp4", SCORES, MODEL, "unknown",
+                         image_bytes=b"v1", media="video", deciding_ms=2_500)
+    bare = queue.enqueue(hashlib.sha256(b"v2").hexdigest(), "upload:v2.mp4", SCORES, MODEL, "unknown",
+                         image_bytes=b"v2", media="video")
+    image = queue.enqueue(hashlib.sha256(b"i").hexdigest(), "upload:i.jpg", SCORES, MODEL, "unknown",
+                          image_bytes=b"i", deciding_ms=7)
+    assert (store.deciding_ms(queue.pool, kept), store.deciding_ms(queue.pool, bare)) == (2_500, None)
+    assert store.deciding_ms(queue.pool, image) is None  # kept for videos only
+    assert store.missing(queue.pool, 10) == [kept, image]
+
+
+# ---------------------------------------------------------------- by embedding (issue 26's, kept per queued item)
+
+DIM = 1792
+
+
+def _vector(seed: int, support: slice = slice(None)) -> np.ndarray:
+    """A non-negative embedding (as the model's are after ReLU6), non-zero only on ``support``."""
+    v = np.zeros(DIM, np.float32)
+    v[support] = np.random.default_rng(seed).uniform(0.0, 6.0, DIM)[support]
+    return v
+
+
+def _embedded(queue: ReviewQueue, name: str, vector: np.ndarray | None, *, model: str = MODEL,
+              version: str = "v1") -> int:
+    data = name.encode()
+    item_id = queue.enqueue(hashlib.sha256(data).hexdigest(), f"upload:{name}", SCORES, model, "unknown",
+                            image_bytes=data)  # no PDQ hashes: only the embedding can find it
+    if vector is not None:
+        Adapters(queue.pool).save_item_embedding(item_id, model, version, vector)
+    return item_id
+
+
+def test_decided_items_are_found_by_embedding_of_the_same_model_version_only(queue):
+    half = slice(None, DIM // 2)
+    e = _vector(1, half)
+    near = np.clip(e + np.random.default_rng(2).normal(0.0, 0.3, DIM).astype(np.float32), 0.0, None)  # a copy's
+    near[DIM // 2:] = 0.0
+    same = _embedded(queue, "same", e)
+    other_version = _embedded(queue, "v2", e, version="v2")  # the same vector, another model version
+    other_model = _embedded(queue, "other-model", e, model="MobileNetV2")  # the same numbers, another model
+    unrelated = _embedded(queue, "far", _vector(3, slice(DIM // 2, None)))  # features the query has none of
+    for item_id in (same, other_version, other_model, unrelated):
+        queue.decide(item_id, "alice", "porn")
+    looking = _embedded(queue, "looking", near)
+    finder = EmbeddingFinder(queue.pool)
+    found = similar_decisions(queue.pool, looking, [PdqFinder(queue.pool), finder])
+    assert [(s.item_id, s.by, s.decision, s.decided_by) for s in found] == [(same, "embedding", "porn", "alice")]
+    assert 0.0 < found[0].distance <= MAX_EMBEDDING_DISTANCE
+    assert finder.nearest(unrelated, 4) == []  # its own only decided neighbour is itself: never itself
+    bare = _embedded(queue, "bare", None)
+    assert finder.nearest(bare, 4) == []  # an item without an embedding has no neighbour by it
+
+
+def test_the_embedding_finder_follows_decisions_undos_and_holds_the_newest(queue):
+    e = _vector(4)
+    looking = _embedded(queue, "looking", e)
+    finder = EmbeddingFinder(queue.pool, held=2)
+    ids = []
+    for k in range(3):
+        ids.append(_embedded(queue, f"copy{k}", e * (1.0 + 0.01 * k)))
+        queue.decide(ids[-1], "bob", "safe")
+        assert {i for i, _ in finder.nearest(looking, 4)} == set(ids[-2:])  # read forward; the newest 2 held
+    queue.undo("bob")
+    assert {i for i, _ in finder.nearest(looking, 4)} == {ids[0], ids[1]}  # undone: read again
+    assert all(d < 1e-3 for _, d in finder.nearest(looking, 4))

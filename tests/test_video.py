@@ -18,6 +18,7 @@ from nsfw_core.base.errors import ImageTooLarge, NotAnImage, NSFWError, Undecoda
 from nsfw_core.images import video
 from nsfw_core.images.sandbox import Sandbox
 from nsfw_core.images.sniff import sniff, sniff_video
+from nsfw_core.state.review import evidence as evidence_store
 from tests.helpers import videos
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.servers import image
@@ -101,6 +102,27 @@ def test_the_frame_judged_is_the_one_on_screen_at_each_instant_b_frames_included
         assert abs(level - 2 * sample.index) < 1.5, (sample, level)
         assert sample.time_ms == sample.index * 100
     assert [s.index for s, _ in got] == [s.index for s in plan.samples]
+
+
+def test_one_frame_is_decoded_alone_at_its_time_in_the_isolated_lane(tmp_path: Path, default_model):
+    """A review item's deciding frame (issue 30): the frame on screen at its time, and only its group of pictures
+    decoded; through the isolated lane for a video longer than a request may be (its packets are only indexed)."""
+    from nsfw_core.inference.pipeline import Decoder
+
+    frames = [np.full((64, 64, 3), 2 * i, np.uint8) for i in range(100)]
+    data = videos.make("mp4", "h264", fps=10, size=(64, 64), frames=frames,
+                       options={"preset": "medium", "bf": "3", "g": "30"})
+    _, plan, got = _frames(data, at_ms=4250, each=lambda rgb: float(rgb.mean()))
+    [(sample, level)] = got
+    assert (sample.index, sample.time_ms) == (42, 4200) and abs(level - 84) < 1.5
+    assert plan.decoded <= 30  # the group of pictures that holds it, no other
+    decoder = Decoder(make_settings(tmp_path, max_video_seconds=2.0).decode_limits)  # the video is 10 s long
+    try:
+        ref, x = decoder.video_frame(default_model, data, 7330)
+    finally:
+        decoder.close()
+    assert (ref.index, ref.time_ms) == (73, 7300) and x.shape == (224, 224, 3)
+    assert abs(float(x.mean()) * 255 - 146) < 1.5
 
 
 def test_groups_of_pictures_without_a_sample_are_never_decoded():
@@ -367,6 +389,8 @@ def test_a_decision_on_a_video_is_remembered_by_its_frames_and_a_reencoded_copy_
         item_id = found[0]
         hashes = ctx.review_queue.phash(item_id)
         assert hashes is not None and len(hashes.split(",")) >= 8  # one PDQ hash a sampled frame
+        # the item keeps when its deciding frame is shown: its evidence is computed on that frame (issue 30)
+        assert evidence_store.deciding_ms(ctx.review_queue.pool, item_id) == first["deciding_time_ms"]
         before = client.post("/predict?detail=1", content=copy).json()
         ctx.review_queue.decide(item_id, "alice", "safe", seen=first["sha256"])  # shown the video's own bytes
         ctx.known.refresh()

@@ -502,7 +502,7 @@ def _serve_video(request: dict[str, Any], data: bytes, stdout: BinaryIO, hard: i
             data, str(request["container"]), max_pixels=int(request["max_pixels"]), fps=float(request["fps"]),
             max_frames=int(request["max_frames"]), seed=int(request["seed"]),
             max_ms=None if request.get("max_ms") is None else int(request["max_ms"]), skip=int(request.get("skip", 0)),
-            each=each)
+            at_ms=None if request.get("at_ms") is None else int(request["at_ms"]), each=each)
         head = next(stream)
         found, plan = head[0], head[1]
         assert isinstance(found, video.Declared) and isinstance(plan, video.Plan)

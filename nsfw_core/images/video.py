@@ -132,8 +132,9 @@ class Index:
         return len(self.pts)
 
 
-def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0) -> Plan:
-    """The frames shown at the sample instants (see the module docstring), after the first ``skip`` of them."""
+def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0, at_ms: int | None = None) -> Plan:
+    """The frames shown at the sample instants (see the module docstring), after the first ``skip`` of them;
+    with ``at_ms``, only the frame shown then (a review item's deciding frame, decoded alone for its evidence)."""
     n = len(index)
     if n == 0:
         raise UndecodableImage("the video has no video frames", format="video")
@@ -144,7 +145,9 @@ def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0) ->
     duration = times[-1] + max(step, 1)
     chosen: list[Sample] = []
     seen: set[int] = set()
-    for t in instants(duration, fps, max_frames, seed):
+    wanted = [min(max(0, int(at_ms)), duration - 1)] if at_ms is not None else instants(duration, fps, max_frames,
+                                                                                            seed)
+    for t in wanted:
         shown = max(0, bisect.bisect_right(times, t) - 1)  # the frame on screen at t
         if shown not in seen:
             seen.add(shown)
@@ -265,7 +268,7 @@ def _demux(box: Any, stream: Any) -> Iterator[Any]:
 
 
 def frames(data: bytes, container: str, *, max_pixels: int, fps: float, max_frames: int, seed: int,
-           max_ms: int | None = None, skip: int = 0,
+           max_ms: int | None = None, skip: int = 0, at_ms: int | None = None,
            each: Callable[[np.ndarray], T]) -> Iterator[tuple[Declared, Plan] | tuple[Sample, T]]:
     """Open, check, index and plan (the first item: ``(Declared, Plan)``), then each sampled frame as
     ``(Sample, each(rgb))``, in file order.  Raises the core's typed errors; a frame the decoder cannot
@@ -277,7 +280,7 @@ def frames(data: bytes, container: str, *, max_pixels: int, fps: float, max_fram
             index = read_index(box, stream, max_ms)
         finally:
             box.close()
-        chosen = plan(index, fps, max_frames, seed, skip)
+        chosen = plan(index, fps, max_frames, seed, skip, at_ms)
         yield found, chosen
         if not chosen.samples:
             return

@@ -362,8 +362,8 @@ class Decoder:
                                            cost_pixels=plan.cost.pixels)
 
     def video(self, model: Model, data: bytes, *, synchronous: bool = True, seed: int | None = None,
-              skip: int = 0, thumbs: int = 0, fps: float | None = None, max_frames: int | None = None
-              ) -> VideoDecode:
+              skip: int = 0, thumbs: int = 0, fps: float | None = None, max_frames: int | None = None,
+              at_ms: int | None = None) -> VideoDecode:
         """A video (``data``; :func:`~nsfw_core.images.sniff.sniff_video` names its container) to decode in
         the isolated lane, sampled at NSFW_VIDEO_FPS (at most NSFW_MAX_VIDEO_FRAMES frames).
 
@@ -372,7 +372,8 @@ class Decoder:
         the sample instants (the same seed, the same frames: a job keeps its own); by default one drawn from
         the bytes and this process's key.  ``skip``: frames already judged (a job resumed).  ``thumbs``: the
         side of a thumbnail sent back with each frame (0: none).  ``fps`` and ``max_frames``: a job's own
-        sampling (fixed when it was created), instead of the settings'.
+        sampling (fixed when it was created), instead of the settings'.  ``at_ms``: only the frame shown then
+        (:meth:`video_frame`).
         """
         container = sniff_video(data)
         if container is None:
@@ -383,11 +384,23 @@ class Decoder:
                    "max_frames": limits.max_video_frames if max_frames is None else max_frames,
                    "seed": self.seed_for(data) if seed is None else seed,
                    "max_ms": int(limits.max_video_seconds * 1000) if synchronous else None, "skip": skip,
-                   "size": model.input_size, "thumb": thumbs}
+                   "size": model.input_size, "thumb": thumbs, "at_ms": at_ms}
         replies = self.sandbox.video(data, request, timeout=limits.video_timeout,
-                                     total=limits.video_timeout if synchronous else None)
+                                     total=limits.video_timeout if synchronous or at_ms is not None else None)
         return VideoDecode(self, replies, lambda info: info.width * info.height * _video.BUDGET_PER_PIXEL,
                            model.input_size)
+
+    def video_frame(self, model: Model, data: bytes, at_ms: int) -> tuple[FrameRef, np.ndarray]:
+        """The model input of the one frame of a video shown at ``at_ms`` (a review item's deciding frame) and its
+        index and time: decoded alone in the isolated lane (the group of pictures that holds it, nothing else),
+        within NSFW_VIDEO_TIMEOUT in all and the video's share of the pixel budget, whatever the video's length
+        (its packets are indexed, not decoded).  Raises the core's typed errors."""
+        with self.video(model, data, synchronous=False, at_ms=int(at_ms)) as decode:
+            decode.start()
+            found = decode.take(1)
+        if not len(found):
+            raise UndecodableImage("the video's frame could not be decoded", format="video")
+        return found.refs[0], np.asarray(found.inputs[0])
 
     def seed_for(self, data: bytes) -> int:
         """The sample instants' seed for ``data``: the same bytes, the same frames in this process; unknown

@@ -152,8 +152,8 @@ class JobStore:
         """(the job, True) for a new one; (the job, False) when ``client`` created one with the same
         ``client_ref`` (not None) and URL before: a retried POST makes no second job.  :class:`JobConflict` when
         that job was made with another model, thresholds or adapter choice (not a retry: the first job would
-        answer what the first POST asked for).  ``adapter``: False judges the job with the base model even when an adapter is
-        in force."""
+        answer what the first POST asked for).  ``adapter``: False judges the job with the base model even when
+        an adapter is in force."""
         now = self.clock()
         job_id = new_id()
         with self._tx() as tx:

@@ -357,6 +357,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {TABLE} ADD COLUMN one_by_one INTEGER NOT NULL DEFAULT 0",
         f"CREATE INDEX {TABLE}_decided_at ON {TABLE} (status, decided_at)",
     )),
+    # Issue 30, a video's evidence: a video item keeps when its deciding frame is shown (the frame whose scores it
+    # got, ``Classification.deciding_time_ms``), so its evidence heat-map is computed on that one frame, decoded
+    # alone in the isolated lane (nsfw_ui.evidence); NULL for an image, an animation and a video queued before.
+    Migration(14, "the deciding frame's time of a video review item", (
+        f"ALTER TABLE {TABLE} ADD COLUMN deciding_ms BIGINT",
+    )),
     # Jobs take turns by client: a worker claims the oldest job of the client whose latest lease ended
     # earliest (nsfw_core.state.jobs.JobStore.claim); this index makes "when was this client last served"
     # a lookup rather than a scan of its jobs.
@@ -364,7 +370,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"CREATE INDEX {JOBS_TABLE}_client_lease ON {JOBS_TABLE} (client, lease_until)",
     )),
 )
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = max(m.version for m in MIGRATIONS)
 
 
 def migrate(backend: Backend, conn: Any, migrations: Sequence[Migration] = MIGRATIONS,

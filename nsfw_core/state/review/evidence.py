@@ -2,7 +2,8 @@
 
 The maps are computed from the item's own bytes (:mod:`nsfw_core.inference.explain`) when a reviewer
 first claims the item, or ahead of that in the background, and kept as JSON with the item, so every
-replica and every later claim shows them without computing them again.  They are the model's, so an
+replica and every later claim shows them without computing them again.  A video's are of its deciding frame,
+whose time the item keeps (``deciding_ms``, migration 14: :func:`deciding_ms`).  They are the model's, so an
 item shown *blind* (an audit item: no verdict, no scores) never shows them either; the pages decide that.
 Deleting an item (retention) deletes its evidence with it.
 """
@@ -46,15 +47,24 @@ def save(pool: Pool, item_id: int, doc: dict[str, Any], *, sha256: str) -> bool:
 
 def missing(pool: Pool, limit: int, *, exclude: tuple[int, ...] = ()) -> list[int]:
     """Open items (pending or claimed) with stored bytes and no evidence yet, oldest in the queue first:
-    what the background computes ahead of reviewers.  Never an audit item (shown blind, issue 25) nor a video
-    (issue 27: its page plays the video; the evidence is of images and animations)."""
+    what the background computes ahead of reviewers.  Never an audit item (shown blind, issue 25), nor a video
+    that does not keep its deciding frame's time (queued before migration 14: its frames would all be decoded
+    and scored again to find it; that waits for a reviewer to claim it)."""
     not_in = f" AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     with pool.transaction(write=False) as tx:
         rows = tx.run(f"SELECT id FROM {TABLE} WHERE status IN ('{PENDING}', '{CLAIMED}') AND evidence IS NULL "
-                      f"AND image IS NOT NULL AND kind <> '{AUDIT}' AND media = 'image'{not_in} "
+                      f"AND image IS NOT NULL AND kind <> '{AUDIT}' "
+                      f"AND (media = 'image' OR (media = 'video' AND deciding_ms IS NOT NULL)){not_in} "
                       f"ORDER BY queued_at, id LIMIT ?",
                       (*[int(i) for i in exclude], int(limit)))
     return [int(r[0]) for r in rows]
+
+
+def deciding_ms(pool: Pool, item_id: int) -> int | None:
+    """When a video item's deciding frame is shown (ms), as its request judged it; None for anything else."""
+    with pool.transaction(write=False) as tx:
+        row = tx.one(f"SELECT deciding_ms FROM {TABLE} WHERE id = ? AND media = 'video'", (int(item_id),))
+    return int(row[0]) if row is not None and row[0] is not None else None
 
 
 def keep_hashes(pool: Pool, item_id: int, sha256: str, hashes: str) -> bool:

@@ -55,6 +55,7 @@ TICKET_PREFIX = "rv_"
 TICKET_RE = re.compile(r"^rv_[A-Za-z0-9_-]{22}$")  # rv_ + 128 random bits, URL-safe base64
 TICKETS_VERSION = 7  # the schema version that has clients, audiences and tickets
 KEY_ID_VERSION = 8  # the schema version that has the API key id of an item's creator (client_key)
+DECIDING_MS_VERSION = 14  # the schema version that keeps a video item's deciding frame's time (deciding_ms)
 AUDIT_VERSION = 9  # the schema version that has audit items, double-review votes and traffic counts
 MEDIA = ("image", "video")  # what an item holds (migration 11: videos, issue 27)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -208,7 +209,8 @@ class ReviewQueue:
 
     def enqueue(self, sha256: str, source: str, scores: Mapping[str, float], model: str, verdict: str,
                 image_bytes: bytes | None = None, phash: str | None = None, *, kind: str = audit.REVIEW,
-                probability: float = 1.0, reviews: int = 1, media: str = "image") -> int:
+                probability: float = 1.0, reviews: int = 1, media: str = "image", deciding_ms: int | None = None
+                ) -> int:
         """Queue an image for review; the id of the open item for this sha256 if there is one already.
 
         The bytes are kept when the queue stores uploads (``store_uploads``), always for a URL (the reviewer
@@ -222,7 +224,7 @@ class ReviewQueue:
         if self.schema >= TICKETS_VERSION:
             return self.enqueue_for("", sha256, source, scores, model, verdict, image_bytes=image_bytes,
                                     phash=phash, kind=kind, probability=probability, reviews=reviews,
-                                    media=media)[0]
+                                    media=media, deciding_ms=deciding_ms)[0]
         _check_kind(kind, probability, reviews)
         if media != "image":
             raise ReviewUnavailable(f"a video needs the review database at schema version 11 (this queue: "
@@ -262,7 +264,8 @@ class ReviewQueue:
     def enqueue_for(self, client: str, sha256: str, source: str, scores: Mapping[str, float], model: str,
                     verdict: str, *, image_bytes: bytes | None = None, phash: str | None = None, audience: str = "",
                     matched: str | None = None, quota: int = 0, kind: str = audit.REVIEW, probability: float = 1.0,
-                    reviews: int = 1, media: str = "image", key_id: str | None = None) -> tuple[int, str]:
+                    reviews: int = 1, media: str = "image", key_id: str | None = None,
+                    deciding_ms: int | None = None) -> tuple[int, str]:
         """Queue an image for ``client`` (an API key's hash): ``(item id, the client's review id)``.
 
         The review id (:func:`new_ticket`) is unguessable and bound to this client: :meth:`ticket` finds the
@@ -277,7 +280,8 @@ class ReviewQueue:
         queued for the server (``client`` ''; the requester gets no review id), counts against no quota, and
         its decision protects every client (``audience`` ''); it shows no look-alike (reviewed blind).
         ``probability``: the rate that chose it; ``reviews`` 2: two reviewers decide it independently.
-        ``media`` "video": a video (issue 27; ``phash`` holds one hash per sampled frame).
+        ``media`` "video": a video (issue 27; ``phash`` holds one hash per sampled frame); ``deciding_ms``: when
+        its deciding frame is shown (kept for a video only: its evidence is computed on that frame).
         ``key_id``: the id of the API key whose request queued it (:func:`nsfw_core.ratelimit.key_id`), which its
         webhook events carry as ``client_key_id`` (the creator's, like the event's review id); none for an
         audit item (the server's).
@@ -294,7 +298,9 @@ class ReviewQueue:
                     "kind": None if kind == audit.REVIEW else kind,
                     "probability": None if probability == 1 else float(probability),
                     "reviews_needed": None if reviews == 1 else int(reviews),
-                    "media": None if media == "image" else media}  # migration 11's, only for a video
+                    "media": None if media == "image" else media,  # migration 11's, only for a video
+                    "deciding_ms": int(deciding_ms) if media == "video" and deciding_ms is not None
+                    and int(deciding_ms) >= 0 and self.schema >= DECIDING_MS_VERSION else None}
         given = {k: v for k, v in optional.items() if v is not None}
         extra: tuple[Any, ...] = tuple(given.values())
         extra_column, extra_value = "".join(f", {k}" for k in given), ", ?" * len(given)
