@@ -155,6 +155,7 @@ def test_a_client_has_a_bounded_number_of_open_jobs_and_a_video_that_crashes_ins
     with pytest.raises(TooManyJobs):
         store.create("https://example.com/4.mp4", client="key_x", client_ref=None, model="MobileNetV2Mid",
                      thresholds=None, sampling=SAMPLING, max_open=3)
+    store.clock_.now += 1  # made after key_x's: key_x's oldest job is claimed first
     store.create("https://example.com/5.mp4", client="key_y", client_ref=None, model="MobileNetV2Mid",
                  thresholds=None, sampling=SAMPLING, max_open=3)  # another client's count
     first = store.claim("a")
