@@ -46,9 +46,9 @@ def _secret_form() -> None:
 
 
 def page() -> None:
-    st.title("Sign in")
     access = context().access
     who = auth.identity()
+    st.title("Account" if who.signed_in or who.via == "local" else "Sign in")  # as the navigation names it
     if who.via == "local":
         st.info("Local mode: everyone who opens this server at http://localhost is admin, without signing in.")
         return

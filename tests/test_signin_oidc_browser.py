@@ -306,7 +306,7 @@ def test_signed_in_stranger_gets_neither_page(browser, server, provider):
     _sign_in(browser, server, provider, STRANGER, f"{STRANGER} · anonymous")
     _wait(browser, lambda d: f"Signed in as {STRANGER}, role anonymous" in _body(d), "no role said")
     assert _nav(browser) == [], "a stranger has the Account page only (the API is keyed: no Classify)"
-    assert _headings(browser) == ["Sign in"]
+    assert _headings(browser) == ["Account"]  # signed in: the page the navigation calls Account
     _locked_out(browser, server)
 
 

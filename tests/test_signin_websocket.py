@@ -246,7 +246,7 @@ def test_signing_out_of_a_secret_sign_in_ends_it_for_good(deployed):
         pages = _admin_pages(s)
         clear_list = s.run(page_hash=pages["Hash lists"]).widget("lists_clear")
         account = s.run(page="account")
-        assert "Signed in as" in account.texts()
+        assert "Signed in as" in account.texts() and account.headings == ["Account"]  # as the navigation says
         [live] = [row for row in _live_sessions(env) if row.id not in before]
         assert (live.kind, live.role) == ("secret", "admin")
         s.run(page="account", widgets=(trigger(account.widget("sign_out").id),))  # the page reruns itself
