@@ -154,7 +154,9 @@ def test_reviewer_api_on_one_server_with_sqlite(tmp_path: Path) -> None:
             assert_blind(item, undone.body)
         else:
             assert call(server, "GET", f"/v1/reviews/{last}", CLIENT).json()["status"] == "claimed"
-        call(server, "POST", f"/v1/reviews/{last}/decision", R2, {"label": "safe"}).error(409, "review_conflict")
+        refused = call(server, "POST", f"/v1/reviews/{last}/decision", R2, {"label": "safe"})
+        body = refused.error(409, "review_conflict")  # named by its review id, never the queue's number
+        assert body["review_id"] == last and "item_id" not in body and last in body["message"], body
         again = call(server, "POST", f"/v1/reviews/{last}/decision", R1, {"label": "sexy"})
         assert again.json()["review"]["label"] == "sexy"
         assert call(server, "POST", "/v1/reviews/undo", R2).json() == {"item": None}

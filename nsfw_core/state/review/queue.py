@@ -389,17 +389,19 @@ class ReviewQueue:
         return _item(row) if row is not None else None
 
     def _conflict(self, tx: Tx, item_id: int, reviewer: str, action: str) -> ReviewError:
-        row = tx.one(f"SELECT status, claimed_by, decided_by FROM {TABLE} WHERE id = ?", (item_id,))
+        """Why ``action`` failed, naming the item by its review id (``rv_...``): the queue's own number, which
+        counts the queue's items, is never in an answer (an item queued before review ids: its number)."""
+        row = tx.one(f"SELECT status, claimed_by, decided_by, public_id FROM {TABLE} WHERE id = ?", (item_id,))
         if row is None:
-            return ItemNotFound(f"review item {item_id} does not exist (purged?)", item_id=item_id)
-        status, claimed_by, decided_by = row
+            return ItemNotFound("that review item does not exist (purged?)")
+        status, claimed_by, decided_by, public_id = row
+        name = str(public_id) if public_id else str(item_id)
         if status == DECIDED:
             who = "you" if decided_by == reviewer else decided_by
-            return ReviewConflict(f"cannot {action} item {item_id}: already decided by {who}", item_id=item_id)
+            return ReviewConflict(f"cannot {action} item {name}: already decided by {who}", review_id=name)
         if status == CLAIMED and claimed_by != reviewer:
-            return ReviewConflict(f"cannot {action} item {item_id}: claimed by another reviewer",
-                                  item_id=item_id)
-        return ReviewConflict(f"cannot {action} item {item_id} ({status})", item_id=item_id)
+            return ReviewConflict(f"cannot {action} item {name}: claimed by another reviewer", review_id=name)
+        return ReviewConflict(f"cannot {action} item {name} ({status})", review_id=name)
 
     def decide(self, item_id: int, reviewer: str, label: str, *, phash: str | None = None,
                seen: str | None = None, admin: bool = False) -> Item:
