@@ -231,10 +231,11 @@ def _refused(driver, url: str, default_heading: str, refused_heading: str) -> No
     assert not _buttons(driver, "Save thresholds") and not _css(driver, '[class*="st-key-label_"]')
 
 
-def _locked_out(driver, server: str) -> None:
-    """Neither operator page opens by its URL for a visitor without a role."""
-    _refused(driver, server + "/calibrate", "Sign in", "Calibrate thresholds")
-    _refused(driver, server + "/review", "Sign in", "Review queue")
+def _locked_out(driver, server: str, default_heading: str = "Sign in") -> None:
+    """Neither operator page opens by its URL for a visitor without a role (``default_heading``: the page they
+    get instead, "Account" for one signed in without a role)."""
+    _refused(driver, server + "/calibrate", default_heading, "Calibrate thresholds")
+    _refused(driver, server + "/review", default_heading, "Review queue")
 
 
 # ---------------------------------------------------------------- tests
@@ -307,14 +308,14 @@ def test_signed_in_stranger_gets_neither_page(browser, server, provider):
     _wait(browser, lambda d: f"Signed in as {STRANGER}, role anonymous" in _body(d), "no role said")
     assert _nav(browser) == [], "a stranger has the Account page only (the API is keyed: no Classify)"
     assert _headings(browser) == ["Account"]  # signed in: the page the navigation calls Account
-    _locked_out(browser, server)
+    _locked_out(browser, server, "Account")
 
 
 def test_unverified_address_of_an_admin_gets_no_role(browser, server, provider):
     """The provider says admin@example.com is not verified: no role."""
     _sign_in(browser, server, provider, UNVERIFIED, f"{ADMIN} · anonymous")
     assert _nav(browser) == []
-    _locked_out(browser, server)
+    _locked_out(browser, server, "Account")
 
 
 def test_sign_out_ends_the_session(browser, server, provider):
@@ -362,7 +363,7 @@ def test_claims_the_provider_did_not_verify_exactly_give_no_role(browser, server
     _sign_in(browser, server, provider, subject, f"{name} · anonymous")
     assert _nav(browser) == [], "no role: the Account page only (the API is keyed: no Classify)"
     _wait(browser, lambda d: said in _body(d) and "role anonymous" in _body(d), "the page does not say why")
-    _locked_out(browser, server)
+    _locked_out(browser, server, "Account")
 
 
 def _list_entries(env: dict[str, str], add: list[Any] | None = None) -> list[Any]:
