@@ -240,18 +240,7 @@ class ScoreCache:
             rows.append((sha, model_key, json.dumps(scores, sort_keys=True), now))
         if not rows:
             return
-        with self._lock:
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                self._reset_after(exc)
+        self._write_many("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         with self._lock:
@@ -354,11 +343,16 @@ class ScoreCache:
                  np.asarray(e.embedding, dtype="<f2").tobytes(), e.phash, now) for e in entries]
         if not rows:
             return
+        self._write_many("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _write_many(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``sql`` for each row in one transaction; a database error drops the cache's connection (a cache:
+        nothing is lost but recomputation)."""
         with self._lock:
             conn = self._db()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany(sql, rows)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
