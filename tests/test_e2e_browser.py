@@ -168,6 +168,10 @@ def _classify_upload(driver, expected_results: int) -> None:
     """
     empty = "Enter at least one image URL or add an image first."
     for _ in range(3):
+        # Streamlit disables a form's submit button while an upload in the form is in
+        # flight; a click then does nothing at all (CI under load clicked it so).
+        _wait(driver, lambda d: _css(d, ".st-key-classify button")[0].is_enabled(), 30,
+              "the Classify button stayed disabled (the upload never finished)")
         _css(driver, ".st-key-classify button")[0].click()
         _wait(driver, lambda d: (len(_results(d)) == expected_results and _css(d, ".st-key-download_json")
                                  and not _css(d, '[data-testid="stProgress"]')) or empty in d.page_source,
