@@ -107,6 +107,28 @@ def test_clients_take_turns_instead_of_one_client_s_queue_going_first(store):
     assert order == [busy[0], quiet[0], late[0], busy[1], quiet[1], busy[2], busy[3]]
 
 
+def test_clients_take_turns_when_each_job_finishes_before_the_next_is_claimed(store):
+    """One worker: each job ends (done or failed) before the next claim.  Before, finishing cleared the job's
+    lease, so the client just served counted as never served and its next job went first again."""
+    busy = []
+    for i in range(3):
+        store.clock_.now += 1
+        busy.append(store.create(f"https://example.com/busy/{i}.mp4", client="busy", client_ref=None,
+                                 model="MobileNetV2Mid", thresholds=None, sampling=SAMPLING, max_open=100).id)
+    store.clock_.now += 1
+    quiet = store.create("https://example.com/quiet/0.mp4", client="quiet", client_ref=None, model="MobileNetV2Mid",
+                         thresholds=None, sampling=SAMPLING, max_open=100).id
+    order = []
+    while (job := store.claim("worker")) is not None:
+        order.append(job.id)
+        store.clock_.now += 5
+        if len(order) % 2:
+            store.finish(job, "worker", {"verdict": "safe"}, None)
+        else:
+            store.fail(job, "worker", {"code": "fetch_failed"}, None)
+    assert order == [busy[0], quiet, busy[1], busy[2]]
+
+
 def test_a_lost_lease_stores_nothing_and_the_next_instance_goes_on_from_the_stored_frames(store):
     job = store.create("https://example.com/a.mp4", client="key_1", client_ref=None, model="MobileNetV2Mid",
                        thresholds={"adult": 0.5}, sampling=SAMPLING, max_open=100)

@@ -203,8 +203,8 @@ class JobStore:
 
     def claim(self, owner: str) -> Job | None:
         """Take a queued job, or a running one whose lease ran out, under a lease for ``owner``: the oldest job of
-        the client served longest ago (whose latest lease, taken or renewed, ended earliest; never served
-        first), so one client's hundred queued jobs take turns with everyone else's instead of going first, and
+        the client served longest ago (whose latest lease, taken, renewed or ended by the job's end or release,
+        ended earliest; never served first), so one client's hundred queued jobs take turns with everyone else's instead of going first, and
         a client whose job is running waits for the others (the index of migration 15 keeps that a lookup).
 
         A job claimed :data:`MAX_ATTEMPTS` times already fails instead (each claim after the first is a crash of
@@ -287,9 +287,10 @@ class JobStore:
              event: dict[str, Any] | None) -> None:
         now = self.clock()
         with self._tx() as tx:
+            # lease_until keeps when the client was last served (the claim's order), never NULL once claimed
             row = tx.one(f"UPDATE {JOBS_TABLE} SET status = ?, {column} = ?, finished_at = ?, lease_owner = NULL, "
-                         f"lease_until = NULL WHERE id = ? AND lease_owner = ? AND status = ? RETURNING id",
-                         (status, json.dumps(body), now, job.id, owner, RUNNING))
+                         f"lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ? RETURNING id",
+                         (status, json.dumps(body), now, now, job.id, owner, RUNNING))
             if row is None:
                 raise JobGone(f"job {job.id} is no longer this instance's")
             if event is not None:
@@ -301,8 +302,8 @@ class JobStore:
         """Put the jobs ``owner`` runs back in the queue (a server stopping): another instance, or this one
         started again, goes on from their stored frames at once rather than after the lease; how many."""
         with self._tx() as tx:
-            rows = tx.run(f"UPDATE {JOBS_TABLE} SET status = ?, lease_owner = NULL, lease_until = NULL "
-                          "WHERE lease_owner = ? AND status = ? RETURNING id", (QUEUED, owner, RUNNING))
+            rows = tx.run(f"UPDATE {JOBS_TABLE} SET status = ?, lease_owner = NULL, lease_until = ? "
+                          "WHERE lease_owner = ? AND status = ? RETURNING id", (QUEUED, self.clock(), owner, RUNNING))
         return len(rows)
 
     def purge(self, retention_days: int) -> int:
