@@ -129,6 +129,42 @@ def test_clients_take_turns_when_each_job_finishes_before_the_next_is_claimed(st
     assert order == [busy[0], quiet, busy[1], busy[2]]
 
 
+def test_a_client_keeps_its_newest_finished_jobs_and_no_one_else_s_are_touched(store):
+    """Jobs that fail at once (an unreachable URL) cost a row each; before, a client could pile them up for
+    NSFW_JOB_RETENTION_DAYS.  Now each client keeps its newest ``max_kept`` finished jobs."""
+    store.max_kept = 3
+
+    def run(client: str | None, n: int, *, fail: bool) -> list[str]:
+        ids = []
+        for i in range(n):
+            store.clock_.now += 1
+            made = store.create(f"https://example.com/{client}/{i}.mp4", client=client, client_ref=None,
+                                model="MobileNetV2Mid", thresholds=None, sampling=SAMPLING, max_open=100)
+            job = store.claim("worker")
+            assert job is not None and job.id == made.id
+            if fail:
+                store.fail(job, "worker", {"code": "upstream_error"}, None)
+            else:
+                store.save_frames(job, "worker", [StoredFrame(0, 0, 0, SCORES, None)])
+                store.finish(job, "worker", {"verdict": "safe"}, None)
+            ids.append(job.id)
+        return ids
+
+    quiet = run("quiet", 2, fail=False)
+    anonymous = run(None, 2, fail=True)
+    noisy = run("noisy", 8, fail=True)
+    running = store.create("https://example.com/noisy/running.mp4", client="noisy", client_ref=None,
+                           model="MobileNetV2Mid", thresholds=None, sampling=SAMPLING, max_open=100)
+    assert store.claim("worker").id == running.id
+    noisy += run("noisy", 1, fail=False)
+    assert [j for j in noisy if store.get(j) is not None] == noisy[-3:]
+    assert store.get(running.id).status == RUNNING  # only finished jobs are counted and deleted
+    assert all(store.get(j) is not None for j in quiet + anonymous)
+    assert [f.position for f in store.frames(noisy[-1])] == [0] and store.frames(quiet[0])
+    with store.pool.transaction(write=False) as tx:  # the deleted jobs' frames went with them
+        assert tx.one("SELECT COUNT(*) FROM video_job_frames")[0] == 3
+
+
 def test_a_lost_lease_stores_nothing_and_the_next_instance_goes_on_from_the_stored_frames(store):
     job = store.create("https://example.com/a.mp4", client="key_1", client_ref=None, model="MobileNetV2Mid",
                        thresholds={"adult": 0.5}, sampling=SAMPLING, max_open=100)

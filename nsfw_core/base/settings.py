@@ -437,6 +437,11 @@ class Settings:
     job_retention_days: int = setting(
         "NSFW_JOB_RETENTION_DAYS", "7", _int(0),
         "Finished jobs (and their frames' scores) older than this many days are deleted; 0 keeps them.")
+    job_max_kept: int = setting(
+        "NSFW_JOB_MAX_KEPT", "1000", _int(1),
+        "Finished jobs (done or failed) kept per client (API key, else address), whatever their age: when one "
+        "of its jobs ends, that client's older finished jobs beyond this many are deleted with their frames, "
+        "so jobs that fail at once cannot fill the database within NSFW_JOB_RETENTION_DAYS.")
     max_jpeg_scans: int = setting(
         "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
         "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"

@@ -40,6 +40,7 @@ from nsfw_core.state.review.items import iso
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED)
 LEASE_S = 30.0  # a running job whose instance has not renewed its lease for this long is taken over
+MAX_KEPT = 1000  # a client's finished jobs kept (the newest), NSFW_JOB_MAX_KEPT's default
 MAX_ATTEMPTS = 5  # claims of one job (each crash of an instance running it is one); then it fails
 EVENT_TYPE = "job.completed"
 JOB_ID_PREFIX = "job_"
@@ -120,11 +121,13 @@ def new_id() -> str:
 class JobStore:
     """The jobs of the one database (see the module docstring)."""
 
-    def __init__(self, pool: Pool, *, clock: Callable[[], float] = time.time, lease_s: float = LEASE_S) -> None:
+    def __init__(self, pool: Pool, *, clock: Callable[[], float] = time.time, lease_s: float = LEASE_S,
+                 max_kept: int = MAX_KEPT) -> None:
         self.pool = pool
         self.backend = pool.backend
         self.clock = clock
         self.lease_s = lease_s
+        self.max_kept = max_kept  # finished jobs kept per client (NSFW_JOB_MAX_KEPT)
         self._migrated = False
 
     @contextlib.contextmanager
@@ -204,8 +207,9 @@ class JobStore:
     def claim(self, owner: str) -> Job | None:
         """Take a queued job, or a running one whose lease ran out, under a lease for ``owner``: the oldest job of
         the client served longest ago (whose latest lease, taken, renewed or ended by the job's end or release,
-        ended earliest; never served first), so one client's hundred queued jobs take turns with everyone else's instead of going first, and
-        a client whose job is running waits for the others (the index of migration 15 keeps that a lookup).
+        ended earliest; never served first), so one client's hundred queued jobs take turns with everyone
+        else's instead of going first, and a client whose job is running waits for the others (the index of
+        migration 15 keeps that a lookup).
 
         A job claimed :data:`MAX_ATTEMPTS` times already fails instead (each claim after the first is a crash of
         the instance that ran it, or a video that crashed it), and the next one is claimed."""
@@ -293,10 +297,26 @@ class JobStore:
                          (status, json.dumps(body), now, now, job.id, owner, RUNNING))
             if row is None:
                 raise JobGone(f"job {job.id} is no longer this instance's")
+            self._keep_newest(tx, job.client)
             if event is not None:
                 tx.run(f"INSERT INTO {OUTBOX_TABLE} (event_id, item_id, payload, created_at, attempts, "
                        "next_attempt_at) VALUES (?, 0, ?, ?, 0, ?)",
                        (event["id"], json.dumps(event, separators=(",", ":")), now, now))
+
+    def _keep_newest(self, tx: Tx, client: str | None) -> None:
+        """Delete ``client``'s finished jobs (and their frames) older than its newest :attr:`max_kept`: jobs
+        that fail at once (an unreachable URL) are cheap to make, and would otherwise pile up for
+        NSFW_JOB_RETENTION_DAYS.  The newest kept one is found through the index of migration 16."""
+        who: tuple[Any, ...] = () if client is None else (client,)
+        finished = f"{'client IS NULL' if client is None else 'client = ?'} AND status IN ('{DONE}', '{FAILED}')"
+        edge = tx.one(f"SELECT finished_at, id FROM {JOBS_TABLE} WHERE {finished} "
+                      "ORDER BY finished_at DESC, id DESC LIMIT 1 OFFSET ?", (*who, self.max_kept))
+        if edge is None:
+            return
+        older = f"{finished} AND (finished_at < ? OR (finished_at = ? AND id <= ?))"
+        args = (*who, edge[0], edge[0], edge[1])
+        tx.run(f"DELETE FROM {JOB_FRAMES_TABLE} WHERE job_id IN (SELECT id FROM {JOBS_TABLE} WHERE {older})", args)
+        tx.run(f"DELETE FROM {JOBS_TABLE} WHERE {older}", args)
 
     def release(self, owner: str) -> int:
         """Put the jobs ``owner`` runs back in the queue (a server stopping): another instance, or this one

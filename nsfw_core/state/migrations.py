@@ -369,6 +369,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "video jobs claimed in turn by client", (
         f"CREATE INDEX {JOBS_TABLE}_client_lease ON {JOBS_TABLE} (client, lease_until)",
     )),
+    # A client keeps its newest NSFW_JOB_MAX_KEPT finished jobs (nsfw_core.state.jobs.JobStore._keep_newest):
+    # finding the oldest one kept is a walk down this index rather than a sort of the client's jobs.
+    Migration(16, "a client's finished video jobs, newest first", (
+        f"CREATE INDEX {JOBS_TABLE}_client_finished ON {JOBS_TABLE} (client, status, finished_at)",
+    )),
 )
 LATEST_VERSION = max(m.version for m in MIGRATIONS)
 
