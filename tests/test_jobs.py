@@ -411,6 +411,26 @@ def test_a_job_that_cannot_fetch_its_video_fails_with_the_typed_error(tmp_path: 
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_json"
 
 
+def test_a_job_reads_model_and_adapter_from_the_query_as_every_v1_route_does(tmp_path: Path):
+    """Before, POST /v1/jobs never read its query: ?model=<not a model> was accepted and ?adapter=false with a
+    JSON body was ignored (the job was judged by the adapter), unlike /v1/classify and /v1/classify/batch."""
+    url = "https://example.com/a.mp4"
+    with running(make_settings(tmp_path, job_workers=0)) as client:
+        bogus = client.post("/v1/jobs?model=NotAModel", json={"video": {"url": url}})
+        both = client.post("/v1/jobs?model=MobileNetV2", json={"video": {"url": url}, "model": "MobileNetV2Mid"})
+        contradiction = client.post("/v1/jobs?adapter=false", json={"video": {"url": url}, "adapter": True})
+        not_a_flag = client.post("/v1/jobs?adapter=maybe", json={"video": {"url": url}})
+        base = client.post("/v1/jobs?adapter=false&model=MobileNetV2", json={"video": {"url": url}, "id": "a"})
+        again = client.post("/v1/jobs?model=MobileNetV2", json={"video": {"url": url}, "id": "a", "adapter": False})
+        other = client.post("/v1/jobs", json={"video": {"url": url}, "id": "a", "model": "MobileNetV2"})
+    assert [r.status_code for r in (bogus, both, contradiction, not_a_flag)] == [400, 400, 400, 400]
+    assert [r.json().get("field") for r in (bogus, both, contradiction)] == ["model", "model", "adapter"], \
+        [r.json() for r in (bogus, both, contradiction)]
+    assert base.status_code == 202 and base.json()["model"] == "MobileNetV2"
+    assert again.status_code == 200 and again.json()["id"] == base.json()["id"]  # the same job: a retry
+    assert other.status_code == 409 and other.json()["code"] == "job_conflict"  # the adapter's choice differs
+
+
 def test_a_job_is_its_client_s_and_its_video_goes_to_review_with_its_bytes_and_that_client_s_review_id(
         tmp_path: Path, local_server):
     """A job is read by its client only, as a review id is (issue 29): another key, or without keys another

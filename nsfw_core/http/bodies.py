@@ -1,4 +1,5 @@
-"""Reading a request: its query flags, its body under a byte cap and a deadline, an upload.
+"""Reading a request: its query flags and choices (``?model=``, ``?adapter=``, each agreeing with the body),
+its body under a byte cap and a deadline, an upload.
 
 The same for every route of both API generations.  A body is refused with 413 as soon as it
 passes its cap (its declared Content-Length first, before a byte is read), and must arrive whole
@@ -15,6 +16,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from nsfw_core.base.errors import BadRequest, InvalidURL, RequestTimeout, TooLarge
+from nsfw_core.base.settings import MODEL_NAMES
+from nsfw_core.http.contract import ContractError
 from nsfw_core.images.sniff import sniff_video
 
 MULTIPART_SLACK = 64 * 1024  # room for the multipart headers and boundaries around the file
@@ -34,6 +37,26 @@ def flag(request: Request, name: str, default: bool = False) -> bool:
     if value in FALSE_WORDS:
         return False
     raise BadRequest(f"query parameter {name} must be true or false, got {value!r}")
+
+
+def query_model(request: Request, body: str | None = None) -> str | None:
+    """The model asked for: ``?model=`` (one of the models, else 400 whatever the body) or the JSON body's
+    ``model`` (``body``); both must agree (400).  None: the default model."""
+    name = request.query_params.get("model")
+    if name is not None and name not in MODEL_NAMES:
+        raise ContractError(f"model must be one of {', '.join(MODEL_NAMES)}", field="model")
+    if name is not None and body is not None and name != body:
+        raise ContractError(f"?model={name} contradicts the body's model {body}; send one", field="model")
+    return body if body is not None else name
+
+
+def adapter_wanted(request: Request, body: bool | None) -> bool:
+    """``"adapter": false`` in the body, or ``?adapter=false``: the base model judges (they must agree)."""
+    queried = flag(request, "adapter", default=True) if "adapter" in request.query_params else None
+    if queried is not None and body is not None and queried != body:
+        raise ContractError(f"?adapter={str(queried).lower()} contradicts the body's adapter "
+                            f"{str(body).lower()}; send one", field="adapter")
+    return queried if queried is not None else (True if body is None else body)
 
 
 def expected_body(request: Request, limit: int) -> int:

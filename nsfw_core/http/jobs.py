@@ -15,6 +15,8 @@ is matched against the decisions that client may use (everyone's, and those made
 A client may have :data:`MAX_OPEN_JOBS` queued or running at once (429 ``too_many_jobs`` beyond).  A POST
 retried with the same client ``id`` and URL answers 200 with the job the first one made (an idempotent
 retry), not a second job; with another model or thresholds it is 409 ``job_conflict``, not that job.
+``?model=`` and ``?adapter=`` are read as on every v1 route (a model that is not one is 400 whatever the
+body; each must agree with the body's).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nsfw_core import ratelimit
 from nsfw_core.base import requestid
 from nsfw_core.base.errors import InvalidURL
 from nsfw_core.base.logs import url_for_log
-from nsfw_core.http.bodies import read_body
+from nsfw_core.http.bodies import adapter_wanted, query_model, read_body
 from nsfw_core.http.contract import JOB_ID_PATTERN, JobRequest, check_id, decode
 from nsfw_core.http.errors import NotFound
 from nsfw_core.http.guard import bearer, client_id, guard
@@ -59,6 +61,7 @@ async def create(request: Request, ctx: Context) -> Response:
     (one cost unit now; its frames are charged to the same client's budgets as they are judged).  ``"adapter":
     false`` judges it with the base model even when an adapter is in force when it is judged."""
     await guard(request, ctx, ready=False)
+    query_model(request)  # a ?model= that is not a model: 400 before the body is read
     limits = ctx.serving
     req = decode(await read_body(request, limits.max_url_length + BODY_SLACK, limits.body_timeout), JobRequest)
     url = req.video.url
@@ -72,7 +75,8 @@ async def create(request: Request, ctx: Context) -> Response:
     if req.thresholds is not None:
         thresholds = {k: v for k, v in (("adult", req.thresholds.adult), ("safe", req.thresholds.safe))
                       if v is not None} or None
-    model = req.model or ctx.settings.model
+    model = query_model(request, req.model) or ctx.settings.model
+    adapter = adapter_wanted(request, req.adapter)
     decode_limits = ctx.settings.decode_limits
     info = note(request)
     info.url = url_for_log(url)
@@ -82,7 +86,7 @@ async def create(request: Request, ctx: Context) -> Response:
                                 sampling={"fps": decode_limits.video_fps, "max_frames": decode_limits.max_video_frames},
                                 max_open=MAX_OPEN_JOBS,
                                 client_key=ratelimit.key_id(bearer(request)) if limits.api_keys else None,
-                                adapter=req.adapter is not False)))
+                                adapter=adapter)))
     if not created:  # the same client id and URL again: the job made the first time, not a second one
         return _answer(request, job_view(job), 200, {"Location": f"/v1/jobs/{job.id}"})
     log.info("video job %s queued: %s", job.id, url_for_log(url))

@@ -105,7 +105,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "A review item of this API key: pending, claimed or decided (label, when)",
               "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
     Operation("/v1/jobs", "post", "v1CreateJob", "Judge a video in the background (a long one): 202 with the job",
-              "Job", (400, 401, 405, 408, 409, 413, 429, 500, 503), body="JobRequest", status=202,
+              "Job", (400, 401, 405, 408, 409, 413, 429, 500, 503), params=("model", "adapter"), body="JobRequest",
+              status=202,
               description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\", \"adapter\"}. "
                           "The answer is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
                           "NSFW_JOB_MAX_BYTES), sampled at NSFW_VIDEO_FPS and judged by one instance, resumed "

@@ -25,14 +25,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from nsfw_core.base import requestid
 from nsfw_core.base.logs import extra_fields, url_for_log
-from nsfw_core.base.settings import MODEL_NAMES
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.classify import Classification
 from nsfw_core.http.bodies import (
     BATCH_ITEM_BYTES,
     MULTIPART_SLACK,
+    adapter_wanted,
     expected_body,
-    flag,
+    query_model,
     read_body,
     uploaded_image,
     within_cap,
@@ -79,15 +79,6 @@ def _thresholds(ctx: Context, wanted: ThresholdsIn | None, model: str | None = N
                                safe=active.safe if wanted.safe is None else wanted.safe)
 
 
-def _adapter_wanted(request: Request, body: bool | None) -> bool:
-    """``"adapter": false`` in the body, or ``?adapter=false``: the base model judges (they must agree)."""
-    queried = flag(request, "adapter", default=True) if "adapter" in request.query_params else None
-    if queried is not None and body is not None and queried != body:
-        raise ContractError(f"?adapter={str(queried).lower()} contradicts the body's adapter {str(body).lower()}; "
-                            "send one", field="adapter")
-    return queried if queried is not None else (True if body is None else body)
-
-
 def result_dict(result: Classification, ident: Any, overridden: bool) -> dict[str, Any]:
     """The contract's ``ClassifyResult``: ``/predict?detail=1``'s answer plus the request's and client's ids."""
     out = result.to_dict()
@@ -99,21 +90,13 @@ def _json_type(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
-def _query_model(request: Request) -> str | None:
-    """``?model=``: one of the three models, or None for the default; refused (400) whatever the body."""
-    name = request.query_params.get("model")
-    if name is not None and name not in MODEL_NAMES:
-        raise ContractError(f"model must be one of {', '.join(MODEL_NAMES)}", field="model")
-    return name
-
-
 # ---------------------------------------------------------------- endpoints
 
 
 async def classify(request: Request, ctx: Context) -> Response:
     """POST /v1/classify: one image, by URL or base64 in JSON, or as the body (raw or multipart)."""
     await guard(request, ctx)
-    queried = _query_model(request)
+    queried = query_model(request)
     limits = ctx.serving
     info = note(request)
     override: Thresholds | None = None
@@ -125,11 +108,8 @@ async def classify(request: Request, ctx: Context) -> Response:
                 req = decode(await read_body(request, cap, limits.body_timeout), ClassifyRequest)
                 check_image(req.image, "$.image")
                 check_id(req.id, "$.id")
-                if queried is not None and req.model is not None and queried != req.model:
-                    raise ContractError(f"?model={queried} contradicts the body's model {req.model}; send one",
-                                        field="model")
-                model: str | None = req.model or queried
-                adapter = _adapter_wanted(request, req.adapter)
+                model = query_model(request, req.model)
+                adapter = adapter_wanted(request, req.adapter)
                 override, ident, url = _thresholds(ctx, req.thresholds, model, adapter), req.id, req.image.url
                 data = None if req.image.base64 is None else within_cap(
                     image_bytes(req.image.base64, limits.max_body, "$.image.base64"), limits.max_bytes,
@@ -145,7 +125,7 @@ async def classify(request: Request, ctx: Context) -> Response:
                     result = await ctx.classifier.data(data, model=model, thresholds=override, client=client,
                                                        adapter=adapter)
         else:
-            adapter = _adapter_wanted(request, None)
+            adapter = adapter_wanted(request, None)
             with ctx.admission.hold_body(expected_body(request, limits.max_body + MULTIPART_SLACK)):
                 data = await uploaded_image(request, limits.max_bytes, limits.body_timeout,
                                             max_video_bytes=limits.max_video_bytes)
@@ -157,7 +137,7 @@ async def classify(request: Request, ctx: Context) -> Response:
 async def classify_batch(request: Request, ctx: Context) -> Response:
     """POST /v1/classify/batch: many images (URLs and base64 mixed), one result or error each, in order."""
     await guard(request, ctx)
-    queried = _query_model(request)
+    query_model(request)  # a ?model= that is not a model: 400 before the body is read
     limits = ctx.serving
     cap = limits.max_batch_items * (limits.max_url_length + BATCH_ITEM_BYTES) + base64_text_cap(limits.max_bytes)
     with ctx.admission.hold_body(expected_body(request, cap)):
@@ -167,9 +147,7 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
                                limit=limits.max_batch_items)
         if not req.items:
             raise ContractError("items is empty: send at least one", field="$.items")
-        if queried is not None and req.model is not None and queried != req.model:
-            raise ContractError(f"?model={queried} contradicts the body's model {req.model}; send one",
-                                field="model")
+        model = query_model(request, req.model)
         work: list[tuple[Any, str | None, bytes | None]] = []
         for index, item in enumerate(req.items):
             where = f"$.items[{index}]"
@@ -178,7 +156,7 @@ async def classify_batch(request: Request, ctx: Context) -> Response:
             data = None if item.image.base64 is None else image_bytes(item.image.base64, limits.max_bytes,
                                                                       f"{where}.image.base64")
             work.append((item.id, item.image.url, data))
-        model, adapter = req.model or queried, _adapter_wanted(request, req.adapter)
+        adapter = adapter_wanted(request, req.adapter)
         override = _thresholds(ctx, req.thresholds, model, adapter)
         del req
         info = note(request)
