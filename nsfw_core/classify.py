@@ -233,6 +233,20 @@ class Classification:
                      adapter_score=self.adult_score if self.adapter is not None and not self.frames else None)
 
 
+    def rejudged(self, base: Thresholds, version: int | None = None) -> Classification:
+        """Judged again as a request would be now, under the thresholds history's ``base`` (its ``version``): a
+        result an adapter scored keeps its score and is judged with the adapter's own thresholds (as
+        :meth:`Classifier.thresholds_in_force` gives them), never the base values on the adapter's score."""
+        if self.adapter is not None:
+            return self.under(self.adapter.thresholds(base))
+        return self.under(base, version)
+
+    def frame_adult_score(self, frame: FrameScore) -> float:
+        """A frame's adult score as its verdict used it: the adapter's when one scored it, else the summed
+        classes of the thresholds this result was judged with."""
+        return frame.adapter_score if frame.adapter_score is not None else self.thresholds.adult_score(frame.scores)
+
+
 def judge(scores: dict[str, float], thresholds: Thresholds, model: ModelInfo, timings: Timings,
           sha256: str, thresholds_version: int | None = None, *,
           frames: Sequence[FrameScore] | None = None, match: Match | None = None,
@@ -452,11 +466,15 @@ class Classifier:
         """The thresholds a request for ``model`` (default: the default model) is judged with: the adapter's in
         force when there is one (and ``adapter``), else the thresholds history's version in force."""
         base = self.thresholds.current().thresholds
-        if not adapter or self.adapters is None:
-            return base
-        loaded = self.models.loaded_model(model)  # not loaded yet: the adapter in force for its name
-        found = self.adapters.current(model or self.models.default, loaded.version if loaded is not None else None)
+        found = self.adapter_in_force(model) if adapter else None
         return found.thresholds(base) if found is not None else base
+
+    def adapter_in_force(self, model: str | None = None) -> AdapterVersion | None:
+        """The adapter a request for ``model`` (default: the default model) is judged by now, if any."""
+        if self.adapters is None:
+            return None
+        loaded = self.models.loaded_model(model)  # not loaded yet: the adapter in force for its name
+        return self.adapters.current(model or self.models.default, loaded.version if loaded is not None else None)
     def lane(self, name: str | None) -> contextlib.AbstractAsyncContextManager[Lane]:
         """The lane of model ``name`` (None: the default), as a request gets it (the video jobs use it)."""
         return self._lane(name)

@@ -78,6 +78,13 @@ def page() -> None:
     if data.w is not None:
         production.per_day_effect(ctx, data.df, controls.t_adult, controls.t_safe)
     calibration_views.show_suggest(data, context, sug)
+    adapter = ctx.classifier.adapter_in_force(controls.model_name)
+    if adapter is not None:
+        st.info(f"The adapter {adapter.name} (version {adapter.version}) is in force for {controls.model_name}: "
+                f"it judges with its own thresholds (definitely adult ≥ {adapter.t_adult:.2f}, definitely safe ≥ "
+                f"{adapter.t_safe:.2f}, chosen on held-out data when it was trained). Thresholds saved here apply "
+                "to the summed classes: to requests that ask for the base model, and after a rollback to it. "
+                "Train a new version of the adapter to change its own.")
     if loaded.savable and st.button(
             "Save thresholds", type="primary",
             help="Save these thresholds as a new version: the API and the classify page use them."):

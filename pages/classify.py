@@ -5,7 +5,8 @@ SSRF-safe fetcher, the decoder with its limits, the process-wide model and the
 thresholds in force, so what this page shows is what the API answers for the
 same image.  Results are kept in ``st.session_state`` so that revealing a
 blurred preview does not classify again; verdicts are re-judged at display time
-under the thresholds in force (``Classification.under``).
+under the thresholds in force (``Classification.rejudged``: an adapter's own when one
+judged the result, as the API does).
 
 Widget keys: ``camera_on`` (toggle), form ``classify_form`` with ``urls``
 (text area), ``uploads`` (file uploader), ``camera`` (camera input, only when
@@ -145,8 +146,7 @@ def _row(ctx: Context, model: Model, item: Input, outcome: Outcome, data: bytes 
     deciding = None
     video = outcome.classification is not None and outcome.classification.video is not None
     if video and data is not None and outcome.classification is not None:
-        active = ctx.thresholds.current().thresholds
-        deciding = timeline.deciding_frames(ctx, model, data, outcome.classification, active)
+        deciding = timeline.deciding_frames(ctx, model, data, outcome.classification)
     elif outcome.ok and data is not None:
         try:
             preview = Image.fromarray(ctx.decoder.decode_for(model, data))
@@ -193,7 +193,7 @@ def _summary(rows: Sequence[Row], thresholds: Thresholds) -> tuple[pd.DataFrame,
         entry: dict[str, Any] = {"source": row["source"]}
         record: dict[str, Any] = {"source": row["source"], "kind": row["kind"]}
         if row["classification"] is not None:
-            c = row["classification"].under(thresholds)
+            c = row["classification"].rejudged(thresholds)
             label = widgets.VERDICT_LABELS[c.verdict]
             entry.update({"verdict": label, **c.scores, "adult score": c.adult_score, "safe score": c.safe_score,
                           "ms": row["ms"], "error": None})
@@ -253,9 +253,9 @@ def _show_video(i: int, row: Row, c: Classification) -> bool:
                                           help="The frames are blurred because the video may be adult content.")
 
 
-def _show_timeline(row: Row, c: Classification, thresholds: Thresholds, revealed: bool) -> None:
+def _show_timeline(row: Row, c: Classification, revealed: bool) -> None:
     """The scores over time with the segments shaded, and each segment's deciding frame (blurred until revealed)."""
-    st.altair_chart(timeline.timeline_chart(c, thresholds), width="stretch")
+    st.altair_chart(timeline.timeline_chart(c), width="stretch")
     segments = c.segments or ()
     st.caption(f"{len(segments)} segment{'s' if len(segments) != 1 else ''}; the video gets its worst frame's "
                f"verdict (at {(c.deciding_time_ms or 0) / 1000:.1f} s). Each segment's deciding frame:")
@@ -275,7 +275,7 @@ def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
             error = row["error"] or {}
             st.error(f"{error['code']}: {error['message']}")
             return
-        c = row["classification"].under(thresholds)
+        c = row["classification"].rejudged(thresholds)
         left, right = st.columns([1, 2])
         with left:
             revealed = _show_video(i, row, c) if c.video is not None else _show_preview(i, row, c.verdict)
@@ -284,8 +284,12 @@ def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
                         f"adult score {c.adult_score:.4f} · safe score {c.safe_score:.4f} · {row['ms']:.0f} ms")
             st.altair_chart(charts.scores_chart(c.scores, thresholds), width="stretch")
             st.caption(widgets.format_scores(c.scores))
+            if c.adapter is not None:
+                st.caption(f"Judged by the adapter in force, {widgets.md_escape(c.adapter.name)} version "
+                           f"{c.adapter.version}: the adult score is its probability, with its own thresholds "
+                           f"(definitely adult ≥ {c.thresholds.adult:.2f}, definitely safe ≥ {c.thresholds.safe:.2f}).")
         if c.video is not None:
-            _show_timeline(row, c, thresholds, revealed)
+            _show_timeline(row, c, revealed)
         else:
             _show_frames(row, c.deciding_frame, revealed)
 

@@ -364,6 +364,29 @@ def test_frames_are_judged_on_the_adapters_worst_frame():
     assert result.under(Thresholds(adult=0.99, safe=0.5)).deciding_frame == 1  # re-judged on the same scores
 
 
+def test_a_video_s_timeline_plots_and_picks_the_adapter_s_scores_under_its_thresholds():
+    """The Classify page's timeline (nsfw_ui.timeline) plotted the summed classes and drew the base thresholds
+    while the segments were the adapter's verdicts; each segment's deciding frame was the summed classes' worst."""
+    from nsfw_core.inference.pipeline import VideoInfo
+    from nsfw_ui import timeline
+
+    adapter = AdapterVersion("fake", 1, "m", "v", AdapterHead(2, np.array([4.0, 0, 0, 0, 0, 0, 0]), -2.0), 0.7, 0.9,
+                             {}, "", 0, True, "t", 0.0)
+    racy = {"drawings": 0.0, "hentai": 0.0, "neutral": 0.2, "porn": 0.5, "sexy": 0.3}  # summed classes 0.8
+    frames = [FrameScore(0, 0, racy, np.array([0.0, 0.0])), FrameScore(1, 1000, SAFE_SCORES, np.array([0.45, 0.0])),
+              FrameScore(2, 2000, SAFE_SCORES, np.array([1.5, 0.0]))]
+    video = VideoInfo("mp4", "h264", 64, 48, 3000, 3, 1, 3)
+    result = judge(SAFE_SCORES, Thresholds(), MODEL, TIMINGS, SHA, frames=frames, adapter=adapter,
+                   video=video).rejudged(Thresholds(adult=0.2, safe=0.3))
+    assert (result.thresholds.adult, result.thresholds.safe) == (0.7, 0.9)  # the adapter's, not the base values
+    table = timeline.frames_table(result)
+    adult = table[table.score == "adult"].value.tolist()
+    assert adult == pytest.approx([1 / (1 + np.exp(2)), 1 / (1 + np.exp(0.2)), 1 / (1 + np.exp(-4))])
+    assert table[table.score == "safe"].value.tolist() == pytest.approx([1 - a for a in adult])
+    # the first segment's deciding frame is the adapter's worst (0.45), not the summed classes' (0.8 at 0 s)
+    assert [(s.verdict, f.index) for s, f in timeline.worst_frames(result)] == [("unknown", 1), ("adult", 2)]
+
+
 def test_who_decides_first_a_known_image_then_an_example_set_then_the_adapter():
     adapter = fake_adapter(0.9)
     block = ExampleMatch("memes", "adult", 0.93, 0.8)

@@ -406,6 +406,7 @@ def test_adapter_part_trains_shows_both_side_by_side_publishes_and_rolls_back(da
     run(at)
     assert "50 images scored" in texts(at.markdown)
     assert "No adapter in force for MobileNetV2Mid" in texts(at.caption)
+    assert "is in force for" not in texts(at.info)
     at.text_input(key="adapter_name").set_value("stripes")
     click(at, "Train adapter")
     shown = texts(at.markdown)
@@ -420,8 +421,13 @@ def test_adapter_part_trains_shows_both_side_by_side_publishes_and_rolls_back(da
     assert ctx.adapters.get("stripes", 1).trained_by == "admin (secret, session a1b2c3)"
     run(at)
     assert "In force for MobileNetV2Mid: adapter **stripes v1**" in texts(at.caption)
+    # thresholds saved on this page do not judge the adapter's score: the page says so
+    assert f"The adapter stripes (version 1) is in force for MobileNetV2Mid: it judges with its own thresholds " \
+           f"(definitely adult ≥ {in_force.t_adult:.2f}" in texts(at.info)
     click(at, "Roll back")
     assert "the base model now judges MobileNetV2Mid" in texts(at.success)
+    run(at)
+    assert "is in force for" not in texts(at.info)
     assert current().adapters.current("MobileNetV2Mid") is None
 
 

@@ -190,6 +190,27 @@ def test_uploads_and_downloads(page_env, media):
     assert "curl -XPOST --data-binary @glasses.jpg -H 'Content-Type: image/jpeg' 'http://localhost:8080/predict'" in code
 
 
+def test_with_an_adapter_in_force_the_page_judges_as_the_api_does(page_env, media, monkeypatch):
+    """Issue 26: the adapter's own thresholds judge its score.  Before, the page re-judged every result under the
+    base thresholds history (0.7 / 0.9 by default), so an adapter score of 0.5 with the adapter's 0.4 / 0.45 was
+    'needs review' here and 'definitely adult' in the API's answer."""
+    from nsfw_core.inference.embeddings import AdapterHead
+    from nsfw_core.state.adapters import AdapterVersion
+
+    dim = 1792  # MobileNetV2Mid's embedding
+    adapter = AdapterVersion("swimwear", 4, "MobileNetV2Mid", "v", AdapterHead(dim, np.zeros(dim + 5), 0.0), 0.4,
+                             0.45, {}, "0" * 64, 40, True, "test", 0.0)
+    monkeypatch.setattr(classify_module.Classifier, "adapter_for", lambda self, model, wanted=True: adapter)
+    glasses = (REFERENCE / "glasses.jpg").read_bytes()
+    at = classify(new_page(), uploads=[("glasses.jpg", glasses, "image/jpeg")])
+    result = at.session_state["classify_results"]["rows"][0]["classification"]
+    assert result.adapter is adapter and result.verdict == "adult"  # as the API judged it
+    assert "**definitely adult**" in verdict_lines(at)[0] and "adult score 0.5000" in verdict_lines(at)[0]
+    assert any("swimwear version 4" in c.value and "≥ 0.40" in c.value for c in at.caption)
+    buttons = {b.key: b for b in at.get("download_button")}
+    assert json.loads(media(buttons["download_json"].proto.url))[0]["verdict"] == "adult"
+
+
 def test_the_csv_download_writes_a_formula_name_as_text(page_env, media):
     """Issue 29, point 7: an upload named =HYPERLINK(...) went verbatim into the results CSV (a formula)."""
     import csv as csv_module
