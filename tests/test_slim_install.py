@@ -9,6 +9,7 @@ target (700 MB at most; BENCHMARKS.md has the measured figure).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -100,5 +101,23 @@ def test_the_package_metadata_matches_the_slim_install():
     direct = {re.split(r"[=<>\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
     runtime = _requirement_names((ROOT / "requirements.txt").read_text())
     assert direct <= runtime, direct - runtime
+    # and the other way: every package the runtime install pins is a direct dependency or comes with one (the
+    # dependencies' own requirements, as installed here); before, av (PyAV, the video decoder) was pinned but
+    # not a dependency, so `pip install .` could not decode a video
+    from packaging.requirements import Requirement
+
+    closure: set[str] = set()
+    todo = [Requirement(d) for d in project["dependencies"]]
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in closure:
+            continue
+        closure.add(name)
+        for text in importlib.metadata.requires(name) or ():
+            dep = Requirement(text)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in req.extras or {""}):
+                todo.append(dep)
+    assert runtime <= closure, sorted(runtime - closure)
     assert not any(d.startswith("tensorflow") for d in direct)
     assert project["optional-dependencies"]["convert"] == ["tensorflow-cpu"]
