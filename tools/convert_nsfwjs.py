@@ -35,6 +35,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "nsfwjs"
 VERSION = "4.4.0"
@@ -120,7 +121,7 @@ def extract_models(tarball: Path, dest: Path) -> None:
             target.write_bytes(src.read())
 
 
-def dump_with_node(model_dir: Path) -> tuple[dict, dict[str, bytes]]:
+def dump_with_node(model_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     raw = subprocess.run(
         ["node", "-e", NODE_DUMP, str(model_dir)], check=True, capture_output=True,
     ).stdout
@@ -129,9 +130,9 @@ def dump_with_node(model_dir: Path) -> tuple[dict, dict[str, bytes]]:
     return dumped["model"], shards
 
 
-def weight_table(manifest: list[dict], shards: dict[str, bytes]) -> tuple[list[dict], bytes]:
+def weight_table(manifest: list[dict[str, Any]], shards: dict[str, bytes]) -> tuple[list[dict[str, Any]], bytes]:
     """Flatten the TF.js weights manifest into one table and one blob of uint8 bytes."""
-    table: list[dict] = []
+    table: list[dict[str, Any]] = []
     blob = io.BytesIO()
     for group in manifest:
         data = b"".join(shards[p] for p in group["paths"])
@@ -156,13 +157,13 @@ def dumps(obj: object) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
-def convert(tarball: Path, out: Path) -> dict:
+def convert(tarball: Path, out: Path) -> dict[str, Any]:
     data = tarball.read_bytes()
     got = integrity_of(data)
     if got != INTEGRITY:
         raise SystemExit(f"{tarball}: integrity {got} does not match the pinned {INTEGRITY}")
     files: dict[str, bytes] = {"LICENSE": LICENSE_TEXT.encode()}
-    models_info: dict[str, dict] = {}
+    models_info: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         extract_models(tarball, Path(tmp))
         for name, (folder, size, kind) in MODELS.items():
