@@ -18,6 +18,7 @@ import pandas as pd
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.calibration import maths as cal
 
+from . import widgets
 from .widgets import pct
 
 TRUTH_COLORS = alt.Scale(domain=["adult", "safe"], range=["#d62728", "#2ca02c"])
@@ -196,7 +197,7 @@ def point_layer(point: AdultPoint, sug_point: AdultPoint | None, x: str, y: str)
 
 # ---------------------------------------------------------------- the evaluate page (issue 25)
 
-VERDICT_COLORS = alt.Scale(domain=["adult", "unknown", "safe"], range=["#d62728", "#9aa0a6", "#2ca02c"])
+VERDICT_SCALE = alt.Scale(domain=list(widgets.VERDICT_COLORS), range=list(widgets.VERDICT_COLORS.values()))
 PSI_LEVELS = (0.1, 0.25)  # watch, act
 
 
@@ -209,7 +210,7 @@ def precision_by_day_chart(daily: list[dict[str, Any]]) -> Any:
     df = pd.DataFrame(rows, columns=["day", "verdict", "precision", "lo", "hi", "audited", "overturned"])
     base = alt.Chart(df).encode(
         x=alt.X("day:T", title="day (UTC)"),
-        color=alt.Color("verdict:N", scale=VERDICT_COLORS, title="automatic verdict"),
+        color=alt.Color("verdict:N", scale=VERDICT_SCALE, title="automatic verdict"),
         xOffset=alt.XOffset("verdict:N"),
         tooltip=["day:T", "verdict", alt.Tooltip("precision:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
                  alt.Tooltip("hi:Q", format=".1%"), "audited", "overturned"],
@@ -229,7 +230,7 @@ def decisions_by_day_chart(daily: list[dict[str, Any]]) -> Any:
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("day:T", title="day (UTC)"),
         y=alt.Y("images:Q", stack=True, title="verdicts"),
-        color=alt.Color("verdict:N", scale=VERDICT_COLORS, title="verdict"),
+        color=alt.Color("verdict:N", scale=VERDICT_SCALE, title="verdict"),
         tooltip=["day:T", "verdict", "images"],
     ).properties(height=220)
 

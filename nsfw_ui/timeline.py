@@ -19,9 +19,8 @@ from nsfw_core.base.errors import NSFWError
 from nsfw_core.classify import Classification, FrameScore, Segment
 from nsfw_core.context import Context
 from nsfw_core.inference.model import Model
-from nsfw_ui import widgets
+from nsfw_ui import charts, widgets
 
-VERDICT_COLORS = {"adult": "#d62728", "unknown": "#ff7f0e", "safe": "#2ca02c"}
 THUMB_SIZE = 160
 
 
@@ -57,10 +56,9 @@ def timeline_chart(c: Classification) -> Any:
     """The scores over time, the segments shaded by verdict, the thresholds ``c`` was judged with as dashed
     rules."""
     thresholds = c.thresholds
-    verdicts = list(VERDICT_COLORS)
     shading = alt.Chart(segments_table(c.segments or ())).mark_rect(opacity=0.18).encode(
         x=alt.X("start:Q", title="time (s)"), x2="end:Q",
-        color=alt.Color("verdict:N", scale=alt.Scale(domain=verdicts, range=[VERDICT_COLORS[v] for v in verdicts]),
+        color=alt.Color("verdict:N", scale=charts.VERDICT_SCALE,
                         legend=alt.Legend(title="segment")),
         tooltip=["verdict:N", alt.Tooltip("start:Q", format=".1f"), alt.Tooltip("end:Q", format=".1f")])
     lines = alt.Chart(frames_table(c)).mark_line(point=True).encode(

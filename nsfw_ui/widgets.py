@@ -20,6 +20,10 @@ from nsfw_core.base.labels import ADULT, SAFE, UNKNOWN
 BLUR_RADIUS = 28
 BLUR_SIDE = 384  # a blurred preview is at most this many pixels a side
 VERDICT_LABELS = {ADULT: "definitely adult", UNKNOWN: "needs review", SAFE: "definitely safe"}
+# Each verdict's colour, the same on every chart and page: hex for Altair, the nearest of Streamlit's
+# markdown colour names (":red[...]") for text.
+VERDICT_COLORS = {ADULT: "#d62728", UNKNOWN: "#ff7f0e", SAFE: "#2ca02c"}
+VERDICT_TEXT_COLORS = {ADULT: "red", UNKNOWN: "orange", SAFE: "green"}
 MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|~:$&")
 
 

@@ -43,7 +43,6 @@ REVEAL_PREFIX = "reveal_"
 PREVIEW_SIZE = 384
 FRAME_THUMB_SIZE = 160  # an animation's frames in the strip, each fitted in a square of this side
 FRAMES_PER_ROW = 8
-VERDICT_COLORS = {"adult": "red", "unknown": "orange", "safe": "green"}
 EXAMPLE_URL = "https://example.com/image.jpg"
 SCORE_COLUMNS = (*CLASS_NAMES, "adult score", "safe score")
 
@@ -280,7 +279,7 @@ def _show_result(i: int, row: Row, thresholds: Thresholds) -> None:
         with left:
             revealed = _show_video(i, row, c) if c.video is not None else _show_preview(i, row, c.verdict)
         with right:
-            st.markdown(f":{VERDICT_COLORS[c.verdict]}[**{widgets.VERDICT_LABELS[c.verdict]}**] · "
+            st.markdown(f":{widgets.VERDICT_TEXT_COLORS[c.verdict]}[**{widgets.VERDICT_LABELS[c.verdict]}**] · "
                         f"adult score {c.adult_score:.4f} · safe score {c.safe_score:.4f} · {row['ms']:.0f} ms")
             st.altair_chart(charts.scores_chart(c.scores, thresholds), width="stretch")
             st.caption(widgets.format_scores(c.scores))

@@ -44,7 +44,7 @@ from nsfw_core.base.errors import NSFWError
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.inference.embeddings import AdapterHead, decode_embedding, encode_embedding
-from nsfw_core.state.db import Pool, Tx
+from nsfw_core.state.db import REFRESH_INTERVAL, Pool, Tx
 from nsfw_core.state.errors import ReviewError
 from nsfw_core.state.migrations import (
     ADAPTER_PUBLICATIONS_TABLE,
@@ -57,7 +57,6 @@ from nsfw_core.state.migrations import (
 
 log = logging.getLogger(__name__)
 
-REFRESH_INTERVAL = 0.5  # seconds between checks for a newer publication (per process)
 MAX_NAME = 64
 MAX_BY = 200
 PUBLISH, ROLLBACK, WITHDRAW = "publish", "rollback", "withdraw"

@@ -37,6 +37,9 @@ from nsfw_core.state.errors import ReviewConfigError, ReviewError, ReviewUnavail
 log = logging.getLogger("nsfw_core.state.review")
 
 DB_FILE = "review.sqlite"
+# How often each process re-reads the shared state other replicas write (thresholds, remembered decisions,
+# adapters, example sets): a change is in force on every replica within about this long.
+REFRESH_INTERVAL = 0.5
 _PG_LOCK_KEY = 0x6E736677_72657677 & 0x7FFFFFFFFFFFFFFF  # "nsfwrevw": advisory lock for migrations
 
 

@@ -30,13 +30,12 @@ from nsfw_core.base.labels import ADULT
 from nsfw_core.base.refresher import Refresher
 from nsfw_core.inference.embeddings import ExampleMatch, ExampleSet, match_examples
 from nsfw_core.state.adapters import AdapterNotFound, AdaptersUnavailable, check_name, iso
-from nsfw_core.state.db import Pool, Tx
+from nsfw_core.state.db import REFRESH_INTERVAL, Pool, Tx
 from nsfw_core.state.errors import ReviewError
 from nsfw_core.state.migrations import EXAMPLE_SETS_TABLE, MIGRATIONS, migrate
 
 log = logging.getLogger(__name__)
 
-REFRESH_INTERVAL = 0.5
 ADD, REMOVE = "add", "remove"
 _COLUMNS = ("id", "op", "name", "verdict", "model", "model_version", "threshold", "vectors", "report", "removes",
             "added_by", "added_at")

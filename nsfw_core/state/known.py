@@ -51,7 +51,7 @@ from nsfw_core.base.refresher import Refresher
 from nsfw_core.images.phash import HASH_BYTES, split_hex
 from nsfw_core.inference.embeddings import decode_embedding
 from nsfw_core.state import vpdq
-from nsfw_core.state.db import Pool
+from nsfw_core.state.db import REFRESH_INTERVAL, Pool
 from nsfw_core.state.hashindex import HashIndex, as_rows, distances
 from nsfw_core.state.migrations import KNOWN_TABLE, MIGRATIONS, migrate
 from nsfw_core.state.remembered import (
@@ -68,7 +68,6 @@ from nsfw_core.state.remembered import (
 
 log = logging.getLogger(__name__)
 
-REFRESH_INTERVAL = 0.5  # seconds between checks for new log rows (per process)
 READ_BATCH = 50_000  # log rows read per query
 TAIL_MAX = 4096  # hashes compared in full before the index is rebuilt with them
 LIST_COLUMNS = ("sha256", "pdq", "label", "note")

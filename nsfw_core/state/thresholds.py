@@ -46,14 +46,13 @@ from nsfw_core.base.verdict import (
     parse_thresholds_file,
     read_small_regular_file,
 )
-from nsfw_core.state.db import Backend, Pool, Tx, backend_for
+from nsfw_core.state.db import REFRESH_INTERVAL, Backend, Pool, Tx, backend_for
 from nsfw_core.state.errors import ReviewError
 from nsfw_core.state.migrations import MIGRATIONS, THRESHOLDS_TABLE, migrate
 
 log = logging.getLogger(__name__)
 _QUOTED_PATH = re.compile(r"'/[^']*'|\"/[^\"]*\"")  # a symbolic link's target in a reason: not for /health
 
-REFRESH_INTERVAL = 0.5  # seconds between checks for a newer version (per process)
 IMPORTED_BY = "thresholds.json import"
 MAX_BY_LENGTH = 200
 SOURCE = "database"
