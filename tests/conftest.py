@@ -35,6 +35,9 @@ SLOW_MODULES = frozenset({
 })
 BROWSER_MODULES = frozenset({"test_e2e_browser", "test_signin_oidc_browser"})
 POSTGRES_FIXTURES = frozenset({"postgres_server", "postgres_url"})
+# Fixtures that make any test slow: the runtime install (tests/helpers/slim.py) is built, or checked and
+# brought up to date by pip, once per session
+SLOW_FIXTURES = frozenset({"slim_python"})
 POSTGRES_PARAMS = frozenset({"postgresql"})  # backend fixtures parametrised sqlite / postgresql
 
 
@@ -42,7 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         module = item.module.__name__.rpartition(".")[2] if isinstance(item, pytest.Function) else ""
         fixtures = set(getattr(item, "fixturenames", ()))
-        if module in SLOW_MODULES:
+        if module in SLOW_MODULES or fixtures & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
         if module in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)

@@ -265,6 +265,56 @@ def test_queueing_takes_unknowns_and_a_stable_audit_share_at_most_once(tmp_path)
         queue.close()
 
 
+REVIEWER_KEY = "reviewer-key-scan-0123456789"
+
+
+def test_a_queued_row_keeps_the_review_id_its_webhooks_and_the_reviewer_api_name_it_by(tmp_path):
+    """Issue 28 after issue 29: a scan row is matched to its webhook event and its reviewer API item by the
+    public rv_ id, the creator's when an API client queued the image first (the queue's row number: 404)."""
+    from nsfw_core.state.review.queue import TICKET_RE
+    from nsfw_core.state.webhooks import event_for
+    from tests.helpers.apiclient import running
+
+    scores = {"porn": 0.2, "sexy": 0.1, "hentai": 0.0, "neutral": 0.6, "drawings": 0.1}
+    table = _rows([{"source": f"s{i}", "sha256": _sha(i), "verdict": UNKNOWN, "verdict_source": "model", **scores}
+                   for i in range(4)])
+    queue = ReviewQueue(None, data_dir=tmp_path)
+    try:
+        # an API client queued image 1 first: the scan joins that item, whose public id is the client's
+        first_item, client_ticket = queue.enqueue_for("client-a", _sha(1), "upload", scores, "MobileNetV2Mid",
+                                                      UNKNOWN)
+        ids = Queuer(queue, (UNKNOWN,)).enqueue(table).to_pylist()
+        assert all(isinstance(rid, str) and TICKET_RE.match(rid) for rid in ids), ids
+        assert ids[1] == client_ticket
+        items = {}
+        for i, rid in enumerate(ids):
+            found = queue.ticket(rid)
+            assert found is not None
+            item = queue.get(found[0])
+            assert item is not None and item.sha256 == _sha(i)
+            assert rid == queue.public_id(item.id) == event_for(item)["review"]["id"]  # the webhook event's id
+            items[rid] = item.id
+        assert items[ids[1]] == first_item
+        assert Queuer(queue, (UNKNOWN,)).enqueue(table).to_pylist() == ids  # the open items again, same ids
+    finally:
+        queue.close()
+    # the reviewer API (in process, on the same database) hands out and decides the items by these ids
+    settings = load_settings(environ={"NSFW_REVIEWER_API_KEYS": REVIEWER_KEY}, data_dir=str(tmp_path))
+    auth = {"Authorization": f"Bearer {REVIEWER_KEY}"}
+    with running(settings, wait=False) as client:
+        claimed = set()
+        for _ in ids:
+            reply = client.post("/v1/reviews/claim", headers=auth)
+            assert reply.status_code == 200, reply.text
+            claimed.add(reply.json()["item"]["id"])
+        assert claimed == set(ids)
+        reply = client.post(f"/v1/reviews/{ids[0]}/decision", json={"label": "safe"}, headers=auth)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["review"]["id"] == ids[0]
+        reply = client.post(f"/v1/reviews/{items[ids[2]]}/decision", json={"label": "safe"}, headers=auth)
+        assert reply.status_code == 404 and reply.json()["code"] == "not_found", reply.text
+
+
 # ---------------------------------------------------------------- reverdict
 
 
@@ -317,6 +367,63 @@ def test_reverdict_rejudges_stored_scores_reports_the_changes_and_is_idempotent(
     back = reverdict(ds, Thresholds(), 1)
     assert back.changed == changed and ds.view()["verdict"].equals(
         pa.chunked_array([judge(_rows(rows), Thresholds(), 1, now=NOW)["verdict"]]))
+
+
+def test_a_format_1_dataset_is_read_rewritten_in_format_2_and_its_row_numbers_become_public_ids(tmp_path, monkeypatch):
+    """Format 1 kept the queue's row number (int64) as review_id: still read (as its decimal string, still
+    queued), marked format 2 before this version writes into it, rewritten by reverdict, and with --queue
+    each number becomes its item's public id (a purged item keeps its number)."""
+    import pyarrow.dataset as pads
+
+    import nsfw_core.scan.dataset as dataset_module
+    from nsfw_core.state.review.queue import TICKET_RE
+
+    scores = {"porn": 0.2, "sexy": 0.1, "hentai": 0.0, "neutral": 0.6, "drawings": 0.1}
+    assert Thresholds().decide(scores) == UNKNOWN
+    queue = ReviewQueue(None, data_dir=tmp_path / "data")
+    try:
+        numbers = [queue.enqueue(_sha(i), f"s{i}", scores, "MobileNetV2Mid", UNKNOWN) for i in range(2)]
+        gone = max(numbers) + 1000  # an item purged since
+        table = _rows([{"source": f"s{i}", "sha256": _sha(i), **scores} for i in range(4)])
+        for name, column in judge(table, Thresholds(), None, now=NOW).items():
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        old_schema = SCHEMA.set(SCHEMA.get_field_index("review_id"), pa.field("review_id", pa.int64()))
+        table = table.cast(old_schema).set_column(old_schema.get_field_index("review_id"), "review_id",
+                                                  pa.array([*numbers, gone, None], pa.int64()))
+        folder = tmp_path / "ds"
+        folder.mkdir()
+        (folder / "_nsfw_scan.json").write_text(json.dumps({"format": 1, "created_by": "nsfw-scan 0.1"}))
+        part = f"part-{new_run_id(NOW)}-000000.parquet"
+        pq.write_table(table, folder / part)
+        ds = ScanDataset(str(folder))
+        assert ds.check()["format"] == 1 and ds.outdated(part)
+        view = ds.view()
+        assert view["review_id"].to_pylist() == [*map(str, numbers), str(gone), None]  # read as is
+        assert np.flatnonzero(wanted(view)).tolist() == [3]  # rows queued in format 1 are never queued again
+        # reverdict (no queue): the part is rewritten in format 2, the dataset marked format 2 first
+        report = reverdict(ds, Thresholds(), None)
+        assert report.changed == 0 and report.parts_rewritten == 1
+        assert json.loads((folder / "_nsfw_scan.json").read_text()) == {"format": 2, "created_by": "nsfw-scan 0.1"}
+        assert not ds.outdated(part) and pq.read_schema(folder / part).field("review_id").type == pa.string()
+        assert pads.dataset(str(folder), format="parquet").to_table()["review_id"].to_pylist() == \
+            [*map(str, numbers), str(gone), None]
+        monkeypatch.setattr(dataset_module, "FORMAT", 1)  # an older nsfw-scan refuses it, not misreads it
+        with pytest.raises(DatasetError, match="newer"):
+            ScanDataset(str(folder)).check()
+        monkeypatch.undo()
+        # reverdict --queue: the numbers become the items' public ids, the unqueued unknown is queued
+        queuer = Queuer(queue, (UNKNOWN,))
+        report = reverdict(ds, Thresholds(), None, queuer=queuer)
+        assert report.parts_rewritten == 1 and queuer.queued == 1
+        ids = ds.view()["review_id"].to_pylist()
+        assert ids[:2] == [queue.public_id(n) for n in numbers] and all(TICKET_RE.match(i) for i in ids[:2])
+        assert ids[2] == str(gone)
+        found = queue.ticket(ids[3])
+        assert found is not None and queue.public_id(found[0]) == ids[3]
+        assert queue.counts()["total"] == 3
+        assert reverdict(ds, Thresholds(), None, queuer=Queuer(queue, (UNKNOWN,))).parts_rewritten == 0
+    finally:
+        queue.close()
 
 
 def test_reverdict_counts_only_the_latest_row_of_each_image_and_applies_hash_lists(tmp_path):
@@ -660,12 +767,13 @@ def test_queued_rows_keep_their_embedding(tmp_path):
     queue, store = ReviewQueue(None, data_dir=tmp_path), Adapters(pool)
     try:
         ids = Queuer(queue, (UNKNOWN,), keep_embedding=store.save_item_embedding).enqueue(table).to_pylist()
-        for i, item_id in enumerate(ids):
+        for i, review_id in enumerate(ids):
             if "error_code" in rows[i]:
-                assert item_id is None
+                assert review_id is None
                 continue
-            assert item_id is not None
-            found = store.item_embedding(item_id)
+            ticket = queue.ticket(review_id)
+            assert ticket is not None
+            found = store.item_embedding(ticket[0])
             if i in kept:
                 assert found is not None and found[:2] == ("MobileNetV2Mid", rows[i].get("model_version", "v1"))
                 assert np.abs(found[2] - kept[i]).max() < 1e-3  # float16, as the service keeps a request's

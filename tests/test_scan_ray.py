@@ -21,6 +21,7 @@ import pytest
 
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.state.review import ReviewQueue
+from nsfw_core.state.review.queue import TICKET_RE
 from nsfw_core.state.thresholds import ThresholdHistory
 from tests.helpers.paths import COMPILED_DIR, ROOT
 from tests.helpers.s3server import s3_server
@@ -206,7 +207,11 @@ def test_queue_the_unknowns_once_then_reverdict_a_new_threshold_version(tmp_path
     queue = ReviewQueue(None, data_dir=data)
     try:
         assert queue.counts()["pending"] == len(unknown)
-        item = queue.get(unknown[0]["review_id"])
+        # the public review id, the webhooks' and the reviewer API's (the queue's row number is 404 there)
+        assert all(TICKET_RE.match(r["review_id"]) for r in unknown)
+        found = queue.ticket(unknown[0]["review_id"])
+        assert found is not None and queue.public_id(found[0]) == unknown[0]["review_id"]
+        item = queue.get(found[0])
         assert item is not None and item.sha256 == unknown[0]["sha256"] and item.verdict == "unknown"
         assert item.source == unknown[0]["source"] and queue.phash(item.id)  # decisions remembered by PDQ too
     finally:

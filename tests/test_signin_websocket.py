@@ -5,6 +5,9 @@ A client speaks the protocol of Streamlit's frontend on ``/_stcore/stream``: it 
 ``ForwardMsg`` answers (navigation, page-not-found, the elements of the page) until the run finishes.
 This is what an attacker can send without a browser, so nothing here goes through AppTest.
 
+Both servers run on the runtime install's python (``requirements.txt`` only, tests/helpers/slim.py), as users
+get them (issue 31): a sign-in that imports a part of a dependency the runtime install lacks fails here.
+
 The deployed server (``NSFW_API_KEYS`` and ``NSFW_ADMIN_SECRET`` set, no local mode):
 
 - an anonymous session gets the Sign in page and nothing else, whatever page it asks for: no
@@ -28,7 +31,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.helpers.appprocess import app_process
+from tests.helpers.appprocess import app_process, serving_python
 from tests.helpers.paths import ADMIN_SECRET
 from tests.helpers.stws import Run, Session, session, text, trigger
 
@@ -114,11 +117,18 @@ def assert_anonymous(run: Run) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
-    """Keyed API, the admin secret, no local mode, no public demo: (base URL, environment)."""
-    with app_process(tmp_path_factory.mktemp("deployed"), NSFW_ADMIN_SECRET=ADMIN_SECRET,
+def deployed(slim_python, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """Keyed API, the admin secret, no local mode, no public demo, on the runtime install: (base URL,
+    environment)."""
+    with app_process(tmp_path_factory.mktemp("deployed"), python=slim_python, NSFW_ADMIN_SECRET=ADMIN_SECRET,
                      NSFW_API_KEYS=API_KEY) as (base, env):
         yield base, env
+
+
+def test_the_servers_run_on_the_runtime_install(deployed, local, slim_python):
+    """What the other tests say holds for the install users get, not for the development environment."""
+    for base in (deployed[0], local):
+        assert serving_python(int(base.rsplit(":", 1)[1])) == slim_python
 
 
 def test_anonymous_session_sees_no_operator_widget_on_any_page(deployed):
@@ -276,9 +286,11 @@ def _live_sessions(env: dict[str, str]) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> Iterator[str]:
-    """./run.sh's local mode (loopback only, the local visitor is admin), with a keyed API."""
-    with app_process(tmp_path_factory.mktemp("local"), NSFW_LOCAL_MODE="true", NSFW_API_KEYS=API_KEY) as (base, _):
+def local(slim_python, tmp_path_factory) -> Iterator[str]:
+    """./run.sh's local mode (loopback only, the local visitor is admin), with a keyed API, on the runtime
+    install."""
+    with app_process(tmp_path_factory.mktemp("local"), python=slim_python, NSFW_LOCAL_MODE="true",
+                     NSFW_API_KEYS=API_KEY) as (base, _):
         yield base
 
 

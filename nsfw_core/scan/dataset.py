@@ -13,6 +13,11 @@ were written (``<run>`` starts with the run's UTC start time), so the *latest* r
 one in name order: :meth:`ScanDataset.view` keeps it (an image whose bytes changed, or an error retried,
 has an older row that the view hides).  Rows are never edited in place; reverdict rewrites a part as a
 whole new file under the same name.
+
+Formats (:data:`~nsfw_core.scan.schema.FORMAT`): parts of an older format are read as this one types them
+(:func:`~nsfw_core.scan.schema.upgrade`), and the first part this version writes into an older dataset raises
+the format in ``_nsfw_scan.json`` first, so an older nsfw-scan refuses the dataset (``check``) rather than
+misread the parts written now.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -32,7 +38,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from nsfw_core.scan.keys import DoneSet, key
-from nsfw_core.scan.schema import DEFAULT_DECODE, FINAL_ERRORS, FORMAT, SCHEMA
+from nsfw_core.scan.schema import DEFAULT_DECODE, FINAL_ERRORS, FORMAT, SCHEMA, outdated, upgrade
 
 META = "_nsfw_scan.json"
 LOCK = "_lock"
@@ -68,6 +74,8 @@ class ScanDataset:
         self.uri = uri
         self.fs, self.path, self.local = _resolve(uri)
         self._lock_fd: int | None = None
+        self._current = False  # _nsfw_scan.json says FORMAT (checked before the first part is written)
+        self._meta_lock = threading.Lock()  # reverdict writes parts from several threads
 
     def _join(self, name: str) -> str:
         return f"{self.path}/{name}"
@@ -150,7 +158,20 @@ class ScanDataset:
         self._write_table(name, table)
         return name
 
+    def _raise_format(self) -> None:
+        """Before the first part is written: a dataset of an older format is marked :data:`FORMAT` (its other
+        metadata kept), since the parts written now are this format's (an older reader would misread them)."""
+        with self._meta_lock:
+            if self._current:
+                return
+            meta = self.check() if self.exists() else None
+            if meta is not None and meta["format"] < FORMAT:
+                meta["format"] = FORMAT
+                self._write_bytes(META, (json.dumps(meta, indent=2) + "\n").encode())
+            self._current = True
+
     def _write_table(self, name: str, table: pa.Table) -> None:
+        self._raise_format()
         sink = pa.BufferOutputStream()
         pq.write_table(table.select(SCHEMA.names).cast(SCHEMA), sink, compression="zstd")
         self._write_bytes(name, sink.getvalue().to_pybytes())
@@ -172,8 +193,13 @@ class ScanDataset:
                       and e.base_name.endswith(".parquet"))
 
     def read_part(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """Part ``name`` (``columns`` only), its columns typed as this format types them, whichever wrote it."""
         table = pq.read_table(self._join(name), filesystem=self.fs, columns=list(columns) if columns else None)
-        return table
+        return upgrade(table)
+
+    def outdated(self, name: str) -> bool:
+        """Whether part ``name`` was written in an older format (from its footer; see :func:`schema.outdated`)."""
+        return outdated(pq.read_schema(self._join(name), filesystem=self.fs))
 
     def row_counts(self, parts: Sequence[str]) -> list[int]:
         """Rows in each of ``parts`` (from their footers)."""

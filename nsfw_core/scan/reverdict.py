@@ -203,11 +203,11 @@ def reverdict(dataset: ScanDataset, thresholds: Thresholds, version: int | None,
             full = new["review_id"].to_pylist()
             for r, review_id in zip(rows.tolist(), ids, strict=True):
                 full[r] = review_id
-            review = pa.array(full, pa.int64())
+            review = pa.array(full, pa.string())
             if not review.equals(new["review_id"].combine_chunks()):
                 new = new.set_column(new.schema.get_field_index("review_id"), "review_id", review)
                 same = False
-        if not same and not dry_run:
+        if not dry_run and (not same or dataset.outdated(parts[i])):  # an older format's part: in this one
             dataset.rewrite_part(parts[i], new)  # in this worker thread: parts are written in parallel
             out.rewritten = True
         return out

@@ -13,7 +13,12 @@ import pyarrow as pa
 from nsfw_core.base.errors import ImageTooLarge, NotAnImage, UndecodableImage
 from nsfw_core.base.labels import CLASS_NAMES
 
-FORMAT = 1  # _nsfw_scan.json's "format": bumped when a reader of an older dataset would misread it
+# _nsfw_scan.json's "format": bumped when a reader of an older format would misread the parts written now.
+# 1: review_id was the queue's internal row number (int64); 2: it is the public review id, rv_... (a string),
+# the one the webhooks and the reviewer API name the item by.  A part of an older format is read through
+# :func:`upgrade` (its columns as this format has them); the first part written into an older dataset raises
+# its format (ScanDataset), so an older nsfw-scan refuses the dataset instead of misreading the new parts.
+FORMAT = 2
 
 FILE, URL, OBJECT = "file", "url", "object"  # a source's kind
 # How images were decoded: the service's way, or --fast-decode (large JPEGs decoded by libjpeg at the scale
@@ -50,7 +55,7 @@ SCHEMA = pa.schema([
     pa.field("thresholds", pa.string()),  # the thresholds judged under, as JSON (Thresholds.to_dict())
     pa.field("error_code", pa.string()),  # nsfw_core.base.errors codes: not_an_image, image_too_large, ...
     pa.field("error_message", pa.string()),
-    pa.field("review_id", pa.int64()),  # the review item it was queued as (--queue)
+    pa.field("review_id", pa.string()),  # the public review id (rv_...) of the item it was queued as (--queue)
     pa.field("scanned_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     pa.field("judged_at", pa.timestamp("ms", tz="UTC")),
     pa.field("run_id", pa.string(), nullable=False),
@@ -61,6 +66,29 @@ SCORE_COLUMNS = tuple(CLASS_NAMES)
 VERDICT_COLUMNS = ("adult_score", "safe_score", "deciding_frame", *SCORE_COLUMNS, "verdict", "verdict_source",
                    "match_by", "match_distance", "match_entry", "thresholds_version", "thresholds", "judged_at",
                    "review_id")
+
+
+
+def upgrade(table: pa.Table) -> pa.Table:
+    """A part as :data:`SCHEMA` types its columns, whatever format wrote it (the columns it has, no others).
+
+    Format 1's ``review_id`` (the queue's row number, int64) is read as is, as its decimal string ("17"): a
+    row queued then stays queued (never queued again), and ``reverdict --queue`` replaces the number with the
+    item's public review id (:class:`~nsfw_core.scan.queueing.Queuer`).  The number is not a public id: the
+    reviewer API answers it with 404.
+    """
+    index = table.schema.get_field_index("review_id")
+    if index >= 0 and table.schema.field(index).type != SCHEMA.field("review_id").type:
+        table = table.set_column(index, SCHEMA.field("review_id"), table.column(index).cast(pa.string()))
+    return table
+
+
+def outdated(schema: pa.Schema) -> bool:
+    """Whether a part file with this schema was written in an older format (a column typed otherwise than
+    :data:`SCHEMA` types it): ``reverdict`` rewrites such a part in this format, so that any Parquet reader
+    sees one schema across the folder."""
+    return any(f.name in SCHEMA.names and f.type != SCHEMA.field(f.name).type for f in schema)
+
 
 # Errors that the same bytes under the same limits give again: such a row counts as done (a rescan skips
 # it; --retry-errors scans it again).  Reading and fetching errors, timeouts and the rest are retried.

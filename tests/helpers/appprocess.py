@@ -82,6 +82,24 @@ def app_env(data_dir: Path, port: int, **env: str) -> dict[str, str]:
     return out
 
 
+def serving_python(port: int) -> str | None:
+    """The interpreter (as invoked, ``argv[0]``) of the ``app.py`` process started with ``PORT=port``, from
+    /proc; None when there is none.  A test checks with it that a server runs on the install it means to."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[1:2] != [b"app.py"]:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if f"PORT={port}".encode() in environ:
+            return argv[0].decode(errors="replace")
+    return None
+
+
 @contextlib.contextmanager
 def app_process(folder: Path, prepare: Callable[[dict[str, str]], None] | None = None, python: str = sys.executable,
                 **env: str) -> Iterator[tuple[str, dict[str, str]]]:
