@@ -5,8 +5,11 @@ through the queue's own :meth:`~nsfw_core.state.review.ReviewQueue.claim` (the s
 locking as the Review page: two reviewers never hold the same item).  Items that do not belong in a
 grid go straight back to their place in the queue: an item shown *blind* (an audit item, issue 25: its
 thumbnail would come with the model's leaning, which a blind reviewer must not see), and an item whose
-classified bytes are not kept (nothing to look at: the Review page decides it from its scores), and a video
-(issue 27: the Review page plays it; a thumbnail is not the video).
+classified bytes are not kept (nothing to look at: the Review page decides it from its scores), a video
+(issue 27: the Review page plays it; a thumbnail is not the video), and an item that looks like a remembered
+decision to PDQ while the model sees it differently (``matched``, issue 29: the blend attack lays another
+picture's detail over a decided image's shading): the Review page shows that match beside it, and a blurred
+thumbnail cleared with "Mark the rest safe" would hand the remembered decision to its look-alike unseen.
 
 :func:`decide_rest` records the reviewer's one action item by item, exactly as the Review page records a
 decision (:meth:`~nsfw_core.state.review.ReviewQueue.decide` with the reviewer's identity, the item's
@@ -43,9 +46,9 @@ class Outcome:
 
 
 def fits(item: Item) -> bool:
-    """True when an item may be shown in a grid: not blind (an audit item), not a video, and with its own
-    classified bytes."""
-    if item.blind or not item.image or sniff_video(item.image) is not None:
+    """True when an item may be shown in a grid: not blind (an audit item), not a video, without a refused
+    look-alike match (the Review page shows it), and with its own classified bytes."""
+    if item.blind or item.matched or not item.image or sniff_video(item.image) is not None:
         return False
     return hashlib.sha256(item.image).hexdigest() == item.sha256
 
@@ -87,17 +90,19 @@ def _give_back(queue: ReviewQueue, reviewer: str, item_id: int) -> None:
 def decide_rest(ctx: Any, queue: ReviewQueue, reviewer: str, items: Sequence[Item], exceptions: Collection[int],
                 label: str) -> Outcome:
     """Decide ``label`` for every item of ``items`` but ``exceptions``, each as the Review page decides one;
-    give the exceptions back to their place in the queue."""
+    give the exceptions back to their place in the queue.  An item that does not fit a grid (:func:`fits`: one
+    :func:`claim_page` never hands out, e.g. a refused look-alike) is never decided here: it goes back with the
+    exceptions, for the Review page."""
     out = Outcome(label)
     for item in items:
         try:
-            if item.id in exceptions:  # marked first: a grid that claims it once it is released sees the mark
+            if item.id in exceptions or not fits(item):  # marked first: a grid that claims it once released sees it
                 marks.set_aside(queue.pool, (item.id,))
                 queue.release(item.id, reviewer)
                 out.returned.append(item.id)
                 continue
             hashes = item_hashes(ctx, queue, item.id, item.image)
-            queue.decide(item.id, reviewer, label, phash=hashes, seen=item.sha256 if fits(item) else None)
+            queue.decide(item.id, reviewer, label, phash=hashes, seen=item.sha256)  # fits: its own bytes shown
             out.decided.append(item.id)
         except NSFWError as exc:  # taken by another reviewer after the lease ran out, purged, database down
             out.lost.append((item.id, exc.message))

@@ -8,8 +8,10 @@ adult score under the thresholds in force (most likely safe first, or most likel
 the model's leaning.  "Mark the rest safe" / "Mark the rest adult" records one decision per unticked item,
 as the Review page does (identity, remembered decisions, webhooks); the ticked exceptions go back to their
 place in the queue for the one-by-one Review page, and this session's grid does not show them again.
-An audit item (issue 25, shown blind) never appears here: it goes back to the queue at once, for the
-Review page.  "Undo the last action" takes back the last action's decisions; the items come back here.
+An audit item (issue 25, shown blind) never appears here, nor an item that looks like a remembered decision
+to PDQ while the model sees it differently (issue 29: the Review page shows the match beside it): it goes back
+to the queue at once, for the Review page.  "Undo the last action" takes back the last action's decisions;
+the items come back here.
 
 Widget keys: ``grid_order`` (radio), ``grid_reveal`` (toggle), ``grid_pick_<item id>`` (checkbox, an
 exception), ``grid_safe`` / ``grid_adult`` (the action), ``grid_undo``, ``grid_next`` (another page:
@@ -29,7 +31,7 @@ from nsfw_core.state.review import CLAIMED, Item, ReviewQueue
 from nsfw_ui import auth, review_grid, state, widgets
 
 HELD_KEY = "grid_held"  # (reviewer, [item ids]) the page holds
-LEFT_OUT_KEY = "grid_left_out"  # ids this session keeps out of its grid (exceptions, audit items, no bytes)
+LEFT_OUT_KEY = "grid_left_out"  # ids kept out of this grid (exceptions, audit items, look-alikes, no bytes)
 LAST_KEY = "grid_last"  # (reviewer, [item ids]) decided by the last action
 MESSAGE_KEY = "grid_message"
 THUMBS_KEY = "grid_thumbs"  # {item id: thumbnail}

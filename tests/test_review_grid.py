@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import random
 import threading
 from typing import Iterator
@@ -31,6 +32,7 @@ from tests.helpers.paths import COMPILED_DIR, ROOT
 from tests.helpers.signin import signed_in
 
 PAGE = ROOT / "pages" / "review_grid.py"
+REVIEW_PAGE = ROOT / "pages" / "review.py"
 SCORES = {"drawings": 0.02, "hentai": 0.01, "neutral": 0.9, "porn": 0.04, "sexy": 0.03}
 
 
@@ -55,6 +57,18 @@ def fill(queue: ReviewQueue, count: int, start: int = 0) -> list[int]:
         ids.append(queue.enqueue(hashlib.sha256(data).hexdigest(), f"upload:{n}.jpg", scores, "MobileNetV2Mid",
                                  "unknown", image_bytes=data))
     return ids
+
+
+# what the queue keeps for a refused look-alike (Match.for_reviewer): a decided item PDQ found, the model disagreeing
+MATCH = {"source": "review", "by": "pdq", "distance": 16, "label": "safe", "verdict": "safe", "entry_id": 1,
+         "review_id": 1}
+
+
+def lookalike(queue: ReviewQueue, n: int) -> int:
+    """Queue item ``n`` as the API queues a refused look-alike: its bytes kept, the match it was refused."""
+    data = picture(n)
+    return queue.enqueue_for("", hashlib.sha256(data).hexdigest(), f"upload:blend-{n}.jpg", SCORES, "MobileNetV2Mid",
+                             "unknown", image_bytes=data, matched=json.dumps(MATCH))[0]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +106,25 @@ def test_items_without_their_bytes_shown_blind_or_videos_never_enter_a_grid(queu
         assert queue.get(item_id).status == "pending"  # back at its place, for the Review page
     assert queue.get(audit).blind
     assert review_grid.fits(items[0]) and not review_grid.fits(dataclasses.replace(items[0], kind="audit"))
+    assert not review_grid.fits(dataclasses.replace(items[0], matched=json.dumps(MATCH)))
+
+
+def test_an_item_with_a_refused_lookalike_match_is_never_decided_from_a_grid(queue, ctx):
+    """Issue 29: a refused look-alike goes to the Review page, which shows the match; the grid leaves it out
+    when it claims, and never decides one that reaches it anyway (it goes back with the exceptions)."""
+    ids = fill(queue, 2)
+    blend = lookalike(queue, 50)
+    items, left_out = review_grid.claim_page(queue, "alice", 10)
+    assert [i.id for i in items] == ids and left_out == {blend}
+    assert queue.get(blend).status == "pending"
+    held = queue.claim("alice", exclude=ids)
+    assert held is not None and held.id == blend and held.matched
+    out = review_grid.decide_rest(ctx, queue, "alice", [*items, held], set(), "safe")
+    assert out.decided == ids and out.returned == [blend] and not out.lost
+    assert queue.get(blend).status == "pending" and queue.get(blend).decision is None
+    with queue.pool.transaction(write=False) as tx:
+        remembered = tx.run(f"SELECT review_id FROM {KNOWN_TABLE} WHERE op = 'add'")
+    assert sorted(int(r[0]) for r in remembered) == ids  # the look-alike's decision is not remembered
 
 
 def test_concurrent_reviewers_decide_every_item_once_and_leave_the_exceptions(queue, ctx):
@@ -255,3 +288,32 @@ def test_three_reviewers_share_the_queue_through_the_grid(page_queue):
     counts = page_queue.counts()
     assert counts["decided"] == 11 and counts["total"] == len(ids)
     assert current().review_queue.counts() == counts
+
+
+def test_a_refused_lookalike_goes_to_the_review_page_with_its_match_never_to_the_grid(page_queue):
+    """Issue 29 point 2: an image PDQ matched to a remembered decision while the model saw it differently goes to
+    review "with the match shown to the reviewer".  Before, the grid showed it as one more blurred thumbnail, and
+    "Mark the rest safe" decided it (and remembered the decision for its copies) without the match ever shown."""
+    ids = fill(page_queue, 2)
+    blend = lookalike(page_queue, 50)
+    ids += fill(page_queue, 2, start=2)
+    at = grid_page("ann")
+    assert sorted(held(at)) == ids and blend in at.session_state["grid_left_out"]
+    captions = [c for im in at.image for c in im.captions]
+    assert len(captions) == 4 and f"item {blend} (blurred)" not in captions
+    at = click(at, "grid_safe")
+    assert "4 items decided **safe**" in at.success[0].value
+    assert all(page_queue.get(i).decision == "safe" for i in ids)
+    item = page_queue.get(blend)
+    assert item is not None and (item.status, item.decision) == ("pending", None)
+    assert held(at) == []  # the next page does not take it either
+    with page_queue.pool.transaction(write=False) as tx:
+        remembered = tx.run(f"SELECT review_id FROM {KNOWN_TABLE} WHERE op = 'add'")
+    assert sorted(int(r[0]) for r in remembered) == ids
+    # the one-by-one Review page holds it, with the match shown
+    review = signed_in(AppTest.from_file(str(REVIEW_PAGE), default_timeout=120),
+                       Identity("ben (secret, session ben)", Role.REVIEWER, "secret")).run()
+    assert not review.exception, [e.value for e in review.exception]
+    assert review.session_state["review_current"][0] == blend
+    assert any("Looks like review item 1" in w.value and "the model sees it differently" in w.value
+               for w in review.warning)

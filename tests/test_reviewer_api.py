@@ -8,6 +8,9 @@
   client key; client keys and strangers are refused; ``GET /v1/evaluation`` counts it all; decisions made
   on the bytes the API handed are remembered (a copy gets them), for every client when it was an audit.
 - Double review through the API: the second key's disagreement goes to the admin key, with the votes.
+- A refused look-alike (issue 29: PDQ finds a remembered decision, the model sees the image differently) is
+  claimed with the ``match`` the Review page shows: the decided item's review id and hash, its label, the
+  distance; an audit item never carries one (blind).
 - Two servers on one PostgreSQL, four reviewer keys claiming and deciding at once through both: every
   item is decided exactly once, by the key that claimed it; an undo through the other server works; the
   traffic counted by one server is in the other's evaluation.
@@ -15,6 +18,9 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import sqlite3
 import threading
@@ -23,12 +29,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from nsfw_core.http.reviews import key_id
+from nsfw_core.http.contract import Claim
+from nsfw_core.http.reviews import claimed, key_id, stored_match
+from nsfw_core.state.review import ReviewQueue
 from nsfw_core.state.review.queue import TICKET_RE
 from tests.helpers.appserver import AppServer, Reply, app_server
-from tests.helpers.paths import REFERENCE
+from tests.helpers.edits import detail_over_shading
+from tests.helpers.paths import REFERENCE, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -296,3 +306,88 @@ def test_two_replicas_on_postgresql_decide_each_item_exactly_once(postgres_url: 
     finally:
         for s in servers:
             s.stop()
+
+
+# ---------------------------------------------------------------- a refused look-alike (issue 29)
+
+DEMO_HOUSE = (ROOT / "data/demo/photos/nsfwjs_house.jpg").read_bytes()  # safe 0.992: unknown under safe 0.995
+STANDIN = (ROOT / "tests/fixtures/lookalike/standin.png").read_bytes()  # synthetic, porn 0.99 (test_lookalikes)
+
+
+def classify_v1(server: AppServer, image: bytes, key: str) -> dict[str, Any]:
+    reply = call(server, "POST", "/v1/classify", key, {"image": {"base64": base64.b64encode(image).decode()}})
+    assert reply.status == 200, reply
+    answer: dict[str, Any] = reply.json()
+    return answer
+
+
+def test_a_refused_lookalike_is_claimed_with_its_match(tmp_path: Path) -> None:
+    """Issue 29 point 2: an image that fails the look-alike check goes to review "with the match shown to the
+    reviewer".  Before, the Review page showed it and the reviewer API did not: a review tool decided the blend
+    without knowing it looked like a decided image."""
+    env = {**ENV, "NSFW_AUDIT_RATE": "0", "NSFW_SAFE_THRESHOLD": "0.995", "NSFW_REVIEW_STORE_UPLOADS": "true"}
+    with app_server(tmp_path, **env) as server:
+        house = classify_v1(server, DEMO_HOUSE, CLIENT)
+        assert house["verdict"] == "unknown" and TICKET_RE.fullmatch(house["review_id"])
+        first = held(server, R1)
+        assert first["id"] == house["review_id"] and "match" not in first  # no look-alike: no match
+        decided = call(server, "POST", f"/v1/reviews/{first['id']}/decision", R1, {"label": "neutral"})
+        assert decided.json()["outcome"] == "decided"  # remembered: the API handed the house's own bytes
+        # until the server has read the decision (every 0.5 s) the house's bytes are queued again
+        deadline = time.monotonic() + 30
+        while classify_v1(server, DEMO_HOUSE, OTHER)["verdict_source"] != "review":
+            assert time.monotonic() < deadline, "the decision was never read"
+            time.sleep(0.5)
+
+        # the stand-in's detail over the house's shading: PDQ finds the house, the model does not see it alike
+        blend = classify_v1(server, detail_over_shading(DEMO_HOUSE, STANDIN, radius=3), OTHER)
+        assert (blend["verdict"], blend["verdict_source"]) == ("unknown", "model") and "match" not in blend
+        while True:  # the house's copies queued while the decision was being read come first
+            reply = call(server, "POST", "/v1/reviews/claim", R2)
+            item = reply.json()["item"]
+            assert item is not None, "the blend was never claimed"
+            if item["id"] == blend["review_id"]:
+                break
+            assert "match" not in item, item
+            call(server, "POST", f"/v1/reviews/{item['id']}/decision", R2, {"label": "neutral"})
+        match = item["match"]
+        assert match == {"source": "review", "by": "pdq", "label": "neutral", "verdict": "safe",
+                         "distance": match["distance"], "review_id": house["review_id"],
+                         "sha256": hashlib.sha256(DEMO_HOUSE).hexdigest()}, match
+        assert 0 < match["distance"] <= 31  # NSFW_MATCH_DISTANCE
+        assert item["kind"] == "review" and item["verdict"] == "unknown" and item["scores"]["porn"] > 0.5
+        assert msgspec.json.decode(reply.body, type=Claim).item.match.review_id == house["review_id"]  # type: ignore[union-attr]
+        document = call(server, "GET", "/openapi.json").json()["components"]["schemas"]
+        assert document["ClaimedItem"]["properties"]["match"] == {"$ref": "#/components/schemas/ClaimedMatch"}
+        assert set(document["ClaimedMatch"]["required"]) == {"source", "by", "label", "verdict", "distance"}
+
+        # decided, then undone: back to the key with its match
+        call(server, "POST", f"/v1/reviews/{item['id']}/decision", R2, {"label": "porn"})
+        back = call(server, "POST", "/v1/reviews/undo", R2).json()["item"]
+        assert back["id"] == blend["review_id"] and back["match"] == match
+        # the client that queued it is never told (no oracle)
+        mine = call(server, "GET", f"/v1/reviews/{blend['review_id']}", OTHER)
+        assert mine.status == 200 and b"match" not in mine.body and b"distance" not in mine.body
+
+
+def test_an_audit_item_never_carries_a_match(tmp_path: Path) -> None:
+    """An audit item is reviewed blind: the match is the model's view of it (the model saw it differently), so
+    the claimed item leaves it out, as it leaves out the verdict and scores, whatever the queue kept."""
+    match = {"source": "review", "by": "pdq", "distance": 20, "label": "safe", "verdict": "safe", "entry_id": 7,
+             "review_id": 3}
+    with ReviewQueue(data_dir=tmp_path) as queue:
+        item_id, ticket = queue.enqueue_for("c1", "a" * 64, "upload:x.jpg", {"drawings": 0.1, "hentai": 0.1,
+                                            "neutral": 0.5, "porn": 0.2, "sexy": 0.1}, "MobileNetV2Mid", "unknown",
+                                            matched=json.dumps(match))
+        item = queue.get(item_id)
+    assert item is not None and item.matched
+    assert stored_match(item) == match  # a review item: the queue's numbers, named by the API before it answers
+    assert "match" in claimed(item, ticket, match={"source": "review", "by": "pdq", "label": "safe",
+                                                   "verdict": "safe", "distance": 20})
+    audit = dataclasses.replace(item, kind="audit")
+    assert stored_match(audit) is None
+    assert "match" not in claimed(audit, ticket, match={"source": "review", "by": "pdq", "label": "safe",
+                                                        "verdict": "safe", "distance": 20})
+    for bad in ("not json", "[1]", json.dumps({**match, "distance": -1}), json.dumps({**match, "by": "sha256"}),
+                json.dumps({**match, "label": None})):
+        assert stored_match(dataclasses.replace(item, matched=bad)) is None

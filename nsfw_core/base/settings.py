@@ -292,8 +292,9 @@ class Settings:
         "NSFW_OIDC_CLIENT_ID", "", str,
         "Client id registered with the identity provider.")
     oidc_client_secret: str = setting(
-        "NSFW_OIDC_CLIENT_SECRET", "", str,
-        "Client secret registered with the identity provider.", secret=True)
+        "NSFW_OIDC_CLIENT_SECRET", "", _secret,
+        "Client secret registered with the identity provider (at least 16 characters like every secret: with "
+        "NSFW_OIDC_COOKIE_SECRET empty, the key that signs the sign-in cookie is derived from it).", secret=True)
     oidc_redirect_uri: str = setting(
         "NSFW_OIDC_REDIRECT_URI", "", str,
         "The service's public URL followed by /oauth2callback, as registered with the provider (empty: "

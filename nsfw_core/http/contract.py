@@ -476,9 +476,36 @@ class VoteOut(msgspec.Struct, forbid_unknown_fields=True):
     label: str
 
 
+class ClaimedMatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A remembered decision (or hash-list entry) the image looks like to PDQ while the model sees it
+    differently, so it did not clear the image (issue 29: a perceptual hash alone never clears): the
+    reviewer decides knowing it, as on the Review page.  Shown to reviewer and admin keys only, never to a
+    client key, never for an audit item (reviewed blind)."""
+
+    source: Annotated[Literal["review", "list"], msgspec.Meta(
+        description="review: a reviewer's remembered decision; list: a hash-list entry")]
+    by: Annotated[Literal["pdq", "vpdq"], msgspec.Meta(
+        description="pdq: the image's PDQ hash; vpdq: a video's sampled frames, matched as a whole")]
+    label: Annotated[str, msgspec.Meta(description="the reviewer's label, or the list's (allow, deny, safe, "
+                                                   "adult)")]
+    verdict: Literal["adult", "safe"]
+    distance: Annotated[int, msgspec.Meta(ge=0, le=256, description="PDQ bits of 256 that differ (a video: the "
+                                                                    "median of its matched frames')")]
+    review_id: Annotated[str, msgspec.Meta(
+        description="the decided item's review id (rv_...), while it is kept (NSFW_REVIEW_RETENTION_DAYS; its "
+                    "remembered decision outlives it)")] | msgspec.UnsetType = msgspec.UNSET
+    sha256: Annotated[str, msgspec.Meta(
+        description="the SHA-256 of the decided image (or the list entry's), when it has one and is still "
+                    "remembered")] | msgspec.UnsetType = msgspec.UNSET
+    share: Annotated[float, msgspec.Meta(
+        ge=0, le=1, description="a video: the share of its sampled frames that matched")] | msgspec.UnsetType = \
+        msgspec.UNSET
+
+
 class ClaimedItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """A claimed item, held by this key until ``lease_until``.  ``verdict``, ``scores`` and ``model`` only for a
-    review item: an audit item is reviewed blind.  ``votes``: the two labels of a disagreement (admins)."""
+    """A claimed item, held by this key until ``lease_until``.  ``verdict``, ``scores``, ``model`` and
+    ``match`` only for a review item: an audit item is reviewed blind.  ``match``: a refused look-alike's
+    (present only when there is one).  ``votes``: the two labels of a disagreement (admins)."""
 
     id: Annotated[str, msgspec.Meta(description="the item's review id (rv_ and 22 URL-safe characters), for "
                                                 "/v1/reviews/{id}/decision")]
@@ -490,6 +517,7 @@ class ClaimedItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     verdict: Verdict | msgspec.UnsetType = msgspec.UNSET
     scores: Scores | msgspec.UnsetType = msgspec.UNSET
     model: str | msgspec.UnsetType = msgspec.UNSET
+    match: ClaimedMatch | msgspec.UnsetType = msgspec.UNSET
     escalated: bool = False
     votes: list[VoteOut] | msgspec.UnsetType = msgspec.UNSET
 

@@ -3,7 +3,9 @@
 * ``POST /v1/reviews/claim``: the next item, held by the key under a lease (NSFW_REVIEW_LEASE_SECONDS): its
   public review id (``rv_...``, unguessable: the id its creator got and the webhooks' id), its image (the
   bytes that were classified, in base64) and, unless it is an audit item (reviewed blind), the model's
-  verdict and scores; ``{"item": null}`` when nothing is left for this key;
+  verdict and scores and, for a refused look-alike, the ``match`` the Review page shows (issue 29: the
+  remembered decision PDQ found while the model saw the image differently); ``{"item": null}`` when nothing
+  is left for this key;
 * ``POST /v1/reviews/{id}/decision`` with ``{"label": "adult" | "safe" | one of the five classes}``: the same
   rules as the Review page: only the key holding the item (or a pending one) decides it, the decision is
   webhooked, and remembered (later copies of the image get it) only when the API handed the reviewer the
@@ -28,6 +30,7 @@ import base64
 import datetime as _dt
 import hashlib
 import hmac
+import json
 import logging
 import re
 import time
@@ -150,10 +153,58 @@ def shown_bytes(item: Item) -> bytes | None:
     return None
 
 
-def claimed(item: Item, public_id: str, votes: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """The contract's ``ClaimedItem``: an audit item blind (no verdict, scores or model).  The image is the bytes
-    that were classified; only a review item queued before URL bytes were kept (issue 29) offers its URL
-    instead (a decision on it is then not remembered: the API handed no bytes); an audit item never does."""
+def stored_match(item: Item) -> dict[str, Any] | None:
+    """The refused look-alike match the queue keeps with ``item`` (``matched``, from
+    :meth:`~nsfw_core.state.known.Match.for_reviewer`), checked field by field against the contract's
+    ``ClaimedMatch``; None without one, for an audit item (reviewed blind: the match is the model's view), and
+    for a value that does not parse (the Review page shows nothing then either)."""
+    if item.blind or not item.matched:
+        return None
+    try:
+        m = json.loads(item.matched)
+    except ValueError:
+        return None
+    if not isinstance(m, dict):
+        return None
+    source, by, label, verdict, distance = (m.get(k) for k in ("source", "by", "label", "verdict", "distance"))
+    if source not in ("review", "list") or by not in ("pdq", "vpdq") or not isinstance(label, str) \
+            or verdict not in ("adult", "safe") or type(distance) is not int or not 0 <= distance <= 256:
+        return None
+    out: dict[str, Any] = {"source": source, "by": by, "label": label, "verdict": verdict, "distance": distance}
+    share = m.get("share")
+    if isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share <= 1:
+        out["share"] = float(share)
+    for key in ("review_id", "entry_id"):  # the queue's own numbers: the caller names them for the API
+        if type(m.get(key)) is int:
+            out[key] = m[key]
+    return out
+
+
+def _match(ctx: Context, item: Item) -> dict[str, Any] | None:
+    """The contract's ``ClaimedMatch`` for ``item``: :func:`stored_match`, the decided item named by its review id
+    (while it is kept) and the matched entry by its SHA-256 (while it is remembered), never by the queue's or
+    the known images' numbers (the API names no item by those)."""
+    m = stored_match(item)
+    if m is None:
+        return None
+    review_id, entry_id = m.pop("review_id", None), m.pop("entry_id", None)
+    if review_id is not None and m["source"] == "review":
+        try:
+            m["review_id"] = ctx.review_queue.public_id(review_id)
+        except ItemNotFound:  # purged with the retention; the decision it left is still remembered
+            pass
+    entry = ctx.known.entry(entry_id) if entry_id is not None else None
+    if entry is not None and entry.sha256:
+        m["sha256"] = entry.sha256
+    return m
+
+
+def claimed(item: Item, public_id: str, votes: list[tuple[str, str]] | None = None,
+            match: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The contract's ``ClaimedItem``: an audit item blind (no verdict, scores, model or match).  The image is the
+    bytes that were classified; only a review item queued before URL bytes were kept (issue 29) offers its URL
+    instead (a decision on it is then not remembered: the API handed no bytes); an audit item never does.
+    ``match``: the refused look-alike's (:func:`_match`), shown as the Review page shows it."""
     image: dict[str, Any] | None = None
     data = shown_bytes(item)
     if data is not None:
@@ -167,6 +218,8 @@ def claimed(item: Item, public_id: str, votes: list[tuple[str, str]] | None = No
                            "image": image}
     if not item.blind:
         out.update(verdict=item.verdict, scores={c: float(item.scores[c]) for c in CLASS_NAMES}, model=item.model)
+        if match is not None:
+            out["match"] = match
     if item.escalated:
         out["escalated"] = True
         if votes:
@@ -178,7 +231,7 @@ def _with_votes(ctx: Context, item: Item | None) -> dict[str, Any] | None:
     if item is None:
         return None
     votes = [(v.reviewer, v.label) for v in ctx.review_queue.votes(item.id)] if item.escalated else None
-    return claimed(item, ctx.review_queue.public_id(item.id), votes)
+    return claimed(item, ctx.review_queue.public_id(item.id), votes, _match(ctx, item))
 
 
 # ---------------------------------------------------------------- endpoints

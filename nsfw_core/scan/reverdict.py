@@ -19,7 +19,6 @@ with that adapter, from the stored embeddings and scores, as the service would w
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nsfw_core.base import spreadsheet
 from nsfw_core.base.verdict import Thresholds
 from nsfw_core.scan.dataset import ScanDataset, latest_mask
 from nsfw_core.scan.judge import Lookup, judge
@@ -111,10 +111,13 @@ class Report:
         return "\n".join(lines)
 
     def changes_csv(self) -> str:
+        """``--changes FILE``: one row per changed image.  Written through :mod:`nsfw_core.base.spreadsheet`, as
+        every CSV the app writes: a source is whatever the scan read (a file name, a URL, a manifest's line), and
+        one like ``=HYPERLINK(...)`` must not run as a formula in the spreadsheet that opens the list."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, CHANGE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.changes)
+        writer = spreadsheet.writer(buf, lineterminator="\n")
+        writer.writerow(CHANGE_COLUMNS)
+        writer.writerows([change.get(column, "") for column in CHANGE_COLUMNS] for change in self.changes)
         return buf.getvalue()
 
 

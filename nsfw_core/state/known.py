@@ -324,6 +324,12 @@ class KnownImages:
         entry, by, dist = min(found, key=lambda f: (f[0].kind != LIST, f[2], -f[0].id))
         return self._with_embedding(entry.match(by, dist))
 
+    def entry(self, entry_id: int) -> Entry | None:
+        """The live entry ``entry_id`` as this process knows it (None once removed, or not read yet): what the
+        reviewer API names of a refused look-alike's match (its hash).  Never raises."""
+        self._maybe_refresh()
+        return self._state.entries.get(int(entry_id))
+
     def lookup_many(self, sha256s: Sequence[str | None], phashes: Sequence[bytes | None],
                     client: str | None = None) -> list[Match | None]:
         """:meth:`lookup` for many images at once (``nsfw-scan``'s stored rows), with the same answers.
