@@ -30,4 +30,7 @@ if who.via != "local":
                          url_path="account", default=not pages))
 if who.via != "none":
     st.sidebar.caption(f"{who.name} · {who.role.label}")
+if who.signed_in:
+    with st.sidebar:
+        auth.watch(who)  # the tab drops these pages as soon as the sign-in ends, not at its next action
 st.navigation(pages).run()

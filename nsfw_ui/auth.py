@@ -8,6 +8,7 @@ Both kinds of sign-in count only while their server-side session is live
 (:mod:`nsfw_core.state.sessions`: not signed out in any tab or replica, within the idle and absolute
 lifetimes, still accepted by the identity provider); :func:`sign_out` ends it everywhere.
 
+:func:`watch` (started by the navigation for a signed-in visitor) reruns an open tab whose sign-in ended.
 Pages call :func:`require` first (it stops the script for a visitor without the role) and
 :func:`check` again right before an action, since an action runs from a callback or a rerun
 that a client can trigger with a forged message.
@@ -29,6 +30,7 @@ from . import signin, uploads
 from .state import context
 
 IDENTITY_KEY = "_nsfw_identity"  # a secret sign-in's Identity; never a widget key
+WATCH_S = 2.0  # how often an open tab of a signed-in visitor checks that its sign-in still holds
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +76,17 @@ def _identity() -> Identity:
             st.session_state.pop(IDENTITY_KEY, None)
         ended = status.message
     return dataclasses.replace(ANONYMOUS, note=ended) if ended else ANONYMOUS
+
+
+@st.fragment(run_every=WATCH_S)
+def watch(who: Identity) -> None:
+    """Every :data:`WATCH_S` while a tab is open: once the sign-in ``who`` it was drawn for has ended (signed
+    out in another tab, ended by the operator, a lifetime run out, the provider's re-check) or changed, rerun
+    the whole app, so the tab drops the operator's pages and shows what an anonymous visitor gets at once,
+    not at its next action.  Draws nothing."""
+    now = identity()
+    if now != who or now.session != who.session:
+        st.rerun(scope="app")
 
 
 def can(who: Identity, permission: Permission) -> bool:
