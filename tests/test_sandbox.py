@@ -68,10 +68,10 @@ def test_typed_errors_cross_the_boundary(lane: Sandbox) -> None:
 
 
 def test_a_decode_past_the_deadline_is_killed_and_the_next_call_gets_a_new_child(lane: Sandbox) -> None:
-    slow = hostile.progressive_scans(4096, 90)
+    slow = hostile.progressive_scans(6144, 90)  # about 2.7 s on a quiet CI core: well past the 1 s deadline
     started = time.monotonic()
     with pytest.raises(DecodeTimeout) as info:
-        lane.prepare(slow, size=224, limits=LIMITS, cost_pixels=8_388_608)
+        lane.prepare(slow, size=224, limits=LIMITS, cost_pixels=18_874_368)
     assert 1.0 <= time.monotonic() - started < 2.0
     assert info.value.status == 422 and info.value.details["timeout_s"] == 1.0
     assert lane.killed == 1
