@@ -3,8 +3,19 @@ the model-only ceiling and against ``nsfw-classify --server``; reverdict on a mi
 actor; and the opt-in ``--fast-decode`` judged by how often its verdict agrees with the default's.
 
 ``.venv/bin/python bench/scan.py [--images 400] [--repeat 3] [--rows 1000000] [--known 1000] [--quick]``
+``.venv/bin/python bench/scan.py --hostile [--images 48]``
 
-Prints one JSON document (and writes ``bench/results/scan.json``); BENCHMARKS.md has the figures.
+Prints one JSON document (and writes ``bench/results/scan.json``, or ``scan_hostile.json``); BENCHMARKS.md has
+the figures.
+
+``--hostile`` (issue 28: "memory per worker stays within the settings" under hostile files) measures memory
+only: a catalogue of ``--images`` benign 1 MP JPEGs and the hostile files of :func:`hostile_catalogue` (pixel
+and decompression bombs, huge declared sizes in PNG, GIF, JPEG and TIFF headers, progressive JPEGs of many
+scans, videos at and over the frame-size limit, a stream that outgrows its header), scanned once with the
+benign images alone and once with everything, each by ``nsfw-scan DIR --out NEW`` (the defaults).  Per process
+of the tree: peak RSS (VmHWM, the kernel's own peak, read every 0.1 s) and peak address space (VmPeak), split
+into the actors, their isolated-lane children (``nsfw_core.images.sandbox``), the driver and the rest (Ray);
+beside them what the settings allow (the pixel budget, the isolated lane's address-space headroom).
 
 1. Images: ``--images`` distinct 1280x800 JPEGs (q90, ``bench/images.make_image``: photograph-like), made once
    into ``bench/results/scratch/scan-1mp-N``.
@@ -80,6 +91,20 @@ def env(data_dir: Path, **extra: str) -> dict[str, str]:
     return out
 
 
+def _status(pid: int) -> tuple[int, int, int]:
+    """(VmHWM, VmPeak) in bytes and the parent's pid, from /proc/PID/status (zeros once the process is gone)."""
+    out = {"VmHWM": 0, "VmPeak": 0, "PPid": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in out:
+                number = int(value.split()[0])
+                out[key] = number if key == "PPid" else number * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out["VmHWM"], out["VmPeak"], out["PPid"]
+
+
 class Sampler(threading.Thread):
     """CPU seconds (max seen per pid) and peak RSS per pid of a process tree, every 0.1 s."""
 
@@ -88,6 +113,9 @@ class Sampler(threading.Thread):
         self.root = root
         self.cpu: dict[int, float] = {}
         self.rss: dict[int, int] = {}
+        self.hwm: dict[int, int] = {}  # VmHWM: the kernel's peak RSS, so a spike between samples still counts
+        self.vm_peak: dict[int, int] = {}  # VmPeak: the peak address space (what RLIMIT_AS bounds)
+        self.parent: dict[int, int] = {}
         self.names: dict[int, str] = {}
         self.done = threading.Event()
 
@@ -96,10 +124,17 @@ class Sampler(threading.Thread):
             for pid in process_tree(self.root):
                 self.cpu[pid] = max(self.cpu.get(pid, 0.0), cpu_seconds(pid))
                 self.rss[pid] = max(self.rss.get(pid, 0), rss_bytes(pid))
+                hwm, peak, ppid = _status(pid)
+                self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
+                self.vm_peak[pid] = max(self.vm_peak.get(pid, 0), peak)
+                if ppid:
+                    self.parent[pid] = ppid
                 try:  # read every time: Ray renames a worker (ray::MapWorker...) once it becomes an actor
-                    self.names[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")[:120]
+                    name = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")[:120]
                 except OSError:
-                    self.names.setdefault(pid, "?")
+                    name = ""
+                if name or pid not in self.names:  # an exited process (a zombie) reads empty: keep its name
+                    self.names[pid] = name or "?"
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -137,7 +172,7 @@ def ceiling(seconds: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- (b) (c) (e) the scan
 
 
-def scan(folder: Path | list[str], out: Path, data_dir: Path, *extra: str) -> dict[str, Any]:
+def scan(folder: Path | list[str], out: Path, data_dir: Path, *extra: str, memory: bool = False) -> dict[str, Any]:
     sources = [str(folder)] if isinstance(folder, Path) else folder
     t0 = time.perf_counter()
     proc = subprocess.Popen([PY, "-m", "nsfw_core.scan.cli", *sources, "--out", str(out), "--json", *extra],
@@ -165,7 +200,36 @@ def scan(folder: Path | list[str], out: Path, data_dir: Path, *extra: str) -> di
         "actor_peak_rss_mib": sorted(round(v / MIB, 1) for v in actors.values()),
         "driver_peak_rss_mib": round(sampler.rss.get(proc.pid, 0) / MIB, 1),
         "tree_processes": len(sampler.cpu),
+        **({"memory": memory_by_role(sampler, proc.pid), "error_codes": summary.get("error_codes", {})}
+           if memory else {}),
     }
+
+
+def memory_by_role(sampler: Sampler, driver: int) -> dict[str, Any]:
+    """Peak RSS (VmHWM) and peak address space (VmPeak) of each process, by role: the actors (Ray names them
+    ``ray::MapWorker...``), their isolated-lane children (``-m nsfw_core.images.sandbox``; a child killed at its
+    deadline is replaced, so an actor may have had several), the driver, and the rest (Ray's own processes)."""
+    actors = {pid for pid, name in sampler.names.items() if "MapWorker" in name}
+    roles: dict[str, list[dict[str, Any]]] = {"actors": [], "sandbox_children": [], "driver": [], "ray_and_other": []}
+    for pid in sorted(sampler.rss):
+        name = sampler.names.get(pid, "?")
+        row = {"pid": pid, "peak_rss_mib": round(max(sampler.hwm.get(pid, 0), sampler.rss[pid]) / MIB, 1),
+               "peak_address_space_mib": round(sampler.vm_peak.get(pid, 0) / MIB, 1),
+               "command": name.replace("\0", " ").strip()[:80]}
+        if pid in actors:
+            roles["actors"].append(row)
+        elif "nsfw_core.images.sandbox" in name:
+            row["actor"] = sampler.parent.get(pid)
+            roles["sandbox_children"].append(row)
+        elif pid == driver:
+            roles["driver"].append(row)
+        else:
+            roles["ray_and_other"].append(row)
+    out: dict[str, Any] = {role: rows for role, rows in roles.items()}
+    for role, rows in roles.items():
+        out[f"{role}_max_peak_rss_mib"] = max((r["peak_rss_mib"] for r in rows), default=None)
+    out["ray_and_other_sum_peak_rss_mib"] = round(sum(r["peak_rss_mib"] for r in roles["ray_and_other"]), 1)
+    return out
 
 
 # ---------------------------------------------------------------- (d) nsfw-classify --server
@@ -356,17 +420,182 @@ def agreement(folder: Path, n_clipart: int) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- --hostile: memory under hostile files
+
+
+def hostile_catalogue(folder: Path) -> dict[str, str]:
+    """Hostile files (tests/helpers/hostile.py and videos.py build them) in ``folder``, each with what it is.
+
+    Small files whose headers declare what the limits refuse (``image_too_large`` before anything is decoded),
+    and, the ones that cost memory, files just under the limits: 49 MP PNGs and headers of 49 MP JPEGs and GIFs
+    with almost no data behind them (the decoder still allocates the whole image; the isolated lane), a 16 MP
+    RGB PNG (the most a decode in the actor itself may take: ``INLINE_WORK``), a 4096x2160 video (the frame
+    limit, ``NSFW_MAX_VIDEO_PIXELS``), a stream whose frames outgrow its header.
+    """
+    from tests.helpers import hostile, videos
+
+    house = (ROOT / "tests" / "fixtures" / "reference" / "house.jpg").read_bytes()
+    files: dict[str, tuple[str, Any]] = {
+        "bomb-64mp.png": ("8000x8000 grey PNG of zeros, 60 KB (over NSFW_MAX_PIXELS)", lambda: hostile.png(8000, 8000)),
+        "grey-49mp.png": ("7000x7000 grey PNG of zeros (under the limit: decoded, isolated lane)",
+                          lambda: hostile.png(7000, 7000)),
+        "rgb-49mp.png": ("7000x7000 RGB PNG of zeros, 140 KB (under the limit: decoded, isolated lane)",
+                         lambda: hostile.png(7000, 7000, colour_type=2)),
+        "rgb-16mp.png": ("4000x4000 RGB PNG of zeros (the largest decode done in the actor itself)",
+                         lambda: hostile.png(4000, 4000, colour_type=2)),
+        "row-50m.png": ("50,000,000x1 grey PNG (extreme aspect ratio)", lambda: hostile.png(50_000_000, 1)),
+        "declared-49mp.jpg": ("baseline JPEG header of 7000x7000, almost no data", lambda: hostile.jpeg(7000, 7000,
+                                                                                                       full=False)),
+        "declared-49mp-progressive.jpg": ("progressive JPEG header of 7000x7000, almost no data",
+                                          lambda: hostile.jpeg(7000, 7000, progressive=True, full=False)),
+        "declared-4gp.jpg": ("JPEG header of 65000x65000 (over the limit)", lambda: hostile.jpeg(65000, 65000,
+                                                                                                full=False)),
+        "scans-4096-90.jpg": ("4096x4096 progressive JPEG of 90 scans (under NSFW_MAX_JPEG_SCANS, slow)",
+                              lambda: hostile.progressive_scans(4096, 90)),
+        "scans-2048-20000.jpg": ("2048x2048 progressive JPEG of 20,000 scans (over the scan limit)",
+                                 lambda: hostile.progressive_scans(2048, 20_000)),
+        "declared-49mp.gif": ("GIF whose screen and frame declare 7000x7000, one pixel of data",
+                              lambda: hostile.gif_any((7000, 7000), [(0, 0, 7000, 7000)], full=False)),
+        "declared-4gp.gif": ("GIF declaring 65535x65535 (over the limit)",
+                             lambda: hostile.gif_any((65535, 65535), [(0, 0, 65535, 65535)], full=False)),
+        "frames-20000.gif": ("animated GIF of 20,000 1x1 frames", lambda: hostile.animated_gif(20_000)),
+        "tile.tif": ("16x16 TIFF declaring one 46000x46000 tile", lambda: hostile.tiff()),
+        "truncated.jpg": ("a third of a JPEG", lambda: house[: len(house) // 3]),
+        "notes.jpg": ("text named .jpg", lambda: b"this is not an image\n" * 10),
+        "empty.png": ("0 bytes", lambda: b""),
+        "frames-4096x2160.mp4": ("H.264 video of 4096x2160 frames (NSFW_MAX_VIDEO_PIXELS exactly), 2 s at 5 fps",
+                                 lambda: videos.make("mp4", "h264", seconds=2.0, fps=5, size=(4096, 2160))),
+        "frames-4096x2304.mp4": ("H.264 video of 4096x2304 frames (over NSFW_MAX_VIDEO_PIXELS)",
+                                 lambda: videos.make("mp4", "h264", seconds=0.4, fps=5, size=(4096, 2304))),
+        "outgrowing.mkv": ("MKV declaring 64x48 frames that carries 1024x1024 ones", lambda: videos.outgrowing()),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    for name, (what, build) in files.items():
+        path = folder / name
+        if not path.exists():
+            path.with_suffix(".tmp").write_bytes(build())
+            path.with_suffix(".tmp").replace(path)
+        out[name] = f"{what}; {path.stat().st_size} bytes"
+    return out
+
+
+def bounds() -> dict[str, Any]:
+    """What the settings allow, from the code (the defaults: the bench clears NSFW_* from the environment)."""
+    from nsfw_core.base.settings import load_settings
+    from nsfw_core.images import sandbox, structure, video
+
+    settings = load_settings(environ={})
+    pixels = settings.decode_pixel_budget
+    child = subprocess.Popen([PY, "-m", "nsfw_core.images.sandbox"], cwd=ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, env=env(Path(tempfile.gettempdir())))
+    try:  # a fresh isolated-lane child, idle once its imports are done: its limit is this plus the headroom
+        last, still = -1, 0
+        for _ in range(100):
+            time.sleep(0.1)
+            size = int(Path(f"/proc/{child.pid}/statm").read_text().split()[0]) * resource.getpagesize()
+            still, last = (still + 1 if size == last else 0), size
+            if still >= 10:
+                break
+        idle_rss = rss_bytes(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    return {
+        "NSFW_DECODE_PIXEL_BUDGET": pixels, "NSFW_MAX_PIXELS": settings.max_pixels,
+        "NSFW_MAX_VIDEO_PIXELS": settings.max_video_pixels, "NSFW_DECODE_TIMEOUT": settings.decode_timeout,
+        "NSFW_MAX_JPEG_SCANS": settings.max_jpeg_scans, "INLINE_WORK": structure.INLINE_WORK,
+        "sandbox.BYTES_PER_COST_PIXEL": sandbox.BYTES_PER_COST_PIXEL, "sandbox.MIN_HEADROOM": sandbox.MIN_HEADROOM,
+        "video.BYTES_PER_PIXEL": video.BYTES_PER_PIXEL,
+        "image_child_idle_address_space_mib": round(last / MIB, 1), "image_child_idle_rss_mib": round(idle_rss / MIB, 1),
+        # the isolated lane: RLIMIT_AS = the child's idle address space + this headroom, at the largest cost
+        "image_child_headroom_max_mib": round(max(sandbox.MIN_HEADROOM, sandbox.BYTES_PER_COST_PIXEL
+                                                  * min(settings.max_pixels, pixels)) / MIB, 1),
+        "video_child_headroom_max_mib": round(max(sandbox.MIN_HEADROOM, video.BYTES_PER_PIXEL
+                                                  * settings.max_video_pixels) / MIB, 1),
+        # an actor decodes in its own thread only images of at most INLINE_WORK, one at a time; at the isolated
+        # lane's own allowance per pixel that is
+        "actor_inline_decode_max_mib": round(sandbox.BYTES_PER_COST_PIXEL * structure.INLINE_WORK / MIB, 1),
+    }
+
+
+def hostile_main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    result: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "machine": machine_info(), "args": vars(args), "bounds": bounds()}
+    log(f"making {args.images} 1 MP JPEGs and the hostile files")
+    benign = make_images(args.images)
+    folder = SCRATCH / f"scan-hostile-{args.images}"
+    result["hostile_files"] = hostile_catalogue(folder / "odd")
+    photos = folder / "photos"
+    photos.mkdir(exist_ok=True)
+    for src in sorted(benign.glob("*.jpg"))[: args.images]:
+        if not (photos / src.name).exists():
+            shutil.copyfile(src, photos / src.name)
+    work = Path(tempfile.mkdtemp(prefix="scan-hostile-"))
+    runs: dict[str, list[dict[str, Any]]] = {"benign_only": [], "hostile": []}
+    try:
+        for rep in range(args.repeat):  # each scan into a new dataset: every image decoded again
+            log(f"repetition {rep + 1}: nsfw-scan on the {args.images} benign images alone")
+            runs["benign_only"].append(scan(photos, work / f"benign{rep}", work / "data", memory=True))
+            log(f"repetition {rep + 1}: nsfw-scan on the {args.images} benign images and "
+                f"{len(result['hostile_files'])} hostile files")
+            runs["hostile"].append(scan(folder, work / f"hostile{rep}", work / "data", memory=True))
+        import pyarrow.dataset as pads
+
+        rows = pads.dataset(str(work / "hostile0"), format="parquet").to_table(
+            columns=["source", "error_code", "error_message", "verdict"]).to_pylist()
+        result["hostile_rows"] = {Path(r["source"]).name: {"error_code": r["error_code"], "verdict": r["verdict"],
+                                                           "error_message": (r["error_message"] or "")[:160] or None}
+                                  for r in rows if "/odd/" in r["source"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.update(runs)
+    b = result["bounds"]
+
+    def peak(cell: str, key: str) -> float:
+        return max(float(run["memory"][key] or 0.0) for run in runs[cell])
+
+    result["summary"] = {  # the largest over the repetitions
+        "actor_peak_rss_mib_benign": peak("benign_only", "actors_max_peak_rss_mib"),
+        "actor_peak_rss_mib_hostile": peak("hostile", "actors_max_peak_rss_mib"),
+        "actor_growth_mib": round(peak("hostile", "actors_max_peak_rss_mib")
+                                  - peak("benign_only", "actors_max_peak_rss_mib"), 1),
+        "actor_inline_decode_max_mib": b["actor_inline_decode_max_mib"],
+        "sandbox_child_peak_rss_mib": peak("hostile", "sandbox_children_max_peak_rss_mib"),
+        "sandbox_child_peak_address_space_mib": max((r["peak_address_space_mib"] for run in runs["hostile"]
+                                                     for r in run["memory"]["sandbox_children"]), default=None),
+        "image_child_headroom_max_mib": b["image_child_headroom_max_mib"],
+        "video_child_headroom_max_mib": b["video_child_headroom_max_mib"],
+        "child_idle_address_space_mib": b["image_child_idle_address_space_mib"],
+        "worker_peak_rss_mib_actor_plus_child": round(max(
+            max((a["peak_rss_mib"] + sum(c["peak_rss_mib"] for c in run["memory"]["sandbox_children"]
+                                         if c.get("actor") == a["pid"]) for a in run["memory"]["actors"]), default=0.0)
+            for run in runs["hostile"]), 1),
+        "driver_peak_rss_mib_benign": peak("benign_only", "driver_max_peak_rss_mib"),
+        "driver_peak_rss_mib_hostile": peak("hostile", "driver_max_peak_rss_mib"),
+        "ray_and_other_sum_peak_rss_mib_hostile": peak("hostile", "ray_and_other_sum_peak_rss_mib"),
+    }
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["total_s"] = time.perf_counter() - started
+    out = ROOT / "bench" / "results" / "scan_hostile.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 # ---------------------------------------------------------------- the run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--images", type=int)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--known", type=int, default=1000)
     parser.add_argument("--clipart", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few images, rows and repetitions")
+    parser.add_argument("--hostile", action="store_true",
+                        help="memory only: --images benign JPEGs (default 48) and the hostile files (scan_hostile.json)")
     parser.add_argument("--ceiling-child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--reverdict-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -376,6 +605,11 @@ def main() -> None:
     if args.reverdict_child:
         print(json.dumps(reverdict_child(*args.reverdict_child)))
         return
+    if args.hostile:
+        args.images = args.images or 48
+        hostile_main(args)
+        return
+    args.images = args.images or 400
     if args.quick:
         args.images, args.repeat, args.rows, args.known, args.clipart = 64, 1, 20_000, 100, 20
     started = time.perf_counter()
