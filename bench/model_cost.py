@@ -8,6 +8,11 @@
 2. CPU milliseconds of decoding (``time.process_time``, best of 3) per megapixel pass of the decoder's declared
    work (``Plan.cost.work``) for a 1 MP and a 16 MP noise JPEG and a 16-frame 4000x4000 GIF: what
    ``WORK_PER_UNIT`` (one unit per 1,000,000 pixel passes) stands for beside one default-model pass.
+3. CPU milliseconds of decoding a video (``time.process_time`` of this process, its decoder threads included,
+   best of 3; ``nsfw_core.images.video.frames`` as the isolated lane runs it, sampled at 1 frame a second)
+   per megapixel of the frames fed to the decoder (``Plan.decoded`` x width x height), for 20 s of H.264 at
+   720p and 1080p, 30 fps, with x264's keyframe interval and with a single keyframe: what
+   ``VIDEO_WORK_PER_UNIT`` stands for beside one default-model pass.
 
 CPU time, not wall time: the figures hold on a machine that other jobs share.  Prints a Markdown table and
 writes ``--out`` (bench/results/model_cost.json).
@@ -33,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from nsfw_core.images import decode as _decode
 from nsfw_core.inference.model import load_model
 from nsfw_core.inference.registry import CPU_MS_PER_IMAGE
+from nsfw_core.ratelimit import VIDEO_WORK_PER_UNIT
 
 COMPILED = ROOT / "var" / "compiled"
 MODELS = ("MobileNetV2Mid", "MobileNetV2", "InceptionV3")
@@ -82,6 +88,37 @@ def decode_ms(data: bytes) -> tuple[float, int]:
     return 1000.0 * best, work
 
 
+def videos() -> dict[str, tuple[bytes, str]]:
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import videos as made
+
+    one_keyframe = {"preset": "ultrafast", "g": "100000", "keyint_min": "100000", "sc_threshold": "0"}
+    out = {}
+    for height, width in ((720, 1280), (1080, 1920)):
+        out[f"H.264 {height}p 30 fps, 20 s"] = (made.make("mp4", seconds=20, fps=30, size=(width, height)), "mp4")
+    out["H.264 720p 30 fps, 20 s, one keyframe"] = (made.make("mp4", seconds=20, fps=30, size=(1280, 720),
+                                                               options=one_keyframe), "mp4")
+    return out
+
+
+def video_decode_ms(data: bytes, container: str) -> tuple[float, int, int, int]:
+    """Best CPU ms of 3 decodes; the frames fed to the decoder, the frames sampled, pixels a frame."""
+    from nsfw_core.images import video
+
+    best, decoded, samples, pixels = float("inf"), 0, 0, 0
+    for _ in range(3):
+        t0 = time.process_time()
+        items = video.frames(data, container, max_pixels=10**8, fps=1.0, max_frames=1800, seed=1,
+                             each=lambda rgb: None)
+        found, chosen = next(items)
+        assert isinstance(found, video.Declared) and isinstance(chosen, video.Plan)
+        for _ in items:
+            pass
+        best = min(best, time.process_time() - t0)
+        decoded, samples, pixels = chosen.decoded, len(chosen.samples), found.width * found.height
+    return 1000.0 * best, decoded, samples, pixels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=15)
@@ -94,9 +131,18 @@ def main() -> None:
         ms, work = decode_ms(data)
         decodes[label] = {"bytes": len(data), "work": work, "cpu_ms": round(ms, 1),
                           "cpu_ms_per_megapixel_pass": round(ms / (work / 1e6), 2)}
+    video_decodes = {}
+    for label, (data, container) in videos().items():
+        ms, decoded, samples, pixels = video_decode_ms(data, container)
+        per_mp = ms / (decoded * pixels / 1e6)
+        video_decodes[label] = {"bytes": len(data), "frames_decoded": decoded, "frames_sampled": samples,
+                                "pixels_a_frame": pixels, "cpu_ms": round(ms, 1),
+                                "cpu_ms_per_megapixel_decoded": round(per_mp, 3),
+                                "megapixels_decoded_per_unit": round(default / per_mp, 1)}
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "cpu_ms_per_image": models, "relative_cost": {k: round(v / default, 2) for k, v in models.items()},
-              "in_the_code": CPU_MS_PER_IMAGE, "decode": decodes}
+              "in_the_code": CPU_MS_PER_IMAGE, "decode": decodes, "video_decode": video_decodes,
+              "video_work_per_unit_in_the_code": VIDEO_WORK_PER_UNIT}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| model | CPU ms per image (litert, 1 thread) | relative cost | in the code |")
@@ -107,6 +153,11 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, d in decodes.items():
         print(f"| {label} | {d['work']:,} | {d['cpu_ms']} | {d['cpu_ms_per_megapixel_pass']} |")
+    print("\n| video | frames decoded / sampled | CPU ms | CPU ms per megapixel decoded | megapixels a unit |")
+    print("|---|---|---|---|---|")
+    for label, v in video_decodes.items():
+        print(f"| {label} | {v['frames_decoded']} / {v['frames_sampled']} | {v['cpu_ms']} | "
+              f"{v['cpu_ms_per_megapixel_decoded']} | {v['megapixels_decoded_per_unit']} |")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,8 @@ class Intake:
     async def _video(self, pending: _Video, model: Model, held: contextlib.ExitStack, placed: bool = False
                      ) -> tuple[Input, float]:
         """Decode a video in the isolated lane; once its container is read, it is charged its sampled frames
-        times the model's cost and they are admitted in flight (the first unit came with its request)."""
+        times the model's cost and the decoding beyond them (:func:`~nsfw_core.ratelimit.video_decode_cost`),
+        and its frames are admitted in flight (the first unit came with its request)."""
         if self.isolated_pending >= self.isolated_limit:
             raise self.admission.refuse(f"too many expensive images being decoded ({self.isolated_pending} of "
                                         f"{self.isolated_limit}); retry later")
@@ -189,9 +190,10 @@ class Intake:
                 info = await loop.run_in_executor(self.isolated, requestid.in_context(decode.start))
                 frames = max(1, len(info.samples))
                 units = ratelimit.image_cost(frames, self.model_cost(model.name), 0)
+                decoding = ratelimit.video_decode_cost(frames, info.decoded, info.width * info.height)
                 meter = ratelimit.current()
                 if meter is not None:  # 429 before a frame is decoded (blocking when the buckets are shared)
-                    await loop.run_in_executor(self.workers, requestid.in_context(meter.charge, units))
+                    await loop.run_in_executor(self.workers, requestid.in_context(meter.charge, units + decoding))
                 if not placed:
                     held.enter_context(self.admission.admit(units - 1.0, meter.client if meter is not None else None,
                                                             base=meter.admitted if meter is not None else 1.0,

@@ -204,13 +204,16 @@ class JobRunner:
                                                     "decoded": info.decoded},
                                               total=skip + len(info.samples))
                 position = job.frames_done
+                # the decoding beyond what the sampled frames include, charged a share with each chunk
+                decoding = ratelimit.video_decode_cost(len(info.samples), info.decoded, info.width * info.height)
+                per_frame = decoding / max(1, len(info.samples))
                 while True:
                     chunk = await asyncio.to_thread(decode.take, CHUNK)
                     decode_s += time.perf_counter() - t0
                     if not len(chunk):
                         break
                     t1 = time.perf_counter()
-                    rows = await self._score(lane, chunk)
+                    rows = await self._score(lane, chunk, per_frame * len(chunk))
                     hashes = await asyncio.to_thread(_hashes, chunk)
                     inference_s += time.perf_counter() - t1
                     stored = [StoredFrame(position + i, ref.index, ref.time_ms, scores_dict(row.probs),
@@ -224,10 +227,11 @@ class JobRunner:
         return await self._verdict(job, data, sha, frames, model, info,
                                    Timings.of(fetch_s, decode_s, inference_s, time.perf_counter() - started))
 
-    async def _score(self, lane: Any, chunk: FrameInputs) -> list[Any]:
-        """The chunk's forward passes (each frame's probabilities and embedding): its frames times the model's cost
-        charged to the job's client first, then admitted in flight (waiting while a budget refuses or the server
-        is full: a job waits, it is never refused)."""
+    async def _score(self, lane: Any, chunk: FrameInputs, decoding: float = 0.0) -> list[Any]:
+        """The chunk's forward passes (each frame's probabilities and embedding): its frames times the model's cost,
+        and ``decoding`` (its share of the video's decoding beyond them), charged to the job's client first, then
+        its forward passes admitted in flight (waiting while a budget refuses or the server is full: a job waits,
+        it is never refused)."""
         admission = self.classifier.intake.admission
         meter = ratelimit.current()
         units = ratelimit.image_cost(len(chunk), self.classifier.models.cost(lane.model.name), 0)
@@ -236,7 +240,7 @@ class JobRunner:
             try:
                 if not charged:
                     assert meter is not None
-                    await asyncio.to_thread(meter.charge, units)  # blocking when the buckets are shared
+                    await asyncio.to_thread(meter.charge, units + decoding)  # blocking when the buckets are shared
                     charged = True
                 with admission.admit(units, meter.client if meter is not None else None):
                     return list(await asyncio.gather(*(lane.batcher.infer(x) for x in chunk.inputs)))

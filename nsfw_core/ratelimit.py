@@ -8,7 +8,9 @@ decoding beyond the first :data:`FREE_WORK`.  A request is charged one unit when
 entry: a request that fails early, a wrong body, still costs one), then each image its cost once its
 headers are read (frames and decoding work known, before any pixel is decoded), the entry unit counted
 towards its first image.  So a photo costs 1 as before, a batch of 8 photos 8, a 16-frame GIF sent with
-``model: InceptionV3`` about 150.
+``model: InceptionV3`` about 150.  A video costs its sampled frames times the model's cost, plus the decoding
+beyond :data:`VIDEO_FREE_DECODED` frames a sampled frame (:func:`video_decode_cost`), charged once its packets
+are indexed (a job: with each chunk, its share).
 
 **Budgets** (:class:`Meter` charges every one of them; the first that refuses answers 429 ``rate_limited``
 with ``Retry-After``, for the request or for one batch item):
@@ -47,6 +49,10 @@ from nsfw_core.base.rates import Rate
 MAX_CLIENTS = 100_000
 FREE_WORK = 2_000_000  # pixel passes of decoding included in an image's first unit (a 2-megapixel photo)
 WORK_PER_UNIT = 1_000_000  # pixel passes that cost about one default-model forward pass of CPU (bench/model_cost.py)
+VIDEO_FREE_DECODED = 32  # video frames fed to the decoder that a sampled frame's unit includes
+# decoded video pixels that cost about one default-model forward pass: 10.8 to 13.7 M measured on x264 ultrafast
+# (bench/model_cost.py), the cheapest H.264 to decode (no CABAC, no B-frames): real encodes cost more a pixel
+VIDEO_WORK_PER_UNIT = 10_000_000
 ACTIVE_S = 1.0  # a key charged within this many seconds counts as using the machine (ShareLimiter)
 SHARE_BURST_S = 1.0  # a key's share bucket holds this many seconds of its share
 
@@ -55,6 +61,16 @@ def image_cost(frames: int, model_cost: float, work: int) -> float:
     """Cost units of one image: ``frames`` forward passes of a model costing ``model_cost`` each, plus its
     decoding work (pixel passes) beyond :data:`FREE_WORK`, one unit per :data:`WORK_PER_UNIT`."""
     return max(1, frames) * model_cost + max(0, work - FREE_WORK) / WORK_PER_UNIT
+
+
+def video_decode_cost(samples: int, decoded: int, pixels: int) -> float:
+    """Cost units of decoding a video beyond what its sampled frames include: each sampled frame's unit
+    includes :data:`VIDEO_FREE_DECODED` frames fed to the decoder (a second of 30 fps video sampled at
+    NSFW_VIDEO_FPS=1); the frames fed beyond them (``decoded``, of ``pixels`` each) cost one unit per
+    :data:`VIDEO_WORK_PER_UNIT` pixels.  A video of a high frame rate, or one whose groups of pictures are long
+    beside its sample interval (a single keyframe, a job's sparse samples), makes the decoder go through
+    many frames for each one judged: that is charged, not only the frames judged."""
+    return max(0, decoded - VIDEO_FREE_DECODED * max(1, samples)) * pixels / VIDEO_WORK_PER_UNIT
 
 
 def digest(client: str) -> bytes:

@@ -401,7 +401,8 @@ class Settings:
     max_video_frames: int = setting(
         "NSFW_MAX_VIDEO_FRAMES", "1800", _int(1, 100000),
         "Most frames of one video judged; a longer video's frames are spread further apart (1800: 30 minutes "
-        "at NSFW_VIDEO_FPS=1). Each frame costs one inference.")
+        "at NSFW_VIDEO_FPS=1). Each frame costs one inference (and its decoding beyond 32 frames fed to the "
+        "decoder a judged frame is charged: docs/http-api.md#rate-limits).")
     max_video_seconds: float = setting(
         "NSFW_MAX_VIDEO_SECONDS", "60", _float(0.1, 86400.0),
         "Longest video a synchronous request (/predict, /v1/classify) takes, in seconds of its frames; a "
@@ -555,7 +556,7 @@ class Settings:
         "Cost units per API key (per client address without keys) to /v1 and /predict, one budget for both: "
         "e.g. 20/s;burst=40 (units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond "
         "it. A photo on the default model costs 1, a request at least 1, an animation its frames times the "
-        "model's relative cost, POST /v1/explain its forward passes (65 by default) times the model's relative "
+        "model's relative cost, a video its sampled frames so and its decoding beyond them, POST /v1/explain its forward passes (65 by default) times the model's relative "
         "cost (docs/security.md). Shared by replicas when NSFW_DATABASE_URL is set, per "
         "instance otherwise. Empty: none.")
     webhook_url: str = setting(
