@@ -556,9 +556,9 @@ class Settings:
         "Cost units per API key (per client address without keys) to /v1 and /predict, one budget for both: "
         "e.g. 20/s;burst=40 (units s, m, h; burst defaults to the rate per second); 429 with Retry-After beyond "
         "it. A photo on the default model costs 1, a request at least 1, an animation its frames times the "
-        "model's relative cost, a video its sampled frames so and its decoding beyond them, POST /v1/explain its forward passes (65 by default) times the model's relative "
-        "cost (docs/security.md). Shared by replicas when NSFW_DATABASE_URL is set, per "
-        "instance otherwise. Empty: none.")
+        "model's relative cost, a video its sampled frames so and its decoding beyond them, POST /v1/explain "
+        "its forward passes (65 by default) times the model's relative cost (docs/security.md). Shared by "
+        "replicas when NSFW_DATABASE_URL is set, per instance otherwise. Empty: none.")
     webhook_url: str = setting(
         "NSFW_WEBHOOK_URL", "", str,
         "Each review decision, and each undo of one, is POSTed here as JSON (signed, retried with backoff, kept "
