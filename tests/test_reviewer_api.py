@@ -391,3 +391,22 @@ def test_an_audit_item_never_carries_a_match(tmp_path: Path) -> None:
     for bad in ("not json", "[1]", json.dumps({**match, "distance": -1}), json.dumps({**match, "by": "sha256"}),
                 json.dumps({**match, "label": None})):
         assert stored_match(dataclasses.replace(item, matched=bad)) is None
+
+
+def test_one_key_holds_at_most_nsfw_review_max_held_items(tmp_path: Path) -> None:
+    """Before, a reviewer key could claim item after item without deciding any, holding the whole queue away
+    from the other reviewers for NSFW_REVIEW_LEASE_SECONDS; now its claims stop at NSFW_REVIEW_MAX_HELD."""
+    with app_server(tmp_path, **{**ENV, "NSFW_REVIEW_MAX_HELD": "2"}) as server:
+        for img in variants(SMILE, 0, 4):
+            classify(server, img)
+        first, second = held(server, R1), held(server, R1)
+        refused = call(server, "POST", "/v1/reviews/claim", R1).error(429, "too_many_claims")
+        assert (refused["held"], refused["limit"]) == (2, 2)
+        assert "NSFW_REVIEW_MAX_HELD" in refused["message"]
+        other = held(server, R2)  # the other reviewers still get the rest
+        assert other["id"] not in (first["id"], second["id"])
+        decided = call(server, "POST", f"/v1/reviews/{first['id']}/decision", R1, {"label": "neutral"})
+        assert decided.status == 200, decided
+        third = held(server, R1)  # one decided: room for one more
+        assert third["id"] not in (first["id"], second["id"], other["id"])
+        call(server, "POST", "/v1/reviews/claim", R1).error(429, "too_many_claims")

@@ -504,6 +504,11 @@ class Settings:
     review_lease_seconds: int = setting(
         "NSFW_REVIEW_LEASE_SECONDS", "300", _int(1),
         "How long a reviewer holds a claimed item before another reviewer may get it.")
+    review_max_held: int = setting(
+        "NSFW_REVIEW_MAX_HELD", "24", _int(1, 10000),
+        "Most items one reviewer API key holds claimed at once (POST /v1/reviews/claim); a claim beyond it is "
+        "429 too_many_claims until the key decides one or a lease runs out, so one key cannot hold the whole "
+        "queue away from the other reviewers.")
     audit_rate: tuple[tuple[str, float], ...] = setting(
         "NSFW_AUDIT_RATE", "adult=0.01,safe=0.002", _audit_rates,
         "Share of the API's automatic verdicts sent to the review queue as audit items, to measure how often "

@@ -128,7 +128,9 @@ OPERATIONS: tuple[Operation, ...] = (
                           "classified, in base64; only a review item queued before URL bytes were kept gives its "
                           "URL), and, unless it is an audit item (reviewed blind), the model's verdict and scores; "
                           "{\"item\": null} when nothing is left for this key. Needs a key of "
-                          "NSFW_REVIEWER_API_KEYS or NSFW_ADMIN_API_KEYS (a client key is 403)."),
+                          "NSFW_REVIEWER_API_KEYS or NSFW_ADMIN_API_KEYS (a client key is 403). A key that holds "
+                          "NSFW_REVIEW_MAX_HELD items (24) gets 429 too_many_claims until it decides one or a "
+                          "lease runs out."),
     Operation("/v1/reviews/undo", "post", "v1ReviewUndo",
               "Reviewer API: undo this key's latest decision (the item comes back to this key)", "Claim",
               (401, 403, 405, 409, 429, 500, 503), reviewer=True, body=None,

@@ -47,7 +47,7 @@ from nsfw_core.http.bodies import read_body
 from nsfw_core.http.contract import ContractError, DecisionRequest, decode
 from nsfw_core.http.guard import bearer, rate_limit, wrong_key
 from nsfw_core.images.sniff import FORMATS, VIDEO_FORMATS, sniff, sniff_video
-from nsfw_core.state.errors import ReviewConflict, ReviewUnavailable
+from nsfw_core.state.errors import ReviewConflict, ReviewUnavailable, TooManyClaims
 from nsfw_core.state.known import item_hashes
 from nsfw_core.state.review import Item, ItemNotFound, ReviewError, iso
 
@@ -124,7 +124,7 @@ async def _db(ctx: Context, work: Callable[[], T], what: str) -> T:
     """``work`` on a worker thread; a database that is down is 503 without its address or driver error."""
     try:
         return await asyncio.to_thread(requestid.in_context(work))
-    except (ItemNotFound, ReviewConflict):
+    except (ItemNotFound, ReviewConflict, TooManyClaims):
         raise
     except ReviewError as exc:
         log.error("%s: %s", what, exc.message)
@@ -244,6 +244,12 @@ async def claim(request: Request, ctx: Context) -> Response:
     def work() -> dict[str, Any] | None:
         queue = ctx.review_queue
         queue.purge_if_due()
+        most = ctx.settings.review_max_held
+        held = queue.held(who.name)
+        if held >= most:  # one key cannot take the whole queue away from the other reviewers
+            raise TooManyClaims(f"this key holds {held} claimed items, the most at once is {most} "
+                                "(NSFW_REVIEW_MAX_HELD): decide one, or wait for a lease to run out "
+                                "(NSFW_REVIEW_LEASE_SECONDS)", held=held, limit=most)
         return _with_votes(ctx, queue.claim(who.name, admin=who.admin))
 
     return _answer(request, {"item": await _db(ctx, work, "POST /v1/reviews/claim")})

@@ -35,6 +35,13 @@ class ItemNotFound(ReviewError):
     code = "not_found"
 
 
+class TooManyClaims(ReviewError):
+    """A reviewer API key already holds NSFW_REVIEW_MAX_HELD claimed items."""
+
+    status = 429
+    code = "too_many_claims"
+
+
 class ReviewConflict(ReviewError):
     """The item is claimed by someone else, already decided, or not claimed by you."""
 

@@ -463,6 +463,13 @@ class ReviewQueue:
             hook(tx, item)
         return item
 
+    def held(self, reviewer: str) -> int:
+        """How many items ``reviewer`` holds claimed now (leases not run out)."""
+        with self._tx(write=False) as tx:
+            row = tx.one(f"SELECT COUNT(*) FROM {TABLE} WHERE status = '{CLAIMED}' AND claimed_by = ? "
+                         "AND lease_until >= ?", (check_reviewer(reviewer), self._now()))
+        return int(row[0]) if row is not None else 0
+
     def votes(self, item_id: int) -> list[audit.Vote]:
         """The double-review votes given on an item (for an admin deciding a disagreement), oldest first."""
         with self._tx(write=False) as tx:
