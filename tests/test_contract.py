@@ -50,6 +50,20 @@ def test_malformed_json_is_invalid_json(raw):
     assert caught.value.code == "invalid_json" and caught.value.status == 400
 
 
+@pytest.mark.parametrize("model", contract.REQUESTS)
+def test_invalid_utf8_in_a_string_is_invalid_json_for_every_request(model):
+    """msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a JSON string: before, it
+    went past decode() and every JSON route answered 500 (the smoke pass)."""
+    field = {"DecisionRequest": "label", "BatchRequest": "model"}.get(model.__name__, "id")
+    for raw in (b'{"\xc3": 1}', b'{"%s": "\xff\xfe"}' % field.encode()):
+        with pytest.raises(InvalidJSON) as caught:
+            decode(raw, model)
+        assert caught.value.code == "invalid_json" and caught.value.status == 400
+    with pytest.raises(Exception) as batch:
+        contract.decode_predict_batch(b'{"items": ["http://e.com/\xff"]}', 4)
+    assert getattr(batch.value, "status", None) == 400, batch.value
+
+
 def test_a_valid_body_decodes_into_the_model():
     req = decode(b'{"image": {"url": "https://e.com/a.jpg"}, "model": "InceptionV3", '
                  b'"thresholds": {"safe": 0.5}, "id": 7}', ClassifyRequest)

@@ -147,6 +147,20 @@ def test_classify_refuses_malformed_json_and_an_empty_body(client):
     error_of(client.post("/v1/classify", content=b""), 400, "invalid_url")  # as /predict: no image
 
 
+def test_invalid_utf8_in_a_json_body_is_400_on_every_json_route(client):
+    """The smoke pass: {"image": {"url": "\xff\xfe"}} answered 500 internal_error on every route that reads a
+    JSON body (msgspec's UnicodeDecodeError was not converted)."""
+    json_type = {"Content-Type": "application/json"}
+    bodies = {"/v1/classify": b'{"image": {"url": "\xff\xfe"}}',
+              "/v1/classify/batch": b'{"items": [{"image": {"url": "\xff"}}]}',
+              "/v1/explain": b'{"image": {"url": "\xff\xfe"}}',
+              "/v1/jobs": b'{"video": {"url": "\xff\xfe"}}',
+              "/predict/batch": b'{"items": ["\xff"]}'}
+    for path, raw in bodies.items():
+        r = client.post(path, content=raw, headers=json_type)
+        assert r.status_code == 400 and r.json()["code"] in ("invalid_json", "bad_request"), (path, r.text)
+
+
 def test_base64_over_the_cap_is_413(client, settings):
     over = base64.b64encode(b"\xff" * (settings.max_bytes + 1)).decode()
     body = error_of(client.post("/v1/classify", json={"image": {"base64": over}}), 413, "too_large",

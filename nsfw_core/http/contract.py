@@ -662,6 +662,8 @@ def decode(raw: bytes, model: type[T]) -> T:
         raise ContractError(f"{message} at {field}", field=field) from None
     except msgspec.DecodeError as exc:
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec raises it, not DecodeError, for invalid UTF-8 inside a string
+        raise InvalidJSON("the body is not valid JSON: it is not UTF-8 text") from None
 
 
 def check_id(ident: Any, field: str) -> None:
@@ -757,7 +759,7 @@ def decode_predict_batch(raw: bytes, max_items: int) -> tuple[list[tuple[Any, st
         body = msgspec.json.decode(raw, type=PredictBatchBody, strict=True)
     except RecursionError:
         raise BadRequest("the body is JSON nested too deep") from None
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _explain_batch(raw, exc, max_items) from None
     items = body.items if isinstance(body, PredictBatch) else body
     if len(items) > max_items:

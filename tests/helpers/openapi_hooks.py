@@ -69,7 +69,7 @@ def filter_case(ctx: Any, case: Any) -> bool:
 
 
 def _positive_v1_with_two_models(case: Any, name: str = "model") -> bool:
-    return (case.operation.path.startswith(("/v1/classify", "/v1/explain")) and case.meta is not None
+    return (case.operation.path.startswith(("/v1/classify", "/v1/explain", "/v1/jobs")) and case.meta is not None
             and case.meta.generation.mode.is_positive and isinstance(case.query, dict) and name in case.query
             and isinstance(case.body, dict) and name in case.body)
 
