@@ -410,3 +410,17 @@ def test_one_key_holds_at_most_nsfw_review_max_held_items(tmp_path: Path) -> Non
         third = held(server, R1)  # one decided: room for one more
         assert third["id"] not in (first["id"], second["id"], other["id"])
         call(server, "POST", "/v1/reviews/claim", R1).error(429, "too_many_claims")
+
+
+def test_a_reviewer_key_on_the_client_api_is_403_and_not_a_wrong_key(tmp_path: Path) -> None:
+    """The smoke pass: a reviewer key on /v1/classify was 401 'not valid' and counted against
+    NSFW_WRONG_KEY_LIMIT, while a client key on the reviewer API is 403 and not counted."""
+    with app_server(tmp_path, **{**ENV, "NSFW_WRONG_KEY_LIMIT": "3/m"}) as server:
+        for key in (R1, ADMIN, R2, R3, R4):  # five of them: more than the wrong-key limit allows
+            for method, path in (("POST", "/v1/classify"), ("GET", "/v1/jobs/job_" + "0" * 32),
+                                 ("POST", "/predict/batch")):
+                reply = call(server, method, path, key, {"items": []} if method == "POST" else None)
+                body = reply.error(403, "forbidden")
+                assert "NSFW_API_KEYS" in body["message"], body
+        call(server, "POST", "/v1/classify", "not-a-key-at-all-here").error(401, "unauthorized")  # still counted
+        assert classify(server, HOUSE)["verdict"] == "safe"  # the right key passes

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 from starlette.requests import Request
 
 from nsfw_core import ratelimit
-from nsfw_core.base.errors import NotReady, Unauthorized
+from nsfw_core.base.errors import Forbidden, NotReady, Unauthorized
 
 if TYPE_CHECKING:
     from nsfw_core.context import Context
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 async def guard(request: Request, ctx: Context, *, ready: bool = True) -> dict[str, str] | None:
     """API key, budgets, then (``ready``) readiness; the RateLimit headers for the answer, or None."""
-    await authorize(request, ctx, ctx.serving.api_keys)
+    role_keys = ctx.settings.reviewer_keys
+    await authorize(request, ctx, ctx.serving.api_keys, elsewhere=role_keys.reviewer + role_keys.admin)
     headers = await rate_limit(request, ctx)
     if ready and not ctx.ready:
         raise NotReady(f"the service is not ready: {ctx.reason}")
@@ -52,15 +53,19 @@ def matches(token: str, keys: tuple[str, ...]) -> str | None:
     return found
 
 
-async def authorize(request: Request, ctx: Context, keys: tuple[str, ...]) -> None:
+async def authorize(request: Request, ctx: Context, keys: tuple[str, ...], *, elsewhere: tuple[str, ...] = ()
+                    ) -> None:
     """With ``keys`` configured, require ``Authorization: Bearer <one of them>``: 401 without it; a wrong one
     also counts against the client address's NSFW_WRONG_KEY_LIMIT, beyond which it is 429 (a right key
-    always passes)."""
+    always passes).  A key of ``elsewhere`` (the reviewer API's keys on the client API) is a right key in the
+    wrong place, not a guess: 403, not counted, as a client key on the reviewer API is."""
     if not keys:
         return
     token = bearer(request)
     if token and matches(token, keys) is not None:
         return
+    if token and elsewhere and matches(token, elsewhere) is not None:
+        raise Forbidden("a reviewer or admin key cannot use the client API; use a key of NSFW_API_KEYS")
     await wrong_key(request, ctx)
     if not token:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")

@@ -64,7 +64,7 @@ OPERATIONS: tuple[Operation, ...] = (
               description="The five probabilities, or Detail with detail=true. Send ?url= or the image as the "
                           "body (raw bytes, or multipart/form-data with a 'file' part), not both (400)."),
     Operation("/predict/batch", "post", "predictBatch", "Classify many image URLs; errors are reported per item",
-              "BatchResults", (400, 401, 405, 408, 413, 429, 500, 503), params=("detail", "adapter"),
+              "BatchResults", (400, 401, 403, 405, 408, 413, 429, 500, 503), params=("detail", "adapter"),
               body="PredictBatchBody",
               description="A list of URLs, or {\"items\": [{\"id\", \"url\"} or URL, ...], \"detail\": bool}. An "
                           "item that does not match (an id of another type, a url that is not a non-empty string) "
@@ -84,7 +84,7 @@ OPERATIONS: tuple[Operation, ...] = (
                           "that contradicts the body's, is 400."),
     Operation("/v1/classify/batch", "post", "v1ClassifyBatch",
               "Classify many images (URLs and base64 mixed); errors per item, in order",
-              "BatchResponse", (400, 401, 405, 408, 413, 429, 500, 503), params=("model", "adapter"),
+              "BatchResponse", (400, 401, 403, 405, 408, 413, 429, 500, 503), params=("model", "adapter"),
               body="BatchRequest",
               description="At most NSFW_MAX_BATCH_ITEMS items (413 too_many_items beyond); base64 images of at "
                           "most NSFW_MAX_BYTES in all. A body that does not match is 400 for the whole request, "
@@ -103,9 +103,9 @@ OPERATIONS: tuple[Operation, ...] = (
               alternative={"image/png": {"schema": {"type": "string", "format": "binary"}}}),
     Operation("/v1/reviews/{id}", "get", "v1Review",
               "A review item of this API key: pending, claimed or decided (label, when)",
-              "Review", (401, 404, 405, 429, 500, 503), params=("review_id",)),
+              "Review", (401, 403, 404, 405, 429, 500, 503), params=("review_id",)),
     Operation("/v1/jobs", "post", "v1CreateJob", "Judge a video in the background (a long one): 202 with the job",
-              "Job", (400, 401, 405, 408, 409, 413, 429, 500, 503), params=("model", "adapter"), body="JobRequest",
+              "Job", (400, 401, 403, 405, 408, 409, 413, 429, 500, 503), params=("model", "adapter"), body="JobRequest",
               status=202,
               description="JSON: {\"video\": {\"url\": ...}, \"model\", \"thresholds\", \"id\", \"adapter\"}. "
                           "The answer is at once (202, Location: /v1/jobs/{id}); the video is fetched (at most "
@@ -118,7 +118,7 @@ OPERATIONS: tuple[Operation, ...] = (
                           "for its model when its frames are all judged (the result's 'adapter' names it), as a "
                           "request's video is; \"adapter\": false asks for the base model."),
     Operation("/v1/jobs/{id}", "get", "v1Job", "A video job: queued, running (progress), done (result) or failed",
-              "Job", (401, 404, 405, 429, 500, 503), params=("job_id",),
+              "Job", (401, 403, 404, 405, 429, 500, 503), params=("job_id",),
               description="With API keys a job is visible to the key that created it only (404 for others)."),
     Operation("/v1/reviews/claim", "post", "v1ReviewClaim",
               "Reviewer API: claim the next item under a lease (an audit item without the model's verdict or scores)",
