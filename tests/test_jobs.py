@@ -25,6 +25,7 @@ from nsfw_core.state.migrations import OUTBOX_TABLE
 from tests.helpers import videos
 from tests.helpers.apiclient import make_settings, running
 from tests.helpers.appserver import AppServer
+from tests.helpers.paths import REFERENCE
 from tests.helpers.servers import LocalServer, RouteHandler, image
 
 pytestmark = pytest.mark.slow
@@ -401,12 +402,18 @@ def test_a_job_that_cannot_fetch_its_video_fails_with_the_typed_error(tmp_path: 
                      "the job fails")
         too_big = until(lambda: (j := client.get(f"/v1/jobs/{over.json()['id']}").json())["status"] == "failed"
                         and j, 60, "the job over NSFW_JOB_MAX_BYTES fails")
+        photo = local_server.route("/photo.mp4", image((REFERENCE / "house.jpg").read_bytes(), "video/mp4"))
+        still = client.post("/v1/jobs", json={"video": {"url": photo}}).json()["id"]
+        not_video = until(lambda: (j := client.get(f"/v1/jobs/{still}").json())["status"] == "failed" and j, 60,
+                          "the job of a JPEG fails")
         bodies: tuple[dict[str, Any], ...] = (
             {"video": {"url": "ftp://example.com/a.mp4"}}, {"video": {}}, {"video": {"url": "http://x"}, "x": 1})
         bad = [client.post("/v1/jobs", json=body) for body in bodies]
         wrong = client.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"})
     assert done["error"]["code"] == "upstream_error" and "result" not in done
     assert too_big["error"]["code"] == "too_large"
+    # a JPEG is not a video: 415's code, as a request's non-image bytes (undecodable_image before: the smoke pass)
+    assert not_video["error"]["code"] == "not_an_image" and "not a video" in not_video["error"]["message"]
     assert [r.status_code for r in bad] == [400, 400, 400] and bad[0].json()["code"] == "invalid_url"
     assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_json"
 

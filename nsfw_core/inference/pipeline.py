@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nsfw_core.base.errors import InvalidURL, NSFWError, TooLarge, UndecodableImage
+from nsfw_core.base.errors import InvalidURL, NotAnImage, NSFWError, TooLarge, UndecodableImage
 from nsfw_core.base.files import FileTooLarge, read_regular_file
 from nsfw_core.base.settings import DecodeLimits, FetchPolicy
 from nsfw_core.images import decode as _decode
@@ -377,7 +377,7 @@ class Decoder:
         """
         container = sniff_video(data)
         if container is None:
-            raise UndecodableImage("not a video")
+            raise NotAnImage("not a video: the bytes are not an MP4, MOV, WebM or MKV file")
         limits = self.limits
         request = {"container": container, "max_pixels": limits.max_video_pixels,
                    "fps": limits.video_fps if fps is None else fps,
