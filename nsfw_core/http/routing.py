@@ -129,12 +129,16 @@ class ApiLookalike(ApiRoute):
 
     Without it Starlette answered ``/health/`` with a bare redirect (no JSON, no X-Request-ID) and
     ``/PREDICT`` fell through to Streamlit's HTML page.  Listed after the API's routes, so it only
-    sees what none of them matched; its ``path`` is one example of what it answers.
+    sees what none of them matched; its ``path``, :data:`UNMATCHED`, is the route its requests are counted
+    and logged under (before: ``/health/``, one example of what it answers, so every such 404 showed as
+    a request to /health/ in the metrics and the access log).
     """
+
+    UNMATCHED = "/(unmatched)"
 
     def __init__(self, prefixes: tuple[str, ...], paths: frozenset[str], *,
                  context: Callable[[], Context] | None = None) -> None:
-        super().__init__("/health/", context=context)
+        super().__init__(self.UNMATCHED, context=context)
         self.api_paths = prefixes
         self.known_paths = paths
 
