@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 
 async def guard(request: Request, ctx: Context, *, ready: bool = True) -> dict[str, str] | None:
     """API key, budgets, then (``ready``) readiness; the RateLimit headers for the answer, or None."""
-    role_keys = ctx.settings.reviewer_keys
-    await authorize(request, ctx, ctx.serving.api_keys, elsewhere=role_keys.reviewer + role_keys.admin)
+    await authorize(request, ctx, ctx.serving.api_keys, role_keys_elsewhere=True)
     headers = await rate_limit(request, ctx)
     if ready and not ctx.ready:
         raise NotReady(f"the service is not ready: {ctx.reason}")
@@ -53,19 +52,21 @@ def matches(token: str, keys: tuple[str, ...]) -> str | None:
     return found
 
 
-async def authorize(request: Request, ctx: Context, keys: tuple[str, ...], *, elsewhere: tuple[str, ...] = ()
+async def authorize(request: Request, ctx: Context, keys: tuple[str, ...], *, role_keys_elsewhere: bool = False
                     ) -> None:
     """With ``keys`` configured, require ``Authorization: Bearer <one of them>``: 401 without it; a wrong one
     also counts against the client address's NSFW_WRONG_KEY_LIMIT, beyond which it is 429 (a right key
-    always passes).  A key of ``elsewhere`` (the reviewer API's keys on the client API) is a right key in the
-    wrong place, not a guess: 403, not counted, as a client key on the reviewer API is."""
+    always passes).  With ``role_keys_elsewhere`` (the client API), a reviewer or admin key is a right key in
+    the wrong place, not a guess: 403, not counted, as a client key on the reviewer API is."""
     if not keys:
         return
     token = bearer(request)
     if token and matches(token, keys) is not None:
         return
-    if token and elsewhere and matches(token, elsewhere) is not None:
-        raise Forbidden("a reviewer or admin key cannot use the client API; use a key of NSFW_API_KEYS")
+    if token and role_keys_elsewhere:
+        roles = ctx.settings.reviewer_keys
+        if matches(token, roles.reviewer + roles.admin) is not None:
+            raise Forbidden("a reviewer or admin key cannot use the client API; use a key of NSFW_API_KEYS")
     await wrong_key(request, ctx)
     if not token:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
