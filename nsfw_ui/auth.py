@@ -45,16 +45,18 @@ def _oidc_claims() -> dict[str, Any] | None:
         return None
 
 
-def identity() -> Identity:
-    """Who this browser session is (and, for the upload guard, whether this session may upload files)."""
-    who = _identity()
+def identity(*, touch: bool = True) -> Identity:
+    """Who this browser session is (and, for the upload guard, whether this session may upload files).
+    ``touch``: this is the visitor's action, which extends the sign-in's idle lifetime (:func:`watch`'s own
+    checks are not)."""
+    who = _identity(touch)
     ctx = get_script_run_ctx()
     if ctx is not None:
         uploads.note_session(ctx.session_id, context().access.can(who, Permission.CLASSIFY))
     return who
 
 
-def _identity() -> Identity:
+def _identity(touch: bool = True) -> Identity:
     access = context().access
     local = access.local_visitor(dict(st.context.headers))
     if local is not None:
@@ -63,13 +65,14 @@ def _identity() -> Identity:
     if access.oidc:
         claims = _oidc_claims()
         if claims is not None:
-            who = signin.oidc_identity(access, context().signin_sessions, claims)
+            who = signin.oidc_identity(access, context().signin_sessions, claims, touch=touch)
             if who.via == "oidc":
                 return who
             ended = who.note
     signed = st.session_state.get(IDENTITY_KEY)
     if isinstance(signed, Identity) and signed.via == "secret":
-        status = context().signin_sessions.check_secret(signed.session, signed, access.secret_of(signed.role))
+        status = context().signin_sessions.check_secret(signed.session, signed, access.secret_of(signed.role),
+                                                        touch=touch)
         if status.ok:
             return signed
         if status.ended:  # signed out, or a lifetime ran out: forgotten
@@ -83,8 +86,9 @@ def watch(who: Identity) -> None:
     """Every :data:`WATCH_S` while a tab is open: once the sign-in ``who`` it was drawn for has ended (signed
     out in another tab, ended by the operator, a lifetime run out, the provider's re-check) or changed, rerun
     the whole app, so the tab drops the operator's pages and shows what an anonymous visitor gets at once,
-    not at its next action.  Draws nothing."""
-    now = identity()
+    not at its next action.  Draws nothing, and is no action of the visitor's: it does not extend the sign-in's
+    idle lifetime (NSFW_SESSION_IDLE_MINUTES still ends a tab left open)."""
+    now = identity(touch=False)
     if now != who or now.session != who.session:
         st.rerun(scope="app")
 

@@ -85,11 +85,13 @@ def claims_and_tokens(user: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return claims, dict(tokens) if isinstance(tokens, Mapping) else {}
 
 
-def oidc_identity(access: Access, sessions: SigninSessions, user: Mapping[str, Any]) -> Identity:
-    """The identity of a signed-in ``st.user`` while its session is live; anonymous (with why) otherwise."""
+def oidc_identity(access: Access, sessions: SigninSessions, user: Mapping[str, Any], *,
+                  touch: bool = True) -> Identity:
+    """The identity of a signed-in ``st.user`` while its session is live; anonymous (with why) otherwise.
+    ``touch``: the visitor acted (extends the idle lifetime; not for an open tab's own check)."""
     claims, tokens = claims_and_tokens(user)
     who = access.from_oidc(claims)
-    status = sessions.check_oidc(claims, who, revalidator(access, claims, who, tokens))
+    status = sessions.check_oidc(claims, who, revalidator(access, claims, who, tokens), touch=touch)
     if status.ok:
         return who
     return Identity(ANONYMOUS.name, ANONYMOUS.role, ANONYMOUS.via, note=status.message)

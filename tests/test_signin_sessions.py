@@ -118,6 +118,29 @@ def test_a_secret_sign_in_is_a_session_that_sign_out_ends(database, clock):
         assert (status.ok, status.ended) == (False, True)
 
 
+def test_an_open_tab_s_own_checks_do_not_keep_an_idle_sign_in_alive(database, clock):
+    """An open tab checks its sign-in every 2 s (nsfw_ui.auth.watch) with touch=False: that is no action of the
+    visitor's, so the idle lifetime still ends a sign-in left open.  With touch (the default, every action), the
+    same checks would keep it alive forever."""
+    store = sessions(database(), clock)
+    secret = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
+    oidc = claims(clock)
+    assert store.check_oidc(oidc, ADMIN).ok
+    for _ in range(int(IDLE_S // 60) - 1):  # a check a minute, just under the idle lifetime
+        clock.now += 60
+        assert store.check_secret(secret, SECRET_ADMIN, ADMIN_SECRET, touch=False).ok
+        assert store.check_oidc(oidc, ADMIN, touch=False).ok
+    clock.now += 120  # past IDLE_S since the last action: both end, whatever the tab checked
+    for status in (store.check_secret(secret, SECRET_ADMIN, ADMIN_SECRET, touch=False),
+                   store.check_oidc(oidc, ADMIN, touch=False)):
+        assert (status.ok, status.ended) == (False, True) and "nothing was done" in status.reason
+    # an action extends it: the same minute-by-minute checks with touch keep a new sign-in alive past IDLE_S
+    acting = store.start_secret(SECRET_ADMIN, ADMIN_SECRET)
+    for _ in range(int(IDLE_S // 60) + 5):
+        clock.now += 60
+        assert store.check_secret(acting, SECRET_ADMIN, ADMIN_SECRET).ok
+
+
 def test_a_resumed_secret_sign_in_keeps_only_the_identity_it_proved(database, clock):
     """Issue 29, point 7: a browser session resumed with a secret sign-in's identity is checked against the
     server's row: another name or role is refused, and a changed (or removed) secret ends the sign-ins made

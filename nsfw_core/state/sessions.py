@@ -262,9 +262,10 @@ class SigninSessions:
 
     # ------------------------------------------------------------ checking
 
-    def check_secret(self, session_id: str, who: Identity, secret: str) -> Status:
+    def check_secret(self, session_id: str, who: Identity, secret: str, *, touch: bool = True) -> Status:
         """Whether the secret sign-in ``session_id``, which a browser session resumed as ``who``, may act now
-        (extending its idle lifetime).  It keeps only the identity it proved: the server's row must name the
+        (extending its idle lifetime, unless not ``touch``: an open tab checking that it still holds, which is
+        no action of the visitor's).  It keeps only the identity it proved: the server's row must name the
         same person and role, made with the role's secret of now (``secret``: "" when the role has none left;
         a changed or removed secret ends the sign-ins made with the old one)."""
         def check() -> Status:
@@ -277,22 +278,23 @@ class SigninSessions:
                 return Status(False, "this sign-in does not match the identity it was made for", ended=True)
             if not secret or row.subject != secret_subject(row.role, secret):
                 return self._end_row(row, f"the {row.role} secret it was made with was changed")
-            return self._live(row, revoked)
+            return self._live(row, revoked, touch)
 
         return self._guarded("secret sign-in", check)
 
     def check_oidc(self, claims: Mapping[str, Any], who: Identity,
-                   revalidate: Callable[[], Revalidation] | None = None) -> Status:
-        """Whether the OpenID Connect sign-in of ``claims`` (``st.user``; ``who`` its identity) may act now.
+                   revalidate: Callable[[], Revalidation] | None = None, *, touch: bool = True) -> Status:
+        """Whether the OpenID Connect sign-in of ``claims`` (``st.user``; ``who`` its identity) may act now
+        (extending its idle lifetime unless not ``touch``, as :meth:`check_secret`).
 
         The first check of a sign-in records it (if its token is recent); ``revalidate`` asks the provider
         again when the last answer is older than the configured interval (None: it cannot be asked)."""
         session_id = oidc_session_id(claims)
         return self._guarded("OpenID Connect sign-in",
-                             lambda: self._check_oidc(session_id, claims, who, revalidate))
+                             lambda: self._check_oidc(session_id, claims, who, revalidate, touch))
 
     def _check_oidc(self, session_id: str, claims: Mapping[str, Any], who: Identity,
-                    revalidate: Callable[[], Revalidation] | None) -> Status:
+                    revalidate: Callable[[], Revalidation] | None, touch: bool = True) -> Status:
         subject = oidc_subject(claims)
         row, revoked = self._lookup(session_id, subject)
         now = self.clock()
@@ -320,13 +322,14 @@ class SigninSessions:
                             shown(claims.get("sub")), who.note)
             else:
                 log.info("OpenID Connect sign-in of %s as %s", shown(who.name), who.role.label)
-        status = self._live(row, revoked)
+        status = self._live(row, revoked, touch)
         if not status.ok or revalidate is None or self.config.revalidate_s <= 0:
             return status
         return self._revalidate(row, revalidate)
 
-    def _live(self, row: Row, revoked: float | None) -> Status:
-        """Whether ``row`` is still valid now; ends it (recorded) when a lifetime has run out."""
+    def _live(self, row: Row, revoked: float | None, touch: bool = True) -> Status:
+        """Whether ``row`` is still valid now; ends it (recorded) when a lifetime has run out; ``touch``: the
+        visitor acted, which extends the idle lifetime."""
         now = self.clock()
         if row.ended_at is not None:
             return Status(False, row.ended_reason or "it was ended", ended=True)
@@ -337,7 +340,7 @@ class SigninSessions:
                                       "sign-in lasts)")
         if now - row.last_seen >= self.config.idle_s:
             return self._end_row(row, f"nothing was done for more than {_minutes(self.config.idle_s)}")
-        if now - row.last_seen >= self.touch_s:
+        if touch and now - row.last_seen >= self.touch_s:
             self._update(row.id, "last_seen = ?", (now,))
             self._remember(row.id, dataclasses.replace(row, last_seen=now), revoked)
         return OK
