@@ -317,3 +317,39 @@ def test_a_refused_lookalike_goes_to_the_review_page_with_its_match_never_to_the
     assert review.session_state["review_current"][0] == blend
     assert any("Looks like review item 1" in w.value and "the model sees it differently" in w.value
                for w in review.warning)
+
+
+def test_concurrent_claims_of_one_key_never_hold_more_than_max_held(queue):
+    """The attack pass: the reviewer API counted a key's held items and claimed in two transactions, so 40
+    concurrent claims of one key (NSFW_REVIEW_MAX_HELD=2) got 5 to 7 items.  Counted and claimed in one
+    transaction under a lock on the key's name now, on SQLite and PostgreSQL alike."""
+    import threading
+
+    from nsfw_core.state.errors import TooManyClaims
+
+    for n in range(12):
+        queue.enqueue(f"{n:064x}", f"upload:{n}.jpg", SCORES, "MobileNetV2Mid", "unknown")
+    start = threading.Barrier(8)
+    got: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        start.wait()
+        try:
+            item = queue.claim("key:abc", max_held=2)
+        except TooManyClaims:
+            with lock:
+                refused.append(1)
+            return
+        if item is not None:
+            with lock:
+                got.append(item.id)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 2 and len(set(got)) == 2 and len(refused) == 6, (got, refused)
+    assert queue.claim("key:other", max_held=2) is not None  # another key is not held up

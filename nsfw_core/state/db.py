@@ -21,6 +21,7 @@ the previous state.  :func:`backend_for` picks the backend for a URL.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue as _queue
 import sqlite3
@@ -100,6 +101,10 @@ class Backend:
 
     def lock_migrations(self, tx: Tx) -> None:
         pass
+
+    def lock_name(self, tx: Tx, name: str) -> None:
+        """Serialise the write transactions that take this lock on ``name`` until they end (SQLite: its one
+        writer already does)."""
 
     def wrap(self, exc: BaseException) -> ReviewError:
         return ReviewUnavailable(f"review database error: {exc}")
@@ -300,6 +305,10 @@ class _Postgres(Backend):
 
     def lock_migrations(self, tx: Tx) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK_KEY,))
+
+    def lock_name(self, tx: Tx, name: str) -> None:
+        key = int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
+        tx.run("SELECT pg_advisory_xact_lock(?)", (key,))
 
     def describe(self) -> str:
         return f"PostgreSQL {redact_url(self.url)}"

@@ -31,7 +31,7 @@ from nsfw_core.base.labels import check_label, to_binary
 from nsfw_core.base.settings import ReviewConfig, Settings
 from nsfw_core.images.fetch import is_url
 from nsfw_core.state.db import Pool, Tx, backend_for
-from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable
+from nsfw_core.state.errors import ItemNotFound, ReviewConflict, ReviewError, ReviewUnavailable, TooManyClaims
 from nsfw_core.state.migrations import MIGRATIONS, OUTBOX_TABLE, TABLE, TICKETS_TABLE, VOTES_TABLE, Migration, migrate
 from nsfw_core.state.remembered import forget_decision, remember_decision
 from nsfw_core.state.review import audit as audit
@@ -368,11 +368,14 @@ class ReviewQueue:
         raise ReviewUnavailable("could not give the item a review id (concurrent changes); retry")
 
     def claim(self, reviewer: str, lease_seconds: float | None = None, *,
-              exclude: Iterable[int] = (), admin: bool = False) -> Item | None:
+              exclude: Iterable[int] = (), admin: bool = False, max_held: int | None = None) -> Item | None:
         """Claim the oldest pending (or lease-expired) item for ``reviewer``; None when none is left.
 
         ``exclude``: ids this reviewer does not want now (e.g. the ones they skipped).  Never an item the
         reviewer has voted on (double review); items two reviewers disagreed on only for an ``admin``, first.
+        ``max_held``: :class:`TooManyClaims` when ``reviewer`` holds that many claimed items already, counted
+        and claimed in one transaction under a lock on the reviewer's name (concurrent claims of one key, on
+        any replica, cannot overshoot it).
         """
         reviewer = check_reviewer(reviewer)
         now = self._now()
@@ -380,6 +383,15 @@ class ReviewQueue:
         excluded = sorted({int(i) for i in exclude})
         not_in = f" AND id NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
         with self._tx() as tx:
+            if max_held is not None:
+                self.backend.lock_name(tx, "review-claims:" + reviewer)
+                row = tx.one(f"SELECT COUNT(*) FROM {TABLE} WHERE status = '{CLAIMED}' AND claimed_by = ? "
+                             "AND lease_until >= ?", (reviewer, now))
+                held = int(row[0]) if row is not None else 0
+                if held >= max_held:
+                    raise TooManyClaims(f"this key holds {held} claimed items, the most at once is {max_held} "
+                                        "(NSFW_REVIEW_MAX_HELD): decide one, or wait for a lease to run out "
+                                        "(NSFW_REVIEW_LEASE_SECONDS)", held=held, limit=max_held)
             row = tx.one(
                 f"UPDATE {TABLE} SET status = '{CLAIMED}', claimed_by = ?, lease_until = ? "
                 f"WHERE id = (SELECT id FROM {TABLE} WHERE {_OPEN}{not_in}{audit.claimable(admin)} "
@@ -462,13 +474,6 @@ class ReviewQueue:
         for hook in self.decision_hooks:
             hook(tx, item)
         return item
-
-    def held(self, reviewer: str) -> int:
-        """How many items ``reviewer`` holds claimed now (leases not run out)."""
-        with self._tx(write=False) as tx:
-            row = tx.one(f"SELECT COUNT(*) FROM {TABLE} WHERE status = '{CLAIMED}' AND claimed_by = ? "
-                         "AND lease_until >= ?", (check_reviewer(reviewer), self._now()))
-        return int(row[0]) if row is not None else 0
 
     def votes(self, item_id: int) -> list[audit.Vote]:
         """The double-review votes given on an item (for an admin deciding a disagreement), oldest first."""
