@@ -427,12 +427,18 @@ def test_a_job_reads_model_and_adapter_from_the_query_as_every_v1_route_does(tmp
         both = client.post("/v1/jobs?model=MobileNetV2", json={"video": {"url": url}, "model": "MobileNetV2Mid"})
         contradiction = client.post("/v1/jobs?adapter=false", json={"video": {"url": url}, "adapter": True})
         not_a_flag = client.post("/v1/jobs?adapter=maybe", json={"video": {"url": url}})
+        twice = [client.post(f"/v1/jobs?{q}", json={"video": {"url": url}})
+                 for q in ("model=nope&model=MobileNetV2Mid", "adapter=true&adapter=false")]
+        classify_twice = client.post("/v1/classify?model=nope&model=MobileNetV2Mid", json={"image": {"url": url}})
         base = client.post("/v1/jobs?adapter=false&model=MobileNetV2", json={"video": {"url": url}, "id": "a"})
         again = client.post("/v1/jobs?model=MobileNetV2", json={"video": {"url": url}, "id": "a", "adapter": False})
         other = client.post("/v1/jobs", json={"video": {"url": url}, "id": "a", "model": "MobileNetV2"})
     assert [r.status_code for r in (bogus, both, contradiction, not_a_flag)] == [400, 400, 400, 400]
     assert [r.json().get("field") for r in (bogus, both, contradiction)] == ["model", "model", "adapter"], \
         [r.json() for r in (bogus, both, contradiction)]
+    # a choice given twice (the attack pass: only the last value was checked, so ?model=nope&model=... passed)
+    assert [(r.status_code, r.json()["field"]) for r in (*twice, classify_twice)] == [
+        (400, "model"), (400, "adapter"), (400, "model")]
     assert base.status_code == 202 and base.json()["model"] == "MobileNetV2"
     assert again.status_code == 200 and again.json()["id"] == base.json()["id"]  # the same job: a retry
     assert other.status_code == 409 and other.json()["code"] == "job_conflict"  # the adapter's choice differs

@@ -443,7 +443,8 @@ class Settings:
         "NSFW_JOB_MAX_KEPT", "1000", _int(1),
         "Finished jobs (done or failed) kept per client (API key, else address), whatever their age: when one "
         "of its jobs ends, that client's older finished jobs beyond this many are deleted with their frames, "
-        "so jobs that fail at once cannot fill the database within NSFW_JOB_RETENTION_DAYS.")
+        "so jobs that fail at once cannot fill the database within NSFW_JOB_RETENTION_DAYS. Without API keys, "
+        "everyone behind one address (a proxy, a NAT) is one client and shares this count.")
     max_jpeg_scans: int = setting(
         "NSFW_MAX_JPEG_SCANS", "100", _int(1, 100000),
         "Most scans a progressive JPEG may have (413 image_too_large above it): each scan is decoded over the"

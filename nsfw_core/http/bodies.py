@@ -42,6 +42,7 @@ def flag(request: Request, name: str, default: bool = False) -> bool:
 def query_model(request: Request, body: str | None = None) -> str | None:
     """The model asked for: ``?model=`` (one of the models, else 400 whatever the body) or the JSON body's
     ``model`` (``body``); both must agree (400).  None: the default model."""
+    _once(request, "model")
     name = request.query_params.get("model")
     if name is not None and name not in MODEL_NAMES:
         raise ContractError(f"model must be one of {', '.join(MODEL_NAMES)}", field="model")
@@ -52,11 +53,18 @@ def query_model(request: Request, body: str | None = None) -> str | None:
 
 def adapter_wanted(request: Request, body: bool | None) -> bool:
     """``"adapter": false`` in the body, or ``?adapter=false``: the base model judges (they must agree)."""
+    _once(request, "adapter")
     queried = flag(request, "adapter", default=True) if "adapter" in request.query_params else None
     if queried is not None and body is not None and queried != body:
         raise ContractError(f"?adapter={str(queried).lower()} contradicts the body's adapter "
                             f"{str(body).lower()}; send one", field="adapter")
     return queried if queried is not None else (True if body is None else body)
+
+
+def _once(request: Request, name: str) -> None:
+    """A choice given twice (``?model=a&model=b``) is 400: which one counts would be this server's guess."""
+    if len(request.query_params.getlist(name)) > 1:
+        raise ContractError(f"?{name}= is given more than once; send it once", field=name)
 
 
 def expected_body(request: Request, limit: int) -> int:

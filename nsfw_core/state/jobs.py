@@ -159,12 +159,14 @@ class JobStore:
         an adapter is in force."""
         now = self.clock()
         job_id = new_id()
+        # the client's own rows through the (client, ...) indexes: never COALESCE(client, ''), which scans them all
+        who, whose = ("client IS NULL", ()) if client is None else ("client = ?", (client,))
         with self._tx() as tx:
             same = None
             if client_ref is not None:
-                same = tx.one(f"SELECT id, model, thresholds, adapter FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? "
+                same = tx.one(f"SELECT id, model, thresholds, adapter FROM {JOBS_TABLE} WHERE {who} "
                               "AND client_ref = ? AND url = ? ORDER BY created_at DESC LIMIT 1",
-                              (client or "", json.dumps(client_ref), url))
+                              (*whose, json.dumps(client_ref), url))
             if same is not None:
                 job_id, created = str(same[0]), False
                 if (same[1] != model or (json.loads(same[2]) if same[2] is not None else None) != thresholds
@@ -174,8 +176,8 @@ class JobStore:
                                       "another job",
                                       job_id=job_id)
             else:
-                row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE COALESCE(client, '') = ? AND status IN (?, ?)",
-                             (client or "", QUEUED, RUNNING))
+                row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE {who} AND status IN (?, ?)",
+                             (*whose, QUEUED, RUNNING))
                 if row is not None and int(row[0]) >= max_open:
                     raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
                                       "wait for one to finish", limit=max_open)
