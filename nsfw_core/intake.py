@@ -190,7 +190,8 @@ class Intake:
                 info = await loop.run_in_executor(self.isolated, requestid.in_context(decode.start))
                 frames = max(1, len(info.samples))
                 units = ratelimit.image_cost(frames, self.model_cost(model.name), 0)
-                decoding = ratelimit.video_decode_cost(frames, info.decoded, info.width * info.height)
+                decoding = ratelimit.video_decode_cost(frames, info.decoded, info.width * info.height,
+                                                       info.decoded_bytes, info.codec)
                 meter = ratelimit.current()
                 if meter is not None:  # 429 before a frame is decoded (blocking when the buckets are shared)
                     await loop.run_in_executor(self.workers, requestid.in_context(meter.charge, units + decoding))

@@ -201,11 +201,12 @@ class JobRunner:
                 info = await asyncio.to_thread(decode.start)
                 job = await asyncio.to_thread(self.store.start, job, self.owner, sha256=sha,
                                               info={**info.to_dict(), "keyframes": info.keyframes,
-                                                    "decoded": info.decoded},
+                                                    "decoded": info.decoded, "decoded_bytes": info.decoded_bytes},
                                               total=skip + len(info.samples))
                 position = job.frames_done
                 # the decoding beyond what the sampled frames include, charged a share with each chunk
-                decoding = ratelimit.video_decode_cost(len(info.samples), info.decoded, info.width * info.height)
+                decoding = ratelimit.video_decode_cost(len(info.samples), info.decoded, info.width * info.height,
+                                                       info.decoded_bytes, info.codec)
                 per_frame = decoding / max(1, len(info.samples))
                 while True:
                     chunk = await asyncio.to_thread(decode.take, CHUNK)

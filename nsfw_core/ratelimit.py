@@ -8,9 +8,9 @@ decoding beyond the first :data:`FREE_WORK`.  A request is charged one unit when
 entry: a request that fails early, a wrong body, still costs one), then each image its cost once its
 headers are read (frames and decoding work known, before any pixel is decoded), the entry unit counted
 towards its first image.  So a photo costs 1 as before, a batch of 8 photos 8, a 16-frame GIF sent with
-``model: InceptionV3`` about 150.  A video costs its sampled frames times the model's cost, plus the decoding
-beyond :data:`VIDEO_FREE_DECODED` frames a sampled frame (:func:`video_decode_cost`), charged once its packets
-are indexed (a job: with each chunk, its share).
+``model: InceptionV3`` about 150.  A video costs its sampled frames times the model's cost, plus its decoding
+beyond what they include (:func:`video_decode_cost`: pixels, bitstream bytes and packets), charged once its
+packets are indexed (a job: with each chunk, its share).
 
 **Budgets** (:class:`Meter` charges every one of them; the first that refuses answers 429 ``rate_limited``
 with ``Retry-After``, for the request or for one batch item):
@@ -49,10 +49,14 @@ from nsfw_core.base.rates import Rate
 MAX_CLIENTS = 100_000
 FREE_WORK = 2_000_000  # pixel passes of decoding included in an image's first unit (a 2-megapixel photo)
 WORK_PER_UNIT = 1_000_000  # pixel passes that cost about one default-model forward pass of CPU (bench/model_cost.py)
-VIDEO_FREE_DECODED = 32  # video frames fed to the decoder that a sampled frame's unit includes
-# decoded video pixels that cost about one default-model forward pass: 10.8 to 13.7 M measured on x264 ultrafast
-# (bench/model_cost.py), the cheapest H.264 to decode (no CABAC, no B-frames): real encodes cost more a pixel
-VIDEO_WORK_PER_UNIT = 10_000_000
+# Video decoding (video_decode_cost): what a sampled frame's unit includes (as a photo's), and what one unit
+# buys beyond it: one default-model forward pass of CPU (bench/model_cost.py; BENCHMARKS.md, "Cost units")
+VIDEO_FREE_PIXELS = 2_000_000
+VIDEO_FREE_BYTES = 100_000
+VIDEO_PIXELS_PER_UNIT = 10_000_000  # ordinary footage: 12 M measured
+VIDEO_BYTES_PER_UNIT = {"h264": 150_000, "hevc": 90_000, "vp8": 100_000, "vp9": 65_000, "av1": 65_000}
+VIDEO_BYTES_DEFAULT = 65_000  # measured: H.264 (CAVLC) 300 K, HEVC 95 K, VP9 66 K; H.264 halved for CABAC
+VIDEO_PACKETS_PER_UNIT = 140  # 64x64 frames at 1000 fps: 144 measured
 ACTIVE_S = 1.0  # a key charged within this many seconds counts as using the machine (ShareLimiter)
 SHARE_BURST_S = 1.0  # a key's share bucket holds this many seconds of its share
 
@@ -63,14 +67,21 @@ def image_cost(frames: int, model_cost: float, work: int) -> float:
     return max(1, frames) * model_cost + max(0, work - FREE_WORK) / WORK_PER_UNIT
 
 
-def video_decode_cost(samples: int, decoded: int, pixels: int) -> float:
-    """Cost units of decoding a video beyond what its sampled frames include: each sampled frame's unit
-    includes :data:`VIDEO_FREE_DECODED` frames fed to the decoder (a second of 30 fps video sampled at
-    NSFW_VIDEO_FPS=1); the frames fed beyond them (``decoded``, of ``pixels`` each) cost one unit per
-    :data:`VIDEO_WORK_PER_UNIT` pixels.  A video of a high frame rate, or one whose groups of pictures are long
-    beside its sample interval (a single keyframe, a job's sparse samples), makes the decoder go through
-    many frames for each one judged: that is charged, not only the frames judged."""
-    return max(0, decoded - VIDEO_FREE_DECODED * max(1, samples)) * pixels / VIDEO_WORK_PER_UNIT
+def video_decode_cost(samples: int, decoded: int, pixels: int, decoded_bytes: int = 0, codec: str = "") -> float:
+    """Cost units of decoding a video beyond what its sampled frames include (each sampled frame's unit includes
+    its own decoding, as a photo's: :data:`VIDEO_FREE_PIXELS`, :data:`VIDEO_FREE_BYTES`, one packet).
+
+    Decoding costs by the pixel reconstructed (``decoded`` frames of ``pixels`` each) or by the byte of bitstream
+    entropy-decoded (``decoded_bytes``; noise or a high bitrate costs several times more a pixel, HEVC and VP9
+    more a byte than H.264: :data:`VIDEO_BYTES_PER_UNIT` by ``codec``), whichever is more (the two overlap: the
+    pixel rate was measured on ordinary footage, bytes included), plus a cost per packet (a 1000 fps video of
+    tiny frames); the rates are bench/model_cost.py's, one unit a default-model forward pass of CPU.  So a high
+    frame rate, long groups of pictures beside the sample interval (a single keyframe, a job's sparse samples),
+    large frames or a dense bitstream are charged, not only the frames judged."""
+    n = max(1, samples)
+    by_pixel = max(0, decoded * pixels - n * VIDEO_FREE_PIXELS) / VIDEO_PIXELS_PER_UNIT
+    by_byte = max(0, decoded_bytes - n * VIDEO_FREE_BYTES) / VIDEO_BYTES_PER_UNIT.get(codec, VIDEO_BYTES_DEFAULT)
+    return max(by_pixel, by_byte) + max(0, decoded - n) / VIDEO_PACKETS_PER_UNIT
 
 
 def digest(client: str) -> bytes:

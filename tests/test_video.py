@@ -524,8 +524,8 @@ def test_a_video_s_automatic_verdict_is_audited_with_its_bytes_and_its_decision_
 
 def test_a_video_costs_its_sampled_frames_against_its_key_s_rate_limit(tmp_path: Path, clip):
     """Issue 29's cost units for videos: once its container is read, a request's video is charged its sampled
-    frames times the model's cost (1 for the default model), before a frame is decoded: two 5-frame videos
-    fit a burst of 12, the third is 429."""
+    frames times the model's cost (1 for the default model) and its decoding beyond them (here 45 packets fed
+    beyond the 5 judged: 0.32), before a frame is decoded: two such videos fit a burst of 12, the third is 429."""
     from nsfw_core.base.rates import parse_rate
 
     key = "client-key-0123456789"
@@ -535,15 +535,15 @@ def test_a_video_costs_its_sampled_frames_against_its_key_s_rate_limit(tmp_path:
         answers = [client.post("/v1/classify", content=clip, headers=headers) for _ in range(3)]
     first, second, third = answers
     assert first.status_code == 200 and len(first.json()["frames"]) == 5
-    assert [first.headers["ratelimit-remaining"], second.headers["ratelimit-remaining"]] == ["7", "2"]
+    assert [first.headers["ratelimit-remaining"], second.headers["ratelimit-remaining"]] == ["6", "1"]
     assert third.status_code == 429 and third.json()["code"] == "rate_limited"
 
 
 def test_a_video_s_decoding_beyond_its_sampled_frames_is_charged(tmp_path: Path):
     """5 s of 320x240 at 300 frames a second with a single keyframe: 6 frames judged (the last one always), but
     the decoder goes through all 1,500.  Before, the request cost its 6 sampled frames whatever it made the
-    decoder do; now the frames fed beyond 32 a sampled frame cost a unit per 10 M pixels
-    (nsfw_core.ratelimit.video_decode_cost): 6 + 1,308 x 76,800 / 10 M = 16.05 units."""
+    decoder do; now what decoding takes beyond them is charged (nsfw_core.ratelimit.video_decode_cost): at
+    least (1,500 x 76,800 - 6 x 2 M) pixels / 10 M a unit = 10.3, and 1,494 packets / 140 a unit = 10.7."""
     from nsfw_core import ratelimit
     from nsfw_core.base.rates import parse_rate
 
@@ -551,7 +551,9 @@ def test_a_video_s_decoding_beyond_its_sampled_frames_is_charged(tmp_path: Path)
                        options={"preset": "ultrafast", "g": "100000", "keyint_min": "100000", "sc_threshold": "0"})
     found, chosen, _ = _frames(fast)
     assert (found.width, found.height, chosen.keyframes, len(chosen.samples), chosen.decoded) == (320, 240, 1, 6, 1500)
-    assert round(6 + ratelimit.video_decode_cost(6, 1500, 320 * 240), 2) == 16.05
+    assert 0 < chosen.decoded_bytes <= len(fast)  # the bitstream fed to the decoder: every packet here
+    cost = 6 + ratelimit.video_decode_cost(6, 1500, 320 * 240, chosen.decoded_bytes, "h264")
+    assert cost >= 6 + 10.32 + 10.67
     key = "client-key-0123456789"
     settings = make_settings(tmp_path, api_keys=(key,), rate_limit=parse_rate("1/h;burst=100"))
     with running(settings) as client:
@@ -560,7 +562,20 @@ def test_a_video_s_decoding_beyond_its_sampled_frames_is_charged(tmp_path: Path)
     # charged on the plan (6 samples) before a frame is decoded; once in about ten runs the answer had 5 frames
     # (a frame left out, not reproduced in 240 direct decodes): the charge is the plan's either way
     assert answer.status_code == 200 and len(answer.json()["frames"]) in (5, 6)
-    assert answer.headers["ratelimit-remaining"] == "83"  # 100 - 16.05 (94 before: 6 frames)
+    assert answer.headers["ratelimit-remaining"] == str(int(100 - cost))  # 94 before: its 6 frames only
+
+
+def test_video_decoding_is_charged_by_the_pixel_the_byte_and_the_packet():
+    """The three ways decoding costs (bench/model_cost.py): pixels reconstructed, bytes of bitstream (by codec),
+    packets; pixels and bytes overlap (the larger counts), and each sampled frame's unit includes its own."""
+    from nsfw_core.ratelimit import video_decode_cost
+
+    assert video_decode_cost(1, 1, 2_000_000, 100_000, "h264") == 0.0  # one frame, as a photo's
+    assert video_decode_cost(2, 2, 11_000_000, 0) == pytest.approx((22e6 - 4e6) / 10e6)  # large frames
+    assert video_decode_cost(2, 2, 1, 8_200_000, "vp9") == pytest.approx((8.2e6 - 0.2e6) / 65_000)  # dense VP9
+    assert video_decode_cost(2, 2, 1, 8_200_000, "h264") == pytest.approx((8.2e6 - 0.2e6) / 150_000)
+    assert video_decode_cost(10, 10_010, 1, 0) == pytest.approx(10_000 / 140)  # tiny frames at a high rate
+    assert video_decode_cost(2, 2, 11_000_000, 8_200_000, "vp9") == pytest.approx(8e6 / 65_000)  # the larger
 
 
 def _png(pixels: np.ndarray) -> bytes:

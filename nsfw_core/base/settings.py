@@ -401,8 +401,8 @@ class Settings:
     max_video_frames: int = setting(
         "NSFW_MAX_VIDEO_FRAMES", "1800", _int(1, 100000),
         "Most frames of one video judged; a longer video's frames are spread further apart (1800: 30 minutes "
-        "at NSFW_VIDEO_FPS=1). Each frame costs one inference (and its decoding beyond 32 frames fed to the "
-        "decoder a judged frame is charged: docs/http-api.md#rate-limits).")
+        "at NSFW_VIDEO_FPS=1). Each frame costs one inference (and the video's decoding is charged too: "
+        "docs/http-api.md#rate-limits).")
     max_video_seconds: float = setting(
         "NSFW_MAX_VIDEO_SECONDS", "60", _float(0.1, 86400.0),
         "Longest video a synchronous request (/predict, /v1/classify) takes, in seconds of its frames; a "

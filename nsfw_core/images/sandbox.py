@@ -509,7 +509,8 @@ def _serve_video(request: dict[str, Any], data: bytes, stdout: BinaryIO, hard: i
         _limit(max(MIN_HEADROOM, video.BYTES_PER_PIXEL * found.width * found.height), hard)
         _send(stdout, {"ok": True, "kind": "info", "meta": {
             **found.to_dict(), "duration_ms": plan.duration_ms, "packets": plan.packets, "keyframes": plan.keyframes,
-            "decoded": plan.decoded, "samples": [[s.index, s.time_ms] for s in plan.samples]}})
+            "decoded": plan.decoded, "decoded_bytes": plan.decoded_bytes,
+            "samples": [[s.index, s.time_ms] for s in plan.samples]}})
         for sample, out in stream:
             assert isinstance(sample, video.Sample) and isinstance(out, tuple)
             x, thumb = out

@@ -96,6 +96,7 @@ class Plan:
     packets: int
     keyframes: int
     decoded: int  # packets that will be fed to the decoder (the groups of pictures holding a sample)
+    decoded_bytes: int = 0  # their bytes: the bitstream the decoder reads (entropy decoding costs by the bit)
 
 
 # ---------------------------------------------------------------- sampling (pure)
@@ -122,11 +123,13 @@ def _unit(seed: int, k: int) -> float:
 
 @dataclasses.dataclass
 class Index:
-    """The video stream's packets in file (decode) order: presentation time (stream units), keyframe flag."""
+    """The video stream's packets in file (decode) order: presentation time (stream units), keyframe flag,
+    size in bytes."""
 
     pts: array  # type: ignore[type-arg]
     key: bytearray
     time_base: float  # seconds per unit
+    size: array = dataclasses.field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -154,7 +157,10 @@ def plan(index: Index, fps: float, max_frames: int, seed: int, skip: int = 0, at
             chosen.append(Sample(shown, times[shown], order[shown]))
     samples = tuple(chosen[skip:])
     keys = [i for i in range(n) if index.key[i]]
-    return Plan(samples, duration, n, len(keys), sum(hi - lo + 1 for lo, hi in _ranges(samples, keys)))
+    ranges = _ranges(samples, keys)
+    sizes = index.size if len(index.size) == n else None
+    return Plan(samples, duration, n, len(keys), sum(hi - lo + 1 for lo, hi in ranges),
+                sum(sum(sizes[lo:hi + 1]) for lo, hi in ranges) if sizes is not None else 0)
 
 
 def _ranges(samples: tuple[Sample, ...], keys: list[int]) -> list[tuple[int, int]]:
@@ -231,6 +237,7 @@ def read_index(box: Any, stream: Any, max_ms: int | None) -> Index:
     and, with ``max_ms``, a duration of at most that (a longer video is refused as it is read)."""
     base = float(stream.time_base) if stream.time_base is not None else 1 / 90000
     pts: array = array("q")  # type: ignore[type-arg]
+    size: array = array("q")  # type: ignore[type-arg]
     key = bytearray()
     first: int | None = None
     for packet in _demux(box, stream):
@@ -240,6 +247,7 @@ def read_index(box: Any, stream: Any, max_ms: int | None) -> Index:
         if t is None:
             t = pts[-1] + 1 if pts else 0
         pts.append(int(t))
+        size.append(int(packet.size))
         key.append(1 if packet.is_keyframe else 0)
         if len(pts) > MAX_PACKETS:
             raise ImageTooLarge(f"the video has more than {MAX_PACKETS} frames", max_frames=MAX_PACKETS)
@@ -248,7 +256,7 @@ def read_index(box: Any, stream: Any, max_ms: int | None) -> Index:
             raise too_long(max_ms)
     if pts:
         key[0] = 1  # decoding starts at the first packet whatever it is flagged
-    return Index(pts, key, base)
+    return Index(pts, key, base, size)
 
 
 def too_long(max_ms: int) -> VideoTooLong:

@@ -78,12 +78,13 @@ class VideoInfo:
     keyframes: int
     decoded: int  # frames fed to the decoder (the groups of pictures holding a sampled frame)
     samples: tuple[tuple[int, int], ...] = ()  # (index, time_ms) of each frame planned
+    decoded_bytes: int = 0  # the bytes of the frames fed to the decoder
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> VideoInfo:
         return cls(str(meta["container"]), str(meta["codec"]), int(meta["width"]), int(meta["height"]),
                    int(meta["duration_ms"]), int(meta["packets"]), int(meta["keyframes"]), int(meta["decoded"]),
-                   tuple((int(i), int(t)) for i, t in meta.get("samples", ())))
+                   tuple((int(i), int(t)) for i, t in meta.get("samples", ())), int(meta.get("decoded_bytes", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"container": self.container, "codec": self.codec, "width": self.width, "height": self.height,
