@@ -142,7 +142,8 @@ class Context:
             if settings.wrong_key_limit is not None and keyed else None
         self.share = ShareLimiter(share)  # its capacity is measured once the default model is loaded
         self.webhooks: Deliverer | None = None
-        self.jobs = JobStore(self.database, lease_s=settings.job_lease_seconds, max_kept=settings.job_max_kept)
+        self.jobs = JobStore(self.database, lease_s=settings.job_lease_seconds, max_kept=settings.job_max_kept,
+                             max_queued=settings.job_max_queued)
         self.job_runner: JobRunner | None = None
         self._loader: asyncio.Task[None] | None = None
         self._webhooks_task: asyncio.Task[None] | None = None

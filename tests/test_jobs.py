@@ -166,6 +166,28 @@ def test_a_client_keeps_its_newest_finished_jobs_and_no_one_else_s_are_touched(s
         assert tx.one("SELECT COUNT(*) FROM video_job_frames")[0] == 3
 
 
+def test_the_service_holds_at_most_max_queued_jobs_of_all_clients_together(store):
+    """The attack pass: without API keys every address is a client, each with 100 open jobs, so the queue (and
+    what every claim scans) had no bound; 122k queued jobs made a claim take 57 ms on SQLite."""
+    from nsfw_core.base.errors import Overloaded
+
+    store.max_queued = 3
+    made = [store.create(f"https://example.com/{i}.mp4", client=f"address-{i}", client_ref=None,
+                         model="MobileNetV2Mid", thresholds=None, sampling=SAMPLING, max_open=100) for i in range(3)]
+    with pytest.raises(Overloaded) as refused:
+        store.create("https://example.com/3.mp4", client="address-3", client_ref=None, model="MobileNetV2Mid",
+                     thresholds=None, sampling=SAMPLING, max_open=100)
+    assert refused.value.status == 503 and refused.value.details["limit"] == 3
+    job = store.claim("worker")
+    assert job is not None and job.id in {m.id for m in made}  # running still counts
+    with pytest.raises(Overloaded):
+        store.create("https://example.com/3.mp4", client="address-3", client_ref=None, model="MobileNetV2Mid",
+                     thresholds=None, sampling=SAMPLING, max_open=100)
+    store.fail(job, "worker", {"code": "upstream_error"}, None)  # one ended: room for one more
+    assert store.create("https://example.com/3.mp4", client="address-3", client_ref=None, model="MobileNetV2Mid",
+                        thresholds=None, sampling=SAMPLING, max_open=100).status == QUEUED
+
+
 def test_a_lost_lease_stores_nothing_and_the_next_instance_goes_on_from_the_stored_frames(store):
     job = store.create("https://example.com/a.mp4", client="key_1", client_ref=None, model="MobileNetV2Mid",
                        thresholds={"adult": 0.5}, sampling=SAMPLING, max_open=100)

@@ -439,6 +439,11 @@ class Settings:
     job_retention_days: int = setting(
         "NSFW_JOB_RETENTION_DAYS", "7", _int(0),
         "Finished jobs (and their frames' scores) older than this many days are deleted; 0 keeps them.")
+    job_max_queued: int = setting(
+        "NSFW_JOB_MAX_QUEUED", "10000", _int(1),
+        "Most video jobs queued or running on the service at once, all clients together (each client has at "
+        "most 100 of them); beyond it POST /v1/jobs is 503 overloaded with Retry-After. Without API keys every "
+        "address is a client: this bounds the queue, and what each claim scans, whatever their number.")
     job_max_kept: int = setting(
         "NSFW_JOB_MAX_KEPT", "1000", _int(1),
         "Finished jobs (done or failed) kept per client (API key, else address), whatever their age: when one "

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from nsfw_core.base.errors import NSFWError
+from nsfw_core.base.errors import NSFWError, Overloaded
 from nsfw_core.inference.embeddings import embedding_bytes, embedding_from_bytes
 from nsfw_core.state.db import Pool, Tx
 from nsfw_core.state.migrations import JOB_FRAMES_TABLE, JOBS_TABLE, MIGRATIONS, OUTBOX_TABLE, migrate
@@ -41,6 +41,7 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED)
 LEASE_S = 30.0  # a running job whose instance has not renewed its lease for this long is taken over
 MAX_KEPT = 1000  # a client's finished jobs kept (the newest), NSFW_JOB_MAX_KEPT's default
+MAX_QUEUED = 10_000  # jobs queued or running on the service, NSFW_JOB_MAX_QUEUED's default
 MAX_ATTEMPTS = 5  # claims of one job (each crash of an instance running it is one); then it fails
 EVENT_TYPE = "job.completed"
 JOB_ID_PREFIX = "job_"
@@ -122,12 +123,13 @@ class JobStore:
     """The jobs of the one database (see the module docstring)."""
 
     def __init__(self, pool: Pool, *, clock: Callable[[], float] = time.time, lease_s: float = LEASE_S,
-                 max_kept: int = MAX_KEPT) -> None:
+                 max_kept: int = MAX_KEPT, max_queued: int = MAX_QUEUED) -> None:
         self.pool = pool
         self.backend = pool.backend
         self.clock = clock
         self.lease_s = lease_s
         self.max_kept = max_kept  # finished jobs kept per client (NSFW_JOB_MAX_KEPT)
+        self.max_queued = max_queued  # jobs queued or running, all clients (NSFW_JOB_MAX_QUEUED)
         self._migrated = False
 
     @contextlib.contextmanager
@@ -181,6 +183,10 @@ class JobStore:
                 if row is not None and int(row[0]) >= max_open:
                     raise TooManyJobs(f"{row[0]} of your jobs are queued or running, the most at once is {max_open}; "
                                       "wait for one to finish", limit=max_open)
+                row = tx.one(f"SELECT COUNT(*) FROM {JOBS_TABLE} WHERE status IN (?, ?)", (QUEUED, RUNNING))
+                if row is not None and int(row[0]) >= self.max_queued:  # every client's together
+                    raise Overloaded(f"the service has {row[0]} video jobs queued or running, the most at once is "
+                                     f"{self.max_queued} (NSFW_JOB_MAX_QUEUED); retry later", limit=self.max_queued)
                 tx.run(f"INSERT INTO {JOBS_TABLE} (id, url, client, client_key, client_ref, model, thresholds, "
                        "sampling, seed, status, created_at, adapter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (job_id, url, client, client_key, json.dumps(client_ref), model,
