@@ -161,8 +161,7 @@ class JobStore:
         an adapter is in force."""
         now = self.clock()
         job_id = new_id()
-        # the client's own rows through the (client, ...) indexes: never COALESCE(client, ''), which scans them all
-        who, whose = ("client IS NULL", ()) if client is None else ("client = ?", (client,))
+        who, whose = _client_is(client)
         with self._tx() as tx:
             same = None
             if client_ref is not None:
@@ -314,9 +313,10 @@ class JobStore:
     def _keep_newest(self, tx: Tx, client: str | None) -> None:
         """Delete ``client``'s finished jobs (and their frames) older than its newest :attr:`max_kept`: jobs
         that fail at once (an unreachable URL) are cheap to make, and would otherwise pile up for
-        NSFW_JOB_RETENTION_DAYS.  The newest kept one is found through the index of migration 16."""
-        who: tuple[Any, ...] = () if client is None else (client,)
-        finished = f"{'client IS NULL' if client is None else 'client = ?'} AND status IN ('{DONE}', '{FAILED}')"
+        NSFW_JOB_RETENTION_DAYS.  The client's finished jobs are found through its indexes (at most
+        :attr:`max_kept` + 1 of them, sorted)."""
+        is_client, who = _client_is(client)
+        finished = f"{is_client} AND status IN ('{DONE}', '{FAILED}')"
         edge = tx.one(f"SELECT finished_at, id FROM {JOBS_TABLE} WHERE {finished} "
                       "ORDER BY finished_at DESC, id DESC LIMIT 1 OFFSET ?", (*who, self.max_kept))
         if edge is None:
@@ -345,6 +345,12 @@ class JobStore:
             rows = tx.run(f"DELETE FROM {JOBS_TABLE} WHERE status IN (?, ?) AND finished_at < ? RETURNING id",
                           (DONE, FAILED, cutoff))
         return len(rows)
+
+
+def _client_is(client: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The condition and arguments that select ``client``'s jobs through the (client, ...) indexes (never
+    ``COALESCE(client, '')``, which no index serves: it scans every job)."""
+    return ("client IS NULL", ()) if client is None else ("client = ?", (client,))
 
 
 class TooManyJobs(NSFWError):
