@@ -369,8 +369,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "video jobs claimed in turn by client", (
         f"CREATE INDEX {JOBS_TABLE}_client_lease ON {JOBS_TABLE} (client, lease_until)",
     )),
-    # A client keeps its newest NSFW_JOB_MAX_KEPT finished jobs (nsfw_core.state.jobs.JobStore._keep_newest):
-    # finding the oldest one kept is a walk down this index rather than a sort of the client's jobs.
+    # A client keeps its newest NSFW_JOB_MAX_KEPT finished jobs (nsfw_core.state.jobs.JobStore._keep_newest): its
+    # finished jobs of one status by finish time. (For the two statuses together, SQLite's planner takes the
+    # (client, status) index and sorts at most NSFW_JOB_MAX_KEPT + 1 rows: under 1 ms, the attack pass measured.)
     Migration(16, "a client's finished video jobs, newest first", (
         f"CREATE INDEX {JOBS_TABLE}_client_finished ON {JOBS_TABLE} (client, status, finished_at)",
     )),
